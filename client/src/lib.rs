@@ -1,0 +1,2 @@
+//! qpq-client: connects to a quicproquo node.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The `qpq-node` binary.
+fn main() {}
