@@ -213,15 +213,25 @@ struct AckResponse {
 
 struct ServerInfoRequest {
   version @0 :UInt16;
+  clientVersion @1 :Text;
+  # Free-form client software version (UTF-8, at most 64 bytes), recorded for the
+  # compatibility matrix.
 }
 
 struct ServerInfoResponse {
   version @0 :UInt16;
-  minVersion @1 :UInt16;
-  maxVersion @2 :UInt16;
-  nodeVersion @3 :Text;
-  maxPayloadBytes @4 :UInt64;
-  maxFetchWaitMs @5 :UInt32;
+  union {
+    ok @1 :ServerInfo;
+    err @2 :Error;
+  }
+}
+
+struct ServerInfo {
+  minVersion @0 :UInt16;
+  maxVersion @1 :UInt16;
+  nodeVersion @2 :Text;
+  maxPayloadBytes @3 :UInt64;
+  maxFetchWaitMs @4 :UInt32;
 }
 
 interface Node {

@@ -1,2 +1,14 @@
-//! qpq-client: connects to a quicproquo node.
+//! qpq-client: the client side of quicproquo.
+//!
+//! Layout:
+//! - [`tls`]: TLS 1.3 client configuration; verifies a node by CA or pinned fingerprint.
+//! - [`rpc`]: one QUIC + Cap'n Proto RPC connection with the node's RPCs as typed methods.
+//!
+//! The MLS client core, SQLite state, outbox and CLI build on these.
 #![forbid(unsafe_code)]
+
+pub mod rpc;
+pub mod tls;
+
+pub use rpc::{ClientError, Connection, Envelope, FetchPage};
+pub use tls::ServerVerification;

@@ -1,8 +1,63 @@
 //! qpq-node: the quicproquo server.
 //!
 //! A node serves the Authentication Service (KeyPackages) and the Delivery Service (ordered,
-//! deduplicated per-channel message logs) to clients over QUIC + TLS 1.3 with ALPN `capnp`
-//! and Cap'n Proto RPC.
+//! deduplicated per-channel logs of opaque MLS messages) to clients over QUIC + TLS 1.3 with
+//! ALPN `capnp` and Cap'n Proto RPC, and keeps its state in SQLite.
+//!
+//! Layout (a request's path, outside in):
+//! - [`server`]: start, accept loop with connection limits, RPC worker threads, drain.
+//! - [`transport`]: TLS 1.3 / QUIC configuration, dev certificates, connection limiter.
+//! - [`rpc`]: the Cap'n Proto `Node` interface: parse requests into typed values, write
+//!   typed responses.
+//! - [`service`]: the AS and DS rules on typed values; writes become commands.
+//! - [`mls`]: the only MLS code on the server: public framing and KeyPackage validation.
+//! - [`log`]: the command log (group commit) in front of the state machine.
+//! - [`state`]: the deterministic state machine on SQLite, and its reads.
+//! - [`admin`], [`metrics`], [`telemetry`]: health, readiness, Prometheus, logging.
+//! - [`clock`], [`config`]: injectable time; every limit and timing.
+//!
+//! What a node never does: decrypt, hold group secrets, or log payloads, keys or tokens.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod log;
+pub mod metrics;
+pub mod mls;
+pub mod rpc;
+pub mod selfcheck;
+pub mod server;
+pub mod service;
 pub mod state;
+pub mod telemetry;
+pub mod transport;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::NodeConfig;
+pub use server::RunningNode;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// File system or socket error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] state::StoreError),
+    /// TLS material or configuration problem.
+    #[error("tls: {0}")]
+    Tls(#[from] transport::TransportError),
+    /// The certificate file held no certificate.
+    #[error("no certificate in the configured chain")]
+    NoCertificate,
+    /// Metrics registry error.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Result with the node's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

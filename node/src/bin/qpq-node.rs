@@ -1,2 +1,7 @@
-//! The `qpq-node` binary.
-fn main() {}
+//! The `qpq-node` binary: see `qpq-node --help`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    qpq_node::cli::main()
+}

@@ -1,0 +1,225 @@
+//! Command line of the `qpq-node` binary.
+//!
+//! - `qpq-node serve`: production mode; every setting from flags or `QPQ_*` environment
+//!   variables; certificate and key from PEM files.
+//! - `qpq-node dev`: development mode on embedded defaults: loopback, a data directory under
+//!   the working directory, a self-signed certificate whose fingerprint is printed, and a
+//!   self-check that exercises every RPC over real QUIC. `--self-check` exits after it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::SystemClock;
+use crate::config::{Limits, NodeConfig, Retention, TlsSource};
+use crate::server::RunningNode;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "qpq-node", version, about = "quicproquo server node")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "QPQ_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given configuration until SIGTERM or SIGINT, then drain.
+    Serve(ServeArgs),
+    /// Start a development node on embedded defaults and run the self-check.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Client listener (QUIC, UDP).
+    #[arg(long, env = "QPQ_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Admin HTTP listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "QPQ_ADMIN_LISTEN", default_value = "127.0.0.1:9443")]
+    admin_listen: SocketAddr,
+    /// Data directory (database, dev certificate).
+    #[arg(long, env = "QPQ_DATA_DIR", default_value = "qpq-data")]
+    data_dir: PathBuf,
+    /// Maximum concurrent client connections.
+    #[arg(long, env = "QPQ_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Maximum concurrent client connections from one IP address.
+    #[arg(long, env = "QPQ_MAX_CONNECTIONS_PER_IP", default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Maximum concurrent RPC streams per connection.
+    #[arg(long, env = "QPQ_MAX_STREAMS_PER_CONNECTION", default_value_t = Limits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+    /// Connection idle timeout, in seconds.
+    #[arg(long, env = "QPQ_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    idle_timeout_secs: u64,
+    /// Cap on fetchWait timeouts, in seconds.
+    #[arg(long, env = "QPQ_MAX_FETCH_WAIT_SECS", default_value_t = 30)]
+    max_fetch_wait_secs: u64,
+    /// Unexpired single-use KeyPackages one identity may hold.
+    #[arg(long, env = "QPQ_MAX_KEY_PACKAGES", default_value_t = Limits::default().max_key_packages_per_identity)]
+    max_key_packages_per_identity: u32,
+    /// Message retention, in hours.
+    #[arg(long, env = "QPQ_RETENTION_HOURS", default_value_t = 7 * 24)]
+    retention_hours: u64,
+    /// KeyPackage time to live, in hours.
+    #[arg(long, env = "QPQ_KEY_PACKAGE_TTL_HOURS", default_value_t = 24)]
+    key_package_ttl_hours: u64,
+    /// Interval of the eviction sweep, in seconds.
+    #[arg(long, env = "QPQ_SWEEP_INTERVAL_SECS", default_value_t = 60)]
+    sweep_interval_secs: u64,
+    /// How long shutdown waits for calls in flight, in seconds.
+    #[arg(long, env = "QPQ_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    drain_timeout_secs: u64,
+    /// RPC worker threads.
+    #[arg(long, env = "QPQ_RPC_WORKERS", default_value_t = 2)]
+    rpc_workers: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Certificate chain (PEM). Without it, a development certificate is generated.
+    #[arg(long, env = "QPQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM).
+    #[arg(long, env = "QPQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Exit after the self-check (exit code 0 when every check passed).
+    #[arg(long)]
+    self_check: bool,
+}
+
+impl Common {
+    fn into_config(self, tls: TlsSource) -> NodeConfig {
+        let limits = Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_streams_per_connection: self.max_streams_per_connection,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_fetch_wait: Duration::from_secs(self.max_fetch_wait_secs),
+            max_key_packages_per_identity: self.max_key_packages_per_identity,
+            ..Limits::default()
+        };
+        let retention = Retention {
+            messages: Duration::from_secs(self.retention_hours * 3600),
+            key_package_ttl: Duration::from_secs(self.key_package_ttl_hours * 3600),
+            sweep_interval: Duration::from_secs(self.sweep_interval_secs.max(1)),
+        };
+        NodeConfig {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            data_dir: self.data_dir,
+            tls,
+            limits,
+            retention,
+            rpc_workers: self.rpc_workers,
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qpq-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => {
+                let tls = match (a.tls_cert, a.tls_key) {
+                    (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+                    _ => TlsSource::Dev,
+                };
+                run(a.common.into_config(tls), Mode::Serve).await
+            }
+            Command::Dev(a) => {
+                run(a.common.into_config(TlsSource::Dev), Mode::Dev { exit_after_check: a.self_check }).await
+            }
+        }
+    })
+}
+
+enum Mode {
+    Serve,
+    Dev { exit_after_check: bool },
+}
+
+async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
+    let node = match RunningNode::start(config, Arc::new(SystemClock)).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("qpq-node: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Mode::Dev { exit_after_check } = mode {
+        println!("qpq-node (dev) serving QUIC on {} · admin http://{}", node.client_addr(), node.admin_addr());
+        println!("certificate SHA-256 fingerprint: {}", crate::transport::devcert::format_fingerprint(&node.fingerprint()));
+        let passed = tokio::task::LocalSet::new()
+            .run_until(crate::selfcheck::run(node.client_addr(), node.fingerprint()))
+            .await;
+        if exit_after_check {
+            node.shutdown().await;
+            return if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        if !passed {
+            eprintln!("self-check failed; serving anyway");
+        }
+        println!("serving until Ctrl-C");
+    }
+    serve_until_signal(node).await;
+    ExitCode::SUCCESS
+}
+
+async fn serve_until_signal(node: RunningNode) {
+    let stop = node.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        stop.cancel();
+    });
+    node.wait().await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Node configuration: every limit and timing in one place, with the defaults the seed's
+//! security policy asks for. The binary fills it from flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qpq_schemas::limits::MAX_PAYLOAD_BYTES;
+
+/// How the node gets its TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A self-signed certificate generated once under `<data_dir>/tls/` (development).
+    Dev,
+    /// PEM files (production): the chain and its private key.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// PKCS#8, SEC1 or PKCS#1 private key.
+        key: PathBuf,
+    },
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Client listener (QUIC/UDP).
+    pub listen: SocketAddr,
+    /// Admin HTTP listener (health, readiness, metrics).
+    pub admin_listen: SocketAddr,
+    /// Where the database (and the dev certificate) live.
+    pub data_dir: PathBuf,
+    /// Certificate source.
+    pub tls: TlsSource,
+    /// Connection and stream limits.
+    pub limits: Limits,
+    /// Retention and TTLs.
+    pub retention: Retention,
+    /// Threads that run Cap'n Proto RPC (each drives many connections).
+    pub rpc_workers: usize,
+    /// How long a graceful shutdown waits for in-flight RPCs before closing connections.
+    pub drain_timeout: Duration,
+}
+
+/// Connection, stream and request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent QUIC connections in total.
+    pub max_connections: usize,
+    /// Concurrent QUIC connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Concurrent bidirectional streams per connection (each runs one RPC session).
+    pub max_streams_per_connection: u32,
+    /// Idle timeout of a connection.
+    pub idle_timeout: Duration,
+    /// Payload cap per message (never above the wire constant).
+    pub max_payload_bytes: usize,
+    /// Server-side cap on `fetchWait` timeouts.
+    pub max_fetch_wait: Duration,
+    /// Default and maximum page size of `fetch`.
+    pub max_fetch_limit: u32,
+    /// Unexpired single-use KeyPackages one identity may hold.
+    pub max_key_packages_per_identity: u32,
+    /// Entries applied in one transaction (one fsync) at most.
+    pub max_batch_entries: usize,
+}
+
+/// Retention policy.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Messages are dropped this long after they were enqueued, delivered or not.
+    pub messages: Duration,
+    /// KeyPackages are served at most this long after upload (and never after their own
+    /// `not_after`).
+    pub key_package_ttl: Duration,
+    /// How often the eviction sweep runs.
+    pub sweep_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            max_streams_per_connection: 16,
+            idle_timeout: Duration::from_secs(30),
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            max_fetch_wait: Duration::from_secs(30),
+            max_fetch_limit: 256,
+            max_key_packages_per_identity: 100,
+            max_batch_entries: 512,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            messages: Duration::from_secs(7 * 24 * 3600),
+            key_package_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A development configuration on loopback with ephemeral ports and a dev certificate.
+    pub fn dev(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            tls: TlsSource::Dev,
+            limits: Limits::default(),
+            retention: Retention::default(),
+            rpc_workers: 2,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Path of the node's database.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("node.sqlite3")
+    }
+}

@@ -1,0 +1,365 @@
+//! `NodeRpc`: the implementation of the schema's `Node` interface for one connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc;
+use qpq_schemas::WireError;
+use qpq_schemas::limits::{MAX_KEY_PACKAGES_PER_UPLOAD, MIN_WIRE_VERSION, WIRE_VERSION};
+use qpq_schemas::qpq_capnp::{fetch_ok, node};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::parse;
+use crate::metrics::Metrics;
+use crate::service::{Caller, Services};
+use crate::state::FetchPage;
+
+/// Counts RPCs being served, so a draining node can wait for them to finish.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// RPCs currently being served.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no RPC is being served.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.current() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The `Node` capability served on every RPC stream of one connection.
+pub struct NodeRpc {
+    services: Arc<Services>,
+    metrics: Metrics,
+    caller: Caller,
+    in_flight: Arc<InFlight>,
+    /// Set when the node drains: new calls are refused with `unavailable` so clients move on,
+    /// while calls already running finish.
+    draining: CancellationToken,
+}
+
+impl NodeRpc {
+    /// A capability for one connection's caller.
+    pub fn new(
+        services: Arc<Services>,
+        metrics: Metrics,
+        caller: Caller,
+        in_flight: Arc<InFlight>,
+        draining: CancellationToken,
+    ) -> Self {
+        Self { services, metrics, caller, in_flight, draining }
+    }
+
+    /// Runs one call: refuses it while draining, counts it as in flight, and records its
+    /// metrics under `method`.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl std::future::Future<Output = Result<T, WireError>>,
+    ) -> Result<T, WireError> {
+        let started = Instant::now();
+        let result = if self.draining.is_cancelled() {
+            Err(WireError::Unavailable { retry_after_ms: 100 })
+        } else {
+            let _guard = self.in_flight.enter();
+            f.await
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(method, code = e.code(), peer = %self.caller.peer, "request refused");
+        }
+        self.metrics.observe_rpc(method, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn max_payload(&self) -> usize {
+        self.services.config().limits.max_payload_bytes
+    }
+}
+
+fn write_page(mut b: fetch_ok::Builder<'_>, page: &FetchPage, effective_timeout_ms: u32) {
+    b.set_first_available_seq(page.first_available_seq);
+    b.set_last_seq(page.last_seq);
+    b.set_effective_timeout_ms(effective_timeout_ms);
+    // `messages` is at most the page limit (≤ a few hundred), well within u32.
+    let len = u32::try_from(page.messages.len()).unwrap_or(u32::MAX);
+    let mut list = b.init_messages(len);
+    for (i, m) in (0u32..).zip(&page.messages) {
+        let mut e = list.reborrow().get(i);
+        e.set_seq(m.seq);
+        e.set_client_msg_id(m.client_msg_id.as_bytes());
+        e.set_payload(&m.payload);
+        e.set_enqueued_at_ms(m.enqueued_at_ms);
+    }
+}
+
+impl node::Server for NodeRpc {
+    async fn server_info(
+        self: Rc<Self>,
+        params: node::ServerInfoParams,
+        mut results: node::ServerInfoResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        // serverInfo answers every wire version: it is how a client learns which ones exist.
+        let result = self
+            .call("server_info", async {
+                let v = parse::text(req.get_client_version(), "clientVersion", 64)?;
+                tracing::debug!(client_version = v, peer = %self.caller.peer, "server info");
+                Ok(())
+            })
+            .await;
+        let limits = &self.services.config().limits;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(()) => {
+                let mut ok = r.init_ok();
+                ok.set_min_version(MIN_WIRE_VERSION);
+                ok.set_max_version(WIRE_VERSION);
+                ok.set_node_version(env!("CARGO_PKG_VERSION"));
+                ok.set_max_payload_bytes(limits.max_payload_bytes as u64);
+                ok.set_max_fetch_wait_ms(u32::try_from(limits.max_fetch_wait.as_millis()).unwrap_or(u32::MAX));
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn upload_key_packages(
+        self: Rc<Self>,
+        params: node::UploadKeyPackagesParams,
+        mut results: node::UploadKeyPackagesResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("upload_key_packages", async {
+                parse::version(req.get_version())?;
+                let list = req
+                    .get_key_packages()
+                    .map_err(|_| WireError::invalid("keyPackages", "unreadable list"))?;
+                if list.len() as usize > MAX_KEY_PACKAGES_PER_UPLOAD {
+                    return Err(WireError::invalid(
+                        "keyPackages",
+                        format!("at most {MAX_KEY_PACKAGES_PER_UPLOAD} per upload"),
+                    ));
+                }
+                let mut total = 0usize;
+                let mut packages = Vec::with_capacity(list.len() as usize);
+                for p in list.iter() {
+                    let p = parse::data(p, "keyPackages")?;
+                    total += p.len();
+                    packages.push(p.to_vec());
+                }
+                let last_resort = parse::data(req.get_last_resort(), "lastResort")?;
+                total += last_resort.len();
+                if total > self.max_payload() {
+                    return Err(WireError::PayloadTooLarge { limit: self.max_payload() as u64 });
+                }
+                let last_resort = (!last_resort.is_empty()).then(|| last_resort.to_vec());
+                self.services.upload_key_packages(&self.caller, packages, last_resort).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((accepted, available)) => {
+                let mut ok = r.init_ok();
+                ok.set_accepted(accepted);
+                ok.set_available(available);
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn fetch_key_package(
+        self: Rc<Self>,
+        params: node::FetchKeyPackageParams,
+        mut results: node::FetchKeyPackageResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("fetch_key_package", async {
+                parse::version(req.get_version())?;
+                let identity = parse::identity(req.get_identity())?;
+                self.services.fetch_key_package(&self.caller, identity).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((bytes, last_resort)) => {
+                let mut ok = r.init_ok();
+                ok.set_key_package(&bytes);
+                ok.set_last_resort(last_resort);
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn key_package_count(
+        self: Rc<Self>,
+        params: node::KeyPackageCountParams,
+        mut results: node::KeyPackageCountResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("key_package_count", async {
+                parse::version(req.get_version())?;
+                let identity = parse::identity(req.get_identity())?;
+                self.services.key_package_count(&self.caller, identity).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((available, has_last_resort)) => {
+                let mut ok = r.init_ok();
+                ok.set_available(available);
+                ok.set_has_last_resort(has_last_resort);
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn enqueue(
+        self: Rc<Self>,
+        params: node::EnqueueParams,
+        mut results: node::EnqueueResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("enqueue", async {
+                parse::version(req.get_version())?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let id = parse::client_msg_id(req.get_client_msg_id())?;
+                let payload = parse::data(req.get_payload(), "payload")?;
+                if payload.len() > self.max_payload() {
+                    return Err(WireError::PayloadTooLarge { limit: self.max_payload() as u64 });
+                }
+                if payload.is_empty() {
+                    return Err(WireError::invalid("payload", "empty"));
+                }
+                self.services.enqueue(&self.caller, channel, id, payload.to_vec()).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((seq, duplicate)) => {
+                let mut ok = r.init_ok();
+                ok.set_seq(seq);
+                ok.set_duplicate(duplicate);
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        self: Rc<Self>,
+        params: node::FetchParams,
+        mut results: node::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("fetch", async {
+                parse::version(req.get_version())?;
+                let channel = parse::channel(req.get_channel_id())?;
+                self.services.fetch(&self.caller, channel, req.get_after_seq(), req.get_limit()).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(page) => write_page(r.init_ok(), &page, 0),
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn fetch_wait(
+        self: Rc<Self>,
+        params: node::FetchWaitParams,
+        mut results: node::FetchWaitResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("fetch_wait", async {
+                parse::version(req.get_version())?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
+                self.services
+                    .fetch_wait(&self.caller, channel, req.get_after_seq(), req.get_limit(), timeout)
+                    .await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(w) => {
+                let ms = u32::try_from(w.effective_timeout.as_millis()).unwrap_or(u32::MAX);
+                write_page(r.init_ok(), &w.page, ms);
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn ack(
+        self: Rc<Self>,
+        params: node::AckParams,
+        mut results: node::AckResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("ack", async {
+                parse::version(req.get_version())?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let consumer = parse::consumer(req.get_consumer_id())?;
+                self.services.ack(&self.caller, channel, consumer, req.get_seq()).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(()) => r.set_ok(()),
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! Starting, running and draining a node.
+//!
+//! [`RunningNode::start`] opens the store, starts the log writer, binds the QUIC client
+//! listener and the admin HTTP listener, and spawns:
+//! - the accept loop (on the caller's tokio runtime), which applies the connection limits
+//!   and hands each accepted connection to an RPC worker;
+//! - `rpc_workers` threads, each a single-threaded runtime with a `LocalSet`, because Cap'n
+//!   Proto RPC objects are `!Send`; every connection lives on one worker;
+//! - the eviction sweep.
+//!
+//! Shutdown ([`RunningNode::shutdown`]) drains: readiness goes false, new connections are
+//! refused, new calls get `unavailable`, long-polls return early, calls in flight finish (up
+//! to the drain timeout), and then every connection is closed with
+//! [`close_code::SHUTTING_DOWN`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use qpq_schemas::limits::{close_code, reader_options};
+use qpq_schemas::qpq_capnp::node;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::clock::SharedClock;
+use crate::config::{NodeConfig, TlsSource};
+use crate::log::CommitLog;
+use crate::metrics::Metrics;
+use crate::rpc::{InFlight, NodeRpc};
+use crate::service::waiters::Waiters;
+use crate::service::{Caller, Services};
+use crate::state::Store;
+use crate::transport::devcert::{DevCert, fingerprint_sha256};
+use crate::transport::limits::{ConnectionLimiter, ConnectionPermit};
+use crate::transport::tls;
+use crate::{Error, Result};
+
+/// A node that is serving. Dropping it does not stop it; call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    client_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    cert: CertificateDer<'static>,
+    services: Arc<Services>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// What every connection task needs.
+#[derive(Clone)]
+struct ConnCtx {
+    services: Arc<Services>,
+    metrics: Metrics,
+    in_flight: Arc<InFlight>,
+    draining: CancellationToken,
+}
+
+struct WorkItem {
+    incoming: quinn::Incoming,
+    permit: ConnectionPermit,
+}
+
+impl RunningNode {
+    /// Starts a node. Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let metrics = Metrics::new()?;
+
+        let (chain, key) = match &config.tls {
+            TlsSource::Dev => {
+                let dev = DevCert::load_or_generate(&config.data_dir)?;
+                (dev.cert_chain(), dev.private_key())
+            }
+            TlsSource::Files { cert, key } => tls::load_pem(cert, key)?,
+        };
+        let cert = chain.first().cloned().ok_or(Error::NoCertificate)?;
+        let transport_limits = tls::TransportLimits {
+            idle_timeout: config.limits.idle_timeout,
+            max_concurrent_bidi_streams: config.limits.max_streams_per_connection,
+            ..tls::TransportLimits::default()
+        };
+        let server_config = tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
+
+        let store = Store::open(&config.db_path())?;
+        let waiters = Arc::new(Waiters::default());
+        let (log, writer) =
+            CommitLog::start(store, clock.clone(), metrics.clone(), waiters.clone(), config.limits.max_batch_entries)?;
+        let draining = CancellationToken::new();
+        let services = Arc::new(Services::new(log, waiters, clock, config.clone(), draining.clone()));
+
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
+        let client_addr = endpoint.local_addr()?;
+
+        let shutdown = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_state = AdminState { metrics: metrics.clone(), services: services.clone(), ready: ready.clone() };
+        let admin_stop = CancellationToken::new();
+        let (admin_addr, admin_task) = admin::serve(config.admin_listen, admin_state, admin_stop.clone()).await?;
+
+        let ctx = ConnCtx {
+            services: services.clone(),
+            metrics: metrics.clone(),
+            in_flight: Arc::new(InFlight::default()),
+            draining: draining.clone(),
+        };
+        let workers = spawn_workers(config.rpc_workers.max(1), ctx.clone())?;
+        let limiter = ConnectionLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+
+        let sweeper = tokio::spawn(sweep_loop(services.clone(), config.retention.sweep_interval, shutdown.clone()));
+
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(listen = %client_addr, admin = %admin_addr, data_dir = %config.data_dir.display(), "node serving");
+
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let stop = shutdown.clone();
+        let drain_timeout = config.drain_timeout;
+        tokio::spawn(async move {
+            accept_loop(&endpoint, &limiter, &workers, &ctx.metrics, &stop).await;
+            // ---- drain ----
+            ready.store(false, Ordering::SeqCst);
+            ctx.draining.cancel();
+            endpoint.set_server_config(None);
+            let in_flight = ctx.in_flight.current();
+            tracing::info!(in_flight, "draining");
+            if tokio::time::timeout(drain_timeout, ctx.in_flight.wait_idle()).await.is_err() {
+                tracing::warn!(in_flight = ctx.in_flight.current(), "drain timeout; closing with calls in flight");
+            }
+            endpoint.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            drop(workers);
+            admin_stop.cancel();
+            let _ = admin_task.await;
+            let _ = sweeper.await;
+            drop(ctx);
+            // The writer thread exits once the last log handle is gone; join it so every
+            // answered write is known to be on disk before we report "stopped".
+            let joined = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || writer.join())).await;
+            if joined.is_err() {
+                tracing::warn!("log writer still has handles after shutdown; not waiting for it");
+            }
+            tracing::info!("node stopped");
+            let _ = done_tx.send(());
+        });
+
+        Ok(Self { client_addr, admin_addr, cert, services, metrics, shutdown, done })
+    }
+
+    /// Where clients connect (UDP).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The admin HTTP address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The leaf certificate clients see.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// SHA-256 of the leaf certificate (what clients pin).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint_sha256(&self.cert)
+    }
+
+    /// The services (for in-process tools such as the self-check and tests).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A token that, when cancelled, starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Drains and stops the node; returns when it has stopped.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the node has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) {
+        drop(self.services);
+        let _ = self.done.await;
+    }
+}
+
+async fn accept_loop(
+    endpoint: &quinn::Endpoint,
+    limiter: &ConnectionLimiter,
+    workers: &[mpsc::UnboundedSender<WorkItem>],
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) {
+    let mut next = 0usize;
+    loop {
+        let incoming = tokio::select! {
+            () = stop.cancelled() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let ip = incoming.remote_address().ip();
+        match limiter.try_acquire(ip) {
+            Ok(permit) => {
+                let item = WorkItem { incoming, permit };
+                if let Err(mpsc::error::SendError(item)) = workers[next % workers.len()].send(item) {
+                    item.incoming.refuse();
+                }
+                next = next.wrapping_add(1);
+            }
+            Err(e) => {
+                metrics.refused_connections.with_label_values(&[e.reason()]).inc();
+                tracing::info!(peer = %ip, reason = e.reason(), "connection refused");
+                incoming.refuse();
+            }
+        }
+    }
+}
+
+fn spawn_workers(n: usize, ctx: ConnCtx) -> Result<Vec<mpsc::UnboundedSender<WorkItem>>> {
+    let mut senders = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, mut rx) = mpsc::unbounded_channel::<WorkItem>();
+        let ctx = ctx.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name(format!("qpq-rpc-{i}")).spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                while let Some(item) = rx.recv().await {
+                    tokio::task::spawn_local(serve_connection(item, ctx.clone()));
+                }
+            });
+        })?;
+        senders.push(tx);
+    }
+    Ok(senders)
+}
+
+async fn serve_connection(item: WorkItem, ctx: ConnCtx) {
+    let WorkItem { incoming, permit } = item;
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    if !tls::negotiated_alpn_ok(&conn) {
+        tracing::info!(peer = %conn.remote_address(), "closing connection without ALPN capnp");
+        conn.close(close_code::BAD_ALPN.into(), b"ALPN capnp required");
+        return;
+    }
+    ctx.metrics.open_connections.inc();
+    let caller = Caller { peer: conn.remote_address().ip() };
+    tracing::debug!(peer = %caller.peer, "connection open");
+    let rpc = NodeRpc::new(ctx.services.clone(), ctx.metrics.clone(), caller, ctx.in_flight.clone(), ctx.draining.clone());
+    let client: node::Client = capnp_rpc::new_client(rpc);
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::task::spawn_local(serve_stream(send, recv, client.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "connection closed");
+                break;
+            }
+        }
+    }
+    ctx.metrics.open_connections.dec();
+    drop(permit);
+}
+
+/// One Cap'n Proto RPC session on one bidirectional stream. Garbage or an oversized message
+/// ends this session (and so this stream) only; the connection's other streams go on.
+async fn serve_stream(send: quinn::SendStream, recv: quinn::RecvStream, client: node::Client) {
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(recv.compat()),
+        send.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        reader_options(),
+    );
+    let system = RpcSystem::new(Box::new(network), Some(client.client));
+    if let Err(e) = system.await {
+        // The error may quote the offending bytes' structure, not their content; keep it at
+        // debug level.
+        tracing::debug!(error = %e, "rpc stream ended with an error");
+    }
+}
+
+async fn sweep_loop(services: Arc<Services>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match services.evict().await {
+            Ok((0, 0)) => {}
+            Ok((messages, key_packages)) => tracing::info!(messages, key_packages, "evicted expired rows"),
+            Err(e) => tracing::warn!(error = %e, "eviction sweep failed"),
+        }
+    }
+}

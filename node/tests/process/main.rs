@@ -1,0 +1,8 @@
+//! Tests against the real `qpq-node` binary as a separate process: crash durability
+//! (`kill -9`), graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
+
+mod harness;
+
+mod drain;
+mod durability;
+mod log_safety;
