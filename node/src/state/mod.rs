@@ -1,5 +1,36 @@
 //! The deterministic state machine: commands, their application to SQLite, and reads.
+//!
+//! Layout:
+//! - `command.rs`: [`Command`], [`Stamp`] and [`Outcome`], the values that go through the
+//!   log and come back out of `apply`.
+//! - `store.rs`: [`Store`], the single writer: opens the database durably, migrates it, and
+//!   applies batches of entries in one transaction each.
+//! - `apply.rs`: the rules (KeyPackage quota and single use, dedupe, sequence numbers, commit
+//!   epochs, cursors, eviction), one function per command.
+//! - `read.rs`: queries shared by [`Store`] and [`StoreReader`], a read-only handle for
+//!   serving reads concurrently with the writer.
+//! - `migrations.rs`: the versioned schema.
+//! - `error.rs`: [`StoreError`].
+//!
+//! Architecture invariant: `apply` is a function of the database and the entry only. It reads
+//! no clock, no randomness and no configuration, so replicas that apply the same entries in
+//! the same order (in any batching) hold the same rows. This module knows nothing about
+//! RPC, Raft or MLS beyond the public framing carried in [`CommitFraming`].
 
+mod apply;
 mod command;
+mod error;
+mod migrations;
+mod read;
+mod store;
+
+// Tests may unwrap: a panic is how they fail.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
 
 pub use command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Stamp};
+pub use error::{Result, StoreError};
+pub use migrations::SCHEMA_VERSION;
+pub use read::{FetchPage, Stats, StoreReader, StoredMessage};
+pub use store::Store;

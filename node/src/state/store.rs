@@ -1,0 +1,132 @@
+//! [`Store`]: the node's single writer to its SQLite state database.
+//!
+//! It opens the file with the pragmas that make an acknowledged write durable, migrates the
+//! schema, and applies batches of log entries in one transaction each (group commit: one
+//! fsync per batch). The rules themselves live in `apply.rs`, the queries in `read.rs`.
+//!
+//! It does not decide what goes into a batch, stamp entries, or replicate them: that is the
+//! log's job (local today, Raft later). Exactly one `Store` may write a given file.
+
+use std::fmt;
+use std::path::Path;
+
+use qpq_schemas::{ChannelId, IdentityKey};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::apply;
+use super::command::{Command, Outcome, Stamp};
+use super::error::{Result, StoreError};
+use super::migrations;
+use super::read::{self, BUSY_TIMEOUT, FetchPage, Stats};
+
+/// Enough for every statement `apply` and the reads use, so none is re-prepared per entry.
+const STATEMENT_CACHE: usize = 64;
+
+/// The state database, open for writing.
+pub struct Store {
+    conn: Connection,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `path` and migrates it to
+    /// [`crate::state::SCHEMA_VERSION`].
+    ///
+    /// Fails with [`StoreError::SchemaTooNew`] on a database written by a newer build,
+    /// without changing the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, true)
+    }
+
+    /// A private in-memory database (tests, tools). Nothing is durable.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, false)
+    }
+
+    fn init(mut conn: Connection, on_disk: bool) -> Result<Self> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Checked before anything else: even switching the journal mode writes the file, and a
+        // newer build's database must be left exactly as it was.
+        migrations::ensure_not_newer(migrations::schema_version(&conn)?)?;
+        // WAL: readers on other connections see the last committed batch without blocking
+        // the writer. An in-memory database reports "memory" and has no other readers.
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if on_disk && !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::WalUnavailable { mode });
+        }
+        // FULL: the WAL is fsync'd at every commit, so a batch whose outcomes were returned
+        // survives power loss (invariant 3). NORMAL would only protect against crashes.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        migrations::migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    /// Applies `entries` in order, in one transaction, and returns one [`Outcome`] per entry.
+    ///
+    /// A rejection is an outcome, not an error, and does not affect the other entries. On
+    /// `Err` (SQLite or I/O failure) nothing of the batch is applied and the caller may
+    /// retry the same batch.
+    pub fn apply_batch(&mut self, entries: &[(Command, Stamp)]) -> Result<Vec<Outcome>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // IMMEDIATE takes the write lock up front, so the batch cannot fail half-way through
+        // on a lock upgrade.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for (command, stamp) in entries {
+            outcomes.push(apply::apply(&tx, command, *stamp)?);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Messages of `channel` with `seq > after_seq` and `enqueued_at_ms >= not_before_ms`,
+    /// ascending, at most `limit` of them.
+    ///
+    /// `not_before_ms` hides rows that have expired but not yet been evicted (eviction is a
+    /// log entry and lags behind the clock).
+    pub fn fetch(
+        &self,
+        channel: &ChannelId,
+        after_seq: u64,
+        limit: u32,
+        not_before_ms: u64,
+    ) -> Result<FetchPage> {
+        read::fetch(&self.conn, channel, after_seq, limit, not_before_ms)
+    }
+
+    /// Unexpired single-use KeyPackages of `identity` at `now_ms`, and whether it has an
+    /// unexpired last-resort one.
+    pub fn key_package_count(&self, identity: &IdentityKey, now_ms: u64) -> Result<(u32, bool)> {
+        read::key_package_count(&self.conn, identity, now_ms)
+    }
+
+    /// Row counts for metrics.
+    pub fn stats(&self) -> Result<Stats> {
+        read::stats(&self.conn)
+    }
+
+    /// The database's schema version.
+    pub fn schema_version(&self) -> Result<u32> {
+        migrations::schema_version(&self.conn)
+    }
+
+    /// The connection, for tests that inspect tables directly.
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
