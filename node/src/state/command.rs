@@ -20,7 +20,7 @@ pub struct Stamp {
 
 /// A state change. Serialised into the log, so variants and fields are only ever added
 /// (old log entries must stay decodable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Store single-use KeyPackages (and optionally replace the last-resort one) for an
     /// identity. Fails as a whole with `QuotaExceeded` if the identity would then hold more
@@ -103,7 +103,7 @@ pub struct CommitFraming {
 
 /// What applying a [`Command`] produced. A rejected command is still applied (as a no-op) and
 /// yields its rejection here, so every replica agrees on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// `UploadKeyPackages` succeeded.
     Uploaded {
@@ -154,4 +154,87 @@ pub enum Rejection {
         /// The epoch the channel now expects a Commit for.
         expected_epoch: u64,
     },
+}
+
+// `Debug` by hand: commands and outcomes carry payloads and KeyPackages, which must never
+// reach a log through a `?command` field. Only their lengths are printed.
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UploadKeyPackages { identity: _, packages, last_resort, max_available } => f
+                .debug_struct("UploadKeyPackages")
+                .field("packages", &packages.len())
+                .field("last_resort", &last_resort.is_some())
+                .field("max_available", max_available)
+                .finish_non_exhaustive(),
+            Self::ConsumeKeyPackage { .. } => f.debug_struct("ConsumeKeyPackage").finish_non_exhaustive(),
+            Self::Enqueue { channel, client_msg_id, payload, commit } => f
+                .debug_struct("Enqueue")
+                .field("channel", channel)
+                .field("client_msg_id", client_msg_id)
+                .field("payload_len", &payload.len())
+                .field("commit", commit)
+                .finish(),
+            Self::Ack { channel, consumer, seq } => {
+                f.debug_struct("Ack").field("channel", channel).field("consumer", consumer).field("seq", seq).finish()
+            }
+            Self::Evict { messages_before_ms, key_packages_expired_at_ms } => f
+                .debug_struct("Evict")
+                .field("messages_before_ms", messages_before_ms)
+                .field("key_packages_expired_at_ms", key_packages_expired_at_ms)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uploaded { accepted, available } => {
+                f.debug_struct("Uploaded").field("accepted", accepted).field("available", available).finish()
+            }
+            Self::KeyPackage { bytes, last_resort } => f
+                .debug_struct("KeyPackage")
+                .field("len", &bytes.len())
+                .field("last_resort", last_resort)
+                .finish(),
+            Self::Enqueued { seq, duplicate } => {
+                f.debug_struct("Enqueued").field("seq", seq).field("duplicate", duplicate).finish()
+            }
+            Self::Acked => f.write_str("Acked"),
+            Self::Evicted { messages, key_packages } => f
+                .debug_struct("Evicted")
+                .field("messages", messages)
+                .field("key_packages", key_packages)
+                .finish(),
+            Self::Rejected(r) => f.debug_tuple("Rejected").field(r).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_payloads_or_key_packages() {
+        let secret = vec![0xAB; 40];
+        let cmd = Command::Enqueue {
+            channel: ChannelId::new([1; 16]),
+            client_msg_id: ClientMsgId::new([2; 16]),
+            payload: secret.clone(),
+            commit: None,
+        };
+        let out = Outcome::KeyPackage { bytes: secret.clone(), last_resort: false };
+        let upload = Command::UploadKeyPackages {
+            identity: IdentityKey::new([3; 32]),
+            packages: vec![NewKeyPackage { bytes: secret, expires_at_ms: 1 }],
+            last_resort: None,
+            max_available: 5,
+        };
+        for text in [format!("{cmd:?}"), format!("{out:?}"), format!("{upload:?}")] {
+            assert!(!text.contains("171") && !text.to_lowercase().contains("abab"), "{text}");
+            assert!(!text.contains("0303030303"), "identity keys stay out of logs too: {text}");
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Tests against the real `qpq-node` binary as a separate process: crash durability
 //! (`kill -9`), graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod drain;
