@@ -5,4 +5,5 @@
 //! and Cap'n Proto RPC.
 #![forbid(unsafe_code)]
 
+pub mod mls;
 pub mod state;
