@@ -13,7 +13,8 @@ async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = NodeProcess::start(dir.path(), &[]);
     let ch = ChannelId::random();
-    let mut group = DevGroup::create(&DevIdentity::generate().unwrap(), GroupId::new(rand::random())).unwrap();
+    let group_id = DevIdentity::generate().unwrap();
+    let mut group = DevGroup::create(&group_id, GroupId::new(rand::random())).unwrap();
     let payloads: Vec<Vec<u8>> = (0..200).map(|i| group.application_message(format!("m{i}").as_bytes()).unwrap()).collect();
 
     let acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = local(async {

@@ -11,7 +11,8 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(t.admin_get("/nope").await.0, 404);
     local(async {
         let c = t.connect().await;
-        let mut g = DevGroup::create(&DevIdentity::generate().unwrap(), GroupId::new(rand::random())).unwrap();
+        let g_id = DevIdentity::generate().unwrap();
+        let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
         let ch = ChannelId::random();
         c.enqueue(&ch, &ClientMsgId::random(), &g.application_message(b"m").unwrap()).await.unwrap();
         let _ = c.enqueue_raw(&[0; 3], &[0; 16], b"x").await;

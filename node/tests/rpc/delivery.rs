@@ -118,7 +118,8 @@ async fn only_the_first_commit_of_an_epoch_is_accepted() {
         assert!(matches!(err, ClientError::Wire(WireError::StaleEpoch { expected_epoch: 2 })), "{err}");
 
         // Application messages are never policed by epoch.
-        let mut stale_member = DevGroup::create(&DevIdentity::generate().unwrap(), gid).unwrap();
+        let stale_member_id = DevIdentity::generate().unwrap();
+        let mut stale_member = DevGroup::create(&stale_member_id, gid).unwrap();
         let app = stale_member.application_message(b"epoch 0 chatter").unwrap();
         assert_eq!(c.enqueue(&ch, &ClientMsgId::random(), &app).await.unwrap().seq, 3);
 

@@ -15,7 +15,8 @@ async fn messages_past_retention_are_hidden_at_once_and_swept() {
     local(async {
         let c = t.connect().await;
         let ch = ChannelId::random();
-        let mut g = DevGroup::create(&DevIdentity::generate().unwrap(), GroupId::new(rand::random())).unwrap();
+        let g_id = DevIdentity::generate().unwrap();
+        let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
         for i in 0..3 {
             c.enqueue(&ch, &ClientMsgId::random(), &g.application_message(&[i]).unwrap()).await.unwrap();
         }

@@ -8,7 +8,8 @@ use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
 use crate::common::{TestNode, local};
 
 fn app_message() -> Vec<u8> {
-    let mut g = DevGroup::create(&DevIdentity::generate().unwrap(), GroupId::new(rand::random())).unwrap();
+    let g_id = DevIdentity::generate().unwrap();
+    let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
     g.application_message(b"hi").unwrap()
 }
 
