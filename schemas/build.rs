@@ -4,6 +4,8 @@
 fn main() {
     println!("cargo:rerun-if-changed=qpq.capnp");
     if let Err(e) = capnpc::CompilerCommand::new().file("qpq.capnp").run() {
-        panic!("compiling qpq.capnp failed (is the `capnp` compiler installed? apt-get install capnproto): {e}");
+        panic!(
+            "compiling qpq.capnp failed (is the `capnp` compiler installed? apt-get install capnproto): {e}"
+        );
     }
 }

@@ -75,6 +75,7 @@ struct UploadKeyPackagesResponse {
 
 struct UploadKeyPackagesOk {
   accepted @0 :UInt32;
+  # Packages stored by this call, the last-resort one included.
   available @1 :UInt32;
   # Single-use KeyPackages now available for the identity.
 }

@@ -19,7 +19,7 @@ use qpq_schemas::qpq_capnp::{envelope, fetch_ok, node};
 use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey, WireError};
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 
-use crate::tls::{ServerVerification, quinn_client_config};
+use crate::tls::{ServerVerification, client_crypto, quinn_client_config};
 
 /// Everything that can go wrong on a call.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum ClientError {
     Wire(#[from] WireError),
     /// TLS configuration or verification setup failed.
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::tls::Error),
     /// The QUIC connection could not be set up.
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
@@ -48,6 +48,13 @@ pub enum ClientError {
     Version(u16),
 }
 
+impl From<capnp::NotInSchema> for ClientError {
+    fn from(e: capnp::NotInSchema) -> Self {
+        // A union member this client does not know: a newer node answered.
+        Self::Rpc(e.into())
+    }
+}
+
 impl ClientError {
     /// Whether retrying the same request (with the same client message id) may succeed:
     /// transport failures and retryable wire errors.
@@ -55,7 +62,10 @@ impl ClientError {
         match self {
             Self::Wire(e) => e.is_retryable(),
             Self::Connection(_) | Self::Io(_) | Self::Connect(_) => true,
-            Self::Rpc(e) => matches!(e.kind, capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded),
+            Self::Rpc(e) => matches!(
+                e.kind,
+                capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
+            ),
             Self::Tls(_) | Self::Version(_) => false,
         }
     }
@@ -154,18 +164,27 @@ pub struct Connection {
 impl Connection {
     /// Connects to `addr`, verifying the node as `v` says, and expecting the certificate to be
     /// valid for `server_name` (ignored when pinning).
-    pub async fn connect(addr: SocketAddr, server_name: &str, v: &ServerVerification) -> Result<Self> {
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        v: &ServerVerification,
+    ) -> Result<Self> {
         let bind: SocketAddr = if addr.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(quinn_client_config(v)?);
+        endpoint.set_default_client_config(quinn_client_config(client_crypto(v)?)?);
         let conn = endpoint.connect(addr, server_name)?.await?;
         let (send, recv) = conn.open_bi().await?;
         let (node, _) = start_rpc(send, recv);
-        Ok(Self { endpoint, conn, node, token: Vec::new() })
+        Ok(Self {
+            endpoint,
+            conn,
+            node,
+            token: Vec::new(),
+        })
     }
 
     /// Sets the access token sent with every request (empty = none).
@@ -193,12 +212,14 @@ impl Connection {
     /// Closes the connection and waits (briefly) for the close to be sent.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 
     /// `serverInfo`, announcing this client's software version.
     pub async fn server_info(&self) -> Result<ServerInfo> {
-        self.server_info_as(concat!("qpq-client/", env!("CARGO_PKG_VERSION")).as_bytes()).await
+        self.server_info_as(concat!("qpq-client/", env!("CARGO_PKG_VERSION")).as_bytes())
+            .await
     }
 
     /// `serverInfo` with raw client-version bytes (for negative tests of UTF-8 checks).
@@ -219,7 +240,11 @@ impl Connection {
                 Ok(ServerInfo {
                     min_version: ok.get_min_version(),
                     max_version: ok.get_max_version(),
-                    node_version: ok.get_node_version()?.to_string()?,
+                    node_version: ok
+                        .get_node_version()?
+                        .to_str()
+                        .unwrap_or("<invalid utf-8>")
+                        .to_owned(),
                     max_payload_bytes: ok.get_max_payload_bytes(),
                     max_fetch_wait_ms: ok.get_max_fetch_wait_ms(),
                 })
@@ -284,7 +309,10 @@ impl Connection {
         match r.which()? {
             Which::Ok(ok) => {
                 let ok = ok?;
-                Ok(FetchedKeyPackage { bytes: ok.get_key_package()?.to_vec(), last_resort: ok.get_last_resort() })
+                Ok(FetchedKeyPackage {
+                    bytes: ok.get_key_package()?.to_vec(),
+                    last_resort: ok.get_last_resort(),
+                })
             }
             Which::Err(e) => Err(WireError::read_from(e?).into()),
         }
@@ -313,8 +341,14 @@ impl Connection {
     }
 
     /// Enqueues an MLS message to a channel.
-    pub async fn enqueue(&self, channel: &ChannelId, id: &ClientMsgId, payload: &[u8]) -> Result<Enqueued> {
-        self.enqueue_raw(channel.as_bytes(), id.as_bytes(), payload).await
+    pub async fn enqueue(
+        &self,
+        channel: &ChannelId,
+        id: &ClientMsgId,
+        payload: &[u8],
+    ) -> Result<Enqueued> {
+        self.enqueue_raw(channel.as_bytes(), id.as_bytes(), payload)
+            .await
     }
 
     /// Like [`Self::enqueue`] with unchecked id bytes (for negative tests).
@@ -335,14 +369,22 @@ impl Connection {
         match r.which()? {
             Which::Ok(ok) => {
                 let ok = ok?;
-                Ok(Enqueued { seq: ok.get_seq(), duplicate: ok.get_duplicate() })
+                Ok(Enqueued {
+                    seq: ok.get_seq(),
+                    duplicate: ok.get_duplicate(),
+                })
             }
             Which::Err(e) => Err(WireError::read_from(e?).into()),
         }
     }
 
     /// Fetches up to `limit` messages after `after_seq` (0 = the node's default limit).
-    pub async fn fetch(&self, channel: &ChannelId, after_seq: u64, limit: u32) -> Result<FetchPage> {
+    pub async fn fetch(
+        &self,
+        channel: &ChannelId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<FetchPage> {
         let mut req = self.node.fetch_request();
         {
             let mut b = req.get().init_req();
@@ -402,7 +444,11 @@ impl Connection {
 }
 
 fn check_version(v: u16) -> Result<()> {
-    if v == WIRE_VERSION { Ok(()) } else { Err(ClientError::Version(v)) }
+    if v == WIRE_VERSION {
+        Ok(())
+    } else {
+        Err(ClientError::Version(v))
+    }
 }
 
 fn read_fetch_response(r: qpq_schemas::qpq_capnp::fetch_response::Reader<'_>) -> Result<FetchPage> {
@@ -444,7 +490,10 @@ fn read_envelope(m: envelope::Reader<'_>) -> Result<Envelope> {
 pub fn start_rpc(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-) -> (node::Client, capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>) {
+) -> (
+    node::Client,
+    capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>,
+) {
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(recv.compat()),
         send.compat_write(),

@@ -57,7 +57,12 @@ impl Latency {
             let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
             u64::try_from(samples[i].as_micros()).unwrap_or(u64::MAX)
         };
-        Self { count: samples.len(), p50_us: pick(0.50), p99_us: pick(0.99), max_us: pick(1.0) }
+        Self {
+            count: samples.len(),
+            p50_us: pick(0.50),
+            p99_us: pick(0.99),
+            max_us: pick(1.0),
+        }
     }
 }
 
@@ -118,7 +123,10 @@ pub fn framed_payload(size: usize, stamp_ns: u64) -> Vec<u8> {
 
 fn stamp_of(payload: &[u8]) -> Option<u64> {
     let at = 2 + 2 + 1 + 32 + 8 + 1 + 1 + 2 + 4;
-    payload.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+    payload
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// Runs one load level. Must run inside a `LocalSet`.
@@ -128,7 +136,9 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     }
     let mut conns = Vec::new();
     for _ in 0..spec.connections.min(spec.senders) {
-        conns.push(Rc::new(Connection::connect(spec.addr, "localhost", &spec.verification).await?));
+        conns.push(Rc::new(
+            Connection::connect(spec.addr, "localhost", &spec.verification).await?,
+        ));
     }
     let receiver = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
     let channel = ChannelId::random();
@@ -162,9 +172,15 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
             let mut errors = 0usize;
             while Instant::now() < stop_at {
                 let sent = origin.elapsed();
-                let payload = framed_payload(spec.payload_bytes, u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX));
+                let payload = framed_payload(
+                    spec.payload_bytes,
+                    u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX),
+                );
                 let started = Instant::now();
-                match conn.enqueue(&channel, &ClientMsgId::random(), &payload).await {
+                match conn
+                    .enqueue(&channel, &ClientMsgId::random(), &payload)
+                    .await
+                {
                     Ok(_) => latencies.push(started.elapsed()),
                     Err(_) => errors += 1,
                 }

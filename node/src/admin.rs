@@ -40,7 +40,9 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(state);
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin listener failed");
         }
@@ -56,10 +58,20 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics(State(s): State<AdminState>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+async fn metrics(
+    State(s): State<AdminState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     if let Ok(stats) = s.services.stats().await {
-        s.metrics.stored_messages.set(i64::try_from(stats.messages).unwrap_or(i64::MAX));
-        s.metrics.stored_key_packages.set(i64::try_from(stats.key_packages).unwrap_or(i64::MAX));
+        s.metrics
+            .stored_messages
+            .set(i64::try_from(stats.messages).unwrap_or(i64::MAX));
+        s.metrics
+            .stored_key_packages
+            .set(i64::try_from(stats.key_packages).unwrap_or(i64::MAX));
     }
-    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }

@@ -23,7 +23,13 @@ use crate::telemetry::{self, LogFormat};
 #[command(name = "qpq-node", version, about = "quicproquo server node")]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "QPQ_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "QPQ_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -137,7 +143,10 @@ impl Common {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qpq-node: cannot start the runtime: {e}");
@@ -154,7 +163,13 @@ pub fn main() -> ExitCode {
                 run(a.common.into_config(tls), Mode::Serve).await
             }
             Command::Dev(a) => {
-                run(a.common.into_config(TlsSource::Dev), Mode::Dev { exit_after_check: a.self_check }).await
+                run(
+                    a.common.into_config(TlsSource::Dev),
+                    Mode::Dev {
+                        exit_after_check: a.self_check,
+                    },
+                )
+                .await
             }
         }
     })
@@ -174,14 +189,28 @@ async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
         }
     };
     if let Mode::Dev { exit_after_check } = mode {
-        println!("qpq-node (dev) serving QUIC on {} · admin http://{}", node.client_addr(), node.admin_addr());
-        println!("certificate SHA-256 fingerprint: {}", crate::transport::devcert::format_fingerprint(&node.fingerprint()));
+        println!(
+            "qpq-node (dev) serving QUIC on {} · admin http://{}",
+            node.client_addr(),
+            node.admin_addr()
+        );
+        println!(
+            "certificate SHA-256 fingerprint: {}",
+            crate::transport::devcert::format_fingerprint(&node.fingerprint())
+        );
         let passed = tokio::task::LocalSet::new()
-            .run_until(crate::selfcheck::run(node.client_addr(), node.fingerprint()))
+            .run_until(crate::selfcheck::run(
+                node.client_addr(),
+                node.fingerprint(),
+            ))
             .await;
         if exit_after_check {
             node.shutdown().await;
-            return if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            return if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         if !passed {
             eprintln!("self-check failed; serving anyway");
@@ -206,7 +235,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -50,7 +50,7 @@ pub enum Error {
     Store(#[from] state::StoreError),
     /// TLS material or configuration problem.
     #[error("tls: {0}")]
-    Tls(#[from] transport::TransportError),
+    Tls(#[from] transport::Error),
     /// The certificate file held no certificate.
     #[error("no certificate in the configured chain")]
     NoCertificate,

@@ -58,15 +58,27 @@ impl CommitLog {
         // The queue bound is the back-pressure point: when the disk cannot keep up, proposers
         // wait here instead of growing memory without limit.
         let (tx, rx) = mpsc::channel(max_batch_entries.max(1) * 4);
-        let writer = Writer { store, clock, metrics, waiters, max_batch_entries: max_batch_entries.max(1), last_stamp_ms: 0 };
-        let handle = thread::Builder::new().name("qpq-log-writer".into()).spawn(move || writer.run(rx))?;
+        let writer = Writer {
+            store,
+            clock,
+            metrics,
+            waiters,
+            max_batch_entries: max_batch_entries.max(1),
+            last_stamp_ms: 0,
+        };
+        let handle = thread::Builder::new()
+            .name("qpq-log-writer".into())
+            .spawn(move || writer.run(rx))?;
         Ok((Self { tx }, handle))
     }
 
     /// Appends `command`, waits until it is durable and applied, and returns its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, LogError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { command, reply }).await.map_err(|_| LogError::Closed)?;
+        self.tx
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 }
@@ -101,11 +113,16 @@ impl Writer {
     fn apply(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
         self.last_stamp_ms = self.last_stamp_ms.max(self.clock.now_ms());
-        let stamp = Stamp { now_ms: self.last_stamp_ms };
-        let entries: Vec<(Command, Stamp)> = batch.iter().map(|p| (p.command.clone(), stamp)).collect();
+        let stamp = Stamp {
+            now_ms: self.last_stamp_ms,
+        };
+        let entries: Vec<(Command, Stamp)> =
+            batch.iter().map(|p| (p.command.clone(), stamp)).collect();
         let result = self.store.apply_batch(&entries);
         self.metrics.batch_entries.observe(batch.len() as f64);
-        self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
@@ -125,12 +142,30 @@ impl Writer {
 
     fn after_apply(&self, command: &Command, outcome: &Outcome) {
         match (command, outcome) {
-            (Command::Enqueue { channel, .. }, Outcome::Enqueued { seq, duplicate: false }) => {
+            (
+                Command::Enqueue { channel, .. },
+                Outcome::Enqueued {
+                    seq,
+                    duplicate: false,
+                },
+            ) => {
                 self.waiters.notify(channel, *seq);
             }
-            (Command::Evict { .. }, Outcome::Evicted { messages, key_packages }) => {
-                self.metrics.evictions.with_label_values(&["message"]).inc_by(*messages);
-                self.metrics.evictions.with_label_values(&["key_package"]).inc_by(*key_packages);
+            (
+                Command::Evict { .. },
+                Outcome::Evicted {
+                    messages,
+                    key_packages,
+                },
+            ) => {
+                self.metrics
+                    .evictions
+                    .with_label_values(&["message"])
+                    .inc_by(*messages);
+                self.metrics
+                    .evictions
+                    .with_label_values(&["key_package"])
+                    .inc_by(*key_packages);
             }
             _ => {}
         }

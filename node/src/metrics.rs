@@ -36,7 +36,8 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("qpq".into()), None)?;
         let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
         ];
         let rpc_requests = IntCounterVec::new(
             Opts::new("rpc_requests_total", "RPCs served, by method and outcome"),
@@ -49,22 +50,37 @@ impl Metrics {
         )?;
         let open_connections = IntGauge::new("open_connections", "Open client QUIC connections")?;
         let refused_connections = IntCounterVec::new(
-            Opts::new("refused_connections_total", "Connections refused, by reason"),
+            Opts::new(
+                "refused_connections_total",
+                "Connections refused, by reason",
+            ),
             &["reason"],
         )?;
         let stored_messages = IntGauge::new("stored_messages", "Messages held in the DS log")?;
-        let stored_key_packages = IntGauge::new("stored_key_packages", "KeyPackages held by the AS")?;
+        let stored_key_packages =
+            IntGauge::new("stored_key_packages", "KeyPackages held by the AS")?;
         let evictions = IntCounterVec::new(
-            Opts::new("evictions_total", "Rows dropped by retention and TTL eviction"),
+            Opts::new(
+                "evictions_total",
+                "Rows dropped by retention and TTL eviction",
+            ),
             &["kind"],
         )?;
         let batch_entries = Histogram::with_opts(
-            HistogramOpts::new("log_batch_entries", "Commands applied per transaction (group commit)")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            HistogramOpts::new(
+                "log_batch_entries",
+                "Commands applied per transaction (group commit)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
         )?;
         let batch_duration = Histogram::with_opts(
-            HistogramOpts::new("log_batch_duration_seconds", "Time to apply and fsync one batch")
-                .buckets(latency_buckets),
+            HistogramOpts::new(
+                "log_batch_duration_seconds",
+                "Time to apply and fsync one batch",
+            )
+            .buckets(latency_buckets),
         )?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
@@ -91,15 +107,22 @@ impl Metrics {
 
     /// Records one RPC.
     pub fn observe_rpc(&self, method: &str, outcome: &str, seconds: f64) {
-        self.rpc_requests.with_label_values(&[method, outcome]).inc();
-        self.rpc_duration.with_label_values(&[method, outcome]).observe(seconds);
+        self.rpc_requests
+            .with_label_values(&[method, outcome])
+            .inc();
+        self.rpc_duration
+            .with_label_values(&[method, outcome])
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
-        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()

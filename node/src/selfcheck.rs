@@ -33,7 +33,10 @@ pub async fn run(addr: SocketAddr, fingerprint: [u8; 32]) -> bool {
     }
 }
 
-async fn checks(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Vec<String>, (Vec<String>, String)> {
+async fn checks(
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+) -> Result<Vec<String>, (Vec<String>, String)> {
     let mut done = Vec::new();
     macro_rules! check {
         ($e:expr) => {
@@ -43,7 +46,13 @@ async fn checks(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Vec<String>, 
             }
         };
     }
-    let conn = match Connection::connect(addr, "localhost", &ServerVerification::PinnedSha256(fingerprint)).await {
+    let conn = match Connection::connect(
+        addr,
+        "localhost",
+        &ServerVerification::PinnedSha256(fingerprint),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return Err((done, format!("connect: {e}"))),
     };
@@ -58,21 +67,33 @@ async fn checks(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Vec<String>, 
         Ok(kp) => kp,
         Err(e) => return Err((done, format!("fetchKeyPackage: {e}"))),
     };
-    done.push(format!("fetchKeyPackage: got a {}-byte KeyPackage for bob (single-use)", bob_kp.bytes.len()));
+    done.push(format!(
+        "fetchKeyPackage: got a {}-byte KeyPackage for bob (single-use)",
+        bob_kp.bytes.len()
+    ));
     check!(count(&conn, &bob, 2).await);
 
     let group_id = GroupId::new(rand::random());
     let channel = ChannelId::random();
-    let mut group = DevGroup::create(&alice, group_id).map_err(|e| (Vec::new(), format!("group: {e}")))?;
-    let (commit, _welcome) = group.add_member(&bob_kp.bytes).map_err(|e| (Vec::new(), format!("add: {e}")))?;
+    let mut group =
+        DevGroup::create(&alice, group_id).map_err(|e| (Vec::new(), format!("group: {e}")))?;
+    let (commit, _welcome) = group
+        .add_member(&bob_kp.bytes)
+        .map_err(|e| (Vec::new(), format!("add: {e}")))?;
     check!(enqueue_commit(&conn, &channel, &commit).await);
-    group.merge_pending_commit().map_err(|e| (Vec::new(), format!("merge: {e}")))?;
+    group
+        .merge_pending_commit()
+        .map_err(|e| (Vec::new(), format!("merge: {e}")))?;
 
-    let msg = group.application_message(b"hello bob").map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
+    let msg = group
+        .application_message(b"hello bob")
+        .map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
     let id = ClientMsgId::random();
     check!(enqueue_and_dedupe(&conn, &channel, &id, &msg).await);
     check!(fetch(&conn, &channel).await);
-    let next = group.application_message(b"are you there?").map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
+    let next = group
+        .application_message(b"are you there?")
+        .map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
     check!(fetch_wait(&conn, &channel, &next).await);
     check!(stale_commit(&conn, &channel, &commit).await);
     check!(ack(&conn, &channel).await);
@@ -81,7 +102,10 @@ async fn checks(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Vec<String>, 
 }
 
 async fn server_info(conn: &Connection) -> CheckResult {
-    let info = conn.server_info().await.map_err(|e| format!("serverInfo: {e}"))?;
+    let info = conn
+        .server_info()
+        .await
+        .map_err(|e| format!("serverInfo: {e}"))?;
     Ok(format!(
         "serverInfo: node {} speaks wire v{}..=v{}, payload cap {} bytes",
         info.node_version, info.min_version, info.max_version, info.max_payload_bytes
@@ -91,36 +115,69 @@ async fn server_info(conn: &Connection) -> CheckResult {
 async fn upload(conn: &Connection, who: &DevIdentity) -> CheckResult {
     let mut kps = Vec::new();
     for _ in 0..3 {
-        kps.push(who.key_package_bytes().map_err(|e| format!("keypackage: {e}"))?);
+        kps.push(
+            who.key_package_bytes()
+                .map_err(|e| format!("keypackage: {e}"))?,
+        );
     }
-    let last = who.key_package_bytes().map_err(|e| format!("keypackage: {e}"))?;
-    let (accepted, available) =
-        conn.upload_key_packages(&kps, Some(&last)).await.map_err(|e| format!("uploadKeyPackages: {e}"))?;
-    if accepted != 3 || available != 3 {
-        return Err(format!("uploadKeyPackages: accepted {accepted}, available {available}, expected 3/3"));
+    let last = who
+        .key_package_bytes()
+        .map_err(|e| format!("keypackage: {e}"))?;
+    let (accepted, available) = conn
+        .upload_key_packages(&kps, Some(&last))
+        .await
+        .map_err(|e| format!("uploadKeyPackages: {e}"))?;
+    if accepted != 4 || available != 3 {
+        return Err(format!(
+            "uploadKeyPackages: accepted {accepted}, available {available}, expected 4/3"
+        ));
     }
-    Ok(format!("uploadKeyPackages: 3 signed KeyPackages + 1 last-resort for {}", short(who)))
+    Ok(format!(
+        "uploadKeyPackages: 3 signed KeyPackages + 1 last-resort for {}",
+        short(who)
+    ))
 }
 
 async fn count(conn: &Connection, who: &DevIdentity, expected: u32) -> CheckResult {
-    let (n, last) = conn.key_package_count(&who.identity_key()).await.map_err(|e| format!("keyPackageCount: {e}"))?;
+    let (n, last) = conn
+        .key_package_count(&who.identity_key())
+        .await
+        .map_err(|e| format!("keyPackageCount: {e}"))?;
     if n != expected || !last {
-        return Err(format!("keyPackageCount: {n} (last resort {last}), expected {expected} (true)"));
+        return Err(format!(
+            "keyPackageCount: {n} (last resort {last}), expected {expected} (true)"
+        ));
     }
-    Ok(format!("keyPackageCount: {n} left after one was consumed, last-resort present"))
+    Ok(format!(
+        "keyPackageCount: {n} left after one was consumed, last-resort present"
+    ))
 }
 
 async fn enqueue_commit(conn: &Connection, channel: &ChannelId, commit: &[u8]) -> CheckResult {
-    let r = conn.enqueue(channel, &ClientMsgId::random(), commit).await.map_err(|e| format!("enqueue(commit): {e}"))?;
+    let r = conn
+        .enqueue(channel, &ClientMsgId::random(), commit)
+        .await
+        .map_err(|e| format!("enqueue(commit): {e}"))?;
     if r.seq != 1 {
         return Err(format!("enqueue(commit): seq {}, expected 1", r.seq));
     }
     Ok("enqueue: the Commit adding bob got seq 1".into())
 }
 
-async fn enqueue_and_dedupe(conn: &Connection, channel: &ChannelId, id: &ClientMsgId, msg: &[u8]) -> CheckResult {
-    let first = conn.enqueue(channel, id, msg).await.map_err(|e| format!("enqueue: {e}"))?;
-    let again = conn.enqueue(channel, id, msg).await.map_err(|e| format!("enqueue(retry): {e}"))?;
+async fn enqueue_and_dedupe(
+    conn: &Connection,
+    channel: &ChannelId,
+    id: &ClientMsgId,
+    msg: &[u8],
+) -> CheckResult {
+    let first = conn
+        .enqueue(channel, id, msg)
+        .await
+        .map_err(|e| format!("enqueue: {e}"))?;
+    let again = conn
+        .enqueue(channel, id, msg)
+        .await
+        .map_err(|e| format!("enqueue(retry): {e}"))?;
     if first.seq != 2 || first.duplicate || again.seq != 2 || !again.duplicate {
         return Err(format!("enqueue: first {first:?}, retry {again:?}"));
     }
@@ -128,7 +185,10 @@ async fn enqueue_and_dedupe(conn: &Connection, channel: &ChannelId, id: &ClientM
 }
 
 async fn fetch(conn: &Connection, channel: &ChannelId) -> CheckResult {
-    let page = conn.fetch(channel, 0, 0).await.map_err(|e| format!("fetch: {e}"))?;
+    let page = conn
+        .fetch(channel, 0, 0)
+        .await
+        .map_err(|e| format!("fetch: {e}"))?;
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     if seqs != [1, 2] {
         return Err(format!("fetch: seqs {seqs:?}, expected [1, 2]"));
@@ -148,22 +208,35 @@ async fn fetch_wait(conn: &Connection, channel: &ChannelId, msg: &[u8]) -> Check
     let sent = sent.map_err(|e| format!("enqueue: {e}"))?;
     let waited = started.elapsed();
     if page.messages.first().map(|m| m.seq) != Some(sent.seq) || waited >= Duration::from_secs(5) {
-        return Err(format!("fetchWait: woke with {:?} after {waited:?}", page.messages));
+        return Err(format!(
+            "fetchWait: woke with {:?} after {waited:?}",
+            page.messages
+        ));
     }
-    Ok(format!("fetchWait: woke {} ms after a new message (seq {})", waited.as_millis(), sent.seq))
+    Ok(format!(
+        "fetchWait: woke {} ms after a new message (seq {})",
+        waited.as_millis(),
+        sent.seq
+    ))
 }
 
 async fn stale_commit(conn: &Connection, channel: &ChannelId, commit: &[u8]) -> CheckResult {
     match conn.enqueue(channel, &ClientMsgId::random(), commit).await {
         Err(qpq_client::ClientError::Wire(WireError::StaleEpoch { expected_epoch })) => {
-            Ok(format!("enqueue: a second Commit for the same epoch was refused (StaleEpoch, expecting {expected_epoch})"))
+            Ok(format!(
+                "enqueue: a second Commit for the same epoch was refused (StaleEpoch, expecting {expected_epoch})"
+            ))
         }
-        other => Err(format!("enqueue(second commit): expected StaleEpoch, got {other:?}")),
+        other => Err(format!(
+            "enqueue(second commit): expected StaleEpoch, got {other:?}"
+        )),
     }
 }
 
 async fn ack(conn: &Connection, channel: &ChannelId) -> CheckResult {
-    conn.ack(channel, &ConsumerId::random(), 2).await.map_err(|e| format!("ack: {e}"))?;
+    conn.ack(channel, &ConsumerId::random(), 2)
+        .await
+        .map_err(|e| format!("ack: {e}"))?;
     Ok("ack: cursor recorded".into())
 }
 

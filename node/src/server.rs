@@ -25,6 +25,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::clock::SharedClock;
@@ -36,9 +37,12 @@ use crate::service::waiters::Waiters;
 use crate::service::{Caller, Services};
 use crate::state::Store;
 use crate::transport::devcert::{DevCert, fingerprint_sha256};
-use crate::transport::limits::{ConnectionLimiter, ConnectionPermit};
+use crate::transport::limits::{ConnectionLimiter, ConnectionPermit, TransportLimits};
 use crate::transport::tls;
 use crate::{Error, Result};
+
+/// Reason phrase of the `SHUTTING_DOWN` close.
+const SHUTTING_DOWN_REASON: &[u8] = b"server shutting down";
 
 /// A node that is serving. Dropping it does not stop it; call [`RunningNode::shutdown`].
 pub struct RunningNode {
@@ -57,7 +61,13 @@ struct ConnCtx {
     services: Arc<Services>,
     metrics: Metrics,
     in_flight: Arc<InFlight>,
+    /// Cancelled when the drain starts: new calls are refused, long-polls return.
     draining: CancellationToken,
+    /// Cancelled once no call is in flight (or the drain deadline passed): every RPC stream
+    /// flushes its answers and finishes, then every connection closes with `SHUTTING_DOWN`.
+    calls_done: CancellationToken,
+    /// Every connection task, so the drain can wait for them to close.
+    connections: TaskTracker,
 }
 
 struct WorkItem {
@@ -74,44 +84,70 @@ impl RunningNode {
         let (chain, key) = match &config.tls {
             TlsSource::Dev => {
                 let dev = DevCert::load_or_generate(&config.data_dir)?;
-                (dev.cert_chain(), dev.private_key())
+                (dev.cert_chain(), dev.key())
             }
             TlsSource::Files { cert, key } => tls::load_pem(cert, key)?,
         };
         let cert = chain.first().cloned().ok_or(Error::NoCertificate)?;
-        let transport_limits = tls::TransportLimits {
+        let transport_limits = TransportLimits {
             idle_timeout: config.limits.idle_timeout,
+            keep_alive_interval: Some(config.limits.idle_timeout / 3),
             max_concurrent_bidi_streams: config.limits.max_streams_per_connection,
-            ..tls::TransportLimits::default()
+            max_connections: config.limits.max_connections,
+            max_connections_per_ip: config.limits.max_connections_per_ip,
+            ..TransportLimits::default()
         };
-        let server_config = tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
+        let server_config =
+            tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
         let store = Store::open(&config.db_path())?;
         let waiters = Arc::new(Waiters::default());
-        let (log, writer) =
-            CommitLog::start(store, clock.clone(), metrics.clone(), waiters.clone(), config.limits.max_batch_entries)?;
+        let (log, writer) = CommitLog::start(
+            store,
+            clock.clone(),
+            metrics.clone(),
+            waiters.clone(),
+            config.limits.max_batch_entries,
+        )?;
         let draining = CancellationToken::new();
-        let services = Arc::new(Services::new(log, waiters, clock, config.clone(), draining.clone()));
+        let services = Arc::new(Services::new(
+            log,
+            waiters,
+            clock,
+            config.clone(),
+            draining.clone(),
+        ));
 
         let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
         let client_addr = endpoint.local_addr()?;
 
         let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_state = AdminState { metrics: metrics.clone(), services: services.clone(), ready: ready.clone() };
+        let admin_state = AdminState {
+            metrics: metrics.clone(),
+            services: services.clone(),
+            ready: ready.clone(),
+        };
         let admin_stop = CancellationToken::new();
-        let (admin_addr, admin_task) = admin::serve(config.admin_listen, admin_state, admin_stop.clone()).await?;
+        let (admin_addr, admin_task) =
+            admin::serve(config.admin_listen, admin_state, admin_stop.clone()).await?;
 
         let ctx = ConnCtx {
             services: services.clone(),
             metrics: metrics.clone(),
             in_flight: Arc::new(InFlight::default()),
             draining: draining.clone(),
+            calls_done: CancellationToken::new(),
+            connections: TaskTracker::new(),
         };
         let workers = spawn_workers(config.rpc_workers.max(1), ctx.clone())?;
-        let limiter = ConnectionLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+        let limiter = transport_limits.connection_limiter();
 
-        let sweeper = tokio::spawn(sweep_loop(services.clone(), config.retention.sweep_interval, shutdown.clone()));
+        let sweeper = tokio::spawn(sweep_loop(
+            services.clone(),
+            config.retention.sweep_interval,
+            shutdown.clone(),
+        ));
 
         ready.store(true, Ordering::SeqCst);
         tracing::info!(listen = %client_addr, admin = %admin_addr, data_dir = %config.data_dir.display(), "node serving");
@@ -127,10 +163,27 @@ impl RunningNode {
             endpoint.set_server_config(None);
             let in_flight = ctx.in_flight.current();
             tracing::info!(in_flight, "draining");
-            if tokio::time::timeout(drain_timeout, ctx.in_flight.wait_idle()).await.is_err() {
-                tracing::warn!(in_flight = ctx.in_flight.current(), "drain timeout; closing with calls in flight");
+            let deadline = tokio::time::Instant::now() + drain_timeout;
+            if tokio::time::timeout_at(deadline, ctx.in_flight.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_flight = ctx.in_flight.current(),
+                    "drain timeout; closing with calls in flight"
+                );
             }
-            endpoint.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+            // Every answer is written; let each connection flush it and close itself.
+            ctx.calls_done.cancel();
+            ctx.connections.close();
+            let linger = deadline.max(tokio::time::Instant::now() + Duration::from_secs(2));
+            if tokio::time::timeout_at(linger, ctx.connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after the drain; closing them");
+            }
+            endpoint.close(close_code::SHUTTING_DOWN.into(), SHUTTING_DOWN_REASON);
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
             drop(workers);
             admin_stop.cancel();
@@ -139,7 +192,11 @@ impl RunningNode {
             drop(ctx);
             // The writer thread exits once the last log handle is gone; join it so every
             // answered write is known to be on disk before we report "stopped".
-            let joined = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || writer.join())).await;
+            let joined = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || writer.join()),
+            )
+            .await;
             if joined.is_err() {
                 tracing::warn!("log writer still has handles after shutdown; not waiting for it");
             }
@@ -147,7 +204,15 @@ impl RunningNode {
             let _ = done_tx.send(());
         });
 
-        Ok(Self { client_addr, admin_addr, cert, services, metrics, shutdown, done })
+        Ok(Self {
+            client_addr,
+            admin_addr,
+            cert,
+            services,
+            metrics,
+            shutdown,
+            done,
+        })
     }
 
     /// Where clients connect (UDP).
@@ -167,7 +232,7 @@ impl RunningNode {
 
     /// SHA-256 of the leaf certificate (what clients pin).
     pub fn fingerprint(&self) -> [u8; 32] {
-        fingerprint_sha256(&self.cert)
+        fingerprint_sha256(self.cert.as_ref())
     }
 
     /// The services (for in-process tools such as the self-check and tests).
@@ -218,13 +283,17 @@ async fn accept_loop(
         match limiter.try_acquire(ip) {
             Ok(permit) => {
                 let item = WorkItem { incoming, permit };
-                if let Err(mpsc::error::SendError(item)) = workers[next % workers.len()].send(item) {
+                if let Err(mpsc::error::SendError(item)) = workers[next % workers.len()].send(item)
+                {
                     item.incoming.refuse();
                 }
                 next = next.wrapping_add(1);
             }
             Err(e) => {
-                metrics.refused_connections.with_label_values(&[e.reason()]).inc();
+                metrics
+                    .refused_connections
+                    .with_label_values(&[e.reason()])
+                    .inc();
                 tracing::info!(peer = %ip, reason = e.reason(), "connection refused");
                 incoming.refuse();
             }
@@ -237,15 +306,22 @@ fn spawn_workers(n: usize, ctx: ConnCtx) -> Result<Vec<mpsc::UnboundedSender<Wor
     for i in 0..n {
         let (tx, mut rx) = mpsc::unbounded_channel::<WorkItem>();
         let ctx = ctx.clone();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name(format!("qpq-rpc-{i}")).spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                while let Some(item) = rx.recv().await {
-                    tokio::task::spawn_local(serve_connection(item, ctx.clone()));
-                }
-            });
-        })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("qpq-rpc-{i}"))
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    while let Some(item) = rx.recv().await {
+                        tokio::task::spawn_local(
+                            ctx.connections
+                                .track_future(serve_connection(item, ctx.clone())),
+                        );
+                    }
+                });
+            })?;
         senders.push(tx);
     }
     Ok(senders)
@@ -260,23 +336,41 @@ async fn serve_connection(item: WorkItem, ctx: ConnCtx) {
             return;
         }
     };
-    if !tls::negotiated_alpn_ok(&conn) {
-        tracing::info!(peer = %conn.remote_address(), "closing connection without ALPN capnp");
-        conn.close(close_code::BAD_ALPN.into(), b"ALPN capnp required");
+    // rustls already refuses a handshake without ALPN `capnp`; this is defence in depth.
+    if !tls::enforce_alpn(&conn) {
+        tracing::info!(peer = %conn.remote_address(), "closed a connection without ALPN capnp");
         return;
     }
     ctx.metrics.open_connections.inc();
-    let caller = Caller { peer: conn.remote_address().ip() };
+    let caller = Caller {
+        peer: conn.remote_address().ip(),
+    };
     tracing::debug!(peer = %caller.peer, "connection open");
-    let rpc = NodeRpc::new(ctx.services.clone(), ctx.metrics.clone(), caller, ctx.in_flight.clone(), ctx.draining.clone());
+    let rpc = NodeRpc::new(
+        ctx.services.clone(),
+        ctx.metrics.clone(),
+        caller,
+        ctx.in_flight.clone(),
+        ctx.draining.clone(),
+    );
     let client: node::Client = capnp_rpc::new_client(rpc);
+    let streams = TaskTracker::new();
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::task::spawn_local(serve_stream(send, recv, client.clone()));
-            }
-            Err(e) => {
-                tracing::debug!(reason = %e, "connection closed");
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::task::spawn_local(streams.track_future(serve_stream(send, recv, client.clone(), ctx.calls_done.clone())));
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "connection closed");
+                    break;
+                }
+            },
+            () = ctx.calls_done.cancelled() => {
+                // Draining: the streams flush their last answers and finish; then close.
+                streams.close();
+                let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
+                conn.close(close_code::SHUTTING_DOWN.into(), SHUTTING_DOWN_REASON);
                 break;
             }
         }
@@ -287,19 +381,39 @@ async fn serve_connection(item: WorkItem, ctx: ConnCtx) {
 
 /// One Cap'n Proto RPC session on one bidirectional stream. Garbage or an oversized message
 /// ends this session (and so this stream) only; the connection's other streams go on.
-async fn serve_stream(send: quinn::SendStream, recv: quinn::RecvStream, client: node::Client) {
+async fn serve_stream(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    client: node::Client,
+    calls_done: CancellationToken,
+) {
+    // Resolves once the client has acknowledged everything sent on this stream (after it is
+    // finished): the signal that a drain may close the connection without losing an answer.
+    let delivered = send.stopped();
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(recv.compat()),
         send.compat_write(),
         rpc_twoparty_capnp::Side::Server,
         reader_options(),
     );
-    let system = RpcSystem::new(Box::new(network), Some(client.client));
-    if let Err(e) = system.await {
-        // The error may quote the offending bytes' structure, not their content; keep it at
-        // debug level.
-        tracing::debug!(error = %e, "rpc stream ended with an error");
+    let mut system = RpcSystem::new(Box::new(network), Some(client.client));
+    let disconnector = system.get_disconnector();
+    tokio::select! {
+        ended = &mut system => {
+            if let Err(e) = ended {
+                // Garbage, an oversized message or a lost peer ends this session only. The
+                // error describes structure, never content; keep it at debug level.
+                tracing::debug!(error = %e, "rpc stream ended with an error");
+            }
+            return;
+        }
+        () = calls_done.cancelled() => {}
     }
+    // Drain: shut the session down (which writes out queued answers and finishes the stream)
+    // and wait until the client has them.
+    let flushed = futures::future::join(disconnector, system);
+    let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), delivered).await;
 }
 
 async fn sweep_loop(services: Arc<Services>, every: Duration, stop: CancellationToken) {
@@ -312,7 +426,9 @@ async fn sweep_loop(services: Arc<Services>, every: Duration, stop: Cancellation
         }
         match services.evict().await {
             Ok((0, 0)) => {}
-            Ok((messages, key_packages)) => tracing::info!(messages, key_packages, "evicted expired rows"),
+            Ok((messages, key_packages)) => {
+                tracing::info!(messages, key_packages, "evicted expired rows")
+            }
             Err(e) => tracing::warn!(error = %e, "eviction sweep failed"),
         }
     }

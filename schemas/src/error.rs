@@ -75,7 +75,10 @@ pub enum WireError {
 impl WireError {
     /// Shorthand for [`WireError::InvalidArgument`].
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+        Self::InvalidArgument {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
     }
 
     /// A stable snake_case code, used as a metrics label and in logs.
@@ -99,7 +102,10 @@ impl WireError {
 
     /// Whether a client may retry the same request unchanged (after the hinted delay).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Internal | Self::RateLimited { .. } | Self::Unavailable { .. })
+        matches!(
+            self,
+            Self::Internal | Self::RateLimited { .. } | Self::Unavailable { .. }
+        )
     }
 
     /// Writes this error into a schema `Error` builder.
@@ -129,14 +135,17 @@ impl WireError {
     /// [`WireError::Internal`], never to a panic.
     pub fn read_from(r: wire::Reader<'_>) -> Self {
         let text = |t: capnp::Result<capnp::text::Reader<'_>>| {
-            t.ok().and_then(|t| t.to_str().ok().map(str::to_owned)).unwrap_or_default()
+            t.ok()
+                .and_then(|t| t.to_str().ok().map(str::to_owned))
+                .unwrap_or_default()
         };
         let message = text(r.get_message());
         match r.which() {
             Ok(wire::Internal(())) | Err(_) => Self::Internal,
-            Ok(wire::InvalidArgument(field)) => {
-                Self::InvalidArgument { field: text(field), reason: message }
-            }
+            Ok(wire::InvalidArgument(field)) => Self::InvalidArgument {
+                field: text(field),
+                reason: message,
+            },
             Ok(wire::PayloadTooLarge(limit)) => Self::PayloadTooLarge { limit },
             Ok(wire::UnsupportedVersion(v)) => Self::UnsupportedVersion { max_supported: v },
             Ok(wire::NotFound(())) => Self::NotFound,
@@ -173,8 +182,12 @@ mod tests {
             WireError::NotFound,
             WireError::StaleEpoch { expected_epoch: 7 },
             WireError::RateLimited { retry_after_ms: 20 },
-            WireError::QuotaExceeded { quota: "keyPackagesPerIdentity".into() },
-            WireError::Unavailable { retry_after_ms: 100 },
+            WireError::QuotaExceeded {
+                quota: "keyPackagesPerIdentity".into(),
+            },
+            WireError::Unavailable {
+                retry_after_ms: 100,
+            },
             WireError::Unauthenticated,
             WireError::TokenExpired,
             WireError::Forbidden,

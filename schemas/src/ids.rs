@@ -131,7 +131,14 @@ mod tests {
     #[test]
     fn wrong_lengths_are_refused_with_the_lengths() {
         let err = GroupId::from_slice(&[0u8; 31]).unwrap_err();
-        assert_eq!(err, IdError { kind: "GroupId", expected: 32, got: 31 });
+        assert_eq!(
+            err,
+            IdError {
+                kind: "GroupId",
+                expected: 32,
+                got: 31
+            }
+        );
         assert!(ChannelId::from_slice(&[0u8; 32]).is_err());
         assert!(IdentityKey::from_slice(&[]).is_err());
         assert!(ClientMsgId::from_slice(&[1u8; 16]).is_ok());

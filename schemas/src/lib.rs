@@ -19,7 +19,14 @@ pub mod ids;
 pub mod limits;
 
 /// Generated Cap'n Proto code for `qpq.capnp`.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 pub mod qpq_capnp {
     include!(concat!(env!("OUT_DIR"), "/qpq_capnp.rs"));
 }

@@ -42,7 +42,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qpq-load: {e}");
@@ -63,7 +66,10 @@ async fn run(args: Args) -> Result<(), String> {
     let mut _dir = None;
     let (addr, verification) = match args.target {
         Some(addr) => {
-            let pin = args.pin.as_deref().ok_or("--pin is required with --target")?;
+            let pin = args
+                .pin
+                .as_deref()
+                .ok_or("--pin is required with --target")?;
             let pin = qpq_client::tls::parse_fingerprint(pin).map_err(|e| e.to_string())?;
             (addr, ServerVerification::PinnedSha256(pin))
         }
@@ -73,13 +79,18 @@ async fn run(args: Args) -> Result<(), String> {
             let node = qpq_node::RunningNode::start(config, Arc::new(qpq_node::SystemClock))
                 .await
                 .map_err(|e| e.to_string())?;
-            let target = (node.client_addr(), ServerVerification::PinnedSha256(node.fingerprint()));
+            let target = (
+                node.client_addr(),
+                ServerVerification::PinnedSha256(node.fingerprint()),
+            );
             _node = Some(node);
             _dir = Some(dir);
             target
         }
     };
-    println!("| senders | conns | msg/s | enqueue p50 µs | enqueue p99 µs | delivery p50 µs | delivery p99 µs | errors |");
+    println!(
+        "| senders | conns | msg/s | enqueue p50 µs | enqueue p99 µs | delivery p50 µs | delivery p99 µs | errors |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut reports = Vec::new();
     for senders in &args.senders {

@@ -8,12 +8,17 @@ pub(crate) fn version(v: u16) -> Result<(), WireError> {
     if (MIN_WIRE_VERSION..=WIRE_VERSION).contains(&v) {
         Ok(())
     } else {
-        Err(WireError::UnsupportedVersion { max_supported: WIRE_VERSION })
+        Err(WireError::UnsupportedVersion {
+            max_supported: WIRE_VERSION,
+        })
     }
 }
 
 /// Reads a `Data` field, mapping a malformed pointer to `InvalidArgument{field}`.
-pub(crate) fn data<'a>(r: capnp::Result<capnp::data::Reader<'a>>, field: &str) -> Result<&'a [u8], WireError> {
+pub(crate) fn data<'a>(
+    r: capnp::Result<capnp::data::Reader<'a>>,
+    field: &str,
+) -> Result<&'a [u8], WireError> {
     r.map_err(|e| WireError::invalid(field, format!("unreadable: {}", e.kind_description())))
 }
 
@@ -23,27 +28,40 @@ pub(crate) fn text<'a>(
     field: &str,
     max_len: usize,
 ) -> Result<&'a str, WireError> {
-    let t = r.map_err(|e| WireError::invalid(field, format!("unreadable: {}", e.kind_description())))?;
+    let t =
+        r.map_err(|e| WireError::invalid(field, format!("unreadable: {}", e.kind_description())))?;
     if t.len() > max_len {
-        return Err(WireError::invalid(field, format!("longer than {max_len} bytes")));
+        return Err(WireError::invalid(
+            field,
+            format!("longer than {max_len} bytes"),
+        ));
     }
-    t.to_str().map_err(|_| WireError::invalid(field, "not valid UTF-8"))
+    t.to_str()
+        .map_err(|_| WireError::invalid(field, "not valid UTF-8"))
 }
 
 pub(crate) fn channel(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<ChannelId, WireError> {
-    ChannelId::from_slice(data(r, "channelId")?).map_err(|e| WireError::invalid("channelId", e.to_string()))
+    ChannelId::from_slice(data(r, "channelId")?)
+        .map_err(|e| WireError::invalid("channelId", e.to_string()))
 }
 
-pub(crate) fn client_msg_id(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<ClientMsgId, WireError> {
-    ClientMsgId::from_slice(data(r, "clientMsgId")?).map_err(|e| WireError::invalid("clientMsgId", e.to_string()))
+pub(crate) fn client_msg_id(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+) -> Result<ClientMsgId, WireError> {
+    ClientMsgId::from_slice(data(r, "clientMsgId")?)
+        .map_err(|e| WireError::invalid("clientMsgId", e.to_string()))
 }
 
 pub(crate) fn consumer(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<ConsumerId, WireError> {
-    ConsumerId::from_slice(data(r, "consumerId")?).map_err(|e| WireError::invalid("consumerId", e.to_string()))
+    ConsumerId::from_slice(data(r, "consumerId")?)
+        .map_err(|e| WireError::invalid("consumerId", e.to_string()))
 }
 
-pub(crate) fn identity(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<IdentityKey, WireError> {
-    IdentityKey::from_slice(data(r, "identity")?).map_err(|e| WireError::invalid("identity", e.to_string()))
+pub(crate) fn identity(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+) -> Result<IdentityKey, WireError> {
+    IdentityKey::from_slice(data(r, "identity")?)
+        .map_err(|e| WireError::invalid("identity", e.to_string()))
 }
 
 trait KindDescription {
@@ -67,7 +85,17 @@ mod tests {
     #[test]
     fn versions_outside_the_spoken_range_are_refused() {
         assert!(version(WIRE_VERSION).is_ok());
-        assert_eq!(version(0), Err(WireError::UnsupportedVersion { max_supported: WIRE_VERSION }));
-        assert_eq!(version(WIRE_VERSION + 1), Err(WireError::UnsupportedVersion { max_supported: WIRE_VERSION }));
+        assert_eq!(
+            version(0),
+            Err(WireError::UnsupportedVersion {
+                max_supported: WIRE_VERSION
+            })
+        );
+        assert_eq!(
+            version(WIRE_VERSION + 1),
+            Err(WireError::UnsupportedVersion {
+                max_supported: WIRE_VERSION
+            })
+        );
     }
 }

@@ -76,7 +76,13 @@ impl NodeRpc {
         in_flight: Arc<InFlight>,
         draining: CancellationToken,
     ) -> Self {
-        Self { services, metrics, caller, in_flight, draining }
+        Self {
+            services,
+            metrics,
+            caller,
+            in_flight,
+            draining,
+        }
     }
 
     /// Runs one call: refuses it while draining, counts it as in flight, and records its
@@ -88,7 +94,9 @@ impl NodeRpc {
     ) -> Result<T, WireError> {
         let started = Instant::now();
         let result = if self.draining.is_cancelled() {
-            Err(WireError::Unavailable { retry_after_ms: 100 })
+            Err(WireError::Unavailable {
+                retry_after_ms: 100,
+            })
         } else {
             let _guard = self.in_flight.enter();
             f.await
@@ -100,7 +108,8 @@ impl NodeRpc {
         if let Err(e) = &result {
             tracing::debug!(method, code = e.code(), peer = %self.caller.peer, "request refused");
         }
-        self.metrics.observe_rpc(method, outcome, started.elapsed().as_secs_f64());
+        self.metrics
+            .observe_rpc(method, outcome, started.elapsed().as_secs_f64());
         result
     }
 
@@ -150,7 +159,9 @@ impl node::Server for NodeRpc {
                 ok.set_max_version(WIRE_VERSION);
                 ok.set_node_version(env!("CARGO_PKG_VERSION"));
                 ok.set_max_payload_bytes(limits.max_payload_bytes as u64);
-                ok.set_max_fetch_wait_ms(u32::try_from(limits.max_fetch_wait.as_millis()).unwrap_or(u32::MAX));
+                ok.set_max_fetch_wait_ms(
+                    u32::try_from(limits.max_fetch_wait.as_millis()).unwrap_or(u32::MAX),
+                );
             }
             Err(e) => e.write_to(r.init_err()),
         }
@@ -185,10 +196,14 @@ impl node::Server for NodeRpc {
                 let last_resort = parse::data(req.get_last_resort(), "lastResort")?;
                 total += last_resort.len();
                 if total > self.max_payload() {
-                    return Err(WireError::PayloadTooLarge { limit: self.max_payload() as u64 });
+                    return Err(WireError::PayloadTooLarge {
+                        limit: self.max_payload() as u64,
+                    });
                 }
                 let last_resort = (!last_resort.is_empty()).then(|| last_resort.to_vec());
-                self.services.upload_key_packages(&self.caller, packages, last_resort).await
+                self.services
+                    .upload_key_packages(&self.caller, packages, last_resort)
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -214,7 +229,9 @@ impl node::Server for NodeRpc {
             .call("fetch_key_package", async {
                 parse::version(req.get_version())?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services.fetch_key_package(&self.caller, identity).await
+                self.services
+                    .fetch_key_package(&self.caller, identity)
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -240,7 +257,9 @@ impl node::Server for NodeRpc {
             .call("key_package_count", async {
                 parse::version(req.get_version())?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services.key_package_count(&self.caller, identity).await
+                self.services
+                    .key_package_count(&self.caller, identity)
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -269,12 +288,16 @@ impl node::Server for NodeRpc {
                 let id = parse::client_msg_id(req.get_client_msg_id())?;
                 let payload = parse::data(req.get_payload(), "payload")?;
                 if payload.len() > self.max_payload() {
-                    return Err(WireError::PayloadTooLarge { limit: self.max_payload() as u64 });
+                    return Err(WireError::PayloadTooLarge {
+                        limit: self.max_payload() as u64,
+                    });
                 }
                 if payload.is_empty() {
                     return Err(WireError::invalid("payload", "empty"));
                 }
-                self.services.enqueue(&self.caller, channel, id, payload.to_vec()).await
+                self.services
+                    .enqueue(&self.caller, channel, id, payload.to_vec())
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -300,7 +323,9 @@ impl node::Server for NodeRpc {
             .call("fetch", async {
                 parse::version(req.get_version())?;
                 let channel = parse::channel(req.get_channel_id())?;
-                self.services.fetch(&self.caller, channel, req.get_after_seq(), req.get_limit()).await
+                self.services
+                    .fetch(&self.caller, channel, req.get_after_seq(), req.get_limit())
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -324,7 +349,13 @@ impl node::Server for NodeRpc {
                 let channel = parse::channel(req.get_channel_id())?;
                 let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
                 self.services
-                    .fetch_wait(&self.caller, channel, req.get_after_seq(), req.get_limit(), timeout)
+                    .fetch_wait(
+                        &self.caller,
+                        channel,
+                        req.get_after_seq(),
+                        req.get_limit(),
+                        timeout,
+                    )
                     .await
             })
             .await;
@@ -351,7 +382,9 @@ impl node::Server for NodeRpc {
                 parse::version(req.get_version())?;
                 let channel = parse::channel(req.get_channel_id())?;
                 let consumer = parse::consumer(req.get_consumer_id())?;
-                self.services.ack(&self.caller, channel, consumer, req.get_seq()).await
+                self.services
+                    .ack(&self.caller, channel, consumer, req.get_seq())
+                    .await
             })
             .await;
         let mut r = results.get().init_resp();

@@ -108,8 +108,19 @@ impl Services {
             ttl_ms: duration_ms(config.retention.key_package_ttl),
             ..KeyPackagePolicy::default()
         };
-        let readers = Arc::new(Readers { path: config.db_path(), idle: Mutex::new(Vec::new()) });
-        Self { log, readers, waiters, clock, config, key_package_policy, draining }
+        let readers = Arc::new(Readers {
+            path: config.db_path(),
+            idle: Mutex::new(Vec::new()),
+        });
+        Self {
+            log,
+            readers,
+            waiters,
+            clock,
+            config,
+            key_package_policy,
+            draining,
+        }
     }
 
     /// The node's configuration.
@@ -120,7 +131,9 @@ impl Services {
     async fn propose(&self, command: Command) -> Result<Outcome, WireError> {
         match self.log.propose(command).await {
             Ok(o) => Ok(o),
-            Err(LogError::Closed) => Err(WireError::Unavailable { retry_after_ms: 1000 }),
+            Err(LogError::Closed) => Err(WireError::Unavailable {
+                retry_after_ms: 1000,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "proposal failed");
                 Err(WireError::Internal)
@@ -150,7 +163,10 @@ impl Services {
                 Ok(())
             }
             Some(first) if first == id => Ok(()),
-            Some(_) => Err(WireError::invalid(field, "all KeyPackages of one upload must share one identity")),
+            Some(_) => Err(WireError::invalid(
+                field,
+                "all KeyPackages of one upload must share one identity",
+            )),
         };
         let mut new = Vec::with_capacity(packages.len());
         for bytes in &packages {
@@ -181,23 +197,39 @@ impl Services {
             .await?;
         tracing::info!(target: "qpq::audit", event = "key_package_upload", identity = %id_tag(&identity), count = packages.len(), outcome = outcome_code(&outcome));
         match outcome {
-            Outcome::Uploaded { accepted, available } => Ok((accepted, available)),
+            Outcome::Uploaded {
+                accepted,
+                available,
+            } => Ok((accepted, available)),
             other => Err(rejection(other)),
         }
     }
 
     /// Consumes one KeyPackage of `identity` (or serves its last-resort one).
-    pub async fn fetch_key_package(&self, _caller: &Caller, identity: IdentityKey) -> Result<(Vec<u8>, bool), WireError> {
-        match self.propose(Command::ConsumeKeyPackage { identity }).await? {
+    pub async fn fetch_key_package(
+        &self,
+        _caller: &Caller,
+        identity: IdentityKey,
+    ) -> Result<(Vec<u8>, bool), WireError> {
+        match self
+            .propose(Command::ConsumeKeyPackage { identity })
+            .await?
+        {
             Outcome::KeyPackage { bytes, last_resort } => Ok((bytes, last_resort)),
             other => Err(rejection(other)),
         }
     }
 
     /// Counts the KeyPackages available for `identity`.
-    pub async fn key_package_count(&self, _caller: &Caller, identity: IdentityKey) -> Result<(u32, bool), WireError> {
+    pub async fn key_package_count(
+        &self,
+        _caller: &Caller,
+        identity: IdentityKey,
+    ) -> Result<(u32, bool), WireError> {
         let now = self.clock.now_ms();
-        self.readers.with(move |r| r.key_package_count(&identity, now)).await
+        self.readers
+            .with(move |r| r.key_package_count(&identity, now))
+            .await
     }
 
     // ---------------------------------------------------------------- Delivery Service
@@ -211,12 +243,24 @@ impl Services {
         payload: Vec<u8>,
     ) -> Result<(u64, bool), WireError> {
         if payload.len() > self.config.limits.max_payload_bytes {
-            return Err(WireError::PayloadTooLarge { limit: self.config.limits.max_payload_bytes as u64 });
+            return Err(WireError::PayloadTooLarge {
+                limit: self.config.limits.max_payload_bytes as u64,
+            });
         }
-        let framing = framing::peek(&payload).map_err(|e| WireError::invalid("payload", e.to_string()))?;
-        let commit = framing.commit().map_err(|e| WireError::invalid("payload", e.to_string()))?;
+        let framing =
+            framing::peek(&payload).map_err(|e| WireError::invalid("payload", e.to_string()))?;
+        let commit = framing
+            .commit()
+            .map_err(|e| WireError::invalid("payload", e.to_string()))?;
         let size = payload.len();
-        let outcome = self.propose(Command::Enqueue { channel, client_msg_id: id, payload, commit }).await?;
+        let outcome = self
+            .propose(Command::Enqueue {
+                channel,
+                client_msg_id: id,
+                payload,
+                commit,
+            })
+            .await?;
         tracing::debug!(target: "qpq::audit", event = "enqueue", channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));
         match outcome {
             Outcome::Enqueued { seq, duplicate } => Ok((seq, duplicate)),
@@ -230,14 +274,25 @@ impl Services {
     }
 
     fn not_before_ms(&self) -> u64 {
-        self.clock.now_ms().saturating_sub(duration_ms(self.config.retention.messages))
+        self.clock
+            .now_ms()
+            .saturating_sub(duration_ms(self.config.retention.messages))
     }
 
     /// Reads up to `limit` messages after `after_seq`.
-    pub async fn fetch(&self, _caller: &Caller, channel: ChannelId, after_seq: u64, limit: u32) -> Result<FetchPage, WireError> {
+    pub async fn fetch(
+        &self,
+        _caller: &Caller,
+        channel: ChannelId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<FetchPage, WireError> {
         let limit = self.page_limit(limit);
         let not_before = self.not_before_ms();
-        let page = self.readers.with(move |r| r.fetch(&channel, after_seq, limit, not_before)).await?;
+        let page = self
+            .readers
+            .with(move |r| r.fetch(&channel, after_seq, limit, not_before))
+            .await?;
         tracing::debug!(target: "qpq::audit", event = "fetch", channel = %channel, after_seq, returned = page.messages.len());
         Ok(page)
     }
@@ -260,7 +315,10 @@ impl Services {
         loop {
             let page = self.fetch(caller, channel, after_seq, limit).await?;
             if !page.messages.is_empty() {
-                return Ok(WaitedPage { page, effective_timeout });
+                return Ok(WaitedPage {
+                    page,
+                    effective_timeout,
+                });
             }
             tokio::select! {
                 () = sub.changed() => {}
@@ -271,8 +329,21 @@ impl Services {
     }
 
     /// Records that `consumer` received everything up to `seq`.
-    pub async fn ack(&self, _caller: &Caller, channel: ChannelId, consumer: ConsumerId, seq: u64) -> Result<(), WireError> {
-        match self.propose(Command::Ack { channel, consumer, seq }).await? {
+    pub async fn ack(
+        &self,
+        _caller: &Caller,
+        channel: ChannelId,
+        consumer: ConsumerId,
+        seq: u64,
+    ) -> Result<(), WireError> {
+        match self
+            .propose(Command::Ack {
+                channel,
+                consumer,
+                seq,
+            })
+            .await?
+        {
             Outcome::Acked => Ok(()),
             other => Err(rejection(other)),
         }
@@ -287,7 +358,10 @@ impl Services {
             key_packages_expired_at_ms: now,
         };
         match self.propose(cmd).await? {
-            Outcome::Evicted { messages, key_packages } => Ok((messages, key_packages)),
+            Outcome::Evicted {
+                messages,
+                key_packages,
+            } => Ok((messages, key_packages)),
             other => Err(rejection(other)),
         }
     }
@@ -315,7 +389,9 @@ fn outcome_code(o: &Outcome) -> &'static str {
         Outcome::Rejected(Rejection::NoKeyPackage) => "no_key_package",
         Outcome::Rejected(Rejection::KeyPackageQuota { .. }) => "quota_exceeded",
         Outcome::Rejected(Rejection::StaleEpoch { .. }) => "stale_epoch",
-        Outcome::Enqueued { duplicate: true, .. } => "duplicate",
+        Outcome::Enqueued {
+            duplicate: true, ..
+        } => "duplicate",
         _ => "ok",
     }
 }
@@ -325,10 +401,12 @@ fn outcome_code(o: &Outcome) -> &'static str {
 fn rejection(o: Outcome) -> WireError {
     match o {
         Outcome::Rejected(Rejection::NoKeyPackage) => WireError::NotFound,
-        Outcome::Rejected(Rejection::KeyPackageQuota { .. }) => {
-            WireError::QuotaExceeded { quota: "keyPackagesPerIdentity".into() }
+        Outcome::Rejected(Rejection::KeyPackageQuota { .. }) => WireError::QuotaExceeded {
+            quota: "keyPackagesPerIdentity".into(),
+        },
+        Outcome::Rejected(Rejection::StaleEpoch { expected_epoch }) => {
+            WireError::StaleEpoch { expected_epoch }
         }
-        Outcome::Rejected(Rejection::StaleEpoch { expected_epoch }) => WireError::StaleEpoch { expected_epoch },
         other => {
             tracing::error!(outcome = ?other, "unexpected outcome kind");
             WireError::Internal

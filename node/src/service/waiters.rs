@@ -27,8 +27,15 @@ impl Waiters {
     /// Subscribes to new messages in `channel`.
     pub fn subscribe(&self, channel: ChannelId) -> Subscription<'_> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = map.entry(channel).or_insert_with(|| watch::channel(0).0).subscribe();
-        Subscription { waiters: self, channel, rx: Some(rx) }
+        let rx = map
+            .entry(channel)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Subscription {
+            waiters: self,
+            channel,
+            rx: Some(rx),
+        }
     }
 
     /// Records that `seq` was applied in `channel`, waking its waiters.
@@ -41,7 +48,10 @@ impl Waiters {
 
     /// Channels with at least one waiter (for tests and metrics).
     pub fn watched_channels(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
@@ -64,9 +74,16 @@ impl Subscription<'_> {
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
-        let mut map = self.waiters.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .waiters
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         drop(self.rx.take());
-        if map.get(&self.channel).is_some_and(|tx| tx.receiver_count() == 0) {
+        if map
+            .get(&self.channel)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             map.remove(&self.channel);
         }
     }
@@ -85,9 +102,14 @@ mod tests {
         assert_eq!(w.watched_channels(), 1);
         w.notify(&other, 5);
         let woke = tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await;
-        assert!(woke.is_err(), "a message in another channel must not wake us");
+        assert!(
+            woke.is_err(),
+            "a message in another channel must not wake us"
+        );
         w.notify(&ch, 7);
-        tokio::time::timeout(std::time::Duration::from_secs(1), sub.changed()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), sub.changed())
+            .await
+            .unwrap();
         drop(sub);
         assert_eq!(w.watched_channels(), 0);
     }

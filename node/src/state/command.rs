@@ -161,24 +161,46 @@ pub enum Rejection {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::UploadKeyPackages { identity: _, packages, last_resort, max_available } => f
+            Self::UploadKeyPackages {
+                identity: _,
+                packages,
+                last_resort,
+                max_available,
+            } => f
                 .debug_struct("UploadKeyPackages")
                 .field("packages", &packages.len())
                 .field("last_resort", &last_resort.is_some())
                 .field("max_available", max_available)
                 .finish_non_exhaustive(),
-            Self::ConsumeKeyPackage { .. } => f.debug_struct("ConsumeKeyPackage").finish_non_exhaustive(),
-            Self::Enqueue { channel, client_msg_id, payload, commit } => f
+            Self::ConsumeKeyPackage { .. } => {
+                f.debug_struct("ConsumeKeyPackage").finish_non_exhaustive()
+            }
+            Self::Enqueue {
+                channel,
+                client_msg_id,
+                payload,
+                commit,
+            } => f
                 .debug_struct("Enqueue")
                 .field("channel", channel)
                 .field("client_msg_id", client_msg_id)
                 .field("payload_len", &payload.len())
                 .field("commit", commit)
                 .finish(),
-            Self::Ack { channel, consumer, seq } => {
-                f.debug_struct("Ack").field("channel", channel).field("consumer", consumer).field("seq", seq).finish()
-            }
-            Self::Evict { messages_before_ms, key_packages_expired_at_ms } => f
+            Self::Ack {
+                channel,
+                consumer,
+                seq,
+            } => f
+                .debug_struct("Ack")
+                .field("channel", channel)
+                .field("consumer", consumer)
+                .field("seq", seq)
+                .finish(),
+            Self::Evict {
+                messages_before_ms,
+                key_packages_expired_at_ms,
+            } => f
                 .debug_struct("Evict")
                 .field("messages_before_ms", messages_before_ms)
                 .field("key_packages_expired_at_ms", key_packages_expired_at_ms)
@@ -190,19 +212,29 @@ impl std::fmt::Debug for Command {
 impl std::fmt::Debug for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Uploaded { accepted, available } => {
-                f.debug_struct("Uploaded").field("accepted", accepted).field("available", available).finish()
-            }
+            Self::Uploaded {
+                accepted,
+                available,
+            } => f
+                .debug_struct("Uploaded")
+                .field("accepted", accepted)
+                .field("available", available)
+                .finish(),
             Self::KeyPackage { bytes, last_resort } => f
                 .debug_struct("KeyPackage")
                 .field("len", &bytes.len())
                 .field("last_resort", last_resort)
                 .finish(),
-            Self::Enqueued { seq, duplicate } => {
-                f.debug_struct("Enqueued").field("seq", seq).field("duplicate", duplicate).finish()
-            }
+            Self::Enqueued { seq, duplicate } => f
+                .debug_struct("Enqueued")
+                .field("seq", seq)
+                .field("duplicate", duplicate)
+                .finish(),
             Self::Acked => f.write_str("Acked"),
-            Self::Evicted { messages, key_packages } => f
+            Self::Evicted {
+                messages,
+                key_packages,
+            } => f
                 .debug_struct("Evicted")
                 .field("messages", messages)
                 .field("key_packages", key_packages)
@@ -225,16 +257,32 @@ mod tests {
             payload: secret.clone(),
             commit: None,
         };
-        let out = Outcome::KeyPackage { bytes: secret.clone(), last_resort: false };
+        let out = Outcome::KeyPackage {
+            bytes: secret.clone(),
+            last_resort: false,
+        };
         let upload = Command::UploadKeyPackages {
             identity: IdentityKey::new([3; 32]),
-            packages: vec![NewKeyPackage { bytes: secret, expires_at_ms: 1 }],
+            packages: vec![NewKeyPackage {
+                bytes: secret,
+                expires_at_ms: 1,
+            }],
             last_resort: None,
             max_available: 5,
         };
-        for text in [format!("{cmd:?}"), format!("{out:?}"), format!("{upload:?}")] {
-            assert!(!text.contains("171") && !text.to_lowercase().contains("abab"), "{text}");
-            assert!(!text.contains("0303030303"), "identity keys stay out of logs too: {text}");
+        for text in [
+            format!("{cmd:?}"),
+            format!("{out:?}"),
+            format!("{upload:?}"),
+        ] {
+            assert!(
+                !text.contains("171") && !text.to_lowercase().contains("abab"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("0303030303"),
+                "identity keys stay out of logs too: {text}"
+            );
         }
     }
 }

@@ -171,8 +171,9 @@ impl Shared {
     }
 }
 
-/// Why [`ConnectionLimiter::try_acquire`] refused a connection. The accept loop closes the
-/// connection with `close_code::TOO_MANY_CONNECTIONS`.
+/// Why [`ConnectionLimiter::try_acquire`] refused a connection. The accept loop refuses the
+/// connection before its handshake (QUIC `CONNECTION_REFUSED`): a refusal must cost the node
+/// less than a handshake, or the limit would itself be a lever for overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitExceeded {
@@ -188,6 +189,16 @@ pub enum LimitExceeded {
         /// The per-IP limit.
         limit: usize,
     },
+}
+
+impl LimitExceeded {
+    /// A stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Total { .. } => "total",
+            Self::PerIp { .. } => "per_ip",
+        }
+    }
 }
 
 impl ConnectionLimiter {

@@ -13,7 +13,8 @@ async fn sigterm_answers_calls_in_flight_then_closes_cleanly() {
     let mut node = NodeProcess::start(dir.path(), &[]);
     local(async {
         let c = node.connect().await;
-        let wait = c.fetch_wait(&ChannelId::random(), 0, 0, 30_000);
+        let ch = ChannelId::random();
+        let wait = c.fetch_wait(&ch, 0, 0, 30_000);
         let started = Instant::now();
         let term = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -21,8 +22,14 @@ async fn sigterm_answers_calls_in_flight_then_closes_cleanly() {
         };
         let (page, ()) = tokio::join!(wait, term);
         assert!(page.unwrap().messages.is_empty());
-        assert!(started.elapsed() < Duration::from_secs(10), "answered at drain, not at its timeout");
-        match tokio::time::timeout(Duration::from_secs(5), c.quic().closed()).await.unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered at drain, not at its timeout"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), c.quic().closed())
+            .await
+            .unwrap()
+        {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(close.error_code, close_code::SHUTTING_DOWN.into())
             }
@@ -30,6 +37,9 @@ async fn sigterm_answers_calls_in_flight_then_closes_cleanly() {
         }
     })
     .await;
-    assert!(node.wait_exit(Duration::from_secs(15)), "exit status 0 after a drain");
+    assert!(
+        node.wait_exit(Duration::from_secs(15)),
+        "exit status 0 after a drain"
+    );
     assert!(node.log_text().contains("node stopped"));
 }

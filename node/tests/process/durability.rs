@@ -15,7 +15,13 @@ async fn acknowledged_messages_survive_kill_9() {
     let ch = ChannelId::random();
     let group_id = DevIdentity::generate().unwrap();
     let mut group = DevGroup::create(&group_id, GroupId::new(rand::random())).unwrap();
-    let payloads: Vec<Vec<u8>> = (0..200).map(|i| group.application_message(format!("m{i}").as_bytes()).unwrap()).collect();
+    let payloads: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            group
+                .application_message(format!("m{i}").as_bytes())
+                .unwrap()
+        })
+        .collect();
 
     let acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = local(async {
         let c = node.connect().await;
@@ -26,7 +32,10 @@ async fn acknowledged_messages_survive_kill_9() {
             let r = c.enqueue(&ch, &id, p).await.unwrap();
             acked.insert(id, (r.seq, p.clone()));
         }
-        let burst: Vec<_> = payloads[100..].iter().map(|p| (ClientMsgId::random(), p.clone())).collect();
+        let burst: Vec<_> = payloads[100..]
+            .iter()
+            .map(|p| (ClientMsgId::random(), p.clone()))
+            .collect();
         let sends = burst.iter().map(|(id, p)| {
             let c = &c;
             async move { (*id, p.clone(), c.enqueue(&ch, id, p).await) }
@@ -53,17 +62,29 @@ async fn acknowledged_messages_survive_kill_9() {
         let mut after = 0;
         loop {
             let page = c.fetch(&ch, after, 0).await.unwrap();
-            let Some(last) = page.messages.last() else { break };
+            let Some(last) = page.messages.last() else {
+                break;
+            };
             after = last.seq;
             stored.extend(page.messages);
         }
         let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gap-free after the crash");
-        let by_id: HashMap<ClientMsgId, (u64, Vec<u8>)> =
-            stored.iter().map(|m| (m.client_msg_id, (m.seq, m.payload.clone()))).collect();
+        assert_eq!(
+            seqs,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "gap-free after the crash"
+        );
+        let by_id: HashMap<ClientMsgId, (u64, Vec<u8>)> = stored
+            .iter()
+            .map(|m| (m.client_msg_id, (m.seq, m.payload.clone())))
+            .collect();
         assert_eq!(by_id.len(), stored.len(), "no message stored twice");
         for (id, (seq, payload)) in &acked {
-            assert_eq!(by_id.get(id), Some(&(*seq, payload.clone())), "acknowledged message {id} lost or changed");
+            assert_eq!(
+                by_id.get(id),
+                Some(&(*seq, payload.clone())),
+                "acknowledged message {id} lost or changed"
+            );
         }
         // A sender retrying an unacknowledged message after the restart is deduplicated.
         for (id, (seq, payload)) in by_id.iter().take(5) {

@@ -21,13 +21,21 @@ impl NodeProcess {
     /// Starts a node on `data_dir` with extra environment variables; waits until it serves.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
-        cmd.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--drain-timeout-secs", "5"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--drain-timeout-secs", "5"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -41,23 +49,39 @@ impl NodeProcess {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = serving_addr(&line) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = serving_addr(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("node did not report serving; logs: {:?}", logs.lock().unwrap());
-        });
-        Self { child, addr, cert: data_dir.join("tls").join("cert.pem"), logs }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "node did not report serving; logs: {:?}",
+                    logs.lock().unwrap()
+                );
+            });
+        Self {
+            child,
+            addr,
+            cert: data_dir.join("tls").join("cert.pem"),
+            logs,
+        }
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(self.addr, "localhost", &ServerVerification::CaFile(self.cert.clone())).await.unwrap()
+        Connection::connect(
+            self.addr,
+            "localhost",
+            &ServerVerification::CaFile(self.cert.clone()),
+        )
+        .await
+        .unwrap()
     }
 
     pub fn kill9(&mut self) {
@@ -66,7 +90,10 @@ impl NodeProcess {
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 

@@ -25,16 +25,23 @@ fn marked_private_message(marker: &[u8]) -> Vec<u8> {
 /// Every way a byte string could show up in a log line.
 fn renderings(secret: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
-    // Windows of 24 bytes at several offsets catch partial dumps, too.
-    let windows: Vec<&[u8]> = if secret.len() <= 24 {
+    // 16-byte windows every 8 bytes: any leaked span of 24 bytes or more contains one whole.
+    let windows: Vec<&[u8]> = if secret.len() <= 16 {
         vec![secret]
     } else {
-        (0..secret.len() - 24).step_by(37).map(|i| &secret[i..i + 24]).collect()
+        (0..=secret.len() - 16)
+            .step_by(8)
+            .map(|i| &secret[i..i + 16])
+            .collect()
     };
     for w in windows {
         out.push(hex::encode(w));
         out.push(hex::encode_upper(w));
-        out.push(format!("{w:?}").trim_matches(|c| c == '[' || c == ']').to_string());
+        out.push(
+            format!("{w:?}")
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string(),
+        );
         for shift in 0..3.min(w.len()) {
             let b64 = STANDARD.encode(&w[shift..]);
             out.push(b64[..b64.len().saturating_sub(4)].to_string());
@@ -42,7 +49,7 @@ fn renderings(secret: &[u8]) -> Vec<String> {
             out.push(url[..url.len().saturating_sub(4)].to_string());
         }
     }
-    out.retain(|s| s.len() >= 16);
+    out.retain(|s| s.len() >= 12);
     out
 }
 
@@ -66,7 +73,9 @@ async fn no_payload_key_package_or_key_bytes_in_trace_logs() {
         let c = node.connect().await;
         c.server_info().await.unwrap();
         c.upload_key_packages(&kps, Some(&last)).await.unwrap();
-        c.upload_key_packages(&[bob_kp.clone()], None).await.unwrap();
+        c.upload_key_packages(std::slice::from_ref(&bob_kp), None)
+            .await
+            .unwrap();
         c.key_package_count(&alice.identity_key()).await.unwrap();
         for _ in 0..5 {
             c.fetch_key_package(&alice.identity_key()).await.unwrap();
@@ -76,7 +85,13 @@ async fn no_payload_key_package_or_key_bytes_in_trace_logs() {
         c.enqueue(&ch, &id, &marked).await.unwrap();
         c.enqueue(&ch, &id, &marked).await.unwrap();
         c.enqueue(&ch, &ClientMsgId::random(), &app).await.unwrap();
-        let _ = c.enqueue(&ch, &ClientMsgId::random(), b"not mls at all, but secret-ish").await;
+        let _ = c
+            .enqueue(
+                &ch,
+                &ClientMsgId::random(),
+                b"not mls at all, but secret-ish",
+            )
+            .await;
         c.fetch(&ch, 0, 0).await.unwrap();
         c.fetch_wait(&ch, 0, 0, 100).await.unwrap();
         c.fetch_wait(&ch, 5, 0, 100).await.unwrap();
@@ -87,7 +102,11 @@ async fn no_payload_key_package_or_key_bytes_in_trace_logs() {
     node.sigterm();
     node.wait_exit(Duration::from_secs(15));
     let logs = node.log_text();
-    assert!(logs.lines().count() > 50, "trace logging was on (got {} lines)", logs.lines().count());
+    assert!(
+        logs.lines().count() > 50,
+        "trace logging was on (got {} lines)",
+        logs.lines().count()
+    );
 
     assert!(!logs.contains("TOP-SECRET"), "payload text leaked");
     let mut secrets: Vec<(&str, Vec<u8>)> = vec![("payload", marked), ("mls message", app)];

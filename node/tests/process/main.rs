@@ -1,7 +1,12 @@
 //! Tests against the real `qpq-node` binary as a separate process: crash durability
 //! (`kill -9`), graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    missing_docs
+)]
 
 mod harness;
 

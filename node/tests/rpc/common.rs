@@ -29,7 +29,11 @@ impl TestNode {
         // relative to the system clock.
         let clock = ManualClock::new(SystemClock.now_ms());
         let node = RunningNode::start(config, clock.clone()).await.unwrap();
-        Self { node, clock, _dir: dir }
+        Self {
+            node,
+            clock,
+            _dir: dir,
+        }
     }
 
     pub fn verification(&self) -> ServerVerification {
@@ -37,20 +41,29 @@ impl TestNode {
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(self.node.client_addr(), "localhost", &self.verification()).await.unwrap()
+        Connection::connect(self.node.client_addr(), "localhost", &self.verification())
+            .await
+            .unwrap()
     }
 
     /// GET on the admin listener; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(self.node.admin_addr()).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
+        let mut s = tokio::net::TcpStream::connect(self.node.admin_addr())
             .await
             .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.unwrap();
         let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -81,5 +94,8 @@ pub fn key_packages(who: &DevIdentity, n: usize) -> Vec<Vec<u8>> {
 
 /// The value of a Prometheus sample line `name{labels} value` in `text`.
 pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

@@ -10,7 +10,12 @@ use crate::common::{TestNode, local};
 fn messages(n: usize) -> Vec<Vec<u8>> {
     let alice = DevIdentity::generate().unwrap();
     let mut g = DevGroup::create(&alice, GroupId::new(rand::random())).unwrap();
-    (0..n).map(|i| g.application_message(format!("message {i}").as_bytes()).unwrap()).collect()
+    (0..n)
+        .map(|i| {
+            g.application_message(format!("message {i}").as_bytes())
+                .unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,16 +31,34 @@ async fn sequence_numbers_are_gap_free_and_fetch_pages_in_order() {
             assert!(!r.duplicate);
         }
         let all = c.fetch(&ch, 0, 0).await.unwrap();
-        assert_eq!(all.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
-        assert_eq!(all.messages.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), msgs);
+        assert_eq!(
+            all.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            all.messages
+                .iter()
+                .map(|m| m.payload.clone())
+                .collect::<Vec<_>>(),
+            msgs
+        );
         assert_eq!((all.first_available_seq, all.last_seq), (1, 10));
 
         let page = c.fetch(&ch, 5, 2).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![6, 7]
+        );
 
         // Another channel is independent.
         let other = ChannelId::random();
-        assert_eq!(c.enqueue(&other, &ClientMsgId::random(), &msgs[0]).await.unwrap().seq, 1);
+        assert_eq!(
+            c.enqueue(&other, &ClientMsgId::random(), &msgs[0])
+                .await
+                .unwrap()
+                .seq,
+            1
+        );
         let empty = c.fetch(&ChannelId::random(), 0, 0).await.unwrap();
         assert!(empty.messages.is_empty());
         assert_eq!(empty.last_seq, 0);
@@ -52,7 +75,9 @@ async fn a_resent_client_msg_id_returns_the_original_seq_and_stores_nothing() {
         let msgs = messages(2);
         let id = ClientMsgId::random();
         let first = c.enqueue(&ch, &id, &msgs[0]).await.unwrap();
-        c.enqueue(&ch, &ClientMsgId::random(), &msgs[1]).await.unwrap();
+        c.enqueue(&ch, &ClientMsgId::random(), &msgs[1])
+            .await
+            .unwrap();
         // Even from another connection, and even with other bytes, the id decides.
         let c2 = t.connect().await;
         let again = c2.enqueue(&ch, &id, &msgs[1]).await.unwrap();
@@ -102,30 +127,78 @@ async fn only_the_first_commit_of_an_epoch_is_accepted() {
         let mut ga = DevGroup::create(&alice, gid).unwrap();
         let mut gc = DevGroup::create(&carol, gid).unwrap();
         let (commit_a, _) = ga.add_member(&bob.key_package_bytes().unwrap()).unwrap();
-        let (commit_c, _) = gc.add_member(&DevIdentity::generate().unwrap().key_package_bytes().unwrap()).unwrap();
+        let (commit_c, _) = gc
+            .add_member(
+                &DevIdentity::generate()
+                    .unwrap()
+                    .key_package_bytes()
+                    .unwrap(),
+            )
+            .unwrap();
 
-        let first = c.enqueue(&ch, &ClientMsgId::random(), &commit_a).await.unwrap();
+        let first = c
+            .enqueue(&ch, &ClientMsgId::random(), &commit_a)
+            .await
+            .unwrap();
         assert_eq!(first.seq, 1);
-        let err = c.enqueue(&ch, &ClientMsgId::random(), &commit_c).await.unwrap_err();
-        assert!(matches!(err, ClientError::Wire(WireError::StaleEpoch { expected_epoch: 1 })), "{err}");
+        let err = c
+            .enqueue(&ch, &ClientMsgId::random(), &commit_c)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Wire(WireError::StaleEpoch { expected_epoch: 1 })
+            ),
+            "{err}"
+        );
 
         // The winner moves on to epoch 1; its next Commit is accepted...
         ga.merge_pending_commit().unwrap();
         let update = ga.self_update_commit().unwrap();
-        assert_eq!(c.enqueue(&ch, &ClientMsgId::random(), &update).await.unwrap().seq, 2);
+        assert_eq!(
+            c.enqueue(&ch, &ClientMsgId::random(), &update)
+                .await
+                .unwrap()
+                .seq,
+            2
+        );
         // ...and a Commit for an older epoch is stale.
-        let err = c.enqueue(&ch, &ClientMsgId::random(), &commit_c).await.unwrap_err();
-        assert!(matches!(err, ClientError::Wire(WireError::StaleEpoch { expected_epoch: 2 })), "{err}");
+        let err = c
+            .enqueue(&ch, &ClientMsgId::random(), &commit_c)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Wire(WireError::StaleEpoch { expected_epoch: 2 })
+            ),
+            "{err}"
+        );
 
         // Application messages are never policed by epoch.
         let stale_member_id = DevIdentity::generate().unwrap();
         let mut stale_member = DevGroup::create(&stale_member_id, gid).unwrap();
-        let app = stale_member.application_message(b"epoch 0 chatter").unwrap();
-        assert_eq!(c.enqueue(&ch, &ClientMsgId::random(), &app).await.unwrap().seq, 3);
+        let app = stale_member
+            .application_message(b"epoch 0 chatter")
+            .unwrap();
+        assert_eq!(
+            c.enqueue(&ch, &ClientMsgId::random(), &app)
+                .await
+                .unwrap()
+                .seq,
+            3
+        );
 
         // The same group's Commits in another channel are ordered independently.
         let other = ChannelId::random();
-        assert_eq!(c.enqueue(&other, &ClientMsgId::random(), &commit_c).await.unwrap().seq, 1);
+        assert_eq!(
+            c.enqueue(&other, &ClientMsgId::random(), &commit_c)
+                .await
+                .unwrap()
+                .seq,
+            1
+        );
 
         // A retried (same id) accepted Commit is a duplicate, not stale.
         let id = ClientMsgId::random();
@@ -149,13 +222,19 @@ async fn fetch_wait_wakes_on_a_new_message() {
         let wait = waiter.fetch_wait(&ch, 0, 0, 20_000);
         let send = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            sender.enqueue(&ch, &ClientMsgId::random(), &msgs[0]).await.unwrap()
+            sender
+                .enqueue(&ch, &ClientMsgId::random(), &msgs[0])
+                .await
+                .unwrap()
         };
         let (page, sent) = tokio::join!(wait, send);
         let page = page.unwrap();
         assert_eq!(page.messages.len(), 1);
         assert_eq!(page.messages[0].seq, sent.seq);
-        assert!(started.elapsed() < Duration::from_secs(5), "woke on the message, not the timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woke on the message, not the timeout"
+        );
 
         // A message already there is returned at once.
         let started = Instant::now();
@@ -172,11 +251,17 @@ async fn fetch_wait_timeouts_are_capped_by_the_server() {
     local(async {
         let c = t.connect().await;
         let started = Instant::now();
-        let page = c.fetch_wait(&ChannelId::random(), 0, 0, 60_000).await.unwrap();
+        let page = c
+            .fetch_wait(&ChannelId::random(), 0, 0, 60_000)
+            .await
+            .unwrap();
         let waited = started.elapsed();
         assert!(page.messages.is_empty());
         assert_eq!(page.effective_timeout_ms, 300);
-        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     })
     .await;
 }
@@ -191,16 +276,25 @@ async fn acked_messages_are_dropped_once_every_consumer_has_them() {
             c.enqueue(&ch, &ClientMsgId::random(), &m).await.unwrap();
         }
         let (phone, laptop) = (ConsumerId::random(), ConsumerId::random());
+        // Both devices register their cursors before anything is delivered.
+        c.ack(&ch, &laptop, 0).await.unwrap();
+        c.ack(&ch, &phone, 0).await.unwrap();
         c.ack(&ch, &phone, 3).await.unwrap();
         c.ack(&ch, &laptop, 1).await.unwrap();
-        assert_eq!(c.fetch(&ch, 0, 0).await.unwrap().first_available_seq, 2, "laptop still needs 2..");
+        assert_eq!(
+            c.fetch(&ch, 0, 0).await.unwrap().first_available_seq,
+            2,
+            "laptop still needs 2.."
+        );
         c.ack(&ch, &laptop, 3).await.unwrap();
         // A cursor never moves backwards.
         c.ack(&ch, &phone, 1).await.unwrap();
         let page = c.fetch(&ch, 0, 0).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4]
+        );
         assert_eq!((page.first_available_seq, page.last_seq), (4, 4));
-
     })
     .await;
 }

@@ -8,21 +8,34 @@ use crate::common::{TestNode, local};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_in_flight_gets_its_answer_then_a_shutting_down_close() {
     let t = TestNode::start().await;
-    let crate::common::TestNode { node, clock: _clock, .. } = t;
+    let crate::common::TestNode {
+        node,
+        clock: _clock,
+        ..
+    } = t;
     let addr = node.client_addr();
     let pin = qpq_client::ServerVerification::PinnedSha256(node.fingerprint());
     local(async move {
-        let c = qpq_client::Connection::connect(addr, "localhost", &pin).await.unwrap();
-        let wait = c.fetch_wait(&ChannelId::random(), 0, 0, 30_000);
+        let c = qpq_client::Connection::connect(addr, "localhost", &pin)
+            .await
+            .unwrap();
+        let ch = ChannelId::random();
+        let wait = c.fetch_wait(&ch, 0, 0, 30_000);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             tokio::time::timeout(Duration::from_secs(15), node.shutdown()).await
         };
         let (page, stopped) = tokio::join!(wait, stop);
-        assert!(stopped.is_ok(), "shutdown finished within the drain deadline");
+        assert!(
+            stopped.is_ok(),
+            "shutdown finished within the drain deadline"
+        );
         let page = page.expect("the long-poll was answered, not cut off");
         assert!(page.messages.is_empty());
-        match tokio::time::timeout(Duration::from_secs(5), c.quic().closed()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), c.quic().closed())
+            .await
+            .unwrap()
+        {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(close.error_code, close_code::SHUTTING_DOWN.into());
                 assert_eq!(&close.reason[..], b"server shutting down");

@@ -18,25 +18,54 @@ async fn messages_past_retention_are_hidden_at_once_and_swept() {
         let g_id = DevIdentity::generate().unwrap();
         let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
         for i in 0..3 {
-            c.enqueue(&ch, &ClientMsgId::random(), &g.application_message(&[i]).unwrap()).await.unwrap();
+            c.enqueue(
+                &ch,
+                &ClientMsgId::random(),
+                &g.application_message(&[i]).unwrap(),
+            )
+            .await
+            .unwrap();
         }
         t.clock.advance(30 * 60 * 1000);
         for i in 3..5 {
-            c.enqueue(&ch, &ClientMsgId::random(), &g.application_message(&[i]).unwrap()).await.unwrap();
+            c.enqueue(
+                &ch,
+                &ClientMsgId::random(),
+                &g.application_message(&[i]).unwrap(),
+            )
+            .await
+            .unwrap();
         }
         t.clock.advance(31 * 60 * 1000);
         // The first three are now older than an hour: never served again, swept or not.
         let page = c.fetch(&ch, 0, 0).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
-        assert_eq!((page.first_available_seq, page.last_seq), (4, 5), "the gap is visible to clients");
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert_eq!(
+            (page.first_available_seq, page.last_seq),
+            (4, 5),
+            "the gap is visible to clients"
+        );
         let swept = eventually(Duration::from_secs(5), async || {
             let (_, body) = t.admin_get("/metrics").await;
             metric(&body, "qpq_evictions_total{kind=\"message\"}") == Some(3.0)
         })
         .await;
-        assert!(swept, "the sweep dropped exactly the three expired messages");
+        assert!(
+            swept,
+            "the sweep dropped exactly the three expired messages"
+        );
         // Sequence numbers are never reused after eviction.
-        let r = c.enqueue(&ch, &ClientMsgId::random(), &g.application_message(b"x").unwrap()).await.unwrap();
+        let r = c
+            .enqueue(
+                &ch,
+                &ClientMsgId::random(),
+                &g.application_message(b"x").unwrap(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.seq, 6);
     })
     .await;

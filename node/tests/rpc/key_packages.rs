@@ -15,8 +15,15 @@ async fn each_key_package_is_served_once_then_the_last_resort_forever() {
         let bob = DevIdentity::generate().unwrap();
         let kps = key_packages(&bob, 3);
         let last = bob.key_package_bytes().unwrap();
-        assert_eq!(c.upload_key_packages(&kps, Some(&last)).await.unwrap(), (3, 3));
-        assert_eq!(c.key_package_count(&bob.identity_key()).await.unwrap(), (3, true));
+        // Four stored (three single-use and the last resort), three available for single use.
+        assert_eq!(
+            c.upload_key_packages(&kps, Some(&last)).await.unwrap(),
+            (4, 3)
+        );
+        assert_eq!(
+            c.key_package_count(&bob.identity_key()).await.unwrap(),
+            (3, true)
+        );
 
         let mut served = Vec::new();
         for _ in 0..3 {
@@ -27,14 +34,20 @@ async fn each_key_package_is_served_once_then_the_last_resort_forever() {
         let mut expected = kps.clone();
         expected.sort();
         served.sort();
-        assert_eq!(served, expected, "the three uploaded packages, each exactly once");
+        assert_eq!(
+            served, expected,
+            "the three uploaded packages, each exactly once"
+        );
 
         for _ in 0..2 {
             let kp = c.fetch_key_package(&bob.identity_key()).await.unwrap();
             assert!(kp.last_resort);
             assert_eq!(kp.bytes, last);
         }
-        assert_eq!(c.key_package_count(&bob.identity_key()).await.unwrap(), (0, true));
+        assert_eq!(
+            c.key_package_count(&bob.identity_key()).await.unwrap(),
+            (0, true)
+        );
     })
     .await;
 }
@@ -119,11 +132,30 @@ async fn the_per_identity_cap_refuses_a_whole_batch() {
     local(async {
         let c = t.connect().await;
         let a = DevIdentity::generate().unwrap();
-        assert_eq!(c.upload_key_packages(&key_packages(&a, 4), None).await.unwrap(), (4, 4));
-        let err = c.upload_key_packages(&key_packages(&a, 2), None).await.unwrap_err();
-        assert!(matches!(err, ClientError::Wire(WireError::QuotaExceeded { .. })), "{err}");
-        assert_eq!(c.key_package_count(&a.identity_key()).await.unwrap(), (4, false));
-        assert_eq!(c.upload_key_packages(&key_packages(&a, 1), None).await.unwrap(), (1, 5));
+        assert_eq!(
+            c.upload_key_packages(&key_packages(&a, 4), None)
+                .await
+                .unwrap(),
+            (4, 4)
+        );
+        let err = c
+            .upload_key_packages(&key_packages(&a, 2), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Wire(WireError::QuotaExceeded { .. })),
+            "{err}"
+        );
+        assert_eq!(
+            c.key_package_count(&a.identity_key()).await.unwrap(),
+            (4, false)
+        );
+        assert_eq!(
+            c.upload_key_packages(&key_packages(&a, 1), None)
+                .await
+                .unwrap(),
+            (1, 5)
+        );
     })
     .await;
 }
@@ -138,14 +170,25 @@ async fn key_packages_expire_after_the_ttl_and_are_swept() {
     local(async {
         let c = t.connect().await;
         let a = DevIdentity::generate().unwrap();
-        c.upload_key_packages(&key_packages(&a, 2), None).await.unwrap();
+        c.upload_key_packages(&key_packages(&a, 2), None)
+            .await
+            .unwrap();
         t.clock.advance(3_599_000);
-        assert_eq!(c.key_package_count(&a.identity_key()).await.unwrap(), (2, false));
+        assert_eq!(
+            c.key_package_count(&a.identity_key()).await.unwrap(),
+            (2, false)
+        );
         t.clock.advance(1_000);
         // Expired packages are never served, swept or not.
-        assert_eq!(c.key_package_count(&a.identity_key()).await.unwrap(), (0, false));
+        assert_eq!(
+            c.key_package_count(&a.identity_key()).await.unwrap(),
+            (0, false)
+        );
         let err = c.fetch_key_package(&a.identity_key()).await.unwrap_err();
-        assert!(matches!(err, ClientError::Wire(WireError::NotFound)), "{err}");
+        assert!(
+            matches!(err, ClientError::Wire(WireError::NotFound)),
+            "{err}"
+        );
         let swept = eventually(Duration::from_secs(5), async || {
             let (_, body) = t.admin_get("/metrics").await;
             metric(&body, "qpq_evictions_total{kind=\"key_package\"}") == Some(2.0)

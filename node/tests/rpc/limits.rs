@@ -15,19 +15,27 @@ async fn connections_over_the_per_ip_limit_are_refused_until_one_closes() {
         let third = Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await;
         match third {
             Err(ClientError::Connection(quinn::ConnectionError::ConnectionClosed(close))) => {
-                assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+                assert_eq!(
+                    close.error_code,
+                    quinn::TransportErrorCode::CONNECTION_REFUSED
+                );
             }
             Err(other) => panic!("expected CONNECTION_REFUSED, got {other}"),
             Ok(_) => panic!("a third connection from one IP was accepted"),
         }
         let (_, body) = t.admin_get("/metrics").await;
-        assert!(body.contains("qpq_refused_connections_total"), "refusals are counted");
+        assert!(
+            body.contains("qpq_refused_connections_total"),
+            "refusals are counted"
+        );
 
         a.close().await;
         // The permit is released when the node notices the close.
         let mut ok = false;
         for _ in 0..50 {
-            if let Ok(c) = Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await {
+            if let Ok(c) =
+                Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await
+            {
                 c.server_info().await.unwrap();
                 ok = true;
                 break;
@@ -45,7 +53,11 @@ async fn the_total_connection_limit_applies_across_addresses() {
     local(async {
         let a = t.connect().await;
         a.server_info().await.unwrap();
-        assert!(Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await.is_err());
+        assert!(
+            Connection::connect(t.node.client_addr(), "localhost", &t.verification())
+                .await
+                .is_err()
+        );
     })
     .await;
 }

@@ -27,9 +27,15 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         let c = t.connect().await;
         let m = app_message();
         let id = ClientMsgId::random();
-        let e = c.enqueue_raw(&[1; 15], id.as_bytes(), &m).await.unwrap_err();
+        let e = c
+            .enqueue_raw(&[1; 15], id.as_bytes(), &m)
+            .await
+            .unwrap_err();
         assert_eq!(invalid_field(&e), Some("channelId"), "{e}");
-        let e = c.enqueue_raw(&[1; 17], id.as_bytes(), &m).await.unwrap_err();
+        let e = c
+            .enqueue_raw(&[1; 17], id.as_bytes(), &m)
+            .await
+            .unwrap_err();
         assert_eq!(invalid_field(&e), Some("channelId"), "{e}");
         let e = c.enqueue_raw(&[1; 16], &[2; 8], &m).await.unwrap_err();
         assert_eq!(invalid_field(&e), Some("clientMsgId"), "{e}");
@@ -45,8 +51,16 @@ async fn payloads_that_are_not_mls_messages_are_refused() {
     local(async {
         let c = t.connect().await;
         let ch = ChannelId::random();
-        for bad in [&b"hello"[..], &[0u8; 64][..], &[0x00, 0x01, 0x00, 0x09][..], &[][..]] {
-            let e = c.enqueue(&ch, &ClientMsgId::random(), bad).await.unwrap_err();
+        for bad in [
+            &b"hello"[..],
+            &[0u8; 64][..],
+            &[0x00, 0x01, 0x00, 0x09][..],
+            &[][..],
+        ] {
+            let e = c
+                .enqueue(&ch, &ClientMsgId::random(), bad)
+                .await
+                .unwrap_err();
             assert_eq!(invalid_field(&e), Some("payload"), "{e}");
         }
         assert!(c.fetch(&ch, 0, 0).await.unwrap().messages.is_empty());
@@ -110,7 +124,9 @@ async fn unknown_wire_versions_get_unsupported_version() {
             match resp.which().unwrap() {
                 Which::Err(e) => assert_eq!(
                     WireError::read_from(e.unwrap()),
-                    WireError::UnsupportedVersion { max_supported: WIRE_VERSION }
+                    WireError::UnsupportedVersion {
+                        max_supported: WIRE_VERSION
+                    }
                 ),
                 Which::Ok(_) => panic!("version {v} was served"),
             }
@@ -152,7 +168,13 @@ async fn garbage_on_a_stream_ends_that_stream_only() {
 
         // The same connection (its first stream) keeps working.
         let ch = ChannelId::random();
-        assert_eq!(c.enqueue(&ch, &ClientMsgId::random(), &app_message()).await.unwrap().seq, 1);
+        assert_eq!(
+            c.enqueue(&ch, &ClientMsgId::random(), &app_message())
+                .await
+                .unwrap()
+                .seq,
+            1
+        );
     })
     .await;
 }
