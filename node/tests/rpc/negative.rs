@@ -41,6 +41,50 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         assert_eq!(invalid_field(&e), Some("clientMsgId"), "{e}");
         let e = c.fetch_key_package_raw(&[3; 33]).await.unwrap_err();
         assert_eq!(invalid_field(&e), Some("identity"), "{e}");
+
+        // The read RPCs and ack parse their ids the same way.
+        use qpq_schemas::qpq_capnp::{ack_response, fetch_response, key_package_count_response};
+        let mut req = c.raw().fetch_request();
+        req.get().init_req().set_version(WIRE_VERSION);
+        req.get().get_req().unwrap().set_channel_id(&[0; 4]);
+        let reply = req.send().promise.await.unwrap();
+        match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
+            fetch_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            fetch_response::Ok(_) => panic!("fetch with a 4-byte channel id was served"),
+        }
+        let mut req = c.raw().fetch_wait_request();
+        req.get().init_req().set_version(WIRE_VERSION);
+        req.get().get_req().unwrap().set_channel_id(&[0; 20]);
+        let reply = req.send().promise.await.unwrap();
+        match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
+            fetch_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            fetch_response::Ok(_) => panic!("fetchWait with a 20-byte channel id was served"),
+        }
+        let mut req = c.raw().ack_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_channel_id(&[0; 16]);
+            b.set_consumer_id(&[0; 3]);
+        }
+        let reply = req.send().promise.await.unwrap();
+        match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
+            ack_response::Err(e) => {
+                assert_eq!(WireError::read_from(e.unwrap()), WireError::invalid("consumerId", "ConsumerId must be 16 bytes, got 3"))
+            }
+            ack_response::Ok(()) => panic!("ack with a 3-byte consumer id was accepted"),
+        }
+        let mut req = c.raw().key_package_count_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_identity(&[0; 31]);
+        }
+        let reply = req.send().promise.await.unwrap();
+        match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
+            key_package_count_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            key_package_count_response::Ok(_) => panic!("count with a 31-byte identity was served"),
+        }
     })
     .await;
 }
