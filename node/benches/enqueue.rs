@@ -21,7 +21,12 @@ use qpq_node::state::{Command, Stamp, Store};
 use qpq_schemas::{ChannelId, ClientMsgId};
 
 fn enqueue(channel: ChannelId) -> Command {
-    Command::Enqueue { channel, client_msg_id: ClientMsgId::random(), payload: vec![0xa5; 1024], commit: None }
+    Command::Enqueue {
+        channel,
+        client_msg_id: ClientMsgId::random(),
+        payload: vec![0xa5; 1024],
+        commit: None,
+    }
 }
 
 fn raw_fsync(c: &mut Criterion) {
@@ -51,7 +56,9 @@ fn apply_batch(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     now += 1;
-                    (0..n).map(|_| (enqueue(channel), Stamp { now_ms: now })).collect::<Vec<_>>()
+                    (0..n)
+                        .map(|_| (enqueue(channel), Stamp { now_ms: now }))
+                        .collect::<Vec<_>>()
                 },
                 |entries| store.apply_batch(&entries).unwrap(),
                 BatchSize::SmallInput,
@@ -62,12 +69,21 @@ fn apply_batch(c: &mut Criterion) {
 }
 
 fn commit_log(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("bench.sqlite3")).unwrap();
-    let (log, _writer) =
-        CommitLog::start(store, Arc::new(SystemClock), Metrics::new().unwrap(), Arc::new(Waiters::default()), 512)
-            .unwrap();
+    let (log, _writer) = CommitLog::start(
+        store,
+        Arc::new(SystemClock),
+        Metrics::new().unwrap(),
+        Arc::new(Waiters::default()),
+        512,
+    )
+    .unwrap();
     let channel = ChannelId::random();
     let mut g = c.benchmark_group("commit_log");
     for p in [1usize, 16, 64] {

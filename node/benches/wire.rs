@@ -34,16 +34,25 @@ fn wire(c: &mut Criterion) {
     g.bench_function("capnp_decode_enqueue_1k", |b| {
         b.iter(|| {
             let reader =
-                capnp::serialize::read_message_from_flat_slice(&mut &bytes[..], reader_options()).unwrap();
+                capnp::serialize::read_message_from_flat_slice(&mut &bytes[..], reader_options())
+                    .unwrap();
             let r = reader.get_root::<enqueue_request::Reader<'_>>().unwrap();
-            (r.get_version(), r.get_channel_id().unwrap().len(), r.get_payload().unwrap().len())
+            (
+                r.get_version(),
+                r.get_channel_id().unwrap().len(),
+                r.get_payload().unwrap().len(),
+            )
         })
     });
-    g.bench_function("mls_framing_peek", |b| b.iter(|| framing::peek(&payload).unwrap().commit().unwrap()));
+    g.bench_function("mls_framing_peek", |b| {
+        b.iter(|| framing::peek(&payload).unwrap().commit().unwrap())
+    });
     let kp = alice.key_package_bytes().unwrap();
     let now = qpq_node::Clock::now_ms(&qpq_node::SystemClock);
     let policy = keypackage::KeyPackagePolicy::default();
-    g.bench_function("key_package_validate", |b| b.iter(|| keypackage::validate(&kp, now, &policy).unwrap()));
+    g.bench_function("key_package_validate", |b| {
+        b.iter(|| keypackage::validate(&kp, now, &policy).unwrap())
+    });
     g.finish();
 }
 

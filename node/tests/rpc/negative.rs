@@ -49,7 +49,9 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         req.get().get_req().unwrap().set_channel_id(&[0; 4]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
-            fetch_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            fetch_response::Err(e) => {
+                assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument")
+            }
             fetch_response::Ok(_) => panic!("fetch with a 4-byte channel id was served"),
         }
         let mut req = c.raw().fetch_wait_request();
@@ -57,7 +59,9 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         req.get().get_req().unwrap().set_channel_id(&[0; 20]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
-            fetch_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            fetch_response::Err(e) => {
+                assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument")
+            }
             fetch_response::Ok(_) => panic!("fetchWait with a 20-byte channel id was served"),
         }
         let mut req = c.raw().ack_request();
@@ -70,7 +74,10 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
             ack_response::Err(e) => {
-                assert_eq!(WireError::read_from(e.unwrap()), WireError::invalid("consumerId", "ConsumerId must be 16 bytes, got 3"))
+                assert_eq!(
+                    WireError::read_from(e.unwrap()),
+                    WireError::invalid("consumerId", "ConsumerId must be 16 bytes, got 3")
+                )
             }
             ack_response::Ok(()) => panic!("ack with a 3-byte consumer id was accepted"),
         }
@@ -82,7 +89,9 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         }
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
-            key_package_count_response::Err(e) => assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument"),
+            key_package_count_response::Err(e) => {
+                assert_eq!(WireError::read_from(e.unwrap()).code(), "invalid_argument")
+            }
             key_package_count_response::Ok(_) => panic!("count with a 31-byte identity was served"),
         }
     })
