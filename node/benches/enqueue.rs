@@ -7,7 +7,7 @@
 //!
 //! Figures are reported in docs/PERFORMANCE.md; nothing here passes or fails.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::io::Write as _;
 use std::sync::Arc;

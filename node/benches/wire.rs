@@ -2,7 +2,7 @@
 //! `EnqueueRequest`, the MLS framing peek the DS does on every payload, and KeyPackage
 //! validation (signature verification) the AS does on every upload.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
