@@ -158,7 +158,13 @@ pub fn main() -> ExitCode {
             Command::Serve(a) => {
                 let tls = match (a.tls_cert, a.tls_key) {
                     (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-                    _ => TlsSource::Dev,
+                    _ => {
+                        tracing::warn!(
+                            "no --tls-cert/--tls-key: serving with a self-signed development certificate; \
+                             clients must pin its fingerprint. Use a CA-signed certificate in production."
+                        );
+                        TlsSource::Dev
+                    }
                 };
                 run(a.common.into_config(tls), Mode::Serve).await
             }
