@@ -15,13 +15,14 @@
 //! - [`metrics`], [`leader`], [`server`]: Prometheus metrics, Lease leader election, the
 //!   health and metrics HTTP endpoint.
 //! - [`kubectl`]: rendering for the `kubectl qpq` plugin.
-//! - [`crdgen`]: the generated CRD YAML.
+//! - [`crdgen`]: the generated CRD YAML; [`cli`]: the `qpq-operator` command line.
 //!
 //! The crate does not build images, run nodes, or talk to nodes other than through their
 //! admin API.
 
 pub mod admin_client;
 pub mod crd;
+pub mod cli;
 pub mod crdgen;
 pub mod error;
 pub mod kubectl;
