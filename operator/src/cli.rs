@@ -20,7 +20,11 @@ use crate::reconcile::{self, Context};
 use crate::server::{self, Health};
 
 #[derive(Parser, Debug)]
-#[command(name = "qpq-operator", version, about = "Kubernetes operator for quicproquo clusters")]
+#[command(
+    name = "qpq-operator",
+    version,
+    about = "Kubernetes operator for quicproquo clusters"
+)]
 struct Cli {
     /// Health (`/healthz`, `/readyz`) and metrics (`/metrics`) listener.
     #[arg(long, env = "QPQ_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
@@ -71,7 +75,10 @@ fn init_tracing(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qpq-operator: cannot start the runtime: {e}");
@@ -186,7 +193,10 @@ async fn run(cli: Cli) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -26,7 +26,12 @@ pub enum Decision {
 }
 
 /// Pure decision from the Lease spec, who we are, and now.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp, default_duration: Duration) -> Decision {
+pub fn decide(
+    spec: Option<&LeaseSpec>,
+    identity: &str,
+    now: Timestamp,
+    default_duration: Duration,
+) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire;
     };
@@ -36,13 +41,19 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp, default_
         Some(_) => {
             let secs = spec
                 .lease_duration_seconds
-                .map_or(default_duration.as_secs(), |s| u64::try_from(s).unwrap_or(0));
+                .map_or(default_duration.as_secs(), |s| {
+                    u64::try_from(s).unwrap_or(0)
+                });
             let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref());
             match renewed {
                 None => Decision::Acquire,
                 Some(t) => {
                     let expiry = t.0 + Duration::from_secs(secs);
-                    if now > expiry { Decision::Acquire } else { Decision::Wait }
+                    if now > expiry {
+                        Decision::Acquire
+                    } else {
+                        Decision::Wait
+                    }
                 }
             }
         }
@@ -59,7 +70,12 @@ pub struct LeaseLock {
 
 impl LeaseLock {
     /// Lock `name` in the namespace of `api`, held as `identity` for `duration`.
-    pub fn new(api: Api<Lease>, name: impl Into<String>, identity: impl Into<String>, duration: Duration) -> Self {
+    pub fn new(
+        api: Api<Lease>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+        duration: Duration,
+    ) -> Self {
         Self {
             api,
             name: name.into(),
@@ -77,7 +93,12 @@ impl LeaseLock {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.name).await?;
-        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now, self.duration);
+        let decision = decide(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+            self.duration,
+        );
         let secs = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
         match (decision, current) {
             (Decision::Wait, _) => Ok(false),
@@ -112,7 +133,11 @@ impl LeaseLock {
                 spec.lease_duration_seconds = Some(secs);
                 spec.renew_time = Some(MicroTime(now));
                 // `replace` carries metadata.resourceVersion: a concurrent writer makes it 409.
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -144,6 +169,9 @@ mod tests {
         let live = t0 + Duration::from_secs(10);
         assert_eq!(decide(Some(&spec("b", t0)), "a", live, d), Decision::Wait);
         let expired = t0 + Duration::from_secs(16);
-        assert_eq!(decide(Some(&spec("b", t0)), "a", expired, d), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&spec("b", t0)), "a", expired, d),
+            Decision::Acquire
+        );
     }
 }

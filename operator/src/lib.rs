@@ -21,8 +21,8 @@
 //! admin API.
 
 pub mod admin_client;
-pub mod crd;
 pub mod cli;
+pub mod crd;
 pub mod crdgen;
 pub mod error;
 pub mod kubectl;

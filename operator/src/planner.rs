@@ -133,7 +133,12 @@ pub fn majority(n: usize) -> usize {
     n / 2 + 1
 }
 
-fn op(kind: OperationKind, node_id: NodeId, phase: OperationPhase, prev: &Option<MembershipOperation>) -> Option<MembershipOperation> {
+fn op(
+    kind: OperationKind,
+    node_id: NodeId,
+    phase: OperationPhase,
+    prev: &Option<MembershipOperation>,
+) -> Option<MembershipOperation> {
     let started = match prev {
         Some(p) if p.kind == kind && p.node_id == node_id => p.started.clone(),
         _ => String::new(),
@@ -166,7 +171,10 @@ pub fn plan(o: &Observed) -> Plan {
         return hold(
             Action::Blocked(
                 BlockReason::InvalidSpec,
-                format!("spec.replicas {} is not an odd number from 1 to 7", o.desired),
+                format!(
+                    "spec.replicas {} is not an odd number from 1 to 7",
+                    o.desired
+                ),
             ),
             o.operation.clone(),
         );
@@ -209,7 +217,13 @@ pub fn plan(o: &Observed) -> Plan {
 }
 
 fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) -> Plan {
-    let max_member = v.voters.iter().chain(&v.learners).copied().max().unwrap_or(0);
+    let max_member = v
+        .voters
+        .iter()
+        .chain(&v.learners)
+        .copied()
+        .max()
+        .unwrap_or(0);
     // Never shrink below a member's pod; never grow beyond what is needed now.
     let floor = to_replicas(max_member).max(1);
     let keep = |action: Action, operation: Option<MembershipOperation>| Plan {
@@ -241,7 +255,9 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
     // Finish the recorded operation first when it still makes sense, so a spec that flips
     // back and forth never leaves two half changes.
     let continuing = o.operation.as_ref().and_then(|p| match p.kind {
-        OperationKind::AddMember if target.contains(&p.node_id) && !v.voters.contains(&p.node_id) => {
+        OperationKind::AddMember
+            if target.contains(&p.node_id) && !v.voters.contains(&p.node_id) =>
+        {
             Some((OperationKind::AddMember, p.node_id))
         }
         OperationKind::RemoveMember
@@ -317,7 +333,8 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
             if v.learners.contains(&j) {
                 return shrink(Action::Remove(j), record(OperationPhase::Removing));
             }
-            let remaining: BTreeSet<NodeId> = v.voters.iter().copied().filter(|x| *x != j).collect();
+            let remaining: BTreeSet<NodeId> =
+                v.voters.iter().copied().filter(|x| *x != j).collect();
             let healthy_remaining = remaining.intersection(&o.reachable).count();
             if remaining.is_empty() || healthy_remaining < majority(remaining.len()) {
                 return keep(
@@ -345,7 +362,9 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
                         record(OperationPhase::TransferringLeadership),
                     ),
                     None => keep(
-                        Action::Wait(format!("no caught-up voter to take leadership from node {j}")),
+                        Action::Wait(format!(
+                            "no caught-up voter to take leadership from node {j}"
+                        )),
                         record(OperationPhase::TransferringLeadership),
                     ),
                 };

@@ -21,15 +21,17 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
-use kube::runtime::Controller;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -62,7 +64,12 @@ pub struct Context {
 
 impl Context {
     /// A context with the system clock.
-    pub fn new(client: Client, admin: Arc<dyn NodeAdmin>, reporter: Reporter, metrics: Metrics) -> Self {
+    pub fn new(
+        client: Client,
+        admin: Arc<dyn NodeAdmin>,
+        reporter: Reporter,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -91,7 +98,9 @@ pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 pub async fn reconcile(obj: Arc<QpqCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<QpqCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let res = finalizer(&api, FINALIZER, obj, |ev| async {
         match ev {
@@ -111,18 +120,33 @@ pub async fn reconcile(obj: Arc<QpqCluster>, ctx: Arc<Context>) -> Result<Requeu
 /// Requeue policy on errors: count by kind, retry soon.
 pub fn error_policy(obj: Arc<QpqCluster>, err: &Error, ctx: Arc<Context>) -> Requeue {
     tracing::warn!(cluster = %obj.name_any(), error = %err, kind = err.metric_label(), "reconcile failed");
-    ctx.metrics.errors.with_label_values(&[err.metric_label()]).inc();
+    ctx.metrics
+        .errors
+        .with_label_values(&[err.metric_label()])
+        .inc();
     Requeue::requeue(Duration::from_secs(10))
 }
 
 async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
-    let name = obj.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
     Ok(())
 }
 
@@ -193,15 +217,31 @@ fn action_call(c: &ClusterRef, action: &Action) -> Option<(&'static str, Members
                 members: BTreeMap::from([(1, c.raft_addr(1))]),
             },
         ),
-        Action::AddLearner(id) => ("LearnerAdded", MembershipCall::AddLearner { id, addr: c.raft_addr(id) }),
+        Action::AddLearner(id) => (
+            "LearnerAdded",
+            MembershipCall::AddLearner {
+                id,
+                addr: c.raft_addr(id),
+            },
+        ),
         Action::Promote(id) => ("MemberPromoted", MembershipCall::Promote { id }),
-        Action::TransferLeader { to, .. } => ("LeadershipTransferred", MembershipCall::TransferLeader { to }),
+        Action::TransferLeader { to, .. } => (
+            "LeadershipTransferred",
+            MembershipCall::TransferLeader { to },
+        ),
         Action::Remove(id) => ("MemberRemoved", MembershipCall::Remove { id }),
         Action::None | Action::Wait(_) | Action::Blocked(..) => return None,
     })
 }
 
-async fn publish(ctx: &Context, obj: &QpqCluster, type_: EventType, reason: &str, action: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    obj: &QpqCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.to_owned(),
@@ -241,7 +281,10 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     tracing::info!(cluster = %c.name, namespace = %ns, action = ?plan.action, statefulset = plan.statefulset_replicas, "plan");
 
     // An invalid spec changes nothing but the status.
-    let invalid = matches!(plan.action, Action::Blocked(planner::BlockReason::InvalidSpec, _));
+    let invalid = matches!(
+        plan.action,
+        Action::Blocked(planner::BlockReason::InvalidSpec, _)
+    );
     if !invalid {
         apply_objects(obj, ctx, &c, &plan, &raft, now_unix).await?;
         if sts_replicas.is_some_and(|r| r != plan.statefulset_replicas) {
@@ -276,17 +319,39 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             let label = reason;
             match ctx.admin.call(&addr, &call).await {
                 Ok(_) => {
-                    ctx.metrics.membership_actions.with_label_values(&[label]).inc();
+                    ctx.metrics
+                        .membership_actions
+                        .with_label_values(&[label])
+                        .inc();
                     if matches!(plan.action, Action::Bootstrap) {
                         bootstrapped = true;
                     }
                     tracing::info!(cluster = %c.name, ?call, "membership call done");
-                    publish(ctx, obj, EventType::Normal, reason, "Membership", format!("{:?} on {addr}", plan.action)).await;
+                    publish(
+                        ctx,
+                        obj,
+                        EventType::Normal,
+                        reason,
+                        "Membership",
+                        format!("{:?} on {addr}", plan.action),
+                    )
+                    .await;
                 }
                 Err(e) => {
-                    ctx.metrics.errors.with_label_values(&[e.metric_label()]).inc();
+                    ctx.metrics
+                        .errors
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
                     tracing::warn!(cluster = %c.name, ?call, error = %e, "membership call failed");
-                    publish(ctx, obj, EventType::Warning, "MembershipCallFailed", "Membership", e.to_string()).await;
+                    publish(
+                        ctx,
+                        obj,
+                        EventType::Warning,
+                        "MembershipCallFailed",
+                        "Membership",
+                        e.to_string(),
+                    )
+                    .await;
                     call_error = Some(e.to_string());
                 }
             }
@@ -296,10 +361,22 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     // A refusal is announced once, when it starts (the condition keeps saying it).
     if let Action::Blocked(reason, message) = &plan.action {
         let already = prev
-            .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::types::DEGRADED))
+            .and_then(|p| {
+                p.conditions
+                    .iter()
+                    .find(|c| c.type_ == status::types::DEGRADED)
+            })
             .is_some_and(|d| d.status == "True" && d.reason == reason.as_str());
         if !already {
-            publish(ctx, obj, EventType::Warning, reason.as_str(), "Plan", message.clone()).await;
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                reason.as_str(),
+                "Plan",
+                message.clone(),
+            )
+            .await;
         }
     }
 
@@ -355,16 +432,39 @@ async fn apply_objects(
         let issuer = match ca.as_ref().and_then(tls::ca_from_secret) {
             Some(material) => tls::Issuer::from_ca(&c.name, material)?,
             None => {
-                publish(ctx, obj, EventType::Normal, "CaCreated", "Tls", format!("new cluster CA in Secret {}", c.ca_secret())).await;
+                publish(
+                    ctx,
+                    obj,
+                    EventType::Normal,
+                    "CaCreated",
+                    "Tls",
+                    format!("new cluster CA in Secret {}", c.ca_secret()),
+                )
+                .await;
                 tls::Issuer::new_ca(&c.name, now_unix)?
             }
         };
         let pods: Vec<String> = (1..=u64::try_from(plan.statefulset_replicas.max(1)).unwrap_or(1))
             .map(|id| c.pod(id))
             .collect();
-        let certs = tls::reconcile_certificates(c, &issuer, &current, &pods, now_unix, spec.tls.cert_validity_days)?;
+        let certs = tls::reconcile_certificates(
+            c,
+            &issuer,
+            &current,
+            &pods,
+            now_unix,
+            spec.tls.cert_validity_days,
+        )?;
         if certs.index.rotation != current.index.rotation {
-            publish(ctx, obj, EventType::Normal, "CertificatesRotated", "Tls", "node certificates renewed; pods will restart".into()).await;
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                "CertificatesRotated",
+                "Tls",
+                "node certificates renewed; pods will restart".into(),
+            )
+            .await;
         }
         rotation = certs.index.rotation;
         secrets.push(tls::ca_secret(c, issuer.ca()));
@@ -381,8 +481,14 @@ async fn apply_objects(
         apply_object::<Secret>(client, ns, s).await?;
     }
     apply_object::<Service>(client, ns, &resources::headless_service(c)?).await?;
-    apply_object::<Service>(client, ns, &resources::client_service(c, &spec.client_service)?).await?;
-    apply_object::<PodDisruptionBudget>(client, ns, &resources::pod_disruption_budget(c, voters)?).await?;
+    apply_object::<Service>(
+        client,
+        ns,
+        &resources::client_service(c, &spec.client_service)?,
+    )
+    .await?;
+    apply_object::<PodDisruptionBudget>(client, ns, &resources::pod_disruption_budget(c, voters)?)
+        .await?;
     if let Some(np) = resources::network_policy(c, &spec.network_policy)? {
         apply_object::<NetworkPolicy>(client, ns, &np).await?;
     }
@@ -401,7 +507,15 @@ async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let c = ClusterRef::new(obj)?;
     match obj.spec.pvc_retention_policy {
         PvcRetentionPolicy::Retain => {
-            publish(ctx, obj, EventType::Normal, "VolumesRetained", "Delete", "PersistentVolumeClaims kept (pvcRetentionPolicy: Retain)".into()).await;
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                "VolumesRetained",
+                "Delete",
+                "PersistentVolumeClaims kept (pvcRetentionPolicy: Retain)".into(),
+            )
+            .await;
         }
         PvcRetentionPolicy::Delete => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &c.namespace);
@@ -411,16 +525,31 @@ async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            api.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector))
-                .await?;
-            publish(ctx, obj, EventType::Normal, "VolumesDeleted", "Delete", "PersistentVolumeClaims deleted (pvcRetentionPolicy: Delete)".into()).await;
+            api.delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&selector),
+            )
+            .await?;
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                "VolumesDeleted",
+                "Delete",
+                "PersistentVolumeClaims deleted (pvcRetentionPolicy: Delete)".into(),
+            )
+            .await;
         }
     }
     Ok(Requeue::await_change())
 }
 
 /// Runs the controller until SIGTERM/SIGINT, or until `stop` resolves.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let clusters: Api<QpqCluster> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -428,7 +557,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: impl std::f
     };
     let owned = |c: &Client| -> (Api<StatefulSet>, Api<Service>) {
         match &namespace {
-            Some(ns) => (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns)),
+            Some(ns) => (
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+            ),
             None => (Api::all(c.clone()), Api::all(c.clone())),
         }
     };

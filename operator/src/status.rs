@@ -75,7 +75,11 @@ fn members(input: &StatusInput<'_>) -> Vec<Member> {
                 role: own.map_or_else(|| "unreachable".to_owned(), |s| s.role.clone()),
                 voter: v.voters.contains(&id),
                 version: own.map(|s| s.version.clone()).filter(|s| !s.is_empty()),
-                lag: if Some(id) == v.leader { Some(0) } else { v.lag.get(&id).copied() },
+                lag: if Some(id) == v.leader {
+                    Some(0)
+                } else {
+                    v.lag.get(&id).copied()
+                },
             }
         })
         .collect()
@@ -92,7 +96,10 @@ fn operation_reason(op: &Option<MembershipOperation>) -> &'static str {
 
 /// The status to write after this round.
 pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
-    let mut conditions = input.previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    let mut conditions = input
+        .previous
+        .map(|p| p.conditions.clone())
+        .unwrap_or_default();
     let members = members(input);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| Condition {
         type_: type_.to_owned(),
@@ -110,7 +117,9 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
     let voters = members.iter().filter(|m| m.voter).count();
 
     let (progressing, p_reason, p_msg) = match (&input.plan.action, &input.plan.operation) {
-        (Action::Blocked(..), _) | (Action::None, None) => (false, "Stable", "no membership change under way".to_owned()),
+        (Action::Blocked(..), _) | (Action::None, None) => {
+            (false, "Stable", "no membership change under way".to_owned())
+        }
         (Action::Wait(m), op) => (true, operation_reason(op), m.clone()),
         (a, op) => (true, operation_reason(op), format!("{a:?}")),
     };
@@ -118,7 +127,10 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         Some(e) => format!("{p_msg}; last call failed: {e}"),
         None => p_msg,
     };
-    set_condition(&mut conditions, cond(types::PROGRESSING, progressing, p_reason, p_msg));
+    set_condition(
+        &mut conditions,
+        cond(types::PROGRESSING, progressing, p_reason, p_msg),
+    );
 
     let (degraded, d_reason, d_msg) = match &input.plan.action {
         Action::Blocked(r, m) => (true, r.as_str(), m.clone()),
@@ -129,7 +141,10 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         ),
         _ => (false, "AsExpected", "all members answer".to_owned()),
     };
-    set_condition(&mut conditions, cond(types::DEGRADED, degraded, d_reason, d_msg));
+    set_condition(
+        &mut conditions,
+        cond(types::DEGRADED, degraded, d_reason, d_msg),
+    );
 
     let ready = input.plan.action == Action::None
         && unreachable.is_empty()
@@ -154,10 +169,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         .min_by(|a, b| version_key(a).cmp(&version_key(b)));
 
     let mut operation = input.plan.operation.clone();
-    if let Some(op) = operation.as_mut() {
-        if op.started.is_empty() {
-            op.started = input.now.to_owned();
-        }
+    if let Some(op) = operation.as_mut().filter(|op| op.started.is_empty()) {
+        op.started = input.now.to_owned();
     }
     QpqClusterStatus {
         observed_generation: input.generation,

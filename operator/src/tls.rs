@@ -127,7 +127,8 @@ pub fn plan_certificates(
 }
 
 fn ca_params(cluster: &str) -> Result<CertificateParams> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut p =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Tls(e.to_string()))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "quicproquo");
     dn.push(DnType::CommonName, format!("qpq cluster CA {cluster}"));
@@ -166,7 +167,9 @@ impl Issuer {
         params.not_before = rcgen::date_time_ymd(y, m, d);
         params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
         let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
-        let cert = params.self_signed(&key).map_err(|e| Error::Tls(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
         let ca = CaMaterial {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -191,22 +194,39 @@ impl Issuer {
 
     /// A certificate for `dns_names`, valid `days` from the start of today; usable as TLS
     /// server and client (mutual TLS between nodes). Returns (cert PEM, key PEM, entry).
-    pub fn issue(&self, dns_names: Vec<String>, now_unix: i64, days: u32) -> Result<(String, String, CertEntry)> {
+    pub fn issue(
+        &self,
+        dns_names: Vec<String>,
+        now_unix: i64,
+        days: u32,
+    ) -> Result<(String, String, CertEntry)> {
         let (start, (y, m, d)) = day_of(now_unix)?;
         let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
-        let mut p = CertificateParams::new(dns_names.clone()).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut p =
+            CertificateParams::new(dns_names.clone()).map_err(|e| Error::Tls(e.to_string()))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "quicproquo");
-        dn.push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
+        dn.push(
+            DnType::CommonName,
+            dns_names.first().cloned().unwrap_or_default(),
+        );
         p.distinguished_name = dn;
         p.not_before = rcgen::date_time_ymd(y, m, d);
         p.not_after = rcgen::date_time_ymd(ey, em, ed);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = p.signed_by(&key, &issuer).map_err(|e| Error::Tls(e.to_string()))?;
+        let cert = p
+            .signed_by(&key, &issuer)
+            .map_err(|e| Error::Tls(e.to_string()))?;
         let entry = CertEntry {
             dns_names,
             not_before: start,
@@ -254,8 +274,14 @@ pub fn ca_secret(c: &ClusterRef, ca: &CaMaterial) -> Secret {
         metadata: c.meta(c.ca_secret()),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
-            ("ca.crt".to_owned(), ByteString(ca.cert_pem.clone().into_bytes())),
-            ("ca.key".to_owned(), ByteString(ca.key_pem.clone().into_bytes())),
+            (
+                "ca.crt".to_owned(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "ca.key".to_owned(),
+                ByteString(ca.key_pem.clone().into_bytes()),
+            ),
         ])),
         ..Secret::default()
     }
@@ -268,8 +294,14 @@ pub fn certs_secret(c: &ClusterRef, ca: &CaMaterial, certs: &NodeCerts) -> Resul
         .iter()
         .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
         .collect();
-    data.insert("ca.crt".into(), ByteString(ca.cert_pem.clone().into_bytes()));
-    data.insert("index.json".into(), ByteString(serde_json::to_vec(&certs.index)?));
+    data.insert(
+        "ca.crt".into(),
+        ByteString(ca.cert_pem.clone().into_bytes()),
+    );
+    data.insert(
+        "index.json".into(),
+        ByteString(serde_json::to_vec(&certs.index)?),
+    );
     Ok(Secret {
         metadata: c.meta(c.tls_secret()),
         type_: Some("Opaque".into()),
@@ -330,7 +362,8 @@ mod tests {
         let c = cluster();
         let issuer = Issuer::new_ca("x", NOW).unwrap();
         let pods: Vec<String> = (1..=3).map(|id| c.pod(id)).collect();
-        let certs = reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
+        let certs =
+            reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
         assert_eq!(certs.files.len(), 6);
         assert_eq!(certs.index.rotation, 0);
         assert!(certs.files["x-1.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
@@ -349,7 +382,8 @@ mod tests {
         assert_eq!(grown.index.rotation, 0);
 
         // 61 days later: past two thirds of 90 days: renewed, rotation bumped.
-        let later = reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 61 * 86_400, 90).unwrap();
+        let later =
+            reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 61 * 86_400, 90).unwrap();
         assert_ne!(later.files["x-0.crt"], certs.files["x-0.crt"]);
         assert_eq!(later.index.rotation, 1);
     }
@@ -359,10 +393,14 @@ mod tests {
         let c = cluster();
         let issuer = Issuer::new_ca("x", NOW).unwrap();
         let pods = vec![c.pod(1)];
-        let certs = reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
+        let certs =
+            reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
         let s = certs_secret(&c, issuer.ca(), &certs).unwrap();
         assert_eq!(certs_from_secret(&s), certs);
-        assert_eq!(ca_from_secret(&ca_secret(&c, issuer.ca())).as_ref(), Some(issuer.ca()));
+        assert_eq!(
+            ca_from_secret(&ca_secret(&c, issuer.ca())).as_ref(),
+            Some(issuer.ca())
+        );
         // The stored CA can issue again.
         let back = Issuer::from_ca("x", issuer.ca().clone()).unwrap();
         back.issue(dns_names(&c, "x-0"), NOW, 90).unwrap();

@@ -9,7 +9,11 @@ use qpq_operator::crd::QpqCluster;
 use qpq_operator::kubectl;
 
 #[derive(Parser)]
-#[command(name = "kubectl-qpq", version, about = "quicproquo clusters from kubectl")]
+#[command(
+    name = "kubectl-qpq",
+    version,
+    about = "quicproquo clusters from kubectl"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let c = api.get(&cluster).await?;
             match output {
                 Output::Table => print!("{}", kubectl::status_table(&c)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&kubectl::status_json(&c))?),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&kubectl::status_json(&c))?
+                ),
             }
         }
     }

@@ -63,7 +63,10 @@ fn never_bootstraps_twice() {
         max_lag: 1000,
     };
     let p = plan(&o);
-    assert!(matches!(p.action, Action::Blocked(BlockReason::StateLost, _)));
+    assert!(matches!(
+        p.action,
+        Action::Blocked(BlockReason::StateLost, _)
+    ));
     assert_eq!(p.statefulset_replicas, 3);
 }
 
@@ -87,7 +90,10 @@ fn scale_up_grows_by_one_pod_adds_a_learner_then_promotes() {
     assert_eq!(p.action, Action::Promote(2));
 
     let p = plan(&observed(3, 2, view(1, &[1, 2], &[])));
-    assert_eq!(p.statefulset_replicas, 3, "next pod only after the previous joined");
+    assert_eq!(
+        p.statefulset_replicas, 3,
+        "next pod only after the previous joined"
+    );
 }
 
 #[test]
@@ -116,7 +122,10 @@ fn unsafe_scale_down_is_refused_with_a_reason() {
     let mut o = observed(1, 3, view(1, &[1, 2, 3], &[]));
     o.reachable = [1, 3].into();
     let p = plan(&o);
-    assert!(matches!(p.action, Action::Blocked(BlockReason::UnsafeScaleDown, _)), "{p:?}");
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::UnsafeScaleDown, _)),
+        "{p:?}"
+    );
     assert_eq!(p.statefulset_replicas, 3);
 }
 
@@ -125,14 +134,20 @@ fn no_change_without_quorum() {
     let mut o = observed(5, 3, view(1, &[1, 2, 3], &[]));
     o.reachable = [1].into();
     let p = plan(&o);
-    assert!(matches!(p.action, Action::Blocked(BlockReason::QuorumLost, _)));
+    assert!(matches!(
+        p.action,
+        Action::Blocked(BlockReason::QuorumLost, _)
+    ));
     assert_eq!(p.statefulset_replicas, 3);
 }
 
 #[test]
 fn invalid_spec_is_refused_without_touching_the_statefulset() {
     let p = plan(&observed(4, 3, view(1, &[1, 2, 3], &[])));
-    assert!(matches!(p.action, Action::Blocked(BlockReason::InvalidSpec, _)));
+    assert!(matches!(
+        p.action,
+        Action::Blocked(BlockReason::InvalidSpec, _)
+    ));
     assert_eq!(p.statefulset_replicas, 3);
 }
 
@@ -194,7 +209,9 @@ impl Sim {
     }
 
     fn reachable(&self) -> BTreeSet<NodeId> {
-        (1..=to_id(self.sts)).filter(|n| !self.down.contains(n)).collect()
+        (1..=to_id(self.sts))
+            .filter(|n| !self.down.contains(n))
+            .collect()
     }
 
     fn healthy_voters(&self) -> usize {
@@ -212,8 +229,12 @@ impl Sim {
         } else if self.voters.is_empty() {
             RaftObservation::Uninitialized
         } else {
-            let mut lag: BTreeMap<NodeId, u64> =
-                self.voters.iter().chain(&self.learners).map(|n| (*n, 0)).collect();
+            let mut lag: BTreeMap<NodeId, u64> = self
+                .voters
+                .iter()
+                .chain(&self.learners)
+                .map(|n| (*n, 0))
+                .collect();
             lag.extend(self.lag.clone());
             RaftObservation::Cluster(ClusterView {
                 leader: self.leader,
@@ -237,7 +258,10 @@ impl Sim {
     fn tick(&mut self) {
         // Pods beyond the StatefulSet do not exist.
         let sts = to_id(self.sts);
-        if self.leader.is_some_and(|l| self.down.contains(&l) || l > sts) {
+        if self
+            .leader
+            .is_some_and(|l| self.down.contains(&l) || l > sts)
+        {
             self.leader = None;
         }
         if self.leader.is_none() && self.has_quorum() {
@@ -252,7 +276,13 @@ impl Sim {
     /// One reconcile: plan, check the safety invariants, apply the plan.
     fn step(&mut self, desired: i32) -> Result<Plan, TestCaseError> {
         let p = plan(&self.observe(desired));
-        let members = self.voters.iter().chain(&self.learners).copied().max().unwrap_or(0);
+        let members = self
+            .voters
+            .iter()
+            .chain(&self.learners)
+            .copied()
+            .max()
+            .unwrap_or(0);
         prop_assert!(
             to_id(p.statefulset_replicas) >= members,
             "StatefulSet shrunk below member {members}: {p:?} / {self:?}"

@@ -18,13 +18,34 @@ fn env(node: &NodeConfigSpec) -> BTreeMap<String, String> {
             m.insert(k.to_owned(), v);
         }
     };
-    put("QPQ_RETENTION_HOURS", Some(node.retention_hours.to_string()));
-    put("QPQ_KEY_PACKAGE_TTL_HOURS", Some(node.key_package_ttl_hours.to_string()));
-    put("QPQ_MAX_KEY_PACKAGES", node.max_key_packages_per_identity.map(|v| v.to_string()));
-    put("QPQ_MAX_CONNECTIONS", node.max_connections.map(|v| v.to_string()));
-    put("QPQ_MAX_CONNECTIONS_PER_IP", node.max_connections_per_ip.map(|v| v.to_string()));
-    put("QPQ_RATE_LIMIT_PER_SECOND", node.rate_limit_per_second.map(|v| v.to_string()));
-    put("QPQ_MAX_PAYLOAD_BYTES", node.max_payload_bytes.map(|v| v.to_string()));
+    put(
+        "QPQ_RETENTION_HOURS",
+        Some(node.retention_hours.to_string()),
+    );
+    put(
+        "QPQ_KEY_PACKAGE_TTL_HOURS",
+        Some(node.key_package_ttl_hours.to_string()),
+    );
+    put(
+        "QPQ_MAX_KEY_PACKAGES",
+        node.max_key_packages_per_identity.map(|v| v.to_string()),
+    );
+    put(
+        "QPQ_MAX_CONNECTIONS",
+        node.max_connections.map(|v| v.to_string()),
+    );
+    put(
+        "QPQ_MAX_CONNECTIONS_PER_IP",
+        node.max_connections_per_ip.map(|v| v.to_string()),
+    );
+    put(
+        "QPQ_RATE_LIMIT_PER_SECOND",
+        node.rate_limit_per_second.map(|v| v.to_string()),
+    );
+    put(
+        "QPQ_MAX_PAYLOAD_BYTES",
+        node.max_payload_bytes.map(|v| v.to_string()),
+    );
     put("QPQ_READY_MAX_LAG", Some(node.ready_max_lag.to_string()));
     put("QPQ_LOG_FORMAT", Some("json".to_owned()));
     put("RUST_LOG", Some(node.log_level.clone()));

@@ -61,7 +61,9 @@ pub struct ClusterRef {
 impl ClusterRef {
     /// From the custom resource (which must have name, namespace and uid).
     pub fn new(c: &QpqCluster) -> Result<Self> {
-        let namespace = c.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+        let namespace = c
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
         let owner = c
             .controller_owner_ref(&())
             .ok_or(Error::MissingField("metadata.uid"))?;
@@ -98,7 +100,12 @@ impl ClusterRef {
     }
     /// DNS name of a node's pod under the headless Service.
     pub fn pod_host(&self, id: NodeId) -> String {
-        format!("{}.{}.{}.svc", self.pod(id), self.headless(), self.namespace)
+        format!(
+            "{}.{}.{}.svc",
+            self.pod(id),
+            self.headless(),
+            self.namespace
+        )
     }
     /// Raft address of a node (what `/raft/learners` and `/raft/bootstrap` take).
     pub fn raft_addr(&self, id: NodeId) -> String {

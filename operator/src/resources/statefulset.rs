@@ -13,7 +13,9 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 
-use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations, typed};
+use super::{
+    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations, typed,
+};
 use crate::crd::QpqClusterSpec;
 use crate::error::Result;
 
@@ -54,7 +56,11 @@ pub fn statefulset(
         var("QPQ_RAFT_LISTEN", format!("0.0.0.0:{RAFT_PORT}")),
         var(
             "QPQ_RAFT_ADVERTISE",
-            format!("$(QPQ_POD_NAME).{}.{}.svc:{RAFT_PORT}", c.headless(), c.namespace),
+            format!(
+                "$(QPQ_POD_NAME).{}.{}.svc:{RAFT_PORT}",
+                c.headless(),
+                c.namespace
+            ),
         ),
         var("QPQ_DATA_DIR", DATA_DIR),
         var("QPQ_TLS_CERT", cert.clone()),
@@ -134,7 +140,8 @@ pub fn statefulset(
         pod_spec["tolerations"] = serde_json::to_value(&s.tolerations)?;
     }
     if !s.topology_spread_constraints.is_empty() {
-        pod_spec["topologySpreadConstraints"] = serde_json::to_value(&s.topology_spread_constraints)?;
+        pod_spec["topologySpreadConstraints"] =
+            serde_json::to_value(&s.topology_spread_constraints)?;
     }
     if let Some(p) = &s.priority_class_name {
         pod_spec["priorityClassName"] = json!(p);

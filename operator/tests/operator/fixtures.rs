@@ -10,7 +10,9 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
-use qpq_operator::admin_client::{AdminAddr, AdminError, Membership, MembershipCall, NodeAdmin, Replication, Status};
+use qpq_operator::admin_client::{
+    AdminAddr, AdminError, Membership, MembershipCall, NodeAdmin, Replication, Status,
+};
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::metrics::Metrics;
 use qpq_operator::reconcile::Context;
@@ -73,13 +75,31 @@ impl NodeAdmin for FakeNodes {
             })
         })
     }
-    fn call<'a>(&'a self, addr: &'a AdminAddr, call: &'a MembershipCall) -> BoxFuture<'a, Result<Status, AdminError>> {
-        self.calls.lock().unwrap().push((addr.0.clone(), call.clone()));
+    fn call<'a>(
+        &'a self,
+        addr: &'a AdminAddr,
+        call: &'a MembershipCall,
+    ) -> BoxFuture<'a, Result<Status, AdminError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((addr.0.clone(), call.clone()));
         let fail = *self.fail_calls.lock().unwrap();
-        let s = self.statuses.lock().unwrap().get(&addr.0).cloned().unwrap_or_default();
+        let s = self
+            .statuses
+            .lock()
+            .unwrap()
+            .get(&addr.0)
+            .cloned()
+            .unwrap_or_default();
         Box::pin(async move {
             match fail {
-                Some(code) => Err(qpq_operator::admin_client::decode(addr, code, br#"{"error": "change_in_progress"}"#).unwrap_err()),
+                Some(code) => Err(qpq_operator::admin_client::decode(
+                    addr,
+                    code,
+                    br#"{"error": "change_in_progress"}"#,
+                )
+                .unwrap_err()),
                 None => Ok(s),
             }
         })
@@ -88,7 +108,13 @@ impl NodeAdmin for FakeNodes {
 
 /// `/raft/status` of a node: `voters`/`learners` as the node knows them; the leader also
 /// reports replication with the given lags.
-pub(crate) fn node_status(id: u64, leader: Option<u64>, voters: &[u64], learners: &[u64], lags: &[(u64, u64)]) -> Status {
+pub(crate) fn node_status(
+    id: u64,
+    leader: Option<u64>,
+    voters: &[u64],
+    learners: &[u64],
+    lags: &[(u64, u64)],
+) -> Status {
     let addr = |n: u64| format!("x-{}.x.ns.svc:7444", n - 1);
     let role = if leader == Some(id) {
         "leader"
@@ -111,7 +137,15 @@ pub(crate) fn node_status(id: u64, leader: Option<u64>, voters: &[u64], learners
         },
         replication: (leader == Some(id)).then(|| {
             lags.iter()
-                .map(|(n, lag)| (n.to_string(), Replication { matched_index: 100u64.saturating_sub(*lag), lag: *lag }))
+                .map(|(n, lag)| {
+                    (
+                        n.to_string(),
+                        Replication {
+                            matched_index: 100u64.saturating_sub(*lag),
+                            lag: *lag,
+                        },
+                    )
+                })
                 .collect()
         }),
         version: "0.1.0".into(),
@@ -133,7 +167,13 @@ pub(crate) fn context(nodes: Arc<FakeNodes>) -> (Arc<Context>, ApiServer) {
         Metrics::new().unwrap(),
     );
     ctx.clock = Arc::new(|| NOW);
-    (Arc::new(ctx), ApiServer { handle, seen: Vec::new() })
+    (
+        Arc::new(ctx),
+        ApiServer {
+            handle,
+            seen: Vec::new(),
+        },
+    )
 }
 
 /// The mocked API server. Each `expect_*` takes the next request, checks it and answers.
@@ -153,14 +193,31 @@ pub(crate) fn not_found() -> (u16, Value) {
 impl ApiServer {
     /// Next request must be `method path` (query ignored); answers `status`/`body`; returns
     /// the request's query and JSON body (Null when empty).
-    pub(crate) async fn expect(&mut self, method: &str, path: &str, answer: (u16, Value)) -> (String, Value) {
+    pub(crate) async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        answer: (u16, Value),
+    ) -> (String, Value) {
         let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}; seen: {:#?}", self.seen))
-            .unwrap_or_else(|| panic!("client gone before {method} {path}; seen: {:#?}", self.seen));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for {method} {path}; seen: {:#?}",
+                    self.seen
+                )
+            })
+            .unwrap_or_else(|| {
+                panic!("client gone before {method} {path}; seen: {:#?}", self.seen)
+            });
         let got = format!("{} {}", req.method(), req.uri().path());
         self.seen.push(got.clone());
-        assert_eq!(got, format!("{method} {path}"), "unexpected request; seen: {:#?}", self.seen);
+        assert_eq!(
+            got,
+            format!("{method} {path}"),
+            "unexpected request; seen: {:#?}",
+            self.seen
+        );
         let query = req.uri().query().unwrap_or_default().to_owned();
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
@@ -181,11 +238,18 @@ impl ApiServer {
     pub(crate) async fn expect_apply(&mut self, path: &str) -> Value {
         let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for apply {path}; seen: {:#?}", self.seen))
+            .unwrap_or_else(|_| {
+                panic!("timed out waiting for apply {path}; seen: {:#?}", self.seen)
+            })
             .unwrap_or_else(|| panic!("client gone before apply {path}; seen: {:#?}", self.seen));
         let got = format!("{} {}", req.method(), req.uri().path());
         self.seen.push(got.clone());
-        assert_eq!(got, format!("PATCH {path}"), "unexpected request; seen: {:#?}", self.seen);
+        assert_eq!(
+            got,
+            format!("PATCH {path}"),
+            "unexpected request; seen: {:#?}",
+            self.seen
+        );
         let query = req.uri().query().unwrap_or_default().to_owned();
         assert!(query.contains("fieldManager=qpq-operator"), "{query}");
         assert!(query.contains("force=true"), "{query}");
@@ -195,14 +259,22 @@ impl ApiServer {
         );
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap();
-        send.send_response(Response::builder().body(Body::from(bytes.to_vec())).unwrap());
+        send.send_response(
+            Response::builder()
+                .body(Body::from(bytes.to_vec()))
+                .unwrap(),
+        );
         body
     }
 
     /// An Event (events.k8s.io/v1) with this reason.
     pub(crate) async fn expect_event(&mut self, reason: &str) -> Value {
         let (_, body) = self
-            .expect("POST", "/apis/events.k8s.io/v1/namespaces/ns/events", (201, Value::Null))
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                (201, Value::Null),
+            )
             .await;
         assert_eq!(body["reason"], reason, "event: {body}");
         assert_eq!(body["regarding"]["name"], "x");
@@ -218,20 +290,37 @@ impl ApiServer {
             .expect("client gone before the status patch");
         let got = format!("{} {}", req.method(), req.uri().path());
         self.seen.push(got.clone());
-        assert_eq!(got, "PATCH /apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x/status", "seen: {:#?}", self.seen);
-        assert_eq!(req.headers().get(http::header::CONTENT_TYPE).unwrap(), "application/merge-patch+json");
+        assert_eq!(
+            got, "PATCH /apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x/status",
+            "seen: {:#?}",
+            self.seen
+        );
+        assert_eq!(
+            req.headers().get(http::header::CONTENT_TYPE).unwrap(),
+            "application/merge-patch+json"
+        );
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         answer["status"] = body["status"].clone();
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
         body["status"].clone()
     }
 
     /// No request may follow (call after the reconcile returned and the context is gone).
     pub(crate) async fn expect_nothing_more(mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await;
+        let next =
+            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await;
         if let Ok(Some((req, _))) = next {
-            panic!("unexpected request {} {}; seen: {:#?}", req.method(), req.uri(), self.seen);
+            panic!(
+                "unexpected request {} {}; seen: {:#?}",
+                req.method(),
+                req.uri(),
+                self.seen
+            );
         }
     }
 }
@@ -267,28 +356,62 @@ pub(crate) struct Round<'a> {
 }
 
 /// Runs the requests of one apply round; returns the status written.
-pub(crate) async fn apply_round(server: &mut ApiServer, obj: &QpqCluster, stored: &mut Stored, round: Round<'_>) -> Value {
+pub(crate) async fn apply_round(
+    server: &mut ApiServer,
+    obj: &QpqCluster,
+    stored: &mut Stored,
+    round: Round<'_>,
+) -> Value {
     let sts = match round.sts {
         Some(r) => ok(&statefulset(r)),
         None => not_found(),
     };
-    server.expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", sts).await;
+    server
+        .expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", sts)
+        .await;
     let ca = stored.ca.as_ref().map_or_else(not_found, ok);
-    server.expect("GET", "/api/v1/namespaces/ns/secrets/x-ca", ca).await;
+    server
+        .expect("GET", "/api/v1/namespaces/ns/secrets/x-ca", ca)
+        .await;
     let tls = stored.tls.as_ref().map_or_else(not_found, ok);
-    server.expect("GET", "/api/v1/namespaces/ns/secrets/x-tls", tls).await;
+    server
+        .expect("GET", "/api/v1/namespaces/ns/secrets/x-tls", tls)
+        .await;
     if stored.ca.is_none() {
         server.expect_event("CaCreated").await;
     }
-    server.expect_apply("/api/v1/namespaces/ns/serviceaccounts/x").await;
-    server.expect_apply("/api/v1/namespaces/ns/configmaps/x-config").await;
-    stored.ca = Some(server.expect_apply("/api/v1/namespaces/ns/secrets/x-ca").await);
-    stored.tls = Some(server.expect_apply("/api/v1/namespaces/ns/secrets/x-tls").await);
-    server.expect_apply("/api/v1/namespaces/ns/services/x").await;
-    server.expect_apply("/api/v1/namespaces/ns/services/x-client").await;
-    server.expect_apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x").await;
-    let sts = server.expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x").await;
-    assert_eq!(sts["spec"]["replicas"], round.apply_replicas, "StatefulSet replicas");
+    server
+        .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
+        .await;
+    server
+        .expect_apply("/api/v1/namespaces/ns/configmaps/x-config")
+        .await;
+    stored.ca = Some(
+        server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-ca")
+            .await,
+    );
+    stored.tls = Some(
+        server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-tls")
+            .await,
+    );
+    server
+        .expect_apply("/api/v1/namespaces/ns/services/x")
+        .await;
+    server
+        .expect_apply("/api/v1/namespaces/ns/services/x-client")
+        .await;
+    server
+        .expect_apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x")
+        .await;
+    let sts = server
+        .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+        .await;
+    assert_eq!(
+        sts["spec"]["replicas"], round.apply_replicas,
+        "StatefulSet replicas"
+    );
     for e in round.events {
         server.expect_event(e).await;
     }

@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::fixtures::cluster;
 
 fn check<T: Serialize>(name: &str, obj: &T) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.yaml"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
     let got = serde_yaml::to_string(obj).unwrap();
     if std::env::var_os("QPQ_UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -48,20 +50,41 @@ fn builders_match_golden_output() {
     let c = ClusterRef::new(&obj).unwrap();
     let s = &obj.spec;
     let hash = resources::config_hash(&s.node);
-    check("statefulset", &resources::statefulset(&c, s, 3, &hash, 0).unwrap());
-    check("headless-service", &resources::headless_service(&c).unwrap());
-    check("client-service", &resources::client_service(&c, &s.client_service).unwrap());
+    check(
+        "statefulset",
+        &resources::statefulset(&c, s, 3, &hash, 0).unwrap(),
+    );
+    check(
+        "headless-service",
+        &resources::headless_service(&c).unwrap(),
+    );
+    check(
+        "client-service",
+        &resources::client_service(&c, &s.client_service).unwrap(),
+    );
     check("configmap", &resources::configmap(&c, &s.node));
     check("pdb", &resources::pod_disruption_budget(&c, 3).unwrap());
     check("serviceaccount", &resources::service_account(&c));
-    check("networkpolicy", &resources::network_policy(&c, &s.network_policy).unwrap().unwrap());
-    let ca = tls::CaMaterial { cert_pem: "CA-CERT".into(), key_pem: "CA-KEY".into() };
+    check(
+        "networkpolicy",
+        &resources::network_policy(&c, &s.network_policy)
+            .unwrap()
+            .unwrap(),
+    );
+    let ca = tls::CaMaterial {
+        cert_pem: "CA-CERT".into(),
+        key_pem: "CA-KEY".into(),
+    };
     let mut certs = tls::NodeCerts::default();
     certs.files.insert("x-0.crt".into(), "CERT-0".into());
     certs.files.insert("x-0.key".into(), "KEY-0".into());
     certs.index.certs.insert(
         "x-0".into(),
-        tls::CertEntry { dns_names: tls::dns_names(&c, "x-0"), not_before: 0, not_after: 86_400 },
+        tls::CertEntry {
+            dns_names: tls::dns_names(&c, "x-0"),
+            not_before: 0,
+            not_after: 86_400,
+        },
     );
     check("tls-secret", &tls::certs_secret(&c, &ca, &certs).unwrap());
 }
@@ -72,15 +95,31 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
     let obj = cluster(spec.clone(), None, true);
     let c = ClusterRef::new(&obj).unwrap();
     let hash = resources::config_hash(&obj.spec.node);
-    check("statefulset-minimal", &resources::statefulset(&c, &obj.spec, 1, &hash, 0).unwrap());
-    check("client-service-minimal", &resources::client_service(&c, &obj.spec.client_service).unwrap());
+    check(
+        "statefulset-minimal",
+        &resources::statefulset(&c, &obj.spec, 1, &hash, 0).unwrap(),
+    );
+    check(
+        "client-service-minimal",
+        &resources::client_service(&c, &obj.spec.client_service).unwrap(),
+    );
     // One node: eviction would cost quorum, so none is allowed.
     let pdb = resources::pod_disruption_budget(&c, 1).unwrap();
-    assert_eq!(pdb.spec.unwrap().max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
     // Five nodes: two may go.
     let pdb = resources::pod_disruption_budget(&c, 5).unwrap();
-    assert_eq!(pdb.spec.unwrap().max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2)));
-    assert!(resources::network_policy(&c, &obj.spec.network_policy).unwrap().is_none());
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+    );
+    assert!(
+        resources::network_policy(&c, &obj.spec.network_policy)
+            .unwrap()
+            .is_none()
+    );
     spec["node"] = json!({"logLevel": "debug"});
     let other = cluster(spec, None, true);
     assert_ne!(resources::config_hash(&other.spec.node), hash);
@@ -90,5 +129,9 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
 fn crd_file_is_up_to_date() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/qpqcluster.yaml");
     let want = std::fs::read_to_string(path).unwrap();
-    assert_eq!(qpq_operator::crdgen::yaml().unwrap(), want, "run: cargo run -p qpq-operator --bin crdgen > crds/qpqcluster.yaml");
+    assert_eq!(
+        qpq_operator::crdgen::yaml().unwrap(),
+        want,
+        "run: cargo run -p qpq-operator --bin crdgen > crds/qpqcluster.yaml"
+    );
 }
