@@ -135,3 +135,28 @@ fn crd_file_is_up_to_date() {
         "run: cargo run -p qpq-operator --bin crdgen > crds/qpqcluster.yaml"
     );
 }
+
+#[test]
+fn chart_carries_the_same_crd() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let generated = std::fs::read_to_string(root.join("crds/qpqcluster.yaml")).unwrap();
+    let chart = std::fs::read_to_string(root.join("charts/qpq-operator/crds/qpqcluster.yaml")).unwrap();
+    assert_eq!(chart, generated, "copy crds/qpqcluster.yaml to charts/qpq-operator/crds/");
+}
+
+#[test]
+fn examples_are_valid_clusters() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c: qpq_operator::crd::QpqCluster =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.spec.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}
