@@ -396,7 +396,7 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     api.patch_status(
         &c.name,
         &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": next })),
+        &Patch::Merge(status_patch(&next)?),
     )
     .await?;
 
@@ -404,6 +404,24 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         Action::None => Requeue::requeue(IDLE_REQUEUE),
         _ => Requeue::requeue(STEP_REQUEUE),
     })
+}
+
+/// The status as a JSON merge patch. Optional fields that are now empty are sent as
+/// `null`: a merge patch leaves absent keys untouched, so a finished operation or a lost
+/// leader would otherwise linger in `.status`.
+pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::Value> {
+    let mut status = serde_json::to_value(next)?;
+    if let Some(map) = status.as_object_mut() {
+        for key in [
+            "operation",
+            "leader",
+            "currentVersion",
+            "observedGeneration",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": status }))
 }
 
 async fn apply_objects(

@@ -140,8 +140,12 @@ fn crd_file_is_up_to_date() {
 fn chart_carries_the_same_crd() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let generated = std::fs::read_to_string(root.join("crds/qpqcluster.yaml")).unwrap();
-    let chart = std::fs::read_to_string(root.join("charts/qpq-operator/crds/qpqcluster.yaml")).unwrap();
-    assert_eq!(chart, generated, "copy crds/qpqcluster.yaml to charts/qpq-operator/crds/");
+    let chart =
+        std::fs::read_to_string(root.join("charts/qpq-operator/crds/qpqcluster.yaml")).unwrap();
+    assert_eq!(
+        chart, generated,
+        "copy crds/qpqcluster.yaml to charts/qpq-operator/crds/"
+    );
 }
 
 #[test]
@@ -154,7 +158,9 @@ fn examples_are_valid_clusters() {
             let text = std::fs::read_to_string(&path).unwrap();
             let c: qpq_operator::crd::QpqCluster =
                 serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            c.spec.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.spec
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }
     }

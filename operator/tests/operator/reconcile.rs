@@ -328,7 +328,11 @@ async fn scale_down_moves_leadership_away_then_removes_then_shrinks() {
         assert_eq!(condition(&st, "Ready")["status"], "True");
         assert_eq!(condition(&st, "Progressing")["status"], "False");
         assert_eq!(condition(&st, "Degraded")["status"], "False");
-        assert!(st.get("operation").is_none() || st["operation"].is_null());
+        assert_eq!(
+            st.get("operation"),
+            Some(&Value::Null),
+            "a finished operation is cleared (merge patch)"
+        );
         assert_eq!(st["voters"], 3);
         assert_eq!(st["currentVersion"], "0.1.0");
     })
