@@ -4,6 +4,7 @@
 // Test helpers fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cel;
 mod fixtures;
 mod golden;
 mod reconcile;
