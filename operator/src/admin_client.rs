@@ -407,6 +407,82 @@ mod tests {
         );
     }
 
+    /// A fake node admin API on 127.0.0.1:0 speaking the contract: the leader answers
+    /// membership calls with its Status, a follower answers 421 with the leader.
+    async fn fake_node(
+        leader: bool,
+    ) -> (
+        AdminAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    ) {
+        use axum::Router;
+        use axum::extract::State;
+        use axum::http::{StatusCode, Uri};
+        use axum::routing::{get, post};
+        type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+        let seen: Seen = Default::default();
+        async fn status() -> String {
+            EXAMPLE.to_owned()
+        }
+        async fn mutate(
+            State((leader, seen)): State<(bool, Seen)>,
+            uri: Uri,
+            body: String,
+        ) -> (StatusCode, String) {
+            seen.lock().unwrap().push((uri.path().to_owned(), body));
+            if leader {
+                (StatusCode::OK, EXAMPLE.to_owned())
+            } else {
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    r#"{"error": "not_leader", "leader": {"id": 2, "admin": "x-1.x.ns.svc:9443"}}"#
+                        .to_owned(),
+                )
+            }
+        }
+        let app = Router::new()
+            .route("/raft/status", get(status))
+            .route("/raft/{op}", post(mutate))
+            .with_state((leader, seen.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (AdminAddr(addr.to_string()), seen)
+    }
+
+    #[tokio::test]
+    async fn talks_the_contract_over_http() {
+        let admin = HttpAdmin::new(Duration::from_secs(2));
+        let (addr, seen) = fake_node(true).await;
+        let s = admin.status(&addr).await.unwrap();
+        assert_eq!(s.node_id, 1);
+        let call = MembershipCall::AddLearner {
+            id: 4,
+            addr: "x-3.x.ns.svc:7444".into(),
+        };
+        admin.call(&addr, &call).await.unwrap();
+        admin
+            .call(&addr, &MembershipCall::Promote { id: 4 })
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0].0, "/raft/learners");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&seen[0].1).unwrap(),
+            serde_json::json!({"id": 4, "addr": "x-3.x.ns.svc:7444"})
+        );
+        assert_eq!(seen[1].0, "/raft/promote");
+
+        let (follower, _) = fake_node(false).await;
+        match admin
+            .call(&follower, &MembershipCall::Remove { id: 3 })
+            .await
+        {
+            Err(AdminError::NotLeader { leader, .. }) => assert_eq!(leader, Some(2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_node_is_reported_as_such() {
         let admin = HttpAdmin::new(Duration::from_millis(500));

@@ -108,3 +108,57 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
         let _ = writeln!(out, "{}", line.join("   ").trim_end());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> QpqCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "qpq.dev/v1alpha1", "kind": "QpqCluster",
+            "metadata": {"name": "qpq", "namespace": "messaging"},
+            "spec": {"replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}},
+            "status": {
+                "voters": 3, "leader": "qpq-0", "currentVersion": "0.1.0", "bootstrapped": true,
+                "members": [
+                    {"id": 1, "pod": "qpq-0", "role": "leader", "voter": true, "version": "0.1.0", "lag": 0},
+                    {"id": 2, "pod": "qpq-1", "role": "follower", "voter": true, "version": "0.1.0", "lag": 2},
+                    {"id": 3, "pod": "qpq-2", "role": "unreachable", "voter": true}
+                ],
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "MemberUnreachable", "message": "see the Degraded condition", "lastTransitionTime": "2026-09-21T10:00:00Z"}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn table_shows_members_and_conditions() {
+        let t = status_table(&cluster());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "Cluster:   messaging/qpq");
+        assert!(t.contains("Leader:    qpq-0"));
+        let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
+        assert_eq!(
+            lines[header],
+            "ID   POD     ROLE          VOTER   LAG   VERSION"
+        );
+        assert_eq!(
+            lines[header + 2],
+            "2    qpq-1   follower      yes     2     0.1.0"
+        );
+        assert_eq!(
+            lines[header + 3],
+            "3    qpq-2   unreachable   yes     -     -"
+        );
+        assert!(t.contains("Ready       False    MemberUnreachable"), "{t}");
+    }
+
+    #[test]
+    fn json_carries_the_status() {
+        let v = status_json(&cluster());
+        assert_eq!(v["status"]["members"][1]["lag"], 2);
+        assert_eq!(v["replicas"], 3);
+    }
+}

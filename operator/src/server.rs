@@ -53,3 +53,42 @@ pub async fn serve(addr: SocketAddr, h: Health) -> std::io::Result<()> {
     tracing::info!(%addr, "health and metrics endpoint listening");
     axum::serve(listener, router(h)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(h: &Health, path: &str) -> (StatusCode, String) {
+        let resp = router(h.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let h = Health {
+            metrics: Metrics::new().unwrap(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        assert_eq!(get(&h, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(&h, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        h.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&h, "/readyz").await.0, StatusCode::OK);
+        h.metrics.reconciles.inc();
+        h.metrics.errors.with_label_values(&["kube"]).inc();
+        let (_, text) = get(&h, "/metrics").await;
+        assert!(text.contains("qpq_operator_reconciles_total 1"), "{text}");
+        assert!(
+            text.contains("qpq_operator_reconcile_errors_total{kind=\"kube\"} 1"),
+            "{text}"
+        );
+    }
+}

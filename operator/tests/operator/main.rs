@@ -7,4 +7,5 @@
 mod cel;
 mod fixtures;
 mod golden;
+mod leader;
 mod reconcile;
