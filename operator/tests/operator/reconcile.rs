@@ -637,3 +637,95 @@ async fn deletion_with_retain_policy_keeps_the_volumes() {
     drop(ctx);
     server.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn invalid_spec_changes_nothing_but_the_status() {
+    // An object admitted before the CEL rule existed: four replicas.
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let obj = cluster(spec(4), Some(bootstrapped(json!({"voters": 3}))), true);
+    run!(ctx, server, obj.clone(), {
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                ok(&statefulset(3)),
+            )
+            .await;
+        let ev = server.expect_event("InvalidSpec").await;
+        assert_eq!(ev["type"], "Warning");
+        let st = server.expect_status(&obj).await;
+        let d = condition(&st, "Degraded");
+        assert_eq!(
+            (d["status"].as_str(), d["reason"].as_str()),
+            (Some("True"), Some("InvalidSpec"))
+        );
+    })
+    .unwrap();
+    assert!(nodes.calls().is_empty());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn user_tls_secret_and_network_policy() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let mut s = spec(3);
+    s["tls"] = json!({"secretName": "my-tls"});
+    s["networkPolicy"] = json!({"enabled": true});
+    let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
+    run!(ctx, server, obj.clone(), {
+        // No operator CA: no Secret is read or written.
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                ok(&statefulset(3)),
+            )
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/configmaps/x-config")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x-client")
+            .await;
+        let pdb = server
+            .expect_apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x")
+            .await;
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        server
+            .expect_apply("/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/x")
+            .await;
+        let sts = server
+            .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+            .await;
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+            "my-tls"
+        );
+        let st = server.expect_status(&obj).await;
+        assert_eq!(condition(&st, "Ready")["status"], "True");
+    })
+    .unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
