@@ -63,7 +63,21 @@ pub fn set_condition(conds: &mut Vec<Condition>, new: Condition) {
 
 fn members(input: &StatusInput<'_>) -> Vec<Member> {
     let RaftObservation::Cluster(v) = input.raft else {
-        return Vec::new();
+        // Nobody reports a membership: keep the last known members, marked unreachable, so
+        // the outage shows (and `Degraded` says so) instead of an empty list.
+        return input
+            .previous
+            .map(|p| {
+                p.members
+                    .iter()
+                    .map(|m| Member {
+                        role: "unreachable".to_owned(),
+                        lag: None,
+                        ..m.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     };
     let ids: BTreeSet<NodeId> = v.voters.iter().chain(&v.learners).copied().collect();
     ids.into_iter()
@@ -210,6 +224,69 @@ mod tests {
         assert_eq!(conds[0].reason, "QuorumLost");
         set_condition(&mut conds, c("True", "ClusterReady", "t3"));
         assert_eq!(conds[0].last_transition_time, "t3");
+    }
+
+    #[test]
+    fn an_outage_keeps_the_members_and_says_degraded() {
+        use crate::planner::{Action, Plan};
+        let mut obj = crate::crd::QpqCluster::new(
+            "x",
+            serde_json::from_value(serde_json::json!({
+                "replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}
+            }))
+            .unwrap(),
+        );
+        obj.metadata.namespace = Some("ns".into());
+        obj.metadata.uid = Some("u".into());
+        let c = ClusterRef::new(&obj).unwrap();
+        let previous = QpqClusterStatus {
+            members: (1..=3)
+                .map(|id| Member {
+                    id,
+                    pod: c.pod(id),
+                    role: "follower".into(),
+                    voter: true,
+                    version: Some("0.1.0".into()),
+                    lag: Some(0),
+                })
+                .collect(),
+            bootstrapped: true,
+            ..QpqClusterStatus::default()
+        };
+        let plan = Plan {
+            statefulset_replicas: 3,
+            action: Action::Wait("no node answers on its admin port".into()),
+            operation: None,
+        };
+        let st = next_status(&StatusInput {
+            cluster: &c,
+            generation: Some(1),
+            desired: 3,
+            previous: Some(&previous),
+            nodes: &BTreeMap::new(),
+            raft: &RaftObservation::NoAnswer,
+            plan: &plan,
+            bootstrapped: true,
+            call_error: None,
+            now: "2026-01-01T00:00:00Z",
+        });
+        assert_eq!(st.members.len(), 3);
+        assert!(st.members.iter().all(|m| m.role == "unreachable"));
+        let degraded = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::DEGRADED)
+            .unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "MemberUnreachable")
+        );
+        let ready = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .unwrap();
+        assert_eq!(ready.status, "False");
     }
 
     #[test]
