@@ -89,6 +89,7 @@ fn upload(
         packages,
         last_resort,
         max_available: max,
+        max_available_per_account: 0,
     }
 }
 
