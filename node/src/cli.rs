@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::clock::SystemClock;
 use crate::config::{AuthConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource};
 use crate::server::RunningNode;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, AuditSink, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "qpq-node", version, about = "quicproquo server node")]
@@ -31,6 +31,10 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Also write audit events (target `qpq::audit`) as JSON lines to this file, or to
+    /// `stderr`.
+    #[arg(long, global = true, env = "QPQ_AUDIT_LOG")]
+    audit_log: Option<AuditSink>,
     #[command(subcommand)]
     command: Command,
 }
@@ -181,7 +185,10 @@ impl Common {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    if let Err(e) = telemetry::init(cli.log_format, cli.audit_log.as_ref()) {
+        eprintln!("qpq-node: cannot open the audit log: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

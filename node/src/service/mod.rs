@@ -352,7 +352,7 @@ impl Services {
                 commit,
             })
             .await?;
-        tracing::info!(target: "qpq::audit", event = "enqueue", account = %me.account, device = %me.device, channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));
+        tracing::debug!(target: "qpq::audit", event = "enqueue", account = %me.account, device = %me.device, channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));
         match outcome {
             Outcome::Enqueued { seq, duplicate } => Ok((seq, duplicate)),
             other => Err(rejection(other)),
@@ -380,7 +380,7 @@ impl Services {
     ) -> Result<FetchPage, WireError> {
         let me = self.authorize(caller, channel, Access::Read).await?;
         let page = self.read_page(channel, after_seq, limit).await?;
-        tracing::info!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
+        tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
         Ok(page)
     }
 
@@ -419,7 +419,7 @@ impl Services {
         loop {
             let page = self.read_page(channel, after_seq, limit).await?;
             if !page.messages.is_empty() {
-                tracing::info!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
+                tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
             }
             if !page.messages.is_empty() {
                 return Ok(WaitedPage {
