@@ -476,8 +476,9 @@ fn dm(
         return rejected(Rejection::Forbidden);
     };
     let next = match (action, state) {
-        (DmAction::Open, s) => s,
-        (DmAction::Accept, DmState::Accepted) => DmState::Accepted,
+        // Opening an existing DM changes nothing (and never lifts a block).
+        (DmAction::Open, s) => return Ok(Outcome::Dm { state: s }),
+        (DmAction::Accept, DmState::Accepted) => return Ok(Outcome::Dm { state }),
         (DmAction::Accept, DmState::Requested) if actor != *by => DmState::Accepted,
         (DmAction::Accept, DmState::Blocked) if actor == *by => DmState::Accepted,
         (DmAction::Accept, _) => return rejected(Rejection::Forbidden),
@@ -485,8 +486,6 @@ fn dm(
         (DmAction::Block, DmState::Blocked) if actor != *by => return Ok(Outcome::Dm { state }),
         (DmAction::Block, _) => DmState::Blocked,
     };
-    if next != state || (next == DmState::Blocked && actor != *by) {
-        set_dm(conn, channel, next, by)?;
-    }
+    set_dm(conn, channel, next, by)?;
     Ok(Outcome::Dm { state: next })
 }
