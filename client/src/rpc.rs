@@ -14,8 +14,8 @@
 use std::net::SocketAddr;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use qpq_schemas::limits::{WIRE_VERSION, reader_options};
 use qpq_schemas::auth::{NONCE_LEN, login_message, register_message};
+use qpq_schemas::limits::{WIRE_VERSION, reader_options};
 use qpq_schemas::qpq_capnp::{envelope, fetch_ok, node};
 use qpq_schemas::{
     AccountId, BearerToken, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
@@ -349,9 +349,11 @@ impl Connection {
             b.set_version(WIRE_VERSION);
             b.set_device_id(device.as_bytes());
         }
-        answer!(req.send().promise.await?, login_challenge_response, |ok| Ok(
-            ok?.get_nonce()?.to_vec()
-        ))
+        answer!(
+            req.send().promise.await?,
+            login_challenge_response,
+            |ok| Ok(ok?.get_nonce()?.to_vec())
+        )
     }
 
     /// `login` with a signed nonce. Does not change the connection's token (see
@@ -453,20 +455,24 @@ impl Connection {
             b.set_access_token(self.token.as_bytes());
             b.set_account_id(account.as_bytes());
         }
-        answer!(req.send().promise.await?, fetch_key_packages_response, |ok| {
-            let mut out = Vec::new();
-            for k in ok?.get_key_packages()?.iter() {
-                out.push(DeviceKeyPackage {
-                    device: fixed(k.get_device_id(), "deviceId", DeviceId::from_slice)?,
-                    identity: fixed(k.get_identity(), "identity", IdentityKey::from_slice)?,
-                    package: FetchedKeyPackage {
-                        bytes: k.get_key_package()?.to_vec(),
-                        last_resort: k.get_last_resort(),
-                    },
-                });
+        answer!(
+            req.send().promise.await?,
+            fetch_key_packages_response,
+            |ok| {
+                let mut out = Vec::new();
+                for k in ok?.get_key_packages()?.iter() {
+                    out.push(DeviceKeyPackage {
+                        device: fixed(k.get_device_id(), "deviceId", DeviceId::from_slice)?,
+                        identity: fixed(k.get_identity(), "identity", IdentityKey::from_slice)?,
+                        package: FetchedKeyPackage {
+                            bytes: k.get_key_package()?.to_vec(),
+                            last_resort: k.get_last_resort(),
+                        },
+                    });
+                }
+                Ok(out)
             }
-            Ok(out)
-        })
+        )
     }
 
     /// `createChannel`: a group channel with the caller's account as admin.

@@ -56,8 +56,14 @@ async fn checks(
         };
     }
     let pin = ServerVerification::PinnedSha256(fingerprint);
-    let mut conn = step!(Connection::connect(addr, "localhost", &pin).await, "connect");
-    let mut bob_conn = step!(Connection::connect(addr, "localhost", &pin).await, "connect");
+    let mut conn = step!(
+        Connection::connect(addr, "localhost", &pin).await,
+        "connect"
+    );
+    let mut bob_conn = step!(
+        Connection::connect(addr, "localhost", &pin).await,
+        "connect"
+    );
     check!(server_info(&conn).await);
     check!(unauthenticated(&conn).await);
 
@@ -106,7 +112,9 @@ async fn checks(
         return Err((done, "fetch(inbox): the Welcome did not arrive".into()));
     };
     let mut bob_group = step!(DevGroup::join(&bob, &w.payload), "join");
-    done.push("createChannel, addMember, Welcome via bob's device inbox: bob joined the group".into());
+    done.push(
+        "createChannel, addMember, Welcome via bob's device inbox: bob joined the group".into(),
+    );
     step!(group.merge_pending_commit(), "merge");
 
     let msg = step!(group.application_message(b"hello bob"), "encrypt");
@@ -139,7 +147,9 @@ async fn unauthenticated(conn: &Connection) -> CheckResult {
         Err(qpq_client::ClientError::Wire(WireError::Unauthenticated)) => {
             Ok("auth: a request without an access token was refused (Unauthenticated)".into())
         }
-        other => Err(format!("createChannel without a token: expected Unauthenticated, got {other:?}")),
+        other => Err(format!(
+            "createChannel without a token: expected Unauthenticated, got {other:?}"
+        )),
     }
 }
 
@@ -169,7 +179,9 @@ async fn outsider(addr: SocketAddr, pin: &ServerVerification, channel: &ChannelI
         Err(qpq_client::ClientError::Wire(WireError::Forbidden)) => {
             Ok("fetch: a non-member was refused (Forbidden)".into())
         }
-        other => Err(format!("fetch by a non-member: expected Forbidden, got {other:?}")),
+        other => Err(format!(
+            "fetch by a non-member: expected Forbidden, got {other:?}"
+        )),
     }
 }
 

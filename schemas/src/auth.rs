@@ -73,7 +73,10 @@ pub fn login_message(device: &DeviceId, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
 
 /// What an existing active device signs to approve `new_key` as a device of `account`.
 pub fn add_device_message(account: &AccountId, new_key: &IdentityKey) -> Vec<u8> {
-    labelled(b"qpq add device v1", &[account.as_bytes(), new_key.as_bytes()])
+    labelled(
+        b"qpq add device v1",
+        &[account.as_bytes(), new_key.as_bytes()],
+    )
 }
 
 /// What the new device signs to prove it holds `new_key` and agrees to join `account`.

@@ -34,8 +34,8 @@ pub mod qpq_capnp {
     include!(concat!(env!("OUT_DIR"), "/qpq_capnp.rs"));
 }
 
-pub use error::WireError;
 pub use auth::BearerToken;
+pub use error::WireError;
 pub use ids::{
     AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, GroupId, IdError, IdentityKey,
 };

@@ -93,7 +93,9 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
             return Decision::Allow;
         }
         // Rounded up to whole milliseconds, so waiting exactly this long always suffices.
-        let wait_ms = ((1.0 - bucket.tokens) / per_second * 1000.0).ceil().max(1.0);
+        let wait_ms = ((1.0 - bucket.tokens) / per_second * 1000.0)
+            .ceil()
+            .max(1.0);
         let audit = bucket
             .last_audit
             .is_none_or(|at| now.saturating_duration_since(at) >= AUDIT_EVERY);
@@ -165,7 +167,10 @@ mod tests {
         assert_eq!(l.check(2, t0), Decision::Allow);
         assert!(audited(l.check(2, t0)));
         // The bucket refilled at 1 s; drain it again, then the next refusal is audited.
-        assert_eq!(l.check(1, t0 + Duration::from_millis(1000)), Decision::Allow);
+        assert_eq!(
+            l.check(1, t0 + Duration::from_millis(1000)),
+            Decision::Allow
+        );
         assert!(audited(l.check(1, t0 + Duration::from_millis(1001))));
     }
 

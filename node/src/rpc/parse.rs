@@ -1,7 +1,9 @@
 //! Turning request readers into typed values.
 
 use qpq_schemas::limits::{MIN_WIRE_VERSION, WIRE_VERSION};
-use qpq_schemas::{AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError};
+use qpq_schemas::{
+    AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
+};
 
 /// Checks a request's wire version.
 pub(crate) fn version(v: u16) -> Result<(), WireError> {

@@ -182,7 +182,6 @@ macro_rules! write_empty {
     }};
 }
 
-
 fn write_page(mut b: fetch_ok::Builder<'_>, page: &FetchPage, effective_timeout_ms: u32) {
     b.set_first_available_seq(page.first_available_seq);
     b.set_last_seq(page.last_seq);
@@ -296,9 +295,7 @@ impl node::Server for NodeRpc {
                 parse::version(req.get_version())?;
                 let caller = self.auth(req.get_access_token()).await?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services
-                    .fetch_key_package(&caller, identity)
-                    .await
+                self.services.fetch_key_package(&caller, identity).await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -325,9 +322,7 @@ impl node::Server for NodeRpc {
                 parse::version(req.get_version())?;
                 let caller = self.auth(req.get_access_token()).await?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services
-                    .key_package_count(&caller, identity)
-                    .await
+                self.services.key_package_count(&caller, identity).await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -570,7 +565,8 @@ impl node::Server for NodeRpc {
                 parse::version(req.get_version())?;
                 let caller = self.auth(req.get_access_token()).await?;
                 let key = parse::key(req.get_device_public_key(), "devicePublicKey")?;
-                let possession = parse::data(req.get_possession_signature(), "possessionSignature")?;
+                let possession =
+                    parse::data(req.get_possession_signature(), "possessionSignature")?;
                 let approval = parse::data(req.get_approval_signature(), "approvalSignature")?;
                 self.services
                     .add_device(&caller, key, possession, approval)

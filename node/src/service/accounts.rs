@@ -105,7 +105,11 @@ impl Services {
             device_key: row.device_key,
         };
         let t = now_instant();
-        limited(self.limits.device.check(auth.device, t), "device", &auth.device)?;
+        limited(
+            self.limits.device.check(auth.device, t),
+            "device",
+            &auth.device,
+        )?;
         limited(
             self.limits.account.check(auth.account, t),
             "account",
@@ -162,18 +166,19 @@ impl Services {
         _caller: &Caller,
         device: DeviceId,
     ) -> Result<(Zeroizing<[u8; NONCE_LEN]>, u64), WireError> {
-        let nonce = self
-            .challenges
-            .issue(device, self.clock.now_ms())
-            .ok_or(WireError::RateLimited {
-                retry_after_ms: self.challenges.ttl_ms(),
-            })?;
+        let nonce =
+            self.challenges
+                .issue(device, self.clock.now_ms())
+                .ok_or(WireError::RateLimited {
+                    retry_after_ms: self.challenges.ttl_ms(),
+                })?;
         Ok((nonce, self.challenges.ttl_ms()))
     }
 
     fn mint_pair(&self) -> (token::MintedToken, token::MintedToken) {
         let now = self.clock.now_ms();
-        let access = token::mint(now.saturating_add(duration_ms(self.config.auth.access_token_ttl)));
+        let access =
+            token::mint(now.saturating_add(duration_ms(self.config.auth.access_token_ttl)));
         let refresh =
             token::mint(now.saturating_add(duration_ms(self.config.auth.refresh_token_ttl)));
         (access, refresh)
@@ -298,10 +303,18 @@ impl Services {
         approval: &[u8],
     ) -> Result<DeviceId, WireError> {
         let me = *caller.authenticated()?;
-        if !verify(&key, &device_possession_message(&me.account, &key), possession) {
+        if !verify(
+            &key,
+            &device_possession_message(&me.account, &key),
+            possession,
+        ) {
             return Err(WireError::invalid("possessionSignature", "does not verify"));
         }
-        if !verify(&me.device_key, &add_device_message(&me.account, &key), approval) {
+        if !verify(
+            &me.device_key,
+            &add_device_message(&me.account, &key),
+            approval,
+        ) {
             tracing::info!(target: "qpq::audit", event = "device_add", account = %me.account, approver = %me.device, outcome = "bad_approval");
             return Err(WireError::Forbidden);
         }

@@ -138,7 +138,11 @@ impl Services {
     }
 
     /// The caller's account leaves a group channel.
-    pub async fn leave_channel(&self, caller: &Caller, channel: ChannelId) -> Result<(), WireError> {
+    pub async fn leave_channel(
+        &self,
+        caller: &Caller,
+        channel: ChannelId,
+    ) -> Result<(), WireError> {
         let me = *caller.authenticated()?;
         let r = self
             .propose_done(Command::Leave {
@@ -159,7 +163,10 @@ impl Services {
     ) -> Result<(ChannelId, DmState), WireError> {
         let me = *caller.authenticated()?;
         if peer == me.account {
-            return Err(WireError::invalid("peerAccountId", "a DM needs another account"));
+            return Err(WireError::invalid(
+                "peerAccountId",
+                "a DM needs another account",
+            ));
         }
         let channel = dm_channel(&me.account, &peer);
         let outcome = self

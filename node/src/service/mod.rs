@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qpq_schemas::{AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError};
+use qpq_schemas::{
+    AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::challenge::Challenges;

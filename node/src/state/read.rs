@@ -360,11 +360,14 @@ fn blob<T>(
     parse(bytes).map_err(|_| StoreError::Corrupt("id of wrong length"))
 }
 
-fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, Vec<u8>, i64)> {
+/// A device row as SQLite returns it: device, account, public key, status code.
+type RawDevice = (Vec<u8>, Vec<u8>, Vec<u8>, i64);
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
-fn to_device_row(raw: (Vec<u8>, Vec<u8>, Vec<u8>, i64)) -> Result<DeviceRow> {
+fn to_device_row(raw: RawDevice) -> Result<DeviceRow> {
     Ok(DeviceRow {
         device: blob(&raw.0, DeviceId::from_slice)?,
         account: blob(&raw.1, AccountId::from_slice)?,
@@ -398,7 +401,14 @@ pub(super) fn devices_of(conn: &Connection, account: &AccountId) -> Result<Vec<D
 }
 
 pub(super) fn token(conn: &Connection, id: &TokenId) -> Result<Option<TokenRow>> {
-    type Raw = (Vec<u8>, i64, i64, i64, Vec<u8>, (Vec<u8>, Vec<u8>, Vec<u8>, i64));
+    type Raw = (
+        Vec<u8>,
+        i64,
+        i64,
+        i64,
+        Vec<u8>,
+        (Vec<u8>, Vec<u8>, Vec<u8>, i64),
+    );
     let raw: Option<Raw> = conn
         .prepare_cached(
             "SELECT t.secret_sha256, t.kind, t.status, t.expires_at_ms, t.family,
@@ -460,7 +470,13 @@ pub(super) fn channel_access(
     channel: &ChannelId,
     account: &AccountId,
 ) -> Result<Option<ChannelAccess>> {
-    type Raw = (i64, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+    type Raw = (
+        i64,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
     let raw: Option<Raw> = conn
         .prepare_cached(
             "SELECT c.kind, c.inbox_device, c.dm_state, c.dm_actor,
@@ -491,9 +507,7 @@ pub(super) fn channel_access(
             _ => return Err(StoreError::Corrupt("channel kind")),
         },
         admin: admin.map(|a| a != 0),
-        inbox_device: inbox
-            .map(|d| blob(&d, DeviceId::from_slice))
-            .transpose()?,
+        inbox_device: inbox.map(|d| blob(&d, DeviceId::from_slice)).transpose()?,
         dm_state: match dm_state {
             None => None,
             Some(0) => Some(DmState::Requested),

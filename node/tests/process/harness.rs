@@ -35,7 +35,14 @@ impl NodeProcess {
         .arg(data_dir)
         .args(["--drain-timeout-secs", "5"])
         // One test client hammers from 127.0.0.1; rates are the RPC suite's business.
-        .args(["--rate-per-ip", "0", "--rate-per-account", "0", "--rate-per-device", "0"])
+        .args([
+            "--rate-per-ip",
+            "0",
+            "--rate-per-account",
+            "0",
+            "--rate-per-device",
+            "0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -113,7 +113,9 @@ async fn no_payload_key_package_key_token_nonce_or_signature_in_trace_logs() {
         let possession = laptop
             .sign(&auth::device_possession_message(&account, &lkey))
             .unwrap();
-        let approval = alice.sign(&auth::add_device_message(&account, &lkey)).unwrap();
+        let approval = alice
+            .sign(&auth::add_device_message(&account, &lkey))
+            .unwrap();
         c.add_device(&lkey, &possession, &approval).await.unwrap();
         c.list_devices().await.unwrap();
 
@@ -218,7 +220,10 @@ async fn no_payload_key_package_key_token_nonce_or_signature_in_trace_logs() {
     );
 
     for (name, text) in [("log", &logs), ("audit log", &audit)] {
-        assert!(!text.contains("TOP-SECRET"), "payload text leaked into the {name}");
+        assert!(
+            !text.contains("TOP-SECRET"),
+            "payload text leaked into the {name}"
+        );
         let mut all: Vec<(&str, Vec<u8>)> =
             vec![("payload", marked.clone()), ("mls message", app.clone())];
         all.extend(kps.iter().map(|k| ("key package", k.clone())));
@@ -229,7 +234,10 @@ async fn no_payload_key_package_key_token_nonce_or_signature_in_trace_logs() {
         all.extend(secrets.iter().cloned());
         for (what, bytes) in &all {
             for r in renderings(bytes) {
-                assert!(!text.contains(&r), "{what} bytes appear in the {name} as {r}");
+                assert!(
+                    !text.contains(&r),
+                    "{what} bytes appear in the {name} as {r}"
+                );
             }
         }
     }

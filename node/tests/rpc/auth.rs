@@ -40,7 +40,9 @@ async fn requests_without_a_token_are_unauthenticated() {
         assert!(is_unauthenticated(
             c.enqueue(&ch, &ClientMsgId::random(), b"x").await
         ));
-        assert!(is_unauthenticated(c.enqueue_raw(&[0; 3], &[0; 3], b"").await));
+        assert!(is_unauthenticated(
+            c.enqueue_raw(&[0; 3], &[0; 3], b"").await
+        ));
         assert!(is_unauthenticated(
             c.upload_key_packages(&[id.key_package_bytes().unwrap()], None)
                 .await
@@ -77,15 +79,15 @@ async fn forged_malformed_and_refresh_tokens_are_unauthenticated_alike() {
         let mut flipped_id = real.clone();
         flipped_id[0] ^= 1;
         for (what, token) in [
-            ("random", (0..TOKEN_LEN).map(|_| rand::random::<u8>()).collect()),
+            (
+                "random",
+                (0..TOKEN_LEN).map(|_| rand::random::<u8>()).collect(),
+            ),
             ("secret with one bit flipped", flipped_secret),
             ("id with one bit flipped", flipped_id),
             ("truncated", real[..TOKEN_LEN - 1].to_vec()),
             ("too long", [real.clone(), vec![0]].concat()),
-            (
-                "a refresh token",
-                u.tokens.refresh.as_bytes().to_vec(),
-            ),
+            ("a refresh token", u.tokens.refresh.as_bytes().to_vec()),
         ] {
             c.set_access_token(token);
             let r = c.list_devices().await;
@@ -147,7 +149,9 @@ async fn refresh_rotates_and_a_replay_revokes_the_whole_family() {
         // access token and the rotated refresh token.
         assert!(is_unauthenticated(u.list_devices().await));
         assert!(is_unauthenticated(c2.list_devices().await));
-        assert!(is_unauthenticated(u.refresh(second.refresh.as_bytes()).await));
+        assert!(is_unauthenticated(
+            u.refresh(second.refresh.as_bytes()).await
+        ));
         // The other login is untouched.
         other_login.list_devices().await.unwrap();
     })
@@ -171,9 +175,7 @@ async fn a_revoked_device_loses_its_tokens_at_once_and_cannot_log_in() {
         ));
         let mut again = t.connect().await;
         assert!(is_unauthenticated(
-            again
-                .login_with(&laptop.device(), signer(&laptop.id))
-                .await
+            again.login_with(&laptop.device(), signer(&laptop.id)).await
         ));
         // Its key cannot come back as a new account either.
         let e = again
@@ -221,7 +223,10 @@ async fn login_needs_a_fresh_nonce_signed_by_the_device_key() {
         assert!(is_unauthenticated(c.login(&device, &nonce, &good).await));
 
         // A nonce issued for another device.
-        let other = c.login_challenge(&DeviceId::new(rand::random())).await.unwrap();
+        let other = c
+            .login_challenge(&DeviceId::new(rand::random()))
+            .await
+            .unwrap();
         let arr: [u8; 32] = other.clone().try_into().unwrap();
         let sig = u.id.sign(&login_message(&device, &arr)).unwrap();
         assert!(is_unauthenticated(c.login(&device, &other, &sig).await));

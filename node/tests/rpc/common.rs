@@ -85,7 +85,9 @@ impl TestNode {
         let key = id.identity_key();
         let account = user.account();
         let possession = id
-            .sign(&qpq_schemas::auth::device_possession_message(&account, &key))
+            .sign(&qpq_schemas::auth::device_possession_message(
+                &account, &key,
+            ))
             .unwrap();
         let approval = user
             .id

@@ -221,7 +221,10 @@ async fn fetch_wait_wakes_on_a_new_message() {
         let sender = t.user().await;
         let waiter = t.user().await;
         let ch = sender.channel().await;
-        sender.add_member(&ch, &waiter.account(), false).await.unwrap();
+        sender
+            .add_member(&ch, &waiter.account(), false)
+            .await
+            .unwrap();
         let msgs = messages(1);
         let started = Instant::now();
         let wait = waiter.fetch_wait(&ch, 0, 0, 20_000);
@@ -257,10 +260,7 @@ async fn fetch_wait_timeouts_are_capped_by_the_server() {
         let c = t.user().await;
         let ch = c.channel().await;
         let started = Instant::now();
-        let page = c
-            .fetch_wait(&ch, 0, 0, 60_000)
-            .await
-            .unwrap();
+        let page = c.fetch_wait(&ch, 0, 0, 60_000).await.unwrap();
         let waited = started.elapsed();
         assert!(page.messages.is_empty());
         assert_eq!(page.effective_timeout_ms, 300);
@@ -280,9 +280,15 @@ async fn acked_messages_are_dropped_once_every_member_device_has_them() {
         let laptop = t.user().await;
         let ch = phone.channel().await;
         // Adding a member registers its devices' cursors: both hold messages from now on.
-        phone.add_member(&ch, &laptop.account(), false).await.unwrap();
+        phone
+            .add_member(&ch, &laptop.account(), false)
+            .await
+            .unwrap();
         for m in messages(4) {
-            phone.enqueue(&ch, &ClientMsgId::random(), &m).await.unwrap();
+            phone
+                .enqueue(&ch, &ClientMsgId::random(), &m)
+                .await
+                .unwrap();
         }
         phone.ack(&ch, 3).await.unwrap();
         laptop.ack(&ch, 1).await.unwrap();
@@ -316,14 +322,24 @@ async fn a_new_member_is_never_skipped_by_delivered_deletion() {
             alice.enqueue(&ch, &ClientMsgId::random(), m).await.unwrap();
         }
         alice.ack(&ch, 2).await.unwrap();
-        assert_eq!(alice.fetch(&ch, 0, 0).await.unwrap().messages.len(), 0, "alice was the only reader");
+        assert_eq!(
+            alice.fetch(&ch, 0, 0).await.unwrap().messages.len(),
+            0,
+            "alice was the only reader"
+        );
 
         alice.add_member(&ch, &bob.account(), false).await.unwrap();
-        let third = alice.enqueue(&ch, &ClientMsgId::random(), &msgs[2]).await.unwrap();
+        let third = alice
+            .enqueue(&ch, &ClientMsgId::random(), &msgs[2])
+            .await
+            .unwrap();
         alice.ack(&ch, third.seq).await.unwrap();
         // Bob's cursor started at seq 2 when he was added: seq 3 waits for him.
         let page = bob.fetch(&ch, 2, 0).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3]
+        );
         bob.ack(&ch, 3).await.unwrap();
         assert!(bob.fetch(&ch, 0, 0).await.unwrap().messages.is_empty());
 

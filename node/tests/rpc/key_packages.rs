@@ -18,7 +18,10 @@ async fn each_key_package_is_served_once_then_the_last_resort_forever() {
         let last = bob.key_package_bytes().unwrap();
         // Four stored (three single-use and the last resort), three available for single use.
         assert_eq!(
-            bob_user.upload_key_packages(&kps, Some(&last)).await.unwrap(),
+            bob_user
+                .upload_key_packages(&kps, Some(&last))
+                .await
+                .unwrap(),
             (4, 3)
         );
         assert_eq!(
@@ -246,7 +249,10 @@ async fn fetch_by_account_serves_one_per_active_device_never_the_callers_own() {
         expected.sort();
         assert_eq!(devices, expected, "one package per active device");
         assert_eq!(
-            phone.key_package_count(&phone.id.identity_key()).await.unwrap(),
+            phone
+                .key_package_count(&phone.id.identity_key())
+                .await
+                .unwrap(),
             (1, false),
             "each served package was consumed"
         );

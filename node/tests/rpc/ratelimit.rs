@@ -38,7 +38,10 @@ async fn a_burst_over_the_device_limit_is_throttled_and_the_retry_time_is_usable
             }
         }
         let (after, wait_ms) = refused.expect("the burst was never throttled");
-        assert!(after <= 5, "throttled after {after} calls with a burst of 5");
+        assert!(
+            after <= 5,
+            "throttled after {after} calls with a burst of 5"
+        );
         assert!(
             (1..=200).contains(&wait_ms),
             "one token takes 200 ms at 5/s; told to wait {wait_ms} ms"
@@ -70,7 +73,10 @@ async fn a_noisy_device_does_not_throttle_another_account() {
                 throttled += 1;
             }
         }
-        assert!(throttled >= 15, "the noisy device was throttled ({throttled})");
+        assert!(
+            throttled >= 15,
+            "the noisy device was throttled ({throttled})"
+        );
         for _ in 0..3 {
             quiet.list_devices().await.unwrap();
         }
