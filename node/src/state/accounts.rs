@@ -489,3 +489,185 @@ fn dm(
     set_dm(conn, channel, next, by)?;
     Ok(Outcome::Dm { state: next })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::state::{NewKeyPackage, Store};
+
+    const AT: Stamp = Stamp { now_ms: 1_000 };
+
+    fn token(n: u8, expires_at_ms: u64) -> NewToken {
+        NewToken {
+            id: TokenId([n; 16]),
+            secret_sha256: [n; 32],
+            expires_at_ms,
+        }
+    }
+
+    fn apply(store: &mut Store, command: Command) -> Outcome {
+        store.apply_batch(&[(command, AT)]).unwrap().remove(0)
+    }
+
+    fn status(store: &Store, n: u8) -> Option<TokenStatus> {
+        read::token(store.conn(), &TokenId([n; 16]))
+            .unwrap()
+            .map(|t| t.status)
+    }
+
+    fn registered() -> (Store, AccountId, DeviceId) {
+        let mut store = Store::open_in_memory().unwrap();
+        let account = AccountId::new([1; 16]);
+        let device = DeviceId::new([2; 16]);
+        let out = apply(
+            &mut store,
+            Command::RegisterAccount {
+                account,
+                device,
+                public_key: IdentityKey::new([3; 32]),
+            },
+        );
+        assert_eq!(out, Outcome::Done);
+        (store, account, device)
+    }
+
+    #[test]
+    fn a_replayed_refresh_token_revokes_its_family_and_nothing_else() {
+        let (mut store, account, device) = registered();
+        for (family, access, refresh) in [(10, 11, 12), (20, 21, 22)] {
+            let out = apply(
+                &mut store,
+                Command::IssueTokens {
+                    device,
+                    family: TokenId([family; 16]),
+                    access: token(access, 5_000),
+                    refresh: token(refresh, 9_000),
+                },
+            );
+            assert_eq!(out, Outcome::TokensIssued { account, device });
+        }
+        assert_eq!(
+            store.device(&device).unwrap().unwrap().status,
+            DeviceStatus::Active,
+            "a login activates a pending device"
+        );
+        let rotate = |presented: u8, access: u8, refresh: u8| Command::RotateRefresh {
+            presented: TokenId([presented; 16]),
+            access: token(access, 5_000),
+            refresh: token(refresh, 9_000),
+        };
+        assert_eq!(
+            apply(&mut store, rotate(12, 13, 14)),
+            Outcome::TokensIssued { account, device }
+        );
+        assert_eq!(status(&store, 12), Some(TokenStatus::Used));
+        // An access token is not a refresh token.
+        assert_eq!(
+            apply(&mut store, rotate(13, 15, 16)),
+            Outcome::Rejected(Rejection::TokenInvalid)
+        );
+        // The replay.
+        assert_eq!(
+            apply(&mut store, rotate(12, 17, 18)),
+            Outcome::Rejected(Rejection::RefreshReplayed)
+        );
+        for n in [11, 12, 13, 14] {
+            assert_eq!(status(&store, n), Some(TokenStatus::Revoked), "token {n}");
+        }
+        assert_eq!(status(&store, 17), None, "nothing issued by the replay");
+        for n in [21, 22] {
+            assert_eq!(
+                status(&store, n),
+                Some(TokenStatus::Live),
+                "other family {n}"
+            );
+        }
+        // Expiry is decided by the entry's stamp.
+        let late = Stamp { now_ms: 9_000 };
+        let out = store.apply_batch(&[(rotate(22, 23, 24), late)]).unwrap();
+        assert_eq!(out, [Outcome::Rejected(Rejection::TokenExpired)]);
+    }
+
+    #[test]
+    fn revoking_a_device_revokes_its_tokens_cursors_and_key_packages() {
+        let (mut store, account, device) = registered();
+        apply(
+            &mut store,
+            Command::IssueTokens {
+                device,
+                family: TokenId([10; 16]),
+                access: token(11, 5_000),
+                refresh: token(12, 9_000),
+            },
+        );
+        let channel = ChannelId::new([7; 16]);
+        apply(
+            &mut store,
+            Command::CreateGroup {
+                channel,
+                creator: account,
+            },
+        );
+        apply(
+            &mut store,
+            Command::UploadKeyPackages {
+                identity: IdentityKey::new([3; 32]),
+                packages: vec![NewKeyPackage {
+                    bytes: vec![1],
+                    expires_at_ms: 9_000,
+                }],
+                last_resort: None,
+                max_available: 10,
+                max_available_per_account: 10,
+            },
+        );
+        let cursors = |store: &Store| -> i64 {
+            store
+                .conn()
+                .query_row(
+                    "SELECT COUNT(*) FROM cursors WHERE consumer = ?1",
+                    params![&device.as_bytes()[..]],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(cursors(&store), 2, "its group channel and its inbox");
+        // Another account cannot revoke it.
+        let other = AccountId::new([9; 16]);
+        assert_eq!(
+            apply(
+                &mut store,
+                Command::RevokeDevice {
+                    account: other,
+                    device
+                }
+            ),
+            Outcome::Rejected(Rejection::Forbidden)
+        );
+        assert_eq!(
+            apply(&mut store, Command::RevokeDevice { account, device }),
+            Outcome::Done
+        );
+        assert_eq!(status(&store, 11), Some(TokenStatus::Revoked));
+        assert_eq!(status(&store, 12), Some(TokenStatus::Revoked));
+        assert_eq!(cursors(&store), 0);
+        assert_eq!(
+            store
+                .key_package_count(&IdentityKey::new([3; 32]), 1_000)
+                .unwrap(),
+            (0, false)
+        );
+        // A revoked device gets no new tokens.
+        let out = apply(
+            &mut store,
+            Command::IssueTokens {
+                device,
+                family: TokenId([30; 16]),
+                access: token(31, 5_000),
+                refresh: token(32, 9_000),
+            },
+        );
+        assert_eq!(out, Outcome::Rejected(Rejection::TokenInvalid));
+    }
+}
