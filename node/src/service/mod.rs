@@ -352,6 +352,7 @@ impl Services {
                 client_msg_id: id,
                 payload,
                 commit,
+                sender: Some(me.account),
             })
             .await?;
         tracing::debug!(target: "qpq::audit", event = "enqueue", account = %me.account, device = %me.device, channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));

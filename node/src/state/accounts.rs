@@ -71,6 +71,16 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
     }
 }
 
+/// Whether `account` may enqueue to `channel`: the send rule shared by the services' check
+/// at the boundary and by `apply` (see [`read::ChannelAccess::may_send`]).
+pub(super) fn may_send(
+    conn: &Connection,
+    channel: &ChannelId,
+    account: &AccountId,
+) -> Result<bool> {
+    Ok(read::channel_access(conn, channel, account)?.is_some_and(|a| a.may_send(account)))
+}
+
 fn rejected(r: Rejection) -> Result<Outcome> {
     Ok(Outcome::Rejected(r))
 }
@@ -669,5 +679,86 @@ mod tests {
             },
         );
         assert_eq!(out, Outcome::Rejected(Rejection::TokenInvalid));
+    }
+
+    #[test]
+    fn apply_enforces_the_send_rule_whatever_the_proposer_read() {
+        let (mut store, alice, _) = registered();
+        let bob = AccountId::new([4; 16]);
+        apply(
+            &mut store,
+            Command::RegisterAccount {
+                account: bob,
+                device: DeviceId::new([5; 16]),
+                public_key: IdentityKey::new([6; 32]),
+            },
+        );
+        let send = |channel: ChannelId, sender: AccountId, n: u8| Command::Enqueue {
+            channel,
+            client_msg_id: qpq_schemas::ClientMsgId::new([n; 16]),
+            payload: vec![n],
+            commit: None,
+            sender: Some(sender),
+        };
+        let sent = |o: &Outcome| matches!(o, Outcome::Enqueued { .. });
+        let group = ChannelId::new([7; 16]);
+        apply(
+            &mut store,
+            Command::CreateGroup {
+                channel: group,
+                creator: alice,
+            },
+        );
+        assert!(sent(&apply(&mut store, send(group, alice, 1))));
+        let forbidden = Outcome::Rejected(Rejection::Forbidden);
+        assert_eq!(apply(&mut store, send(group, bob, 2)), forbidden);
+        assert_eq!(
+            apply(&mut store, send(ChannelId::new([8; 16]), alice, 3)),
+            forbidden,
+            "a channel that does not exist"
+        );
+        // Added, then removed in the same batch as a send that was checked before: the
+        // entry order decides.
+        let add = Command::AddMember {
+            channel: group,
+            by: alice,
+            account: bob,
+            admin: false,
+        };
+        let remove = Command::RemoveMember {
+            channel: group,
+            by: alice,
+            account: bob,
+        };
+        let out = store
+            .apply_batch(&[
+                (add, AT),
+                (send(group, bob, 4), AT),
+                (remove, AT),
+                (send(group, bob, 5), AT),
+            ])
+            .unwrap();
+        assert!(sent(&out[1]));
+        assert_eq!(out[3], forbidden);
+
+        // DM: only the requester sends until accepted.
+        let dm = qpq_schemas::auth::dm_channel(&alice, &bob);
+        let open = Command::Dm {
+            channel: dm,
+            by: alice,
+            peer: bob,
+            action: DmAction::Open,
+        };
+        assert_eq!(
+            apply(&mut store, open),
+            Outcome::Dm {
+                state: DmState::Requested
+            }
+        );
+        assert!(sent(&apply(&mut store, send(dm, alice, 6))));
+        assert_eq!(apply(&mut store, send(dm, bob, 7)), forbidden);
+        // Inboxes take anyone's Welcome.
+        let inbox = inbox_channel(&DeviceId::new([5; 16]));
+        assert!(sent(&apply(&mut store, send(inbox, alice, 8))));
     }
 }

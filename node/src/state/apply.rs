@@ -39,14 +39,22 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
             client_msg_id,
             payload,
             commit,
-        } => enqueue(
-            conn,
-            stamp,
-            channel,
-            client_msg_id,
-            payload,
-            commit.as_ref(),
-        ),
+            sender,
+        } => {
+            if let Some(sender) = sender
+                && !accounts::may_send(conn, channel, sender)?
+            {
+                return Ok(Outcome::Rejected(Rejection::Forbidden));
+            }
+            enqueue(
+                conn,
+                stamp,
+                channel,
+                client_msg_id,
+                payload,
+                commit.as_ref(),
+            )
+        }
         Command::Ack {
             channel,
             consumer,

@@ -56,6 +56,12 @@ pub enum Command {
         /// Set when the payload's public framing says it is a Commit: the DS then enforces
         /// one Commit per (channel, group, epoch).
         commit: Option<CommitFraming>,
+        /// The sending account. When set, `apply` enforces the channel's send rule itself
+        /// (membership, DM state), so a membership change that races the send — or a
+        /// proposer that read stale state — cannot let a non-member in. `None` only for
+        /// commands of trusted internal callers (and entries from before authentication).
+        #[serde(default)]
+        sender: Option<AccountId>,
     },
     /// Move a consumer's delivery cursor forward (never backward).
     Ack {
@@ -455,12 +461,14 @@ impl std::fmt::Debug for Command {
                 client_msg_id,
                 payload,
                 commit,
+                sender,
             } => f
                 .debug_struct("Enqueue")
                 .field("channel", channel)
                 .field("client_msg_id", client_msg_id)
                 .field("payload_len", &payload.len())
                 .field("commit", commit)
+                .field("sender", sender)
                 .finish(),
             Self::Ack {
                 channel,
@@ -538,6 +546,7 @@ mod tests {
             client_msg_id: ClientMsgId::new([2; 16]),
             payload: secret.clone(),
             commit: None,
+            sender: None,
         };
         let out = Outcome::KeyPackage {
             bytes: secret.clone(),

@@ -163,6 +163,24 @@ pub struct ChannelAccess {
     pub dm_actor: Option<AccountId>,
 }
 
+impl ChannelAccess {
+    /// The send rule: anyone authenticated may send to an inbox; members send to a group
+    /// channel; in a DM, both send once accepted, only the requester while requested, and
+    /// nobody while blocked.
+    pub fn may_send(&self, account: &AccountId) -> bool {
+        match self.kind {
+            ChannelKind::Inbox => true,
+            _ if self.admin.is_none() => false,
+            ChannelKind::Group => true,
+            ChannelKind::Dm => match self.dm_state {
+                Some(DmState::Accepted) => true,
+                Some(DmState::Requested) => self.dm_actor.as_ref() == Some(account),
+                _ => false,
+            },
+        }
+    }
+}
+
 /// A read-only connection to a store's database file, for serving reads on other threads
 /// while the [`crate::state::Store`] applies batches.
 pub struct StoreReader {
