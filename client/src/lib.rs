@@ -10,5 +10,8 @@
 pub mod rpc;
 pub mod tls;
 
-pub use rpc::{ClientError, Connection, Envelope, FetchPage};
+pub use rpc::{
+    ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
+    FetchPage, Tokens,
+};
 pub use tls::ServerVerification;

@@ -15,9 +15,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::SystemClock;
-use crate::config::{Limits, NodeConfig, Retention, TlsSource};
+use crate::config::{AuthConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource};
 use crate::server::RunningNode;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, AuditSink, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "qpq-node", version, about = "quicproquo server node")]
@@ -31,6 +31,10 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Also write audit events (target `qpq::audit`) as JSON lines to this file, or to
+    /// `stderr`.
+    #[arg(long, global = true, env = "QPQ_AUDIT_LOG")]
+    audit_log: Option<AuditSink>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +91,30 @@ struct Common {
     /// RPC worker threads.
     #[arg(long, env = "QPQ_RPC_WORKERS", default_value_t = 2)]
     rpc_workers: usize,
+    /// Unexpired single-use KeyPackages all devices of one account may hold together.
+    #[arg(long, env = "QPQ_MAX_KEY_PACKAGES_PER_ACCOUNT", default_value_t = Limits::default().max_key_packages_per_account)]
+    max_key_packages_per_account: u32,
+    /// Concurrent fetchWait calls of one device.
+    #[arg(long, env = "QPQ_MAX_FETCH_WAITS_PER_DEVICE", default_value_t = Limits::default().max_fetch_waits_per_device)]
+    max_fetch_waits_per_device: usize,
+    /// Access token lifetime, in seconds.
+    #[arg(long, env = "QPQ_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    access_token_ttl_secs: u64,
+    /// Refresh token lifetime, in seconds.
+    #[arg(long, env = "QPQ_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    refresh_token_ttl_secs: u64,
+    /// Requests per second per client IP (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_IP", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_ip: f64,
+    /// Requests per second per account (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_ACCOUNT", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_account: f64,
+    /// Requests per second per device (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_DEVICE", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_device: f64,
+    /// Burst size as a multiple of the per-second rate.
+    #[arg(long, env = "QPQ_RATE_BURST_FACTOR", default_value_t = 2.0)]
+    rate_burst_factor: f64,
 }
 
 #[derive(Args)]
@@ -119,7 +147,21 @@ impl Common {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             max_fetch_wait: Duration::from_secs(self.max_fetch_wait_secs),
             max_key_packages_per_identity: self.max_key_packages_per_identity,
+            max_key_packages_per_account: self.max_key_packages_per_account,
+            max_fetch_waits_per_device: self.max_fetch_waits_per_device,
             ..Limits::default()
+        };
+        let rate = |per_second: f64| RateLimit {
+            per_second,
+            burst: per_second * self.rate_burst_factor,
+        };
+        let auth = AuthConfig {
+            access_token_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl_secs),
+            rate_per_ip: rate(self.rate_per_ip),
+            rate_per_account: rate(self.rate_per_account),
+            rate_per_device: rate(self.rate_per_device),
+            ..AuthConfig::default()
         };
         let retention = Retention {
             messages: Duration::from_secs(self.retention_hours * 3600),
@@ -133,6 +175,7 @@ impl Common {
             tls,
             limits,
             retention,
+            auth,
             rpc_workers: self.rpc_workers,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
         }
@@ -142,7 +185,10 @@ impl Common {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    if let Err(e) = telemetry::init(cli.log_format, cli.audit_log.as_ref()) {
+        eprintln!("qpq-node: cannot open the audit log: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Retention and TTLs.
     pub retention: Retention,
+    /// Token lifetimes and request rate limits.
+    pub auth: AuthConfig,
     /// Threads that run Cap'n Proto RPC (each drives many connections).
     pub rpc_workers: usize,
     /// How long a graceful shutdown waits for in-flight RPCs before closing connections.
@@ -61,6 +63,10 @@ pub struct Limits {
     pub max_fetch_limit: u32,
     /// Unexpired single-use KeyPackages one identity may hold.
     pub max_key_packages_per_identity: u32,
+    /// Unexpired single-use KeyPackages all devices of one account may hold together.
+    pub max_key_packages_per_account: u32,
+    /// Concurrent `fetchWait` calls of one device (across its connections).
+    pub max_fetch_waits_per_device: usize,
     /// Entries applied in one transaction (one fsync) at most.
     pub max_batch_entries: usize,
 }
@@ -88,7 +94,60 @@ impl Default for Limits {
             max_fetch_wait: Duration::from_secs(30),
             max_fetch_limit: 256,
             max_key_packages_per_identity: 100,
+            max_key_packages_per_account: 500,
+            max_fetch_waits_per_device: 8,
             max_batch_entries: 512,
+        }
+    }
+}
+
+/// Token lifetimes and rate limits.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Lifetime of an access token.
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime).
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of a login nonce.
+    pub challenge_ttl: Duration,
+    /// Login nonces outstanding at once on this node.
+    pub max_outstanding_challenges: usize,
+    /// Requests per second (sustained) and burst, per client IP address.
+    pub rate_per_ip: RateLimit,
+    /// Per account (all its devices together).
+    pub rate_per_account: RateLimit,
+    /// Per device.
+    pub rate_per_device: RateLimit,
+}
+
+/// A token-bucket rate: `per_second` sustained, up to `burst` at once. `per_second == 0`
+/// disables the limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// The default per-key limit: 50 requests/s with bursts of 100.
+    pub const DEFAULT: Self = Self {
+        per_second: 50.0,
+        burst: 100.0,
+    };
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            challenge_ttl: Duration::from_secs(60),
+            max_outstanding_challenges: 100_000,
+            rate_per_ip: RateLimit::DEFAULT,
+            rate_per_account: RateLimit::DEFAULT,
+            rate_per_device: RateLimit::DEFAULT,
         }
     }
 }
@@ -113,6 +172,7 @@ impl NodeConfig {
             tls: TlsSource::Dev,
             limits: Limits::default(),
             retention: Retention::default(),
+            auth: AuthConfig::default(),
             rpc_workers: 2,
             drain_timeout: Duration::from_secs(10),
         }

@@ -9,6 +9,7 @@
 //! - [`transport`]: TLS 1.3 / QUIC configuration, dev certificates, connection limiter.
 //! - [`rpc`]: the Cap'n Proto `Node` interface: parse requests into typed values, write
 //!   typed responses.
+//! - [`auth`]: tokens, login challenges, signature checks, rate limits.
 //! - [`service`]: the AS and DS rules on typed values; writes become commands.
 //! - [`mls`]: the only MLS code on the server: public framing and KeyPackage validation.
 //! - [`log`]: the command log (group commit) in front of the state machine.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

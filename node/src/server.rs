@@ -342,9 +342,7 @@ async fn serve_connection(item: WorkItem, ctx: ConnCtx) {
         return;
     }
     ctx.metrics.open_connections.inc();
-    let caller = Caller {
-        peer: conn.remote_address().ip(),
-    };
+    let caller = Caller::anonymous(conn.remote_address().ip());
     tracing::debug!(peer = %caller.peer, "connection open");
     let rpc = NodeRpc::new(
         ctx.services.clone(),

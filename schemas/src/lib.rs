@@ -7,6 +7,8 @@
 //!   from them.
 //! - [`ids`]: fixed-length identifiers (`GroupId`, `IdentityKey`, `ChannelId`, ...) that can
 //!   only be built from input of the right length.
+//! - [`auth`]: bearer tokens, the canonical byte strings devices sign, and the derived
+//!   channel ids (DMs, device inboxes).
 //! - [`error`]: [`WireError`], the typed error every RPC may answer with, and its mapping to
 //!   and from the schema's `Error` union.
 //!
@@ -14,6 +16,7 @@
 //! both parse untrusted bytes the same way.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod error;
 pub mod ids;
 pub mod limits;
@@ -31,5 +34,8 @@ pub mod qpq_capnp {
     include!(concat!(env!("OUT_DIR"), "/qpq_capnp.rs"));
 }
 
+pub use auth::BearerToken;
 pub use error::WireError;
-pub use ids::{ChannelId, ClientMsgId, ConsumerId, GroupId, IdError, IdentityKey};
+pub use ids::{
+    AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, GroupId, IdError, IdentityKey,
+};

@@ -119,6 +119,20 @@ impl Store {
         read::stats(&self.conn)
     }
 
+    /// A device by id (see [`super::StoreReader::device`]).
+    pub fn device(&self, device: &qpq_schemas::DeviceId) -> Result<Option<super::DeviceRow>> {
+        read::device_row(&self.conn, device)
+    }
+
+    /// See [`super::StoreReader::channel_access`].
+    pub fn channel_access(
+        &self,
+        channel: &ChannelId,
+        account: &qpq_schemas::AccountId,
+    ) -> Result<Option<super::ChannelAccess>> {
+        read::channel_access(&self.conn, channel, account)
+    }
+
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<u32> {
         migrations::schema_version(&self.conn)
