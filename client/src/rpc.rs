@@ -283,6 +283,11 @@ impl Connection {
         })
     }
 
+    /// The access token sent with every request (for building raw requests in tests).
+    pub fn access_token(&self) -> &[u8] {
+        self.token.as_bytes()
+    }
+
     /// Sets the access token sent with every request (empty = none).
     pub fn set_access_token(&mut self, token: Vec<u8>) {
         self.token = BearerToken::new(token);

@@ -46,6 +46,10 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         use qpq_schemas::qpq_capnp::{ack_response, fetch_response, key_package_count_response};
         let mut req = c.raw().fetch_request();
         req.get().init_req().set_version(WIRE_VERSION);
+        req.get()
+            .get_req()
+            .unwrap()
+            .set_access_token(c.access_token());
         req.get().get_req().unwrap().set_channel_id(&[0; 4]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
@@ -56,6 +60,10 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         }
         let mut req = c.raw().fetch_wait_request();
         req.get().init_req().set_version(WIRE_VERSION);
+        req.get()
+            .get_req()
+            .unwrap()
+            .set_access_token(c.access_token());
         req.get().get_req().unwrap().set_channel_id(&[0; 20]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
@@ -68,6 +76,7 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
+            b.set_access_token(c.access_token());
             b.set_channel_id(&[0; 16]);
             b.set_consumer_id(&[0; 3]);
         }
@@ -85,6 +94,7 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
+            b.set_access_token(c.access_token());
             b.set_identity(&[0; 31]);
         }
         let reply = req.send().promise.await.unwrap();
