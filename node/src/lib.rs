@@ -26,6 +26,7 @@ pub mod config;
 pub mod log;
 pub mod metrics;
 pub mod mls;
+pub mod raft;
 pub mod rpc;
 pub mod selfcheck;
 pub mod server;

@@ -33,4 +33,4 @@ pub use command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Sta
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;
 pub use read::{FetchPage, Stats, StoreReader, StoredMessage};
-pub use store::Store;
+pub use store::{Store, StoreTx};
