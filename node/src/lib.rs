@@ -11,7 +11,9 @@
 //!   typed responses.
 //! - [`service`]: the AS and DS rules on typed values; writes become commands.
 //! - [`mls`]: the only MLS code on the server: public framing and KeyPackage validation.
-//! - [`log`]: the command log (group commit) in front of the state machine.
+//! - [`log`]: the command log (group commit) in front of Raft.
+//! - [`raft`]: replication through openraft: SQLite log store, state machine, snapshots,
+//!   node-to-node QUIC with mutual TLS, membership.
 //! - [`state`]: the deterministic state machine on SQLite, and its reads.
 //! - [`admin`], [`metrics`], [`telemetry`]: health, readiness, Prometheus, logging.
 //! - [`clock`], [`config`]: injectable time; every limit and timing.
@@ -58,6 +60,9 @@ pub enum Error {
     /// Metrics registry error.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Raft could not start (configuration, bootstrap).
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 /// Result with the node's [`Error`].
