@@ -147,11 +147,29 @@ impl RaftNode {
             stop: CancellationToken::new(),
         });
         tokio::spawn(super::peer::serve(endpoint, node.clone(), node.stop.clone()));
+        let mut bootstrapped = false;
         if node.cluster.bootstrap && !node.is_initialized().await {
             let members = BTreeMap::from([(node.id, node.advertise.clone())]);
             node.bootstrap(members)
                 .await
                 .map_err(|e| crate::Error::Raft(e.to_string()))?;
+            bootstrapped = true;
+        }
+        // A one-voter cluster elects itself within one election timeout; wait for it, so a
+        // single node serves (and reports ready) as soon as `start` returns.
+        let sole_voter = bootstrapped || {
+            let m = node.raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().eq([node.id])
+        };
+        if sole_voter {
+            let waited = node
+                .raft
+                .wait(Some(node.cluster.election_timeout_max * 5))
+                .state(ServerState::Leader, "sole voter elects itself")
+                .await;
+            if let Err(e) = waited {
+                tracing::warn!(error = %e, "sole voter did not become leader yet");
+            }
         }
         tracing::info!(node_id = node.id, raft = %bound, advertise = %node.advertise, "raft started");
         Ok(node)
