@@ -112,9 +112,14 @@ struct Common {
     /// Raft heartbeat interval, in milliseconds.
     #[arg(long, env = "QPQ_RAFT_HEARTBEAT_MS", default_value_t = 200)]
     raft_heartbeat_ms: u64,
-    /// Raft election timeout (lower bound; the upper bound is twice it), in milliseconds.
+    /// Raft election timeout (lower bound), in milliseconds.
     #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
     raft_election_timeout_ms: u64,
+    /// Raft election timeout upper bound, in milliseconds (default: twice the lower bound).
+    /// It is also openraft's leader lease: a follower refuses votes for this long after it
+    /// last heard from the leader, so failover takes up to about lower + upper bound.
+    #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MAX_MS")]
+    raft_election_timeout_max_ms: Option<u64>,
     /// Build a snapshot and compact the log after this many entries.
     #[arg(long, env = "QPQ_SNAPSHOT_LOGS", default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -175,7 +180,10 @@ impl Common {
             bootstrap: self.bootstrap || dev,
             heartbeat: Duration::from_millis(self.raft_heartbeat_ms.max(1)),
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            election_timeout_max: self
+                .raft_election_timeout_max_ms
+                .map_or(election * 2, Duration::from_millis)
+                .max(election + Duration::from_millis(1)),
             snapshot_logs: self.snapshot_logs.max(1),
             ready_max_lag: self.ready_max_lag,
             ..ClusterConfig::default()

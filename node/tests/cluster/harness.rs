@@ -14,9 +14,10 @@ use serde_json::Value;
 
 /// Heartbeat and election timeout the tests run with (ms).
 pub const HEARTBEAT_MS: u64 = 100;
-pub const ELECTION_MS: u64 = 600;
-/// Upper bound of the election timeout (the node uses twice the lower bound).
-pub const ELECTION_MAX: Duration = Duration::from_millis(2 * ELECTION_MS);
+pub const ELECTION_MS: u64 = 200;
+pub const ELECTION_MAX_MS: u64 = 600;
+/// Upper bound of the election timeout.
+pub const ELECTION_MAX: Duration = Duration::from_millis(ELECTION_MAX_MS);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -111,6 +112,7 @@ impl Node {
             .arg(&self.tls.key)
             .args(["--raft-heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--raft-election-timeout-ms", &ELECTION_MS.to_string()])
+            .args(["--raft-election-timeout-max-ms", &ELECTION_MAX_MS.to_string()])
             .args(["--drain-timeout-secs", "2"])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
