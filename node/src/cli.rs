@@ -110,7 +110,7 @@ struct Common {
     #[arg(long, env = "QPQ_BOOTSTRAP")]
     bootstrap: bool,
     /// Raft heartbeat interval, in milliseconds.
-    #[arg(long, env = "QPQ_RAFT_HEARTBEAT_MS", default_value_t = 200)]
+    #[arg(long, env = "QPQ_RAFT_HEARTBEAT_MS", default_value_t = 250)]
     raft_heartbeat_ms: u64,
     /// Raft election timeout (lower bound), in milliseconds.
     #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]

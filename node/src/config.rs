@@ -82,7 +82,9 @@ impl Default for ClusterConfig {
             raft_advertise: None,
             tls: None,
             bootstrap: false,
-            heartbeat: Duration::from_millis(200),
+            // openraft gives one AppendEntries a heartbeat interval to complete: leave room
+            // for a batch of large entries and an fsync on a busy follower.
+            heartbeat: Duration::from_millis(250),
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             snapshot_logs: 10_000,

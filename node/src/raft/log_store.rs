@@ -167,8 +167,8 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> StResult<Vec<Entry<TypeConfig>>> {
         // At most this many entries per read: one AppendEntries stays a bounded message
         // (entries can carry payloads of up to 5 MiB each, so also bound the bytes).
-        const MAX_ENTRIES: i64 = 256;
-        const MAX_BYTES: usize = 8 << 20;
+        const MAX_ENTRIES: i64 = 64;
+        const MAX_BYTES: usize = 2 << 20;
         let (s, e) = bounds(&(start..end));
         let e = e.min(s.saturating_add(MAX_ENTRIES));
         blocking(&self.conn, move |c| {

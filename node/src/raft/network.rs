@@ -131,16 +131,21 @@ impl PeerClient {
     }
 }
 
+/// When each peer last answered a Raft request (any answer: it is alive and reachable).
+/// The leader's quorum check before removing a voter reads it.
+pub type LastHeard = Arc<Mutex<HashMap<NodeId, std::time::Instant>>>;
+
 /// openraft's network factory: one [`PeerConn`] per replication target.
 #[derive(Clone)]
 pub struct Network {
     client: Arc<PeerClient>,
+    heard: LastHeard,
 }
 
 impl Network {
-    /// Wraps the shared client.
-    pub fn new(client: Arc<PeerClient>) -> Self {
-        Self { client }
+    /// Wraps the shared client; answers are recorded in `heard`.
+    pub fn new(client: Arc<PeerClient>, heard: LastHeard) -> Self {
+        Self { client, heard }
     }
 }
 
@@ -149,6 +154,7 @@ pub struct PeerConn {
     client: Arc<PeerClient>,
     target: NodeId,
     addr: String,
+    heard: LastHeard,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -159,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            heard: self.heard.clone(),
         }
     }
 }
@@ -173,7 +180,14 @@ impl PeerConn {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self.client.call(&self.addr, &req, timeout).await {
+        let answer = self.client.call(&self.addr, &req, timeout).await;
+        if answer.is_ok() {
+            self.heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.target, std::time::Instant::now());
+        }
+        match answer {
             Ok(body) => match decode::<Result<T, RaftError<NodeId, E>>>(&body) {
                 Ok(Ok(t)) => Ok(t),
                 Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

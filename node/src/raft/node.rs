@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::certs::ClusterTls;
 use super::log_store::LogStore;
-use super::network::{CallError, Network, PeerClient};
+use super::network::{CallError, LastHeard, Network, PeerClient};
 use super::state_machine::StateMachine;
 use super::wire::Request;
 use super::{Member, NodeId, Proposal, Raft, decode, encode};
@@ -67,6 +67,8 @@ pub struct RaftNode {
     advertise: String,
     endpoint: quinn::Endpoint,
     stop: CancellationToken,
+    /// When each peer last answered (see [`LastHeard`]).
+    heard: LastHeard,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -86,7 +88,9 @@ pub fn raft_config(c: &ClusterConfig) -> Result<openraft::Config, crate::Error> 
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),
         max_in_snapshot_log_to_keep: c.snapshot_logs.clamp(1, 1000),
         snapshot_max_chunk_size: 1 << 20,
-        max_payload_entries: 256,
+        // AppendEntries must complete within one heartbeat interval (openraft's timeout);
+        // small batches keep each request short on a busy follower.
+        max_payload_entries: 64,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
@@ -126,10 +130,11 @@ impl RaftNode {
             waiters,
             metrics,
         )?;
+        let heard = LastHeard::default();
         let raft = Raft::new(
             cluster.node_id,
             Arc::new(raft_config(&cluster)?),
-            Network::new(client.clone()),
+            Network::new(client.clone(), heard.clone()),
             log,
             sm,
         )
@@ -145,6 +150,7 @@ impl RaftNode {
             advertise,
             endpoint: endpoint.clone(),
             stop: CancellationToken::new(),
+            heard,
         });
         tokio::spawn(super::peer::serve(endpoint, node.clone(), node.stop.clone()));
         let mut bootstrapped = false;
@@ -386,18 +392,40 @@ impl RaftNode {
         }
     }
 
-    fn require_no_change_in_progress(&self) -> Result<(), AdminError> {
-        let m = self.raft.metrics().borrow().clone();
-        let joint = m.membership_config.membership().get_joint_config().len() > 1;
-        let uncommitted = match (m.membership_config.log_id(), m.last_applied) {
-            (Some(ml), Some(applied)) => ml.index > applied.index,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if joint || uncommitted {
+    async fn require_no_change_in_progress(&self) -> Result<(), AdminError> {
+        // In progress: the effective membership (the latest membership entry in the log) is
+        // not yet the committed one, or it is a joint configuration.
+        let in_progress = self
+            .raft
+            .with_raft_state(|s| {
+                let effective = s.membership_state.effective();
+                effective.log_id() != s.membership_state.committed().log_id()
+                    || effective.membership().get_joint_config().len() > 1
+            })
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        if in_progress {
             return Err(AdminError::Conflict("change_in_progress"));
         }
         Ok(())
+    }
+
+    /// Runs a membership change, giving up (the change may still complete later) if it does
+    /// not commit in time, e.g. because a majority is unreachable.
+    async fn change<F>(&self, f: F) -> Result<(), AdminError>
+    where
+        F: std::future::Future<
+                Output = Result<
+                    openraft::raft::ClientWriteResponse<super::TypeConfig>,
+                    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+                >,
+            >,
+    {
+        let limit = self.cluster.unavailable_wait * 3;
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r.map(|_| ()).map_err(Self::map_write_error),
+            Err(_) => Err(AdminError::Conflict("change_in_progress")),
+        }
     }
 
     fn map_write_error(
@@ -431,12 +459,9 @@ impl RaftNode {
                 )))
             };
         }
-        self.require_no_change_in_progress()?;
-        self.raft
-            .add_learner(id, Member { addr }, false)
+        self.require_no_change_in_progress().await?;
+        self.change(self.raft.add_learner(id, Member { addr }, false))
             .await
-            .map(|_| ())
-            .map_err(Self::map_write_error)
     }
 
     /// How far `id` is behind the leader's last log entry (leader only).
@@ -457,16 +482,16 @@ impl RaftNode {
         if m.membership().get_node(&id).is_none() {
             return Err(AdminError::BadRequest(format!("node {id} is not a learner")));
         }
-        self.require_no_change_in_progress()?;
+        self.require_no_change_in_progress().await?;
         match self.lag_of(id) {
             Some(lag) if lag <= self.cluster.ready_max_lag => {}
             _ => return Err(AdminError::Conflict("lagging")),
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map(|_| ())
-            .map_err(Self::map_write_error)
+        self.change(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+        )
+        .await
     }
 
     /// Removes a voter or a learner; refuses to remove the leader or to lose quorum.
@@ -480,34 +505,38 @@ impl RaftNode {
         if m.membership().get_node(&id).is_none() {
             return Ok(());
         }
-        self.require_no_change_in_progress()?;
+        self.require_no_change_in_progress().await?;
         if !voters.contains(&id) {
             return self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map(|_| ())
-                .map_err(Self::map_write_error);
+                .change(
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+                )
+                .await;
         }
-        // Reachable = the leader itself and followers within the readiness lag.
+        // Reachable = the leader itself, and followers that answered within the last
+        // election timeout and are within the readiness lag.
+        let window = self.cluster.election_timeout_min;
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let reachable = voters
             .iter()
             .filter(|v| **v != id)
             .filter(|v| {
                 **v == self.id
-                    || self
-                        .lag_of(**v)
-                        .is_some_and(|lag| lag <= self.cluster.ready_max_lag)
+                    || (heard.get(v).is_some_and(|t| t.elapsed() <= window)
+                        && self
+                            .lag_of(**v)
+                            .is_some_and(|lag| lag <= self.cluster.ready_max_lag))
             })
             .count();
         if reachable < voters.len() / 2 + 1 {
             return Err(AdminError::Conflict("quorum_loss"));
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-            .await
-            .map(|_| ())
-            .map_err(Self::map_write_error)
+        self.change(
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false),
+        )
+        .await
     }
 
     /// Hands leadership to a caught-up voter.

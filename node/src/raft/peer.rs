@@ -60,7 +60,15 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<RaftNode>, stop: Cancell
 async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: Arc<RaftNode>) {
     let response = match recv.read_to_end(MAX_MESSAGE_BYTES).await {
         Ok(bytes) => match wire::decode_request(&bytes) {
-            Ok(req) => handle(&node, req).await,
+            Ok(req) => {
+                // A caller that gave up (timeout) stops the stream: stop working on its
+                // request too, so abandoned requests do not queue up in front of new ones.
+                let abandoned = send.stopped();
+                tokio::select! {
+                    r = handle(&node, req) => r,
+                    _ = abandoned => return,
+                }
+            }
             Err(e) => Response::Failed(e.to_string()),
         },
         Err(e) => {
