@@ -235,7 +235,14 @@ impl RaftNode {
             stamp: self.stamp(),
             commands,
         };
-        match self.raft.client_write(proposal).await {
+        // A leader cut off from its majority does not learn it is deposed until it hears
+        // from a newer leader; bound the wait. The entry may still commit later (then the
+        // client's retry with the same message id is deduplicated) or be discarded.
+        let write = self.raft.client_write(proposal);
+        let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await else {
+            return Err(SubmitError::Unavailable);
+        };
+        match result {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(SubmitError::NotLeader {
