@@ -22,3 +22,4 @@ mod failover;
 mod membership;
 mod partition;
 mod recovery;
+mod single_use;
