@@ -33,10 +33,10 @@ use crate::clock::SharedClock;
 use crate::config::{NodeConfig, TlsSource};
 use crate::log::CommitLog;
 use crate::metrics::Metrics;
+use crate::raft::node::RaftNode;
 use crate::rpc::{InFlight, NodeRpc};
 use crate::service::waiters::Waiters;
 use crate::service::{Caller, Services};
-use crate::raft::node::RaftNode;
 use crate::transport::devcert::{DevCert, fingerprint_sha256};
 use crate::transport::limits::{ConnectionLimiter, ConnectionPermit, TransportLimits};
 use crate::transport::tls;
@@ -107,7 +107,8 @@ impl RunningNode {
             tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
         let waiters = Arc::new(Waiters::default());
-        let raft = RaftNode::start(&config, waiters.clone(), metrics.clone(), clock.clone()).await?;
+        let raft =
+            RaftNode::start(&config, waiters.clone(), metrics.clone(), clock.clone()).await?;
         let raft_addr = raft.raft_addr()?;
         let (log, writer) = CommitLog::start(
             raft.clone(),

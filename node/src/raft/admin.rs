@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,11 +33,7 @@ type Answer = (StatusCode, Json);
 
 impl axum::response::IntoResponse for Json {
     fn into_response(self) -> axum::response::Response {
-        (
-            [("content-type", "application/json")],
-            self.0.to_string(),
-        )
-            .into_response()
+        ([("content-type", "application/json")], self.0.to_string()).into_response()
     }
 }
 

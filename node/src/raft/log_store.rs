@@ -10,6 +10,10 @@
 //! Entries are stored CBOR-encoded (`ciborium`), next to their index and log id, so new
 //! fields can be added with serde defaults (mixed versions, invariant 9).
 
+// openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
+// returned only on failures, so its size costs nothing on the hot path.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -201,9 +205,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(&self.conn, |c| {
             let last_purged: Option<LogId<NodeId>> = Self::read_meta(c, "last_purged")?;
             let last: Option<Vec<u8>> = c
-                .query_row("SELECT log_id FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT log_id FROM log ORDER BY idx DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(io_read)?;
             let last_log_id = match last {
@@ -248,7 +254,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
-        blocking(&self.conn, move |c| Self::write_meta(c, "committed", &committed)).await
+        blocking(&self.conn, move |c| {
+            Self::write_meta(c, "committed", &committed)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
@@ -283,7 +292,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     )
                     .map_err(io_write)?;
                 for (idx, log_id, entry) in &rows {
-                    stmt.execute(params![idx, log_id, entry]).map_err(io_write)?;
+                    stmt.execute(params![idx, log_id, entry])
+                        .map_err(io_write)?;
                 }
             }
             // One commit, one fsync for the whole batch of entries.

@@ -5,6 +5,10 @@
 //! `Unreachable` (openraft backs off), an error the peer's Raft returned is `RemoteError`,
 //! and anything else (timeouts, undecodable answers) is `Network`.
 
+// openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
+// returned only on failures, so its size costs nothing on the hot path.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -55,7 +59,11 @@ impl PeerClient {
         }
     }
 
-    async fn connection(&self, addr: &str, timeout: Duration) -> Result<quinn::Connection, CallError> {
+    async fn connection(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, CallError> {
         if let Some(c) = self
             .conns
             .lock()
@@ -96,7 +104,12 @@ impl PeerClient {
     }
 
     /// Sends `req` to the node listening at `addr` and returns its `Ok` body.
-    pub async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Vec<u8>, CallError> {
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         let conn = self.connection(addr, timeout).await?;
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,

@@ -152,7 +152,11 @@ impl RaftNode {
             stop: CancellationToken::new(),
             heard,
         });
-        tokio::spawn(super::peer::serve(endpoint, node.clone(), node.stop.clone()));
+        tokio::spawn(super::peer::serve(
+            endpoint,
+            node.clone(),
+            node.stop.clone(),
+        ));
         let mut bootstrapped = false;
         if node.cluster.bootstrap && !node.is_initialized().await {
             let members = BTreeMap::from([(node.id, node.advertise.clone())]);
@@ -221,10 +225,7 @@ impl RaftNode {
     }
 
     fn stamp(&self) -> Stamp {
-        let mut last = self
-            .last_stamp_ms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_stamp_ms.lock().unwrap_or_else(|p| p.into_inner());
         *last = (*last).max(self.clock.now_ms());
         Stamp { now_ms: *last }
     }
@@ -239,7 +240,8 @@ impl RaftNode {
         // from a newer leader; bound the wait. The entry may still commit later (then the
         // client's retry with the same message id is deduplicated) or be discarded.
         let write = self.raft.client_write(proposal);
-        let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await else {
+        let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await
+        else {
             return Err(SubmitError::Unavailable);
         };
         match result {
@@ -277,7 +279,11 @@ impl RaftNode {
             {
                 let body = encode(&commands).map_err(|e| SubmitError::Internal(e.to_string()))?;
                 let timeout = self.cluster.forward_timeout;
-                match self.client.call(&addr, &Request::Forward(body), timeout).await {
+                match self
+                    .client
+                    .call(&addr, &Request::Forward(body), timeout)
+                    .await
+                {
                     Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
                         Ok(Ok(o)) => return Ok(o),
                         // The leader moved before the entry was appended: safe to retry.
@@ -435,9 +441,7 @@ impl RaftNode {
         }
     }
 
-    fn map_write_error(
-        e: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
-    ) -> AdminError {
+    fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> AdminError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError::NotLeader {
                 leader: f.leader_id,
@@ -487,7 +491,9 @@ impl RaftNode {
             return Ok(());
         }
         if m.membership().get_node(&id).is_none() {
-            return Err(AdminError::BadRequest(format!("node {id} is not a learner")));
+            return Err(AdminError::BadRequest(format!(
+                "node {id} is not a learner"
+            )));
         }
         self.require_no_change_in_progress().await?;
         match self.lag_of(id) {
@@ -629,7 +635,11 @@ impl RaftNode {
     /// applied within `ready_max_lag` entries of the commit index it knows.
     pub async fn caught_up_member(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        let member = m.membership_config.membership().get_node(&self.id).is_some();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
         if !member || m.current_leader.is_none() {
             return false;
         }

@@ -57,7 +57,11 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<RaftNode>, stop: Cancell
     }
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: Arc<RaftNode>) {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    node: Arc<RaftNode>,
+) {
     let response = match recv.read_to_end(MAX_MESSAGE_BYTES).await {
         Ok(bytes) => match wire::decode_request(&bytes) {
             Ok(req) => {
@@ -102,7 +106,8 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
             Ok(rpc) => ok(&raft.vote(rpc).await),
             Err(e) => Response::Failed(e.to_string()),
         },
-        Request::InstallSnapshot(body) => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Request::InstallSnapshot(body) => match decode::<InstallSnapshotRequest<TypeConfig>>(&body)
+        {
             Ok(rpc) => ok(&raft.install_snapshot(rpc).await),
             Err(e) => Response::Failed(e.to_string()),
         },

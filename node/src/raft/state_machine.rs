@@ -18,6 +18,10 @@
 //!
 //! Waiters (`fetchWait`) are woken after the transaction commits, on every node.
 
+// openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
+// returned only on failures, so its size costs nothing on the hot path.
+#![allow(clippy::result_large_err)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,8 +89,11 @@ struct Applied {
     last_stamp_ms: u64,
 }
 
+/// The raw `raft_applied` columns: last_applied, membership (CBOR), last_stamp_ms.
+type AppliedRow = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
+
 fn read_applied(conn: &Connection) -> StResult<Applied> {
-    let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>, i64)> = conn
+    let row: Option<AppliedRow> = conn
         .query_row(
             "SELECT last_applied, membership, last_stamp_ms FROM raft_applied WHERE id = 1",
             [],
@@ -267,7 +274,9 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
         m.batch_duration.observe(started.elapsed().as_secs_f64());
     }
     if evicted != (0, 0) {
-        m.evictions.with_label_values(&["message"]).inc_by(evicted.0);
+        m.evictions
+            .with_label_values(&["message"])
+            .inc_by(evicted.0);
         m.evictions
             .with_label_values(&["key_package"])
             .inc_by(evicted.1);

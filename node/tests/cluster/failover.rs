@@ -11,7 +11,7 @@ use crate::harness::{Cluster, ELECTION_MAX, local, serial};
 use crate::history::{self, Client, History};
 
 async fn kill_the_leader(n: u64) {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut c = Cluster::start(n, &[]).await;
     let endpoints = c.endpoints();
     local(async {

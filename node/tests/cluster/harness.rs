@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qpq_client::{ClientError, Connection, ServerVerification};
@@ -19,11 +19,11 @@ pub const ELECTION_MAX_MS: u64 = 700;
 /// Upper bound of the election timeout.
 pub const ELECTION_MAX: Duration = Duration::from_millis(ELECTION_MAX_MS);
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One cluster test at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 pub struct Node {
@@ -112,7 +112,10 @@ impl Node {
             .arg(&self.tls.key)
             .args(["--raft-heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--raft-election-timeout-ms", &ELECTION_MS.to_string()])
-            .args(["--raft-election-timeout-max-ms", &ELECTION_MAX_MS.to_string()])
+            .args([
+                "--raft-election-timeout-max-ms",
+                &ELECTION_MAX_MS.to_string(),
+            ])
             .args(["--drain-timeout-secs", "2"])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")

@@ -45,9 +45,8 @@ impl Client {
 
     async fn conn(&mut self, i: usize) -> Result<&Connection, ClientError> {
         let ep = self.endpoints[i % self.endpoints.len()].clone();
-        if !self.conns.contains_key(&ep.id) {
-            let c = ep.connect().await?;
-            self.conns.insert(ep.id, c);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.conns.entry(ep.id) {
+            slot.insert(ep.connect().await?);
         }
         Ok(&self.conns[&ep.id])
     }
@@ -66,8 +65,11 @@ impl Client {
             let i = self.next;
             let result = match self.conn(i).await {
                 Ok(c) => {
-                    match tokio::time::timeout(Duration::from_secs(10), c.enqueue(channel, id, payload))
-                        .await
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.enqueue(channel, id, payload),
+                    )
+                    .await
                     {
                         Ok(r) => r.map(|e| e.seq),
                         Err(_) => Err(ClientError::Io(std::io::Error::other("timeout"))),
@@ -77,7 +79,10 @@ impl Client {
             };
             match result {
                 Ok(seq) => return Ok(seq),
-                Err(e) if (e.is_transient() || matches!(e, ClientError::Io(_))) && Instant::now() < deadline => {
+                Err(e)
+                    if (e.is_transient() || matches!(e, ClientError::Io(_)))
+                        && Instant::now() < deadline =>
+                {
                     let ep = &self.endpoints[i % self.endpoints.len()];
                     self.conns.remove(&ep.id);
                     self.next = self.next.wrapping_add(1);

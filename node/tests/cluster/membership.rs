@@ -30,7 +30,10 @@ async fn grow(c: &mut Cluster) -> u64 {
     let body = json!({"id": id, "addr": c.nodes[idx].advertise}).to_string();
     let (code, v) = c.post_leader("/raft/learners", &body).await;
     assert_eq!(code, 200, "add learner: {v}");
-    assert!(v["membership"]["learners"][id.to_string()].is_string(), "{v}");
+    assert!(
+        v["membership"]["learners"][id.to_string()].is_string(),
+        "{v}"
+    );
     // Promotion is refused until the learner is caught up; retry until it is.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -42,7 +45,10 @@ async fn grow(c: &mut Cluster) -> u64 {
             break;
         }
         assert_eq!(code, 409, "promote: {v}");
-        assert!(Instant::now() < deadline, "learner {id} never caught up: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "learner {id} never caught up: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The new voter becomes ready (a caught-up member).
@@ -72,7 +78,7 @@ async fn remove(c: &Cluster, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_five_and_shrink_to_three_while_clients_write() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     let endpoints = c.endpoints();
     local(async {
@@ -133,7 +139,11 @@ async fn grow_to_five_and_shrink_to_three_while_clients_write() {
             .post_leader("/raft/remove", &json!({"id": other}).to_string())
             .await;
 
-        assert_eq!((code, v["error"].clone()), (409, json!("quorum_loss")), "{v}");
+        assert_eq!(
+            (code, v["error"].clone()),
+            (409, json!("quorum_loss")),
+            "{v}"
+        );
         c.node_mut(down).spawn();
 
         tokio::time::sleep(Duration::from_millis(500)).await;

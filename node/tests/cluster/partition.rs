@@ -14,7 +14,7 @@ use crate::proxy::{self, Isolated};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let isolated = Isolated::default();
     let mut c = Cluster::new(3, &[]);
     for n in &mut c.nodes {

@@ -43,7 +43,7 @@ async fn leader_last_index(c: &Cluster) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut c = Cluster::start(3, &["--snapshot-logs", "20"]).await;
     local(async {
         let history = Rc::new(History::default());
@@ -57,7 +57,8 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
         write(&history, &c, channel, 8).await;
         c.node_mut(follower).spawn();
         let target = leader_last_index(&c).await;
-        c.wait_applied(follower, target, Duration::from_secs(20)).await;
+        c.wait_applied(follower, target, Duration::from_secs(20))
+            .await;
         assert!(
             !c.node(follower).log_text().contains("snapshot installed"),
             "caught up from the log, without a snapshot"
@@ -72,7 +73,8 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
         eprintln!("leader status before restart: {status}");
         c.node_mut(follower).spawn();
         let target = leader_last_index(&c).await;
-        c.wait_applied(follower, target, Duration::from_secs(30)).await;
+        c.wait_applied(follower, target, Duration::from_secs(30))
+            .await;
         assert!(
             c.node(follower).log_text().contains("snapshot installed"),
             "the follower needed a snapshot: {}",

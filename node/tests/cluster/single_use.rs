@@ -40,7 +40,7 @@ async fn consume_all(ep: Endpoint, identity: qpq_schemas::IdentityKey, history: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     let endpoints = c.endpoints();
     local(async {
@@ -91,10 +91,12 @@ async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
             let (ea, eb) = (&endpoints[round % 3], &endpoints[(round + 1) % 3]);
             let (xa, xb) = (ea.connect().await.unwrap(), eb.connect().await.unwrap());
             let (ia, ib) = (ClientMsgId::random(), ClientMsgId::random());
-            let (ra, rb) = tokio::time::timeout(
-                Duration::from_secs(20),
-                async { tokio::join!(xa.enqueue(&channel, &ia, &ca), xb.enqueue(&channel, &ib, &cb)) },
-            )
+            let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(
+                    xa.enqueue(&channel, &ia, &ca),
+                    xb.enqueue(&channel, &ib, &cb)
+                )
+            })
             .await
             .unwrap();
             let mut accepted = 0;
