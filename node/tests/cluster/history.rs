@@ -94,12 +94,24 @@ impl Client {
     }
 
     /// Every message of `channel` as node `ep` serves it (pages until the end).
+    /// Retries transient errors (e.g. `unavailable` during an election) like a client would.
     pub async fn read_all(ep: &Endpoint, channel: &ChannelId) -> Vec<(u64, ClientMsgId)> {
-        let c = ep.connect().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = ep.connect().await.unwrap();
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let page = c.fetch(channel, after, 0).await.unwrap();
+            let page = match c.fetch(channel, after, 0).await {
+                Ok(p) => p,
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(fresh) = ep.connect().await {
+                        c = fresh;
+                    }
+                    continue;
+                }
+                Err(e) => panic!("node {}: fetch failed: {e}", ep.id),
+            };
             if page.messages.is_empty() {
                 return out;
             }
