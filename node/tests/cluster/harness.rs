@@ -13,9 +13,9 @@ use qpq_node::raft::certs::{ClusterTlsFiles, generate_cluster};
 use serde_json::Value;
 
 /// Heartbeat and election timeout the tests run with (ms).
-pub const HEARTBEAT_MS: u64 = 150;
-pub const ELECTION_MS: u64 = 300;
-pub const ELECTION_MAX_MS: u64 = 700;
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 200;
+pub const ELECTION_MAX_MS: u64 = 600;
 /// Upper bound of the election timeout.
 pub const ELECTION_MAX: Duration = Duration::from_millis(ELECTION_MAX_MS);
 
