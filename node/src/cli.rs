@@ -15,7 +15,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::SystemClock;
-use crate::config::{AuthConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource};
+use crate::config::{
+    AuthConfig, ClusterConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource,
+};
 use crate::server::RunningNode;
 use crate::telemetry::{self, AuditSink, LogFormat};
 
@@ -115,6 +117,45 @@ struct Common {
     /// Burst size as a multiple of the per-second rate.
     #[arg(long, env = "QPQ_RATE_BURST_FACTOR", default_value_t = 2.0)]
     rate_burst_factor: f64,
+    /// This node's Raft id (u64 >= 1).
+    #[arg(long, env = "QPQ_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// Raft listener (QUIC, mutual TLS, ALPN qpq-raft/1).
+    #[arg(long, env = "QPQ_RAFT_LISTEN", default_value = "127.0.0.1:7444")]
+    raft_listen: SocketAddr,
+    /// The Raft address peers dial (host:port); defaults to the bound Raft listener.
+    #[arg(long, env = "QPQ_RAFT_ADVERTISE")]
+    raft_advertise: Option<String>,
+    /// Cluster CA certificate (PEM) for node-to-node mutual TLS. Without the three cluster
+    /// TLS files, a one-node cluster CA is generated under the data directory (dev).
+    #[arg(long, env = "QPQ_CLUSTER_CA", requires_all = ["node_cert", "node_key"])]
+    cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "QPQ_NODE_CERT", requires_all = ["cluster_ca", "node_key"])]
+    node_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "QPQ_NODE_KEY", requires_all = ["cluster_ca", "node_cert"])]
+    node_key: Option<PathBuf>,
+    /// Initialise a one-voter cluster of this node at start if it has no state.
+    #[arg(long, env = "QPQ_BOOTSTRAP")]
+    bootstrap: bool,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, env = "QPQ_RAFT_HEARTBEAT_MS", default_value_t = 250)]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout (lower bound), in milliseconds.
+    #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    raft_election_timeout_ms: u64,
+    /// Raft election timeout upper bound, in milliseconds (default: twice the lower bound).
+    /// It is also openraft's leader lease: a follower refuses votes for this long after it
+    /// last heard from the leader, so failover takes up to about lower + upper bound.
+    #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MAX_MS")]
+    raft_election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot and compact the log after this many entries.
+    #[arg(long, env = "QPQ_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    snapshot_logs: u64,
+    /// Readiness and promotion: how many entries a node may lag behind.
+    #[arg(long, env = "QPQ_READY_MAX_LAG", default_value_t = 1000)]
+    ready_max_lag: u64,
 }
 
 #[derive(Args)]
@@ -139,7 +180,7 @@ struct DevArgs {
 }
 
 impl Common {
-    fn into_config(self, tls: TlsSource) -> NodeConfig {
+    fn into_config(self, tls: TlsSource, dev: bool) -> NodeConfig {
         let limits = Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -168,7 +209,31 @@ impl Common {
             key_package_ttl: Duration::from_secs(self.key_package_ttl_hours * 3600),
             sweep_interval: Duration::from_secs(self.sweep_interval_secs.max(1)),
         };
+        let tls_files = match (self.cluster_ca, self.node_cert, self.node_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(crate::raft::certs::ClusterTlsFiles { ca, cert, key })
+            }
+            _ => None,
+        };
+        let election = Duration::from_millis(self.raft_election_timeout_ms.max(10));
+        let cluster = ClusterConfig {
+            node_id: self.node_id,
+            raft_listen: self.raft_listen,
+            raft_advertise: self.raft_advertise,
+            tls: tls_files,
+            bootstrap: self.bootstrap || dev,
+            heartbeat: Duration::from_millis(self.raft_heartbeat_ms.max(1)),
+            election_timeout_min: election,
+            election_timeout_max: self
+                .raft_election_timeout_max_ms
+                .map_or(election * 2, Duration::from_millis)
+                .max(election + Duration::from_millis(1)),
+            snapshot_logs: self.snapshot_logs.max(1),
+            ready_max_lag: self.ready_max_lag,
+            ..ClusterConfig::default()
+        };
         NodeConfig {
+            cluster,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir: self.data_dir,
@@ -212,11 +277,11 @@ pub fn main() -> ExitCode {
                         TlsSource::Dev
                     }
                 };
-                run(a.common.into_config(tls), Mode::Serve).await
+                run(a.common.into_config(tls, false), Mode::Serve).await
             }
             Command::Dev(a) => {
                 run(
-                    a.common.into_config(TlsSource::Dev),
+                    a.common.into_config(TlsSource::Dev, true),
                     Mode::Dev {
                         exit_after_check: a.self_check,
                     },

@@ -42,6 +42,59 @@ pub struct NodeConfig {
     pub rpc_workers: usize,
     /// How long a graceful shutdown waits for in-flight RPCs before closing connections.
     pub drain_timeout: Duration,
+    /// Replication: node id, Raft listener, cluster TLS, timings.
+    pub cluster: ClusterConfig,
+}
+
+/// Replication settings (see `docs/admin-api.md` for the flags).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's Raft id (u64 >= 1).
+    pub node_id: u64,
+    /// Raft listener (QUIC, mutual TLS, ALPN `qpq-raft/1`).
+    pub raft_listen: SocketAddr,
+    /// The address peers dial; defaults to the bound Raft listener address.
+    pub raft_advertise: Option<String>,
+    /// Cluster CA, node certificate and key; `None` generates a one-node cluster CA under
+    /// the data directory (dev mode).
+    pub tls: Option<crate::raft::certs::ClusterTlsFiles>,
+    /// Initialise a one-voter cluster of this node at start if it has no state.
+    pub bootstrap: bool,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout, lower bound.
+    pub election_timeout_min: Duration,
+    /// Election timeout, upper bound.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_logs: u64,
+    /// Readiness and promotion: how far behind (entries) a node may be.
+    pub ready_max_lag: u64,
+    /// How long a write or read waits for a leader before answering `unavailable`.
+    pub unavailable_wait: Duration,
+    /// Timeout of one forwarded write or read-index call to the leader.
+    pub forward_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            raft_advertise: None,
+            tls: None,
+            bootstrap: false,
+            // openraft gives one AppendEntries a heartbeat interval to complete: leave room
+            // for a batch of large entries and an fsync on a busy follower.
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_logs: 10_000,
+            ready_max_lag: 1000,
+            unavailable_wait: Duration::from_secs(3),
+            forward_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Connection, stream and request limits.
@@ -175,6 +228,12 @@ impl NodeConfig {
             auth: AuthConfig::default(),
             rpc_workers: 2,
             drain_timeout: Duration::from_secs(10),
+            // A one-voter cluster on an ephemeral port: the same write path as a cluster.
+            cluster: ClusterConfig {
+                raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                bootstrap: true,
+                ..ClusterConfig::default()
+            },
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`qpq_capnp`]: code generated from `qpq.capnp` (the client API).
+//! - [`raft_capnp`]: code generated from `raft.capnp` (node-to-node Raft messages).
 //! - [`limits`]: ALPN, wire versions, size caps and the Cap'n Proto reader limits derived
 //!   from them.
 //! - [`ids`]: fixed-length identifiers (`GroupId`, `IdentityKey`, `ChannelId`, ...) that can
@@ -35,6 +36,19 @@ pub mod qpq_capnp {
 }
 
 pub use auth::BearerToken;
+/// Generated Cap'n Proto code for `raft.capnp` (node-to-node Raft messages).
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod raft_capnp {
+    include!(concat!(env!("OUT_DIR"), "/raft_capnp.rs"));
+}
+
 pub use error::WireError;
 pub use ids::{
     AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, GroupId, IdError, IdentityKey,

@@ -207,11 +207,37 @@ impl Services {
             Err(LogError::Closed) => Err(WireError::Unavailable {
                 retry_after_ms: 1000,
             }),
+            Err(LogError::Unavailable { retry_after_ms }) => {
+                Err(WireError::Unavailable { retry_after_ms })
+            }
             Err(e) => {
                 tracing::error!(error = %e, "proposal failed");
                 Err(WireError::Internal)
             }
         }
+    }
+
+    /// Reads serve this node's applied state once it has caught up with the leader's
+    /// commit index (read index), so no client sees state older than what it saw before.
+    async fn read_barrier(&self) -> Result<(), WireError> {
+        match self.log.read_barrier().await {
+            Ok(()) => Ok(()),
+            Err(LogError::Unavailable { retry_after_ms }) => {
+                Err(WireError::Unavailable { retry_after_ms })
+            }
+            Err(LogError::Closed) => Err(WireError::Unavailable {
+                retry_after_ms: 1000,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "read barrier failed");
+                Err(WireError::Internal)
+            }
+        }
+    }
+
+    /// Whether this node leads the cluster (the eviction sweep runs on the leader only).
+    pub fn is_leader(&self) -> bool {
+        self.log.is_leader()
     }
 
     // ---------------------------------------------------------------- Authentication Service
@@ -318,6 +344,7 @@ impl Services {
         identity: IdentityKey,
     ) -> Result<(u32, bool), WireError> {
         caller.authenticated()?;
+        self.read_barrier().await?;
         let now = self.clock.now_ms();
         self.readers
             .with(move |r| r.key_package_count(&identity, now))
@@ -393,6 +420,7 @@ impl Services {
         after_seq: u64,
         limit: u32,
     ) -> Result<FetchPage, WireError> {
+        self.read_barrier().await?;
         let limit = self.page_limit(limit);
         let not_before = self.not_before_ms();
         let page = self

@@ -52,6 +52,7 @@ pub enum Command {
         /// Sender-chosen dedupe key.
         client_msg_id: ClientMsgId,
         /// Opaque MLS message bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Set when the payload's public framing says it is a Commit: the DS then enforces
         /// one Commit per (channel, group, epoch).
@@ -251,6 +252,7 @@ pub enum DeviceStatus {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewKeyPackage {
     /// The package as uploaded (TLS-serialised `KeyPackage`), served back byte for byte.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     /// When the package stops being served: the earlier of its own `not_after` and the
     /// upload time plus the KeyPackage TTL (ms since the Unix epoch).
@@ -290,6 +292,7 @@ pub enum Outcome {
     /// `ConsumeKeyPackage` found a package.
     KeyPackage {
         /// The package bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// Whether it is the identity's last-resort package (which stays stored).
         last_resort: bool,

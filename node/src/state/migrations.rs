@@ -39,7 +39,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: V3_ACCOUNTS,
     },
+    Migration {
+        version: 4,
+        sql: V4_RAFT_APPLIED,
+    },
 ];
+
+/// Replication bookkeeping of the state machine, written in the same transaction as the
+/// entries it describes (so a snapshot, which copies this database, carries it too).
+const V4_RAFT_APPLIED: &str = "
+-- One row. last_applied and membership are CBOR-encoded openraft values (NULL before the
+-- first applied entry); last_stamp_ms keeps entry stamps monotonic across leaders.
+CREATE TABLE raft_applied (
+    id            INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    last_applied  BLOB,
+    membership    BLOB,
+    last_stamp_ms INTEGER NOT NULL CHECK (last_stamp_ms >= 0)
+) STRICT;
+INSERT INTO raft_applied (id, last_applied, membership, last_stamp_ms) VALUES (1, NULL, NULL, 0);
+";
 
 /// Delivery Service: channels, their message logs, dedupe records, commit epochs, cursors.
 ///
@@ -303,6 +321,13 @@ mod tests {
                 )
                 .unwrap();
             }
+            4 => {
+                conn.execute(
+                    "UPDATE raft_applied SET last_stamp_ms = 77, last_applied = x'01' WHERE id = 1",
+                    [],
+                )
+                .unwrap();
+            }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }
     }
@@ -401,6 +426,17 @@ mod tests {
                     )])
                     .unwrap();
                 assert_eq!(out, [Outcome::Done]);
+            }
+            4 => {
+                let (stamp, applied): (i64, Vec<u8>) = store
+                    .connection()
+                    .query_row(
+                        "SELECT last_stamp_ms, last_applied FROM raft_applied WHERE id = 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .unwrap();
+                assert_eq!((stamp, applied), (77, vec![1]));
             }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }

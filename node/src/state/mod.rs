@@ -41,4 +41,4 @@ pub use read::{
     ChannelAccess, ChannelKind, DeviceRow, FetchPage, Stats, StoreReader, StoredMessage, TokenKind,
     TokenRow, TokenStatus,
 };
-pub use store::Store;
+pub use store::{Store, StoreTx};

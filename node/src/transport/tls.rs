@@ -83,6 +83,20 @@ pub fn server_crypto(
     build_server_crypto(cert_chain, key, WebPkiClientVerifier::no_client_auth())
 }
 
+/// Build the Raft listener's rustls server config: the same TLS 1.3 / *ring* / no-0-RTT
+/// settings as [`server_crypto`], but with a client-certificate verifier (mutual TLS: only
+/// holders of a certificate of the cluster CA get in) and the given ALPN token.
+pub fn peer_server_crypto(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig> {
+    let mut config = build_server_crypto(cert_chain, key, client_verifier)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
 fn build_server_crypto(
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,

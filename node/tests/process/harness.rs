@@ -30,6 +30,9 @@ impl NodeProcess {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--bootstrap",
         ])
         .arg("--data-dir")
         .arg(data_dir)
