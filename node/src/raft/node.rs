@@ -285,7 +285,16 @@ impl RaftNode {
                     .await
                 {
                     Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
-                        Ok(Ok(o)) => return Ok(o),
+                        Ok(Ok(o)) => {
+                            // Read-your-writes on this node: the caller's next request here
+                            // (a login's first authenticated call, an enqueue to a channel it
+                            // just created) must see this entry applied locally, not only on
+                            // the leader. Best effort: the write itself already succeeded.
+                            if let Err(e) = self.read_barrier().await {
+                                tracing::debug!(error = %e, "forwarded write applied on the leader; local catch-up timed out");
+                            }
+                            return Ok(o);
+                        }
                         // The leader moved before the entry was appended: safe to retry.
                         Ok(Err(SubmitError::NotLeader { .. })) => {}
                         Ok(Err(e)) => return Err(e),

@@ -17,7 +17,10 @@ async fn kill_the_leader(n: u64) {
     local(async {
         let history = Rc::new(History::default());
         let stop = Rc::new(Cell::new(false));
-        let channels: Vec<ChannelId> = (0..3).map(|_| ChannelId::random()).collect();
+        let mut channels: Vec<ChannelId> = Vec::new();
+        for _ in 0..3 {
+            channels.push(endpoints[0].create_channel().await);
+        }
         let writers: Vec<_> = channels
             .iter()
             .enumerate()

@@ -8,8 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::Signer as _;
 use qpq_client::{ClientError, Connection, ServerVerification};
 use qpq_node::raft::certs::{ClusterTlsFiles, generate_cluster};
+use qpq_schemas::auth::register_message;
+use qpq_schemas::{ChannelId, DeviceId, IdentityKey};
 use serde_json::Value;
 
 /// Heartbeat and election timeout the tests run with (ms).
@@ -117,6 +120,16 @@ impl Node {
                 &ELECTION_MAX_MS.to_string(),
             ])
             .args(["--drain-timeout-secs", "2"])
+            // The suite's clients all come from one address and one account; rate limits
+            // have their own tests.
+            .args([
+                "--rate-per-ip",
+                "0",
+                "--rate-per-account",
+                "0",
+                "--rate-per-device",
+                "0",
+            ])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -249,6 +262,33 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     tls: Vec<ClusterTlsFiles>,
     extra: Vec<String>,
+    tester: Tester,
+}
+
+/// The suite's own account: one device, registered in the cluster on first use and shared
+/// by every endpoint, so every test connection is authenticated as a member of the
+/// channels the suite creates.
+#[derive(Clone)]
+pub struct Tester {
+    key: Arc<ed25519_dalek::SigningKey>,
+    device: Arc<tokio::sync::OnceCell<DeviceId>>,
+}
+
+impl Tester {
+    fn new() -> Self {
+        Self {
+            key: Arc::new(ed25519_dalek::SigningKey::from_bytes(&rand::random())),
+            device: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    fn identity(&self) -> IdentityKey {
+        IdentityKey::new(self.key.verifying_key().to_bytes())
+    }
+
+    fn sign(&self) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+        |m| self.key.sign(m).to_bytes().to_vec()
+    }
 }
 
 /// Room for nodes added later (membership tests).
@@ -268,6 +308,7 @@ impl Cluster {
             nodes,
             tls,
             extra,
+            tester: Tester::new(),
         }
     }
 
@@ -377,10 +418,63 @@ pub struct Endpoint {
     pub id: u64,
     pub addr: SocketAddr,
     pub cert: PathBuf,
+    tester: Tester,
 }
 
 impl Endpoint {
+    /// A connection logged in as the suite's device (registered on first use). Retries
+    /// transient failures (no leader yet, an election) for a while, like a client would.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.try_login().await {
+                Ok(c) => return Ok(c),
+                Err(e)
+                    if (e.is_transient() || matches!(e, ClientError::Io(_)))
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_login(&self) -> Result<Connection, ClientError> {
+        let mut conn = self.connect_anonymous().await?;
+        let tester = &self.tester;
+        let device = tester
+            .device
+            .get_or_try_init(|| async {
+                let key = tester.identity();
+                let signature = (tester.sign())(&register_message(&key));
+                conn.register(&key, &signature)
+                    .await
+                    .map(|(_, device)| device)
+            })
+            .await?;
+        conn.login_with(device, tester.sign()).await?;
+        Ok(conn)
+    }
+
+    /// A new group channel owned by the suite's account (retrying transient failures).
+    pub async fn create_channel(&self) -> ChannelId {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = async { self.connect().await?.create_channel().await }.await;
+            match attempt {
+                Ok(ch) => return ch,
+                // Elections make creation fail transiently; retry like a client.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("node {}: could not create a channel: {e}", self.id),
+            }
+        }
+    }
+
+    /// A connection without a login (for registering other accounts).
+    pub async fn connect_anonymous(&self) -> Result<Connection, ClientError> {
         tokio::time::timeout(
             Duration::from_secs(3),
             Connection::connect(
@@ -404,6 +498,7 @@ impl Cluster {
                     id: n.id,
                     addr: n.client?,
                     cert: n.data.join("tls").join("cert.pem"),
+                    tester: self.tester.clone(),
                 })
             })
             .collect()

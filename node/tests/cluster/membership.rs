@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use qpq_schemas::ChannelId;
 use serde_json::json;
 
 use crate::harness::{Cluster, local, serial};
@@ -84,12 +83,16 @@ async fn grow_to_five_and_shrink_to_three_while_clients_write() {
     local(async {
         let history = Rc::new(History::default());
         let stop = Rc::new(Cell::new(false));
+        let mut channels = Vec::new();
+        for _ in 0..2 {
+            channels.push(endpoints[0].create_channel().await);
+        }
         let writers: Vec<_> = (0..2)
             .map(|i| {
                 tokio::task::spawn_local(history::write_messages(
                     history.clone(),
                     Client::new(endpoints.clone(), i),
-                    ChannelId::random(),
+                    channels[i],
                     10_000,
                     stop.clone(),
                 ))

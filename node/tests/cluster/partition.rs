@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
+use qpq_schemas::{ClientMsgId, GroupId};
 
 use crate::harness::{Cluster, local, serial};
 use crate::history::{self, Client, History};
@@ -28,12 +28,16 @@ async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
     local(async {
         let history = Rc::new(History::default());
         let stop = Rc::new(Cell::new(false));
+        let mut channels = Vec::new();
+        for _ in 0..2 {
+            channels.push(endpoints[0].create_channel().await);
+        }
         let writers: Vec<_> = (0..2)
             .map(|i| {
                 tokio::task::spawn_local(history::write_messages(
                     history.clone(),
                     Client::new(endpoints.clone(), i),
-                    ChannelId::random(),
+                    channels[i],
                     10_000,
                     stop.clone(),
                 ))
@@ -41,20 +45,23 @@ async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
             .collect();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let old = c.wait_leader(Duration::from_secs(5)).await;
+        // Log in and make a channel while the old leader is still connected: both are
+        // writes, which a minority cannot commit.
+        let ep = endpoints.iter().find(|e| e.id == old).unwrap();
+        let conn = ep.connect().await.unwrap();
+        let cut_channel = ep.create_channel().await;
         isolated
             .lock()
             .unwrap()
             .insert(c.node(old).ip.parse().unwrap());
 
         // The isolated old leader cannot acknowledge a write.
-        let ep = endpoints.iter().find(|e| e.id == old).unwrap();
-        let conn = ep.connect().await.unwrap();
         let who = DevIdentity::generate().unwrap();
         let mut g = DevGroup::create(&who, GroupId::new(rand::random())).unwrap();
         let started = Instant::now();
         let r = conn
             .enqueue(
-                &ChannelId::random(),
+                &cut_channel,
                 &ClientMsgId::random(),
                 &g.application_message(b"cut off").unwrap(),
             )

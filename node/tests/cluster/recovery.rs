@@ -47,7 +47,7 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
     let mut c = Cluster::start(3, &["--snapshot-logs", "20"]).await;
     local(async {
         let history = Rc::new(History::default());
-        let channel = ChannelId::random();
+        let channel = c.endpoints()[0].create_channel().await;
         write(&history, &c, channel, 8).await;
         let leader = c.wait_leader(Duration::from_secs(5)).await;
         let follower = c.running().into_iter().find(|id| *id != leader).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
+use qpq_schemas::{ClientMsgId, GroupId, WireError};
 
 use crate::harness::{Cluster, Endpoint, local, serial};
 use crate::history::{self, History};
@@ -50,7 +50,11 @@ async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
         let packages: Vec<Vec<u8>> = (0..30)
             .map(|_| owner.key_package_bytes().unwrap())
             .collect();
-        let up = endpoints[0].connect().await.unwrap();
+        // The owner uploads as itself (a KeyPackage's identity must be the uploader's).
+        let mut up = endpoints[0].connect_anonymous().await.unwrap();
+        up.register_and_login(&owner.identity_key(), |m| owner.sign(m).unwrap())
+            .await
+            .unwrap();
         up.upload_key_packages(&packages, None).await.unwrap();
         let fetchers: Vec<_> = endpoints
             .iter()
@@ -87,8 +91,8 @@ async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
             let epoch = ga.epoch();
             let ca = ga.self_update_commit().unwrap();
             let cb = gb.self_update_commit().unwrap();
-            let channel = ChannelId::random();
             let (ea, eb) = (&endpoints[round % 3], &endpoints[(round + 1) % 3]);
+            let channel = ea.create_channel().await;
             let (xa, xb) = (ea.connect().await.unwrap(), eb.connect().await.unwrap());
             let (ia, ib) = (ClientMsgId::random(), ClientMsgId::random());
             let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
