@@ -974,13 +974,7 @@ async fn container_loop(
         let code = status
             .and_then(|s| s.code())
             .unwrap_or_else(|| 128 + signal.unwrap_or(9));
-        let reason = if code == 0 {
-            "Completed"
-        } else if liveness || signal.is_some() {
-            "Error"
-        } else {
-            "Error"
-        };
+        let reason = if code == 0 { "Completed" } else { "Error" };
         tracing::info!("{key}: exited with {code}");
         let restart = !stopped
             && match policy.as_str() {
