@@ -75,7 +75,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let images = runtime::ImageMap::load(&args.image_map)?;
     let config = kube::Config::infer().await.context("loading kubeconfig")?;
-    let api_url = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+    let api_url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
     let api_ca_pem = config.root_cert.as_ref().map(|certs| {
         certs
             .iter()
@@ -155,7 +159,10 @@ async fn main() -> anyhow::Result<()> {
         workers.retain(|uid, (_, handle)| seen.contains(uid) && !handle.is_finished());
     }
     tracing::info!("shutting down: stopping {} pods", workers.len());
-    let handles: Vec<_> = workers.into_values().map(|(tx, h)| (drop(tx), h).1).collect();
+    let handles: Vec<_> = workers
+        .into_values()
+        .map(|(tx, h)| (drop(tx), h).1)
+        .collect();
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }

@@ -139,7 +139,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
     };
     let spec = pod.spec.clone().unwrap_or_default();
     let env = Arc::new(PodEnv {
-        ns: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        ns: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
         ip,
         dir: ctx.state_dir.join("pods").join(format!(
@@ -150,15 +154,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
         )),
         start_time: now(),
         grace: Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .unwrap_or(30)
-                .max(0) as u64,
+            spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64
         ),
         pod,
     });
     tracing::info!("{key}: starting with IP {ip}");
     let shared = Arc::new(Shared {
-        init: Mutex::new(spec.init_containers.iter().flatten().map(CState::new).collect()),
+        init: Mutex::new(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(CState::new)
+                .collect(),
+        ),
         main: Mutex::new(spec.containers.iter().map(CState::new).collect()),
         changed: Notify::new(),
     });
@@ -195,14 +203,21 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
             crate::hosts::pod_names(spec.hostname.as_deref(), spec.subdomain.as_deref(), &env.ns),
         );
     }
-    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let mut tasks = Vec::new();
 
     // Init containers, one after another.
     let inits: Vec<Container> = spec.init_containers.clone().unwrap_or_default();
     let mut init_ok = true;
     for (idx, c) in inits.into_iter().enumerate() {
-        let policy = if restart_policy == "Never" { "Never" } else { "OnFailure" };
+        let policy = if restart_policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
         let task = tokio::spawn(container_loop(
             ctx.clone(),
             env.clone(),
@@ -405,7 +420,10 @@ impl Reporter {
                     }
                 } else if phase == Phase::Terminated {
                     "Failed"
-                } else if main.iter().any(|c| c.started || c.state.get("running").is_some()) {
+                } else if main
+                    .iter()
+                    .any(|c| c.started || c.state.get("running").is_some())
+                {
                     "Running"
                 } else {
                     "Pending"
@@ -500,7 +518,8 @@ async fn prepare_volumes(ctx: &Ctx, env: &PodEnv) -> anyhow::Result<Volumes> {
             out.dirs.insert(v.name.clone(), PathBuf::from(&host.path));
             continue;
         } else if let Some(cm) = &v.config_map {
-            let files = config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+            let files =
+                config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
             write_files(&dir, &files, cm.items.as_deref())?;
             out.ephemeral.push(dir.clone());
         } else if let Some(s) = &v.secret {
@@ -522,28 +541,38 @@ async fn prepare_volumes(ctx: &Ctx, env: &PodEnv) -> anyhow::Result<Volumes> {
             let mut files = BTreeMap::new();
             for src in p.sources.iter().flatten() {
                 if let Some(cm) = &src.config_map {
-                    let all = config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+                    let all =
+                        config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false))
+                            .await?;
                     files.extend(select(all, cm.items.as_deref()));
                 }
                 if let Some(s) = &src.secret {
-                    let all = secret_files(ctx, &env.ns, &s.name, s.optional.unwrap_or(false)).await?;
+                    let all =
+                        secret_files(ctx, &env.ns, &s.name, s.optional.unwrap_or(false)).await?;
                     files.extend(select(all, s.items.as_deref()));
                 }
                 if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {
                         if let Some(f) = &item.field_ref {
-                            let value = field_value(&env.pod, env.ip, &f.field_path).unwrap_or_default();
+                            let value =
+                                field_value(&env.pod, env.ip, &f.field_path).unwrap_or_default();
                             files.insert(item.path.clone(), value.into_bytes());
                         }
                     }
                 }
                 if let Some(t) = &src.service_account_token {
-                    let token = service_account_token(ctx, env, t.audience.clone(), t.expiration_seconds).await?;
+                    let token =
+                        service_account_token(ctx, env, t.audience.clone(), t.expiration_seconds)
+                            .await?;
                     files.insert(t.path.clone(), token.into_bytes());
                 }
             }
             write_files(&dir, &files, None)?;
-            if p.sources.iter().flatten().any(|s| s.service_account_token.is_some()) {
+            if p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.service_account_token.is_some())
+            {
                 let token_path = p
                     .sources
                     .iter()
@@ -563,7 +592,10 @@ async fn prepare_volumes(ctx: &Ctx, env: &PodEnv) -> anyhow::Result<Volumes> {
     Ok(out)
 }
 
-fn select(all: BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>) -> BTreeMap<String, Vec<u8>> {
+fn select(
+    all: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
     match items {
         None => all,
         Some(items) => items
@@ -608,7 +640,12 @@ async fn config_map_files(
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            files.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            files.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             Ok(files)
         }
         None if optional => Ok(BTreeMap::new()),
@@ -723,7 +760,9 @@ fn field_value(pod: &Pod, ip: Ipv4Addr, path: &str) -> Option<String> {
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
         "status.podIP" | "status.podIPs" => Some(ip.to_string()),
         "status.hostIP" | "status.hostIPs" => Some("127.0.0.1".into()),
-        _ if path.starts_with("metadata.labels['") => map_key("metadata.labels['", m.labels.as_ref()),
+        _ if path.starts_with("metadata.labels['") => {
+            map_key("metadata.labels['", m.labels.as_ref())
+        }
         _ if path.starts_with("metadata.annotations['") => {
             map_key("metadata.annotations['", m.annotations.as_ref())
         }
@@ -795,7 +834,10 @@ async fn launch_for(
             BTreeMap::new()
         };
         for (k, v) in files {
-            vars.push((format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned()));
+            vars.push((
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
         }
     }
     for e in c.env.iter().flatten() {
@@ -806,14 +848,16 @@ async fn launch_for(
                 field_value(&env.pod, env.ip, &f.field_path)
                     .ok_or_else(|| anyhow!("env {}: unsupported field {}", e.name, f.field_path))?
             } else if let Some(k) = &from.config_map_key_ref {
-                let files = config_map_files(ctx, &env.ns, &k.name, k.optional.unwrap_or(false)).await?;
+                let files =
+                    config_map_files(ctx, &env.ns, &k.name, k.optional.unwrap_or(false)).await?;
                 match files.get(&k.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if k.optional.unwrap_or(false) => continue,
                     None => return Err(anyhow!("env {}: key {} not in {}", e.name, k.key, k.name)),
                 }
             } else if let Some(k) = &from.secret_key_ref {
-                let files = secret_files(ctx, &env.ns, &k.name, k.optional.unwrap_or(false)).await?;
+                let files =
+                    secret_files(ctx, &env.ns, &k.name, k.optional.unwrap_or(false)).await?;
                 match files.get(&k.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if k.optional.unwrap_or(false) => continue,
@@ -1040,7 +1084,10 @@ async fn probe_loop(
         }
     }
     if let Some(p) = &c.startup_probe {
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let threshold = p.failure_threshold.unwrap_or(3).max(1);
         let mut failures = 0;
@@ -1059,7 +1106,10 @@ async fn probe_loop(
     }
     let readiness = async {
         let Some(p) = &c.readiness_probe else { return };
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let (succ_needed, fail_needed) = (
             p.success_threshold.unwrap_or(1).max(1),
@@ -1084,7 +1134,11 @@ async fn probe_loop(
                 }
             }
             // Probe quickly until first ready, so pods become Ready soon after they can.
-            let wait = if ready { period } else { period.min(Duration::from_secs(1)) };
+            let wait = if ready {
+                period
+            } else {
+                period.min(Duration::from_secs(1))
+            };
             tokio::time::sleep(wait).await;
         }
     };
@@ -1092,7 +1146,10 @@ async fn probe_loop(
         let Some(p) = &c.liveness_probe else {
             return std::future::pending::<()>().await;
         };
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let threshold = p.failure_threshold.unwrap_or(3).max(1);
         let mut fail = 0;

@@ -81,7 +81,10 @@ pub(crate) fn spawn(launch: &Launch) -> anyhow::Result<Child> {
 }
 
 /// SIGTERM to the process group, SIGKILL after `grace`; returns the exit status.
-pub(crate) async fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) async fn terminate(
+    child: &mut Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
@@ -140,7 +143,7 @@ pub(crate) async fn probe_once(probe: &Probe, container: &Container, pod_ip: &st
                 .as_bytes(),
             )
             .await?;
-            let mut buf = vec![0u8; 64];
+            let mut buf = [0u8; 64];
             let mut n = 0;
             while n < 12 {
                 let m = s.read(&mut buf[n..]).await?;
@@ -165,8 +168,11 @@ pub(crate) async fn probe_once(probe: &Probe, container: &Container, pod_ip: &st
         };
         let host = tcp.host.clone().unwrap_or_else(|| pod_ip.to_owned());
         return matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-                .await,
+            tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), port))
+            )
+            .await,
             Ok(Ok(_))
         );
     }
@@ -248,7 +254,10 @@ mod tests {
         assert_eq!(rewrite_path("/data", root, &mounts), "/r/data");
         assert_eq!(rewrite_path("/data/x", root, &mounts), "/r/data/x");
         assert_eq!(rewrite_path("/database", root, &mounts), "/database");
-        assert_eq!(rewrite_path("--cfg=/etc/cfg/a", root, &mounts), "--cfg=/r/etc/cfg/a");
+        assert_eq!(
+            rewrite_path("--cfg=/etc/cfg/a", root, &mounts),
+            "--cfg=/r/etc/cfg/a"
+        );
         assert_eq!(rewrite_path("plain", root, &mounts), "plain");
     }
 
@@ -257,7 +266,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qpq-imagemap-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("images.yaml");
-        std::fs::write(&path, "example.com/a:v1: /bin/a1\nexample.com/a: /bin/a\nb: rel/b\n")?;
+        std::fs::write(
+            &path,
+            "example.com/a:v1: /bin/a1\nexample.com/a: /bin/a\nb: rel/b\n",
+        )?;
         let map = ImageMap::load(&path)?;
         assert_eq!(map.resolve("example.com/a:v1"), Some(Path::new("/bin/a1")));
         assert_eq!(map.resolve("example.com/a:v2"), Some(Path::new("/bin/a")));

@@ -54,7 +54,11 @@ pub(crate) async fn provision(ctx: &Ctx) -> anyhow::Result<()> {
             continue;
         };
         let pv_name = format!("pvc-{uid}");
-        if pvs.items.iter().any(|v| v.metadata.name.as_deref() == Some(&pv_name)) {
+        if pvs
+            .items
+            .iter()
+            .any(|v| v.metadata.name.as_deref() == Some(&pv_name))
+        {
             continue;
         }
         let dir = ctx.state_dir.join("pv").join(&uid);

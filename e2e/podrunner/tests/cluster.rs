@@ -56,8 +56,7 @@ async fn setup(test: &str) -> Option<Env> {
     .await
     .expect("create namespace");
     // The controller manager creates the namespace's default service account asynchronously.
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &ns);
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
     wait("default service account", 60, || async {
         sas.get_opt("default").await.ok().flatten()
     })
@@ -92,7 +91,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -112,7 +114,11 @@ async fn pod_http(
         .status
         .and_then(|s| s.pod_ip)
         .ok_or_else(|| "no pod IP".to_owned())?;
-    if ip.parse::<Ipv4Addr>().map(|a| a.is_loopback()).unwrap_or(false) {
+    if ip
+        .parse::<Ipv4Addr>()
+        .map(|a| a.is_loopback())
+        .unwrap_or(false)
+    {
         return direct_http(&ip, method, path, body).await;
     }
     let uri = format!("/api/v1/namespaces/{}/pods/{pod}:8080/proxy{path}", env.ns);
@@ -128,7 +134,12 @@ async fn pod_http(
     }
 }
 
-async fn direct_http(ip: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+async fn direct_http(
+    ip: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect((ip, 8080)).await?;
         s.write_all(
@@ -152,7 +163,11 @@ async fn direct_http(ip: &str, method: &str, path: &str, body: &str) -> Result<(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("").to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_owned();
     Ok((status, body))
 }
 
@@ -206,7 +221,9 @@ fn restarts(p: &Pod) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_identity_storage_restarts_and_scale() {
-    let Some(env) = setup("sts").await else { return };
+    let Some(env) = setup("sts").await else {
+        return;
+    };
     let t0 = Instant::now();
     let ns = env.ns.clone();
     let c = env.client.clone();
@@ -214,29 +231,41 @@ async fn statefulset_identity_storage_restarts_and_scale() {
 
     step("config map, secret, headless service, 3-replica stateful set");
     Api::<ConfigMap>::namespaced(c.clone(), &ns)
-        .create(&pp, &serde_json::from_value(json!({
-            "metadata": {"name": "cfg"}, "data": {"greeting": "hello from a config map"}
-        })).unwrap())
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "cfg"}, "data": {"greeting": "hello from a config map"}
+            }))
+            .unwrap(),
+        )
         .await
         .unwrap();
     Api::<Secret>::namespaced(c.clone(), &ns)
-        .create(&pp, &serde_json::from_value(json!({
-            "metadata": {"name": "sec"}, "stringData": {"token": "s3cret"}
-        })).unwrap())
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "sec"}, "stringData": {"token": "s3cret"}
+            }))
+            .unwrap(),
+        )
         .await
         .unwrap();
     Api::<Service>::namespaced(c.clone(), &ns)
-        .create(&pp, &serde_json::from_value(json!({
-            "metadata": {"name": "web"},
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
-                     "selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}
-        })).unwrap())
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web"},
+                "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
+                         "selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}
+            }))
+            .unwrap(),
+        )
         .await
         .unwrap();
     let mut server = container(&env, json!([]));
-    server["readinessProbe"] = json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1});
-    server["livenessProbe"] =
-        json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
+    server["readinessProbe"] =
+        json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1});
+    server["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
     server["volumeMounts"] = json!([
         {"name": "cfg", "mountPath": "/etc/qpq-config"},
         {"name": "sec", "mountPath": "/etc/qpq-secret", "readOnly": true},
@@ -287,7 +316,10 @@ async fn statefulset_identity_storage_restarts_and_scale() {
         assert_eq!(vars["POD_NAME"], json!(name));
         assert_eq!(vars["POD_NAMESPACE"], json!(ns));
         assert_eq!(vars["POD_IP"], json!(ip));
-        assert_eq!(get_ok(&env, &name, "/config/greeting").await, "hello from a config map");
+        assert_eq!(
+            get_ok(&env, &name, "/config/greeting").await,
+            "hello from a config map"
+        );
         assert_eq!(get_ok(&env, &name, "/secret/token").await, "s3cret");
         ips.push(ip);
     }
@@ -306,17 +338,29 @@ async fn statefulset_identity_storage_restarts_and_scale() {
     }
 
     step("a file on the PVC survives deletion of the pod; the pod got SIGTERM");
-    let (status, _) = pod_http(&env, "web-1", "PUT", "/data/marker", "kept across pods").await.unwrap();
+    let (status, _) = pod_http(&env, "web-1", "PUT", "/data/marker", "kept across pods")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    let old_uid = pod_by_name(&env, "web-1").await.unwrap().metadata.uid.unwrap();
+    let old_uid = pod_by_name(&env, "web-1")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
-    pods.delete("web-1", &DeleteParams::default()).await.unwrap();
+    pods.delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
     wait("web-1 re-created and ready", 120, || async {
         let p = pod_by_name(&env, "web-1").await?;
         (p.metadata.uid.as_deref() != Some(old_uid.as_str()) && is_ready(&p)).then_some(())
     })
     .await;
-    assert_eq!(get_ok(&env, "web-1", "/data/marker").await, "kept across pods");
+    assert_eq!(
+        get_ok(&env, "web-1", "/data/marker").await,
+        "kept across pods"
+    );
     let terms = get_ok(&env, "web-1", "/data/terminations").await;
     assert!(terms.contains("sigterm"), "no SIGTERM recorded: {terms:?}");
 
@@ -328,7 +372,10 @@ async fn statefulset_identity_storage_restarts_and_scale() {
         (restarts(&p) > before && is_ready(&p)).then_some(p)
     })
     .await;
-    let last = p.status.unwrap().container_statuses.unwrap()[0].clone().last_state.unwrap();
+    let last = p.status.unwrap().container_statuses.unwrap()[0]
+        .clone()
+        .last_state
+        .unwrap();
     assert_eq!(last.terminated.unwrap().exit_code, 3);
 
     step("a failing liveness probe restarts the container");
@@ -342,12 +389,23 @@ async fn statefulset_identity_storage_restarts_and_scale() {
     .await;
 
     step("scale 3 -> 1 removes web-2 and web-1");
-    sts.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
-        .await
-        .unwrap();
+    sts.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
     wait("only web-0 left", 120, || async {
-        let list = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
-        let names: Vec<_> = list.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        let names: Vec<_> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
         (names == ["web-0"]).then_some(())
     })
     .await;
@@ -359,14 +417,20 @@ async fn statefulset_identity_storage_restarts_and_scale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_honours_the_grace_period() {
-    let Some(env) = setup("grace").await else { return };
+    let Some(env) = setup("grace").await else {
+        return;
+    };
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     let mut server = container(&env, json!([{"name": "IGNORE_SIGTERM", "value": "1"}]));
     server["readinessProbe"] = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1});
-    pods.create(&PostParams::default(), &serde_json::from_value(json!({
-        "metadata": {"name": "stubborn"},
-        "spec": {"terminationGracePeriodSeconds": 4, "containers": [server]},
-    })).unwrap())
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "stubborn"},
+            "spec": {"terminationGracePeriodSeconds": 4, "containers": [server]},
+        }))
+        .unwrap(),
+    )
     .await
     .unwrap();
     wait("stubborn ready", 120, || async {
@@ -376,22 +440,34 @@ async fn delete_honours_the_grace_period() {
     .await;
     step("deleting a pod that ignores SIGTERM (grace 4 s)");
     let t = Instant::now();
-    pods.delete("stubborn", &DeleteParams::default()).await.unwrap();
+    pods.delete("stubborn", &DeleteParams::default())
+        .await
+        .unwrap();
     wait("stubborn gone", 60, || async {
         pod_by_name(&env, "stubborn").await.is_none().then_some(())
     })
     .await;
     let took = t.elapsed();
     step(&format!("pod gone after {took:?}"));
-    assert!(took >= Duration::from_secs(4), "killed before the grace period: {took:?}");
-    assert!(took < Duration::from_secs(30), "grace period not enforced: {took:?}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "grace period not enforced: {took:?}"
+    );
 
     step("a pod that handles SIGTERM goes at once");
     let server = container(&env, json!([]));
-    pods.create(&PostParams::default(), &serde_json::from_value(json!({
-        "metadata": {"name": "polite"},
-        "spec": {"terminationGracePeriodSeconds": 30, "containers": [server]},
-    })).unwrap())
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "polite"},
+            "spec": {"terminationGracePeriodSeconds": 30, "containers": [server]},
+        }))
+        .unwrap(),
+    )
     .await
     .unwrap();
     wait("polite running", 120, || async {
@@ -400,11 +476,17 @@ async fn delete_honours_the_grace_period() {
     })
     .await;
     let t = Instant::now();
-    pods.delete("polite", &DeleteParams::default()).await.unwrap();
+    pods.delete("polite", &DeleteParams::default())
+        .await
+        .unwrap();
     wait("polite gone", 60, || async {
         pod_by_name(&env, "polite").await.is_none().then_some(())
     })
     .await;
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
     teardown(&env).await;
 }
