@@ -226,6 +226,15 @@ down() {
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$f"
   done
+  # Container processes of a runner that did not stop them (it was killed): each is a process
+  # group leader whose working directory is inside the runner's state.
+  for f in "$STATE"/runner/pods/*/pids/*; do
+    [[ -f "$f" ]] || continue
+    pid=$(cat "$f")
+    if [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$STATE"/* ]]; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+  done
   if [[ "${QPQ_K8S_KEEP:-0}" != 1 ]]; then
     rm -rf "$STATE"
   fi

@@ -894,6 +894,7 @@ async fn launch_for(
         env: vars,
         cwd,
         log: env.dir.join("logs").join(&c.name).join("0.log"),
+        pid_file: env.dir.join("pids").join(&c.name),
     })
 }
 
@@ -1008,6 +1009,7 @@ async fn container_loop(
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             runtime::kill_group(pid);
         }
+        let _ = std::fs::remove_file(&launch.pid_file);
         let (status, stopped) = match outcome {
             Outcome::Exited(s) => (s, false),
             Outcome::Stopped(s) => (s, true),

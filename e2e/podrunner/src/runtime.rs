@@ -54,6 +54,9 @@ pub(crate) struct Launch {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) cwd: PathBuf,
     pub(crate) log: PathBuf,
+    /// Holds the process (group) id while the process runs, so that `control-plane.sh down`
+    /// can kill processes left behind by a runner that was itself killed.
+    pub(crate) pid_file: PathBuf,
 }
 
 pub(crate) fn spawn(launch: &Launch) -> anyhow::Result<Child> {
@@ -76,8 +79,14 @@ pub(crate) fn spawn(launch: &Launch) -> anyhow::Result<Child> {
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn()
-        .with_context(|| format!("starting {}", launch.program.display()))
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", launch.program.display()))?;
+    if let (Some(pid), Some(dir)) = (child.id(), launch.pid_file.parent()) {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&launch.pid_file, pid.to_string())?;
+    }
+    Ok(child)
 }
 
 /// SIGTERM to the process group, SIGKILL after `grace`; returns the exit status.
