@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -487,6 +488,52 @@ async fn delete_honours_the_grace_period() {
         t.elapsed() < Duration::from_secs(20),
         "took {:?}",
         t.elapsed()
+    );
+    teardown(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_with_init_container_completes() {
+    let Some(env) = setup("job").await else {
+        return;
+    };
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut init = container(&env, json!([{"name": "EXIT_WITH", "value": "0"}]));
+    init["name"] = json!("init");
+    init["args"] = json!(["$(POD_NAME)"]);
+    let main = container(&env, json!([{"name": "EXIT_WITH", "value": "0"}]));
+    jobs.create(&PostParams::default(), &serde_json::from_value(json!({
+        "metadata": {"name": "once"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {"restartPolicy": "Never", "initContainers": [init], "containers": [main]}},
+        },
+    })).unwrap())
+    .await
+    .unwrap();
+    wait("job succeeded", 120, || async {
+        let j = jobs.get("once").await.ok()?;
+        (j.status?.succeeded? == 1).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let list = pods
+        .list(&ListParams::default().labels("job-name=once"))
+        .await
+        .unwrap();
+    let status = list.items[0].status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let init_status = &status.init_container_statuses.unwrap()[0];
+    assert_eq!(
+        init_status
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
     );
     teardown(&env).await;
 }

@@ -10,6 +10,9 @@
 //! - `GET /fetch?<url>`: fetches `http://host:port/path` and returns its status and body (pod to pod)
 //! - `POST /exit?<code>`: exits the process with `<code>` (so restarts can be tested)
 //!
+//! With `$EXIT_WITH=<code>` it prints its arguments and exits at once with that code (for init
+//! containers and jobs).
+//!
 //! On SIGTERM it appends `sigterm <unix-ms>` to `$DATA_DIR/terminations` (when set), then exits
 //! after `$TERM_DELAY_MS` (default 0), or never if `$IGNORE_SIGTERM=1`.
 
@@ -40,6 +43,11 @@ fn now_ms() -> u128 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
+    if let Ok(code) = std::env::var("EXIT_WITH") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        println!("qpq-testserver {args:?}: exiting with {code}");
+        std::process::exit(code.parse().unwrap_or(1));
+    }
     let default_listen = match std::env::var("POD_IP") {
         Ok(ip) if !ip.is_empty() => format!("{ip}:8080"),
         _ => "0.0.0.0:8080".to_owned(),
