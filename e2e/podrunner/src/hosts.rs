@@ -1,6 +1,7 @@
 //! Cluster DNS names for pods, published in a marked block of the hosts file.
 //!
-//! The block lies between `# BEGIN qpq-podrunner` and `# END qpq-podrunner`; the file is
+//! The block lies between `# BEGIN qpq-podrunner <node>` and `# END qpq-podrunner <node>` (so
+//! runners of different node names can share the file); the file is
 //! rewritten in place (it is often a bind mount, so no rename) and the block is removed when
 //! the runner exits. glibc resolves these names for every process (`files` comes first in
 //! `nsswitch.conf`), so pod processes reach each other by their StatefulSet names.
@@ -9,18 +10,19 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-const BEGIN: &str = "# BEGIN qpq-podrunner (managed; removed when the runner exits)";
-const END: &str = "# END qpq-podrunner";
-
 pub(crate) struct HostsFile {
     path: PathBuf,
+    begin: String,
+    end: String,
     entries: BTreeMap<String, (Ipv4Addr, Vec<String>)>,
 }
 
 impl HostsFile {
-    pub(crate) fn new(path: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn new(path: PathBuf, node: &str) -> std::io::Result<Self> {
         let hosts = Self {
             path,
+            begin: format!("# BEGIN qpq-podrunner {node} (managed; removed when the runner exits)"),
+            end: format!("# END qpq-podrunner {node}"),
             entries: BTreeMap::new(),
         };
         hosts.write()?;
@@ -56,17 +58,17 @@ impl HostsFile {
 
     fn write_block(&self, with_block: bool) -> std::io::Result<()> {
         let old = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let mut out = strip_block(&old);
+        let mut out = strip_block(&old, &self.begin, &self.end);
         if with_block && !self.entries.is_empty() {
             if !out.is_empty() && !out.ends_with('\n') {
                 out.push('\n');
             }
-            out.push_str(BEGIN);
+            out.push_str(&self.begin);
             out.push('\n');
             for (ip, names) in self.entries.values() {
                 out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
             }
-            out.push_str(END);
+            out.push_str(&self.end);
             out.push('\n');
         }
         if out != old {
@@ -76,13 +78,13 @@ impl HostsFile {
     }
 }
 
-fn strip_block(text: &str) -> String {
+fn strip_block(text: &str, begin: &str, end: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in text.lines() {
-        if line.starts_with("# BEGIN qpq-podrunner") {
+        if line == begin {
             inside = true;
-        } else if inside && line == END {
+        } else if inside && line == end {
             inside = false;
         } else if !inside {
             out.push_str(line);
@@ -113,8 +115,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qpq-hosts-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("hosts");
-        std::fs::write(&path, "127.0.0.1 localhost\n")?;
-        let mut h = HostsFile::new(path.clone())?;
+        std::fs::write(
+            &path,
+            "127.0.0.1 localhost\n# BEGIN qpq-podrunner other (managed; removed when the runner exits)\n127.0.0.5 x\n# END qpq-podrunner other\n",
+        )?;
+        let other = std::fs::read_to_string(&path)?;
+        let mut h = HostsFile::new(path.clone(), "n1")?;
         h.set(
             "a",
             Ipv4Addr::new(127, 88, 0, 1),
@@ -122,11 +128,15 @@ mod tests {
         );
         let text = std::fs::read_to_string(&path)?;
         assert!(text.contains("127.88.0.1\tweb-0.web.ns.svc.cluster.local web-0.web.ns.svc"));
+        assert!(
+            text.contains("127.0.0.5 x"),
+            "another runner's block is kept"
+        );
         h.remove("a");
-        assert_eq!(std::fs::read_to_string(&path)?, "127.0.0.1 localhost\n");
+        assert_eq!(std::fs::read_to_string(&path)?, other);
         h.set("b", Ipv4Addr::new(127, 88, 0, 2), vec!["x".into()]);
         h.clear();
-        assert_eq!(std::fs::read_to_string(&path)?, "127.0.0.1 localhost\n");
+        assert_eq!(std::fs::read_to_string(&path)?, other);
         std::fs::remove_dir_all(&dir)
     }
 

@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, env = "QPQ_HOSTS_FILE", default_value = "/etc/hosts")]
     hosts_file: PathBuf,
     /// Second octet of pod IPs: pods get 127.<octet>.y.z.
-    #[arg(long, default_value_t = 88)]
+    #[arg(long, env = "QPQ_POD_IP_OCTET", default_value_t = 88)]
     ip_octet: u8,
     /// Longest restart back-off, in seconds (the kubelet's is 300).
     #[arg(long, default_value_t = 20)]
@@ -95,7 +95,10 @@ async fn main() -> anyhow::Result<()> {
         node: args.node_name.clone(),
         state_dir: args.state_dir.clone(),
         images,
-        hosts: Mutex::new(hosts::HostsFile::new(args.hosts_file.clone())?),
+        hosts: Mutex::new(hosts::HostsFile::new(
+            args.hosts_file.clone(),
+            &args.node_name,
+        )?),
         ips: Mutex::new(util::IpPool::new(args.ip_octet)),
         max_backoff: Duration::from_secs(args.max_backoff_secs),
         api_url,
