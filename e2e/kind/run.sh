@@ -25,4 +25,4 @@ docker build -f e2e/kind/Dockerfile.testserver -t "$IMAGE" .
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 QPQ_E2E_KUBECONFIG="$KCFG" QPQ_E2E_TESTSERVER_IMAGE="$IMAGE" \
-  cargo test -p qpq-podrunner --test cluster -- --nocapture
+  cargo test --manifest-path e2e/podrunner/Cargo.toml --test cluster -- --nocapture

@@ -14,8 +14,14 @@ cd "$(dirname "$0")/../.."
 CP=e2e/scripts/control-plane.sh
 STATE="${QPQ_K8S_DIR:-/tmp/qpq-k8s}"
 export QPQ_K8S_DIR="$STATE"
-TARGET="${CARGO_TARGET_DIR:-target}"
+MANIFEST=e2e/podrunner/Cargo.toml # a workspace of its own (see its Cargo.toml)
+TARGET="${CARGO_TARGET_DIR:-e2e/podrunner/target}"
 t0=$SECONDS
+
+# One suite per state directory at a time: a second run would share, then tear down, the first's
+# cluster.
+exec 9>"$STATE.lock"
+flock -w 900 9 || { echo "k8s-e2e: another run holds $STATE.lock" >&2; exit 1; }
 
 cleanup() {
   local rc=$?
@@ -37,7 +43,7 @@ echo "== k8s-e2e: control plane"
 t_up=$SECONDS
 
 echo "== k8s-e2e: build qpq-podrunner and qpq-testserver"
-cargo build -p qpq-podrunner --bins --tests
+cargo build --manifest-path "$MANIFEST" --bins --tests
 cat > "$STATE/images.yaml" <<YAML
 # image reference -> local binary (the pod runner's "registry")
 qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
@@ -58,5 +64,5 @@ done
 echo "== k8s-e2e: tests"
 t_tests=$SECONDS
 QPQ_E2E_KUBECONFIG="$STATE/kubeconfig" QPQ_E2E_TESTSERVER_IMAGE=qpq/testserver:dev \
-  cargo test -p qpq-podrunner --test cluster -- --nocapture
+  cargo test --manifest-path "$MANIFEST" --test cluster -- --nocapture
 echo "k8s-e2e: control plane up ${t_up}s (from start), tests $((SECONDS - t_tests))s, total $((SECONDS - t0))s"
