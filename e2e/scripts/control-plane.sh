@@ -50,6 +50,12 @@ build() {
   command -v go >/dev/null || die "go toolchain not found"
   local src="$BUILD_DIR/src"
   mkdir -p "$src/cmd/etcd" "$BIN"
+  # Two worktrees may build at once: one builds, the other waits and reuses.
+  exec 8>"$BUILD_DIR/.build.lock"
+  flock 8
+  if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" ]]; then
+    return 0
+  fi
   local start=$SECONDS
   log "building kube-apiserver, kube-controller-manager $K8S_VERSION and etcd $ETCD_VERSION in $src (cold: tens of minutes)"
   {
@@ -88,6 +94,7 @@ GO
       ./cmd/etcd
   )
   mv "$BIN.tmp"/* "$BIN/" && rmdir "$BIN.tmp"
+  flock -u 8
   log "built in $((SECONDS - start))s: $(ls "$BIN" | tr '\n' ' ')"
 }
 
