@@ -1,0 +1,189 @@
+//! `qpq-podrunner`: plays the kubelet of one fake node of a local Kubernetes control plane.
+//!
+//! It registers a Ready node, binds pending pods to it, runs each container as a local process
+//! (image reference → local binary, from an image map), gives each pod its own loopback IP,
+//! provisions PVCs as directories, publishes StatefulSet pod DNS names in a marked block of the
+//! hosts file, runs HTTP/TCP probes, restarts containers with back-off, honours grace periods on
+//! delete and reports pod status. See `docs/local-kubernetes.md` for the contract.
+
+mod hosts;
+mod node;
+mod pod;
+mod runtime;
+mod storage;
+mod util;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use tokio::sync::watch;
+
+/// Command-line options.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Name of the node this runner registers and plays the kubelet for.
+    #[arg(long, env = "QPQ_NODE_NAME", default_value = "qpq-local")]
+    node_name: String,
+    /// Image map (YAML or JSON): `image reference: /path/to/binary`.
+    #[arg(long, env = "QPQ_IMAGE_MAP")]
+    image_map: PathBuf,
+    /// Directory for pod roots, volumes, provisioned PVs and container logs.
+    #[arg(long, env = "QPQ_RUNNER_STATE", default_value = "/tmp/qpq-podrunner")]
+    state_dir: PathBuf,
+    /// Hosts file in which StatefulSet pod DNS names are published (between markers).
+    #[arg(long, env = "QPQ_HOSTS_FILE", default_value = "/etc/hosts")]
+    hosts_file: PathBuf,
+    /// Second octet of pod IPs: pods get 127.<octet>.y.z.
+    #[arg(long, env = "QPQ_POD_IP_OCTET", default_value_t = 88)]
+    ip_octet: u8,
+    /// Longest restart back-off, in seconds (the kubelet's is 300).
+    #[arg(long, default_value_t = 20)]
+    max_backoff_secs: u64,
+    /// How often pods and claims are listed, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+}
+
+/// Shared state of the runner.
+pub(crate) struct Ctx {
+    pub(crate) client: kube::Client,
+    pub(crate) node: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) images: runtime::ImageMap,
+    pub(crate) hosts: Mutex<hosts::HostsFile>,
+    pub(crate) ips: Mutex<util::IpPool>,
+    pub(crate) max_backoff: Duration,
+    pub(crate) api_url: String,
+    pub(crate) api_ca_pem: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let images = runtime::ImageMap::load(&args.image_map)?;
+    let config = kube::Config::infer().await.context("loading kubeconfig")?;
+    let api_url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    let api_ca_pem = config.root_cert.as_ref().map(|certs| {
+        certs
+            .iter()
+            .map(|der| util::pem("CERTIFICATE", der))
+            .collect::<String>()
+    });
+    let client = kube::Client::try_from(config)?;
+    std::fs::create_dir_all(&args.state_dir)?;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        node: args.node_name.clone(),
+        state_dir: args.state_dir.clone(),
+        images,
+        hosts: Mutex::new(hosts::HostsFile::new(
+            args.hosts_file.clone(),
+            &args.node_name,
+        )?),
+        ips: Mutex::new(util::IpPool::new(args.ip_octet)),
+        max_backoff: Duration::from_secs(args.max_backoff_secs),
+        api_url,
+        api_ca_pem,
+    });
+
+    node::register(&ctx).await?;
+    storage::ensure_storage_class(&ctx).await?;
+    tokio::spawn(node::heartbeat(ctx.clone()));
+    tracing::info!(node = %ctx.node, "pod runner started");
+
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut workers: HashMap<String, (watch::Sender<Pod>, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(args.poll_ms));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut shutdown => break,
+        }
+        if let Err(e) = storage::provision(&ctx).await {
+            tracing::warn!("provisioning: {e:#}");
+        }
+        let list = match pods.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!("listing pods: {e}");
+                continue;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for p in list.items {
+            let Some(uid) = p.metadata.uid.clone() else {
+                continue;
+            };
+            let spec_node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            match spec_node {
+                None => {
+                    if p.metadata.deletion_timestamp.is_none()
+                        && let Err(e) = pod::bind(&ctx, &p).await
+                    {
+                        tracing::warn!("binding {}: {e:#}", util::pod_key(&p));
+                    }
+                }
+                Some(n) if n == ctx.node => {
+                    seen.insert(uid.clone());
+                    if let Some((tx, _)) = workers.get(&uid) {
+                        tx.send_replace(p);
+                    } else if pod::is_finished(&p) && p.metadata.deletion_timestamp.is_none() {
+                        // A terminal pod from an earlier runner: nothing to run.
+                    } else {
+                        let (tx, rx) = watch::channel(p);
+                        let handle = tokio::spawn(pod::run(ctx.clone(), rx));
+                        workers.insert(uid, (tx, handle));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // Pods that vanished (force-deleted) are dropped: their sender goes, the worker stops.
+        workers.retain(|uid, (_, handle)| seen.contains(uid) && !handle.is_finished());
+    }
+    tracing::info!("shutting down: stopping {} pods", workers.len());
+    let handles: Vec<_> = workers
+        .into_values()
+        .map(|(tx, h)| (drop(tx), h).1)
+        .collect();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+    }
+    if let Ok(mut hosts) = ctx.hosts.lock() {
+        hosts.clear();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Local Kubernetes e2e suite: brings up the local control plane (etcd, kube-apiserver,
+# kube-controller-manager), starts qpq-podrunner as the kubelet of one node, runs the cluster
+# tests of e2e/podrunner against it, and tears everything down (also on failure).
+#
+#   e2e/scripts/k8s-e2e.sh            # build what is missing, run, tear down
+#   QPQ_K8S_KEEP=1 e2e/scripts/k8s-e2e.sh   # leave the cluster running afterwards
+#
+# Cost: cold, building kube-apiserver/kube-controller-manager/etcd took ~34 min on the shared 2-core
+# machine (cached in ${QPQ_CACHE:-~/.cache/qpq}/k8s); warm, `up` takes 4-7 s, the tests ~10 s, all ~30-40 s.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CP=e2e/scripts/control-plane.sh
+STATE="${QPQ_K8S_DIR:-/tmp/qpq-k8s}"
+export QPQ_K8S_DIR="$STATE"
+MANIFEST=e2e/podrunner/Cargo.toml # a workspace of its own (see its Cargo.toml)
+TARGET="${CARGO_TARGET_DIR:-e2e/podrunner/target}"
+t0=$SECONDS
+
+# One suite per state directory at a time: a second run would share, then tear down, the first's
+# cluster.
+exec 9>"$STATE.lock"
+flock -w 900 9 || { echo "k8s-e2e: another run holds $STATE.lock" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "k8s-e2e: failed; last runner log lines:" >&2
+    tail -n 40 "$STATE/logs/qpq-podrunner.log" >&2 2>/dev/null || true
+  fi
+  if [[ "${QPQ_K8S_KEEP:-0}" == 1 ]]; then
+    echo "k8s-e2e: leaving the cluster up: eval \"\$($CP env)\"; stop with $CP down" >&2
+  else
+    "$CP" down || true
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+echo "== k8s-e2e: control plane"
+"$CP" up
+t_up=$SECONDS
+
+echo "== k8s-e2e: build qpq-podrunner and qpq-testserver"
+cargo build --manifest-path "$MANIFEST" --bins --tests
+cat > "$STATE/images.yaml" <<YAML
+# image reference -> local binary (the pod runner's "registry")
+qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
+YAML
+
+echo "== k8s-e2e: pod runner"
+mkdir -p "$STATE/pids" "$STATE/logs"
+KUBECONFIG="$STATE/kubeconfig" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
+  setsid "$TARGET/debug/qpq-podrunner" --image-map "$STATE/images.yaml" \
+  --state-dir "$STATE/runner" >"$STATE/logs/qpq-podrunner.log" 2>&1 </dev/null &
+echo $! > "$STATE/pids/qpq-podrunner.pid"
+for _ in $(seq 1 60); do
+  grep -q "pod runner started" "$STATE/logs/qpq-podrunner.log" && break
+  kill -0 "$(cat "$STATE/pids/qpq-podrunner.pid")" || { echo "k8s-e2e: runner died" >&2; exit 1; }
+  sleep 0.5
+done
+
+echo "== k8s-e2e: tests"
+t_tests=$SECONDS
+QPQ_E2E_KUBECONFIG="$STATE/kubeconfig" QPQ_E2E_TESTSERVER_IMAGE=qpq/testserver:dev \
+  cargo test --manifest-path "$MANIFEST" --test cluster -- --nocapture
+echo "k8s-e2e: control plane up ${t_up}s (from start), tests $((SECONDS - t_tests))s, total $((SECONDS - t0))s"
