@@ -75,6 +75,9 @@ struct Common {
     /// Cap on fetchWait timeouts, in seconds.
     #[arg(long, env = "QPQ_MAX_FETCH_WAIT_SECS", default_value_t = 30)]
     max_fetch_wait_secs: u64,
+    /// Payload cap per message, in bytes (at most the wire maximum, 5 MiB).
+    #[arg(long, env = "QPQ_MAX_PAYLOAD_BYTES", default_value_t = qpq_schemas::limits::MAX_PAYLOAD_BYTES)]
+    max_payload_bytes: usize,
     /// Unexpired single-use KeyPackages one identity may hold.
     #[arg(long, env = "QPQ_MAX_KEY_PACKAGES", default_value_t = Limits::default().max_key_packages_per_identity)]
     max_key_packages_per_identity: u32,
@@ -184,6 +187,9 @@ impl Common {
         let limits = Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_payload_bytes: self
+                .max_payload_bytes
+                .min(qpq_schemas::limits::MAX_PAYLOAD_BYTES),
             max_streams_per_connection: self.max_streams_per_connection,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             max_fetch_wait: Duration::from_secs(self.max_fetch_wait_secs),

@@ -38,10 +38,14 @@ fn env(node: &NodeConfigSpec) -> BTreeMap<String, String> {
         "QPQ_MAX_CONNECTIONS_PER_IP",
         node.max_connections_per_ip.map(|v| v.to_string()),
     );
-    put(
-        "QPQ_RATE_LIMIT_PER_SECOND",
-        node.rate_limit_per_second.map(|v| v.to_string()),
-    );
+    // The node limits per client IP, per account and per device; the CRD has one rate.
+    for var in [
+        "QPQ_RATE_PER_IP",
+        "QPQ_RATE_PER_ACCOUNT",
+        "QPQ_RATE_PER_DEVICE",
+    ] {
+        put(var, node.rate_limit_per_second.map(|v| v.to_string()));
+    }
     put(
         "QPQ_MAX_PAYLOAD_BYTES",
         node.max_payload_bytes.map(|v| v.to_string()),
