@@ -1,0 +1,532 @@
+//! The `qpq` command line: profiles, registration, groups, messages.
+//!
+//! A profile is a directory (`$QPQ_HOME/NAME`, or `./qpq-profiles/NAME` without `QPQ_HOME`)
+//! holding `config.json` (node address, server name, pinned certificate fingerprint) and
+//! `state.sqlite3` (identity, MLS state, outbox, cursors, events). Several profiles on one
+//! machine make a demo (`scripts/conversation`).
+//!
+//! Output is for humans by default; `--json` prints one JSON document per command (and one
+//! JSON line per event for `recv --follow`).
+//!
+//! Today `register` creates the device identity and uploads its KeyPackages and `login`
+//! checks the node and tops up KeyPackages; with authentication they become the real
+//! challenge–response registration and login, with the same commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use qpq_schemas::IdentityKey;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Event, EventKind};
+use crate::db::Provider;
+use crate::error::{Error, Result};
+use crate::keypackages::SystemClock;
+use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
+use crate::tls::{ServerVerification, parse_fingerprint};
+
+#[derive(Parser, Debug)]
+#[command(name = "qpq", version, about = "quicproquo client: end-to-end encrypted groups over MLS")]
+struct Cli {
+    /// Profile name (a directory under $QPQ_HOME, or ./qpq-profiles).
+    #[arg(long, global = true, env = "QPQ_PROFILE", default_value = "default")]
+    profile: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this profile's device identity and upload its KeyPackages.
+    Register {
+        /// Node address (host:port, UDP).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        node: String,
+        /// Pinned SHA-256 fingerprint of the node's certificate (as `qpq-node dev` prints it).
+        #[arg(long)]
+        fingerprint: String,
+        /// Name the node's certificate is for (ignored when pinning).
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+    },
+    /// Check the node and top up KeyPackages (becomes a real login with authentication).
+    Login,
+    /// This account's devices (today: this one) and its KeyPackages on the node.
+    Devices,
+    /// Print this device's identity key.
+    Whoami,
+    /// Local names for identity keys.
+    Contact {
+        #[command(subcommand)]
+        command: ContactCommand,
+    },
+    /// Groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Send a message to a group.
+    Send {
+        /// Group name or id prefix.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Fetch and print new events.
+    Recv {
+        /// Keep waiting for more.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Send a direct message (a two-member group, created on first use).
+    Dm {
+        /// Contact name or identity key (hex).
+        peer: String,
+        /// The text.
+        text: String,
+    },
+    /// Identity, node, groups, outbox.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContactCommand {
+    /// Remember `identity` as `name`.
+    Add {
+        /// Local name.
+        name: String,
+        /// Identity key (64 hex digits).
+        identity: String,
+    },
+    /// List contacts.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// Local name.
+        name: String,
+    },
+    /// Invite a contact.
+    Invite {
+        /// Group name or id prefix.
+        group: String,
+        /// Contact name or identity key.
+        member: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// Group name or id prefix.
+        group: String,
+        /// Contact name or identity key.
+        member: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// Rotate this device's keys in a group.
+    Update {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// List members.
+    Members {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// Give a joined group a local name.
+    Name {
+        /// Group id prefix.
+        group: String,
+        /// The name.
+        name: String,
+    },
+    /// List groups.
+    List,
+}
+
+/// `config.json` of a profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProfileConfig {
+    node: String,
+    server_name: String,
+    fingerprint: String,
+}
+
+fn profile_dir(name: &str) -> PathBuf {
+    match std::env::var_os("QPQ_HOME") {
+        Some(home) => PathBuf::from(home).join(name),
+        None => PathBuf::from("qpq-profiles").join(name),
+    }
+}
+
+fn load_config(dir: &Path) -> Result<ProfileConfig> {
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|_| Error::NoIdentity)?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("config.json: {e}")))
+}
+
+fn target(config: &ProfileConfig) -> Result<NodeTarget> {
+    let addr = config
+        .node
+        .parse()
+        .map_err(|e| Error::Invalid(format!("node address {}: {e}", config.node)))?;
+    let pin = parse_fingerprint(&config.fingerprint).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(NodeTarget {
+        addr,
+        server_name: config.server_name.clone(),
+        verification: ServerVerification::PinnedSha256(pin),
+    })
+}
+
+/// Entry point of the `qpq` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qpq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let local = tokio::task::LocalSet::new();
+    match runtime.block_on(local.run_until(run(cli))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("qpq: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Ctx {
+    client: Client<ResilientNode>,
+    json: bool,
+}
+
+impl Ctx {
+    fn resolve_identity(&self, who: &str) -> Result<IdentityKey> {
+        let c = self.client_conn();
+        if let Ok(Some(bytes)) = c
+            .query_row("SELECT identity FROM contacts WHERE name = ?1", [who], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+        {
+            return IdentityKey::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()));
+        }
+        let bytes = hex::decode(who.trim())
+            .map_err(|_| Error::Invalid(format!("`{who}` is neither a contact nor a hex key")))?;
+        IdentityKey::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    fn client_conn(&self) -> &rusqlite::Connection {
+        self.client.provider().conn()
+    }
+
+    fn name_of(&self, id: &IdentityKey) -> String {
+        if *id == self.client.identity() {
+            return "me".into();
+        }
+        self.client_conn()
+            .query_row(
+                "SELECT name FROM contacts WHERE identity = ?1",
+                [&id.as_bytes()[..]],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+    }
+
+    fn group_label(&self, gid: &qpq_schemas::GroupId) -> String {
+        self.client
+            .group(gid)
+            .ok()
+            .and_then(|g| g.name)
+            .unwrap_or_else(|| gid.to_hex()[..8].to_owned())
+    }
+
+    fn print_event(&self, e: &Event) {
+        if self.json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            return;
+        }
+        let group = e.group.map(|g| self.group_label(&g)).unwrap_or_default();
+        let who = e.sender.map(|s| self.name_of(&s)).unwrap_or_else(|| "?".into());
+        let subject = e.subject.map(|s| self.name_of(&s)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&e.body);
+        match &e.kind {
+            EventKind::Message => println!("[{group}] {who}: {text}"),
+            EventKind::Sent => println!("[{group}] me: {text}"),
+            EventKind::Joined => println!("[{group}] joined (invited by {who})"),
+            EventKind::MemberAdded => println!("[{group}] {who} added {subject}"),
+            EventKind::MemberRemoved => println!("[{group}] {who} removed {subject}"),
+            EventKind::Removed => println!("[{group}] {who} removed me"),
+            EventKind::Left => println!("[{group}] I left"),
+            EventKind::KeysUpdated => println!("[{group}] {who} updated keys"),
+            EventKind::Gap { from, to } => {
+                println!("[{group}] messages missed: {from}..={to} expired on the node")
+            }
+            EventKind::Undecryptable => println!("[{group}] undecryptable message: {text}"),
+            EventKind::PolicyViolation => println!("[{group}] policy violation: {text}"),
+        }
+    }
+
+    fn out(&self, human: &str, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{human}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = profile_dir(&cli.profile);
+    if let Command::Register {
+        node,
+        fingerprint,
+        server_name,
+    } = &cli.command
+    {
+        return register(&dir, node, fingerprint, server_name, cli.json).await;
+    }
+    let config = load_config(&dir)?;
+    let node = ResilientNode::new(target(&config)?);
+    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let client = Client::open(provider, node, Box::new(SystemClock))?;
+    let ctx = Ctx {
+        client,
+        json: cli.json,
+    };
+    let c = &ctx.client;
+    match cli.command {
+        Command::Register { .. } => Ok(()),
+        Command::Login => {
+            let (n, lr) = c.maintain_key_packages().await?;
+            c.sync().await?;
+            ctx.out(
+                &format!("logged in as {} (uploaded {n} KeyPackages{})", c.identity(), if lr { " + last resort" } else { "" }),
+                serde_json::json!({ "identity": c.identity(), "uploaded": n, "last_resort": lr }),
+            );
+            Ok(())
+        }
+        Command::Devices => {
+            let (n, lr) = c.node().key_package_count(&c.identity()).await?;
+            ctx.out(
+                &format!("{} (this device): {n} KeyPackages on the node, last resort: {lr}", c.identity()),
+                serde_json::json!([{ "identity": c.identity(), "key_packages": n, "last_resort": lr, "this_device": true }]),
+            );
+            Ok(())
+        }
+        Command::Whoami => {
+            ctx.out(&c.identity().to_hex(), serde_json::json!({ "identity": c.identity() }));
+            Ok(())
+        }
+        Command::Contact { command } => match command {
+            ContactCommand::Add { name, identity } => {
+                let id = ctx.resolve_identity(&identity)?;
+                ctx.client_conn().execute(
+                    "INSERT OR REPLACE INTO contacts (name, identity) VALUES (?1, ?2)",
+                    rusqlite::params![name, &id.as_bytes()[..]],
+                )?;
+                ctx.out(&format!("{name} = {id}"), serde_json::json!({ "name": name, "identity": id }));
+                Ok(())
+            }
+            ContactCommand::List => {
+                let mut stmt = ctx.client_conn().prepare("SELECT name, identity FROM contacts ORDER BY name")?;
+                let rows: Vec<(String, Vec<u8>)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(n, i)| serde_json::json!({ "name": n, "identity": hex::encode(i) }))
+                    .collect();
+                let human = rows
+                    .iter()
+                    .map(|(n, i)| format!("{n} {}", hex::encode(i)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                ctx.out(&human, serde_json::Value::Array(list));
+                Ok(())
+            }
+        },
+        Command::Group { command } => group_command(&ctx, command).await,
+        Command::Send { group, text } => {
+            let gid = c.find_group(&group)?;
+            c.sync().await?;
+            let id = c.send(&gid, text.as_bytes()).await?;
+            ctx.out("sent", serde_json::json!({ "client_msg_id": id }));
+            Ok(())
+        }
+        Command::Dm { peer, text } => {
+            let peer = ctx.resolve_identity(&peer)?;
+            c.sync().await?;
+            let gid = c.dm_group(&peer).await?;
+            let id = c.send(&gid, text.as_bytes()).await?;
+            ctx.out("sent", serde_json::json!({ "group": gid, "client_msg_id": id }));
+            Ok(())
+        }
+        Command::Recv { follow } => {
+            c.sync().await?;
+            for e in c.take_events()? {
+                ctx.print_event(&e);
+            }
+            while follow {
+                c.sync_wait(25_000).await?;
+                for e in c.take_events()? {
+                    ctx.print_event(&e);
+                }
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let groups = c.groups()?;
+            let pending = c.pending_outbox()?;
+            let kp = c.node().key_package_count(&c.identity()).await.ok();
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "identity": c.identity(),
+                        "node": config.node,
+                        "groups": groups,
+                        "outbox_pending": pending,
+                        "key_packages": kp.map(|k| k.0),
+                    })
+                );
+            } else {
+                println!("identity  {}", c.identity());
+                println!("node      {} ({})", config.node, if kp.is_some() { "reachable" } else { "unreachable" });
+                if let Some((n, lr)) = kp {
+                    println!("keypkgs   {n} on the node, last resort: {lr}");
+                }
+                println!("outbox    {pending} pending");
+                for g in groups {
+                    println!(
+                        "group     {} {} epoch {} [{}] {} members",
+                        &g.id.to_hex()[..8],
+                        g.name.as_deref().unwrap_or("-"),
+                        g.epoch,
+                        g.state,
+                        g.members.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
+    let c = &ctx.client;
+    match command {
+        GroupCommand::Create { name } => {
+            let gid = c.create_group(Some(&name))?;
+            ctx.out(&format!("created {name} ({gid})"), serde_json::json!({ "group": gid, "name": name }));
+        }
+        GroupCommand::Invite { group, member } => {
+            let gid = c.find_group(&group)?;
+            let who = ctx.resolve_identity(&member)?;
+            let seq = c.invite(&gid, &who).await?;
+            ctx.out(&format!("invited {member}"), serde_json::json!({ "group": gid, "invited": who, "seq": seq }));
+        }
+        GroupCommand::Remove { group, member } => {
+            let gid = c.find_group(&group)?;
+            let who = ctx.resolve_identity(&member)?;
+            let seq = c.remove(&gid, &who).await?;
+            ctx.out(&format!("removed {member}"), serde_json::json!({ "group": gid, "removed": who, "seq": seq }));
+        }
+        GroupCommand::Leave { group } => {
+            let gid = c.find_group(&group)?;
+            c.leave(&gid).await?;
+            ctx.out("leave requested; effective once a member commits it", serde_json::json!({ "group": gid, "leaving": true }));
+        }
+        GroupCommand::Update { group } => {
+            let gid = c.find_group(&group)?;
+            let seq = c.self_update(&gid).await?;
+            ctx.out("keys updated", serde_json::json!({ "group": gid, "seq": seq }));
+        }
+        GroupCommand::Members { group } => {
+            let gid = c.find_group(&group)?;
+            c.sync().await?;
+            let g = c.group(&gid)?;
+            let human = g
+                .members
+                .iter()
+                .map(|m| format!("{} {}", ctx.name_of(m), m))
+                .collect::<Vec<_>>()
+                .join("\n");
+            ctx.out(&human, serde_json::json!({ "group": gid, "epoch": g.epoch, "members": g.members }));
+        }
+        GroupCommand::Name { group, name } => {
+            let gid = c.find_group(&group)?;
+            c.rename_group(&gid, &name)?;
+            ctx.out(&format!("{} is now {name}", &gid.to_hex()[..8]), serde_json::json!({ "group": gid, "name": name }));
+        }
+        GroupCommand::List => {
+            let groups = c.groups()?;
+            let human = groups
+                .iter()
+                .map(|g| format!("{} {} [{}] epoch {}", &g.id.to_hex()[..8], g.name.as_deref().unwrap_or("-"), g.state, g.epoch))
+                .collect::<Vec<_>>()
+                .join("\n");
+            ctx.out(&human, serde_json::to_value(&groups).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+async fn register(dir: &Path, node: &str, fingerprint: &str, server_name: &str, json: bool) -> Result<()> {
+    let config = ProfileConfig {
+        node: node.to_owned(),
+        server_name: server_name.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+    };
+    let target = target(&config)?;
+    create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let client = Client::create(provider, ResilientNode::new(target), Box::new(SystemClock))?;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
+    let (n, _) = client.maintain_key_packages().await?;
+    if json {
+        println!("{}", serde_json::json!({ "identity": client.identity(), "key_packages": n }));
+    } else {
+        println!("registered {} ({n} KeyPackages uploaded)", client.identity());
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
