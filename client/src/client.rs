@@ -175,6 +175,8 @@ pub struct Client<N> {
     node: N,
     clock: Box<dyn Clock>,
     policy: KeyPackagePolicy,
+    /// Own Commits refused with `StaleEpoch` so far (observability and tests).
+    stale_commits: std::cell::Cell<u64>,
 }
 
 impl<N> std::fmt::Debug for Client<N> {
@@ -279,6 +281,7 @@ impl<N: NodeApi> Client<N> {
             node,
             clock,
             policy: KeyPackagePolicy::default(),
+            stale_commits: std::cell::Cell::new(0),
         }
     }
 
@@ -295,6 +298,11 @@ impl<N: NodeApi> Client<N> {
     /// The node API (tests and the CLI use it for diagnostics).
     pub fn node(&self) -> &N {
         &self.node
+    }
+
+    /// How many of this client's Commits lost their epoch (`StaleEpoch`) since it started.
+    pub fn stale_commits(&self) -> u64 {
+        self.stale_commits.get()
     }
 
     /// Replaces the KeyPackage policy.
@@ -366,7 +374,14 @@ impl<N: NodeApi> Client<N> {
     fn new_key_package(&self, last_resort: bool, now: u64) -> Result<Vec<u8>> {
         let mut builder = KeyPackage::builder();
         if last_resort {
-            builder = builder.mark_as_last_resort();
+            // The leaf must declare the extension it carries, or validation refuses it.
+            builder = builder
+                .mark_as_last_resort()
+                .leaf_node_capabilities(
+                    openmls::prelude::Capabilities::builder()
+                        .extensions(vec![openmls::prelude::ExtensionType::LastResort])
+                        .build(),
+                );
         }
         let bundle = builder
             .build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
@@ -672,6 +687,8 @@ impl<N: NodeApi> Client<N> {
     pub async fn send(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
         let id = self.queue_message(gid, plaintext)?;
         self.flush_outbox().await?;
+        // Read the channel back, so that the `Sent` event takes its place among the others.
+        self.sync_group(gid).await?;
         Ok(id)
     }
 
@@ -883,6 +900,7 @@ impl<N: NodeApi> Client<N> {
                 // never be part of the group. Discard it; the caller rebuilds the intent.
                 self.discard_pending_commit(gid)?;
                 if matches!(e.wire(), Some(WireError::StaleEpoch { .. })) {
+                    self.stale_commits.set(self.stale_commits.get() + 1);
                     Ok(CommitOutcome::Stale)
                 } else {
                     Err(e.into())
@@ -1026,13 +1044,13 @@ impl<N: NodeApi> Client<N> {
         seq: u64,
         body: Option<&[u8]>,
     ) -> Result<()> {
-        let changed = self.conn().execute(
+        // The `Sent` event is recorded when the channel is read back up to `seq`, so that a
+        // device's events follow the channel's order.
+        let _ = (kind, gid, channel, body);
+        self.conn().execute(
             "UPDATE outbox SET status = 'sent', seq = ?2 WHERE id = ?1 AND status = 'pending'",
             params![row, to_i64(seq)],
         )?;
-        if changed == 1 && kind == "application" {
-            self.push_event(gid, channel, Some(seq), &EventKind::Sent, Some(self.identity), None, body.unwrap_or_default())?;
-        }
         Ok(())
     }
 
@@ -1422,6 +1440,10 @@ impl<N: NodeApi> Client<N> {
                 } else {
                     self.mark_sent(row, &kind, Some(gid), channel, seq, body.as_deref())?;
                 }
+            }
+            if kind == "application" {
+                let body = body.unwrap_or_default();
+                self.push_event(Some(gid), channel, Some(seq), &EventKind::Sent, Some(self.identity), None, &body)?;
             }
             return Ok(FollowUp::default());
         }

@@ -1,0 +1,153 @@
+//! A real node on 127.0.0.1 (restartable on the same port and data directory), and devices
+//! with their own database files.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qpq_client::channels::group_channel;
+use qpq_client::db::Provider;
+use qpq_client::keypackages::{Clock, SystemClock};
+use qpq_client::{Client, EventKind, NodeTarget, ResilientNode, ServerVerification};
+use qpq_node::config::NodeConfig;
+use qpq_node::{Clock as _, ManualClock, RunningNode};
+use qpq_schemas::GroupId;
+
+pub type Dev = Client<ResilientNode>;
+
+pub struct TestNode {
+    pub node: Option<RunningNode>,
+    pub clock: Arc<ManualClock>,
+    pub config: NodeConfig,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::dev(dir.path().join("node"));
+        configure(&mut config);
+        let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
+        let node = RunningNode::start(config.clone(), clock.clone()).await.unwrap();
+        let addr = node.client_addr();
+        let fingerprint = node.fingerprint();
+        // Restarts reuse the port, so clients find the node where it was.
+        config.listen = addr;
+        Self {
+            node: Some(node),
+            clock,
+            config,
+            dir,
+            addr,
+            fingerprint,
+        }
+    }
+
+    pub fn target(&self) -> NodeTarget {
+        NodeTarget {
+            addr: self.addr,
+            server_name: "localhost".into(),
+            verification: ServerVerification::PinnedSha256(self.fingerprint),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn start_again(&mut self) {
+        let node = RunningNode::start(self.config.clone(), self.clock.clone())
+            .await
+            .unwrap();
+        assert_eq!(node.fingerprint(), self.fingerprint, "same data dir, same certificate");
+        self.node = Some(node);
+    }
+
+    fn db_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sqlite3"))
+    }
+
+    /// A new device with its own database; its KeyPackages are uploaded.
+    pub async fn device(&self, name: &str) -> Dev {
+        self.device_with_clock(name, Box::new(SystemClock)).await
+    }
+
+    pub async fn device_with_clock(&self, name: &str, clock: Box<dyn Clock>) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let c = Client::create(provider, ResilientNode::new(self.target()), clock).unwrap();
+        c.maintain_key_packages().await.unwrap();
+        c
+    }
+
+    /// The same device again, from its database (a client restart).
+    pub fn reopen(&self, name: &str) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        Client::open(provider, ResilientNode::new(self.target()), Box::new(SystemClock)).unwrap()
+    }
+
+    /// Raw payloads of a group's channel after `after` (what any observer can fetch).
+    pub async fn raw_channel(&self, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
+        let c = qpq_client::Connection::connect(
+            self.addr,
+            "localhost",
+            &ServerVerification::PinnedSha256(self.fingerprint),
+        )
+        .await
+        .unwrap();
+        let page = c.fetch(&group_channel(gid), after, 0).await.unwrap();
+        c.close().await;
+        page.messages
+    }
+}
+
+/// Runs a client future on a `LocalSet` (Cap'n Proto clients are `!Send`).
+pub async fn local<F: Future>(f: F) -> F::Output {
+    tokio::task::LocalSet::new().run_until(f).await
+}
+
+/// Syncs and returns the plaintexts of new messages from others (in order).
+pub async fn received(d: &Dev) -> Vec<String> {
+    d.sync().await.unwrap();
+    d.take_events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| String::from_utf8(e.body).unwrap())
+        .collect()
+}
+
+/// Syncs and returns every new event's kind.
+pub async fn kinds(d: &Dev) -> Vec<EventKind> {
+    d.sync().await.unwrap();
+    d.take_events().unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+/// A group created by `creator` with `others` invited and joined.
+pub async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
+    let gid = creator.create_group(Some("g")).unwrap();
+    for o in others {
+        creator.invite(&gid, &o.identity()).await.unwrap();
+    }
+    for o in others {
+        o.sync().await.unwrap();
+        assert!(
+            o.take_events().unwrap().iter().any(|e| e.kind == EventKind::Joined),
+            "invitee joined"
+        );
+    }
+    creator.take_events().unwrap();
+    gid
+}
+
+pub fn epoch(d: &Dev, gid: &GroupId) -> u64 {
+    d.group(gid).unwrap().epoch
+}

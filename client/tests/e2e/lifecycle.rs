@@ -1,0 +1,115 @@
+use qpq_client::EventKind;
+
+use crate::common::{TestNode, epoch, group_of, kinds, local, received};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_create_invite_send_remove_update_leave() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let carol = t.device("carol").await;
+        let gid = group_of(&alice, &[&bob, &carol]).await;
+        assert_eq!(epoch(&alice, &gid), 2);
+        assert_eq!(epoch(&bob, &gid), 2);
+        assert_eq!(epoch(&carol, &gid), 2);
+        assert_eq!(alice.group(&gid).unwrap().members.len(), 3);
+
+        alice.send(&gid, b"hello all").await.unwrap();
+        bob.send(&gid, b"hi from bob").await.unwrap();
+        assert_eq!(received(&carol).await, ["hello all", "hi from bob"]);
+        assert_eq!(received(&bob).await, ["hello all"]);
+        assert_eq!(received(&alice).await, ["hi from bob"]);
+
+        // Remove carol: she learns it, and cannot read what follows.
+        alice.remove(&gid, &carol.identity()).await.unwrap();
+        assert!(kinds(&carol).await.contains(&EventKind::Removed));
+        assert_eq!(carol.group(&gid).unwrap().state, "removed");
+        let before = t.raw_channel(&gid, 0).await.last().unwrap().seq;
+        alice.send(&gid, b"carol must not read this").await.unwrap();
+        let secret = t.raw_channel(&gid, before).await;
+        assert_eq!(secret.len(), 1);
+        assert!(carol.try_decrypt(&gid, &secret[0].payload).is_err());
+        assert!(received(&carol).await.is_empty());
+        let bob_sees = received(&bob).await;
+        assert_eq!(bob_sees, ["carol must not read this"]);
+        assert!(carol.send(&gid, b"still here?").await.is_err(), "removed members cannot send");
+
+        // Bob rotates his keys; everyone converges and keeps talking.
+        bob.self_update(&gid).await.unwrap();
+        alice.sync().await.unwrap();
+        assert_eq!(epoch(&alice, &gid), epoch(&bob, &gid));
+        alice.send(&gid, b"after update").await.unwrap();
+        assert_eq!(received(&bob).await, ["after update"]);
+
+        // Bob leaves: alice (the remaining member) commits his proposal.
+        bob.leave(&gid).await.unwrap();
+        alice.sync().await.unwrap();
+        assert!(kinds(&bob).await.contains(&EventKind::Left));
+        assert_eq!(bob.group(&gid).unwrap().state, "left");
+        let members = alice.group(&gid).unwrap().members;
+        assert_eq!(members, vec![alice.identity()]);
+        let alice_events = alice.all_events().unwrap();
+        let removed: Vec<_> = alice_events
+            .iter()
+            .filter(|e| e.kind == EventKind::MemberRemoved)
+            .filter_map(|e| e.subject)
+            .collect();
+        assert_eq!(removed, vec![carol.identity(), bob.identity()]);
+
+        // Every member saw each message exactly once.
+        for d in [&alice, &bob, &carol] {
+            let mut seqs: Vec<_> = d
+                .all_events()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Message | EventKind::Sent))
+                .filter_map(|e| e.seq)
+                .collect();
+            let n = seqs.len();
+            seqs.dedup();
+            assert_eq!(seqs.len(), n, "no duplicates");
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_gets_everything_in_order() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        let sent: Vec<String> = (0..30).map(|i| format!("message {i}")).collect();
+        for m in &sent {
+            alice.send(&gid, m.as_bytes()).await.unwrap();
+        }
+        // A Commit while bob is away, then more messages in the new epoch.
+        alice.self_update(&gid).await.unwrap();
+        alice.send(&gid, b"after the commit").await.unwrap();
+        let mut expected = sent.clone();
+        expected.push("after the commit".into());
+        assert_eq!(received(&bob).await, expected);
+        assert_eq!(epoch(&bob, &gid), epoch(&alice, &gid));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_use_a_two_member_group() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let dm = alice.dm_group(&bob.identity()).await.unwrap();
+        alice.send(&dm, b"psst").await.unwrap();
+        assert_eq!(received(&bob).await, ["psst"]);
+        assert_eq!(bob.dm_group(&alice.identity()).await.unwrap(), dm, "bob's side reuses it");
+        bob.send(&dm, b"yes?").await.unwrap();
+        assert_eq!(received(&alice).await, ["yes?"]);
+        assert_eq!(alice.dm_group(&bob.identity()).await.unwrap(), dm);
+    })
+    .await;
+}
