@@ -15,7 +15,10 @@ use qpq_schemas::{ChannelId, ConsumerId, GroupId, IdentityKey};
 use sha2::{Digest as _, Sha256};
 
 fn derive16(domain: &[u8], bytes: &[u8]) -> [u8; 16] {
-    let digest = Sha256::new().chain_update(domain).chain_update(bytes).finalize();
+    let digest = Sha256::new()
+        .chain_update(domain)
+        .chain_update(bytes)
+        .finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out

@@ -27,7 +27,11 @@ use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
 
 #[derive(Parser, Debug)]
-#[command(name = "qpq", version, about = "quicproquo client: end-to-end encrypted groups over MLS")]
+#[command(
+    name = "qpq",
+    version,
+    about = "quicproquo client: end-to-end encrypted groups over MLS"
+)]
 struct Cli {
     /// Profile name (a directory under $QPQ_HOME, or ./qpq-profiles).
     #[arg(long, global = true, env = "QPQ_PROFILE", default_value = "default")]
@@ -169,8 +173,7 @@ fn profile_dir(name: &str) -> PathBuf {
 }
 
 fn load_config(dir: &Path) -> Result<ProfileConfig> {
-    let text = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(|_| Error::NoIdentity)?;
+    let text = std::fs::read_to_string(dir.join("config.json")).map_err(|_| Error::NoIdentity)?;
     serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("config.json: {e}")))
 }
 
@@ -197,7 +200,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("qpq: cannot start the runtime: {e}");
@@ -228,9 +234,11 @@ impl Ctx {
     fn resolve_identity(&self, who: &str) -> Result<IdentityKey> {
         let c = self.client_conn();
         if let Ok(Some(bytes)) = c
-            .query_row("SELECT identity FROM contacts WHERE name = ?1", [who], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
+            .query_row(
+                "SELECT identity FROM contacts WHERE name = ?1",
+                [who],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -275,7 +283,10 @@ impl Ctx {
             return;
         }
         let group = e.group.map(|g| self.group_label(&g)).unwrap_or_default();
-        let who = e.sender.map(|s| self.name_of(&s)).unwrap_or_else(|| "?".into());
+        let who = e
+            .sender
+            .map(|s| self.name_of(&s))
+            .unwrap_or_else(|| "?".into());
         let subject = e.subject.map(|s| self.name_of(&s)).unwrap_or_default();
         let text = String::from_utf8_lossy(&e.body);
         match &e.kind {
@@ -329,7 +340,11 @@ async fn run(cli: Cli) -> Result<()> {
             let (n, lr) = c.maintain_key_packages().await?;
             c.sync().await?;
             ctx.out(
-                &format!("logged in as {} (uploaded {n} KeyPackages{})", c.identity(), if lr { " + last resort" } else { "" }),
+                &format!(
+                    "logged in as {} (uploaded {n} KeyPackages{})",
+                    c.identity(),
+                    if lr { " + last resort" } else { "" }
+                ),
                 serde_json::json!({ "identity": c.identity(), "uploaded": n, "last_resort": lr }),
             );
             Ok(())
@@ -343,7 +358,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Whoami => {
-            ctx.out(&c.identity().to_hex(), serde_json::json!({ "identity": c.identity() }));
+            ctx.out(
+                &c.identity().to_hex(),
+                serde_json::json!({ "identity": c.identity() }),
+            );
             Ok(())
         }
         Command::Contact { command } => match command {
@@ -353,11 +371,16 @@ async fn run(cli: Cli) -> Result<()> {
                     "INSERT OR REPLACE INTO contacts (name, identity) VALUES (?1, ?2)",
                     rusqlite::params![name, &id.as_bytes()[..]],
                 )?;
-                ctx.out(&format!("{name} = {id}"), serde_json::json!({ "name": name, "identity": id }));
+                ctx.out(
+                    &format!("{name} = {id}"),
+                    serde_json::json!({ "name": name, "identity": id }),
+                );
                 Ok(())
             }
             ContactCommand::List => {
-                let mut stmt = ctx.client_conn().prepare("SELECT name, identity FROM contacts ORDER BY name")?;
+                let mut stmt = ctx
+                    .client_conn()
+                    .prepare("SELECT name, identity FROM contacts ORDER BY name")?;
                 let rows: Vec<(String, Vec<u8>)> = stmt
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
@@ -387,7 +410,10 @@ async fn run(cli: Cli) -> Result<()> {
             c.sync().await?;
             let gid = c.dm_group(&peer).await?;
             let id = c.send(&gid, text.as_bytes()).await?;
-            ctx.out("sent", serde_json::json!({ "group": gid, "client_msg_id": id }));
+            ctx.out(
+                "sent",
+                serde_json::json!({ "group": gid, "client_msg_id": id }),
+            );
             Ok(())
         }
         Command::Recv { follow } => {
@@ -395,10 +421,12 @@ async fn run(cli: Cli) -> Result<()> {
             for e in c.take_events()? {
                 ctx.print_event(&e);
             }
-            while follow {
-                c.sync_wait(25_000).await?;
-                for e in c.take_events()? {
-                    ctx.print_event(&e);
+            if follow {
+                loop {
+                    c.sync_wait(25_000).await?;
+                    for e in c.take_events()? {
+                        ctx.print_event(&e);
+                    }
                 }
             }
             Ok(())
@@ -420,7 +448,15 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 println!("identity  {}", c.identity());
-                println!("node      {} ({})", config.node, if kp.is_some() { "reachable" } else { "unreachable" });
+                println!(
+                    "node      {} ({})",
+                    config.node,
+                    if kp.is_some() {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                );
                 if let Some((n, lr)) = kp {
                     println!("keypkgs   {n} on the node, last resort: {lr}");
                 }
@@ -446,29 +482,44 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     match command {
         GroupCommand::Create { name } => {
             let gid = c.create_group(Some(&name))?;
-            ctx.out(&format!("created {name} ({gid})"), serde_json::json!({ "group": gid, "name": name }));
+            ctx.out(
+                &format!("created {name} ({gid})"),
+                serde_json::json!({ "group": gid, "name": name }),
+            );
         }
         GroupCommand::Invite { group, member } => {
             let gid = c.find_group(&group)?;
             let who = ctx.resolve_identity(&member)?;
             let seq = c.invite(&gid, &who).await?;
-            ctx.out(&format!("invited {member}"), serde_json::json!({ "group": gid, "invited": who, "seq": seq }));
+            ctx.out(
+                &format!("invited {member}"),
+                serde_json::json!({ "group": gid, "invited": who, "seq": seq }),
+            );
         }
         GroupCommand::Remove { group, member } => {
             let gid = c.find_group(&group)?;
             let who = ctx.resolve_identity(&member)?;
             let seq = c.remove(&gid, &who).await?;
-            ctx.out(&format!("removed {member}"), serde_json::json!({ "group": gid, "removed": who, "seq": seq }));
+            ctx.out(
+                &format!("removed {member}"),
+                serde_json::json!({ "group": gid, "removed": who, "seq": seq }),
+            );
         }
         GroupCommand::Leave { group } => {
             let gid = c.find_group(&group)?;
             c.leave(&gid).await?;
-            ctx.out("leave requested; effective once a member commits it", serde_json::json!({ "group": gid, "leaving": true }));
+            ctx.out(
+                "leave requested; effective once a member commits it",
+                serde_json::json!({ "group": gid, "leaving": true }),
+            );
         }
         GroupCommand::Update { group } => {
             let gid = c.find_group(&group)?;
             let seq = c.self_update(&gid).await?;
-            ctx.out("keys updated", serde_json::json!({ "group": gid, "seq": seq }));
+            ctx.out(
+                "keys updated",
+                serde_json::json!({ "group": gid, "seq": seq }),
+            );
         }
         GroupCommand::Members { group } => {
             let gid = c.find_group(&group)?;
@@ -480,18 +531,32 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
                 .map(|m| format!("{} {}", ctx.name_of(m), m))
                 .collect::<Vec<_>>()
                 .join("\n");
-            ctx.out(&human, serde_json::json!({ "group": gid, "epoch": g.epoch, "members": g.members }));
+            ctx.out(
+                &human,
+                serde_json::json!({ "group": gid, "epoch": g.epoch, "members": g.members }),
+            );
         }
         GroupCommand::Name { group, name } => {
             let gid = c.find_group(&group)?;
             c.rename_group(&gid, &name)?;
-            ctx.out(&format!("{} is now {name}", &gid.to_hex()[..8]), serde_json::json!({ "group": gid, "name": name }));
+            ctx.out(
+                &format!("{} is now {name}", &gid.to_hex()[..8]),
+                serde_json::json!({ "group": gid, "name": name }),
+            );
         }
         GroupCommand::List => {
             let groups = c.groups()?;
             let human = groups
                 .iter()
-                .map(|g| format!("{} {} [{}] epoch {}", &g.id.to_hex()[..8], g.name.as_deref().unwrap_or("-"), g.state, g.epoch))
+                .map(|g| {
+                    format!(
+                        "{} {} [{}] epoch {}",
+                        &g.id.to_hex()[..8],
+                        g.name.as_deref().unwrap_or("-"),
+                        g.state,
+                        g.epoch
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             ctx.out(&human, serde_json::to_value(&groups).unwrap_or_default());
@@ -500,7 +565,13 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-async fn register(dir: &Path, node: &str, fingerprint: &str, server_name: &str, json: bool) -> Result<()> {
+async fn register(
+    dir: &Path,
+    node: &str,
+    fingerprint: &str,
+    server_name: &str,
+    json: bool,
+) -> Result<()> {
     let config = ProfileConfig {
         node: node.to_owned(),
         server_name: server_name.to_owned(),
@@ -514,9 +585,15 @@ async fn register(dir: &Path, node: &str, fingerprint: &str, server_name: &str, 
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
     let (n, _) = client.maintain_key_packages().await?;
     if json {
-        println!("{}", serde_json::json!({ "identity": client.identity(), "key_packages": n }));
+        println!(
+            "{}",
+            serde_json::json!({ "identity": client.identity(), "key_packages": n })
+        );
     } else {
-        println!("registered {} ({n} KeyPackages uploaded)", client.identity());
+        println!(
+            "registered {} ({n} KeyPackages uploaded)",
+            client.identity()
+        );
     }
     Ok(())
 }

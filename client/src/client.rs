@@ -216,6 +216,21 @@ fn encode(m: &MlsMessageOut, op: &'static str) -> Result<Vec<u8>> {
     m.to_bytes().map_err(mls(op))
 }
 
+/// `(id, client_msg_id, channel, payload, kind, group_id, body)` of an outbox row.
+type OutboxRow = (
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+/// `(group_id, name, state, dm_peer)` of a group row.
+type GroupRow = (Vec<u8>, Option<String>, String, Option<Vec<u8>>);
+/// `(id, group_id, seq, kind, sender+subject, body)` of an event row.
+type EventRow = (i64, Option<Vec<u8>>, Option<i64>, String, Vec<u8>, Vec<u8>);
+
 /// The outcome of sending an own Commit.
 enum CommitOutcome {
     Accepted(u64),
@@ -236,12 +251,14 @@ impl<N: NodeApi> Client<N> {
     /// [`Error::Invalid`] if the profile already has one; database or crypto failures.
     pub fn create(provider: Provider, node: N, clock: Box<dyn Clock>) -> Result<Self> {
         if provider.meta("identity")?.is_some() {
-            return Err(Error::Invalid("this profile already has an identity".into()));
+            return Err(Error::Invalid(
+                "this profile already has an identity".into(),
+            ));
         }
         let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
             .map_err(mls("generating the identity key"))?;
-        let identity = IdentityKey::from_slice(signer.public())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let identity =
+            IdentityKey::from_slice(signer.public()).map_err(|e| Error::Invalid(e.to_string()))?;
         provider.transaction(|| -> Result<()> {
             signer.store(provider.storage())?;
             provider.set_meta("identity", identity.as_bytes())?;
@@ -375,16 +392,19 @@ impl<N: NodeApi> Client<N> {
         let mut builder = KeyPackage::builder();
         if last_resort {
             // The leaf must declare the extension it carries, or validation refuses it.
-            builder = builder
-                .mark_as_last_resort()
-                .leaf_node_capabilities(
-                    openmls::prelude::Capabilities::builder()
-                        .extensions(vec![openmls::prelude::ExtensionType::LastResort])
-                        .build(),
-                );
+            builder = builder.mark_as_last_resort().leaf_node_capabilities(
+                openmls::prelude::Capabilities::builder()
+                    .extensions(vec![openmls::prelude::ExtensionType::LastResort])
+                    .build(),
+            );
         }
         let bundle = builder
-            .build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
             .map_err(mls("building a KeyPackage"))?;
         let kp = bundle.key_package();
         let hash_ref = kp
@@ -442,7 +462,11 @@ impl<N: NodeApi> Client<N> {
         self.create_group_inner(name, None)
     }
 
-    fn create_group_inner(&self, name: Option<&str>, dm_peer: Option<IdentityKey>) -> Result<GroupId> {
+    fn create_group_inner(
+        &self,
+        name: Option<&str>,
+        dm_peer: Option<IdentityKey>,
+    ) -> Result<GroupId> {
         let gid = GroupId::new(rand::random());
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
@@ -548,16 +572,20 @@ impl<N: NodeApi> Client<N> {
         let mut stmt = self
             .conn()
             .prepare("SELECT group_id, name, state, dm_peer FROM groups ORDER BY rowid")?;
-        let rows: Vec<(Vec<u8>, Option<String>, String, Option<Vec<u8>>)> = stmt
+        let rows: Vec<GroupRow> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for (id, name, state, dm) in rows {
-            let Ok(id) = GroupId::from_slice(&id) else { continue };
+            let Ok(id) = GroupId::from_slice(&id) else {
+                continue;
+            };
             let (epoch, members) = match MlsGroup::load(self.provider.storage(), &mls_gid(&id))? {
                 Some(g) if g.is_active() => (
                     g.epoch().as_u64(),
-                    g.members().filter_map(|m| identity_of(&m.credential)).collect(),
+                    g.members()
+                        .filter_map(|m| identity_of(&m.credential))
+                        .collect(),
                 ),
                 Some(g) => (g.epoch().as_u64(), Vec::new()),
                 None => (0, Vec::new()),
@@ -596,9 +624,12 @@ impl<N: NodeApi> Client<N> {
         self.require_active(gid)?;
         let fetched = self.node.fetch_key_package(identity).await?;
         self.check_key_package(&fetched.bytes, identity)?;
-        self.run_intent(gid, Intent::Add {
-            key_packages: vec![fetched.bytes],
-        })
+        self.run_intent(
+            gid,
+            Intent::Add {
+                key_packages: vec![fetched.bytes],
+            },
+        )
         .await
     }
 
@@ -637,9 +668,12 @@ impl<N: NodeApi> Client<N> {
     /// As [`Self::invite`].
     pub async fn remove(&self, gid: &GroupId, member: &IdentityKey) -> Result<u64> {
         self.require_active(gid)?;
-        self.run_intent(gid, Intent::Remove {
-            members: vec![*member],
-        })
+        self.run_intent(
+            gid,
+            Intent::Remove {
+                members: vec![*member],
+            },
+        )
         .await
     }
 
@@ -672,7 +706,15 @@ impl<N: NodeApi> Client<N> {
                 .leave_group(&self.provider, &self.signer)
                 .map_err(mls("proposing to leave"))?;
             let bytes = encode(&proposal, "encoding a proposal")?;
-            self.insert_outbox(&group_channel(gid), &bytes, "proposal", Some(gid), None, None, "pending")?;
+            self.insert_outbox(
+                &group_channel(gid),
+                &bytes,
+                "proposal",
+                Some(gid),
+                None,
+                None,
+                "pending",
+            )?;
             self.set_group_state(gid, "leaving")
         })
     }
@@ -802,8 +844,10 @@ impl<N: NodeApi> Client<N> {
     pub fn stage_intent(&self, gid: &GroupId, intent: &Intent) -> Result<Option<i64>> {
         self.provider.transaction(|| -> Result<Option<i64>> {
             let mut group = self.load_group(gid)?;
-            let members: BTreeSet<IdentityKey> =
-                group.members().filter_map(|m| identity_of(&m.credential)).collect();
+            let members: BTreeSet<IdentityKey> = group
+                .members()
+                .filter_map(|m| identity_of(&m.credential))
+                .collect();
             let (commit, welcome, invitees) = match intent {
                 Intent::Add { key_packages } => {
                     let mut kps = Vec::new();
@@ -846,7 +890,11 @@ impl<N: NodeApi> Client<N> {
                         .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
                         .map_err(mls("updating own leaf"))?;
                     let (c, w, _) = bundle.into_contents();
-                    (c, w.map(|w| MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10)), Vec::new())
+                    (
+                        c,
+                        w.map(|w| MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10)),
+                        Vec::new(),
+                    )
                 }
                 Intent::CommitPending => {
                     if group.pending_proposals().next().is_none() {
@@ -874,7 +922,15 @@ impl<N: NodeApi> Client<N> {
             if let Some(w) = welcome {
                 let w = encode(&w, "encoding a Welcome")?;
                 for invitee in invitees {
-                    self.insert_outbox(&inbox_channel(&invitee), &w, "welcome", Some(gid), None, Some(row), "held")?;
+                    self.insert_outbox(
+                        &inbox_channel(&invitee),
+                        &w,
+                        "welcome",
+                        Some(gid),
+                        None,
+                        Some(row),
+                        "held",
+                    )?;
                 }
             }
             Ok(Some(row))
@@ -932,7 +988,8 @@ impl<N: NodeApi> Client<N> {
     /// epoch), then merge it, in order.
     async fn commit_accepted(&self, gid: &GroupId, row: i64, seq: u64) -> Result<()> {
         self.sync_channel_until(gid, Some(seq - 1)).await?;
-        self.provider.transaction(|| self.merge_own_commit(gid, row, seq))
+        self.provider
+            .transaction(|| self.merge_own_commit(gid, row, seq))
     }
 
     fn merge_own_commit(&self, gid: &GroupId, row: i64, seq: u64) -> Result<()> {
@@ -941,7 +998,9 @@ impl<N: NodeApi> Client<N> {
         let mut removed = Vec::new();
         if let Some(staged) = group.pending_commit() {
             for a in staged.add_proposals() {
-                added.extend(identity_of(a.add_proposal().key_package().leaf_node().credential()));
+                added.extend(identity_of(
+                    a.add_proposal().key_package().leaf_node().credential(),
+                ));
             }
             for r in staged.remove_proposals() {
                 if let Some(m) = group.member_at(r.remove_proposal().removed()) {
@@ -964,13 +1023,37 @@ impl<N: NodeApi> Client<N> {
         self.advance_cursor(&channel, seq)?;
         let me = Some(self.identity);
         for a in &added {
-            self.push_event(Some(gid), &channel, Some(seq), &EventKind::MemberAdded, me, Some(*a), b"")?;
+            self.push_event(
+                Some(gid),
+                &channel,
+                Some(seq),
+                &EventKind::MemberAdded,
+                me,
+                Some(*a),
+                b"",
+            )?;
         }
         for r in &removed {
-            self.push_event(Some(gid), &channel, Some(seq), &EventKind::MemberRemoved, me, Some(*r), b"")?;
+            self.push_event(
+                Some(gid),
+                &channel,
+                Some(seq),
+                &EventKind::MemberRemoved,
+                me,
+                Some(*r),
+                b"",
+            )?;
         }
         if added.is_empty() && removed.is_empty() {
-            self.push_event(Some(gid), &channel, Some(seq), &EventKind::KeysUpdated, me, None, b"")?;
+            self.push_event(
+                Some(gid),
+                &channel,
+                Some(seq),
+                &EventKind::KeysUpdated,
+                me,
+                None,
+                b"",
+            )?;
         }
         Ok(())
     }
@@ -985,17 +1068,25 @@ impl<N: NodeApi> Client<N> {
     pub async fn flush_outbox(&self) -> Result<usize> {
         let mut sent = 0;
         loop {
-            let next: Option<(i64, Vec<u8>, Vec<u8>, Vec<u8>, String, Option<Vec<u8>>, Option<Vec<u8>>)> =
-                self.conn()
-                    .query_row(
-                        "SELECT id, client_msg_id, channel, payload, kind, group_id, body
+            let next: Option<OutboxRow> = self
+                .conn()
+                .query_row(
+                    "SELECT id, client_msg_id, channel, payload, kind, group_id, body
                          FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1",
-                        [],
-                        |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                        },
-                    )
-                    .optional()?;
+                    [],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )
+                .optional()?;
             let Some((row, id, channel, payload, kind, gid, body)) = next else {
                 return Ok(sent);
             };
@@ -1006,7 +1097,9 @@ impl<N: NodeApi> Client<N> {
                 match Box::pin(self.send_commit(&gid, row)).await? {
                     CommitOutcome::Accepted(_) => {}
                     CommitOutcome::Stale => {
-                        if let Some(intent) = body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok()) {
+                        if let Some(intent) =
+                            body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
+                        {
                             Box::pin(self.run_intent(&gid, intent)).await?;
                         }
                     }
@@ -1015,21 +1108,27 @@ impl<N: NodeApi> Client<N> {
                 continue;
             }
             let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
-            let channel = ChannelId::from_slice(&channel).map_err(|e| Error::Invalid(e.to_string()))?;
+            let channel =
+                ChannelId::from_slice(&channel).map_err(|e| Error::Invalid(e.to_string()))?;
             match self.node.enqueue(&channel, &id, &payload).await {
                 Ok(done) => {
                     self.provider.transaction(|| -> Result<()> {
-                        self.mark_sent(row, &kind, gid.as_ref(), &channel, done.seq, body.as_deref())
+                        self.mark_sent(
+                            row,
+                            &kind,
+                            gid.as_ref(),
+                            &channel,
+                            done.seq,
+                            body.as_deref(),
+                        )
                     })?;
                     sent += 1;
                 }
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(error = %e, kind, "outbox message refused; dropping it");
-                    self.conn().execute(
-                        "UPDATE outbox SET status = 'failed' WHERE id = ?1",
-                        [row],
-                    )?;
+                    self.conn()
+                        .execute("UPDATE outbox SET status = 'failed' WHERE id = ?1", [row])?;
                 }
             }
         }
@@ -1205,9 +1304,16 @@ impl<N: NodeApi> Client<N> {
             "SELECT id, group_id, seq, kind, sender, body FROM events {filter} ORDER BY id"
         );
         let mut stmt = self.conn().prepare(&sql)?;
-        let rows: Vec<(i64, Option<Vec<u8>>, Option<i64>, String, Vec<u8>, Vec<u8>)> = stmt
+        let rows: Vec<EventRow> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows
@@ -1217,7 +1323,9 @@ impl<N: NodeApi> Client<N> {
                     .get(..32)
                     .filter(|s| s.iter().any(|b| *b != 0))
                     .and_then(|s| IdentityKey::from_slice(s).ok());
-                let subject = who.get(32..64).and_then(|s| IdentityKey::from_slice(s).ok());
+                let subject = who
+                    .get(32..64)
+                    .and_then(|s| IdentityKey::from_slice(s).ok());
                 let kind = match kind.as_str() {
                     "message" => EventKind::Message,
                     "sent" => EventKind::Sent,
@@ -1257,7 +1365,13 @@ impl<N: NodeApi> Client<N> {
         loop {
             let cursor = self.cursor(&inbox)?;
             let page = self.node.fetch(&inbox, cursor, PAGE).await?;
-            self.note_gap(None, &inbox, cursor, page.first_available_seq, page.last_seq)?;
+            self.note_gap(
+                None,
+                &inbox,
+                cursor,
+                page.first_available_seq,
+                page.last_seq,
+            )?;
             if page.messages.is_empty() {
                 break;
             }
@@ -1272,7 +1386,15 @@ impl<N: NodeApi> Client<N> {
                             Error::Policy(_) => EventKind::PolicyViolation,
                             _ => EventKind::Undecryptable,
                         };
-                        self.push_event(None, &inbox, Some(env.seq), &kind, None, None, e.to_string().as_bytes())?;
+                        self.push_event(
+                            None,
+                            &inbox,
+                            Some(env.seq),
+                            &kind,
+                            None,
+                            None,
+                            e.to_string().as_bytes(),
+                        )?;
                     }
                     self.advance_cursor(&inbox, env.seq)
                 })?;
@@ -1281,13 +1403,16 @@ impl<N: NodeApi> Client<N> {
         // The inbox has one reader, this device: acking lets the node drop what we have.
         let cursor = self.cursor(&inbox)?;
         if cursor > 0 {
-            self.node.ack(&inbox, &consumer_id(&self.identity), cursor).await?;
+            self.node
+                .ack(&inbox, &consumer_id(&self.identity), cursor)
+                .await?;
         }
         Ok(())
     }
 
     fn join_from_welcome(&self, payload: &[u8], inbox: &ChannelId, seq: u64) -> Result<()> {
-        let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(payload)?.extract()
+        let MlsMessageBodyIn::Welcome(welcome) =
+            MlsMessageIn::tls_deserialize_exact(payload)?.extract()
         else {
             return Err(Error::Invalid("inbox message is not a Welcome".into()));
         };
@@ -1315,8 +1440,10 @@ impl<N: NodeApi> Client<N> {
         let gid = GroupId::from_slice(group.group_id().as_slice())
             .map_err(|_| Error::Policy("group id is not 32 bytes".into()))?;
         let epoch = group.epoch().as_u64();
-        let members: Vec<IdentityKey> =
-            group.members().filter_map(|m| identity_of(&m.credential)).collect();
+        let members: Vec<IdentityKey> = group
+            .members()
+            .filter_map(|m| identity_of(&m.credential))
+            .collect();
         // A two-member group started by the inviter is treated as a DM with them.
         let dm_peer = if members.len() == 2 { inviter } else { None };
         self.conn().execute(
@@ -1330,7 +1457,15 @@ impl<N: NodeApi> Client<N> {
                 dm_peer.map(|p| p.as_bytes().to_vec())
             ],
         )?;
-        self.push_event(Some(&gid), inbox, Some(seq), &EventKind::Joined, inviter, Some(self.identity), b"")?;
+        self.push_event(
+            Some(&gid),
+            inbox,
+            Some(seq),
+            &EventKind::Joined,
+            inviter,
+            Some(self.identity),
+            b"",
+        )?;
         Ok(())
     }
 
@@ -1345,22 +1480,39 @@ impl<N: NodeApi> Client<N> {
         last_seq: u64,
     ) -> Result<()> {
         // Nothing retained at all: everything up to last_seq is gone.
-        let first = if first_available == 0 { last_seq + 1 } else { first_available };
+        let first = if first_available == 0 {
+            last_seq + 1
+        } else {
+            first_available
+        };
         if first <= cursor + 1 {
             return Ok(());
         }
         self.provider.transaction(|| -> Result<()> {
             // A device that joined late never had a right to the history before it.
             let joined_late = match gid {
-                Some(g) => self.conn().query_row(
-                    "SELECT join_epoch > 0 FROM groups WHERE group_id = ?1",
-                    [&g.as_bytes()[..]],
-                    |r| r.get::<_, bool>(0),
-                )? && cursor == 0,
+                Some(g) => {
+                    self.conn().query_row(
+                        "SELECT join_epoch > 0 FROM groups WHERE group_id = ?1",
+                        [&g.as_bytes()[..]],
+                        |r| r.get::<_, bool>(0),
+                    )? && cursor == 0
+                }
                 None => cursor == 0,
             };
             if !joined_late {
-                self.push_event(gid, channel, None, &EventKind::Gap { from: cursor + 1, to: first - 1 }, None, None, b"")?;
+                self.push_event(
+                    gid,
+                    channel,
+                    None,
+                    &EventKind::Gap {
+                        from: cursor + 1,
+                        to: first - 1,
+                    },
+                    None,
+                    None,
+                    b"",
+                )?;
             }
             self.advance_cursor(channel, first - 1)
         })
@@ -1383,7 +1535,13 @@ impl<N: NodeApi> Client<N> {
                 break;
             }
             let page = self.node.fetch(&channel, cursor, PAGE).await?;
-            self.note_gap(Some(gid), &channel, cursor, page.first_available_seq, page.last_seq)?;
+            self.note_gap(
+                Some(gid),
+                &channel,
+                cursor,
+                page.first_available_seq,
+                page.last_seq,
+            )?;
             if page.messages.is_empty() {
                 break;
             }
@@ -1443,7 +1601,15 @@ impl<N: NodeApi> Client<N> {
             }
             if kind == "application" {
                 let body = body.unwrap_or_default();
-                self.push_event(Some(gid), channel, Some(seq), &EventKind::Sent, Some(self.identity), None, &body)?;
+                self.push_event(
+                    Some(gid),
+                    channel,
+                    Some(seq),
+                    &EventKind::Sent,
+                    Some(self.identity),
+                    None,
+                    &body,
+                )?;
             }
             return Ok(FollowUp::default());
         }
@@ -1455,18 +1621,39 @@ impl<N: NodeApi> Client<N> {
                 MlsMessageBodyIn::PrivateMessage(m) => m.into(),
                 MlsMessageBodyIn::PublicMessage(m) => m.into(),
                 _ => {
-                    self.push_event(Some(gid), channel, Some(seq), &EventKind::Undecryptable, None, None, b"not a group message")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &EventKind::Undecryptable,
+                        None,
+                        None,
+                        b"not a group message",
+                    )?;
                     return Ok(FollowUp::default());
                 }
             },
             Err(e) => {
-                self.push_event(Some(gid), channel, Some(seq), &EventKind::Undecryptable, None, None, e.to_string().as_bytes())?;
+                self.push_event(
+                    Some(gid),
+                    channel,
+                    Some(seq),
+                    &EventKind::Undecryptable,
+                    None,
+                    None,
+                    e.to_string().as_bytes(),
+                )?;
                 return Ok(FollowUp::default());
             }
         };
         let mut group = self.load_group(gid)?;
         let epoch = message.epoch().as_u64();
-        if epoch < group.epoch().as_u64().saturating_sub(MAX_PAST_EPOCHS as u64) {
+        if epoch
+            < group
+                .epoch()
+                .as_u64()
+                .saturating_sub(MAX_PAST_EPOCHS as u64)
+        {
             // From before this device joined (or long gone): not for us.
             return Ok(FollowUp::default());
         }
@@ -1490,7 +1677,15 @@ impl<N: NodeApi> Client<N> {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(error = %e, seq, "message did not process");
-                self.push_event(Some(gid), channel, Some(seq), &EventKind::Undecryptable, None, None, e.to_string().as_bytes())?;
+                self.push_event(
+                    Some(gid),
+                    channel,
+                    Some(seq),
+                    &EventKind::Undecryptable,
+                    None,
+                    None,
+                    e.to_string().as_bytes(),
+                )?;
                 return Ok(FollowUp::default());
             }
         };
@@ -1498,7 +1693,15 @@ impl<N: NodeApi> Client<N> {
         let mut follow = FollowUp::default();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                self.push_event(Some(gid), channel, Some(seq), &EventKind::Message, sender, None, &app.into_bytes())?;
+                self.push_event(
+                    Some(gid),
+                    channel,
+                    Some(seq),
+                    &EventKind::Message,
+                    sender,
+                    None,
+                    &app.into_bytes(),
+                )?;
             }
             ProcessedMessageContent::ProposalMessage(p) => {
                 let self_remove = match (p.proposal(), p.sender()) {
@@ -1514,7 +1717,10 @@ impl<N: NodeApi> Client<N> {
                     .map_err(Error::Storage)?;
                 if self_remove {
                     // The remaining member with the lowest leaf index commits the leave.
-                    let lowest = group.members().map(|m| m.index).find(|i| Some(*i) != leaver);
+                    let lowest = group
+                        .members()
+                        .map(|m| m.index)
+                        .find(|i| Some(*i) != leaver);
                     follow.commit_pending = lowest == Some(group.own_leaf_index());
                 }
             }
@@ -1522,15 +1728,27 @@ impl<N: NodeApi> Client<N> {
                 // This client implements no ReInit, so a ReInit (the only way to change the
                 // suite) is refused outright, whatever suite it names.
                 let downgrade = staged.group_context().ciphersuite() != CIPHERSUITE
-                    || staged.queued_proposals().any(|q| matches!(q.proposal(), Proposal::ReInit(_)));
+                    || staged
+                        .queued_proposals()
+                        .any(|q| matches!(q.proposal(), Proposal::ReInit(_)));
                 if downgrade {
                     self.set_group_state(gid, "failed")?;
-                    self.push_event(Some(gid), channel, Some(seq), &EventKind::PolicyViolation, sender, None, b"commit changes the ciphersuite")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &EventKind::PolicyViolation,
+                        sender,
+                        None,
+                        b"commit changes the ciphersuite",
+                    )?;
                     return Ok(follow);
                 }
                 let added: Vec<IdentityKey> = staged
                     .add_proposals()
-                    .filter_map(|a| identity_of(a.add_proposal().key_package().leaf_node().credential()))
+                    .filter_map(|a| {
+                        identity_of(a.add_proposal().key_package().leaf_node().credential())
+                    })
                     .collect();
                 let removed: Vec<IdentityKey> = staged
                     .remove_proposals()
@@ -1542,13 +1760,37 @@ impl<N: NodeApi> Client<N> {
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(mls("merging a Commit"))?;
                 for a in &added {
-                    self.push_event(Some(gid), channel, Some(seq), &EventKind::MemberAdded, sender, Some(*a), b"")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &EventKind::MemberAdded,
+                        sender,
+                        Some(*a),
+                        b"",
+                    )?;
                 }
                 for r in removed.iter().filter(|r| **r != self.identity) {
-                    self.push_event(Some(gid), channel, Some(seq), &EventKind::MemberRemoved, sender, Some(*r), b"")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &EventKind::MemberRemoved,
+                        sender,
+                        Some(*r),
+                        b"",
+                    )?;
                 }
                 if added.is_empty() && removed.is_empty() {
-                    self.push_event(Some(gid), channel, Some(seq), &EventKind::KeysUpdated, sender, None, b"")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &EventKind::KeysUpdated,
+                        sender,
+                        None,
+                        b"",
+                    )?;
                 }
                 let state = self.group_state(gid)?;
                 if self_removed || !group.is_active() {
@@ -1558,7 +1800,15 @@ impl<N: NodeApi> Client<N> {
                         ("removed", EventKind::Removed)
                     };
                     self.set_group_state(gid, st)?;
-                    self.push_event(Some(gid), channel, Some(seq), &kind, sender, Some(self.identity), b"")?;
+                    self.push_event(
+                        Some(gid),
+                        channel,
+                        Some(seq),
+                        &kind,
+                        sender,
+                        Some(self.identity),
+                        b"",
+                    )?;
                 } else if state == "leaving" {
                     // Our leave proposal died with the old epoch: ask again.
                     follow.re_leave = true;
@@ -1578,11 +1828,12 @@ impl<N: NodeApi> Client<N> {
         self.conn().execute_batch("SAVEPOINT try_decrypt")?;
         let result = (|| -> Result<Vec<u8>> {
             let mut group = self.load_group(gid)?;
-            let message: ProtocolMessage = match MlsMessageIn::tls_deserialize_exact(payload)?.extract() {
-                MlsMessageBodyIn::PrivateMessage(m) => m.into(),
-                MlsMessageBodyIn::PublicMessage(m) => m.into(),
-                _ => return Err(Error::Invalid("not a group message".into())),
-            };
+            let message: ProtocolMessage =
+                match MlsMessageIn::tls_deserialize_exact(payload)?.extract() {
+                    MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+                    MlsMessageBodyIn::PublicMessage(m) => m.into(),
+                    _ => return Err(Error::Invalid("not a group message".into())),
+                };
             match group
                 .process_message(&self.provider, message)
                 .map_err(mls("processing"))?

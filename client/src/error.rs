@@ -54,7 +54,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Wraps an openmls error with the operation that produced it.
-pub(crate) fn mls<E: StdError + Send + Sync + 'static>(op: &'static str) -> impl FnOnce(E) -> Error {
+pub(crate) fn mls<E: StdError + Send + Sync + 'static>(
+    op: &'static str,
+) -> impl FnOnce(E) -> Error {
     move |e| Error::Mls {
         op,
         source: Box::new(e),

@@ -150,7 +150,13 @@ mod tests {
             last_resort_upload_ms: None,
             ..state(0)
         };
-        assert_eq!(plan(&p, &s), Plan { single_use: 10, last_resort: true });
+        assert_eq!(
+            plan(&p, &s),
+            Plan {
+                single_use: 10,
+                last_resort: true
+            }
+        );
     }
 
     #[test]
@@ -158,18 +164,45 @@ mod tests {
         let p = KeyPackagePolicy::default();
         assert_eq!(plan(&p, &state(19 * HOUR_MS)), Plan::default());
         let rotated = plan(&p, &state(20 * HOUR_MS));
-        assert_eq!(rotated, Plan { single_use: 10, last_resort: true });
+        assert_eq!(
+            rotated,
+            Plan {
+                single_use: 10,
+                last_resort: true
+            }
+        );
         assert!(p.rotate_after_ms < 24 * HOUR_MS && p.keep_private_ms > 24 * HOUR_MS);
     }
 
     #[test]
     fn low_pool_is_refilled_to_its_size() {
         let p = KeyPackagePolicy::default();
-        let s = PoolState { available: 2, ..state(HOUR_MS) };
-        assert_eq!(plan(&p, &s), Plan { single_use: 8, last_resort: false });
-        let s = PoolState { available: 3, ..state(HOUR_MS) };
+        let s = PoolState {
+            available: 2,
+            ..state(HOUR_MS)
+        };
+        assert_eq!(
+            plan(&p, &s),
+            Plan {
+                single_use: 8,
+                last_resort: false
+            }
+        );
+        let s = PoolState {
+            available: 3,
+            ..state(HOUR_MS)
+        };
         assert_eq!(plan(&p, &s), Plan::default());
-        let s = PoolState { has_last_resort: false, ..state(HOUR_MS) };
-        assert_eq!(plan(&p, &s), Plan { single_use: 0, last_resort: true });
+        let s = PoolState {
+            has_last_resort: false,
+            ..state(HOUR_MS)
+        };
+        assert_eq!(
+            plan(&p, &s),
+            Plan {
+                single_use: 0,
+                last_resort: true
+            }
+        );
     }
 }

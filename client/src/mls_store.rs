@@ -680,4 +680,3 @@ impl StorageProvider<CURRENT_VERSION> for SqliteStorage {
         self.delete(PSK, psk_id)
     }
 }
-

@@ -49,7 +49,8 @@ impl Backoff {
         // everyone told the same thing does not come back in the same millisecond.
         let floor = match error {
             NodeError::Rpc(crate::rpc::ClientError::Wire(
-                WireError::RateLimited { retry_after_ms } | WireError::Unavailable { retry_after_ms },
+                WireError::RateLimited { retry_after_ms }
+                | WireError::Unavailable { retry_after_ms },
             )) => Duration::from_millis(*retry_after_ms),
             _ => Duration::ZERO,
         };
@@ -81,11 +82,18 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor_and_permanent_errors_are_not_retried() {
         let b = Backoff::default();
-        let limited = wire(WireError::RateLimited { retry_after_ms: 700 });
+        let limited = wire(WireError::RateLimited {
+            retry_after_ms: 700,
+        });
         assert_eq!(b.delay(0, &limited, 0.0), Some(Duration::from_millis(700)));
         assert_eq!(b.delay(0, &limited, 1.0), Some(Duration::from_millis(800)));
-        let unavailable = wire(WireError::Unavailable { retry_after_ms: 250 });
-        assert_eq!(b.delay(2, &unavailable, 0.0), Some(Duration::from_millis(250)));
+        let unavailable = wire(WireError::Unavailable {
+            retry_after_ms: 250,
+        });
+        assert_eq!(
+            b.delay(2, &unavailable, 0.0),
+            Some(Duration::from_millis(250))
+        );
         for permanent in [
             WireError::StaleEpoch { expected_epoch: 3 },
             WireError::NotFound,

@@ -35,7 +35,9 @@ impl TestNode {
         let mut config = NodeConfig::dev(dir.path().join("node"));
         configure(&mut config);
         let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
-        let node = RunningNode::start(config.clone(), clock.clone()).await.unwrap();
+        let node = RunningNode::start(config.clone(), clock.clone())
+            .await
+            .unwrap();
         let addr = node.client_addr();
         let fingerprint = node.fingerprint();
         // Restarts reuse the port, so clients find the node where it was.
@@ -68,7 +70,11 @@ impl TestNode {
         let node = RunningNode::start(self.config.clone(), self.clock.clone())
             .await
             .unwrap();
-        assert_eq!(node.fingerprint(), self.fingerprint, "same data dir, same certificate");
+        assert_eq!(
+            node.fingerprint(),
+            self.fingerprint,
+            "same data dir, same certificate"
+        );
         self.node = Some(node);
     }
 
@@ -91,7 +97,12 @@ impl TestNode {
     /// The same device again, from its database (a client restart).
     pub fn reopen(&self, name: &str) -> Dev {
         let provider = Provider::open(&self.db_path(name)).unwrap();
-        Client::open(provider, ResilientNode::new(self.target()), Box::new(SystemClock)).unwrap()
+        Client::open(
+            provider,
+            ResilientNode::new(self.target()),
+            Box::new(SystemClock),
+        )
+        .unwrap()
     }
 
     /// Raw payloads of a group's channel after `after` (what any observer can fetch).
@@ -128,7 +139,11 @@ pub async fn received(d: &Dev) -> Vec<String> {
 /// Syncs and returns every new event's kind.
 pub async fn kinds(d: &Dev) -> Vec<EventKind> {
     d.sync().await.unwrap();
-    d.take_events().unwrap().into_iter().map(|e| e.kind).collect()
+    d.take_events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 /// A group created by `creator` with `others` invited and joined.
@@ -140,7 +155,10 @@ pub async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
     for o in others {
         o.sync().await.unwrap();
         assert!(
-            o.take_events().unwrap().iter().any(|e| e.kind == EventKind::Joined),
+            o.take_events()
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == EventKind::Joined),
             "invitee joined"
         );
     }

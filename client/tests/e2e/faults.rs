@@ -122,8 +122,13 @@ async fn concurrent_commits_in_one_epoch_one_wins_both_converge() {
         let gid = group_of(&alice, &[&bob]).await;
         let start = epoch(&alice, &gid);
         // Both build a Commit for the same epoch before seeing the other's.
-        alice.stage_intent(&gid, &qpq_client::Intent::Update).unwrap().unwrap();
-        bob.stage_intent(&gid, &qpq_client::Intent::Update).unwrap().unwrap();
+        alice
+            .stage_intent(&gid, &qpq_client::Intent::Update)
+            .unwrap()
+            .unwrap();
+        bob.stage_intent(&gid, &qpq_client::Intent::Update)
+            .unwrap()
+            .unwrap();
         alice.flush_outbox().await.unwrap();
         // Bob's is refused (StaleEpoch): he discards it, processes alice's, and redoes his.
         bob.flush_outbox().await.unwrap();
@@ -131,7 +136,11 @@ async fn concurrent_commits_in_one_epoch_one_wins_both_converge() {
         bob.sync().await.unwrap();
         assert_eq!(epoch(&alice, &gid), start + 2);
         assert_eq!(epoch(&bob, &gid), start + 2);
-        assert_eq!((alice.stale_commits(), bob.stale_commits()), (0, 1), "bob lost the race");
+        assert_eq!(
+            (alice.stale_commits(), bob.stale_commits()),
+            (0, 1),
+            "bob lost the race"
+        );
         // The channel holds exactly one Commit per epoch: add bob (0), alice's (1), bob's (2).
         let commit_epochs: Vec<u64> = t
             .raw_channel(&gid, 0)
@@ -165,7 +174,10 @@ async fn expired_history_is_reported_as_a_gap() {
         assert_eq!(received(&bob).await, ["seen"]);
         let first_lost = t.raw_channel(&gid, 0).await.last().unwrap().seq + 1;
         for i in 0..3 {
-            alice.send(&gid, format!("lost {i}").as_bytes()).await.unwrap();
+            alice
+                .send(&gid, format!("lost {i}").as_bytes())
+                .await
+                .unwrap();
         }
         t.clock.advance(2 * 3600 * 1000);
         alice.send(&gid, b"after").await.unwrap();

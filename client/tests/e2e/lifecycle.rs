@@ -33,7 +33,10 @@ async fn three_members_create_invite_send_remove_update_leave() {
         assert!(received(&carol).await.is_empty());
         let bob_sees = received(&bob).await;
         assert_eq!(bob_sees, ["carol must not read this"]);
-        assert!(carol.send(&gid, b"still here?").await.is_err(), "removed members cannot send");
+        assert!(
+            carol.send(&gid, b"still here?").await.is_err(),
+            "removed members cannot send"
+        );
 
         // Bob rotates his keys; everyone converges and keeps talking.
         bob.self_update(&gid).await.unwrap();
@@ -106,7 +109,11 @@ async fn direct_messages_use_a_two_member_group() {
         let dm = alice.dm_group(&bob.identity()).await.unwrap();
         alice.send(&dm, b"psst").await.unwrap();
         assert_eq!(received(&bob).await, ["psst"]);
-        assert_eq!(bob.dm_group(&alice.identity()).await.unwrap(), dm, "bob's side reuses it");
+        assert_eq!(
+            bob.dm_group(&alice.identity()).await.unwrap(),
+            dm,
+            "bob's side reuses it"
+        );
         bob.send(&dm, b"yes?").await.unwrap();
         assert_eq!(received(&alice).await, ["yes?"]);
         assert_eq!(alice.dm_group(&bob.identity()).await.unwrap(), dm);
