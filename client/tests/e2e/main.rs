@@ -9,4 +9,5 @@
 
 mod common;
 mod faults;
+mod keys;
 mod lifecycle;
