@@ -270,11 +270,14 @@ impl Ctx {
     }
 
     fn group_label(&self, gid: &qpq_schemas::GroupId) -> String {
-        self.client
-            .group(gid)
-            .ok()
-            .and_then(|g| g.name)
-            .unwrap_or_else(|| gid.to_hex()[..8].to_owned())
+        match self.client.group(gid).ok() {
+            Some(g) => match (g.name, g.dm_peer) {
+                (Some(name), _) => name,
+                (None, Some(peer)) => format!("dm {}", self.name_of(&peer)),
+                (None, None) => gid.to_hex()[..8].to_owned(),
+            },
+            None => gid.to_hex()[..8].to_owned(),
+        }
     }
 
     fn print_event(&self, e: &Event) {

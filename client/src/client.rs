@@ -775,6 +775,18 @@ impl<N: NodeApi> Client<N> {
         if let Some(id) = existing.and_then(|b| GroupId::from_slice(&b).ok()) {
             return Ok(id);
         }
+        // Joined from the peer's invitation: an unnamed active group of exactly the two of us.
+        let pair: BTreeSet<IdentityKey> = [self.identity, *peer].into();
+        for g in self.groups()? {
+            let members: BTreeSet<IdentityKey> = g.members.iter().copied().collect();
+            if g.state == "active" && g.name.is_none() && g.dm_peer.is_none() && members == pair {
+                self.conn().execute(
+                    "UPDATE groups SET dm_peer = ?2 WHERE group_id = ?1",
+                    params![&g.id.as_bytes()[..], &peer.as_bytes()[..]],
+                )?;
+                return Ok(g.id);
+            }
+        }
         let gid = self.create_group_inner(None, Some(*peer))?;
         self.invite(&gid, peer).await?;
         Ok(gid)
@@ -1440,12 +1452,9 @@ impl<N: NodeApi> Client<N> {
         let gid = GroupId::from_slice(group.group_id().as_slice())
             .map_err(|_| Error::Policy("group id is not 32 bytes".into()))?;
         let epoch = group.epoch().as_u64();
-        let members: Vec<IdentityKey> = group
-            .members()
-            .filter_map(|m| identity_of(&m.credential))
-            .collect();
-        // A two-member group started by the inviter is treated as a DM with them.
-        let dm_peer = if members.len() == 2 { inviter } else { None };
+        // Whether this is a 1:1 conversation is not carried by the Welcome (yet): the joiner
+        // learns it in `dm_group`, from the membership at that time.
+        let dm_peer: Option<IdentityKey> = None;
         self.conn().execute(
             "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
              VALUES (?1, ?2, NULL, 'active', ?3, ?4)

@@ -717,8 +717,12 @@ mod tests {
         /// A fresh provider on the same file, and the signer read back from it.
         fn open(&self) -> (Provider, SignatureKeyPair) {
             let p = Provider::open(&self.path).unwrap();
-            let s = SignatureKeyPair::read(p.storage(), &self.public, CIPHERSUITE.signature_algorithm())
-                .expect("signer persisted");
+            let s = SignatureKeyPair::read(
+                p.storage(),
+                &self.public,
+                CIPHERSUITE.signature_algorithm(),
+            )
+            .expect("signer persisted");
             (p, s)
         }
         fn credential(&self) -> CredentialWithKey {
@@ -730,7 +734,10 @@ mod tests {
     }
 
     fn protocol(bytes: &[u8]) -> ProtocolMessage {
-        match MlsMessageIn::tls_deserialize_exact(bytes).unwrap().extract() {
+        match MlsMessageIn::tls_deserialize_exact(bytes)
+            .unwrap()
+            .extract()
+        {
             MlsMessageBodyIn::PrivateMessage(m) => m.into(),
             MlsMessageBodyIn::PublicMessage(m) => m.into(),
             _ => panic!("not a protocol message"),
@@ -774,8 +781,9 @@ mod tests {
         }
         {
             let (p, _) = bob.open();
-            let MlsMessageBodyIn::Welcome(w) =
-                MlsMessageIn::tls_deserialize_exact(&welcome).unwrap().extract()
+            let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(&welcome)
+                .unwrap()
+                .extract()
             else {
                 panic!("welcome")
             };
@@ -792,27 +800,42 @@ mod tests {
         let hello = {
             let (p, s) = alice.open();
             let mut g = MlsGroup::load(p.storage(), &gid).unwrap().unwrap();
-            g.create_message(&p, &s, b"hello").unwrap().to_bytes().unwrap()
+            g.create_message(&p, &s, b"hello")
+                .unwrap()
+                .to_bytes()
+                .unwrap()
         };
         let update = {
             let (p, s) = bob.open();
             let mut g = MlsGroup::load(p.storage(), &gid).unwrap().unwrap();
             assert_eq!(g.epoch().as_u64(), 1);
-            match g.process_message(&p, protocol(&hello)).unwrap().into_content() {
+            match g
+                .process_message(&p, protocol(&hello))
+                .unwrap()
+                .into_content()
+            {
                 ProcessedMessageContent::ApplicationMessage(a) => {
                     assert_eq!(a.into_bytes(), b"hello");
                 }
                 _ => panic!("expected an application message"),
             }
-            let bundle = g.self_update(&p, &s, LeafNodeParameters::default()).unwrap();
+            let bundle = g
+                .self_update(&p, &s, LeafNodeParameters::default())
+                .unwrap();
             let bytes = bundle.commit().to_bytes().unwrap();
             g.merge_pending_commit(&p).unwrap();
             bytes
         };
         let (p, s) = alice.open();
         let mut g = MlsGroup::load(p.storage(), &gid).unwrap().unwrap();
-        match g.process_message(&p, protocol(&update)).unwrap().into_content() {
-            ProcessedMessageContent::StagedCommitMessage(c) => g.merge_staged_commit(&p, *c).unwrap(),
+        match g
+            .process_message(&p, protocol(&update))
+            .unwrap()
+            .into_content()
+        {
+            ProcessedMessageContent::StagedCommitMessage(c) => {
+                g.merge_staged_commit(&p, *c).unwrap()
+            }
             _ => panic!("expected a commit"),
         }
         assert_eq!(g.epoch().as_u64(), 2);

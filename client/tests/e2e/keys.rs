@@ -5,9 +5,9 @@ use openmls::prelude::{
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use qpq_client::{EventKind, NodeApi as _};
 use qpq_client::channels::inbox_channel;
 use qpq_client::keypackages::ManualClock;
+use qpq_client::{EventKind, NodeApi as _};
 use qpq_node::Clock as _;
 use qpq_schemas::ClientMsgId;
 
@@ -23,8 +23,16 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
         let alice = t.device("alice").await;
         let bob = t.device_with_clock("bob", Box::new(clock.clone())).await;
         let count = async || bob.node().key_package_count(&bob.identity()).await.unwrap();
-        assert_eq!(count().await, (10, true), "registration uploads a pool and a last resort");
-        assert_eq!(bob.maintain_key_packages().await.unwrap(), (0, false), "nothing due");
+        assert_eq!(
+            count().await,
+            (10, true),
+            "registration uploads a pool and a last resort"
+        );
+        assert_eq!(
+            bob.maintain_key_packages().await.unwrap(),
+            (0, false),
+            "nothing due"
+        );
 
         // Invitations consume packages; below the low-water mark the pool is refilled.
         for _ in 0..8 {
@@ -35,7 +43,12 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
         assert_eq!(bob.maintain_key_packages().await.unwrap(), (8, false));
         assert_eq!(count().await, (10, true));
         bob.sync().await.unwrap();
-        let joined = bob.take_events().unwrap().iter().filter(|e| e.kind == EventKind::Joined).count();
+        let joined = bob
+            .take_events()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::Joined)
+            .count();
         assert_eq!(joined, 8, "every Welcome opened with the right private key");
 
         // 20 h later (before the node's 24 h TTL), the pool and the last resort are replaced.
@@ -43,7 +56,11 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
         assert_eq!(bob.maintain_key_packages().await.unwrap(), (0, false));
         clock.advance(HOUR_MS);
         assert_eq!(bob.maintain_key_packages().await.unwrap(), (10, true));
-        assert_eq!(count().await, (20, true), "the node drops the old ones at their TTL");
+        assert_eq!(
+            count().await,
+            (20, true),
+            "the node drops the old ones at their TTL"
+        );
         // The last-resort package still opens a Welcome once single-use ones are gone.
         for _ in 0..20 {
             let g = alice.create_group(None).unwrap();
@@ -53,7 +70,12 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
         let g = alice.create_group(None).unwrap();
         alice.invite(&g, &bob.identity()).await.unwrap();
         bob.sync().await.unwrap();
-        let joined = bob.take_events().unwrap().iter().filter(|e| e.kind == EventKind::Joined).count();
+        let joined = bob
+            .take_events()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::Joined)
+            .count();
         assert_eq!(joined, 21);
     })
     .await;
@@ -69,7 +91,9 @@ async fn welcome_with_another_ciphersuite_is_refused() {
         let provider = OpenMlsRustCrypto::default();
         let mk = || {
             let signer = SignatureKeyPair::new(suite.signature_algorithm()).unwrap();
-            signer.store(openmls::prelude::OpenMlsProvider::storage(&provider)).unwrap();
+            signer
+                .store(openmls::prelude::OpenMlsProvider::storage(&provider))
+                .unwrap();
             let cred = CredentialWithKey {
                 credential: BasicCredential::new(signer.to_public_vec()).into(),
                 signature_key: signer.public().into(),
@@ -81,7 +105,10 @@ async fn welcome_with_another_ciphersuite_is_refused() {
         let kp = KeyPackage::builder()
             .build(suite, &provider, &other_signer, other_cred)
             .unwrap();
-        let config = MlsGroupCreateConfig::builder().ciphersuite(suite).use_ratchet_tree_extension(true).build();
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(suite)
+            .use_ratchet_tree_extension(true)
+            .build();
         let mut group = MlsGroup::new(&provider, &signer, &config, cred).unwrap();
         let (_, welcome, _) = group
             .add_members(&provider, &signer, &[kp.key_package().clone()])
@@ -93,11 +120,20 @@ async fn welcome_with_another_ciphersuite_is_refused() {
         )
         .await
         .unwrap();
-        raw.enqueue(&inbox_channel(&bob.identity()), &ClientMsgId::random(), &welcome.to_bytes().unwrap())
-            .await
-            .unwrap();
+        raw.enqueue(
+            &inbox_channel(&bob.identity()),
+            &ClientMsgId::random(),
+            &welcome.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
         bob.sync().await.unwrap();
-        let kinds: Vec<_> = bob.take_events().unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = bob
+            .take_events()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, [EventKind::PolicyViolation]);
         assert!(bob.groups().unwrap().is_empty());
     })
