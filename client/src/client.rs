@@ -1080,6 +1080,28 @@ impl<N: NodeApi> Client<N> {
     pub async fn flush_outbox(&self) -> Result<usize> {
         let mut sent = 0;
         loop {
+            // Intents whose Commit lost its epoch while this device was not looking.
+            let retry: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = self
+                .conn()
+                .query_row(
+                    "SELECT id, group_id, body FROM outbox WHERE status = 'retry'
+                     ORDER BY id LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((row, gid, body)) = retry {
+                self.conn()
+                    .execute("DELETE FROM outbox WHERE id = ?1", [row])?;
+                let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
+                let intent = body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
+                if let (Some(gid), Some(intent)) = (gid, intent)
+                    && self.group_state(&gid)? == "active"
+                {
+                    Box::pin(self.run_intent(&gid, intent)).await?;
+                }
+                continue;
+            }
             let next: Option<OutboxRow> = self
                 .conn()
                 .query_row(
@@ -1105,7 +1127,11 @@ impl<N: NodeApi> Client<N> {
             let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
             if kind == "commit" {
                 // Left over from a crash: resend it (same id), and settle it.
-                let Some(gid) = gid else { continue };
+                let Some(gid) = gid else {
+                    self.conn()
+                        .execute("UPDATE outbox SET status = 'failed' WHERE id = ?1", [row])?;
+                    continue;
+                };
                 match Box::pin(self.send_commit(&gid, row)).await? {
                     CommitOutcome::Accepted(_) => {}
                     CommitOutcome::Stale => {
@@ -1679,6 +1705,12 @@ impl<N: NodeApi> Client<N> {
             self.conn().execute(
                 "DELETE FROM outbox WHERE after_id IN (SELECT id FROM outbox WHERE group_id = ?1
                      AND kind = 'commit' AND status = 'pending')",
+                [&gid.as_bytes()[..]],
+            )?;
+            // Its intent is rebuilt on the new epoch by the next outbox flush.
+            self.conn().execute(
+                "UPDATE outbox SET status = 'retry'
+                 WHERE group_id = ?1 AND kind = 'commit' AND status = 'pending'",
                 [&gid.as_bytes()[..]],
             )?;
         }

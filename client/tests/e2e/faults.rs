@@ -200,3 +200,30 @@ async fn expired_history_is_reported_as_a_gap() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_staged_before_a_crash_is_redone_after_losing_its_epoch() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        let start = epoch(&alice, &gid);
+        // Bob stages a key update and dies before sending it; alice commits meanwhile.
+        bob.stage_intent(&gid, &qpq_client::Intent::Update)
+            .unwrap()
+            .unwrap();
+        drop(bob);
+        alice.self_update(&gid).await.unwrap();
+        let bob = t.reopen("bob");
+        bob.sync().await.unwrap();
+        alice.sync().await.unwrap();
+        assert_eq!(bob.stale_commits(), 1, "the stored Commit was refused");
+        assert_eq!(epoch(&bob, &gid), start + 2, "and bob's update was redone");
+        assert_eq!(epoch(&alice, &gid), start + 2);
+        bob.send(&gid, b"updated").await.unwrap();
+        assert_eq!(received(&alice).await, ["updated"]);
+        assert_eq!(bob.pending_outbox().unwrap(), 0);
+    })
+    .await;
+}
