@@ -226,6 +226,8 @@ type OutboxRow = (
     Option<Vec<u8>>,
     Option<Vec<u8>>,
 );
+/// `(id, group_id, intent)` of an outbox Commit to redo.
+type RetryRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 /// `(group_id, name, state, dm_peer)` of a group row.
 type GroupRow = (Vec<u8>, Option<String>, String, Option<Vec<u8>>);
 /// `(id, group_id, seq, kind, sender+subject, body)` of an event row.
@@ -385,7 +387,29 @@ impl<N: NodeApi> Client<N> {
                 .await?;
         }
         self.forget_old_key_packages(now)?;
+        self.provider
+            .set_meta("key_packages_checked_at", &now.to_be_bytes())?;
         Ok((p.single_use, p.last_resort))
+    }
+
+    /// The KeyPackage timer: runs [`Self::maintain_key_packages`] when the last check is at
+    /// least an hour old (by the client's clock). [`Self::sync`] calls it, so a client that
+    /// syncs keeps its pool filled and rotated. Returns whether it ran.
+    ///
+    /// # Errors
+    /// As [`Self::maintain_key_packages`].
+    pub async fn maintain_key_packages_if_due(&self) -> Result<bool> {
+        const CHECK_EVERY_MS: u64 = 3600 * 1000;
+        let last = self
+            .provider
+            .meta("key_packages_checked_at")?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        if last.is_some_and(|t| self.now().saturating_sub(t) < CHECK_EVERY_MS) {
+            return Ok(false);
+        }
+        self.maintain_key_packages().await?;
+        Ok(true)
     }
 
     fn new_key_package(&self, last_resort: bool, now: u64) -> Result<Vec<u8>> {
@@ -1081,7 +1105,7 @@ impl<N: NodeApi> Client<N> {
         let mut sent = 0;
         loop {
             // Intents whose Commit lost its epoch while this device was not looking.
-            let retry: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = self
+            let retry: Option<RetryRow> = self
                 .conn()
                 .query_row(
                     "SELECT id, group_id, body FROM outbox WHERE status = 'retry'
@@ -1274,6 +1298,7 @@ impl<N: NodeApi> Client<N> {
     /// Node or database failures; what was processed before stays processed.
     pub async fn sync(&self) -> Result<u64> {
         let before = self.last_event_id()?;
+        self.maintain_key_packages_if_due().await?;
         self.sync_inbox().await?;
         self.flush_outbox().await?;
         for g in self.groups()? {

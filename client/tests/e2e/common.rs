@@ -105,6 +105,13 @@ impl TestNode {
         .unwrap()
     }
 
+    /// Like [`Self::reopen`], with another retry policy.
+    pub fn reopen_with_backoff(&self, name: &str, backoff: qpq_client::retry::Backoff) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let node = ResilientNode::new(self.target()).with_backoff(backoff);
+        Client::open(provider, node, Box::new(SystemClock)).unwrap()
+    }
+
     /// Raw payloads of a group's channel after `after` (what any observer can fetch).
     pub async fn raw_channel(&self, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
         let c = qpq_client::Connection::connect(

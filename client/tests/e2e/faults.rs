@@ -227,3 +227,35 @@ async fn commit_staged_before_a_crash_is_redone_after_losing_its_epoch() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_that_outlasts_its_retries_stays_queued_until_the_node_is_back() {
+    let mut t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        drop(alice);
+        // Alice again, with a short retry budget.
+        let alice = t.reopen_with_backoff(
+            "alice",
+            qpq_client::retry::Backoff {
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(50),
+                max_retries: 2,
+            },
+        );
+        t.stop().await;
+        let err = alice.send(&gid, b"while down").await.unwrap_err();
+        assert!(
+            qpq_client::Client::<qpq_client::ResilientNode>::is_transient(&err),
+            "{err}"
+        );
+        assert_eq!(alice.pending_outbox().unwrap(), 1, "stored, not lost");
+        t.start_again().await;
+        alice.flush_outbox().await.unwrap();
+        assert_eq!(alice.pending_outbox().unwrap(), 0);
+        assert_eq!(received(&bob).await, ["while down"]);
+    })
+    .await;
+}
