@@ -165,6 +165,36 @@ struct ProfileConfig {
     fingerprint: String,
 }
 
+/// An event as JSON: ids in hex, the body as (lossy) UTF-8 text.
+fn event_json(e: &Event) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": e.id,
+        "kind": e.kind.tag(),
+        "group": e.group.map(|g| g.to_hex()),
+        "seq": e.seq,
+        "sender": e.sender.map(|s| s.to_hex()),
+        "subject": e.subject.map(|s| s.to_hex()),
+        "body": String::from_utf8_lossy(&e.body),
+    });
+    if let EventKind::Gap { from, to } = e.kind {
+        v["from"] = from.into();
+        v["to"] = to.into();
+    }
+    v
+}
+
+/// A group summary as JSON, ids in hex.
+fn group_json(g: &crate::client::GroupInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": g.id.to_hex(),
+        "name": g.name,
+        "state": g.state,
+        "epoch": g.epoch,
+        "members": g.members.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+        "dm_peer": g.dm_peer.map(|p| p.to_hex()),
+    })
+}
+
 fn profile_dir(name: &str) -> PathBuf {
     match std::env::var_os("QPQ_HOME") {
         Some(home) => PathBuf::from(home).join(name),
@@ -282,7 +312,7 @@ impl Ctx {
 
     fn print_event(&self, e: &Event) {
         if self.json {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            println!("{}", event_json(e));
             return;
         }
         let group = e.group.map(|g| self.group_label(&g)).unwrap_or_default();
@@ -348,7 +378,7 @@ async fn run(cli: Cli) -> Result<()> {
                     c.identity(),
                     if lr { " + last resort" } else { "" }
                 ),
-                serde_json::json!({ "identity": c.identity(), "uploaded": n, "last_resort": lr }),
+                serde_json::json!({ "identity": c.identity().to_hex(), "uploaded": n, "last_resort": lr }),
             );
             Ok(())
         }
@@ -356,14 +386,14 @@ async fn run(cli: Cli) -> Result<()> {
             let (n, lr) = c.node().key_package_count(&c.identity()).await?;
             ctx.out(
                 &format!("{} (this device): {n} KeyPackages on the node, last resort: {lr}", c.identity()),
-                serde_json::json!([{ "identity": c.identity(), "key_packages": n, "last_resort": lr, "this_device": true }]),
+                serde_json::json!([{ "identity": c.identity().to_hex(), "key_packages": n, "last_resort": lr, "this_device": true }]),
             );
             Ok(())
         }
         Command::Whoami => {
             ctx.out(
                 &c.identity().to_hex(),
-                serde_json::json!({ "identity": c.identity() }),
+                serde_json::json!({ "identity": c.identity().to_hex() }),
             );
             Ok(())
         }
@@ -376,7 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
                 )?;
                 ctx.out(
                     &format!("{name} = {id}"),
-                    serde_json::json!({ "name": name, "identity": id }),
+                    serde_json::json!({ "name": name, "identity": id.to_hex() }),
                 );
                 Ok(())
             }
@@ -405,7 +435,7 @@ async fn run(cli: Cli) -> Result<()> {
             let gid = c.find_group(&group)?;
             c.sync().await?;
             let id = c.send(&gid, text.as_bytes()).await?;
-            ctx.out("sent", serde_json::json!({ "client_msg_id": id }));
+            ctx.out("sent", serde_json::json!({ "client_msg_id": id.to_hex() }));
             Ok(())
         }
         Command::Dm { peer, text } => {
@@ -415,7 +445,7 @@ async fn run(cli: Cli) -> Result<()> {
             let id = c.send(&gid, text.as_bytes()).await?;
             ctx.out(
                 "sent",
-                serde_json::json!({ "group": gid, "client_msg_id": id }),
+                serde_json::json!({ "group": gid.to_hex(), "client_msg_id": id.to_hex() }),
             );
             Ok(())
         }
@@ -442,9 +472,9 @@ async fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "identity": c.identity(),
+                        "identity": c.identity().to_hex(),
                         "node": config.node,
-                        "groups": groups,
+                        "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
                         "outbox_pending": pending,
                         "key_packages": kp.map(|k| k.0),
                     })
@@ -487,7 +517,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             let gid = c.create_group(Some(&name))?;
             ctx.out(
                 &format!("created {name} ({gid})"),
-                serde_json::json!({ "group": gid, "name": name }),
+                serde_json::json!({ "group": gid.to_hex(), "name": name }),
             );
         }
         GroupCommand::Invite { group, member } => {
@@ -496,7 +526,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             let seq = c.invite(&gid, &who).await?;
             ctx.out(
                 &format!("invited {member}"),
-                serde_json::json!({ "group": gid, "invited": who, "seq": seq }),
+                serde_json::json!({ "group": gid.to_hex(), "invited": who.to_hex(), "seq": seq }),
             );
         }
         GroupCommand::Remove { group, member } => {
@@ -505,7 +535,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             let seq = c.remove(&gid, &who).await?;
             ctx.out(
                 &format!("removed {member}"),
-                serde_json::json!({ "group": gid, "removed": who, "seq": seq }),
+                serde_json::json!({ "group": gid.to_hex(), "removed": who.to_hex(), "seq": seq }),
             );
         }
         GroupCommand::Leave { group } => {
@@ -513,7 +543,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             c.leave(&gid).await?;
             ctx.out(
                 "leave requested; effective once a member commits it",
-                serde_json::json!({ "group": gid, "leaving": true }),
+                serde_json::json!({ "group": gid.to_hex(), "leaving": true }),
             );
         }
         GroupCommand::Update { group } => {
@@ -521,7 +551,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             let seq = c.self_update(&gid).await?;
             ctx.out(
                 "keys updated",
-                serde_json::json!({ "group": gid, "seq": seq }),
+                serde_json::json!({ "group": gid.to_hex(), "seq": seq }),
             );
         }
         GroupCommand::Members { group } => {
@@ -536,7 +566,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
                 .join("\n");
             ctx.out(
                 &human,
-                serde_json::json!({ "group": gid, "epoch": g.epoch, "members": g.members }),
+                serde_json::json!({ "group": gid.to_hex(), "epoch": g.epoch, "members": g.members.iter().map(|m| m.to_hex()).collect::<Vec<_>>() }),
             );
         }
         GroupCommand::Name { group, name } => {
@@ -544,7 +574,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             c.rename_group(&gid, &name)?;
             ctx.out(
                 &format!("{} is now {name}", &gid.to_hex()[..8]),
-                serde_json::json!({ "group": gid, "name": name }),
+                serde_json::json!({ "group": gid.to_hex(), "name": name }),
             );
         }
         GroupCommand::List => {
@@ -562,7 +592,10 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            ctx.out(&human, serde_json::to_value(&groups).unwrap_or_default());
+            ctx.out(
+                &human,
+                serde_json::Value::Array(groups.iter().map(group_json).collect()),
+            );
         }
     }
     Ok(())
@@ -590,7 +623,7 @@ async fn register(
     if json {
         println!(
             "{}",
-            serde_json::json!({ "identity": client.identity(), "key_packages": n })
+            serde_json::json!({ "identity": client.identity().to_hex(), "key_packages": n })
         );
     } else {
         println!(

@@ -51,8 +51,7 @@ const MAX_COMMIT_ROUNDS: u32 = 8;
 const PAGE: u32 = 256;
 
 /// What the application is told, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
     /// An application message from another member.
@@ -85,7 +84,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn tag(&self) -> &'static str {
+    /// A stable snake_case name (the `kind` of the CLI's JSON events).
+    pub fn tag(&self) -> &'static str {
         match self {
             Self::Message => "message",
             Self::Sent => "sent",
@@ -103,7 +103,7 @@ impl EventKind {
 }
 
 /// One event for the application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Local, increasing id.
     pub id: i64,
@@ -112,21 +112,13 @@ pub struct Event {
     /// Sequence number in the channel, if the event comes from one message.
     pub seq: Option<u64>,
     /// What happened.
-    #[serde(flatten)]
     pub kind: EventKind,
     /// Who did it (the sender's identity), when known.
     pub sender: Option<IdentityKey>,
     /// Whom it concerns (added/removed member), when relevant.
     pub subject: Option<IdentityKey>,
     /// Plaintext of a message (UTF-8 is not guaranteed), or a reason.
-    #[serde(with = "lossy_text")]
     pub body: Vec<u8>,
-}
-
-mod lossy_text {
-    pub(super) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&String::from_utf8_lossy(b))
-    }
 }
 
 /// A group change to (re)build as a Commit in the current epoch.
@@ -150,7 +142,7 @@ pub enum Intent {
 }
 
 /// Summary of a group for display.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInfo {
     /// The group id.
     pub id: GroupId,

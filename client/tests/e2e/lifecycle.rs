@@ -120,3 +120,33 @@ async fn direct_messages_use_a_two_member_group() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_a_new_message() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        let started = std::time::Instant::now();
+        let (n, sent) = tokio::join!(bob.sync_wait(10_000), async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            alice.send(&gid, b"wake up").await.unwrap()
+        });
+        let _ = sent;
+        assert!(n.unwrap() >= 1);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        let msgs: Vec<_> = bob
+            .take_events()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Message)
+            .map(|e| e.body)
+            .collect();
+        assert_eq!(msgs, [b"wake up".to_vec()]);
+    })
+    .await;
+}

@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod cli;
 mod common;
 mod faults;
 mod keys;
