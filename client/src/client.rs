@@ -1700,13 +1700,13 @@ impl<N: NodeApi> Client<N> {
         };
         let mut group = self.load_group(gid)?;
         let epoch = message.epoch().as_u64();
-        if epoch
-            < group
-                .epoch()
-                .as_u64()
-                .saturating_sub(MAX_PAST_EPOCHS as u64)
-        {
-            // From before this device joined (or long gone): not for us.
+        let join_epoch: i64 = self.conn().query_row(
+            "SELECT join_epoch FROM groups WHERE group_id = ?1",
+            [&gid.as_bytes()[..]],
+            |r| r.get(0),
+        )?;
+        if epoch < to_u64(join_epoch) {
+            // From before this device joined: never meant for it.
             return Ok(FollowUp::default());
         }
         let is_commit = message.content_type() == openmls::prelude::ContentType::Commit;

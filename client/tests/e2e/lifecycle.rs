@@ -150,3 +150,30 @@ async fn long_poll_wakes_on_a_new_message() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_skips_history_from_before_it_joined() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let carol = t.device("carol").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        alice.send(&gid, b"before carol").await.unwrap();
+        bob.self_update(&gid).await.unwrap();
+        bob.send(&gid, b"still before carol").await.unwrap();
+        alice.invite(&gid, &carol.identity()).await.unwrap();
+        alice.send(&gid, b"welcome carol").await.unwrap();
+        assert_eq!(
+            kinds(&carol).await,
+            [EventKind::Joined, EventKind::Message],
+            "no undecryptable history, no gap"
+        );
+        carol.send(&gid, b"hi").await.unwrap();
+        assert_eq!(
+            received(&bob).await,
+            ["before carol", "welcome carol", "hi"]
+        );
+    })
+    .await;
+}
