@@ -1698,6 +1698,18 @@ impl<N: NodeApi> Client<N> {
                 return Ok(FollowUp::default());
             }
         };
+        if message.group_id().as_slice() != gid.as_bytes() {
+            self.push_event(
+                Some(gid),
+                channel,
+                Some(seq),
+                &EventKind::Undecryptable,
+                None,
+                None,
+                b"message for another group",
+            )?;
+            return Ok(FollowUp::default());
+        }
         let mut group = self.load_group(gid)?;
         let epoch = message.epoch().as_u64();
         let join_epoch: i64 = self.conn().query_row(

@@ -259,3 +259,79 @@ async fn send_that_outlasts_its_retries_stays_queued_until_the_node_is_back() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_updates_through_the_public_api_converge() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let carol = t.device("carol").await;
+        let gid = group_of(&alice, &[&bob, &carol]).await;
+        let start = epoch(&alice, &gid);
+        let (a, b, c) = tokio::join!(
+            alice.self_update(&gid),
+            bob.self_update(&gid),
+            carol.self_update(&gid)
+        );
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        for d in [&alice, &bob, &carol] {
+            d.sync().await.unwrap();
+        }
+        for d in [&alice, &bob, &carol] {
+            assert_eq!(epoch(d, &gid), start + 3, "three updates, one epoch each");
+        }
+        carol.send(&gid, b"after the scramble").await.unwrap();
+        assert_eq!(received(&alice).await, ["after the scramble"]);
+        assert_eq!(received(&bob).await, ["after the scramble"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_does_not_decrypt_is_reported_and_passed() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.device("alice").await;
+        let bob = t.device("bob").await;
+        let gid = group_of(&alice, &[&bob]).await;
+        // A real MLS message, but of another group, lands in this group's channel.
+        let other = alice.create_group(None).unwrap();
+        alice.queue_message(&other, b"elsewhere").unwrap();
+        let payload: Vec<u8> = alice
+            .provider()
+            .conn()
+            .query_row(
+                "SELECT payload FROM outbox WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let raw = qpq_client::Connection::connect(
+            t.addr,
+            "localhost",
+            &qpq_client::ServerVerification::PinnedSha256(t.fingerprint),
+        )
+        .await
+        .unwrap();
+        raw.enqueue(
+            &qpq_client::channels::group_channel(&gid),
+            &qpq_schemas::ClientMsgId::random(),
+            &payload,
+        )
+        .await
+        .unwrap();
+        alice.send(&gid, b"after the junk").await.unwrap();
+        let events = bob
+            .sync()
+            .await
+            .map(|_| bob.take_events().unwrap())
+            .unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(kinds, [EventKind::Undecryptable, EventKind::Message]);
+        assert_eq!(events[1].body, b"after the junk");
+    })
+    .await;
+}
