@@ -63,6 +63,11 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
     assert_eq!(kinds, ["joined", "message"]);
     assert_eq!(events[1]["body"], "hello bob");
     assert_eq!(events[1]["sender"], alice_id);
+    let login = qpq(h, "bob", &["login"]);
+    assert_eq!(login["identity"], bob_id);
+    let devices = qpq(h, "bob", &["devices"]);
+    assert_eq!(devices[0]["identity"], bob_id);
+    assert_eq!(devices[0]["last_resort"], true);
     let status = qpq(h, "bob", &["status"]);
     assert_eq!(status["groups"][0]["epoch"], 1);
     assert_eq!(status["outbox_pending"], 0);
