@@ -1166,16 +1166,7 @@ impl<N: NodeApi> Client<N> {
                 ChannelId::from_slice(&channel).map_err(|e| Error::Invalid(e.to_string()))?;
             match self.node.enqueue(&channel, &id, &payload).await {
                 Ok(done) => {
-                    self.provider.transaction(|| -> Result<()> {
-                        self.mark_sent(
-                            row,
-                            &kind,
-                            gid.as_ref(),
-                            &channel,
-                            done.seq,
-                            body.as_deref(),
-                        )
-                    })?;
+                    self.mark_sent(row, done.seq)?;
                     sent += 1;
                 }
                 Err(e) if e.is_transient() => return Err(e.into()),
@@ -1188,18 +1179,10 @@ impl<N: NodeApi> Client<N> {
         }
     }
 
-    fn mark_sent(
-        &self,
-        row: i64,
-        kind: &str,
-        gid: Option<&GroupId>,
-        channel: &ChannelId,
-        seq: u64,
-        body: Option<&[u8]>,
-    ) -> Result<()> {
-        // The `Sent` event is recorded when the channel is read back up to `seq`, so that a
-        // device's events follow the channel's order.
-        let _ = (kind, gid, channel, body);
+    /// Records that the node accepted outbox row `row` at `seq`. The `Sent` event is recorded
+    /// later, when the channel is read back up to `seq`, so that a device's events follow the
+    /// channel's order.
+    fn mark_sent(&self, row: i64, seq: u64) -> Result<()> {
         self.conn().execute(
             "UPDATE outbox SET status = 'sent', seq = ?2 WHERE id = ?1 AND status = 'pending'",
             params![row, to_i64(seq)],
@@ -1648,7 +1631,7 @@ impl<N: NodeApi> Client<N> {
                 if kind == "commit" {
                     self.merge_own_commit(gid, row, seq)?;
                 } else {
-                    self.mark_sent(row, &kind, Some(gid), channel, seq, body.as_deref())?;
+                    self.mark_sent(row, seq)?;
                 }
             }
             if kind == "application" {
@@ -1916,10 +1899,5 @@ impl<N: NodeApi> Client<N> {
         self.conn()
             .execute_batch("ROLLBACK TO try_decrypt; RELEASE try_decrypt")?;
         result
-    }
-
-    /// The error type of a failed node call, for callers that want to classify it.
-    pub fn is_transient(e: &Error) -> bool {
-        matches!(e, Error::Node(n) if n.is_transient())
     }
 }

@@ -50,6 +50,14 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// Whether the operation may succeed later as is: the node could not be reached or was
+    /// temporarily unable to serve. Stored work (the outbox) is kept for the next attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Node(n) if n.is_transient())
+    }
+}
+
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -247,10 +247,7 @@ async fn send_that_outlasts_its_retries_stays_queued_until_the_node_is_back() {
         );
         t.stop().await;
         let err = alice.send(&gid, b"while down").await.unwrap_err();
-        assert!(
-            qpq_client::Client::<qpq_client::ResilientNode>::is_transient(&err),
-            "{err}"
-        );
+        assert!(err.is_transient(), "{err}");
         assert_eq!(alice.pending_outbox().unwrap(), 1, "stored, not lost");
         t.start_again().await;
         alice.flush_outbox().await.unwrap();
