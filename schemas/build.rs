@@ -3,9 +3,14 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=qpq.capnp");
-    if let Err(e) = capnpc::CompilerCommand::new().file("qpq.capnp").run() {
+    println!("cargo:rerun-if-changed=raft.capnp");
+    if let Err(e) = capnpc::CompilerCommand::new()
+        .file("qpq.capnp")
+        .file("raft.capnp")
+        .run()
+    {
         panic!(
-            "compiling qpq.capnp failed (is the `capnp` compiler installed? apt-get install capnproto): {e}"
+            "compiling qpq.capnp/raft.capnp failed (is the `capnp` compiler installed? apt-get install capnproto): {e}"
         );
     }
 }

@@ -8,8 +8,10 @@
 # - Fields are only ever appended; ordinals are never reused; a union only gains members.
 # - Application errors are values (`Error`), not Cap'n Proto exceptions. An exception means a
 #   transport or framing problem, never a rejected request.
-# - `accessToken` is the caller's bearer token. Until authentication is enabled it is ignored
-#   and may be empty.
+# - `accessToken` is the caller's bearer token (48 bytes: 16-byte token id, 32-byte secret),
+#   obtained from `login` or `refresh`. Every method except `serverInfo`, `register`,
+#   `loginChallenge`, `login` and `refresh` requires a valid, unexpired access token of a
+#   device that is not revoked: otherwise `Error.unauthenticated` (or `tokenExpired`).
 
 struct Error {
   # Human-readable detail. Never contains payloads, keys or tokens.
@@ -197,7 +199,8 @@ struct AckRequest {
   accessToken @1 :Data;
   channelId @2 :Data;
   consumerId @3 :Data;
-  # 16 bytes identifying the receiving device's cursor.
+  # The cursor is always the calling device's: empty, or exactly the caller's 16-byte device
+  # id (anything else is `forbidden`).
   seq @4 :UInt64;
   # Everything up to and including `seq` was delivered to this consumer.
 }
@@ -235,6 +238,249 @@ struct ServerInfo {
   maxFetchWaitMs @4 :UInt32;
 }
 
+# ----------------------------------------------------------------------------------------
+# Accounts, devices and tokens (see docs/wire-protocol.md, "Authentication")
+
+enum DeviceStatus {
+  pending @0;
+  # Registered or added, not logged in yet.
+  active @1;
+  # Has logged in at least once.
+  revoked @2;
+  # Permanently disabled; its tokens stopped working when it was revoked.
+}
+
+struct RegisterRequest {
+  version @0 :UInt16;
+  devicePublicKey @1 :Data;
+  # 32-byte Ed25519 public key of the first device. It is also the device's MLS signature
+  # key and so its KeyPackages' identity.
+  signature @2 :Data;
+  # 64-byte Ed25519 signature by that key over `qpq_schemas::auth::register_message`.
+}
+
+struct RegisterResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :RegisterOk;
+    err @2 :Error;
+  }
+}
+
+struct RegisterOk {
+  accountId @0 :Data;
+  # 16 bytes.
+  deviceId @1 :Data;
+  # 16 bytes.
+}
+
+struct LoginChallengeRequest {
+  version @0 :UInt16;
+  deviceId @1 :Data;
+}
+
+struct LoginChallengeResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :LoginChallengeOk;
+    err @2 :Error;
+  }
+}
+
+struct LoginChallengeOk {
+  nonce @0 :Data;
+  # 32 random bytes, single use, valid on this node only.
+  expiresInMs @1 :UInt32;
+}
+
+struct LoginRequest {
+  version @0 :UInt16;
+  deviceId @1 :Data;
+  nonce @2 :Data;
+  signature @3 :Data;
+  # Ed25519 by the device key over `qpq_schemas::auth::login_message(deviceId, nonce)`.
+}
+
+struct RefreshRequest {
+  version @0 :UInt16;
+  refreshToken @1 :Data;
+  # Single use: it is rotated by this call. Presenting a used one again revokes every token
+  # issued from the same login.
+}
+
+struct TokensResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :Tokens;
+    err @2 :Error;
+  }
+}
+
+struct Tokens {
+  accountId @0 :Data;
+  deviceId @1 :Data;
+  accessToken @2 :Data;
+  accessExpiresAtMs @3 :UInt64;
+  refreshToken @4 :Data;
+  refreshExpiresAtMs @5 :UInt64;
+}
+
+struct AddDeviceRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  # Of an active device of the account (the approver).
+  devicePublicKey @2 :Data;
+  # The new device's 32-byte Ed25519 key.
+  possessionSignature @3 :Data;
+  # By the new device's key over `auth::device_possession_message(account, key)`.
+  approvalSignature @4 :Data;
+  # By the approving (calling) device's key over `auth::add_device_message(account, key)`.
+}
+
+struct AddDeviceResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :AddDeviceOk;
+    err @2 :Error;
+  }
+}
+
+struct AddDeviceOk {
+  deviceId @0 :Data;
+}
+
+struct ListDevicesRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+}
+
+struct DeviceInfo {
+  deviceId @0 :Data;
+  publicKey @1 :Data;
+  status @2 :DeviceStatus;
+}
+
+struct ListDevicesResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :ListDevicesOk;
+    err @2 :Error;
+  }
+}
+
+struct ListDevicesOk {
+  devices @0 :List(DeviceInfo);
+}
+
+struct RevokeDeviceRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  deviceId @2 :Data;
+  # A device of the caller's account (possibly the caller's own).
+}
+
+struct EmptyResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :Void;
+    err @2 :Error;
+  }
+}
+
+struct FetchKeyPackagesRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  accountId @2 :Data;
+}
+
+struct AccountKeyPackage {
+  deviceId @0 :Data;
+  identity @1 :Data;
+  keyPackage @2 :Data;
+  lastResort @3 :Bool;
+}
+
+struct FetchKeyPackagesResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :FetchKeyPackagesOk;
+    err @2 :Error;
+  }
+}
+
+struct FetchKeyPackagesOk {
+  keyPackages @0 :List(AccountKeyPackage);
+  # One per active device of the account that has one left, never the caller's own device.
+}
+
+# ----------------------------------------------------------------------------------------
+# Channels and membership
+
+struct CreateChannelRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+}
+
+struct ChannelResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :ChannelOk;
+    err @2 :Error;
+  }
+}
+
+struct ChannelOk {
+  channelId @0 :Data;
+  dmState @1 :DmState;
+  # DMs only (`requested` for group channels).
+}
+
+struct MemberRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  channelId @2 :Data;
+  accountId @3 :Data;
+  admin @4 :Bool;
+  # addMember only.
+}
+
+struct ChannelRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  channelId @2 :Data;
+}
+
+struct Member {
+  accountId @0 :Data;
+  admin @1 :Bool;
+}
+
+struct ListMembersResponse {
+  version @0 :UInt16;
+  union {
+    ok @1 :ListMembersOk;
+    err @2 :Error;
+  }
+}
+
+struct ListMembersOk {
+  members @0 :List(Member);
+}
+
+enum DmState {
+  requested @0;
+  # Opened by one account; only it may send until the other accepts.
+  accepted @1;
+  blocked @2;
+  # Nobody sends until the blocking account accepts again.
+}
+
+struct DmRequest {
+  version @0 :UInt16;
+  accessToken @1 :Data;
+  peerAccountId @2 :Data;
+}
+
 interface Node {
   serverInfo @0 (req :ServerInfoRequest) -> (resp :ServerInfoResponse);
 
@@ -246,4 +492,22 @@ interface Node {
   fetch @5 (req :FetchRequest) -> (resp :FetchResponse);
   fetchWait @6 (req :FetchWaitRequest) -> (resp :FetchResponse);
   ack @7 (req :AckRequest) -> (resp :AckResponse);
+
+  register @8 (req :RegisterRequest) -> (resp :RegisterResponse);
+  loginChallenge @9 (req :LoginChallengeRequest) -> (resp :LoginChallengeResponse);
+  login @10 (req :LoginRequest) -> (resp :TokensResponse);
+  refresh @11 (req :RefreshRequest) -> (resp :TokensResponse);
+  addDevice @12 (req :AddDeviceRequest) -> (resp :AddDeviceResponse);
+  listDevices @13 (req :ListDevicesRequest) -> (resp :ListDevicesResponse);
+  revokeDevice @14 (req :RevokeDeviceRequest) -> (resp :EmptyResponse);
+  fetchKeyPackages @15 (req :FetchKeyPackagesRequest) -> (resp :FetchKeyPackagesResponse);
+
+  createChannel @16 (req :CreateChannelRequest) -> (resp :ChannelResponse);
+  addMember @17 (req :MemberRequest) -> (resp :EmptyResponse);
+  removeMember @18 (req :MemberRequest) -> (resp :EmptyResponse);
+  listMembers @19 (req :ChannelRequest) -> (resp :ListMembersResponse);
+  leaveChannel @20 (req :ChannelRequest) -> (resp :EmptyResponse);
+  createDm @21 (req :DmRequest) -> (resp :ChannelResponse);
+  acceptDm @22 (req :DmRequest) -> (resp :ChannelResponse);
+  blockDm @23 (req :DmRequest) -> (resp :ChannelResponse);
 }

@@ -33,5 +33,8 @@ pub mod tls;
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, Result};
 pub use node::{NodeApi, NodeError, NodeTarget, ResilientNode};
-pub use rpc::{ClientError, Connection, Envelope, FetchPage};
+pub use rpc::{
+    ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
+    FetchPage, Tokens,
+};
 pub use tls::ServerVerification;

@@ -138,7 +138,7 @@ impl NodeApi for Connection {
         Ok(Connection::fetch_wait(self, channel, after_seq, limit, timeout_ms).await?)
     }
     async fn ack(&self, channel: &ChannelId, consumer: &ConsumerId, seq: u64) -> NodeResult<()> {
-        Ok(Connection::ack(self, channel, consumer, seq).await?)
+        Ok(Connection::ack_as(self, channel, consumer, seq).await?)
     }
 }
 
@@ -318,7 +318,7 @@ impl NodeApi for ResilientNode {
     }
     async fn ack(&self, channel: &ChannelId, consumer: &ConsumerId, seq: u64) -> NodeResult<()> {
         self.call(Duration::ZERO, async |c: &Connection| {
-            c.ack(channel, consumer, seq).await
+            c.ack_as(channel, consumer, seq).await
         })
         .await
     }

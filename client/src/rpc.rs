@@ -14,9 +14,12 @@
 use std::net::SocketAddr;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use qpq_schemas::auth::{NONCE_LEN, login_message, register_message};
 use qpq_schemas::limits::{WIRE_VERSION, reader_options};
 use qpq_schemas::qpq_capnp::{envelope, fetch_ok, node};
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey, WireError};
+use qpq_schemas::{
+    AccountId, BearerToken, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
+};
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 
 use crate::tls::{ServerVerification, client_crypto, quinn_client_config};
@@ -153,12 +156,105 @@ impl std::fmt::Debug for FetchedKeyPackage {
     }
 }
 
+/// What `login` and `refresh` return. Token bytes never print.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The account.
+    pub account: AccountId,
+    /// The device.
+    pub device: DeviceId,
+    /// Bearer token for every request.
+    pub access: BearerToken,
+    /// When it expires (ms since the Unix epoch).
+    pub access_expires_at_ms: u64,
+    /// Single-use token for `refresh`.
+    pub refresh: BearerToken,
+    /// When it expires.
+    pub refresh_expires_at_ms: u64,
+}
+
+/// Lifecycle state of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Registered or added, never logged in.
+    Pending,
+    /// Logged in at least once.
+    Active,
+    /// Revoked.
+    Revoked,
+}
+
+/// A device of the caller's account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its id.
+    pub device: DeviceId,
+    /// Its key (= its MLS identity key).
+    pub public_key: IdentityKey,
+    /// Its state.
+    pub status: DeviceStatus,
+}
+
+/// A KeyPackage served by `fetchKeyPackages`, with the device it belongs to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceKeyPackage {
+    /// The device.
+    pub device: DeviceId,
+    /// Its identity key.
+    pub identity: IdentityKey,
+    /// The package.
+    pub package: FetchedKeyPackage,
+}
+
+impl std::fmt::Debug for DeviceKeyPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKeyPackage")
+            .field("device", &self.device)
+            .field("package", &self.package)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State of a DM channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmState {
+    /// Opened by one account; only it may send.
+    Requested,
+    /// Both may send.
+    Accepted,
+    /// Blocked; nobody may send.
+    Blocked,
+}
+
 /// A live RPC connection to a node. See the module docs for the `LocalSet` requirement.
 pub struct Connection {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     node: node::Client,
-    token: Vec<u8>,
+    /// Sent as `accessToken` with every request; wiped on drop.
+    token: BearerToken,
+}
+
+/// Reads a typed response's `version` and `ok`/`err` union.
+macro_rules! answer {
+    ($reply:expr, $module:ident, |$ok:ident| $body:expr) => {{
+        let reply = $reply;
+        let r = reply.get()?.get_resp()?;
+        check_version(r.get_version())?;
+        use qpq_schemas::qpq_capnp::$module::Which;
+        match r.which()? {
+            Which::Ok($ok) => $body,
+            Which::Err(e) => Err(WireError::read_from(e?).into()),
+        }
+    }};
+}
+
+fn fixed<T>(
+    bytes: capnp::Result<capnp::data::Reader<'_>>,
+    field: &str,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, qpq_schemas::IdError>,
+) -> Result<T> {
+    Ok(parse(bytes?).map_err(|e| WireError::invalid(field, e.to_string()))?)
 }
 
 impl Connection {
@@ -183,13 +279,312 @@ impl Connection {
             endpoint,
             conn,
             node,
-            token: Vec::new(),
+            token: BearerToken::new(Vec::new()),
         })
+    }
+
+    /// The access token sent with every request (for building raw requests in tests).
+    pub fn access_token(&self) -> &[u8] {
+        self.token.as_bytes()
     }
 
     /// Sets the access token sent with every request (empty = none).
     pub fn set_access_token(&mut self, token: Vec<u8>) {
-        self.token = token;
+        self.token = BearerToken::new(token);
+    }
+
+    /// Registers a new account with this device's key, then logs in and keeps the access
+    /// token for every later request. `sign` signs with the device's Ed25519 key (its MLS
+    /// signature key).
+    pub async fn register_and_login(
+        &mut self,
+        key: &IdentityKey,
+        sign: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Result<Tokens> {
+        let (_, device) = self.register(key, &sign(&register_message(key))).await?;
+        self.login_with(&device, sign).await
+    }
+
+    /// Logs `device` in (challenge, signature) and keeps the access token.
+    pub async fn login_with(
+        &mut self,
+        device: &DeviceId,
+        sign: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Result<Tokens> {
+        let nonce = self.login_challenge(device).await?;
+        let nonce_arr: [u8; NONCE_LEN] = nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| WireError::invalid("nonce", "node sent a nonce of the wrong length"))?;
+        let tokens = self
+            .login(device, &nonce, &sign(&login_message(device, &nonce_arr)))
+            .await?;
+        self.token = tokens.access.clone();
+        Ok(tokens)
+    }
+
+    /// `register`: a new account with a first device holding `key`; `signature` over
+    /// [`register_message`]. Returns `(account, device)`.
+    pub async fn register(
+        &self,
+        key: &IdentityKey,
+        signature: &[u8],
+    ) -> Result<(AccountId, DeviceId)> {
+        let mut req = self.node.register_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_device_public_key(key.as_bytes());
+            b.set_signature(signature);
+        }
+        answer!(req.send().promise.await?, register_response, |ok| {
+            let ok = ok?;
+            Ok((
+                fixed(ok.get_account_id(), "accountId", AccountId::from_slice)?,
+                fixed(ok.get_device_id(), "deviceId", DeviceId::from_slice)?,
+            ))
+        })
+    }
+
+    /// `loginChallenge`: a single-use nonce for `device`.
+    pub async fn login_challenge(&self, device: &DeviceId) -> Result<Vec<u8>> {
+        let mut req = self.node.login_challenge_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_device_id(device.as_bytes());
+        }
+        answer!(
+            req.send().promise.await?,
+            login_challenge_response,
+            |ok| Ok(ok?.get_nonce()?.to_vec())
+        )
+    }
+
+    /// `login` with a signed nonce. Does not change the connection's token (see
+    /// [`Self::login_with`]).
+    pub async fn login(&self, device: &DeviceId, nonce: &[u8], signature: &[u8]) -> Result<Tokens> {
+        let mut req = self.node.login_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_device_id(device.as_bytes());
+            b.set_nonce(nonce);
+            b.set_signature(signature);
+        }
+        let reply = req.send().promise.await?;
+        read_tokens(reply.get()?.get_resp()?)
+    }
+
+    /// `refresh`: exchanges a refresh token for a new pair. Does not change the connection's
+    /// token.
+    pub async fn refresh(&self, refresh_token: &[u8]) -> Result<Tokens> {
+        let mut req = self.node.refresh_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_refresh_token(refresh_token);
+        }
+        let reply = req.send().promise.await?;
+        read_tokens(reply.get()?.get_resp()?)
+    }
+
+    /// `addDevice`: adds `key` to the caller's account.
+    pub async fn add_device(
+        &self,
+        key: &IdentityKey,
+        possession_signature: &[u8],
+        approval_signature: &[u8],
+    ) -> Result<DeviceId> {
+        let mut req = self.node.add_device_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_device_public_key(key.as_bytes());
+            b.set_possession_signature(possession_signature);
+            b.set_approval_signature(approval_signature);
+        }
+        answer!(req.send().promise.await?, add_device_response, |ok| fixed(
+            ok?.get_device_id(),
+            "deviceId",
+            DeviceId::from_slice
+        ))
+    }
+
+    /// `listDevices` of the caller's account.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
+        let mut req = self.node.list_devices_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+        }
+        answer!(req.send().promise.await?, list_devices_response, |ok| {
+            let mut out = Vec::new();
+            for d in ok?.get_devices()?.iter() {
+                use qpq_schemas::qpq_capnp::DeviceStatus as S;
+                out.push(DeviceInfo {
+                    device: fixed(d.get_device_id(), "deviceId", DeviceId::from_slice)?,
+                    public_key: fixed(d.get_public_key(), "publicKey", IdentityKey::from_slice)?,
+                    status: match d.get_status()? {
+                        S::Pending => DeviceStatus::Pending,
+                        S::Active => DeviceStatus::Active,
+                        S::Revoked => DeviceStatus::Revoked,
+                    },
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// `revokeDevice`: a device of the caller's account.
+    pub async fn revoke_device(&self, device: &DeviceId) -> Result<()> {
+        let mut req = self.node.revoke_device_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_device_id(device.as_bytes());
+        }
+        answer!(req.send().promise.await?, empty_response, |_ok| Ok(()))
+    }
+
+    /// `fetchKeyPackages`: one KeyPackage per active device of `account` (never the caller's
+    /// own device).
+    pub async fn fetch_key_packages(&self, account: &AccountId) -> Result<Vec<DeviceKeyPackage>> {
+        let mut req = self.node.fetch_key_packages_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_account_id(account.as_bytes());
+        }
+        answer!(
+            req.send().promise.await?,
+            fetch_key_packages_response,
+            |ok| {
+                let mut out = Vec::new();
+                for k in ok?.get_key_packages()?.iter() {
+                    out.push(DeviceKeyPackage {
+                        device: fixed(k.get_device_id(), "deviceId", DeviceId::from_slice)?,
+                        identity: fixed(k.get_identity(), "identity", IdentityKey::from_slice)?,
+                        package: FetchedKeyPackage {
+                            bytes: k.get_key_package()?.to_vec(),
+                            last_resort: k.get_last_resort(),
+                        },
+                    });
+                }
+                Ok(out)
+            }
+        )
+    }
+
+    /// `createChannel`: a group channel with the caller's account as admin.
+    pub async fn create_channel(&self) -> Result<ChannelId> {
+        let mut req = self.node.create_channel_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+        }
+        let reply = req.send().promise.await?;
+        read_channel(reply.get()?.get_resp()?).map(|(c, _)| c)
+    }
+
+    /// `addMember` (admins only).
+    pub async fn add_member(
+        &self,
+        channel: &ChannelId,
+        account: &AccountId,
+        admin: bool,
+    ) -> Result<()> {
+        let mut req = self.node.add_member_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_channel_id(channel.as_bytes());
+            b.set_account_id(account.as_bytes());
+            b.set_admin(admin);
+        }
+        answer!(req.send().promise.await?, empty_response, |_ok| Ok(()))
+    }
+
+    /// `removeMember` (admins only).
+    pub async fn remove_member(&self, channel: &ChannelId, account: &AccountId) -> Result<()> {
+        let mut req = self.node.remove_member_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_channel_id(channel.as_bytes());
+            b.set_account_id(account.as_bytes());
+        }
+        answer!(req.send().promise.await?, empty_response, |_ok| Ok(()))
+    }
+
+    /// `listMembers`: `(account, admin)` pairs.
+    pub async fn list_members(&self, channel: &ChannelId) -> Result<Vec<(AccountId, bool)>> {
+        let mut req = self.node.list_members_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_channel_id(channel.as_bytes());
+        }
+        answer!(req.send().promise.await?, list_members_response, |ok| {
+            let mut out = Vec::new();
+            for m in ok?.get_members()?.iter() {
+                out.push((
+                    fixed(m.get_account_id(), "accountId", AccountId::from_slice)?,
+                    m.get_admin(),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// `leaveChannel`.
+    pub async fn leave_channel(&self, channel: &ChannelId) -> Result<()> {
+        let mut req = self.node.leave_channel_request();
+        {
+            let mut b = req.get().init_req();
+            b.set_version(WIRE_VERSION);
+            b.set_access_token(self.token.as_bytes());
+            b.set_channel_id(channel.as_bytes());
+        }
+        answer!(req.send().promise.await?, empty_response, |_ok| Ok(()))
+    }
+
+    /// `createDm`: opens (idempotently) the DM with `peer`.
+    pub async fn create_dm(&self, peer: &AccountId) -> Result<(ChannelId, DmState)> {
+        let mut req = self.node.create_dm_request();
+        self.fill_dm(req.get().init_req(), peer);
+        let reply = req.send().promise.await?;
+        read_channel(reply.get()?.get_resp()?)
+    }
+
+    /// `acceptDm`: accepts `peer`'s request, or lifts one's own block.
+    pub async fn accept_dm(&self, peer: &AccountId) -> Result<(ChannelId, DmState)> {
+        let mut req = self.node.accept_dm_request();
+        self.fill_dm(req.get().init_req(), peer);
+        let reply = req.send().promise.await?;
+        read_channel(reply.get()?.get_resp()?)
+    }
+
+    /// `blockDm`: nobody sends in the DM until this account accepts again.
+    pub async fn block_dm(&self, peer: &AccountId) -> Result<(ChannelId, DmState)> {
+        let mut req = self.node.block_dm_request();
+        self.fill_dm(req.get().init_req(), peer);
+        let reply = req.send().promise.await?;
+        read_channel(reply.get()?.get_resp()?)
+    }
+
+    fn fill_dm(&self, mut b: qpq_schemas::qpq_capnp::dm_request::Builder<'_>, peer: &AccountId) {
+        b.set_version(WIRE_VERSION);
+        b.set_access_token(self.token.as_bytes());
+        b.set_peer_account_id(peer.as_bytes());
     }
 
     /// The underlying QUIC connection (for stats and tests).
@@ -264,7 +659,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             let len = u32::try_from(packages.len())
                 .map_err(|_| WireError::invalid("keyPackages", "too many"))?;
             let mut list = b.reborrow().init_key_packages(len);
@@ -299,7 +694,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_identity(identity);
         }
         let reply = req.send().promise.await?;
@@ -324,7 +719,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_identity(identity.as_bytes());
         }
         let reply = req.send().promise.await?;
@@ -357,7 +752,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_channel_id(channel);
             b.set_client_msg_id(id);
             b.set_payload(payload);
@@ -389,7 +784,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_channel_id(channel.as_bytes());
             b.set_after_seq(after_seq);
             b.set_limit(limit);
@@ -411,7 +806,7 @@ impl Connection {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_channel_id(channel.as_bytes());
             b.set_after_seq(after_seq);
             b.set_limit(limit);
@@ -421,15 +816,24 @@ impl Connection {
         read_fetch_response(reply.get()?.get_resp()?)
     }
 
-    /// Acknowledges delivery of everything up to `seq` for `consumer`.
-    pub async fn ack(&self, channel: &ChannelId, consumer: &ConsumerId, seq: u64) -> Result<()> {
+    /// Acknowledges delivery of everything up to `seq` to this device (its own cursor).
+    pub async fn ack(&self, channel: &ChannelId, seq: u64) -> Result<()> {
+        self.ack_raw(channel, &[], seq).await
+    }
+
+    /// Like [`Self::ack`] naming the cursor explicitly (it must be this device's id).
+    pub async fn ack_as(&self, channel: &ChannelId, consumer: &ConsumerId, seq: u64) -> Result<()> {
+        self.ack_raw(channel, consumer.as_bytes(), seq).await
+    }
+
+    async fn ack_raw(&self, channel: &ChannelId, consumer: &[u8], seq: u64) -> Result<()> {
         let mut req = self.node.ack_request();
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
-            b.set_access_token(&self.token);
+            b.set_access_token(self.token.as_bytes());
             b.set_channel_id(channel.as_bytes());
-            b.set_consumer_id(consumer.as_bytes());
+            b.set_consumer_id(consumer);
             b.set_seq(seq);
         }
         let reply = req.send().promise.await?;
@@ -448,6 +852,49 @@ fn check_version(v: u16) -> Result<()> {
         Ok(())
     } else {
         Err(ClientError::Version(v))
+    }
+}
+
+fn read_tokens(r: qpq_schemas::qpq_capnp::tokens_response::Reader<'_>) -> Result<Tokens> {
+    check_version(r.get_version())?;
+    use qpq_schemas::qpq_capnp::tokens_response::Which;
+    let ok = match r.which()? {
+        Which::Ok(ok) => ok,
+        Which::Err(e) => return Err(WireError::read_from(e?).into()),
+    };
+    {
+        let ok = ok?;
+        Ok(Tokens {
+            account: fixed(ok.get_account_id(), "accountId", AccountId::from_slice)?,
+            device: fixed(ok.get_device_id(), "deviceId", DeviceId::from_slice)?,
+            access: BearerToken::new(ok.get_access_token()?.to_vec()),
+            access_expires_at_ms: ok.get_access_expires_at_ms(),
+            refresh: BearerToken::new(ok.get_refresh_token()?.to_vec()),
+            refresh_expires_at_ms: ok.get_refresh_expires_at_ms(),
+        })
+    }
+}
+
+fn read_channel(
+    r: qpq_schemas::qpq_capnp::channel_response::Reader<'_>,
+) -> Result<(ChannelId, DmState)> {
+    check_version(r.get_version())?;
+    use qpq_schemas::qpq_capnp::channel_response::Which;
+    let ok = match r.which()? {
+        Which::Ok(ok) => ok,
+        Which::Err(e) => return Err(WireError::read_from(e?).into()),
+    };
+    {
+        let ok = ok?;
+        use qpq_schemas::qpq_capnp::DmState as S;
+        Ok((
+            fixed(ok.get_channel_id(), "channelId", ChannelId::from_slice)?,
+            match ok.get_dm_state()? {
+                S::Requested => DmState::Requested,
+                S::Accepted => DmState::Accepted,
+                S::Blocked => DmState::Blocked,
+            },
+        ))
     }
 }
 

@@ -86,8 +86,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The *ring* crypto provider, named explicitly so that no process-wide default provider
 /// decides our algorithms.
+///
+/// Only its TLS 1.3 cipher suites are kept: rustls' TLS 1.2 code may be compiled into a
+/// workspace build by another crate, and must never be offered.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
+    let mut provider = ring::default_provider();
+    provider.cipher_suites.retain(|s| s.tls13().is_some());
+    Arc::new(provider)
 }
 
 /// Build the rustls client config: TLS 1.3 only, *ring* provider, ALPN `capnp`, no client

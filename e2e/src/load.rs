@@ -101,6 +101,9 @@ pub enum LoadError {
     /// Bad parameters.
     #[error("invalid spec: {0}")]
     Spec(&'static str),
+    /// The load's device identity could not be made.
+    #[error("identity: {0}")]
+    Identity(#[from] qpq_node::mls::devkit::DevError),
 }
 
 /// Builds a `PrivateMessage` framing of exactly `size` bytes whose ciphertext starts with
@@ -134,14 +137,22 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     if spec.senders == 0 || spec.connections == 0 {
         return Err(LoadError::Spec("senders and connections must be positive"));
     }
+    // One account with one device sends on every connection (each logs in) and owns the
+    // channel; the receiver is the same device on its own connection. The node's rate limits
+    // must allow the load (the embedded node of `qpq-load` disables them).
+    let identity = qpq_node::mls::devkit::DevIdentity::generate()?;
+    let sign = |m: &[u8]| identity.sign(m).unwrap_or_default();
+    let mut receiver = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
+    let tokens = receiver
+        .register_and_login(&identity.identity_key(), sign)
+        .await?;
+    let channel: ChannelId = receiver.create_channel().await?;
     let mut conns = Vec::new();
     for _ in 0..spec.connections.min(spec.senders) {
-        conns.push(Rc::new(
-            Connection::connect(spec.addr, "localhost", &spec.verification).await?,
-        ));
+        let mut c = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
+        c.login_with(&tokens.device, sign).await?;
+        conns.push(Rc::new(c));
     }
-    let receiver = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
-    let channel = ChannelId::random();
     let origin = Instant::now();
     let stop_at = origin + spec.duration;
 

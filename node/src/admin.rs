@@ -1,5 +1,6 @@
 //! The admin HTTP listener: `/healthz` (the process is alive), `/readyz` (the node serves
-//! clients: store open, listener bound, not draining) and `/metrics` (Prometheus text).
+//! clients: store open, listener bound, not draining, a caught-up Raft member), `/metrics`
+//! (Prometheus text), and the `/raft/*` membership API (`crate::raft::admin`).
 //! It is a separate port so that it can be kept off the public network.
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::raft::node::RaftNode;
 use crate::service::Services;
 
 /// What the admin endpoints read.
@@ -24,6 +26,8 @@ pub struct AdminState {
     pub services: Arc<Services>,
     /// True once the client listener serves; false again while draining.
     pub ready: Arc<AtomicBool>,
+    /// Replication: status, membership changes, readiness.
+    pub raft: Arc<RaftNode>,
 }
 
 /// Binds the admin listener and serves it until `shutdown` is cancelled.
@@ -38,6 +42,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::raft::admin::routes())
         .with_state(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -51,7 +56,7 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::SeqCst) {
+    if s.ready.load(Ordering::SeqCst) && s.raft.caught_up_member().await {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -15,9 +15,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::SystemClock;
-use crate::config::{Limits, NodeConfig, Retention, TlsSource};
+use crate::config::{
+    AuthConfig, ClusterConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource,
+};
 use crate::server::RunningNode;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, AuditSink, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "qpq-node", version, about = "quicproquo server node")]
@@ -31,6 +33,10 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Also write audit events (target `qpq::audit`) as JSON lines to this file, or to
+    /// `stderr`.
+    #[arg(long, global = true, env = "QPQ_AUDIT_LOG")]
+    audit_log: Option<AuditSink>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +93,69 @@ struct Common {
     /// RPC worker threads.
     #[arg(long, env = "QPQ_RPC_WORKERS", default_value_t = 2)]
     rpc_workers: usize,
+    /// Unexpired single-use KeyPackages all devices of one account may hold together.
+    #[arg(long, env = "QPQ_MAX_KEY_PACKAGES_PER_ACCOUNT", default_value_t = Limits::default().max_key_packages_per_account)]
+    max_key_packages_per_account: u32,
+    /// Concurrent fetchWait calls of one device.
+    #[arg(long, env = "QPQ_MAX_FETCH_WAITS_PER_DEVICE", default_value_t = Limits::default().max_fetch_waits_per_device)]
+    max_fetch_waits_per_device: usize,
+    /// Access token lifetime, in seconds.
+    #[arg(long, env = "QPQ_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    access_token_ttl_secs: u64,
+    /// Refresh token lifetime, in seconds.
+    #[arg(long, env = "QPQ_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    refresh_token_ttl_secs: u64,
+    /// Requests per second per client IP (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_IP", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_ip: f64,
+    /// Requests per second per account (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_ACCOUNT", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_account: f64,
+    /// Requests per second per device (0 disables).
+    #[arg(long, env = "QPQ_RATE_PER_DEVICE", default_value_t = RateLimit::DEFAULT.per_second)]
+    rate_per_device: f64,
+    /// Burst size as a multiple of the per-second rate.
+    #[arg(long, env = "QPQ_RATE_BURST_FACTOR", default_value_t = 2.0)]
+    rate_burst_factor: f64,
+    /// This node's Raft id (u64 >= 1).
+    #[arg(long, env = "QPQ_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// Raft listener (QUIC, mutual TLS, ALPN qpq-raft/1).
+    #[arg(long, env = "QPQ_RAFT_LISTEN", default_value = "127.0.0.1:7444")]
+    raft_listen: SocketAddr,
+    /// The Raft address peers dial (host:port); defaults to the bound Raft listener.
+    #[arg(long, env = "QPQ_RAFT_ADVERTISE")]
+    raft_advertise: Option<String>,
+    /// Cluster CA certificate (PEM) for node-to-node mutual TLS. Without the three cluster
+    /// TLS files, a one-node cluster CA is generated under the data directory (dev).
+    #[arg(long, env = "QPQ_CLUSTER_CA", requires_all = ["node_cert", "node_key"])]
+    cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "QPQ_NODE_CERT", requires_all = ["cluster_ca", "node_key"])]
+    node_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "QPQ_NODE_KEY", requires_all = ["cluster_ca", "node_cert"])]
+    node_key: Option<PathBuf>,
+    /// Initialise a one-voter cluster of this node at start if it has no state.
+    #[arg(long, env = "QPQ_BOOTSTRAP")]
+    bootstrap: bool,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, env = "QPQ_RAFT_HEARTBEAT_MS", default_value_t = 250)]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout (lower bound), in milliseconds.
+    #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    raft_election_timeout_ms: u64,
+    /// Raft election timeout upper bound, in milliseconds (default: twice the lower bound).
+    /// It is also openraft's leader lease: a follower refuses votes for this long after it
+    /// last heard from the leader, so failover takes up to about lower + upper bound.
+    #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MAX_MS")]
+    raft_election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot and compact the log after this many entries.
+    #[arg(long, env = "QPQ_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    snapshot_logs: u64,
+    /// Readiness and promotion: how many entries a node may lag behind.
+    #[arg(long, env = "QPQ_READY_MAX_LAG", default_value_t = 1000)]
+    ready_max_lag: u64,
 }
 
 #[derive(Args)]
@@ -111,7 +180,7 @@ struct DevArgs {
 }
 
 impl Common {
-    fn into_config(self, tls: TlsSource) -> NodeConfig {
+    fn into_config(self, tls: TlsSource, dev: bool) -> NodeConfig {
         let limits = Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -119,20 +188,59 @@ impl Common {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             max_fetch_wait: Duration::from_secs(self.max_fetch_wait_secs),
             max_key_packages_per_identity: self.max_key_packages_per_identity,
+            max_key_packages_per_account: self.max_key_packages_per_account,
+            max_fetch_waits_per_device: self.max_fetch_waits_per_device,
             ..Limits::default()
+        };
+        let rate = |per_second: f64| RateLimit {
+            per_second,
+            burst: per_second * self.rate_burst_factor,
+        };
+        let auth = AuthConfig {
+            access_token_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl_secs),
+            rate_per_ip: rate(self.rate_per_ip),
+            rate_per_account: rate(self.rate_per_account),
+            rate_per_device: rate(self.rate_per_device),
+            ..AuthConfig::default()
         };
         let retention = Retention {
             messages: Duration::from_secs(self.retention_hours * 3600),
             key_package_ttl: Duration::from_secs(self.key_package_ttl_hours * 3600),
             sweep_interval: Duration::from_secs(self.sweep_interval_secs.max(1)),
         };
+        let tls_files = match (self.cluster_ca, self.node_cert, self.node_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(crate::raft::certs::ClusterTlsFiles { ca, cert, key })
+            }
+            _ => None,
+        };
+        let election = Duration::from_millis(self.raft_election_timeout_ms.max(10));
+        let cluster = ClusterConfig {
+            node_id: self.node_id,
+            raft_listen: self.raft_listen,
+            raft_advertise: self.raft_advertise,
+            tls: tls_files,
+            bootstrap: self.bootstrap || dev,
+            heartbeat: Duration::from_millis(self.raft_heartbeat_ms.max(1)),
+            election_timeout_min: election,
+            election_timeout_max: self
+                .raft_election_timeout_max_ms
+                .map_or(election * 2, Duration::from_millis)
+                .max(election + Duration::from_millis(1)),
+            snapshot_logs: self.snapshot_logs.max(1),
+            ready_max_lag: self.ready_max_lag,
+            ..ClusterConfig::default()
+        };
         NodeConfig {
+            cluster,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir: self.data_dir,
             tls,
             limits,
             retention,
+            auth,
             rpc_workers: self.rpc_workers,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
         }
@@ -142,7 +250,10 @@ impl Common {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    if let Err(e) = telemetry::init(cli.log_format, cli.audit_log.as_ref()) {
+        eprintln!("qpq-node: cannot open the audit log: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,13 +269,19 @@ pub fn main() -> ExitCode {
             Command::Serve(a) => {
                 let tls = match (a.tls_cert, a.tls_key) {
                     (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-                    _ => TlsSource::Dev,
+                    _ => {
+                        tracing::warn!(
+                            "no --tls-cert/--tls-key: serving with a self-signed development certificate; \
+                             clients must pin its fingerprint. Use a CA-signed certificate in production."
+                        );
+                        TlsSource::Dev
+                    }
                 };
-                run(a.common.into_config(tls), Mode::Serve).await
+                run(a.common.into_config(tls, false), Mode::Serve).await
             }
             Command::Dev(a) => {
                 run(
-                    a.common.into_config(TlsSource::Dev),
+                    a.common.into_config(TlsSource::Dev, true),
                     Mode::Dev {
                         exit_after_check: a.self_check,
                     },

@@ -36,10 +36,65 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Retention and TTLs.
     pub retention: Retention,
+    /// Token lifetimes and request rate limits.
+    pub auth: AuthConfig,
     /// Threads that run Cap'n Proto RPC (each drives many connections).
     pub rpc_workers: usize,
     /// How long a graceful shutdown waits for in-flight RPCs before closing connections.
     pub drain_timeout: Duration,
+    /// Replication: node id, Raft listener, cluster TLS, timings.
+    pub cluster: ClusterConfig,
+}
+
+/// Replication settings (see `docs/admin-api.md` for the flags).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's Raft id (u64 >= 1).
+    pub node_id: u64,
+    /// Raft listener (QUIC, mutual TLS, ALPN `qpq-raft/1`).
+    pub raft_listen: SocketAddr,
+    /// The address peers dial; defaults to the bound Raft listener address.
+    pub raft_advertise: Option<String>,
+    /// Cluster CA, node certificate and key; `None` generates a one-node cluster CA under
+    /// the data directory (dev mode).
+    pub tls: Option<crate::raft::certs::ClusterTlsFiles>,
+    /// Initialise a one-voter cluster of this node at start if it has no state.
+    pub bootstrap: bool,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout, lower bound.
+    pub election_timeout_min: Duration,
+    /// Election timeout, upper bound.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_logs: u64,
+    /// Readiness and promotion: how far behind (entries) a node may be.
+    pub ready_max_lag: u64,
+    /// How long a write or read waits for a leader before answering `unavailable`.
+    pub unavailable_wait: Duration,
+    /// Timeout of one forwarded write or read-index call to the leader.
+    pub forward_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            raft_advertise: None,
+            tls: None,
+            bootstrap: false,
+            // openraft gives one AppendEntries a heartbeat interval to complete: leave room
+            // for a batch of large entries and an fsync on a busy follower.
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_logs: 10_000,
+            ready_max_lag: 1000,
+            unavailable_wait: Duration::from_secs(3),
+            forward_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Connection, stream and request limits.
@@ -61,6 +116,10 @@ pub struct Limits {
     pub max_fetch_limit: u32,
     /// Unexpired single-use KeyPackages one identity may hold.
     pub max_key_packages_per_identity: u32,
+    /// Unexpired single-use KeyPackages all devices of one account may hold together.
+    pub max_key_packages_per_account: u32,
+    /// Concurrent `fetchWait` calls of one device (across its connections).
+    pub max_fetch_waits_per_device: usize,
     /// Entries applied in one transaction (one fsync) at most.
     pub max_batch_entries: usize,
 }
@@ -88,7 +147,60 @@ impl Default for Limits {
             max_fetch_wait: Duration::from_secs(30),
             max_fetch_limit: 256,
             max_key_packages_per_identity: 100,
+            max_key_packages_per_account: 500,
+            max_fetch_waits_per_device: 8,
             max_batch_entries: 512,
+        }
+    }
+}
+
+/// Token lifetimes and rate limits.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Lifetime of an access token.
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime).
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of a login nonce.
+    pub challenge_ttl: Duration,
+    /// Login nonces outstanding at once on this node.
+    pub max_outstanding_challenges: usize,
+    /// Requests per second (sustained) and burst, per client IP address.
+    pub rate_per_ip: RateLimit,
+    /// Per account (all its devices together).
+    pub rate_per_account: RateLimit,
+    /// Per device.
+    pub rate_per_device: RateLimit,
+}
+
+/// A token-bucket rate: `per_second` sustained, up to `burst` at once. `per_second == 0`
+/// disables the limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// The default per-key limit: 50 requests/s with bursts of 100.
+    pub const DEFAULT: Self = Self {
+        per_second: 50.0,
+        burst: 100.0,
+    };
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            challenge_ttl: Duration::from_secs(60),
+            max_outstanding_challenges: 100_000,
+            rate_per_ip: RateLimit::DEFAULT,
+            rate_per_account: RateLimit::DEFAULT,
+            rate_per_device: RateLimit::DEFAULT,
         }
     }
 }
@@ -113,8 +225,15 @@ impl NodeConfig {
             tls: TlsSource::Dev,
             limits: Limits::default(),
             retention: Retention::default(),
+            auth: AuthConfig::default(),
             rpc_workers: 2,
             drain_timeout: Duration::from_secs(10),
+            // A one-voter cluster on an ephemeral port: the same write path as a cluster.
+            cluster: ClusterConfig {
+                raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                bootstrap: true,
+                ..ClusterConfig::default()
+            },
         }
     }
 

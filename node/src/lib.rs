@@ -9,9 +9,12 @@
 //! - [`transport`]: TLS 1.3 / QUIC configuration, dev certificates, connection limiter.
 //! - [`rpc`]: the Cap'n Proto `Node` interface: parse requests into typed values, write
 //!   typed responses.
+//! - [`auth`]: tokens, login challenges, signature checks, rate limits.
 //! - [`service`]: the AS and DS rules on typed values; writes become commands.
 //! - [`mls`]: the only MLS code on the server: public framing and KeyPackage validation.
-//! - [`log`]: the command log (group commit) in front of the state machine.
+//! - [`log`]: the command log (group commit) in front of Raft.
+//! - [`raft`]: replication through openraft: SQLite log store, state machine, snapshots,
+//!   node-to-node QUIC with mutual TLS, membership.
 //! - [`state`]: the deterministic state machine on SQLite, and its reads.
 //! - [`admin`], [`metrics`], [`telemetry`]: health, readiness, Prometheus, logging.
 //! - [`clock`], [`config`]: injectable time; every limit and timing.
@@ -20,12 +23,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod log;
 pub mod metrics;
 pub mod mls;
+pub mod raft;
 pub mod rpc;
 pub mod selfcheck;
 pub mod server;
@@ -57,6 +62,9 @@ pub enum Error {
     /// Metrics registry error.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Raft could not start (configuration, bootstrap).
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 /// Result with the node's [`Error`].

@@ -1,26 +1,29 @@
-//! The command log in front of the state machine.
+//! The command log in front of Raft.
 //!
 //! [`CommitLog`] is where every state change goes: callers [`CommitLog::propose`] a
-//! [`Command`] and get its [`Outcome`] once it is durable and applied (invariant 3: ack means
-//! durable). One writer thread owns the database connection; it takes every command waiting
-//! in its queue (up to `max_batch_entries`), stamps the batch with the time, applies it in
-//! one transaction and fsyncs once. Under load, commands that arrive while a batch is being
-//! fsync'd form the next batch, so many writes share one fsync (group commit); at low load a
-//! batch is a single command and nothing waits for a timer.
+//! [`Command`] and get its [`Outcome`] once it is committed by a majority and applied
+//! (invariant 3: ack means durable). A batching task takes every command waiting in its
+//! queue (up to `max_batch_entries`, and a byte budget) and submits them as **one Raft
+//! entry**: one append, one fsync per node, one replication round for many client writes
+//! (group commit). While `max_in_flight` batches are being committed, new commands queue up
+//! and form the next batch; at low load a batch is a single command and nothing waits for
+//! a timer.
 //!
-//! Today the log is local to the node. Replication puts a Raft log here: the leader stamps
-//! and appends, and `apply` runs when an entry is committed — the services do not change.
+//! Submission goes through [`RaftNode::submit`]: the leader stamps and appends, a follower
+//! forwards the batch to the leader. A single node is a one-voter cluster: the same path.
+//! [`CommitLog::read_barrier`] is the read side: it returns once this node has applied
+//! everything committed when the read began.
 
 use std::sync::Arc;
-use std::thread;
-use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::clock::SharedClock;
-use crate::metrics::Metrics;
-use crate::service::waiters::Waiters;
-use crate::state::{Command, Outcome, Stamp, Store, StoreError};
+use crate::raft::node::{RaftNode, SubmitError};
+use crate::state::{Command, Outcome, StoreError};
+
+/// Commands of one batch hold at most about this many bytes (payloads and KeyPackages), so
+/// one entry stays well below the node-to-node message limit.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Why a proposal did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,27 @@ pub enum LogError {
     /// The store failed; nothing of the batch was applied.
     #[error("store: {0}")]
     Store(#[from] Arc<StoreError>),
+    /// No leader right now (election, partition): the caller may retry after a while.
+    #[error("no leader; retry after {retry_after_ms} ms")]
+    Unavailable {
+        /// Suggested wait before retrying.
+        retry_after_ms: u64,
+    },
+    /// Replication failed (log store, state machine).
+    #[error("replication: {0}")]
+    Replication(String),
+}
+
+impl From<SubmitError> for LogError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::NotLeader { .. } | SubmitError::Unavailable => LogError::Unavailable {
+                retry_after_ms: 500,
+            },
+            SubmitError::Stopped => LogError::Closed,
+            other => LogError::Replication(other.to_string()),
+        }
+    }
 }
 
 struct Pending {
@@ -39,40 +63,52 @@ struct Pending {
     reply: oneshot::Sender<Result<Outcome, LogError>>,
 }
 
-/// Handle to the writer thread. Cloning is cheap; the thread stops when every handle is
+/// Handle to the batching task. Cloning is cheap; the task stops when every handle is
 /// dropped and the queue is drained.
 #[derive(Clone)]
 pub struct CommitLog {
     tx: mpsc::Sender<Pending>,
+    node: Arc<RaftNode>,
+}
+
+/// Rough size of a command in an entry (for the batch byte budget).
+fn approx_size(command: &Command) -> usize {
+    match command {
+        Command::Enqueue { payload, .. } => payload.len() + 64,
+        Command::UploadKeyPackages {
+            packages,
+            last_resort,
+            ..
+        } => {
+            packages.iter().map(|p| p.bytes.len() + 16).sum::<usize>()
+                + last_resort.as_ref().map_or(0, |p| p.bytes.len())
+                + 64
+        }
+        _ => 64,
+    }
 }
 
 impl CommitLog {
-    /// Starts the writer thread over `store`.
+    /// Starts the batching task over `node`.
     pub fn start(
-        store: Store,
-        clock: SharedClock,
-        metrics: Metrics,
-        waiters: Arc<Waiters>,
+        node: Arc<RaftNode>,
         max_batch_entries: usize,
-    ) -> std::io::Result<(Self, thread::JoinHandle<()>)> {
-        // The queue bound is the back-pressure point: when the disk cannot keep up, proposers
-        // wait here instead of growing memory without limit.
-        let (tx, rx) = mpsc::channel(max_batch_entries.max(1) * 4);
-        let writer = Writer {
-            store,
-            clock,
-            metrics,
-            waiters,
-            max_batch_entries: max_batch_entries.max(1),
-            last_stamp_ms: 0,
-        };
-        let handle = thread::Builder::new()
-            .name("qpq-log-writer".into())
-            .spawn(move || writer.run(rx))?;
-        Ok((Self { tx }, handle))
+        max_in_flight: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let max_batch_entries = max_batch_entries.max(1);
+        // The queue bound is the back-pressure point: when replication cannot keep up,
+        // proposers wait here instead of growing memory without limit.
+        let (tx, rx) = mpsc::channel(max_batch_entries * 4);
+        let task = tokio::spawn(run(
+            rx,
+            node.clone(),
+            max_batch_entries,
+            max_in_flight.max(1),
+        ));
+        (Self { tx, node }, task)
     }
 
-    /// Appends `command`, waits until it is durable and applied, and returns its outcome.
+    /// Appends `command`, waits until it is committed and applied, and returns its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, LogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -81,93 +117,76 @@ impl CommitLog {
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
+
+    /// Returns once this node has applied every entry committed before the call (so a read
+    /// that follows sees every write acknowledged before it, on any node).
+    pub async fn read_barrier(&self) -> Result<(), LogError> {
+        Ok(self.node.read_barrier().await?)
+    }
+
+    /// Whether this node leads the cluster now (periodic leader-only work: eviction).
+    pub fn is_leader(&self) -> bool {
+        self.node.is_leader()
+    }
 }
 
-struct Writer {
-    store: Store,
-    clock: SharedClock,
-    metrics: Metrics,
-    waiters: Arc<Waiters>,
+async fn run(
+    mut rx: mpsc::Receiver<Pending>,
+    node: Arc<RaftNode>,
     max_batch_entries: usize,
-    /// Stamps never go backwards, even if the host clock does, so "enqueued at" times and
-    /// eviction cut-offs stay monotonic in the log.
-    last_stamp_ms: u64,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(self.max_batch_entries);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch_entries {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            self.apply(&mut batch);
-        }
-        tracing::debug!("log writer stopped");
-    }
-
-    fn apply(&mut self, batch: &mut Vec<Pending>) {
-        let started = Instant::now();
-        self.last_stamp_ms = self.last_stamp_ms.max(self.clock.now_ms());
-        let stamp = Stamp {
-            now_ms: self.last_stamp_ms,
+    max_in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let tasks = tokio_util::task::TaskTracker::new();
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: commands arriving meanwhile join this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
         };
-        let entries: Vec<(Command, Stamp)> =
-            batch.iter().map(|p| (p.command.clone(), stamp)).collect();
-        let result = self.store.apply_batch(&entries);
-        self.metrics.batch_entries.observe(batch.len() as f64);
-        self.metrics
-            .batch_duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    self.after_apply(&pending.command, &outcome);
-                    let _ = pending.reply.send(Ok(outcome));
+        let mut bytes = approx_size(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < max_batch_entries && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += approx_size(&p.command);
+                    batch.push(p);
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, entries = batch.len(), "applying a batch failed; nothing of it was stored");
-                let e = Arc::new(e);
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(LogError::Store(e.clone())));
-                }
+                Err(_) => break,
             }
         }
-    }
-
-    fn after_apply(&self, command: &Command, outcome: &Outcome) {
-        match (command, outcome) {
-            (
-                Command::Enqueue { channel, .. },
-                Outcome::Enqueued {
-                    seq,
-                    duplicate: false,
-                },
-            ) => {
-                self.waiters.notify(channel, *seq);
+        let node = node.clone();
+        tasks.spawn(async move {
+            let commands: Vec<Command> = batch.iter().map(|p| p.command.clone()).collect();
+            let result = node.submit(commands).await;
+            match result {
+                Ok(outcomes) if outcomes.len() == batch.len() => {
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = pending.reply.send(Ok(outcome));
+                    }
+                }
+                Ok(outcomes) => {
+                    tracing::error!(
+                        expected = batch.len(),
+                        got = outcomes.len(),
+                        "entry answered with the wrong number of outcomes"
+                    );
+                    for pending in batch {
+                        let _ = pending
+                            .reply
+                            .send(Err(LogError::Replication("outcome count mismatch".into())));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, entries = batch.len(), "batch not committed");
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(e.clone().into()));
+                    }
+                }
             }
-            (
-                Command::Evict { .. },
-                Outcome::Evicted {
-                    messages,
-                    key_packages,
-                },
-            ) => {
-                self.metrics
-                    .evictions
-                    .with_label_values(&["message"])
-                    .inc_by(*messages);
-                self.metrics
-                    .evictions
-                    .with_label_values(&["key_package"])
-                    .inc_by(*key_packages);
-            }
-            _ => {}
-        }
+            drop(slot);
+        });
     }
+    tasks.close();
+    tasks.wait().await;
+    tracing::debug!("commit log stopped");
 }

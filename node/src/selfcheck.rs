@@ -1,11 +1,12 @@
-//! The dev node's self-check: a real client, over real QUIC, exercising every RPC with real
-//! MLS material, printing one line per check. It is what `qpq-node dev` runs after start.
+//! The dev node's self-check: real clients, over real QUIC, registering, logging in and
+//! exercising the RPCs with real MLS material, printing one line per check. It is what `qpq-node dev` runs after start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use qpq_client::{Connection, ServerVerification};
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, GroupId, WireError};
+use qpq_schemas::auth::inbox_channel;
+use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
 
 use crate::mls::devkit::{DevGroup, DevIdentity};
 
@@ -46,59 +47,142 @@ async fn checks(
             }
         };
     }
-    let conn = match Connection::connect(
-        addr,
-        "localhost",
-        &ServerVerification::PinnedSha256(fingerprint),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => return Err((done, format!("connect: {e}"))),
-    };
+    macro_rules! step {
+        ($e:expr, $what:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err((done, format!("{}: {e}", $what))),
+            }
+        };
+    }
+    let pin = ServerVerification::PinnedSha256(fingerprint);
+    let mut conn = step!(
+        Connection::connect(addr, "localhost", &pin).await,
+        "connect"
+    );
+    let mut bob_conn = step!(
+        Connection::connect(addr, "localhost", &pin).await,
+        "connect"
+    );
     check!(server_info(&conn).await);
+    check!(unauthenticated(&conn).await);
 
-    let alice = DevIdentity::generate().map_err(|e| (Vec::new(), format!("identity: {e}")))?;
-    let bob = DevIdentity::generate().map_err(|e| (Vec::new(), format!("identity: {e}")))?;
+    let alice = step!(DevIdentity::generate(), "identity");
+    let bob = step!(DevIdentity::generate(), "identity");
+    let alice_tokens = step!(login(&mut conn, &alice).await, "register+login(alice)");
+    let bob_tokens = step!(login(&mut bob_conn, &bob).await, "register+login(bob)");
+    done.push(format!(
+        "register+login: alice and bob each registered an account with one device and logged in by challenge-response (access token for {} s)",
+        alice_tokens.access_expires_at_ms.saturating_sub(now_ms()) / 1000
+    ));
     check!(upload(&conn, &alice).await);
-    check!(upload(&conn, &bob).await);
+    check!(upload(&bob_conn, &bob).await);
+    check!(identity_binding(&conn, &bob).await);
 
-    let bob_kp = match conn.fetch_key_package(&bob.identity_key()).await {
-        Ok(kp) => kp,
-        Err(e) => return Err((done, format!("fetchKeyPackage: {e}"))),
+    let kps = step!(
+        conn.fetch_key_packages(&bob_tokens.account).await,
+        "fetchKeyPackages"
+    );
+    let Some(bob_kp) = kps.first() else {
+        return Err((done, "fetchKeyPackages: nothing for bob".into()));
     };
     done.push(format!(
-        "fetchKeyPackage: got a {}-byte KeyPackage for bob (single-use)",
-        bob_kp.bytes.len()
+        "fetchKeyPackages: {} KeyPackage(s) for bob's account, one per device, {} bytes (single-use)",
+        kps.len(),
+        bob_kp.package.bytes.len()
     ));
-    check!(count(&conn, &bob, 2).await);
+    check!(count(&bob_conn, &bob, 2).await);
 
+    let channel = step!(conn.create_channel().await, "createChannel");
     let group_id = GroupId::new(rand::random());
-    let channel = ChannelId::random();
-    let mut group =
-        DevGroup::create(&alice, group_id).map_err(|e| (Vec::new(), format!("group: {e}")))?;
-    let (commit, _welcome) = group
-        .add_member(&bob_kp.bytes)
-        .map_err(|e| (Vec::new(), format!("add: {e}")))?;
+    let mut group = step!(DevGroup::create(&alice, group_id), "group");
+    let (commit, welcome) = step!(group.add_member(&bob_kp.package.bytes), "add");
     check!(enqueue_commit(&conn, &channel, &commit).await);
-    group
-        .merge_pending_commit()
-        .map_err(|e| (Vec::new(), format!("merge: {e}")))?;
+    step!(
+        conn.add_member(&channel, &bob_tokens.account, false).await,
+        "addMember"
+    );
+    let inbox = inbox_channel(&bob_tokens.device);
+    step!(
+        conn.enqueue(&inbox, &ClientMsgId::random(), &welcome).await,
+        "enqueue(welcome to inbox)"
+    );
+    let got = step!(bob_conn.fetch(&inbox, 0, 0).await, "fetch(inbox)");
+    let Some(w) = got.messages.first() else {
+        return Err((done, "fetch(inbox): the Welcome did not arrive".into()));
+    };
+    let mut bob_group = step!(DevGroup::join(&bob, &w.payload), "join");
+    done.push(
+        "createChannel, addMember, Welcome via bob's device inbox: bob joined the group".into(),
+    );
+    step!(group.merge_pending_commit(), "merge");
 
-    let msg = group
-        .application_message(b"hello bob")
-        .map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
+    let msg = step!(group.application_message(b"hello bob"), "encrypt");
     let id = ClientMsgId::random();
     check!(enqueue_and_dedupe(&conn, &channel, &id, &msg).await);
-    check!(fetch(&conn, &channel).await);
-    let next = group
-        .application_message(b"are you there?")
-        .map_err(|e| (Vec::new(), format!("encrypt: {e}")))?;
-    check!(fetch_wait(&conn, &channel, &next).await);
+    check!(fetch(&bob_conn, &channel, &mut bob_group).await);
+    let next = step!(group.application_message(b"are you there?"), "encrypt");
+    check!(fetch_wait(&bob_conn, &conn, &channel, &next).await);
     check!(stale_commit(&conn, &channel, &commit).await);
-    check!(ack(&conn, &channel).await);
+    check!(ack(&bob_conn, &channel).await);
+    check!(outsider(addr, &pin, &channel).await);
     conn.close().await;
+    bob_conn.close().await;
     Ok(done)
+}
+
+fn now_ms() -> u64 {
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+}
+
+async fn login(conn: &mut Connection, who: &DevIdentity) -> Result<qpq_client::Tokens, String> {
+    let sign = |m: &[u8]| who.sign(m).unwrap_or_default();
+    conn.register_and_login(&who.identity_key(), sign)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn unauthenticated(conn: &Connection) -> CheckResult {
+    match conn.create_channel().await {
+        Err(qpq_client::ClientError::Wire(WireError::Unauthenticated)) => {
+            Ok("auth: a request without an access token was refused (Unauthenticated)".into())
+        }
+        other => Err(format!(
+            "createChannel without a token: expected Unauthenticated, got {other:?}"
+        )),
+    }
+}
+
+async fn identity_binding(conn: &Connection, other: &DevIdentity) -> CheckResult {
+    let kp = other
+        .key_package_bytes()
+        .map_err(|e| format!("keypackage: {e}"))?;
+    match conn.upload_key_packages(&[kp], None).await {
+        Err(qpq_client::ClientError::Wire(WireError::IdentityMismatch)) => Ok(
+            "uploadKeyPackages: another device's KeyPackage was refused (IdentityMismatch)".into(),
+        ),
+        other => Err(format!(
+            "uploadKeyPackages(foreign): expected IdentityMismatch, got {other:?}"
+        )),
+    }
+}
+
+async fn outsider(addr: SocketAddr, pin: &ServerVerification, channel: &ChannelId) -> CheckResult {
+    let mut c = Connection::connect(addr, "localhost", pin)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let carol = DevIdentity::generate().map_err(|e| format!("identity: {e}"))?;
+    login(&mut c, &carol).await?;
+    let r = c.fetch(channel, 0, 0).await;
+    c.close().await;
+    match r {
+        Err(qpq_client::ClientError::Wire(WireError::Forbidden)) => {
+            Ok("fetch: a non-member was refused (Forbidden)".into())
+        }
+        other => Err(format!(
+            "fetch by a non-member: expected Forbidden, got {other:?}"
+        )),
+    }
 }
 
 async fn server_info(conn: &Connection) -> CheckResult {
@@ -184,7 +268,7 @@ async fn enqueue_and_dedupe(
     Ok("enqueue: application message got seq 2; a retry with the same id returned seq 2 as a duplicate".into())
 }
 
-async fn fetch(conn: &Connection, channel: &ChannelId) -> CheckResult {
+async fn fetch(conn: &Connection, channel: &ChannelId, group: &mut DevGroup<'_>) -> CheckResult {
     let page = conn
         .fetch(channel, 0, 0)
         .await
@@ -193,15 +277,32 @@ async fn fetch(conn: &Connection, channel: &ChannelId) -> CheckResult {
     if seqs != [1, 2] {
         return Err(format!("fetch: seqs {seqs:?}, expected [1, 2]"));
     }
-    Ok("fetch: seqs [1, 2], in order, one copy each".into())
+    let plain = page
+        .messages
+        .get(1)
+        .map(|m| group.receive(&m.payload))
+        .transpose()
+        .map_err(|e| format!("decrypt: {e}"))?
+        .flatten();
+    if plain.as_deref() != Some(&b"hello bob"[..]) {
+        return Err("fetch: bob could not read alice's message".into());
+    }
+    Ok("fetch: bob got seqs [1, 2], in order, one copy each, and decrypted alice's message".into())
 }
 
-async fn fetch_wait(conn: &Connection, channel: &ChannelId, msg: &[u8]) -> CheckResult {
+async fn fetch_wait(
+    conn: &Connection,
+    sender_conn: &Connection,
+    channel: &ChannelId,
+    msg: &[u8],
+) -> CheckResult {
     let waiter = conn.fetch_wait(channel, 2, 0, 5_000);
     let started = std::time::Instant::now();
     let sender = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        conn.enqueue(channel, &ClientMsgId::random(), msg).await
+        sender_conn
+            .enqueue(channel, &ClientMsgId::random(), msg)
+            .await
     };
     let (page, sent) = tokio::join!(waiter, sender);
     let page = page.map_err(|e| format!("fetchWait: {e}"))?;
@@ -234,10 +335,10 @@ async fn stale_commit(conn: &Connection, channel: &ChannelId, commit: &[u8]) -> 
 }
 
 async fn ack(conn: &Connection, channel: &ChannelId) -> CheckResult {
-    conn.ack(channel, &ConsumerId::random(), 2)
+    conn.ack(channel, 2)
         .await
         .map_err(|e| format!("ack: {e}"))?;
-    Ok("ack: cursor recorded".into())
+    Ok("ack: bob's device cursor recorded".into())
 }
 
 fn short(who: &DevIdentity) -> String {

@@ -1,6 +1,7 @@
 //! Starting, running and draining a node.
 //!
-//! [`RunningNode::start`] opens the store, starts the log writer, binds the QUIC client
+//! [`RunningNode::start`] starts Raft (log store, state machine, Raft listener), the commit
+//! log in front of it, binds the QUIC client
 //! listener and the admin HTTP listener, and spawns:
 //! - the accept loop (on the caller's tokio runtime), which applies the connection limits
 //!   and hands each accepted connection to an RPC worker;
@@ -32,14 +33,17 @@ use crate::clock::SharedClock;
 use crate::config::{NodeConfig, TlsSource};
 use crate::log::CommitLog;
 use crate::metrics::Metrics;
+use crate::raft::node::RaftNode;
 use crate::rpc::{InFlight, NodeRpc};
 use crate::service::waiters::Waiters;
 use crate::service::{Caller, Services};
-use crate::state::Store;
 use crate::transport::devcert::{DevCert, fingerprint_sha256};
 use crate::transport::limits::{ConnectionLimiter, ConnectionPermit, TransportLimits};
 use crate::transport::tls;
 use crate::{Error, Result};
+
+/// Batches being committed at once; further commands queue and form the next batch.
+const MAX_IN_FLIGHT_BATCHES: usize = 4;
 
 /// Reason phrase of the `SHUTTING_DOWN` close.
 const SHUTTING_DOWN_REASON: &[u8] = b"server shutting down";
@@ -48,6 +52,8 @@ const SHUTTING_DOWN_REASON: &[u8] = b"server shutting down";
 pub struct RunningNode {
     client_addr: SocketAddr,
     admin_addr: SocketAddr,
+    raft_addr: SocketAddr,
+    raft: Arc<RaftNode>,
     cert: CertificateDer<'static>,
     services: Arc<Services>,
     metrics: Metrics,
@@ -100,15 +106,15 @@ impl RunningNode {
         let server_config =
             tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
-        let store = Store::open(&config.db_path())?;
         let waiters = Arc::new(Waiters::default());
+        let raft =
+            RaftNode::start(&config, waiters.clone(), metrics.clone(), clock.clone()).await?;
+        let raft_addr = raft.raft_addr()?;
         let (log, writer) = CommitLog::start(
-            store,
-            clock.clone(),
-            metrics.clone(),
-            waiters.clone(),
+            raft.clone(),
             config.limits.max_batch_entries,
-        )?;
+            MAX_IN_FLIGHT_BATCHES,
+        );
         let draining = CancellationToken::new();
         let services = Arc::new(Services::new(
             log,
@@ -127,6 +133,7 @@ impl RunningNode {
             metrics: metrics.clone(),
             services: services.clone(),
             ready: ready.clone(),
+            raft: raft.clone(),
         };
         let admin_stop = CancellationToken::new();
         let (admin_addr, admin_task) =
@@ -155,6 +162,7 @@ impl RunningNode {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let stop = shutdown.clone();
         let drain_timeout = config.drain_timeout;
+        let stop_raft = raft.clone();
         tokio::spawn(async move {
             accept_loop(&endpoint, &limiter, &workers, &ctx.metrics, &stop).await;
             // ---- drain ----
@@ -190,16 +198,13 @@ impl RunningNode {
             let _ = admin_task.await;
             let _ = sweeper.await;
             drop(ctx);
-            // The writer thread exits once the last log handle is gone; join it so every
-            // answered write is known to be on disk before we report "stopped".
-            let joined = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::task::spawn_blocking(move || writer.join()),
-            )
-            .await;
+            // The batching task exits once the last log handle is gone; wait for it so every
+            // batch in flight is answered before Raft stops.
+            let joined = tokio::time::timeout(Duration::from_secs(10), writer).await;
             if joined.is_err() {
-                tracing::warn!("log writer still has handles after shutdown; not waiting for it");
+                tracing::warn!("commit log still has handles after shutdown; not waiting for it");
             }
+            stop_raft.shutdown().await;
             tracing::info!("node stopped");
             let _ = done_tx.send(());
         });
@@ -207,6 +212,8 @@ impl RunningNode {
         Ok(Self {
             client_addr,
             admin_addr,
+            raft_addr,
+            raft,
             cert,
             services,
             metrics,
@@ -223,6 +230,16 @@ impl RunningNode {
     /// The admin HTTP address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The Raft listener's address (UDP).
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// This node's Raft (status, membership).
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
     }
 
     /// The leaf certificate clients see.
@@ -259,6 +276,7 @@ impl RunningNode {
     /// Waits until the node has stopped (after its shutdown token was cancelled).
     pub async fn wait(self) {
         drop(self.services);
+        drop(self.raft);
         let _ = self.done.await;
     }
 }
@@ -342,9 +360,7 @@ async fn serve_connection(item: WorkItem, ctx: ConnCtx) {
         return;
     }
     ctx.metrics.open_connections.inc();
-    let caller = Caller {
-        peer: conn.remote_address().ip(),
-    };
+    let caller = Caller::anonymous(conn.remote_address().ip());
     tracing::debug!(peer = %caller.peer, "connection open");
     let rpc = NodeRpc::new(
         ctx.services.clone(),
@@ -423,6 +439,11 @@ async fn sweep_loop(services: Arc<Services>, every: Duration, stop: Cancellation
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // Eviction is a log entry proposed by the leader only: every replica evicts the same
+        // rows when it applies it.
+        if !services.is_leader() {
+            continue;
         }
         match services.evict().await {
             Ok((0, 0)) => {}

@@ -355,22 +355,35 @@ async fn enforce_alpn_closes_a_connection_without_alpn() {
 }
 
 #[test]
-fn tls12_cannot_be_configured() {
-    // This rustls build has no TLS 1.2 at all: `rustls::version::TLS12` does not even exist
-    // (a `compile_fail` doctest in `qpq_node::transport::tls` guards that), so the only
-    // versions a config can name are these.
-    let all: Vec<_> = rustls::ALL_VERSIONS.iter().map(|v| v.version).collect();
-    assert_eq!(all, vec![rustls::ProtocolVersion::TLSv1_3]);
-    let default: Vec<_> = rustls::DEFAULT_VERSIONS.iter().map(|v| v.version).collect();
-    assert_eq!(default, vec![rustls::ProtocolVersion::TLSv1_3]);
+fn configs_carry_tls13_only_whatever_rustls_was_built_with() {
+    // rustls' TLS 1.2 code may be compiled in (another crate of a workspace build can enable
+    // its `tls12` feature); our configs must still carry nothing but TLS 1.3.
+    let (_dir, cert) = dev_cert();
+    let server = server_crypto(cert.cert_chain(), cert.key()).unwrap();
+    assert!(
+        server
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .all(|s| s.tls13().is_some())
+    );
+    assert!(!server.crypto_provider().cipher_suites.is_empty());
+    let client = client_crypto(&ServerVerification::PinnedSha256(cert.fingerprint())).unwrap();
+    assert!(
+        client
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .all(|s| s.tls13().is_some())
+    );
 
-    // Asking for "TLS 1.3 excluded" leaves no usable cipher suite.
+    // Asking for no TLS version at all is refused rather than silently widened.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    assert!(provider.cipher_suites.iter().all(|s| s.tls13().is_some()));
-    let err = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[])
-        .unwrap_err();
-    assert!(matches!(err, rustls::Error::General(_)), "{err:?}");
+    assert!(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[])
+            .is_err()
+    );
     assert!(
         rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[])

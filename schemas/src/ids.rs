@@ -102,6 +102,25 @@ fixed_id!(
     16
 );
 
+fixed_id!(
+    /// An account: exactly 16 random bytes assigned by the node at registration.
+    AccountId,
+    16
+);
+fixed_id!(
+    /// A device of an account: exactly 16 random bytes assigned by the node. It is also the
+    /// device's delivery cursor id ([`ConsumerId`]) in every channel.
+    DeviceId,
+    16
+);
+
+impl DeviceId {
+    /// The cursor id this device acknowledges with.
+    pub const fn consumer(&self) -> ConsumerId {
+        ConsumerId(self.0)
+    }
+}
+
 impl ClientMsgId {
     /// A fresh random (v4) id.
     pub fn random() -> Self {

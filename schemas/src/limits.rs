@@ -4,6 +4,12 @@
 /// The only ALPN token a node accepts on its client listener.
 pub const ALPN: &[u8] = b"capnp";
 
+/// The ALPN token of the node-to-node Raft listener (its own port, mutual TLS).
+pub const RAFT_ALPN: &[u8] = b"qpq-raft/1";
+
+/// Version of the node-to-node Raft messages (`raft.capnp`).
+pub const RAFT_WIRE_VERSION: u16 = 1;
+
 /// Wire version this build speaks natively (the `version` field of every struct).
 pub const WIRE_VERSION: u16 = 1;
 /// Oldest wire version this build still answers.

@@ -59,6 +59,9 @@ pub enum DevError {
         /// What the operation needed.
         expected: &'static str,
     },
+    /// Signing with the identity's key failed.
+    #[error("signing failed")]
+    Sign,
     /// An `openmls` operation failed.
     #[error("openmls: {op} failed: {source}")]
     Mls {
@@ -132,6 +135,17 @@ impl DevIdentity {
     /// The identity key (= the Ed25519 signature public key).
     pub fn identity_key(&self) -> IdentityKey {
         self.identity
+    }
+
+    /// Signs `message` with the identity's Ed25519 key — the device key of qpq's
+    /// authentication, which is this same MLS signature key. Signs only what it is given:
+    /// callers pass the domain-separated strings of `qpq_schemas::auth`.
+    ///
+    /// # Errors
+    /// [`DevError::Mls`] if signing fails.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DevError> {
+        use openmls_traits::signatures::Signer as _;
+        self.signer.sign(message).map_err(|_| DevError::Sign)
     }
 
     /// A fresh single-use KeyPackage, serialised as an `MLSMessage`. Its private keys stay in

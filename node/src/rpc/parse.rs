@@ -1,7 +1,9 @@
 //! Turning request readers into typed values.
 
 use qpq_schemas::limits::{MIN_WIRE_VERSION, WIRE_VERSION};
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey, WireError};
+use qpq_schemas::{
+    AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
+};
 
 /// Checks a request's wire version.
 pub(crate) fn version(v: u16) -> Result<(), WireError> {
@@ -52,16 +54,45 @@ pub(crate) fn client_msg_id(
         .map_err(|e| WireError::invalid("clientMsgId", e.to_string()))
 }
 
-pub(crate) fn consumer(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<ConsumerId, WireError> {
-    ConsumerId::from_slice(data(r, "consumerId")?)
-        .map_err(|e| WireError::invalid("consumerId", e.to_string()))
-}
-
 pub(crate) fn identity(
     r: capnp::Result<capnp::data::Reader<'_>>,
 ) -> Result<IdentityKey, WireError> {
     IdentityKey::from_slice(data(r, "identity")?)
         .map_err(|e| WireError::invalid("identity", e.to_string()))
+}
+
+pub(crate) fn account(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+    field: &str,
+) -> Result<AccountId, WireError> {
+    AccountId::from_slice(data(r, field)?).map_err(|e| WireError::invalid(field, e.to_string()))
+}
+
+pub(crate) fn device(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+    field: &str,
+) -> Result<DeviceId, WireError> {
+    DeviceId::from_slice(data(r, field)?).map_err(|e| WireError::invalid(field, e.to_string()))
+}
+
+pub(crate) fn key(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+    field: &str,
+) -> Result<IdentityKey, WireError> {
+    IdentityKey::from_slice(data(r, field)?).map_err(|e| WireError::invalid(field, e.to_string()))
+}
+
+/// An optional consumer id: empty means "the caller's own device".
+pub(crate) fn optional_consumer(
+    r: capnp::Result<capnp::data::Reader<'_>>,
+) -> Result<Option<ConsumerId>, WireError> {
+    let bytes = data(r, "consumerId")?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    ConsumerId::from_slice(bytes)
+        .map(Some)
+        .map_err(|e| WireError::invalid("consumerId", e.to_string()))
 }
 
 trait KindDescription {

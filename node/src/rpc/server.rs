@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 use capnp::capability::Rc;
 use qpq_schemas::WireError;
 use qpq_schemas::limits::{MAX_KEY_PACKAGES_PER_UPLOAD, MIN_WIRE_VERSION, WIRE_VERSION};
-use qpq_schemas::qpq_capnp::{fetch_ok, node};
+use qpq_schemas::qpq_capnp::{
+    DeviceStatus as WireDeviceStatus, DmState as WireDmState, channel_response, fetch_ok, node,
+    tokens_response,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::parse;
 use crate::metrics::Metrics;
+use crate::service::accounts::IssuedTokens;
 use crate::service::{Caller, Services};
-use crate::state::FetchPage;
+use crate::state::{DeviceStatus, DmAction, DmState, FetchPage};
 
 /// Counts RPCs being served, so a draining node can wait for them to finish.
 #[derive(Default)]
@@ -97,6 +101,8 @@ impl NodeRpc {
             Err(WireError::Unavailable {
                 retry_after_ms: 100,
             })
+        } else if let Err(e) = self.services.admit_ip(self.caller.peer) {
+            Err(e)
         } else {
             let _guard = self.in_flight.enter();
             f.await
@@ -116,6 +122,64 @@ impl NodeRpc {
     fn max_payload(&self) -> usize {
         self.services.config().limits.max_payload_bytes
     }
+
+    /// The auth layer: verifies the request's access token (and rate-limits its account and
+    /// device). An unreadable field counts as no token.
+    async fn auth(
+        &self,
+        token: capnp::Result<capnp::data::Reader<'_>>,
+    ) -> Result<Caller, WireError> {
+        let token = token.unwrap_or_default();
+        self.services.authenticate(self.caller.peer, token).await
+    }
+}
+
+fn write_tokens(r: tokens_response::Builder<'_>, result: Result<IssuedTokens, WireError>) {
+    let mut r = r;
+    r.set_version(WIRE_VERSION);
+    match result {
+        Ok(t) => {
+            let mut ok = r.init_ok();
+            ok.set_account_id(t.account.as_bytes());
+            ok.set_device_id(t.device.as_bytes());
+            ok.set_access_token(t.access.as_bytes());
+            ok.set_access_expires_at_ms(t.access_expires_at_ms);
+            ok.set_refresh_token(t.refresh.as_bytes());
+            ok.set_refresh_expires_at_ms(t.refresh_expires_at_ms);
+        }
+        Err(e) => e.write_to(r.init_err()),
+    }
+}
+
+fn write_channel(
+    mut r: channel_response::Builder<'_>,
+    result: Result<(qpq_schemas::ChannelId, DmState), WireError>,
+) {
+    r.set_version(WIRE_VERSION);
+    match result {
+        Ok((channel, state)) => {
+            let mut ok = r.init_ok();
+            ok.set_channel_id(channel.as_bytes());
+            ok.set_dm_state(match state {
+                DmState::Requested => WireDmState::Requested,
+                DmState::Accepted => WireDmState::Accepted,
+                DmState::Blocked => WireDmState::Blocked,
+            });
+        }
+        Err(e) => e.write_to(r.init_err()),
+    }
+}
+
+/// Writes an `EmptyResponse`-shaped answer.
+macro_rules! write_empty {
+    ($results:expr, $result:expr) => {{
+        let mut r = $results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match $result {
+            Ok(()) => r.set_ok(()),
+            Err(e) => e.write_to(r.init_err()),
+        }
+    }};
 }
 
 fn write_page(mut b: fetch_ok::Builder<'_>, page: &FetchPage, effective_timeout_ms: u32) {
@@ -177,6 +241,7 @@ impl node::Server for NodeRpc {
         let result = self
             .call("upload_key_packages", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let list = req
                     .get_key_packages()
                     .map_err(|_| WireError::invalid("keyPackages", "unreadable list"))?;
@@ -202,7 +267,7 @@ impl node::Server for NodeRpc {
                 }
                 let last_resort = (!last_resort.is_empty()).then(|| last_resort.to_vec());
                 self.services
-                    .upload_key_packages(&self.caller, packages, last_resort)
+                    .upload_key_packages(&caller, packages, last_resort)
                     .await
             })
             .await;
@@ -228,10 +293,9 @@ impl node::Server for NodeRpc {
         let result = self
             .call("fetch_key_package", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services
-                    .fetch_key_package(&self.caller, identity)
-                    .await
+                self.services.fetch_key_package(&caller, identity).await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -256,10 +320,9 @@ impl node::Server for NodeRpc {
         let result = self
             .call("key_package_count", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let identity = parse::identity(req.get_identity())?;
-                self.services
-                    .key_package_count(&self.caller, identity)
-                    .await
+                self.services.key_package_count(&caller, identity).await
             })
             .await;
         let mut r = results.get().init_resp();
@@ -284,6 +347,7 @@ impl node::Server for NodeRpc {
         let result = self
             .call("enqueue", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let channel = parse::channel(req.get_channel_id())?;
                 let id = parse::client_msg_id(req.get_client_msg_id())?;
                 let payload = parse::data(req.get_payload(), "payload")?;
@@ -296,7 +360,7 @@ impl node::Server for NodeRpc {
                     return Err(WireError::invalid("payload", "empty"));
                 }
                 self.services
-                    .enqueue(&self.caller, channel, id, payload.to_vec())
+                    .enqueue(&caller, channel, id, payload.to_vec())
                     .await
             })
             .await;
@@ -322,9 +386,10 @@ impl node::Server for NodeRpc {
         let result = self
             .call("fetch", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let channel = parse::channel(req.get_channel_id())?;
                 self.services
-                    .fetch(&self.caller, channel, req.get_after_seq(), req.get_limit())
+                    .fetch(&caller, channel, req.get_after_seq(), req.get_limit())
                     .await
             })
             .await;
@@ -346,11 +411,12 @@ impl node::Server for NodeRpc {
         let result = self
             .call("fetch_wait", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let channel = parse::channel(req.get_channel_id())?;
                 let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
                 self.services
                     .fetch_wait(
-                        &self.caller,
+                        &caller,
                         channel,
                         req.get_after_seq(),
                         req.get_limit(),
@@ -380,10 +446,11 @@ impl node::Server for NodeRpc {
         let result = self
             .call("ack", async {
                 parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
                 let channel = parse::channel(req.get_channel_id())?;
-                let consumer = parse::consumer(req.get_consumer_id())?;
+                let consumer = parse::optional_consumer(req.get_consumer_id())?;
                 self.services
-                    .ack(&self.caller, channel, consumer, req.get_seq())
+                    .ack(&caller, channel, consumer, req.get_seq())
                     .await
             })
             .await;
@@ -394,5 +461,367 @@ impl node::Server for NodeRpc {
             Err(e) => e.write_to(r.init_err()),
         }
         Ok(())
+    }
+
+    async fn register(
+        self: Rc<Self>,
+        params: node::RegisterParams,
+        mut results: node::RegisterResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("register", async {
+                parse::version(req.get_version())?;
+                let key = parse::key(req.get_device_public_key(), "devicePublicKey")?;
+                let signature = parse::data(req.get_signature(), "signature")?;
+                self.services.register(&self.caller, key, signature).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((account, device)) => {
+                let mut ok = r.init_ok();
+                ok.set_account_id(account.as_bytes());
+                ok.set_device_id(device.as_bytes());
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn login_challenge(
+        self: Rc<Self>,
+        params: node::LoginChallengeParams,
+        mut results: node::LoginChallengeResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("login_challenge", async {
+                parse::version(req.get_version())?;
+                let device = parse::device(req.get_device_id(), "deviceId")?;
+                self.services.login_challenge(&self.caller, device)
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok((nonce, ttl_ms)) => {
+                let mut ok = r.init_ok();
+                ok.set_nonce(&nonce[..]);
+                ok.set_expires_in_ms(u32::try_from(ttl_ms).unwrap_or(u32::MAX));
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn login(
+        self: Rc<Self>,
+        params: node::LoginParams,
+        mut results: node::LoginResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("login", async {
+                parse::version(req.get_version())?;
+                let device = parse::device(req.get_device_id(), "deviceId")?;
+                let nonce = parse::data(req.get_nonce(), "nonce")?;
+                let signature = parse::data(req.get_signature(), "signature")?;
+                self.services
+                    .login(&self.caller, device, nonce, signature)
+                    .await
+            })
+            .await;
+        write_tokens(results.get().init_resp(), result);
+        Ok(())
+    }
+
+    async fn refresh(
+        self: Rc<Self>,
+        params: node::RefreshParams,
+        mut results: node::RefreshResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("refresh", async {
+                parse::version(req.get_version())?;
+                let token = req.get_refresh_token().unwrap_or_default();
+                self.services.refresh(&self.caller, token).await
+            })
+            .await;
+        write_tokens(results.get().init_resp(), result);
+        Ok(())
+    }
+
+    async fn add_device(
+        self: Rc<Self>,
+        params: node::AddDeviceParams,
+        mut results: node::AddDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("add_device", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let key = parse::key(req.get_device_public_key(), "devicePublicKey")?;
+                let possession =
+                    parse::data(req.get_possession_signature(), "possessionSignature")?;
+                let approval = parse::data(req.get_approval_signature(), "approvalSignature")?;
+                self.services
+                    .add_device(&caller, key, possession, approval)
+                    .await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(device) => r.init_ok().set_device_id(device.as_bytes()),
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn list_devices(
+        self: Rc<Self>,
+        params: node::ListDevicesParams,
+        mut results: node::ListDevicesResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("list_devices", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                self.services.list_devices(&caller).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(devices) => {
+                let len = u32::try_from(devices.len()).unwrap_or(u32::MAX);
+                let mut list = r.init_ok().init_devices(len);
+                for (i, d) in (0u32..).zip(&devices) {
+                    let mut b = list.reborrow().get(i);
+                    b.set_device_id(d.device.as_bytes());
+                    b.set_public_key(d.public_key.as_bytes());
+                    b.set_status(match d.status {
+                        DeviceStatus::Pending => WireDeviceStatus::Pending,
+                        DeviceStatus::Active => WireDeviceStatus::Active,
+                        DeviceStatus::Revoked => WireDeviceStatus::Revoked,
+                    });
+                }
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn revoke_device(
+        self: Rc<Self>,
+        params: node::RevokeDeviceParams,
+        mut results: node::RevokeDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("revoke_device", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let device = parse::device(req.get_device_id(), "deviceId")?;
+                self.services.revoke_device(&caller, device).await
+            })
+            .await;
+        write_empty!(results, result);
+        Ok(())
+    }
+
+    async fn fetch_key_packages(
+        self: Rc<Self>,
+        params: node::FetchKeyPackagesParams,
+        mut results: node::FetchKeyPackagesResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("fetch_key_packages", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let account = parse::account(req.get_account_id(), "accountId")?;
+                self.services.fetch_key_packages(&caller, account).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(kps) => {
+                let len = u32::try_from(kps.len()).unwrap_or(u32::MAX);
+                let mut list = r.init_ok().init_key_packages(len);
+                for (i, (d, bytes, last_resort)) in (0u32..).zip(&kps) {
+                    let mut b = list.reborrow().get(i);
+                    b.set_device_id(d.device.as_bytes());
+                    b.set_identity(d.public_key.as_bytes());
+                    b.set_key_package(bytes);
+                    b.set_last_resort(*last_resort);
+                }
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn create_channel(
+        self: Rc<Self>,
+        params: node::CreateChannelParams,
+        mut results: node::CreateChannelResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("create_channel", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = self.services.create_channel(&caller).await?;
+                Ok((channel, DmState::Requested))
+            })
+            .await;
+        write_channel(results.get().init_resp(), result);
+        Ok(())
+    }
+
+    async fn add_member(
+        self: Rc<Self>,
+        params: node::AddMemberParams,
+        mut results: node::AddMemberResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("add_member", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let account = parse::account(req.get_account_id(), "accountId")?;
+                self.services
+                    .add_member(&caller, channel, account, req.get_admin())
+                    .await
+            })
+            .await;
+        write_empty!(results, result);
+        Ok(())
+    }
+
+    async fn remove_member(
+        self: Rc<Self>,
+        params: node::RemoveMemberParams,
+        mut results: node::RemoveMemberResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("remove_member", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let account = parse::account(req.get_account_id(), "accountId")?;
+                self.services.remove_member(&caller, channel, account).await
+            })
+            .await;
+        write_empty!(results, result);
+        Ok(())
+    }
+
+    async fn list_members(
+        self: Rc<Self>,
+        params: node::ListMembersParams,
+        mut results: node::ListMembersResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("list_members", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                self.services.list_members(&caller, channel).await
+            })
+            .await;
+        let mut r = results.get().init_resp();
+        r.set_version(WIRE_VERSION);
+        match result {
+            Ok(members) => {
+                let len = u32::try_from(members.len()).unwrap_or(u32::MAX);
+                let mut list = r.init_ok().init_members(len);
+                for (i, (account, admin)) in (0u32..).zip(&members) {
+                    let mut b = list.reborrow().get(i);
+                    b.set_account_id(account.as_bytes());
+                    b.set_admin(*admin);
+                }
+            }
+            Err(e) => e.write_to(r.init_err()),
+        }
+        Ok(())
+    }
+
+    async fn leave_channel(
+        self: Rc<Self>,
+        params: node::LeaveChannelParams,
+        mut results: node::LeaveChannelResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self
+            .call("leave_channel", async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                self.services.leave_channel(&caller, channel).await
+            })
+            .await;
+        write_empty!(results, result);
+        Ok(())
+    }
+
+    async fn create_dm(
+        self: Rc<Self>,
+        params: node::CreateDmParams,
+        mut results: node::CreateDmResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self.dm("create_dm", req, DmAction::Open).await;
+        write_channel(results.get().init_resp(), result);
+        Ok(())
+    }
+
+    async fn accept_dm(
+        self: Rc<Self>,
+        params: node::AcceptDmParams,
+        mut results: node::AcceptDmResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self.dm("accept_dm", req, DmAction::Accept).await;
+        write_channel(results.get().init_resp(), result);
+        Ok(())
+    }
+
+    async fn block_dm(
+        self: Rc<Self>,
+        params: node::BlockDmParams,
+        mut results: node::BlockDmResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_req()?;
+        let result = self.dm("block_dm", req, DmAction::Block).await;
+        write_channel(results.get().init_resp(), result);
+        Ok(())
+    }
+}
+
+impl NodeRpc {
+    async fn dm(
+        &self,
+        method: &'static str,
+        req: qpq_schemas::qpq_capnp::dm_request::Reader<'_>,
+        action: DmAction,
+    ) -> Result<(qpq_schemas::ChannelId, DmState), WireError> {
+        self.call(method, async {
+            parse::version(req.get_version())?;
+            let caller = self.auth(req.get_access_token()).await?;
+            let peer = parse::account(req.get_peer_account_id(), "peerAccountId")?;
+            self.services.dm(&caller, peer, action).await
+        })
+        .await
     }
 }

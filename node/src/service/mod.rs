@@ -5,32 +5,71 @@
 //! turn writes into [`Command`]s for the [`CommitLog`], and serve reads from the applied
 //! state. They know nothing about Cap'n Proto or QUIC.
 //!
-//! [`Caller`] is threaded through every method so that authentication and authorization can
-//! be added without reshaping them.
+//! [`Caller`] is threaded through every method: the RPC layer authenticates the request's
+//! access token ([`Services::authenticate`]) and rate-limits it before a method runs, and the
+//! methods authorize on [`Caller::authenticated`].
+//!
+//! Layout: this file holds the KeyPackage store and delivery; `accounts.rs` registration,
+//! login, tokens and devices; `channels.rs` channels, membership and the access rules of
+//! every channel operation; `waiters.rs` the `fetchWait` wake-ups.
 
+pub mod accounts;
+mod channels;
 pub mod waiters;
+
+pub use channels::Access;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey, WireError};
+use qpq_schemas::{
+    AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, IdentityKey, WireError,
+};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::challenge::Challenges;
+use crate::auth::ratelimit::{Limiter, Rate};
 use crate::clock::SharedClock;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, RateLimit};
 use crate::log::{CommitLog, LogError};
 use crate::mls::framing;
 use crate::mls::keypackage::{self, KeyPackagePolicy};
 use crate::state::{Command, FetchPage, Outcome, Rejection, StoreError, StoreReader};
 use waiters::Waiters;
 
-/// Who is calling. Today only the peer address; authentication adds the account and device.
+/// Who is calling: the peer address, and the account and device once the request's access
+/// token was verified.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The client's IP address.
     pub peer: IpAddr,
+    /// Set by [`Services::authenticate`]; `None` on the methods that need no token.
+    pub auth: Option<Authenticated>,
+}
+
+/// The identity behind a verified access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The account.
+    pub account: AccountId,
+    /// The device the token was issued to (active or pending, never revoked).
+    pub device: DeviceId,
+    /// The device's key: its MLS identity key.
+    pub device_key: IdentityKey,
+}
+
+impl Caller {
+    /// A caller known only by address.
+    pub fn anonymous(peer: IpAddr) -> Self {
+        Self { peer, auth: None }
+    }
+
+    /// The authenticated identity, or `Unauthenticated`.
+    pub fn authenticated(&self) -> Result<&Authenticated, WireError> {
+        self.auth.as_ref().ok_or(WireError::Unauthenticated)
+    }
 }
 
 /// A pool of read-only database connections. Reads run on tokio's blocking threads so a
@@ -93,7 +132,29 @@ pub struct Services {
     /// Cancelled when the node starts draining: long-polls return early (empty) so that
     /// their connections can be closed cleanly.
     draining: CancellationToken,
+    /// Outstanding login nonces (node-local).
+    challenges: Challenges,
+    /// Request rate limits, shared by every connection of the node.
+    limits: RateLimits,
+    /// `fetchWait` calls running per device, against `max_fetch_waits_per_device`.
+    fetch_waits: Mutex<std::collections::HashMap<DeviceId, usize>>,
 }
+
+struct RateLimits {
+    ip: Limiter<IpAddr>,
+    account: Limiter<AccountId>,
+    device: Limiter<DeviceId>,
+}
+
+fn rate(r: RateLimit) -> Rate {
+    Rate {
+        per_second: r.per_second,
+        burst: r.burst,
+    }
+}
+
+/// Buckets tracked per limiter before idle ones are pruned.
+const MAX_RATE_KEYS: usize = 100_000;
 
 impl Services {
     /// Wires the services to a running log.
@@ -112,6 +173,15 @@ impl Services {
             path: config.db_path(),
             idle: Mutex::new(Vec::new()),
         });
+        let challenges = Challenges::new(
+            duration_ms(config.auth.challenge_ttl),
+            config.auth.max_outstanding_challenges,
+        );
+        let limits = RateLimits {
+            ip: Limiter::new(rate(config.auth.rate_per_ip), MAX_RATE_KEYS),
+            account: Limiter::new(rate(config.auth.rate_per_account), MAX_RATE_KEYS),
+            device: Limiter::new(rate(config.auth.rate_per_device), MAX_RATE_KEYS),
+        };
         Self {
             log,
             readers,
@@ -120,6 +190,9 @@ impl Services {
             config,
             key_package_policy,
             draining,
+            challenges,
+            limits,
+            fetch_waits: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -134,11 +207,37 @@ impl Services {
             Err(LogError::Closed) => Err(WireError::Unavailable {
                 retry_after_ms: 1000,
             }),
+            Err(LogError::Unavailable { retry_after_ms }) => {
+                Err(WireError::Unavailable { retry_after_ms })
+            }
             Err(e) => {
                 tracing::error!(error = %e, "proposal failed");
                 Err(WireError::Internal)
             }
         }
+    }
+
+    /// Reads serve this node's applied state once it has caught up with the leader's
+    /// commit index (read index), so no client sees state older than what it saw before.
+    async fn read_barrier(&self) -> Result<(), WireError> {
+        match self.log.read_barrier().await {
+            Ok(()) => Ok(()),
+            Err(LogError::Unavailable { retry_after_ms }) => {
+                Err(WireError::Unavailable { retry_after_ms })
+            }
+            Err(LogError::Closed) => Err(WireError::Unavailable {
+                retry_after_ms: 1000,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "read barrier failed");
+                Err(WireError::Internal)
+            }
+        }
+    }
+
+    /// Whether this node leads the cluster (the eviction sweep runs on the leader only).
+    pub fn is_leader(&self) -> bool {
+        self.log.is_leader()
     }
 
     // ---------------------------------------------------------------- Authentication Service
@@ -147,10 +246,11 @@ impl Services {
     /// identity; the batch is all-or-nothing.
     pub async fn upload_key_packages(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<(u32, u32), WireError> {
+        let me = *caller.authenticated()?;
         if packages.is_empty() && last_resort.is_none() {
             return Err(WireError::invalid("keyPackages", "nothing to upload"));
         }
@@ -187,15 +287,21 @@ impl Services {
         let Some(identity) = identity else {
             return Err(WireError::invalid("keyPackages", "nothing to upload"));
         };
+        // Identity binding: a device uploads only KeyPackages whose credential is its own key.
+        if identity != me.device_key {
+            tracing::info!(target: "qpq::audit", event = "key_package_upload", account = %me.account, device = %me.device, outcome = "identity_mismatch");
+            return Err(WireError::IdentityMismatch);
+        }
         let outcome = self
             .propose(Command::UploadKeyPackages {
                 identity,
                 packages: new,
                 last_resort,
                 max_available: self.config.limits.max_key_packages_per_identity,
+                max_available_per_account: self.config.limits.max_key_packages_per_account,
             })
             .await?;
-        tracing::info!(target: "qpq::audit", event = "key_package_upload", identity = %id_tag(&identity), count = packages.len(), outcome = outcome_code(&outcome));
+        tracing::info!(target: "qpq::audit", event = "key_package_upload", account = %me.account, device = %me.device, count = packages.len(), outcome = outcome_code(&outcome));
         match outcome {
             Outcome::Uploaded {
                 accepted,
@@ -205,10 +311,21 @@ impl Services {
         }
     }
 
-    /// Consumes one KeyPackage of `identity` (or serves its last-resort one).
+    /// Consumes one KeyPackage of `identity` (or serves its last-resort one). `identity` must
+    /// be the key of a device that is not revoked; otherwise `NotFound`.
     pub async fn fetch_key_package(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
+        identity: IdentityKey,
+    ) -> Result<(Vec<u8>, bool), WireError> {
+        let me = *caller.authenticated()?;
+        let served = self.consume_key_package(identity).await;
+        tracing::info!(target: "qpq::audit", event = "key_package_fetch", account = %me.account, device = %me.device, identity = %id_tag(&identity), found = served.is_ok());
+        served
+    }
+
+    async fn consume_key_package(
+        &self,
         identity: IdentityKey,
     ) -> Result<(Vec<u8>, bool), WireError> {
         match self
@@ -223,9 +340,11 @@ impl Services {
     /// Counts the KeyPackages available for `identity`.
     pub async fn key_package_count(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         identity: IdentityKey,
     ) -> Result<(u32, bool), WireError> {
+        caller.authenticated()?;
+        self.read_barrier().await?;
         let now = self.clock.now_ms();
         self.readers
             .with(move |r| r.key_package_count(&identity, now))
@@ -237,11 +356,12 @@ impl Services {
     /// Appends an MLS message to a channel (deduplicated by `id`, Commits ordered per epoch).
     pub async fn enqueue(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         channel: ChannelId,
         id: ClientMsgId,
         payload: Vec<u8>,
     ) -> Result<(u64, bool), WireError> {
+        let me = self.authorize(caller, channel, Access::Send).await?;
         if payload.len() > self.config.limits.max_payload_bytes {
             return Err(WireError::PayloadTooLarge {
                 limit: self.config.limits.max_payload_bytes as u64,
@@ -259,9 +379,10 @@ impl Services {
                 client_msg_id: id,
                 payload,
                 commit,
+                sender: Some(me.account),
             })
             .await?;
-        tracing::debug!(target: "qpq::audit", event = "enqueue", channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));
+        tracing::debug!(target: "qpq::audit", event = "enqueue", account = %me.account, device = %me.device, channel = %channel, msg = %id, size, commit = commit.is_some(), outcome = outcome_code(&outcome));
         match outcome {
             Outcome::Enqueued { seq, duplicate } => Ok((seq, duplicate)),
             other => Err(rejection(other)),
@@ -282,18 +403,30 @@ impl Services {
     /// Reads up to `limit` messages after `after_seq`.
     pub async fn fetch(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         channel: ChannelId,
         after_seq: u64,
         limit: u32,
     ) -> Result<FetchPage, WireError> {
+        let me = self.authorize(caller, channel, Access::Read).await?;
+        let page = self.read_page(channel, after_seq, limit).await?;
+        tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
+        Ok(page)
+    }
+
+    async fn read_page(
+        &self,
+        channel: ChannelId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<FetchPage, WireError> {
+        self.read_barrier().await?;
         let limit = self.page_limit(limit);
         let not_before = self.not_before_ms();
         let page = self
             .readers
             .with(move |r| r.fetch(&channel, after_seq, limit, not_before))
             .await?;
-        tracing::debug!(target: "qpq::audit", event = "fetch", channel = %channel, after_seq, returned = page.messages.len());
         Ok(page)
     }
 
@@ -307,13 +440,18 @@ impl Services {
         limit: u32,
         timeout: Duration,
     ) -> Result<WaitedPage, WireError> {
+        let me = self.authorize(caller, channel, Access::Read).await?;
+        let _slot = self.fetch_wait_slot(me.device)?;
         let effective_timeout = timeout.min(self.config.limits.max_fetch_wait);
         let deadline = tokio::time::Instant::now() + effective_timeout;
         // Subscribe before reading: a message applied between the read and the wait must
         // still wake us.
         let mut sub = self.waiters.subscribe(channel);
         loop {
-            let page = self.fetch(caller, channel, after_seq, limit).await?;
+            let page = self.read_page(channel, after_seq, limit).await?;
+            if !page.messages.is_empty() {
+                tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
+            }
             if !page.messages.is_empty() {
                 return Ok(WaitedPage {
                     page,
@@ -328,14 +466,21 @@ impl Services {
         }
     }
 
-    /// Records that `consumer` received everything up to `seq`.
+    /// Records that the calling device received everything up to `seq`. `consumer` must be
+    /// `None` or the caller's own device id: a device moves only its own cursor.
     pub async fn ack(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         channel: ChannelId,
-        consumer: ConsumerId,
+        consumer: Option<ConsumerId>,
         seq: u64,
     ) -> Result<(), WireError> {
+        let me = self.authorize(caller, channel, Access::Read).await?;
+        let own = me.device.consumer();
+        if consumer.is_some_and(|c| c != own) {
+            return Err(WireError::Forbidden);
+        }
+        let consumer = own;
         match self
             .propose(Command::Ack {
                 channel,
@@ -372,6 +517,46 @@ impl Services {
     }
 }
 
+/// Holds one of a device's `fetchWait` slots; frees it on drop.
+struct FetchWaitSlot<'a> {
+    services: &'a Services,
+    device: DeviceId,
+}
+
+impl Services {
+    fn fetch_wait_slot(&self, device: DeviceId) -> Result<FetchWaitSlot<'_>, WireError> {
+        let mut map = self.fetch_waits.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(device).or_insert(0);
+        if *n >= self.config.limits.max_fetch_waits_per_device {
+            tracing::info!(target: "qpq::audit", event = "fetch_wait_cap", device = %device);
+            return Err(WireError::QuotaExceeded {
+                quota: "concurrentFetchWaitsPerDevice".into(),
+            });
+        }
+        *n += 1;
+        Ok(FetchWaitSlot {
+            services: self,
+            device,
+        })
+    }
+}
+
+impl Drop for FetchWaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .services
+            .fetch_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.device) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.device);
+            }
+        }
+    }
+}
+
 /// A short, non-reversible tag for an identity key in logs: enough to correlate events,
 /// without putting key material in the log.
 pub fn id_tag(identity: &IdentityKey) -> String {
@@ -380,7 +565,7 @@ pub fn id_tag(identity: &IdentityKey) -> String {
     hex::encode(&digest[..6])
 }
 
-fn duration_ms(d: Duration) -> u64 {
+pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -392,13 +577,15 @@ fn outcome_code(o: &Outcome) -> &'static str {
         Outcome::Enqueued {
             duplicate: true, ..
         } => "duplicate",
+        Outcome::Rejected(Rejection::AccountKeyPackageQuota { .. }) => "account_quota_exceeded",
+        Outcome::Rejected(_) => "rejected",
         _ => "ok",
     }
 }
 
 /// Maps a state-machine rejection (or an outcome of the wrong kind, which would be a bug)
 /// to its wire error.
-fn rejection(o: Outcome) -> WireError {
+pub(crate) fn rejection(o: Outcome) -> WireError {
     match o {
         Outcome::Rejected(Rejection::NoKeyPackage) => WireError::NotFound,
         Outcome::Rejected(Rejection::KeyPackageQuota { .. }) => WireError::QuotaExceeded {
@@ -407,6 +594,15 @@ fn rejection(o: Outcome) -> WireError {
         Outcome::Rejected(Rejection::StaleEpoch { expected_epoch }) => {
             WireError::StaleEpoch { expected_epoch }
         }
+        Outcome::Rejected(Rejection::AccountKeyPackageQuota { .. }) => WireError::QuotaExceeded {
+            quota: "keyPackagesPerAccount".into(),
+        },
+        Outcome::Rejected(Rejection::Forbidden) => WireError::Forbidden,
+        Outcome::Rejected(Rejection::UnknownAccount) => WireError::NotFound,
+        Outcome::Rejected(Rejection::TokenExpired) => WireError::TokenExpired,
+        Outcome::Rejected(
+            Rejection::TokenInvalid | Rejection::RefreshReplayed | Rejection::KeyInUse,
+        ) => WireError::Unauthenticated,
         other => {
             tracing::error!(outcome = ?other, "unexpected outcome kind");
             WireError::Internal

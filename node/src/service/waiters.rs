@@ -46,6 +46,14 @@ impl Waiters {
         }
     }
 
+    /// Wakes every waiter (after a snapshot replaced the state wholesale).
+    pub fn notify_all(&self) {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in map.values() {
+            tx.send_modify(|_| {});
+        }
+    }
+
     /// Channels with at least one waiter (for tests and metrics).
     pub fn watched_channels(&self) -> usize {
         self.channels

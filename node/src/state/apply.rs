@@ -11,6 +11,7 @@
 use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::accounts;
 use super::command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Stamp};
 use super::error::{Result, StoreError};
 
@@ -23,13 +24,14 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
             packages,
             last_resort,
             max_available,
+            max_available_per_account,
         } => upload_key_packages(
             conn,
             stamp,
             identity,
             packages,
             last_resort.as_ref(),
-            *max_available,
+            (*max_available, *max_available_per_account),
         ),
         Command::ConsumeKeyPackage { identity } => consume_key_package(conn, stamp, identity),
         Command::Enqueue {
@@ -37,14 +39,22 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
             client_msg_id,
             payload,
             commit,
-        } => enqueue(
-            conn,
-            stamp,
-            channel,
-            client_msg_id,
-            payload,
-            commit.as_ref(),
-        ),
+            sender,
+        } => {
+            if let Some(sender) = sender
+                && !accounts::may_send(conn, channel, sender)?
+            {
+                return Ok(Outcome::Rejected(Rejection::Forbidden));
+            }
+            enqueue(
+                conn,
+                stamp,
+                channel,
+                client_msg_id,
+                payload,
+                commit.as_ref(),
+            )
+        }
         Command::Ack {
             channel,
             consumer,
@@ -54,6 +64,7 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
             messages_before_ms,
             key_packages_expired_at_ms,
         } => evict(conn, *messages_before_ms, *key_packages_expired_at_ms),
+        other => accounts::apply(conn, other, stamp),
     }
 }
 
@@ -88,7 +99,7 @@ fn upload_key_packages(
     identity: &IdentityKey,
     packages: &[NewKeyPackage],
     last_resort: Option<&NewKeyPackage>,
-    max_available: u32,
+    (max_available, max_per_account): (u32, u32),
 ) -> Result<Outcome> {
     let now = to_sql(stamp.now_ms);
     let held = unexpired_single_use(conn, identity, now)?;
@@ -99,6 +110,14 @@ fn upload_key_packages(
         return Ok(Outcome::Rejected(Rejection::KeyPackageQuota {
             max_available,
         }));
+    }
+    if incoming > 0 && max_per_account > 0 {
+        let account_held = accounts::account_key_packages(conn, identity, now)?;
+        if account_held.saturating_add(incoming) > u64::from(max_per_account) {
+            return Ok(Outcome::Rejected(Rejection::AccountKeyPackageQuota {
+                max_available: max_per_account,
+            }));
+        }
     }
     let identity_bytes = &identity.as_bytes()[..];
     let mut insert = conn.prepare_cached(
@@ -266,14 +285,19 @@ fn ack(conn: &Connection, channel: &ChannelId, consumer: &ConsumerId, seq: u64) 
          SET acked_seq = max(acked_seq, excluded.acked_seq)",
     )?
     .execute(params![channel_bytes, &consumer.as_bytes()[..], acked])?;
-    // Delivered to every consumer the channel knows: the rows are no longer needed. Their
-    // dedupe records stay (removed only by age).
+    delete_delivered(conn, channel)?;
+    Ok(Outcome::Acked)
+}
+
+/// Drops the messages every consumer the channel knows has acknowledged. Their dedupe
+/// records stay (removed only by age).
+pub(super) fn delete_delivered(conn: &Connection, channel: &ChannelId) -> Result<()> {
     conn.prepare_cached(
         "DELETE FROM messages WHERE channel = ?1
          AND seq <= (SELECT min(acked_seq) FROM cursors WHERE channel = ?1)",
     )?
-    .execute(params![channel_bytes])?;
-    Ok(Outcome::Acked)
+    .execute(params![&channel.as_bytes()[..]])?;
+    Ok(())
 }
 
 fn evict(
@@ -295,6 +319,9 @@ fn evict(
         .execute(params![kp_cutoff])?;
     let last_resort = conn
         .prepare_cached("DELETE FROM last_resort_key_packages WHERE expires_at_ms <= ?1")?
+        .execute(params![kp_cutoff])?;
+    // Expired tokens can never be accepted again (the check uses the same cut-off).
+    conn.prepare_cached("DELETE FROM tokens WHERE expires_at_ms <= ?1")?
         .execute(params![kp_cutoff])?;
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     Ok(Outcome::Evicted {

@@ -7,7 +7,7 @@
 //! randomness and no node-local configuration inside `apply`, so every replica that applies
 //! the same commands in the same order ends in the same state.
 
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, GroupId, IdentityKey};
+use qpq_schemas::{AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, GroupId, IdentityKey};
 use serde::{Deserialize, Serialize};
 
 /// Fields the log stamps onto every entry when it is proposed (by the leader, once
@@ -34,6 +34,10 @@ pub enum Command {
         last_resort: Option<NewKeyPackage>,
         /// Per-identity cap, stamped by the proposer from its configuration.
         max_available: u32,
+        /// Cap on unexpired single-use packages over every device of the identity's account
+        /// (0: no account cap). Stamped by the proposer from its configuration.
+        #[serde(default)]
+        max_available_per_account: u32,
     },
     /// Consume one KeyPackage of `identity`: the oldest unexpired single-use one, or the
     /// last-resort one (not consumed) when none is left.
@@ -48,10 +52,17 @@ pub enum Command {
         /// Sender-chosen dedupe key.
         client_msg_id: ClientMsgId,
         /// Opaque MLS message bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Set when the payload's public framing says it is a Commit: the DS then enforces
         /// one Commit per (channel, group, epoch).
         commit: Option<CommitFraming>,
+        /// The sending account. When set, `apply` enforces the channel's send rule itself
+        /// (membership, DM state), so a membership change that races the send — or a
+        /// proposer that read stale state — cannot let a non-member in. `None` only for
+        /// commands of trusted internal callers (and entries from before authentication).
+        #[serde(default)]
+        sender: Option<AccountId>,
     },
     /// Move a consumer's delivery cursor forward (never backward).
     Ack {
@@ -61,6 +72,108 @@ pub enum Command {
         consumer: ConsumerId,
         /// Everything up to and including this sequence number was delivered.
         seq: u64,
+    },
+    /// Create an account with its first device (status pending) and the device's inbox.
+    /// Rejected with `KeyInUse` if the public key belongs to any device, revoked ones
+    /// included.
+    RegisterAccount {
+        /// New account id (random, chosen by the proposer).
+        account: AccountId,
+        /// New device id (random, chosen by the proposer).
+        device: DeviceId,
+        /// The device's Ed25519 key (its MLS identity key); possession was proven at the RPC
+        /// boundary.
+        public_key: IdentityKey,
+    },
+    /// Add a device (status pending) to `account`, approved by `approver`, which must be a
+    /// non-revoked device of the same account. The new device gets cursors in every channel
+    /// the account belongs to, at the channel's current end.
+    AddDevice {
+        /// The account.
+        account: AccountId,
+        /// The approving device (whose signature was verified at the RPC boundary).
+        approver: DeviceId,
+        /// New device id.
+        device: DeviceId,
+        /// The new device's key.
+        public_key: IdentityKey,
+    },
+    /// Revoke a device of `account`: final. Its tokens are revoked, its cursors and
+    /// KeyPackages dropped.
+    RevokeDevice {
+        /// The account the device must belong to.
+        account: AccountId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Store a fresh access/refresh token pair (as hashes) for a device that logged in; a
+    /// pending device becomes active. Rejected if the device is revoked.
+    IssueTokens {
+        /// The device.
+        device: DeviceId,
+        /// The new token family (random).
+        family: TokenId,
+        /// The access token.
+        access: NewToken,
+        /// The refresh token.
+        refresh: NewToken,
+    },
+    /// Rotate a refresh token: the presented one becomes used, a new pair of the same family
+    /// is stored. A presented token that is already used is a replay: the whole family is
+    /// revoked and the command rejected.
+    RotateRefresh {
+        /// The presented refresh token (its secret was checked at the RPC boundary).
+        presented: TokenId,
+        /// The new access token.
+        access: NewToken,
+        /// The new refresh token.
+        refresh: NewToken,
+    },
+    /// Create a group channel with `creator` as its admin and only member.
+    CreateGroup {
+        /// New channel id (random).
+        channel: ChannelId,
+        /// Creator.
+        creator: AccountId,
+    },
+    /// Add `account` to a group channel (or change its admin flag). `by` must be an admin.
+    AddMember {
+        /// Channel.
+        channel: ChannelId,
+        /// Acting account.
+        by: AccountId,
+        /// Account added.
+        account: AccountId,
+        /// Whether it becomes an admin.
+        admin: bool,
+    },
+    /// Remove `account` from a group channel. `by` must be an admin.
+    RemoveMember {
+        /// Channel.
+        channel: ChannelId,
+        /// Acting account.
+        by: AccountId,
+        /// Account removed.
+        account: AccountId,
+    },
+    /// `account` leaves a group channel it is a member of.
+    Leave {
+        /// Channel.
+        channel: ChannelId,
+        /// Leaving account.
+        account: AccountId,
+    },
+    /// Open, accept or block the DM channel of `by` and `peer` (`channel` is derived from the
+    /// pair by the proposer).
+    Dm {
+        /// The pair's channel.
+        channel: ChannelId,
+        /// Acting account.
+        by: AccountId,
+        /// The other account.
+        peer: AccountId,
+        /// What to do.
+        action: DmAction,
     },
     /// Drop expired rows. Proposed periodically (by the leader); cut-offs are computed by the
     /// proposer so all replicas evict exactly the same rows.
@@ -72,10 +185,74 @@ pub enum Command {
     },
 }
 
+/// A token's public lookup id (the first 16 bytes of the bearer token). Not a secret on its
+/// own, but never printed either: with the secret it would be the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenId(pub [u8; 16]);
+
+impl std::fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenId(<redacted>)")
+    }
+}
+
+/// A token as the state machine stores it: never the secret, only its SHA-256.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// Lookup id.
+    pub id: TokenId,
+    /// SHA-256 of the secret.
+    pub secret_sha256: [u8; 32],
+    /// Expiry (ms since the Unix epoch), computed by the proposer.
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Command::Dm`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DmAction {
+    /// Create the DM as a request from `by` (idempotent: an existing DM is left as is).
+    Open,
+    /// Accept a request from the peer, or lift one's own block.
+    Accept,
+    /// Block the peer (creates the DM blocked if it did not exist).
+    Block,
+}
+
+/// State of a DM channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DmState {
+    /// Opened by one account (the actor); only it may send.
+    Requested,
+    /// Both may send.
+    Accepted,
+    /// Blocked by the actor; nobody may send.
+    Blocked,
+}
+
+/// Lifecycle of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceStatus {
+    /// Registered or added; never logged in.
+    Pending,
+    /// Logged in at least once.
+    Active,
+    /// Revoked (final).
+    Revoked,
+}
+
 /// A KeyPackage that passed validation at the RPC boundary.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewKeyPackage {
     /// The package as uploaded (TLS-serialised `KeyPackage`), served back byte for byte.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     /// When the package stops being served: the earlier of its own `not_after` and the
     /// upload time plus the KeyPackage TTL (ms since the Unix epoch).
@@ -115,6 +292,7 @@ pub enum Outcome {
     /// `ConsumeKeyPackage` found a package.
     KeyPackage {
         /// The package bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// Whether it is the identity's last-resort package (which stays stored).
         last_resort: bool,
@@ -135,6 +313,20 @@ pub enum Outcome {
         /// KeyPackages dropped.
         key_packages: u64,
     },
+    /// An account, device, membership or token command applied.
+    Done,
+    /// Tokens were stored (`IssueTokens`, `RotateRefresh`), for this device.
+    TokensIssued {
+        /// The device's account.
+        account: AccountId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// A DM command applied; the DM's state now.
+    Dm {
+        /// State after the command.
+        state: DmState,
+    },
     /// The command was refused by a rule of the state machine.
     Rejected(Rejection),
 }
@@ -154,6 +346,24 @@ pub enum Rejection {
         /// The epoch the channel now expects a Commit for.
         expected_epoch: u64,
     },
+    /// The identity's account would exceed its KeyPackage cap.
+    AccountKeyPackageQuota {
+        /// The cap.
+        max_available: u32,
+    },
+    /// The public key already belongs to a device (possibly revoked).
+    KeyInUse,
+    /// The acting account or device may not do this (not an admin, not a member, wrong
+    /// account, wrong channel kind, revoked device).
+    Forbidden,
+    /// The target account does not exist.
+    UnknownAccount,
+    /// The token is not live (revoked, used, or its device is revoked).
+    TokenInvalid,
+    /// The token expired.
+    TokenExpired,
+    /// A used refresh token was presented again: its family is now revoked.
+    RefreshReplayed,
 }
 
 // `Debug` by hand: commands and outcomes carry payloads and KeyPackages, which must never
@@ -166,12 +376,86 @@ impl std::fmt::Debug for Command {
                 packages,
                 last_resort,
                 max_available,
+                max_available_per_account,
             } => f
                 .debug_struct("UploadKeyPackages")
                 .field("packages", &packages.len())
                 .field("last_resort", &last_resort.is_some())
                 .field("max_available", max_available)
+                .field("max_available_per_account", max_available_per_account)
                 .finish_non_exhaustive(),
+            Self::RegisterAccount {
+                account, device, ..
+            } => f
+                .debug_struct("RegisterAccount")
+                .field("account", account)
+                .field("device", device)
+                .finish_non_exhaustive(),
+            Self::AddDevice {
+                account,
+                approver,
+                device,
+                ..
+            } => f
+                .debug_struct("AddDevice")
+                .field("account", account)
+                .field("approver", approver)
+                .field("device", device)
+                .finish_non_exhaustive(),
+            Self::RevokeDevice { account, device } => f
+                .debug_struct("RevokeDevice")
+                .field("account", account)
+                .field("device", device)
+                .finish(),
+            Self::IssueTokens { device, .. } => f
+                .debug_struct("IssueTokens")
+                .field("device", device)
+                .finish_non_exhaustive(),
+            Self::RotateRefresh { .. } => f.debug_struct("RotateRefresh").finish_non_exhaustive(),
+            Self::CreateGroup { channel, creator } => f
+                .debug_struct("CreateGroup")
+                .field("channel", channel)
+                .field("creator", creator)
+                .finish(),
+            Self::AddMember {
+                channel,
+                by,
+                account,
+                admin,
+            } => f
+                .debug_struct("AddMember")
+                .field("channel", channel)
+                .field("by", by)
+                .field("account", account)
+                .field("admin", admin)
+                .finish(),
+            Self::RemoveMember {
+                channel,
+                by,
+                account,
+            } => f
+                .debug_struct("RemoveMember")
+                .field("channel", channel)
+                .field("by", by)
+                .field("account", account)
+                .finish(),
+            Self::Leave { channel, account } => f
+                .debug_struct("Leave")
+                .field("channel", channel)
+                .field("account", account)
+                .finish(),
+            Self::Dm {
+                channel,
+                by,
+                peer,
+                action,
+            } => f
+                .debug_struct("Dm")
+                .field("channel", channel)
+                .field("by", by)
+                .field("peer", peer)
+                .field("action", action)
+                .finish(),
             Self::ConsumeKeyPackage { .. } => {
                 f.debug_struct("ConsumeKeyPackage").finish_non_exhaustive()
             }
@@ -180,12 +464,14 @@ impl std::fmt::Debug for Command {
                 client_msg_id,
                 payload,
                 commit,
+                sender,
             } => f
                 .debug_struct("Enqueue")
                 .field("channel", channel)
                 .field("client_msg_id", client_msg_id)
                 .field("payload_len", &payload.len())
                 .field("commit", commit)
+                .field("sender", sender)
                 .finish(),
             Self::Ack {
                 channel,
@@ -239,6 +525,13 @@ impl std::fmt::Debug for Outcome {
                 .field("messages", messages)
                 .field("key_packages", key_packages)
                 .finish(),
+            Self::Done => f.write_str("Done"),
+            Self::TokensIssued { account, device } => f
+                .debug_struct("TokensIssued")
+                .field("account", account)
+                .field("device", device)
+                .finish(),
+            Self::Dm { state } => f.debug_struct("Dm").field("state", state).finish(),
             Self::Rejected(r) => f.debug_tuple("Rejected").field(r).finish(),
         }
     }
@@ -256,6 +549,7 @@ mod tests {
             client_msg_id: ClientMsgId::new([2; 16]),
             payload: secret.clone(),
             commit: None,
+            sender: None,
         };
         let out = Outcome::KeyPackage {
             bytes: secret.clone(),
@@ -269,6 +563,7 @@ mod tests {
             }],
             last_resort: None,
             max_available: 5,
+            max_available_per_account: 0,
         };
         for text in [
             format!("{cmd:?}"),

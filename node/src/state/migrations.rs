@@ -35,7 +35,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: V2_KEY_PACKAGES,
     },
+    Migration {
+        version: 3,
+        sql: V3_ACCOUNTS,
+    },
+    Migration {
+        version: 4,
+        sql: V4_RAFT_APPLIED,
+    },
 ];
+
+/// Replication bookkeeping of the state machine, written in the same transaction as the
+/// entries it describes (so a snapshot, which copies this database, carries it too).
+const V4_RAFT_APPLIED: &str = "
+-- One row. last_applied and membership are CBOR-encoded openraft values (NULL before the
+-- first applied entry); last_stamp_ms keeps entry stamps monotonic across leaders.
+CREATE TABLE raft_applied (
+    id            INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    last_applied  BLOB,
+    membership    BLOB,
+    last_stamp_ms INTEGER NOT NULL CHECK (last_stamp_ms >= 0)
+) STRICT;
+INSERT INTO raft_applied (id, last_applied, membership, last_stamp_ms) VALUES (1, NULL, NULL, 0);
+";
 
 /// Delivery Service: channels, their message logs, dedupe records, commit epochs, cursors.
 ///
@@ -111,6 +133,59 @@ CREATE TABLE last_resort_key_packages (
 CREATE INDEX last_resort_key_packages_by_expiry ON last_resort_key_packages (expires_at_ms);
 ";
 
+/// Accounts, devices, tokens (as hashes), channel kinds and membership.
+const V3_ACCOUNTS: &str = "
+CREATE TABLE accounts (
+    account       BLOB    NOT NULL PRIMARY KEY CHECK (length(account) = 16),
+    created_at_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+-- status: 0 pending (never logged in), 1 active, 2 revoked (final). A public key belongs to
+-- at most one device ever, revoked ones included, so a revoked key cannot come back.
+CREATE TABLE devices (
+    device        BLOB    NOT NULL PRIMARY KEY CHECK (length(device) = 16),
+    account       BLOB    NOT NULL REFERENCES accounts (account),
+    public_key    BLOB    NOT NULL UNIQUE CHECK (length(public_key) = 32),
+    status        INTEGER NOT NULL CHECK (status IN (0, 1, 2)),
+    created_at_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX devices_by_account ON devices (account);
+
+-- Only sha256(secret) is stored. kind: 0 access, 1 refresh. status: 0 live, 1 used (a
+-- rotated refresh token), 2 revoked. family: every token descending from one login.
+CREATE TABLE tokens (
+    token         BLOB    NOT NULL PRIMARY KEY CHECK (length(token) = 16),
+    secret_sha256 BLOB    NOT NULL CHECK (length(secret_sha256) = 32),
+    kind          INTEGER NOT NULL CHECK (kind IN (0, 1)),
+    device        BLOB    NOT NULL REFERENCES devices (device),
+    family        BLOB    NOT NULL CHECK (length(family) = 16),
+    expires_at_ms INTEGER NOT NULL,
+    status        INTEGER NOT NULL CHECK (status IN (0, 1, 2))
+) STRICT, WITHOUT ROWID;
+CREATE INDEX tokens_by_family ON tokens (family);
+CREATE INDEX tokens_by_device ON tokens (device);
+CREATE INDEX tokens_by_expiry ON tokens (expires_at_ms);
+
+-- Who may use a channel. kind: 0 group, 1 dm, 2 device inbox. A channel without a row here
+-- does not exist for clients (no one may enqueue to or read it).
+-- dm_state: 0 requested, 1 accepted, 2 blocked; dm_actor: the requester or the blocker.
+CREATE TABLE channel_info (
+    channel      BLOB    NOT NULL PRIMARY KEY CHECK (length(channel) = 16),
+    kind         INTEGER NOT NULL CHECK (kind IN (0, 1, 2)),
+    inbox_device BLOB,
+    dm_state     INTEGER,
+    dm_actor     BLOB
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE members (
+    channel BLOB    NOT NULL REFERENCES channel_info (channel),
+    account BLOB    NOT NULL REFERENCES accounts (account),
+    admin   INTEGER NOT NULL CHECK (admin IN (0, 1)),
+    PRIMARY KEY (channel, account)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX members_by_account ON members (account);
+";
+
 /// The version recorded in the database (0 for a new, empty file).
 pub(crate) fn schema_version(conn: &Connection) -> Result<u32> {
     let raw: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -166,17 +241,21 @@ pub(crate) fn run_steps(conn: &mut Connection, steps: &[Migration], target: u32)
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use qpq_schemas::{ChannelId, ClientMsgId, GroupId, IdentityKey};
+    use qpq_schemas::{AccountId, ChannelId, ClientMsgId, DeviceId, GroupId, IdentityKey};
     use rusqlite::{Connection, params};
 
     use super::*;
     use crate::state::{
-        Command, CommitFraming, Outcome, Rejection, Stamp, Store, StoreError, StoreReader,
+        Command, CommitFraming, DeviceStatus, Outcome, Rejection, Stamp, Store, StoreError,
+        StoreReader,
     };
 
     const CHANNEL: [u8; 16] = [0x11; 16];
     const GROUP: [u8; 32] = [0x22; 32];
     const IDENTITY: [u8; 32] = [0x33; 32];
+    const ACCOUNT: [u8; 16] = [0x55; 16];
+    const DEVICE: [u8; 16] = [0x66; 16];
+    const DEVICE_KEY: [u8; 32] = [0x77; 32];
 
     fn msg_id(n: u8) -> [u8; 16] {
         [n; 16]
@@ -230,6 +309,25 @@ mod tests {
                 )
                 .unwrap();
             }
+            3 => {
+                conn.execute(
+                    "INSERT INTO accounts VALUES (?1, 1000)",
+                    params![&ACCOUNT[..]],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO devices VALUES (?1, ?2, ?3, 1, 1000)",
+                    params![&DEVICE[..], &ACCOUNT[..], &DEVICE_KEY[..]],
+                )
+                .unwrap();
+            }
+            4 => {
+                conn.execute(
+                    "UPDATE raft_applied SET last_stamp_ms = 77, last_applied = x'01' WHERE id = 1",
+                    [],
+                )
+                .unwrap();
+            }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }
     }
@@ -255,6 +353,7 @@ mod tests {
                                 client_msg_id: ClientMsgId::new(msg_id(1)),
                                 payload: vec![9],
                                 commit: None,
+                                sender: None,
                             },
                             at,
                         ),
@@ -267,6 +366,7 @@ mod tests {
                                     group: GroupId::new(GROUP),
                                     epoch: 4,
                                 }),
+                                sender: None,
                             },
                             at,
                         ),
@@ -276,6 +376,7 @@ mod tests {
                                 client_msg_id: ClientMsgId::new(msg_id(51)),
                                 payload: vec![9],
                                 commit: None,
+                                sender: None,
                             },
                             at,
                         ),
@@ -309,6 +410,33 @@ mod tests {
                         last_resort: false
                     }]
                 );
+            }
+            3 => {
+                let device = DeviceId::new(DEVICE);
+                let row = store.device(&device).unwrap().unwrap();
+                assert_eq!(row.account, AccountId::new(ACCOUNT));
+                assert_eq!(row.status, DeviceStatus::Active);
+                let out = store
+                    .apply_batch(&[(
+                        Command::RevokeDevice {
+                            account: AccountId::new(ACCOUNT),
+                            device,
+                        },
+                        at,
+                    )])
+                    .unwrap();
+                assert_eq!(out, [Outcome::Done]);
+            }
+            4 => {
+                let (stamp, applied): (i64, Vec<u8>) = store
+                    .connection()
+                    .query_row(
+                        "SELECT last_stamp_ms, last_applied FROM raft_applied WHERE id = 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .unwrap();
+                assert_eq!((stamp, applied), (77, vec![1]));
             }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }

@@ -7,6 +7,7 @@
 //!   applies batches of entries in one transaction each.
 //! - `apply.rs`: the rules (KeyPackage quota and single use, dedupe, sequence numbers, commit
 //!   epochs, cursors, eviction), one function per command.
+//! - `accounts.rs`: the rules of accounts, devices, tokens, channels and membership.
 //! - `read.rs`: queries shared by [`Store`] and [`StoreReader`], a read-only handle for
 //!   serving reads concurrently with the writer.
 //! - `migrations.rs`: the versioned schema.
@@ -17,6 +18,7 @@
 //! the same order (in any batching) hold the same rows. This module knows nothing about
 //! RPC, Raft or MLS beyond the public framing carried in [`CommitFraming`].
 
+mod accounts;
 mod apply;
 mod command;
 mod error;
@@ -29,8 +31,14 @@ mod store;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-pub use command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Stamp};
+pub use command::{
+    Command, CommitFraming, DeviceStatus, DmAction, DmState, NewKeyPackage, NewToken, Outcome,
+    Rejection, Stamp, TokenId,
+};
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;
-pub use read::{FetchPage, Stats, StoreReader, StoredMessage};
-pub use store::Store;
+pub use read::{
+    ChannelAccess, ChannelKind, DeviceRow, FetchPage, Stats, StoreReader, StoredMessage, TokenKind,
+    TokenRow, TokenStatus,
+};
+pub use store::{Store, StoreTx};

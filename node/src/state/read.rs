@@ -11,10 +11,11 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use qpq_schemas::{ChannelId, ClientMsgId, IdentityKey};
+use qpq_schemas::{AccountId, ChannelId, ClientMsgId, DeviceId, IdentityKey};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::apply::{from_sql, to_sql};
+use super::command::{DeviceStatus, DmState, TokenId};
 use super::error::{Result, StoreError};
 use super::migrations::{self, SCHEMA_VERSION};
 
@@ -67,6 +68,117 @@ pub struct Stats {
     /// KeyPackage rows stored, single-use and last-resort (including expired ones not yet
     /// evicted).
     pub key_packages: u64,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// The device.
+    pub device: DeviceId,
+    /// Its account.
+    pub account: AccountId,
+    /// Its Ed25519 key (= MLS identity key). Public.
+    pub public_key: IdentityKey,
+    /// Lifecycle state.
+    pub status: DeviceStatus,
+}
+
+/// Access or refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Short-lived bearer token for every RPC.
+    Access = 0,
+    /// Long-lived, single-use token exchanged by `refresh`.
+    Refresh = 1,
+}
+
+/// Whether a token may still be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// Usable until it expires.
+    Live = 0,
+    /// A refresh token that was exchanged; presenting it again is a replay.
+    Used = 1,
+    /// Revoked (device revoked or family revoked after a replay).
+    Revoked = 2,
+}
+
+/// A token as stored, joined with its device. Holds only the secret's hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// SHA-256 of the secret.
+    pub secret_sha256: [u8; 32],
+    /// Access or refresh.
+    pub kind: TokenKind,
+    /// Status.
+    pub status: TokenStatus,
+    /// Expiry (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+    /// The login it descends from.
+    pub family: TokenId,
+    /// Its device.
+    pub device: DeviceId,
+    /// The device's account.
+    pub account: AccountId,
+    /// The device's status.
+    pub device_status: DeviceStatus,
+    /// The device's key.
+    pub device_key: IdentityKey,
+}
+
+impl fmt::Debug for TokenRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRow")
+            .field("kind", &self.kind)
+            .field("status", &self.status)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What kind of channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A group channel with admins and members.
+    Group,
+    /// A 1:1 channel of two accounts.
+    Dm,
+    /// A device's inbox.
+    Inbox,
+}
+
+/// What one account may know about one channel: its kind and the account's standing in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelAccess {
+    /// Kind.
+    pub kind: ChannelKind,
+    /// `None`: not a member; `Some(admin)`: a member.
+    pub admin: Option<bool>,
+    /// Inboxes: the owning device.
+    pub inbox_device: Option<DeviceId>,
+    /// DMs: the state.
+    pub dm_state: Option<DmState>,
+    /// DMs: who requested (state requested) or blocked (state blocked) or accepted.
+    pub dm_actor: Option<AccountId>,
+}
+
+impl ChannelAccess {
+    /// The send rule: anyone authenticated may send to an inbox; members send to a group
+    /// channel; in a DM, both send once accepted, only the requester while requested, and
+    /// nobody while blocked.
+    pub fn may_send(&self, account: &AccountId) -> bool {
+        match self.kind {
+            ChannelKind::Inbox => true,
+            _ if self.admin.is_none() => false,
+            ChannelKind::Group => true,
+            ChannelKind::Dm => match self.dm_state {
+                Some(DmState::Accepted) => true,
+                Some(DmState::Requested) => self.dm_actor.as_ref() == Some(account),
+                _ => false,
+            },
+        }
+    }
 }
 
 /// A read-only connection to a store's database file, for serving reads on other threads
@@ -132,6 +244,36 @@ impl StoreReader {
     /// See [`crate::state::Store::schema_version`].
     pub fn schema_version(&self) -> Result<u32> {
         migrations::schema_version(&self.conn)
+    }
+
+    /// A device by id.
+    pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceRow>> {
+        device_row(&self.conn, device)
+    }
+
+    /// Every device of an account (any status), oldest first.
+    pub fn devices_of(&self, account: &AccountId) -> Result<Vec<DeviceRow>> {
+        devices_of(&self.conn, account)
+    }
+
+    /// A token by id, with its device.
+    pub fn token(&self, id: &TokenId) -> Result<Option<TokenRow>> {
+        token(&self.conn, id)
+    }
+
+    /// A channel's kind and `account`'s standing in it; `None` if the channel does not exist
+    /// for clients.
+    pub fn channel_access(
+        &self,
+        channel: &ChannelId,
+        account: &AccountId,
+    ) -> Result<Option<ChannelAccess>> {
+        channel_access(&self.conn, channel, account)
+    }
+
+    /// Members of a channel and whether each is an admin.
+    pub fn members(&self, channel: &ChannelId) -> Result<Vec<(AccountId, bool)>> {
+        members(&self.conn, channel)
     }
 
     /// The connection, for tests that probe what it may do.
@@ -218,6 +360,195 @@ pub(super) fn key_package_count(
         u32::try_from(from_sql(single_use)?).unwrap_or(u32::MAX),
         last_resort,
     ))
+}
+
+fn device_status(code: i64) -> Result<DeviceStatus> {
+    match code {
+        0 => Ok(DeviceStatus::Pending),
+        1 => Ok(DeviceStatus::Active),
+        2 => Ok(DeviceStatus::Revoked),
+        _ => Err(StoreError::Corrupt("device status")),
+    }
+}
+
+fn blob<T>(
+    bytes: &[u8],
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, qpq_schemas::IdError>,
+) -> Result<T> {
+    parse(bytes).map_err(|_| StoreError::Corrupt("id of wrong length"))
+}
+
+/// A device row as SQLite returns it: device, account, public key, status code.
+type RawDevice = (Vec<u8>, Vec<u8>, Vec<u8>, i64);
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_device_row(raw: RawDevice) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        device: blob(&raw.0, DeviceId::from_slice)?,
+        account: blob(&raw.1, AccountId::from_slice)?,
+        public_key: blob(&raw.2, IdentityKey::from_slice)?,
+        status: device_status(raw.3)?,
+    })
+}
+
+pub(super) fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>> {
+    conn.prepare_cached(
+        "SELECT device, account, public_key, status FROM devices WHERE device = ?1",
+    )?
+    .query_row(params![&device.as_bytes()[..]], device_from_row)
+    .optional()?
+    .map(to_device_row)
+    .transpose()
+}
+
+/// `device_row` under the name the rules use.
+pub(super) use device_row as device;
+
+pub(super) fn devices_of(conn: &Connection, account: &AccountId) -> Result<Vec<DeviceRow>> {
+    let raw: Vec<_> = conn
+        .prepare_cached(
+            "SELECT device, account, public_key, status FROM devices WHERE account = ?1
+             ORDER BY created_at_ms, device",
+        )?
+        .query_map(params![&account.as_bytes()[..]], device_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    raw.into_iter().map(to_device_row).collect()
+}
+
+pub(super) fn token(conn: &Connection, id: &TokenId) -> Result<Option<TokenRow>> {
+    type Raw = (
+        Vec<u8>,
+        i64,
+        i64,
+        i64,
+        Vec<u8>,
+        (Vec<u8>, Vec<u8>, Vec<u8>, i64),
+    );
+    let raw: Option<Raw> = conn
+        .prepare_cached(
+            "SELECT t.secret_sha256, t.kind, t.status, t.expires_at_ms, t.family,
+                    d.device, d.account, d.public_key, d.status
+             FROM tokens t JOIN devices d ON d.device = t.device WHERE t.token = ?1",
+        )?
+        .query_row(params![&id.0[..]], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                (row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?),
+            ))
+        })
+        .optional()?;
+    let Some((hash, kind, status, expires, family, device)) = raw else {
+        return Ok(None);
+    };
+    let device = to_device_row(device)?;
+    Ok(Some(TokenRow {
+        secret_sha256: <[u8; 32]>::try_from(&hash[..])
+            .map_err(|_| StoreError::Corrupt("token hash length"))?,
+        kind: match kind {
+            0 => TokenKind::Access,
+            1 => TokenKind::Refresh,
+            _ => return Err(StoreError::Corrupt("token kind")),
+        },
+        status: match status {
+            0 => TokenStatus::Live,
+            1 => TokenStatus::Used,
+            2 => TokenStatus::Revoked,
+            _ => return Err(StoreError::Corrupt("token status")),
+        },
+        expires_at_ms: from_sql(expires)?,
+        family: TokenId(
+            <[u8; 16]>::try_from(&family[..])
+                .map_err(|_| StoreError::Corrupt("token family length"))?,
+        ),
+        device: device.device,
+        account: device.account,
+        device_status: device.status,
+        device_key: device.public_key,
+    }))
+}
+
+/// The stored code of a DM state.
+pub(super) fn dm_state_code(state: DmState) -> i64 {
+    match state {
+        DmState::Requested => 0,
+        DmState::Accepted => 1,
+        DmState::Blocked => 2,
+    }
+}
+
+pub(super) fn channel_access(
+    conn: &Connection,
+    channel: &ChannelId,
+    account: &AccountId,
+) -> Result<Option<ChannelAccess>> {
+    type Raw = (
+        i64,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
+    let raw: Option<Raw> = conn
+        .prepare_cached(
+            "SELECT c.kind, c.inbox_device, c.dm_state, c.dm_actor,
+                    (SELECT admin FROM members m WHERE m.channel = c.channel AND m.account = ?2)
+             FROM channel_info c WHERE c.channel = ?1",
+        )?
+        .query_row(
+            params![&channel.as_bytes()[..], &account.as_bytes()[..]],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((kind, inbox, dm_state, dm_actor, admin)) = raw else {
+        return Ok(None);
+    };
+    Ok(Some(ChannelAccess {
+        kind: match kind {
+            0 => ChannelKind::Group,
+            1 => ChannelKind::Dm,
+            2 => ChannelKind::Inbox,
+            _ => return Err(StoreError::Corrupt("channel kind")),
+        },
+        admin: admin.map(|a| a != 0),
+        inbox_device: inbox.map(|d| blob(&d, DeviceId::from_slice)).transpose()?,
+        dm_state: match dm_state {
+            None => None,
+            Some(0) => Some(DmState::Requested),
+            Some(1) => Some(DmState::Accepted),
+            Some(2) => Some(DmState::Blocked),
+            Some(_) => return Err(StoreError::Corrupt("dm state")),
+        },
+        dm_actor: dm_actor
+            .map(|a| blob(&a, AccountId::from_slice))
+            .transpose()?,
+    }))
+}
+
+pub(super) fn members(conn: &Connection, channel: &ChannelId) -> Result<Vec<(AccountId, bool)>> {
+    let raw: Vec<(Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT account, admin FROM members WHERE channel = ?1 ORDER BY account")?
+        .query_map(params![&channel.as_bytes()[..]], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    raw.into_iter()
+        .map(|(a, admin)| Ok((blob(&a, AccountId::from_slice)?, admin != 0)))
+        .collect()
 }
 
 pub(super) fn stats(conn: &Connection) -> Result<Stats> {

@@ -93,6 +93,49 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Starts one write transaction (`IMMEDIATE`). The replicated log applies its entries
+    /// through it and records its own bookkeeping (applied log id, membership) in the same
+    /// transaction, so a crash leaves both or neither.
+    pub fn transaction(&mut self) -> Result<StoreTx<'_>> {
+        Ok(StoreTx {
+            tx: self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?,
+        })
+    }
+
+    /// Replaces the whole database with the contents of the SQLite database at `source`
+    /// (an installed snapshot), in one transaction, then migrates it to this build's schema.
+    ///
+    /// Uses SQLite's online backup API with the live connection as destination: other
+    /// connections to the file (the read pool) stay valid and see either the old or the new
+    /// contents, never a mix, and the copy is durable (`synchronous = FULL`) when this
+    /// returns. Fails with [`StoreError::SchemaTooNew`] if the source is from a newer build,
+    /// before anything is copied.
+    pub fn replace_from(&mut self, source: &Path) -> Result<()> {
+        let src = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        migrations::ensure_not_newer(migrations::schema_version(&src)?)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
+            // -1: every page in one step, i.e. one write transaction on the destination.
+            backup.step(-1)?;
+        }
+        migrations::migrate(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the database to `dest` (which must not exist): one read
+    /// transaction, so the copy holds exactly the rows of some committed batch.
+    pub fn copy_to(source: &Path, dest: &Path) -> Result<()> {
+        let conn = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let dest = dest
+            .to_str()
+            .ok_or(StoreError::Corrupt("snapshot path is not UTF-8"))?;
+        conn.execute("VACUUM INTO ?1", [dest])?;
+        Ok(())
+    }
+
     /// Messages of `channel` with `seq > after_seq` and `enqueued_at_ms >= not_before_ms`,
     /// ascending, at most `limit` of them.
     ///
@@ -119,14 +162,58 @@ impl Store {
         read::stats(&self.conn)
     }
 
+    /// A device by id (see [`super::StoreReader::device`]).
+    pub fn device(&self, device: &qpq_schemas::DeviceId) -> Result<Option<super::DeviceRow>> {
+        read::device_row(&self.conn, device)
+    }
+
+    /// See [`super::StoreReader::channel_access`].
+    pub fn channel_access(
+        &self,
+        channel: &ChannelId,
+        account: &qpq_schemas::AccountId,
+    ) -> Result<Option<super::ChannelAccess>> {
+        read::channel_access(&self.conn, channel, account)
+    }
+
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<u32> {
         migrations::schema_version(&self.conn)
+    }
+
+    /// The connection, for reads of tables outside the AS/DS schema (the replicated log's
+    /// bookkeeping).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// The connection, for tests that inspect tables directly.
     #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// One open write transaction of a [`Store`]: apply entries, write bookkeeping, commit.
+/// Dropping it without [`StoreTx::commit`] rolls everything back.
+pub struct StoreTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl StoreTx<'_> {
+    /// Applies one entry (see [`Store::apply_batch`] for the rules).
+    pub fn apply(&self, command: &Command, stamp: Stamp) -> Result<Outcome> {
+        apply::apply(&self.tx, command, stamp)
+    }
+
+    /// The transaction's connection, for bookkeeping tables outside the AS/DS schema.
+    pub fn connection(&self) -> &Connection {
+        &self.tx
+    }
+
+    /// Commits (fsync'd: `synchronous = FULL`).
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
     }
 }

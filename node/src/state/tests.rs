@@ -41,6 +41,7 @@ fn message(ch: u8, id: u16, payload: &[u8]) -> Command {
         client_msg_id: msg_id(id),
         payload: payload.to_vec(),
         commit: None,
+        sender: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn commit(ch: u8, id: u16, grp: u8, epoch: u64) -> Command {
             group: group(grp),
             epoch,
         }),
+        sender: None,
     }
 }
 
@@ -89,6 +91,7 @@ fn upload(
         packages,
         last_resort,
         max_available: max,
+        max_available_per_account: 0,
     }
 }
 
@@ -1056,6 +1059,7 @@ mod determinism {
                     group: group(*grp),
                     epoch: *epoch,
                 }),
+                sender: None,
             },
             Op::Ack { ch, who, seq } => ack(*ch, *who, *seq),
             Op::Evict { age_ms } => evict(now.saturating_sub(*age_ms), 0),

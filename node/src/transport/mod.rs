@@ -18,8 +18,9 @@
 //! - No TLS 1.2, no 0-RTT (replayable early data has no place in an RPC protocol whose
 //!   requests change state), no QUIC datagrams, no client-opened unidirectional streams.
 //! - No client authentication. Clients authenticate inside the RPC protocol with tokens.
-//!   Mutual TLS between nodes (Raft traffic) is a separate listener that will reuse the same
-//!   builder with a client-certificate verifier; see [`tls::server_crypto`].
+//!   Mutual TLS between nodes (Raft traffic) is a separate listener that reuses the same
+//!   builder with a client-certificate verifier over the cluster CA:
+//!   [`tls::peer_server_crypto`], used by `crate::raft::certs`.
 
 pub mod devcert;
 pub mod limits;

@@ -30,19 +30,14 @@
 //! accept loop independent of that rustls behaviour (and of a future config that forgets to
 //! set `alpn_protocols`), at the cost of one downcast per connection.
 //!
-//! # TLS 1.2 is not compiled in
+//! # TLS 1.3 only
 //!
-//! The workspace builds rustls without its `tls12` feature, so TLS 1.3 is the only version
-//! a config can even name:
-//!
-//! ```
-//! let _tls13: &rustls::SupportedProtocolVersion = &rustls::version::TLS13;
-//! ```
-//!
-//! ```compile_fail
-//! // Fails to compile as long as no crate in the build enables rustls' `tls12` feature.
-//! let _tls12: &rustls::SupportedProtocolVersion = &rustls::version::TLS12;
-//! ```
+//! Three independent locks: QUIC itself requires TLS 1.3 (RFC 9001; quinn refuses a config
+//! without a TLS 1.3 suite); every config names only `rustls::version::TLS13`; and the crypto
+//! provider carries only TLS 1.3 cipher suites. The last one matters because rustls' TLS 1.2
+//! code can be compiled into a workspace build by another crate (kube's HTTP client enables
+//! rustls' `tls12` feature for the operator), and a provider with TLS 1.2 suites would then
+//! be one config mistake away from offering them.
 
 use std::{fs, path::Path, sync::Arc};
 
@@ -63,8 +58,12 @@ pub const BAD_ALPN_REASON: &[u8] = b"ALPN capnp required";
 
 /// The *ring* crypto provider, named explicitly so that no process-wide default provider
 /// (which another dependency might install) decides our algorithms.
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
+///
+/// Only its TLS 1.3 cipher suites are kept (see the module docs).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    let mut provider = ring::default_provider();
+    provider.cipher_suites.retain(|s| s.tls13().is_some());
+    Arc::new(provider)
 }
 
 /// Build the client listener's rustls server config: TLS 1.3 only, *ring* provider, ALPN
@@ -82,6 +81,20 @@ pub fn server_crypto(
     // The seam for node-to-node mutual TLS: a peer listener will call `build_server_crypto`
     // with a `WebPkiClientVerifier` built over the cluster CA instead.
     build_server_crypto(cert_chain, key, WebPkiClientVerifier::no_client_auth())
+}
+
+/// Build the Raft listener's rustls server config: the same TLS 1.3 / *ring* / no-0-RTT
+/// settings as [`server_crypto`], but with a client-certificate verifier (mutual TLS: only
+/// holders of a certificate of the cluster CA get in) and the given ALPN token.
+pub fn peer_server_crypto(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig> {
+    let mut config = build_server_crypto(cert_chain, key, client_verifier)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
 }
 
 fn build_server_crypto(

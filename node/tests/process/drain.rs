@@ -1,6 +1,5 @@
 use std::time::{Duration, Instant};
 
-use qpq_schemas::ChannelId;
 use qpq_schemas::limits::close_code;
 
 use crate::harness::{NodeProcess, local};
@@ -12,8 +11,8 @@ async fn sigterm_answers_calls_in_flight_then_closes_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = NodeProcess::start(dir.path(), &[]);
     local(async {
-        let c = node.connect().await;
-        let ch = ChannelId::random();
+        let (c, _id, _tokens) = node.user().await;
+        let ch = c.create_channel().await.unwrap();
         let wait = c.fetch_wait(&ch, 0, 0, 30_000);
         let started = Instant::now();
         let term = async {

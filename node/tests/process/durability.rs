@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
+use qpq_schemas::{ClientMsgId, GroupId};
 
 use crate::harness::{NodeProcess, local};
 
@@ -12,7 +12,6 @@ use crate::harness::{NodeProcess, local};
 async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = NodeProcess::start(dir.path(), &[]);
-    let ch = ChannelId::random();
     let group_id = DevIdentity::generate().unwrap();
     let mut group = DevGroup::create(&group_id, GroupId::new(rand::random())).unwrap();
     let payloads: Vec<Vec<u8>> = (0..200)
@@ -23,9 +22,10 @@ async fn acknowledged_messages_survive_kill_9() {
         })
         .collect();
 
-    let acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = local(async {
-        let c = node.connect().await;
-        let mut acked = HashMap::new();
+    let (acked, ch, token) = local(async {
+        let (c, _id, tokens) = node.user().await;
+        let ch = c.create_channel().await.unwrap();
+        let mut acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = HashMap::new();
         // 100 one by one, then 100 concurrently with the kill landing in the middle.
         for p in &payloads[..100] {
             let id = ClientMsgId::random();
@@ -50,14 +50,16 @@ async fn acknowledged_messages_survive_kill_9() {
                 acked.insert(id, (r.seq, p));
             }
         }
-        acked
+        (acked, ch, tokens.access)
     })
     .await;
     assert!(acked.len() >= 100);
 
     let node = NodeProcess::start(dir.path(), &[]);
     local(async {
-        let c = node.connect().await;
+        // Tokens, accounts and channels are durable state too: the old access token works.
+        let mut c = node.connect().await;
+        c.set_access_token(token.as_bytes().to_vec());
         let mut stored = Vec::new();
         let mut after = 0;
         loop {

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qpq_client::{Connection, ServerVerification};
+use qpq_client::{Connection, ServerVerification, Tokens};
+use qpq_node::mls::devkit::DevIdentity;
 
 pub struct NodeProcess {
     pub child: Child,
@@ -29,10 +30,22 @@ impl NodeProcess {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--bootstrap",
         ])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--drain-timeout-secs", "5"])
+        // One test client hammers from 127.0.0.1; rates are the RPC suite's business.
+        .args([
+            "--rate-per-ip",
+            "0",
+            "--rate-per-account",
+            "0",
+            "--rate-per-device",
+            "0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -82,6 +95,17 @@ impl NodeProcess {
         )
         .await
         .unwrap()
+    }
+
+    /// A new account with one device, logged in on a fresh connection.
+    pub async fn user(&self) -> (Connection, DevIdentity, Tokens) {
+        let id = DevIdentity::generate().unwrap();
+        let mut c = self.connect().await;
+        let tokens = c
+            .register_and_login(&id.identity_key(), |m| id.sign(m).unwrap())
+            .await
+            .unwrap();
+        (c, id, tokens)
     }
 
     pub fn kill9(&mut self) {

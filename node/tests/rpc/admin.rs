@@ -1,5 +1,5 @@
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
+use qpq_schemas::{ClientMsgId, GroupId};
 
 use crate::common::{TestNode, local, metric};
 
@@ -10,10 +10,10 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(t.admin_get("/readyz").await.0, 200);
     assert_eq!(t.admin_get("/nope").await.0, 404);
     local(async {
-        let c = t.connect().await;
+        let c = t.user().await;
         let g_id = DevIdentity::generate().unwrap();
         let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
-        let ch = ChannelId::random();
+        let ch = c.channel().await;
         c.enqueue(
             &ch,
             &ClientMsgId::random(),
@@ -35,6 +35,13 @@ async fn health_readiness_and_metrics_are_served() {
             metric(
                 &body,
                 "qpq_rpc_requests_total{method=\"enqueue\",outcome=\"invalid_argument\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(
+                &body,
+                "qpq_rpc_requests_total{method=\"login\",outcome=\"ok\"}"
             ),
             Some(1.0)
         );

@@ -5,10 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qpq_client::{Connection, ServerVerification};
-use qpq_node::config::NodeConfig;
+use qpq_client::{Connection, ServerVerification, Tokens};
+use qpq_node::config::{NodeConfig, RateLimit};
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
+use qpq_schemas::{AccountId, ChannelId, DeviceId};
 
 pub struct TestNode {
     pub node: RunningNode,
@@ -21,9 +22,18 @@ impl TestNode {
         Self::start_with(|_| {}).await
     }
 
+    /// Rate limits are off unless `configure` sets them: every test client shares 127.0.0.1,
+    /// and only the rate-limit tests are about rates.
     pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::dev(dir.path().to_path_buf());
+        let off = RateLimit {
+            per_second: 0.0,
+            burst: 0.0,
+        };
+        config.auth.rate_per_ip = off;
+        config.auth.rate_per_account = off;
+        config.auth.rate_per_device = off;
         configure(&mut config);
         // The manual clock starts at the real time: KeyPackage lifetimes made by openmls are
         // relative to the system clock.
@@ -44,6 +54,53 @@ impl TestNode {
         Connection::connect(self.node.client_addr(), "localhost", &self.verification())
             .await
             .unwrap()
+    }
+
+    /// A new account with one device, logged in on a fresh connection.
+    pub async fn user(&self) -> User {
+        let id = DevIdentity::generate().unwrap();
+        let mut conn = self.connect().await;
+        let tokens = conn
+            .register_and_login(&id.identity_key(), signer(&id))
+            .await
+            .unwrap();
+        User { conn, id, tokens }
+    }
+
+    /// Another connection logged in as `user`'s device (a new login, so a new token family).
+    pub async fn login(&self, user: &User) -> Connection {
+        self.login_device(&user.id, &user.tokens.device).await
+    }
+
+    /// A connection logged in as `device` holding `id`'s key.
+    pub async fn login_device(&self, id: &DevIdentity, device: &DeviceId) -> Connection {
+        let mut conn = self.connect().await;
+        conn.login_with(device, signer(id)).await.unwrap();
+        conn
+    }
+
+    /// Adds a second device to `user`'s account and logs it in.
+    pub async fn add_device(&self, user: &User) -> User {
+        let id = DevIdentity::generate().unwrap();
+        let key = id.identity_key();
+        let account = user.account();
+        let possession = id
+            .sign(&qpq_schemas::auth::device_possession_message(
+                &account, &key,
+            ))
+            .unwrap();
+        let approval = user
+            .id
+            .sign(&qpq_schemas::auth::add_device_message(&account, &key))
+            .unwrap();
+        let device = user
+            .conn
+            .add_device(&key, &possession, &approval)
+            .await
+            .unwrap();
+        let mut conn = self.connect().await;
+        let tokens = conn.login_with(&device, signer(&id)).await.unwrap();
+        User { conn, id, tokens }
     }
 
     /// GET on the admin listener; returns (status, body).
@@ -98,4 +155,38 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         l.strip_prefix(name_and_labels)
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// Signs with a dev identity's key (its device key).
+pub fn signer(id: &DevIdentity) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+    move |m| id.sign(m).unwrap()
+}
+
+/// A logged-in device: its connection (with its access token set), key and tokens.
+pub struct User {
+    pub conn: Connection,
+    pub id: DevIdentity,
+    pub tokens: Tokens,
+}
+
+impl User {
+    pub fn account(&self) -> AccountId {
+        self.tokens.account
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.tokens.device
+    }
+
+    /// A new group channel with this user as admin.
+    pub async fn channel(&self) -> ChannelId {
+        self.conn.create_channel().await.unwrap()
+    }
+}
+
+impl std::ops::Deref for User {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }

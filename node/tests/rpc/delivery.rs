@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, GroupId, WireError};
+use qpq_schemas::{ClientMsgId, GroupId, WireError};
 
 use crate::common::{TestNode, local};
 
@@ -22,8 +22,8 @@ fn messages(n: usize) -> Vec<Vec<u8>> {
 async fn sequence_numbers_are_gap_free_and_fetch_pages_in_order() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         let msgs = messages(10);
         for (i, m) in msgs.iter().enumerate() {
             let r = c.enqueue(&ch, &ClientMsgId::random(), m).await.unwrap();
@@ -51,7 +51,7 @@ async fn sequence_numbers_are_gap_free_and_fetch_pages_in_order() {
         );
 
         // Another channel is independent.
-        let other = ChannelId::random();
+        let other = c.channel().await;
         assert_eq!(
             c.enqueue(&other, &ClientMsgId::random(), &msgs[0])
                 .await
@@ -59,7 +59,7 @@ async fn sequence_numbers_are_gap_free_and_fetch_pages_in_order() {
                 .seq,
             1
         );
-        let empty = c.fetch(&ChannelId::random(), 0, 0).await.unwrap();
+        let empty = c.fetch(&c.channel().await, 0, 0).await.unwrap();
         assert!(empty.messages.is_empty());
         assert_eq!(empty.last_seq, 0);
     })
@@ -70,16 +70,17 @@ async fn sequence_numbers_are_gap_free_and_fetch_pages_in_order() {
 async fn a_resent_client_msg_id_returns_the_original_seq_and_stores_nothing() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         let msgs = messages(2);
         let id = ClientMsgId::random();
         let first = c.enqueue(&ch, &id, &msgs[0]).await.unwrap();
         c.enqueue(&ch, &ClientMsgId::random(), &msgs[1])
             .await
             .unwrap();
-        // Even from another connection, and even with other bytes, the id decides.
-        let c2 = t.connect().await;
+        // Even from another member's connection, and even with other bytes, the id decides.
+        let c2 = t.user().await;
+        c.add_member(&ch, &c2.account(), false).await.unwrap();
         let again = c2.enqueue(&ch, &id, &msgs[1]).await.unwrap();
         assert_eq!((again.seq, again.duplicate), (first.seq, true));
         let page = c.fetch(&ch, 0, 0).await.unwrap();
@@ -93,11 +94,14 @@ async fn a_resent_client_msg_id_returns_the_original_seq_and_stores_nothing() {
 async fn concurrent_senders_get_distinct_gap_free_seqs() {
     let t = TestNode::start().await;
     local(async {
-        let ch = ChannelId::random();
+        let owner = t.user().await;
+        let ch = owner.channel().await;
         let msgs = messages(1);
         let mut conns = Vec::new();
         for _ in 0..4 {
-            conns.push(t.connect().await);
+            let u = t.user().await;
+            owner.add_member(&ch, &u.account(), false).await.unwrap();
+            conns.push(u);
         }
         let sends = (0..64).map(|i| {
             let c = &conns[i % 4];
@@ -115,8 +119,8 @@ async fn concurrent_senders_get_distinct_gap_free_seqs() {
 async fn only_the_first_commit_of_an_epoch_is_accepted() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         let gid = GroupId::new(rand::random());
         let alice = DevIdentity::generate().unwrap();
         let bob = DevIdentity::generate().unwrap();
@@ -191,7 +195,7 @@ async fn only_the_first_commit_of_an_epoch_is_accepted() {
         );
 
         // The same group's Commits in another channel are ordered independently.
-        let other = ChannelId::random();
+        let other = c.channel().await;
         assert_eq!(
             c.enqueue(&other, &ClientMsgId::random(), &commit_c)
                 .await
@@ -202,7 +206,7 @@ async fn only_the_first_commit_of_an_epoch_is_accepted() {
 
         // A retried (same id) accepted Commit is a duplicate, not stale.
         let id = ClientMsgId::random();
-        let third = ChannelId::random();
+        let third = c.channel().await;
         let r1 = c.enqueue(&third, &id, &commit_a).await.unwrap();
         let r2 = c.enqueue(&third, &id, &commit_a).await.unwrap();
         assert_eq!((r2.seq, r2.duplicate), (r1.seq, true));
@@ -214,9 +218,13 @@ async fn only_the_first_commit_of_an_epoch_is_accepted() {
 async fn fetch_wait_wakes_on_a_new_message() {
     let t = TestNode::start().await;
     local(async {
-        let waiter = t.connect().await;
-        let sender = t.connect().await;
-        let ch = ChannelId::random();
+        let sender = t.user().await;
+        let waiter = t.user().await;
+        let ch = sender.channel().await;
+        sender
+            .add_member(&ch, &waiter.account(), false)
+            .await
+            .unwrap();
         let msgs = messages(1);
         let started = Instant::now();
         let wait = waiter.fetch_wait(&ch, 0, 0, 20_000);
@@ -249,12 +257,10 @@ async fn fetch_wait_wakes_on_a_new_message() {
 async fn fetch_wait_timeouts_are_capped_by_the_server() {
     let t = TestNode::start_with(|c| c.limits.max_fetch_wait = Duration::from_millis(300)).await;
     local(async {
-        let c = t.connect().await;
+        let c = t.user().await;
+        let ch = c.channel().await;
         let started = Instant::now();
-        let page = c
-            .fetch_wait(&ChannelId::random(), 0, 0, 60_000)
-            .await
-            .unwrap();
+        let page = c.fetch_wait(&ch, 0, 0, 60_000).await.unwrap();
         let waited = started.elapsed();
         assert!(page.messages.is_empty());
         assert_eq!(page.effective_timeout_ms, 300);
@@ -267,34 +273,89 @@ async fn fetch_wait_timeouts_are_capped_by_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_messages_are_dropped_once_every_consumer_has_them() {
+async fn acked_messages_are_dropped_once_every_member_device_has_them() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let phone = t.user().await;
+        let laptop = t.user().await;
+        let ch = phone.channel().await;
+        // Adding a member registers its devices' cursors: both hold messages from now on.
+        phone
+            .add_member(&ch, &laptop.account(), false)
+            .await
+            .unwrap();
         for m in messages(4) {
-            c.enqueue(&ch, &ClientMsgId::random(), &m).await.unwrap();
+            phone
+                .enqueue(&ch, &ClientMsgId::random(), &m)
+                .await
+                .unwrap();
         }
-        let (phone, laptop) = (ConsumerId::random(), ConsumerId::random());
-        // Both devices register their cursors before anything is delivered.
-        c.ack(&ch, &laptop, 0).await.unwrap();
-        c.ack(&ch, &phone, 0).await.unwrap();
-        c.ack(&ch, &phone, 3).await.unwrap();
-        c.ack(&ch, &laptop, 1).await.unwrap();
+        phone.ack(&ch, 3).await.unwrap();
+        laptop.ack(&ch, 1).await.unwrap();
         assert_eq!(
-            c.fetch(&ch, 0, 0).await.unwrap().first_available_seq,
+            phone.fetch(&ch, 0, 0).await.unwrap().first_available_seq,
             2,
             "laptop still needs 2.."
         );
-        c.ack(&ch, &laptop, 3).await.unwrap();
+        laptop.ack(&ch, 3).await.unwrap();
         // A cursor never moves backwards.
-        c.ack(&ch, &phone, 1).await.unwrap();
-        let page = c.fetch(&ch, 0, 0).await.unwrap();
+        phone.ack(&ch, 1).await.unwrap();
+        let page = phone.fetch(&ch, 0, 0).await.unwrap();
         assert_eq!(
             page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![4]
         );
         assert_eq!((page.first_available_seq, page.last_seq), (4, 4));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_is_never_skipped_by_delivered_deletion() {
+    let t = TestNode::start().await;
+    local(async {
+        let alice = t.user().await;
+        let bob = t.user().await;
+        let ch = alice.channel().await;
+        let msgs = messages(3);
+        for m in &msgs[..2] {
+            alice.enqueue(&ch, &ClientMsgId::random(), m).await.unwrap();
+        }
+        alice.ack(&ch, 2).await.unwrap();
+        assert_eq!(
+            alice.fetch(&ch, 0, 0).await.unwrap().messages.len(),
+            0,
+            "alice was the only reader"
+        );
+
+        alice.add_member(&ch, &bob.account(), false).await.unwrap();
+        let third = alice
+            .enqueue(&ch, &ClientMsgId::random(), &msgs[2])
+            .await
+            .unwrap();
+        alice.ack(&ch, third.seq).await.unwrap();
+        // Bob's cursor started at seq 2 when he was added: seq 3 waits for him.
+        let page = bob.fetch(&ch, 2, 0).await.unwrap();
+        assert_eq!(
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3]
+        );
+        bob.ack(&ch, 3).await.unwrap();
+        assert!(bob.fetch(&ch, 0, 0).await.unwrap().messages.is_empty());
+
+        // A device added to a member account later gets a cursor too.
+        let bob_laptop = t.add_device(&bob).await;
+        let fourth = alice
+            .enqueue(&ch, &ClientMsgId::random(), &messages(1)[0])
+            .await
+            .unwrap();
+        alice.ack(&ch, fourth.seq).await.unwrap();
+        bob.ack(&ch, fourth.seq).await.unwrap();
+        assert_eq!(
+            bob_laptop.fetch(&ch, 3, 0).await.unwrap().messages.len(),
+            1,
+            "kept for bob's new laptop"
+        );
     })
     .await;
 }

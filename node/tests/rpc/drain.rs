@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use qpq_schemas::ChannelId;
 use qpq_schemas::limits::close_code;
 
 use crate::common::{TestNode, local};
@@ -16,10 +15,14 @@ async fn a_long_poll_in_flight_gets_its_answer_then_a_shutting_down_close() {
     let addr = node.client_addr();
     let pin = qpq_client::ServerVerification::PinnedSha256(node.fingerprint());
     local(async move {
-        let c = qpq_client::Connection::connect(addr, "localhost", &pin)
+        let mut c = qpq_client::Connection::connect(addr, "localhost", &pin)
             .await
             .unwrap();
-        let ch = ChannelId::random();
+        let id = qpq_node::mls::devkit::DevIdentity::generate().unwrap();
+        c.register_and_login(&id.identity_key(), crate::common::signer(&id))
+            .await
+            .unwrap();
+        let ch = c.create_channel().await.unwrap();
         let wait = c.fetch_wait(&ch, 0, 0, 30_000);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
+use qpq_schemas::{ClientMsgId, GroupId};
 
 use crate::common::{TestNode, eventually, local, metric};
 
@@ -10,11 +10,13 @@ async fn messages_past_retention_are_hidden_at_once_and_swept() {
     let t = TestNode::start_with(|c| {
         c.retention.messages = Duration::from_secs(3600);
         c.retention.sweep_interval = Duration::from_millis(50);
+        // The test moves the clock by an hour; the session must outlive that.
+        c.auth.access_token_ttl = Duration::from_secs(24 * 3600);
     })
     .await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         let g_id = DevIdentity::generate().unwrap();
         let mut g = DevGroup::create(&g_id, GroupId::new(rand::random())).unwrap();
         for i in 0..3 {

@@ -11,13 +11,17 @@ use crate::common::{TestNode, eventually, key_packages, local, metric};
 async fn each_key_package_is_served_once_then_the_last_resort_forever() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let bob = DevIdentity::generate().unwrap();
-        let kps = key_packages(&bob, 3);
+        let bob_user = t.user().await;
+        let c = t.user().await;
+        let bob = &bob_user.id;
+        let kps = key_packages(bob, 3);
         let last = bob.key_package_bytes().unwrap();
         // Four stored (three single-use and the last resort), three available for single use.
         assert_eq!(
-            c.upload_key_packages(&kps, Some(&last)).await.unwrap(),
+            bob_user
+                .upload_key_packages(&kps, Some(&last))
+                .await
+                .unwrap(),
             (4, 3)
         );
         assert_eq!(
@@ -56,14 +60,15 @@ async fn each_key_package_is_served_once_then_the_last_resort_forever() {
 async fn concurrent_fetches_never_get_the_same_package() {
     let t = TestNode::start().await;
     local(async {
-        let bob = DevIdentity::generate().unwrap();
-        let kps = key_packages(&bob, 20);
-        let uploader = t.connect().await;
+        let uploader = t.user().await;
+        let bob = &uploader.id;
+        let kps = key_packages(bob, 20);
         uploader.upload_key_packages(&kps, None).await.unwrap();
 
+        let fetcher = t.user().await;
         let mut conns = Vec::new();
         for _ in 0..4 {
-            conns.push(t.connect().await);
+            conns.push(t.login(&fetcher).await);
         }
         let id = bob.identity_key();
         let fetches = (0..40).map(|i| {
@@ -94,8 +99,8 @@ async fn concurrent_fetches_never_get_the_same_package() {
 async fn invalid_key_packages_are_refused_with_the_field() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let a = DevIdentity::generate().unwrap();
+        let c = t.user().await;
+        let a = &c.id;
         let b = DevIdentity::generate().unwrap();
 
         let err = c.upload_key_packages(&[b"not a key package".to_vec()], None).await.unwrap_err();
@@ -130,16 +135,16 @@ async fn invalid_key_packages_are_refused_with_the_field() {
 async fn the_per_identity_cap_refuses_a_whole_batch() {
     let t = TestNode::start_with(|c| c.limits.max_key_packages_per_identity = 5).await;
     local(async {
-        let c = t.connect().await;
-        let a = DevIdentity::generate().unwrap();
+        let c = t.user().await;
+        let a = &c.id;
         assert_eq!(
-            c.upload_key_packages(&key_packages(&a, 4), None)
+            c.upload_key_packages(&key_packages(a, 4), None)
                 .await
                 .unwrap(),
             (4, 4)
         );
         let err = c
-            .upload_key_packages(&key_packages(&a, 2), None)
+            .upload_key_packages(&key_packages(a, 2), None)
             .await
             .unwrap_err();
         assert!(
@@ -151,7 +156,7 @@ async fn the_per_identity_cap_refuses_a_whole_batch() {
             (4, false)
         );
         assert_eq!(
-            c.upload_key_packages(&key_packages(&a, 1), None)
+            c.upload_key_packages(&key_packages(a, 1), None)
                 .await
                 .unwrap(),
             (1, 5)
@@ -165,12 +170,14 @@ async fn key_packages_expire_after_the_ttl_and_are_swept() {
     let t = TestNode::start_with(|c| {
         c.retention.key_package_ttl = Duration::from_secs(3600);
         c.retention.sweep_interval = Duration::from_millis(50);
+        // The test moves the clock by an hour; the session must outlive that.
+        c.auth.access_token_ttl = Duration::from_secs(24 * 3600);
     })
     .await;
     local(async {
-        let c = t.connect().await;
-        let a = DevIdentity::generate().unwrap();
-        c.upload_key_packages(&key_packages(&a, 2), None)
+        let c = t.user().await;
+        let a = &c.id;
+        c.upload_key_packages(&key_packages(a, 2), None)
             .await
             .unwrap();
         t.clock.advance(3_599_000);
@@ -195,6 +202,96 @@ async fn key_packages_expire_after_the_ttl_and_are_swept() {
         })
         .await;
         assert!(swept, "the sweep evicted both packages");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_by_account_serves_one_per_active_device_never_the_callers_own() {
+    let t = TestNode::start().await;
+    local(async {
+        let phone = t.user().await;
+        let laptop = t.add_device(&phone).await;
+        // A third device that never logged in (pending) is not served.
+        let pending = DevIdentity::generate().unwrap();
+        let key = pending.identity_key();
+        let acct = phone.account();
+        phone
+            .add_device(
+                &key,
+                &pending
+                    .sign(&qpq_schemas::auth::device_possession_message(&acct, &key))
+                    .unwrap(),
+                &phone
+                    .id
+                    .sign(&qpq_schemas::auth::add_device_message(&acct, &key))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        phone
+            .upload_key_packages(&key_packages(&phone.id, 2), None)
+            .await
+            .unwrap();
+        laptop
+            .upload_key_packages(&key_packages(&laptop.id, 2), None)
+            .await
+            .unwrap();
+
+        let alice = t.user().await;
+        let got = alice.fetch_key_packages(&phone.account()).await.unwrap();
+        let mut devices: Vec<_> = got.iter().map(|k| (k.device, k.identity)).collect();
+        devices.sort();
+        let mut expected = vec![
+            (phone.device(), phone.id.identity_key()),
+            (laptop.device(), laptop.id.identity_key()),
+        ];
+        expected.sort();
+        assert_eq!(devices, expected, "one package per active device");
+        assert_eq!(
+            phone
+                .key_package_count(&phone.id.identity_key())
+                .await
+                .unwrap(),
+            (1, false),
+            "each served package was consumed"
+        );
+
+        // The phone asking for its own account gets only the laptop's.
+        let own = phone.fetch_key_packages(&phone.account()).await.unwrap();
+        assert_eq!(
+            own.iter().map(|k| k.device).collect::<Vec<_>>(),
+            vec![laptop.device()]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_account_cap_counts_every_device() {
+    let t = TestNode::start_with(|c| c.limits.max_key_packages_per_account = 3).await;
+    local(async {
+        let phone = t.user().await;
+        let laptop = t.add_device(&phone).await;
+        phone
+            .upload_key_packages(&key_packages(&phone.id, 2), None)
+            .await
+            .unwrap();
+        let err = laptop
+            .upload_key_packages(&key_packages(&laptop.id, 2), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Wire(WireError::QuotaExceeded { quota }) if quota == "keyPackagesPerAccount"),
+            "{err}"
+        );
+        assert_eq!(
+            laptop
+                .upload_key_packages(&key_packages(&laptop.id, 1), None)
+                .await
+                .unwrap(),
+            (1, 1)
+        );
     })
     .await;
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::limits::{MAX_PAYLOAD_BYTES, WIRE_VERSION};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
+use qpq_schemas::{ClientMsgId, GroupId, WireError};
 
 use crate::common::{TestNode, local};
 
@@ -24,7 +24,7 @@ fn invalid_field(err: &ClientError) -> Option<&str> {
 async fn ids_of_the_wrong_length_are_refused_by_name() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
+        let c = t.user().await;
         let m = app_message();
         let id = ClientMsgId::random();
         let e = c
@@ -46,6 +46,10 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         use qpq_schemas::qpq_capnp::{ack_response, fetch_response, key_package_count_response};
         let mut req = c.raw().fetch_request();
         req.get().init_req().set_version(WIRE_VERSION);
+        req.get()
+            .get_req()
+            .unwrap()
+            .set_access_token(c.access_token());
         req.get().get_req().unwrap().set_channel_id(&[0; 4]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
@@ -56,6 +60,10 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         }
         let mut req = c.raw().fetch_wait_request();
         req.get().init_req().set_version(WIRE_VERSION);
+        req.get()
+            .get_req()
+            .unwrap()
+            .set_access_token(c.access_token());
         req.get().get_req().unwrap().set_channel_id(&[0; 20]);
         let reply = req.send().promise.await.unwrap();
         match reply.get().unwrap().get_resp().unwrap().which().unwrap() {
@@ -68,6 +76,7 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
+            b.set_access_token(c.access_token());
             b.set_channel_id(&[0; 16]);
             b.set_consumer_id(&[0; 3]);
         }
@@ -85,6 +94,7 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
+            b.set_access_token(c.access_token());
             b.set_identity(&[0; 31]);
         }
         let reply = req.send().promise.await.unwrap();
@@ -102,8 +112,8 @@ async fn ids_of_the_wrong_length_are_refused_by_name() {
 async fn payloads_that_are_not_mls_messages_are_refused() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         for bad in [
             &b"hello"[..],
             &[0u8; 64][..],
@@ -125,8 +135,8 @@ async fn payloads_that_are_not_mls_messages_are_refused() {
 async fn oversize_payloads_get_payload_too_large_and_huge_ones_lose_only_their_stream() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
-        let ch = ChannelId::random();
+        let c = t.user().await;
+        let ch = c.channel().await;
         // Just over the cap: a typed answer.
         let mut big = app_message();
         big.resize(MAX_PAYLOAD_BYTES + 1, 0);
@@ -148,11 +158,12 @@ async fn oversize_payloads_get_payload_too_large_and_huge_ones_lose_only_their_s
         {
             let mut b = req.get().init_req();
             b.set_version(WIRE_VERSION);
+            b.set_access_token(c.tokens.access.as_bytes());
             b.set_channel_id(ch.as_bytes());
         }
         let reply = req.send().promise.await.unwrap();
         assert!(reply.get().unwrap().get_resp().unwrap().has_ok());
-        let other = t.connect().await;
+        let other = t.login(&c).await;
         assert_eq!(other.fetch(&ch, 0, 0).await.unwrap().last_seq, 1);
     })
     .await;
@@ -208,7 +219,8 @@ async fn text_fields_must_be_utf8() {
 async fn garbage_on_a_stream_ends_that_stream_only() {
     let t = TestNode::start().await;
     local(async {
-        let c = t.connect().await;
+        let c = t.user().await;
+        let ch = c.channel().await;
         let (mut send, mut recv) = c.quic().open_bi().await.unwrap();
         // A segment table claiming 2^31 words, then noise.
         let mut garbage = vec![0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0x7f];
@@ -220,7 +232,6 @@ async fn garbage_on_a_stream_ends_that_stream_only() {
         assert!(ended.is_ok(), "the node left a garbage stream open");
 
         // The same connection (its first stream) keeps working.
-        let ch = ChannelId::random();
         assert_eq!(
             c.enqueue(&ch, &ClientMsgId::random(), &app_message())
                 .await

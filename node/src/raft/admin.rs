@@ -1,0 +1,155 @@
+//! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
+//! promote, remove, transfer-leader. Thin: parse the JSON body, call [`RaftNode`], map
+//! [`AdminError`] to the documented HTTP answers.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::NodeId;
+use super::node::AdminError;
+use crate::admin::AdminState;
+
+/// The routes, merged into the admin listener's router.
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/raft/status", get(status))
+        .route("/raft/bootstrap", post(bootstrap))
+        .route("/raft/learners", post(learners))
+        .route("/raft/promote", post(promote))
+        .route("/raft/remove", post(remove))
+        .route("/raft/transfer-leader", post(transfer_leader))
+}
+
+/// A JSON answer (axum is built without its `json` feature; serde_json renders it).
+struct Json(Value);
+
+type Answer = (StatusCode, Json);
+
+impl axum::response::IntoResponse for Json {
+    fn into_response(self) -> axum::response::Response {
+        ([("content-type", "application/json")], self.0.to_string()).into_response()
+    }
+}
+
+async fn status_json(s: &AdminState) -> Answer {
+    let status = s.raft.status().await;
+    match serde_json::to_value(status) {
+        Ok(v) => (StatusCode::OK, Json(v)),
+        Err(e) => internal(e.to_string()),
+    }
+}
+
+fn internal(message: String) -> Answer {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "internal", "message": message})),
+    )
+}
+
+async fn answer(s: &AdminState, result: Result<(), AdminError>) -> Answer {
+    match result {
+        Ok(()) => status_json(s).await,
+        Err(AdminError::NotLeader { leader }) => {
+            // The admin address of the leader is not part of the membership; the operator
+            // derives it from the id (StatefulSet ordinal + 1).
+            let leader = leader.map(|id| json!({"id": id, "admin": Value::Null}));
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                Json(json!({"error": "not_leader", "leader": leader})),
+            )
+        }
+        Err(AdminError::Conflict(code)) => (StatusCode::CONFLICT, Json(json!({"error": code}))),
+        Err(AdminError::BadRequest(message)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad_request", "message": message})),
+        ),
+        Err(AdminError::Internal(message)) => internal(message),
+    }
+}
+
+fn bad_json(e: impl std::fmt::Display) -> Answer {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "message": e.to_string()})),
+    )
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+    serde_json::from_slice(body).map_err(bad_json)
+}
+
+async fn status(State(s): State<AdminState>) -> Answer {
+    status_json(&s).await
+}
+
+#[derive(Deserialize)]
+struct BootstrapBody {
+    members: BTreeMap<NodeId, String>,
+}
+
+async fn bootstrap(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: BootstrapBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.bootstrap(b.members).await;
+    answer(&s, r).await
+}
+
+#[derive(Deserialize)]
+struct LearnerBody {
+    id: NodeId,
+    addr: String,
+}
+
+async fn learners(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: LearnerBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.add_learner(b.id, b.addr).await;
+    answer(&s, r).await
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: NodeId,
+}
+
+async fn promote(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: IdBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.promote(b.id).await;
+    answer(&s, r).await
+}
+
+async fn remove(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: IdBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.remove(b.id).await;
+    answer(&s, r).await
+}
+
+#[derive(Deserialize)]
+struct TransferBody {
+    to: NodeId,
+}
+
+async fn transfer_leader(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: TransferBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.transfer_leader(b.to).await;
+    answer(&s, r).await
+}

@@ -1,0 +1,185 @@
+//! Node-to-node TLS: a cluster CA, one certificate per node, mutual TLS on the Raft port.
+//!
+//! Every node certificate carries the DNS name [`PEER_SERVER_NAME`]; peers verify that name
+//! and the cluster CA's signature, and the Raft listener requires a client certificate
+//! signed by the same CA. Membership in the cluster is therefore "holds a key certified by
+//! the cluster CA"; node ids are not bound to certificates (the operator issues them).
+//!
+//! Dev mode: [`ClusterTls::load_or_generate_dev`] creates a CA and a node certificate under
+//! `<data_dir>/cluster/` once. Nodes of one cluster need the same CA, so multi-node tests
+//! call [`generate_cluster`] once and pass the files with `--cluster-ca`, `--node-cert`,
+//! `--node-key`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::RootCertStore;
+use rustls::crypto::ring;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::transport::{self, TransportLimits, tls};
+
+/// The DNS name every node certificate carries and every peer checks.
+pub const PEER_SERVER_NAME: &str = "qpq-raft";
+
+/// Files of a node's cluster identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Loaded TLS material for the Raft listener and the Raft client.
+pub struct ClusterTls {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> transport::Error {
+    transport::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), transport::Error> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| io(path, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| io(path, e))?;
+    f.sync_all().map_err(|e| io(path, e))
+}
+
+/// Generates a cluster CA and `nodes` node certificates under `dir`: `ca.pem`, and
+/// `node-<i>.pem` / `node-<i>-key.pem` for `i` in `1..=nodes`. Returns the files of each
+/// node, in order. The CA's private key is not kept.
+pub fn generate_cluster(dir: &Path, nodes: u64) -> Result<Vec<ClusterTlsFiles>, transport::Error> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "qpq cluster CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).map_err(|e| io(&ca_path, e))?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut out = Vec::new();
+    for i in 1..=nodes {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec![PEER_SERVER_NAME.to_owned(), "localhost".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("qpq node {i}"));
+        let cert = params.signed_by(&key, &issuer)?;
+        let cert_path = dir.join(format!("node-{i}.pem"));
+        let key_path = dir.join(format!("node-{i}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).map_err(|e| io(&cert_path, e))?;
+        write_private(&key_path, &key.serialize_pem())?;
+        out.push(ClusterTlsFiles {
+            ca: ca_path.clone(),
+            cert: cert_path,
+            key: key_path,
+        });
+    }
+    Ok(out)
+}
+
+impl ClusterTls {
+    /// Loads the CA, the node certificate and its key.
+    pub fn load(files: &ClusterTlsFiles) -> Result<Self, transport::Error> {
+        let (chain, key) = tls::load_pem(&files.cert, &files.key)?;
+        let ca_pem = std::fs::read(&files.ca).map_err(|e| io(&files.ca, e))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
+            let cert = cert.map_err(|source| transport::Error::Pem {
+                path: files.ca.clone(),
+                what: "certificate",
+                source,
+            })?;
+            roots.add(cert)?;
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+
+    /// Dev mode: loads `<data_dir>/cluster/` or generates a one-node cluster CA there.
+    pub fn load_or_generate_dev(data_dir: &Path) -> Result<Self, transport::Error> {
+        let dir = data_dir.join("cluster");
+        let files = ClusterTlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node-1.pem"),
+            key: dir.join("node-1-key.pem"),
+        };
+        if !files.cert.exists() {
+            generate_cluster(&dir, 1)?;
+        }
+        Self::load(&files)
+    }
+
+    /// The Raft listener's QUIC config: mutual TLS, ALPN `qpq-raft/1`.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, transport::Error> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Arc::new(ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let crypto = tls::peer_server_crypto(
+            self.chain.clone(),
+            self.key.clone_key(),
+            verifier,
+            qpq_schemas::limits::RAFT_ALPN,
+        )?;
+        let limits = peer_limits();
+        tls::quinn_server_config(crypto, &limits)
+    }
+
+    /// The Raft client's QUIC config: presents this node's certificate, trusts the CA only.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, transport::Error> {
+        let mut crypto =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_root_certificates(self.roots.clone())
+                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        crypto.alpn_protocols = vec![qpq_schemas::limits::RAFT_ALPN.to_vec()];
+        let quic = QuicClientConfig::try_from(crypto)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(Arc::new(peer_limits().transport_config()?));
+        Ok(config)
+    }
+}
+
+/// QUIC limits between nodes: few connections, many concurrent streams (one per Raft
+/// message), large windows for snapshot chunks and entry batches.
+fn peer_limits() -> TransportLimits {
+    TransportLimits {
+        idle_timeout: std::time::Duration::from_secs(10),
+        keep_alive_interval: Some(std::time::Duration::from_secs(2)),
+        max_concurrent_bidi_streams: 1024,
+        max_connections: 256,
+        max_connections_per_ip: 64,
+        ..TransportLimits::default()
+    }
+}

@@ -1,0 +1,335 @@
+//! The Raft log on SQLite: entries, vote, committed log id and the last purged log id, in
+//! a database of their own (`raft-log.sqlite3`), separate from the state machine's.
+//!
+//! Every write is one transaction on a WAL database with `synchronous = FULL`, so when a
+//! method returns (or the append callback fires) the change is fsync'd: openraft is never
+//! told that something is durable before it is. Writes are serialised by one connection
+//! behind a mutex; log readers (replication streams) get connections of their own, which
+//! WAL lets read while the writer writes.
+//!
+//! Entries are stored CBOR-encoded (`ciborium`), next to their index and log id, so new
+//! fields can be added with serde defaults (mixed versions, invariant 9).
+
+// openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
+// returned only on failures, so its size costs nothing on the hot path.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{NodeId, TypeConfig, decode, encode};
+
+type StResult<T> = Result<T, StorageError<NodeId>>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log (
+    idx    INTEGER NOT NULL PRIMARY KEY,
+    log_id BLOB    NOT NULL,
+    entry  BLOB    NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+";
+
+/// The writable log store handed to openraft.
+#[derive(Clone)]
+pub struct LogStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// A read-only view of the log for one replication stream.
+pub struct LogReader {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: every commit fsyncs the WAL. This is what makes "append returned" mean durable.
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    Ok(conn)
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+/// Runs `f` on the connection on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    conn: &Arc<Mutex<Connection>>,
+    f: impl FnOnce(&mut Connection) -> StResult<T> + Send + 'static,
+) -> StResult<T> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(io_read)?
+}
+
+impl LogStore {
+    /// Opens (creating if missing) the log database at `path`.
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        conn: &Connection,
+        key: &str,
+    ) -> StResult<Option<T>> {
+        let raw: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(io_read)?;
+        raw.map(|b| decode(&b).map_err(io_read)).transpose()
+    }
+
+    fn write_meta<T: serde::Serialize>(conn: &Connection, key: &str, value: &T) -> StResult<()> {
+        let bytes = encode(value).map_err(io_write)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, bytes],
+        )
+        .map_err(io_write)?;
+        Ok(())
+    }
+}
+
+fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let start = match range.start_bound() {
+        Bound::Included(&s) => clamp(s),
+        Bound::Excluded(&s) => clamp(s).saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => clamp(e).saturating_add(1),
+        Bound::Excluded(&e) => clamp(e),
+        Bound::Unbounded => i64::MAX,
+    };
+    (start, end)
+}
+
+fn read_entries(conn: &Connection, start: i64, end: i64) -> StResult<Vec<Entry<TypeConfig>>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+        .map_err(io_read)?;
+    let rows = stmt
+        .query_map(params![start, end], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(io_read)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(decode(&row.map_err(io_read)?).map_err(io_read)?);
+    }
+    Ok(out)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StResult<Vec<Entry<TypeConfig>>> {
+        let (start, end) = bounds(&range);
+        blocking(&self.conn, move |c| read_entries(c, start, end)).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StResult<Vec<Entry<TypeConfig>>> {
+        let (start, end) = bounds(&range);
+        blocking(&self.conn, move |c| read_entries(c, start, end)).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StResult<Vec<Entry<TypeConfig>>> {
+        // At most this many entries per read: one AppendEntries stays a bounded message
+        // (entries can carry payloads of up to 5 MiB each, so also bound the bytes).
+        const MAX_ENTRIES: i64 = 64;
+        const MAX_BYTES: usize = 2 << 20;
+        let (s, e) = bounds(&(start..end));
+        let e = e.min(s.saturating_add(MAX_ENTRIES));
+        blocking(&self.conn, move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(io_read)?;
+            let rows = stmt
+                .query_map(params![s, e], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(io_read)?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for row in rows {
+                let raw = row.map_err(io_read)?;
+                bytes += raw.len();
+                out.push(decode(&raw).map_err(io_read)?);
+                if bytes >= MAX_BYTES {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
+        blocking(&self.conn, |c| {
+            let last_purged: Option<LogId<NodeId>> = Self::read_meta(c, "last_purged")?;
+            let last: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT log_id FROM log ORDER BY idx DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(io_read)?;
+            let last_log_id = match last {
+                Some(b) => Some(decode(&b).map_err(io_read)?),
+                None => last_purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        // A connection of its own, so replication reads never wait behind an fsync. If it
+        // cannot be opened, share the writer's (slower, still correct).
+        match open(&self.path) {
+            Ok(conn) => LogReader {
+                conn: Arc::new(Mutex::new(conn)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a log reader; sharing the writer connection");
+                LogReader {
+                    conn: self.conn.clone(),
+                }
+            }
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StResult<()> {
+        let vote = *vote;
+        blocking(&self.conn, move |c| {
+            Self::write_meta(c, "vote", &vote)
+                .map_err(|e| StorageIOError::write_vote(AnyError::error(e)).into())
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> StResult<Option<Vote<NodeId>>> {
+        blocking(&self.conn, |c| Self::read_meta(c, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
+        blocking(&self.conn, move |c| {
+            Self::write_meta(c, "committed", &committed)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
+        blocking(&self.conn, |c| {
+            Ok(Self::read_meta::<Option<LogId<NodeId>>>(c, "committed")?.flatten())
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            let idx = i64::try_from(entry.log_id.index).map_err(io_write)?;
+            rows.push((
+                idx,
+                encode(&entry.log_id).map_err(io_write)?,
+                encode(&entry).map_err(io_write)?,
+            ));
+        }
+        let result = blocking(&self.conn, move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(io_write)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO log (idx, log_id, entry) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(io_write)?;
+                for (idx, log_id, entry) in &rows {
+                    stmt.execute(params![idx, log_id, entry])
+                        .map_err(io_write)?;
+                }
+            }
+            // One commit, one fsync for the whole batch of entries.
+            tx.commit().map_err(io_write)?;
+            Ok(())
+        })
+        .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        let idx = i64::try_from(log_id.index).map_err(io_write)?;
+        blocking(&self.conn, move |c| {
+            c.execute("DELETE FROM log WHERE idx >= ?1", [idx])
+                .map_err(io_write)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        let idx = i64::try_from(log_id.index).map_err(io_write)?;
+        blocking(&self.conn, move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(io_write)?;
+            Self::write_meta(&tx, "last_purged", &log_id)?;
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [idx])
+                .map_err(io_write)?;
+            tx.commit().map_err(io_write)?;
+            Ok(())
+        })
+        .await
+    }
+}

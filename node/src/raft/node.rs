@@ -1,0 +1,720 @@
+//! [`RaftNode`]: one node's Raft, wired together: log store, state machine, network, Raft
+//! listener; and what the rest of the node asks of replication.
+//!
+//! - Writes: [`RaftNode::submit`] takes a batch of commands. On the leader the batch is
+//!   stamped with the leader's clock (monotonic) and appended as one entry; a follower
+//!   forwards the unstamped batch to the leader over the Raft listener. While there is no
+//!   leader, a write waits up to `unavailable_wait` for one and then fails with
+//!   [`SubmitError::Unavailable`] (the client gets a retryable `unavailable`).
+//! - Reads: [`RaftNode::read_barrier`] returns once this node has applied everything the
+//!   leader had committed when the read started (read index: the leader confirms its
+//!   leadership with a quorum, followers ask the leader over the Raft listener), so a
+//!   client never reads older state than it already saw, on any node.
+//! - Membership, status and readiness for the admin API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::certs::ClusterTls;
+use super::log_store::LogStore;
+use super::network::{CallError, LastHeard, Network, PeerClient};
+use super::state_machine::StateMachine;
+use super::wire::Request;
+use super::{Member, NodeId, Proposal, Raft, decode, encode};
+use crate::clock::SharedClock;
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::metrics::Metrics;
+use crate::service::waiters::Waiters;
+use crate::state::{Command, Outcome, Stamp};
+
+/// How a write or a read barrier failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// This node is not the leader (answered by a leader candidate to a forward).
+    #[error("not leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// No leader, or it could not be reached in time: retry later.
+    #[error("no leader available")]
+    Unavailable,
+    /// Raft is shutting down.
+    #[error("raft stopped")]
+    Stopped,
+    /// The state machine or the log failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A node's Raft and everything it talks to.
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft,
+    client: Arc<PeerClient>,
+    clock: SharedClock,
+    /// The last stamp this node gave an entry: stamps never go backwards on one leader (and
+    /// the state machine clamps across leaders).
+    last_stamp_ms: Mutex<u64>,
+    cluster: ClusterConfig,
+    advertise: String,
+    endpoint: quinn::Endpoint,
+    stop: CancellationToken,
+    /// When each peer last answered (see [`LastHeard`]).
+    heard: LastHeard,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("id", &self.id).finish()
+    }
+}
+
+/// openraft timings and policies from the node's cluster configuration.
+pub fn raft_config(c: &ClusterConfig) -> Result<openraft::Config, crate::Error> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let config = openraft::Config {
+        cluster_name: "qpq".into(),
+        heartbeat_interval: ms(c.heartbeat),
+        election_timeout_min: ms(c.election_timeout_min),
+        election_timeout_max: ms(c.election_timeout_max),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),
+        max_in_snapshot_log_to_keep: c.snapshot_logs.clamp(1, 1000),
+        snapshot_max_chunk_size: 1 << 20,
+        // AppendEntries must complete within one heartbeat interval (openraft's timeout);
+        // small batches keep each request short on a busy follower.
+        max_payload_entries: 64,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| crate::Error::Raft(e.to_string()))
+}
+
+impl RaftNode {
+    /// Opens the log and the state machine under the data directory, binds the Raft
+    /// listener, starts Raft, and bootstraps a one-voter cluster if configured to and the
+    /// node has no state yet.
+    pub async fn start(
+        config: &NodeConfig,
+        waiters: Arc<Waiters>,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, crate::Error> {
+        let cluster = config.cluster.clone();
+        let tls = match &cluster.tls {
+            Some(files) => ClusterTls::load(files)?,
+            None => ClusterTls::load_or_generate_dev(&config.data_dir)?,
+        };
+        let endpoint = quinn::Endpoint::server(tls.server_config()?, cluster.raft_listen)?;
+        let bound = endpoint.local_addr()?;
+        let advertise = cluster
+            .raft_advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let client = Arc::new(PeerClient::new(endpoint.clone(), tls.client_config()?));
+
+        let log = LogStore::open(&config.data_dir.join("raft-log.sqlite3"))
+            .map_err(|e| crate::Error::Store(e.into()))?;
+        let sm = StateMachine::open(
+            &config.db_path(),
+            &config.data_dir.join("snapshots"),
+            waiters,
+            metrics,
+        )?;
+        let heard = LastHeard::default();
+        let raft = Raft::new(
+            cluster.node_id,
+            Arc::new(raft_config(&cluster)?),
+            Network::new(client.clone(), heard.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| crate::Error::Raft(e.to_string()))?;
+        let node = Arc::new(Self {
+            id: cluster.node_id,
+            raft,
+            client,
+            clock,
+            last_stamp_ms: Mutex::new(0),
+            cluster,
+            advertise,
+            endpoint: endpoint.clone(),
+            stop: CancellationToken::new(),
+            heard,
+        });
+        tokio::spawn(super::peer::serve(
+            endpoint,
+            node.clone(),
+            node.stop.clone(),
+        ));
+        let mut bootstrapped = false;
+        if node.cluster.bootstrap && !node.is_initialized().await {
+            let members = BTreeMap::from([(node.id, node.advertise.clone())]);
+            node.bootstrap(members)
+                .await
+                .map_err(|e| crate::Error::Raft(e.to_string()))?;
+            bootstrapped = true;
+        }
+        // A one-voter cluster elects itself within one election timeout; wait for it, so a
+        // single node serves (and reports ready) as soon as `start` returns.
+        let sole_voter = bootstrapped || {
+            let m = node.raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().eq([node.id])
+        };
+        if sole_voter {
+            let waited = node
+                .raft
+                .wait(Some(node.cluster.election_timeout_max * 5))
+                .state(ServerState::Leader, "sole voter elects itself")
+                .await;
+            if let Err(e) = waited {
+                tracing::warn!(error = %e, "sole voter did not become leader yet");
+            }
+        }
+        tracing::info!(node_id = node.id, raft = %bound, advertise = %node.advertise, "raft started");
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Address of the Raft listener.
+    pub fn raft_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The cluster configuration.
+    pub fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    /// Stops Raft and the Raft listener.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.endpoint.close(0u32.into(), b"node stopping");
+    }
+
+    async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Whether this node currently leads.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.state == ServerState::Leader
+    }
+
+    fn stamp(&self) -> Stamp {
+        let mut last = self.last_stamp_ms.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(self.clock.now_ms());
+        Stamp { now_ms: *last }
+    }
+
+    /// Appends `commands` as one entry if this node leads; waits until it is applied here.
+    pub async fn submit_local(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let proposal = Proposal {
+            stamp: self.stamp(),
+            commands,
+        };
+        // A leader cut off from its majority does not learn it is deposed until it hears
+        // from a newer leader; bound the wait. The entry may still commit later (then the
+        // client's retry with the same message id is deduplicated) or be discarded.
+        let write = self.raft.client_write(proposal);
+        let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await
+        else {
+            return Err(SubmitError::Unavailable);
+        };
+        match result {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(SubmitError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(SubmitError::Internal(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Time to wait between attempts while the leader is unknown or changing.
+    const RETRY: Duration = Duration::from_millis(50);
+
+    /// Applies `commands` through the leader (this node or, transparently, another) and
+    /// returns their outcomes once the entry is committed and applied on this node's leader.
+    pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
+        loop {
+            let leader = match self.submit_local(commands.clone()).await {
+                Ok(o) => return Ok(o),
+                Err(SubmitError::NotLeader { leader }) => leader,
+                Err(e) => return Err(e),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.id)
+                && let Some(addr) = self.member_addr(leader)
+            {
+                let body = encode(&commands).map_err(|e| SubmitError::Internal(e.to_string()))?;
+                let timeout = self.cluster.forward_timeout;
+                match self
+                    .client
+                    .call(&addr, &Request::Forward(body), timeout)
+                    .await
+                {
+                    Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
+                        Ok(Ok(o)) => return Ok(o),
+                        // The leader moved before the entry was appended: safe to retry.
+                        Ok(Err(SubmitError::NotLeader { .. })) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
+                    },
+                    // Never delivered: safe to retry.
+                    Err(CallError::Unreachable(why) | CallError::Refused(why)) => {
+                        tracing::debug!(leader, %why, "forward failed; retrying");
+                    }
+                    // Maybe delivered: do not append twice. The client retries with the same
+                    // message id, which the state machine deduplicates.
+                    Err(CallError::Lost(why)) => {
+                        tracing::info!(leader, %why, "forwarded write lost");
+                        return Err(SubmitError::Unavailable);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SubmitError::Unavailable);
+            }
+            tokio::time::sleep(Self::RETRY).await;
+        }
+    }
+
+    /// The leader side of a read barrier: confirms leadership with a quorum and returns the
+    /// index a read must see applied.
+    pub async fn read_index_local(&self) -> Result<u64, SubmitError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(SubmitError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(_)) => Err(SubmitError::Unavailable),
+            Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Returns once this node has applied everything the leader had committed when the call
+    /// started.
+    pub async fn read_barrier(&self) -> Result<(), SubmitError> {
+        let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
+        let index = loop {
+            let leader = match self.read_index_local().await {
+                Ok(i) => break i,
+                Err(SubmitError::NotLeader { leader }) => leader,
+                Err(e) => return Err(e),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.id)
+                && let Some(addr) = self.member_addr(leader)
+            {
+                let timeout = self.cluster.forward_timeout;
+                match self.client.call(&addr, &Request::ReadIndex, timeout).await {
+                    Ok(bytes) => match decode::<Result<u64, SubmitError>>(&bytes) {
+                        Ok(Ok(i)) => break i,
+                        Ok(Err(SubmitError::NotLeader { .. })) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
+                    },
+                    Err(e) => tracing::debug!(leader, error = %e, "read index failed; retrying"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SubmitError::Unavailable);
+            }
+            tokio::time::sleep(Self::RETRY).await;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left.max(Duration::from_millis(100))))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| SubmitError::Unavailable)
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    /// Initialises a new cluster with `members` as voters. Idempotent: `Ok` if already
+    /// initialised with exactly these voters.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), AdminError> {
+        if members.is_empty() {
+            return Err(AdminError::BadRequest("members must not be empty".into()));
+        }
+        if self.is_initialized().await {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let voters: BTreeMap<NodeId, String> = m
+                .membership()
+                .voter_ids()
+                .filter_map(|id| m.membership().get_node(&id).map(|n| (id, n.addr.clone())))
+                .collect();
+            return if voters == members {
+                Ok(())
+            } else {
+                Err(AdminError::Conflict("already_initialized"))
+            };
+        }
+        let nodes: BTreeMap<NodeId, Member> = members
+            .into_iter()
+            .map(|(id, addr)| (id, Member { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(_)) => Err(AdminError::Conflict("already_initialized")),
+            Err(RaftError::Fatal(e)) => Err(AdminError::Internal(e.to_string())),
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), AdminError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(AdminError::NotLeader {
+                leader: self.raft.metrics().borrow().current_leader,
+            })
+        }
+    }
+
+    async fn require_no_change_in_progress(&self) -> Result<(), AdminError> {
+        // In progress: the effective membership (the latest membership entry in the log) is
+        // not yet the committed one, or it is a joint configuration.
+        let in_progress = self
+            .raft
+            .with_raft_state(|s| {
+                let effective = s.membership_state.effective();
+                effective.log_id() != s.membership_state.committed().log_id()
+                    || effective.membership().get_joint_config().len() > 1
+            })
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        if in_progress {
+            return Err(AdminError::Conflict("change_in_progress"));
+        }
+        Ok(())
+    }
+
+    /// Runs a membership change, giving up (the change may still complete later) if it does
+    /// not commit in time, e.g. because a majority is unreachable.
+    async fn change<F>(&self, f: F) -> Result<(), AdminError>
+    where
+        F: std::future::Future<
+                Output = Result<
+                    openraft::raft::ClientWriteResponse<super::TypeConfig>,
+                    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+                >,
+            >,
+    {
+        let limit = self.cluster.unavailable_wait * 3;
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r.map(|_| ()).map_err(Self::map_write_error),
+            Err(_) => Err(AdminError::Conflict("change_in_progress")),
+        }
+    }
+
+    fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> AdminError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError::NotLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            )) => AdminError::Conflict("change_in_progress"),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                AdminError::BadRequest(e.to_string())
+            }
+            RaftError::Fatal(e) => AdminError::Internal(e.to_string()),
+        }
+    }
+
+    /// Adds a non-voting learner (idempotent).
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), AdminError> {
+        self.require_leader()?;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        if let Some(node) = m.membership().get_node(&id) {
+            return if node.addr == addr {
+                Ok(())
+            } else {
+                Err(AdminError::BadRequest(format!(
+                    "node {id} is already a member at {}",
+                    node.addr
+                )))
+            };
+        }
+        self.require_no_change_in_progress().await?;
+        self.change(self.raft.add_learner(id, Member { addr }, false))
+            .await
+    }
+
+    /// How far `id` is behind the leader's last log entry (leader only).
+    fn lag_of(&self, id: NodeId) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref()?.get(&id)?.map_or(0, |l| l.index);
+        Some(last.saturating_sub(matched))
+    }
+
+    /// Makes a caught-up learner a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), AdminError> {
+        self.require_leader()?;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        if m.membership().voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        if m.membership().get_node(&id).is_none() {
+            return Err(AdminError::BadRequest(format!(
+                "node {id} is not a learner"
+            )));
+        }
+        self.require_no_change_in_progress().await?;
+        match self.lag_of(id) {
+            Some(lag) if lag <= self.cluster.ready_max_lag => {}
+            _ => return Err(AdminError::Conflict("lagging")),
+        }
+        self.change(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+        )
+        .await
+    }
+
+    /// Removes a voter or a learner; refuses to remove the leader or to lose quorum.
+    pub async fn remove(&self, id: NodeId) -> Result<(), AdminError> {
+        self.require_leader()?;
+        if id == self.id {
+            return Err(AdminError::Conflict("is_leader"));
+        }
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        if m.membership().get_node(&id).is_none() {
+            return Ok(());
+        }
+        self.require_no_change_in_progress().await?;
+        if !voters.contains(&id) {
+            return self
+                .change(
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+                )
+                .await;
+        }
+        // Reachable = the leader itself, and followers that answered within the last
+        // election timeout and are within the readiness lag.
+        let window = self.cluster.election_timeout_min;
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let reachable = voters
+            .iter()
+            .filter(|v| **v != id)
+            .filter(|v| {
+                **v == self.id
+                    || (heard.get(v).is_some_and(|t| t.elapsed() <= window)
+                        && self
+                            .lag_of(**v)
+                            .is_some_and(|lag| lag <= self.cluster.ready_max_lag))
+            })
+            .count();
+        if reachable < voters.len() / 2 + 1 {
+            return Err(AdminError::Conflict("quorum_loss"));
+        }
+        self.change(
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false),
+        )
+        .await
+    }
+
+    /// Hands leadership to a caught-up voter.
+    ///
+    /// openraft 0.9 has no leadership transfer (0.10 adds one). Until then this validates
+    /// the request and answers `409 {"error": "not_supported"}`; the operator removes a
+    /// leader by restarting it (a follower takes over within the election timeout).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), AdminError> {
+        self.require_leader()?;
+        if to == self.id {
+            return Ok(());
+        }
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        if !m.membership().voter_ids().any(|v| v == to) {
+            return Err(AdminError::BadRequest(format!("node {to} is not a voter")));
+        }
+        Err(AdminError::Conflict("not_supported"))
+    }
+
+    // ------------------------------------------------------------------ status
+
+    /// The admin API's `Status`.
+    pub async fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
+            .await
+            .unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.addr.clone());
+            } else {
+                learners.insert(*id, node.addr.clone());
+            }
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = if m.state == ServerState::Leader {
+            m.replication.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.map_or(0, |l| l.index);
+                        (
+                            *id,
+                            Replication {
+                                matched_index: matched,
+                                lag: last.saturating_sub(matched),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+        } else {
+            None
+        };
+        Status {
+            node_id: self.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: last,
+            committed_index: committed,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            membership: MembershipView { voters, learners },
+            replication,
+            version: env!("CARGO_PKG_VERSION"),
+            wire_version: qpq_schemas::limits::WIRE_VERSION,
+        }
+    }
+
+    /// Whether this node is a member of an initialised cluster with a known leader, and has
+    /// applied within `ready_max_lag` entries of the commit index it knows.
+    pub async fn caught_up_member(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
+        if !member || m.current_leader.is_none() {
+            return false;
+        }
+        let committed = self
+            .raft
+            .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
+            .await
+            .unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        committed.saturating_sub(applied) <= self.cluster.ready_max_lag
+    }
+}
+
+/// Why an admin call failed; the admin layer maps each to its HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Mutating call on a follower (`421`).
+    #[error("not leader")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// `409` with this error code.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// `400`.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// `500`.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// The admin API's status document (`docs/admin-api.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// `leader | follower | candidate | learner | shutdown`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader_id: Option<NodeId>,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// Highest index known committed.
+    pub committed_index: u64,
+    /// Highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// The effective membership.
+    pub membership: MembershipView,
+    /// Per-follower replication (leader only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<BTreeMap<NodeId, Replication>>,
+    /// Build version.
+    pub version: &'static str,
+    /// Client wire version.
+    pub wire_version: u16,
+}
+
+/// Voters and learners with their Raft addresses.
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipView {
+    /// Voting members.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Non-voting members.
+    pub learners: BTreeMap<NodeId, String>,
+}
+
+/// One follower's replication progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replication {
+    /// Highest index known replicated to it.
+    pub matched_index: u64,
+    /// Leader's last index minus `matched_index`.
+    pub lag: u64,
+}

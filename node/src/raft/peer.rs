@@ -1,0 +1,123 @@
+//! The Raft listener: accepts peers' QUIC connections (mutual TLS, ALPN `qpq-raft/1`) and
+//! answers one request per bidirectional stream by handing it to openraft or to the
+//! [`RaftNode`] (forwarded writes, read index).
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use qpq_schemas::limits::RAFT_ALPN;
+use quinn::crypto::rustls::HandshakeData;
+use tokio_util::sync::CancellationToken;
+
+use super::node::{RaftNode, SubmitError};
+use super::wire::{self, MAX_MESSAGE_BYTES, Request, Response};
+use super::{NodeId, TypeConfig, decode, encode};
+use crate::state::Command;
+
+/// Accepts peers until `stop` is cancelled.
+pub async fn serve(endpoint: quinn::Endpoint, node: Arc<RaftNode>, stop: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            () = stop.cancelled() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let node = node.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "raft peer handshake failed");
+                    return;
+                }
+            };
+            let alpn_ok = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<HandshakeData>().ok())
+                .and_then(|d| d.protocol)
+                .is_some_and(|p| p == RAFT_ALPN);
+            if !alpn_ok {
+                conn.close(1u32.into(), b"ALPN qpq-raft/1 required");
+                return;
+            }
+            loop {
+                let (send, recv) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    s = conn.accept_bi() => match s {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                };
+                tokio::spawn(serve_stream(send, recv, node.clone()));
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    node: Arc<RaftNode>,
+) {
+    let response = match recv.read_to_end(MAX_MESSAGE_BYTES).await {
+        Ok(bytes) => match wire::decode_request(&bytes) {
+            Ok(req) => {
+                // A caller that gave up (timeout) stops the stream: stop working on its
+                // request too, so abandoned requests do not queue up in front of new ones.
+                let abandoned = send.stopped();
+                tokio::select! {
+                    r = handle(&node, req) => r,
+                    _ = abandoned => return,
+                }
+            }
+            Err(e) => Response::Failed(e.to_string()),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "raft request not received");
+            return;
+        }
+    };
+    let bytes = wire::encode_response(&response);
+    if send.write_all(&bytes).await.is_ok() {
+        let _ = send.finish();
+        // Let the answer reach the peer before the stream is dropped.
+        let _ = send.stopped().await;
+    }
+}
+
+fn ok<T: serde::Serialize>(value: &T) -> Response {
+    match encode(value) {
+        Ok(b) => Response::Ok(b),
+        Err(e) => Response::Failed(e.to_string()),
+    }
+}
+
+async fn handle(node: &RaftNode, req: Request) -> Response {
+    let raft = node.raft();
+    match req {
+        Request::AppendEntries(body) => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+            Ok(rpc) => ok(&raft.append_entries(rpc).await),
+            Err(e) => Response::Failed(e.to_string()),
+        },
+        Request::Vote(body) => match decode::<VoteRequest<NodeId>>(&body) {
+            Ok(rpc) => ok(&raft.vote(rpc).await),
+            Err(e) => Response::Failed(e.to_string()),
+        },
+        Request::InstallSnapshot(body) => match decode::<InstallSnapshotRequest<TypeConfig>>(&body)
+        {
+            Ok(rpc) => ok(&raft.install_snapshot(rpc).await),
+            Err(e) => Response::Failed(e.to_string()),
+        },
+        Request::Forward(body) => match decode::<Vec<Command>>(&body) {
+            Ok(commands) => {
+                let result: Result<_, SubmitError> = node.submit_local(commands).await;
+                ok(&result)
+            }
+            Err(e) => Response::Failed(e.to_string()),
+        },
+        Request::ReadIndex => ok(&node.read_index_local().await),
+    }
+}

@@ -1,0 +1,437 @@
+//! The Raft state machine: the AS/DS [`Store`] driven by committed log entries, and its
+//! snapshots.
+//!
+//! Applying a batch of entries is one SQLite transaction that applies every command with
+//! its entry's leader-assigned [`Stamp`] and records the last applied log id and the last
+//! membership in the `raft_applied` table, so a restart resumes exactly after the last
+//! applied entry. Stamps are clamped to be monotonic (`max(stamp, last stamp)`), which is
+//! deterministic and keeps time from going backwards when leadership moves to a node whose
+//! clock is behind.
+//!
+//! A snapshot is a consistent copy of the state database (`VACUUM INTO`, one read
+//! transaction), which carries its own `raft_applied` row: the snapshot's metadata is read
+//! from the copy itself, so data and metadata cannot disagree. Installing one copies the
+//! received file to disk, fsyncs it, and replaces the live database's contents with SQLite's
+//! backup API in one transaction (the read pool's connections stay valid; see
+//! [`Store::replace_from`]). openraft streams snapshot files in chunks
+//! (`snapshot_max_chunk_size`).
+//!
+//! Waiters (`fetchWait`) are woken after the transaction commits, on every node.
+
+// openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
+// returned only on failures, so its size costs nothing on the hot path.
+#![allow(clippy::result_large_err)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::io::AsyncWriteExt as _;
+
+use super::{Member, NodeId, TypeConfig, decode, encode};
+use crate::metrics::Metrics;
+use crate::service::waiters::Waiters;
+use crate::state::{Command, Outcome, Stamp, Store};
+
+type StResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Name of the current snapshot file in the snapshot directory.
+const CURRENT: &str = "current.sqlite3";
+
+fn sm_write(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn sm_read(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, AnyError::error(e.to_string())).into()
+}
+
+/// What the state machine, its snapshot builders and the node share.
+pub struct Shared {
+    store: Mutex<Store>,
+    db_path: PathBuf,
+    snapshot_dir: PathBuf,
+    /// Serialises building and installing snapshots (both replace `current.sqlite3`).
+    snapshot_lock: Mutex<()>,
+    waiters: Arc<Waiters>,
+    metrics: Metrics,
+    /// Names temporary files uniquely within this process.
+    counter: AtomicU64,
+}
+
+/// The state machine handed to openraft.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Builds one snapshot (openraft runs it in the background).
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+/// The `raft_applied` row.
+#[derive(Default)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Member>,
+    last_stamp_ms: u64,
+}
+
+/// The raw `raft_applied` columns: last_applied, membership (CBOR), last_stamp_ms.
+type AppliedRow = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
+
+fn read_applied(conn: &Connection) -> StResult<Applied> {
+    let row: Option<AppliedRow> = conn
+        .query_row(
+            "SELECT last_applied, membership, last_stamp_ms FROM raft_applied WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(sm_read)?;
+    let Some((last, membership, stamp)) = row else {
+        return Ok(Applied::default());
+    };
+    Ok(Applied {
+        last_applied: last.map(|b| decode(&b)).transpose().map_err(sm_read)?,
+        membership: membership
+            .map(|b| decode(&b))
+            .transpose()
+            .map_err(sm_read)?
+            .unwrap_or_default(),
+        last_stamp_ms: u64::try_from(stamp).unwrap_or(0),
+    })
+}
+
+/// Snapshot id: a pure function of the last log id, so the same state has the same id on
+/// every node.
+fn snapshot_id(last: &Option<LogId<NodeId>>) -> String {
+    match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "empty".to_owned(),
+    }
+}
+
+fn meta_of_file(path: &Path) -> StResult<SnapshotMeta<NodeId, Member>> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(snap_err)?;
+    let applied = read_applied(&conn)?;
+    Ok(SnapshotMeta {
+        snapshot_id: snapshot_id(&applied.last_applied),
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership,
+    })
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl StateMachine {
+    /// Opens the state database at `db_path` (migrating it) with snapshots kept in
+    /// `snapshot_dir`.
+    pub fn open(
+        db_path: &Path,
+        snapshot_dir: &Path,
+        waiters: Arc<Waiters>,
+        metrics: Metrics,
+    ) -> Result<Self, crate::Error> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        // Leftovers of an interrupted build or transfer are useless after a restart.
+        for entry in std::fs::read_dir(snapshot_dir)? {
+            let entry = entry?;
+            if entry.file_name() != CURRENT {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let store = Store::open(db_path)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store: Mutex::new(store),
+                db_path: db_path.to_path_buf(),
+                snapshot_dir: snapshot_dir.to_path_buf(),
+                snapshot_lock: Mutex::new(()),
+                waiters,
+                metrics,
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn temp_path(&self, what: &str) -> PathBuf {
+        let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
+        self.shared.snapshot_dir.join(format!("{what}-{n}.tmp"))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> StResult<T> + Send + 'static,
+    ) -> StResult<T> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(sm_write)?
+    }
+}
+
+/// Applies `entries` in one transaction; returns one result per entry.
+fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec<Vec<Outcome>>> {
+    let started = std::time::Instant::now();
+    let mut store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
+    let tx = store.transaction().map_err(sm_write)?;
+    let mut applied = read_applied(tx.connection())?;
+    let mut membership_changed = false;
+    let mut results = Vec::with_capacity(entries.len());
+    let mut wake: Vec<(qpq_schemas::ChannelId, u64)> = Vec::new();
+    let mut evicted = (0u64, 0u64);
+    let mut commands = 0usize;
+    for entry in entries {
+        applied.last_applied = Some(entry.log_id);
+        match &entry.payload {
+            EntryPayload::Blank => results.push(Vec::new()),
+            EntryPayload::Membership(m) => {
+                applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                membership_changed = true;
+                results.push(Vec::new());
+            }
+            EntryPayload::Normal(proposal) => {
+                applied.last_stamp_ms = applied.last_stamp_ms.max(proposal.stamp.now_ms);
+                let stamp = Stamp {
+                    now_ms: applied.last_stamp_ms,
+                };
+                let mut outcomes = Vec::with_capacity(proposal.commands.len());
+                for command in &proposal.commands {
+                    let outcome = tx.apply(command, stamp).map_err(sm_write)?;
+                    match (command, &outcome) {
+                        (
+                            Command::Enqueue { channel, .. },
+                            Outcome::Enqueued {
+                                seq,
+                                duplicate: false,
+                            },
+                        ) => wake.push((*channel, *seq)),
+                        (
+                            Command::Evict { .. },
+                            Outcome::Evicted {
+                                messages,
+                                key_packages,
+                            },
+                        ) => {
+                            evicted.0 += messages;
+                            evicted.1 += key_packages;
+                        }
+                        _ => {}
+                    }
+                    outcomes.push(outcome);
+                }
+                commands += proposal.commands.len();
+                results.push(outcomes);
+            }
+        }
+    }
+    let last = applied
+        .last_applied
+        .map(|l| encode(&l))
+        .transpose()
+        .map_err(sm_write)?;
+    let stamp = i64::try_from(applied.last_stamp_ms).unwrap_or(i64::MAX);
+    if membership_changed {
+        let m = encode(&applied.membership).map_err(sm_write)?;
+        tx.connection()
+            .execute(
+                "UPDATE raft_applied SET last_applied = ?1, membership = ?2, last_stamp_ms = ?3 WHERE id = 1",
+                params![last, m, stamp],
+            )
+            .map_err(sm_write)?;
+    } else {
+        tx.connection()
+            .execute(
+                "UPDATE raft_applied SET last_applied = ?1, last_stamp_ms = ?2 WHERE id = 1",
+                params![last, stamp],
+            )
+            .map_err(sm_write)?;
+    }
+    tx.commit().map_err(sm_write)?;
+    drop(store);
+    for (channel, seq) in wake {
+        shared.waiters.notify(&channel, seq);
+    }
+    let m = &shared.metrics;
+    if commands > 0 {
+        m.batch_entries.observe(commands as f64);
+        m.batch_duration.observe(started.elapsed().as_secs_f64());
+    }
+    if evicted != (0, 0) {
+        m.evictions
+            .with_label_values(&["message"])
+            .inc_by(evicted.0);
+        m.evictions
+            .with_label_values(&["key_package"])
+            .inc_by(evicted.1);
+    }
+    Ok(results)
+}
+
+fn build(
+    shared: &Shared,
+    temp: PathBuf,
+) -> StResult<(SnapshotMeta<NodeId, Member>, std::fs::File)> {
+    let _guard = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let _ = std::fs::remove_file(&temp);
+    Store::copy_to(&shared.db_path, &temp).map_err(snap_err)?;
+    std::fs::File::open(&temp)
+        .and_then(|f| f.sync_all())
+        .map_err(snap_err)?;
+    let meta = meta_of_file(&temp)?;
+    let current = shared.snapshot_dir.join(CURRENT);
+    std::fs::rename(&temp, &current).map_err(snap_err)?;
+    fsync_dir(&shared.snapshot_dir).map_err(snap_err)?;
+    let file = std::fs::File::open(&current).map_err(snap_err)?;
+    Ok((meta, file))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
+        let sm = StateMachine {
+            shared: self.shared.clone(),
+        };
+        let temp = sm.temp_path("building");
+        let (meta, file) = sm.blocking(move |s| build(s, temp)).await?;
+        let file = tokio::fs::File::from_std(file);
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+        self.blocking(|s| {
+            let store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+            let a = read_applied(store.connection())?;
+            Ok((a.last_applied, a.membership))
+        })
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StResult<Vec<Vec<Outcome>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |s| apply_entries(s, &entries)).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<tokio::fs::File>> {
+        let path = self.temp_path("receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> StResult<()> {
+        use tokio::io::AsyncSeekExt as _;
+        // Copy whatever the handle holds into a file of our own (the handle may be any
+        // file, e.g. the sender's in tests), and make it durable before it replaces state.
+        let installing = self.temp_path("installing");
+        {
+            snapshot.flush().await.map_err(snap_err)?;
+            snapshot
+                .seek(io::SeekFrom::Start(0))
+                .await
+                .map_err(snap_err)?;
+            let mut out = tokio::fs::File::create(&installing)
+                .await
+                .map_err(snap_err)?;
+            tokio::io::copy(&mut *snapshot, &mut out)
+                .await
+                .map_err(snap_err)?;
+            out.sync_all().await.map_err(snap_err)?;
+        }
+        let meta = meta.clone();
+        let id = meta.snapshot_id.clone();
+        self.blocking(move |s| {
+            let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let found = meta_of_file(&installing)?;
+            if found.last_log_id != meta.last_log_id {
+                return Err(snap_err(format!(
+                    "snapshot file is at {:?}, its metadata says {:?}",
+                    found.last_log_id, meta.last_log_id
+                )));
+            }
+            {
+                let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+                store.replace_from(&installing).map_err(snap_err)?;
+            }
+            std::fs::rename(&installing, s.snapshot_dir.join(CURRENT)).map_err(snap_err)?;
+            fsync_dir(&s.snapshot_dir).map_err(snap_err)?;
+            // Every channel may have moved: wake all long-polls so they re-read.
+            s.waiters.notify_all();
+            Ok(())
+        })
+        .await?;
+        tracing::info!(snapshot = %id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
+        let found = self
+            .blocking(move |s| {
+                // Under the lock, so the metadata and the opened file are the same snapshot.
+                let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let path = s.snapshot_dir.join(CURRENT);
+                if !path.exists() {
+                    return Ok(None);
+                }
+                let meta = meta_of_file(&path)?;
+                let file = std::fs::File::open(&path).map_err(snap_err)?;
+                Ok(Some((meta, file)))
+            })
+            .await?;
+        Ok(found.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}

@@ -1,0 +1,145 @@
+//! Node-to-node messages: the Cap'n Proto envelopes of `raft.capnp` around CBOR bodies.
+//!
+//! Pure functions (no I/O): [`Request`] / [`Response`] to bytes and back. A message bigger
+//! than [`MAX_MESSAGE_BYTES`] is refused by the Cap'n Proto reader limits before it is
+//! traversed.
+
+use capnp::message::{Builder, ReaderOptions};
+use qpq_schemas::limits::RAFT_WIRE_VERSION;
+use qpq_schemas::raft_capnp::{raft_request, raft_response};
+
+/// Largest node-to-node message: an AppendEntries batch is bounded to ~8 MiB of entries plus
+/// one entry of up to ~5 MiB; a snapshot chunk is 1 MiB; forwarded batches are bounded too.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// CBOR `AppendEntriesRequest`.
+    AppendEntries(Vec<u8>),
+    /// CBOR `VoteRequest`.
+    Vote(Vec<u8>),
+    /// CBOR `InstallSnapshotRequest` (one chunk).
+    InstallSnapshot(Vec<u8>),
+    /// CBOR `Vec<Command>`: client writes a follower forwards to the leader.
+    Forward(Vec<u8>),
+    /// The leader's linearizable read point.
+    ReadIndex,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// CBOR `Result<T, E>` of the method.
+    Ok(Vec<u8>),
+    /// The request could not be handled at all (undecodable, newer version, stopping).
+    Failed(String),
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Cap'n Proto decoding failed (or the limits were hit).
+    #[error("capnp: {0}")]
+    Capnp(#[from] capnp::Error),
+    /// A union discriminant this build does not know.
+    #[error("unknown message kind")]
+    NotInSchema(#[from] capnp::NotInSchema),
+    /// The peer speaks a newer Raft wire version.
+    #[error("raft wire version {0} is newer than this build's")]
+    Version(u16),
+}
+
+fn options() -> ReaderOptions {
+    let mut o = ReaderOptions::new();
+    o.traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8 + 1024))
+        .nesting_limit(8);
+    o
+}
+
+/// Serialises a request.
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut root = message.init_root::<raft_request::Builder<'_>>();
+    root.set_version(RAFT_WIRE_VERSION);
+    let mut body = root.init_body();
+    match req {
+        Request::AppendEntries(b) => body.set_append_entries(b),
+        Request::Vote(b) => body.set_vote(b),
+        Request::InstallSnapshot(b) => body.set_install_snapshot(b),
+        Request::Forward(b) => body.set_forward(b),
+        Request::ReadIndex => body.set_read_index(()),
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
+
+/// Parses a request.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
+    let mut slice = bytes;
+    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, options())?;
+    let root = message.get_root::<raft_request::Reader<'_>>()?;
+    if root.get_version() > RAFT_WIRE_VERSION {
+        return Err(WireError::Version(root.get_version()));
+    }
+    use raft_request::body::Which;
+    Ok(match root.get_body().which()? {
+        Which::AppendEntries(d) => Request::AppendEntries(d?.to_vec()),
+        Which::Vote(d) => Request::Vote(d?.to_vec()),
+        Which::InstallSnapshot(d) => Request::InstallSnapshot(d?.to_vec()),
+        Which::Forward(d) => Request::Forward(d?.to_vec()),
+        Which::ReadIndex(()) => Request::ReadIndex,
+    })
+}
+
+/// Serialises a response.
+pub fn encode_response(resp: &Response) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut root = message.init_root::<raft_response::Builder<'_>>();
+    root.set_version(RAFT_WIRE_VERSION);
+    let mut body = root.init_body();
+    match resp {
+        Response::Ok(b) => body.set_ok(b),
+        Response::Failed(t) => body.set_failed(t.as_str()),
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
+
+/// Parses a response.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, WireError> {
+    let mut slice = bytes;
+    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, options())?;
+    let root = message.get_root::<raft_response::Reader<'_>>()?;
+    use raft_response::body::Which;
+    Ok(match root.get_body().which()? {
+        Which::Ok(d) => Response::Ok(d?.to_vec()),
+        Which::Failed(t) => Response::Failed(t?.to_string().unwrap_or_default()),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        for req in [
+            Request::AppendEntries(vec![1, 2, 3]),
+            Request::Vote(vec![]),
+            Request::InstallSnapshot(vec![9; 100]),
+            Request::Forward(vec![4]),
+            Request::ReadIndex,
+        ] {
+            assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
+        }
+        for resp in [Response::Ok(vec![5]), Response::Failed("no".into())] {
+            assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_request(&[0xff; 64]).is_err());
+        assert!(decode_request(&[]).is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! Killing the leader (kill -9): a new leader within the election timeout + 1 s, and no
+//! acknowledged message lost, duplicated or reordered.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use qpq_schemas::ChannelId;
+
+use crate::harness::{Cluster, ELECTION_MAX, local, serial};
+use crate::history::{self, Client, History};
+
+async fn kill_the_leader(n: u64) {
+    let _serial = serial().await;
+    let mut c = Cluster::start(n, &[]).await;
+    let endpoints = c.endpoints();
+    local(async {
+        let history = Rc::new(History::default());
+        let stop = Rc::new(Cell::new(false));
+        let channels: Vec<ChannelId> = (0..3).map(|_| ChannelId::random()).collect();
+        let writers: Vec<_> = channels
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| {
+                tokio::task::spawn_local(history::write_messages(
+                    history.clone(),
+                    Client::new(endpoints.clone(), i),
+                    *ch,
+                    10_000,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let old = c.wait_leader(Duration::from_secs(5)).await;
+        let acked_before = history.acked.borrow().len();
+        c.node_mut(old).kill9();
+        let killed = Instant::now();
+        let new = loop {
+            if let Some(l) = c.leader().await {
+                break l;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(15), "no new leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = killed.elapsed();
+        assert_ne!(new, old);
+        assert!(
+            took <= ELECTION_MAX + Duration::from_secs(1),
+            "new leader after {took:?} (election timeout max {ELECTION_MAX:?})"
+        );
+        // Writes go on through the new leader.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.set(true);
+        for w in writers {
+            w.await.unwrap();
+        }
+        let acked = history.acked.borrow().len();
+        assert!(acked_before > 0, "nothing acknowledged before the kill");
+        assert!(acked > acked_before, "nothing acknowledged after the kill");
+        eprintln!("{n} nodes: new leader {new} after {took:?}; {acked} writes acknowledged");
+        let live: Vec<_> = endpoints.iter().filter(|e| e.id != old).cloned().collect();
+        history::check_messages(&history, &live).await;
+        // The killed node comes back and converges too.
+        c.node_mut(old).spawn();
+        history::check_messages(&history, &endpoints).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_a_leader_kill() {
+    kill_the_leader(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_a_leader_kill() {
+    kill_the_leader(5).await;
+}

@@ -1,0 +1,426 @@
+//! Starts and stops cluster nodes as processes, talks to their admin API, and writes
+//! through any node with retries (the way a client would).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qpq_client::{ClientError, Connection, ServerVerification};
+use qpq_node::raft::certs::{ClusterTlsFiles, generate_cluster};
+use serde_json::Value;
+
+/// Heartbeat and election timeout the tests run with (ms).
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 200;
+pub const ELECTION_MAX_MS: u64 = 600;
+/// Upper bound of the election timeout.
+pub const ELECTION_MAX: Duration = Duration::from_millis(ELECTION_MAX_MS);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One cluster test at a time.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+pub struct Node {
+    pub id: u64,
+    pub ip: String,
+    /// The Raft listener's real address.
+    pub raft_addr: String,
+    /// The Raft address in the membership (a proxy's, in partition tests).
+    pub advertise: String,
+    pub data: PathBuf,
+    tls: ClusterTlsFiles,
+    extra: Vec<String>,
+    child: Option<Child>,
+    /// Fixed across restarts, so clients keep their address book.
+    pub client: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    client_port: u16,
+    admin_port: u16,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    pub fn new(id: u64, dir: &Path, tls: ClusterTlsFiles, extra: &[String]) -> Self {
+        let ip = format!("127.0.0.{}", 10 + id);
+        let ip2 = ip.clone();
+        let raft_addr = format!("{ip}:{}", free_udp_port(&ip));
+        Self {
+            id,
+            advertise: raft_addr.clone(),
+            raft_addr,
+            ip: ip2,
+            data: dir.join(format!("node-{id}")),
+            tls,
+            extra: extra.to_vec(),
+            child: None,
+            client: None,
+            admin: None,
+            client_port: free_udp_port(&ip),
+            admin_port: free_tcp_port(&ip),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the process and waits until it reports serving.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
+        cmd.args(["--log-format", "json", "serve"])
+            .arg("--listen")
+            .arg(format!("{}:{}", self.ip, self.client_port))
+            .arg("--admin-listen")
+            .arg(format!("{}:{}", self.ip, self.admin_port))
+            .arg("--raft-listen")
+            .arg(&self.raft_addr)
+            .arg("--raft-advertise")
+            .arg(&self.advertise)
+            .arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--cluster-ca")
+            .arg(&self.tls.ca)
+            .arg("--node-cert")
+            .arg(&self.tls.cert)
+            .arg("--node-key")
+            .arg(&self.tls.key)
+            .args(["--raft-heartbeat-ms", &HEARTBEAT_MS.to_string()])
+            .args(["--raft-election-timeout-ms", &ELECTION_MS.to_string()])
+            .args([
+                "--raft-election-timeout-max-ms",
+                &ELECTION_MAX_MS.to_string(),
+            ])
+            .args(["--drain-timeout-secs", "2"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn qpq-node");
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addrs) = serving(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addrs);
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((client, admin)) => {
+                self.client = Some(client);
+                self.admin = Some(admin);
+                self.child = Some(child);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "node {} did not report serving: {}",
+                    self.id,
+                    self.logs.lock().unwrap().join("\n")
+                );
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let addr = self.client.expect("node started");
+        let cert = self.data.join("tls").join("cert.pem");
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            Connection::connect(addr, "localhost", &ServerVerification::CaFile(cert)),
+        )
+        .await
+        .map_err(|_| ClientError::Io(std::io::Error::other("connect timeout")))?
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if !self.is_running() {
+            return None;
+        }
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(self.admin?).await.ok()?;
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await.ok()?;
+            let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+            let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn status(&self) -> Option<Value> {
+        match self.http("GET", "/raft/status", "").await {
+            Some((200, v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub async fn ready(&self) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Some(admin) = self.admin.filter(|_| self.is_running()) else {
+            return false;
+        };
+        let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+            return false;
+        };
+        let _ = s
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf).await;
+        buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields").unwrap_or(&v);
+    let message = fields
+        .get("message")
+        .or_else(|| v.get("message"))?
+        .as_str()?;
+    if message != "node serving" {
+        return None;
+    }
+    let get = |k: &str| fields.get(k).or_else(|| v.get(k))?.as_str()?.parse().ok();
+    Some((get("listen")?, get("admin")?))
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    tls: Vec<ClusterTlsFiles>,
+    extra: Vec<String>,
+}
+
+/// Room for nodes added later (membership tests).
+const MAX_NODES: u64 = 7;
+
+impl Cluster {
+    /// Creates `n` nodes (not started). `extra`: more flags for every node.
+    pub fn new(n: u64, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = generate_cluster(&dir.path().join("pki"), MAX_NODES).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let nodes = (1..=n)
+            .map(|id| Node::new(id, dir.path(), tls[(id - 1) as usize].clone(), &extra))
+            .collect();
+        Self {
+            dir,
+            nodes,
+            tls,
+            extra,
+        }
+    }
+
+    /// Starts `n` nodes and bootstraps them as one cluster of voters.
+    pub async fn start(n: u64, extra: &[&str]) -> Self {
+        let mut c = Self::new(n, extra);
+        for node in &mut c.nodes {
+            node.spawn();
+        }
+        c.bootstrap().await;
+        c
+    }
+
+    pub async fn bootstrap(&self) {
+        let members: serde_json::Map<String, Value> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id.to_string(), Value::String(n.advertise.clone())))
+            .collect();
+        let body = serde_json::json!({ "members": members }).to_string();
+        let (code, v) = self.nodes[0]
+            .http("POST", "/raft/bootstrap", &body)
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "bootstrap: {v}");
+        self.wait_leader(Duration::from_secs(20)).await;
+    }
+
+    /// Adds node `id` (not started, not a member).
+    pub fn add_node(&mut self) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let tls = self.tls[(id - 1) as usize].clone();
+        self.nodes
+            .push(Node::new(id, self.dir.path(), tls, &self.extra));
+        self.nodes.len() - 1
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// The leader according to a running node that reports itself leader and is
+    /// acknowledged by a majority of the running nodes.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut leaders = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            if let Some(s) = n.status().await
+                && s["role"] == "leader"
+            {
+                leaders.push((s["term"].as_u64()?, n.id));
+            }
+        }
+        leaders.sort();
+        leaders.last().map(|(_, id)| *id)
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.node(id).status().await
+                && s["applied_index"].as_u64().unwrap_or(0) >= index
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} within {timeout:?}: {:?}",
+                self.node(id).status().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+}
+
+/// Runs client code on a `LocalSet` (Cap'n Proto clients are `!Send`).
+pub async fn local<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::LocalSet::new().run_until(f).await
+}
+
+/// Where a client reaches a node (cloneable, for writer tasks running beside the test).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            Connection::connect(
+                self.addr,
+                "localhost",
+                &ServerVerification::CaFile(self.cert.clone()),
+            ),
+        )
+        .await
+        .map_err(|_| ClientError::Io(std::io::Error::other("connect timeout")))?
+    }
+}
+
+impl Cluster {
+    /// Client endpoints of every node started at least once.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                Some(Endpoint {
+                    id: n.id,
+                    addr: n.client?,
+                    cert: n.data.join("tls").join("cert.pem"),
+                })
+            })
+            .collect()
+    }
+
+    /// POSTs to the leader (following `421` answers) and returns the answer.
+    pub async fn post_leader(&self, path: &str, body: &str) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.leader().await
+                && let Some((code, v)) = self.node(l).http("POST", path, body).await
+                && code != 421
+            {
+                return (code, v);
+            }
+            assert!(Instant::now() < deadline, "no leader answered {path}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! What clients saw, and the checker over it: every acknowledged enqueue appears exactly
+//! once, at the sequence number it was acknowledged with, in a gap-free, strictly increasing
+//! channel log, on every node; no KeyPackage was served twice; at most one Commit per
+//! (group, epoch) was accepted.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use qpq_client::{ClientError, Connection};
+use qpq_node::mls::devkit::{DevGroup, DevIdentity};
+use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
+
+use crate::harness::Endpoint;
+
+#[derive(Default)]
+pub struct History {
+    /// (channel, message id) -> acknowledged seq.
+    pub acked: RefCell<HashMap<(ChannelId, ClientMsgId), u64>>,
+    /// Every KeyPackage a client was served (single-use ones only).
+    pub served_key_packages: RefCell<Vec<Vec<u8>>>,
+    /// Accepted Commits: (group, epoch) -> count.
+    pub accepted_commits: RefCell<HashMap<(GroupId, u64), u32>>,
+    /// Writes that failed for good (not acknowledged): allowed, never checked as present.
+    pub unacked: RefCell<u64>,
+}
+
+/// Keeps one connection per node and retries a request on the next node after a transient
+/// failure, the way a real client would.
+pub struct Client {
+    endpoints: Vec<Endpoint>,
+    conns: HashMap<u64, Connection>,
+    next: usize,
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<Endpoint>, start: usize) -> Self {
+        Self {
+            endpoints,
+            conns: HashMap::new(),
+            next: start,
+        }
+    }
+
+    async fn conn(&mut self, i: usize) -> Result<&Connection, ClientError> {
+        let ep = self.endpoints[i % self.endpoints.len()].clone();
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.conns.entry(ep.id) {
+            slot.insert(ep.connect().await?);
+        }
+        Ok(&self.conns[&ep.id])
+    }
+
+    /// Enqueues with retries (same message id every time) until acknowledged or `budget`
+    /// passes. Returns the acknowledged seq.
+    pub async fn enqueue(
+        &mut self,
+        channel: &ChannelId,
+        id: &ClientMsgId,
+        payload: &[u8],
+        budget: Duration,
+    ) -> Result<u64, ClientError> {
+        let deadline = Instant::now() + budget;
+        loop {
+            let i = self.next;
+            let result = match self.conn(i).await {
+                Ok(c) => {
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.enqueue(channel, id, payload),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map(|e| e.seq),
+                        Err(_) => Err(ClientError::Io(std::io::Error::other("timeout"))),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(seq) => return Ok(seq),
+                Err(e)
+                    if (e.is_transient() || matches!(e, ClientError::Io(_)))
+                        && Instant::now() < deadline =>
+                {
+                    let ep = &self.endpoints[i % self.endpoints.len()];
+                    self.conns.remove(&ep.id);
+                    self.next = self.next.wrapping_add(1);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every message of `channel` as node `ep` serves it (pages until the end).
+    /// Retries transient errors (e.g. `unavailable` during an election) like a client would.
+    pub async fn read_all(ep: &Endpoint, channel: &ChannelId) -> Vec<(u64, ClientMsgId)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = ep.connect().await.unwrap();
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = match c.fetch(channel, after, 0).await {
+                Ok(p) => p,
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(fresh) = ep.connect().await {
+                        c = fresh;
+                    }
+                    continue;
+                }
+                Err(e) => panic!("node {}: fetch failed: {e}", ep.id),
+            };
+            if page.messages.is_empty() {
+                return out;
+            }
+            for m in page.messages {
+                after = m.seq;
+                out.push((m.seq, m.client_msg_id));
+            }
+        }
+    }
+}
+
+/// Writes `count` messages to `channel` through `client`, recording acknowledgements.
+pub async fn write_messages(
+    history: Rc<History>,
+    mut client: Client,
+    channel: ChannelId,
+    count: usize,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
+    let who = DevIdentity::generate().unwrap();
+    let mut group = DevGroup::create(&who, GroupId::new(rand::random())).unwrap();
+    for i in 0..count {
+        if stop.get() {
+            return;
+        }
+        let id = ClientMsgId::random();
+        let payload = group
+            .application_message(format!("m{i}").as_bytes())
+            .unwrap();
+        match client
+            .enqueue(&channel, &id, &payload, Duration::from_secs(20))
+            .await
+        {
+            Ok(seq) => {
+                history.acked.borrow_mut().insert((channel, id), seq);
+            }
+            Err(e) => {
+                eprintln!("write not acknowledged: {e}");
+                *history.unacked.borrow_mut() += 1;
+            }
+        }
+    }
+}
+
+/// Checks the message history against what `endpoints` serve now.
+pub async fn check_messages(history: &History, endpoints: &[Endpoint]) {
+    let acked = history.acked.borrow().clone();
+    let channels: HashSet<ChannelId> = acked.keys().map(|(c, _)| *c).collect();
+    assert!(!acked.is_empty(), "no write was acknowledged");
+    for ep in endpoints {
+        for channel in &channels {
+            let log = Client::read_all(ep, channel).await;
+            // Gap-free, strictly increasing from 1.
+            for (i, (seq, _)) in log.iter().enumerate() {
+                assert_eq!(*seq, i as u64 + 1, "node {}: channel log has a gap", ep.id);
+            }
+            // No message id twice.
+            let mut seen = HashSet::new();
+            for (_, id) in &log {
+                assert!(seen.insert(*id), "node {}: message stored twice", ep.id);
+            }
+            let by_id: BTreeMap<ClientMsgId, u64> = log.iter().map(|(s, id)| (*id, *s)).collect();
+            for ((c, id), seq) in acked.iter().filter(|((c, _), _)| c == channel) {
+                assert_eq!(
+                    by_id.get(id),
+                    Some(seq),
+                    "node {}: acknowledged message {id:?} of {c:?} missing or moved",
+                    ep.id
+                );
+            }
+        }
+    }
+}
+
+/// No single-use KeyPackage was served twice.
+pub fn check_key_packages(history: &History) {
+    let served = history.served_key_packages.borrow();
+    let unique: HashSet<&Vec<u8>> = served.iter().collect();
+    assert_eq!(unique.len(), served.len(), "a KeyPackage was served twice");
+}
+
+/// At most one Commit per (group, epoch) was accepted.
+pub fn check_commits(history: &History) {
+    for ((_, epoch), n) in history.accepted_commits.borrow().iter() {
+        assert!(*n <= 1, "{n} Commits accepted for epoch {epoch}");
+    }
+}
+
+/// Whether `e` is the typed StaleEpoch rejection.
+pub fn is_stale_epoch(e: &ClientError) -> bool {
+    matches!(e, ClientError::Wire(WireError::StaleEpoch { .. }))
+}

@@ -1,0 +1,86 @@
+//! A restarted follower catches up: from the log when its missing entries are still there,
+//! and from a snapshot when the leader has compacted them away (small snapshot threshold).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use qpq_schemas::ChannelId;
+
+use crate::harness::{Cluster, local, serial};
+use crate::history::{self, Client, History};
+
+/// Writes `n` messages (4 writers) and waits for them.
+async fn write(history: &Rc<History>, c: &Cluster, channel: ChannelId, n: usize) {
+    let endpoints: Vec<_> = c
+        .endpoints()
+        .into_iter()
+        .filter(|e| c.node(e.id).is_running())
+        .collect();
+    let stop = Rc::new(Cell::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::task::spawn_local(history::write_messages(
+                history.clone(),
+                Client::new(endpoints.clone(), i),
+                channel,
+                n / 4,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+async fn leader_last_index(c: &Cluster) -> u64 {
+    let l = c.wait_leader(Duration::from_secs(10)).await;
+    c.node(l).status().await.unwrap()["last_log_index"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, &["--snapshot-logs", "20"]).await;
+    local(async {
+        let history = Rc::new(History::default());
+        let channel = ChannelId::random();
+        write(&history, &c, channel, 8).await;
+        let leader = c.wait_leader(Duration::from_secs(5)).await;
+        let follower = c.running().into_iter().find(|id| *id != leader).unwrap();
+
+        // From the log: a few entries behind, well inside the kept log.
+        c.node_mut(follower).kill9();
+        write(&history, &c, channel, 8).await;
+        c.node_mut(follower).spawn();
+        let target = leader_last_index(&c).await;
+        c.wait_applied(follower, target, Duration::from_secs(20))
+            .await;
+        assert!(
+            !c.node(follower).log_text().contains("snapshot installed"),
+            "caught up from the log, without a snapshot"
+        );
+        history::check_messages(&history, &c.endpoints()).await;
+
+        // From a snapshot: far more entries than the leader keeps after compaction.
+        c.node_mut(follower).kill9();
+        write(&history, &c, channel, 120).await;
+        let leader = c.wait_leader(Duration::from_secs(5)).await;
+        let status = c.node(leader).status().await.unwrap();
+        eprintln!("leader status before restart: {status}");
+        c.node_mut(follower).spawn();
+        let target = leader_last_index(&c).await;
+        c.wait_applied(follower, target, Duration::from_secs(30))
+            .await;
+        assert!(
+            c.node(follower).log_text().contains("snapshot installed"),
+            "the follower needed a snapshot: {}",
+            c.node(follower).log_text()
+        );
+        history::check_messages(&history, &c.endpoints()).await;
+    })
+    .await;
+}

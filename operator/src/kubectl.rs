@@ -1,0 +1,164 @@
+//! Rendering for the `kubectl qpq` plugin: a cluster's status as a table or JSON.
+//!
+//! The plugin reads `.status` (what the operator last observed); it never talks to nodes,
+//! so it works from anywhere `kubectl get` works.
+
+use std::fmt::Write;
+
+use serde_json::json;
+
+use crate::crd::QpqCluster;
+
+/// `kubectl qpq status <cluster> -o json`.
+pub fn status_json(c: &QpqCluster) -> serde_json::Value {
+    let st = c.status.clone().unwrap_or_default();
+    json!({
+        "name": c.metadata.name,
+        "namespace": c.metadata.namespace,
+        "replicas": c.spec.replicas,
+        "version": c.spec.version,
+        "status": st,
+    })
+}
+
+/// `kubectl qpq status <cluster>`: a readable table.
+pub fn status_table(c: &QpqCluster) -> String {
+    let st = c.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let name = c.metadata.name.as_deref().unwrap_or("?");
+    let ns = c.metadata.namespace.as_deref().unwrap_or("?");
+    let _ = writeln!(out, "Cluster:   {ns}/{name}");
+    let _ = writeln!(
+        out,
+        "Replicas:  {} desired, {} voters",
+        c.spec.replicas, st.voters
+    );
+    let _ = writeln!(
+        out,
+        "Version:   {} desired, {} running",
+        c.spec.version,
+        st.current_version.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "Leader:    {}", st.leader.as_deref().unwrap_or("-"));
+    if let Some(op) = &st.operation {
+        let _ = writeln!(
+            out,
+            "Operation: {:?} node {} ({:?}, since {})",
+            op.kind, op.node_id, op.phase, op.started
+        );
+    }
+    let _ = writeln!(out);
+    let mut rows = vec![vec![
+        "ID".to_owned(),
+        "POD".to_owned(),
+        "ROLE".to_owned(),
+        "VOTER".to_owned(),
+        "LAG".to_owned(),
+        "VERSION".to_owned(),
+    ]];
+    for m in &st.members {
+        rows.push(vec![
+            m.id.to_string(),
+            m.pod.clone(),
+            m.role.clone(),
+            if m.voter { "yes" } else { "no" }.to_owned(),
+            m.lag.map_or("-".to_owned(), |l| l.to_string()),
+            m.version.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    table(&mut out, &rows);
+    let _ = writeln!(out);
+    let mut rows = vec![vec![
+        "CONDITION".to_owned(),
+        "STATUS".to_owned(),
+        "REASON".to_owned(),
+        "SINCE".to_owned(),
+        "MESSAGE".to_owned(),
+    ]];
+    for cond in &st.conditions {
+        rows.push(vec![
+            cond.type_.clone(),
+            cond.status.clone(),
+            cond.reason.clone(),
+            cond.last_transition_time.clone(),
+            cond.message.clone(),
+        ]);
+    }
+    table(&mut out, &rows);
+    out
+}
+
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == cols {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("   ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> QpqCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "qpq.dev/v1alpha1", "kind": "QpqCluster",
+            "metadata": {"name": "qpq", "namespace": "messaging"},
+            "spec": {"replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}},
+            "status": {
+                "voters": 3, "leader": "qpq-0", "currentVersion": "0.1.0", "bootstrapped": true,
+                "members": [
+                    {"id": 1, "pod": "qpq-0", "role": "leader", "voter": true, "version": "0.1.0", "lag": 0},
+                    {"id": 2, "pod": "qpq-1", "role": "follower", "voter": true, "version": "0.1.0", "lag": 2},
+                    {"id": 3, "pod": "qpq-2", "role": "unreachable", "voter": true}
+                ],
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "MemberUnreachable", "message": "see the Degraded condition", "lastTransitionTime": "2026-09-21T10:00:00Z"}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn table_shows_members_and_conditions() {
+        let t = status_table(&cluster());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "Cluster:   messaging/qpq");
+        assert!(t.contains("Leader:    qpq-0"));
+        let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
+        assert_eq!(
+            lines[header],
+            "ID   POD     ROLE          VOTER   LAG   VERSION"
+        );
+        assert_eq!(
+            lines[header + 2],
+            "2    qpq-1   follower      yes     2     0.1.0"
+        );
+        assert_eq!(
+            lines[header + 3],
+            "3    qpq-2   unreachable   yes     -     -"
+        );
+        assert!(t.contains("Ready       False    MemberUnreachable"), "{t}");
+    }
+
+    #[test]
+    fn json_carries_the_status() {
+        let v = status_json(&cluster());
+        assert_eq!(v["status"]["members"][1]["lag"], 2);
+        assert_eq!(v["replicas"], 3);
+    }
+}

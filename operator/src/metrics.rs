@@ -1,0 +1,66 @@
+//! Prometheus metrics of the operator (`qpq_operator_` prefix), served on `/metrics`.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Reconciles run.
+    pub reconciles: IntCounter,
+    /// Reconcile duration.
+    pub reconcile_duration: HistogramVec,
+    /// Failed reconciles and failed membership calls, by error kind (`Error::metric_label`).
+    pub errors: IntCounterVec,
+    /// Membership calls made, by action.
+    pub membership_actions: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciles = IntCounter::new("qpq_operator_reconciles_total", "Reconciles run")?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "qpq_operator_reconcile_duration_seconds",
+                "Duration of one reconcile",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &[],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("qpq_operator_reconcile_errors_total", "Errors by kind"),
+            &["kind"],
+        )?;
+        let membership_actions = IntCounterVec::new(
+            Opts::new(
+                "qpq_operator_membership_actions_total",
+                "Raft membership calls made, by action",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(membership_actions.clone()))?;
+        Ok(Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            errors,
+            membership_actions,
+        })
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

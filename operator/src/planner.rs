@@ -1,0 +1,378 @@
+//! The membership planner: a pure function from what the operator observes to the one next
+//! step that moves the Raft membership toward `spec.replicas`.
+//!
+//! Rules it keeps (checked by the property tests below):
+//! - one change at a time: at most one call per reconcile, and none while a previous change
+//!   is visibly unfinished (a learner catching up, no leader);
+//! - scale-up: the StatefulSet grows by one pod, the pod joins as a learner, is promoted
+//!   once its lag is at most `max_lag`;
+//! - scale-down: leadership moves off a departing node, the node is removed, and only then
+//!   does the StatefulSet shrink (it never drops the pod of a member);
+//! - never below quorum: no call is made while fewer than a majority of voters answer, and a
+//!   removal is refused when the remaining healthy voters would not be a majority of the
+//!   remaining voters; refusals are [`Action::Blocked`] with a reason, never a half change;
+//! - the cluster is bootstrapped once (node 1 alone); a cluster recorded as bootstrapped
+//!   whose nodes all report no state is never bootstrapped again.
+//!
+//! It does no I/O and reads no clock: the reconciler gathers [`Observed`], calls [`plan`],
+//! and carries out the [`Plan`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::admin_client::NodeId;
+use crate::crd::{MembershipOperation, OperationKind, OperationPhase};
+
+/// Raft state as seen through the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RaftObservation {
+    /// No node answered.
+    NoAnswer,
+    /// Nodes answered, and none has any membership (a new cluster).
+    Uninitialized,
+    /// The cluster's membership, preferably from the leader.
+    Cluster(ClusterView),
+}
+
+/// Membership and replication of an initialised cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Current leader, if any node knows one.
+    pub leader: Option<NodeId>,
+    /// Voters.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners.
+    pub learners: BTreeSet<NodeId>,
+    /// Lag behind the leader, per node (from the leader's replication map).
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+/// Everything the planner needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// `spec.replicas` of the existing StatefulSet (`None`: not created yet).
+    pub statefulset_replicas: Option<i32>,
+    /// `status.bootstrapped`.
+    pub bootstrapped: bool,
+    /// Raft state.
+    pub raft: RaftObservation,
+    /// Nodes whose admin API answered this round.
+    pub reachable: BTreeSet<NodeId>,
+    /// `status.operation`.
+    pub operation: Option<MembershipOperation>,
+    /// Promotion threshold (entries of lag).
+    pub max_lag: u64,
+}
+
+/// One call to make on the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do: membership matches the spec.
+    None,
+    /// Something is under way; check again soon.
+    Wait(String),
+    /// Refused as unsafe, or impossible; needs a human or a change of circumstances.
+    Blocked(BlockReason, String),
+    /// `POST /raft/bootstrap` on node 1 with itself as the only voter.
+    Bootstrap,
+    /// `POST /raft/learners` on the leader.
+    AddLearner(NodeId),
+    /// `POST /raft/promote` on the leader.
+    Promote(NodeId),
+    /// `POST /raft/transfer-leader` on the leader (the departing node).
+    TransferLeader {
+        /// Current leader.
+        from: NodeId,
+        /// New leader.
+        to: NodeId,
+    },
+    /// `POST /raft/remove` on the leader.
+    Remove(NodeId),
+}
+
+/// Why the planner refuses to act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The spec violates a rule the schema should have enforced.
+    InvalidSpec,
+    /// Fewer than a majority of voters answer.
+    QuorumLost,
+    /// The requested removal would leave fewer than a majority of healthy voters.
+    UnsafeScaleDown,
+    /// Nodes report no Raft state although the cluster was bootstrapped.
+    StateLost,
+}
+
+impl BlockReason {
+    /// CamelCase condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::QuorumLost => "QuorumLost",
+            Self::UnsafeScaleDown => "UnsafeScaleDown",
+            Self::StateLost => "StateLost",
+        }
+    }
+}
+
+/// The planner's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Replicas to apply to the StatefulSet.
+    pub statefulset_replicas: i32,
+    /// The call to make now.
+    pub action: Action,
+    /// The operation to record in status after this step (`None`: no change under way).
+    /// `started` is left empty for a new operation; the reconciler stamps it.
+    pub operation: Option<MembershipOperation>,
+}
+
+/// Majority of `n` voters.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+fn op(
+    kind: OperationKind,
+    node_id: NodeId,
+    phase: OperationPhase,
+    prev: &Option<MembershipOperation>,
+) -> Option<MembershipOperation> {
+    let started = match prev {
+        Some(p) if p.kind == kind && p.node_id == node_id => p.started.clone(),
+        _ => String::new(),
+    };
+    Some(MembershipOperation {
+        kind,
+        node_id,
+        phase,
+        started,
+    })
+}
+
+fn to_id(n: i32) -> NodeId {
+    u64::try_from(n.max(0)).unwrap_or(0)
+}
+
+fn to_replicas(id: NodeId) -> i32 {
+    i32::try_from(id).unwrap_or(i32::MAX)
+}
+
+/// Decides the next step.
+pub fn plan(o: &Observed) -> Plan {
+    let current = o.statefulset_replicas.unwrap_or(0).max(0);
+    let hold = |action: Action, operation: Option<MembershipOperation>| Plan {
+        statefulset_replicas: current,
+        action,
+        operation,
+    };
+    if !(1..=7).contains(&o.desired) || o.desired % 2 == 0 {
+        return hold(
+            Action::Blocked(
+                BlockReason::InvalidSpec,
+                format!(
+                    "spec.replicas {} is not an odd number from 1 to 7",
+                    o.desired
+                ),
+            ),
+            o.operation.clone(),
+        );
+    }
+    let desired = to_id(o.desired);
+    match &o.raft {
+        RaftObservation::NoAnswer if o.bootstrapped || current > 1 => hold(
+            Action::Wait("no node answers on its admin port".into()),
+            o.operation.clone(),
+        ),
+        RaftObservation::NoAnswer => Plan {
+            statefulset_replicas: 1,
+            action: Action::Wait("waiting for the first pod to answer".into()),
+            operation: op(OperationKind::Bootstrap, 1, OperationPhase::WaitingForPod, &o.operation),
+        },
+        RaftObservation::Uninitialized if o.bootstrapped => hold(
+            Action::Blocked(
+                BlockReason::StateLost,
+                "the cluster was bootstrapped but no node reports Raft state; refusing to bootstrap again (restore from a backup)".into(),
+            ),
+            o.operation.clone(),
+        ),
+        RaftObservation::Uninitialized => {
+            let (action, phase) = if o.reachable.contains(&1) {
+                (Action::Bootstrap, OperationPhase::Bootstrapping)
+            } else {
+                (
+                    Action::Wait("waiting for the first pod to answer".into()),
+                    OperationPhase::WaitingForPod,
+                )
+            };
+            Plan {
+                statefulset_replicas: current.max(1),
+                action,
+                operation: op(OperationKind::Bootstrap, 1, phase, &o.operation),
+            }
+        }
+        RaftObservation::Cluster(v) => plan_cluster(o, v, desired, current),
+    }
+}
+
+fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) -> Plan {
+    let max_member = v
+        .voters
+        .iter()
+        .chain(&v.learners)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    // Never shrink below a member's pod; never grow beyond what is needed now.
+    let floor = to_replicas(max_member).max(1);
+    let keep = |action: Action, operation: Option<MembershipOperation>| Plan {
+        statefulset_replicas: current.max(floor),
+        action,
+        operation,
+    };
+    let healthy = v.voters.intersection(&o.reachable).count();
+    if healthy < majority(v.voters.len()) {
+        return keep(
+            Action::Blocked(
+                BlockReason::QuorumLost,
+                format!(
+                    "only {healthy} of {} voters answer; waiting for a majority before any change",
+                    v.voters.len()
+                ),
+            ),
+            o.operation.clone(),
+        );
+    }
+    let Some(leader) = v.leader else {
+        return keep(
+            Action::Wait("no leader; an election is under way".into()),
+            o.operation.clone(),
+        );
+    };
+    let target: BTreeSet<NodeId> = (1..=desired).collect();
+
+    // Finish the recorded operation first when it still makes sense, so a spec that flips
+    // back and forth never leaves two half changes.
+    let continuing = o.operation.as_ref().and_then(|p| match p.kind {
+        OperationKind::AddMember
+            if target.contains(&p.node_id) && !v.voters.contains(&p.node_id) =>
+        {
+            Some((OperationKind::AddMember, p.node_id))
+        }
+        OperationKind::RemoveMember
+            if v.voters.contains(&p.node_id) || v.learners.contains(&p.node_id) =>
+        {
+            Some((OperationKind::RemoveMember, p.node_id))
+        }
+        _ => None,
+    });
+    let next = continuing.or_else(|| {
+        // Stray learners (left over from an abandoned scale-up) go first: they do not count
+        // for quorum, so removing them is always safe.
+        if let Some(l) = v.learners.iter().find(|l| !target.contains(l)) {
+            return Some((OperationKind::RemoveMember, *l));
+        }
+        // Add before remove: fault tolerance only goes up in between.
+        if let Some(k) = target.iter().find(|k| !v.voters.contains(k)) {
+            return Some((OperationKind::AddMember, *k));
+        }
+        v.voters
+            .iter()
+            .rev()
+            .find(|j| !target.contains(j))
+            .map(|j| (OperationKind::RemoveMember, *j))
+    });
+
+    match next {
+        None => Plan {
+            statefulset_replicas: to_replicas(desired),
+            action: Action::None,
+            operation: None,
+        },
+        Some((OperationKind::AddMember, k)) => {
+            // Exactly the pods of the members plus the joining one: pods of nodes that are
+            // not members (left by an abandoned change) may go.
+            let replicas = floor.max(to_replicas(k));
+            let (action, phase) = if v.learners.contains(&k) {
+                let lag = v.lag.get(&k).copied();
+                match lag {
+                    Some(lag) if lag <= o.max_lag && o.reachable.contains(&k) => {
+                        (Action::Promote(k), OperationPhase::Promoting)
+                    }
+                    _ => (
+                        Action::Wait(format!(
+                            "learner {k} is catching up (lag {})",
+                            lag.map_or("unknown".to_owned(), |l| l.to_string())
+                        )),
+                        OperationPhase::CatchingUp,
+                    ),
+                }
+            } else if o.reachable.contains(&k) {
+                (Action::AddLearner(k), OperationPhase::CatchingUp)
+            } else {
+                (
+                    Action::Wait(format!("waiting for pod of node {k} to answer")),
+                    OperationPhase::WaitingForPod,
+                )
+            };
+            Plan {
+                statefulset_replicas: replicas,
+                action,
+                operation: op(OperationKind::AddMember, k, phase, &o.operation),
+            }
+        }
+        Some((_, j)) => {
+            let record = |phase| op(OperationKind::RemoveMember, j, phase, &o.operation);
+            // Shrink to the highest member: a departed node's pod goes as soon as it is out.
+            let shrink = |action: Action, operation| Plan {
+                statefulset_replicas: floor,
+                action,
+                operation,
+            };
+            if v.learners.contains(&j) {
+                return shrink(Action::Remove(j), record(OperationPhase::Removing));
+            }
+            let remaining: BTreeSet<NodeId> =
+                v.voters.iter().copied().filter(|x| *x != j).collect();
+            let healthy_remaining = remaining.intersection(&o.reachable).count();
+            if remaining.is_empty() || healthy_remaining < majority(remaining.len()) {
+                return keep(
+                    Action::Blocked(
+                        BlockReason::UnsafeScaleDown,
+                        format!(
+                            "removing node {j} would leave {healthy_remaining} healthy of {} voters, fewer than a majority; waiting for the other voters to recover",
+                            remaining.len()
+                        ),
+                    ),
+                    o.operation.clone(),
+                );
+            }
+            if leader == j {
+                // Hand leadership to the most caught-up healthy remaining voter.
+                let to = remaining
+                    .iter()
+                    .filter(|x| o.reachable.contains(x))
+                    .filter_map(|x| v.lag.get(x).map(|l| (*l, *x)))
+                    .filter(|(l, _)| *l <= o.max_lag)
+                    .min();
+                return match to {
+                    Some((_, to)) => shrink(
+                        Action::TransferLeader { from: j, to },
+                        record(OperationPhase::TransferringLeadership),
+                    ),
+                    None => keep(
+                        Action::Wait(format!(
+                            "no caught-up voter to take leadership from node {j}"
+                        )),
+                        record(OperationPhase::TransferringLeadership),
+                    ),
+                };
+            }
+            shrink(Action::Remove(j), record(OperationPhase::Removing))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

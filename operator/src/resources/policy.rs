@@ -1,0 +1,68 @@
+//! ServiceAccount, PodDisruptionBudget and the optional NetworkPolicy.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde_json::json;
+
+use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, RAFT_PORT, typed};
+use crate::crd::NetworkPolicySpec;
+use crate::error::Result;
+use crate::planner::majority;
+
+/// ServiceAccount `<cluster>`; nodes do not call the Kubernetes API, so no token is mounted.
+pub fn service_account(c: &ClusterRef) -> ServiceAccount {
+    ServiceAccount {
+        metadata: c.meta(c.name.clone()),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// PodDisruptionBudget `<cluster>`: evictions may take at most `n - majority(n)` pods, so
+/// a drain never costs quorum (for a single node that is zero: draining its node waits for
+/// a human). Unhealthy pods may always be evicted: they do not count toward quorum anyway.
+pub fn pod_disruption_budget(c: &ClusterRef, replicas: i32) -> Result<PodDisruptionBudget> {
+    let n = usize::try_from(replicas.max(1)).unwrap_or(1);
+    let max_unavailable = n - majority(n);
+    typed(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": c.meta(c.name.clone()),
+        "spec": {
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": c.selector()},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }))
+}
+
+/// NetworkPolicy `<cluster>`: the client port is open; the Raft port only to the cluster's
+/// own pods; the admin port to the cluster's pods and the operator's pods.
+pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option<NetworkPolicy>> {
+    if !spec.enabled {
+        return Ok(None);
+    }
+    let peers = json!({"podSelector": {"matchLabels": c.selector()}});
+    // The operator's pods, in its namespace when its labels are given, else in any.
+    let operator = json!({
+        "namespaceSelector": {"matchLabels": spec.operator_namespace_labels},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "qpq-operator"}},
+    });
+    let admin_from = vec![peers.clone(), operator];
+    typed(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": c.meta(c.name.clone()),
+        "spec": {
+            "podSelector": {"matchLabels": c.selector()},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": CLIENT_PORT, "protocol": "UDP"}]},
+                {"from": [peers], "ports": [{"port": RAFT_PORT, "protocol": "UDP"}]},
+                {"from": admin_from, "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }))
+    .map(Some)
+}

@@ -1,0 +1,185 @@
+//! The StatefulSet of qpq-node pods.
+//!
+//! Choices that matter:
+//! - `podManagementPolicy: Parallel`: after a full restart every pod must come back at once,
+//!   because none is ready before a leader is elected (OrderedReady would deadlock). The
+//!   operator, not the StatefulSet controller, paces scale-ups (one pod at a time).
+//! - The node id is the ordinal + 1, computed by a one-line shell wrapper from the pod name
+//!   (Kubernetes offers the ordinal, not arithmetic on it).
+//! - PVCs are deleted on scale-down (a removed node must rejoin empty, never with the log of
+//!   its former membership) and retained on deletion (the finalizer applies
+//!   `spec.pvcRetentionPolicy`).
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde_json::{Value, json};
+
+use super::{
+    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations, typed,
+};
+use crate::crd::QpqClusterSpec;
+use crate::error::Result;
+
+/// Shell wrapper: node id from the ordinal in the pod name.
+pub const ENTRYPOINT: &str =
+    "export QPQ_NODE_ID=$(( ${QPQ_POD_NAME##*-} + 1 )) && exec qpq-node serve";
+
+fn var(name: &str, value: impl Into<String>) -> Value {
+    json!({"name": name, "value": value.into()})
+}
+
+/// The StatefulSet `<cluster>` with `replicas` pods (chosen by the membership planner).
+/// `tls_rotation` is the operator-managed certificates' rotation counter (0 for a
+/// user-provided Secret).
+pub fn statefulset(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    replicas: i32,
+    config_hash: &str,
+    tls_rotation: u64,
+) -> Result<StatefulSet> {
+    let (tls_secret, cert, key) = match &spec.tls.secret_name {
+        Some(s) => (
+            s.clone(),
+            format!("{TLS_DIR}/tls.crt"),
+            format!("{TLS_DIR}/tls.key"),
+        ),
+        None => (
+            c.tls_secret(),
+            format!("{TLS_DIR}/$(QPQ_POD_NAME).crt"),
+            format!("{TLS_DIR}/$(QPQ_POD_NAME).key"),
+        ),
+    };
+    let env = vec![
+        json!({"name": "QPQ_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        var("QPQ_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
+        var("QPQ_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        var("QPQ_RAFT_LISTEN", format!("0.0.0.0:{RAFT_PORT}")),
+        var(
+            "QPQ_RAFT_ADVERTISE",
+            format!(
+                "$(QPQ_POD_NAME).{}.{}.svc:{RAFT_PORT}",
+                c.headless(),
+                c.namespace
+            ),
+        ),
+        var("QPQ_DATA_DIR", DATA_DIR),
+        var("QPQ_TLS_CERT", cert.clone()),
+        var("QPQ_TLS_KEY", key.clone()),
+        var("QPQ_CLUSTER_CA", format!("{TLS_DIR}/ca.crt")),
+        var("QPQ_NODE_CERT", cert),
+        var("QPQ_NODE_KEY", key),
+    ];
+    let probe = |path: &str, period: i32, failures: i32| {
+        json!({
+            "httpGet": {"path": path, "port": "admin"},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 2,
+        })
+    };
+    let mut container = json!({
+        "name": "qpq-node",
+        "image": format!("{}:{}", spec.image, spec.version),
+        "command": ["/bin/sh", "-c", ENTRYPOINT],
+        "envFrom": [{"configMapRef": {"name": c.configmap()}}],
+        "env": env,
+        "ports": [
+            {"name": "client", "containerPort": CLIENT_PORT, "protocol": "UDP"},
+            {"name": "raft", "containerPort": RAFT_PORT, "protocol": "UDP"},
+            {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": probe("/readyz", 5, 3),
+        "livenessProbe": probe("/healthz", 10, 6),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(p) = &spec.image_pull_policy {
+        container["imagePullPolicy"] = json!(p);
+    }
+    if let Some(r) = &spec.resources {
+        container["resources"] = serde_json::to_value(r)?;
+    }
+
+    let s = &spec.scheduling;
+    let affinity = match &s.affinity {
+        Some(a) => serde_json::to_value(a)?,
+        // Prefer one pod per Kubernetes node: losing a node then costs one voter.
+        None => json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": c.selector()},
+            },
+        }]}}),
+    };
+    let mut pod_spec = json!({
+        "serviceAccountName": c.name,
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "affinity": affinity,
+        "containers": [container],
+        "volumes": [{"name": "tls", "secret": {"secretName": tls_secret, "defaultMode": 0o440}}],
+    });
+    if !s.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(s.node_selector);
+    }
+    if !s.tolerations.is_empty() {
+        pod_spec["tolerations"] = serde_json::to_value(&s.tolerations)?;
+    }
+    if !s.topology_spread_constraints.is_empty() {
+        pod_spec["topologySpreadConstraints"] =
+            serde_json::to_value(&s.topology_spread_constraints)?;
+    }
+    if let Some(p) = &s.priority_class_name {
+        pod_spec["priorityClassName"] = json!(p);
+    }
+
+    let mut claim = json!({
+        "metadata": {"name": "data", "labels": c.selector()},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage.size}},
+        },
+    });
+    if !spec.storage.storage_class_name.is_empty() {
+        claim["spec"]["storageClassName"] = json!(spec.storage.storage_class_name);
+    }
+
+    typed(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": c.meta(c.name.clone()),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": c.headless(),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": c.selector()},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Delete"},
+            "template": {
+                "metadata": {
+                    "labels": c.labels(),
+                    "annotations": {
+                        annotations::CONFIG_HASH: config_hash,
+                        annotations::TLS_ROTATION: tls_rotation.to_string(),
+                    },
+                },
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }))
+}

@@ -1,0 +1,409 @@
+//! Operator-managed TLS: a per-cluster CA (Secret `<cluster>-ca`) that issues one
+//! certificate per pod (Secret `<cluster>-tls`, keys `<pod>.crt`, `<pod>.key`, `ca.crt`),
+//! valid for the pod's DNS names and the client Service's, usable for both client TLS and
+//! node-to-node mutual TLS.
+//!
+//! Split in two: [`plan_certificates`] decides, from the existing Secrets' index and the
+//! clock passed in, which certificates to keep, issue or renew (pure); [`Issuer`] does the
+//! key generation (the only randomness). The Secret builders are pure. Renewal happens at
+//! two thirds of the validity and bumps a rotation counter that the StatefulSet template
+//! carries, so pods restart onto the new certificate.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::resources::ClusterRef;
+
+/// Index kept in the certificates Secret (`index.json`): what was issued, for whom, until when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertIndex {
+    /// Incremented on every renewal; put on the pod template.
+    pub rotation: u64,
+    /// Per pod.
+    pub certs: BTreeMap<String, CertEntry>,
+}
+
+/// One issued certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertEntry {
+    /// Subject alternative names.
+    pub dns_names: Vec<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// The CA: certificate and key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaMaterial {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaMaterial { key: <redacted> }")
+    }
+}
+
+/// Everything in the certificates Secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NodeCerts {
+    /// What was issued.
+    pub index: CertIndex,
+    /// `<pod>.crt` / `<pod>.key` → PEM.
+    pub files: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for NodeCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCerts")
+            .field("index", &self.index)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// DNS names a pod's certificate must carry.
+pub fn dns_names(c: &ClusterRef, pod: &str) -> Vec<String> {
+    let ns = &c.namespace;
+    let h = c.headless();
+    let svc = c.client_service();
+    vec![
+        format!("{pod}.{h}.{ns}.svc"),
+        format!("{pod}.{h}.{ns}.svc.cluster.local"),
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+        format!("{svc}.{ns}"),
+        svc,
+    ]
+}
+
+/// What to do for one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertDecision {
+    /// Valid, right names: keep.
+    Keep,
+    /// Missing: issue.
+    Issue,
+    /// Expiring (past two thirds of its life) or wrong names: issue anew.
+    Renew,
+}
+
+/// Decides, per pod, whether its certificate is kept, issued or renewed (pure).
+pub fn plan_certificates(
+    c: &ClusterRef,
+    index: &CertIndex,
+    pods: &[String],
+    now_unix: i64,
+) -> BTreeMap<String, CertDecision> {
+    pods.iter()
+        .map(|pod| {
+            let d = match index.certs.get(pod) {
+                None => CertDecision::Issue,
+                Some(e) => {
+                    let renew_at = e.not_before + (e.not_after - e.not_before) * 2 / 3;
+                    if e.dns_names != dns_names(c, pod) || now_unix >= renew_at {
+                        CertDecision::Renew
+                    } else {
+                        CertDecision::Keep
+                    }
+                }
+            };
+            (pod.clone(), d)
+        })
+        .collect()
+}
+
+fn ca_params(cluster: &str) -> Result<CertificateParams> {
+    let mut p =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "quicproquo");
+    dn.push(DnType::CommonName, format!("qpq cluster CA {cluster}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(p)
+}
+
+/// Midnight UTC of the day of `unix`, as (unix seconds, (year, month, day)).
+fn day_of(unix: i64) -> Result<(i64, (i32, u8, u8))> {
+    let ts = jiff::Timestamp::from_second(unix).map_err(|e| Error::Tls(e.to_string()))?;
+    let d = ts.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let midnight = d
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .timestamp()
+        .as_second();
+    let month = u8::try_from(d.month()).map_err(|e| Error::Tls(e.to_string()))?;
+    let day = u8::try_from(d.day()).map_err(|e| Error::Tls(e.to_string()))?;
+    Ok((midnight, (i32::from(d.year()), month, day)))
+}
+
+/// Issues certificates (key generation is the only randomness of the operator).
+pub struct Issuer {
+    ca: CaMaterial,
+    params: CertificateParams,
+    key: KeyPair,
+}
+
+impl Issuer {
+    /// A new CA for `cluster`, valid ten years from `now_unix`.
+    pub fn new_ca(cluster: &str, now_unix: i64) -> Result<Self> {
+        let mut params = ca_params(cluster)?;
+        let (_, (y, m, d)) = day_of(now_unix)?;
+        params.not_before = rcgen::date_time_ymd(y, m, d);
+        params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
+        let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let ca = CaMaterial {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self { ca, params, key })
+    }
+
+    /// The CA stored in `<cluster>-ca`.
+    pub fn from_ca(cluster: &str, ca: CaMaterial) -> Result<Self> {
+        let key = KeyPair::from_pem(&ca.key_pem).map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Self {
+            ca,
+            params: ca_params(cluster)?,
+            key,
+        })
+    }
+
+    /// The CA material.
+    pub fn ca(&self) -> &CaMaterial {
+        &self.ca
+    }
+
+    /// A certificate for `dns_names`, valid `days` from the start of today; usable as TLS
+    /// server and client (mutual TLS between nodes). Returns (cert PEM, key PEM, entry).
+    pub fn issue(
+        &self,
+        dns_names: Vec<String>,
+        now_unix: i64,
+        days: u32,
+    ) -> Result<(String, String, CertEntry)> {
+        let (start, (y, m, d)) = day_of(now_unix)?;
+        let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
+        let mut p =
+            CertificateParams::new(dns_names.clone()).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "quicproquo");
+        dn.push(
+            DnType::CommonName,
+            dns_names.first().cloned().unwrap_or_default(),
+        );
+        p.distinguished_name = dn;
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        p.not_after = rcgen::date_time_ymd(ey, em, ed);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = p
+            .signed_by(&key, &issuer)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let entry = CertEntry {
+            dns_names,
+            not_before: start,
+            not_after: end,
+        };
+        Ok((cert.pem(), key.serialize_pem(), entry))
+    }
+}
+
+/// Brings `current` up to date for `pods`: keeps valid certificates, issues missing ones,
+/// renews expiring ones (bumping the rotation counter). Certificates of pods no longer
+/// wanted are kept until the StatefulSet no longer has them (a harmless leftover).
+pub fn reconcile_certificates(
+    c: &ClusterRef,
+    issuer: &Issuer,
+    current: &NodeCerts,
+    pods: &[String],
+    now_unix: i64,
+    days: u32,
+) -> Result<NodeCerts> {
+    let mut next = current.clone();
+    let mut renewed = false;
+    for (pod, decision) in plan_certificates(c, &current.index, pods, now_unix) {
+        if decision == CertDecision::Keep
+            && current.files.contains_key(&format!("{pod}.crt"))
+            && current.files.contains_key(&format!("{pod}.key"))
+        {
+            continue;
+        }
+        renewed |= decision == CertDecision::Renew;
+        let (cert, key, entry) = issuer.issue(dns_names(c, &pod), now_unix, days)?;
+        next.files.insert(format!("{pod}.crt"), cert);
+        next.files.insert(format!("{pod}.key"), key);
+        next.index.certs.insert(pod, entry);
+    }
+    if renewed {
+        next.index.rotation += 1;
+    }
+    Ok(next)
+}
+
+/// Secret `<cluster>-ca`.
+pub fn ca_secret(c: &ClusterRef, ca: &CaMaterial) -> Secret {
+    Secret {
+        metadata: c.meta(c.ca_secret()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                "ca.crt".to_owned(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "ca.key".to_owned(),
+                ByteString(ca.key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// Secret `<cluster>-tls`: `ca.crt`, `index.json` and every pod's `.crt`/`.key`.
+pub fn certs_secret(c: &ClusterRef, ca: &CaMaterial, certs: &NodeCerts) -> Result<Secret> {
+    let mut data: BTreeMap<String, ByteString> = certs
+        .files
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    data.insert(
+        "ca.crt".into(),
+        ByteString(ca.cert_pem.clone().into_bytes()),
+    );
+    data.insert(
+        "index.json".into(),
+        ByteString(serde_json::to_vec(&certs.index)?),
+    );
+    Ok(Secret {
+        metadata: c.meta(c.tls_secret()),
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// Reads `<cluster>-ca` (None when absent or incomplete).
+pub fn ca_from_secret(s: &Secret) -> Option<CaMaterial> {
+    let data = s.data.as_ref()?;
+    let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+    Some(CaMaterial {
+        cert_pem: get("ca.crt")?,
+        key_pem: get("ca.key")?,
+    })
+}
+
+/// Reads `<cluster>-tls` (empty when absent; an unreadable index means "reissue all").
+pub fn certs_from_secret(s: &Secret) -> NodeCerts {
+    let Some(data) = s.data.as_ref() else {
+        return NodeCerts::default();
+    };
+    let index = data
+        .get("index.json")
+        .and_then(|b| serde_json::from_slice(&b.0).ok())
+        .unwrap_or_default();
+    let files = data
+        .iter()
+        .filter(|(k, _)| k.ends_with(".crt") && k.as_str() != "ca.crt" || k.ends_with(".key"))
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect();
+    NodeCerts { index, files }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::QpqCluster;
+
+    fn cluster() -> ClusterRef {
+        let mut c = QpqCluster::new(
+            "x",
+            serde_json::from_value(serde_json::json!({
+                "replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}
+            }))
+            .unwrap(),
+        );
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("uid-1".into());
+        ClusterRef::new(&c).unwrap()
+    }
+
+    const NOW: i64 = 1_790_000_000; // 2026-09-21
+
+    #[test]
+    fn issues_for_every_pod_and_keeps_them_until_two_thirds_of_validity() {
+        let c = cluster();
+        let issuer = Issuer::new_ca("x", NOW).unwrap();
+        let pods: Vec<String> = (1..=3).map(|id| c.pod(id)).collect();
+        let certs =
+            reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
+        assert_eq!(certs.files.len(), 6);
+        assert_eq!(certs.index.rotation, 0);
+        assert!(certs.files["x-1.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(certs.index.certs["x-2"].dns_names[0], "x-2.x.ns.svc");
+
+        // A day later: nothing changes (no new keys).
+        let again = reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 86_400, 90).unwrap();
+        assert_eq!(again, certs);
+
+        // Scale-up: only the new pod gets a certificate; no rotation.
+        let mut more = pods.clone();
+        more.push(c.pod(4));
+        let grown = reconcile_certificates(&c, &issuer, &certs, &more, NOW + 86_400, 90).unwrap();
+        assert_eq!(grown.files["x-0.crt"], certs.files["x-0.crt"]);
+        assert!(grown.files.contains_key("x-3.key"));
+        assert_eq!(grown.index.rotation, 0);
+
+        // 61 days later: past two thirds of 90 days: renewed, rotation bumped.
+        let later =
+            reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 61 * 86_400, 90).unwrap();
+        assert_ne!(later.files["x-0.crt"], certs.files["x-0.crt"]);
+        assert_eq!(later.index.rotation, 1);
+    }
+
+    #[test]
+    fn secrets_round_trip() {
+        let c = cluster();
+        let issuer = Issuer::new_ca("x", NOW).unwrap();
+        let pods = vec![c.pod(1)];
+        let certs =
+            reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
+        let s = certs_secret(&c, issuer.ca(), &certs).unwrap();
+        assert_eq!(certs_from_secret(&s), certs);
+        assert_eq!(
+            ca_from_secret(&ca_secret(&c, issuer.ca())).as_ref(),
+            Some(issuer.ca())
+        );
+        // The stored CA can issue again.
+        let back = Issuer::from_ca("x", issuer.ca().clone()).unwrap();
+        back.issue(dns_names(&c, "x-0"), NOW, 90).unwrap();
+        assert!(!format!("{:?}", issuer.ca()).contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Golden output of the pure builders: `tests/golden/*.yaml`. Regenerate after an
+//! intended change with `QPQ_UPDATE_GOLDEN=1 cargo test -p qpq-operator --test operator`,
+//! and review the diff.
+
+use std::path::PathBuf;
+
+use qpq_operator::resources::{self, ClusterRef};
+use qpq_operator::tls;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::fixtures::cluster;
+
+fn check<T: Serialize>(name: &str, obj: &T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
+    let got = serde_yaml::to_string(obj).unwrap();
+    if std::env::var_os("QPQ_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}; run with QPQ_UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(got, want, "{name} differs from {}", path.display());
+}
+
+fn full_spec() -> serde_json::Value {
+    json!({
+        "replicas": 3,
+        "version": "0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "storage": {"storageClassName": "fast", "size": "10Gi"},
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "scheduling": {
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "qpq", "effect": "NoSchedule"}],
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "x"}}}]
+        },
+        "clientService": {"type": "LoadBalancer", "port": 443, "annotations": {"example.com/lb": "internal"}},
+        "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
+        "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}}
+    })
+}
+
+#[test]
+fn builders_match_golden_output() {
+    let obj = cluster(full_spec(), None, true);
+    let c = ClusterRef::new(&obj).unwrap();
+    let s = &obj.spec;
+    let hash = resources::config_hash(&s.node);
+    check(
+        "statefulset",
+        &resources::statefulset(&c, s, 3, &hash, 0).unwrap(),
+    );
+    check(
+        "headless-service",
+        &resources::headless_service(&c).unwrap(),
+    );
+    check(
+        "client-service",
+        &resources::client_service(&c, &s.client_service).unwrap(),
+    );
+    check("configmap", &resources::configmap(&c, &s.node));
+    check("pdb", &resources::pod_disruption_budget(&c, 3).unwrap());
+    check("serviceaccount", &resources::service_account(&c));
+    check(
+        "networkpolicy",
+        &resources::network_policy(&c, &s.network_policy)
+            .unwrap()
+            .unwrap(),
+    );
+    let ca = tls::CaMaterial {
+        cert_pem: "CA-CERT".into(),
+        key_pem: "CA-KEY".into(),
+    };
+    let mut certs = tls::NodeCerts::default();
+    certs.files.insert("x-0.crt".into(), "CERT-0".into());
+    certs.files.insert("x-0.key".into(), "KEY-0".into());
+    certs.index.certs.insert(
+        "x-0".into(),
+        tls::CertEntry {
+            dns_names: tls::dns_names(&c, "x-0"),
+            not_before: 0,
+            not_after: 86_400,
+        },
+    );
+    check("tls-secret", &tls::certs_secret(&c, &ca, &certs).unwrap());
+}
+
+#[test]
+fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
+    let mut spec = json!({"replicas": 1, "version": "0.1.0", "storage": {"size": "1Gi"}, "tls": {"secretName": "my-tls"}});
+    let obj = cluster(spec.clone(), None, true);
+    let c = ClusterRef::new(&obj).unwrap();
+    let hash = resources::config_hash(&obj.spec.node);
+    check(
+        "statefulset-minimal",
+        &resources::statefulset(&c, &obj.spec, 1, &hash, 0).unwrap(),
+    );
+    check(
+        "client-service-minimal",
+        &resources::client_service(&c, &obj.spec.client_service).unwrap(),
+    );
+    // One node: eviction would cost quorum, so none is allowed.
+    let pdb = resources::pod_disruption_budget(&c, 1).unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+    // Five nodes: two may go.
+    let pdb = resources::pod_disruption_budget(&c, 5).unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+    );
+    assert!(
+        resources::network_policy(&c, &obj.spec.network_policy)
+            .unwrap()
+            .is_none()
+    );
+    spec["node"] = json!({"logLevel": "debug"});
+    let other = cluster(spec, None, true);
+    assert_ne!(resources::config_hash(&other.spec.node), hash);
+}
+
+#[test]
+fn crd_file_is_up_to_date() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/qpqcluster.yaml");
+    let want = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        qpq_operator::crdgen::yaml().unwrap(),
+        want,
+        "run: cargo run -p qpq-operator --bin crdgen > crds/qpqcluster.yaml"
+    );
+}
+
+#[test]
+fn chart_carries_the_same_crd() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let generated = std::fs::read_to_string(root.join("crds/qpqcluster.yaml")).unwrap();
+    let chart =
+        std::fs::read_to_string(root.join("charts/qpq-operator/crds/qpqcluster.yaml")).unwrap();
+    assert_eq!(
+        chart, generated,
+        "copy crds/qpqcluster.yaml to charts/qpq-operator/crds/"
+    );
+}
+
+#[test]
+fn examples_are_valid_clusters() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c: qpq_operator::crd::QpqCluster =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.spec
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}

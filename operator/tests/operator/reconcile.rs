@@ -1,0 +1,731 @@
+//! Reconciles against the mocked API server: the exact requests per scenario.
+
+use std::sync::Arc;
+
+use qpq_operator::admin_client::MembershipCall;
+use qpq_operator::reconcile::reconcile;
+use serde_json::{Value, json};
+
+use crate::fixtures::*;
+
+/// Runs one reconcile of `obj` while `drive` plays the API server; checks nothing else is
+/// requested; returns the reconcile's result.
+macro_rules! run {
+    ($ctx:expr, $server:ident, $obj:expr, $drive:block) => {{
+        let obj = Arc::new($obj);
+        let task = tokio::spawn(reconcile(obj.clone(), $ctx.clone()));
+        $drive
+        let res = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("reconcile hangs")
+            .expect("reconcile panicked");
+        res
+    }};
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+#[tokio::test]
+async fn new_cluster_gets_a_finalizer_then_its_objects_then_is_bootstrapped() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+
+    // 1. No finalizer yet: it is added first, nothing else happens.
+    let res = run!(ctx, server, cluster(spec(3), None, false), {
+        let (_, patch) = server
+            .expect(
+                "PATCH",
+                "/apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x",
+                ok(&serde_json::to_value(cluster(spec(3), None, true)).unwrap()),
+            )
+            .await;
+        assert_eq!(
+            patch,
+            json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                   {"op": "add", "path": "/metadata/finalizers", "value": ["qpq.dev/cleanup"]}])
+        );
+    });
+    res.unwrap();
+
+    // 2. Everything is created; the StatefulSet starts with one pod; nothing to call yet.
+    let obj = cluster(spec(3), None, true);
+    let mut stored = Stored::default();
+    let status = run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: None,
+                apply_replicas: 1,
+                events: &[],
+            },
+        )
+        .await;
+    });
+    status.unwrap();
+    assert!(nodes.calls().is_empty());
+    let tls = &stored.tls.as_ref().unwrap()["data"];
+    assert!(
+        tls.get("x-0.crt").is_some()
+            && tls.get("x-0.key").is_some()
+            && tls.get("x-1.crt").is_none()
+    );
+
+    // 3. Pod x-0 answers with no state: node 1 is bootstrapped alone.
+    nodes.set(1, node_status(1, None, &[], &[], &[]));
+    let obj = cluster(spec(3), None, true);
+    let status = run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(1),
+                apply_replicas: 1,
+                events: &["Bootstrapped"],
+            },
+        )
+        .await;
+        assert_eq!(st["bootstrapped"], true);
+        assert_eq!(st["operation"]["kind"], "Bootstrap");
+        assert_eq!(condition(&st, "Ready")["status"], "False");
+        assert_eq!(condition(&st, "Progressing")["reason"], "Bootstrapping");
+    });
+    status.unwrap();
+    assert_eq!(
+        nodes.calls(),
+        vec![(
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::Bootstrap {
+                members: [(1, "x-0.x.ns.svc:7444".to_owned())].into()
+            }
+        )]
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+fn bootstrapped(extra: Value) -> Value {
+    let mut s = json!({"bootstrapped": true, "conditions": [], "members": [], "voters": 1});
+    if let (Some(m), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn scale_up_adds_one_pod_then_a_learner_then_promotes_it() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+
+    // One voter, three wanted: the StatefulSet grows to 2; pod x-1 does not answer yet.
+    nodes.set(1, node_status(1, Some(1), &[1], &[], &[]));
+    let obj = cluster(spec(3), Some(bootstrapped(json!({}))), true);
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(1),
+                apply_replicas: 2,
+                events: &["StatefulSetResized"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["kind"], "AddMember");
+        assert_eq!(st["operation"]["nodeId"], 2);
+        assert_eq!(st["operation"]["phase"], "WaitingForPod");
+        assert_eq!(st["leader"], "x-0");
+        assert_eq!(condition(&st, "Progressing")["reason"], "ScalingUp");
+    })
+    .unwrap();
+    assert!(
+        stored.tls.as_ref().unwrap()["data"]
+            .get("x-1.crt")
+            .is_some(),
+        "the new pod's certificate exists before the pod"
+    );
+    assert!(nodes.calls().is_empty());
+
+    // Pod x-1 answers: it is added as a learner, on the leader.
+    nodes.set(2, node_status(2, None, &[], &[], &[]));
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(2),
+                apply_replicas: 2,
+                events: &["LearnerAdded"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["phase"], "CatchingUp");
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls().last().unwrap(),
+        &(
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::AddLearner {
+                id: 2,
+                addr: "x-1.x.ns.svc:7444".into()
+            }
+        )
+    );
+
+    // The learner caught up: promoted.
+    nodes.set(1, node_status(1, Some(1), &[1], &[2], &[(2, 0)]));
+    nodes.set(2, node_status(2, Some(1), &[1], &[2], &[]));
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(2),
+                apply_replicas: 2,
+                events: &["MemberPromoted"],
+            },
+        )
+        .await;
+        let members = st["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[1]["role"], "learner");
+        assert_eq!(members[1]["voter"], false);
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls().last().unwrap().1,
+        MembershipCall::Promote { id: 2 }
+    );
+    assert_eq!(nodes.calls().len(), 2);
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn scale_down_moves_leadership_away_then_removes_then_shrinks() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    let all = [1, 2, 3, 4, 5];
+    let lags = [(1, 0), (2, 0), (3, 1), (4, 0)];
+    for id in 1..=5 {
+        nodes.set(id, node_status(id, Some(5), &all, &[], &lags));
+    }
+    let obj = cluster(spec(3), Some(bootstrapped(json!({"voters": 5}))), true);
+
+    // Node 5 leads and must go: leadership moves to the most caught-up remaining voter.
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(5),
+                apply_replicas: 5,
+                events: &["LeadershipTransferred"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["kind"], "RemoveMember");
+        assert_eq!(st["operation"]["phase"], "TransferringLeadership");
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls()[0],
+        (
+            "x-4.x.ns.svc:9443".to_owned(),
+            MembershipCall::TransferLeader { to: 1 }
+        )
+    );
+
+    // Node 1 leads: node 5 is removed; the StatefulSet keeps its pod until it is out.
+    for id in 1..=5 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &all, &[], &[(2, 0), (3, 0), (4, 0), (5, 0)]),
+        );
+    }
+    run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(5),
+                apply_replicas: 5,
+                events: &["MemberRemoved"],
+            },
+        )
+        .await;
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls()[1],
+        (
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::Remove { id: 5 }
+        )
+    );
+
+    // Node 5 is out: its pod goes, node 4 is removed next.
+    for id in 1..=5 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3, 4], &[], &[(2, 0), (3, 0), (4, 0)]),
+        );
+    }
+    run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(5),
+                apply_replicas: 4,
+                events: &["StatefulSetResized", "MemberRemoved"],
+            },
+        )
+        .await;
+    })
+    .unwrap();
+    assert_eq!(nodes.calls()[2].1, MembershipCall::Remove { id: 4 });
+
+    // Three voters: the StatefulSet shrinks to 3, the cluster is Ready.
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(4),
+                apply_replicas: 3,
+                events: &["StatefulSetResized"],
+            },
+        )
+        .await;
+        assert_eq!(condition(&st, "Ready")["status"], "True");
+        assert_eq!(condition(&st, "Progressing")["status"], "False");
+        assert_eq!(condition(&st, "Degraded")["status"], "False");
+        assert_eq!(
+            st.get("operation"),
+            Some(&Value::Null),
+            "a finished operation is cleared (merge patch)"
+        );
+        assert_eq!(st["voters"], 3);
+        assert_eq!(st["currentVersion"], "0.1.0");
+    })
+    .unwrap();
+    assert_eq!(nodes.calls().len(), 3);
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn unsafe_scale_down_is_refused_with_a_condition_and_a_warning() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    // 3 → 1 while node 2 is down: removing node 3 would leave 1 healthy voter of 2.
+    nodes.set(
+        1,
+        node_status(1, Some(1), &[1, 2, 3], &[], &[(2, 900), (3, 0)]),
+    );
+    nodes.set(3, node_status(3, Some(1), &[1, 2, 3], &[], &[]));
+    let obj = cluster(spec(1), Some(bootstrapped(json!({"voters": 3}))), true);
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["UnsafeScaleDown"],
+            },
+        )
+        .await;
+        let d = condition(&st, "Degraded");
+        assert_eq!(d["status"], "True");
+        assert_eq!(d["reason"], "UnsafeScaleDown");
+        assert!(d["message"].as_str().unwrap().contains("removing node 3"));
+        assert_eq!(condition(&st, "Ready")["status"], "False");
+    })
+    .unwrap();
+    assert!(nodes.calls().is_empty(), "no half-done change");
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn spec_change_rolls_the_pods_with_new_image_and_config_only() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let status = Some(bootstrapped(json!({"voters": 3})));
+    let mut stored = Stored::default();
+    let obj = cluster(spec(3), status.clone(), true);
+    run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &[],
+            },
+        )
+        .await;
+    })
+    .unwrap();
+    let mut changed = spec(3);
+    changed["version"] = json!("0.2.0");
+    changed["node"] = json!({"retentionHours": 24});
+    let obj2 = cluster(changed, status, true);
+    let (cm, sts, before);
+    run!(ctx, server, obj2.clone(), {
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                ok(&statefulset(3)),
+            )
+            .await;
+        server
+            .expect(
+                "GET",
+                "/api/v1/namespaces/ns/secrets/x-ca",
+                ok(stored.ca.as_ref().unwrap()),
+            )
+            .await;
+        server
+            .expect(
+                "GET",
+                "/api/v1/namespaces/ns/secrets/x-tls",
+                ok(stored.tls.as_ref().unwrap()),
+            )
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
+            .await;
+        cm = server
+            .expect_apply("/api/v1/namespaces/ns/configmaps/x-config")
+            .await;
+        let ca = server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-ca")
+            .await;
+        assert_eq!(Some(&ca), stored.ca.as_ref(), "the CA is not regenerated");
+        let tls = server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-tls")
+            .await;
+        assert_eq!(
+            Some(&tls),
+            stored.tls.as_ref(),
+            "certificates are not reissued"
+        );
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x-client")
+            .await;
+        server
+            .expect_apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x")
+            .await;
+        sts = server
+            .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+            .await;
+        before = server.expect_status(&obj2).await;
+    })
+    .unwrap();
+    assert_eq!(cm["data"]["QPQ_RETENTION_HOURS"], "24");
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/quicproquo/qpq-node:0.2.0");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let hash = &sts["spec"]["template"]["metadata"]["annotations"]["qpq.dev/config-hash"];
+    assert_ne!(
+        hash,
+        &json!(qpq_operator::resources::config_hash(&Default::default())),
+        "config change rolls the pods"
+    );
+    assert_eq!(before["observedGeneration"], 2);
+    assert!(nodes.calls().is_empty());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn restarted_operator_resumes_the_recorded_operation() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    // The previous operator added learner 4 and died. The learner has caught up since.
+    let voters = [1, 2, 3];
+    for id in 1..=4 {
+        nodes.set(
+            id,
+            node_status(id, Some(2), &voters, &[4], &[(1, 0), (3, 0), (4, 3)]),
+        );
+    }
+    let op = json!({"kind": "AddMember", "nodeId": 4, "phase": "CatchingUp", "started": "2026-09-20T10:00:00Z"});
+    let obj = cluster(
+        spec(5),
+        Some(bootstrapped(json!({"voters": 3, "operation": op}))),
+        true,
+    );
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(4),
+                apply_replicas: 4,
+                events: &["MemberPromoted"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["nodeId"], 4);
+        assert_eq!(st["operation"]["phase"], "Promoting");
+        assert_eq!(
+            st["operation"]["started"], "2026-09-20T10:00:00Z",
+            "same operation, resumed"
+        );
+        assert_eq!(st["leader"], "x-1");
+    })
+    .unwrap();
+    // Promoted on the leader (node 2), without adding the learner again.
+    assert_eq!(
+        nodes.calls(),
+        vec![(
+            "x-1.x.ns.svc:9443".to_owned(),
+            MembershipCall::Promote { id: 4 }
+        )]
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn failed_membership_call_is_reported_and_retried_later() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    *nodes.fail_calls.lock().unwrap() = Some(409);
+    for id in 1..=2 {
+        nodes.set(id, node_status(id, Some(1), &[1], &[2], &[(2, 0)]));
+    }
+    let obj = cluster(spec(3), Some(bootstrapped(json!({}))), true);
+    let action = run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(2),
+                apply_replicas: 2,
+                events: &["MembershipCallFailed"],
+            },
+        )
+        .await;
+        assert!(
+            condition(&st, "Progressing")["message"]
+                .as_str()
+                .unwrap()
+                .contains("conflict")
+        );
+    })
+    .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(qpq_operator::reconcile::STEP_REQUEUE)
+    );
+    let text = ctx.metrics.render();
+    assert!(
+        text.contains("qpq_operator_reconcile_errors_total{kind=\"admin_conflict\"} 1"),
+        "{text}"
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+fn deleting(policy: &str) -> qpq_operator::crd::QpqCluster {
+    let mut s = spec(3);
+    s["pvcRetentionPolicy"] = json!(policy);
+    let mut c = cluster(s, Some(bootstrapped(json!({}))), true);
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(NOW).unwrap(),
+    ));
+    c
+}
+
+#[tokio::test]
+async fn deletion_with_delete_policy_deletes_the_volumes_then_releases_the_finalizer() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let obj = deleting("Delete");
+    run!(ctx, server, obj.clone(), {
+        let (query, _) = server
+            .expect(
+                "DELETE",
+                "/api/v1/namespaces/ns/persistentvolumeclaims",
+                ok(&json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {}, "items": []})),
+            )
+            .await;
+        assert!(
+            query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dx%2Capp.kubernetes.io%2Fname%3Dqpq-node"),
+            "{query}"
+        );
+        server.expect_event("VolumesDeleted").await;
+        let (_, patch) = server
+            .expect("PATCH", "/apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x", ok(&serde_json::to_value(&obj).unwrap()))
+            .await;
+        assert_eq!(
+            patch,
+            json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "qpq.dev/cleanup"},
+                   {"op": "remove", "path": "/metadata/finalizers/0"}])
+        );
+    })
+    .unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn deletion_with_retain_policy_keeps_the_volumes() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let obj = deleting("Retain");
+    run!(ctx, server, obj.clone(), {
+        server.expect_event("VolumesRetained").await;
+        server
+            .expect(
+                "PATCH",
+                "/apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x",
+                ok(&serde_json::to_value(&obj).unwrap()),
+            )
+            .await;
+    })
+    .unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn invalid_spec_changes_nothing_but_the_status() {
+    // An object admitted before the CEL rule existed: four replicas.
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let obj = cluster(spec(4), Some(bootstrapped(json!({"voters": 3}))), true);
+    run!(ctx, server, obj.clone(), {
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                ok(&statefulset(3)),
+            )
+            .await;
+        let ev = server.expect_event("InvalidSpec").await;
+        assert_eq!(ev["type"], "Warning");
+        let st = server.expect_status(&obj).await;
+        let d = condition(&st, "Degraded");
+        assert_eq!(
+            (d["status"].as_str(), d["reason"].as_str()),
+            (Some("True"), Some("InvalidSpec"))
+        );
+    })
+    .unwrap();
+    assert!(nodes.calls().is_empty());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn user_tls_secret_and_network_policy() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let mut s = spec(3);
+    s["tls"] = json!({"secretName": "my-tls"});
+    s["networkPolicy"] = json!({"enabled": true});
+    let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
+    run!(ctx, server, obj.clone(), {
+        // No operator CA: no Secret is read or written.
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                ok(&statefulset(3)),
+            )
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/configmaps/x-config")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x")
+            .await;
+        server
+            .expect_apply("/api/v1/namespaces/ns/services/x-client")
+            .await;
+        let pdb = server
+            .expect_apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x")
+            .await;
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        server
+            .expect_apply("/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/x")
+            .await;
+        let sts = server
+            .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+            .await;
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+            "my-tls"
+        );
+        let st = server.expect_status(&obj).await;
+        assert_eq!(condition(&st, "Ready")["status"], "True");
+    })
+    .unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
