@@ -1,42 +1,37 @@
-//! Which Delivery Service channel carries what. **Temporary**, until authenticated channels
-//! exist (the `auth` branch: `createChannel`/`addMember`, DMs and per-device inboxes with
-//! membership): today any client may read or write any channel id, so ids are derived.
+//! Which Delivery Service channel carries what.
 //!
-//! - A group's channel: the first 16 bytes of `SHA-256("qpq group channel v0" || group_id)`.
-//! - A device's inbox (Welcomes are sent there): the first 16 bytes of
-//!   `SHA-256("qpq inbox v0" || identity_key)`.
-//! - A device's consumer id (for `ack`): the first 16 bytes of
-//!   `SHA-256("qpq consumer v0" || identity_key)`.
-//!
-//! With auth, the channel of a group is created by the node and carried in the Welcome's
-//! context (or group metadata), and the inbox is the node's per-device inbox channel.
+//! - A group's channel is created by the node (`createChannel`, the creator's account is its
+//!   admin). The group's MLS group id is `channel_id (16 bytes) || 16 random bytes`, so every
+//!   member — a joiner included — learns the channel from the group id in the Welcome: no
+//!   client envelope around the Welcome is needed (the node only accepts bare `MLSMessage`s
+//!   as payloads anyway). A forged group id can only point a joiner at a channel it is not a
+//!   member of, where the node answers `forbidden`.
+//! - A 1:1 conversation uses the node's DM channel of the two accounts
+//!   ([`qpq_schemas::auth::dm_channel`]), with the same group-id convention.
+//! - A device's inbox (Welcomes are sent there) is the node's per-device inbox channel
+//!   ([`qpq_schemas::auth::inbox_channel`] of the device id): anyone authenticated may
+//!   enqueue, only the device reads.
 
-use qpq_schemas::{ChannelId, ConsumerId, GroupId, IdentityKey};
-use sha2::{Digest as _, Sha256};
+use qpq_schemas::{ChannelId, DeviceId, GroupId};
 
-fn derive16(domain: &[u8], bytes: &[u8]) -> [u8; 16] {
-    let digest = Sha256::new()
-        .chain_update(domain)
-        .chain_update(bytes)
-        .finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+/// The inbox channel of a device.
+pub fn inbox_channel(device: &DeviceId) -> ChannelId {
+    qpq_schemas::auth::inbox_channel(device)
 }
 
-/// The channel of a group (temporary derivation; see the module docs).
-pub fn group_channel(group: &GroupId) -> ChannelId {
-    ChannelId::new(derive16(b"qpq group channel v0", group.as_bytes()))
+/// A new group id for a group carried by `channel`.
+pub fn new_group_id(channel: &ChannelId) -> GroupId {
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(channel.as_bytes());
+    id[16..].copy_from_slice(&rand::random::<[u8; 16]>());
+    GroupId::new(id)
 }
 
-/// The inbox channel of a device (temporary derivation; see the module docs).
-pub fn inbox_channel(identity: &IdentityKey) -> ChannelId {
-    ChannelId::new(derive16(b"qpq inbox v0", identity.as_bytes()))
-}
-
-/// The consumer id a device acks its inbox with.
-pub fn consumer_id(identity: &IdentityKey) -> ConsumerId {
-    ConsumerId::new(derive16(b"qpq consumer v0", identity.as_bytes()))
+/// The channel that carries group `gid` (its first 16 bytes).
+pub fn channel_of_group(gid: &GroupId) -> ChannelId {
+    let mut c = [0u8; 16];
+    c.copy_from_slice(&gid.as_bytes()[..16]);
+    ChannelId::new(c)
 }
 
 #[cfg(test)]
@@ -44,14 +39,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derivations_are_stable_and_domain_separated() {
-        let id = IdentityKey::new([7; 32]);
-        assert_eq!(inbox_channel(&id), inbox_channel(&id));
-        assert_ne!(inbox_channel(&id).as_bytes(), consumer_id(&id).as_bytes());
-        assert_ne!(
-            group_channel(&GroupId::new([7; 32])),
-            inbox_channel(&id),
-            "same bytes, different purpose, different channel"
-        );
+    fn a_group_id_names_its_channel() {
+        let ch = ChannelId::new([7; 16]);
+        let a = new_group_id(&ch);
+        let b = new_group_id(&ch);
+        assert_ne!(a, b, "random tail");
+        assert_eq!(channel_of_group(&a), ch);
+        assert_eq!(channel_of_group(&b), ch);
     }
 }

@@ -8,15 +8,18 @@
 //! Output is for humans by default; `--json` prints one JSON document per command (and one
 //! JSON line per event for `recv --follow`).
 //!
-//! Today `register` creates the device identity and uploads its KeyPackages and `login`
-//! checks the node and tops up KeyPackages; with authentication they become the real
-//! challenge–response registration and login, with the same commands.
+//! `register` creates the device identity (an Ed25519 key, also its MLS signature key),
+//! registers it as the first device of a new account, logs in and uploads KeyPackages;
+//! later commands log in by themselves (tokens are stored in the profile and refreshed).
+//! `whoami` prints a contact card `ACCOUNT:DEVICE_KEY` (hex) that `contact add` accepts;
+//! groups invite and remove accounts, so a contact is an account (the device key only lets
+//! events name the sender).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qpq_schemas::IdentityKey;
+use qpq_schemas::{AccountId, IdentityKey};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, Event, EventKind};
@@ -24,6 +27,7 @@ use crate::db::Provider;
 use crate::error::{Error, Result};
 use crate::keypackages::SystemClock;
 use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
+use rusqlite::OptionalExtension as _;
 use crate::tls::{ServerVerification, parse_fingerprint};
 
 #[derive(Parser, Debug)]
@@ -57,13 +61,13 @@ enum Command {
         #[arg(long, default_value = "localhost")]
         server_name: String,
     },
-    /// Check the node and top up KeyPackages (becomes a real login with authentication).
+    /// Log in afresh (challenge–response) and top up KeyPackages.
     Login,
-    /// This account's devices (today: this one) and its KeyPackages on the node.
+    /// This account's devices and this device's KeyPackages on the node.
     Devices,
-    /// Print this device's identity key.
+    /// Print this device's contact card: `ACCOUNT:DEVICE_KEY` in hex.
     Whoami,
-    /// Local names for identity keys.
+    /// Local names for accounts.
     Contact {
         #[command(subcommand)]
         command: ContactCommand,
@@ -86,12 +90,18 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// Send a direct message (a two-member group, created on first use).
+    /// Send a direct message on the node's DM channel with an account (created on first
+    /// use; replying to a DM request accepts it).
     Dm {
-        /// Contact name or identity key (hex).
+        /// Contact name or account id (hex).
         peer: String,
         /// The text.
         text: String,
+    },
+    /// Block DMs from an account.
+    Block {
+        /// Contact name or account id (hex).
+        peer: String,
     },
     /// Identity, node, groups, outbox.
     Status,
@@ -99,12 +109,12 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ContactCommand {
-    /// Remember `identity` as `name`.
+    /// Remember an account as `name`.
     Add {
         /// Local name.
         name: String,
-        /// Identity key (64 hex digits).
-        identity: String,
+        /// Contact card (`ACCOUNT:DEVICE_KEY`, as `whoami` prints it) or account id (hex).
+        card: String,
     },
     /// List contacts.
     List,
@@ -121,14 +131,14 @@ enum GroupCommand {
     Invite {
         /// Group name or id prefix.
         group: String,
-        /// Contact name or identity key.
+        /// Contact name or account id.
         member: String,
     },
     /// Remove a member.
     Remove {
         /// Group name or id prefix.
         group: String,
-        /// Contact name or identity key.
+        /// Contact name or account id.
         member: String,
     },
     /// Leave a group.
@@ -261,25 +271,22 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn resolve_identity(&self, who: &str) -> Result<IdentityKey> {
+    fn resolve_account(&self, who: &str) -> Result<AccountId> {
         let c = self.client_conn();
-        if let Ok(Some(bytes)) = c
+        let stored: Option<Vec<u8>> = c
             .query_row(
                 "SELECT identity FROM contacts WHERE name = ?1",
                 [who],
-                |r| r.get::<_, Vec<u8>>(0),
+                |r| r.get(0),
             )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-        {
-            return IdentityKey::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()));
+            .optional()?;
+        if let Some(bytes) = stored {
+            return AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()));
         }
-        let bytes = hex::decode(who.trim())
-            .map_err(|_| Error::Invalid(format!("`{who}` is neither a contact nor a hex key")))?;
-        IdentityKey::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()))
+        let hex_part = who.trim().split(':').next().unwrap_or_default();
+        let bytes = hex::decode(hex_part)
+            .map_err(|_| Error::Invalid(format!("`{who}` is neither a contact nor an account")))?;
+        AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     fn client_conn(&self) -> &rusqlite::Connection {
@@ -290,6 +297,20 @@ impl Ctx {
         if *id == self.client.identity() {
             return "me".into();
         }
+        self.client_conn()
+            .query_row(
+                "SELECT name FROM contact_keys WHERE identity = ?1
+                 UNION ALL
+                 SELECT c.name FROM members m JOIN contacts c ON c.identity = m.account
+                 WHERE m.identity = ?1
+                 LIMIT 1",
+                [&id.as_bytes()[..]],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+    }
+
+    fn account_name(&self, id: &AccountId) -> String {
         self.client_conn()
             .query_row(
                 "SELECT name FROM contacts WHERE identity = ?1",
@@ -303,7 +324,7 @@ impl Ctx {
         match self.client.group(gid).ok() {
             Some(g) => match (g.name, g.dm_peer) {
                 (Some(name), _) => name,
-                (None, Some(peer)) => format!("dm {}", self.name_of(&peer)),
+                (None, Some(peer)) => format!("dm {}", self.account_name(&peer)),
                 (None, None) => gid.to_hex()[..8].to_owned(),
             },
             None => gid.to_hex()[..8].to_owned(),
@@ -370,43 +391,82 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Register { .. } => Ok(()),
         Command::Login => {
+            let s = c.login().await?;
             let (n, lr) = c.maintain_key_packages().await?;
             c.sync().await?;
             ctx.out(
                 &format!(
-                    "logged in as {} (uploaded {n} KeyPackages{})",
-                    c.identity(),
+                    "logged in: account {} device {} (uploaded {n} KeyPackages{})",
+                    s.account,
+                    s.device,
                     if lr { " + last resort" } else { "" }
                 ),
-                serde_json::json!({ "identity": c.identity().to_hex(), "uploaded": n, "last_resort": lr }),
+                serde_json::json!({ "account": s.account.to_hex(), "device": s.device.to_hex(), "identity": c.identity().to_hex(), "uploaded": n, "last_resort": lr }),
             );
             Ok(())
         }
         Command::Devices => {
+            let me = c.device()?;
             let (n, lr) = c.node().key_package_count(&c.identity()).await?;
-            ctx.out(
-                &format!("{} (this device): {n} KeyPackages on the node, last resort: {lr}", c.identity()),
-                serde_json::json!([{ "identity": c.identity().to_hex(), "key_packages": n, "last_resort": lr, "this_device": true }]),
-            );
+            let devices = c.node().list_devices().await.map_err(Error::from)?;
+            let mut human = Vec::new();
+            let mut list = Vec::new();
+            for d in &devices {
+                let this = d.device == me;
+                human.push(format!(
+                    "{} {:?} key {}{}",
+                    d.device,
+                    d.status,
+                    d.public_key,
+                    if this {
+                        format!(" (this device: {n} KeyPackages on the node, last resort: {lr})")
+                    } else {
+                        String::new()
+                    }
+                ));
+                let mut v = serde_json::json!({ "device": d.device.to_hex(), "identity": d.public_key.to_hex(), "status": format!("{:?}", d.status).to_lowercase(), "this_device": this });
+                if this {
+                    v["key_packages"] = n.into();
+                    v["last_resort"] = lr.into();
+                }
+                list.push(v);
+            }
+            ctx.out(&human.join("\n"), serde_json::Value::Array(list));
             Ok(())
         }
         Command::Whoami => {
+            let account = c.account()?;
             ctx.out(
-                &c.identity().to_hex(),
-                serde_json::json!({ "identity": c.identity().to_hex() }),
+                &format!("{}:{}", account.to_hex(), c.identity().to_hex()),
+                serde_json::json!({ "account": account.to_hex(), "device": c.device()?.to_hex(), "identity": c.identity().to_hex() }),
             );
             Ok(())
         }
         Command::Contact { command } => match command {
-            ContactCommand::Add { name, identity } => {
-                let id = ctx.resolve_identity(&identity)?;
+            ContactCommand::Add { name, card } => {
+                let account = ctx.resolve_account(&card)?;
+                let key = match card.split_once(':') {
+                    Some((_, k)) => Some(
+                        hex::decode(k.trim())
+                            .ok()
+                            .and_then(|b| IdentityKey::from_slice(&b).ok())
+                            .ok_or_else(|| Error::Invalid("bad device key in the card".into()))?,
+                    ),
+                    None => None,
+                };
                 ctx.client_conn().execute(
                     "INSERT OR REPLACE INTO contacts (name, identity) VALUES (?1, ?2)",
-                    rusqlite::params![name, &id.as_bytes()[..]],
+                    rusqlite::params![name, &account.as_bytes()[..]],
                 )?;
+                if let Some(k) = key {
+                    ctx.client_conn().execute(
+                        "INSERT OR REPLACE INTO contact_keys (identity, name) VALUES (?1, ?2)",
+                        rusqlite::params![&k.as_bytes()[..], name],
+                    )?;
+                }
                 ctx.out(
-                    &format!("{name} = {id}"),
-                    serde_json::json!({ "name": name, "identity": id.to_hex() }),
+                    &format!("{name} = account {account}"),
+                    serde_json::json!({ "name": name, "account": account.to_hex() }),
                 );
                 Ok(())
             }
@@ -419,7 +479,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .collect::<Result<_, _>>()?;
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|(n, i)| serde_json::json!({ "name": n, "identity": hex::encode(i) }))
+                    .map(|(n, i)| serde_json::json!({ "name": n, "account": hex::encode(i) }))
                     .collect();
                 let human = rows
                     .iter()
@@ -439,13 +499,22 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Dm { peer, text } => {
-            let peer = ctx.resolve_identity(&peer)?;
+            let peer = ctx.resolve_account(&peer)?;
             c.sync().await?;
             let gid = c.dm_group(&peer).await?;
             let id = c.send(&gid, text.as_bytes()).await?;
             ctx.out(
                 "sent",
                 serde_json::json!({ "group": gid.to_hex(), "client_msg_id": id.to_hex() }),
+            );
+            Ok(())
+        }
+        Command::Block { peer } => {
+            let peer = ctx.resolve_account(&peer)?;
+            c.block_dm(&peer).await?;
+            ctx.out(
+                "blocked",
+                serde_json::json!({ "blocked": peer.to_hex() }),
             );
             Ok(())
         }
@@ -473,6 +542,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "{}",
                     serde_json::json!({
                         "identity": c.identity().to_hex(),
+                        "account": c.account().ok().map(|a| a.to_hex()),
                         "node": config.node,
                         "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
                         "outbox_pending": pending,
@@ -481,6 +551,9 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 println!("identity  {}", c.identity());
+                if let Ok(a) = c.account() {
+                    println!("account   {a}");
+                }
                 println!(
                     "node      {} ({})",
                     config.node,
@@ -514,7 +587,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     let c = &ctx.client;
     match command {
         GroupCommand::Create { name } => {
-            let gid = c.create_group(Some(&name))?;
+            let gid = c.create_group(Some(&name)).await?;
             ctx.out(
                 &format!("created {name} ({gid})"),
                 serde_json::json!({ "group": gid.to_hex(), "name": name }),
@@ -522,7 +595,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
         }
         GroupCommand::Invite { group, member } => {
             let gid = c.find_group(&group)?;
-            let who = ctx.resolve_identity(&member)?;
+            let who = ctx.resolve_account(&member)?;
             let seq = c.invite(&gid, &who).await?;
             ctx.out(
                 &format!("invited {member}"),
@@ -531,7 +604,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
         }
         GroupCommand::Remove { group, member } => {
             let gid = c.find_group(&group)?;
-            let who = ctx.resolve_identity(&member)?;
+            let who = ctx.resolve_account(&member)?;
             let seq = c.remove(&gid, &who).await?;
             ctx.out(
                 &format!("removed {member}"),
@@ -619,16 +692,17 @@ async fn register(
     let client = Client::create(provider, ResilientNode::new(target), Box::new(SystemClock))?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
-    let (n, _) = client.maintain_key_packages().await?;
+    let session = client.register().await?;
+    let (n, _) = client.node().key_package_count(&client.identity()).await?;
     if json {
         println!(
             "{}",
-            serde_json::json!({ "identity": client.identity().to_hex(), "key_packages": n })
+            serde_json::json!({ "account": session.account.to_hex(), "device": session.device.to_hex(), "identity": client.identity().to_hex(), "key_packages": n })
         );
     } else {
         println!(
-            "registered {} ({n} KeyPackages uploaded)",
-            client.identity()
+            "registered account {} device {} ({n} KeyPackages on the node)",
+            session.account, session.device
         );
     }
     Ok(())

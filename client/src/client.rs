@@ -26,15 +26,15 @@ use openmls::prelude::{
     tls_codec::Deserialize as _,
 };
 use openmls_basic_credential::SignatureKeyPair;
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId, IdentityKey, WireError};
+use qpq_schemas::{AccountId, ChannelId, ClientMsgId, DeviceId, GroupId, IdentityKey, WireError};
 use rusqlite::{OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 
-use crate::channels::{consumer_id, group_channel, inbox_channel};
+use crate::channels::{channel_of_group, inbox_channel, new_group_id};
 use crate::db::Provider;
 use crate::error::{Error, Result, mls};
 use crate::keypackages::{Clock, KeyPackagePolicy, PoolState, plan};
-use crate::node::NodeApi;
+use crate::node::{DeviceAuth, NodeApi, SaveFn, Session, SignFn};
 
 /// The only ciphersuite this client speaks; Welcomes, Commits and KeyPackages with another
 /// are refused (no downgrade).
@@ -154,14 +154,14 @@ pub struct GroupInfo {
     pub epoch: u64,
     /// Members' identity keys.
     pub members: Vec<IdentityKey>,
-    /// The DM peer, for 1:1 conversations.
-    pub dm_peer: Option<IdentityKey>,
+    /// The DM peer's account, for 1:1 conversations.
+    pub dm_peer: Option<AccountId>,
 }
 
 /// One device's client.
 pub struct Client<N> {
     provider: Provider,
-    signer: SignatureKeyPair,
+    signer: std::rc::Rc<SignatureKeyPair>,
     credential: CredentialWithKey,
     identity: IdentityKey,
     node: N,
@@ -190,6 +190,85 @@ fn identity_of(credential: &openmls::prelude::Credential) -> Option<IdentityKey>
     BasicCredential::try_from(credential.clone())
         .ok()
         .and_then(|b| IdentityKey::from_slice(b.identity()).ok())
+}
+
+/// Meta keys of the stored session.
+const SESSION_KEYS: [&str; 4] = ["account", "device", "access_token", "refresh_token"];
+
+fn load_session(provider: &Provider) -> Result<Option<Session>> {
+    let (Some(account), Some(device)) = (provider.meta("account")?, provider.meta("device")?)
+    else {
+        return Ok(None);
+    };
+    let bad = |e: qpq_schemas::IdError| Error::Invalid(e.to_string());
+    let token = |k: &str| -> Result<Option<qpq_schemas::BearerToken>> {
+        Ok(provider
+            .meta(k)?
+            .filter(|t| !t.is_empty())
+            .map(qpq_schemas::BearerToken::new))
+    };
+    Ok(Some(Session {
+        account: AccountId::from_slice(&account).map_err(bad)?,
+        device: DeviceId::from_slice(&device).map_err(bad)?,
+        access: token("access_token")?,
+        refresh: token("refresh_token")?,
+    }))
+}
+
+fn store_session(conn: &rusqlite::Connection, s: &Session) -> rusqlite::Result<()> {
+    let values: [Vec<u8>; 4] = [
+        s.account.as_bytes().to_vec(),
+        s.device.as_bytes().to_vec(),
+        s.access.as_ref().map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
+        s.refresh.as_ref().map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
+    ];
+    for (k, v) in SESSION_KEYS.iter().zip(values) {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![k, v],
+        )?;
+    }
+    Ok(())
+}
+
+/// Lets `node` act as this device: sign with its key, start from the stored session, and
+/// store every new one (through a second connection to the database file, so that the
+/// adapter needs no access to the client; an in-memory database keeps tokens in memory).
+fn attach_auth<N: NodeApi>(
+    provider: &Provider,
+    signer: &std::rc::Rc<SignatureKeyPair>,
+    identity: IdentityKey,
+    node: &N,
+) {
+    use openmls_traits::signatures::Signer as _;
+    let key = signer.clone();
+    let sign: SignFn = std::rc::Rc::new(move |m: &[u8]| key.sign(m).unwrap_or_default());
+    let session = load_session(provider).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "stored session unreadable; the device must register");
+        None
+    });
+    let path = provider
+        .conn()
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    let save: SaveFn = std::rc::Rc::new(move |s: &Session| {
+        let Some(path) = &path else { return };
+        let stored = rusqlite::Connection::open(path).and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            store_session(&c, s)
+        });
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "could not store the session");
+        }
+    });
+    node.attach(DeviceAuth {
+        identity,
+        sign,
+        session,
+        save,
+    });
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -236,6 +315,7 @@ enum CommitOutcome {
 struct FollowUp {
     commit_pending: bool,
     re_leave: bool,
+    left: bool,
 }
 
 impl<N: NodeApi> Client<N> {
@@ -284,6 +364,8 @@ impl<N: NodeApi> Client<N> {
         node: N,
         clock: Box<dyn Clock>,
     ) -> Self {
+        let signer = std::rc::Rc::new(signer);
+        attach_auth(&provider, &signer, identity, &node);
         Self {
             credential: credential_for(&signer),
             provider,
@@ -296,9 +378,70 @@ impl<N: NodeApi> Client<N> {
         }
     }
 
-    /// This device's identity key (also its account, until accounts exist).
+    /// This device's identity key (its Ed25519 MLS signature key, also its device key).
     pub fn identity(&self) -> IdentityKey {
         self.identity
+    }
+
+    /// This device's account, once registered.
+    ///
+    /// # Errors
+    /// [`Error::NoIdentity`] before registration.
+    pub fn account(&self) -> Result<AccountId> {
+        Ok(self.session()?.account)
+    }
+
+    /// This device's id on the node, once registered.
+    ///
+    /// # Errors
+    /// [`Error::NoIdentity`] before registration.
+    pub fn device(&self) -> Result<DeviceId> {
+        Ok(self.session()?.device)
+    }
+
+    fn session(&self) -> Result<Session> {
+        self.node.session().ok_or(Error::NoIdentity)
+    }
+
+    /// Registers this device's key as the first device of a new account, logs in (the
+    /// session is stored in the database) and uploads KeyPackages.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if already registered; node failures.
+    pub async fn register(&self) -> Result<Session> {
+        if self.node.session().is_some() {
+            return Err(Error::Invalid("this device is already registered".into()));
+        }
+        let s = self.node.register().await?;
+        self.maintain_key_packages().await?;
+        Ok(s)
+    }
+
+    /// Logs in afresh (challenge–response); normally not needed, the node adapter logs in
+    /// and refreshes by itself.
+    ///
+    /// # Errors
+    /// Node failures; [`Error::NoIdentity`] before registration.
+    pub async fn login(&self) -> Result<Session> {
+        self.session()?;
+        Ok(self.node.login().await?)
+    }
+
+    /// The channel that carries group `gid`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`].
+    pub fn channel_of(&self, gid: &GroupId) -> Result<ChannelId> {
+        let raw: Vec<u8> = self
+            .conn()
+            .query_row(
+                "SELECT channel FROM groups WHERE group_id = ?1",
+                [&gid.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(Error::UnknownGroup)?;
+        ChannelId::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// The device's database and openmls provider.
@@ -418,7 +561,7 @@ impl<N: NodeApi> Client<N> {
             .build(
                 CIPHERSUITE,
                 &self.provider,
-                &self.signer,
+                &*self.signer,
                 self.credential.clone(),
             )
             .map_err(mls("building a KeyPackage"))?;
@@ -474,16 +617,19 @@ impl<N: NodeApi> Client<N> {
     ///
     /// # Errors
     /// Database or openmls failures.
-    pub fn create_group(&self, name: Option<&str>) -> Result<GroupId> {
-        self.create_group_inner(name, None)
+    pub async fn create_group(&self, name: Option<&str>) -> Result<GroupId> {
+        self.session()?;
+        let channel = self.node.create_channel().await?;
+        self.create_group_on(&channel, name, None)
     }
 
-    fn create_group_inner(
+    fn create_group_on(
         &self,
+        channel: &ChannelId,
         name: Option<&str>,
-        dm_peer: Option<IdentityKey>,
+        dm_peer: Option<AccountId>,
     ) -> Result<GroupId> {
-        let gid = GroupId::new(rand::random());
+        let gid = new_group_id(channel);
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
@@ -493,7 +639,7 @@ impl<N: NodeApi> Client<N> {
         self.provider.transaction(|| -> Result<()> {
             MlsGroup::new_with_group_id(
                 &self.provider,
-                &self.signer,
+                &*self.signer,
                 &config,
                 mls_gid(&gid),
                 self.credential.clone(),
@@ -504,7 +650,7 @@ impl<N: NodeApi> Client<N> {
                  VALUES (?1, ?2, ?3, 'active', 0, ?4)",
                 params![
                     &gid.as_bytes()[..],
-                    &group_channel(&gid).as_bytes()[..],
+                    &channel.as_bytes()[..],
                     name,
                     dm_peer.map(|p| p.as_bytes().to_vec())
                 ],
@@ -612,7 +758,7 @@ impl<N: NodeApi> Client<N> {
                 state,
                 epoch,
                 members,
-                dm_peer: dm.and_then(|d| IdentityKey::from_slice(&d).ok()),
+                dm_peer: dm.and_then(|d| AccountId::from_slice(&d).ok()),
             });
         }
         Ok(out)
@@ -629,24 +775,78 @@ impl<N: NodeApi> Client<N> {
             .ok_or(Error::UnknownGroup)
     }
 
-    /// Invites `identity` (one device today; one KeyPackage per device of the account once
-    /// accounts exist): fetches a KeyPackage, commits an Add, and after the DS accepted the
-    /// Commit, sends the Welcome to the invitee's inbox.
+    /// Invites `account`: adds it to the group's channel (not for DMs, whose two members
+    /// are fixed), fetches one KeyPackage per device of the account, checks each one's
+    /// identity binding and suite, commits an Add of all of them, and after the DS accepted
+    /// the Commit sends the Welcome to each invited device's inbox.
     ///
     /// # Errors
-    /// [`Error::Policy`] if the KeyPackage is not bound to `identity` or uses another
-    /// ciphersuite; node failures (e.g. `notFound`: no KeyPackage), openmls failures.
-    pub async fn invite(&self, gid: &GroupId, identity: &IdentityKey) -> Result<u64> {
+    /// [`Error::Policy`] if a KeyPackage is not bound to its device key or uses another
+    /// ciphersuite; node failures (`forbidden` when this account is not the channel's admin,
+    /// `notFound` when the account has no device with a KeyPackage), openmls failures.
+    pub async fn invite(&self, gid: &GroupId, account: &AccountId) -> Result<u64> {
         self.require_active(gid)?;
-        let fetched = self.node.fetch_key_package(identity).await?;
-        self.check_key_package(&fetched.bytes, identity)?;
-        self.run_intent(
-            gid,
-            Intent::Add {
-                key_packages: vec![fetched.bytes],
-            },
-        )
-        .await
+        let channel = self.channel_of(gid)?;
+        if self.dm_peer_of(gid)?.is_none() {
+            self.node.add_member(&channel, account).await?;
+        }
+        let fetched = self.node.fetch_key_packages(account).await?;
+        if fetched.is_empty() {
+            return Err(Error::Node(crate::node::NodeError::Rpc(
+                crate::rpc::ClientError::Wire(WireError::NotFound),
+            )));
+        }
+        let mut key_packages = Vec::new();
+        for f in fetched {
+            self.check_key_package(&f.package.bytes, &f.identity)?;
+            self.conn().execute(
+                "INSERT INTO members (identity, account, device) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (identity) DO UPDATE SET account = excluded.account,
+                     device = excluded.device",
+                params![
+                    &f.identity.as_bytes()[..],
+                    &account.as_bytes()[..],
+                    &f.device.as_bytes()[..]
+                ],
+            )?;
+            key_packages.push(f.package.bytes);
+        }
+        self.run_intent(gid, Intent::Add { key_packages }).await
+    }
+
+    fn dm_peer_of(&self, gid: &GroupId) -> Result<Option<AccountId>> {
+        let raw: Option<Vec<u8>> = self.conn().query_row(
+            "SELECT dm_peer FROM groups WHERE group_id = ?1",
+            [&gid.as_bytes()[..]],
+            |r| r.get(0),
+        )?;
+        Ok(raw.and_then(|r| AccountId::from_slice(&r).ok()))
+    }
+
+    /// The device keys this client knows for `account` (recorded when it invited them).
+    fn identities_of(&self, account: &AccountId) -> Result<Vec<IdentityKey>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT identity FROM members WHERE account = ?1")?;
+        let rows: Vec<Vec<u8>> = stmt
+            .query_map([&account.as_bytes()[..]], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| IdentityKey::from_slice(r).ok())
+            .collect())
+    }
+
+    fn device_of(&self, identity: &IdentityKey) -> Result<Option<DeviceId>> {
+        let raw: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT device FROM members WHERE identity = ?1",
+                [&identity.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(raw.and_then(|r| DeviceId::from_slice(&r).ok()))
     }
 
     fn parse_key_package(&self, bytes: &[u8]) -> Result<KeyPackage> {
@@ -678,11 +878,36 @@ impl<N: NodeApi> Client<N> {
         Ok(())
     }
 
-    /// Removes `member` from the group.
+    /// Removes `account` (every device of it this client invited) from the group: a Commit
+    /// removing their leaves, then, once it is accepted, the account is removed from the
+    /// group's channel (the removed devices learn of it as [`EventKind::Removed`], from the
+    /// Commit or from the node's `forbidden`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an account this client never invited; as [`Self::invite`].
+    pub async fn remove(&self, gid: &GroupId, account: &AccountId) -> Result<u64> {
+        self.require_active(gid)?;
+        let members = self.identities_of(account)?;
+        if members.is_empty() {
+            return Err(Error::Invalid(
+                "no known device of this account (only the inviter can remove it)".into(),
+            ));
+        }
+        let seq = self.run_intent(gid, Intent::Remove { members }).await?;
+        if self.dm_peer_of(gid)?.is_none() {
+            self.node
+                .remove_member(&self.channel_of(gid)?, account)
+                .await?;
+        }
+        Ok(seq)
+    }
+
+    /// Removes one device (by its key) from the group's MLS state only; the account stays a
+    /// member of the channel.
     ///
     /// # Errors
     /// As [`Self::invite`].
-    pub async fn remove(&self, gid: &GroupId, member: &IdentityKey) -> Result<u64> {
+    pub async fn remove_device(&self, gid: &GroupId, member: &IdentityKey) -> Result<u64> {
         self.require_active(gid)?;
         self.run_intent(
             gid,
@@ -719,11 +944,11 @@ impl<N: NodeApi> Client<N> {
         self.provider.transaction(|| -> Result<()> {
             let mut group = self.load_group(gid)?;
             let proposal = group
-                .leave_group(&self.provider, &self.signer)
+                .leave_group(&self.provider, &*self.signer)
                 .map_err(mls("proposing to leave"))?;
             let bytes = encode(&proposal, "encoding a proposal")?;
             self.insert_outbox(
-                &group_channel(gid),
+                &self.channel_of(gid)?,
                 &bytes,
                 "proposal",
                 Some(gid),
@@ -759,11 +984,11 @@ impl<N: NodeApi> Client<N> {
         self.provider.transaction(|| -> Result<ClientMsgId> {
             let mut group = self.load_group(gid)?;
             let msg = group
-                .create_message(&self.provider, &self.signer, plaintext)
+                .create_message(&self.provider, &*self.signer, plaintext)
                 .map_err(mls("encrypting a message"))?;
             let bytes = encode(&msg, "encoding a message")?;
             self.insert_outbox(
-                &group_channel(gid),
+                &self.channel_of(gid)?,
                 &bytes,
                 "application",
                 Some(gid),
@@ -774,38 +999,50 @@ impl<N: NodeApi> Client<N> {
         })
     }
 
-    /// A 1:1 conversation with `peer`: the existing one, or a new two-member group (created
-    /// and the peer invited).
+    /// A 1:1 conversation with the account `peer`, on the node's DM channel of the two
+    /// accounts: the existing one, or a new two-member group (`createDm`, then the peer's
+    /// devices invited). The peer can read at once but only writes after accepting; replying
+    /// with this method on the peer's side accepts (`acceptDm`).
     ///
     /// # Errors
-    /// As [`Self::invite`].
-    pub async fn dm_group(&self, peer: &IdentityKey) -> Result<GroupId> {
-        let existing: Option<Vec<u8>> = self
+    /// As [`Self::invite`]; `forbidden` when blocked.
+    pub async fn dm_group(&self, peer: &AccountId) -> Result<GroupId> {
+        let me = self.account()?;
+        let channel = qpq_schemas::auth::dm_channel(&me, peer);
+        let existing: Option<(Vec<u8>, Option<Vec<u8>>)> = self
             .conn()
             .query_row(
-                "SELECT group_id FROM groups WHERE dm_peer = ?1 AND state = 'active'",
-                [&peer.as_bytes()[..]],
-                |r| r.get(0),
+                "SELECT group_id, dm_peer FROM groups WHERE channel = ?1 AND state = 'active'
+                 ORDER BY rowid DESC LIMIT 1",
+                [&channel.as_bytes()[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if let Some(id) = existing.and_then(|b| GroupId::from_slice(&b).ok()) {
-            return Ok(id);
-        }
-        // Joined from the peer's invitation: an unnamed active group of exactly the two of us.
-        let pair: BTreeSet<IdentityKey> = [self.identity, *peer].into();
-        for g in self.groups()? {
-            let members: BTreeSet<IdentityKey> = g.members.iter().copied().collect();
-            if g.state == "active" && g.name.is_none() && g.dm_peer.is_none() && members == pair {
+        if let Some((id, dm)) = existing {
+            let gid = GroupId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+            if dm.is_none() {
+                // Joined from the peer's request: answering accepts it.
+                self.node.accept_dm(peer).await?;
                 self.conn().execute(
                     "UPDATE groups SET dm_peer = ?2 WHERE group_id = ?1",
-                    params![&g.id.as_bytes()[..], &peer.as_bytes()[..]],
+                    params![&gid.as_bytes()[..], &peer.as_bytes()[..]],
                 )?;
-                return Ok(g.id);
             }
+            return Ok(gid);
         }
-        let gid = self.create_group_inner(None, Some(*peer))?;
+        let (channel, _) = self.node.create_dm(peer).await?;
+        let gid = self.create_group_on(&channel, None, Some(*peer))?;
         self.invite(&gid, peer).await?;
         Ok(gid)
+    }
+
+    /// Blocks the DM with `peer` (nobody sends until this account accepts again).
+    ///
+    /// # Errors
+    /// Node failures.
+    pub async fn block_dm(&self, peer: &AccountId) -> Result<()> {
+        self.node.block_dm(peer).await?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -895,7 +1132,7 @@ impl<N: NodeApi> Client<N> {
                         return Ok(None);
                     }
                     let (c, w, _) = group
-                        .add_members(&self.provider, &self.signer, &kps)
+                        .add_members(&self.provider, &*self.signer, &kps)
                         .map_err(mls("adding members"))?;
                     (c, Some(w), invitees)
                 }
@@ -909,13 +1146,13 @@ impl<N: NodeApi> Client<N> {
                         return Ok(None);
                     }
                     let (c, w, _) = group
-                        .remove_members(&self.provider, &self.signer, &leaves)
+                        .remove_members(&self.provider, &*self.signer, &leaves)
                         .map_err(mls("removing members"))?;
                     (c, w, Vec::new())
                 }
                 Intent::Update => {
                     let bundle = group
-                        .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+                        .self_update(&self.provider, &*self.signer, LeafNodeParameters::default())
                         .map_err(mls("updating own leaf"))?;
                     let (c, w, _) = bundle.into_contents();
                     (
@@ -929,7 +1166,7 @@ impl<N: NodeApi> Client<N> {
                         return Ok(None);
                     }
                     let (c, w, _) = group
-                        .commit_to_pending_proposals(&self.provider, &self.signer)
+                        .commit_to_pending_proposals(&self.provider, &*self.signer)
                         .map_err(mls("committing proposals"))?;
                     (c, w, Vec::new())
                 }
@@ -938,7 +1175,7 @@ impl<N: NodeApi> Client<N> {
             let intent_json =
                 serde_json::to_vec(intent).map_err(|e| Error::Invalid(e.to_string()))?;
             self.insert_outbox(
-                &group_channel(gid),
+                &self.channel_of(gid)?,
                 &commit,
                 "commit",
                 Some(gid),
@@ -950,8 +1187,12 @@ impl<N: NodeApi> Client<N> {
             if let Some(w) = welcome {
                 let w = encode(&w, "encoding a Welcome")?;
                 for invitee in invitees {
+                    let Some(device) = self.device_of(&invitee)? else {
+                        tracing::warn!(%invitee, "no device id known for an invitee; no Welcome");
+                        continue;
+                    };
                     self.insert_outbox(
-                        &inbox_channel(&invitee),
+                        &inbox_channel(&device),
                         &w,
                         "welcome",
                         Some(gid),
@@ -973,7 +1214,7 @@ impl<N: NodeApi> Client<N> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
-        match self.node.enqueue(&group_channel(gid), &id, &payload).await {
+        match self.node.enqueue(&self.channel_of(gid)?, &id, &payload).await {
             Ok(done) => {
                 self.commit_accepted(gid, row, done.seq).await?;
                 Ok(CommitOutcome::Accepted(done.seq))
@@ -1047,7 +1288,7 @@ impl<N: NodeApi> Client<N> {
             "UPDATE outbox SET status = 'pending' WHERE after_id = ?1 AND status = 'held'",
             [row],
         )?;
-        let channel = group_channel(gid);
+        let channel = self.channel_of(gid)?;
         self.advance_cursor(&channel, seq)?;
         let me = Some(self.identity);
         for a in &added {
@@ -1272,6 +1513,7 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Node or database failures; what was processed before stays processed.
     pub async fn sync(&self) -> Result<u64> {
+        self.session()?;
         let before = self.last_event_id()?;
         self.maintain_key_packages_if_due().await?;
         self.sync_inbox().await?;
@@ -1300,10 +1542,10 @@ impl<N: NodeApi> Client<N> {
         if n > 0 {
             return Ok(n);
         }
-        let mut channels = vec![inbox_channel(&self.identity)];
+        let mut channels = vec![inbox_channel(&self.device()?)];
         for g in self.groups()? {
             if g.state == "active" || g.state == "leaving" {
-                channels.push(group_channel(&g.id));
+                channels.push(self.channel_of(&g.id)?);
             }
         }
         let mut waits = Vec::new();
@@ -1399,7 +1641,7 @@ impl<N: NodeApi> Client<N> {
 
     /// Processes this device's inbox: joins groups from Welcomes, then acks the inbox.
     async fn sync_inbox(&self) -> Result<()> {
-        let inbox = inbox_channel(&self.identity);
+        let inbox = inbox_channel(&self.device()?);
         loop {
             let cursor = self.cursor(&inbox)?;
             let page = self.node.fetch(&inbox, cursor, PAGE).await?;
@@ -1441,9 +1683,7 @@ impl<N: NodeApi> Client<N> {
         // The inbox has one reader, this device: acking lets the node drop what we have.
         let cursor = self.cursor(&inbox)?;
         if cursor > 0 {
-            self.node
-                .ack(&inbox, &consumer_id(&self.identity), cursor)
-                .await?;
+            self.node.ack(&inbox, cursor).await?;
         }
         Ok(())
     }
@@ -1480,14 +1720,14 @@ impl<N: NodeApi> Client<N> {
         let epoch = group.epoch().as_u64();
         // Whether this is a 1:1 conversation is not carried by the Welcome (yet): the joiner
         // learns it in `dm_group`, from the membership at that time.
-        let dm_peer: Option<IdentityKey> = None;
+        let dm_peer: Option<AccountId> = None;
         self.conn().execute(
             "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
              VALUES (?1, ?2, NULL, 'active', ?3, ?4)
              ON CONFLICT (group_id) DO UPDATE SET state = 'active', join_epoch = excluded.join_epoch",
             params![
                 &gid.as_bytes()[..],
-                &group_channel(&gid).as_bytes()[..],
+                &channel_of_group(&gid).as_bytes()[..],
                 to_i64(epoch),
                 dm_peer.map(|p| p.as_bytes().to_vec())
             ],
@@ -1562,14 +1802,23 @@ impl<N: NodeApi> Client<N> {
     /// Processes a group's channel up to `until` (inclusive; `None` = everything), then does
     /// what the messages asked for (commit proposals, re-send a leave).
     async fn sync_channel_until(&self, gid: &GroupId, until: Option<u64>) -> Result<()> {
-        let channel = group_channel(gid);
+        let channel = self.channel_of(gid)?;
         let mut follow = FollowUp::default();
         loop {
             let cursor = self.cursor(&channel)?;
             if until.is_some_and(|u| cursor >= u) {
                 break;
             }
-            let page = self.node.fetch(&channel, cursor, PAGE).await?;
+            let page = match self.node.fetch(&channel, cursor, PAGE).await {
+                Ok(p) => p,
+                Err(e) if matches!(e.wire(), Some(WireError::Forbidden)) => {
+                    // No longer a member of the channel: removed (or our leave went through)
+                    // before this device could read the Commit.
+                    self.lost_channel(gid, &channel)?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.note_gap(
                 Some(gid),
                 &channel,
@@ -1594,10 +1843,24 @@ impl<N: NodeApi> Client<N> {
                 })?;
                 follow.commit_pending |= f.commit_pending;
                 follow.re_leave |= f.re_leave;
+                follow.left |= f.left;
             }
         }
         if until.is_none() {
             let state = self.group_state(gid)?;
+            if follow.left && self.dm_peer_of(gid)?.is_none() {
+                // Our leave was committed: leave the channel too.
+                if let Err(e) = self.node.leave_channel(&channel).await {
+                    tracing::info!(error = %e, "leaving the channel failed");
+                }
+            }
+            let cursor = self.cursor(&channel)?;
+            if cursor > 0 && matches!(state.as_str(), "active" | "leaving") {
+                // Members have cursors: what every member device acked may go early.
+                if let Err(e) = self.node.ack(&channel, cursor).await {
+                    tracing::debug!(error = %e, "ack failed; the node keeps the messages longer");
+                }
+            }
             if follow.re_leave && state == "leaving" {
                 self.propose_leave(gid)?;
                 Box::pin(self.flush_outbox()).await?;
@@ -1607,6 +1870,27 @@ impl<N: NodeApi> Client<N> {
             }
         }
         Ok(())
+    }
+
+    /// The node says this device's account is no longer a member of the group's channel.
+    fn lost_channel(&self, gid: &GroupId, channel: &ChannelId) -> Result<()> {
+        self.provider.transaction(|| -> Result<()> {
+            let (st, kind) = match self.group_state(gid)?.as_str() {
+                "active" => ("removed", EventKind::Removed),
+                "leaving" => ("left", EventKind::Left),
+                _ => return Ok(()),
+            };
+            self.set_group_state(gid, st)?;
+            self.push_event(
+                Some(gid),
+                channel,
+                None,
+                &kind,
+                None,
+                Some(self.identity),
+                b"no longer a member of the channel",
+            )
+        })
     }
 
     fn process_group_message(
@@ -1853,6 +2137,7 @@ impl<N: NodeApi> Client<N> {
                         ("removed", EventKind::Removed)
                     };
                     self.set_group_state(gid, st)?;
+                    follow.left = st == "left";
                     self.push_event(
                         Some(gid),
                         channel,

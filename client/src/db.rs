@@ -4,12 +4,14 @@
 //! row).
 //!
 //! Own tables:
-//! - `meta`: the device identity's public key and other single values.
+//! - `meta`: the device identity's public key, the session (account, device, tokens) and
+//!   other single values.
 //! - `groups`: groups this device is (or was) in, their channel, state, local name.
 //! - `cursors`: per channel, the highest sequence number processed.
 //! - `outbox`: every outgoing message, stored with its `clientMsgId` *before* it is sent.
 //! - `events`: what the application sees (messages, joins, gaps, removals), in order.
-//! - `contacts`: local names for identity keys.
+//! - `contacts`: local names for accounts.
+//! - `members`: account and device id of each device key this client invited.
 //! - `key_packages`: KeyPackages uploaded, for rotation.
 
 use std::path::Path;
@@ -33,7 +35,7 @@ CREATE TABLE IF NOT EXISTS groups (
     state TEXT NOT NULL,
     -- epoch at which this device joined (0 for the creator); older messages are skipped
     join_epoch INTEGER NOT NULL,
-    -- a 1:1 conversation with this identity (NULL for groups)
+    -- a 1:1 conversation with this account (NULL for groups and unanswered DM requests)
     dm_peer BLOB
 );
 CREATE TABLE IF NOT EXISTS cursors (
@@ -71,6 +73,17 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS contacts (
     name TEXT PRIMARY KEY,
     identity BLOB NOT NULL
+);
+-- device keys named by a contact card (to name senders)
+CREATE TABLE IF NOT EXISTS contact_keys (
+    identity BLOB PRIMARY KEY,
+    name TEXT NOT NULL
+);
+-- devices this client invited: which account and device id a member key belongs to
+CREATE TABLE IF NOT EXISTS members (
+    identity BLOB PRIMARY KEY,
+    account BLOB NOT NULL,
+    device BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS key_packages (
     hash_ref BLOB PRIMARY KEY,
