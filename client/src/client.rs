@@ -417,6 +417,39 @@ impl<N: NodeApi> Client<N> {
         Ok(s)
     }
 
+    /// Makes this (new, unregistered) device a device of `existing`'s account: `existing`
+    /// approves this device's key (`addDevice`, both keys sign), then this device logs in
+    /// and uploads its KeyPackages. Invitations to the account then reach both devices.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if this device is registered already; node failures.
+    pub async fn join_account<M: NodeApi>(&self, existing: &Client<M>) -> Result<Session> {
+        use openmls_traits::signatures::Signer as _;
+        if self.node.session().is_some() {
+            return Err(Error::Invalid("this device is already registered".into()));
+        }
+        let account = existing.account()?;
+        let sign = |k: &SignatureKeyPair, m: &[u8]| {
+            k.sign(m)
+                .map_err(|e| Error::Invalid(format!("signing: {e:?}")))
+        };
+        let possession = sign(
+            &self.signer,
+            &qpq_schemas::auth::device_possession_message(&account, &self.identity),
+        )?;
+        let approval = sign(
+            &existing.signer,
+            &qpq_schemas::auth::add_device_message(&account, &self.identity),
+        )?;
+        let device = existing
+            .node
+            .add_device(&self.identity, &possession, &approval)
+            .await?;
+        let s = self.node.login_as(&account, &device).await?;
+        self.maintain_key_packages().await?;
+        Ok(s)
+    }
+
     /// Logs in afresh (challenge–response); normally not needed, the node adapter logs in
     /// and refreshes by itself.
     ///

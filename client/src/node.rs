@@ -141,6 +141,16 @@ pub trait NodeApi {
     async fn login(&self) -> NodeResult<Session>;
     /// The account's devices.
     async fn list_devices(&self) -> NodeResult<Vec<DeviceInfo>>;
+    /// Adds the device key `key` to this account (`possession` signed by the new key,
+    /// `approval` by this device's key); the new device is pending until it logs in.
+    async fn add_device(
+        &self,
+        key: &IdentityKey,
+        possession: &[u8],
+        approval: &[u8],
+    ) -> NodeResult<DeviceId>;
+    /// Becomes `device` of `account` (added by another device) and logs in.
+    async fn login_as(&self, account: &AccountId, device: &DeviceId) -> NodeResult<Session>;
     /// Uploads single-use KeyPackages and optionally a last-resort one.
     async fn upload_key_packages(
         &self,
@@ -468,6 +478,33 @@ impl NodeApi for ResilientNode {
     async fn list_devices(&self) -> NodeResult<Vec<DeviceInfo>> {
         self.call(Duration::ZERO, async |c: &Connection| c.list_devices().await)
             .await
+    }
+
+    async fn add_device(
+        &self,
+        key: &IdentityKey,
+        possession: &[u8],
+        approval: &[u8],
+    ) -> NodeResult<DeviceId> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.add_device(key, possession, approval).await
+        })
+        .await
+    }
+
+    async fn login_as(&self, account: &AccountId, device: &DeviceId) -> NodeResult<Session> {
+        {
+            let mut auth = self.auth.borrow_mut();
+            let a = auth.as_mut().ok_or(NodeError::NotRegistered)?;
+            a.session = Some(Session {
+                account: *account,
+                device: *device,
+                access: None,
+                refresh: None,
+            });
+        }
+        self.disconnect();
+        self.login().await
     }
 
     async fn upload_key_packages(

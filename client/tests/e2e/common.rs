@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qpq_client::channels::group_channel;
 use qpq_client::db::Provider;
 use qpq_client::keypackages::{Clock, SystemClock};
-use qpq_client::{Client, EventKind, NodeTarget, ResilientNode, ServerVerification};
-use qpq_node::config::NodeConfig;
+use qpq_client::{Client, EventKind, NodeApi as _, NodeTarget, ResilientNode, ServerVerification};
+use qpq_node::config::{NodeConfig, RateLimit};
 use qpq_node::{Clock as _, ManualClock, RunningNode};
 use qpq_schemas::GroupId;
 
@@ -33,6 +32,14 @@ impl TestNode {
     pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::dev(dir.path().join("node"));
+        // Every test client shares 127.0.0.1: rate limits are not what these tests are about.
+        let off = RateLimit {
+            per_second: 0.0,
+            burst: 0.0,
+        };
+        config.auth.rate_per_ip = off;
+        config.auth.rate_per_account = off;
+        config.auth.rate_per_device = off;
         configure(&mut config);
         let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
         let node = RunningNode::start(config.clone(), clock.clone())
@@ -82,7 +89,8 @@ impl TestNode {
         self.dir.path().join(format!("{name}.sqlite3"))
     }
 
-    /// A new device with its own database; its KeyPackages are uploaded.
+    /// A new device with its own database, registered as the first device of a new account;
+    /// its KeyPackages are uploaded.
     pub async fn device(&self, name: &str) -> Dev {
         self.device_with_clock(name, Box::new(SystemClock)).await
     }
@@ -90,7 +98,21 @@ impl TestNode {
     pub async fn device_with_clock(&self, name: &str, clock: Box<dyn Clock>) -> Dev {
         let provider = Provider::open(&self.db_path(name)).unwrap();
         let c = Client::create(provider, ResilientNode::new(self.target()), clock).unwrap();
-        c.maintain_key_packages().await.unwrap();
+        c.register().await.unwrap();
+        c
+    }
+
+    /// A second device of `of`'s account (its own key and database): added by `of`
+    /// (`addDevice`, approved with `of`'s key), logged in, KeyPackages uploaded.
+    pub async fn second_device(&self, name: &str, of: &Dev) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let c = Client::create(
+            provider,
+            ResilientNode::new(self.target()),
+            Box::new(SystemClock),
+        )
+        .unwrap();
+        c.join_account(of).await.unwrap();
         c
     }
 
@@ -112,19 +134,18 @@ impl TestNode {
         Client::open(provider, node, Box::new(SystemClock)).unwrap()
     }
 
-    /// Raw payloads of a group's channel after `after` (what any observer can fetch).
-    pub async fn raw_channel(&self, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
-        let c = qpq_client::Connection::connect(
-            self.addr,
-            "localhost",
-            &ServerVerification::PinnedSha256(self.fingerprint),
-        )
+}
+
+/// Raw payloads of a group's channel after `after`, as the member `observer` fetches them
+/// (what a member device, or the node, sees).
+pub async fn raw_channel(observer: &Dev, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
+    let channel = observer.channel_of(gid).unwrap();
+    observer
+        .node()
+        .fetch(&channel, after, 0)
         .await
-        .unwrap();
-        let page = c.fetch(&group_channel(gid), after, 0).await.unwrap();
-        c.close().await;
-        page.messages
-    }
+        .unwrap()
+        .messages
 }
 
 /// Runs a client future on a `LocalSet` (Cap'n Proto clients are `!Send`).
@@ -155,9 +176,9 @@ pub async fn kinds(d: &Dev) -> Vec<EventKind> {
 
 /// A group created by `creator` with `others` invited and joined.
 pub async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
-    let gid = creator.create_group(Some("g")).unwrap();
+    let gid = creator.create_group(Some("g")).await.unwrap();
     for o in others {
-        creator.invite(&gid, &o.identity()).await.unwrap();
+        creator.invite(&gid, &o.account().unwrap()).await.unwrap();
     }
     for o in others {
         o.sync().await.unwrap();

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use qpq_client::EventKind;
+use qpq_client::{EventKind, NodeApi as _};
 
-use crate::common::{TestNode, epoch, group_of, local, received};
+use crate::common::{TestNode, epoch, group_of, local, raw_channel, received};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_restart_mid_conversation_continues_the_group() {
@@ -46,15 +46,10 @@ async fn client_killed_mid_send_delivers_each_message_once() {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        let raw = qpq_client::Connection::connect(
-            t.addr,
-            "localhost",
-            &qpq_client::ServerVerification::PinnedSha256(t.fingerprint),
-        )
-        .await
-        .unwrap();
-        raw.enqueue(
-            &qpq_client::channels::group_channel(&gid),
+        alice
+            .node()
+            .enqueue(
+            &alice.channel_of(&gid).unwrap(),
             &qpq_schemas::ClientMsgId::from_slice(&id).unwrap(),
             &payload,
         )
@@ -142,8 +137,7 @@ async fn concurrent_commits_in_one_epoch_one_wins_both_converge() {
             "bob lost the race"
         );
         // The channel holds exactly one Commit per epoch: add bob (0), alice's (1), bob's (2).
-        let commit_epochs: Vec<u64> = t
-            .raw_channel(&gid, 0)
+        let commit_epochs: Vec<u64> = raw_channel(&alice, &gid, 0)
             .await
             .iter()
             .filter_map(|e| qpq_node::mls::framing::peek(&e.payload).ok()?.content)
@@ -172,7 +166,7 @@ async fn expired_history_is_reported_as_a_gap() {
         let gid = group_of(&alice, &[&bob]).await;
         alice.send(&gid, b"seen").await.unwrap();
         assert_eq!(received(&bob).await, ["seen"]);
-        let first_lost = t.raw_channel(&gid, 0).await.last().unwrap().seq + 1;
+        let first_lost = raw_channel(&alice, &gid, 0).await.last().unwrap().seq + 1;
         for i in 0..3 {
             alice
                 .send(&gid, format!("lost {i}").as_bytes())
@@ -295,7 +289,7 @@ async fn a_message_that_does_not_decrypt_is_reported_and_passed() {
         let bob = t.device("bob").await;
         let gid = group_of(&alice, &[&bob]).await;
         // A real MLS message, but of another group, lands in this group's channel.
-        let other = alice.create_group(None).unwrap();
+        let other = alice.create_group(None).await.unwrap();
         alice.queue_message(&other, b"elsewhere").unwrap();
         let payload: Vec<u8> = alice
             .provider()
@@ -306,15 +300,10 @@ async fn a_message_that_does_not_decrypt_is_reported_and_passed() {
                 |r| r.get(0),
             )
             .unwrap();
-        let raw = qpq_client::Connection::connect(
-            t.addr,
-            "localhost",
-            &qpq_client::ServerVerification::PinnedSha256(t.fingerprint),
-        )
-        .await
-        .unwrap();
-        raw.enqueue(
-            &qpq_client::channels::group_channel(&gid),
+        alice
+            .node()
+            .enqueue(
+            &alice.channel_of(&gid).unwrap(),
             &qpq_schemas::ClientMsgId::random(),
             &payload,
         )

@@ -36,8 +36,8 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
 
         // Invitations consume packages; below the low-water mark the pool is refilled.
         for _ in 0..8 {
-            let g = alice.create_group(None).unwrap();
-            alice.invite(&g, &bob.identity()).await.unwrap();
+            let g = alice.create_group(None).await.unwrap();
+            alice.invite(&g, &bob.account().unwrap()).await.unwrap();
         }
         assert_eq!(count().await, (2, true));
         assert_eq!(bob.maintain_key_packages().await.unwrap(), (8, false));
@@ -68,12 +68,12 @@ async fn key_package_pool_is_uploaded_refilled_and_rotated_before_the_ttl() {
         );
         // The last-resort package still opens a Welcome once single-use ones are gone.
         for _ in 0..20 {
-            let g = alice.create_group(None).unwrap();
-            alice.invite(&g, &bob.identity()).await.unwrap();
+            let g = alice.create_group(None).await.unwrap();
+            alice.invite(&g, &bob.account().unwrap()).await.unwrap();
         }
         assert_eq!(count().await, (0, true));
-        let g = alice.create_group(None).unwrap();
-        alice.invite(&g, &bob.identity()).await.unwrap();
+        let g = alice.create_group(None).await.unwrap();
+        alice.invite(&g, &bob.account().unwrap()).await.unwrap();
         bob.sync().await.unwrap();
         let joined = bob
             .take_events()
@@ -118,15 +118,12 @@ async fn welcome_with_another_ciphersuite_is_refused() {
         let (_, welcome, _) = group
             .add_members(&provider, &signer, &[kp.key_package().clone()])
             .unwrap();
-        let raw = qpq_client::Connection::connect(
-            t.addr,
-            "localhost",
-            &qpq_client::ServerVerification::PinnedSha256(t.fingerprint),
-        )
-        .await
-        .unwrap();
-        raw.enqueue(
-            &inbox_channel(&bob.identity()),
+        // Any authenticated account may drop a message in bob's device inbox.
+        let mallory = t.device("mallory").await;
+        mallory
+            .node()
+            .enqueue(
+            &inbox_channel(&bob.device().unwrap()),
             &ClientMsgId::random(),
             &welcome.to_bytes().unwrap(),
         )

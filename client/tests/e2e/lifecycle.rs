@@ -1,6 +1,6 @@
 use qpq_client::EventKind;
 
-use crate::common::{TestNode, epoch, group_of, kinds, local, received};
+use crate::common::{TestNode, epoch, group_of, kinds, local, raw_channel, received};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_create_invite_send_remove_update_leave() {
@@ -22,12 +22,12 @@ async fn three_members_create_invite_send_remove_update_leave() {
         assert_eq!(received(&alice).await, ["hi from bob"]);
 
         // Remove carol: she learns it, and cannot read what follows.
-        alice.remove(&gid, &carol.identity()).await.unwrap();
+        alice.remove(&gid, &carol.account().unwrap()).await.unwrap();
         assert!(kinds(&carol).await.contains(&EventKind::Removed));
         assert_eq!(carol.group(&gid).unwrap().state, "removed");
-        let before = t.raw_channel(&gid, 0).await.last().unwrap().seq;
+        let before = raw_channel(&alice, &gid, 0).await.last().unwrap().seq;
         alice.send(&gid, b"carol must not read this").await.unwrap();
-        let secret = t.raw_channel(&gid, before).await;
+        let secret = raw_channel(&alice, &gid, before).await;
         assert_eq!(secret.len(), 1);
         assert!(carol.try_decrypt(&gid, &secret[0].payload).is_err());
         assert!(received(&carol).await.is_empty());
@@ -106,17 +106,17 @@ async fn direct_messages_use_a_two_member_group() {
     local(async {
         let alice = t.device("alice").await;
         let bob = t.device("bob").await;
-        let dm = alice.dm_group(&bob.identity()).await.unwrap();
+        let dm = alice.dm_group(&bob.account().unwrap()).await.unwrap();
         alice.send(&dm, b"psst").await.unwrap();
         assert_eq!(received(&bob).await, ["psst"]);
         assert_eq!(
-            bob.dm_group(&alice.identity()).await.unwrap(),
+            bob.dm_group(&alice.account().unwrap()).await.unwrap(),
             dm,
             "bob's side reuses it"
         );
         bob.send(&dm, b"yes?").await.unwrap();
         assert_eq!(received(&alice).await, ["yes?"]);
-        assert_eq!(alice.dm_group(&bob.identity()).await.unwrap(), dm);
+        assert_eq!(alice.dm_group(&bob.account().unwrap()).await.unwrap(), dm);
     })
     .await;
 }
@@ -162,7 +162,7 @@ async fn a_late_joiner_skips_history_from_before_it_joined() {
         alice.send(&gid, b"before carol").await.unwrap();
         bob.self_update(&gid).await.unwrap();
         bob.send(&gid, b"still before carol").await.unwrap();
-        alice.invite(&gid, &carol.identity()).await.unwrap();
+        alice.invite(&gid, &carol.account().unwrap()).await.unwrap();
         alice.send(&gid, b"welcome carol").await.unwrap();
         assert_eq!(
             kinds(&carol).await,
