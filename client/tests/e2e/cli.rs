@@ -40,16 +40,17 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
         let r = qpq(h, p, &["register", "--node", &node, "--fingerprint", &fp]);
         assert_eq!(r["key_packages"], 10);
     }
-    let bob_id = qpq(h, "bob", &["whoami"])["identity"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let alice_id = qpq(h, "alice", &["whoami"])["identity"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    qpq(h, "alice", &["contact", "add", "bob", &bob_id]);
-    qpq(h, "bob", &["contact", "add", "alice", &alice_id]);
+    let card = |who: &str| {
+        let me = qpq(h, who, &["whoami"]);
+        let id = me["identity"].as_str().unwrap().to_owned();
+        let account = me["account"].as_str().unwrap().to_owned();
+        assert_eq!(account.len(), 32, "16-byte account ids");
+        (format!("{account}:{id}"), id)
+    };
+    let (bob_card, bob_id) = card("bob");
+    let (alice_card, alice_id) = card("alice");
+    qpq(h, "alice", &["contact", "add", "bob", &bob_card]);
+    qpq(h, "bob", &["contact", "add", "alice", &alice_card]);
     qpq(h, "alice", &["group", "create", "team"]);
     qpq(h, "alice", &["group", "invite", "team", "bob"]);
     qpq(h, "alice", &["send", "team", "hello bob"]);
@@ -67,6 +68,7 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
     assert_eq!(login["identity"], bob_id);
     let devices = qpq(h, "bob", &["devices"]);
     assert_eq!(devices[0]["identity"], bob_id);
+    assert_eq!(devices[0]["status"], "active");
     assert_eq!(devices[0]["last_resort"], true);
     let status = qpq(h, "bob", &["status"]);
     assert_eq!(status["groups"][0]["epoch"], 1);

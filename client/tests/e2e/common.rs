@@ -116,6 +116,19 @@ impl TestNode {
         c
     }
 
+    /// A registered device that `admin` adds to the group's channel (not to the MLS group):
+    /// it never acknowledges, so the node retains everything sent from now on, and it can
+    /// read the ciphertexts (like the node can).
+    pub async fn observer(&self, admin: &Dev, gid: &GroupId) -> Dev {
+        let o = self.device("observer").await;
+        admin
+            .node()
+            .add_member(&admin.channel_of(gid).unwrap(), &o.account().unwrap())
+            .await
+            .unwrap();
+        o
+    }
+
     /// The same device again, from its database (a client restart).
     pub fn reopen(&self, name: &str) -> Dev {
         let provider = Provider::open(&self.db_path(name)).unwrap();
@@ -139,13 +152,25 @@ impl TestNode {
 /// Raw payloads of a group's channel after `after`, as the member `observer` fetches them
 /// (what a member device, or the node, sees).
 pub async fn raw_channel(observer: &Dev, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
-    let channel = observer.channel_of(gid).unwrap();
+    let channel = qpq_client::channels::channel_of_group(gid);
     observer
         .node()
         .fetch(&channel, after, 0)
         .await
         .unwrap()
         .messages
+}
+
+/// The highest sequence number assigned in a group's channel (whether or not messages up
+/// to it are still retained: acknowledged messages may be dropped early).
+pub async fn last_seq(observer: &Dev, gid: &GroupId) -> u64 {
+    let channel = observer.channel_of(gid).unwrap();
+    observer
+        .node()
+        .fetch(&channel, 0, 1)
+        .await
+        .unwrap()
+        .last_seq
 }
 
 /// Runs a client future on a `LocalSet` (Cap'n Proto clients are `!Send`).

@@ -1,6 +1,6 @@
 use qpq_client::EventKind;
 
-use crate::common::{TestNode, epoch, group_of, kinds, local, raw_channel, received};
+use crate::common::{TestNode, epoch, group_of, kinds, last_seq, local, raw_channel, received};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_create_invite_send_remove_update_leave() {
@@ -25,7 +25,7 @@ async fn three_members_create_invite_send_remove_update_leave() {
         alice.remove(&gid, &carol.account().unwrap()).await.unwrap();
         assert!(kinds(&carol).await.contains(&EventKind::Removed));
         assert_eq!(carol.group(&gid).unwrap().state, "removed");
-        let before = raw_channel(&alice, &gid, 0).await.last().unwrap().seq;
+        let before = last_seq(&alice, &gid).await;
         alice.send(&gid, b"carol must not read this").await.unwrap();
         let secret = raw_channel(&alice, &gid, before).await;
         assert_eq!(secret.len(), 1);

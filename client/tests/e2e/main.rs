@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod auth;
 mod cli;
 mod common;
 mod faults;
