@@ -2,21 +2,17 @@
 //! - `fsync/raw_4k`: write 4 KiB + `fdatasync` in a loop — the disk's physical limit, for scale;
 //! - `apply_batch/N`: the state machine applying N 1 KiB enqueues in one transaction (one
 //!   fsync), the unit of group commit;
-//! - `commit_log/concurrent_P`: P concurrent proposers through the `CommitLog` writer thread
-//!   (what an RPC handler awaits), showing how group commit amortises fsyncs.
+//!
+//! The whole write path (QUIC, auth, Raft log append + fsync, apply) is measured end to end by
+//! the load generator (`qpq-load`), not here.
 //!
 //! Figures are reported in docs/PERFORMANCE.md; nothing here passes or fails.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::io::Write as _;
-use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use qpq_node::clock::SystemClock;
-use qpq_node::log::CommitLog;
-use qpq_node::metrics::Metrics;
-use qpq_node::service::waiters::Waiters;
 use qpq_node::state::{Command, Stamp, Store};
 use qpq_schemas::{ChannelId, ClientMsgId};
 
@@ -26,6 +22,7 @@ fn enqueue(channel: ChannelId) -> Command {
         client_msg_id: ClientMsgId::random(),
         payload: vec![0xa5; 1024],
         commit: None,
+        sender: None,
     }
 }
 
@@ -68,44 +65,9 @@ fn apply_batch(c: &mut Criterion) {
     g.finish();
 }
 
-fn commit_log(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("bench.sqlite3")).unwrap();
-    let (log, _writer) = CommitLog::start(
-        store,
-        Arc::new(SystemClock),
-        Metrics::new().unwrap(),
-        Arc::new(Waiters::default()),
-        512,
-    )
-    .unwrap();
-    let channel = ChannelId::random();
-    let mut g = c.benchmark_group("commit_log");
-    for p in [1usize, 16, 64] {
-        g.throughput(Throughput::Elements(p as u64));
-        g.bench_function(format!("concurrent_{p}"), |b| {
-            b.to_async(&rt).iter(|| {
-                let log = log.clone();
-                async move {
-                    let proposals = (0..p).map(|_| log.propose(enqueue(channel)));
-                    for r in futures::future::join_all(proposals).await {
-                        r.unwrap();
-                    }
-                }
-            })
-        });
-    }
-    g.finish();
-}
-
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
-    targets = raw_fsync, apply_batch, commit_log
+    targets = raw_fsync, apply_batch
 }
 criterion_main!(benches);
