@@ -27,8 +27,8 @@ use crate::db::Provider;
 use crate::error::{Error, Result};
 use crate::keypackages::SystemClock;
 use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
-use rusqlite::OptionalExtension as _;
 use crate::tls::{ServerVerification, parse_fingerprint};
+use rusqlite::OptionalExtension as _;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -512,10 +512,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Block { peer } => {
             let peer = ctx.resolve_account(&peer)?;
             c.block_dm(&peer).await?;
-            ctx.out(
-                "blocked",
-                serde_json::json!({ "blocked": peer.to_hex() }),
-            );
+            ctx.out("blocked", serde_json::json!({ "blocked": peer.to_hex() }));
             Ok(())
         }
         Command::Recv { follow } => {

@@ -219,8 +219,14 @@ fn store_session(conn: &rusqlite::Connection, s: &Session) -> rusqlite::Result<(
     let values: [Vec<u8>; 4] = [
         s.account.as_bytes().to_vec(),
         s.device.as_bytes().to_vec(),
-        s.access.as_ref().map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
-        s.refresh.as_ref().map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
+        s.access
+            .as_ref()
+            .map(|t| t.as_bytes().to_vec())
+            .unwrap_or_default(),
+        s.refresh
+            .as_ref()
+            .map(|t| t.as_bytes().to_vec())
+            .unwrap_or_default(),
     ];
     for (k, v) in SESSION_KEYS.iter().zip(values) {
         conn.execute(
@@ -1247,7 +1253,11 @@ impl<N: NodeApi> Client<N> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
-        match self.node.enqueue(&self.channel_of(gid)?, &id, &payload).await {
+        match self
+            .node
+            .enqueue(&self.channel_of(gid)?, &id, &payload)
+            .await
+        {
             Ok(done) => {
                 self.commit_accepted(gid, row, done.seq).await?;
                 Ok(CommitOutcome::Accepted(done.seq))

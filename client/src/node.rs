@@ -476,8 +476,10 @@ impl NodeApi for ResilientNode {
     }
 
     async fn list_devices(&self) -> NodeResult<Vec<DeviceInfo>> {
-        self.call(Duration::ZERO, async |c: &Connection| c.list_devices().await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.list_devices().await
+        })
+        .await
     }
 
     async fn add_device(
@@ -530,8 +532,10 @@ impl NodeApi for ResilientNode {
         .await
     }
     async fn create_channel(&self) -> NodeResult<ChannelId> {
-        self.call(Duration::ZERO, async |c: &Connection| c.create_channel().await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.create_channel().await
+        })
+        .await
     }
     async fn add_member(&self, channel: &ChannelId, account: &AccountId) -> NodeResult<()> {
         self.call(Duration::ZERO, async |c: &Connection| {
@@ -558,16 +562,22 @@ impl NodeApi for ResilientNode {
         .await
     }
     async fn create_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
-        self.call(Duration::ZERO, async |c: &Connection| c.create_dm(peer).await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.create_dm(peer).await
+        })
+        .await
     }
     async fn accept_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
-        self.call(Duration::ZERO, async |c: &Connection| c.accept_dm(peer).await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.accept_dm(peer).await
+        })
+        .await
     }
     async fn block_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
-        self.call(Duration::ZERO, async |c: &Connection| c.block_dm(peer).await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.block_dm(peer).await
+        })
+        .await
     }
     async fn enqueue(
         &self,
@@ -605,7 +615,9 @@ impl NodeApi for ResilientNode {
         .await
     }
     async fn ack(&self, channel: &ChannelId, seq: u64) -> NodeResult<()> {
-        self.call(Duration::ZERO, async |c: &Connection| c.ack(channel, seq).await)
-            .await
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.ack(channel, seq).await
+        })
+        .await
     }
 }

@@ -92,7 +92,10 @@ async fn unusable_tokens_fall_back_to_a_fresh_challenge_login() {
         for k in ["access_token", "refresh_token"] {
             alice
                 .provider()
-                .set_meta(k, &[rand::random::<[u8; 16]>(), rand::random(), rand::random()].concat())
+                .set_meta(
+                    k,
+                    &[rand::random::<[u8; 16]>(), rand::random(), rand::random()].concat(),
+                )
                 .unwrap();
         }
         drop(alice);

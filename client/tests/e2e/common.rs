@@ -146,7 +146,6 @@ impl TestNode {
         let node = ResilientNode::new(self.target()).with_backoff(backoff);
         Client::open(provider, node, Box::new(SystemClock)).unwrap()
     }
-
 }
 
 /// Raw payloads of a group's channel after `after`, as the member `observer` fetches them

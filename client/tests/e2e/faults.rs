@@ -304,12 +304,12 @@ async fn a_message_that_does_not_decrypt_is_reported_and_passed() {
         alice
             .node()
             .enqueue(
-            &alice.channel_of(&gid).unwrap(),
-            &qpq_schemas::ClientMsgId::random(),
-            &payload,
-        )
-        .await
-        .unwrap();
+                &alice.channel_of(&gid).unwrap(),
+                &qpq_schemas::ClientMsgId::random(),
+                &payload,
+            )
+            .await
+            .unwrap();
         alice.send(&gid, b"after the junk").await.unwrap();
         let events = bob
             .sync()

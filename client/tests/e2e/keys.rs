@@ -123,12 +123,12 @@ async fn welcome_with_another_ciphersuite_is_refused() {
         mallory
             .node()
             .enqueue(
-            &inbox_channel(&bob.device().unwrap()),
-            &ClientMsgId::random(),
-            &welcome.to_bytes().unwrap(),
-        )
-        .await
-        .unwrap();
+                &inbox_channel(&bob.device().unwrap()),
+                &ClientMsgId::random(),
+                &welcome.to_bytes().unwrap(),
+            )
+            .await
+            .unwrap();
         bob.sync().await.unwrap();
         let kinds: Vec<_> = bob
             .take_events()

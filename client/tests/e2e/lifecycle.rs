@@ -1,4 +1,4 @@
-use qpq_client::EventKind;
+use qpq_client::{EventKind, NodeApi as _};
 
 use crate::common::{TestNode, epoch, group_of, kinds, last_seq, local, raw_channel, received};
 
@@ -101,12 +101,30 @@ async fn offline_recipient_gets_everything_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_messages_use_a_two_member_group() {
+async fn direct_messages_use_the_nodes_dm_channel_and_a_reply_accepts() {
     let t = TestNode::start().await;
     local(async {
         let alice = t.device("alice").await;
         let bob = t.device("bob").await;
         let dm = alice.dm_group(&bob.account().unwrap()).await.unwrap();
+        // The node's DM channel of the two accounts, with exactly the two of them.
+        let channel = alice.channel_of(&dm).unwrap();
+        assert_eq!(
+            channel,
+            qpq_schemas::auth::dm_channel(&alice.account().unwrap(), &bob.account().unwrap())
+        );
+        let mut on_node: Vec<_> = alice
+            .node()
+            .list_members(&channel)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        on_node.sort();
+        let mut pair = vec![alice.account().unwrap(), bob.account().unwrap()];
+        pair.sort();
+        assert_eq!(on_node, pair);
         alice.send(&dm, b"psst").await.unwrap();
         assert_eq!(received(&bob).await, ["psst"]);
         assert_eq!(
