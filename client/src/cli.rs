@@ -310,6 +310,25 @@ impl Ctx {
             .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
     }
 
+    /// The contact whose DM channel with us carries `gid` (a DM request not yet answered).
+    fn dm_request_from(&self, gid: &qpq_schemas::GroupId) -> Option<String> {
+        let me = self.client.account().ok()?;
+        let channel = self.client.channel_of(gid).ok()?;
+        let mut stmt = self
+            .client_conn()
+            .prepare("SELECT name, identity FROM contacts")
+            .ok()?;
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?
+            .filter_map(|r| r.ok())
+            .collect();
+        rows.into_iter().find_map(|(name, acct)| {
+            let acct = AccountId::from_slice(&acct).ok()?;
+            (qpq_schemas::auth::dm_channel(&me, &acct) == channel).then_some(name)
+        })
+    }
+
     fn account_name(&self, id: &AccountId) -> String {
         self.client_conn()
             .query_row(
@@ -325,7 +344,10 @@ impl Ctx {
             Some(g) => match (g.name, g.dm_peer) {
                 (Some(name), _) => name,
                 (None, Some(peer)) => format!("dm {}", self.account_name(&peer)),
-                (None, None) => gid.to_hex()[..8].to_owned(),
+                (None, None) => match self.dm_request_from(gid) {
+                    Some(name) => format!("dm {name}"),
+                    None => gid.to_hex()[..8].to_owned(),
+                },
             },
             None => gid.to_hex()[..8].to_owned(),
         }
@@ -349,6 +371,9 @@ impl Ctx {
             EventKind::Joined => println!("[{group}] joined (invited by {who})"),
             EventKind::MemberAdded => println!("[{group}] {who} added {subject}"),
             EventKind::MemberRemoved => println!("[{group}] {who} removed {subject}"),
+            EventKind::Removed if e.sender.is_none() => {
+                println!("[{group}] removed from the group (no longer a member of its channel)")
+            }
             EventKind::Removed => println!("[{group}] {who} removed me"),
             EventKind::Left => println!("[{group}] I left"),
             EventKind::KeysUpdated => println!("[{group}] {who} updated keys"),

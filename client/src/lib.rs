@@ -4,10 +4,10 @@
 //! Layout:
 //! - [`tls`]: TLS 1.3 client configuration; verifies a node by CA or pinned fingerprint.
 //! - [`rpc`]: one QUIC + Cap'n Proto RPC connection with the node's RPCs as typed methods.
-//! - [`node`]: [`NodeApi`], the seam the core calls, and [`ResilientNode`] (reconnect,
-//!   retry with backoff). Authentication plugs in here.
+//! - [`node`]: [`NodeApi`], the seam the core calls, and [`ResilientNode`] (login, token
+//!   refresh, reconnect, retry with backoff).
 //! - [`retry`]: the backoff policy (exponential, full jitter, `retryAfterMs`), pure.
-//! - [`channels`]: which channel carries a group, an inbox (temporary derivations).
+//! - [`channels`]: which channel carries a group (named by its group id), an inbox.
 //! - [`mls_store`]: the openmls `StorageProvider` on SQLite.
 //! - [`db`]: the client database (openmls state + outbox, cursors, events, ...).
 //! - [`client`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
@@ -15,7 +15,8 @@
 //! - [`keypackages`]: KeyPackage pool policy and the injectable clock.
 //! - [`cli`]: the `qpq` command line.
 //!
-//! Not here: accounts and tokens (the `auth` work adds them behind [`NodeApi`]).
+//! Not here: the node's rules (membership, DM states): the client follows them and reports
+//! the node's refusals.
 #![forbid(unsafe_code)]
 
 pub mod channels;
@@ -32,7 +33,7 @@ pub mod tls;
 
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, Result};
-pub use node::{NodeApi, NodeError, NodeTarget, ResilientNode};
+pub use node::{DeviceAuth, NodeApi, NodeError, NodeTarget, ResilientNode, Session};
 pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
     FetchPage, Tokens,
