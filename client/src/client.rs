@@ -1009,6 +1009,19 @@ impl<N: NodeApi> Client<N> {
     pub async fn send(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
         let id = self.queue_message(gid, plaintext)?;
         self.flush_outbox().await?;
+        let status: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT status FROM outbox WHERE client_msg_id = ?1",
+                [&id.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if status.as_deref() == Some("failed") {
+            return Err(Error::Refused(
+                "forbidden or invalid (see the log); not delivered".into(),
+            ));
+        }
         // Read the channel back, so that the `Sent` event takes its place among the others.
         self.sync_group(gid).await?;
         Ok(id)

@@ -45,6 +45,10 @@ pub enum Error {
     /// A commit could not be placed after several rounds of `StaleEpoch`.
     #[error("gave up after {0} concurrent commits won the epoch")]
     Contention(u32),
+    /// The node refused an outgoing message for good (e.g. `forbidden`: not a member, a DM
+    /// not accepted or blocked); it was not delivered and will not be retried.
+    #[error("the node refused the message: {0}")]
+    Refused(String),
     /// The caller passed something unusable.
     #[error("invalid input: {0}")]
     Invalid(String),

@@ -135,6 +135,14 @@ async fn direct_messages_use_the_nodes_dm_channel_and_a_reply_accepts() {
         bob.send(&dm, b"yes?").await.unwrap();
         assert_eq!(received(&alice).await, ["yes?"]);
         assert_eq!(alice.dm_group(&bob.account().unwrap()).await.unwrap(), dm);
+
+        // Bob blocks alice: her messages are refused, and she is told so.
+        bob.block_dm(&alice.account().unwrap()).await.unwrap();
+        assert!(matches!(
+            alice.send(&dm, b"are you there?").await,
+            Err(qpq_client::Error::Refused(_))
+        ));
+        assert!(received(&bob).await.is_empty());
     })
     .await;
 }
