@@ -469,6 +469,12 @@ impl NodeApi for ResilientNode {
     async fn login(&self) -> NodeResult<Session> {
         let s = self.session().ok_or(NodeError::NotRegistered)?;
         let c = self.connection().await?;
+        if s.access.is_none()
+            && let Some(fresh) = self.session().filter(|f| f.access.is_some())
+        {
+            // Connecting without a token just logged in.
+            return Ok(fresh);
+        }
         let session = self.login_on(&c, &s.device).await?;
         drop(c);
         self.install(session.clone());

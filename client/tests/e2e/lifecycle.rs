@@ -50,6 +50,13 @@ async fn three_members_create_invite_send_remove_update_leave() {
         alice.sync().await.unwrap();
         assert!(kinds(&bob).await.contains(&EventKind::Left));
         assert_eq!(bob.group(&gid).unwrap().state, "left");
+        // On the node too: carol was removed from the channel, bob left it.
+        let on_node = alice
+            .node()
+            .list_members(&alice.channel_of(&gid).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(on_node, vec![(alice.account().unwrap(), true)]);
         let members = alice.group(&gid).unwrap().members;
         assert_eq!(members, vec![alice.identity()]);
         let alice_events = alice.all_events().unwrap();
