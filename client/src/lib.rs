@@ -1,15 +1,39 @@
-//! qpq-client: the client side of quicproquo.
+//! qpq-client: the client side of quicproquo — MLS groups through a node, surviving
+//! restarts and network faults — and the `qpq` command line.
 //!
 //! Layout:
 //! - [`tls`]: TLS 1.3 client configuration; verifies a node by CA or pinned fingerprint.
 //! - [`rpc`]: one QUIC + Cap'n Proto RPC connection with the node's RPCs as typed methods.
+//! - [`node`]: [`NodeApi`], the seam the core calls, and [`ResilientNode`] (login, token
+//!   refresh, reconnect, retry with backoff).
+//! - [`retry`]: the backoff policy (exponential, full jitter, `retryAfterMs`), pure.
+//! - [`channels`]: which channel carries a group (named by its group id), an inbox.
+//! - [`mls_store`]: the openmls `StorageProvider` on SQLite.
+//! - [`db`]: the client database (openmls state + outbox, cursors, events, ...).
+//! - [`client`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
+//!   Commit discipline; gap detection.
+//! - [`keypackages`]: KeyPackage pool policy and the injectable clock.
+//! - [`cli`]: the `qpq` command line.
 //!
-//! The MLS client core, SQLite state, outbox and CLI build on these.
+//! Not here: the node's rules (membership, DM states): the client follows them and reports
+//! the node's refusals.
 #![forbid(unsafe_code)]
 
+pub mod channels;
+pub mod cli;
+pub mod client;
+pub mod db;
+pub mod error;
+pub mod keypackages;
+pub mod mls_store;
+pub mod node;
+pub mod retry;
 pub mod rpc;
 pub mod tls;
 
+pub use client::{Client, Event, EventKind, GroupInfo, Intent};
+pub use error::{Error, Result};
+pub use node::{DeviceAuth, NodeApi, NodeError, NodeTarget, ResilientNode, Session};
 pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
     FetchPage, Tokens,

@@ -1,0 +1,741 @@
+//! The `qpq` command line: profiles, registration, groups, messages.
+//!
+//! A profile is a directory (`$QPQ_HOME/NAME`, or `./qpq-profiles/NAME` without `QPQ_HOME`)
+//! holding `config.json` (node address, server name, pinned certificate fingerprint) and
+//! `state.sqlite3` (identity, MLS state, outbox, cursors, events). Several profiles on one
+//! machine make a demo (`scripts/conversation`).
+//!
+//! Output is for humans by default; `--json` prints one JSON document per command (and one
+//! JSON line per event for `recv --follow`).
+//!
+//! `register` creates the device identity (an Ed25519 key, also its MLS signature key),
+//! registers it as the first device of a new account, logs in and uploads KeyPackages;
+//! later commands log in by themselves (tokens are stored in the profile and refreshed).
+//! `whoami` prints a contact card `ACCOUNT:DEVICE_KEY` (hex) that `contact add` accepts;
+//! groups invite and remove accounts, so a contact is an account (the device key only lets
+//! events name the sender).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use qpq_schemas::{AccountId, IdentityKey};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Event, EventKind};
+use crate::db::Provider;
+use crate::error::{Error, Result};
+use crate::keypackages::SystemClock;
+use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
+use crate::tls::{ServerVerification, parse_fingerprint};
+use rusqlite::OptionalExtension as _;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qpq",
+    version,
+    about = "quicproquo client: end-to-end encrypted groups over MLS"
+)]
+struct Cli {
+    /// Profile name (a directory under $QPQ_HOME, or ./qpq-profiles).
+    #[arg(long, global = true, env = "QPQ_PROFILE", default_value = "default")]
+    profile: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this profile's device identity and upload its KeyPackages.
+    Register {
+        /// Node address (host:port, UDP).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        node: String,
+        /// Pinned SHA-256 fingerprint of the node's certificate (as `qpq-node dev` prints it).
+        #[arg(long)]
+        fingerprint: String,
+        /// Name the node's certificate is for (ignored when pinning).
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+    },
+    /// Log in afresh (challenge–response) and top up KeyPackages.
+    Login,
+    /// This account's devices and this device's KeyPackages on the node.
+    Devices,
+    /// Print this device's contact card: `ACCOUNT:DEVICE_KEY` in hex.
+    Whoami,
+    /// Local names for accounts.
+    Contact {
+        #[command(subcommand)]
+        command: ContactCommand,
+    },
+    /// Groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Send a message to a group.
+    Send {
+        /// Group name or id prefix.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Fetch and print new events.
+    Recv {
+        /// Keep waiting for more.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Send a direct message on the node's DM channel with an account (created on first
+    /// use; replying to a DM request accepts it).
+    Dm {
+        /// Contact name or account id (hex).
+        peer: String,
+        /// The text.
+        text: String,
+    },
+    /// Block DMs from an account.
+    Block {
+        /// Contact name or account id (hex).
+        peer: String,
+    },
+    /// Identity, node, groups, outbox.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContactCommand {
+    /// Remember an account as `name`.
+    Add {
+        /// Local name.
+        name: String,
+        /// Contact card (`ACCOUNT:DEVICE_KEY`, as `whoami` prints it) or account id (hex).
+        card: String,
+    },
+    /// List contacts.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// Local name.
+        name: String,
+    },
+    /// Invite a contact.
+    Invite {
+        /// Group name or id prefix.
+        group: String,
+        /// Contact name or account id.
+        member: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// Group name or id prefix.
+        group: String,
+        /// Contact name or account id.
+        member: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// Rotate this device's keys in a group.
+    Update {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// List members.
+    Members {
+        /// Group name or id prefix.
+        group: String,
+    },
+    /// Give a joined group a local name.
+    Name {
+        /// Group id prefix.
+        group: String,
+        /// The name.
+        name: String,
+    },
+    /// List groups.
+    List,
+}
+
+/// `config.json` of a profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProfileConfig {
+    node: String,
+    server_name: String,
+    fingerprint: String,
+}
+
+/// An event as JSON: ids in hex, the body as (lossy) UTF-8 text.
+fn event_json(e: &Event) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": e.id,
+        "kind": e.kind.tag(),
+        "group": e.group.map(|g| g.to_hex()),
+        "seq": e.seq,
+        "sender": e.sender.map(|s| s.to_hex()),
+        "subject": e.subject.map(|s| s.to_hex()),
+        "body": String::from_utf8_lossy(&e.body),
+    });
+    if let EventKind::Gap { from, to } = e.kind {
+        v["from"] = from.into();
+        v["to"] = to.into();
+    }
+    v
+}
+
+/// A group summary as JSON, ids in hex.
+fn group_json(g: &crate::client::GroupInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": g.id.to_hex(),
+        "name": g.name,
+        "state": g.state,
+        "epoch": g.epoch,
+        "members": g.members.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+        "dm_peer": g.dm_peer.map(|p| p.to_hex()),
+    })
+}
+
+fn profile_dir(name: &str) -> PathBuf {
+    match std::env::var_os("QPQ_HOME") {
+        Some(home) => PathBuf::from(home).join(name),
+        None => PathBuf::from("qpq-profiles").join(name),
+    }
+}
+
+fn load_config(dir: &Path) -> Result<ProfileConfig> {
+    let text = std::fs::read_to_string(dir.join("config.json")).map_err(|_| Error::NoIdentity)?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("config.json: {e}")))
+}
+
+fn target(config: &ProfileConfig) -> Result<NodeTarget> {
+    let addr = config
+        .node
+        .parse()
+        .map_err(|e| Error::Invalid(format!("node address {}: {e}", config.node)))?;
+    let pin = parse_fingerprint(&config.fingerprint).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(NodeTarget {
+        addr,
+        server_name: config.server_name.clone(),
+        verification: ServerVerification::PinnedSha256(pin),
+    })
+}
+
+/// Entry point of the `qpq` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qpq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let local = tokio::task::LocalSet::new();
+    match runtime.block_on(local.run_until(run(cli))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("qpq: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Ctx {
+    client: Client<ResilientNode>,
+    json: bool,
+}
+
+impl Ctx {
+    fn resolve_account(&self, who: &str) -> Result<AccountId> {
+        let c = self.client_conn();
+        let stored: Option<Vec<u8>> = c
+            .query_row(
+                "SELECT identity FROM contacts WHERE name = ?1",
+                [who],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(bytes) = stored {
+            return AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()));
+        }
+        let hex_part = who.trim().split(':').next().unwrap_or_default();
+        let bytes = hex::decode(hex_part)
+            .map_err(|_| Error::Invalid(format!("`{who}` is neither a contact nor an account")))?;
+        AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    fn client_conn(&self) -> &rusqlite::Connection {
+        self.client.provider().conn()
+    }
+
+    fn name_of(&self, id: &IdentityKey) -> String {
+        if *id == self.client.identity() {
+            return "me".into();
+        }
+        self.client_conn()
+            .query_row(
+                "SELECT name FROM contact_keys WHERE identity = ?1
+                 UNION ALL
+                 SELECT c.name FROM members m JOIN contacts c ON c.identity = m.account
+                 WHERE m.identity = ?1
+                 LIMIT 1",
+                [&id.as_bytes()[..]],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+    }
+
+    /// The contact whose DM channel with us carries `gid` (a DM request not yet answered).
+    fn dm_request_from(&self, gid: &qpq_schemas::GroupId) -> Option<String> {
+        let me = self.client.account().ok()?;
+        let channel = self.client.channel_of(gid).ok()?;
+        let mut stmt = self
+            .client_conn()
+            .prepare("SELECT name, identity FROM contacts")
+            .ok()?;
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?
+            .filter_map(|r| r.ok())
+            .collect();
+        rows.into_iter().find_map(|(name, acct)| {
+            let acct = AccountId::from_slice(&acct).ok()?;
+            (qpq_schemas::auth::dm_channel(&me, &acct) == channel).then_some(name)
+        })
+    }
+
+    fn account_name(&self, id: &AccountId) -> String {
+        self.client_conn()
+            .query_row(
+                "SELECT name FROM contacts WHERE identity = ?1",
+                [&id.as_bytes()[..]],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+    }
+
+    fn group_label(&self, gid: &qpq_schemas::GroupId) -> String {
+        match self.client.group(gid).ok() {
+            Some(g) => match (g.name, g.dm_peer) {
+                (Some(name), _) => name,
+                (None, Some(peer)) => format!("dm {}", self.account_name(&peer)),
+                (None, None) => match self.dm_request_from(gid) {
+                    Some(name) => format!("dm {name}"),
+                    None => gid.to_hex()[..8].to_owned(),
+                },
+            },
+            None => gid.to_hex()[..8].to_owned(),
+        }
+    }
+
+    fn print_event(&self, e: &Event) {
+        if self.json {
+            println!("{}", event_json(e));
+            return;
+        }
+        let group = e.group.map(|g| self.group_label(&g)).unwrap_or_default();
+        let who = e
+            .sender
+            .map(|s| self.name_of(&s))
+            .unwrap_or_else(|| "?".into());
+        let subject = e.subject.map(|s| self.name_of(&s)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&e.body);
+        match &e.kind {
+            EventKind::Message => println!("[{group}] {who}: {text}"),
+            EventKind::Sent => println!("[{group}] me: {text}"),
+            EventKind::Joined => println!("[{group}] joined (invited by {who})"),
+            EventKind::MemberAdded => println!("[{group}] {who} added {subject}"),
+            EventKind::MemberRemoved => println!("[{group}] {who} removed {subject}"),
+            EventKind::Removed if e.sender.is_none() => {
+                println!("[{group}] removed from the group (no longer a member of its channel)")
+            }
+            EventKind::Removed => println!("[{group}] {who} removed me"),
+            EventKind::Left => println!("[{group}] I left"),
+            EventKind::KeysUpdated => println!("[{group}] {who} updated keys"),
+            EventKind::Gap { from, to } => {
+                println!("[{group}] messages missed: {from}..={to} expired on the node")
+            }
+            EventKind::Undecryptable => println!("[{group}] undecryptable message: {text}"),
+            EventKind::PolicyViolation => println!("[{group}] policy violation: {text}"),
+        }
+    }
+
+    fn out(&self, human: &str, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{human}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = profile_dir(&cli.profile);
+    if let Command::Register {
+        node,
+        fingerprint,
+        server_name,
+    } = &cli.command
+    {
+        return register(&dir, node, fingerprint, server_name, cli.json).await;
+    }
+    let config = load_config(&dir)?;
+    let node = ResilientNode::new(target(&config)?);
+    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let client = Client::open(provider, node, Box::new(SystemClock))?;
+    let ctx = Ctx {
+        client,
+        json: cli.json,
+    };
+    let c = &ctx.client;
+    match cli.command {
+        Command::Register { .. } => Ok(()),
+        Command::Login => {
+            let s = c.login().await?;
+            let (n, lr) = c.maintain_key_packages().await?;
+            c.sync().await?;
+            ctx.out(
+                &format!(
+                    "logged in: account {} device {} (uploaded {n} KeyPackages{})",
+                    s.account,
+                    s.device,
+                    if lr { " + last resort" } else { "" }
+                ),
+                serde_json::json!({ "account": s.account.to_hex(), "device": s.device.to_hex(), "identity": c.identity().to_hex(), "uploaded": n, "last_resort": lr }),
+            );
+            Ok(())
+        }
+        Command::Devices => {
+            let me = c.device()?;
+            let (n, lr) = c.node().key_package_count(&c.identity()).await?;
+            let devices = c.node().list_devices().await.map_err(Error::from)?;
+            let mut human = Vec::new();
+            let mut list = Vec::new();
+            for d in &devices {
+                let this = d.device == me;
+                human.push(format!(
+                    "{} {:?} key {}{}",
+                    d.device,
+                    d.status,
+                    d.public_key,
+                    if this {
+                        format!(" (this device: {n} KeyPackages on the node, last resort: {lr})")
+                    } else {
+                        String::new()
+                    }
+                ));
+                let mut v = serde_json::json!({ "device": d.device.to_hex(), "identity": d.public_key.to_hex(), "status": format!("{:?}", d.status).to_lowercase(), "this_device": this });
+                if this {
+                    v["key_packages"] = n.into();
+                    v["last_resort"] = lr.into();
+                }
+                list.push(v);
+            }
+            ctx.out(&human.join("\n"), serde_json::Value::Array(list));
+            Ok(())
+        }
+        Command::Whoami => {
+            let account = c.account()?;
+            ctx.out(
+                &format!("{}:{}", account.to_hex(), c.identity().to_hex()),
+                serde_json::json!({ "account": account.to_hex(), "device": c.device()?.to_hex(), "identity": c.identity().to_hex() }),
+            );
+            Ok(())
+        }
+        Command::Contact { command } => match command {
+            ContactCommand::Add { name, card } => {
+                let account = ctx.resolve_account(&card)?;
+                let key = match card.split_once(':') {
+                    Some((_, k)) => Some(
+                        hex::decode(k.trim())
+                            .ok()
+                            .and_then(|b| IdentityKey::from_slice(&b).ok())
+                            .ok_or_else(|| Error::Invalid("bad device key in the card".into()))?,
+                    ),
+                    None => None,
+                };
+                ctx.client_conn().execute(
+                    "INSERT OR REPLACE INTO contacts (name, identity) VALUES (?1, ?2)",
+                    rusqlite::params![name, &account.as_bytes()[..]],
+                )?;
+                if let Some(k) = key {
+                    ctx.client_conn().execute(
+                        "INSERT OR REPLACE INTO contact_keys (identity, name) VALUES (?1, ?2)",
+                        rusqlite::params![&k.as_bytes()[..], name],
+                    )?;
+                }
+                ctx.out(
+                    &format!("{name} = account {account}"),
+                    serde_json::json!({ "name": name, "account": account.to_hex() }),
+                );
+                Ok(())
+            }
+            ContactCommand::List => {
+                let mut stmt = ctx
+                    .client_conn()
+                    .prepare("SELECT name, identity FROM contacts ORDER BY name")?;
+                let rows: Vec<(String, Vec<u8>)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(n, i)| serde_json::json!({ "name": n, "account": hex::encode(i) }))
+                    .collect();
+                let human = rows
+                    .iter()
+                    .map(|(n, i)| format!("{n} {}", hex::encode(i)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                ctx.out(&human, serde_json::Value::Array(list));
+                Ok(())
+            }
+        },
+        Command::Group { command } => group_command(&ctx, command).await,
+        Command::Send { group, text } => {
+            let gid = c.find_group(&group)?;
+            c.sync().await?;
+            let id = c.send(&gid, text.as_bytes()).await?;
+            ctx.out("sent", serde_json::json!({ "client_msg_id": id.to_hex() }));
+            Ok(())
+        }
+        Command::Dm { peer, text } => {
+            let peer = ctx.resolve_account(&peer)?;
+            c.sync().await?;
+            let gid = c.dm_group(&peer).await?;
+            let id = c.send(&gid, text.as_bytes()).await?;
+            ctx.out(
+                "sent",
+                serde_json::json!({ "group": gid.to_hex(), "client_msg_id": id.to_hex() }),
+            );
+            Ok(())
+        }
+        Command::Block { peer } => {
+            let peer = ctx.resolve_account(&peer)?;
+            c.block_dm(&peer).await?;
+            ctx.out("blocked", serde_json::json!({ "blocked": peer.to_hex() }));
+            Ok(())
+        }
+        Command::Recv { follow } => {
+            c.sync().await?;
+            for e in c.take_events()? {
+                ctx.print_event(&e);
+            }
+            if follow {
+                loop {
+                    c.sync_wait(25_000).await?;
+                    for e in c.take_events()? {
+                        ctx.print_event(&e);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let groups = c.groups()?;
+            let pending = c.pending_outbox()?;
+            let kp = c.node().key_package_count(&c.identity()).await.ok();
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "identity": c.identity().to_hex(),
+                        "account": c.account().ok().map(|a| a.to_hex()),
+                        "node": config.node,
+                        "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
+                        "outbox_pending": pending,
+                        "key_packages": kp.map(|k| k.0),
+                    })
+                );
+            } else {
+                println!("identity  {}", c.identity());
+                if let Ok(a) = c.account() {
+                    println!("account   {a}");
+                }
+                println!(
+                    "node      {} ({})",
+                    config.node,
+                    if kp.is_some() {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                );
+                if let Some((n, lr)) = kp {
+                    println!("keypkgs   {n} on the node, last resort: {lr}");
+                }
+                println!("outbox    {pending} pending");
+                for g in groups {
+                    println!(
+                        "group     {} {} epoch {} [{}] {} members",
+                        &g.id.to_hex()[..8],
+                        g.name.as_deref().unwrap_or("-"),
+                        g.epoch,
+                        g.state,
+                        g.members.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
+    let c = &ctx.client;
+    match command {
+        GroupCommand::Create { name } => {
+            let gid = c.create_group(Some(&name)).await?;
+            ctx.out(
+                &format!("created {name} ({gid})"),
+                serde_json::json!({ "group": gid.to_hex(), "name": name }),
+            );
+        }
+        GroupCommand::Invite { group, member } => {
+            let gid = c.find_group(&group)?;
+            let who = ctx.resolve_account(&member)?;
+            let seq = c.invite(&gid, &who).await?;
+            ctx.out(
+                &format!("invited {member}"),
+                serde_json::json!({ "group": gid.to_hex(), "invited": who.to_hex(), "seq": seq }),
+            );
+        }
+        GroupCommand::Remove { group, member } => {
+            let gid = c.find_group(&group)?;
+            let who = ctx.resolve_account(&member)?;
+            let seq = c.remove(&gid, &who).await?;
+            ctx.out(
+                &format!("removed {member}"),
+                serde_json::json!({ "group": gid.to_hex(), "removed": who.to_hex(), "seq": seq }),
+            );
+        }
+        GroupCommand::Leave { group } => {
+            let gid = c.find_group(&group)?;
+            c.leave(&gid).await?;
+            ctx.out(
+                "leave requested; effective once a member commits it",
+                serde_json::json!({ "group": gid.to_hex(), "leaving": true }),
+            );
+        }
+        GroupCommand::Update { group } => {
+            let gid = c.find_group(&group)?;
+            let seq = c.self_update(&gid).await?;
+            ctx.out(
+                "keys updated",
+                serde_json::json!({ "group": gid.to_hex(), "seq": seq }),
+            );
+        }
+        GroupCommand::Members { group } => {
+            let gid = c.find_group(&group)?;
+            c.sync().await?;
+            let g = c.group(&gid)?;
+            let human = g
+                .members
+                .iter()
+                .map(|m| format!("{} {}", ctx.name_of(m), m))
+                .collect::<Vec<_>>()
+                .join("\n");
+            ctx.out(
+                &human,
+                serde_json::json!({ "group": gid.to_hex(), "epoch": g.epoch, "members": g.members.iter().map(|m| m.to_hex()).collect::<Vec<_>>() }),
+            );
+        }
+        GroupCommand::Name { group, name } => {
+            let gid = c.find_group(&group)?;
+            c.rename_group(&gid, &name)?;
+            ctx.out(
+                &format!("{} is now {name}", &gid.to_hex()[..8]),
+                serde_json::json!({ "group": gid.to_hex(), "name": name }),
+            );
+        }
+        GroupCommand::List => {
+            let groups = c.groups()?;
+            let human = groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} {} [{}] epoch {}",
+                        &g.id.to_hex()[..8],
+                        g.name.as_deref().unwrap_or("-"),
+                        g.state,
+                        g.epoch
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            ctx.out(
+                &human,
+                serde_json::Value::Array(groups.iter().map(group_json).collect()),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn register(
+    dir: &Path,
+    node: &str,
+    fingerprint: &str,
+    server_name: &str,
+    json: bool,
+) -> Result<()> {
+    let config = ProfileConfig {
+        node: node.to_owned(),
+        server_name: server_name.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+    };
+    let target = target(&config)?;
+    create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let client = Client::create(provider, ResilientNode::new(target), Box::new(SystemClock))?;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
+    let session = client.register().await?;
+    let (n, _) = client.node().key_package_count(&client.identity()).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "account": session.account.to_hex(), "device": session.device.to_hex(), "identity": client.identity().to_hex(), "key_packages": n })
+        );
+    } else {
+        println!(
+            "registered account {} device {} ({n} KeyPackages on the node)",
+            session.account, session.device
+        );
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

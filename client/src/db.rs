@@ -1,0 +1,189 @@
+//! The client's SQLite database: openmls state ([`crate::mls_store`]) and the client's own
+//! tables, in one file, so that one transaction covers an MLS state change and the client's
+//! bookkeeping for it (a processed message and the cursor past it; a Commit and its outbox
+//! row).
+//!
+//! Own tables:
+//! - `meta`: the device identity's public key, the session (account, device, tokens) and
+//!   other single values.
+//! - `groups`: groups this device is (or was) in, their channel, state, local name.
+//! - `cursors`: per channel, the highest sequence number processed.
+//! - `outbox`: every outgoing message, stored with its `clientMsgId` *before* it is sent.
+//! - `events`: what the application sees (messages, joins, gaps, removals), in order.
+//! - `contacts`: local names for accounts.
+//! - `members`: account and device id of each device key this client invited.
+//! - `key_packages`: KeyPackages uploaded, for rotation.
+
+use std::path::Path;
+
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::OpenMlsProvider;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::mls_store::{SCHEMA, SqliteStorage};
+
+const OWN_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id BLOB PRIMARY KEY,
+    channel BLOB NOT NULL,
+    name TEXT,
+    -- active | leaving | left | removed | failed
+    state TEXT NOT NULL,
+    -- epoch at which this device joined (0 for the creator); older messages are skipped
+    join_epoch INTEGER NOT NULL,
+    -- a 1:1 conversation with this account (NULL for groups and unanswered DM requests)
+    dm_peer BLOB
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    channel BLOB PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_msg_id BLOB NOT NULL UNIQUE,
+    channel BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    -- application | commit | welcome | proposal
+    kind TEXT NOT NULL,
+    group_id BLOB,
+    -- application: the plaintext (local only); commit: the intent as JSON
+    body BLOB,
+    -- a welcome waits for the commit with this outbox id to be accepted
+    after_id INTEGER,
+    -- pending | held | sent
+    status TEXT NOT NULL,
+    seq INTEGER,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id BLOB,
+    channel BLOB NOT NULL,
+    seq INTEGER,
+    kind TEXT NOT NULL,
+    sender BLOB,
+    body BLOB,
+    at_ms INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    name TEXT PRIMARY KEY,
+    identity BLOB NOT NULL
+);
+-- device keys named by a contact card (to name senders)
+CREATE TABLE IF NOT EXISTS contact_keys (
+    identity BLOB PRIMARY KEY,
+    name TEXT NOT NULL
+);
+-- devices this client invited: which account and device id a member key belongs to
+CREATE TABLE IF NOT EXISTS members (
+    identity BLOB PRIMARY KEY,
+    account BLOB NOT NULL,
+    device BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_packages (
+    hash_ref BLOB PRIMARY KEY,
+    uploaded_at_ms INTEGER NOT NULL,
+    last_resort INTEGER NOT NULL
+);
+";
+
+/// The openmls provider of one device: RustCrypto for crypto and randomness, the device's
+/// SQLite database for storage.
+pub struct Provider {
+    crypto: RustCrypto,
+    storage: SqliteStorage,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").finish_non_exhaustive()
+    }
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorage;
+
+    fn storage(&self) -> &SqliteStorage {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto
+    }
+}
+
+impl Provider {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        Self::with_connection(Connection::open(path)?)
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> rusqlite::Result<Self> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(conn: Connection) -> rusqlite::Result<Self> {
+        // WAL + FULL: a returned commit is on disk; a crash loses no acknowledged step.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(OWN_SCHEMA)?;
+        Ok(Self {
+            crypto: RustCrypto::default(),
+            storage: SqliteStorage::new(conn),
+        })
+    }
+
+    /// The database connection.
+    pub fn conn(&self) -> &Connection {
+        self.storage.conn()
+    }
+
+    /// Runs `f` in one transaction: committed if it returns `Ok`, rolled back otherwise.
+    pub fn transaction<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.conn().execute_batch("BEGIN IMMEDIATE")?;
+        match f() {
+            Ok(v) => {
+                self.conn().execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn().execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// A value from `meta`.
+    pub fn meta(&self, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    }
+
+    /// Sets a value in `meta`.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,629 @@
+//! The seam between the client core and a node: [`NodeApi`], and [`ResilientNode`], its
+//! implementation that authenticates, reconnects and retries.
+//!
+//! Authentication lives here, invisible to the core: the core attaches a [`DeviceAuth`]
+//! (how to sign with the device's Ed25519 key, the stored [`Session`], where to save it);
+//! [`ResilientNode`] then logs in on connect when it has no access token, puts the access
+//! token on every request, and on `tokenExpired` (or `unauthenticated`) refreshes the tokens
+//! — falling back to a fresh challenge login — and retries the call once. Every new token
+//! pair is handed to [`DeviceAuth::save`] (the client stores it in its database, so a
+//! restarted client reuses it). Tokens are never logged (their `Debug` is redacted).
+//!
+//! Not here: persistence of messages (the outbox in [`crate::client`] stores a message before
+//! any send) and which channel carries what ([`crate::channels`]).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use qpq_schemas::auth::{NONCE_LEN, login_message, register_message};
+use qpq_schemas::{
+    AccountId, BearerToken, ChannelId, ClientMsgId, DeviceId, IdentityKey, WireError,
+};
+
+use crate::retry::Backoff;
+use crate::rpc::{
+    self, ClientError, Connection, DeviceInfo, DeviceKeyPackage, DmState, Enqueued, FetchPage,
+    Tokens,
+};
+use crate::tls::ServerVerification;
+
+/// A failed call to a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node answered with an error, or the connection failed.
+    #[error(transparent)]
+    Rpc(#[from] ClientError),
+    /// No answer in time (connecting, or on an established connection).
+    #[error("timed out")]
+    Timeout,
+    /// The call needs a registered device and this one has none.
+    #[error("this device is not registered (run `qpq register`)")]
+    NotRegistered,
+}
+
+impl NodeError {
+    /// Whether the same request (with the same `clientMsgId`) may succeed later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Rpc(e) => e.is_transient(),
+            Self::Timeout => true,
+            Self::NotRegistered => false,
+        }
+    }
+
+    /// Whether the connection is unusable afterwards (reconnect before retrying).
+    fn breaks_connection(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Rpc(ClientError::Wire(_)) | Self::NotRegistered => false,
+            Self::Rpc(_) => true,
+        }
+    }
+
+    /// The node's typed refusal, if that is what this is.
+    pub fn wire(&self) -> Option<&qpq_schemas::WireError> {
+        match self {
+            Self::Rpc(ClientError::Wire(w)) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// Result of [`NodeApi`] calls.
+pub type NodeResult<T> = Result<T, NodeError>;
+
+/// A device's standing with the node: who it is and its current tokens. Token bytes never
+/// print.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The account.
+    pub account: AccountId,
+    /// This device.
+    pub device: DeviceId,
+    /// The access token, if one was issued.
+    pub access: Option<BearerToken>,
+    /// The refresh token, if one was issued.
+    pub refresh: Option<BearerToken>,
+}
+
+impl Session {
+    fn from_tokens(t: &Tokens) -> Self {
+        Self {
+            account: t.account,
+            device: t.device,
+            access: Some(t.access.clone()),
+            refresh: Some(t.refresh.clone()),
+        }
+    }
+}
+
+/// Signs bytes with the device's Ed25519 key (its MLS signature key).
+pub type SignFn = Rc<dyn Fn(&[u8]) -> Vec<u8>>;
+/// Stores a new session (called after every login and refresh).
+pub type SaveFn = Rc<dyn Fn(&Session)>;
+
+/// What a [`NodeApi`] needs to act as a device.
+#[derive(Clone)]
+pub struct DeviceAuth {
+    /// The device key's public half.
+    pub identity: IdentityKey,
+    /// Signs with the device key.
+    pub sign: SignFn,
+    /// The stored session, if the device is registered.
+    pub session: Option<Session>,
+    /// Persists a new session.
+    pub save: SaveFn,
+}
+
+impl std::fmt::Debug for DeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuth")
+            .field("identity", &self.identity)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client core needs from a node (wire version 1, authenticated).
+#[allow(async_fn_in_trait)] // Single-threaded (`LocalSet`) by design: no `Send` bound wanted.
+pub trait NodeApi {
+    /// Sets how this node client authenticates as the device.
+    fn attach(&self, auth: DeviceAuth);
+    /// The current session (account and device), if registered.
+    fn session(&self) -> Option<Session>;
+    /// Registers a new account with the attached device key as its first device, and logs
+    /// in.
+    async fn register(&self) -> NodeResult<Session>;
+    /// Logs in afresh (challenge signed by the device key).
+    async fn login(&self) -> NodeResult<Session>;
+    /// The account's devices.
+    async fn list_devices(&self) -> NodeResult<Vec<DeviceInfo>>;
+    /// Adds the device key `key` to this account (`possession` signed by the new key,
+    /// `approval` by this device's key); the new device is pending until it logs in.
+    async fn add_device(
+        &self,
+        key: &IdentityKey,
+        possession: &[u8],
+        approval: &[u8],
+    ) -> NodeResult<DeviceId>;
+    /// Becomes `device` of `account` (added by another device) and logs in.
+    async fn login_as(&self, account: &AccountId, device: &DeviceId) -> NodeResult<Session>;
+    /// Uploads single-use KeyPackages and optionally a last-resort one.
+    async fn upload_key_packages(
+        &self,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> NodeResult<(u32, u32)>;
+    /// Consumes one KeyPackage per active device of `account`.
+    async fn fetch_key_packages(&self, account: &AccountId) -> NodeResult<Vec<DeviceKeyPackage>>;
+    /// Counts `identity`'s KeyPackages: `(single_use, has_last_resort)`.
+    async fn key_package_count(&self, identity: &IdentityKey) -> NodeResult<(u32, bool)>;
+    /// A new group channel with this account as admin.
+    async fn create_channel(&self) -> NodeResult<ChannelId>;
+    /// Adds `account` to a channel.
+    async fn add_member(&self, channel: &ChannelId, account: &AccountId) -> NodeResult<()>;
+    /// Removes `account` from a channel.
+    async fn remove_member(&self, channel: &ChannelId, account: &AccountId) -> NodeResult<()>;
+    /// This account leaves a channel.
+    async fn leave_channel(&self, channel: &ChannelId) -> NodeResult<()>;
+    /// Members of a channel.
+    async fn list_members(&self, channel: &ChannelId) -> NodeResult<Vec<(AccountId, bool)>>;
+    /// Opens the DM with `peer`.
+    async fn create_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)>;
+    /// Accepts `peer`'s DM request (or lifts one's own block).
+    async fn accept_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)>;
+    /// Blocks the DM with `peer`.
+    async fn block_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)>;
+    /// Appends a message to a channel (idempotent per `id`).
+    async fn enqueue(
+        &self,
+        channel: &ChannelId,
+        id: &ClientMsgId,
+        payload: &[u8],
+    ) -> NodeResult<Enqueued>;
+    /// Messages after `after_seq`.
+    async fn fetch(&self, channel: &ChannelId, after_seq: u64, limit: u32)
+    -> NodeResult<FetchPage>;
+    /// Long-poll for messages after `after_seq`.
+    async fn fetch_wait(
+        &self,
+        channel: &ChannelId,
+        after_seq: u64,
+        limit: u32,
+        timeout_ms: u32,
+    ) -> NodeResult<FetchPage>;
+    /// Moves this device's cursor on `channel`.
+    async fn ack(&self, channel: &ChannelId, seq: u64) -> NodeResult<()>;
+}
+
+/// Where a node is and how to verify it.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// Name the certificate must be valid for (ignored when pinning).
+    pub server_name: String,
+    /// CA or pinned fingerprint.
+    pub verification: ServerVerification,
+}
+
+/// A [`NodeApi`] that connects lazily, authenticates, reconnects after a connection failure,
+/// and retries transient failures with [`Backoff`]. Enqueues are retried with the same
+/// `clientMsgId`, so the node deduplicates them. `!Send`: lives in the client's `LocalSet`.
+pub struct ResilientNode {
+    target: NodeTarget,
+    backoff: Backoff,
+    /// Bound on establishing a connection (QUIC's own handshake timeout is the 30 s idle
+    /// timeout: far too long to notice a node that is down).
+    connect_timeout: Duration,
+    /// Bound on one call; `fetchWait` gets its own timeout on top.
+    call_timeout: Duration,
+    /// The live connection, if any. Shared (`Rc`) so that a call in flight keeps it alive
+    /// while another call finds it broken and replaces it.
+    conn: RefCell<Option<Rc<Connection>>>,
+    /// How many connections were established (observability and tests).
+    connects: Cell<u64>,
+    /// How many logins (challenge–response) and refreshes happened.
+    logins: Cell<u64>,
+    refreshes: Cell<u64>,
+    auth: RefCell<Option<DeviceAuth>>,
+}
+
+impl std::fmt::Debug for ResilientNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResilientNode")
+            .field("target", &self.target)
+            .field("connects", &self.connects.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResilientNode {
+    /// A client for `target` with the default backoff; connects on first use.
+    pub fn new(target: NodeTarget) -> Self {
+        Self {
+            target,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(10),
+            conn: RefCell::new(None),
+            connects: Cell::new(0),
+            logins: Cell::new(0),
+            refreshes: Cell::new(0),
+            auth: RefCell::new(None),
+        }
+    }
+
+    /// Replaces the backoff policy.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How many connections this client has opened so far.
+    pub fn connects(&self) -> u64 {
+        self.connects.get()
+    }
+
+    /// How many challenge–response logins this client has done so far.
+    pub fn logins(&self) -> u64 {
+        self.logins.get()
+    }
+
+    /// How many token refreshes this client has done so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.get()
+    }
+
+    /// Drops the current connection (the next call reconnects).
+    pub fn disconnect(&self) {
+        self.conn.borrow_mut().take();
+    }
+
+    fn signer(&self) -> NodeResult<(IdentityKey, SignFn)> {
+        let a = self.auth.borrow();
+        let a = a.as_ref().ok_or(NodeError::NotRegistered)?;
+        Ok((a.identity, a.sign.clone()))
+    }
+
+    /// Records a new session, saves it, and puts its access token on the live connection.
+    fn install(&self, session: Session) {
+        if let Some(a) = self.auth.borrow_mut().as_mut() {
+            (a.save)(&session);
+            a.session = Some(session.clone());
+        }
+        let current = self.conn.borrow_mut().take();
+        if let Some(rc) = current
+            && let Ok(mut c) = Rc::try_unwrap(rc)
+        {
+            c.set_access_token(
+                session
+                    .access
+                    .as_ref()
+                    .map(|t| t.as_bytes().to_vec())
+                    .unwrap_or_default(),
+            );
+            *self.conn.borrow_mut() = Some(Rc::new(c));
+        }
+        // Otherwise a call in flight still holds the old connection: the next call opens a
+        // new one with the new token.
+    }
+
+    /// A challenge–response login on `c`.
+    async fn login_on(&self, c: &Connection, device: &DeviceId) -> NodeResult<Session> {
+        let (_, sign) = self.signer()?;
+        let nonce = c.login_challenge(device).await?;
+        let arr: [u8; NONCE_LEN] = nonce.as_slice().try_into().map_err(|_| {
+            ClientError::from(WireError::invalid("nonce", "wrong length from the node"))
+        })?;
+        let tokens = c
+            .login(device, &nonce, &sign(&login_message(device, &arr)))
+            .await?;
+        self.logins.set(self.logins.get() + 1);
+        tracing::debug!(device = %device, "logged in");
+        Ok(Session::from_tokens(&tokens))
+    }
+
+    async fn connection(&self) -> NodeResult<Rc<Connection>> {
+        if let Some(c) = self.conn.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let t = &self.target;
+        let mut c = tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect(t.addr, &t.server_name, &t.verification),
+        )
+        .await
+        .map_err(|_| NodeError::Timeout)??;
+        self.connects.set(self.connects.get() + 1);
+        let session = self.session();
+        if let Some(s) = session {
+            let access = match &s.access {
+                Some(a) => a.as_bytes().to_vec(),
+                None => {
+                    let fresh = self.login_on(&c, &s.device).await?;
+                    let a = fresh.access.as_ref().map(|t| t.as_bytes().to_vec());
+                    if let Some(auth) = self.auth.borrow_mut().as_mut() {
+                        (auth.save)(&fresh);
+                        auth.session = Some(fresh);
+                    }
+                    a.unwrap_or_default()
+                }
+            };
+            c.set_access_token(access);
+        }
+        let c = Rc::new(c);
+        *self.conn.borrow_mut() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// New tokens after `tokenExpired`/`unauthenticated`: the refresh token if there is
+    /// one, else (or if it is refused) a fresh login.
+    async fn renew(&self) -> NodeResult<()> {
+        let Some(s) = self.session() else {
+            return Err(NodeError::NotRegistered);
+        };
+        let c = self.connection().await?;
+        let mut fresh = None;
+        if let Some(r) = &s.refresh {
+            match c.refresh(r.as_bytes()).await {
+                Ok(t) => {
+                    self.refreshes.set(self.refreshes.get() + 1);
+                    fresh = Some(Session::from_tokens(&t));
+                }
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => tracing::debug!(error = %e, "refresh refused; logging in afresh"),
+            }
+        }
+        let fresh = match fresh {
+            Some(f) => f,
+            None => self.login_on(&c, &s.device).await?,
+        };
+        drop(c);
+        self.install(fresh);
+        Ok(())
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or retries run out. An expired or
+    /// refused token is renewed once per call.
+    async fn call<T>(
+        &self,
+        extra: Duration,
+        op: impl AsyncFn(&Connection) -> rpc::Result<T>,
+    ) -> NodeResult<T> {
+        let mut attempt = 0;
+        let mut renewed = false;
+        loop {
+            let result = match self.connection().await {
+                Ok(c) => match tokio::time::timeout(self.call_timeout + extra, op(&c)).await {
+                    Ok(r) => r.map_err(NodeError::from),
+                    Err(_) => Err(NodeError::Timeout),
+                },
+                Err(e) => Err(e),
+            };
+            let error = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !renewed
+                && matches!(
+                    error.wire(),
+                    Some(WireError::TokenExpired | WireError::Unauthenticated)
+                )
+                && self.session().is_some()
+            {
+                renewed = true;
+                match self.renew().await {
+                    Ok(()) => continue,
+                    Err(e) if e.is_transient() => {
+                        // Try again after the backoff below.
+                        renewed = false;
+                        if e.breaks_connection() {
+                            self.disconnect();
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if error.breaks_connection() {
+                self.disconnect();
+            }
+            let Some(delay) = self.backoff.delay(attempt, &error, rand::random::<f64>()) else {
+                return Err(error);
+            };
+            tracing::debug!(%error, attempt, ?delay, "transient failure; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+impl NodeApi for ResilientNode {
+    fn attach(&self, auth: DeviceAuth) {
+        *self.auth.borrow_mut() = Some(auth);
+        self.disconnect();
+    }
+
+    fn session(&self) -> Option<Session> {
+        self.auth.borrow().as_ref().and_then(|a| a.session.clone())
+    }
+
+    async fn register(&self) -> NodeResult<Session> {
+        let (key, sign) = self.signer()?;
+        let signature = sign(&register_message(&key));
+        let (_, device) = self
+            .call(Duration::ZERO, async |c: &Connection| {
+                c.register(&key, &signature).await
+            })
+            .await?;
+        let c = self.connection().await?;
+        let session = self.login_on(&c, &device).await?;
+        drop(c);
+        self.install(session.clone());
+        Ok(session)
+    }
+
+    async fn login(&self) -> NodeResult<Session> {
+        let s = self.session().ok_or(NodeError::NotRegistered)?;
+        let c = self.connection().await?;
+        if s.access.is_none()
+            && let Some(fresh) = self.session().filter(|f| f.access.is_some())
+        {
+            // Connecting without a token just logged in.
+            return Ok(fresh);
+        }
+        let session = self.login_on(&c, &s.device).await?;
+        drop(c);
+        self.install(session.clone());
+        Ok(session)
+    }
+
+    async fn list_devices(&self) -> NodeResult<Vec<DeviceInfo>> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.list_devices().await
+        })
+        .await
+    }
+
+    async fn add_device(
+        &self,
+        key: &IdentityKey,
+        possession: &[u8],
+        approval: &[u8],
+    ) -> NodeResult<DeviceId> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.add_device(key, possession, approval).await
+        })
+        .await
+    }
+
+    async fn login_as(&self, account: &AccountId, device: &DeviceId) -> NodeResult<Session> {
+        {
+            let mut auth = self.auth.borrow_mut();
+            let a = auth.as_mut().ok_or(NodeError::NotRegistered)?;
+            a.session = Some(Session {
+                account: *account,
+                device: *device,
+                access: None,
+                refresh: None,
+            });
+        }
+        self.disconnect();
+        self.login().await
+    }
+
+    async fn upload_key_packages(
+        &self,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> NodeResult<(u32, u32)> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.upload_key_packages(packages, last_resort).await
+        })
+        .await
+    }
+    async fn fetch_key_packages(&self, account: &AccountId) -> NodeResult<Vec<DeviceKeyPackage>> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.fetch_key_packages(account).await
+        })
+        .await
+    }
+    async fn key_package_count(&self, identity: &IdentityKey) -> NodeResult<(u32, bool)> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.key_package_count(identity).await
+        })
+        .await
+    }
+    async fn create_channel(&self) -> NodeResult<ChannelId> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.create_channel().await
+        })
+        .await
+    }
+    async fn add_member(&self, channel: &ChannelId, account: &AccountId) -> NodeResult<()> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.add_member(channel, account, false).await
+        })
+        .await
+    }
+    async fn remove_member(&self, channel: &ChannelId, account: &AccountId) -> NodeResult<()> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.remove_member(channel, account).await
+        })
+        .await
+    }
+    async fn leave_channel(&self, channel: &ChannelId) -> NodeResult<()> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.leave_channel(channel).await
+        })
+        .await
+    }
+    async fn list_members(&self, channel: &ChannelId) -> NodeResult<Vec<(AccountId, bool)>> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.list_members(channel).await
+        })
+        .await
+    }
+    async fn create_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.create_dm(peer).await
+        })
+        .await
+    }
+    async fn accept_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.accept_dm(peer).await
+        })
+        .await
+    }
+    async fn block_dm(&self, peer: &AccountId) -> NodeResult<(ChannelId, DmState)> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.block_dm(peer).await
+        })
+        .await
+    }
+    async fn enqueue(
+        &self,
+        channel: &ChannelId,
+        id: &ClientMsgId,
+        payload: &[u8],
+    ) -> NodeResult<Enqueued> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.enqueue(channel, id, payload).await
+        })
+        .await
+    }
+    async fn fetch(
+        &self,
+        channel: &ChannelId,
+        after_seq: u64,
+        limit: u32,
+    ) -> NodeResult<FetchPage> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.fetch(channel, after_seq, limit).await
+        })
+        .await
+    }
+    async fn fetch_wait(
+        &self,
+        channel: &ChannelId,
+        after_seq: u64,
+        limit: u32,
+        timeout_ms: u32,
+    ) -> NodeResult<FetchPage> {
+        let extra = Duration::from_millis(u64::from(timeout_ms));
+        self.call(extra, async |c: &Connection| {
+            c.fetch_wait(channel, after_seq, limit, timeout_ms).await
+        })
+        .await
+    }
+    async fn ack(&self, channel: &ChannelId, seq: u64) -> NodeResult<()> {
+        self.call(Duration::ZERO, async |c: &Connection| {
+            c.ack(channel, seq).await
+        })
+        .await
+    }
+}

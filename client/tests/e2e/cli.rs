@@ -1,0 +1,87 @@
+//! The `qpq` binary against the in-process node: profiles, registration, a group, JSON output.
+
+use std::process::Command;
+
+use crate::common::TestNode;
+
+fn qpq(home: &std::path::Path, profile: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", home)
+        .args(["--json", "--profile", profile])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "qpq {args:?} failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `recv` prints one JSON document per event; wrap them in an array.
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    match docs.len() {
+        1 => docs.into_iter().next().unwrap(),
+        _ => serde_json::Value::Array(docs),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpq_cli_runs_a_conversation_with_json_output() {
+    let t = TestNode::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    for p in ["alice", "bob"] {
+        let r = qpq(h, p, &["register", "--node", &node, "--fingerprint", &fp]);
+        assert_eq!(r["key_packages"], 10);
+    }
+    let card = |who: &str| {
+        let me = qpq(h, who, &["whoami"]);
+        let id = me["identity"].as_str().unwrap().to_owned();
+        let account = me["account"].as_str().unwrap().to_owned();
+        assert_eq!(account.len(), 32, "16-byte account ids");
+        (format!("{account}:{id}"), id)
+    };
+    let (bob_card, bob_id) = card("bob");
+    let (alice_card, alice_id) = card("alice");
+    qpq(h, "alice", &["contact", "add", "bob", &bob_card]);
+    qpq(h, "bob", &["contact", "add", "alice", &alice_card]);
+    qpq(h, "alice", &["group", "create", "team"]);
+    qpq(h, "alice", &["group", "invite", "team", "bob"]);
+    qpq(h, "alice", &["send", "team", "hello bob"]);
+    let events = qpq(h, "bob", &["recv"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap_or_else(|| panic!("{events}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["joined", "message"]);
+    assert_eq!(events[1]["body"], "hello bob");
+    assert_eq!(events[1]["sender"], alice_id);
+    let login = qpq(h, "bob", &["login"]);
+    assert_eq!(login["identity"], bob_id);
+    let devices = qpq(h, "bob", &["devices"]);
+    assert_eq!(devices[0]["identity"], bob_id);
+    assert_eq!(devices[0]["status"], "active");
+    assert_eq!(devices[0]["last_resort"], true);
+    let status = qpq(h, "bob", &["status"]);
+    assert_eq!(status["groups"][0]["epoch"], 1);
+    assert_eq!(status["outbox_pending"], 0);
+    let members = qpq(h, "alice", &["group", "members", "team"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 2);
+    // Mistakes are errors with a message, also in JSON.
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", h)
+        .args(["--json", "--profile", "alice", "send", "nosuchgroup", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"], "unknown group");
+}

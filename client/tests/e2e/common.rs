@@ -1,0 +1,223 @@
+//! A real node on 127.0.0.1 (restartable on the same port and data directory), and devices
+//! with their own database files.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qpq_client::db::Provider;
+use qpq_client::keypackages::{Clock, SystemClock};
+use qpq_client::{Client, EventKind, NodeApi as _, NodeTarget, ResilientNode, ServerVerification};
+use qpq_node::config::{NodeConfig, RateLimit};
+use qpq_node::{Clock as _, ManualClock, RunningNode};
+use qpq_schemas::GroupId;
+
+pub type Dev = Client<ResilientNode>;
+
+pub struct TestNode {
+    pub node: Option<RunningNode>,
+    pub clock: Arc<ManualClock>,
+    pub config: NodeConfig,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::dev(dir.path().join("node"));
+        // Every test client shares 127.0.0.1: rate limits are not what these tests are about.
+        let off = RateLimit {
+            per_second: 0.0,
+            burst: 0.0,
+        };
+        config.auth.rate_per_ip = off;
+        config.auth.rate_per_account = off;
+        config.auth.rate_per_device = off;
+        configure(&mut config);
+        let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
+        let node = RunningNode::start(config.clone(), clock.clone())
+            .await
+            .unwrap();
+        let addr = node.client_addr();
+        let fingerprint = node.fingerprint();
+        // Restarts reuse the port, so clients find the node where it was.
+        config.listen = addr;
+        Self {
+            node: Some(node),
+            clock,
+            config,
+            dir,
+            addr,
+            fingerprint,
+        }
+    }
+
+    pub fn target(&self) -> NodeTarget {
+        NodeTarget {
+            addr: self.addr,
+            server_name: "localhost".into(),
+            verification: ServerVerification::PinnedSha256(self.fingerprint),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn start_again(&mut self) {
+        let node = RunningNode::start(self.config.clone(), self.clock.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            node.fingerprint(),
+            self.fingerprint,
+            "same data dir, same certificate"
+        );
+        self.node = Some(node);
+    }
+
+    fn db_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sqlite3"))
+    }
+
+    /// A new device with its own database, registered as the first device of a new account;
+    /// its KeyPackages are uploaded.
+    pub async fn device(&self, name: &str) -> Dev {
+        self.device_with_clock(name, Box::new(SystemClock)).await
+    }
+
+    pub async fn device_with_clock(&self, name: &str, clock: Box<dyn Clock>) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let c = Client::create(provider, ResilientNode::new(self.target()), clock).unwrap();
+        c.register().await.unwrap();
+        c
+    }
+
+    /// A second device of `of`'s account (its own key and database): added by `of`
+    /// (`addDevice`, approved with `of`'s key), logged in, KeyPackages uploaded.
+    pub async fn second_device(&self, name: &str, of: &Dev) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let c = Client::create(
+            provider,
+            ResilientNode::new(self.target()),
+            Box::new(SystemClock),
+        )
+        .unwrap();
+        c.join_account(of).await.unwrap();
+        c
+    }
+
+    /// A registered device that `admin` adds to the group's channel (not to the MLS group):
+    /// it never acknowledges, so the node retains everything sent from now on, and it can
+    /// read the ciphertexts (like the node can).
+    pub async fn observer(&self, admin: &Dev, gid: &GroupId) -> Dev {
+        let o = self.device("observer").await;
+        admin
+            .node()
+            .add_member(&admin.channel_of(gid).unwrap(), &o.account().unwrap())
+            .await
+            .unwrap();
+        o
+    }
+
+    /// The same device again, from its database (a client restart).
+    pub fn reopen(&self, name: &str) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        Client::open(
+            provider,
+            ResilientNode::new(self.target()),
+            Box::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    /// Like [`Self::reopen`], with another retry policy.
+    pub fn reopen_with_backoff(&self, name: &str, backoff: qpq_client::retry::Backoff) -> Dev {
+        let provider = Provider::open(&self.db_path(name)).unwrap();
+        let node = ResilientNode::new(self.target()).with_backoff(backoff);
+        Client::open(provider, node, Box::new(SystemClock)).unwrap()
+    }
+}
+
+/// Raw payloads of a group's channel after `after`, as the member `observer` fetches them
+/// (what a member device, or the node, sees).
+pub async fn raw_channel(observer: &Dev, gid: &GroupId, after: u64) -> Vec<qpq_client::Envelope> {
+    let channel = qpq_client::channels::channel_of_group(gid);
+    observer
+        .node()
+        .fetch(&channel, after, 0)
+        .await
+        .unwrap()
+        .messages
+}
+
+/// The highest sequence number assigned in a group's channel (whether or not messages up
+/// to it are still retained: acknowledged messages may be dropped early).
+pub async fn last_seq(observer: &Dev, gid: &GroupId) -> u64 {
+    let channel = observer.channel_of(gid).unwrap();
+    observer
+        .node()
+        .fetch(&channel, 0, 1)
+        .await
+        .unwrap()
+        .last_seq
+}
+
+/// Runs a client future on a `LocalSet` (Cap'n Proto clients are `!Send`).
+pub async fn local<F: Future>(f: F) -> F::Output {
+    tokio::task::LocalSet::new().run_until(f).await
+}
+
+/// Syncs and returns the plaintexts of new messages from others (in order).
+pub async fn received(d: &Dev) -> Vec<String> {
+    d.sync().await.unwrap();
+    d.take_events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| String::from_utf8(e.body).unwrap())
+        .collect()
+}
+
+/// Syncs and returns every new event's kind.
+pub async fn kinds(d: &Dev) -> Vec<EventKind> {
+    d.sync().await.unwrap();
+    d.take_events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// A group created by `creator` with `others` invited and joined.
+pub async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
+    let gid = creator.create_group(Some("g")).await.unwrap();
+    for o in others {
+        creator.invite(&gid, &o.account().unwrap()).await.unwrap();
+    }
+    for o in others {
+        o.sync().await.unwrap();
+        assert!(
+            o.take_events()
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == EventKind::Joined),
+            "invitee joined"
+        );
+    }
+    creator.take_events().unwrap();
+    gid
+}
+
+pub fn epoch(d: &Dev, gid: &GroupId) -> u64 {
+    d.group(gid).unwrap().epoch
+}

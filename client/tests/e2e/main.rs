@@ -1,0 +1,15 @@
+//! The client against a real node over real QUIC: the group lifecycle, offline members,
+//! restarts of the client and of the node, racing Commits, expired history.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod auth;
+mod cli;
+mod common;
+mod faults;
+mod keys;
+mod lifecycle;
