@@ -180,6 +180,12 @@ struct DevArgs {
     /// Exit after the self-check (exit code 0 when every check passed).
     #[arg(long)]
     self_check: bool,
+    /// Run a local cluster of this many nodes in this process (1, 3 or 5). Node i listens on
+    /// the given client, admin and Raft ports + (i - 1), keeps its data under
+    /// `<data-dir>/node-i`, and the self-check and the printed fingerprint are node 2's (a
+    /// follower), so clients see writes forwarded to the leader.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    nodes: u64,
 }
 
 impl Common {
@@ -285,6 +291,10 @@ pub fn main() -> ExitCode {
                 };
                 run(a.common.into_config(tls, false), Mode::Serve).await
             }
+            Command::Dev(a) if a.nodes > 1 => {
+                let config = a.common.into_config(TlsSource::Dev, true);
+                run_dev_cluster(config, a.nodes, a.self_check).await
+            }
             Command::Dev(a) => {
                 run(
                     a.common.into_config(TlsSource::Dev, true),
@@ -342,6 +352,134 @@ async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
     }
     serve_until_signal(node).await;
     ExitCode::SUCCESS
+}
+
+/// `qpq-node dev --nodes N`: N nodes in this process forming one Raft cluster (node 1
+/// bootstraps; the others join as learners and are promoted once caught up), the self-check
+/// against node 2, then serve until a signal and drain them all.
+async fn run_dev_cluster(base: NodeConfig, n: u64, exit_after_check: bool) -> ExitCode {
+    match start_dev_cluster(base, n).await {
+        Ok(nodes) => {
+            for (i, node) in nodes.iter().enumerate() {
+                println!(
+                    "node {} serving QUIC on {} · admin http://{} · raft {}",
+                    i + 1,
+                    node.client_addr(),
+                    node.admin_addr(),
+                    node.raft_addr()
+                );
+            }
+            let target = &nodes[1];
+            println!("clients use node 2 (a follower): {}", target.client_addr());
+            println!(
+                "certificate SHA-256 fingerprint: {}",
+                crate::transport::devcert::format_fingerprint(&target.fingerprint())
+            );
+            let passed = tokio::task::LocalSet::new()
+                .run_until(crate::selfcheck::run(
+                    target.client_addr(),
+                    target.fingerprint(),
+                ))
+                .await;
+            if exit_after_check || !passed {
+                if !passed {
+                    eprintln!("self-check failed");
+                }
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                return if passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            println!("serving until Ctrl-C");
+            wait_for_signal().await;
+            tracing::info!("signal received; draining");
+            for node in nodes {
+                node.shutdown().await;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qpq-node: cannot start the dev cluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn port_plus(port: u16, offset: u64) -> Result<u16, String> {
+    if port == 0 {
+        return Ok(0);
+    }
+    u16::try_from(u64::from(port) + offset)
+        .map_err(|_| format!("port {port} + {offset} is out of range"))
+}
+
+async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>, String> {
+    // The cluster CA and node certificates are generated once and reused on restart.
+    let tls_dir = base.data_dir.join("cluster-tls");
+    let existing: Vec<crate::raft::certs::ClusterTlsFiles> = (1..=n)
+        .map(|i| crate::raft::certs::ClusterTlsFiles {
+            ca: tls_dir.join("ca.pem"),
+            cert: tls_dir.join(format!("node-{i}.pem")),
+            key: tls_dir.join(format!("node-{i}-key.pem")),
+        })
+        .collect();
+    let tls = if existing
+        .iter()
+        .all(|f| f.ca.exists() && f.cert.exists() && f.key.exists())
+    {
+        existing
+    } else {
+        crate::raft::certs::generate_cluster(&tls_dir, n).map_err(|e| e.to_string())?
+    };
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for (i, files) in (1..=n).zip(tls) {
+        let mut c = base.clone();
+        let off = i - 1;
+        c.listen.set_port(port_plus(base.listen.port(), off)?);
+        c.admin_listen
+            .set_port(port_plus(base.admin_listen.port(), off)?);
+        c.cluster
+            .raft_listen
+            .set_port(port_plus(base.cluster.raft_listen.port(), off)?);
+        c.cluster.raft_advertise = None;
+        c.cluster.node_id = i;
+        c.cluster.tls = Some(files);
+        c.cluster.bootstrap = i == 1;
+        c.data_dir = base.data_dir.join(format!("node-{i}"));
+        let node = RunningNode::start(c, Arc::new(SystemClock))
+            .await
+            .map_err(|e| format!("node {i}: {e}"))?;
+        nodes.push(node);
+    }
+    let leader = nodes[0].raft().clone();
+    for (i, node) in (2..=n).zip(nodes.iter().skip(1)) {
+        let voters = leader.status().await.membership.voters;
+        if voters.contains_key(&i) {
+            continue; // a restart of an existing dev cluster
+        }
+        let addr = node.raft_addr().to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Learner first, then promotion once it has caught up (one change at a time).
+        loop {
+            let step = match leader.add_learner(i, addr.clone()).await {
+                Ok(()) => leader.promote(i).await,
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node = i, error = %e, "joining; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(format!("node {i} could not join: {e}")),
+            }
+        }
+    }
+    Ok(nodes)
 }
 
 async fn serve_until_signal(node: RunningNode) {

@@ -10,6 +10,7 @@
 
 mod harness;
 
+mod dev_cluster;
 mod drain;
 mod durability;
 mod log_safety;
