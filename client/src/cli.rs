@@ -51,12 +51,16 @@ struct Cli {
 enum Command {
     /// Create this profile's device identity and upload its KeyPackages.
     Register {
-        /// Node address (host:port, UDP).
+        /// Node address (host:port, UDP; the host may be a DNS name).
         #[arg(long, default_value = "127.0.0.1:7443")]
         node: String,
         /// Pinned SHA-256 fingerprint of the node's certificate (as `qpq-node dev` prints it).
+        #[arg(long, required_unless_present = "ca_file", conflicts_with = "ca_file")]
+        fingerprint: Option<String>,
+        /// Verify the node's certificate against this CA (PEM) instead of pinning it; the PEM
+        /// is copied into the profile.
         #[arg(long)]
-        fingerprint: String,
+        ca_file: Option<PathBuf>,
         /// Name the node's certificate is for (ignored when pinning).
         #[arg(long, default_value = "localhost")]
         server_name: String,
@@ -172,7 +176,12 @@ enum GroupCommand {
 struct ProfileConfig {
     node: String,
     server_name: String,
+    /// Pinned certificate digest (hex), or empty when `ca_pem` is set.
+    #[serde(default)]
     fingerprint: String,
+    /// CA certificates (PEM) that the node's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
 }
 
 /// An event as JSON: ids in hex, the body as (lossy) UTF-8 text.
@@ -218,15 +227,23 @@ fn load_config(dir: &Path) -> Result<ProfileConfig> {
 }
 
 fn target(config: &ProfileConfig) -> Result<NodeTarget> {
+    use std::net::ToSocketAddrs as _;
     let addr = config
         .node
-        .parse()
-        .map_err(|e| Error::Invalid(format!("node address {}: {e}", config.node)))?;
-    let pin = parse_fingerprint(&config.fingerprint).map_err(|e| Error::Invalid(e.to_string()))?;
+        .to_socket_addrs()
+        .map_err(|e| Error::Invalid(format!("node address {}: {e}", config.node)))?
+        .next()
+        .ok_or_else(|| Error::Invalid(format!("node address {}: no address", config.node)))?;
+    let verification = match &config.ca_pem {
+        Some(pem) => ServerVerification::CaPem(pem.as_bytes().to_vec()),
+        None => ServerVerification::PinnedSha256(
+            parse_fingerprint(&config.fingerprint).map_err(|e| Error::Invalid(e.to_string()))?,
+        ),
+    };
     Ok(NodeTarget {
         addr,
         server_name: config.server_name.clone(),
-        verification: ServerVerification::PinnedSha256(pin),
+        verification,
     })
 }
 
@@ -399,10 +416,21 @@ async fn run(cli: Cli) -> Result<()> {
     if let Command::Register {
         node,
         fingerprint,
+        ca_file,
         server_name,
     } = &cli.command
     {
-        return register(&dir, node, fingerprint, server_name, cli.json).await;
+        let trust = match (fingerprint, ca_file) {
+            (_, Some(path)) => Trust::Ca(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+            ),
+            (Some(fp), None) => Trust::Pin(fp.clone()),
+            (None, None) => {
+                return Err(Error::Invalid("give --fingerprint or --ca-file".to_owned()));
+            }
+        };
+        return register(&dir, node, trust, server_name, cli.json).await;
     }
     let config = load_config(&dir)?;
     let node = ResilientNode::new(target(&config)?);
@@ -696,17 +724,30 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
+/// How a new profile will authenticate its node.
+enum Trust {
+    /// A pinned certificate digest (hex).
+    Pin(String),
+    /// A CA (PEM).
+    Ca(String),
+}
+
 async fn register(
     dir: &Path,
     node: &str,
-    fingerprint: &str,
+    trust: Trust,
     server_name: &str,
     json: bool,
 ) -> Result<()> {
+    let (fingerprint, ca_pem) = match trust {
+        Trust::Pin(fp) => (fp, None),
+        Trust::Ca(pem) => (String::new(), Some(pem)),
+    };
     let config = ProfileConfig {
         node: node.to_owned(),
         server_name: server_name.to_owned(),
-        fingerprint: fingerprint.to_owned(),
+        fingerprint,
+        ca_pem,
     };
     let target = target(&config)?;
     create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;

@@ -64,13 +64,28 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Wire(e) => e.is_retryable(),
-            Self::Connection(_) | Self::Io(_) | Self::Connect(_) => true,
+            // A TLS handshake refusal (certificate, ALPN, version) will not change on retry.
+            Self::Connection(e) => !is_handshake_refusal(e),
+            Self::Io(_) | Self::Connect(_) => true,
             Self::Rpc(e) => matches!(
                 e.kind,
                 capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
             ),
             Self::Tls(_) | Self::Version(_) => false,
         }
+    }
+}
+
+/// Whether a connection failed because TLS refused the handshake: a QUIC CRYPTO_ERROR
+/// (codes 0x100–0x1ff carry a TLS alert), raised locally or sent by the node, or a QUIC
+/// version mismatch.
+fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        quinn::ConnectionError::VersionMismatch => true,
+        _ => false,
     }
 }
 

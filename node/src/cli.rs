@@ -123,6 +123,14 @@ struct Common {
     /// This node's Raft id (u64 >= 1).
     #[arg(long, env = "QPQ_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     node_id: u64,
+    /// Derive the Raft id from a StatefulSet pod name instead: the trailing ordinal + 1
+    /// (`qpq-0` → 1). Overrides `--node-id`; lets the image run without a shell.
+    #[arg(long, env = "QPQ_NODE_ID_FROM_POD_NAME", value_parser = node_id_from_pod_name)]
+    node_id_from_pod_name: Option<u64>,
+    /// Bind every listener (client, admin, Raft) to this IP instead of the host part of
+    /// `--listen`, `--admin-listen` and `--raft-listen` (set it to the pod IP, v4 or v6).
+    #[arg(long, env = "QPQ_BIND_IP")]
+    bind_ip: Option<std::net::IpAddr>,
     /// Raft listener (QUIC, mutual TLS, ALPN qpq-raft/1).
     #[arg(long, env = "QPQ_RAFT_LISTEN", default_value = "127.0.0.1:7444")]
     raft_listen: SocketAddr,
@@ -228,9 +236,13 @@ impl Common {
             _ => None,
         };
         let election = Duration::from_millis(self.raft_election_timeout_ms.max(10));
+        let bind = |addr: SocketAddr| match self.bind_ip {
+            Some(ip) => SocketAddr::new(ip, addr.port()),
+            None => addr,
+        };
         let cluster = ClusterConfig {
-            node_id: self.node_id,
-            raft_listen: self.raft_listen,
+            node_id: self.node_id_from_pod_name.unwrap_or(self.node_id),
+            raft_listen: bind(self.raft_listen),
             raft_advertise: self.raft_advertise,
             tls: tls_files,
             bootstrap: self.bootstrap || dev,
@@ -246,8 +258,8 @@ impl Common {
         };
         NodeConfig {
             cluster,
-            listen: self.listen,
-            admin_listen: self.admin_listen,
+            listen: bind(self.listen),
+            admin_listen: bind(self.admin_listen),
             data_dir: self.data_dir,
             tls,
             limits,
@@ -257,6 +269,20 @@ impl Common {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
         }
     }
+}
+
+/// Raft id of a StatefulSet pod: the ordinal after the last `-`, plus one.
+fn node_id_from_pod_name(name: &str) -> Result<u64, String> {
+    let ordinal = name
+        .rsplit_once('-')
+        .map(|(_, o)| o)
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("{name:?} does not end in -<ordinal>"))?;
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|o| o.checked_add(1))
+        .ok_or_else(|| format!("ordinal of {name:?} is out of range"))
 }
 
 /// Entry point of the binary.
@@ -514,5 +540,57 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_config(args: &[&str]) -> Result<NodeConfig, clap::Error> {
+        let cli = Cli::try_parse_from(["qpq-node", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(a) => Ok(a.common.into_config(TlsSource::Dev, false)),
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+
+    #[test]
+    fn node_id_comes_from_the_pod_ordinal() {
+        assert_eq!(node_id_from_pod_name("qpq-0"), Ok(1));
+        assert_eq!(node_id_from_pod_name("my-qpq-cluster-12"), Ok(13));
+        assert!(node_id_from_pod_name("qpq").is_err());
+        assert!(node_id_from_pod_name("qpq-").is_err());
+        assert!(node_id_from_pod_name("qpq-1a").is_err());
+        assert!(node_id_from_pod_name("qpq-18446744073709551615").is_err());
+        let c = serve_config(&["--node-id", "7", "--node-id-from-pod-name", "qpq-2"]).unwrap();
+        assert_eq!(c.cluster.node_id, 3);
+        assert_eq!(
+            serve_config(&["--node-id", "7"]).unwrap().cluster.node_id,
+            7
+        );
+        assert!(serve_config(&["--node-id-from-pod-name", "qpq"]).is_err());
+    }
+
+    #[test]
+    fn bind_ip_replaces_the_host_of_every_listener() {
+        let c = serve_config(&[
+            "--listen",
+            "0.0.0.0:7443",
+            "--admin-listen",
+            "0.0.0.0:9443",
+            "--raft-listen",
+            "0.0.0.0:7444",
+            "--bind-ip",
+            "10.1.2.3",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "10.1.2.3:7443".parse().unwrap());
+        assert_eq!(c.admin_listen, "10.1.2.3:9443".parse().unwrap());
+        assert_eq!(c.cluster.raft_listen, "10.1.2.3:7444".parse().unwrap());
+        let v6 = serve_config(&["--bind-ip", "fd00::5"]).unwrap();
+        assert_eq!(v6.listen, "[fd00::5]:7443".parse().unwrap());
+        let none = serve_config(&[]).unwrap();
+        assert_eq!(none.listen, "127.0.0.1:7443".parse().unwrap());
     }
 }

@@ -29,6 +29,10 @@ struct Cli {
     /// Health (`/healthz`, `/readyz`) and metrics (`/metrics`) listener.
     #[arg(long, env = "QPQ_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Bind the health and metrics listener to this IP (the pod IP) instead of the host part
+    /// of `--listen`.
+    #[arg(long, env = "QPQ_OPERATOR_BIND_IP")]
+    bind_ip: Option<std::net::IpAddr>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "QPQ_OPERATOR_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -101,7 +105,10 @@ async fn run(cli: Cli) -> ExitCode {
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    let listen = cli.listen;
+    let listen = match cli.bind_ip {
+        Some(ip) => SocketAddr::new(ip, cli.listen.port()),
+        None => cli.listen,
+    };
     tokio::spawn(async move {
         if let Err(e) = server::serve(listen, health).await {
             tracing::error!(error = %e, "health endpoint failed");

@@ -159,7 +159,8 @@ pub struct SchedulingSpec {
 pub struct TlsSpec {
     /// A Secret of type `kubernetes.io/tls` with `tls.crt`, `tls.key` and `ca.crt` (e.g.
     /// from cert-manager) used for client TLS and node-to-node mutual TLS. Its certificate
-    /// must name every pod (`<cluster>-N.<cluster>.<ns>.svc`) and the client Service.
+    /// must name every pod (`<cluster>-N.<cluster>.<ns>.svc`), the client Service and
+    /// `qpq-raft` (the name peers dial each other by).
     /// Without it, the operator runs its own CA and issues one certificate per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -75,6 +75,10 @@ impl std::fmt::Debug for NodeCerts {
     }
 }
 
+/// The name every node certificate carries for node-to-node TLS: peers dial each other with
+/// this server name (the node's `PEER_SERVER_NAME`).
+pub const PEER_SERVER_NAME: &str = "qpq-raft";
+
 /// DNS names a pod's certificate must carry.
 pub fn dns_names(c: &ClusterRef, pod: &str) -> Vec<String> {
     let ns = &c.namespace;
@@ -87,6 +91,7 @@ pub fn dns_names(c: &ClusterRef, pod: &str) -> Vec<String> {
         format!("{svc}.{ns}.svc.cluster.local"),
         format!("{svc}.{ns}"),
         svc,
+        PEER_SERVER_NAME.to_owned(),
     ]
 }
 
@@ -368,6 +373,12 @@ mod tests {
         assert_eq!(certs.index.rotation, 0);
         assert!(certs.files["x-1.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(certs.index.certs["x-2"].dns_names[0], "x-2.x.ns.svc");
+        // Peers dial each other by this name; without it node-to-node TLS fails.
+        assert!(
+            certs.index.certs["x-2"]
+                .dns_names
+                .contains(&PEER_SERVER_NAME.to_owned())
+        );
 
         // A day later: nothing changes (no new keys).
         let again = reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 86_400, 90).unwrap();

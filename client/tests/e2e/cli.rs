@@ -85,3 +85,75 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(err["error"], "unknown group");
 }
+
+/// A node serving a CA-signed certificate: `register --ca-file` verifies it by name (the node
+/// address is a DNS name here), and a profile trusting another CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpq_cli_verifies_a_ca_signed_node() {
+    let certs = tempfile::tempdir().unwrap();
+    let ours = qpq_node::raft::certs::generate_cluster(&certs.path().join("ours"), 1).unwrap();
+    let theirs = qpq_node::raft::certs::generate_cluster(&certs.path().join("theirs"), 1).unwrap();
+    let files = ours[0].clone();
+    let t = TestNode::start_with(|c| {
+        c.tls = qpq_node::config::TlsSource::Files {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        };
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let node = format!("localhost:{}", t.addr.port());
+    let ca = ours[0].ca.to_str().unwrap();
+    let r = qpq(
+        h,
+        "alice",
+        &[
+            "register",
+            "--node",
+            &node,
+            "--ca-file",
+            ca,
+            "--server-name",
+            "localhost",
+        ],
+    );
+    assert_eq!(r["key_packages"], 10);
+    // The profile keeps the CA: later commands verify the node the same way.
+    let devices = qpq(h, "alice", &["devices"]);
+    assert_eq!(devices[0]["status"], "active");
+
+    let t0 = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", h)
+        .args([
+            "--json",
+            "--profile",
+            "mallory",
+            "register",
+            "--node",
+            &node,
+        ])
+        .args(["--ca-file", theirs[0].ca.to_str().unwrap()])
+        .args(["--server-name", "localhost"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a node outside the trusted CA must be refused: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A certificate refusal is final: no minutes of retries before saying so.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "refused after {:?}",
+        t0.elapsed()
+    );
+    // Exactly one way of trusting the node.
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", h)
+        .args(["--profile", "eve", "register", "--node", &node])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -4,8 +4,11 @@
 //! - `podManagementPolicy: Parallel`: after a full restart every pod must come back at once,
 //!   because none is ready before a leader is elected (OrderedReady would deadlock). The
 //!   operator, not the StatefulSet controller, paces scale-ups (one pod at a time).
-//! - The node id is the ordinal + 1, computed by a one-line shell wrapper from the pod name
-//!   (Kubernetes offers the ordinal, not arithmetic on it).
+//! - The node id is the ordinal + 1, which the node derives from its pod name
+//!   (`QPQ_NODE_ID_FROM_POD_NAME`), so the image needs no shell.
+//! - Every listener binds the pod IP (`QPQ_BIND_IP`), not the wildcard: nothing else on the
+//!   pod's network can take the ports, and pods that share a host network (a local pod
+//!   runner) do not collide.
 //! - PVCs are deleted on scale-down (a removed node must rejoin empty, never with the log of
 //!   its former membership) and retained on deletion (the finalizer applies
 //!   `spec.pvcRetentionPolicy`).
@@ -19,9 +22,8 @@ use super::{
 use crate::crd::QpqClusterSpec;
 use crate::error::Result;
 
-/// Shell wrapper: node id from the ordinal in the pod name.
-pub const ENTRYPOINT: &str =
-    "export QPQ_NODE_ID=$(( ${QPQ_POD_NAME##*-} + 1 )) && exec qpq-node serve";
+/// Command of the node container (the image's binary, no shell).
+pub const ENTRYPOINT: [&str; 2] = ["qpq-node", "serve"];
 
 fn var(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
@@ -51,6 +53,8 @@ pub fn statefulset(
     };
     let env = vec![
         json!({"name": "QPQ_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "QPQ_BIND_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        var("QPQ_NODE_ID_FROM_POD_NAME", "$(QPQ_POD_NAME)"),
         var("QPQ_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
         var("QPQ_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
         var("QPQ_RAFT_LISTEN", format!("0.0.0.0:{RAFT_PORT}")),
@@ -80,7 +84,7 @@ pub fn statefulset(
     let mut container = json!({
         "name": "qpq-node",
         "image": format!("{}:{}", spec.image, spec.version),
-        "command": ["/bin/sh", "-c", ENTRYPOINT],
+        "command": ENTRYPOINT,
         "envFrom": [{"configMapRef": {"name": c.configmap()}}],
         "env": env,
         "ports": [
