@@ -154,7 +154,7 @@ pub struct SchedulingSpec {
 }
 
 /// TLS material for the nodes.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// A Secret of type `kubernetes.io/tls` with `tls.crt`, `tls.key` and `ca.crt` (e.g.
@@ -172,6 +172,15 @@ pub struct TlsSpec {
 
 fn default_cert_days() -> u32 {
     90
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            secret_name: None,
+            cert_validity_days: default_cert_days(),
+        }
+    }
 }
 
 /// The client-facing Service.

@@ -87,3 +87,77 @@ fn replica_bounds_are_in_the_schema() {
         assert!(required.contains(&json!(f)), "{f} is required");
     }
 }
+
+/// Checks `value` against the parts of `schema` the API server checks on a default: type,
+/// bounds, enums, and (for objects) each property that has a schema.
+fn check_value(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() && schema["nullable"] == true {
+        return;
+    }
+    let ty = schema["type"].as_str().unwrap_or("");
+    let ok_type = match ty {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        _ => true,
+    };
+    if !ok_type {
+        errors.push(format!("{path}: {value} is not of type {ty}"));
+        return;
+    }
+    if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), value.as_f64())
+        && v < min
+    {
+        errors.push(format!("{path}: {v} < minimum {min}"));
+    }
+    if let (Some(max), Some(v)) = (schema["maximum"].as_f64(), value.as_f64())
+        && v > max
+    {
+        errors.push(format!("{path}: {v} > maximum {max}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{path}: {value} not in {allowed:?}"));
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for (k, v) in obj {
+            if let Some(s) = props.get(k) {
+                check_value(s, v, &format!("{path}.{k}"), errors);
+            }
+        }
+    }
+}
+
+/// Every `default` in the schema, with the schema it must satisfy.
+fn defaults<'a>(schema: &'a Value, path: String, out: &mut Vec<(String, &'a Value, &'a Value)>) {
+    if let Some(d) = schema.get("default") {
+        out.push((path.clone(), schema, d));
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, s) in props {
+            defaults(s, format!("{path}.{k}"), out);
+        }
+    }
+    if schema.get("items").is_some() {
+        defaults(&schema["items"], format!("{path}[]"), out);
+    }
+}
+
+/// The API server refuses a CRD whose defaults break its own schema (a derived `Default`
+/// of 0 under `minimum: 1` did exactly that, caught only by a real API server).
+#[test]
+fn every_default_satisfies_its_schema() {
+    let schema = schema();
+    let mut found = Vec::new();
+    defaults(&schema, String::new(), &mut found);
+    assert!(found.len() > 10, "the schema has defaults: {}", found.len());
+    let mut errors = Vec::new();
+    for (path, s, d) in found {
+        check_value(s, d, &path, &mut errors);
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}
