@@ -10,6 +10,8 @@
 //! - `certs.rs`: the cluster CA and node certificates (generated in dev mode).
 //! - `node.rs`: [`node::RaftNode`]: start, bootstrap, the write path (leader stamps and
 //!   appends, followers forward), read barriers, membership changes, status.
+//! - `transfer.rs`: the rules of leadership transfer (openraft 0.9 has none): what the
+//!   leader and the target check, and why the handoff goes quiet first.
 //! - `admin.rs`: the `/raft/*` admin endpoints (`docs/admin-api.md`).
 //!
 //! Architecture invariant: this module knows the state machine only through
@@ -24,6 +26,7 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod state_machine;
+pub mod transfer;
 pub mod wire;
 
 #[cfg(test)]
