@@ -32,13 +32,14 @@ use super::log_store::LogStore;
 use super::network::{CallError, LastHeard, Network, PeerClient};
 use super::state_machine::StateMachine;
 use super::transfer::{self, ElectionRefusal, ElectionRequest, FollowerView, TargetView};
+use super::versions;
 use super::wire::Request;
 use super::{Member, NodeId, Proposal, Raft, decode, encode};
 use crate::clock::SharedClock;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::metrics::Metrics;
 use crate::service::waiters::Waiters;
-use crate::state::{Command, Outcome, Stamp};
+use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 
 /// How a write or a read barrier failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -56,6 +57,13 @@ pub enum SubmitError {
     /// Raft is shutting down.
     #[error("raft stopped")]
     Stopped,
+    /// The batch needs a replicated-command version that not every voter applies yet
+    /// (a rollout in progress): retry later.
+    #[error("command version {needed} not enabled on every voter")]
+    NotEnabled {
+        /// The batch's version.
+        needed: u16,
+    },
     /// The state machine or the log failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -84,6 +92,9 @@ pub struct RaftNode {
     handoff: tokio::sync::RwLock<()>,
     /// One transfer at a time (a second one answers `transfer_in_progress`).
     transfer: tokio::sync::Mutex<()>,
+    /// The command versions peers reported (`commandVersion`), with when: read by the
+    /// leader's version gate, refreshed after [`Self::VERSION_TTL`].
+    peer_versions: Mutex<BTreeMap<NodeId, (u16, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -168,6 +179,7 @@ impl RaftNode {
             heard,
             handoff: tokio::sync::RwLock::new(()),
             transfer: tokio::sync::Mutex::new(()),
+            peer_versions: Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(super::peer::serve(
             endpoint,
@@ -261,10 +273,12 @@ impl RaftNode {
         let Some(_permit) = self.handoff_permit().await else {
             return Err(SubmitError::Unavailable);
         };
-        let proposal = Proposal {
-            stamp: self.stamp(),
-            commands,
-        };
+        // On a follower openraft answers with the leader it knows; the leader checks.
+        let needed = versions::needed(&commands);
+        if needed > versions::BASELINE && self.is_leader() {
+            self.version_gate(needed).await?;
+        }
+        let proposal = Proposal::new(self.stamp(), commands);
         // A leader cut off from its majority does not learn it is deposed until it hears
         // from a newer leader; bound the wait. The entry may still commit later (then the
         // client's retry with the same message id is deduplicated) or be discarded.
@@ -283,6 +297,56 @@ impl RaftNode {
             Err(RaftError::APIError(e)) => Err(SubmitError::Internal(e.to_string())),
             Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
         }
+    }
+
+    /// How long a peer's reported command version is trusted.
+    const VERSION_TTL: Duration = Duration::from_secs(10);
+
+    /// The leader's version gate ([`versions::gate`]): may a batch of version `needed` be
+    /// proposed? Asks the voters whose version is not cached (fresh).
+    async fn version_gate(&self, needed: u16) -> Result<(), SubmitError> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let mut known = BTreeMap::from([(self.id, COMMAND_VERSION)]);
+        for id in voters.iter().copied().filter(|v| *v != self.id) {
+            if let Some(v) = self.peer_version(id).await {
+                known.insert(id, v);
+            }
+        }
+        versions::gate(needed, &voters, &known).map_err(|e| {
+            tracing::info!(error = %e, "write refused by the version gate");
+            SubmitError::NotEnabled { needed }
+        })
+    }
+
+    async fn peer_version(&self, id: NodeId) -> Option<u16> {
+        let cached = self
+            .peer_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|(_, at)| at.elapsed() < Self::VERSION_TTL)
+            .map(|(v, _)| *v);
+        if cached.is_some() {
+            return cached;
+        }
+        let addr = self.member_addr(id)?;
+        let timeout = self.cluster.election_timeout_min;
+        let version = match self
+            .client
+            .call(&addr, &Request::CommandVersion, timeout)
+            .await
+        {
+            Ok(body) => decode::<u16>(&body).ok()?,
+            // A build without `commandVersion` answers `failed`: it predates versioning.
+            Err(CallError::Refused(_)) => versions::BASELINE,
+            Err(_) => return None,
+        };
+        self.peer_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (version, std::time::Instant::now()));
+        Some(version)
     }
 
     fn member_addr(&self, id: NodeId) -> Option<String> {
@@ -848,6 +912,7 @@ impl RaftNode {
             replication,
             version: env!("CARGO_PKG_VERSION"),
             wire_version: qpq_schemas::limits::WIRE_VERSION,
+            command_version: COMMAND_VERSION,
         }
     }
 
@@ -943,6 +1008,8 @@ pub struct Status {
     pub version: &'static str,
     /// Client wire version.
     pub wire_version: u16,
+    /// The newest replicated-command version this node applies (see `raft::versions`).
+    pub command_version: u16,
 }
 
 /// Voters and learners with their Raft addresses.

@@ -120,6 +120,7 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
             Err(e) => Response::Failed(e.to_string()),
         },
         Request::ReadIndex => ok(&node.read_index_local().await),
+        Request::CommandVersion => ok(&crate::state::COMMAND_VERSION),
         Request::StartElection(body) => match decode::<ElectionRequest>(&body) {
             Ok(req) => ok(&node.start_election(req).await),
             Err(e) => Response::Failed(e.to_string()),

@@ -28,6 +28,8 @@ pub enum Request {
     /// CBOR `ElectionRequest`: the leader asks the callee to campaign now (leadership
     /// transfer).
     StartElection(Vec<u8>),
+    /// The newest replicated-command version the callee applies.
+    CommandVersion,
 }
 
 /// The answer to a [`Request`].
@@ -73,6 +75,7 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::Forward(b) => body.set_forward(b),
         Request::ReadIndex => body.set_read_index(()),
         Request::StartElection(b) => body.set_start_election(b),
+        Request::CommandVersion => body.set_command_version(()),
     }
     capnp::serialize::write_message_to_words(&message)
 }
@@ -93,6 +96,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         Which::Forward(d) => Request::Forward(d?.to_vec()),
         Which::ReadIndex(()) => Request::ReadIndex,
         Which::StartElection(d) => Request::StartElection(d?.to_vec()),
+        Which::CommandVersion(()) => Request::CommandVersion,
     })
 }
 
@@ -135,6 +139,7 @@ mod tests {
             Request::Forward(vec![4]),
             Request::ReadIndex,
             Request::StartElection(vec![7, 7]),
+            Request::CommandVersion,
         ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
