@@ -16,6 +16,8 @@ struct RaftRequest {
     installSnapshot @3 :Data;  # CBOR InstallSnapshotRequest (one chunk)
     forward @4 :Data;          # CBOR Vec<Command>: a follower's batch of client writes
     readIndex @5 :Void;        # the leader's linearizable read point
+    startElection @6 :Data;    # CBOR ElectionRequest: the leader hands leadership to the callee
+    commandVersion @7 :Void;   # the newest replicated-command version the callee applies (CBOR u16)
   }
 }
 

@@ -49,7 +49,11 @@ pub enum LogError {
 impl From<SubmitError> for LogError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::NotLeader { .. } | SubmitError::Unavailable => LogError::Unavailable {
+            // A feature not enabled yet (a voter runs an older build) is retryable too: it
+            // is enabled once the rollout reaches every voter.
+            SubmitError::NotLeader { .. }
+            | SubmitError::Unavailable
+            | SubmitError::NotEnabled { .. } => LogError::Unavailable {
                 retry_after_ms: 500,
             },
             SubmitError::Stopped => LogError::Closed,

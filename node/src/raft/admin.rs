@@ -69,6 +69,10 @@ async fn answer(s: &AdminState, result: Result<(), AdminError>) -> Answer {
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "bad_request", "message": message})),
         ),
+        Err(AdminError::Unavailable(code, message)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": code, "message": message})),
+        ),
         Err(AdminError::Internal(message)) => internal(message),
     }
 }
@@ -150,6 +154,14 @@ async fn transfer_leader(State(s): State<AdminState>, body: axum::body::Bytes) -
         Ok(b) => b,
         Err(a) => return a,
     };
-    let r = s.raft.transfer_leader(b.to).await;
+    // The handoff runs to its end even if the caller stops waiting (the operator's admin
+    // timeout may be shorter than a transfer): abandoning it halfway would only cost an
+    // extra election. Success answers this node's `Status`: its `leader_id` is the new
+    // leader (normally `to`; another voter if its election timer fired first).
+    let node = s.raft.clone();
+    let r = match tokio::spawn(async move { node.transfer_leader(b.to).await }).await {
+        Ok(r) => r.map(|_| ()),
+        Err(e) => Err(AdminError::Internal(e.to_string())),
+    };
     answer(&s, r).await
 }

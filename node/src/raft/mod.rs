@@ -10,6 +10,10 @@
 //! - `certs.rs`: the cluster CA and node certificates (generated in dev mode).
 //! - `node.rs`: [`node::RaftNode`]: start, bootstrap, the write path (leader stamps and
 //!   appends, followers forward), read barriers, membership changes, status.
+//! - `versions.rs`: the replicated-command version gate (DESIGN invariant 9): which
+//!   command versions the leader may propose, and which a state machine may apply.
+//! - `transfer.rs`: the rules of leadership transfer (openraft 0.9 has none): what the
+//!   leader and the target check, and why the handoff goes quiet first.
 //! - `admin.rs`: the `/raft/*` admin endpoints (`docs/admin-api.md`).
 //!
 //! Architecture invariant: this module knows the state machine only through
@@ -24,6 +28,8 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod state_machine;
+pub mod transfer;
+pub mod versions;
 pub mod wire;
 
 #[cfg(test)]
@@ -52,6 +58,23 @@ pub struct Proposal {
     pub stamp: Stamp,
     /// The commands, applied in order; the entry's response has one outcome per command.
     pub commands: Vec<Command>,
+    /// The command version needed to apply every command of the batch (the highest
+    /// [`Command::version`]); entries written before versioning decode as 1. A state
+    /// machine refuses an entry of a version newer than it knows ([`versions::applicable`]).
+    #[serde(default = "versions::baseline")]
+    pub version: u16,
+}
+
+impl Proposal {
+    /// A batch stamped with `stamp`, carrying the version its commands need.
+    pub fn new(stamp: Stamp, commands: Vec<Command>) -> Self {
+        let version = versions::needed(&commands);
+        Self {
+            stamp,
+            commands,
+            version,
+        }
+    }
 }
 
 openraft::declare_raft_types!(

@@ -10,7 +10,13 @@
 //!   leader had committed when the read started (read index: the leader confirms its
 //!   leadership with a quorum, followers ask the leader over the Raft listener), so a
 //!   client never reads older state than it already saw, on any node.
-//! - Membership, status and readiness for the admin API.
+//! - Membership, leadership transfer, status and readiness for the admin API.
+//!
+//! Everything that makes the leader send AppendEntries on its own initiative (a client
+//! write, a read-index round, a membership change) holds a read permit of
+//! `RaftNode::handoff`; a leadership transfer takes the write side, which both waits for
+//! those in flight and holds new ones back until the handoff ends (see
+//! [`super::transfer`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,13 +31,15 @@ use super::certs::ClusterTls;
 use super::log_store::LogStore;
 use super::network::{CallError, LastHeard, Network, PeerClient};
 use super::state_machine::StateMachine;
+use super::transfer::{self, ElectionRefusal, ElectionRequest, FollowerView, TargetView};
+use super::versions;
 use super::wire::Request;
 use super::{Member, NodeId, Proposal, Raft, decode, encode};
 use crate::clock::SharedClock;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::metrics::Metrics;
 use crate::service::waiters::Waiters;
-use crate::state::{Command, Outcome, Stamp};
+use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 
 /// How a write or a read barrier failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -49,6 +57,13 @@ pub enum SubmitError {
     /// Raft is shutting down.
     #[error("raft stopped")]
     Stopped,
+    /// The batch needs a replicated-command version that not every voter applies yet
+    /// (a rollout in progress): retry later.
+    #[error("command version {needed} not enabled on every voter")]
+    NotEnabled {
+        /// The batch's version.
+        needed: u16,
+    },
     /// The state machine or the log failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -69,6 +84,17 @@ pub struct RaftNode {
     stop: CancellationToken,
     /// When each peer last answered (see [`LastHeard`]).
     heard: LastHeard,
+    /// The leadership handoff gate. Writes, read-index rounds and membership changes hold a
+    /// read permit while they run on the leader; [`RaftNode::transfer_leader`] holds the
+    /// write side for the whole handoff, so nothing renews the followers' leader leases
+    /// while they must expire. tokio's lock is fair: once a transfer waits, new permits
+    /// queue behind it.
+    handoff: tokio::sync::RwLock<()>,
+    /// One transfer at a time (a second one answers `transfer_in_progress`).
+    transfer: tokio::sync::Mutex<()>,
+    /// The command versions peers reported (`commandVersion`), with when: read by the
+    /// leader's version gate, refreshed after [`Self::VERSION_TTL`].
+    peer_versions: Mutex<BTreeMap<NodeId, (u16, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -151,6 +177,9 @@ impl RaftNode {
             endpoint: endpoint.clone(),
             stop: CancellationToken::new(),
             heard,
+            handoff: tokio::sync::RwLock::new(()),
+            transfer: tokio::sync::Mutex::new(()),
+            peer_versions: Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(super::peer::serve(
             endpoint,
@@ -230,12 +259,26 @@ impl RaftNode {
         Stamp { now_ms: *last }
     }
 
+    /// Waits for a leadership handoff to end (a transfer holds back new writes and reads;
+    /// they then find another leader and are forwarded). `None` if it did not end within
+    /// `unavailable_wait`.
+    async fn handoff_permit(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        tokio::time::timeout(self.cluster.unavailable_wait, self.handoff.read())
+            .await
+            .ok()
+    }
+
     /// Appends `commands` as one entry if this node leads; waits until it is applied here.
     pub async fn submit_local(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
-        let proposal = Proposal {
-            stamp: self.stamp(),
-            commands,
+        let Some(_permit) = self.handoff_permit().await else {
+            return Err(SubmitError::Unavailable);
         };
+        // On a follower openraft answers with the leader it knows; the leader checks.
+        let needed = versions::needed(&commands);
+        if needed > versions::BASELINE && self.is_leader() {
+            self.version_gate(needed).await?;
+        }
+        let proposal = Proposal::new(self.stamp(), commands);
         // A leader cut off from its majority does not learn it is deposed until it hears
         // from a newer leader; bound the wait. The entry may still commit later (then the
         // client's retry with the same message id is deduplicated) or be discarded.
@@ -254,6 +297,56 @@ impl RaftNode {
             Err(RaftError::APIError(e)) => Err(SubmitError::Internal(e.to_string())),
             Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
         }
+    }
+
+    /// How long a peer's reported command version is trusted.
+    const VERSION_TTL: Duration = Duration::from_secs(10);
+
+    /// The leader's version gate ([`versions::gate`]): may a batch of version `needed` be
+    /// proposed? Asks the voters whose version is not cached (fresh).
+    async fn version_gate(&self, needed: u16) -> Result<(), SubmitError> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let mut known = BTreeMap::from([(self.id, COMMAND_VERSION)]);
+        for id in voters.iter().copied().filter(|v| *v != self.id) {
+            if let Some(v) = self.peer_version(id).await {
+                known.insert(id, v);
+            }
+        }
+        versions::gate(needed, &voters, &known).map_err(|e| {
+            tracing::info!(error = %e, "write refused by the version gate");
+            SubmitError::NotEnabled { needed }
+        })
+    }
+
+    async fn peer_version(&self, id: NodeId) -> Option<u16> {
+        let cached = self
+            .peer_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|(_, at)| at.elapsed() < Self::VERSION_TTL)
+            .map(|(v, _)| *v);
+        if cached.is_some() {
+            return cached;
+        }
+        let addr = self.member_addr(id)?;
+        let timeout = self.cluster.election_timeout_min;
+        let version = match self
+            .client
+            .call(&addr, &Request::CommandVersion, timeout)
+            .await
+        {
+            Ok(body) => decode::<u16>(&body).ok()?,
+            // A build without `commandVersion` answers `failed`: it predates versioning.
+            Err(CallError::Refused(_)) => versions::BASELINE,
+            Err(_) => return None,
+        };
+        self.peer_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (version, std::time::Instant::now()));
+        Some(version)
     }
 
     fn member_addr(&self, id: NodeId) -> Option<String> {
@@ -322,6 +415,11 @@ impl RaftNode {
     /// The leader side of a read barrier: confirms leadership with a quorum and returns the
     /// index a read must see applied.
     pub async fn read_index_local(&self) -> Result<u64, SubmitError> {
+        // The leader confirms leadership with a round of AppendEntries, which would renew
+        // the followers' leases during a handoff.
+        let Some(_permit) = self.handoff_permit().await else {
+            return Err(SubmitError::Unavailable);
+        };
         match self.raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -443,6 +541,9 @@ impl RaftNode {
                 >,
             >,
     {
+        let Ok(_permit) = self.handoff.try_read() else {
+            return Err(AdminError::Conflict("transfer_in_progress"));
+        };
         let limit = self.cluster.unavailable_wait * 3;
         match tokio::time::timeout(limit, f).await {
             Ok(r) => r.map(|_| ()).map_err(Self::map_write_error),
@@ -561,21 +662,195 @@ impl RaftNode {
         .await
     }
 
-    /// Hands leadership to a caught-up voter.
+    /// Hands leadership to `to`, a caught-up voter, and returns the node that leads
+    /// afterwards: `to`, or in rare cases another voter whose own election timer fired
+    /// first. The protocol and why it goes quiet first: [`super::transfer`].
     ///
-    /// openraft 0.9 has no leadership transfer (0.10 adds one). Until then this validates
-    /// the request and answers `409 {"error": "not_supported"}`; the operator removes a
-    /// leader by restarting it (a follower takes over within the election timeout).
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), AdminError> {
+    /// Errors: `NotLeader`; `Conflict` `not_voter`, `not_caught_up` (checked before and
+    /// again once quiet), `transfer_in_progress`, `not_supported` (the target's build has
+    /// no `startElection`); `Unavailable` `transfer_failed` (the target could not be asked
+    /// or refused, or no other leader appeared in time; this node resumes leading if it
+    /// still leads). Heartbeats and held-back writes resume on every path.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<NodeId, AdminError> {
         self.require_leader()?;
         if to == self.id {
-            return Ok(());
+            return Ok(self.id);
         }
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        if !m.membership().voter_ids().any(|v| v == to) {
-            return Err(AdminError::BadRequest(format!("node {to} is not a voter")));
+        let Ok(_one_transfer) = self.transfer.try_lock() else {
+            return Err(AdminError::Conflict("transfer_in_progress"));
+        };
+        self.require_no_change_in_progress().await?;
+        transfer::check_target(to, &self.target_view(to))
+            .map_err(|r| AdminError::Conflict(r.code()))?;
+        let started = tokio::time::Instant::now();
+        let c = &self.cluster;
+
+        // Quiet: wait for the writes, reads and membership changes in flight, hold back new
+        // ones, and stop heartbeats. The guard undoes both however this function ends.
+        let Ok(gate) = tokio::time::timeout(c.election_timeout_max, self.handoff.write()).await
+        else {
+            return Err(AdminError::Unavailable(
+                "transfer_failed",
+                "writes in flight did not finish".into(),
+            ));
+        };
+        let _quiet = Quiet::begin(&self.raft, gate);
+
+        // Everything appended is applied here and replicated to the target.
+        let caught_up = self
+            .raft
+            .wait(Some(c.election_timeout_max))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&to))
+                        .and_then(|l| l.map(|l| l.index));
+                    m.state == ServerState::Leader
+                        && m.last_applied.map(|l| l.index) == last
+                        && matched == last
+                },
+                "transfer: target caught up",
+            )
+            .await;
+        let Ok(m) = caught_up else {
+            self.require_leader()?;
+            return Err(AdminError::Conflict("not_caught_up"));
+        };
+        let request = ElectionRequest {
+            leader: self.id,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+        };
+
+        // Wait until a quorum may grant the target its vote: the old leader's lease dates
+        // from its election; a follower's from the last AppendEntries it received, which
+        // was sent before now and arrives within one heartbeat interval (openraft's
+        // timeout for it).
+        let now = tokio::time::Instant::now();
+        let elected_at = self
+            .raft
+            .with_raft_state(|s| s.vote_last_modified())
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?
+            .unwrap_or(now);
+        let lease = c.election_timeout_max;
+        let at = transfer::campaign_at(
+            m.membership_config.membership().voter_ids().count(),
+            elected_at + lease + Duration::from_millis(10),
+            now + lease + c.heartbeat,
+        );
+        tokio::time::sleep_until(at).await;
+        self.require_leader()?;
+
+        let Some(addr) = self.member_addr(to) else {
+            return Err(AdminError::Conflict("not_voter"));
+        };
+        let body = encode(&request).map_err(|e| AdminError::Internal(e.to_string()))?;
+        let asked = self
+            .client
+            .call(&addr, &Request::StartElection(body), c.election_timeout_min)
+            .await;
+        match asked.map(|b| decode::<Result<(), ElectionRefusal>>(&b)) {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(ElectionRefusal::Behind { .. }))) => {
+                return Err(AdminError::Conflict("not_caught_up"));
+            }
+            Ok(Ok(Err(ElectionRefusal::NotVoter))) => {
+                return Err(AdminError::Conflict("not_voter"));
+            }
+            Ok(Ok(Err(e))) => {
+                return Err(AdminError::Unavailable(
+                    "transfer_failed",
+                    format!("node {to} refused: {e}"),
+                ));
+            }
+            Ok(Err(e)) => return Err(AdminError::Internal(e.to_string())),
+            // An older build answers a request kind it does not know with `failed`.
+            Err(CallError::Refused(_)) => return Err(AdminError::Conflict("not_supported")),
+            Err(e) => {
+                return Err(AdminError::Unavailable(
+                    "transfer_failed",
+                    format!("node {to} could not be asked: {e}"),
+                ));
+            }
         }
-        Err(AdminError::Conflict("not_supported"))
+
+        let me = self.id;
+        let moved = self
+            .raft
+            .wait(Some(c.election_timeout_max * 2))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "transfer: another leader",
+            )
+            .await;
+        match moved.ok().and_then(|m| m.current_leader) {
+            Some(leader) => {
+                tracing::info!(
+                    to,
+                    leader,
+                    took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "leadership transferred"
+                );
+                Ok(leader)
+            }
+            None => Err(AdminError::Unavailable(
+                "transfer_failed",
+                format!("no other leader within {:?}", c.election_timeout_max * 2),
+            )),
+        }
+    }
+
+    fn target_view(&self, to: NodeId) -> TargetView {
+        let m = self.raft.metrics().borrow().clone();
+        let window = self.cluster.election_timeout_min;
+        let heard_recently = self
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .is_some_and(|t| t.elapsed() <= window);
+        TargetView {
+            voters: m.membership_config.membership().voter_ids().collect(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            matched_index: m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to))
+                .map(|l| l.map_or(0, |l| l.index)),
+            heard_recently,
+        }
+    }
+
+    /// The target side of a transfer (`startElection`): campaign now if the request comes
+    /// from the leader this node follows and this node has its entries
+    /// ([`transfer::check_election_request`]).
+    pub async fn start_election(&self, req: ElectionRequest) -> Result<(), ElectionRefusal> {
+        let m = self.raft.metrics().borrow().clone();
+        let me = FollowerView {
+            current_leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            is_voter: m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.id),
+        };
+        transfer::check_election_request(&me, &req)?;
+        tracing::info!(
+            leader = req.leader,
+            term = req.term,
+            "leadership offered: campaigning"
+        );
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|_| ElectionRefusal::Stopped)
     }
 
     // ------------------------------------------------------------------ status
@@ -637,6 +912,7 @@ impl RaftNode {
             replication,
             version: env!("CARGO_PKG_VERSION"),
             wire_version: qpq_schemas::limits::WIRE_VERSION,
+            command_version: COMMAND_VERSION,
         }
     }
 
@@ -674,12 +950,36 @@ pub enum AdminError {
     /// `409` with this error code.
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// `503` with this error code and a message: the call may succeed later.
+    #[error("unavailable: {0}: {1}")]
+    Unavailable(&'static str, String),
     /// `400`.
     #[error("bad request: {0}")]
     BadRequest(String),
     /// `500`.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// A leadership handoff in progress: holds the write side of the handoff gate and keeps
+/// heartbeats off; dropping it (success, error, timeout, or the admin request going away)
+/// turns heartbeats back on and lets held-back writes through.
+struct Quiet<'a> {
+    raft: &'a Raft,
+    _gate: tokio::sync::RwLockWriteGuard<'a, ()>,
+}
+
+impl<'a> Quiet<'a> {
+    fn begin(raft: &'a Raft, gate: tokio::sync::RwLockWriteGuard<'a, ()>) -> Self {
+        raft.runtime_config().heartbeat(false);
+        Self { raft, _gate: gate }
+    }
+}
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        self.raft.runtime_config().heartbeat(true);
+    }
 }
 
 /// The admin API's status document (`docs/admin-api.md`).
@@ -708,6 +1008,8 @@ pub struct Status {
     pub version: &'static str,
     /// Client wire version.
     pub wire_version: u16,
+    /// The newest replicated-command version this node applies (see `raft::versions`).
+    pub command_version: u16,
 }
 
 /// Voters and learners with their Raft addresses.

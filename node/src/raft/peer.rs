@@ -1,6 +1,6 @@
 //! The Raft listener: accepts peers' QUIC connections (mutual TLS, ALPN `qpq-raft/1`) and
 //! answers one request per bidirectional stream by handing it to openraft or to the
-//! [`RaftNode`] (forwarded writes, read index).
+//! [`RaftNode`] (forwarded writes, read index, `startElection` of a leadership transfer).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use quinn::crypto::rustls::HandshakeData;
 use tokio_util::sync::CancellationToken;
 
 use super::node::{RaftNode, SubmitError};
+use super::transfer::ElectionRequest;
 use super::wire::{self, MAX_MESSAGE_BYTES, Request, Response};
 use super::{NodeId, TypeConfig, decode, encode};
 use crate::state::Command;
@@ -119,5 +120,10 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
             Err(e) => Response::Failed(e.to_string()),
         },
         Request::ReadIndex => ok(&node.read_index_local().await),
+        Request::CommandVersion => ok(&crate::state::COMMAND_VERSION),
+        Request::StartElection(body) => match decode::<ElectionRequest>(&body) {
+            Ok(req) => ok(&node.start_election(req).await),
+            Err(e) => Response::Failed(e.to_string()),
+        },
     }
 }

@@ -207,6 +207,11 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                 results.push(Vec::new());
             }
             EntryPayload::Normal(proposal) => {
+                // Never skip an entry this build cannot apply: replicas would diverge.
+                if let Err(e) = super::versions::applicable(proposal.version) {
+                    tracing::error!(log_id = %entry.log_id, error = %e, "cannot apply entry");
+                    return Err(sm_write(e));
+                }
                 applied.last_stamp_ms = applied.last_stamp_ms.max(proposal.stamp.now_ms);
                 let stamp = Stamp {
                     now_ms: applied.last_stamp_ms,

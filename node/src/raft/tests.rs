@@ -62,10 +62,7 @@ async fn a_reopened_state_machine_resumes_after_the_last_applied_entry() {
     };
     let entry = |index: u64, commands: Vec<Command>, now_ms: u64| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(super::Proposal {
-            stamp: Stamp { now_ms },
-            commands,
-        }),
+        payload: EntryPayload::Normal(super::Proposal::new(Stamp { now_ms }, commands)),
     };
     let mut sm = open();
     let out = sm
@@ -109,19 +106,89 @@ async fn a_reopened_state_machine_resumes_after_the_last_applied_entry() {
 #[test]
 fn entries_encode_payloads_as_byte_strings() {
     use crate::state::{Command, Stamp};
-    let proposal = super::Proposal {
-        stamp: Stamp { now_ms: 1 },
-        commands: vec![Command::Enqueue {
+    let proposal = super::Proposal::new(
+        Stamp { now_ms: 1 },
+        vec![Command::Enqueue {
             channel: qpq_schemas::ChannelId::new([1; 16]),
             client_msg_id: qpq_schemas::ClientMsgId::new([2; 16]),
             payload: vec![0xEE; 4096],
             commit: None,
             sender: None,
         }],
-    };
+    );
     let bytes = super::encode(&proposal).unwrap();
     // A 4 KiB payload costs about 4 KiB in the log, not twice that.
     assert!(bytes.len() < 4096 + 256, "{} bytes", bytes.len());
     let back: super::Proposal = super::decode(&bytes).unwrap();
     assert_eq!(back, proposal);
+}
+
+#[tokio::test]
+async fn an_entry_of_an_unknown_command_version_stops_the_state_machine() {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use crate::state::{COMMAND_VERSION, Command, Stamp};
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(
+        &dir.path().join("node.sqlite3"),
+        &dir.path().join("snapshots"),
+        Arc::new(Waiters::default()),
+        Metrics::new().unwrap(),
+    )
+    .unwrap();
+    let enqueue = |n: u8| Command::Enqueue {
+        channel: qpq_schemas::ChannelId::new([7; 16]),
+        client_msg_id: qpq_schemas::ClientMsgId::new([n; 16]),
+        payload: vec![n],
+        commit: None,
+        sender: None,
+    };
+    let entry = |index: u64, proposal: super::Proposal| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(proposal),
+    };
+    sm.apply(vec![entry(
+        1,
+        super::Proposal::new(Stamp { now_ms: 1 }, vec![enqueue(1)]),
+    )])
+    .await
+    .unwrap();
+    // A newer build's entry: the state machine fails instead of skipping it, and applies
+    // nothing of the batch.
+    let mut newer = super::Proposal::new(Stamp { now_ms: 2 }, vec![enqueue(2)]);
+    newer.version = COMMAND_VERSION + 1;
+    let err = sm.apply(vec![entry(2, newer)]).await.unwrap_err();
+    assert!(err.to_string().contains("command version"), "{err}");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    let reader = crate::state::StoreReader::open(&dir.path().join("node.sqlite3")).unwrap();
+    assert_eq!(
+        reader
+            .fetch(&qpq_schemas::ChannelId::new([7; 16]), 0, 10, 0)
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn entries_from_before_versioning_decode_as_the_baseline_version() {
+    use crate::state::{Command, Stamp};
+    #[derive(serde::Serialize)]
+    struct Unversioned {
+        stamp: Stamp,
+        commands: Vec<Command>,
+    }
+    let bytes = super::encode(&Unversioned {
+        stamp: Stamp { now_ms: 5 },
+        commands: vec![Command::Evict {
+            messages_before_ms: 1,
+            key_packages_expired_at_ms: 2,
+        }],
+    })
+    .unwrap();
+    let p: super::Proposal = super::decode(&bytes).unwrap();
+    assert_eq!(p.version, super::versions::BASELINE);
+    assert_eq!(p.commands.len(), 1);
 }

@@ -25,6 +25,11 @@ pub enum Request {
     Forward(Vec<u8>),
     /// The leader's linearizable read point.
     ReadIndex,
+    /// CBOR `ElectionRequest`: the leader asks the callee to campaign now (leadership
+    /// transfer).
+    StartElection(Vec<u8>),
+    /// The newest replicated-command version the callee applies.
+    CommandVersion,
 }
 
 /// The answer to a [`Request`].
@@ -69,6 +74,8 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::InstallSnapshot(b) => body.set_install_snapshot(b),
         Request::Forward(b) => body.set_forward(b),
         Request::ReadIndex => body.set_read_index(()),
+        Request::StartElection(b) => body.set_start_election(b),
+        Request::CommandVersion => body.set_command_version(()),
     }
     capnp::serialize::write_message_to_words(&message)
 }
@@ -88,6 +95,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         Which::InstallSnapshot(d) => Request::InstallSnapshot(d?.to_vec()),
         Which::Forward(d) => Request::Forward(d?.to_vec()),
         Which::ReadIndex(()) => Request::ReadIndex,
+        Which::StartElection(d) => Request::StartElection(d?.to_vec()),
+        Which::CommandVersion(()) => Request::CommandVersion,
     })
 }
 
@@ -129,6 +138,8 @@ mod tests {
             Request::InstallSnapshot(vec![9; 100]),
             Request::Forward(vec![4]),
             Request::ReadIndex,
+            Request::StartElection(vec![7, 7]),
+            Request::CommandVersion,
         ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }

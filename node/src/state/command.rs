@@ -185,6 +185,41 @@ pub enum Command {
     },
 }
 
+/// The newest replicated-command version this build applies (DESIGN invariant 9).
+///
+/// Version 1 is every command that existed when versioning began; every build applies it,
+/// including builds that predate this constant. A change that older builds would apply
+/// differently or not at all — a new [`Command`] variant, or a field whose meaning they
+/// would get wrong — takes the next version: bump this constant and give the command that
+/// version in [`Command::version`]. The leader proposes such a command only once every
+/// voter applies it (`raft::versions`), and a state machine that meets a newer version
+/// stops instead of skipping it.
+pub const COMMAND_VERSION: u16 = 1;
+
+impl Command {
+    /// The command version needed to apply this command (see [`COMMAND_VERSION`]). No
+    /// wildcard arm: a new variant must choose its version.
+    pub fn version(&self) -> u16 {
+        match self {
+            Self::UploadKeyPackages { .. } => 1,
+            Self::ConsumeKeyPackage { .. } => 1,
+            Self::Enqueue { .. } => 1,
+            Self::Ack { .. } => 1,
+            Self::RegisterAccount { .. } => 1,
+            Self::AddDevice { .. } => 1,
+            Self::RevokeDevice { .. } => 1,
+            Self::IssueTokens { .. } => 1,
+            Self::RotateRefresh { .. } => 1,
+            Self::CreateGroup { .. } => 1,
+            Self::AddMember { .. } => 1,
+            Self::RemoveMember { .. } => 1,
+            Self::Leave { .. } => 1,
+            Self::Dm { .. } => 1,
+            Self::Evict { .. } => 1,
+        }
+    }
+}
+
 /// A token's public lookup id (the first 16 bytes of the bearer token). Not a secret on its
 /// own, but never printed either: with the secret it would be the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -32,8 +32,8 @@ mod store;
 mod tests;
 
 pub use command::{
-    Command, CommitFraming, DeviceStatus, DmAction, DmState, NewKeyPackage, NewToken, Outcome,
-    Rejection, Stamp, TokenId,
+    COMMAND_VERSION, Command, CommitFraming, DeviceStatus, DmAction, DmState, NewKeyPackage,
+    NewToken, Outcome, Rejection, Stamp, TokenId,
 };
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;

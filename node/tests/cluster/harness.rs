@@ -174,6 +174,17 @@ impl Node {
         }
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, ...) to the running process: a stopped node is
+    /// alive but answers nothing, like a node stuck in a long pause.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("node running").id();
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pid}");
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

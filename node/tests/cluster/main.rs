@@ -23,3 +23,4 @@ mod membership;
 mod partition;
 mod recovery;
 mod single_use;
+mod transfer;
