@@ -29,8 +29,10 @@ STAGING_MODULES=(api apiextensions-apiserver apimachinery apiserver cli-runtime 
   kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver
   sample-cli-plugin sample-controller)
 
+# Bump when the build itself changes (flags), so cached binaries are rebuilt.
+BUILD_REV=2
 CACHE="${QPQ_CACHE:-$HOME/.cache/qpq}"
-BUILD_DIR="$CACHE/k8s/$K8S_VERSION"
+BUILD_DIR="$CACHE/k8s/$K8S_VERSION-r$BUILD_REV"
 BIN="$BUILD_DIR/bin"
 STATE="${QPQ_K8S_DIR:-/tmp/qpq-k8s}"
 API_PORT="${QPQ_K8S_PORT:-16443}"
@@ -88,7 +90,13 @@ GO
     cd "$src"
     export GOFLAGS="-mod=mod -p=${QPQ_GO_JOBS:-1} -trimpath"
     export CGO_ENABLED=0
-    nice -n 19 go build -o "$BIN.tmp/" \
+    # The version the API server reports (Helm checks charts' kubeVersion against it); without
+    # these it says v0.0.0-master.
+    local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+    local v="k8s.io/component-base/version"
+    local ld="-X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
+    ld+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
+    nice -n 19 go build -ldflags "$ld" -o "$BIN.tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       ./cmd/etcd

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Local Kubernetes e2e suite: brings up the local control plane (etcd, kube-apiserver,
-# kube-controller-manager), starts qpq-podrunner as the kubelet of one node, runs the cluster
-# tests of e2e/podrunner against it, and tears everything down (also on failure).
+# kube-controller-manager), starts qpq-podrunner as the kubelet of one node, runs the pod
+# runner's own tests (e2e/podrunner/tests) and then the operator suite (e2e/tests/k8s.rs: the
+# Helm-installed operator, QpqClusters of real qpq-node pods, real qpq clients), and tears
+# everything down (also on failure). Needs root (the runner publishes pod DNS names in
+# /etc/hosts).
 #
 #   e2e/scripts/k8s-e2e.sh            # build what is missing, run, tear down
 #   QPQ_K8S_KEEP=1 e2e/scripts/k8s-e2e.sh   # leave the cluster running afterwards
@@ -44,9 +47,17 @@ t_up=$SECONDS
 
 echo "== k8s-e2e: build qpq-podrunner and qpq-testserver"
 cargo build --manifest-path "$MANIFEST" --bins --tests
+echo "== k8s-e2e: build qpq-node, qpq-operator, qpq and the operator suite"
+cargo build -p qpq-node -p qpq-operator -p qpq-client --bins
+cargo test -p qpq-e2e --test k8s --no-run
+MAIN_TARGET="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+TOOLS="$(e2e/scripts/tools.sh)"
+# The images the chart and the examples name, played by the binaries just built.
 cat > "$STATE/images.yaml" <<YAML
 # image reference -> local binary (the pod runner's "registry")
 qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
+ghcr.io/quicproquo/qpq-node: $MAIN_TARGET/debug/qpq-node
+ghcr.io/quicproquo/qpq-operator: $MAIN_TARGET/debug/qpq-operator
 YAML
 
 echo "== k8s-e2e: pod runner"
@@ -61,8 +72,16 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 
-echo "== k8s-e2e: tests"
+echo "== k8s-e2e: pod runner tests"
 t_tests=$SECONDS
 QPQ_E2E_KUBECONFIG="$STATE/kubeconfig" QPQ_E2E_TESTSERVER_IMAGE=qpq/testserver:dev \
   cargo test --manifest-path "$MANIFEST" --test cluster -- --nocapture
-echo "k8s-e2e: control plane up ${t_up}s (from start), tests $((SECONDS - t_tests))s, total $((SECONDS - t0))s"
+t_runner=$((SECONDS - t_tests))
+
+echo "== k8s-e2e: operator suite"
+t_tests=$SECONDS
+QPQ_E2E_KUBECONFIG="$STATE/kubeconfig" QPQ_E2E_RUNNER_STATE="$STATE/runner" \
+  QPQ_E2E_QPQ="$MAIN_TARGET/debug/qpq" QPQ_E2E_HELM="$TOOLS/helm" QPQ_E2E_KUBECTL="$TOOLS/kubectl" \
+  cargo test -p qpq-e2e --test k8s -- --ignored --test-threads=1 --nocapture
+echo "k8s-e2e: control plane up ${t_up}s (from start), pod runner tests ${t_runner}s," \
+  "operator suite $((SECONDS - t_tests))s, total $((SECONDS - t0))s"

@@ -140,7 +140,20 @@ pub enum MembershipCall {
     },
 }
 
+/// Bound of a leadership transfer call: the node waits for the target to catch up, for the
+/// other followers' leader leases to run out, and for an election (docs/admin-api.md puts the
+/// worst case near 11 s with the default Raft timings).
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl MembershipCall {
+    /// How long to wait for the answer, given the client's default.
+    pub fn timeout(&self, default: Duration) -> Duration {
+        match self {
+            Self::TransferLeader { .. } => default.max(TRANSFER_TIMEOUT),
+            _ => default,
+        }
+    }
+
     /// Path and JSON body of the call.
     pub fn request(&self) -> (&'static str, serde_json::Value) {
         use serde_json::json;
@@ -246,6 +259,7 @@ impl HttpAdmin {
         method: http::Method,
         path: &str,
         body: Option<serde_json::Value>,
+        timeout: Duration,
     ) -> Result<Status, AdminError> {
         let uri = format!("http://{addr}{path}");
         let bytes = match body {
@@ -266,7 +280,7 @@ impl HttpAdmin {
             addr: addr.clone(),
             message,
         };
-        let answer = tokio::time::timeout(self.timeout, async {
+        let answer = tokio::time::timeout(timeout, async {
             let resp = self
                 .client
                 .request(req)
@@ -282,7 +296,7 @@ impl HttpAdmin {
             Ok::<_, AdminError>((status, body))
         })
         .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
         decode(addr, answer.0.as_u16(), &answer.1)
     }
 }
@@ -319,7 +333,7 @@ pub fn decode(addr: &AdminAddr, status: u16, body: &[u8]) -> Result<Status, Admi
 
 impl NodeAdmin for HttpAdmin {
     fn status<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<Status, AdminError>> {
-        Box::pin(self.request(addr, http::Method::GET, "/raft/status", None))
+        Box::pin(self.request(addr, http::Method::GET, "/raft/status", None, self.timeout))
     }
 
     fn call<'a>(
@@ -328,7 +342,13 @@ impl NodeAdmin for HttpAdmin {
         call: &'a MembershipCall,
     ) -> BoxFuture<'a, Result<Status, AdminError>> {
         let (path, body) = call.request();
-        Box::pin(self.request(addr, http::Method::POST, path, Some(body)))
+        Box::pin(self.request(
+            addr,
+            http::Method::POST,
+            path,
+            Some(body),
+            call.timeout(self.timeout),
+        ))
     }
 }
 
@@ -349,6 +369,18 @@ mod tests {
 
     fn addr() -> AdminAddr {
         AdminAddr("x-0.x.ns.svc:9443".into())
+    }
+
+    #[test]
+    fn a_transfer_gets_time_for_an_election() {
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            MembershipCall::TransferLeader { to: 2 }.timeout(d),
+            TRANSFER_TIMEOUT
+        );
+        assert_eq!(MembershipCall::Promote { id: 2 }.timeout(d), d);
+        let long = Duration::from_secs(60);
+        assert_eq!(MembershipCall::TransferLeader { to: 2 }.timeout(long), long);
     }
 
     #[test]

@@ -109,8 +109,15 @@ async fn run(cli: Cli) -> ExitCode {
         Some(ip) => SocketAddr::new(ip, cli.listen.port()),
         None => cli.listen,
     };
+    let serving = match server::bind(listen, health).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %listen, "cannot listen for health and metrics");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::spawn(async move {
-        if let Err(e) = server::serve(listen, health).await {
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "health endpoint failed");
         }
     });

@@ -47,11 +47,15 @@ pub fn router(h: Health) -> Router {
         .with_state(h)
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(addr: SocketAddr, h: Health) -> std::io::Result<()> {
+/// Binds `addr` (an error here is fatal for the caller: without the endpoint the probes
+/// would fail and the pod would be restarted anyway), then serves until the task is dropped.
+pub async fn bind(
+    addr: SocketAddr,
+    h: Health,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "health and metrics endpoint listening");
-    axum::serve(listener, router(h)).await
+    Ok(async move { axum::serve(listener, router(h)).await })
 }
 
 #[cfg(test)]

@@ -447,7 +447,8 @@ impl Reporter {
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "startTime": self.env.start_time,
-            "qosClass": "BestEffort",
+            // The API server computes the QoS class at creation and refuses any change.
+            "qosClass": self.env.pod.status.as_ref().and_then(|s| s.qos_class.clone()).unwrap_or_else(|| "BestEffort".into()),
             "containerStatuses": main.iter().map(CState::to_json).collect::<Vec<_>>(),
             "initContainerStatuses": init.iter().map(CState::to_json).collect::<Vec<_>>(),
         });
@@ -467,7 +468,7 @@ impl Reporter {
             .await
         {
             Ok(_) => self.last = Some(status),
-            Err(e) => tracing::debug!("{}/{}: status: {e}", self.env.ns, self.env.name),
+            Err(e) => tracing::warn!("{}/{}: status: {e}", self.env.ns, self.env.name),
         }
     }
 }

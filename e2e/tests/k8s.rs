@@ -1,0 +1,736 @@
+//! The operator and a QpqCluster on a real Kubernetes API server, with real `qpq-node` pods
+//! and real `qpq` clients: Helm install, Ready, printer columns, schema validation, an MLS
+//! conversation through three pods, scale 3 → 5 → 3 under writes with an operator restart in
+//! the middle, a deleted pod, a killed leader, and deletion by retention policy.
+//!
+//! These tests need a cluster, so they are `#[ignore]`d in `cargo test`; run them with
+//! `e2e/scripts/k8s-e2e.sh` (local control plane and pod runner) or on kind
+//! (`e2e/kind/README.md`). Environment:
+//! - `QPQ_E2E_KUBECONFIG` (required): kubeconfig of the cluster.
+//! - `QPQ_E2E_OPERATOR_IMAGE`, `QPQ_E2E_NODE_IMAGE`: image references (`repo:tag`) of the
+//!   operator and the node (defaults: the chart's and the examples').
+//! - `QPQ_E2E_QPQ`: the `qpq` binary (default: next to this test's build directory).
+//! - `QPQ_E2E_HELM`, `QPQ_E2E_KUBECTL`: the tools (default: `helm`, `kubectl` on `PATH`).
+//! - `QPQ_E2E_RUNNER_STATE`: the pod runner's state directory; with it, "kill the leader"
+//!   sends SIGKILL to the node process itself, without it the leader pod is force-deleted.
+//!
+//! Clients reach pods at their pod IPs, so the machine running the tests must route to them
+//! (always true with the local pod runner; on kind, see its README).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use qpq_operator::crd::QpqCluster;
+use serde_json::{Value, json};
+
+const OPERATOR_NS: &str = "qpq-system";
+const RELEASE: &str = "qpq-operator";
+const ADMIN_PORT: u16 = 9443;
+const CLIENT_PORT: u16 = 7443;
+
+struct Env {
+    client: Client,
+    kubeconfig: PathBuf,
+    repo: PathBuf,
+    qpq: PathBuf,
+    helm: String,
+    kubectl: String,
+    node_image: Option<(String, String)>,
+    runner_state: Option<PathBuf>,
+}
+
+fn step(msg: &str) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("[{}.{:03}] {msg}", d.as_secs() % 100_000, d.subsec_millis());
+}
+
+fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
+        _ => (image.to_owned(), "latest".to_owned()),
+    }
+}
+
+async fn env() -> Env {
+    let kubeconfig = PathBuf::from(std::env::var("QPQ_E2E_KUBECONFIG").expect(
+        "QPQ_E2E_KUBECONFIG must name the cluster's kubeconfig (see e2e/scripts/k8s-e2e.sh)",
+    ));
+    let kc = Kubeconfig::read_from(&kubeconfig).expect("reading QPQ_E2E_KUBECONFIG");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    let client = Client::try_from(config).expect("client");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let qpq = match std::env::var_os("QPQ_E2E_QPQ") {
+        Some(p) => PathBuf::from(p),
+        // target/<profile>/deps/k8s-<hash> → target/<profile>/qpq
+        None => std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("qpq"),
+    };
+    assert!(
+        qpq.is_file(),
+        "{} missing: build it (cargo build -p qpq-client) or set QPQ_E2E_QPQ",
+        qpq.display()
+    );
+    Env {
+        client,
+        kubeconfig,
+        repo,
+        qpq,
+        helm: std::env::var("QPQ_E2E_HELM").unwrap_or_else(|_| "helm".into()),
+        kubectl: std::env::var("QPQ_E2E_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+        node_image: std::env::var("QPQ_E2E_NODE_IMAGE")
+            .ok()
+            .map(|i| split_image(&i)),
+        runner_state: std::env::var_os("QPQ_E2E_RUNNER_STATE").map(PathBuf::from),
+    }
+}
+
+/// Runs a tool with the cluster's kubeconfig; panics with its output on failure.
+fn run(env: &Env, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `f` every 500 ms until it returns `Some`, panicking after `secs` seconds.
+async fn wait<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Installs (or upgrades) the operator chart and waits for its Deployment.
+fn install_operator(env: &Env) {
+    let chart = env.repo.join("charts/qpq-operator");
+    let mut args = vec![
+        "upgrade".to_owned(),
+        "--install".into(),
+        RELEASE.into(),
+        chart.to_string_lossy().into_owned(),
+        "--namespace".into(),
+        OPERATOR_NS.into(),
+        "--create-namespace".into(),
+        "--wait".into(),
+        "--timeout".into(),
+        "180s".into(),
+        "--set".into(),
+        "logging.format=text".into(),
+        "--set".into(),
+        "logging.level=info\\,kube=warn".into(),
+    ];
+    if let Ok(image) = std::env::var("QPQ_E2E_OPERATOR_IMAGE") {
+        let (repo, tag) = split_image(&image);
+        args.extend(["--set".into(), format!("image.repository={repo}")]);
+        args.extend(["--set".into(), format!("image.tag={tag}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(env, &env.helm, &args);
+}
+
+async fn namespace(env: &Env, prefix: &str) -> String {
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
+    let ns = format!("{prefix}-{suffix}");
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("create namespace");
+    ns
+}
+
+/// An example manifest, placed in `ns`, with the node image under test.
+fn example(env: &Env, file: &str, ns: &str) -> QpqCluster {
+    let text = std::fs::read_to_string(env.repo.join("examples").join(file)).unwrap();
+    let mut obj: QpqCluster = serde_yaml::from_str(&text).unwrap();
+    obj.metadata.namespace = Some(ns.to_owned());
+    if let Some((image, version)) = &env.node_image {
+        obj.spec.image = image.clone();
+        obj.spec.version = version.clone();
+    }
+    obj
+}
+
+fn condition(c: &QpqCluster, type_: &str) -> Option<String> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| x.status.clone())
+}
+
+/// Waits until the cluster reports Ready with `voters` voters and every pod is ready.
+async fn wait_ready(env: &Env, ns: &str, name: &str, voters: i32, secs: u64) -> QpqCluster {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    wait(
+        &format!("{ns}/{name} Ready with {voters} voters"),
+        secs,
+        || async {
+            let c = api.get(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            let ready = condition(&c, "Ready").as_deref() == Some("True");
+            if !(ready && s.voters == voters && s.operation.is_none() && s.leader.is_some()) {
+                return None;
+            }
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+                .await
+                .ok()?;
+            let ready_pods = list.items.iter().filter(|p| pod_ready(p)).count();
+            (list.items.len() == voters as usize && ready_pods == voters as usize).then_some(c)
+        },
+    )
+    .await
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn pod_ip(env: &Env, ns: &str, pod: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    wait(&format!("IP of {pod}"), 60, || async {
+        pods.get(pod).await.ok()?.status?.pod_ip
+    })
+    .await
+}
+
+/// `GET /raft/status` on a pod's admin port.
+async fn raft_status(ip: &str) -> Option<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect((ip, ADMIN_PORT))
+            .await
+            .ok()?;
+        let req = format!("GET /raft/status HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then(|| serde_json::from_str(body).ok())?
+    };
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A `qpq` profile talking to one pod.
+#[derive(Clone)]
+struct Profile {
+    qpq: PathBuf,
+    home: PathBuf,
+    name: &'static str,
+}
+
+impl Profile {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.qpq)
+            .env("QPQ_HOME", &self.home)
+            .args(["--json", "--profile", self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `qpq`; panics on failure. One JSON document per line (arrays flattened).
+    fn ok(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.cmd(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "qpq --profile {} {args:?} failed: {stdout} {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .flat_map(|l| match serde_json::from_str(l).unwrap() {
+                Value::Array(items) => items,
+                v => vec![v],
+            })
+            .collect()
+    }
+
+    /// Bodies of the messages `recv` returns, in order.
+    fn messages(&self) -> Vec<String> {
+        self.ok(&["recv"])
+            .into_iter()
+            .filter(|e| e["kind"] == "message")
+            .map(|e| e["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+async fn ca_pem(env: &Env, ns: &str, name: &str) -> Vec<u8> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    let s = secrets.get(&format!("{name}-tls")).await.unwrap();
+    s.data.unwrap()["ca.crt"].0.clone()
+}
+
+async fn register(
+    env: &Env,
+    home: &Path,
+    ns: &str,
+    cluster: &str,
+    name: &'static str,
+    pod: &str,
+) -> Profile {
+    let ip = pod_ip(env, ns, pod).await;
+    let p = Profile {
+        qpq: env.qpq.clone(),
+        home: home.to_owned(),
+        name,
+    };
+    let node = format!("{ip}:{CLIENT_PORT}");
+    let server_name = format!("{pod}.{cluster}.{ns}.svc");
+    let ca = home.join("ca.crt");
+    let r = p.ok(&[
+        "register",
+        "--node",
+        &node,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--server-name",
+        &server_name,
+    ]);
+    assert_eq!(r[0]["key_packages"], 10, "{r:?}");
+    p
+}
+
+async fn patch_replicas(env: &Env, ns: &str, name: &str, replicas: i32) {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The operator replica holding the Lease.
+async fn operator_leader(env: &Env) -> String {
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    wait("the operator's Lease holder", 60, || async {
+        leases.get("qpq-operator").await.ok()?.spec?.holder_identity
+    })
+    .await
+}
+
+/// Sends `w-0`, `w-1`, ... from `writer` until `stop`; returns the numbers the node
+/// acknowledged.
+fn write_until(p: &Profile, group: &str, stop: &AtomicBool) -> Vec<u64> {
+    let mut acked = Vec::new();
+    let mut i = 0;
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        let out = p.cmd(&["send", group, &format!("w-{i}")]);
+        slowest = slowest.max(started.elapsed());
+        if out.status.success() {
+            acked.push(i);
+        } else {
+            step(&format!(
+                "w-{i} not acknowledged: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+        i += 1;
+    }
+    step(&format!("writer: {i} sends, the slowest took {slowest:?}"));
+    acked
+}
+
+/// Every acknowledged write arrives exactly once, and all writes arrive in send order.
+fn check_writes(acked: &[u64], received: &[String]) {
+    let got: Vec<u64> = received
+        .iter()
+        .filter_map(|b| b.strip_prefix("w-")?.parse().ok())
+        .collect();
+    for w in got.windows(2) {
+        assert!(w[0] < w[1], "out of order or duplicated: {w:?} in {got:?}");
+    }
+    for a in acked {
+        assert!(
+            got.contains(a),
+            "acknowledged w-{a} was lost; received {got:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run e2e/scripts/k8s-e2e.sh"]
+async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
+    let env = env().await;
+    let t0 = Instant::now();
+    step("helm install the operator chart");
+    install_operator(&env);
+    let ns = namespace(&env, "qpq-e2e").await;
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
+
+    step("an invalid spec is refused by the API server");
+    let mut bad = example(&env, "qpqcluster-3.yaml", &ns);
+    bad.metadata.name = Some("bad".into());
+    bad.spec.replicas = 4;
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    match err {
+        kube::Error::Api(e) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("replicas"), "{}", e.message);
+        }
+        e => panic!("expected a validation error, got {e}"),
+    }
+
+    step("apply examples/qpqcluster-3.yaml; wait for Ready");
+    let obj = example(&env, "qpqcluster-3.yaml", &ns);
+    let name = obj.metadata.name.clone().unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let c = wait_ready(&env, &ns, &name, 3, 300).await;
+    step(&format!("Ready after {:?}", t0.elapsed()));
+    let table = run(&env, &env.kubectl, &["get", "qpqclusters", "-n", &ns]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REPLICAS", "VERSION", "LEADER", "AGE"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        [name.as_str(), "True", "3", obj.spec.version.as_str()]
+    );
+    assert_eq!(Some(row[4]), c.status.as_ref().unwrap().leader.as_deref());
+
+    step("three clients, one per pod, hold an MLS conversation");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("ca.crt"), ca_pem(&env, &ns, &name).await).unwrap();
+    let alice = register(&env, home.path(), &ns, &name, "alice", &format!("{name}-0")).await;
+    let bob = register(&env, home.path(), &ns, &name, "bob", &format!("{name}-1")).await;
+    let carol = register(&env, home.path(), &ns, &name, "carol", &format!("{name}-2")).await;
+    let mut cards = BTreeMap::new();
+    for p in [&alice, &bob, &carol] {
+        let me = &p.ok(&["whoami"])[0];
+        cards.insert(
+            p.name,
+            format!(
+                "{}:{}",
+                me["account"].as_str().unwrap(),
+                me["identity"].as_str().unwrap()
+            ),
+        );
+    }
+    for p in [&alice, &bob, &carol] {
+        for (other, card) in &cards {
+            if *other != p.name {
+                p.ok(&["contact", "add", other, card]);
+            }
+        }
+    }
+    alice.ok(&["group", "create", "team"]);
+    alice.ok(&["group", "invite", "team", "bob"]);
+    alice.ok(&["group", "invite", "team", "carol"]);
+    for p in [&bob, &carol] {
+        let kinds: Vec<Value> = p.ok(&["recv"]).iter().map(|e| e["kind"].clone()).collect();
+        assert!(kinds.contains(&json!("joined")), "{}: {kinds:?}", p.name);
+    }
+    let gid = alice.ok(&["group", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gid = gid.as_str();
+    alice.ok(&["send", gid, "hi bob, hi carol"]);
+    bob.ok(&["send", gid, "hello from bob"]);
+    assert_eq!(carol.messages(), ["hi bob, hi carol", "hello from bob"]);
+    carol.ok(&["send", gid, "hey both"]);
+    assert_eq!(alice.messages(), ["hello from bob", "hey both"]);
+    assert_eq!(bob.messages(), ["hi bob, hi carol", "hey both"]);
+
+    step("scale 3 -> 5 while alice writes; restart the operator in the middle");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (alice, gid, stop) = (alice.clone(), gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_until(&alice, &gid, &stop))
+    };
+    patch_replicas(&env, &ns, &name, 5).await;
+    // Wait for the first membership step of the scale-up, then kill the operator replica
+    // that leads: the other one must resume from the recorded status.
+    wait("a scale-up under way", 120, || async {
+        let c = api.get(&name).await.ok()?;
+        c.status?.operation.filter(|o| o.node_id >= 4).map(|_| ())
+    })
+    .await;
+    let leader = operator_leader(&env).await;
+    step(&format!("deleting operator pod {leader} mid-scale"));
+    let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    operator_pods
+        .delete(&leader, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_ready(&env, &ns, &name, 5, 420).await;
+    let now = operator_leader(&env).await;
+    assert_ne!(now, leader, "another operator replica took over");
+    step("scale 5 -> 3");
+    patch_replicas(&env, &ns, &name, 3).await;
+    wait_ready(&env, &ns, &name, 3, 420).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    step(&format!(
+        "{} writes acknowledged during the scaling, the last w-{}",
+        acked.len(),
+        acked.last().copied().unwrap_or_default()
+    ));
+    assert!(!acked.is_empty(), "no write succeeded while scaling");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    let claims = pvcs.list(&ListParams::default()).await.unwrap();
+    let mut claim_names: Vec<String> = claims
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    claim_names.sort();
+    assert_eq!(
+        claim_names,
+        (0..3)
+            .map(|i| format!("data-{name}-{i}"))
+            .collect::<Vec<_>>(),
+        "removed members' volumes are deleted on scale-down"
+    );
+    check_writes(&acked, &bob.messages());
+    check_writes(&acked, &carol.messages());
+
+    step("delete a follower pod: it comes back and rejoins");
+    let c = api.get(&name).await.unwrap();
+    let leader_pod = c.status.as_ref().unwrap().leader.clone().unwrap();
+    let follower = (0..3)
+        .map(|i| format!("{name}-{i}"))
+        .find(|p| *p != leader_pod)
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let old_uid = pods.get(&follower).await.unwrap().metadata.uid;
+    pods.delete(&follower, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait(&format!("{follower} recreated"), 120, || async {
+        let p = pods.get(&follower).await.ok()?;
+        (p.metadata.uid != old_uid && pod_ready(&p)).then_some(())
+    })
+    .await;
+    wait_ready(&env, &ns, &name, 3, 180).await;
+    alice.ok(&["send", gid, "after the pod came back"]);
+    let ip = pod_ip(&env, &ns, &follower).await;
+    let st = raft_status(&ip).await.expect("status of the recreated pod");
+    assert_eq!(
+        st["membership"]["voters"].as_object().map(|v| v.len()),
+        Some(3),
+        "{st}"
+    );
+
+    step(&format!("kill the leader's process ({leader_pod})"));
+    let ips: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(pod_ip(&env, &ns, &format!("{name}-{i}")).await);
+        }
+        v
+    };
+    let leader_ip = pod_ip(&env, &ns, &leader_pod).await;
+    let old_term = raft_status(&leader_ip).await.expect("leader status")["term"]
+        .as_u64()
+        .unwrap();
+    kill_node(&env, &ns, &leader_pod).await;
+    // A client on another pod keeps being served.
+    let other = [&alice, &bob, &carol]
+        .into_iter()
+        .zip(0..)
+        .find(|(_, i)| format!("{name}-{i}") != leader_pod)
+        .map(|(p, _)| p.clone())
+        .unwrap();
+    let killed = Instant::now();
+    other.ok(&["send", gid, "while the leader is down"]);
+    step(&format!(
+        "write acknowledged {:?} after the kill",
+        killed.elapsed()
+    ));
+    // The process really died: its container was restarted.
+    wait(
+        &format!("{leader_pod}'s container restarted"),
+        60,
+        || async {
+            let p = pods.get(&leader_pod).await.ok()?;
+            let restarts = p.status?.container_statuses?.first()?.restart_count;
+            (restarts >= 1).then_some(())
+        },
+    )
+    .await;
+    // A leader again: a follower elected in a later term, or (openraft restores a committed
+    // vote of its own at start) the restarted node itself if it came back before the
+    // followers' election timeout.
+    let (term, leader) = wait("a leader after the kill", 60, || async {
+        for ip in &ips {
+            if let Some(st) = raft_status(ip).await
+                && let (Some(t), Some(l)) = (st["term"].as_u64(), st["leader_id"].as_u64())
+            {
+                return Some((t, l));
+            }
+        }
+        None
+    })
+    .await;
+    step(&format!(
+        "leader after the kill: node {leader} in term {term} (was term {old_term})"
+    ));
+    wait_ready(&env, &ns, &name, 3, 240).await;
+    for p in [&alice, &bob, &carol]
+        .into_iter()
+        .filter(|p| p.name != other.name)
+    {
+        let got = p.messages();
+        assert!(
+            got.iter().any(|m| m == "while the leader is down"),
+            "{}: {got:?}",
+            p.name
+        );
+    }
+
+    step("delete the QpqCluster (pvcRetentionPolicy Retain)");
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait("the QpqCluster gone", 180, || async {
+        api.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), &ns);
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &ns);
+    wait("owned objects garbage-collected", 180, || async {
+        let s = sts.list(&ListParams::default()).await.ok()?.items.len();
+        let v = svcs.list(&ListParams::default()).await.ok()?.items.len();
+        let p = pods.list(&ListParams::default()).await.ok()?.items.len();
+        (s == 0 && v == 0 && p == 0).then_some(())
+    })
+    .await;
+    let kept = pvcs.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(kept, 3, "Retain keeps the volumes");
+
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+    step(&format!("done in {:?}", t0.elapsed()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run e2e/scripts/k8s-e2e.sh"]
+async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
+    let env = env().await;
+    install_operator(&env);
+    let ns = namespace(&env, "qpq-e2e-dev").await;
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
+    step("apply examples/qpqcluster-dev.yaml");
+    let obj = example(&env, "qpqcluster-dev.yaml", &ns);
+    let name = obj.metadata.name.clone().unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    wait_ready(&env, &ns, &name, 1, 240).await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("ca.crt"), ca_pem(&env, &ns, &name).await).unwrap();
+    let dana = register(&env, home.path(), &ns, &name, "dana", &format!("{name}-0")).await;
+    let devices = dana.ok(&["devices"]);
+    assert_eq!(devices[0]["status"], "active");
+
+    step("delete it (pvcRetentionPolicy Delete)");
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    wait("the QpqCluster and its volumes gone", 180, || async {
+        let gone = api.get_opt(&name).await.ok()?.is_none();
+        let claims = pvcs.list(&ListParams::default()).await.ok()?.items;
+        (gone
+            && claims
+                .iter()
+                .all(|c| c.metadata.deletion_timestamp.is_some()))
+        .then_some(())
+    })
+    .await;
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// SIGKILL to the node process of `pod` when the pod runner's state is at hand; otherwise a
+/// forced delete of the pod (no grace period) on a real cluster.
+async fn kill_node(env: &Env, ns: &str, pod: &str) {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let p = pods.get(pod).await.unwrap();
+    if let Some(state) = &env.runner_state {
+        let uid = p.metadata.uid.clone().unwrap();
+        let pid_file = state
+            .join("pods")
+            .join(format!("{ns}_{pod}_{uid}"))
+            .join("pids")
+            .join("qpq-node");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -9 {pid}");
+    } else {
+        pods.delete(pod, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+}
