@@ -441,7 +441,7 @@ async fn run(cli: Cli) -> Result<()> {
         json: cli.json,
     };
     let c = &ctx.client;
-    match cli.command {
+    let result = match cli.command {
         Command::Register { .. } => Ok(()),
         Command::Login => {
             let s = c.login().await?;
@@ -630,7 +630,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-    }
+    };
+    // Say goodbye: the node frees this connection now, not after its idle timeout.
+    ctx.client.node().close().await;
+    result
 }
 
 async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
@@ -768,6 +771,7 @@ async fn register(
             session.account, session.device
         );
     }
+    client.node().close().await;
     Ok(())
 }
 

@@ -283,6 +283,15 @@ impl ResilientNode {
         self.conn.borrow_mut().take();
     }
 
+    /// Closes the connection gracefully (CONNECTION_CLOSE sent, bounded wait), so the node
+    /// frees its slot at once instead of after its idle timeout. Call before exiting.
+    pub async fn close(&self) {
+        let conn = self.conn.borrow_mut().take();
+        if let Some(c) = conn {
+            c.close().await;
+        }
+    }
+
     fn signer(&self) -> NodeResult<(IdentityKey, SignFn)> {
         let a = self.auth.borrow();
         let a = a.as_ref().ok_or(NodeError::NotRegistered)?;

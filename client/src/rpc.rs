@@ -619,8 +619,9 @@ impl Connection {
         Ok(start_rpc(send, recv).0)
     }
 
-    /// Closes the connection and waits (briefly) for the close to be sent.
-    pub async fn close(self) {
+    /// Closes the connection and waits (briefly) for the close to be sent, so the node frees
+    /// it now rather than after its idle timeout.
+    pub async fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;

@@ -283,6 +283,7 @@ impl Profile {
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.qpq)
             .env("QPQ_HOME", &self.home)
+            .env("QPQ_LOG", "qpq_client=debug")
             .args(["--json", "--profile", self.name])
             .args(args)
             .output()
@@ -384,7 +385,14 @@ fn write_until(p: &Profile, group: &str, stop: &AtomicBool) -> Vec<u64> {
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
         let out = p.cmd(&["send", group, &format!("w-{i}")]);
-        slowest = slowest.max(started.elapsed());
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        if took > Duration::from_secs(3) {
+            step(&format!(
+                "w-{i} took {took:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
         if out.status.success() {
             acked.push(i);
         } else {

@@ -157,3 +157,30 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Each `qpq` run closes its connection on exit, so a node with a small per-IP connection
+/// cap serves many short runs in a row (idle connections would hold the slots for the idle
+/// timeout and the next runs would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpq_runs_free_their_connection_on_exit() {
+    let t = TestNode::start_with(|c| c.limits.max_connections_per_ip = 3).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    qpq(
+        h,
+        "alice",
+        &["register", "--node", &node, "--fingerprint", &fp],
+    );
+    let t0 = std::time::Instant::now();
+    for _ in 0..8 {
+        let devices = qpq(h, "alice", &["devices"]);
+        assert_eq!(devices[0]["status"], "active", "{devices}");
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "8 runs took {:?}",
+        t0.elapsed()
+    );
+}

@@ -96,11 +96,16 @@ impl PeerClient {
         Ok(conn)
     }
 
-    fn forget(&self, addr: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
+    /// Drops the cached connection to `addr` if it is still `conn` (a concurrent call may
+    /// already have dialled a fresh one).
+    fn forget(&self, addr: &str, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns
+            .get(addr)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(addr);
+        }
     }
 
     /// Sends `req` to the node listening at `addr` and returns its `Ok` body.
@@ -114,7 +119,7 @@ impl PeerClient {
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => {
-                self.forget(addr);
+                self.forget(addr, &conn);
                 return Err(CallError::Unreachable(format!("open stream: {e}")));
             }
         };
@@ -131,10 +136,17 @@ impl PeerClient {
         let answer = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                self.forget(addr);
+                self.forget(addr, &conn);
                 return Err(e);
             }
-            Err(_) => return Err(CallError::Lost("timeout".into())),
+            Err(_) => {
+                // A peer that restarted at the same address never answers on the old
+                // connection (its stateless-reset key changed), and QUIC would only notice
+                // after the idle timeout: dial afresh next time.
+                conn.close(0u32.into(), b"timeout");
+                self.forget(addr, &conn);
+                return Err(CallError::Lost("timeout".into()));
+            }
         };
         match wire::decode_response(&answer) {
             Ok(Response::Ok(body)) => Ok(body),
