@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the cluster e2e tests on a kind cluster (needs docker, kind and kubectl; not for the
-# project's machines, which have no Docker engine: there use e2e/scripts/k8s-e2e.sh).
+# Runs the pod runner's cluster tests and then the operator suite on a kind cluster (needs
+# docker, kind, kubectl, helm and root for a route to the pod network; not for the project's
+# machines, which have no Docker engine: there use e2e/scripts/k8s-e2e.sh). Unexercised here.
 #   e2e/kind/run.sh            # create cluster qpq-e2e, build and load the image, test, delete
 #   KEEP=1 e2e/kind/run.sh     # keep the cluster
 set -euo pipefail
@@ -26,3 +27,17 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 QPQ_E2E_KUBECONFIG="$KCFG" QPQ_E2E_TESTSERVER_IMAGE="$IMAGE" \
   cargo test --manifest-path e2e/podrunner/Cargo.toml --test cluster -- --nocapture
+
+# The operator suite: node and operator images, pod IPs routed to the kind node (clients speak
+# QUIC to each pod; Linux, needs root for the route).
+NODE_IMAGE="${QPQ_E2E_NODE_IMAGE:-qpq/node:dev}"
+OPERATOR_IMAGE="${QPQ_E2E_OPERATOR_IMAGE:-qpq/operator:dev}"
+docker build -f e2e/kind/Dockerfile.qpq --target node -t "$NODE_IMAGE" .
+docker build -f e2e/kind/Dockerfile.qpq --target operator -t "$OPERATOR_IMAGE" .
+kind load docker-image "$NODE_IMAGE" "$OPERATOR_IMAGE" --name "$CLUSTER"
+node_ip="$(docker inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$CLUSTER-control-plane")"
+pod_cidr="$(kubectl --kubeconfig "$KCFG" get node "$CLUSTER-control-plane" -o jsonpath='{.spec.podCIDR}')"
+ip route replace "$pod_cidr" via "$node_ip"
+cargo build -p qpq-client --bin qpq
+QPQ_E2E_KUBECONFIG="$KCFG" QPQ_E2E_NODE_IMAGE="$NODE_IMAGE" QPQ_E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE" \
+  cargo test -p qpq-e2e --test k8s -- --ignored --test-threads=1 --nocapture
