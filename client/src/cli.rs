@@ -420,17 +420,26 @@ async fn run(cli: Cli) -> Result<()> {
         server_name,
     } = &cli.command
     {
-        let trust = match (fingerprint, ca_file) {
-            (_, Some(path)) => Trust::Ca(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+        let (fingerprint, ca_pem) = match (fingerprint, ca_file) {
+            (_, Some(path)) => (
+                String::new(),
+                Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+                ),
             ),
-            (Some(fp), None) => Trust::Pin(fp.clone()),
+            (Some(fp), None) => (fp.clone(), None),
             (None, None) => {
                 return Err(Error::Invalid("give --fingerprint or --ca-file".to_owned()));
             }
         };
-        return register(&dir, node, trust, server_name, cli.json).await;
+        let config = ProfileConfig {
+            node: node.clone(),
+            server_name: server_name.clone(),
+            fingerprint,
+            ca_pem,
+        };
+        return register(&dir, config, cli.json).await;
     }
     let config = load_config(&dir)?;
     let node = ResilientNode::new(target(&config)?);
@@ -727,31 +736,7 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-/// How a new profile will authenticate its node.
-enum Trust {
-    /// A pinned certificate digest (hex).
-    Pin(String),
-    /// A CA (PEM).
-    Ca(String),
-}
-
-async fn register(
-    dir: &Path,
-    node: &str,
-    trust: Trust,
-    server_name: &str,
-    json: bool,
-) -> Result<()> {
-    let (fingerprint, ca_pem) = match trust {
-        Trust::Pin(fp) => (fp, None),
-        Trust::Ca(pem) => (String::new(), Some(pem)),
-    };
-    let config = ProfileConfig {
-        node: node.to_owned(),
-        server_name: server_name.to_owned(),
-        fingerprint,
-        ca_pem,
-    };
+async fn register(dir: &Path, config: ProfileConfig, json: bool) -> Result<()> {
     let target = target(&config)?;
     create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     let provider = Provider::open(&dir.join("state.sqlite3"))?;

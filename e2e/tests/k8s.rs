@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use qpq_operator::admin_client::{AdminAddr, HttpAdmin, NodeAdmin as _, Status};
 use qpq_operator::crd::QpqCluster;
 use serde_json::{Value, json};
 
@@ -249,26 +250,12 @@ async fn pod_ip(env: &Env, ns: &str, pod: &str) -> String {
     .await
 }
 
-/// `GET /raft/status` on a pod's admin port.
-async fn raft_status(ip: &str) -> Option<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect((ip, ADMIN_PORT))
-            .await
-            .ok()?;
-        let req = format!("GET /raft/status HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| serde_json::from_str(body).ok())?
-    };
-    tokio::time::timeout(Duration::from_secs(3), fut)
+/// `GET /raft/status` on a pod's admin port, through the operator's own admin client.
+async fn raft_status(ip: &str) -> Option<Status> {
+    HttpAdmin::new(Duration::from_secs(3))
+        .status(&AdminAddr(format!("{ip}:{ADMIN_PORT}")))
         .await
         .ok()
-        .flatten()
 }
 
 /// A `qpq` profile talking to one pod.
@@ -586,11 +573,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     alice.ok(&["send", gid, "after the pod came back"]);
     let ip = pod_ip(&env, &ns, &follower).await;
     let st = raft_status(&ip).await.expect("status of the recreated pod");
-    assert_eq!(
-        st["membership"]["voters"].as_object().map(|v| v.len()),
-        Some(3),
-        "{st}"
-    );
+    assert_eq!(st.membership.voters.len(), 3, "{st:?}");
 
     step(&format!("kill the leader's process ({leader_pod})"));
     let ips: Vec<String> = {
@@ -601,9 +584,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         v
     };
     let leader_ip = pod_ip(&env, &ns, &leader_pod).await;
-    let old_term = raft_status(&leader_ip).await.expect("leader status")["term"]
-        .as_u64()
-        .unwrap();
+    let old_term = raft_status(&leader_ip).await.expect("leader status").term;
     kill_node(&env, &ns, &leader_pod).await;
     // A client on another pod keeps being served.
     let other = [&alice, &bob, &carol]
@@ -634,10 +615,13 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     // followers' election timeout.
     let (term, leader) = wait("a leader after the kill", 60, || async {
         for ip in &ips {
-            if let Some(st) = raft_status(ip).await
-                && let (Some(t), Some(l)) = (st["term"].as_u64(), st["leader_id"].as_u64())
+            if let Some(Status {
+                term,
+                leader_id: Some(leader),
+                ..
+            }) = raft_status(ip).await
             {
-                return Some((t, l));
+                return Some((term, leader));
             }
         }
         None
