@@ -473,6 +473,11 @@ fn dm(
         if !account_exists(conn, peer)? {
             return rejected(Rejection::UnknownAccount);
         }
+        // `by` is the caller's account and so exists when proposed; checked anyway, since an
+        // entry that fails to apply would stop every replica at it.
+        if !account_exists(conn, by)? {
+            return rejected(Rejection::Forbidden);
+        }
         conn.prepare_cached("INSERT INTO channel_info (channel, kind) VALUES (?1, 1)")?
             .execute(params![&channel.as_bytes()[..]])?;
         set_dm(conn, channel, state, by)?;
@@ -760,5 +765,40 @@ mod tests {
         // Inboxes take anyone's Welcome.
         let inbox = inbox_channel(&DeviceId::new([5; 16]));
         assert!(sent(&apply(&mut store, send(inbox, alice, 8))));
+    }
+
+    /// Found by the `raft_command` fuzz target: a DM opened by an account that does not exist
+    /// broke the members table's foreign key, so the whole batch (and with it every replica)
+    /// failed at that entry.
+    #[test]
+    fn a_dm_opened_by_an_unknown_account_is_refused_and_the_batch_goes_on() {
+        let (mut store, account, _) = registered();
+        let ghost = AccountId::new([9; 16]);
+        let dm = qpq_schemas::auth::dm_channel(&ghost, &account);
+        let open = Command::Dm {
+            channel: dm,
+            by: ghost,
+            peer: account,
+            action: DmAction::Open,
+        };
+        let group = ChannelId::new([7; 16]);
+        let create = Command::CreateGroup {
+            channel: group,
+            creator: account,
+        };
+        let out = store.apply_batch(&[(open, AT), (create, AT)]).unwrap();
+        assert_eq!(
+            out,
+            vec![Outcome::Rejected(Rejection::Forbidden), Outcome::Done]
+        );
+        assert_eq!(
+            read::channel_access(store.conn(), &dm, &account).unwrap(),
+            None
+        );
+        assert!(
+            read::channel_access(store.conn(), &group, &account)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -4,12 +4,18 @@
 //! [`crate::state::Store::apply_batch`] and is deterministic: time comes only from the
 //! entry's [`Stamp`], limits only from command fields, and nothing reads the wall clock,
 //! randomness or node configuration. Rule checks run before any write, so a rejected command
-//! leaves no trace and needs no savepoint.
+//! leaves no trace.
+//!
+//! A command that gets past its rule checks but still breaks a database constraint (a
+//! missing check: a bug) is refused as a whole, rolled back to a savepoint, instead of
+//! failing the batch: a batch that cannot apply would stop every replica at the same entry,
+//! for good. Constraint errors depend only on the database and the command, so every replica
+//! refuses the same command.
 //!
 //! This file does not open connections, manage transactions or serve reads.
 
 use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, IdentityKey};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::accounts;
 use super::command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Stamp};
@@ -18,6 +24,36 @@ use super::error::{Result, StoreError};
 /// Applies one command. `Err` only for storage failures; rule violations are
 /// [`Outcome::Rejected`].
 pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Result<Outcome> {
+    refusing_constraint_violations(conn, command, || apply_rules(conn, command, stamp))
+}
+
+/// Runs `rules` inside a savepoint. A constraint violation rolls the command back and refuses
+/// it (`Forbidden`, a rejection every build understands); any other error is returned.
+fn refusing_constraint_violations(
+    conn: &Connection,
+    command: &Command,
+    rules: impl FnOnce() -> Result<Outcome>,
+) -> Result<Outcome> {
+    conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    let outcome = rules();
+    let broke_constraint = matches!(
+        &outcome,
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == ErrorCode::ConstraintViolation
+    );
+    if outcome.is_err() {
+        conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE command")?.execute([])?;
+    if broke_constraint {
+        // `Command`'s Debug prints ids and sizes, never payloads, keys or token hashes.
+        tracing::error!(?command, "a command broke a database constraint; refused");
+        return Ok(Outcome::Rejected(Rejection::Forbidden));
+    }
+    outcome
+}
+
+fn apply_rules(conn: &Connection, command: &Command, stamp: Stamp) -> Result<Outcome> {
     match command {
         Command::UploadKeyPackages {
             identity,
@@ -328,4 +364,59 @@ fn evict(
         messages: count(messages),
         key_packages: count(single_use).saturating_add(count(last_resort)),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use qpq_schemas::AccountId;
+
+    use super::*;
+    use crate::state::Store;
+
+    fn members(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM members", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The safety net for rule checks that are missing: a command whose writes break a
+    /// constraint is refused and leaves nothing behind (its earlier writes included); other
+    /// errors still fail.
+    #[test]
+    fn a_command_breaking_a_constraint_is_refused_and_rolled_back() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.connection();
+        let command = Command::Leave {
+            channel: ChannelId::new([1; 16]),
+            account: AccountId::new([2; 16]),
+        };
+        let broken = refusing_constraint_violations(conn, &command, || {
+            conn.execute(
+                "INSERT INTO channel_info (channel, kind) VALUES (?1, 0)",
+                [&[1u8; 16][..]],
+            )?;
+            // No such account: the members table's foreign key refuses the row.
+            conn.execute(
+                "INSERT INTO members (channel, account, admin) VALUES (?1, ?2, 0)",
+                [&[1u8; 16][..], &[2u8; 16][..]],
+            )?;
+            Ok(Outcome::Done)
+        })
+        .unwrap();
+        assert_eq!(broken, Outcome::Rejected(Rejection::Forbidden));
+        let channels: i64 = conn
+            .query_row("SELECT COUNT(*) FROM channel_info", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(channels, 0, "the command's first write was not rolled back");
+        assert_eq!(members(conn), 0);
+
+        let failed = refusing_constraint_violations(conn, &command, || {
+            conn.execute("SELECT * FROM no_such_table", [])?;
+            Ok(Outcome::Done)
+        });
+        assert!(
+            failed.is_err(),
+            "a non-constraint error must not become a rejection"
+        );
+    }
 }

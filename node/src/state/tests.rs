@@ -783,11 +783,15 @@ mod batches {
     fn a_storage_failure_applies_nothing_of_the_batch() {
         let mut s = store();
         apply_each(&mut s, 5, vec![message(1, 1, b"before")]);
-        // Make SQLite fail on the third entry.
+        // Make SQLite fail on the third entry, with an error that is not a constraint
+        // violation (those refuse the one command; see `apply`): the table the trigger
+        // writes to is gone.
         s.conn()
             .execute_batch(
-                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.payload = x'dead'
-                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+                "CREATE TABLE doomed (x INTEGER);
+                 CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.payload = x'dead'
+                 BEGIN INSERT INTO doomed VALUES (1); END;
+                 DROP TABLE doomed;",
             )
             .unwrap();
         let before = dump(&s);
@@ -801,6 +805,7 @@ mod batches {
         assert!(matches!(err, StoreError::Sqlite(_)), "{err:?}");
         assert_eq!(dump(&s), before);
         // The store is usable afterwards and seqs carry on without a gap.
+        s.conn().execute_batch("DROP TRIGGER fail").unwrap();
         assert_eq!(
             apply_each(&mut s, 20, vec![message(1, 2, b"a")]),
             [enqueued(2)]

@@ -1,0 +1,339 @@
+//! Writes the seed corpora of the fuzz targets in `fuzz/`: genuine inputs of each kind (MLS
+//! messages and KeyPackages made by `openmls`, Raft wire messages, log-entry payloads and the
+//! bytes a Cap'n Proto client sends), so that the fuzzer starts from valid structure and
+//! mutates from there.
+//!
+//! Usage: `cargo run -p qpq-node --example fuzz_seeds -- <corpus-dir>`; it creates
+//! `<corpus-dir>/<target>/seed-<n>` for every target and overwrites earlier seeds.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use openraft::raft::VoteRequest;
+use openraft::{CommittedLeaderId, LogId, Vote};
+use qpq_node::mls::devkit::{DevGroup, DevIdentity};
+use qpq_node::raft::transfer::ElectionRequest;
+use qpq_node::raft::wire::{self, Request, Response};
+use qpq_node::raft::{Proposal, encode};
+use qpq_node::state::{Command, CommitFraming, DmAction, NewKeyPackage, Stamp};
+use qpq_schemas::limits::WIRE_VERSION;
+use qpq_schemas::qpq_capnp::node;
+use qpq_schemas::{AccountId, ChannelId, ClientMsgId, ConsumerId, DeviceId, GroupId};
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Error> {
+    let dir: PathBuf = std::env::args_os()
+        .nth(1)
+        .ok_or("usage: fuzz_seeds <corpus-dir>")?
+        .into();
+    let mls = mls_seeds()?;
+    write(&dir, "mls_framing", &mls.messages)?;
+    write(&dir, "key_package", &mls.key_packages)?;
+    write(&dir, "raft_wire", &raft_wire_seeds()?)?;
+    write(&dir, "raft_command", &raft_command_seeds(&mls)?)?;
+    write(&dir, "rpc_session", &rpc_session_seeds(&mls)?)?;
+    Ok(())
+}
+
+fn write(dir: &Path, target: &str, seeds: &[Vec<u8>]) -> Result<(), Error> {
+    let dir = dir.join(target);
+    std::fs::create_dir_all(&dir)?;
+    for (i, seed) in seeds.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), seed)?;
+    }
+    eprintln!("{}: {} seeds", dir.display(), seeds.len());
+    Ok(())
+}
+
+struct Mls {
+    /// KeyPackages, bare and wrapped in an `MLSMessage`.
+    key_packages: Vec<Vec<u8>>,
+    /// A Commit, a Welcome and application messages of one group.
+    messages: Vec<Vec<u8>>,
+    group: GroupId,
+}
+
+fn mls_seeds() -> Result<Mls, Error> {
+    let alice = DevIdentity::generate()?;
+    let bob = DevIdentity::generate()?;
+    let carol = DevIdentity::generate()?;
+    let group = GroupId::new([7; 32]);
+    let mut a = DevGroup::create(&alice, group)?;
+    let (commit, welcome) = a.add_member(&bob.key_package_bytes()?)?;
+    a.merge_pending_commit()?;
+    let mut b = DevGroup::join(&bob, &welcome)?;
+    let hello = a.application_message(b"hello bob")?;
+    let reply = b.application_message(b"hello alice")?;
+    let update = b.self_update_commit()?;
+    let wrapped = carol.key_package_bytes()?;
+    // `key_package_bytes` wraps the package in an MLSMessage (version, wire format); the AS
+    // takes it bare too.
+    let bare = wrapped.get(4..).ok_or("short KeyPackage")?.to_vec();
+    Ok(Mls {
+        key_packages: vec![wrapped.clone(), bare, alice.key_package_bytes()?],
+        messages: vec![commit, welcome, hello, reply, update, wrapped],
+        group,
+    })
+}
+
+fn raft_wire_seeds() -> Result<Vec<Vec<u8>>, Error> {
+    let vote = VoteRequest::<u64>::new(
+        Vote::new(3, 2),
+        Some(LogId::new(CommittedLeaderId::new(2, 1), 41)),
+    );
+    let election = ElectionRequest {
+        leader: 1,
+        term: 3,
+        last_log_index: 41,
+    };
+    let forward = vec![Command::ConsumeKeyPackage {
+        identity: qpq_schemas::IdentityKey::new([4; 32]),
+    }];
+    Ok(vec![
+        wire::encode_request(&Request::Vote(encode(&vote)?)),
+        wire::encode_request(&Request::StartElection(encode(&election)?)),
+        wire::encode_request(&Request::Forward(encode(&forward)?)),
+        wire::encode_request(&Request::ReadIndex),
+        wire::encode_request(&Request::CommandVersion),
+        wire::encode_response(&Response::Ok(encode(&Ok::<u64, String>(7))?)),
+        wire::encode_response(&Response::Failed("stopping".into())),
+    ])
+}
+
+/// Log-entry payloads: a sequence of proposals that make one small world (accounts, a channel,
+/// members, messages, KeyPackages, a DM, eviction).
+fn raft_command_seeds(mls: &Mls) -> Result<Vec<Vec<u8>>, Error> {
+    let alice = AccountId::new([1; 16]);
+    let bob = AccountId::new([2; 16]);
+    let channel = ChannelId::new([3; 16]);
+    let dm = ChannelId::new([4; 16]);
+    let key = qpq_schemas::IdentityKey::new([5; 32]);
+    let stamp = |s: u64| Stamp {
+        now_ms: 1_700_000_000_000 + s,
+    };
+    let enqueue = |n: u8, payload: &[u8], commit: Option<CommitFraming>| Command::Enqueue {
+        channel,
+        client_msg_id: ClientMsgId::new([n; 16]),
+        payload: payload.to_vec(),
+        commit,
+        sender: Some(alice),
+    };
+    let setup = vec![
+        Proposal::new(
+            stamp(0),
+            vec![
+                Command::RegisterAccount {
+                    account: alice,
+                    device: DeviceId::new([11; 16]),
+                    public_key: key,
+                },
+                Command::RegisterAccount {
+                    account: bob,
+                    device: DeviceId::new([12; 16]),
+                    public_key: qpq_schemas::IdentityKey::new([6; 32]),
+                },
+            ],
+        ),
+        Proposal::new(
+            stamp(1),
+            vec![
+                Command::CreateGroup {
+                    channel,
+                    creator: alice,
+                },
+                Command::AddMember {
+                    channel,
+                    by: alice,
+                    account: bob,
+                    admin: false,
+                },
+            ],
+        ),
+    ];
+    let traffic = vec![
+        Proposal::new(
+            stamp(2),
+            vec![
+                enqueue(
+                    1,
+                    &mls.messages[0],
+                    Some(CommitFraming {
+                        group: mls.group,
+                        epoch: 0,
+                    }),
+                ),
+                enqueue(2, &mls.messages[2], None),
+                enqueue(2, &mls.messages[2], None),
+            ],
+        ),
+        Proposal::new(
+            stamp(3),
+            vec![Command::Ack {
+                channel,
+                consumer: ConsumerId::new([12; 16]),
+                seq: 1,
+            }],
+        ),
+    ];
+    let key_packages = vec![Proposal::new(
+        stamp(4),
+        vec![
+            Command::UploadKeyPackages {
+                identity: key,
+                packages: mls
+                    .key_packages
+                    .iter()
+                    .map(|b| NewKeyPackage {
+                        bytes: b.clone(),
+                        expires_at_ms: stamp(100_000).now_ms,
+                    })
+                    .collect(),
+                last_resort: None,
+                max_available: 10,
+                max_available_per_account: 0,
+            },
+            Command::ConsumeKeyPackage { identity: key },
+        ],
+    )];
+    let rest = vec![Proposal::new(
+        stamp(5),
+        vec![
+            Command::Dm {
+                channel: dm,
+                by: alice,
+                peer: bob,
+                action: DmAction::Open,
+            },
+            Command::RemoveMember {
+                channel,
+                by: alice,
+                account: bob,
+            },
+            Command::Evict {
+                messages_before_ms: stamp(3).now_ms,
+                key_packages_expired_at_ms: stamp(3).now_ms,
+            },
+        ],
+    )];
+    let all: Vec<Proposal> = [&setup[..], &traffic, &key_packages, &rest].concat();
+    Ok(vec![
+        encode(&setup)?,
+        encode(&[setup.clone(), traffic].concat())?,
+        encode(&[setup, key_packages].concat())?,
+        encode(&all)?,
+    ])
+}
+
+/// What a Cap'n Proto client writes on one stream: bootstrap, then pipelined calls.
+fn rpc_session_seeds(mls: &Mls) -> Result<Vec<Vec<u8>>, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let identity = DevIdentity::generate()?;
+    let key = identity.identity_key();
+    let signature = identity.sign(&qpq_schemas::auth::register_message(&key))?;
+    let token = [0x5a; 48];
+    let mut seeds = Vec::new();
+    seeds.push(runtime.block_on(record(|n| {
+        let mut r = n.server_info_request();
+        let mut q = r.get().init_req();
+        q.set_version(WIRE_VERSION);
+        q.set_client_version("qpq-fuzz-seed");
+        drop(r.send().promise);
+    })));
+    seeds.push(runtime.block_on(record(|n| {
+        let mut r = n.register_request();
+        let mut q = r.get().init_req();
+        q.set_version(WIRE_VERSION);
+        q.set_device_public_key(key.as_bytes());
+        q.set_signature(&signature);
+        drop(r.send().promise);
+    })));
+    seeds.push(runtime.block_on(record(|n| {
+        let mut r = n.enqueue_request();
+        let mut q = r.get().init_req();
+        q.set_version(WIRE_VERSION);
+        q.set_access_token(&token);
+        q.set_channel_id(&[3; 16]);
+        q.set_client_msg_id(&[1; 16]);
+        q.set_payload(&mls.messages[2]);
+        drop(r.send().promise);
+        let mut r = n.fetch_request();
+        let mut q = r.get().init_req();
+        q.set_version(WIRE_VERSION);
+        q.set_access_token(&token);
+        q.set_channel_id(&[3; 16]);
+        q.set_after_seq(0);
+        q.set_limit(10);
+        drop(r.send().promise);
+    })));
+    seeds.push(runtime.block_on(record(|n| {
+        let mut r = n.login_challenge_request();
+        let mut q = r.get().init_req();
+        q.set_version(WIRE_VERSION);
+        q.set_device_id(&[11; 16]);
+        drop(r.send().promise);
+    })));
+    Ok(seeds)
+}
+
+async fn record(calls: impl FnOnce(&node::Client)) -> Vec<u8> {
+    let written = Rc::new(RefCell::new(Vec::new()));
+    let network = twoparty::VatNetwork::new(
+        Silent,
+        Recorder(written.clone()),
+        rpc_twoparty_capnp::Side::Client,
+        qpq_schemas::limits::reader_options(),
+    );
+    let mut system = RpcSystem::new(Box::new(network), None);
+    let client: node::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    calls(&client);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(100), system).await;
+        })
+        .await;
+    written.take()
+}
+
+/// A peer that never answers.
+struct Silent;
+
+impl futures::io::AsyncRead for Silent {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
+}
+
+/// Keeps everything written to it.
+struct Recorder(Rc<RefCell<Vec<u8>>>);
+
+impl futures::io::AsyncWrite for Recorder {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
