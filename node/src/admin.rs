@@ -1,6 +1,7 @@
-//! The admin HTTP listener: `/healthz` (the process is alive), `/readyz` (the node serves
-//! clients: store open, listener bound, not draining, a caught-up Raft member), `/metrics`
-//! (Prometheus text), and the `/raft/*` membership API (`crate::raft::admin`).
+//! The admin HTTP listener: `/healthz` (the process is alive and replication has not stopped
+//! for good), `/readyz` (the node serves clients: store open, listener bound, not draining, a
+//! caught-up Raft member), `/metrics` (Prometheus text), and the `/raft/*` membership API
+//! (`crate::raft::admin`).
 //! It is a separate port so that it can be kept off the public network.
 
 use std::net::SocketAddr;
@@ -39,7 +40,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::raft::admin::routes())
@@ -53,6 +54,18 @@ pub async fn serve(
         }
     });
     Ok((local, task))
+}
+
+/// Alive unless replication stopped for good (the node then also shuts itself down, and a
+/// supervisor restarts it).
+async fn healthz(State(s): State<AdminState>) -> (StatusCode, String) {
+    match s.raft.failure() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(failure) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("replication stopped: {failure}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {

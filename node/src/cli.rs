@@ -376,8 +376,7 @@ async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
         }
         println!("serving until Ctrl-C");
     }
-    serve_until_signal(node).await;
-    ExitCode::SUCCESS
+    serve_until_signal(node).await
 }
 
 /// `qpq-node dev --nodes N`: N nodes in this process forming one Raft cluster (node 1
@@ -508,14 +507,24 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
     Ok(nodes)
 }
 
-async fn serve_until_signal(node: RunningNode) {
+/// Serves until a signal, or until the node stops itself because replication failed for
+/// good (then the exit status is a failure, so a supervisor restarts it).
+async fn serve_until_signal(node: RunningNode) -> ExitCode {
     let stop = node.shutdown_token();
+    let failure = node.failure();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received; draining");
         stop.cancel();
     });
     node.wait().await;
+    match failure.get() {
+        Some(e) => {
+            eprintln!("qpq-node: stopped because replication failed: {e}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
 }
 
 async fn wait_for_signal() {

@@ -15,8 +15,8 @@
 //! [`close_code::SHUTTING_DOWN`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
@@ -59,6 +59,7 @@ pub struct RunningNode {
     metrics: Metrics,
     shutdown: CancellationToken,
     done: tokio::sync::oneshot::Receiver<()>,
+    failure: Arc<OnceLock<String>>,
 }
 
 /// What every connection task needs.
@@ -156,6 +157,25 @@ impl RunningNode {
             shutdown.clone(),
         ));
 
+        // Fail fast: once replication has stopped for good (a storage error such as a full
+        // disk), the node can neither acknowledge writes nor catch up. It drains and stops so
+        // that its supervisor restarts it (and makes the failure visible), instead of
+        // lingering as a member that refuses every write.
+        let failure = Arc::new(OnceLock::new());
+        tokio::spawn({
+            let (raft, failure, stop) = (raft.clone(), failure.clone(), shutdown.clone());
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    e = raft.failed() => {
+                        tracing::error!(error = %e, "replication stopped for good; shutting the node down");
+                        let _ = failure.set(e);
+                        stop.cancel();
+                    }
+                }
+            }
+        });
+
         ready.store(true, Ordering::SeqCst);
         tracing::info!(listen = %client_addr, admin = %admin_addr, data_dir = %config.data_dir.display(), "node serving");
 
@@ -219,7 +239,15 @@ impl RunningNode {
             metrics,
             shutdown,
             done,
+            failure,
         })
+    }
+
+    /// Set when the node shut itself down because replication stopped for good (see
+    /// [`crate::raft::node::RaftNode::failure`]); read it after [`Self::wait`] to tell that
+    /// from a requested shutdown.
+    pub fn failure(&self) -> Arc<OnceLock<String>> {
+        self.failure.clone()
     }
 
     /// Where clients connect (UDP).

@@ -920,6 +920,9 @@ impl RaftNode {
     /// applied within `ready_max_lag` entries of the commit index it knows.
     pub async fn caught_up_member(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return false;
+        }
         let member = m
             .membership_config
             .membership()
@@ -928,13 +931,41 @@ impl RaftNode {
         if !member || m.current_leader.is_none() {
             return false;
         }
-        let committed = self
+        let Ok(committed) = self
             .raft
             .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
             .await
-            .unwrap_or(0);
+        else {
+            return false;
+        };
         let applied = m.last_applied.map_or(0, |l| l.index);
         committed.saturating_sub(applied) <= self.cluster.ready_max_lag
+    }
+
+    /// The error that stopped this node's Raft core for good (a storage failure such as a
+    /// full disk, or a panic), if one did. A normal shutdown is not one.
+    pub fn failure(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(fatal) if !matches!(fatal, openraft::error::Fatal::Stopped) => {
+                Some(fatal.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// Resolves with [`Self::failure`] once there is one; never resolves on a healthy node
+    /// (nor after a normal shutdown).
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(failure) = self.failure() {
+                return failure;
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone without a recorded failure: a normal shutdown.
+                return std::future::pending().await;
+            }
+        }
     }
 }
 

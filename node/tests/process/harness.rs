@@ -156,6 +156,23 @@ fn serving_addr(line: &str) -> Option<SocketAddr> {
     v.get("listen")?.as_str()?.parse().ok()
 }
 
+/// Every message retained in `ch`, page by page.
+pub async fn fetch_all(
+    c: &Connection,
+    ch: &qpq_schemas::ChannelId,
+) -> Vec<qpq_client::rpc::Envelope> {
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c.fetch(ch, after, 0).await.unwrap();
+        let Some(last) = page.messages.last() else {
+            return stored;
+        };
+        after = last.seq;
+        stored.extend(page.messages);
+    }
+}
+
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().run_until(f).await
 }

@@ -1,5 +1,5 @@
 //! Tests against the real `qpq-node` binary as a separate process: crash durability
-//! (`kill -9`), graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
+//! (`kill -9`), a full disk, graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +11,7 @@
 mod harness;
 
 mod dev_cluster;
+mod disk_full;
 mod drain;
 mod durability;
 mod log_safety;

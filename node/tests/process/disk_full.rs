@@ -1,0 +1,149 @@
+//! A full disk under a single node (its data directory on a small tmpfs): writes stop being
+//! acknowledged, the node shuts itself down with a failure status (so that its supervisor
+//! restarts it, instead of it lingering as a ready member that refuses every write), nothing
+//! it acknowledged is lost, and once there is space again a restart serves everything and
+//! takes new writes.
+//!
+//! Mounting a tmpfs needs root (CI runs as root); elsewhere the test says so and does
+//! nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use qpq_schemas::ClientMsgId;
+
+use crate::harness::{NodeProcess, fetch_all, local};
+
+/// A tmpfs mounted for the test's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An application `PrivateMessage` as the DS sees it: real public framing (RFC 9420 §6.3),
+/// then `len` bytes of incompressible "ciphertext".
+fn private_message(len: usize) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, 32];
+    m.extend_from_slice(&[7; 32]); // group_id
+    m.extend_from_slice(&0u64.to_be_bytes()); // epoch
+    m.push(1); // content_type: application
+    m.extend((0..len).map(|_| rand::random::<u8>()));
+    m
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_node_without_losing_an_acknowledged_write() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(dir.path(), "12m");
+    let data = dir.path().join("data");
+    let mut node = NodeProcess::start(&data, &[]);
+
+    let (acked, ch, token, refused) = local(async {
+        let (c, _id, tokens) = node.user().await;
+        let ch = c.create_channel().await.unwrap();
+        let mut acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = HashMap::new();
+        let mut refused = None;
+        // 12 MiB hold fewer than 400 of these, even before the log's copy of each.
+        for _ in 0..400 {
+            let payload = private_message(32 * 1024);
+            let id = ClientMsgId::random();
+            match c.enqueue(&ch, &id, &payload).await {
+                Ok(r) => {
+                    acked.insert(id, (r.seq, payload));
+                }
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        (acked, ch, tokens.access, refused)
+    })
+    .await;
+    let refused = refused.expect("a 12 MiB disk took 400 × 32 KiB without refusing a write");
+    assert!(
+        acked.len() > 10,
+        "only {} writes before the disk filled: {refused}",
+        acked.len()
+    );
+    eprintln!("{} writes acknowledged, then: {refused}", acked.len());
+
+    assert!(
+        !node.wait_exit(Duration::from_secs(30)),
+        "the node exited successfully after its disk filled"
+    );
+    let logs = node.log_text();
+    assert!(
+        logs.contains("replication stopped for good"),
+        "no log line saying why the node stopped"
+    );
+
+    // Space again: the restarted node has every acknowledged write and takes new ones.
+    disk.resize("64m");
+    let node = NodeProcess::start(&data, &[]);
+    local(async {
+        let mut c = node.connect().await;
+        c.set_access_token(token.as_bytes().to_vec());
+        let stored = fetch_all(&c, &ch).await;
+        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "gap-free"
+        );
+        let by_id: HashMap<ClientMsgId, (u64, Vec<u8>)> = stored
+            .iter()
+            .map(|m| (m.client_msg_id, (m.seq, m.payload.clone())))
+            .collect();
+        assert_eq!(by_id.len(), stored.len(), "no message stored twice");
+        for (id, (seq, payload)) in &acked {
+            assert!(
+                by_id.get(id) == Some(&(*seq, payload.clone())),
+                "acknowledged message {id} (seq {seq}) lost or changed"
+            );
+        }
+        let r = c
+            .enqueue(&ch, &ClientMsgId::random(), &private_message(16))
+            .await
+            .unwrap();
+        assert_eq!(r.seq, stored.len() as u64 + 1);
+    })
+    .await;
+}
