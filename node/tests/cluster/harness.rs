@@ -167,6 +167,13 @@ impl Node {
         }
     }
 
+    /// The exit status if the process has exited by itself (it is then no longer running).
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -126,20 +126,33 @@ impl Client {
 /// Writes `count` messages to `channel` through `client`, recording acknowledgements.
 pub async fn write_messages(
     history: Rc<History>,
-    mut client: Client,
+    client: Client,
     channel: ChannelId,
     count: usize,
     stop: Rc<std::cell::Cell<bool>>,
 ) {
+    write_padded_messages(history, client, channel, count, stop, 0).await;
+}
+
+/// [`write_messages`] with `pad` more bytes of plaintext in each message.
+pub async fn write_padded_messages(
+    history: Rc<History>,
+    mut client: Client,
+    channel: ChannelId,
+    count: usize,
+    stop: Rc<std::cell::Cell<bool>>,
+    pad: usize,
+) {
     let who = DevIdentity::generate().unwrap();
     let mut group = DevGroup::create(&who, GroupId::new(rand::random())).unwrap();
+    let padding = "p".repeat(pad);
     for i in 0..count {
         if stop.get() {
             return;
         }
         let id = ClientMsgId::random();
         let payload = group
-            .application_message(format!("m{i}").as_bytes())
+            .application_message(format!("m{i}{padding}").as_bytes())
             .unwrap();
         match client
             .enqueue(&channel, &id, &payload, Duration::from_secs(20))

@@ -17,7 +17,10 @@
 mod harness;
 mod history;
 mod proxy;
+#[path = "../common/tmpfs.rs"]
+mod tmpfs;
 
+mod disk_full;
 mod failover;
 mod membership;
 mod partition;

@@ -8,43 +8,12 @@
 //! nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use qpq_schemas::ClientMsgId;
 
 use crate::harness::{NodeProcess, fetch_all, local};
-
-/// A tmpfs mounted for the test's life.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mount tmpfs on {}", dir.display());
-        Self(dir.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remount tmpfs");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use crate::tmpfs::{Tmpfs, is_root};
 
 /// An application `PrivateMessage` as the DS sees it: real public framing (RFC 9420 §6.3),
 /// then `len` bytes of incompressible "ciphertext".
@@ -55,13 +24,6 @@ fn private_message(len: usize) -> Vec<u8> {
     m.push(1); // content_type: application
     m.extend((0..len).map(|_| rand::random::<u8>()));
     m
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 )]
 
 mod harness;
+#[path = "../common/tmpfs.rs"]
+mod tmpfs;
 
 mod dev_cluster;
 mod disk_full;
