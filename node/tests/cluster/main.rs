@@ -1,6 +1,6 @@
 //! Cluster tests: several `qpq-node` processes on 127.0.0.x forming one Raft cluster, with
-//! faults (kill -9, restart, a partition through a fault-injecting UDP proxy) and a history
-//! checker over everything clients saw.
+//! faults (kill -9, restart, a partition through a fault-injecting UDP proxy, a full disk)
+//! and a history checker over everything clients saw.
 //!
 //! Tests of this binary run one at a time (a shared lock): each starts 3-5 processes on a
 //! 2-core CI machine, and timing assertions (failover within the election timeout + 1 s)
