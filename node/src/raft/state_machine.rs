@@ -216,10 +216,9 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                 let stamp = Stamp {
                     now_ms: applied.last_stamp_ms,
                 };
-                let mut outcomes = Vec::with_capacity(proposal.commands.len());
-                for command in &proposal.commands {
-                    let outcome = tx.apply(command, stamp).map_err(sm_write)?;
-                    match (command, &outcome) {
+                let outcomes = tx.apply(&proposal.commands, stamp).map_err(sm_write)?;
+                for (command, outcome) in proposal.commands.iter().zip(&outcomes) {
+                    match (command, outcome) {
                         (
                             Command::Enqueue { channel, .. },
                             Outcome::Enqueued {
@@ -239,7 +238,6 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                         }
                         _ => {}
                     }
-                    outcomes.push(outcome);
                 }
                 commands += proposal.commands.len();
                 results.push(outcomes);

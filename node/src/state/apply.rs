@@ -21,10 +21,63 @@ use super::accounts;
 use super::command::{Command, CommitFraming, NewKeyPackage, Outcome, Rejection, Stamp};
 use super::error::{Result, StoreError};
 
-/// Applies one command. `Err` only for storage failures; rule violations are
+/// Applies commands in order and returns one outcome each. `Err` only for storage failures
+/// (then the caller's transaction must be rolled back); rule violations are
 /// [`Outcome::Rejected`].
-pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Result<Outcome> {
+///
+/// Fast path: one savepoint around them all. If a command breaks a constraint, everything
+/// since that savepoint is undone and the commands are applied again with a savepoint each
+/// ([`apply`]), which refuses exactly the offending ones. `apply` is deterministic, so both
+/// paths give the same outcomes and replicas agree whichever one they took. The batch
+/// savepoint costs ~10% of apply's CPU (64 × 1 KiB enqueues on tmpfs: 1.29 ms against 1.17 ms
+/// without it, interleaved runs of `benches/enqueue.rs`); one per command cost ~25%.
+pub(super) fn apply_all(conn: &Connection, commands: &[(&Command, Stamp)]) -> Result<Vec<Outcome>> {
+    conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
+    let mut outcomes = Vec::with_capacity(commands.len());
+    let mut broke_constraint = false;
+    for (command, stamp) in commands {
+        match apply_rules(conn, command, *stamp) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) if is_constraint_violation(&e) => {
+                broke_constraint = true;
+                break;
+            }
+            Err(e) => {
+                conn.prepare_cached("ROLLBACK TO batch")?.execute([])?;
+                conn.prepare_cached("RELEASE batch")?.execute([])?;
+                return Err(e);
+            }
+        }
+    }
+    if broke_constraint {
+        conn.prepare_cached("ROLLBACK TO batch")?.execute([])?;
+        outcomes.clear();
+        for (command, stamp) in commands {
+            match apply(conn, command, *stamp) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    conn.prepare_cached("ROLLBACK TO batch")?.execute([])?;
+                    conn.prepare_cached("RELEASE batch")?.execute([])?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    conn.prepare_cached("RELEASE batch")?.execute([])?;
+    Ok(outcomes)
+}
+
+/// Applies one command in its own savepoint (see [`apply_all`]).
+fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Result<Outcome> {
     refusing_constraint_violations(conn, command, || apply_rules(conn, command, stamp))
+}
+
+fn is_constraint_violation(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == ErrorCode::ConstraintViolation
+    )
 }
 
 /// Runs `rules` inside a savepoint. A constraint violation rolls the command back and refuses
@@ -36,11 +89,7 @@ fn refusing_constraint_violations(
 ) -> Result<Outcome> {
     conn.prepare_cached("SAVEPOINT command")?.execute([])?;
     let outcome = rules();
-    let broke_constraint = matches!(
-        &outcome,
-        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-            if e.code == ErrorCode::ConstraintViolation
-    );
+    let broke_constraint = outcome.as_ref().is_err_and(is_constraint_violation);
     if outcome.is_err() {
         conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
     }

@@ -66,6 +66,9 @@ impl Store {
         // FULL: the WAL is fsync'd at every commit, so a batch whose outcomes were returned
         // survives power loss (invariant 3). NORMAL would only protect against crashes.
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // Savepoint sub-journals (see `apply::apply_all`) and other temporaries in memory:
+        // they never need to survive the transaction, and a file costs a write per page.
+        conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
         Ok(Self { conn })
@@ -85,10 +88,8 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for (command, stamp) in entries {
-            outcomes.push(apply::apply(&tx, command, *stamp)?);
-        }
+        let entries: Vec<(&Command, Stamp)> = entries.iter().map(|(c, s)| (c, *s)).collect();
+        let outcomes = apply::apply_all(&tx, &entries)?;
         tx.commit()?;
         Ok(outcomes)
     }
@@ -201,9 +202,11 @@ pub struct StoreTx<'a> {
 }
 
 impl StoreTx<'_> {
-    /// Applies one entry (see [`Store::apply_batch`] for the rules).
-    pub fn apply(&self, command: &Command, stamp: Stamp) -> Result<Outcome> {
-        apply::apply(&self.tx, command, stamp)
+    /// Applies the commands of one log entry, all with the entry's stamp, and returns one
+    /// outcome each (see [`Store::apply_batch`] for the rules).
+    pub fn apply(&self, commands: &[Command], stamp: Stamp) -> Result<Vec<Outcome>> {
+        let commands: Vec<(&Command, Stamp)> = commands.iter().map(|c| (c, stamp)).collect();
+        apply::apply_all(&self.tx, &commands)
     }
 
     /// The transaction's connection, for bookkeeping tables outside the AS/DS schema.

@@ -779,6 +779,42 @@ mod batches {
         assert_eq!(s.stats().unwrap().key_packages, 0);
     }
 
+    /// A command that breaks a constraint (here a trigger standing for a rule check that is
+    /// missing) is refused alone: the batch's other commands apply as if it had not been
+    /// there, with gap-free sequence numbers, on the fast path's fallback.
+    #[test]
+    fn a_command_breaking_a_constraint_is_refused_alone() {
+        let mut s = store();
+        s.conn()
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.payload = x'dead'
+                 BEGIN SELECT RAISE(ABORT, 'poison'); END;",
+            )
+            .unwrap();
+        let out = s
+            .apply_batch(&[
+                (message(1, 1, b"a"), at(10)),
+                (message(1, 2, &[0xde, 0xad]), at(10)),
+                (message(1, 3, b"b"), at(10)),
+            ])
+            .unwrap();
+        assert_eq!(
+            out,
+            [
+                enqueued(1),
+                Outcome::Rejected(Rejection::Forbidden),
+                enqueued(2)
+            ]
+        );
+        assert_eq!(seqs(&all(&s, 1)), [1, 2]);
+        // The refused command left no dedupe record: a retry is judged afresh.
+        s.conn().execute_batch("DROP TRIGGER poison").unwrap();
+        assert_eq!(
+            apply_each(&mut s, 11, vec![message(1, 2, &[0xde, 0xad])]),
+            [enqueued(3)]
+        );
+    }
+
     #[test]
     fn a_storage_failure_applies_nothing_of_the_batch() {
         let mut s = store();
