@@ -962,8 +962,11 @@ impl RaftNode {
                 return failure;
             }
             if metrics.changed().await.is_err() {
-                // The core is gone without a recorded failure: a normal shutdown.
-                return std::future::pending().await;
+                // The core is gone: with a failure recorded last, or after a normal shutdown.
+                return match self.failure() {
+                    Some(failure) => failure,
+                    None => std::future::pending().await,
+                };
             }
         }
     }
