@@ -6,14 +6,10 @@
 //! Mounting a tmpfs needs root (CI runs as root); elsewhere the test says so and does
 //! nothing.
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use qpq_schemas::ChannelId;
-
 use crate::harness::{Cluster, local, serial};
-use crate::history::{self, Client, History};
+use crate::history::{self, Writers, wait_acked_more_than};
 use crate::tmpfs::{Tmpfs, is_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,26 +41,7 @@ async fn a_leader_whose_disk_fills_stops_and_rejoins_once_there_is_space() {
     }
     let endpoints = c.endpoints();
     local(async {
-        let history = Rc::new(History::default());
-        let stop = Rc::new(Cell::new(false));
-        let mut channels: Vec<ChannelId> = Vec::new();
-        for _ in 0..2 {
-            channels.push(endpoints[0].create_channel().await);
-        }
-        let writers: Vec<_> = channels
-            .iter()
-            .enumerate()
-            .map(|(i, ch)| {
-                tokio::task::spawn_local(history::write_padded_messages(
-                    history.clone(),
-                    Client::new(endpoints.clone(), i),
-                    *ch,
-                    100_000,
-                    stop.clone(),
-                    16 * 1024,
-                ))
-            })
-            .collect();
+        let writers = Writers::start(&c, 2, 16 * 1024).await;
 
         // The writers fill 24 MiB within seconds; give them a minute at most.
         let started = Instant::now();
@@ -88,22 +65,12 @@ async fn a_leader_whose_disk_fills_stops_and_rejoins_once_there_is_space() {
                 .contains("replication stopped for good"),
             "node {victim} did not log why it stopped"
         );
-        let acked_at_stop = history.acked.borrow().len();
+        let acked_at_stop = writers.acked();
         let new = c.wait_leader(Duration::from_secs(10)).await;
         assert_ne!(new, victim);
         // Writes go on through the other two.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while history.acked.borrow().len() < acked_at_stop + 20 {
-            assert!(
-                Instant::now() < deadline,
-                "no writes acknowledged after node {victim} stopped"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        stop.set(true);
-        for w in writers {
-            w.await.unwrap();
-        }
+        wait_acked_more_than(&writers, acked_at_stop + 20, Duration::from_secs(20)).await;
+        let history = writers.stop().await;
         eprintln!(
             "node {victim} stopped after {acked_at_stop} acknowledged writes; {} in all",
             history.acked.borrow().len()

@@ -3,7 +3,7 @@
 //! channel log, on every node; no KeyPackage was served twice; at most one Commit per
 //! (group, epoch) was accepted.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use qpq_client::{ClientError, Connection};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
 
-use crate::harness::Endpoint;
+use crate::harness::{Cluster, Endpoint};
 
 #[derive(Default)]
 pub struct History {
@@ -216,4 +216,90 @@ pub fn check_commits(history: &History) {
 /// Whether `e` is the typed StaleEpoch rejection.
 pub fn is_stale_epoch(e: &ClientError) -> bool {
     matches!(e, ClientError::Wire(WireError::StaleEpoch { .. }))
+}
+
+/// Clients writing to their own channels through every node (one writer per channel), and
+/// a sampler of the longest time without a new acknowledgement.
+pub struct Writers {
+    history: Rc<History>,
+    stop: Rc<Cell<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The longest time without a new acknowledgement while the sampler ran.
+    longest_stall: Rc<Cell<Duration>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Writers {
+    /// Creates `n` channels through the leader and starts a writer on each, sending messages
+    /// with `pad` more bytes of plaintext (see [`write_padded_messages`]).
+    pub async fn start(c: &Cluster, n: usize, pad: usize) -> Self {
+        let endpoints = c.endpoints();
+        let history = Rc::new(History::default());
+        let stop = Rc::new(Cell::new(false));
+        let mut tasks = Vec::new();
+        // Channels are created through the leader: a stopped node would not answer.
+        let leader = c.wait_leader(Duration::from_secs(10)).await;
+        let via = endpoints.iter().find(|e| e.id == leader).unwrap();
+        for i in 0..n {
+            let channel = via.create_channel().await;
+            tasks.push(tokio::task::spawn_local(write_padded_messages(
+                history.clone(),
+                Client::new(endpoints.clone(), i),
+                channel,
+                100_000,
+                stop.clone(),
+                pad,
+            )));
+        }
+        let longest_stall = Rc::new(Cell::new(Duration::ZERO));
+        let sampler = tokio::task::spawn_local({
+            let (history, stop, longest) = (history.clone(), stop.clone(), longest_stall.clone());
+            async move {
+                let mut last = (Instant::now(), 0);
+                while !stop.get() {
+                    let acked = history.acked.borrow().len();
+                    if acked != last.1 {
+                        longest.set(longest.get().max(last.0.elapsed()));
+                        last = (Instant::now(), acked);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Self {
+            history,
+            stop,
+            tasks,
+            longest_stall,
+            sampler,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.history.acked.borrow().len()
+    }
+
+    pub fn longest_stall(&self) -> Duration {
+        self.longest_stall.get()
+    }
+
+    pub async fn stop(self) -> Rc<History> {
+        self.stop.set(true);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.sampler.await.unwrap();
+        self.history
+    }
+}
+
+pub async fn wait_acked_more_than(w: &Writers, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while w.acked() <= n {
+        assert!(
+            Instant::now() < deadline,
+            "no write acknowledged within {within:?} (still {n})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -4,14 +4,12 @@
 //! transfer fails, the old leader resumes); and the operator's scale-down flow (transfer,
 //! then remove the old leader).
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::harness::{Cluster, ELECTION_MAX, HEARTBEAT_MS, local, serial};
-use crate::history::{self, Client, History};
+use crate::history::{self, Writers, wait_acked_more_than};
 
 /// What a transfer may take at most: the handoff waits for the followers' leases
 /// (`ELECTION_MAX`) and a heartbeat interval, then one election; the rest is slack for a
@@ -31,84 +29,6 @@ async fn transfer(c: &Cluster, from: u64, to: u64) -> (u16, Value) {
         .expect("admin answered")
 }
 
-/// Clients writing to `n` channels through every node, as in the failover tests.
-struct Writers {
-    history: Rc<History>,
-    stop: Rc<Cell<bool>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The longest time without a new acknowledgement while the sampler ran.
-    longest_stall: Rc<Cell<Duration>>,
-    sampler: tokio::task::JoinHandle<()>,
-}
-
-impl Writers {
-    async fn start(c: &Cluster, n: usize) -> Self {
-        let endpoints = c.endpoints();
-        let history = Rc::new(History::default());
-        let stop = Rc::new(Cell::new(false));
-        let mut tasks = Vec::new();
-        // Channels are created through the leader: a stopped node would not answer.
-        let leader = c.wait_leader(Duration::from_secs(10)).await;
-        let via = endpoints.iter().find(|e| e.id == leader).unwrap();
-        for i in 0..n {
-            let channel = via.create_channel().await;
-            tasks.push(tokio::task::spawn_local(history::write_messages(
-                history.clone(),
-                Client::new(endpoints.clone(), i),
-                channel,
-                100_000,
-                stop.clone(),
-            )));
-        }
-        let longest_stall = Rc::new(Cell::new(Duration::ZERO));
-        let sampler = tokio::task::spawn_local({
-            let (history, stop, longest) = (history.clone(), stop.clone(), longest_stall.clone());
-            async move {
-                let mut last = (Instant::now(), 0);
-                while !stop.get() {
-                    let acked = history.acked.borrow().len();
-                    if acked != last.1 {
-                        longest.set(longest.get().max(last.0.elapsed()));
-                        last = (Instant::now(), acked);
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        });
-        Self {
-            history,
-            stop,
-            tasks,
-            longest_stall,
-            sampler,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.history.acked.borrow().len()
-    }
-
-    async fn stop(self) -> Rc<History> {
-        self.stop.set(true);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        self.sampler.await.unwrap();
-        self.history
-    }
-}
-
-async fn wait_acked_more_than(w: &Writers, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while w.acked() <= n {
-        assert!(
-            Instant::now() < deadline,
-            "no write acknowledged within {within:?} (still {n})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// With 5 voters the target needs a vote from a follower other than the old leader, so
 /// the handoff must let the followers' leases expire; with 3 the old leader's vote is
 /// enough.
@@ -126,7 +46,7 @@ async fn moves_leadership(n: u64) {
     let _serial = serial().await;
     let c = Cluster::start(n, &[]).await;
     local(async {
-        let w = Writers::start(&c, 2).await;
+        let w = Writers::start(&c, 2, 0).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let old = c.wait_leader(Duration::from_secs(5)).await;
         // The chosen follower: the highest id that does not lead.
@@ -164,7 +84,7 @@ async fn moves_leadership(n: u64) {
         // Writes go on through the new leader.
         let acked_at_transfer = w.acked();
         wait_acked_more_than(&w, acked_at_transfer + 20, Duration::from_secs(5)).await;
-        let stall = w.longest_stall.get();
+        let stall = w.longest_stall();
         let history = w.stop().await;
         assert_eq!(
             *history.unacked.borrow(),
@@ -186,7 +106,7 @@ async fn transfer_is_refused_to_a_learner_and_to_a_lagging_voter() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     local(async {
-        let w = Writers::start(&c, 1).await;
+        let w = Writers::start(&c, 1, 0).await;
         let leader = c.wait_leader(Duration::from_secs(5)).await;
 
         // To itself: nothing to do.
@@ -253,7 +173,7 @@ async fn transfer_then_remove_the_old_leader() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     local(async {
-        let w = Writers::start(&c, 2).await;
+        let w = Writers::start(&c, 2, 0).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let old = c.wait_leader(Duration::from_secs(5)).await;
         // Removing the leader is refused until leadership moves.
@@ -306,7 +226,7 @@ async fn transfer_to_a_node_that_stops_answering_fails_and_the_leader_resumes() 
     let _serial = serial().await;
     let c = Cluster::start(3, &[]).await;
     local(async {
-        let w = Writers::start(&c, 1).await;
+        let w = Writers::start(&c, 1, 0).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let first = w.stop().await;
         // Quiet cluster: the target has every entry, so the handoff reaches the point of
@@ -332,7 +252,7 @@ async fn transfer_to_a_node_that_stops_answering_fails_and_the_leader_resumes() 
             "{s}"
         );
         // Writes are served again (held-back ones were let through).
-        let w = Writers::start(&c, 1).await;
+        let w = Writers::start(&c, 1, 0).await;
         wait_acked_more_than(&w, 10, Duration::from_secs(10)).await;
         c.node(to).signal("CONT");
         let second = w.stop().await;

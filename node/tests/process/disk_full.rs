@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use qpq_schemas::ClientMsgId;
 
-use crate::harness::{NodeProcess, fetch_all, local};
+use crate::harness::{NodeProcess, check_stored, local};
 use crate::tmpfs::{Tmpfs, is_root};
 
 /// An application `PrivateMessage` as the DS sees it: real public framing (RFC 9420 §6.3),
@@ -83,24 +83,7 @@ async fn a_full_disk_stops_the_node_without_losing_an_acknowledged_write() {
     local(async {
         let mut c = node.connect().await;
         c.set_access_token(token.as_bytes().to_vec());
-        let stored = fetch_all(&c, &ch).await;
-        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=stored.len() as u64).collect::<Vec<_>>(),
-            "gap-free"
-        );
-        let by_id: HashMap<ClientMsgId, (u64, Vec<u8>)> = stored
-            .iter()
-            .map(|m| (m.client_msg_id, (m.seq, m.payload.clone())))
-            .collect();
-        assert_eq!(by_id.len(), stored.len(), "no message stored twice");
-        for (id, (seq, payload)) in &acked {
-            assert!(
-                by_id.get(id) == Some(&(*seq, payload.clone())),
-                "acknowledged message {id} (seq {seq}) lost or changed"
-            );
-        }
+        let stored = check_stored(&c, &ch, &acked).await;
         let r = c
             .enqueue(&ch, &ClientMsgId::random(), &private_message(16))
             .await

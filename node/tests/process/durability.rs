@@ -4,7 +4,7 @@ use std::time::Duration;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId};
 
-use crate::harness::{NodeProcess, local};
+use crate::harness::{NodeProcess, check_stored, local};
 
 /// Every acknowledged enqueue survives `kill -9` of the node, with its sequence number and
 /// bytes, exactly once; sequence numbers stay gap-free.
@@ -60,38 +60,11 @@ async fn acknowledged_messages_survive_kill_9() {
         // Tokens, accounts and channels are durable state too: the old access token works.
         let mut c = node.connect().await;
         c.set_access_token(token.as_bytes().to_vec());
-        let mut stored = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = c.fetch(&ch, after, 0).await.unwrap();
-            let Some(last) = page.messages.last() else {
-                break;
-            };
-            after = last.seq;
-            stored.extend(page.messages);
-        }
-        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=stored.len() as u64).collect::<Vec<_>>(),
-            "gap-free after the crash"
-        );
-        let by_id: HashMap<ClientMsgId, (u64, Vec<u8>)> = stored
-            .iter()
-            .map(|m| (m.client_msg_id, (m.seq, m.payload.clone())))
-            .collect();
-        assert_eq!(by_id.len(), stored.len(), "no message stored twice");
-        for (id, (seq, payload)) in &acked {
-            assert_eq!(
-                by_id.get(id),
-                Some(&(*seq, payload.clone())),
-                "acknowledged message {id} lost or changed"
-            );
-        }
+        let stored = check_stored(&c, &ch, &acked).await;
         // A sender retrying an unacknowledged message after the restart is deduplicated.
-        for (id, (seq, payload)) in by_id.iter().take(5) {
-            let r = c.enqueue(&ch, id, payload).await.unwrap();
-            assert_eq!((r.seq, r.duplicate), (*seq, true));
+        for m in stored.iter().take(5) {
+            let r = c.enqueue(&ch, &m.client_msg_id, &m.payload).await.unwrap();
+            assert_eq!((r.seq, r.duplicate), (m.seq, true));
         }
     })
     .await;

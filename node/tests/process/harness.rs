@@ -1,6 +1,7 @@
 //! Starts `qpq-node serve` as a child process on ephemeral loopback ports and collects its
 //! JSON log lines.
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use qpq_client::{Connection, ServerVerification, Tokens};
 use qpq_node::mls::devkit::DevIdentity;
+use qpq_schemas::ClientMsgId;
 
 pub struct NodeProcess {
     pub child: Child,
@@ -156,21 +158,42 @@ fn serving_addr(line: &str) -> Option<SocketAddr> {
     v.get("listen")?.as_str()?.parse().ok()
 }
 
-/// Every message retained in `ch`, page by page.
-pub async fn fetch_all(
+/// Checks what `ch` holds now against what was acknowledged (`id → (seq, payload)`): every
+/// acknowledged message exactly once with its seq and bytes, seqs gap-free from 1. Returns
+/// what the channel holds (unacknowledged messages may be among it).
+pub async fn check_stored(
     c: &Connection,
     ch: &qpq_schemas::ChannelId,
+    acked: &HashMap<ClientMsgId, (u64, Vec<u8>)>,
 ) -> Vec<qpq_client::rpc::Envelope> {
     let mut stored = Vec::new();
     let mut after = 0;
     loop {
         let page = c.fetch(ch, after, 0).await.unwrap();
         let Some(last) = page.messages.last() else {
-            return stored;
+            break;
         };
         after = last.seq;
         stored.extend(page.messages);
     }
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    let by_id: HashMap<ClientMsgId, (u64, &[u8])> = stored
+        .iter()
+        .map(|m| (m.client_msg_id, (m.seq, &m.payload[..])))
+        .collect();
+    assert_eq!(by_id.len(), stored.len(), "no message stored twice");
+    for (id, (seq, payload)) in acked {
+        assert!(
+            by_id.get(id) == Some(&(*seq, &payload[..])),
+            "acknowledged message {id} (seq {seq}) lost or changed"
+        );
+    }
+    stored
 }
 
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
