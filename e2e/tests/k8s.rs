@@ -313,7 +313,7 @@ async fn ca_pem(env: &Env, ns: &str, name: &str) -> Vec<u8> {
     s.data.unwrap()["ca.crt"].0.clone()
 }
 
-async fn register(
+fn register(
     env: &Env,
     home: &Path,
     ns: &str,
@@ -321,14 +321,15 @@ async fn register(
     name: &'static str,
     pod: &str,
 ) -> Profile {
-    let ip = pod_ip(env, ns, pod).await;
     let p = Profile {
         qpq: env.qpq.clone(),
         home: home.to_owned(),
         name,
     };
-    let node = format!("{ip}:{CLIENT_PORT}");
+    // The pod's stable DNS name, not its IP: a recreated pod gets a new IP (as in any cluster),
+    // and `qpq` resolves the name on every run.
     let server_name = format!("{pod}.{cluster}.{ns}.svc");
+    let node = format!("{server_name}:{CLIENT_PORT}");
     let ca = home.join("ca.crt");
     let r = p.ok(&[
         "register",
@@ -457,9 +458,9 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     step("three clients, one per pod, hold an MLS conversation");
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("ca.crt"), ca_pem(&env, &ns, &name).await).unwrap();
-    let alice = register(&env, home.path(), &ns, &name, "alice", &format!("{name}-0")).await;
-    let bob = register(&env, home.path(), &ns, &name, "bob", &format!("{name}-1")).await;
-    let carol = register(&env, home.path(), &ns, &name, "carol", &format!("{name}-2")).await;
+    let alice = register(&env, home.path(), &ns, &name, "alice", &format!("{name}-0"));
+    let bob = register(&env, home.path(), &ns, &name, "bob", &format!("{name}-1"));
+    let carol = register(&env, home.path(), &ns, &name, "carol", &format!("{name}-2"));
     let mut cards = BTreeMap::new();
     for p in [&alice, &bob, &carol] {
         let me = &p.ok(&["whoami"])[0];
@@ -555,9 +556,11 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     step("delete a follower pod: it comes back and rejoins");
     let c = api.get(&name).await.unwrap();
     let leader_pod = c.status.as_ref().unwrap().leader.clone().unwrap();
-    let follower = (0..3)
-        .map(|i| format!("{name}-{i}"))
-        .find(|p| *p != leader_pod)
+    let (follower, on_follower) = [&alice, &bob, &carol]
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("{name}-{i}"), p))
+        .find(|(pod, _)| *pod != leader_pod)
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
     let old_uid = pods.get(&follower).await.unwrap().metadata.uid;
@@ -570,7 +573,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     })
     .await;
     wait_ready(&env, &ns, &name, 3, 180).await;
-    alice.ok(&["send", gid, "after the pod came back"]);
+    // Its client (which names the pod by DNS, so it follows the pod to its new IP) is served.
+    on_follower.ok(&["send", gid, "after the pod came back"]);
     let ip = pod_ip(&env, &ns, &follower).await;
     let st = raft_status(&ip).await.expect("status of the recreated pod");
     assert_eq!(st.membership.voters.len(), 3, "{st:?}");
@@ -680,7 +684,7 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     wait_ready(&env, &ns, &name, 1, 240).await;
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("ca.crt"), ca_pem(&env, &ns, &name).await).unwrap();
-    let dana = register(&env, home.path(), &ns, &name, "dana", &format!("{name}-0")).await;
+    let dana = register(&env, home.path(), &ns, &name, "dana", &format!("{name}-0"));
     let devices = dana.ok(&["devices"]);
     assert_eq!(devices[0]["status"], "active");
 

@@ -39,6 +39,7 @@ use crate::service::waiters::Waiters;
 use crate::service::{Caller, Services};
 use crate::transport::devcert::{DevCert, fingerprint_sha256};
 use crate::transport::limits::{ConnectionLimiter, ConnectionPermit, TransportLimits};
+use crate::transport::reset::{Listener, ResetSecret, bind_endpoint};
 use crate::transport::tls;
 use crate::{Error, Result};
 
@@ -87,6 +88,7 @@ impl RunningNode {
     pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let metrics = Metrics::new()?;
+        let reset = ResetSecret::load_or_generate(&config.data_dir)?;
 
         let (chain, key) = match &config.tls {
             TlsSource::Dev => {
@@ -108,8 +110,14 @@ impl RunningNode {
             tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
         let waiters = Arc::new(Waiters::default());
-        let raft =
-            RaftNode::start(&config, waiters.clone(), metrics.clone(), clock.clone()).await?;
+        let raft = RaftNode::start(
+            &config,
+            reset.endpoint_config(Listener::Raft),
+            waiters.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .await?;
         let raft_addr = raft.raft_addr()?;
         let (log, writer) = CommitLog::start(
             raft.clone(),
@@ -125,7 +133,12 @@ impl RunningNode {
             draining.clone(),
         ));
 
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
+        let endpoint = bind_endpoint(
+            config.listen,
+            reset.endpoint_config(Listener::Client),
+            Some(server_config),
+        )?;
+        drop(reset);
         let client_addr = endpoint.local_addr()?;
 
         let shutdown = CancellationToken::new();

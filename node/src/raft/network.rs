@@ -140,9 +140,10 @@ impl PeerClient {
                 return Err(e);
             }
             Err(_) => {
-                // A peer that restarted at the same address never answers on the old
-                // connection (its stateless-reset key changed), and QUIC would only notice
-                // after the idle timeout: dial afresh next time.
+                // A peer that restarted with its data directory resets the old connection
+                // at once (`transport::reset`); one that is paused, partitioned, or came
+                // back without its reset secret never answers on it, and QUIC would only
+                // notice after the idle timeout: dial afresh next time.
                 conn.close(0u32.into(), b"timeout");
                 self.forget(addr, &conn);
                 return Err(CallError::Lost("timeout".into()));
@@ -261,5 +262,221 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let body = encoded(&rpc)?;
         self.send(Request::Vote(body), option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! What a node sees of a peer that crashed and came back at the same address.
+
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use tokio::net::UdpSocket;
+
+    use super::*;
+    use crate::raft::certs::{ClusterTls, generate_cluster};
+    use crate::transport::{Listener, ResetSecret, bind_endpoint};
+
+    /// The fixed address of a peer, relayed to whichever process plays the peer. `cut`
+    /// drops every datagram both ways: the peer's machine died without a word (no
+    /// CONNECTION_CLOSE reaches anyone).
+    struct Relay {
+        front: SocketAddr,
+        target: Arc<Mutex<Option<SocketAddr>>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Relay {
+        async fn start(target: SocketAddr) -> Relay {
+            let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let target = Arc::new(Mutex::new(Some(target)));
+            let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+            let inbound = tokio::spawn({
+                let (front, back, target, client) =
+                    (front.clone(), back.clone(), target.clone(), client.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                        *client.lock().unwrap() = Some(from);
+                        let to = *target.lock().unwrap();
+                        if let Some(to) = to {
+                            let _ = back.send_to(&buf[..n], to).await;
+                        }
+                    }
+                }
+            });
+            let outbound = tokio::spawn({
+                let (front, back, target, client) =
+                    (front.clone(), back.clone(), target.clone(), client.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok((n, from)) = back.recv_from(&mut buf).await {
+                        let current = *target.lock().unwrap();
+                        let to = *client.lock().unwrap();
+                        if current == Some(from)
+                            && let Some(to) = to
+                        {
+                            let _ = front.send_to(&buf[..n], to).await;
+                        }
+                    }
+                }
+            });
+            Relay {
+                front: front.local_addr().unwrap(),
+                target,
+                tasks: vec![inbound, outbound],
+            }
+        }
+
+        fn point(&self, target: Option<SocketAddr>) {
+            *self.target.lock().unwrap() = target;
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    /// A peer that answers every request with `Ok(b"pong")`, with the reset secret of
+    /// `data_dir`.
+    fn peer(tls: &ClusterTls, data_dir: &Path) -> quinn::Endpoint {
+        let secret = ResetSecret::load_or_generate(data_dir).unwrap();
+        let endpoint = bind_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            secret.endpoint_config(Listener::Raft),
+            Some(tls.server_config().unwrap()),
+        )
+        .unwrap();
+        tokio::spawn({
+            let endpoint = endpoint.clone();
+            async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else { return };
+                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                            if recv.read_to_end(MAX_MESSAGE_BYTES).await.is_ok() {
+                                let answer = wire::encode_response(&Response::Ok(b"pong".into()));
+                                let _ = send.write_all(&answer).await;
+                                let _ = send.finish();
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        endpoint
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        tls: ClusterTls,
+        peer_dir: std::path::PathBuf,
+        relay: Relay,
+        old_peer: quinn::Endpoint,
+        client: PeerClient,
+        addr: String,
+    }
+
+    /// A client connected (one answered call) through the relay to a peer.
+    async fn connected() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_cluster(&dir.path().join("ca"), 2).unwrap();
+        let tls = ClusterTls::load(&files[0]).unwrap();
+        let peer_dir = dir.path().join("peer");
+        let old_peer = peer(&tls, &peer_dir);
+        let relay = Relay::start(old_peer.local_addr().unwrap()).await;
+        let own = ResetSecret::load_or_generate(&dir.path().join("me")).unwrap();
+        let endpoint = bind_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            own.endpoint_config(Listener::Raft),
+            None,
+        )
+        .unwrap();
+        let client = PeerClient::new(
+            endpoint,
+            ClusterTls::load(&files[1])
+                .unwrap()
+                .client_config()
+                .unwrap(),
+        );
+        let addr = relay.front.to_string();
+        let pong = client
+            .call(&addr, &Request::ReadIndex, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(pong, b"pong");
+        Setup {
+            _dir: dir,
+            tls,
+            peer_dir,
+            relay,
+            old_peer,
+            client,
+            addr,
+        }
+    }
+
+    /// The peer dies silently and a new process with `data_dir`'s secret takes its address.
+    fn crash_and_restart(s: &Setup, data_dir: &Path) -> quinn::Endpoint {
+        s.relay.point(None);
+        s.old_peer.close(0u32.into(), b"crash");
+        let new_peer = peer(&s.tls, data_dir);
+        s.relay.point(Some(new_peer.local_addr().unwrap()));
+        new_peer
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_restarted_resets_the_stale_connection_at_once() {
+        let s = connected().await;
+        let _new_peer = crash_and_restart(&s, &s.peer_dir);
+
+        // The request goes out on the cached connection; the restarted peer does not know
+        // it and answers with a stateless reset its client recognises.
+        let t = Instant::now();
+        let err = s
+            .client
+            .call(&s.addr, &Request::ReadIndex, Duration::from_secs(30))
+            .await
+            .expect_err("the old connection is gone");
+        assert!(matches!(err, CallError::Lost(_)), "{err:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "noticed after {:?}, not at once",
+            t.elapsed()
+        );
+        // The next call dials the new process.
+        let pong = s
+            .client
+            .call(&s.addr, &Request::ReadIndex, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(pong, b"pong");
+    }
+
+    /// Why the secret is kept: with a new one (quinn's default), the stale connection is only
+    /// given up at the caller's timeout.
+    #[tokio::test]
+    async fn with_a_new_reset_secret_the_stale_connection_lasts_until_the_timeout() {
+        let s = connected().await;
+        let other_dir = s._dir.path().join("another peer");
+        let _new_peer = crash_and_restart(&s, &other_dir);
+        let timeout = Duration::from_millis(1500);
+        let t = Instant::now();
+        let err = s
+            .client
+            .call(&s.addr, &Request::ReadIndex, timeout)
+            .await
+            .expect_err("the old connection is gone");
+        assert!(matches!(err, CallError::Lost(_)), "{err:?}");
+        assert!(t.elapsed() >= timeout, "gave up after {:?}", t.elapsed());
     }
 }

@@ -40,6 +40,7 @@ use crate::config::{ClusterConfig, NodeConfig};
 use crate::metrics::Metrics;
 use crate::service::waiters::Waiters;
 use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
+use crate::transport;
 
 /// How a write or a read barrier failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -131,6 +132,7 @@ impl RaftNode {
     /// node has no state yet.
     pub async fn start(
         config: &NodeConfig,
+        endpoint_config: quinn::EndpointConfig,
         waiters: Arc<Waiters>,
         metrics: Metrics,
         clock: SharedClock,
@@ -140,7 +142,11 @@ impl RaftNode {
             Some(files) => ClusterTls::load(files)?,
             None => ClusterTls::load_or_generate_dev(&config.data_dir)?,
         };
-        let endpoint = quinn::Endpoint::server(tls.server_config()?, cluster.raft_listen)?;
+        let endpoint = transport::bind_endpoint(
+            cluster.raft_listen,
+            endpoint_config,
+            Some(tls.server_config()?),
+        )?;
         let bound = endpoint.local_addr()?;
         let advertise = cluster
             .raft_advertise

@@ -12,6 +12,9 @@
 //!   and the SHA-256 fingerprint format clients pin.
 //! - [`limits`]: [`TransportLimits`] (per-connection QUIC limits) and [`ConnectionLimiter`]
 //!   (how many connections in total and per peer address).
+//! - [`reset`]: the stateless-reset secret kept in the data directory, so that peers of a
+//!   restarted node learn at once that their connections to it are gone, and
+//!   [`bind_endpoint`], which binds an endpoint with it.
 //!
 //! # What it deliberately does not do
 //!
@@ -24,12 +27,14 @@
 
 pub mod devcert;
 pub mod limits;
+pub mod reset;
 pub mod tls;
 
 use std::path::PathBuf;
 
 pub use devcert::{DevCert, fingerprint_sha256, format_fingerprint};
 pub use limits::{ConnectionLimiter, ConnectionPermit, LimitExceeded, TransportLimits};
+pub use reset::{Listener, ResetSecret, bind_endpoint};
 pub use tls::{
     BAD_ALPN_REASON, enforce_alpn, load_pem, negotiated_alpn_ok, quinn_server_config, server_crypto,
 };
@@ -70,6 +75,18 @@ pub enum Error {
     /// rcgen could not generate the development certificate.
     #[error("generating the development certificate: {0}")]
     CertGen(#[from] rcgen::Error),
+    /// The stateless-reset secret file has the wrong length (a truncated copy, another
+    /// file). Refusing to replace it: remove it to generate a new one.
+    #[error("{}: a stateless-reset secret is 32 bytes, this file has {len}", path.display())]
+    InvalidResetSecret {
+        /// The file.
+        path: PathBuf,
+        /// Its length (capped at 33).
+        len: usize,
+    },
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// Only one of the development certificate's two files exists. Refusing to overwrite the
     /// other: remove the remaining file to generate a fresh pair.
     #[error(
