@@ -1,17 +1,21 @@
 //! The admin HTTP listener: `/healthz` (the process is alive and replication has not stopped
 //! for good), `/readyz` (the node serves clients: store open, listener bound, not draining, a
-//! caught-up Raft member), `/metrics` (Prometheus text), and the `/raft/*` membership API
-//! (`crate::raft::admin`).
+//! caught-up Raft member), `/metrics` (Prometheus text), the `/raft/*` membership API
+//! (`crate::raft::admin`), and `POST /backup` (a verified, consistent copy of the state,
+//! `crate::backup`).
 //! It is a separate port so that it can be kept off the public network.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -29,6 +33,21 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Replication: status, membership changes, readiness.
     pub raft: Arc<RaftNode>,
+    /// Where backups are copied from.
+    pub backup: BackupSource,
+}
+
+/// What `POST /backup` copies, and where it stages the copy.
+#[derive(Clone)]
+pub struct BackupSource {
+    /// The state database.
+    pub db_path: PathBuf,
+    /// A directory on the same file system for the copy (emptied at start).
+    pub staging: PathBuf,
+    /// This node's id, recorded in manifests.
+    pub node_id: u64,
+    /// One backup at a time: each costs a copy of the database on disk until it is sent.
+    pub busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Binds the admin listener and serves it until `shutdown` is cancelled.
@@ -43,6 +62,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/backup", post(backup))
         .merge(crate::raft::admin::routes())
         .with_state(state);
     let task = tokio::spawn(async move {
@@ -92,4 +112,84 @@ async fn metrics(
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+/// Header of a `POST /backup` answer that carries the manifest (JSON).
+pub const MANIFEST_HEADER: &str = "qpq-backup-manifest";
+
+fn json_error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+/// A consistent copy of the state database, after a read barrier (so it holds every write
+/// acknowledged before the call), checked before it is sent. The body is the SQLite file;
+/// the manifest is in [`MANIFEST_HEADER`].
+async fn backup(State(s): State<AdminState>) -> Response {
+    let Ok(busy) = s.backup.busy.clone().try_lock_owned() else {
+        return json_error(
+            StatusCode::CONFLICT,
+            "backup_in_progress",
+            "this node is sending another backup".into(),
+        );
+    };
+    if let Err(e) = s.raft.read_barrier().await {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        );
+    }
+    let source = s.backup.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&source.staging).map_err(|e| e.to_string())?;
+        let path = source
+            .staging
+            .join(format!("backup-{}.sqlite3", uuid::Uuid::new_v4()));
+        let result = crate::backup::copy_database(&source.db_path, &path, source.node_id)
+            .map_err(|e| e.to_string())
+            .and_then(|manifest| {
+                let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                Ok((manifest, file))
+            });
+        // Unlinked at once: the open file stays readable until it is sent, and nothing is
+        // left behind if the caller goes away.
+        let _ = std::fs::remove_file(&path);
+        result
+    })
+    .await;
+    let (manifest, file) = match made {
+        Ok(Ok(made)) => made,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "backup failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
+        }
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    };
+    let header = match serde_json::to_string(&manifest) {
+        Ok(h) => h,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    };
+    tracing::info!(
+        bytes = manifest.bytes,
+        sha256 = %manifest.sha256,
+        last_applied = ?manifest.last_applied,
+        "sending a backup"
+    );
+    // The lock is held until the body has been sent (or dropped).
+    let stream =
+        tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)).map(move |chunk| {
+            let _held = &busy;
+            chunk
+        });
+    let built = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/vnd.sqlite3")
+        .header("content-length", manifest.bytes)
+        .header(MANIFEST_HEADER, header)
+        .body(axum::body::Body::from_stream(stream));
+    match built {
+        Ok(r) => r,
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }

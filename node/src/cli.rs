@@ -47,6 +47,46 @@ enum Command {
     Serve(ServeArgs),
     /// Start a development node on embedded defaults and run the self-check.
     Dev(DevArgs),
+    /// Take or check a backup of a cluster's state (`docs/operator.md`, "Backup and restore").
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Make an empty data directory the first node of a new cluster holding a backup's state.
+    Restore(RestoreArgs),
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Ask a node for a backup (it holds every write acknowledged before the call) and store
+    /// it as FILE with FILE.manifest.json, verified before it is kept.
+    Create {
+        /// The node's admin listener, `host:port`.
+        #[arg(long, env = "QPQ_ADMIN")]
+        admin: String,
+        /// Where to store the backup (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a backup against its manifest: digest, SQLite integrity, row counts.
+    Verify {
+        /// The backup file (its manifest is FILE.manifest.json).
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup file (its manifest is FILE.manifest.json); verified first.
+    #[arg(long)]
+    from: PathBuf,
+    /// The new node's data directory: must hold no node state.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The new node's id (the operator uses the StatefulSet ordinal + 1).
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// The new node's Raft address as its peers reach it (its `--raft-advertise`).
+    #[arg(long)]
+    raft_advertise: String,
 }
 
 #[derive(Args)]
@@ -330,8 +370,49 @@ pub fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Backup(BackupCommand::Create { admin, out }) => {
+                report(crate::backup::fetch(&admin, &out).await)
+            }
+            Command::Backup(BackupCommand::Verify { file }) => report(
+                crate::backup::read_manifest(&file)
+                    .and_then(|m| crate::backup::verify(&file, &m)),
+            ),
+            Command::Restore(a) => report(
+                async {
+                    let manifest = crate::backup::read_manifest(&a.from)?;
+                    crate::backup::restore(
+                        &a.from,
+                        &manifest,
+                        &a.data_dir,
+                        a.node_id,
+                        &a.raft_advertise,
+                    )
+                    .await
+                }
+                .await,
+            ),
         }
     })
+}
+
+/// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).
+fn report<T: serde::Serialize>(result: Result<T, crate::backup::BackupError>) -> ExitCode {
+    match result {
+        Ok(v) => match serde_json::to_string(&v) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("qpq-node: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("qpq-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 enum Mode {

@@ -89,6 +89,11 @@ impl RunningNode {
         std::fs::create_dir_all(&config.data_dir)?;
         let metrics = Metrics::new()?;
         let reset = ResetSecret::load_or_generate(&config.data_dir)?;
+        // Copies of backups being sent; any found here were cut short by a crash.
+        let backup_staging = config.data_dir.join("backups-staging");
+        if backup_staging.exists() {
+            std::fs::remove_dir_all(&backup_staging)?;
+        }
 
         let (chain, key) = match &config.tls {
             TlsSource::Dev => {
@@ -148,6 +153,12 @@ impl RunningNode {
             services: services.clone(),
             ready: ready.clone(),
             raft: raft.clone(),
+            backup: crate::admin::BackupSource {
+                db_path: config.db_path(),
+                staging: backup_staging,
+                node_id: config.cluster.node_id,
+                busy: Arc::default(),
+            },
         };
         let admin_stop = CancellationToken::new();
         let (admin_addr, admin_task) =

@@ -124,7 +124,7 @@ fn snapshot_id(last: &Option<LogId<NodeId>>) -> String {
     }
 }
 
-fn meta_of_file(path: &Path) -> StResult<SnapshotMeta<NodeId, Member>> {
+pub(crate) fn meta_of_file(path: &Path) -> StResult<SnapshotMeta<NodeId, Member>> {
     let conn =
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(snap_err)?;
     let applied = read_applied(&conn)?;

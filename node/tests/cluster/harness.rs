@@ -13,7 +13,7 @@ use qpq_client::{ClientError, Connection, ServerVerification};
 use qpq_node::raft::certs::{ClusterTlsFiles, generate_cluster};
 use qpq_schemas::auth::register_message;
 use qpq_schemas::{ChannelId, DeviceId, IdentityKey};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Heartbeat and election timeout the tests run with (ms).
 pub const HEARTBEAT_MS: u64 = 100;
@@ -520,6 +520,48 @@ impl Cluster {
                 })
             })
             .collect()
+    }
+
+    /// Starts node `id` (not a member yet), adds it as a learner, waits until it has
+    /// caught up and is promoted to voter, and until it is ready.
+    pub async fn join(&mut self, id: u64) {
+        self.node_mut(id).spawn();
+        let body = json!({"id": id, "addr": self.node(id).advertise}).to_string();
+        let (code, v) = self.post_leader("/raft/learners", &body).await;
+        assert_eq!(code, 200, "add learner: {v}");
+        assert!(
+            v["membership"]["learners"][id.to_string()].is_string(),
+            "{v}"
+        );
+        // Promotion is refused until the learner is caught up; retry until it is.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, v) = self
+                .post_leader("/raft/promote", &json!({"id": id}).to_string())
+                .await;
+            if code == 200 {
+                assert!(v["membership"]["voters"][id.to_string()].is_string(), "{v}");
+                break;
+            }
+            assert_eq!(code, 409, "promote: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "learner {id} never caught up: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The new voter becomes ready (a caught-up member).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.node(id).ready().await {
+            assert!(Instant::now() < deadline, "node {id} never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clients of this cluster log in as `other`'s suite account (a cluster restored from
+    /// `other`'s backup knows it).
+    pub fn adopt_account_of(&mut self, other: &Cluster) {
+        self.tester = other.tester.clone();
     }
 
     /// POSTs to the leader (following `421` answers) and returns the answer.

@@ -123,6 +123,37 @@ impl Client {
     }
 }
 
+/// Writes `n` messages to `channel` with `writers` concurrent clients spread over the
+/// running nodes, and waits for them.
+pub async fn write_through(
+    history: &Rc<History>,
+    c: &Cluster,
+    channel: ChannelId,
+    n: usize,
+    writers: usize,
+) {
+    let endpoints: Vec<_> = c
+        .endpoints()
+        .into_iter()
+        .filter(|e| c.node(e.id).is_running())
+        .collect();
+    let stop = Rc::new(Cell::new(false));
+    let tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            tokio::task::spawn_local(write_messages(
+                history.clone(),
+                Client::new(endpoints.clone(), i),
+                channel,
+                n / writers,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Writes `count` messages to `channel` through `client`, recording acknowledgements.
 pub async fn write_messages(
     history: Rc<History>,

@@ -20,6 +20,7 @@ mod proxy;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 
+mod backup;
 mod disk_full;
 mod failover;
 mod membership;

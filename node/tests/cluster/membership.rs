@@ -21,41 +21,11 @@ async fn voters(c: &Cluster) -> Vec<u64> {
         .collect()
 }
 
-/// Adds node `id` as a learner, waits for it to catch up, promotes it.
+/// Adds a node: a learner that catches up, then a voter.
 async fn grow(c: &mut Cluster) -> u64 {
     let idx = c.add_node();
-    c.nodes[idx].spawn();
     let id = c.nodes[idx].id;
-    let body = json!({"id": id, "addr": c.nodes[idx].advertise}).to_string();
-    let (code, v) = c.post_leader("/raft/learners", &body).await;
-    assert_eq!(code, 200, "add learner: {v}");
-    assert!(
-        v["membership"]["learners"][id.to_string()].is_string(),
-        "{v}"
-    );
-    // Promotion is refused until the learner is caught up; retry until it is.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, v) = c
-            .post_leader("/raft/promote", &json!({"id": id}).to_string())
-            .await;
-        if code == 200 {
-            assert!(v["membership"]["voters"][id.to_string()].is_string(), "{v}");
-            break;
-        }
-        assert_eq!(code, 409, "promote: {v}");
-        assert!(
-            Instant::now() < deadline,
-            "learner {id} never caught up: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The new voter becomes ready (a caught-up member).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !c.nodes[idx].ready().await {
-        assert!(Instant::now() < deadline, "node {id} never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.join(id).await;
     id
 }
 

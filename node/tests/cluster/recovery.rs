@@ -1,37 +1,17 @@
 //! A restarted follower catches up: from the log when its missing entries are still there,
 //! and from a snapshot when the leader has compacted them away (small snapshot threshold).
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use qpq_schemas::ChannelId;
 
 use crate::harness::{Cluster, local, serial};
-use crate::history::{self, Client, History};
+use crate::history::{self, History};
 
 /// Writes `n` messages (4 writers) and waits for them.
 async fn write(history: &Rc<History>, c: &Cluster, channel: ChannelId, n: usize) {
-    let endpoints: Vec<_> = c
-        .endpoints()
-        .into_iter()
-        .filter(|e| c.node(e.id).is_running())
-        .collect();
-    let stop = Rc::new(Cell::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|i| {
-            tokio::task::spawn_local(history::write_messages(
-                history.clone(),
-                Client::new(endpoints.clone(), i),
-                channel,
-                n / 4,
-                stop.clone(),
-            ))
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    history::write_through(history, c, channel, n, 4).await;
 }
 
 async fn leader_last_index(c: &Cluster) -> u64 {

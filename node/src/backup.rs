@@ -1,0 +1,751 @@
+//! Backups of a cluster's state, their integrity checks, and restore.
+//!
+//! A backup is a consistent copy of a node's state database (`VACUUM INTO`, one read
+//! transaction, the same mechanism as Raft snapshots) taken after a read barrier, so it holds
+//! every write the cluster acknowledged before the backup was asked for. It travels with a
+//! [`Manifest`]: the file's size and SHA-256, the Raft log position it reflects, its schema
+//! version and the row count of every table that matters to users. [`verify`] checks a file
+//! against its manifest — digest, SQLite's `integrity_check` and `foreign_key_check`, schema
+//! version, row counts, log position — and is run by the node before it sends a backup, by
+//! `qpq-node backup create` before it keeps one, and by [`restore`] before it uses one.
+//!
+//! [`restore`] turns a verified backup into the data directory of the first voter of a new
+//! cluster: the state database with its membership replaced by that one node, and a Raft
+//! vote in a term above the backup's. openraft then sees a node whose log was compacted up to
+//! the backup's position (it purges the empty log up to there and builds a snapshot), elects
+//! it, and brings every node added later up to date by snapshot — the path every compacted
+//! node takes, not a special one.
+//!
+//! Restoring rewinds the cluster to the backup. Two consequences are handled here, the rest
+//! are the operator's to know (`docs/operator.md`):
+//! - Every channel's sequence numbers jump by [`SEQ_GAP_ON_RESTORE`], so that a client that
+//!   saw messages written after the backup does not take new messages (which would otherwise
+//!   reuse those numbers) for ones it already has: it sees a gap, as after retention eviction.
+//! - KeyPackages consumed after the backup are back in the store and may be served again.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use openraft::storage::RaftLogStorage as _;
+use openraft::{LogId, Membership, StoredMembership, Vote};
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::raft::log_store::LogStore;
+use crate::raft::state_machine::meta_of_file;
+use crate::raft::{Member, NodeId, encode};
+use crate::state::{SCHEMA_VERSION, Store};
+
+/// The manifest format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// How far every channel's sequence numbers jump on restore (2^32: more messages than a
+/// channel receives between a backup and its restore).
+pub const SEQ_GAP_ON_RESTORE: i64 = 1 << 32;
+
+/// Tables whose row counts a manifest records (and [`verify`] compares).
+const COUNTED: [&str; 7] = [
+    "accounts",
+    "devices",
+    "tokens",
+    "channels",
+    "messages",
+    "key_packages",
+    "members",
+];
+
+/// The Raft log position a backup reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// Term of the last applied entry.
+    pub term: u64,
+    /// The node that led that term.
+    pub leader: u64,
+    /// Index of the last applied entry.
+    pub index: u64,
+}
+
+impl From<LogId<NodeId>> for LogPosition {
+    fn from(l: LogId<NodeId>) -> Self {
+        Self {
+            term: l.leader_id.term,
+            leader: l.leader_id.node_id,
+            index: l.index,
+        }
+    }
+}
+
+/// What a backup file is, written next to it (`<file>.manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// When the copy was taken (the node's clock, ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// The node that took it.
+    pub node_id: u64,
+    /// Its `qpq-node` version.
+    pub node_version: String,
+    /// The state database's schema version (SQLite `user_version`).
+    pub schema_version: u32,
+    /// The last log entry the copy reflects (`None`: an empty cluster).
+    pub last_applied: Option<LogPosition>,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// Row counts by table.
+    pub rows: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why a backup could not be made, verified or restored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite refused to open or read the file (for a reason other than corruption).
+    #[error("sqlite: {0}")]
+    Sqlite(rusqlite::Error),
+    /// The file is not as long as its manifest says (truncated, or another file).
+    #[error("the file has {found} bytes, its manifest says {expected}")]
+    Size {
+        /// From the manifest.
+        expected: u64,
+        /// Of the file.
+        found: u64,
+    },
+    /// The file's digest differs from its manifest's (corrupted, or another file).
+    #[error("the file's SHA-256 is {found}, its manifest says {expected}")]
+    Digest {
+        /// From the manifest.
+        expected: String,
+        /// Of the file.
+        found: String,
+    },
+    /// SQLite's `integrity_check` or `foreign_key_check` found problems.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    /// The database was written by a newer build.
+    #[error("schema version {found} is newer than this build's {supported}")]
+    SchemaTooNew {
+        /// In the file.
+        found: u32,
+        /// This build's.
+        supported: u32,
+    },
+    /// The manifest disagrees with the file's contents.
+    #[error("{what}: the file has {found}, its manifest says {expected}")]
+    Mismatch {
+        /// Which field.
+        what: String,
+        /// From the manifest.
+        expected: String,
+        /// Of the file.
+        found: String,
+    },
+    /// The manifest is unreadable, or of a format this build does not know.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// The file is not a node's state database.
+    #[error("not a qpq state database: {0}")]
+    NotABackup(String),
+    /// The node refused or failed the backup (`POST /backup` did not answer 200).
+    #[error("the node answered {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The answer's body (a JSON error).
+        body: String,
+    },
+    /// The node could not be reached, or the transfer broke off.
+    #[error("transfer: {0}")]
+    Transfer(String),
+    /// Restore refuses to overwrite node state.
+    #[error("{} already holds node state; restore into an empty data directory", .0.display())]
+    DataDirNotEmpty(PathBuf),
+    /// Writing the Raft state of the restored node failed.
+    #[error("raft state: {0}")]
+    Raft(String),
+}
+
+type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+impl From<rusqlite::Error> for BackupError {
+    /// A file SQLite finds malformed fails the integrity check, whichever query noticed.
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                BackupError::Integrity(e.to_string())
+            }
+            _ => BackupError::Sqlite(e),
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Path of the manifest that goes with the backup file `backup`.
+pub fn manifest_path(backup: &Path) -> PathBuf {
+    let mut name = backup.as_os_str().to_owned();
+    name.push(".manifest.json");
+    PathBuf::from(name)
+}
+
+/// Reads the manifest next to `backup`.
+pub fn read_manifest(backup: &Path) -> Result<Manifest> {
+    let path = manifest_path(backup);
+    let text = fs::read_to_string(&path).map_err(io(&path))?;
+    parse_manifest(&text)
+}
+
+/// Parses a manifest (the JSON of [`Manifest`]) and checks its format.
+pub fn parse_manifest(text: &str) -> Result<Manifest> {
+    let manifest: Manifest =
+        serde_json::from_str(text).map_err(|e| BackupError::Manifest(e.to_string()))?;
+    if manifest.format != FORMAT {
+        return Err(BackupError::Manifest(format!(
+            "format {} (this build reads {FORMAT})",
+            manifest.format
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Size and lower-case hex SHA-256 of a file.
+fn digest(path: &Path) -> Result<(u64, String)> {
+    let mut file = fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex::encode(hasher.finalize())))
+}
+
+/// Everything [`verify`] compares, read from the file itself.
+fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
+    let (bytes, sha256) = digest(path)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    if problems != ["ok"] {
+        return Err(BackupError::Integrity(problems.join("; ")));
+    }
+    let dangling: i64 =
+        conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })?;
+    if dangling != 0 {
+        return Err(BackupError::Integrity(format!(
+            "{dangling} rows break a foreign key"
+        )));
+    }
+    let schema_version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))?;
+    if schema_version > SCHEMA_VERSION {
+        return Err(BackupError::SchemaTooNew {
+            found: schema_version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let mut rows = std::collections::BTreeMap::new();
+    for table in COUNTED {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(|e| BackupError::NotABackup(format!("table {table}: {e}")))?;
+        rows.insert(table.to_owned(), u64::try_from(n).unwrap_or(0));
+    }
+    drop(conn);
+    let meta = meta_of_file(path).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    Ok(Manifest {
+        format: FORMAT,
+        created_at_ms,
+        node_id,
+        node_version: env!("CARGO_PKG_VERSION").to_owned(),
+        schema_version,
+        last_applied: meta.last_log_id.map(LogPosition::from),
+        bytes,
+        sha256,
+        rows,
+    })
+}
+
+/// Copies the state database at `db_path` to `dest` (which must not exist), makes the copy
+/// durable, checks it, and returns its manifest.
+pub fn copy_database(db_path: &Path, dest: &Path, node_id: u64) -> Result<Manifest> {
+    Store::copy_to(db_path, dest).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dest))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    describe(dest, node_id, now)
+}
+
+/// Checks the backup file `path` against `manifest`; returns what was found (equal to the
+/// manifest but for provenance fields).
+pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
+    if manifest.format != FORMAT {
+        return Err(BackupError::Manifest(format!(
+            "format {} (this build reads {FORMAT})",
+            manifest.format
+        )));
+    }
+    // Cheap checks first: a truncated or swapped file fails before SQLite reads it.
+    let (bytes, sha256) = digest(path)?;
+    if bytes != manifest.bytes {
+        return Err(BackupError::Size {
+            expected: manifest.bytes,
+            found: bytes,
+        });
+    }
+    if sha256 != manifest.sha256 {
+        return Err(BackupError::Digest {
+            expected: manifest.sha256.clone(),
+            found: sha256,
+        });
+    }
+    let found = describe(path, manifest.node_id, manifest.created_at_ms)?;
+    let mismatch = |what: &str, expected: String, found: String| BackupError::Mismatch {
+        what: what.to_owned(),
+        expected,
+        found,
+    };
+    if found.schema_version != manifest.schema_version {
+        return Err(mismatch(
+            "schema version",
+            manifest.schema_version.to_string(),
+            found.schema_version.to_string(),
+        ));
+    }
+    if found.last_applied != manifest.last_applied {
+        return Err(mismatch(
+            "last applied entry",
+            format!("{:?}", manifest.last_applied),
+            format!("{:?}", found.last_applied),
+        ));
+    }
+    if found.rows != manifest.rows {
+        return Err(mismatch(
+            "row counts",
+            format!("{:?}", manifest.rows),
+            format!("{:?}", found.rows),
+        ));
+    }
+    Ok(found)
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restored {
+    /// The restored node's id, the only voter of the new cluster.
+    pub node_id: u64,
+    /// Its Raft address in the new membership.
+    pub raft_addr: String,
+    /// The log position the restored state reflects.
+    pub last_applied: Option<LogPosition>,
+    /// Channels whose sequence numbers jumped by [`SEQ_GAP_ON_RESTORE`].
+    pub channels: u64,
+    /// Messages restored.
+    pub messages: u64,
+}
+
+/// Verifies `backup` against `manifest` and makes `data_dir` (which must hold no node state)
+/// the data directory of node `node_id`, the only voter of a new cluster, reachable by its
+/// peers at `raft_addr`. Start the node with that data directory, id and advertised address;
+/// add the other nodes as learners and promote them (they catch up by snapshot).
+pub async fn restore(
+    backup: &Path,
+    manifest: &Manifest,
+    data_dir: &Path,
+    node_id: u64,
+    raft_addr: &str,
+) -> Result<Restored> {
+    verify(backup, manifest)?;
+    let db_path = data_dir.join("node.sqlite3");
+    let log_path = data_dir.join("raft-log.sqlite3");
+    for p in [&db_path, &log_path] {
+        if p.try_exists().map_err(io(p))? {
+            return Err(BackupError::DataDirNotEmpty(data_dir.to_path_buf()));
+        }
+    }
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+
+    // The database under a temporary name until it is complete and durable.
+    let staging = data_dir.join("node.sqlite3.restoring");
+    let _ = fs::remove_file(&staging);
+    fs::copy(backup, &staging).map_err(io(&staging))?;
+    let meta = meta_of_file(&staging).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    let (channels, messages) = {
+        let mut conn = Connection::open(&staging)?;
+        // A rollback journal, so the file is complete on its own once the connection closes.
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let tx = conn.transaction()?;
+        let membership: StoredMembership<NodeId, Member> = StoredMembership::new(
+            meta.last_log_id,
+            Membership::new(
+                vec![std::iter::once(node_id).collect()],
+                std::iter::once((
+                    node_id,
+                    Member {
+                        addr: raft_addr.to_owned(),
+                    },
+                ))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        );
+        let membership = encode(&membership).map_err(|e| BackupError::Raft(e.to_string()))?;
+        tx.execute(
+            "UPDATE raft_applied SET membership = ?1 WHERE id = 1",
+            [membership],
+        )?;
+        let channels = tx.execute(
+            "UPDATE channels SET last_seq = last_seq + ?1",
+            [SEQ_GAP_ON_RESTORE],
+        )?;
+        let messages: i64 = tx.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
+        tx.commit()?;
+        (channels as u64, u64::try_from(messages).unwrap_or(0))
+    };
+    fs::File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&staging))?;
+
+    // A vote in a term above the backup's: the node's first election then starts a term
+    // after every entry it holds, as for any node restarting after compaction.
+    let term = meta.last_log_id.map_or(0, |l| l.leader_id.term);
+    let mut log = LogStore::open(&log_path)?;
+    log.save_vote(&Vote::new(term + 1, node_id))
+        .await
+        .map_err(|e| BackupError::Raft(e.to_string()))?;
+    drop(log);
+
+    fs::rename(&staging, &db_path).map_err(io(&db_path))?;
+    fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(data_dir))?;
+    Ok(Restored {
+        node_id,
+        raft_addr: raft_addr.to_owned(),
+        last_applied: meta.last_log_id.map(LogPosition::from),
+        channels,
+        messages,
+    })
+}
+
+/// Writes `manifest` next to `backup`, durably (temporary file, fsync, rename).
+pub fn write_manifest(backup: &Path, manifest: &Manifest) -> Result<()> {
+    let path = manifest_path(backup);
+    let tmp = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    };
+    let text =
+        serde_json::to_string_pretty(manifest).map_err(|e| BackupError::Manifest(e.to_string()))?;
+    let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    file.write_all(b"\n").map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Asks the node whose admin listener is `admin` (`host:port`) for a backup and stores it as
+/// `out` with its manifest next to it (`<out>.manifest.json`), both durable. The file is
+/// written as `<out>.partial`, verified against the manifest the node sent (digest, SQLite
+/// integrity, row counts), and only then renamed to `out`: `out` is never a partial or
+/// unverified backup. Refuses to overwrite an existing `out`.
+pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::body::Bytes;
+    use tokio::io::AsyncWriteExt as _;
+
+    if out.try_exists().map_err(io(out))? {
+        return Err(BackupError::Io {
+            path: out.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
+        });
+    }
+    let transfer = |e: &dyn std::fmt::Display| BackupError::Transfer(e.to_string());
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(admin),
+    )
+    .await
+    .map_err(|_| BackupError::Transfer(format!("connect {admin}: timeout")))?
+    .map_err(|e| BackupError::Transfer(format!("connect {admin}: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| transfer(&e))?;
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::post("/backup")
+        .header("host", admin)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| transfer(&e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| transfer(&e))?;
+    let status = response.status();
+    if status != hyper::StatusCode::OK {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(BackupError::Refused {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    let manifest = response
+        .headers()
+        .get(crate::admin::MANIFEST_HEADER)
+        .ok_or_else(|| BackupError::Manifest("the answer has no manifest header".into()))?
+        .to_str()
+        .map_err(|e| BackupError::Manifest(e.to_string()))
+        .and_then(parse_manifest)?;
+
+    let partial = {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    };
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(io(&partial))?;
+    let mut body = response.into_body();
+    let written = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| transfer(&e))?;
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data).await.map_err(io(&partial))?;
+            }
+        }
+        file.sync_all().await.map_err(io(&partial))
+    }
+    .await;
+    drop(file);
+    driver.abort();
+    let checked = match written {
+        Ok(()) => {
+            let (path, m) = (partial.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || verify(&path, &m))
+                .await
+                .map_err(|e| transfer(&e))
+                .and_then(|r| r)
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
+    write_manifest(out, &manifest)?;
+    fs::rename(&partial, out).map_err(io(out))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use openraft::storage::RaftLogReader as _;
+
+    use super::*;
+
+    /// A state database with three accounts and a channel at seq 7.
+    fn database(dir: &Path) -> PathBuf {
+        let path = dir.join("node.sqlite3");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        for i in 0..3u8 {
+            conn.execute(
+                "INSERT INTO accounts (account, created_at_ms) VALUES (?1, 1)",
+                [vec![i; 16]],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO channels (channel, last_seq) VALUES (?1, 7)",
+            [vec![9u8; 16]],
+        )
+        .unwrap();
+        path
+    }
+
+    fn backed_up() -> (tempfile::TempDir, PathBuf, Manifest) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path());
+        let copy = dir.path().join("backup.sqlite3");
+        let manifest = copy_database(&db, &copy, 2).unwrap();
+        (dir, copy, manifest)
+    }
+
+    /// Re-describes a file changed on purpose, so that only the deeper checks can catch it.
+    fn with_digest_of(path: &Path, manifest: &Manifest) -> Manifest {
+        let (bytes, sha256) = digest(path).unwrap();
+        Manifest {
+            bytes,
+            sha256,
+            ..manifest.clone()
+        }
+    }
+
+    #[test]
+    fn a_fresh_backup_verifies_and_its_manifest_describes_it() {
+        let (_dir, copy, manifest) = backed_up();
+        assert_eq!(manifest.rows["accounts"], 3);
+        assert_eq!(manifest.rows["channels"], 1);
+        assert_eq!(manifest.node_id, 2);
+        assert_eq!(manifest.schema_version, SCHEMA_VERSION);
+        assert_eq!(manifest.bytes, fs::metadata(&copy).unwrap().len());
+        assert_eq!(verify(&copy, &manifest).unwrap(), manifest);
+        // The manifest survives its file round trip.
+        write_manifest(&copy, &manifest).unwrap();
+        assert_eq!(read_manifest(&copy).unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_changed_byte_or_a_truncation_fails_the_digest_or_size_check() {
+        let (_dir, copy, manifest) = backed_up();
+        let mut bytes = fs::read(&copy).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x80;
+        fs::write(&copy, &bytes).unwrap();
+        assert!(matches!(
+            verify(&copy, &manifest),
+            Err(BackupError::Digest { .. })
+        ));
+        bytes.truncate(bytes.len() - 1);
+        fs::write(&copy, &bytes).unwrap();
+        assert!(matches!(
+            verify(&copy, &manifest),
+            Err(BackupError::Size { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupted_page_fails_even_with_a_matching_digest() {
+        let (_dir, copy, manifest) = backed_up();
+        let mut bytes = fs::read(&copy).unwrap();
+        // Every page after the first is b-tree content; scribble over the second one.
+        let page = 4096.min(bytes.len() / 2);
+        for b in &mut bytes[page..page + 512] {
+            *b = 0xA5;
+        }
+        fs::write(&copy, &bytes).unwrap();
+        let manifest = with_digest_of(&copy, &manifest);
+        match verify(&copy, &manifest) {
+            Err(BackupError::Integrity(_)) => {}
+            other => panic!("a corrupted database passed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_disagrees_with_the_file_is_refused() {
+        let (_dir, copy, manifest) = backed_up();
+        let mut wrong = manifest.clone();
+        wrong.rows.insert("messages".into(), 5);
+        assert!(matches!(
+            verify(&copy, &wrong),
+            Err(BackupError::Mismatch { .. })
+        ));
+        let mut future = manifest.clone();
+        future.format = FORMAT + 1;
+        assert!(matches!(
+            verify(&copy, &future),
+            Err(BackupError::Manifest(_))
+        ));
+        assert!(parse_manifest("{\"format\": 1}").is_err());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused() {
+        let (_dir, copy, manifest) = backed_up();
+        Connection::open(&copy)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let manifest = with_digest_of(&copy, &manifest);
+        assert!(matches!(
+            verify(&copy, &manifest),
+            Err(BackupError::SchemaTooNew { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn restore_makes_a_one_voter_data_dir_and_never_overwrites_state() {
+        let (dir, copy, manifest) = backed_up();
+        let data = dir.path().join("restored");
+        let restored = restore(&copy, &manifest, &data, 3, "n3:7444")
+            .await
+            .unwrap();
+        assert_eq!(restored.channels, 1);
+        assert_eq!(
+            (restored.node_id, restored.raft_addr.as_str()),
+            (3, "n3:7444")
+        );
+
+        let db = data.join("node.sqlite3");
+        let meta = meta_of_file(&db).unwrap();
+        let voters: Vec<_> = meta.last_membership.membership().voter_ids().collect();
+        assert_eq!(voters, [3]);
+        let conn = Connection::open(&db).unwrap();
+        let last_seq: i64 = conn
+            .query_row("SELECT last_seq FROM channels", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last_seq, 7 + SEQ_GAP_ON_RESTORE);
+        drop(conn);
+        let mut log = LogStore::open(&data.join("raft-log.sqlite3")).unwrap();
+        let vote = log.read_vote().await.unwrap().unwrap();
+        assert_eq!((vote.leader_id.term, vote.leader_id.node_id), (1, 3));
+        assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
+        drop(log);
+        assert!(!data.join("node.sqlite3.restoring").exists());
+
+        assert!(matches!(
+            restore(&copy, &manifest, &data, 3, "n3:7444").await,
+            Err(BackupError::DataDirNotEmpty(_))
+        ));
+    }
+}
