@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -647,6 +648,61 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         );
     }
 
+    step("a backup Job (examples/backup-job.yaml) stores a verified backup on a volume");
+    let (claim, job) = backup_job(&env, &ns);
+    let job_name = job.metadata.name.clone().unwrap();
+    let file = job_args(&job)
+        .last()
+        .cloned()
+        .expect("the example's last argument is the file");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    assert_eq!(run_job(&env, &ns, job).await, "Complete", "backup Job");
+    // A second Job re-checks the stored file; one that names a missing file fails, so the
+    // first answer means something.
+    let verify = |name: &str, target: &str| {
+        let (_, mut job) = backup_job(&env, &ns);
+        job.metadata.name = Some(name.to_owned());
+        let spec = job.spec.as_mut().unwrap();
+        spec.backoff_limit = Some(0);
+        let container = &mut spec.template.spec.as_mut().unwrap().containers[0];
+        container.args = Some(vec!["backup".into(), "verify".into(), target.to_owned()]);
+        job
+    };
+    assert_eq!(
+        run_job(&env, &ns, verify("verify-backup", &file)).await,
+        "Complete",
+        "verify Job"
+    );
+    assert_eq!(
+        run_job(
+            &env,
+            &ns,
+            verify("verify-missing", "/backups/missing.sqlite3")
+        )
+        .await,
+        "Failed",
+        "verify Job of a missing file"
+    );
+    // Done with them: the Jobs (their pods with them) and the volume.
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
+    for j in ["verify-missing", "verify-backup", job_name.as_str()] {
+        jobs.delete(j, &DeleteParams::background()).await.unwrap();
+    }
+    claims
+        .delete("qpq-backups", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait("the backup Jobs' pods and volume gone", 120, || async {
+        let left = pods
+            .list(&ListParams::default().labels("batch.kubernetes.io/job-name"))
+            .await
+            .ok()?;
+        let claim = claims.get_opt("qpq-backups").await.ok()?;
+        (left.items.is_empty() && claim.is_none()).then_some(())
+    })
+    .await;
+
     step("delete the QpqCluster (pvcRetentionPolicy Retain)");
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     wait("the QpqCluster gone", 180, || async {
@@ -707,6 +763,52 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
 
 /// SIGKILL to the node process of `pod` when the pod runner's state is at hand; otherwise a
 /// forced delete of the pod (no grace period) on a real cluster.
+/// The PersistentVolumeClaim and Job of `examples/backup-job.yaml`, moved to `ns` (and to
+/// the node image under test).
+fn backup_job(env: &Env, ns: &str) -> (PersistentVolumeClaim, Job) {
+    let text = std::fs::read_to_string(env.repo.join("examples").join("backup-job.yaml"))
+        .unwrap()
+        .replace("messaging", ns);
+    let mut docs = text.split("\n---\n");
+    let claim: PersistentVolumeClaim = serde_yaml::from_str(docs.next().unwrap()).unwrap();
+    let mut job: Job = serde_yaml::from_str(docs.next().unwrap()).unwrap();
+    if let Some((image, version)) = &env.node_image {
+        let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        spec.containers[0].image = Some(format!("{image}:{version}"));
+    }
+    (claim, job)
+}
+
+fn job_args(job: &Job) -> Vec<String> {
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Creates `job` and waits until it ends; returns "Complete" or "Failed".
+async fn run_job(env: &Env, ns: &str, job: Job) -> String {
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
+    let name = job.metadata.name.clone().unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    wait(&format!("Job {name} finished"), 180, || async {
+        let j = jobs.get(&name).await.ok()?;
+        j.status?
+            .conditions?
+            .into_iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            .map(|c| c.type_)
+    })
+    .await
+}
+
 async fn kill_node(env: &Env, ns: &str, pod: &str) {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
     let p = pods.get(pod).await.unwrap();

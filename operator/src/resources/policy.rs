@@ -37,8 +37,14 @@ pub fn pod_disruption_budget(c: &ClusterRef, replicas: i32) -> Result<PodDisrupt
     }))
 }
 
+/// Pods with this label set to a cluster's name may reach that cluster's admin port: backup
+/// Jobs (`examples/backup-job.yaml`). Not a label of the cluster's own pods, so such a pod
+/// is never behind the cluster's Services.
+pub(crate) const BACKUP_FOR_LABEL: &str = "qpq.dev/backup-for";
+
 /// NetworkPolicy `<cluster>`: the client port is open; the Raft port only to the cluster's
-/// own pods; the admin port to the cluster's pods and the operator's pods.
+/// own pods; the admin port to the cluster's pods, its backup Jobs' pods
+/// ([`BACKUP_FOR_LABEL`], same namespace) and the operator's pods.
 pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option<NetworkPolicy>> {
     if !spec.enabled {
         return Ok(None);
@@ -49,7 +55,8 @@ pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option
         "namespaceSelector": {"matchLabels": spec.operator_namespace_labels},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "qpq-operator"}},
     });
-    let admin_from = vec![peers.clone(), operator];
+    let backups = json!({"podSelector": {"matchLabels": {BACKUP_FOR_LABEL: c.name}}});
+    let admin_from = vec![peers.clone(), backups, operator];
     typed(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

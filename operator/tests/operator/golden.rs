@@ -154,7 +154,8 @@ fn examples_are_valid_clusters() {
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("qpqcluster-") && name.ends_with(".yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
             let c: qpq_operator::crd::QpqCluster =
                 serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -165,4 +166,71 @@ fn examples_are_valid_clusters() {
         }
     }
     assert!(seen >= 2);
+}
+
+/// The backup Job of `examples/backup-job.yaml` reaches the admin port of the cluster it
+/// names through that cluster's NetworkPolicy, and is not one of the cluster's pods.
+#[test]
+fn the_backup_example_is_admitted_to_the_admin_port_only() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(root.join("qpqcluster-3.yaml")).unwrap();
+    let mut obj: qpq_operator::crd::QpqCluster = serde_yaml::from_str(&text).unwrap();
+    obj.metadata.uid = Some("uid".into());
+    let c = ClusterRef::new(&obj).unwrap();
+    let policy = resources::network_policy(&c, &obj.spec.network_policy)
+        .unwrap()
+        .expect("the example enables the NetworkPolicy");
+    let policy = serde_json::to_value(policy).unwrap();
+
+    let text = std::fs::read_to_string(root.join("backup-job.yaml")).unwrap();
+    let job: serde_json::Value =
+        serde_yaml::from_str(text.split("\n---\n").nth(1).unwrap()).unwrap();
+    let labels = job["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        job["metadata"]["namespace"],
+        policy["metadata"]["namespace"]
+    );
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a
+                .starts_with(&format!("{}-0.{}.", c.name, c.name))
+                && a.ends_with(":9443"))),
+        "{args}"
+    );
+
+    // Which ingress rules let a pod with the Job's labels (same namespace) in, by port.
+    let admits = |rule: &serde_json::Value| {
+        rule["from"].as_array().is_some_and(|from| {
+            from.iter().any(|peer| {
+                peer.get("namespaceSelector").is_none()
+                    && peer["podSelector"]["matchLabels"]
+                        .as_object()
+                        .is_some_and(|want| want.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            })
+        })
+    };
+    let ports: Vec<i64> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| admits(r))
+        .flat_map(|r| {
+            r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(ports, [9443], "admitted to the admin port only: {policy}");
+    // Not selected as one of the cluster's pods (it would receive client traffic).
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
 }
