@@ -648,7 +648,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         );
     }
 
-    step("a backup Job (examples/backup-job.yaml) stores a verified backup on a volume");
+    step("backup Jobs (examples/backup-job.yaml, kubectl qpq backup) store verified backups");
     let (claim, job) = backup_job(&env, &ns);
     let job_name = job.metadata.name.clone().unwrap();
     let file = job_args(&job)
@@ -684,9 +684,43 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "Failed",
         "verify Job of a missing file"
     );
+    // `kubectl qpq backup` builds the same Job from the cluster's spec and status.
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = run(
+        &env,
+        plugin.to_str().unwrap(),
+        &[
+            "backup",
+            &name,
+            "-n",
+            &ns,
+            "--claim",
+            "qpq-backups",
+            "--wait",
+        ],
+    );
+    let made: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(made["result"], "Complete", "{made}");
+    assert_eq!(
+        run_job(
+            &env,
+            &ns,
+            verify("verify-plugin-backup", made["file"].as_str().unwrap())
+        )
+        .await,
+        "Complete",
+        "verify Job of the plugin's backup"
+    );
     // Done with them: the Jobs (their pods with them) and the volume.
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
-    for j in ["verify-missing", "verify-backup", job_name.as_str()] {
+    let plugin_job = made["job"].as_str().unwrap().to_owned();
+    for j in [
+        "verify-missing",
+        "verify-backup",
+        "verify-plugin-backup",
+        job_name.as_str(),
+        plugin_job.as_str(),
+    ] {
         jobs.delete(j, &DeleteParams::background()).await.unwrap();
     }
     claims

@@ -1,13 +1,16 @@
-//! Rendering for the `kubectl qpq` plugin: a cluster's status as a table or JSON.
+//! The pure parts of the `kubectl qpq` plugin: a cluster's status as a table or JSON, and
+//! the backup Job `kubectl qpq backup` creates.
 //!
-//! The plugin reads `.status` (what the operator last observed); it never talks to nodes,
-//! so it works from anywhere `kubectl get` works.
+//! The plugin reads `.status` (what the operator last observed) and creates Jobs; it never
+//! talks to nodes, so it works from anywhere `kubectl get` and `kubectl create` work.
 
 use std::fmt::Write;
 
 use serde_json::json;
 
+use crate::admin_client::NodeId;
 use crate::crd::QpqCluster;
+use crate::resources::{BackupRequest, ClusterRef};
 
 /// `kubectl qpq status <cluster> -o json`.
 pub fn status_json(c: &QpqCluster) -> serde_json::Value {
@@ -109,6 +112,41 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
     }
 }
 
+/// The member a backup Job should ask: a reachable follower voter (the leader keeps its disk
+/// for writes; the follower's read barrier catches it up), else the leader, else node 1.
+pub fn backup_source(c: &QpqCluster) -> NodeId {
+    let members = c
+        .status
+        .as_ref()
+        .map(|s| s.members.as_slice())
+        .unwrap_or_default();
+    members
+        .iter()
+        .find(|m| m.voter && m.role == "follower" && m.lag.is_some())
+        .or_else(|| members.iter().find(|m| m.role == "leader"))
+        .map_or(1, |m| m.id)
+}
+
+/// `kubectl qpq backup <cluster> --claim <pvc>` at Unix time `now_secs`: Job
+/// `<cluster>-backup-<now>` (or `name`) writing `<cluster>-<now>.sqlite3` on the volume.
+pub fn backup_request(
+    c: &QpqCluster,
+    cluster: &ClusterRef,
+    claim: &str,
+    name: Option<&str>,
+    now_secs: u64,
+) -> BackupRequest {
+    BackupRequest {
+        job: name.map_or_else(
+            || format!("{}-backup-{now_secs}", cluster.name),
+            str::to_owned,
+        ),
+        admin: cluster.admin_addr(backup_source(c)),
+        claim: claim.to_owned(),
+        file: format!("{}-{now_secs}.sqlite3", cluster.name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +198,28 @@ mod tests {
         let v = status_json(&cluster());
         assert_eq!(v["status"]["members"][1]["lag"], 2);
         assert_eq!(v["replicas"], 3);
+    }
+    #[test]
+    fn a_backup_asks_a_reachable_follower_then_the_leader() {
+        let mut c = cluster();
+        c.metadata.uid = Some("uid".into());
+        let cref = ClusterRef::new(&c).unwrap();
+        let req = backup_request(&c, &cref, "qpq-backups", None, 1_700_000_000);
+        assert_eq!(req.job, "qpq-backup-1700000000");
+        assert_eq!(req.file, "qpq-1700000000.sqlite3");
+        assert_eq!(req.path(), "/backups/qpq-1700000000.sqlite3");
+        assert_eq!(req.admin.0, "qpq-1.qpq.messaging.svc:9443");
+        assert_eq!(req.claim, "qpq-backups");
+        let named = backup_request(&c, &cref, "v", Some("nightly"), 1);
+        assert_eq!(named.job, "nightly");
+
+        // The follower became unreachable: the leader.
+        let st = c.status.as_mut().unwrap();
+        st.members[1].role = "unreachable".into();
+        st.members[1].lag = None;
+        assert_eq!(backup_source(&c), 1);
+        // Nothing observed yet: node 1.
+        c.status = None;
+        assert_eq!(backup_source(&c), 1);
     }
 }

@@ -1,12 +1,18 @@
 //! `kubectl qpq`: the kubectl plugin of quicproquo (put it on `PATH`).
 //!
 //! `kubectl qpq status <cluster> [-n namespace] [-o table|json]`
+//! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::PostParams;
 use kube::{Api, Client};
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::kubectl;
+use qpq_operator::resources::{self, ClusterRef};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +38,28 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Start a backup Job: `qpq-node backup create` from the cluster's image, storing a
+    /// verified backup (and its manifest) on a PersistentVolumeClaim. Prints the Job, the
+    /// claim and the file as JSON.
+    Backup {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// The PersistentVolumeClaim to store the backup on (same namespace).
+        #[arg(long)]
+        claim: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Job name (default `<cluster>-backup-<unix seconds>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait until the Job ends; fail if it failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,16 +82,15 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
+    let namespace = match &cli.command {
+        Command::Status { namespace, .. } | Command::Backup { namespace, .. } => namespace.clone(),
+    };
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     match cli.command {
         Command::Status {
-            cluster,
-            namespace,
-            output,
+            cluster, output, ..
         } => {
-            let api: Api<QpqCluster> = match namespace {
-                Some(ns) => Api::namespaced(client, &ns),
-                None => Api::default_namespaced(client),
-            };
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             let c = api.get(&cluster).await?;
             match output {
                 Output::Table => print!("{}", kubectl::status_table(&c)),
@@ -73,6 +100,67 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ),
             }
         }
+        Command::Backup {
+            cluster,
+            claim,
+            name,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
+            let c = clusters.get(&cluster).await?;
+            let cref = ClusterRef::new(&c)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let req = kubectl::backup_request(&c, &cref, &claim, name.as_deref(), now);
+            let job = resources::backup_job(&cref, &c.spec, &req)?;
+            let jobs: Api<Job> = Api::namespaced(client, &ns);
+            jobs.create(&PostParams::default(), &job).await?;
+            let mut out = serde_json::json!({
+                "job": req.job,
+                "claim": req.claim,
+                "file": req.path(),
+                "admin": req.admin.0,
+            });
+            if wait {
+                let ended =
+                    wait_for_job(&jobs, &req.job, Duration::from_secs(timeout_secs)).await?;
+                out["result"] = serde_json::json!(ended);
+                println!("{out}");
+                if ended != "Complete" {
+                    return Err(format!("backup Job {} {ended}", req.job).into());
+                }
+            } else {
+                println!("{out}");
+            }
+        }
     }
     Ok(())
+}
+
+/// Polls the Job until its `Complete` or `Failed` condition is true.
+async fn wait_for_job(
+    jobs: &Api<Job>,
+    name: &str,
+    timeout: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let job = jobs.get(name).await?;
+        let ended = job
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+        if let Some(c) = ended {
+            return Ok(c.type_);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("Job {name} did not finish within {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

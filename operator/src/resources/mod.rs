@@ -11,6 +11,7 @@
 //! | client Service | `x-client` |
 //! | ConfigMap | `x-config` |
 //! | operator CA Secret / node certificates Secret | `x-ca` / `x-tls` |
+//! | backup Job (`kubectl qpq backup`) | `x-backup-<unix seconds>` (or the name given) |
 //!
 //! Pod `x-N` runs Raft node `N + 1`, reachable by peers at `x-N.x.ns.svc:7444` and by the
 //! operator at `x-N.x.ns.svc:9443`.
@@ -25,11 +26,13 @@ use crate::admin_client::{AdminAddr, NodeId};
 use crate::crd::QpqCluster;
 use crate::error::{Error, Result};
 
+mod backup;
 mod config;
 mod policy;
 mod services;
 mod statefulset;
 
+pub use backup::{BACKUP_MOUNT, BackupRequest, backup_job};
 pub use config::{config_hash, configmap};
 pub use policy::{network_policy, pod_disruption_budget, service_account};
 pub use services::{client_service, headless_service};

@@ -58,6 +58,16 @@ fn builders_match_golden_output() {
         "headless-service",
         &resources::headless_service(&c).unwrap(),
     );
+    let backup = resources::BackupRequest {
+        job: "x-backup-1700000000".into(),
+        admin: c.admin_addr(2),
+        claim: "x-backups".into(),
+        file: "x-1700000000.sqlite3".into(),
+    };
+    check(
+        "backup-job",
+        &resources::backup_job(&c, s, &backup).unwrap(),
+    );
     check(
         "client-service",
         &resources::client_service(&c, &s.client_service).unwrap(),
