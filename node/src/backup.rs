@@ -586,6 +586,64 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// [`fetch`] from the first of `admins` that serves a backup (a member that is down,
+/// unreachable or without a leader is skipped); the last error if none does.
+pub async fn fetch_any(admins: &[String], out: &Path) -> Result<Manifest> {
+    let mut last = BackupError::Transfer("no admin address given".into());
+    for admin in admins {
+        match fetch(admin, out).await {
+            Ok(m) => return Ok(m),
+            // Worth asking another member: it could not be reached or could not serve.
+            Err(e @ (BackupError::Transfer(_) | BackupError::Refused { .. })) => {
+                tracing::warn!(%admin, error = %e, "backup not served; trying the next member");
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// `<dir>/<prefix>-<unix seconds>.sqlite3`: the file a scheduled backup writes.
+pub fn dated_path(dir: &Path, prefix: &str, unix_secs: u64) -> PathBuf {
+    dir.join(format!("{prefix}-{unix_secs}.sqlite3"))
+}
+
+/// Keeps the newest `keep` backups named `<prefix>-<unix seconds>.sqlite3` in `dir` that
+/// have a manifest, and deletes the older ones (file, then manifest). Files of other names,
+/// and backups without a manifest, are never touched. Returns what was deleted.
+pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut dated: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stamp) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_suffix(".sqlite3"))
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if manifest_path(&path).is_file() {
+            dated.push((stamp, path));
+        }
+    }
+    dated.sort();
+    let old = dated.len().saturating_sub(keep.max(1));
+    let mut deleted = Vec::new();
+    for (_, path) in dated.into_iter().take(old) {
+        fs::remove_file(&path).map_err(io(&path))?;
+        let manifest = manifest_path(&path);
+        fs::remove_file(&manifest).map_err(io(&manifest))?;
+        deleted.push(path);
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -747,5 +805,51 @@ mod tests {
             restore(&copy, &manifest, &data, 3, "n3:7444").await,
             Err(BackupError::DataDirNotEmpty(_))
         ));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_backups_of_its_prefix_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let touch = |name: &str| fs::write(d.join(name), b"x").unwrap();
+        for stamp in [100, 300, 200, 1000] {
+            let file = dated_path(d, "qpq", stamp);
+            fs::write(&file, b"x").unwrap();
+            fs::write(manifest_path(&file), b"{}").unwrap();
+        }
+        touch("qpq-50.sqlite3"); // no manifest: not a finished backup
+        touch("other-10.sqlite3");
+        fs::write(d.join("other-10.sqlite3.manifest.json"), b"{}").unwrap();
+        touch("qpq-abc.sqlite3");
+        touch("qpq-400.sqlite3.partial");
+
+        let deleted = prune(d, "qpq", 2).unwrap();
+        assert_eq!(
+            deleted,
+            [dated_path(d, "qpq", 100), dated_path(d, "qpq", 200)]
+        );
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "other-10.sqlite3",
+                "other-10.sqlite3.manifest.json",
+                "qpq-1000.sqlite3",
+                "qpq-1000.sqlite3.manifest.json",
+                "qpq-300.sqlite3",
+                "qpq-300.sqlite3.manifest.json",
+                "qpq-400.sqlite3.partial",
+                "qpq-50.sqlite3",
+                "qpq-abc.sqlite3",
+            ]
+        );
+        // keep 0 means keep 1: a prune never deletes the backup it follows.
+        prune(d, "qpq", 0).unwrap();
+        assert!(dated_path(d, "qpq", 1000).exists());
+        assert!(!dated_path(d, "qpq", 300).exists());
     }
 }

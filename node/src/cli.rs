@@ -59,12 +59,24 @@ enum BackupCommand {
     /// Ask a node for a backup (it holds every write acknowledged before the call) and store
     /// it as FILE with FILE.manifest.json, verified before it is kept.
     Create {
-        /// The node's admin listener, `host:port`.
-        #[arg(long, env = "QPQ_ADMIN")]
-        admin: String,
+        /// A node's admin listener, `host:port`; repeat to name other members, asked in
+        /// order when one cannot serve.
+        #[arg(long, required = true)]
+        admin: Vec<String>,
         /// Where to store the backup (must not exist).
+        #[arg(long, conflicts_with = "out_dir", required_unless_present = "out_dir")]
+        out: Option<PathBuf>,
+        /// Store it in this directory as `<prefix>-<unix seconds>.sqlite3` (scheduled
+        /// backups).
         #[arg(long)]
-        out: PathBuf,
+        out_dir: Option<PathBuf>,
+        /// File name prefix with `--out-dir`.
+        #[arg(long, default_value = "qpq", requires = "out_dir")]
+        prefix: String,
+        /// With `--out-dir`: once the new backup is stored and verified, delete all but the
+        /// newest N backups of the prefix.
+        #[arg(long, requires = "out_dir")]
+        keep: Option<usize>,
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts.
     Verify {
@@ -370,9 +382,13 @@ pub fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Backup(BackupCommand::Create { admin, out }) => {
-                report(crate::backup::fetch(&admin, &out).await)
-            }
+            Command::Backup(BackupCommand::Create {
+                admin,
+                out,
+                out_dir,
+                prefix,
+                keep,
+            }) => report(backup_create(&admin, out, out_dir, &prefix, keep).await),
             Command::Backup(BackupCommand::Verify { file }) => report(
                 crate::backup::read_manifest(&file)
                     .and_then(|m| crate::backup::verify(&file, &m)),
@@ -393,6 +409,41 @@ pub fn main() -> ExitCode {
             ),
         }
     })
+}
+
+/// `qpq-node backup create`: the manifest, plus the file and what `--keep` deleted.
+async fn backup_create(
+    admins: &[String],
+    out: Option<PathBuf>,
+    out_dir: Option<PathBuf>,
+    prefix: &str,
+    keep: Option<usize>,
+) -> Result<serde_json::Value, crate::backup::BackupError> {
+    let (file, dir) = match (out, out_dir) {
+        (Some(out), _) => (out, None),
+        (None, Some(dir)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            (crate::backup::dated_path(&dir, prefix, now), Some(dir))
+        }
+        (None, None) => {
+            return Err(crate::backup::BackupError::Manifest(
+                "--out or --out-dir is required".into(),
+            ));
+        }
+    };
+    let manifest = crate::backup::fetch_any(admins, &file).await?;
+    let deleted = match (dir, keep) {
+        (Some(dir), Some(keep)) => crate::backup::prune(&dir, prefix, keep)?,
+        _ => Vec::new(),
+    };
+    Ok(serde_json::json!({
+        "file": file,
+        "manifest": manifest,
+        "deleted": deleted,
+    }))
 }
 
 /// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).

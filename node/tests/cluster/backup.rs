@@ -60,10 +60,13 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         // Through a follower: its read barrier makes it wait for everything acknowledged.
         let leader = c.wait_leader(Duration::from_secs(5)).await;
         let follower = c.running().into_iter().find(|id| *id != leader).unwrap();
+        // The first address answers nothing: the next member is asked.
         let admin = c.node(follower).admin.unwrap().to_string();
         let out = qpq_node(&[
             "backup",
             "create",
+            "--admin",
+            "127.0.0.1:1",
             "--admin",
             &admin,
             "--out",
@@ -74,9 +77,40 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
             "backup create: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(manifest["rows"]["messages"], 40, "{manifest}");
-        assert_eq!(manifest["node_id"], follower, "{manifest}");
+        let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let manifest = &made["manifest"];
+        assert_eq!(manifest["rows"]["messages"], 40, "{made}");
+        assert_eq!(manifest["node_id"], follower, "{made}");
+
+        // Scheduled style: dated names in a directory, only the newest kept.
+        let dated = work.join("dated");
+        std::fs::create_dir_all(&dated).unwrap();
+        for _ in 0..2 {
+            let out = qpq_node(&[
+                "backup",
+                "create",
+                "--admin",
+                &admin,
+                "--out-dir",
+                path(&dated),
+                "--prefix",
+                "qpq",
+                "--keep",
+                "1",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Names are per second.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let kept: Vec<_> = std::fs::read_dir(&dated)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept.len(), 2, "one backup and its manifest: {kept:?}");
 
         // Writes after the backup are not in it.
         let after = Rc::new(History::default());
