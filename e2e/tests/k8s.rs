@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -648,7 +648,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         );
     }
 
-    step("backup Jobs (examples/backup-job.yaml, kubectl qpq backup) store verified backups");
+    step("backups: examples/backup-job.yaml, kubectl qpq backup, spec.backup's CronJob");
     let (claim, job) = backup_job(&env, &ns);
     let job_name = job.metadata.name.clone().unwrap();
     let file = job_args(&job)
@@ -711,13 +711,60 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "Complete",
         "verify Job of the plugin's backup"
     );
-    // Done with them: the Jobs (their pods with them) and the volume.
+    // Scheduled: spec.backup becomes a CronJob; a Job made from it (as the schedule would)
+    // stores a verified backup, twice with keep 1.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {
+            "schedule": "0 3 * * *", "claimName": "qpq-backups", "keep": 1
+        }}})),
+    )
+    .await
+    .unwrap();
+    let crons: Api<CronJob> = Api::namespaced(env.client.clone(), &ns);
+    let cron_name = format!("{name}-backup");
+    wait("the backup CronJob", 60, || async {
+        crons.get_opt(&cron_name).await.ok()?.map(|_| ())
+    })
+    .await;
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
+    for run_name in ["scheduled-1", "scheduled-2"] {
+        run(
+            &env,
+            &env.kubectl,
+            &[
+                "create",
+                "job",
+                run_name,
+                "--from",
+                &format!("cronjob/{cron_name}"),
+                "-n",
+                &ns,
+            ],
+        );
+        let ended = wait(&format!("Job {run_name} finished"), 180, || async {
+            let j = jobs.get(run_name).await.ok()?;
+            j.status?
+                .conditions?
+                .into_iter()
+                .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+                .map(|c| c.type_)
+        })
+        .await;
+        assert_eq!(ended, "Complete", "scheduled backup {run_name}");
+        // File names are per second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    // Done with them: the Jobs (their pods with them) and the volume.
     let plugin_job = made["job"].as_str().unwrap().to_owned();
     for j in [
         "verify-missing",
         "verify-backup",
         "verify-plugin-backup",
+        "scheduled-1",
+        "scheduled-2",
         job_name.as_str(),
         plugin_job.as_str(),
     ] {

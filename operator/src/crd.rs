@@ -101,10 +101,39 @@ pub struct QpqClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
     pub rollout: Option<serde_json::Value>,
-    /// Reserved for scheduled backups (a later feature); accepted and ignored today.
+    /// Scheduled backups: a CronJob `<name>-backup` that stores verified backups on a
+    /// PersistentVolumeClaim (`docs/operator.md`, "Backup and restore"). Removing this field
+    /// leaves the CronJob in place; set `suspend: true` to stop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown")]
-    pub backup: Option<serde_json::Value>,
+    pub backup: Option<BackupSpec>,
+}
+
+/// Scheduled backups.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule (the CronJob's `schedule`, e.g. `"0 3 * * *"`).
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// The PersistentVolumeClaim (same namespace) the backups are kept on.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// How many backups to keep on the volume; older ones are deleted after a new one is
+    /// stored and verified.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
+    /// Suspend the schedule (runs in progress finish).
+    #[serde(default)]
+    pub suspend: bool,
+    /// IANA time zone of the schedule (the CronJob's `timeZone`; default: the controller
+    /// manager's, usually UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+fn default_keep() -> u32 {
+    7
 }
 
 fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
@@ -509,6 +510,9 @@ async fn apply_objects(
         .await?;
     if let Some(np) = resources::network_policy(c, &spec.network_policy)? {
         apply_object::<NetworkPolicy>(client, ns, &np).await?;
+    }
+    if let Some(cron) = resources::backup_cronjob(c, spec, plan.statefulset_replicas)? {
+        apply_object::<CronJob>(client, ns, &cron).await?;
     }
     let sts = resources::statefulset(
         c,

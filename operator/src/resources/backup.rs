@@ -1,15 +1,15 @@
-//! On-demand backup Jobs (`kubectl qpq backup`, the same shape as
-//! `examples/backup-job.yaml`): one pod that runs `qpq-node backup create` from the cluster's
-//! own image against a member's admin port and stores the verified backup on a
-//! PersistentVolumeClaim mounted at [`BACKUP_MOUNT`].
+//! Backup Jobs: on demand (`kubectl qpq backup`, the same shape as
+//! `examples/backup-job.yaml`) and scheduled (the CronJob of `spec.backup`). Each runs one pod
+//! with `qpq-node backup create` from the cluster's own image against a member's admin port,
+//! storing a verified backup on a PersistentVolumeClaim mounted at [`BACKUP_MOUNT`].
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use serde_json::json;
 
 use super::policy::BACKUP_FOR_LABEL;
 use super::{ClusterRef, typed};
 use crate::admin_client::AdminAddr;
-use crate::crd::QpqClusterSpec;
+use crate::crd::{BackupSpec, QpqClusterSpec};
 use crate::error::Result;
 
 /// Where the backup volume is mounted in the Job's pod.
@@ -41,21 +41,106 @@ impl BackupRequest {
 /// NetworkPolicy admits to the admin port, and none of the cluster's pod labels, so it is
 /// never behind the cluster's Services.
 pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) -> Result<Job> {
-    let mut meta = c.meta(req.job.clone());
+    let args = vec![
+        "backup".to_owned(),
+        "create".to_owned(),
+        "--admin".to_owned(),
+        req.admin.0.clone(),
+        "--out".to_owned(),
+        req.path(),
+    ];
+    typed(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": job_meta(c, req.job.clone(), "kubectl-qpq"),
+        "spec": job_spec(c, spec, &req.claim, args),
+    }))
+}
+
+/// Name of the scheduled-backup CronJob of cluster `x`: `x-backup`.
+pub fn backup_cronjob_name(c: &ClusterRef) -> String {
+    format!("{}-backup", c.name)
+}
+
+/// The CronJob of `spec.backup` (`None` without it): on schedule, a Job asks the members in
+/// turn (node 2 first, so the usual first leader last) for a backup, stores it as
+/// `<cluster>-<unix seconds>.sqlite3` and keeps the newest `keep`. One run at a time.
+pub fn backup_cronjob(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    replicas: i32,
+) -> Result<Option<CronJob>> {
+    let Some(backup) = &spec.backup else {
+        return Ok(None);
+    };
+    let n = u64::try_from(replicas.max(1)).unwrap_or(1);
+    let mut args = vec!["backup".to_owned(), "create".to_owned()];
+    for id in (2..=n).chain(std::iter::once(1)) {
+        args.push("--admin".to_owned());
+        args.push(c.admin_addr(id).0);
+    }
+    args.extend([
+        "--out-dir".to_owned(),
+        BACKUP_MOUNT.to_owned(),
+        "--prefix".to_owned(),
+        c.name.clone(),
+        "--keep".to_owned(),
+        backup.keep.to_string(),
+    ]);
+    let BackupSpec {
+        schedule,
+        suspend,
+        time_zone,
+        claim_name,
+        ..
+    } = backup;
+    let mut cron = json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": job_meta(c, backup_cronjob_name(c), super::FIELD_MANAGER),
+        "spec": {
+            "schedule": schedule,
+            "suspend": suspend,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
+                "spec": job_spec(c, spec, claim_name, args),
+            },
+        },
+    });
+    if let Some(tz) = time_zone {
+        cron["spec"]["timeZone"] = json!(tz);
+    }
+    typed(cron).map(Some)
+}
+
+fn job_meta(c: &ClusterRef, name: String, managed_by: &str) -> serde_json::Value {
+    let mut meta = c.meta(name);
     meta.labels = Some(
         [
             (BACKUP_FOR_LABEL.to_owned(), c.name.clone()),
             (
                 "app.kubernetes.io/managed-by".to_owned(),
-                "kubectl-qpq".to_owned(),
+                managed_by.to_owned(),
             ),
         ]
         .into(),
     );
+    json!(meta)
+}
+
+fn job_spec(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    claim: &str,
+    args: Vec<String>,
+) -> serde_json::Value {
     let mut container = json!({
         "name": "backup",
         "image": format!("{}:{}", spec.image, spec.version),
-        "args": ["backup", "create", "--admin", req.admin.0, "--out", req.path()],
+        "args": args,
         "volumeMounts": [{"name": "backups", "mountPath": BACKUP_MOUNT}],
         "securityContext": {
             "allowPrivilegeEscalation": false,
@@ -66,24 +151,19 @@ pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) ->
     if let Some(policy) = &spec.image_pull_policy {
         container["imagePullPolicy"] = json!(policy);
     }
-    typed(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            // A member that is down or restarting: the next attempt may find it back, and
-            // `backup create` never leaves a partial file under the final name.
-            "backoffLimit": 3,
-            "template": {
-                "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": false,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
-                    "containers": [container],
-                    "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": req.claim}}],
-                },
+    json!({
+        // A member that is down or restarting: the next attempt may find it back, and
+        // `backup create` never leaves a partial file under the final name.
+        "backoffLimit": 3,
+        "template": {
+            "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
+                "containers": [container],
+                "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}],
             },
         },
-    }))
+    })
 }

@@ -12,6 +12,7 @@
 //! | ConfigMap | `x-config` |
 //! | operator CA Secret / node certificates Secret | `x-ca` / `x-tls` |
 //! | backup Job (`kubectl qpq backup`) | `x-backup-<unix seconds>` (or the name given) |
+//! | scheduled-backup CronJob (`spec.backup`) | `x-backup` |
 //!
 //! Pod `x-N` runs Raft node `N + 1`, reachable by peers at `x-N.x.ns.svc:7444` and by the
 //! operator at `x-N.x.ns.svc:9443`.
@@ -32,7 +33,7 @@ mod policy;
 mod services;
 mod statefulset;
 
-pub use backup::{BACKUP_MOUNT, BackupRequest, backup_job};
+pub use backup::{BACKUP_MOUNT, BackupRequest, backup_cronjob, backup_cronjob_name, backup_job};
 pub use config::{config_hash, configmap};
 pub use policy::{network_policy, pod_disruption_budget, service_account};
 pub use services::{client_service, headless_service};

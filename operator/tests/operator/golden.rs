@@ -40,7 +40,8 @@ fn full_spec() -> serde_json::Value {
         },
         "clientService": {"type": "LoadBalancer", "port": 443, "annotations": {"example.com/lb": "internal"}},
         "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
-        "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}}
+        "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
+        "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris"}
     })
 }
 
@@ -67,6 +68,10 @@ fn builders_match_golden_output() {
     check(
         "backup-job",
         &resources::backup_job(&c, s, &backup).unwrap(),
+    );
+    check(
+        "backup-cronjob",
+        &resources::backup_cronjob(&c, s, 3).unwrap().unwrap(),
     );
     check(
         "client-service",

@@ -686,6 +686,7 @@ async fn user_tls_secret_and_network_policy() {
     let mut s = spec(3);
     s["tls"] = json!({"secretName": "my-tls"});
     s["networkPolicy"] = json!({"enabled": true});
+    s["backup"] = json!({"schedule": "0 3 * * *", "claimName": "backups"});
     let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
     run!(ctx, server, obj.clone(), {
         // No operator CA: no Secret is read or written.
@@ -715,6 +716,15 @@ async fn user_tls_secret_and_network_policy() {
         server
             .expect_apply("/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/x")
             .await;
+        let cron = server
+            .expect_apply("/apis/batch/v1/namespaces/ns/cronjobs/x-backup")
+            .await;
+        assert_eq!(cron["spec"]["schedule"], "0 3 * * *");
+        assert_eq!(
+            cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][0]
+                ["persistentVolumeClaim"]["claimName"],
+            "backups"
+        );
         let sts = server
             .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
             .await;
