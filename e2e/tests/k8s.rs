@@ -299,6 +299,40 @@ impl Profile {
     }
 
     /// Bodies of the messages `recv` returns, in order.
+    /// A copy of this profile (same device, groups and cursors) that talks to `pod` of
+    /// `cluster`, trusting `ca_pem`: the same user after the service moved to a restored
+    /// cluster.
+    fn relocated(
+        &self,
+        name: &'static str,
+        ns: &str,
+        cluster: &str,
+        pod: &str,
+        ca_pem: &[u8],
+    ) -> Profile {
+        let from = self.home.join(self.name);
+        let to = self.home.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+        let config = to.join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        let server_name = format!("{pod}.{cluster}.{ns}.svc");
+        v["node"] = json!(format!("{server_name}:{CLIENT_PORT}"));
+        v["server_name"] = json!(server_name);
+        v["ca_pem"] = json!(String::from_utf8(ca_pem.to_vec()).unwrap());
+        std::fs::write(&config, serde_json::to_vec(&v).unwrap()).unwrap();
+        Profile {
+            qpq: self.qpq.clone(),
+            home: self.home.clone(),
+            name,
+        }
+    }
+
     fn messages(&self) -> Vec<String> {
         self.ok(&["recv"])
             .into_iter()
@@ -684,35 +718,9 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "Failed",
         "verify Job of a missing file"
     );
-    // `kubectl qpq backup` builds the same Job from the cluster's spec and status.
-    let plugin = env.qpq.with_file_name("kubectl-qpq");
-    let out = run(
-        &env,
-        plugin.to_str().unwrap(),
-        &[
-            "backup",
-            &name,
-            "-n",
-            &ns,
-            "--claim",
-            "qpq-backups",
-            "--wait",
-        ],
-    );
-    let made: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(made["result"], "Complete", "{made}");
-    assert_eq!(
-        run_job(
-            &env,
-            &ns,
-            verify("verify-plugin-backup", made["file"].as_str().unwrap())
-        )
-        .await,
-        "Complete",
-        "verify Job of the plugin's backup"
-    );
     // Scheduled: spec.backup becomes a CronJob; a Job made from it (as the schedule would)
-    // stores a verified backup, twice with keep 1.
+    // stores a verified backup, twice with keep 1. (Before the plugin's backup below, which
+    // has the same name form and would count toward keep.)
     api.patch(
         &name,
         &PatchParams::default(),
@@ -756,6 +764,72 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         // File names are per second.
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
+
+    // `kubectl qpq backup` builds the same Job from the cluster's spec and status.
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = run(
+        &env,
+        plugin.to_str().unwrap(),
+        &[
+            "backup",
+            &name,
+            "-n",
+            &ns,
+            "--claim",
+            "qpq-backups",
+            "--wait",
+        ],
+    );
+    let made: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(made["result"], "Complete", "{made}");
+    assert_eq!(
+        run_job(
+            &env,
+            &ns,
+            verify("verify-plugin-backup", made["file"].as_str().unwrap())
+        )
+        .await,
+        "Complete",
+        "verify Job of the plugin's backup"
+    );
+    step("a second QpqCluster starts from that backup (spec.restore); its users carry on");
+    let restored_name = "restored";
+    let mut restored = example(&env, "qpqcluster-3.yaml", &ns);
+    restored.metadata.name = Some(restored_name.into());
+    restored.spec.pvc_retention_policy = qpq_operator::crd::PvcRetentionPolicy::Delete;
+    restored.spec.restore = Some(qpq_operator::crd::RestoreSpec {
+        claim_name: "qpq-backups".into(),
+        file: made["file"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned(),
+    });
+    api.create(&PostParams::default(), &restored).await.unwrap();
+    wait_ready(&env, &ns, restored_name, 3, 300).await;
+    let ca = ca_pem(&env, &ns, restored_name).await;
+    let alice_r = alice.relocated("alice-r", &ns, restored_name, "restored-0", &ca);
+    let bob_r = bob.relocated("bob-r", &ns, restored_name, "restored-1", &ca);
+    alice_r.ok(&["send", gid, "after the restore"]);
+    let got = bob_r.messages();
+    assert!(
+        got.iter().any(|m| m == "after the restore"),
+        "bob on the restored cluster: {got:?}"
+    );
+    api.delete(restored_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait("the restored cluster and its pods gone", 180, || async {
+        let gone = api.get_opt(restored_name).await.ok()?.is_none();
+        let of_it =
+            ListParams::default().labels(&format!("app.kubernetes.io/instance={restored_name}"));
+        let left = pods.list(&of_it).await.ok()?.items.len();
+        let volumes = claims.list(&of_it).await.ok()?.items.len();
+        (gone && left == 0 && volumes == 0).then_some(())
+    })
+    .await;
 
     // Done with them: the Jobs (their pods with them) and the volume.
     let plugin_job = made["job"].as_str().unwrap().to_owned();

@@ -361,6 +361,18 @@ pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
     Ok(found)
 }
 
+/// Whether `data_dir` holds a state database or a Raft log (a node's state, restored or
+/// not).
+pub fn holds_node_state(data_dir: &Path) -> Result<bool> {
+    for name in ["node.sqlite3", "raft-log.sqlite3"] {
+        let p = data_dir.join(name);
+        if p.try_exists().map_err(io(&p))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// What [`restore`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Restored {
@@ -390,10 +402,8 @@ pub async fn restore(
     verify(backup, manifest)?;
     let db_path = data_dir.join("node.sqlite3");
     let log_path = data_dir.join("raft-log.sqlite3");
-    for p in [&db_path, &log_path] {
-        if p.try_exists().map_err(io(p))? {
-            return Err(BackupError::DataDirNotEmpty(data_dir.to_path_buf()));
-        }
+    if holds_node_state(data_dir)? {
+        return Err(BackupError::DataDirNotEmpty(data_dir.to_path_buf()));
     }
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
 

@@ -91,14 +91,25 @@ struct RestoreArgs {
     #[arg(long)]
     from: PathBuf,
     /// The new node's data directory: must hold no node state.
-    #[arg(long)]
+    #[arg(long, env = "QPQ_DATA_DIR")]
     data_dir: PathBuf,
     /// The new node's id (the operator uses the StatefulSet ordinal + 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "QPQ_NODE_ID", default_value_t = 1)]
     node_id: u64,
+    /// Derive the id from a StatefulSet pod name (`qpq-0` → 1); overrides `--node-id`.
+    #[arg(long, env = "QPQ_NODE_ID_FROM_POD_NAME", value_parser = node_id_from_pod_name)]
+    node_id_from_pod_name: Option<u64>,
     /// The new node's Raft address as its peers reach it (its `--raft-advertise`).
-    #[arg(long)]
+    #[arg(long, env = "QPQ_RAFT_ADVERTISE")]
     raft_advertise: String,
+    /// Do nothing (and succeed) unless this is node 1: the other nodes of the new cluster
+    /// start empty and join it (an init container runs on every pod).
+    #[arg(long)]
+    first_node_only: bool,
+    /// Do nothing (and succeed) if the data directory already holds node state: a restart
+    /// of a restored node must not restore again.
+    #[arg(long)]
+    if_empty: bool,
 }
 
 #[derive(Args)]
@@ -393,22 +404,28 @@ pub fn main() -> ExitCode {
                 crate::backup::read_manifest(&file)
                     .and_then(|m| crate::backup::verify(&file, &m)),
             ),
-            Command::Restore(a) => report(
-                async {
-                    let manifest = crate::backup::read_manifest(&a.from)?;
-                    crate::backup::restore(
-                        &a.from,
-                        &manifest,
-                        &a.data_dir,
-                        a.node_id,
-                        &a.raft_advertise,
-                    )
-                    .await
-                }
-                .await,
-            ),
+            Command::Restore(a) => report(restore(a).await),
         }
     })
+}
+
+/// `qpq-node restore`: what was restored, or why nothing was.
+async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::BackupError> {
+    let node_id = a.node_id_from_pod_name.unwrap_or(a.node_id);
+    if a.first_node_only && node_id != 1 {
+        return Ok(serde_json::json!({
+            "skipped": format!("node {node_id} starts empty and joins node 1")
+        }));
+    }
+    if a.if_empty && crate::backup::holds_node_state(&a.data_dir)? {
+        return Ok(serde_json::json!({
+            "skipped": format!("{} already holds node state", a.data_dir.display())
+        }));
+    }
+    let manifest = crate::backup::read_manifest(&a.from)?;
+    let restored =
+        crate::backup::restore(&a.from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
+    serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))
 }
 
 /// `qpq-node backup create`: the manifest, plus the file and what `--keep` deleted.

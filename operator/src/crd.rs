@@ -106,6 +106,25 @@ pub struct QpqClusterSpec {
     /// leaves the CronJob in place; set `suspend: true` to stop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// Start this cluster from a backup: pod 0, on an empty volume, restores it before the
+    /// node starts (an init container running `qpq-node restore`); the other pods start
+    /// empty and join by snapshot. Only read while a volume is empty, so leaving it in place
+    /// is harmless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// Where the backup to start from is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// The PersistentVolumeClaim (same namespace) holding the backup and its manifest.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// The backup's file name on that volume (its manifest is `<file>.manifest.json`).
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('/')").message("a file name on the volume, without a directory").reason(kube::core::Reason::FieldValueInvalid))]
+    #[schemars(length(min = 1))]
+    pub file: String,
 }
 
 /// Scheduled backups.

@@ -181,6 +181,34 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // As the operator's init container runs it (on every pod, at every start): node 1's
+    // restarted pod and the other pods do nothing, and say so.
+    let init = |data: &Path, pod: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qpq-node"))
+            .args([
+                "restore",
+                "--from",
+                path(&backup),
+                "--first-node-only",
+                "--if-empty",
+            ])
+            .env("QPQ_DATA_DIR", data)
+            .env("QPQ_NODE_ID_FROM_POD_NAME", pod)
+            .env("QPQ_RAFT_ADVERTISE", &advertise)
+            .output()
+            .unwrap()
+    };
+    for (dir, pod) in [(&data, "x-0"), (&r.node(2).data, "x-1")] {
+        let out = init(dir, pod);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(said["skipped"].is_string(), "{pod}: {said}");
+    }
+    assert!(!r.node(2).data.join("node.sqlite3").exists());
 
     r.node_mut(1).spawn();
     r.wait_leader(Duration::from_secs(20)).await;

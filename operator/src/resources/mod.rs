@@ -37,7 +37,7 @@ pub use backup::{BACKUP_MOUNT, BackupRequest, backup_cronjob, backup_cronjob_nam
 pub use config::{config_hash, configmap};
 pub use policy::{network_policy, pod_disruption_budget, service_account};
 pub use services::{client_service, headless_service};
-pub use statefulset::{ENTRYPOINT, statefulset};
+pub use statefulset::{ENTRYPOINT, RESTORE_DIR, statefulset};
 
 /// Client port (QUIC, UDP) inside the pod.
 pub const CLIENT_PORT: i32 = 7443;

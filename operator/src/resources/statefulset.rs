@@ -25,6 +25,9 @@ use crate::error::Result;
 /// Command of the node container (the image's binary, no shell).
 pub const ENTRYPOINT: [&str; 2] = ["qpq-node", "serve"];
 
+/// Where the restore init container finds the backup (`spec.restore`).
+pub const RESTORE_DIR: &str = "/restore";
+
 fn var(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
@@ -107,6 +110,33 @@ pub fn statefulset(
     if let Some(p) = &spec.image_pull_policy {
         container["imagePullPolicy"] = json!(p);
     }
+    // Starting from a backup: the same image restores it into pod 0's empty volume first
+    // (the node's own variables say which pod and where); on other pods, or a volume that
+    // already holds state, it does nothing.
+    let restore = spec.restore.as_ref().map(|r| {
+        let mut init = json!({
+            "name": "restore",
+            "image": container["image"].clone(),
+            "command": ["qpq-node"],
+            "args": [
+                "restore",
+                "--from",
+                format!("{RESTORE_DIR}/{}", r.file),
+                "--first-node-only",
+                "--if-empty",
+            ],
+            "env": container["env"].clone(),
+            "volumeMounts": [
+                {"name": "data", "mountPath": DATA_DIR},
+                {"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true},
+            ],
+            "securityContext": container["securityContext"].clone(),
+        });
+        if let Some(p) = &spec.image_pull_policy {
+            init["imagePullPolicy"] = json!(p);
+        }
+        (init, json!({"name": "restore", "persistentVolumeClaim": {"claimName": r.claim_name, "readOnly": true}}))
+    });
     if let Some(r) = &spec.resources {
         container["resources"] = serde_json::to_value(r)?;
     }
@@ -149,6 +179,12 @@ pub fn statefulset(
     }
     if let Some(p) = &s.priority_class_name {
         pod_spec["priorityClassName"] = json!(p);
+    }
+    if let Some((init, volume)) = restore {
+        pod_spec["initContainers"] = json!([init]);
+        if let Some(volumes) = pod_spec["volumes"].as_array_mut() {
+            volumes.push(volume);
+        }
     }
 
     let mut claim = json!({

@@ -41,7 +41,8 @@ fn full_spec() -> serde_json::Value {
         "clientService": {"type": "LoadBalancer", "port": 443, "annotations": {"example.com/lb": "internal"}},
         "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
-        "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris"}
+        "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris"},
+        "restore": {"claimName": "x-backups", "file": "x-1700000000.sqlite3"}
     })
 }
 
