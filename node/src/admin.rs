@@ -141,7 +141,10 @@ async fn backup(State(s): State<AdminState>) -> Response {
         );
     }
     let source = s.backup.clone();
+    // The copy holds the lock (and hands it to the body): a caller that goes away mid-copy
+    // must not let a second copy start beside the first.
     let made = tokio::task::spawn_blocking(move || {
+        let busy = busy;
         std::fs::create_dir_all(&source.staging).map_err(|e| e.to_string())?;
         let path = source
             .staging
@@ -155,10 +158,10 @@ async fn backup(State(s): State<AdminState>) -> Response {
         // Unlinked at once: the open file stays readable until it is sent, and nothing is
         // left behind if the caller goes away.
         let _ = std::fs::remove_file(&path);
-        result
+        result.map(|(manifest, file)| (manifest, file, busy))
     })
     .await;
-    let (manifest, file) = match made {
+    let (manifest, file, busy) = match made {
         Ok(Ok(made)) => made,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "backup failed");

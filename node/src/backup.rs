@@ -361,16 +361,24 @@ pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
     Ok(found)
 }
 
-/// Whether `data_dir` holds a state database or a Raft log (a node's state, restored or
-/// not).
+/// Whether `data_dir` holds a state database: a node's state, restored or not. (A Raft
+/// log without one is what an interrupted restore leaves; restore replaces it.)
 pub fn holds_node_state(data_dir: &Path) -> Result<bool> {
-    for name in ["node.sqlite3", "raft-log.sqlite3"] {
-        let p = data_dir.join(name);
-        if p.try_exists().map_err(io(&p))? {
-            return Ok(true);
-        }
+    let p = data_dir.join("node.sqlite3");
+    p.try_exists().map_err(io(&p))
+}
+
+/// File next to a restored state database naming the backup it came from (its SHA-256).
+pub const RESTORED_FROM_FILE: &str = "restored-from";
+
+/// The SHA-256 of the backup `data_dir` was restored from, if it was.
+pub fn restored_from(data_dir: &Path) -> Result<Option<String>> {
+    let p = data_dir.join(RESTORED_FROM_FILE);
+    match fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(s.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BackupError::Io { path: p, source: e }),
     }
-    Ok(false)
 }
 
 /// What [`restore`] did.
@@ -406,6 +414,22 @@ pub async fn restore(
         return Err(BackupError::DataDirNotEmpty(data_dir.to_path_buf()));
     }
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    // What an interrupted restore left: the state database was not in place yet, so the
+    // Raft state next to it belongs to no state.
+    for name in [
+        "raft-log.sqlite3",
+        "raft-log.sqlite3-wal",
+        "raft-log.sqlite3-shm",
+    ] {
+        let p = data_dir.join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                tracing::info!(path = %p.display(), "removed what an interrupted restore left")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackupError::Io { path: p, source: e }),
+        }
+    }
 
     // The database under a temporary name until it is complete and durable.
     let staging = data_dir.join("node.sqlite3.restoring");
@@ -457,6 +481,12 @@ pub async fn restore(
         .map_err(|e| BackupError::Raft(e.to_string()))?;
     drop(log);
 
+    // Which backup this is, before the database that marks the restore complete.
+    let marker = data_dir.join(RESTORED_FROM_FILE);
+    fs::write(&marker, format!("{}\n", manifest.sha256)).map_err(io(&marker))?;
+    fs::File::open(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&marker))?;
     fs::rename(&staging, &db_path).map_err(io(&db_path))?;
     fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
@@ -493,6 +523,11 @@ pub fn write_manifest(backup: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// How long `fetch` waits for the node's answer (read barrier, copy and check).
+const HEADERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How long `fetch` waits for the next piece of the body.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Asks the node whose admin listener is `admin` (`host:port`) for a backup and stores it as
 /// `out` with its manifest next to it (`<out>.manifest.json`), both durable. The file is
 /// written as `<out>.partial`, verified against the manifest the node sent (digest, SQLite
@@ -526,9 +561,13 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
         .header("host", admin)
         .body(Empty::<Bytes>::new())
         .map_err(|e| transfer(&e))?;
-    let response = sender
-        .send_request(request)
+    // The node answers once its read barrier passed and the copy is made and checked: give a
+    // large database time, but not forever (a paused or partitioned node never answers).
+    let response = tokio::time::timeout(HEADERS_TIMEOUT, sender.send_request(request))
         .await
+        .map_err(|_| {
+            BackupError::Transfer(format!("{admin}: no answer within {HEADERS_TIMEOUT:?}"))
+        })?
         .map_err(|e| transfer(&e))?;
     let status = response.status();
     if status != hyper::StatusCode::OK {
@@ -561,7 +600,13 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
         .map_err(io(&partial))?;
     let mut body = response.into_body();
     let written = async {
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| {
+                    BackupError::Transfer(format!("{admin}: no data for {IDLE_TIMEOUT:?}"))
+                })?;
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(|e| transfer(&e))?;
             if let Ok(data) = frame.into_data() {
                 file.write_all(&data).await.map_err(io(&partial))?;
@@ -620,9 +665,11 @@ pub fn dated_path(dir: &Path, prefix: &str, unix_secs: u64) -> PathBuf {
 }
 
 /// Keeps the newest `keep` backups named `<prefix>-<unix seconds>.sqlite3` in `dir` that
-/// have a manifest, and deletes the older ones (file, then manifest). Files of other names,
-/// and backups without a manifest, are never touched. Returns what was deleted.
+/// have a manifest, and deletes the older ones (file, then manifest), and unfinished
+/// `<prefix>-<unix seconds>.sqlite3.partial` transfers. Files of other names, and backups
+/// without a manifest, are never touched. Returns what was deleted.
 pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut deleted_partials = Vec::new();
     let mut dated: Vec<(u64, PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
@@ -642,9 +689,24 @@ pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<PathBuf>> {
             dated.push((stamp, path));
         }
     }
+    // Transfers that never finished (a killed or evicted Job); prune runs after a backup
+    // succeeded and scheduled runs never overlap, so none of these is still being written.
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let stale = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|r| r.strip_suffix(".sqlite3.partial"))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if stale {
+            fs::remove_file(&path).map_err(io(&path))?;
+            deleted_partials.push(path);
+        }
+    }
     dated.sort();
     let old = dated.len().saturating_sub(keep.max(1));
-    let mut deleted = Vec::new();
+    let mut deleted = deleted_partials;
     for (_, path) in dated.into_iter().take(old) {
         fs::remove_file(&path).map_err(io(&path))?;
         let manifest = manifest_path(&path);
@@ -785,9 +847,13 @@ mod tests {
     async fn restore_makes_a_one_voter_data_dir_and_never_overwrites_state() {
         let (dir, copy, manifest) = backed_up();
         let data = dir.path().join("restored");
+        // What an interrupted restore leaves (a Raft log, no state database) is replaced.
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("raft-log.sqlite3"), b"not a database").unwrap();
         let restored = restore(&copy, &manifest, &data, 3, "n3:7444")
             .await
             .unwrap();
+        assert_eq!(restored_from(&data).unwrap(), Some(manifest.sha256.clone()));
         assert_eq!(restored.channels, 1);
         assert_eq!(
             (restored.node_id, restored.raft_addr.as_str()),
@@ -836,7 +902,11 @@ mod tests {
         let deleted = prune(d, "qpq", 2).unwrap();
         assert_eq!(
             deleted,
-            [dated_path(d, "qpq", 100), dated_path(d, "qpq", 200)]
+            [
+                d.join("qpq-400.sqlite3.partial"),
+                dated_path(d, "qpq", 100),
+                dated_path(d, "qpq", 200)
+            ]
         );
         let mut left: Vec<String> = fs::read_dir(d)
             .unwrap()
@@ -852,7 +922,6 @@ mod tests {
                 "qpq-1000.sqlite3.manifest.json",
                 "qpq-300.sqlite3",
                 "qpq-300.sqlite3.manifest.json",
-                "qpq-400.sqlite3.partial",
                 "qpq-50.sqlite3",
                 "qpq-abc.sqlite3",
             ]

@@ -106,8 +106,8 @@ struct RestoreArgs {
     /// start empty and join it (an init container runs on every pod).
     #[arg(long)]
     first_node_only: bool,
-    /// Do nothing (and succeed) if the data directory already holds node state: a restart
-    /// of a restored node must not restore again.
+    /// Do nothing (and succeed) if the data directory holds the state restored from this
+    /// very backup (a restart of the restored node); fail if it holds any other state.
     #[arg(long)]
     if_empty: bool,
 }
@@ -417,12 +417,19 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
             "skipped": format!("node {node_id} starts empty and joins node 1")
         }));
     }
-    if a.if_empty && crate::backup::holds_node_state(&a.data_dir)? {
-        return Ok(serde_json::json!({
-            "skipped": format!("{} already holds node state", a.data_dir.display())
-        }));
-    }
     let manifest = crate::backup::read_manifest(&a.from)?;
+    if a.if_empty && crate::backup::holds_node_state(&a.data_dir)? {
+        // A restart of the node restored from this very backup: nothing to do. Any other
+        // state (an old volume of a cluster of the same name) is not what was asked for.
+        if crate::backup::restored_from(&a.data_dir)?.as_deref() == Some(manifest.sha256.as_str()) {
+            return Ok(serde_json::json!({
+                "skipped": format!("{} was restored from this backup", a.data_dir.display())
+            }));
+        }
+        return Err(crate::backup::BackupError::DataDirNotEmpty(
+            a.data_dir.clone(),
+        ));
+    }
     let restored =
         crate::backup::restore(&a.from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))

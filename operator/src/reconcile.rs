@@ -514,12 +514,16 @@ async fn apply_objects(
     if let Some(cron) = resources::backup_cronjob(c, spec, plan.statefulset_replicas)? {
         apply_object::<CronJob>(client, ns, &cron).await?;
     }
+    // Restoring from a backup until node 1 reports the cluster it formed from it.
+    let bootstrapped = obj.status.as_ref().is_some_and(|s| s.bootstrapped)
+        || matches!(raft, RaftObservation::Cluster(_));
     let sts = resources::statefulset(
         c,
         spec,
         plan.statefulset_replicas,
         &resources::config_hash(&spec.node),
         rotation,
+        spec.restore.is_some() && !bootstrapped,
     )?;
     apply_object::<StatefulSet>(client, ns, &sts).await?;
     Ok(())

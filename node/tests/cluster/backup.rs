@@ -248,4 +248,16 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         assert_eq!(seq, 40 + qpq_node::backup::SEQ_GAP_ON_RESTORE as u64 + 1);
     })
     .await;
+    // A volume holding other state (here node 2's, as if an old cluster's volume were reused
+    // for pod 0) is refused, not silently served instead of the backup.
+    let out = init(&r.node(2).data, "x-0");
+    assert!(
+        !out.status.success(),
+        "restore accepted another node's state"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds node state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -155,12 +155,20 @@ fn job_spec(
         // A member that is down or restarting: the next attempt may find it back, and
         // `backup create` never leaves a partial file under the final name.
         "backoffLimit": 3,
+        // A run that hangs (a node that never answers) must not block the schedule
+        // (`concurrencyPolicy: Forbid`) for good.
+        "activeDeadlineSeconds": 6 * 3600,
         "template": {
             "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "fsGroup": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
                 "containers": [container],
                 "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}],
             },

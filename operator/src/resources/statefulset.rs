@@ -41,6 +41,7 @@ pub fn statefulset(
     replicas: i32,
     config_hash: &str,
     tls_rotation: u64,
+    restoring: bool,
 ) -> Result<StatefulSet> {
     let (tls_secret, cert, key) = match &spec.tls.secret_name {
         Some(s) => (
@@ -113,7 +114,9 @@ pub fn statefulset(
     // Starting from a backup: the same image restores it into pod 0's empty volume first
     // (the node's own variables say which pod and where); on other pods, or a volume that
     // already holds state, it does nothing.
-    let restore = spec.restore.as_ref().map(|r| {
+    // Only until the restored node has formed the cluster: later pods must not mount the
+    // backup claim (a ReadWriteOnce claim cannot follow them to other Kubernetes nodes).
+    let restore = spec.restore.as_ref().filter(|_| restoring).map(|r| {
         let mut init = json!({
             "name": "restore",
             "image": container["image"].clone(),

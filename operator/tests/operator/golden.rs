@@ -54,11 +54,21 @@ fn builders_match_golden_output() {
     let hash = resources::config_hash(&s.node);
     check(
         "statefulset",
-        &resources::statefulset(&c, s, 3, &hash, 0).unwrap(),
+        &resources::statefulset(&c, s, 3, &hash, 0, true).unwrap(),
     );
     check(
         "headless-service",
         &resources::headless_service(&c).unwrap(),
+    );
+    // Once the restored node formed the cluster, no pod mounts the backup claim.
+    let formed =
+        serde_json::to_value(resources::statefulset(&c, s, 3, &hash, 0, false).unwrap()).unwrap();
+    let pod = &formed["spec"]["template"]["spec"];
+    assert!(pod.get("initContainers").is_none(), "{pod}");
+    assert!(
+        !pod["volumes"].to_string().contains("x-backups"),
+        "{}",
+        pod["volumes"]
     );
     let backup = resources::BackupRequest {
         job: "x-backup-1700000000".into(),
@@ -113,7 +123,7 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
     let hash = resources::config_hash(&obj.spec.node);
     check(
         "statefulset-minimal",
-        &resources::statefulset(&c, &obj.spec, 1, &hash, 0).unwrap(),
+        &resources::statefulset(&c, &obj.spec, 1, &hash, 0, false).unwrap(),
     );
     check(
         "client-service-minimal",
