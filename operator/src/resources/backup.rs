@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use serde_json::json;
 
 use super::policy::BACKUP_FOR_LABEL;
-use super::{ClusterRef, typed};
+use super::{ClusterRef, container_security_context, pod_security_context, typed};
 use crate::admin_client::AdminAddr;
 use crate::crd::{BackupSpec, QpqClusterSpec};
 use crate::error::Result;
@@ -142,11 +142,7 @@ fn job_spec(
         "image": format!("{}:{}", spec.image, spec.version),
         "args": args,
         "volumeMounts": [{"name": "backups", "mountPath": BACKUP_MOUNT}],
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
     });
     if let Some(policy) = &spec.image_pull_policy {
         container["imagePullPolicy"] = json!(policy);
@@ -163,12 +159,7 @@ fn job_spec(
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": false,
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "fsGroup": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": pod_security_context(),
                 "containers": [container],
                 "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}],
             },

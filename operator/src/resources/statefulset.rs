@@ -17,7 +17,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 
 use super::{
-    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations, typed,
+    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations,
+    container_security_context, pod_security_context, typed,
 };
 use crate::crd::QpqClusterSpec;
 use crate::error::Result;
@@ -102,11 +103,7 @@ pub fn statefulset(
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
     });
     if let Some(p) = &spec.image_pull_policy {
         container["imagePullPolicy"] = json!(p);
@@ -133,7 +130,7 @@ pub fn statefulset(
                 {"name": "data", "mountPath": DATA_DIR},
                 {"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true},
             ],
-            "securityContext": container["securityContext"].clone(),
+            "securityContext": container_security_context(),
         });
         if let Some(p) = &spec.image_pull_policy {
             init["imagePullPolicy"] = json!(p);
@@ -160,12 +157,7 @@ pub fn statefulset(
         "serviceAccountName": c.name,
         "automountServiceAccountToken": false,
         "terminationGracePeriodSeconds": 30,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "affinity": affinity,
         "containers": [container],
         "volumes": [{"name": "tls", "secret": {"secretName": tls_secret, "defaultMode": 0o440}}],
