@@ -97,10 +97,13 @@ pub struct QpqClusterSpec {
     /// and the operator to the Raft and admin ports.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
-    /// Reserved for canary rollouts (a later feature); accepted and ignored today.
+    /// How version changes (and any other change of the pod template) reach the pods: the
+    /// operator replaces pods itself, one at a time, followers first and the leader last,
+    /// gated on Raft health, and rolls a failed version back automatically
+    /// (`docs/operator.md`, "Upgrades and rollbacks"). Absent: `strategy: Rolling` with the
+    /// defaults below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown")]
-    pub rollout: Option<serde_json::Value>,
+    pub rollout: Option<RolloutSpec>,
     /// Scheduled backups: a CronJob `<name>-backup` that stores verified backups on a
     /// PersistentVolumeClaim (`docs/operator.md`, "Backup and restore"). Removing this field
     /// leaves the CronJob in place; set `suspend: true` to stop it.
@@ -112,6 +115,174 @@ pub struct QpqClusterSpec {
     /// is harmless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
+}
+
+/// How a change of the pod template (a new version, configuration, certificates) reaches
+/// the pods. The operator replaces pods itself (the StatefulSet uses
+/// `updateStrategy: OnDelete`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `Canary` (steps with soaks, analysed all along) or `Rolling` (one pod at a time,
+    /// health-gated, no soak). Changes of configuration or certificates alone always roll
+    /// like `Rolling`.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Canary steps, in order. The operator picks the pods: followers first, the leader
+    /// last (after a leadership transfer). Default: one pod with a 5 minute soak, then all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<RolloutStep>,
+    /// What counts as a harmful new version.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    /// How long an updated pod may stay not Ready (or lagging) before the version is
+    /// rolled back.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub progress_deadline: String,
+    /// Take a backup (on `spec.backup.claimName`) and verify it before the first pod is
+    /// replaced; the rollout does not start without it.
+    #[serde(default)]
+    pub backup_before_rollout: bool,
+    /// `Auto`: the rollout is finalized when its last step passed. `Manual`: it waits in
+    /// `AwaitingFinalize`, still reversible, until `kubectl qpq rollout finalize` (the
+    /// annotation `qpq.dev/rollout-finalize: <version>`).
+    #[serde(default)]
+    pub finalize: FinalizeMode,
+    /// Hold the rollout where it is: no pod is replaced; analysis and automatic rollback
+    /// go on. The annotation `qpq.dev/rollout-paused: "true"` does the same.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            strategy: RolloutStrategy::default(),
+            steps: Vec::new(),
+            analysis: AnalysisSpec::default(),
+            progress_deadline: default_progress_deadline(),
+            backup_before_rollout: false,
+            finalize: FinalizeMode::default(),
+            paused: false,
+        }
+    }
+}
+
+fn default_progress_deadline() -> String {
+    "10m".to_owned()
+}
+
+/// Rollout strategies.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// Steps with soaks and analysis.
+    Canary,
+    /// All pods, one at a time, each gated on the health of the cluster.
+    #[default]
+    Rolling,
+}
+
+/// When a finished rollout becomes irreversible.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FinalizeMode {
+    /// As soon as the last step passed.
+    #[default]
+    Auto,
+    /// When asked.
+    Manual,
+}
+
+/// One canary step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// How many pods run the new version at this step: a count (`1`) or a percentage of
+    /// the replicas, rounded up (`"100%"`).
+    pub pods: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    /// Soak once the step's pods are Ready and caught up, analysed all along. Absent: go
+    /// on at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub pause: Option<String>,
+    /// After the soak, wait at this step until `kubectl qpq rollout promote`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+}
+
+/// Thresholds of the rollout analysis, read from the nodes' `/raft/status`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// How often the signals are sampled.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub interval: String,
+    /// Failed samples in a row that roll the version back; as many unreadable samples in
+    /// a row pause the rollout instead.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: u32,
+    /// Entries a pod on the new version may lag behind the leader.
+    #[serde(default = "default_max_lag")]
+    pub max_apply_lag: u64,
+    /// Leader changes allowed during the rollout beyond the planned leadership transfers
+    /// (counted as Raft term increases since the rollout started).
+    #[serde(default = "default_max_leader_changes")]
+    pub max_leader_changes: u32,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            failure_limit: default_failure_limit(),
+            max_apply_lag: default_max_lag(),
+            max_leader_changes: default_max_leader_changes(),
+        }
+    }
+}
+
+fn default_interval() -> String {
+    "30s".to_owned()
+}
+fn default_failure_limit() -> u32 {
+    3
+}
+fn default_max_leader_changes() -> u32 {
+    1
+}
+
+/// Parses a duration of the rollout fields (`30s`, `10m`, `1h30m`, `500ms`) into
+/// milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    Some(total)
 }
 
 /// Where the backup to start from is.
@@ -153,14 +324,6 @@ pub struct BackupSpec {
 
 fn default_keep() -> u32 {
     7
-}
-
-fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "nullable": true,
-        "x-kubernetes-preserve-unknown-fields": true
-    })
 }
 
 fn default_image() -> String {
@@ -372,7 +535,8 @@ pub struct QpqClusterStatus {
     /// Number of voters.
     #[serde(default)]
     pub voters: i32,
-    /// Lowest qpq-node version among the members.
+    /// Lowest version (image tag) among the pods: what every feature must be compatible
+    /// with. During a rollout, the old version until the last pod moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
     /// Pod of the Raft leader.
@@ -384,6 +548,159 @@ pub struct QpqClusterStatus {
     /// The membership change under way, so a restarted operator resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<MembershipOperation>,
+    /// The last (or current) rollout: phase, step, pods, analysis, rollback point. Kept
+    /// after it ended, so a version that failed is not tried again by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// The newest version a rollout was finalized to: versions below it are refused
+    /// (going back past a finalized version needs a restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalized_version: Option<String>,
+}
+
+/// Progress of a rollout, written by the operator only. Everything a restarted operator
+/// needs to continue is here.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Where it stands.
+    pub phase: RolloutPhase,
+    /// The version every pod ran when it started (the way back).
+    pub from_version: String,
+    /// The version being rolled out.
+    pub target_version: String,
+    /// `Canary` or `Rolling`.
+    pub strategy: RolloutStrategy,
+    /// Index of the current step (0-based).
+    #[serde(default)]
+    pub step: u32,
+    /// Number of steps.
+    #[serde(default)]
+    pub steps: u32,
+    /// Ordinals of the pods running the target version (and the current template).
+    #[serde(default)]
+    pub updated_pods: Vec<i32>,
+    /// CamelCase reason of the current phase.
+    #[serde(default)]
+    pub reason: String,
+    /// What is happening, for humans.
+    #[serde(default)]
+    pub message: String,
+    /// Unix seconds of the start of the rollout.
+    #[serde(default)]
+    pub started: i64,
+    /// Unix seconds since when the current step's pods are all Ready and caught up (its
+    /// soak started); 0 while they are not.
+    #[serde(default)]
+    pub step_ready_since: i64,
+    /// Unix seconds since when the oldest problem of an updated pod (not Ready, lagging)
+    /// lasts; 0 when there is none. Past `progressDeadline` the version is rolled back.
+    #[serde(default)]
+    pub stalled_since: i64,
+    /// Unix seconds of the end of the rollout (or of its rollback); 0 while it runs.
+    #[serde(default)]
+    pub finished: i64,
+    /// The version that was rolled back; the operator does not try it again until the spec
+    /// names another version or `retry` is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
+    /// Why it was rolled back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollback_reason: String,
+    /// The backup taken before the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_point: Option<RollbackPoint>,
+    /// Analysis state.
+    #[serde(default)]
+    pub analysis: AnalysisStatus,
+    /// Leadership transfers the rollout made (they do not count as leader churn).
+    #[serde(default)]
+    pub transfers: u32,
+    /// Pods the rollout (and its rollback) deleted to replace them.
+    #[serde(default)]
+    pub replaced: u32,
+    /// One-shot commands already carried out (command → annotation value), so none runs
+    /// twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handled: BTreeMap<String, String>,
+}
+
+/// Phases of a rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Not started: a gate refuses it (health, version skew, backup).
+    #[default]
+    Blocked,
+    /// Taking the backup that is the rollback point.
+    BackingUp,
+    /// Replacing pods or soaking a step.
+    Progressing,
+    /// Held by the user, or by an analysis that could not read its signals.
+    Paused,
+    /// Every pod runs the new version; waiting for `finalize`.
+    AwaitingFinalize,
+    /// Putting every pod back on the old version.
+    RollingBack,
+    /// Every pod is back on the old version. When the rollback was automatic or aborted,
+    /// `rolledBackFrom` names the version, which is not tried again by itself.
+    RolledBack,
+    /// Done and finalized.
+    Complete,
+}
+
+impl RolloutPhase {
+    /// True while pods may still change because of this rollout.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            Self::BackingUp
+                | Self::Progressing
+                | Self::Paused
+                | Self::AwaitingFinalize
+                | Self::RollingBack
+        )
+    }
+}
+
+/// The backup a rollout starts from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackPoint {
+    /// The backup Job.
+    pub job: String,
+    /// The PersistentVolumeClaim holding it.
+    pub claim: String,
+    /// The backup's file name on that volume.
+    pub file: String,
+    /// The leader's committed index when the backup was asked for: the backup holds at
+    /// least every write acknowledged up to it.
+    pub committed_index: u64,
+    /// `Running`, `Verified` or `Failed`.
+    pub state: String,
+}
+
+/// Samples of the rollout analysis.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// Unix seconds of the last sample.
+    #[serde(default)]
+    pub last_sample: i64,
+    /// Failed samples in a row.
+    #[serde(default)]
+    pub failures: u32,
+    /// Unreadable samples in a row.
+    #[serde(default)]
+    pub inconclusive: u32,
+    /// Samples taken.
+    #[serde(default)]
+    pub samples: u32,
+    /// Raft term when the rollout started (leader churn is counted from it).
+    #[serde(default)]
+    pub baseline_term: u64,
+    /// What the last sample found.
+    #[serde(default)]
+    pub last_result: String,
 }
 
 /// A status condition (same shape as `metav1.Condition`).
@@ -424,6 +741,9 @@ pub struct Member {
     /// Entries behind the leader (from the leader's replication state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// The version of the member's pod (its image tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
 }
 
 /// A membership change in progress.
@@ -468,10 +788,55 @@ pub enum OperationPhase {
     Removing,
 }
 
+impl RolloutSpec {
+    /// Durations parse and steps name at least one pod.
+    pub fn validate(&self) -> Result<(), String> {
+        let durations = std::iter::once(("progressDeadline", Some(&self.progress_deadline)))
+            .chain(std::iter::once((
+                "analysis.interval",
+                Some(&self.analysis.interval),
+            )))
+            .chain(
+                self.steps
+                    .iter()
+                    .map(|s| ("steps[].pause", s.pause.as_ref())),
+            );
+        for (field, d) in durations {
+            if let Some(d) = d
+                && parse_duration_ms(d).is_none()
+            {
+                return Err(format!(
+                    "spec.rollout.{field} {d:?} is not a duration like 30s, 10m or 1h30m"
+                ));
+            }
+        }
+        for s in &self.steps {
+            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+            let ok = match &s.pods {
+                IntOrString::Int(n) => *n >= 1,
+                IntOrString::String(p) => p
+                    .strip_suffix('%')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| (1..=100).contains(&n)),
+            };
+            if !ok {
+                return Err(format!(
+                    "spec.rollout.steps[].pods {:?} must be a count of at least 1 or a percentage from 1% to 100%",
+                    s.pods
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl QpqClusterSpec {
     /// The checks the reconciler relies on, beyond the schema (defence in depth for objects
     /// admitted before a rule existed).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.rollout {
+            r.validate()?;
+        }
         if !(1..=7).contains(&self.replicas) || self.replicas % 2 == 0 {
             return Err(format!(
                 "spec.replicas is {}; it must be odd, between 1 and 7",

@@ -9,6 +9,8 @@
 //! - [`resources`]: pure builders of every desired object from the spec (no I/O).
 //! - [`tls`]: the operator-managed CA and node certificates.
 //! - [`planner`]: the pure membership planner (next step from what was observed).
+//! - [`rollout`]: the pure rollout planner (template version, which pod to replace next,
+//!   analysis, automatic rollback).
 //! - [`admin_client`]: the node admin API ([`admin_client::NodeAdmin`] is the test seam).
 //! - [`reconcile`]: the controller: observe, plan, apply, record status; finalizer.
 //! - [`status`]: conditions and members as written to `.status`.
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod planner;
 pub mod reconcile;
 pub mod resources;
+pub mod rollout;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Membership calls made, by action.
     pub membership_actions: IntCounterVec,
+    /// Rollout steps taken (pod replacements, transfers, backups) and outcomes (started,
+    /// rolled back, complete), by event reason.
+    pub rollout_events: IntCounterVec,
+    /// 1 for the current rollout phase of each cluster, 0 for the others.
+    pub rollout_phase: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -45,12 +50,30 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(membership_actions.clone()))?;
+        let rollout_events = IntCounterVec::new(
+            Opts::new(
+                "qpq_operator_rollout_events_total",
+                "Rollout steps and outcomes, by reason (PodReplaced, RollingBack, RolledBack, RolloutComplete, ...)",
+            ),
+            &["reason"],
+        )?;
+        let rollout_phase = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "qpq_operator_rollout_phase",
+                "1 for the current rollout phase of a cluster",
+            ),
+            &["namespace", "cluster", "phase"],
+        )?;
+        registry.register(Box::new(rollout_events.clone()))?;
+        registry.register(Box::new(rollout_phase.clone()))?;
         Ok(Self {
             registry,
             reconciles,
             reconcile_duration,
             errors,
             membership_actions,
+            rollout_events,
+            rollout_phase,
         })
     }
 

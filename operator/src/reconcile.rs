@@ -10,7 +10,10 @@
 //!    ServiceAccount, ConfigMap, TLS Secrets, Services, PDB, NetworkPolicy, StatefulSet;
 //! 5. make the membership call (on node 1 for bootstrap, else on the leader), publish an
 //!    Event for it;
-//! 6. patch `.status` (conditions, members, the operation in progress).
+//! 6. take the rollout planner's one step ([`crate::rollout::plan`]: delete one pod,
+//!    transfer leadership, or start the rollback point's backup Job), with its Events; the
+//!    StatefulSet's template carries the version the rollout planner chose;
+//! 7. patch `.status` (conditions, members, the operation and the rollout in progress).
 //!
 //! Everything a later round needs is in the cluster or in `.status`, never in memory, so
 //! a restarted (or newly elected) operator picks up exactly where the last one stopped.
@@ -21,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -38,11 +41,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin_client::{MembershipCall, NodeAdmin, NodeId, Status};
-use crate::crd::{FINALIZER, PvcRetentionPolicy, QpqCluster};
+use crate::crd::{FINALIZER, PvcRetentionPolicy, QpqCluster, RolloutPhase};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, ClusterView, Observed, Plan, RaftObservation};
 use crate::resources::{self, ClusterRef, FIELD_MANAGER};
+use crate::rollout::{
+    self, BackupObservation, Commands, PodView, RolloutAction, RolloutInput, RolloutPlan,
+};
 use crate::status::{self, StatusInput};
 use crate::tls;
 
@@ -278,16 +284,118 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         operation: prev.and_then(|p| p.operation.clone()),
         max_lag: spec.node.ready_max_lag,
     };
-    let plan = planner::plan(&observed);
-    tracing::info!(cluster = %c.name, namespace = %ns, action = ?plan.action, statefulset = plan.statefulset_replicas, "plan");
+    let mut plan = planner::plan(&observed);
 
     // An invalid spec changes nothing but the status.
     let invalid = matches!(
         plan.action,
         Action::Blocked(planner::BlockReason::InvalidSpec, _)
     );
+    let (secrets, rotation) = if invalid {
+        (Vec::new(), 0)
+    } else {
+        prepare_tls(obj, ctx, &c, plan.statefulset_replicas, now_unix).await?
+    };
+
+    // Rollout: pods, the template, the rollback point.
+    let pods = if invalid {
+        BTreeMap::new()
+    } else {
+        observe_pods(client, &c).await?
+    };
+    let backup = observe_backup(client, &c, prev.and_then(|p| p.rollout.as_ref())).await?;
+    let config_hash = resources::config_hash(&spec.node);
+    let existing_template = sts.as_ref().and_then(resources::template_of);
+    let statefulset_observed = sts.as_ref().is_some_and(|s| {
+        let generation = s.metadata.generation.unwrap_or(0);
+        s.status
+            .as_ref()
+            .and_then(|st| st.observed_generation)
+            .is_some_and(|o| o >= generation)
+    });
+    let rollout_spec = spec.rollout.clone().unwrap_or_default();
+    let commands = Commands::from_annotations(obj.annotations());
+    let leader_status = match &raft {
+        RaftObservation::Cluster(v) => v.leader.and_then(|l| nodes.statuses.get(&l)),
+        _ => None,
+    };
+    let membership_busy = plan.operation.is_some() || plan.action != Action::None;
+    // The template hash does not depend on the version or the restore container, so one
+    // build with the spec's values gives the hash every candidate template has.
+    let probe = resources::statefulset(
+        &c,
+        spec,
+        &spec.version,
+        plan.statefulset_replicas,
+        &config_hash,
+        rotation,
+        false,
+    )?;
+    let template_hash = resources::template_of(&probe)
+        .map(|(_, h)| h)
+        .unwrap_or_default();
+    let reachable = nodes.statuses.keys().copied().collect();
+    let rollout_input = RolloutInput {
+        spec_version: &spec.version,
+        replicas: spec.replicas,
+        rollout: &rollout_spec,
+        backup_claim: spec.backup.as_ref().map(|b| b.claim_name.as_str()),
+        commands: &commands,
+        previous: prev.and_then(|p| p.rollout.as_ref()),
+        finalized: prev.and_then(|p| p.finalized_version.as_deref()),
+        existing_template,
+        statefulset_observed,
+        template_hash: &template_hash,
+        pods: &pods,
+        raft: &raft,
+        reachable: &reachable,
+        term: leader_status.map(|s| s.term),
+        committed_index: leader_status.map(|s| s.committed_index),
+        membership_busy,
+        backup,
+        now: now_unix,
+    };
+    let rollout_plan = if invalid {
+        RolloutPlan {
+            template_version: rollout_input
+                .existing_template
+                .clone()
+                .map_or_else(|| spec.version.clone(), |(v, _)| v),
+            action: RolloutAction::None,
+            status: rollout_input.previous.cloned(),
+            finalized: None,
+            notes: Vec::new(),
+            hold_membership: true,
+        }
+    } else {
+        rollout::plan(&rollout_input)
+    };
+    if rollout_plan.hold_membership
+        && !matches!(
+            plan.action,
+            Action::None | Action::Blocked(..) | Action::Wait(_)
+        )
+    {
+        // Pods are being replaced: membership changes wait for the rollout (it is held
+        // itself while a membership change is under way, so neither starves the other for
+        // long: rollouts only start on a settled membership).
+        plan.action = Action::Wait("a rollout is replacing pods".into());
+        plan.statefulset_replicas = sts_replicas.unwrap_or(plan.statefulset_replicas);
+    }
+    tracing::info!(cluster = %c.name, namespace = %ns, action = ?plan.action, statefulset = plan.statefulset_replicas, rollout = ?rollout_plan.action, template = %rollout_plan.template_version, "plan");
+
     if !invalid {
-        apply_objects(obj, ctx, &c, &plan, &raft, now_unix).await?;
+        apply_objects(
+            obj,
+            ctx,
+            &c,
+            &plan,
+            &raft,
+            &secrets,
+            rotation,
+            &rollout_plan.template_version,
+        )
+        .await?;
         if sts_replicas.is_some_and(|r| r != plan.statefulset_replicas) {
             publish(
                 ctx,
@@ -381,6 +489,33 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         }
     }
 
+    // The rollout's one step (never while the spec is invalid).
+    let mut rollout_status = rollout_plan.status.clone();
+    if !invalid {
+        rollout_step(ctx, obj, &c, &rollout_plan, &raft, &mut rollout_status).await?;
+    }
+    for n in &rollout_plan.notes {
+        ctx.metrics
+            .rollout_events
+            .with_label_values(&[n.reason])
+            .inc();
+        let t = if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, obj, t, n.reason, "Rollout", n.message.clone()).await;
+    }
+    record_phase(ctx, &c, rollout_status.as_ref().map(|r| r.phase));
+    let pod_versions: BTreeMap<i32, String> = pods
+        .iter()
+        .filter_map(|(o, p)| p.version.clone().map(|v| (*o, v)))
+        .collect();
+    let finalized_version = rollout_plan
+        .finalized
+        .clone()
+        .or_else(|| prev.and_then(|p| p.finalized_version.clone()));
+
     let next = status::next_status(&StatusInput {
         cluster: &c,
         generation: obj.metadata.generation,
@@ -392,6 +527,10 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         bootstrapped,
         call_error,
         now: &now,
+        spec_version: &spec.version,
+        pod_versions: &pod_versions,
+        rollout: rollout_status,
+        finalized_version,
     });
     let api: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
     api.patch_status(
@@ -401,10 +540,211 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     )
     .await?;
 
+    let rolling = next.rollout.as_ref().is_some_and(|r| r.phase.in_progress());
     Ok(match plan.action {
-        Action::None => Requeue::requeue(IDLE_REQUEUE),
+        Action::None if !rolling => Requeue::requeue(IDLE_REQUEUE),
         _ => Requeue::requeue(STEP_REQUEUE),
     })
+}
+
+/// Pods of the cluster by ordinal.
+async fn observe_pods(client: &Client, c: &ClusterRef) -> Result<BTreeMap<i32, PodView>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
+    let selector = c
+        .selector()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    let prefix = format!("{}-", c.name);
+    let mut pods = BTreeMap::new();
+    for p in list.items {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let Some(ordinal) = name
+            .strip_prefix(&prefix)
+            .and_then(|o| o.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let spec = p.spec.as_ref();
+        let image = spec
+            .and_then(|s| s.containers.iter().find(|c| c.name == "qpq-node"))
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let status = p.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let restarts = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "qpq-node"))
+            .map_or(0, |c| c.restart_count);
+        pods.insert(
+            ordinal,
+            PodView {
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                version: resources::image_tag(&image).map(str::to_owned),
+                template_hash: p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(resources::annotations::TEMPLATE_HASH))
+                    .cloned(),
+                ready,
+                terminating: p.metadata.deletion_timestamp.is_some(),
+                restarts,
+            },
+        );
+    }
+    Ok(pods)
+}
+
+/// The state of the rollout's backup Job.
+async fn observe_backup(
+    client: &Client,
+    c: &ClusterRef,
+    rollout: Option<&crate::crd::RolloutStatus>,
+) -> Result<BackupObservation> {
+    let Some(job) = rollout
+        .filter(|r| r.phase == RolloutPhase::BackingUp)
+        .and_then(|r| r.rollback_point.as_ref())
+        .map(|p| p.job.clone())
+        .filter(|j| !j.is_empty())
+    else {
+        return Ok(BackupObservation::Absent);
+    };
+    let api: Api<Job> = Api::namespaced(client.clone(), &c.namespace);
+    let Some(j) = api.get_opt(&job).await? else {
+        return Ok(BackupObservation::Failed(format!(
+            "backup Job {job} disappeared"
+        )));
+    };
+    let conditions = j
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let has = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    Ok(if has("Complete") {
+        BackupObservation::Succeeded
+    } else if has("Failed") {
+        BackupObservation::Failed(format!("backup Job {job} failed"))
+    } else {
+        BackupObservation::Running
+    })
+}
+
+fn record_phase(ctx: &Context, c: &ClusterRef, phase: Option<RolloutPhase>) {
+    for p in [
+        RolloutPhase::Blocked,
+        RolloutPhase::BackingUp,
+        RolloutPhase::Progressing,
+        RolloutPhase::Paused,
+        RolloutPhase::AwaitingFinalize,
+        RolloutPhase::RollingBack,
+        RolloutPhase::RolledBack,
+        RolloutPhase::Complete,
+    ] {
+        let label = format!("{p:?}");
+        ctx.metrics
+            .rollout_phase
+            .with_label_values(&[c.namespace.as_str(), c.name.as_str(), label.as_str()])
+            .set(i64::from(Some(p) == phase));
+    }
+}
+
+/// Carries out the rollout planner's step. A failed step is reported (Event, metric) and
+/// retried by a later round; the status written says what was done.
+async fn rollout_step(
+    ctx: &Context,
+    obj: &QpqCluster,
+    c: &ClusterRef,
+    p: &RolloutPlan,
+    raft: &RaftObservation,
+    status: &mut Option<crate::crd::RolloutStatus>,
+) -> Result<()> {
+    match &p.action {
+        RolloutAction::None => {}
+        RolloutAction::DeletePod { ordinal, uid } => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &c.namespace);
+            let name = format!("{}-{ordinal}", c.name);
+            let dp = DeleteParams {
+                // Only the pod that was planned: never its replacement.
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => tracing::info!(cluster = %c.name, pod = %name, "rollout: pod deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                    tracing::info!(cluster = %c.name, pod = %name, "rollout: pod already replaced");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        RolloutAction::TransferLeader { to } => {
+            let leader = match raft {
+                RaftObservation::Cluster(v) => v.leader,
+                _ => None,
+            };
+            if let Some(l) = leader {
+                let call = MembershipCall::TransferLeader { to: *to };
+                if let Err(e) = ctx.admin.call(&c.admin_addr(l), &call).await {
+                    tracing::warn!(cluster = %c.name, error = %e, "rollout: leadership transfer failed");
+                    publish(
+                        ctx,
+                        obj,
+                        EventType::Warning,
+                        "LeadershipTransferFailed",
+                        "Rollout",
+                        e.to_string(),
+                    )
+                    .await;
+                    // Not counted: the next round plans it again.
+                    if let Some(st) = status.as_mut() {
+                        st.transfers = st.transfers.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        RolloutAction::StartBackup(point) => {
+            let (_, now) = ctx.now();
+            let stamp = (ctx.clock)();
+            let job = format!("{}-rollout-{stamp}", c.name);
+            let file = format!("{}-rollout-{stamp}.sqlite3", c.name);
+            let leader = match raft {
+                RaftObservation::Cluster(v) => v.leader.unwrap_or(1),
+                _ => 1,
+            };
+            // The backup client of the version the pods run now.
+            let mut spec = obj.spec.clone();
+            if let Some(st) = status.as_ref() {
+                spec.version = st.from_version.clone();
+            }
+            let req = resources::BackupRequest {
+                job: job.clone(),
+                admin: c.admin_addr(leader),
+                claim: point.claim.clone(),
+                file: file.clone(),
+            };
+            let j = resources::backup_job(c, &spec, &req)?;
+            let api: Api<Job> = Api::namespaced(ctx.client.clone(), &c.namespace);
+            api.create(&PostParams::default(), &j).await?;
+            tracing::info!(cluster = %c.name, job = %job, at = %now, "rollout: backup Job created");
+            if let Some(p) = status.as_mut().and_then(|s| s.rollback_point.as_mut()) {
+                p.job = job;
+                p.file = file;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The status as a JSON merge patch. Optional fields that are now empty are sent as
@@ -425,19 +765,18 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
     Ok(serde_json::json!({ "status": status }))
 }
 
-async fn apply_objects(
+/// The TLS Secrets to apply and the certificates' rotation counter (which is part of the
+/// pod template). Reads the Secrets; issues certificates only when needed.
+async fn prepare_tls(
     obj: &QpqCluster,
     ctx: &Context,
     c: &ClusterRef,
-    plan: &Plan,
-    raft: &RaftObservation,
+    replicas: i32,
     now_unix: i64,
-) -> Result<()> {
+) -> Result<(Vec<Secret>, u64)> {
     let client = &ctx.client;
     let ns = c.namespace.as_str();
     let spec = &obj.spec;
-
-    // TLS material first: a new pod must find its certificate when it starts.
     let mut rotation = 0;
     let mut secrets = Vec::new();
     if spec.tls.secret_name.is_none() {
@@ -463,7 +802,7 @@ async fn apply_objects(
                 tls::Issuer::new_ca(&c.name, now_unix)?
             }
         };
-        let pods: Vec<String> = (1..=u64::try_from(plan.statefulset_replicas.max(1)).unwrap_or(1))
+        let pods: Vec<String> = (1..=u64::try_from(replicas.max(1)).unwrap_or(1))
             .map(|id| c.pod(id))
             .collect();
         let certs = tls::reconcile_certificates(
@@ -489,14 +828,30 @@ async fn apply_objects(
         secrets.push(tls::ca_secret(c, issuer.ca()));
         secrets.push(tls::certs_secret(c, issuer.ca(), &certs)?);
     }
+    Ok((secrets, rotation))
+}
 
+#[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct input
+async fn apply_objects(
+    obj: &QpqCluster,
+    ctx: &Context,
+    c: &ClusterRef,
+    plan: &Plan,
+    raft: &RaftObservation,
+    secrets: &[Secret],
+    rotation: u64,
+    template_version: &str,
+) -> Result<()> {
+    let client = &ctx.client;
+    let ns = c.namespace.as_str();
+    let spec = &obj.spec;
     let voters = match raft {
         RaftObservation::Cluster(v) => i32::try_from(v.voters.len()).unwrap_or(1),
         _ => 1,
     };
     apply_object::<ServiceAccount>(client, ns, &resources::service_account(c)).await?;
     apply_object::<ConfigMap>(client, ns, &resources::configmap(c, &spec.node)).await?;
-    for s in &secrets {
+    for s in secrets {
         apply_object::<Secret>(client, ns, s).await?;
     }
     apply_object::<Service>(client, ns, &resources::headless_service(c)?).await?;
@@ -520,6 +875,7 @@ async fn apply_objects(
     let sts = resources::statefulset(
         c,
         spec,
+        template_version,
         plan.statefulset_replicas,
         &resources::config_hash(&spec.node),
         rotation,

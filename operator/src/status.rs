@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admin_client::{NodeId, Status};
-use crate::crd::{Condition, Member, MembershipOperation, OperationKind, QpqClusterStatus};
+use crate::crd::{
+    Condition, Member, MembershipOperation, OperationKind, QpqClusterStatus, RolloutPhase,
+    RolloutStatus,
+};
 use crate::planner::{Action, Plan, RaftObservation};
 use crate::resources::ClusterRef;
 
@@ -16,6 +19,11 @@ pub mod types {
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs attention: a refused change, lost quorum, unreachable members.
     pub const DEGRADED: &str = "Degraded";
+    /// The version in the spec does not roll out: a gate (health, version skew, backup)
+    /// refuses it.
+    pub const ROLLOUT_BLOCKED: &str = "RolloutBlocked";
+    /// The version in the spec was rolled back and is not tried again by itself.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 }
 
 /// Everything [`next_status`] needs.
@@ -41,6 +49,14 @@ pub struct StatusInput<'a> {
     pub call_error: Option<String>,
     /// RFC 3339 now.
     pub now: &'a str,
+    /// `spec.version`.
+    pub spec_version: &'a str,
+    /// Image version of each pod, by ordinal.
+    pub pod_versions: &'a BTreeMap<i32, String>,
+    /// `status.rollout` after this round.
+    pub rollout: Option<RolloutStatus>,
+    /// `status.finalizedVersion` after this round.
+    pub finalized_version: Option<String>,
 }
 
 /// Sets a condition, keeping its transition time when its status did not change.
@@ -89,6 +105,9 @@ fn members(input: &StatusInput<'_>) -> Vec<Member> {
                 role: own.map_or_else(|| "unreachable".to_owned(), |s| s.role.clone()),
                 voter: v.voters.contains(&id),
                 version: own.map(|s| s.version.clone()).filter(|s| !s.is_empty()),
+                image_version: i32::try_from(id.saturating_sub(1))
+                    .ok()
+                    .and_then(|o| input.pod_versions.get(&o).cloned()),
                 lag: if Some(id) == v.leader {
                     Some(0)
                 } else {
@@ -130,7 +149,20 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         .collect();
     let voters = members.iter().filter(|m| m.voter).count();
 
+    let rolling = input.rollout.as_ref().filter(|r| r.phase.in_progress());
     let (progressing, p_reason, p_msg) = match (&input.plan.action, &input.plan.operation) {
+        _ if rolling.is_some() => {
+            let r = rolling.map(|r| (r.phase, r.message.clone()));
+            let (phase, message) = r.unwrap_or((RolloutPhase::Progressing, String::new()));
+            let reason = match phase {
+                RolloutPhase::RollingBack => "RollingBack",
+                RolloutPhase::Paused => "RolloutPaused",
+                RolloutPhase::AwaitingFinalize => "AwaitingFinalize",
+                RolloutPhase::BackingUp => "BackingUp",
+                _ => "RollingOut",
+            };
+            (true, reason, message)
+        }
         (Action::Blocked(..), _) | (Action::None, None) => {
             (false, "Stable", "no membership change under way".to_owned())
         }
@@ -161,6 +193,7 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
     );
 
     let ready = input.plan.action == Action::None
+        && rolling.is_none()
         && unreachable.is_empty()
         && voters == usize::try_from(input.desired).unwrap_or(0);
     let (r_reason, r_msg) = if ready {
@@ -172,15 +205,65 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
     };
     set_condition(&mut conditions, cond(types::READY, ready, r_reason, r_msg));
 
+    // Rollout conditions speak of the version the spec names now.
+    let r = input.rollout.as_ref();
+    let blocked =
+        r.filter(|r| r.phase == RolloutPhase::Blocked && r.target_version == input.spec_version);
+    set_condition(
+        &mut conditions,
+        match blocked {
+            Some(r) => cond(types::ROLLOUT_BLOCKED, true, &r.reason, r.message.clone()),
+            None => cond(
+                types::ROLLOUT_BLOCKED,
+                false,
+                "AsExpected",
+                "no gate refuses the spec's version".to_owned(),
+            ),
+        },
+    );
+    let failed = r.filter(|r| {
+        r.phase == RolloutPhase::RolledBack
+            && r.rolled_back_from.as_deref() == Some(input.spec_version)
+    });
+    set_condition(
+        &mut conditions,
+        match failed {
+            Some(r) => cond(
+                types::ROLLOUT_FAILED,
+                true,
+                "RolledBack",
+                format!(
+                    "{} was rolled back ({}); not tried again until spec.version names another version or `kubectl qpq rollout retry`",
+                    input.spec_version, r.rollback_reason
+                ),
+            ),
+            None => cond(
+                types::ROLLOUT_FAILED,
+                false,
+                "AsExpected",
+                "the spec's version did not fail".to_owned(),
+            ),
+        },
+    );
+
     let leader = match input.raft {
         RaftObservation::Cluster(v) => v.leader.map(|l| input.cluster.pod(l)),
         _ => None,
     };
-    // The lowest version in the cluster is the one every feature must be compatible with.
-    let current_version = members
-        .iter()
-        .filter_map(|m| m.version.clone())
-        .min_by(|a, b| version_key(a).cmp(&version_key(b)));
+    // The lowest version in the cluster is the one every feature must be compatible with:
+    // the pods' image versions, or what the nodes report when the pods are not known.
+    let current_version = if input.pod_versions.is_empty() {
+        members
+            .iter()
+            .filter_map(|m| m.version.clone())
+            .min_by(|a, b| version_key(a).cmp(&version_key(b)))
+    } else {
+        input
+            .pod_versions
+            .values()
+            .min_by(|a, b| version_key(a).cmp(&version_key(b)))
+            .cloned()
+    };
 
     let mut operation = input.plan.operation.clone();
     if let Some(op) = operation.as_mut().filter(|op| op.started.is_empty()) {
@@ -195,6 +278,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         leader,
         bootstrapped: input.bootstrapped,
         operation,
+        rollout: input.rollout.clone(),
+        finalized_version: input.finalized_version.clone(),
     }
 }
 
@@ -248,6 +333,7 @@ mod tests {
                     voter: true,
                     version: Some("0.1.0".into()),
                     lag: Some(0),
+                    image_version: None,
                 })
                 .collect(),
             bootstrapped: true,
@@ -269,6 +355,10 @@ mod tests {
             bootstrapped: true,
             call_error: None,
             now: "2026-01-01T00:00:00Z",
+            spec_version: "0.1.0",
+            pod_versions: &BTreeMap::new(),
+            rollout: None,
+            finalized_version: None,
         });
         assert_eq!(st.members.len(), 3);
         assert!(st.members.iter().all(|m| m.role == "unreachable"));

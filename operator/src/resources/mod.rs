@@ -37,7 +37,7 @@ pub use backup::{BACKUP_MOUNT, BackupRequest, backup_cronjob, backup_cronjob_nam
 pub use config::{config_hash, configmap};
 pub use policy::{network_policy, pod_disruption_budget, service_account};
 pub use services::{client_service, headless_service};
-pub use statefulset::{ENTRYPOINT, RESTORE_DIR, statefulset};
+pub use statefulset::{ENTRYPOINT, RESTORE_DIR, image_tag, statefulset, template_of};
 
 /// Client port (QUIC, UDP) inside the pod.
 pub const CLIENT_PORT: i32 = 7443;
@@ -178,4 +178,7 @@ pub mod annotations {
     pub const CONFIG_HASH: &str = "qpq.dev/config-hash";
     /// Certificate rotation counter: a rotation rolls the pods.
     pub const TLS_ROTATION: &str = "qpq.dev/tls-rotation";
+    /// Hash of the pod template without its image tag: a pod whose hash and tag match the
+    /// StatefulSet's template is up to date (see `crate::rollout`).
+    pub const TEMPLATE_HASH: &str = "qpq.dev/template-hash";
 }

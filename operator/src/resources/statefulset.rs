@@ -9,6 +9,13 @@
 //! - Every listener binds the pod IP (`QPQ_BIND_IP`), not the wildcard: nothing else on the
 //!   pod's network can take the ports, and pods that share a host network (a local pod
 //!   runner) do not collide.
+//! - `updateStrategy: OnDelete`: the StatefulSet controller never replaces a running pod;
+//!   the operator's rollout planner deletes pods itself, one at a time, followers first and
+//!   the leader last (`crate::rollout`). The template's version is the planner's choice,
+//!   not necessarily `spec.version`.
+//! - Every pod carries `qpq.dev/template-hash`, a hash of its template without the image tag
+//!   and without the restore init container: a pod whose hash and image tag match the
+//!   template is up to date, whatever the StatefulSet controller's revisions say.
 //! - PVCs are deleted on scale-down (a removed node must rejoin empty, never with the log of
 //!   its former membership) and retained on deletion (the finalizer applies
 //!   `spec.pvcRetentionPolicy`).
@@ -33,12 +40,13 @@ fn var(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
 
-/// The StatefulSet `<cluster>` with `replicas` pods (chosen by the membership planner).
-/// `tls_rotation` is the operator-managed certificates' rotation counter (0 for a
-/// user-provided Secret).
+/// The StatefulSet `<cluster>` with `replicas` pods (chosen by the membership planner)
+/// running `version` (chosen by the rollout planner). `tls_rotation` is the
+/// operator-managed certificates' rotation counter (0 for a user-provided Secret).
 pub fn statefulset(
     c: &ClusterRef,
     spec: &QpqClusterSpec,
+    version: &str,
     replicas: i32,
     config_hash: &str,
     tls_rotation: u64,
@@ -88,7 +96,7 @@ pub fn statefulset(
     };
     let mut container = json!({
         "name": "qpq-node",
-        "image": format!("{}:{}", spec.image, spec.version),
+        "image": format!("{}:{version}", spec.image),
         "command": ENTRYPOINT,
         "envFrom": [{"configMapRef": {"name": c.configmap()}}],
         "env": env,
@@ -193,6 +201,19 @@ pub fn statefulset(
         claim["spec"]["storageClassName"] = json!(spec.storage.storage_class_name);
     }
 
+    let mut template = json!({
+        "metadata": {
+            "labels": c.labels(),
+            "annotations": {
+                annotations::CONFIG_HASH: config_hash,
+                annotations::TLS_ROTATION: tls_rotation.to_string(),
+            },
+        },
+        "spec": pod_spec,
+    });
+    let hash = template_hash(&template);
+    template["metadata"]["annotations"][annotations::TEMPLATE_HASH] = json!(hash);
+
     typed(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -202,19 +223,109 @@ pub fn statefulset(
             "serviceName": c.headless(),
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": c.selector()},
-            "updateStrategy": {"type": "RollingUpdate"},
+            "updateStrategy": {"type": "OnDelete"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Delete"},
-            "template": {
-                "metadata": {
-                    "labels": c.labels(),
-                    "annotations": {
-                        annotations::CONFIG_HASH: config_hash,
-                        annotations::TLS_ROTATION: tls_rotation.to_string(),
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "template": template,
             "volumeClaimTemplates": [claim],
         },
     }))
+}
+
+/// Hash of a pod template without what must not restart pods: the image tag (versions are
+/// compared by tag, by the rollout planner) and the restore init container with its volume
+/// (only read on an empty volume, and dropped once the restored cluster formed).
+fn template_hash(template: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut t = template.clone();
+    if let Some(containers) = t["spec"]["containers"].as_array_mut() {
+        for c in containers {
+            if let Some(image) = c["image"].as_str() {
+                c["image"] = json!(image_repository(image));
+            }
+        }
+    }
+    if let Some(spec) = t["spec"].as_object_mut() {
+        spec.remove("initContainers");
+    }
+    if let Some(volumes) = t["spec"]["volumes"].as_array_mut() {
+        volumes.retain(|v| v["name"] != "restore");
+    }
+    // serde_json's maps are ordered, so the text is canonical.
+    let digest = Sha256::digest(t.to_string().as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// `repo/name:tag` → `repo/name` (a registry port is not a tag).
+fn image_repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+/// The tag of an image reference (`None` without one).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => Some(&image[i + 1..]),
+        _ => None,
+    }
+}
+
+/// The version (image tag) and template hash of a StatefulSet's pod template.
+pub fn template_of(sts: &StatefulSet) -> Option<(String, String)> {
+    let t = &sts.spec.template;
+    let image = t.spec.as_ref()?.containers.first()?.image.clone()?;
+    let version = image_tag(&image)?.to_owned();
+    let hash = t
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(annotations::TEMPLATE_HASH)?
+        .clone();
+    Some((version, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_and_repositories() {
+        assert_eq!(image_tag("ghcr.io/q/qpq-node:0.2.0"), Some("0.2.0"));
+        assert_eq!(image_tag("localhost:5000/qpq-node:1.0"), Some("1.0"));
+        assert_eq!(image_tag("localhost:5000/qpq-node"), None);
+        assert_eq!(image_tag("qpq-node:1@sha256:abc"), Some("1"));
+        assert_eq!(
+            image_repository("localhost:5000/qpq-node:1.0"),
+            "localhost:5000/qpq-node"
+        );
+        assert_eq!(
+            image_repository("localhost:5000/qpq-node"),
+            "localhost:5000/qpq-node"
+        );
+    }
+
+    #[test]
+    fn the_template_hash_ignores_the_version_and_the_restore_container() {
+        let t = |image: &str, init: bool, retention: u32| {
+            let mut v = json!({
+                "metadata": {"annotations": {"a": retention.to_string()}},
+                "spec": {"containers": [{"name": "qpq-node", "image": image}],
+                         "volumes": [{"name": "tls"}]},
+            });
+            if init {
+                v["spec"]["initContainers"] = json!([{"name": "restore", "image": image}]);
+                v["spec"]["volumes"] = json!([{"name": "tls"}, {"name": "restore"}]);
+            }
+            template_hash(&v)
+        };
+        let base = t("q/qpq-node:0.1.0", false, 1);
+        assert_eq!(base, t("q/qpq-node:0.2.0", false, 1));
+        assert_eq!(base, t("q/qpq-node:0.1.0", true, 1));
+        assert_ne!(base, t("q/qpq-node:0.1.0", false, 2));
+        assert_ne!(base, t("other/qpq-node:0.1.0", false, 1));
+    }
 }

@@ -281,6 +281,25 @@ impl ApiServer {
         body
     }
 
+    /// The list of the cluster's pods (label selector of the cluster).
+    pub(crate) async fn expect_pods(&mut self, items: &Value) {
+        let (query, _) = self
+            .expect(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                (
+                    200,
+                    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+                ),
+            )
+            .await;
+        assert!(
+            query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dx")
+                || query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dx%2C"),
+            "{query}"
+        );
+    }
+
     /// The status merge patch; returns `.status`.
     pub(crate) async fn expect_status(&mut self, obj: &QpqCluster) -> Value {
         let mut answer = serde_json::to_value(obj).unwrap();
@@ -330,6 +349,8 @@ impl ApiServer {
 pub(crate) struct Stored {
     pub(crate) ca: Option<Value>,
     pub(crate) tls: Option<Value>,
+    /// Pods the API server lists (empty when unset).
+    pub(crate) pods: Option<Value>,
 }
 
 pub(crate) fn ok(v: &Value) -> (u16, Value) {
@@ -380,6 +401,8 @@ pub(crate) async fn apply_round(
     if stored.ca.is_none() {
         server.expect_event("CaCreated").await;
     }
+    let pods = stored.pods.clone().unwrap_or_else(|| json!([]));
+    server.expect_pods(&pods).await;
     server
         .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
         .await;

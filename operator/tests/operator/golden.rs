@@ -54,15 +54,17 @@ fn builders_match_golden_output() {
     let hash = resources::config_hash(&s.node);
     check(
         "statefulset",
-        &resources::statefulset(&c, s, 3, &hash, 0, true).unwrap(),
+        &resources::statefulset(&c, s, &s.version, 3, &hash, 0, true).unwrap(),
     );
     check(
         "headless-service",
         &resources::headless_service(&c).unwrap(),
     );
     // Once the restored node formed the cluster, no pod mounts the backup claim.
-    let formed =
-        serde_json::to_value(resources::statefulset(&c, s, 3, &hash, 0, false).unwrap()).unwrap();
+    let formed = serde_json::to_value(
+        resources::statefulset(&c, s, &s.version, 3, &hash, 0, false).unwrap(),
+    )
+    .unwrap();
     let pod = &formed["spec"]["template"]["spec"];
     assert!(pod.get("initContainers").is_none(), "{pod}");
     assert!(
@@ -123,7 +125,7 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
     let hash = resources::config_hash(&obj.spec.node);
     check(
         "statefulset-minimal",
-        &resources::statefulset(&c, &obj.spec, 1, &hash, 0, false).unwrap(),
+        &resources::statefulset(&c, &obj.spec, &obj.spec.version, 1, &hash, 0, false).unwrap(),
     );
     check(
         "client-service-minimal",

@@ -432,6 +432,7 @@ async fn spec_change_rolls_the_pods_with_new_image_and_config_only() {
                 ok(stored.tls.as_ref().unwrap()),
             )
             .await;
+        server.expect_pods(&json!([])).await;
         server
             .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
             .await;
@@ -697,6 +698,7 @@ async fn user_tls_secret_and_network_policy() {
                 ok(&statefulset(3)),
             )
             .await;
+        server.expect_pods(&json!([])).await;
         server
             .expect_apply("/api/v1/namespaces/ns/serviceaccounts/x")
             .await;
