@@ -66,6 +66,20 @@ pub enum Error {
     /// Raft could not start (configuration, bootstrap).
     #[error("raft: {0}")]
     Raft(String),
+    /// The state was finalized at a replicated-command version this build does not apply:
+    /// a rollback below a finalized rollout (DESIGN invariant 10), refused before anything
+    /// is applied.
+    #[error(
+        "the state database is finalized at replicated-command version {finalized}, but this \
+         build applies only up to {supported}: run a build of command version {finalized} or \
+         newer (a finalized rollout cannot be rolled back)"
+    )]
+    FinalizedCommandVersion {
+        /// The finalized version recorded in the state database.
+        finalized: u16,
+        /// This build's `COMMAND_VERSION`.
+        supported: u16,
+    },
 }
 
 /// Result with the node's [`Error`].

@@ -1,5 +1,6 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
-//! promote, remove, transfer-leader. Thin: parse the JSON body, call [`RaftNode`], map
+//! promote, remove, transfer-leader, finalize (and, in the `test-command-v2` test build
+//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`], map
 //! [`AdminError`] to the documented HTTP answers.
 
 use std::collections::BTreeMap;
@@ -17,13 +18,18 @@ use crate::admin::AdminState;
 
 /// The routes, merged into the admin listener's router.
 pub fn routes() -> Router<AdminState> {
-    Router::new()
+    let router = Router::new()
         .route("/raft/status", get(status))
         .route("/raft/bootstrap", post(bootstrap))
         .route("/raft/learners", post(learners))
         .route("/raft/promote", post(promote))
         .route("/raft/remove", post(remove))
         .route("/raft/transfer-leader", post(transfer_leader))
+        .route("/raft/finalize", post(finalize));
+    // The probe exists only in the test build: a release has no command it could propose.
+    #[cfg(feature = "test-command-v2")]
+    let router = router.route("/raft/probe-command-version", post(probe_command_version));
+    router
 }
 
 /// A JSON answer (axum is built without its `json` feature; serde_json renders it).
@@ -65,6 +71,10 @@ async fn answer(s: &AdminState, result: Result<(), AdminError>) -> Answer {
             )
         }
         Err(AdminError::Conflict(code)) => (StatusCode::CONFLICT, Json(json!({"error": code}))),
+        Err(AdminError::NotEnabled(message)) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "not_enabled", "message": message})),
+        ),
         Err(AdminError::BadRequest(message)) => (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "bad_request", "message": message})),
@@ -164,4 +174,42 @@ async fn transfer_leader(State(s): State<AdminState>, body: axum::body::Bytes) -
         Err(e) => Err(AdminError::Internal(e.to_string())),
     };
     answer(&s, r).await
+}
+
+#[derive(Deserialize)]
+struct FinalizeBody {
+    command_version: u16,
+}
+
+async fn finalize(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: FinalizeBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let r = s.raft.finalize(b.command_version).await;
+    // Irreversible: every attempt is on the audit trail, refused ones included.
+    match &r {
+        Ok(finalized) => tracing::info!(
+            target: "qpq::audit",
+            event = "raft_finalize",
+            command_version = b.command_version,
+            finalized,
+            outcome = "ok"
+        ),
+        Err(e) => tracing::info!(
+            target: "qpq::audit",
+            event = "raft_finalize",
+            command_version = b.command_version,
+            outcome = %e
+        ),
+    }
+    answer(&s, r.map(|_| ())).await
+}
+
+#[cfg(feature = "test-command-v2")]
+async fn probe_command_version(State(s): State<AdminState>) -> Answer {
+    match s.raft.probe_command_version().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"applied": true}))),
+        Err(e) => answer(&s, Err(e)).await,
+    }
 }

@@ -10,8 +10,9 @@
 //! - `certs.rs`: the cluster CA and node certificates (generated in dev mode).
 //! - `node.rs`: [`node::RaftNode`]: start, bootstrap, the write path (leader stamps and
 //!   appends, followers forward), read barriers, membership changes, status.
-//! - `versions.rs`: the replicated-command version gate (DESIGN invariant 9): which
-//!   command versions the leader may propose, and which a state machine may apply.
+//! - `versions.rs`: the replicated-command version gate (DESIGN invariants 9 and 10): which
+//!   command versions the leader may propose (every voter applies it and its rollout is
+//!   finalized), and which a state machine may apply.
 //! - `transfer.rs`: the rules of leadership transfer (openraft 0.9 has none): what the
 //!   leader and the target check, and why the handoff goes quiet first.
 //! - `admin.rs`: the `/raft/*` admin endpoints (`docs/admin-api.md`).

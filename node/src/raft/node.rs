@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::certs::ClusterTls;
 use super::log_store::LogStore;
 use super::network::{CallError, LastHeard, Network, PeerClient};
-use super::state_machine::StateMachine;
+use super::state_machine::{AppliedVersions, StateMachine};
 use super::transfer::{self, ElectionRefusal, ElectionRequest, FollowerView, TargetView};
 use super::versions;
 use super::wire::Request;
@@ -96,6 +96,8 @@ pub struct RaftNode {
     /// The command versions peers reported (`commandVersion`), with when: read by the
     /// leader's version gate, refreshed after [`Self::VERSION_TTL`].
     peer_versions: Mutex<BTreeMap<NodeId, (u16, std::time::Instant)>>,
+    /// The finalized and applied command versions of this node's state machine.
+    versions: Arc<AppliedVersions>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -162,6 +164,7 @@ impl RaftNode {
             waiters,
             metrics,
         )?;
+        let versions = sm.versions();
         let heard = LastHeard::default();
         let raft = Raft::new(
             cluster.node_id,
@@ -186,6 +189,7 @@ impl RaftNode {
             handoff: tokio::sync::RwLock::new(()),
             transfer: tokio::sync::Mutex::new(()),
             peer_versions: Mutex::new(BTreeMap::new()),
+            versions,
         });
         tokio::spawn(super::peer::serve(
             endpoint,
@@ -311,27 +315,38 @@ impl RaftNode {
     /// The leader's version gate ([`versions::gate`]): may a batch of version `needed` be
     /// proposed? Asks the voters whose version is not cached (fresh).
     async fn version_gate(&self, needed: u16) -> Result<(), SubmitError> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
-        let mut known = BTreeMap::from([(self.id, COMMAND_VERSION)]);
-        for id in voters.iter().copied().filter(|v| *v != self.id) {
-            if let Some(v) = self.peer_version(id).await {
-                known.insert(id, v);
-            }
-        }
-        versions::gate(needed, &voters, &known).map_err(|e| {
+        self.check_gate(needed).await.map_err(|e| {
             tracing::info!(error = %e, "write refused by the version gate");
             SubmitError::NotEnabled { needed }
         })
     }
 
-    async fn peer_version(&self, id: NodeId) -> Option<u16> {
+    async fn check_gate(&self, needed: u16) -> Result<(), versions::NotEnabled> {
+        let (voters, known) = self.voter_versions(false).await;
+        versions::gate(needed, self.versions.finalized(), &voters, &known)
+    }
+
+    /// The current voters, and the command versions known of them (this node's own build
+    /// included). `fresh`: ask every other voter now instead of trusting cached reports.
+    async fn voter_versions(&self, fresh: bool) -> (BTreeSet<NodeId>, BTreeMap<NodeId, u16>) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let mut known = BTreeMap::from([(self.id, COMMAND_VERSION)]);
+        for id in voters.iter().copied().filter(|v| *v != self.id) {
+            if let Some(v) = self.peer_version(id, fresh).await {
+                known.insert(id, v);
+            }
+        }
+        (voters, known)
+    }
+
+    async fn peer_version(&self, id: NodeId, fresh: bool) -> Option<u16> {
         let cached = self
             .peer_versions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .filter(|(_, at)| at.elapsed() < Self::VERSION_TTL)
+            .filter(|(_, at)| !fresh && at.elapsed() < Self::VERSION_TTL)
             .map(|(v, _)| *v);
         if cached.is_some() {
             return cached;
@@ -353,6 +368,87 @@ impl RaftNode {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (version, std::time::Instant::now()));
         Some(version)
+    }
+
+    /// Finalizes the rollout of command version `target` (`POST /raft/finalize`, leader
+    /// only): once every voter is known to apply it, proposes [`Command::Finalize`] and
+    /// returns the finalized version after it was committed and applied here. Idempotent:
+    /// a version at or below the finalized one changes nothing (and proposes nothing).
+    ///
+    /// Every voter is asked afresh (not the gate's cached reports): the decision cannot be
+    /// undone, so it must not rest on a report a pod replaced since may have given.
+    ///
+    /// Errors: `BadRequest` for 0; `NotLeader`; `NotEnabled` above this build's
+    /// [`COMMAND_VERSION`] or while a voter does not apply it (or cannot be asked);
+    /// `Unavailable` if the entry did not commit in time (it may still commit later).
+    pub async fn finalize(&self, target: u16) -> Result<u16, AdminError> {
+        if target == 0 {
+            return Err(AdminError::BadRequest(
+                "command_version must be at least 1".into(),
+            ));
+        }
+        self.require_leader()?;
+        if target > COMMAND_VERSION {
+            return Err(AdminError::NotEnabled(format!(
+                "command version {target} is newer than this build applies ({COMMAND_VERSION})"
+            )));
+        }
+        let finalized = self.versions.finalized();
+        if target <= finalized {
+            return Ok(finalized);
+        }
+        let (voters, known) = self.voter_versions(true).await;
+        versions::may_finalize(target, &voters, &known)
+            .map_err(|e| AdminError::NotEnabled(e.to_string()))?;
+        let outcomes = self
+            .submit_local(vec![Command::Finalize {
+                command_version: target,
+            }])
+            .await
+            .map_err(Self::admin_write_error)?;
+        match outcomes.as_slice() {
+            [Outcome::Finalized { command_version }] => Ok(*command_version),
+            other => Err(AdminError::Internal(format!(
+                "finalize applied with outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Proposes one command of version 2 (`Command::Marker`) and waits until it is applied
+    /// here: the `test-command-v2` build's way for upgrade tests to see whether the gate
+    /// lets a new command through (`POST /raft/probe-command-version`).
+    #[cfg(feature = "test-command-v2")]
+    pub async fn probe_command_version(&self) -> Result<(), AdminError> {
+        self.require_leader()?;
+        let marker = Command::Marker {
+            note: "probe-command-version".into(),
+        };
+        self.check_gate(marker.version())
+            .await
+            .map_err(|e| AdminError::NotEnabled(e.to_string()))?;
+        self.submit_local(vec![marker])
+            .await
+            .map(|_| ())
+            .map_err(Self::admin_write_error)
+    }
+
+    /// An admin call's write (on the leader) that failed.
+    fn admin_write_error(e: SubmitError) -> AdminError {
+        match e {
+            SubmitError::NotLeader { leader } => AdminError::NotLeader { leader },
+            SubmitError::NotEnabled { needed } => AdminError::NotEnabled(format!(
+                "command version {needed} not enabled (see the node's log for why)"
+            )),
+            SubmitError::Unavailable => AdminError::Unavailable(
+                "unavailable",
+                "the entry did not commit in time (it may still commit: re-read /raft/status)"
+                    .into(),
+            ),
+            SubmitError::Stopped => {
+                AdminError::Unavailable("unavailable", "raft is stopping".into())
+            }
+            SubmitError::Internal(m) => AdminError::Internal(m),
+        }
     }
 
     fn member_addr(&self, id: NodeId) -> Option<String> {
@@ -919,6 +1015,8 @@ impl RaftNode {
             version: env!("CARGO_PKG_VERSION"),
             wire_version: qpq_schemas::limits::WIRE_VERSION,
             command_version: COMMAND_VERSION,
+            finalized_command_version: self.versions.finalized(),
+            applied_command_version: self.versions.applied(),
         }
     }
 
@@ -990,6 +1088,10 @@ pub enum AdminError {
     /// `409` with this error code.
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// `409 not_enabled` with this message: a command version the cluster may not use (or
+    /// finalize) yet.
+    #[error("not enabled: {0}")]
+    NotEnabled(String),
     /// `503` with this error code and a message: the call may succeed later.
     #[error("unavailable: {0}: {1}")]
     Unavailable(&'static str, String),
@@ -1050,6 +1152,13 @@ pub struct Status {
     pub wire_version: u16,
     /// The newest replicated-command version this node applies (see `raft::versions`).
     pub command_version: u16,
+    /// The replicated finalized command version, as applied on this node: the leader
+    /// proposes commands up to it (and only those every voter applies); builds below it
+    /// refuse to start.
+    pub finalized_command_version: u16,
+    /// The newest command version of any command this node's state has applied (1 until a
+    /// command of a newer version commits).
+    pub applied_command_version: u16,
 }
 
 /// Voters and learners with their Raft addresses.

@@ -24,7 +24,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -38,7 +38,7 @@ use tokio::io::AsyncWriteExt as _;
 use super::{Member, NodeId, TypeConfig, decode, encode};
 use crate::metrics::Metrics;
 use crate::service::waiters::Waiters;
-use crate::state::{Command, Outcome, Stamp, Store};
+use crate::state::{COMMAND_VERSION, Command, CommandVersions, Outcome, Stamp, Store};
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -57,6 +57,51 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(None, AnyError::error(e.to_string())).into()
 }
 
+/// The replicated-command versions of the applied state (`command_versions` row), kept in
+/// memory for the leader's gate and `/raft/status`, which must not wait for the store's
+/// lock. Updated after each commit that may change them and after a snapshot install.
+#[derive(Debug)]
+pub struct AppliedVersions {
+    finalized: AtomicU16,
+    applied: AtomicU16,
+}
+
+impl AppliedVersions {
+    fn new(v: CommandVersions) -> Self {
+        Self {
+            finalized: AtomicU16::new(v.finalized),
+            applied: AtomicU16::new(v.applied),
+        }
+    }
+
+    fn set(&self, v: CommandVersions) {
+        self.finalized.store(v.finalized, Ordering::SeqCst);
+        self.applied.store(v.applied, Ordering::SeqCst);
+    }
+
+    /// The finalized command version of the applied state.
+    pub fn finalized(&self) -> u16 {
+        self.finalized.load(Ordering::SeqCst)
+    }
+
+    /// The newest command version applied to this state.
+    pub fn applied(&self) -> u16 {
+        self.applied.load(Ordering::SeqCst)
+    }
+}
+
+/// A build that applies less than the finalized version of a state must not run it (DESIGN
+/// invariant 10: a finalized rollout is not reversible).
+pub(crate) fn check_not_downgraded(v: CommandVersions) -> Result<(), crate::Error> {
+    if v.finalized > COMMAND_VERSION {
+        return Err(crate::Error::FinalizedCommandVersion {
+            finalized: v.finalized,
+            supported: COMMAND_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// What the state machine, its snapshot builders and the node share.
 pub struct Shared {
     store: Mutex<Store>,
@@ -68,6 +113,8 @@ pub struct Shared {
     metrics: Metrics,
     /// Names temporary files uniquely within this process.
     counter: AtomicU64,
+    /// The command versions of the applied state.
+    versions: Arc<AppliedVersions>,
 }
 
 /// The state machine handed to openraft.
@@ -157,6 +204,9 @@ impl StateMachine {
             }
         }
         let store = Store::open(db_path)?;
+        // Checked before Raft starts: a downgraded build must not apply a single entry.
+        let versions = store.command_versions()?;
+        check_not_downgraded(versions)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 store: Mutex::new(store),
@@ -166,8 +216,14 @@ impl StateMachine {
                 waiters,
                 metrics,
                 counter: AtomicU64::new(0),
+                versions: Arc::new(AppliedVersions::new(versions)),
             }),
         })
+    }
+
+    /// The command versions of the applied state, shared with the node.
+    pub fn versions(&self) -> Arc<AppliedVersions> {
+        self.shared.versions.clone()
     }
 
     fn temp_path(&self, what: &str) -> PathBuf {
@@ -197,6 +253,8 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     let mut wake: Vec<(qpq_schemas::ChannelId, u64)> = Vec::new();
     let mut evicted = (0u64, 0u64);
     let mut commands = 0usize;
+    // Whether the batch may move the command versions (re-read before commit if so).
+    let mut versions_touched = false;
     for entry in entries {
         applied.last_applied = Some(entry.log_id);
         match &entry.payload {
@@ -208,10 +266,16 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
             }
             EntryPayload::Normal(proposal) => {
                 // Never skip an entry this build cannot apply: replicas would diverge.
-                if let Err(e) = super::versions::applicable(proposal.version) {
+                let required = super::versions::required(proposal);
+                if let Err(e) = super::versions::applicable(required) {
                     tracing::error!(log_id = %entry.log_id, error = %e, "cannot apply entry");
                     return Err(sm_write(e));
                 }
+                versions_touched |= required > super::versions::BASELINE
+                    || proposal
+                        .commands
+                        .iter()
+                        .any(|c| matches!(c, Command::Finalize { .. }));
                 applied.last_stamp_ms = applied.last_stamp_ms.max(proposal.stamp.now_ms);
                 let stamp = Stamp {
                     now_ms: applied.last_stamp_ms,
@@ -266,8 +330,16 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
             )
             .map_err(sm_write)?;
     }
+    let versions = if versions_touched {
+        Some(tx.command_versions().map_err(sm_write)?)
+    } else {
+        None
+    };
     tx.commit().map_err(sm_write)?;
     drop(store);
+    if let Some(v) = versions {
+        shared.versions.set(v);
+    }
     for (channel, seq) in wake {
         shared.waiters.notify(&channel, seq);
     }
@@ -397,6 +469,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.blocking(move |s| {
             let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
             let found = meta_of_file(&installing)?;
+            // The same rule as at start: a state finalized beyond this build is refused
+            // before it replaces anything (this node stops; upgrading it lets it continue).
+            let incoming = Store::command_versions_of_file(&installing).map_err(snap_err)?;
+            check_not_downgraded(incoming).map_err(snap_err)?;
             if found.last_log_id != meta.last_log_id {
                 return Err(snap_err(format!(
                     "snapshot file is at {:?}, its metadata says {:?}",
@@ -406,6 +482,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
                 store.replace_from(&installing).map_err(snap_err)?;
+                s.versions.set(store.command_versions().map_err(snap_err)?);
             }
             std::fs::rename(&installing, s.snapshot_dir.join(CURRENT)).map_err(snap_err)?;
             fsync_dir(&s.snapshot_dir).map_err(snap_err)?;

@@ -192,3 +192,70 @@ fn entries_from_before_versioning_decode_as_the_baseline_version() {
     assert_eq!(p.version, super::versions::BASELINE);
     assert_eq!(p.commands.len(), 1);
 }
+
+#[tokio::test]
+async fn finalize_moves_the_shared_versions_and_a_downgraded_state_is_refused() {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.sqlite3");
+    let open = || {
+        StateMachine::open(
+            &db,
+            &dir.path().join("snapshots"),
+            Arc::new(Waiters::default()),
+            Metrics::new().unwrap(),
+        )
+    };
+    let entry = |index: u64, target: u16| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(super::Proposal::new(
+            Stamp { now_ms: index },
+            vec![Command::Finalize {
+                command_version: target,
+            }],
+        )),
+    };
+    let mut sm = open().unwrap();
+    let versions = sm.versions();
+    assert_eq!((versions.finalized(), versions.applied()), (1, 1));
+    let out = sm.apply(vec![entry(1, COMMAND_VERSION)]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![vec![Outcome::Finalized {
+            command_version: COMMAND_VERSION
+        }]]
+    );
+    assert_eq!(versions.finalized(), COMMAND_VERSION);
+
+    // Finalizing a version this build does not apply stops the state machine at the entry:
+    // it must not record a version it cannot run.
+    let err = sm
+        .apply(vec![entry(2, COMMAND_VERSION + 1)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("upgrade this node"), "{err}");
+    assert_eq!(versions.finalized(), COMMAND_VERSION);
+    drop(sm);
+
+    // A state finalized beyond this build (written by a newer one) is refused at open.
+    {
+        let store = crate::state::Store::open(&db).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE command_versions SET finalized = ?1 WHERE id = 1",
+                [COMMAND_VERSION + 1],
+            )
+            .unwrap();
+    }
+    let Err(e) = open() else {
+        panic!("a downgraded build opened a state finalized beyond it")
+    };
+    assert!(
+        matches!(e, crate::Error::FinalizedCommandVersion { finalized, supported }
+            if finalized == COMMAND_VERSION + 1 && supported == COMMAND_VERSION),
+        "{e:?}"
+    );
+}

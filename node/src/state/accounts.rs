@@ -67,7 +67,10 @@ pub(super) fn apply(conn: &Connection, command: &Command, stamp: Stamp) -> Resul
         | Command::ConsumeKeyPackage { .. }
         | Command::Enqueue { .. }
         | Command::Ack { .. }
-        | Command::Evict { .. } => Err(StoreError::Corrupt("command routed to the wrong rules")),
+        | Command::Evict { .. }
+        | Command::Finalize { .. } => Err(StoreError::Corrupt("command routed to the wrong rules")),
+        #[cfg(feature = "test-command-v2")]
+        Command::Marker { .. } => Err(StoreError::Corrupt("command routed to the wrong rules")),
     }
 }
 

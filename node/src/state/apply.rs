@@ -40,10 +40,22 @@ pub(super) fn apply_all(conn: &Connection, commands: &[(&Command, Stamp)]) -> Re
                 .collect()
         })
     };
-    match each(apply_rules) {
+    let outcomes = match each(apply_rules) {
         Err(e) if is_constraint_violation(&e) => each(apply),
         other => other,
+    }?;
+    // Only batches with a command above the baseline write the row: the hot path (every
+    // command of today) pays nothing for it.
+    let newest = commands
+        .iter()
+        .map(|(command, _)| command.version())
+        .max()
+        .unwrap_or(1);
+    if newest > 1 {
+        conn.prepare_cached("UPDATE command_versions SET applied = max(applied, ?1) WHERE id = 1")?
+            .execute(params![newest])?;
     }
+    Ok(outcomes)
 }
 
 /// Applies one command in its own savepoint: a constraint violation rolls it back and
@@ -127,6 +139,10 @@ fn apply_rules(conn: &Connection, command: &Command, stamp: Stamp) -> Result<Out
             messages_before_ms,
             key_packages_expired_at_ms,
         } => evict(conn, *messages_before_ms, *key_packages_expired_at_ms),
+        Command::Finalize { command_version } => finalize(conn, *command_version),
+        // Nothing to change but the applied version, which `apply_all` records.
+        #[cfg(feature = "test-command-v2")]
+        Command::Marker { .. } => Ok(Outcome::Done),
         other => accounts::apply(conn, other, stamp),
     }
 }
@@ -390,6 +406,21 @@ fn evict(
     Ok(Outcome::Evicted {
         messages: count(messages),
         key_packages: count(single_use).saturating_add(count(last_resort)),
+    })
+}
+
+/// Raises the finalized command version to `requested` (never lowers it: finalization is
+/// irreversible, and a replayed or stale `Finalize` must change nothing).
+fn finalize(conn: &Connection, requested: u16) -> Result<Outcome> {
+    let finalized: i64 = conn
+        .prepare_cached(
+            "UPDATE command_versions SET finalized = max(finalized, ?1) WHERE id = 1
+             RETURNING finalized",
+        )?
+        .query_row(params![requested], |row| row.get(0))?;
+    Ok(Outcome::Finalized {
+        command_version: u16::try_from(finalized)
+            .map_err(|_| StoreError::Corrupt("finalized command version out of range"))?,
     })
 }
 

@@ -183,6 +183,30 @@ pub enum Command {
         /// KeyPackages whose expiry is at or before this time (ms) are dropped.
         key_packages_expired_at_ms: u64,
     },
+    /// Finalize the rollout of replicated-command version `command_version`: from now on
+    /// the leader may propose commands of that version, and no build that applies less may
+    /// open this state again (DESIGN invariants 9 and 10). Sets the state's finalized
+    /// version to `max(finalized, command_version)`: it never goes down, so finalization is
+    /// irreversible and replaying the command changes nothing.
+    ///
+    /// Version 1 although older builds do not know it: it has to pass the gate before
+    /// anything is finalized, and the leader proposes it only for a version above 1 that
+    /// every voter applies (`POST /raft/finalize`), i.e. only once every voter runs a build
+    /// that knows it. A replica whose build applies less than `command_version` stops at
+    /// the entry (`raft::versions::required`) instead of recording a version it cannot run.
+    Finalize {
+        /// The version whose rollout is finalized.
+        command_version: u16,
+    },
+    /// A command that only exists to be of version 2: builds with the `test-command-v2`
+    /// feature (upgrade tests only, never a release) propose it from
+    /// `POST /raft/probe-command-version`. Applying it changes nothing but the state's
+    /// applied command version.
+    #[cfg(feature = "test-command-v2")]
+    Marker {
+        /// Free text, for the test's own bookkeeping.
+        note: String,
+    },
 }
 
 /// The newest replicated-command version this build applies (DESIGN invariant 9).
@@ -193,8 +217,15 @@ pub enum Command {
 /// would get wrong — takes the next version: bump this constant and give the command that
 /// version in [`Command::version`]. The leader proposes such a command only once every
 /// voter applies it (`raft::versions`), and a state machine that meets a newer version
-/// stops instead of skipping it.
+/// stops instead of skipping it. The leader also waits for the rollout to be finalized
+/// ([`Command::Finalize`]) before it proposes a newer version.
+#[cfg(not(feature = "test-command-v2"))]
 pub const COMMAND_VERSION: u16 = 1;
+
+/// The newest replicated-command version this build applies: 2 in the `test-command-v2`
+/// test build, which has [`Command::Marker`] (see the non-test definition).
+#[cfg(feature = "test-command-v2")]
+pub const COMMAND_VERSION: u16 = 2;
 
 impl Command {
     /// The command version needed to apply this command (see [`COMMAND_VERSION`]). No
@@ -216,6 +247,9 @@ impl Command {
             Self::Leave { .. } => 1,
             Self::Dm { .. } => 1,
             Self::Evict { .. } => 1,
+            Self::Finalize { .. } => 1,
+            #[cfg(feature = "test-command-v2")]
+            Self::Marker { .. } => 2,
         }
     }
 }
@@ -356,6 +390,12 @@ pub enum Outcome {
         account: AccountId,
         /// The device.
         device: DeviceId,
+    },
+    /// `Finalize` applied: the state's finalized command version now (at least the one
+    /// asked for, more if a higher one was finalized before).
+    Finalized {
+        /// The finalized command version after the command.
+        command_version: u16,
     },
     /// A DM command applied; the DM's state now.
     Dm {
@@ -526,6 +566,12 @@ impl std::fmt::Debug for Command {
                 .field("messages_before_ms", messages_before_ms)
                 .field("key_packages_expired_at_ms", key_packages_expired_at_ms)
                 .finish(),
+            Self::Finalize { command_version } => f
+                .debug_struct("Finalize")
+                .field("command_version", command_version)
+                .finish(),
+            #[cfg(feature = "test-command-v2")]
+            Self::Marker { note } => f.debug_struct("Marker").field("note", note).finish(),
         }
     }
 }
@@ -565,6 +611,10 @@ impl std::fmt::Debug for Outcome {
                 .debug_struct("TokensIssued")
                 .field("account", account)
                 .field("device", device)
+                .finish(),
+            Self::Finalized { command_version } => f
+                .debug_struct("Finalized")
+                .field("command_version", command_version)
                 .finish(),
             Self::Dm { state } => f.debug_struct("Dm").field("state", state).finish(),
             Self::Rejected(r) => f.debug_tuple("Rejected").field(r).finish(),

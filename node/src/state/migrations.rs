@@ -43,7 +43,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: V4_RAFT_APPLIED,
     },
+    Migration {
+        version: 5,
+        sql: V5_COMMAND_VERSIONS,
+    },
 ];
+
+/// The replicated-command versions of this state (`raft/versions.rs`). In the state database,
+/// not beside it: every replica derives the same values from the log, and a snapshot or a
+/// backup (copies of this database) carries them along.
+const V5_COMMAND_VERSIONS: &str = "
+-- One row. finalized: the newest command version whose rollout was finalized
+-- (Command::Finalize); it only goes up. The leader proposes commands of a newer version only
+-- up to it, and a build that applies less refuses to open this state. applied: the newest
+-- command version of any command applied so far (observability: did a new command ever
+-- commit?). Both start at 1, the version every build applies.
+CREATE TABLE command_versions (
+    id        INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    finalized INTEGER NOT NULL CHECK (finalized BETWEEN 1 AND 65535),
+    applied   INTEGER NOT NULL CHECK (applied BETWEEN 1 AND 65535)
+) STRICT;
+INSERT INTO command_versions (id, finalized, applied) VALUES (1, 1, 1);
+";
 
 /// Replication bookkeeping of the state machine, written in the same transaction as the
 /// entries it describes (so a snapshot, which copies this database, carries it too).
@@ -328,6 +349,13 @@ mod tests {
                 )
                 .unwrap();
             }
+            5 => {
+                conn.execute(
+                    "UPDATE command_versions SET finalized = 3, applied = 2 WHERE id = 1",
+                    [],
+                )
+                .unwrap();
+            }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }
     }
@@ -437,6 +465,15 @@ mod tests {
                     )
                     .unwrap();
                 assert_eq!((stamp, applied), (77, vec![1]));
+            }
+            5 => {
+                let v = store.command_versions().unwrap();
+                assert_eq!((v.finalized, v.applied), (3, 2));
+                // Finalization never goes down.
+                let out = store
+                    .apply_batch(&[(Command::Finalize { command_version: 2 }, at)])
+                    .unwrap();
+                assert_eq!(out, [Outcome::Finalized { command_version: 3 }]);
             }
             v => panic!("add a fixture (seed and check) for schema version {v}"),
         }

@@ -38,7 +38,7 @@ pub use command::{
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;
 pub use read::{
-    ChannelAccess, ChannelKind, DeviceRow, FetchPage, Stats, StoreReader, StoredMessage, TokenKind,
-    TokenRow, TokenStatus,
+    ChannelAccess, ChannelKind, CommandVersions, DeviceRow, FetchPage, Stats, StoreReader,
+    StoredMessage, TokenKind, TokenRow, TokenStatus,
 };
 pub use store::{Store, StoreTx};

@@ -70,6 +70,25 @@ pub struct Stats {
     pub key_packages: u64,
 }
 
+/// The replicated-command versions a state holds (`raft/versions.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandVersions {
+    /// The newest finalized version (`Command::Finalize`); never goes down.
+    pub finalized: u16,
+    /// The newest version of any command applied to this state.
+    pub applied: u16,
+}
+
+impl Default for CommandVersions {
+    /// A state that never finalized nor applied anything above the baseline.
+    fn default() -> Self {
+        Self {
+            finalized: 1,
+            applied: 1,
+        }
+    }
+}
+
 /// A device as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceRow {
@@ -563,4 +582,32 @@ pub(super) fn stats(conn: &Connection) -> Result<Stats> {
         messages: from_sql(messages)?,
         key_packages: from_sql(key_packages)?,
     })
+}
+
+pub(super) fn command_versions(conn: &Connection) -> Result<CommandVersions> {
+    let (finalized, applied): (i64, i64) = conn
+        .prepare_cached("SELECT finalized, applied FROM command_versions WHERE id = 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let version =
+        |v: i64| u16::try_from(v).map_err(|_| StoreError::Corrupt("command version out of range"));
+    Ok(CommandVersions {
+        finalized: version(finalized)?,
+        applied: version(applied)?,
+    })
+}
+
+/// The command versions of the database file at `path` (a snapshot being installed), read
+/// without migrating it: a file from a build before schema 5 has none above the baseline.
+pub(super) fn command_versions_of_file(path: &Path) -> Result<CommandVersions> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'command_versions')",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_table {
+        command_versions(&conn)
+    } else {
+        Ok(CommandVersions::default())
+    }
 }

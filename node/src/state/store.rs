@@ -177,6 +177,18 @@ impl Store {
         read::channel_access(&self.conn, channel, account)
     }
 
+    /// The replicated-command versions this state holds (finalized, applied).
+    pub fn command_versions(&self) -> Result<super::CommandVersions> {
+        read::command_versions(&self.conn)
+    }
+
+    /// The replicated-command versions of the state database file at `path` (e.g. a
+    /// snapshot about to be installed), without migrating or otherwise writing it. A file
+    /// from before they were recorded (schema 4 and older) has the baseline values.
+    pub fn command_versions_of_file(path: &Path) -> Result<super::CommandVersions> {
+        read::command_versions_of_file(path)
+    }
+
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<u32> {
         migrations::schema_version(&self.conn)
@@ -207,6 +219,11 @@ impl StoreTx<'_> {
     pub fn apply(&self, commands: &[Command], stamp: Stamp) -> Result<Vec<Outcome>> {
         let commands: Vec<(&Command, Stamp)> = commands.iter().map(|c| (c, stamp)).collect();
         apply::apply_all(&self.tx, &commands)
+    }
+
+    /// The replicated-command versions as this transaction sees them.
+    pub fn command_versions(&self) -> Result<super::CommandVersions> {
+        read::command_versions(&self.tx)
     }
 
     /// The transaction's connection, for bookkeeping tables outside the AS/DS schema.

@@ -1183,3 +1183,148 @@ mod determinism {
         }
     }
 }
+
+mod command_versions {
+    //! The replicated finalized command version (`Command::Finalize`) and the applied one.
+
+    use super::*;
+
+    fn finalize(v: u16) -> Command {
+        Command::Finalize { command_version: v }
+    }
+
+    fn finalized(v: u16) -> Outcome {
+        Outcome::Finalized { command_version: v }
+    }
+
+    #[test]
+    fn a_new_state_is_at_the_baseline() {
+        let s = store();
+        assert_eq!(s.command_versions().unwrap(), CommandVersions::default());
+        assert_eq!(
+            (
+                CommandVersions::default().finalized,
+                CommandVersions::default().applied
+            ),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn finalization_only_goes_up() {
+        let mut s = store();
+        let out = apply_each(
+            &mut s,
+            1,
+            vec![
+                finalize(3),
+                finalize(2),
+                finalize(3),
+                finalize(0),
+                finalize(5),
+            ],
+        );
+        assert_eq!(
+            out,
+            [
+                finalized(3),
+                finalized(3),
+                finalized(3),
+                finalized(3),
+                finalized(5)
+            ]
+        );
+        let v = s.command_versions().unwrap();
+        assert_eq!(v.finalized, 5);
+        // Finalize is a version-1 command: it does not count as a newer command applied.
+        assert_eq!(v.applied, 1);
+    }
+
+    #[test]
+    fn finalize_survives_a_snapshot_copy_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("state.db");
+        let mut s = Store::open(&live).unwrap();
+        s.apply_batch(&[(finalize(4), at(1))]).unwrap();
+        let snapshot = dir.path().join("snapshot.db");
+        Store::copy_to(&live, &snapshot).unwrap();
+        assert_eq!(
+            Store::command_versions_of_file(&snapshot)
+                .unwrap()
+                .finalized,
+            4
+        );
+        // Installed on a replica that never saw the entry.
+        let mut replica = Store::open(&dir.path().join("replica.db")).unwrap();
+        assert_eq!(replica.command_versions().unwrap().finalized, 1);
+        replica.replace_from(&snapshot).unwrap();
+        assert_eq!(replica.command_versions().unwrap().finalized, 4);
+        assert_eq!(dump(&replica), dump(&s));
+    }
+
+    #[test]
+    fn a_file_from_before_schema_5_has_baseline_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            migrations::run_steps(&mut conn, migrations::MIGRATIONS, 4).unwrap();
+        }
+        assert_eq!(
+            Store::command_versions_of_file(&path).unwrap(),
+            CommandVersions::default()
+        );
+    }
+
+    #[cfg(feature = "test-command-v2")]
+    #[test]
+    fn a_newer_command_raises_the_applied_version_only() {
+        let mut s = store();
+        let out = s
+            .apply_batch(&[(
+                Command::Marker {
+                    note: "probe".into(),
+                },
+                at(1),
+            )])
+            .unwrap();
+        assert_eq!(out, [Outcome::Done]);
+        assert_eq!(
+            s.command_versions().unwrap(),
+            CommandVersions {
+                finalized: 1,
+                applied: 2
+            }
+        );
+    }
+
+    proptest! {
+        /// Any order of Finalize commands, batched any way, ends at the same row on every
+        /// replica, and each outcome is the running maximum.
+        #[test]
+        fn finalize_is_deterministic_and_monotonic(
+            versions in proptest::collection::vec(0u16..8, 1..20),
+            split in 1usize..20,
+        ) {
+            let mut one_by_one = store();
+            let outcomes = apply_each(
+                &mut one_by_one,
+                1,
+                versions.iter().map(|v| finalize(*v)).collect(),
+            );
+            let mut running = 1u16;
+            for (v, out) in versions.iter().zip(&outcomes) {
+                running = running.max(*v);
+                prop_assert_eq!(out, &finalized(running));
+            }
+            let mut batched = store();
+            for chunk in versions.chunks(split) {
+                let batch: Vec<(Command, Stamp)> =
+                    chunk.iter().map(|v| (finalize(*v), at(1))).collect();
+                batched.apply_batch(&batch).unwrap();
+            }
+            prop_assert_eq!(one_by_one.command_versions().unwrap().finalized, running);
+            prop_assert_eq!(dump(&one_by_one), dump(&batched));
+        }
+    }
+}

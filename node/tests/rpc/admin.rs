@@ -1,6 +1,9 @@
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId};
 
+use qpq_node::state::COMMAND_VERSION;
+use serde_json::Value;
+
 use crate::common::{TestNode, local, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,4 +53,145 @@ async fn health_readiness_and_metrics_are_served() {
         assert!(body.contains("qpq_rpc_duration_seconds_bucket{method=\"enqueue\",outcome=\"ok\""));
     })
     .await;
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+async fn status(t: &TestNode) -> Value {
+    let (code, body) = t.admin_get("/raft/status").await;
+    assert_eq!(code, 200, "{body}");
+    json(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_on_a_single_node() {
+    let t = TestNode::start().await;
+    let s = status(&t).await;
+    assert_eq!(s["command_version"], COMMAND_VERSION);
+    assert_eq!(s["finalized_command_version"], 1);
+    assert_eq!(s["applied_command_version"], 1);
+
+    // The baseline is finalized from the start: 200, nothing changes.
+    let (code, body) = t
+        .admin_post("/raft/finalize", r#"{"command_version": 1}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["finalized_command_version"], 1);
+
+    // Newer than this build applies: refused, the state keeps its value.
+    let too_new = COMMAND_VERSION + 1;
+    let (code, body) = t
+        .admin_post(
+            "/raft/finalize",
+            &format!(r#"{{"command_version": {too_new}}}"#),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    let b = json(&body);
+    assert_eq!(b["error"], "not_enabled");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("newer than this build"),
+        "{body}"
+    );
+    assert_eq!(status(&t).await["finalized_command_version"], 1);
+
+    // 0 and malformed bodies are bad requests.
+    for bad in [
+        r#"{"command_version": 0}"#,
+        r#"{"command_version": -1}"#,
+        r#"{"command_version": 70000}"#,
+        r#"{"version": 1}"#,
+        "nope",
+        "",
+    ] {
+        let (code, body) = t.admin_post("/raft/finalize", bad).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert_eq!(json(&body)["error"], "bad_request", "{bad}");
+    }
+    assert_eq!(t.admin_get("/raft/finalize").await.0, 405);
+
+    #[cfg(not(feature = "test-command-v2"))]
+    {
+        // A release has no newer command, hence no probe.
+        let (code, _) = t.admin_post("/raft/probe-command-version", "").await;
+        assert_eq!(code, 404);
+    }
+
+    #[cfg(feature = "test-command-v2")]
+    {
+        // Every voter (this one) applies 2, but the rollout is not finalized: the gate
+        // holds the version-2 command back, and says so.
+        let (code, body) = t.admin_post("/raft/probe-command-version", "").await;
+        assert_eq!(code, 409, "{body}");
+        let b = json(&body);
+        assert_eq!(b["error"], "not_enabled");
+        assert!(
+            b["message"].as_str().unwrap().contains("finalize"),
+            "{body}"
+        );
+        assert_eq!(status(&t).await["applied_command_version"], 1);
+
+        let (code, body) = t
+            .admin_post("/raft/finalize", r#"{"command_version": 2}"#)
+            .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body)["finalized_command_version"], 2);
+        // Idempotent, and never lowered.
+        for again in [2, 1] {
+            let (code, body) = t
+                .admin_post(
+                    "/raft/finalize",
+                    &format!(r#"{{"command_version": {again}}}"#),
+                )
+                .await;
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(json(&body)["finalized_command_version"], 2);
+        }
+
+        let (code, body) = t.admin_post("/raft/probe-command-version", "").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body), serde_json::json!({"applied": true}));
+        let s = status(&t).await;
+        assert_eq!(s["applied_command_version"], 2);
+        assert_eq!(s["finalized_command_version"], 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_below_the_finalized_command_version_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = qpq_node::NodeConfig::dev(dir.path().to_path_buf());
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    {
+        // A state finalized by a newer build.
+        let store = qpq_node::state::Store::open(&config.db_path()).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE command_versions SET finalized = ?1 WHERE id = 1",
+                [COMMAND_VERSION + 1],
+            )
+            .unwrap();
+    }
+    let clock = qpq_node::ManualClock::new(1_700_000_000_000);
+    let e = match qpq_node::RunningNode::start(config, clock).await {
+        Ok(_) => panic!("a build below the finalized command version started"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(e, qpq_node::Error::FinalizedCommandVersion { finalized, supported }
+            if finalized == COMMAND_VERSION + 1 && supported == COMMAND_VERSION),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("version {}", COMMAND_VERSION + 1))
+            && text.contains(&format!("up to {COMMAND_VERSION}")),
+        "{text}"
+    );
 }

@@ -105,12 +105,26 @@ impl TestNode {
 
     /// GET on the admin listener; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_request("GET", path, "").await
+    }
+
+    /// POST of a JSON body on the admin listener; returns (status, body).
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        self.admin_request("POST", path, body).await
+    }
+
+    async fn admin_request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut s = tokio::net::TcpStream::connect(self.node.admin_addr())
             .await
             .unwrap();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
