@@ -28,3 +28,4 @@ mod partition;
 mod recovery;
 mod single_use;
 mod transfer;
+mod versions;
