@@ -259,3 +259,42 @@ async fn finalize_moves_the_shared_versions_and_a_downgraded_state_is_refused() 
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_finalized_beyond_this_build_is_not_installed() {
+    use crate::state::{COMMAND_VERSION, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(
+        &dir.path().join("node.sqlite3"),
+        &dir.path().join("snapshots"),
+        Arc::new(Waiters::default()),
+        Metrics::new().unwrap(),
+    )
+    .unwrap();
+    // A snapshot of a state a newer build finalized.
+    let snapshot = dir.path().join("from-a-newer-build.sqlite3");
+    {
+        let store = Store::open(&snapshot).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE command_versions SET finalized = ?1 WHERE id = 1",
+                [COMMAND_VERSION + 1],
+            )
+            .unwrap();
+    }
+    let meta = openraft::SnapshotMeta {
+        last_log_id: None,
+        last_membership: openraft::StoredMembership::default(),
+        snapshot_id: "newer".into(),
+    };
+    let file = tokio::fs::File::open(&snapshot).await.unwrap();
+    let err = sm
+        .install_snapshot(&meta, Box::new(file))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("finalized"), "{err}");
+    assert_eq!(sm.versions().finalized(), 1);
+    let live = Store::open(&dir.path().join("node.sqlite3")).unwrap();
+    assert_eq!(live.command_versions().unwrap().finalized, 1);
+}
