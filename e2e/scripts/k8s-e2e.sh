@@ -57,6 +57,12 @@ cat > "$STATE/images.yaml" <<YAML
 # image reference -> local binary (the pod runner's "registry")
 qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
 ghcr.io/quicproquo/qpq-node: $MAIN_TARGET/debug/qpq-node
+# Versions the rollout tests roll to (e2e/tests/k8s/rollout.rs): a good one, one that exits at
+# start, one that never becomes Ready. The fault "images" are test scripts, not switches of
+# the production binary.
+ghcr.io/quicproquo/qpq-node:0.2.0: $MAIN_TARGET/debug/qpq-node
+ghcr.io/quicproquo/qpq-node:0.3.0-crash: $(pwd)/e2e/images/qpq-node-crash
+ghcr.io/quicproquo/qpq-node:0.3.0-unready: $(pwd)/e2e/images/qpq-node-unready
 ghcr.io/quicproquo/qpq-operator: $MAIN_TARGET/debug/qpq-operator
 YAML
 

@@ -37,6 +37,9 @@ use qpq_operator::admin_client::{AdminAddr, HttpAdmin, NodeAdmin as _, Status};
 use qpq_operator::crd::QpqCluster;
 use serde_json::{Value, json};
 
+#[path = "k8s/rollout.rs"]
+mod rollout;
+
 const OPERATOR_NS: &str = "qpq-system";
 const RELEASE: &str = "qpq-operator";
 const ADMIN_PORT: u16 = 9443;

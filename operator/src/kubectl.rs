@@ -1,5 +1,5 @@
-//! The pure parts of the `kubectl qpq` plugin: a cluster's status as a table or JSON, and
-//! the backup Job `kubectl qpq backup` creates.
+//! The pure parts of the `kubectl qpq` plugin: a cluster's status as a table or JSON, the
+//! backup Job `kubectl qpq backup` creates, and the annotations `kubectl qpq rollout` writes.
 //!
 //! The plugin reads `.status` (what the operator last observed) and creates Jobs; it never
 //! talks to nodes, so it works from anywhere `kubectl get` and `kubectl create` work.
@@ -9,8 +9,9 @@ use std::fmt::Write;
 use serde_json::json;
 
 use crate::admin_client::NodeId;
-use crate::crd::QpqCluster;
+use crate::crd::{QpqCluster, RolloutPhase};
 use crate::resources::{BackupRequest, ClusterRef};
+use crate::rollout::commands;
 
 /// `kubectl qpq status <cluster> -o json`.
 pub fn status_json(c: &QpqCluster) -> serde_json::Value {
@@ -43,6 +44,19 @@ pub fn status_table(c: &QpqCluster) -> String {
         st.current_version.as_deref().unwrap_or("-")
     );
     let _ = writeln!(out, "Leader:    {}", st.leader.as_deref().unwrap_or("-"));
+    if let Some(r) = &st.rollout {
+        let _ = writeln!(
+            out,
+            "Rollout:   {:?} {} -> {} ({}){}",
+            r.phase,
+            r.from_version,
+            r.target_version,
+            r.reason,
+            r.rolled_back_from
+                .as_ref()
+                .map_or(String::new(), |v| format!(", rolled back from {v}"))
+        );
+    }
     if let Some(op) = &st.operation {
         let _ = writeln!(
             out,
@@ -58,6 +72,7 @@ pub fn status_table(c: &QpqCluster) -> String {
         "VOTER".to_owned(),
         "LAG".to_owned(),
         "VERSION".to_owned(),
+        "IMAGE".to_owned(),
     ]];
     for m in &st.members {
         rows.push(vec![
@@ -67,6 +82,7 @@ pub fn status_table(c: &QpqCluster) -> String {
             if m.voter { "yes" } else { "no" }.to_owned(),
             m.lag.map_or("-".to_owned(), |l| l.to_string()),
             m.version.clone().unwrap_or_else(|| "-".to_owned()),
+            m.image_version.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     table(&mut out, &rows);
@@ -89,6 +105,118 @@ pub fn status_table(c: &QpqCluster) -> String {
     }
     table(&mut out, &rows);
     out
+}
+
+/// `kubectl qpq rollout status <cluster>`: where the rollout stands.
+pub fn rollout_table(c: &QpqCluster) -> String {
+    let mut out = String::new();
+    let name = c.metadata.name.as_deref().unwrap_or("?");
+    let st = c.status.clone().unwrap_or_default();
+    let Some(r) = st.rollout else {
+        let _ = writeln!(
+            out,
+            "{name}: no rollout yet; every pod runs {}",
+            st.current_version.as_deref().unwrap_or("-")
+        );
+        return out;
+    };
+    let _ = writeln!(out, "Cluster:   {name}");
+    let _ = writeln!(
+        out,
+        "Rollout:   {} -> {} ({:?})",
+        r.from_version, r.target_version, r.strategy
+    );
+    let _ = writeln!(out, "Phase:     {:?} ({})", r.phase, r.reason);
+    if r.steps > 0 {
+        let _ = writeln!(out, "Step:      {} of {}", r.step + 1, r.steps);
+    }
+    let _ = writeln!(out, "Updated:   pods {:?}", r.updated_pods);
+    let _ = writeln!(out, "Message:   {}", r.message);
+    let _ = writeln!(
+        out,
+        "Analysis:  {} samples, {} failed and {} unreadable in a row; last: {}",
+        r.analysis.samples, r.analysis.failures, r.analysis.inconclusive, r.analysis.last_result
+    );
+    if let Some(p) = &r.rollback_point {
+        let _ = writeln!(
+            out,
+            "Backup:    {} ({}) on {}:{} at index {}",
+            p.job, p.state, p.claim, p.file, p.committed_index
+        );
+    }
+    if let Some(v) = &r.rolled_back_from {
+        let _ = writeln!(
+            out,
+            "Rolled back from {v}: {} (not tried again until spec.version changes or `kubectl qpq rollout retry`)",
+            r.rollback_reason
+        );
+    }
+    if let Some(f) = &st.finalized_version {
+        let _ = writeln!(out, "Finalized: {f}");
+    }
+    out
+}
+
+/// What `kubectl qpq rollout <verb>` asks of the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutVerb {
+    /// Hold the rollout (no pod is replaced; analysis and automatic rollback go on).
+    Pause,
+    /// Release a pause.
+    Resume,
+    /// End the current step's soak or manual wait now.
+    Promote,
+    /// Roll back now.
+    Abort,
+    /// Try a rolled-back version (or one whose backup failed) again.
+    Retry,
+    /// Make the rollout permanent (`finalize: Manual`).
+    Finalize,
+}
+
+/// The merge patch of the `QpqCluster`'s annotations that carries `verb` out, at `now`
+/// (one-shot commands take a new value each time). Refuses verbs that mean nothing in the
+/// rollout's phase, saying why.
+pub fn rollout_patch(
+    c: &QpqCluster,
+    verb: RolloutVerb,
+    now: &str,
+) -> Result<serde_json::Value, String> {
+    let r = c.status.as_ref().and_then(|s| s.rollout.clone());
+    let phase = r.as_ref().map(|r| r.phase);
+    let in_progress = phase.is_some_and(RolloutPhase::in_progress);
+    let annotation = |key: &str, value: serde_json::Value| {
+        Ok(json!({"metadata": {"annotations": {key: value}}}))
+    };
+    match verb {
+        RolloutVerb::Pause => annotation(commands::PAUSED, json!("true")),
+        RolloutVerb::Resume => annotation(commands::PAUSED, serde_json::Value::Null),
+        RolloutVerb::Promote if in_progress => annotation(commands::PROMOTE, json!(now)),
+        RolloutVerb::Abort if in_progress => annotation(commands::ABORT, json!(now)),
+        RolloutVerb::Promote | RolloutVerb::Abort => Err(format!(
+            "no rollout in progress (phase {})",
+            phase.map_or("none".to_owned(), |p| format!("{p:?}"))
+        )),
+        RolloutVerb::Retry => match r {
+            Some(r)
+                if r.phase == RolloutPhase::RolledBack
+                    || (r.phase == RolloutPhase::Blocked && r.reason == "BackupFailed") =>
+            {
+                annotation(commands::RETRY, json!(now))
+            }
+            _ => Err("nothing to retry: the last rollout was not rolled back".to_owned()),
+        },
+        RolloutVerb::Finalize => match r {
+            Some(r) if r.phase == RolloutPhase::AwaitingFinalize => {
+                annotation(commands::FINALIZE, json!(r.target_version))
+            }
+            Some(r) => Err(format!(
+                "the rollout of {} is {:?}, not AwaitingFinalize",
+                r.target_version, r.phase
+            )),
+            None => Err("no rollout to finalize".to_owned()),
+        },
+    }
 }
 
 fn table(out: &mut String, rows: &[Vec<String>]) {
@@ -160,7 +288,7 @@ mod tests {
                 "voters": 3, "leader": "qpq-0", "currentVersion": "0.1.0", "bootstrapped": true,
                 "members": [
                     {"id": 1, "pod": "qpq-0", "role": "leader", "voter": true, "version": "0.1.0", "lag": 0},
-                    {"id": 2, "pod": "qpq-1", "role": "follower", "voter": true, "version": "0.1.0", "lag": 2},
+                    {"id": 2, "pod": "qpq-1", "role": "follower", "voter": true, "version": "0.1.0", "lag": 2, "imageVersion": "0.2.0"},
                     {"id": 3, "pod": "qpq-2", "role": "unreachable", "voter": true}
                 ],
                 "conditions": [
@@ -180,17 +308,62 @@ mod tests {
         let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
         assert_eq!(
             lines[header],
-            "ID   POD     ROLE          VOTER   LAG   VERSION"
+            "ID   POD     ROLE          VOTER   LAG   VERSION   IMAGE"
         );
         assert_eq!(
             lines[header + 2],
-            "2    qpq-1   follower      yes     2     0.1.0"
+            "2    qpq-1   follower      yes     2     0.1.0     0.2.0"
         );
         assert_eq!(
             lines[header + 3],
-            "3    qpq-2   unreachable   yes     -     -"
+            "3    qpq-2   unreachable   yes     -     -         -"
         );
         assert!(t.contains("Ready       False    MemberUnreachable"), "{t}");
+    }
+
+    #[test]
+    fn rollout_verbs_become_annotations_and_refuse_what_means_nothing() {
+        let mut c = cluster();
+        // No rollout: pause works (it holds the next one), promote and abort say why not.
+        let p = rollout_patch(&c, RolloutVerb::Pause, "t").unwrap();
+        assert_eq!(p["metadata"]["annotations"][commands::PAUSED], "true");
+        let p = rollout_patch(&c, RolloutVerb::Resume, "t").unwrap();
+        assert!(p["metadata"]["annotations"][commands::PAUSED].is_null());
+        let e = rollout_patch(&c, RolloutVerb::Abort, "t").unwrap_err();
+        assert!(e.contains("no rollout in progress"), "{e}");
+        assert!(rollout_patch(&c, RolloutVerb::Retry, "t").is_err());
+        assert!(rollout_patch(&c, RolloutVerb::Finalize, "t").is_err());
+        assert!(rollout_table(&c).contains("no rollout yet"));
+
+        let rollout = |phase: &str, reason: &str| {
+            serde_json::from_value(json!({
+                "phase": phase, "fromVersion": "0.1.0", "targetVersion": "0.2.0",
+                "strategy": "Canary", "reason": reason, "steps": 2,
+                "rolledBackFrom": "0.2.0", "rollbackReason": "CrashLoop: pod 2 restarted 3 times"
+            }))
+            .unwrap()
+        };
+        let st = c.status.as_mut().unwrap();
+        st.rollout = Some(rollout("Progressing", "VersionChanged"));
+        let p = rollout_patch(&c, RolloutVerb::Abort, "2026-12-03T10:00:00Z").unwrap();
+        assert_eq!(
+            p["metadata"]["annotations"][commands::ABORT],
+            "2026-12-03T10:00:00Z"
+        );
+        assert!(rollout_patch(&c, RolloutVerb::Promote, "t").is_ok());
+        let e = rollout_patch(&c, RolloutVerb::Finalize, "t").unwrap_err();
+        assert!(e.contains("not AwaitingFinalize"), "{e}");
+
+        c.status.as_mut().unwrap().rollout = Some(rollout("AwaitingFinalize", "AwaitingFinalize"));
+        let p = rollout_patch(&c, RolloutVerb::Finalize, "t").unwrap();
+        assert_eq!(p["metadata"]["annotations"][commands::FINALIZE], "0.2.0");
+
+        c.status.as_mut().unwrap().rollout = Some(rollout("RolledBack", "CrashLoop"));
+        assert!(rollout_patch(&c, RolloutVerb::Retry, "r1").is_ok());
+        let t = rollout_table(&c);
+        assert!(t.contains("Phase:     RolledBack (CrashLoop)"), "{t}");
+        assert!(t.contains("Rolled back from 0.2.0: CrashLoop"), "{t}");
+        assert!(status_table(&c).contains("Rollout:   RolledBack 0.1.0 -> 0.2.0"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! `kubectl qpq status <cluster> [-n namespace] [-o table|json]`
 //! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
+//! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,6 +61,39 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Follow and steer a version rollout. Every verb is an annotation on the QpqCluster
+    /// (`qpq.dev/rollout-*`), so the same can be done with `kubectl annotate` or GitOps.
+    Rollout {
+        /// What to do.
+        #[arg(value_enum)]
+        verb: Verb,
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// With `status`: print every change until the rollout ends.
+        #[arg(short, long)]
+        watch: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Verb {
+    /// Where the rollout stands (`-w`: follow it until it ends).
+    Status,
+    /// Hold the rollout: no pod is replaced; analysis and automatic rollback go on.
+    Pause,
+    /// Release a pause.
+    Resume,
+    /// End the current step's soak (or manual wait) now.
+    Promote,
+    /// Roll the current rollout back now.
+    Abort,
+    /// Try a version that was rolled back (or whose backup failed) again.
+    Retry,
+    /// Make a `finalize: Manual` rollout permanent (no way back but a restore).
+    Finalize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,7 +117,9 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
     let namespace = match &cli.command {
-        Command::Status { namespace, .. } | Command::Backup { namespace, .. } => namespace.clone(),
+        Command::Status { namespace, .. }
+        | Command::Backup { namespace, .. }
+        | Command::Rollout { namespace, .. } => namespace.clone(),
     };
     let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     match cli.command {
@@ -136,7 +172,67 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{out}");
             }
         }
+        Command::Rollout {
+            verb,
+            cluster,
+            watch,
+            ..
+        } => {
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            rollout(&api, &cluster, verb, watch).await?;
+        }
     }
+    Ok(())
+}
+
+async fn rollout(
+    api: &Api<QpqCluster>,
+    cluster: &str,
+    verb: Verb,
+    watch: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::StreamExt;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::{WatchStreamExt, watcher};
+    let c = api.get(cluster).await?;
+    let v = match verb {
+        Verb::Status => {
+            print!("{}", kubectl::rollout_table(&c));
+            if !watch {
+                return Ok(());
+            }
+            // Follow the object through a watch (no polling); print each change of the
+            // rollout until it is no longer in progress.
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={cluster}"));
+            let mut last = c.status.and_then(|s| s.rollout);
+            let mut stream = watcher(api.clone(), cfg).applied_objects().boxed();
+            while let Some(obj) = stream.next().await {
+                let obj = obj?;
+                let now = obj.status.as_ref().and_then(|s| s.rollout.clone());
+                if now != last {
+                    println!("---");
+                    print!("{}", kubectl::rollout_table(&obj));
+                    let done = now.as_ref().is_none_or(|r| !r.phase.in_progress());
+                    last = now;
+                    if done {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        Verb::Pause => kubectl::RolloutVerb::Pause,
+        Verb::Resume => kubectl::RolloutVerb::Resume,
+        Verb::Promote => kubectl::RolloutVerb::Promote,
+        Verb::Abort => kubectl::RolloutVerb::Abort,
+        Verb::Retry => kubectl::RolloutVerb::Retry,
+        Verb::Finalize => kubectl::RolloutVerb::Finalize,
+    };
+    let now = jiff::Timestamp::now().to_string();
+    let patch = kubectl::rollout_patch(&c, v, &now)?;
+    api.patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    println!("{cluster}: {v:?} asked");
     Ok(())
 }
 

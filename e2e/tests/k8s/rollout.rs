@@ -1,0 +1,394 @@
+//! Version changes driven by the operator: a canary that soaks on one follower, the leader
+//! replaced last after a transfer, and automatic rollbacks of a version that crashes at start
+//! and of one that never becomes Ready — all under a steady write load whose acknowledged
+//! writes must all be there afterwards.
+//!
+//! Versions (image tags of the node image; the pod runner's image map, or real images on
+//! kind, provide them):
+//! - `QPQ_E2E_NEXT_VERSION` (default `0.2.0`): a good new version;
+//! - `QPQ_E2E_CRASH_VERSION` (default `0.3.0-crash`): exits at start;
+//! - `QPQ_E2E_UNREADY_VERSION` (default `0.3.0-unready`): runs but never becomes Ready.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use qpq_operator::crd::{RolloutPhase, RolloutStatus};
+
+use super::*;
+
+fn version_env(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// What the pods looked like at one instant.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Duration,
+    /// ordinal → (uid, image tag, Ready)
+    pods: BTreeMap<i32, (String, String, bool)>,
+    leader: Option<String>,
+    rollout: Option<RolloutStatus>,
+}
+
+/// Samples pods and the cluster's status every second until `stop`.
+fn sampler(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Sample>>>, tokio::task::JoinHandle<()>) {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let (name, out) = (name.to_owned(), samples.clone());
+    let t0 = Instant::now();
+    let task = tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+                .await;
+            let c = api.get(&name).await;
+            if let (Ok(list), Ok(c)) = (list, c) {
+                let mut s = Sample {
+                    at: t0.elapsed(),
+                    pods: BTreeMap::new(),
+                    leader: c.status.as_ref().and_then(|s| s.leader.clone()),
+                    rollout: c.status.as_ref().and_then(|s| s.rollout.clone()),
+                };
+                for p in &list.items {
+                    let Some(o) = p
+                        .metadata
+                        .name
+                        .as_deref()
+                        .and_then(|n| n.rsplit('-').next())
+                        .and_then(|o| o.parse().ok())
+                    else {
+                        continue;
+                    };
+                    let image = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers.first())
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default();
+                    s.pods.insert(
+                        o,
+                        (
+                            p.metadata.uid.clone().unwrap_or_default(),
+                            split_image(&image).1,
+                            pod_ready(p),
+                        ),
+                    );
+                }
+                out.lock().unwrap().push(s);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    (samples, task)
+}
+
+async fn set_version(env: &Env, ns: &str, name: &str, version: &str) {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"version": version}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until `status.rollout` targets `version` and is in `phase`.
+async fn wait_rollout(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    version: &str,
+    phase: RolloutPhase,
+    secs: u64,
+) -> QpqCluster {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    wait(
+        &format!("rollout of {version} in phase {phase:?}"),
+        secs,
+        || async {
+            let c = api.get(name).await.ok()?;
+            let r = c.status.as_ref()?.rollout.as_ref()?;
+            (r.target_version == version && r.phase == phase).then_some(c)
+        },
+    )
+    .await
+}
+
+/// Event reasons published about the cluster.
+async fn event_reasons(env: &Env, ns: &str) -> BTreeSet<String> {
+    let events: Api<K8sEvent> = Api::namespaced(env.client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// The pod whose UID changed between two samples, in order of change.
+fn replacements(samples: &[Sample]) -> Vec<(Duration, i32)> {
+    let mut out = Vec::new();
+    for w in samples.windows(2) {
+        for (o, (uid, _, _)) in &w[1].pods {
+            if w[0].pods.get(o).is_some_and(|(u, _, _)| u != uid) {
+                out.push((w[1].at, *o));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run e2e/scripts/k8s-e2e.sh"]
+async fn rollouts_canary_leader_last_and_automatic_rollback() {
+    let env = env().await;
+    install_operator(&env);
+    let ns = namespace(&env, "qpq-e2e-rollout").await;
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
+    let next = version_env("QPQ_E2E_NEXT_VERSION", "0.2.0");
+    let crash = version_env("QPQ_E2E_CRASH_VERSION", "0.3.0-crash");
+    let unready = version_env("QPQ_E2E_UNREADY_VERSION", "0.3.0-unready");
+
+    step("a three-voter cluster with a canary rollout policy");
+    let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
+    obj.metadata.name = Some("roll".into());
+    obj.spec.rollout = Some(
+        serde_json::from_value(json!({
+            "strategy": "Canary",
+            "steps": [{"pods": 1, "pause": "20s"}],
+            "analysis": {"interval": "5s", "failureLimit": 3, "maxApplyLag": 1000, "maxLeaderChanges": 1},
+            "progressDeadline": "45s",
+        }))
+        .unwrap(),
+    );
+    let name = "roll";
+    let old = obj.spec.version.clone();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    wait_ready(&env, &ns, name, 3, 300).await;
+
+    step("alice and bob, on two pods, share a group; alice writes all along");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("ca.crt"), ca_pem(&env, &ns, name).await).unwrap();
+    let alice = register(&env, home.path(), &ns, name, "alice", &format!("{name}-0"));
+    let bob = register(&env, home.path(), &ns, name, "bob", &format!("{name}-1"));
+    let me = &bob.ok(&["whoami"])[0];
+    let card = format!(
+        "{}:{}",
+        me["account"].as_str().unwrap(),
+        me["identity"].as_str().unwrap()
+    );
+    alice.ok(&["contact", "add", "bob", &card]);
+    alice.ok(&["group", "create", "ops"]);
+    alice.ok(&["group", "invite", "ops", "bob"]);
+    bob.ok(&["recv"]);
+    let gid = alice.ok(&["group", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stop_writes = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (alice, gid, stop) = (alice.clone(), gid.clone(), stop_writes.clone());
+        tokio::task::spawn_blocking(move || write_until(&alice, &gid, &stop))
+    };
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let (samples, sampling) = sampler(&env, &ns, name, stop_sampling.clone());
+
+    step(&format!("a good version: {old} -> {next}"));
+    let leader_before = api.get(name).await.unwrap().status.unwrap().leader.unwrap();
+    let started = Instant::now();
+    set_version(&env, &ns, name, &next).await;
+    let done = wait_rollout(&env, &ns, name, &next, RolloutPhase::Complete, 420).await;
+    step(&format!("{next} rolled out in {:?}", started.elapsed()));
+    let st = done.status.as_ref().unwrap();
+    let r = st.rollout.as_ref().unwrap();
+    assert_eq!(r.transfers, 1, "one planned leadership change: {r:?}");
+    assert_eq!(r.replaced, 3, "each pod replaced once: {r:?}");
+    assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
+    assert_eq!(st.finalized_version.as_deref(), Some(next.as_str()));
+    assert!(
+        st.members
+            .iter()
+            .all(|m| m.image_version.as_deref() == Some(next.as_str())),
+        "{:?}",
+        st.members
+    );
+    {
+        let samples = samples.lock().unwrap().clone();
+        let during: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| {
+                s.rollout
+                    .as_ref()
+                    .is_some_and(|r| r.target_version == next && r.phase.in_progress())
+            })
+            .collect();
+        // Canary isolation: during step 1's soak exactly one pod, never the leader's, runs
+        // the new version.
+        let soak: Vec<&&Sample> = during
+            .iter()
+            .filter(|s| {
+                let r = s.rollout.as_ref().unwrap();
+                r.step == 0 && r.updated_pods.len() == 1
+            })
+            .collect();
+        assert!(
+            soak.len() >= 10,
+            "the 20 s soak was sampled ({} samples)",
+            soak.len()
+        );
+        for s in &soak {
+            let on_new: Vec<i32> = s
+                .pods
+                .iter()
+                .filter(|(_, (_, v, _))| *v == next)
+                .map(|(o, _)| *o)
+                .collect();
+            assert_eq!(on_new.len(), 1, "canary isolation: {s:?}");
+            assert_ne!(
+                Some(format!("{name}-{}", on_new[0])),
+                s.leader,
+                "the canary is a follower"
+            );
+        }
+        // Stop the line: never more than one pod missing or not Ready.
+        for s in &during {
+            let down = (0..3)
+                .filter(|o| !s.pods.get(o).is_some_and(|(_, _, ready)| *ready))
+                .count();
+            assert!(down <= 1, "two pods down at {:?}: {s:?}", s.at);
+        }
+        // Leader last, each pod once.
+        let order: Vec<i32> = replacements(&samples).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(order.len(), 3, "each pod replaced exactly once: {order:?}");
+        assert_eq!(
+            format!("{name}-{}", order[2]),
+            leader_before,
+            "the leader's pod goes last: {order:?}"
+        );
+    }
+    let kinds = event_reasons(&env, &ns).await;
+    for reason in [
+        "RolloutStarted",
+        "PodReplaced",
+        "LeadershipTransfer",
+        "RolloutStepCompleted",
+        "RolloutComplete",
+    ] {
+        assert!(kinds.contains(reason), "Event {reason} missing: {kinds:?}");
+    }
+
+    step(&format!("a version that exits at start: {crash}"));
+    let uids_before: Vec<String> = samples
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .pods
+        .values()
+        .map(|(u, _, _)| u.clone())
+        .collect();
+    let started = Instant::now();
+    set_version(&env, &ns, name, &crash).await;
+    let back = wait_rollout(&env, &ns, name, &crash, RolloutPhase::RolledBack, 45 + 120).await;
+    let took = started.elapsed();
+    step(&format!("{crash} rolled back in {took:?}"));
+    assert!(
+        took <= Duration::from_secs(45 + 60 + 15),
+        "rolled back within progressDeadline + 1 min (+15 s for the start): {took:?}"
+    );
+    let st = back.status.as_ref().unwrap();
+    let r = st.rollout.as_ref().unwrap();
+    assert_eq!(r.rolled_back_from.as_deref(), Some(crash.as_str()), "{r:?}");
+    assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
+    assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    wait_ready(&env, &ns, name, 3, 120).await;
+    // Exactly one pod (the canary) went to the bad version and back.
+    let now_uids: Vec<String> = samples
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .pods
+        .values()
+        .map(|(u, _, _)| u.clone())
+        .collect();
+    let changed = uids_before
+        .iter()
+        .zip(&now_uids)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(changed, 1, "only the canary's pod was touched");
+
+    step("GitOps-safe: the spec still names it; nothing is retried for 30 s");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+        .await
+        .unwrap();
+    let later: BTreeSet<String> = list
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    assert_eq!(
+        later,
+        now_uids.iter().cloned().collect::<BTreeSet<_>>(),
+        "no pod restarted"
+    );
+    let c = api.get(name).await.unwrap();
+    assert_eq!(
+        c.status.unwrap().rollout.unwrap().phase,
+        RolloutPhase::RolledBack
+    );
+
+    step(&format!("a version that never becomes Ready: {unready}"));
+    let started = Instant::now();
+    set_version(&env, &ns, name, &unready).await;
+    wait_rollout(
+        &env,
+        &ns,
+        name,
+        &unready,
+        RolloutPhase::RolledBack,
+        45 + 120,
+    )
+    .await;
+    let took = started.elapsed();
+    step(&format!("{unready} rolled back in {took:?}"));
+    assert!(
+        took <= Duration::from_secs(45 + 60 + 15),
+        "rolled back within progressDeadline + 1 min: {took:?}"
+    );
+    wait_ready(&env, &ns, name, 3, 120).await;
+
+    step("writes: every acknowledged one is there, once, in order");
+    stop_writes.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    stop_sampling.store(true, Ordering::SeqCst);
+    sampling.await.unwrap();
+    step(&format!(
+        "{} writes acknowledged across three rollouts",
+        acked.len()
+    ));
+    assert!(!acked.is_empty());
+    check_writes(&acked, &bob.messages());
+    let kinds = event_reasons(&env, &ns).await;
+    for reason in ["RollingBack", "RolledBack"] {
+        assert!(kinds.contains(reason), "Event {reason} missing: {kinds:?}");
+    }
+
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
