@@ -64,6 +64,17 @@ pub struct Status {
     /// Wire version.
     #[serde(default)]
     pub wire_version: u32,
+    /// Newest replicated-command version this node's build applies (1 when absent: builds
+    /// from before versioning).
+    #[serde(default = "one")]
+    pub command_version: u16,
+    /// Newest replicated-command version the cluster finalized, as applied on this node.
+    #[serde(default = "one")]
+    pub finalized_command_version: u16,
+}
+
+fn one() -> u16 {
+    1
 }
 
 /// Voters and learners, by id (JSON object keys are decimal ids).
@@ -138,6 +149,12 @@ pub enum MembershipCall {
         /// New leader.
         to: NodeId,
     },
+    /// `POST /raft/finalize`: enable a replicated-command version every voter applies
+    /// (irreversible; only once no rollout can be rolled back any more).
+    Finalize {
+        /// The version.
+        command_version: u16,
+    },
 }
 
 /// Bound of a leadership transfer call: the node waits for the target to catch up, for the
@@ -167,6 +184,10 @@ impl MembershipCall {
             Self::Promote { id } => ("/raft/promote", json!({ "id": id })),
             Self::Remove { id } => ("/raft/remove", json!({ "id": id })),
             Self::TransferLeader { to } => ("/raft/transfer-leader", json!({ "to": to })),
+            Self::Finalize { command_version } => (
+                "/raft/finalize",
+                json!({ "command_version": command_version }),
+            ),
         }
     }
 }

@@ -494,6 +494,52 @@ async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     if !invalid {
         rollout_step(ctx, obj, &c, &rollout_plan, &raft, &mut rollout_status).await?;
     }
+    // Finalize the replicated-command version once no rollout can be rolled back.
+    if !invalid
+        && rollout_plan.action == RolloutAction::None
+        && matches!(plan.action, Action::None)
+        && let RaftObservation::Cluster(v) = &raft
+        && let Some(leader) = v.leader
+    {
+        let voters: Vec<Option<(u16, u16)>> = v
+            .voters
+            .iter()
+            .map(|id| {
+                nodes
+                    .statuses
+                    .get(id)
+                    .map(|s| (s.command_version, s.finalized_command_version))
+            })
+            .collect();
+        let in_progress = rollout_status
+            .as_ref()
+            .is_some_and(|r| r.phase.in_progress());
+        if let Some(n) = rollout::command_version_to_finalize(in_progress, &voters) {
+            let call = MembershipCall::Finalize { command_version: n };
+            match ctx.admin.call(&c.admin_addr(leader), &call).await {
+                Ok(_) => {
+                    publish(
+                        ctx,
+                        obj,
+                        EventType::Normal,
+                        "CommandVersionFinalized",
+                        "Rollout",
+                        format!(
+                            "replicated-command version {n} enabled on every voter (irreversible)"
+                        ),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %c.name, error = %e, "finalize failed");
+                    ctx.metrics
+                        .errors
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                }
+            }
+        }
+    }
     for n in &rollout_plan.notes {
         ctx.metrics
             .rollout_events

@@ -1072,6 +1072,26 @@ fn roll_back(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
     }
 }
 
+/// The replicated-command version to finalize on the nodes now (`POST /raft/finalize`), if
+/// any. Finalizing ends the way back to an older build, so it happens only while no rollout
+/// is in progress (a finished rollout was finalized, or none ever ran: a new cluster has
+/// nothing to go back to), when every voter answered, and for a version every voter's build
+/// applies; `None` when the cluster is already there.
+pub fn command_version_to_finalize(
+    rollout_in_progress: bool,
+    voters: &[Option<(u16, u16)>],
+) -> Option<u16> {
+    if rollout_in_progress || voters.is_empty() {
+        return None;
+    }
+    // (command_version of the build, finalized_command_version of the state) per voter.
+    let known: Option<Vec<(u16, u16)>> = voters.iter().copied().collect();
+    let known = known?;
+    let build = known.iter().map(|(b, _)| *b).min()?;
+    let finalized = known.iter().map(|(_, f)| *f).max()?;
+    (build > finalized).then_some(build)
+}
+
 enum Sample {
     Pass(String),
     Fail(String),

@@ -675,6 +675,35 @@ fn config_change_repairs_a_broken_pod_first() {
 }
 
 #[test]
+fn command_versions_are_finalized_only_between_rollouts_and_when_every_voter_runs_them() {
+    // Every voter's build applies 2, the cluster finalized 1: finalize 2.
+    assert_eq!(
+        command_version_to_finalize(false, &[Some((2, 1)), Some((2, 1)), Some((2, 1))]),
+        Some(2)
+    );
+    // Not while a rollout can still be rolled back.
+    assert_eq!(
+        command_version_to_finalize(true, &[Some((2, 1)), Some((2, 1)), Some((2, 1))]),
+        None
+    );
+    // One voter still runs the old build, or does not answer.
+    assert_eq!(
+        command_version_to_finalize(false, &[Some((2, 1)), Some((1, 1)), Some((2, 1))]),
+        None
+    );
+    assert_eq!(
+        command_version_to_finalize(false, &[Some((2, 1)), None, Some((2, 1))]),
+        None
+    );
+    // Already there (one node may not have applied the entry yet).
+    assert_eq!(
+        command_version_to_finalize(false, &[Some((2, 2)), Some((2, 1)), Some((2, 2))]),
+        None
+    );
+    assert_eq!(command_version_to_finalize(false, &[]), None);
+}
+
+#[test]
 fn step_pods_resolves_counts_and_percentages() {
     let s = |p: IntOrString| RolloutStep {
         pods: p,

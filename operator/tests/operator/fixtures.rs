@@ -150,6 +150,8 @@ pub(crate) fn node_status(
         }),
         version: "0.1.0".into(),
         wire_version: 1,
+        command_version: 1,
+        finalized_command_version: 1,
     }
 }
 
