@@ -51,6 +51,12 @@ echo "== k8s-e2e: build qpq-node, qpq-operator, qpq and the operator suite"
 cargo build -p qpq-node -p qpq-operator -p qpq-client --bins
 cargo test -p qpq-e2e --test k8s --no-run
 MAIN_TARGET="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+# The "next release" of the rollout tests: the same source with one more replicated-command
+# version (feature test-command-v2, never in a release), in a target directory of its own so
+# that it does not replace the production binary.
+echo "== k8s-e2e: build qpq-node with test-command-v2 (the rollout tests' next version)"
+V2_TARGET="$MAIN_TARGET/command-v2"
+CARGO_TARGET_DIR="$V2_TARGET" cargo build -p qpq-node --features test-command-v2 --bin qpq-node
 TOOLS="$(e2e/scripts/tools.sh)"
 # The images the chart and the examples name, played by the binaries just built.
 cat > "$STATE/images.yaml" <<YAML
@@ -60,7 +66,7 @@ ghcr.io/quicproquo/qpq-node: $MAIN_TARGET/debug/qpq-node
 # Versions the rollout tests roll to (e2e/tests/k8s/rollout.rs): a good one, one that exits at
 # start, one that never becomes Ready. The fault "images" are test scripts, not switches of
 # the production binary.
-ghcr.io/quicproquo/qpq-node:0.2.0: $MAIN_TARGET/debug/qpq-node
+ghcr.io/quicproquo/qpq-node:0.2.0: $V2_TARGET/debug/qpq-node
 ghcr.io/quicproquo/qpq-node:0.3.0-crash: $(pwd)/e2e/images/qpq-node-crash
 ghcr.io/quicproquo/qpq-node:0.3.0-unready: $(pwd)/e2e/images/qpq-node-unready
 ghcr.io/quicproquo/qpq-operator: $MAIN_TARGET/debug/qpq-operator

@@ -71,6 +71,9 @@ pub struct Status {
     /// Newest replicated-command version the cluster finalized, as applied on this node.
     #[serde(default = "one")]
     pub finalized_command_version: u16,
+    /// Newest replicated-command version this node's state has applied.
+    #[serde(default = "one")]
+    pub applied_command_version: u16,
 }
 
 fn one() -> u16 {

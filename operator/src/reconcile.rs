@@ -261,9 +261,19 @@ async fn publish(
     }
 }
 
-async fn apply(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
-    let c = ClusterRef::new(obj)?;
+async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
+    let c = ClusterRef::new(cached)?;
     let ns = c.namespace.clone();
+    // The controller's cache may not have seen the status written a moment ago (the next
+    // round is often triggered by this round's own StatefulSet change), and rollouts and
+    // membership changes continue from `.status`: decide from the object as it is now.
+    let fresh = Api::<QpqCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&c.name)
+        .await?;
+    let Some(fresh) = fresh else {
+        return Ok(Requeue::await_change());
+    };
+    let obj = &fresh;
     let spec = &obj.spec;
     let prev = obj.status.as_ref();
     let (now_unix, now) = ctx.now();

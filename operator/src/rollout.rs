@@ -446,11 +446,21 @@ fn idle(template_version: String, status: Option<RolloutStatus>) -> RolloutPlan 
 fn maybe_start(v: &View<'_>) -> RolloutPlan {
     let i = v.i;
     let prev = i.previous.cloned();
-    // The version the pods run today: the existing template's (a new cluster starts on the
-    // spec's version with nothing to roll).
-    let Some((from, _)) = i.existing_template.clone() else {
+    // The version the pods run today: as the last rollout left it (recorded before any pod
+    // changed, so an operator that died between writing the template and the status still
+    // knows the way back), else the existing template's (a cluster from before rollouts);
+    // a new cluster starts on the spec's version with nothing to roll.
+    let Some((template_version, _)) = i.existing_template.clone() else {
         return idle(i.spec_version.to_owned(), prev);
     };
+    let from = prev
+        .as_ref()
+        .and_then(|p| match p.phase {
+            RolloutPhase::Complete => Some(p.target_version.clone()),
+            RolloutPhase::RolledBack | RolloutPhase::Blocked => Some(p.from_version.clone()),
+            _ => None,
+        })
+        .unwrap_or(template_version);
     let target = i.spec_version.to_owned();
     let handled = prev.as_ref().map(|p| p.handled.clone()).unwrap_or_default();
     let retry = i.commands.new_once("retry", &handled);

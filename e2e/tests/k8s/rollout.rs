@@ -1,11 +1,15 @@
-//! Version changes driven by the operator: a canary that soaks on one follower, the leader
-//! replaced last after a transfer, and automatic rollbacks of a version that crashes at start
-//! and of one that never becomes Ready — all under a steady write load whose acknowledged
-//! writes must all be there afterwards.
+//! Version changes driven by the operator, under a steady write load whose acknowledged
+//! writes must all be there afterwards: a canary that soaks on one follower while the
+//! operator itself is killed, the leader replaced last after a transfer, a new
+//! replicated-command version held back until the rollout is finalized, an abort back to the
+//! old build before finalization, a retry and a manual finalize, a downgrade refused after it,
+//! and automatic rollbacks of a version that crashes at start and of one that never becomes
+//! Ready.
 //!
 //! Versions (image tags of the node image; the pod runner's image map, or real images on
 //! kind, provide them):
-//! - `QPQ_E2E_NEXT_VERSION` (default `0.2.0`): a good new version;
+//! - `QPQ_E2E_NEXT_VERSION` (default `0.2.0`): a good new version, built with one more
+//!   replicated-command version (`qpq-node` with the feature `test-command-v2`);
 //! - `QPQ_E2E_CRASH_VERSION` (default `0.3.0-crash`): exits at start;
 //! - `QPQ_E2E_UNREADY_VERSION` (default `0.3.0-unready`): runs but never becomes Ready.
 
@@ -16,6 +20,66 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use qpq_operator::crd::{RolloutPhase, RolloutStatus};
 
 use super::*;
+
+/// Sets the flag when dropped: a failing test stops its writer and sampler instead of
+/// leaving them spinning (which would keep the test process alive).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `POST <path>` with no body on a pod's admin port; the HTTP status code.
+async fn admin_post(ip: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(format!("{ip}:{ADMIN_PORT}"))
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text}"))
+}
+
+/// `/raft/status` of every pod of the cluster (panics if one does not answer).
+async fn statuses(env: &Env, ns: &str, name: &str) -> Vec<(String, Status)> {
+    let mut out = Vec::new();
+    for o in 0..3 {
+        let pod = format!("{name}-{o}");
+        let ip = pod_ip(env, ns, &pod).await;
+        let st = wait(&format!("/raft/status of {pod}"), 60, || raft_status(&ip)).await;
+        out.push((ip, st));
+    }
+    out
+}
+
+async fn annotate(env: &Env, ns: &str, name: &str, key: &str, value: &str) {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+    )
+    .await
+    .unwrap();
+}
+
+fn uids(s: &Sample) -> BTreeSet<String> {
+    s.pods.values().map(|(u, _, _)| u.clone()).collect()
+}
 
 fn version_env(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -150,7 +214,7 @@ fn replacements(samples: &[Sample]) -> Vec<(Duration, i32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run e2e/scripts/k8s-e2e.sh"]
-async fn rollouts_canary_leader_last_and_automatic_rollback() {
+async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let env = env().await;
     install_operator(&env);
     let ns = namespace(&env, "qpq-e2e-rollout").await;
@@ -159,15 +223,16 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
     let crash = version_env("QPQ_E2E_CRASH_VERSION", "0.3.0-crash");
     let unready = version_env("QPQ_E2E_UNREADY_VERSION", "0.3.0-unready");
 
-    step("a three-voter cluster with a canary rollout policy");
+    step("a three-voter cluster with a canary rollout policy, finalized by hand");
     let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
     obj.metadata.name = Some("roll".into());
     obj.spec.rollout = Some(
         serde_json::from_value(json!({
             "strategy": "Canary",
-            "steps": [{"pods": 1, "pause": "20s"}],
+            "steps": [{"pods": 1, "pause": "15s"}],
             "analysis": {"interval": "5s", "failureLimit": 3, "maxApplyLag": 1000, "maxLeaderChanges": 1},
             "progressDeadline": "45s",
+            "finalize": "Manual",
         }))
         .unwrap(),
     );
@@ -196,32 +261,43 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
         .unwrap()
         .to_owned();
     let stop_writes = Arc::new(AtomicBool::new(false));
+    let _stop_writes = StopOnDrop(stop_writes.clone());
     let writer = {
         let (alice, gid, stop) = (alice.clone(), gid.clone(), stop_writes.clone());
         tokio::task::spawn_blocking(move || write_until(&alice, &gid, &stop))
     };
     let stop_sampling = Arc::new(AtomicBool::new(false));
+    let _stop_sampling = StopOnDrop(stop_sampling.clone());
     let (samples, sampling) = sampler(&env, &ns, name, stop_sampling.clone());
+    let last = || samples.lock().unwrap().last().cloned().unwrap();
 
-    step(&format!("a good version: {old} -> {next}"));
+    step(&format!(
+        "{old} -> {next} (one more replicated-command version); the operator is killed mid-soak"
+    ));
     let leader_before = api.get(name).await.unwrap().status.unwrap().leader.unwrap();
     let started = Instant::now();
     set_version(&env, &ns, name, &next).await;
-    let done = wait_rollout(&env, &ns, name, &next, RolloutPhase::Complete, 420).await;
-    step(&format!("{next} rolled out in {:?}", started.elapsed()));
-    let st = done.status.as_ref().unwrap();
-    let r = st.rollout.as_ref().unwrap();
+    wait("the canary soaking", 120, || async {
+        let c = api.get(name).await.ok()?;
+        let r = c.status?.rollout?;
+        (r.target_version == next && r.updated_pods.len() == 1 && r.step_ready_since > 0)
+            .then_some(())
+    })
+    .await;
+    let operator = operator_leader(&env).await;
+    let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    operator_pods
+        .delete(&operator, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    step(&format!("deleted operator pod {operator} mid-soak"));
+    let waiting = wait_rollout(&env, &ns, name, &next, RolloutPhase::AwaitingFinalize, 420).await;
+    step(&format!(
+        "every pod on {next} after {:?}; waiting for finalize",
+        started.elapsed()
+    ));
+    let r = waiting.status.as_ref().unwrap().rollout.clone().unwrap();
     assert_eq!(r.transfers, 1, "one planned leadership change: {r:?}");
-    assert_eq!(r.replaced, 3, "each pod replaced once: {r:?}");
-    assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
-    assert_eq!(st.finalized_version.as_deref(), Some(next.as_str()));
-    assert!(
-        st.members
-            .iter()
-            .all(|m| m.image_version.as_deref() == Some(next.as_str())),
-        "{:?}",
-        st.members
-    );
     {
         let samples = samples.lock().unwrap().clone();
         let during: Vec<&Sample> = samples
@@ -232,8 +308,8 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
                     .is_some_and(|r| r.target_version == next && r.phase.in_progress())
             })
             .collect();
-        // Canary isolation: during step 1's soak exactly one pod, never the leader's, runs
-        // the new version.
+        // Canary isolation: during step 1 exactly one pod, never the leader's, runs the new
+        // version.
         let soak: Vec<&&Sample> = during
             .iter()
             .filter(|s| {
@@ -242,8 +318,8 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
             })
             .collect();
         assert!(
-            soak.len() >= 10,
-            "the 20 s soak was sampled ({} samples)",
+            soak.len() >= 8,
+            "the 15 s soak was sampled ({} samples)",
             soak.len()
         );
         for s in &soak {
@@ -267,7 +343,7 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
                 .count();
             assert!(down <= 1, "two pods down at {:?}: {s:?}", s.at);
         }
-        // Leader last, each pod once.
+        // Each pod replaced once (also across the operator's restart), the leader's last.
         let order: Vec<i32> = replacements(&samples).into_iter().map(|(_, o)| o).collect();
         assert_eq!(order.len(), 3, "each pod replaced exactly once: {order:?}");
         assert_eq!(
@@ -276,27 +352,93 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
             "the leader's pod goes last: {order:?}"
         );
     }
-    let kinds = event_reasons(&env, &ns).await;
-    for reason in [
-        "RolloutStarted",
-        "PodReplaced",
-        "LeadershipTransfer",
-        "RolloutStepCompleted",
-        "RolloutComplete",
-    ] {
-        assert!(kinds.contains(reason), "Event {reason} missing: {kinds:?}");
+
+    step("not finalized: the new command version is held back on every node");
+    let nodes = statuses(&env, &ns, name).await;
+    for (_, st) in &nodes {
+        assert_eq!(
+            st.command_version, 2,
+            "the new build applies version 2: {st:?}"
+        );
+        assert_eq!(st.finalized_command_version, 1, "{st:?}");
+    }
+    let (leader_ip, _) = nodes.iter().find(|(_, s)| s.role == "leader").unwrap();
+    assert_eq!(
+        admin_post(leader_ip, "/raft/probe-command-version").await,
+        409,
+        "a version-2 command is refused before finalization"
+    );
+
+    step(&format!("abort: back to {old} before finalization"));
+    let before_abort = uids(&last());
+    annotate(&env, &ns, name, "qpq.dev/rollout-abort", "e2e-1").await;
+    let back = wait_rollout(&env, &ns, name, &next, RolloutPhase::RolledBack, 240).await;
+    let st = back.status.as_ref().unwrap();
+    assert_eq!(st.current_version.as_deref(), Some(old.as_str()));
+    assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
+    wait_ready(&env, &ns, name, 3, 180).await;
+    assert!(
+        uids(&last()).is_disjoint(&before_abort),
+        "every pod went back to the old build"
+    );
+    for (_, st) in statuses(&env, &ns, name).await {
+        assert_eq!(st.command_version, 1, "the old build again: {st:?}");
+        assert_eq!(st.applied_command_version, 1, "{st:?}");
     }
 
+    step("retry, then finalize by hand: the new command version opens");
+    annotate(&env, &ns, name, "qpq.dev/rollout-retry", "e2e-1").await;
+    wait_rollout(&env, &ns, name, &next, RolloutPhase::AwaitingFinalize, 420).await;
+    annotate(&env, &ns, name, "qpq.dev/rollout-finalize", &next).await;
+    let done = wait_rollout(&env, &ns, name, &next, RolloutPhase::Complete, 120).await;
+    assert_eq!(
+        done.status.as_ref().unwrap().finalized_version.as_deref(),
+        Some(next.as_str())
+    );
+    let leader_ip = wait("the nodes finalized at version 2", 120, || async {
+        let nodes = statuses(&env, &ns, name).await;
+        nodes
+            .iter()
+            .all(|(_, s)| s.finalized_command_version == 2)
+            .then(|| {
+                nodes
+                    .iter()
+                    .find(|(_, s)| s.role == "leader")
+                    .map(|(ip, _)| ip.clone())
+            })
+            .flatten()
+    })
+    .await;
+    assert_eq!(
+        admin_post(&leader_ip, "/raft/probe-command-version").await,
+        200
+    );
+    wait("a version-2 entry applied on every node", 60, || async {
+        let nodes = statuses(&env, &ns, name).await;
+        nodes
+            .iter()
+            .all(|(_, s)| s.applied_command_version == 2)
+            .then_some(())
+    })
+    .await;
+
+    step(&format!("after finalize, {old} is refused"));
+    let before = uids(&last());
+    set_version(&env, &ns, name, &old).await;
+    let blocked = wait("RolloutBlocked", 60, || async {
+        let c = api.get(name).await.ok()?;
+        (condition(&c, "RolloutBlocked").as_deref() == Some("True")).then_some(c)
+    })
+    .await;
+    let r = blocked.status.unwrap().rollout.unwrap();
+    assert_eq!(
+        (r.phase, r.reason.as_str()),
+        (RolloutPhase::Blocked, "VersionSkew")
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(uids(&last()), before, "no pod touched");
+
     step(&format!("a version that exits at start: {crash}"));
-    let uids_before: Vec<String> = samples
-        .lock()
-        .unwrap()
-        .last()
-        .unwrap()
-        .pods
-        .values()
-        .map(|(u, _, _)| u.clone())
-        .collect();
     let started = Instant::now();
     set_version(&env, &ns, name, &crash).await;
     let back = wait_rollout(&env, &ns, name, &crash, RolloutPhase::RolledBack, 45 + 120).await;
@@ -309,43 +451,20 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
     let st = back.status.as_ref().unwrap();
     let r = st.rollout.as_ref().unwrap();
     assert_eq!(r.rolled_back_from.as_deref(), Some(crash.as_str()), "{r:?}");
+    assert_eq!(r.from_version, next, "{r:?}");
     assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
     assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
     wait_ready(&env, &ns, name, 3, 120).await;
-    // Exactly one pod (the canary) went to the bad version and back.
-    let now_uids: Vec<String> = samples
-        .lock()
-        .unwrap()
-        .last()
-        .unwrap()
-        .pods
-        .values()
-        .map(|(u, _, _)| u.clone())
-        .collect();
-    let changed = uids_before
-        .iter()
-        .zip(&now_uids)
-        .filter(|(a, b)| a != b)
-        .count();
-    assert_eq!(changed, 1, "only the canary's pod was touched");
+    let after_crash = uids(&last());
+    assert_eq!(
+        after_crash.difference(&before).count(),
+        1,
+        "only the canary's pod was touched"
+    );
 
     step("GitOps-safe: the spec still names it; nothing is retried for 30 s");
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let list = pods
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
-        .await
-        .unwrap();
-    let later: BTreeSet<String> = list
-        .items
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
-    assert_eq!(
-        later,
-        now_uids.iter().cloned().collect::<BTreeSet<_>>(),
-        "no pod restarted"
-    );
+    assert_eq!(uids(&last()), after_crash, "no pod restarted");
     let c = api.get(name).await.unwrap();
     assert_eq!(
         c.status.unwrap().rollout.unwrap().phase,
@@ -355,7 +474,7 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
     step(&format!("a version that never becomes Ready: {unready}"));
     let started = Instant::now();
     set_version(&env, &ns, name, &unready).await;
-    wait_rollout(
+    let back = wait_rollout(
         &env,
         &ns,
         name,
@@ -370,6 +489,12 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
         took <= Duration::from_secs(45 + 60 + 15),
         "rolled back within progressDeadline + 1 min: {took:?}"
     );
+    let r = back.status.unwrap().rollout.unwrap();
+    assert_eq!(r.from_version, next, "{r:?}");
+    assert!(
+        r.rollback_reason.starts_with("ProgressDeadlineExceeded"),
+        "{r:?}"
+    );
     wait_ready(&env, &ns, name, 3, 120).await;
 
     step("writes: every acknowledged one is there, once, in order");
@@ -378,13 +503,24 @@ async fn rollouts_canary_leader_last_and_automatic_rollback() {
     stop_sampling.store(true, Ordering::SeqCst);
     sampling.await.unwrap();
     step(&format!(
-        "{} writes acknowledged across three rollouts",
+        "{} writes acknowledged across the rollouts",
         acked.len()
     ));
     assert!(!acked.is_empty());
     check_writes(&acked, &bob.messages());
     let kinds = event_reasons(&env, &ns).await;
-    for reason in ["RollingBack", "RolledBack"] {
+    for reason in [
+        "RolloutStarted",
+        "PodReplaced",
+        "LeadershipTransfer",
+        "RolloutStepCompleted",
+        "RolloutAwaitingFinalize",
+        "RolloutComplete",
+        "CommandVersionFinalized",
+        "RolloutBlocked",
+        "RollingBack",
+        "RolledBack",
+    ] {
         assert!(kinds.contains(reason), "Event {reason} missing: {kinds:?}");
     }
 

@@ -652,6 +652,36 @@ fn no_pod_is_deleted_before_the_statefulset_carries_the_template() {
 }
 
 #[test]
+fn the_way_back_comes_from_the_status_not_from_a_template_already_changed() {
+    // The operator wrote the new template and died before writing the status (or read a
+    // status older than the template): the next round must still roll back to 0.1.0.
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("5m");
+    sim.crashing.insert("0.2.0".into());
+    sim.spec_version = "0.2.0".into();
+    sim.run(30, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    sim.spec_version = "0.2.1".into();
+    sim.crashing.insert("0.2.1".into());
+    let p = sim.step(10);
+    assert_eq!(p.template_version, "0.2.1");
+    // Lose the status this round wrote.
+    sim.status = Some(RolloutStatus {
+        phase: RolloutPhase::RolledBack,
+        from_version: "0.1.0".into(),
+        target_version: "0.2.0".into(),
+        rolled_back_from: Some("0.2.0".into()),
+        ..RolloutStatus::default()
+    });
+    sim.run(40, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    let st = sim.status.clone().unwrap();
+    assert_eq!(st.from_version, "0.1.0");
+    assert_eq!(st.rolled_back_from.as_deref(), Some("0.2.1"));
+    assert_eq!(sim.versions(), vec!["0.1.0"; 3]);
+}
+
+#[test]
 fn config_change_repairs_a_broken_pod_first() {
     // A pod is down (say a bad flag); the user fixes the config: the down pod is replaced
     // first although the cluster is not healthy.

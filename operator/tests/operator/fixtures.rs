@@ -152,6 +152,7 @@ pub(crate) fn node_status(
         wire_version: 1,
         command_version: 1,
         finalized_command_version: 1,
+        applied_command_version: 1,
     }
 }
 
@@ -283,6 +284,17 @@ impl ApiServer {
         body
     }
 
+    /// The reconciler reads the `QpqCluster` afresh (its cache may lag its own status
+    /// writes).
+    pub(crate) async fn expect_fresh(&mut self, obj: &QpqCluster) {
+        self.expect(
+            "GET",
+            "/apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x",
+            ok(&serde_json::to_value(obj).unwrap()),
+        )
+        .await;
+    }
+
     /// The list of the cluster's pods (label selector of the cluster).
     pub(crate) async fn expect_pods(&mut self, items: &Value) {
         let (query, _) = self
@@ -389,6 +401,7 @@ pub(crate) async fn apply_round(
         Some(r) => ok(&statefulset(r)),
         None => not_found(),
     };
+    server.expect_fresh(obj).await;
     server
         .expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", sts)
         .await;

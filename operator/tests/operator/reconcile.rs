@@ -411,6 +411,7 @@ async fn spec_change_rolls_the_pods_with_new_image_and_config_only() {
     let obj2 = cluster(changed, status, true);
     let (cm, sts, before);
     run!(ctx, server, obj2.clone(), {
+        server.expect_fresh(&obj2).await;
         server
             .expect(
                 "GET",
@@ -652,6 +653,7 @@ async fn invalid_spec_changes_nothing_but_the_status() {
     }
     let obj = cluster(spec(4), Some(bootstrapped(json!({"voters": 3}))), true);
     run!(ctx, server, obj.clone(), {
+        server.expect_fresh(&obj).await;
         server
             .expect(
                 "GET",
@@ -691,6 +693,7 @@ async fn user_tls_secret_and_network_policy() {
     let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
     run!(ctx, server, obj.clone(), {
         // No operator CA: no Secret is read or written.
+        server.expect_fresh(&obj).await;
         server
             .expect(
                 "GET",
