@@ -967,23 +967,31 @@ async fn run_job(env: &Env, ns: &str, job: Job) -> String {
     .await
 }
 
+/// The pid of `pod`'s node process, from the pod runner's state (None on other clusters).
+async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {
+    let state = env.runner_state.as_ref()?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let uid = pods.get(pod).await.unwrap().metadata.uid.unwrap();
+    let pid_file = state
+        .join("pods")
+        .join(format!("{ns}_{pod}_{uid}"))
+        .join("pids")
+        .join("qpq-node");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    Some(pid.trim().to_owned())
+}
+
+/// Sends `signal` (`-9`, `-STOP`, `-CONT`) to a process.
+fn signal(pid: &str, signal: &str) {
+    let status = Command::new("kill").args([signal, pid]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
 async fn kill_node(env: &Env, ns: &str, pod: &str) {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    let p = pods.get(pod).await.unwrap();
-    if let Some(state) = &env.runner_state {
-        let uid = p.metadata.uid.clone().unwrap();
-        let pid_file = state
-            .join("pods")
-            .join(format!("{ns}_{pod}_{uid}"))
-            .join("pids")
-            .join("qpq-node");
-        let pid = std::fs::read_to_string(&pid_file)
-            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
-        let status = Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -9 {pid}");
+    if let Some(pid) = node_pid(env, ns, pod).await {
+        signal(&pid, "-9");
     } else {
         pods.delete(pod, &DeleteParams::default().grace_period(0))
             .await

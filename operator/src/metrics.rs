@@ -20,6 +20,8 @@ pub struct Metrics {
     pub rollout_events: IntCounterVec,
     /// 1 for the current rollout phase of each cluster, 0 for the others.
     pub rollout_phase: prometheus::IntGaugeVec,
+    /// Rollout analysis samples, by result (`pass`, `fail`, `inconclusive`).
+    pub rollout_samples: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +68,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(rollout_events.clone()))?;
         registry.register(Box::new(rollout_phase.clone()))?;
+        let rollout_samples = IntCounterVec::new(
+            Opts::new(
+                "qpq_operator_rollout_analysis_samples_total",
+                "Rollout analysis samples, by result (pass, fail, inconclusive)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(rollout_samples.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -74,6 +84,7 @@ impl Metrics {
             membership_actions,
             rollout_events,
             rollout_phase,
+            rollout_samples,
         })
     }
 

@@ -563,6 +563,15 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         publish(ctx, obj, t, n.reason, "Rollout", n.message.clone()).await;
     }
     record_phase(ctx, &c, rollout_status.as_ref().map(|r| r.phase));
+    if let Some(result) = rollout::sample_outcome(
+        prev.and_then(|p| p.rollout.as_ref()),
+        rollout_status.as_ref(),
+    ) {
+        ctx.metrics
+            .rollout_samples
+            .with_label_values(&[result])
+            .inc();
+    }
     let pod_versions: BTreeMap<i32, String> = pods
         .iter()
         .filter_map(|(o, p)| p.version.clone().map(|v| (*o, v)))

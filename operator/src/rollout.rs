@@ -1102,6 +1102,28 @@ pub fn command_version_to_finalize(
     (build > finalized).then_some(build)
 }
 
+/// What the analysis sample of this round found (`pass`, `fail`, `inconclusive`), from the
+/// status before and after it; `None` when no sample was taken.
+pub fn sample_outcome(
+    prev: Option<&RolloutStatus>,
+    next: Option<&RolloutStatus>,
+) -> Option<&'static str> {
+    let (p, n) = (prev?, next?);
+    let same = p.started == n.started && p.target_version == n.target_version;
+    if !same || n.analysis.samples <= p.analysis.samples {
+        return None;
+    }
+    Some(
+        if n.analysis.failures > p.analysis.failures || n.reason == "AnalysisFailed" {
+            "fail"
+        } else if n.analysis.inconclusive > p.analysis.inconclusive {
+            "inconclusive"
+        } else {
+            "pass"
+        },
+    )
+}
+
 enum Sample {
     Pass(String),
     Fail(String),

@@ -1,10 +1,10 @@
 //! Version changes driven by the operator, under a steady write load whose acknowledged
-//! writes must all be there afterwards: a canary that soaks on one follower while the
-//! operator itself is killed, the leader replaced last after a transfer, a new
+//! writes must all be there afterwards: a change held back while a follower does not answer,
+//! a canary that soaks on one follower while the operator itself is killed, the leader replaced last after a transfer, a new
 //! replicated-command version held back until the rollout is finalized, an abort back to the
 //! old build before finalization, a retry and a manual finalize, a downgrade refused after it,
 //! and automatic rollbacks of a version that crashes at start and of one that never becomes
-//! Ready.
+//! Ready (the operator killed again mid-rollback).
 //!
 //! Versions (image tags of the node image; the pod runner's image map, or real images on
 //! kind, provide them):
@@ -276,8 +276,45 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     ));
     let leader_before = api.get(name).await.unwrap().status.unwrap().leader.unwrap();
     let started = Instant::now();
+    // Health gate (with the pod runner, which can pause a process): a follower that does not
+    // answer holds the rollout back, and no pod is touched until it is back.
+    let paused = match node_pid(
+        &env,
+        &ns,
+        &(0..3)
+            .map(|o| format!("{name}-{o}"))
+            .find(|p| *p != leader_before)
+            .unwrap(),
+    )
+    .await
+    {
+        Some(pid) => {
+            step("a follower is paused (SIGSTOP) before the version change");
+            signal(&pid, "-STOP");
+            Some(pid)
+        }
+        None => None,
+    };
+    let before_gate = uids(&last());
     set_version(&env, &ns, name, &next).await;
-    wait("the canary soaking", 120, || async {
+    if let Some(pid) = paused {
+        let c = wait("RolloutBlocked while a follower is paused", 60, || async {
+            let c = api.get(name).await.ok()?;
+            (condition(&c, "RolloutBlocked").as_deref() == Some("True")).then_some(c)
+        })
+        .await;
+        let r = c.status.unwrap().rollout.unwrap();
+        assert_eq!(
+            (r.phase, r.reason.as_str()),
+            (RolloutPhase::Blocked, "ClusterUnhealthy"),
+            "{r:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(uids(&last()), before_gate, "no pod touched while blocked");
+        signal(&pid, "-CONT");
+        step("the follower is back (SIGCONT): the rollout starts by itself");
+    }
+    wait("the canary soaking", 180, || async {
         let c = api.get(name).await.ok()?;
         let r = c.status?.rollout?;
         (r.target_version == next && r.updated_pods.len() == 1 && r.step_ready_since > 0)
@@ -474,15 +511,23 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     step(&format!("a version that never becomes Ready: {unready}"));
     let started = Instant::now();
     set_version(&env, &ns, name, &unready).await;
-    let back = wait_rollout(
+    wait_rollout(
         &env,
         &ns,
         name,
         &unready,
-        RolloutPhase::RolledBack,
-        45 + 120,
+        RolloutPhase::RollingBack,
+        45 + 60,
     )
     .await;
+    // The operator dies while it rolls back: the other replica finishes the rollback.
+    let operator = operator_leader(&env).await;
+    operator_pods
+        .delete(&operator, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    step(&format!("deleted operator pod {operator} mid-rollback"));
+    let back = wait_rollout(&env, &ns, name, &unready, RolloutPhase::RolledBack, 120).await;
     let took = started.elapsed();
     step(&format!("{unready} rolled back in {took:?}"));
     assert!(

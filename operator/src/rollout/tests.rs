@@ -425,6 +425,43 @@ fn leader_churn_beyond_the_limit_rolls_back() {
 }
 
 #[test]
+fn sample_outcomes_are_read_from_the_status_counters() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("30m");
+    sim.spec_version = "0.2.0".into();
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let prev = sim.status.clone();
+        let p = sim.step(10);
+        seen.extend(sample_outcome(prev.as_ref(), p.status.as_ref()));
+    }
+    assert!(
+        seen.iter().all(|s| *s == "pass") && !seen.is_empty(),
+        "{seen:?}"
+    );
+    let canary = *sim.status.as_ref().unwrap().updated_pods.first().unwrap();
+    sim.lag.insert(node_of(canary), 50_000);
+    let prev = sim.status.clone();
+    let p = sim.step(10);
+    assert_eq!(
+        sample_outcome(prev.as_ref(), p.status.as_ref()),
+        Some("fail")
+    );
+    sim.lag.remove(&node_of(canary));
+    let prev = sim.status.clone();
+    let p = sim.step(10);
+    assert_eq!(
+        sample_outcome(prev.as_ref(), p.status.as_ref()),
+        Some("inconclusive")
+    );
+    // No sample within the interval (the clock stands still after this round).
+    sim.step(0);
+    let prev = sim.status.clone();
+    let p = sim.step(0);
+    assert_eq!(sample_outcome(prev.as_ref(), p.status.as_ref()), None);
+}
+
+#[test]
 fn unreadable_signals_pause_instead_of_rolling_back() {
     let mut sim = Sim::new(3, "0.1.0");
     sim.rollout = canary("30m");
