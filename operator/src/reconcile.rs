@@ -347,7 +347,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let reachable = nodes.statuses.keys().copied().collect();
     let rollout_input = RolloutInput {
         spec_version: &spec.version,
-        replicas: spec.replicas,
+        // The pods that exist: a scale change under way (the rollout waits for it) must not
+        // make pods that are not there yet look down.
+        replicas: sts_replicas.unwrap_or(spec.replicas),
         rollout: &rollout_spec,
         backup_claim: spec.backup.as_ref().map(|b| b.claim_name.as_str()),
         commands: &commands,

@@ -138,7 +138,7 @@ pub enum BackupObservation {
 pub struct RolloutInput<'a> {
     /// `spec.version`.
     pub spec_version: &'a str,
-    /// `spec.replicas`.
+    /// Pods of the StatefulSet (`spec.replicas` once membership settled).
     pub replicas: i32,
     /// `spec.rollout` (defaults when absent).
     pub rollout: &'a RolloutSpec,
@@ -461,27 +461,30 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
             _ => None,
         })
         .unwrap_or(template_version);
-    let target = i.spec_version.to_owned();
+    let mut target = i.spec_version.to_owned();
     let handled = prev.as_ref().map(|p| p.handled.clone()).unwrap_or_default();
     let retry = i.commands.new_once("retry", &handled);
 
     let outdated = v.ordinals().any(|o| !v.on(o, &from));
-    if target == from && !outdated {
-        return idle(from, prev);
-    }
     if target != from {
         // A version that was rolled back, or whose backup failed, waits for `retry` or for
-        // the spec to name another version (no oscillation under GitOps).
-        if let Some(p) = &prev {
-            let stuck = (p.phase == RolloutPhase::RolledBack
-                && p.rolled_back_from.as_deref() == Some(target.as_str()))
+        // the spec to name another version (no oscillation under GitOps). Changes of the
+        // rest of the template still roll, on the running version.
+        let stuck = prev.as_ref().is_some_and(|p| {
+            p.rolled_back_from.as_deref() == Some(target.as_str())
                 || (p.phase == RolloutPhase::Blocked
                     && p.reason == "BackupFailed"
-                    && p.target_version == target);
-            if stuck && retry.is_none() {
+                    && p.target_version == target)
+        });
+        if stuck && retry.is_none() {
+            if !outdated {
                 return idle(from, prev);
             }
+            target = from.clone();
         }
+    }
+    if target == from && !outdated {
+        return idle(from, prev);
     }
     let blocked = |reason: &str, message: String| {
         let mut st = RolloutStatus {
@@ -577,8 +580,10 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
     };
     st.analysis.baseline_term = i.term.unwrap_or(0);
     st.analysis.last_sample = i.now;
+    // A configuration roll on the running version keeps the record of a failed version the
+    // spec still names; a rollout to a version clears it (the spec named another one).
     if let Some(p) = &prev
-        && p.rolled_back_from.as_deref() != Some(target.as_str())
+        && target == from
     {
         st.rolled_back_from = p.rolled_back_from.clone();
         st.rollback_reason = p.rollback_reason.clone();
@@ -675,7 +680,11 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
         st.handled.insert("abort".into(), val);
         return begin_rollback(st, "Aborted", "abort was asked".into(), true);
     }
-    if i.spec_version != st.target_version {
+    // (A configuration roll on the running version, made while the spec names a version
+    // that failed, is not superseded by that spec.)
+    let holding_failed = st.target_version == st.from_version
+        && st.rolled_back_from.as_deref() == Some(i.spec_version);
+    if i.spec_version != st.target_version && !holding_failed {
         let m = format!(
             "spec.version changed to {} during the rollout of {}",
             i.spec_version, st.target_version
@@ -738,7 +747,15 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
         return begin_rollback(st, "CrashLoop", m, true);
     }
     let down: Vec<i32> = v.ordinals().filter(|o| !v.up(*o)).collect();
-    if down.is_empty() {
+    // What the new version is answerable for: its own pods that are down, and pods that were
+    // replaced and did not come back. An old pod that is down stops the line but does not
+    // count against the new version.
+    let stalled: Vec<i32> = down
+        .iter()
+        .copied()
+        .filter(|o| st.updated_pods.contains(o) || !i.pods.contains_key(o))
+        .collect();
+    if stalled.is_empty() {
         st.stalled_since = 0;
     } else {
         if st.stalled_since == 0 {
@@ -746,7 +763,7 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
         }
         if i.now - st.stalled_since > deadline {
             let m = format!(
-                "pod(s) {down:?} not Ready for {}s (progressDeadline {})",
+                "pod(s) {stalled:?} not Ready for {}s (progressDeadline {})",
                 i.now - st.stalled_since,
                 i.rollout.progress_deadline
             );
@@ -824,7 +841,7 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
 
     if st.phase == RolloutPhase::AwaitingFinalize {
         if i.commands.finalize.as_deref() == Some(target.as_str()) {
-            return complete(st, notes);
+            return complete(st, notes, i.now);
         }
         st.message = format!(
             "every pod runs {target}; waiting for finalize (kubectl qpq rollout finalize), abort rolls back"
@@ -913,7 +930,7 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
     }
     // Every pod runs the target and the last soak passed.
     match i.rollout.finalize {
-        FinalizeMode::Auto => complete(st, notes),
+        FinalizeMode::Auto => complete(st, notes, i.now),
         FinalizeMode::Manual => {
             st.phase = RolloutPhase::AwaitingFinalize;
             st.reason = "AwaitingFinalize".into();
@@ -925,12 +942,12 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
     }
 }
 
-fn complete(mut st: RolloutStatus, mut notes: Vec<Note>) -> RolloutPlan {
+fn complete(mut st: RolloutStatus, mut notes: Vec<Note>, now: i64) -> RolloutPlan {
     let target = st.target_version.clone();
     st.phase = RolloutPhase::Complete;
     st.reason = "Finalized".into();
     st.message = format!("every pod runs {target}; finalized");
-    st.finished = st.analysis.last_sample.max(st.started);
+    st.finished = now;
     notes.push(note(
         false,
         "RolloutComplete",

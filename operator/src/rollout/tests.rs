@@ -364,6 +364,63 @@ fn a_rolled_back_version_is_not_retried_until_asked() {
 }
 
 #[test]
+fn a_configuration_change_still_rolls_while_a_failed_version_is_named() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("1m");
+    sim.crashing.insert("0.2.0".into());
+    sim.spec_version = "0.2.0".into();
+    sim.run(20, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    // The configuration changes (a new template hash) while the spec still names 0.2.0:
+    // the pods carry the old hash.
+    let mut sim2 = sim.clone();
+    for p in sim2.pods.values_mut() {
+        p.template_hash = Some("h0".into());
+    }
+    sim2.run(40, 10);
+    assert_eq!(
+        sim2.phase(),
+        RolloutPhase::Complete,
+        "{:?} {:?}",
+        sim2.status,
+        sim2.log
+    );
+    assert_eq!(sim2.versions(), vec!["0.1.0"; 3], "on the running version");
+    let st = sim2.status.clone().unwrap();
+    assert_eq!(st.target_version, "0.1.0");
+    assert_eq!(st.rolled_back_from.as_deref(), Some("0.2.0"), "record kept");
+    // And 0.2.0 is still not retried.
+    for _ in 0..10 {
+        let p = sim2.step(30);
+        assert_eq!(p.template_version, "0.1.0");
+        assert_eq!(p.action, RolloutAction::None);
+    }
+}
+
+#[test]
+fn an_old_pod_that_is_down_stops_the_line_without_failing_the_new_version() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("30s");
+    sim.spec_version = "0.2.0".into();
+    for _ in 0..6 {
+        sim.step(10);
+    }
+    let canary = *sim.status.as_ref().unwrap().updated_pods.first().unwrap();
+    let other = (0..3).find(|o| *o != canary && *o != 0).unwrap();
+    sim.pods.get_mut(&other).unwrap().ready = false;
+    // Far past the progress deadline (2 min): no rollback, no replacement.
+    let n = deletes(&sim.log).len();
+    for _ in 0..30 {
+        sim.step(10);
+    }
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    assert_eq!(deletes(&sim.log).len(), n);
+    sim.pods.get_mut(&other).unwrap().ready = true;
+    sim.run(60, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Complete);
+}
+
+#[test]
 fn another_version_in_the_spec_clears_the_failure() {
     let mut sim = Sim::new(3, "0.1.0");
     sim.rollout = canary("1m");
