@@ -117,6 +117,10 @@ pub struct QpqClusterSpec {
     pub restore: Option<RestoreSpec>,
 }
 
+/// Duration syntax of the rollout fields (`30s`, `10m`, `1h30m`, `500ms`); the schema's
+/// `pattern` of each of them.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+
 /// How a change of the pod template (a new version, configuration, certificates) reaches
 /// the pods. The operator replaces pods itself (the StatefulSet uses
 /// `updateStrategy: OnDelete`).
@@ -194,8 +198,9 @@ pub enum FinalizeMode {
 }
 
 /// One canary step.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("string(self.pods).matches('^([1-9][0-9]*|([1-9][0-9]?|100)%)$')").message("steps[].pods must be a count of at least 1 or a percentage from 1% to 100%").reason(kube::core::Reason::FieldValueInvalid))]
 pub struct RolloutStep {
     /// How many pods run the new version at this step: a count (`1`) or a percentage of
     /// the replicas, rounded up (`"100%"`).

@@ -295,6 +295,20 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         max_lag: spec.node.ready_max_lag,
     };
     let mut plan = planner::plan(&observed);
+    // Rules the schema cannot hold for objects admitted by an older CRD (durations, steps):
+    // refused like the planner's own spec checks, changing nothing but the status.
+    if let Err(message) = spec.validate()
+        && !matches!(
+            plan.action,
+            Action::Blocked(planner::BlockReason::InvalidSpec, _)
+        )
+    {
+        plan = planner::Plan {
+            statefulset_replicas: sts_replicas.unwrap_or(0).max(0),
+            action: Action::Blocked(planner::BlockReason::InvalidSpec, message),
+            operation: observed.operation.clone(),
+        };
+    }
 
     // An invalid spec changes nothing but the status.
     let invalid = matches!(

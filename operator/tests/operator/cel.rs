@@ -161,3 +161,54 @@ fn every_default_satisfies_its_schema() {
     }
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn rollout_steps_and_durations_are_checked() {
+    let with = |rollout: Value| {
+        let mut s = spec(3, "fast", "1Gi");
+        s["rollout"] = rollout;
+        errors(&object(s), None)
+    };
+    let ok = with(
+        json!({"strategy": "Canary", "steps": [{"pods": 1, "pause": "10m"}, {"pods": "50%"}, {"pods": "100%"}], "progressDeadline": "1h30m"}),
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+    for bad in [json!(0), json!("0%"), json!("101%"), json!("half")] {
+        let e = with(json!({"strategy": "Canary", "steps": [{"pods": bad}]}));
+        assert!(e.iter().any(|m| m.contains("steps[].pods")), "{bad}: {e:?}");
+    }
+    // Durations and the strategy are schema constraints (pattern, enum), which the API
+    // server checks and this client-side validator does not: check they are in the schema,
+    // and that the reconciler's own check agrees with the pattern.
+    let rollout = &schema()["properties"]["spec"]["properties"]["rollout"]["properties"];
+    let pattern = rollout["progressDeadline"]["pattern"].as_str().unwrap();
+    assert_eq!(pattern, qpq_operator::crd::DURATION_PATTERN);
+    assert_eq!(
+        rollout["analysis"]["properties"]["interval"]["pattern"],
+        pattern
+    );
+    assert_eq!(
+        rollout["steps"]["items"]["properties"]["pause"]["pattern"],
+        pattern
+    );
+    assert_eq!(rollout["strategy"]["enum"], json!(["Canary", "Rolling"]));
+    for (d, ok) in [
+        ("10m", true),
+        ("1h30m", true),
+        ("500ms", true),
+        ("ten minutes", false),
+        ("10", false),
+        ("", false),
+    ] {
+        assert_eq!(
+            qpq_operator::crd::parse_duration_ms(d).is_some(),
+            ok,
+            "{d:?}"
+        );
+    }
+    let mut s: qpq_operator::crd::QpqClusterSpec =
+        serde_json::from_value(spec(3, "fast", "1Gi")).unwrap();
+    s.rollout = Some(serde_json::from_value(json!({"progressDeadline": "ten minutes"})).unwrap());
+    let e = s.validate().unwrap_err();
+    assert!(e.contains("progressDeadline"), "{e}");
+}
