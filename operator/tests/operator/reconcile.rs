@@ -744,3 +744,132 @@ async fn user_tls_secret_and_network_policy() {
     drop(ctx);
     server.expect_nothing_more().await;
 }
+
+/// A StatefulSet the operator applied earlier (template of `version`, hash as built) that
+/// its controller has seen.
+fn applied_statefulset(obj: &qpq_operator::crd::QpqCluster, version: &str) -> Value {
+    let c = qpq_operator::resources::ClusterRef::new(obj).unwrap();
+    let hash = qpq_operator::resources::config_hash(&obj.spec.node);
+    let sts =
+        qpq_operator::resources::statefulset(&c, &obj.spec, version, 3, &hash, 0, false).unwrap();
+    let mut v = serde_json::to_value(sts).unwrap();
+    v["metadata"]["generation"] = json!(4);
+    v["status"] = json!({"replicas": 3, "observedGeneration": 4});
+    v
+}
+
+/// The cluster's pods as the API server lists them, all Ready, from a template.
+fn pods_from(sts: &Value, uids: [&str; 3]) -> Value {
+    let template = &sts["spec"]["template"];
+    Value::Array(
+        uids.iter()
+            .enumerate()
+            .map(|(o, uid)| {
+                json!({
+                    "metadata": {"name": format!("x-{o}"), "namespace": "ns", "uid": uid,
+                                 "annotations": template["metadata"]["annotations"]},
+                    "spec": {"containers": [{"name": "qpq-node", "image": template["spec"]["containers"][0]["image"]}]},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                               "containerStatuses": [{"name": "qpq-node", "restartCount": 0, "ready": true,
+                                                      "image": "i", "imageID": ""}]},
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The requests of one round with a user TLS Secret (no Secrets read or written); returns
+/// the applied StatefulSet.
+async fn user_tls_round(
+    server: &mut ApiServer,
+    obj: &qpq_operator::crd::QpqCluster,
+    sts: &Value,
+    pods: &Value,
+) -> Value {
+    server.expect_fresh(obj).await;
+    server
+        .expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", ok(sts))
+        .await;
+    server.expect_pods(pods).await;
+    for path in [
+        "/api/v1/namespaces/ns/serviceaccounts/x",
+        "/api/v1/namespaces/ns/configmaps/x-config",
+        "/api/v1/namespaces/ns/services/x",
+        "/api/v1/namespaces/ns/services/x-client",
+        "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+    ] {
+        server.expect_apply(path).await;
+    }
+    server
+        .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+        .await
+}
+
+#[tokio::test]
+async fn a_version_change_starts_a_rollout_then_replaces_a_follower_by_its_uid() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let mut s = spec(3);
+    s["tls"] = json!({"secretName": "my-tls"});
+    let old = cluster(s.clone(), Some(bootstrapped(json!({"voters": 3}))), true);
+    let sts_old = applied_statefulset(&old, "0.1.0");
+    let pods = pods_from(&sts_old, ["uid-0", "uid-1", "uid-2"]);
+    s["version"] = json!("0.2.0");
+    let obj = cluster(s.clone(), Some(bootstrapped(json!({"voters": 3}))), true);
+
+    // Round 1: gates pass; the template takes the new version; no pod is touched yet (the
+    // StatefulSet must carry the template first).
+    let (sts, status);
+    run!(ctx, server, obj.clone(), {
+        sts = user_tls_round(&mut server, &obj, &sts_old, &pods).await;
+        let ev = server.expect_event("RolloutStarted").await;
+        assert_eq!(ev["type"], "Normal");
+        status = server.expect_status(&obj).await;
+    })
+    .unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/quicproquo/qpq-node:0.2.0"
+    );
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    let r = &status["rollout"];
+    assert_eq!(
+        (
+            r["phase"].as_str(),
+            r["fromVersion"].as_str(),
+            r["targetVersion"].as_str()
+        ),
+        (Some("Progressing"), Some("0.1.0"), Some("0.2.0"))
+    );
+    assert_eq!(condition(&status, "Progressing")["reason"], "RollingOut");
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+
+    // Round 2: the StatefulSet carries it; the highest-ordinal follower goes first, deleted
+    // only if it is still the pod that was planned (UID precondition).
+    let obj2 = cluster(s, Some(status), true);
+    let sts_new = applied_statefulset(&obj2, "0.2.0");
+    let status2;
+    run!(ctx, server, obj2.clone(), {
+        user_tls_round(&mut server, &obj2, &sts_new, &pods).await;
+        let (_, body) = server
+            .expect("DELETE", "/api/v1/namespaces/ns/pods/x-2", ok(&pods[2]))
+            .await;
+        assert_eq!(body["preconditions"]["uid"], "uid-2", "{body}");
+        server.expect_event("PodReplaced").await;
+        status2 = server.expect_status(&obj2).await;
+    })
+    .unwrap();
+    assert_eq!(status2["rollout"]["replaced"], 1);
+    assert!(
+        nodes.calls().is_empty(),
+        "no membership call during a rollout"
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
