@@ -3,8 +3,8 @@
 //! a canary that soaks on one follower while the operator itself is killed, the leader replaced last after a transfer, a new
 //! replicated-command version held back until the rollout is finalized, an abort back to the
 //! old build before finalization, a retry and a manual finalize, a downgrade refused after it,
-//! and automatic rollbacks of a version that crashes at start and of one that never becomes
-//! Ready (the operator killed again mid-rollback).
+//! and automatic rollbacks of a version that crashes at start (after a verified backup, the
+//! rollback point) and of one that never becomes Ready (the operator killed again mid-rollback).
 //!
 //! Versions (image tags of the node image; the pod runner's image map, or real images on
 //! kind, provide them):
@@ -475,7 +475,23 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(uids(&last()), before, "no pod touched");
 
-    step(&format!("a version that exits at start: {crash}"));
+    step(&format!(
+        "a version that exits at start: {crash}, after a verified backup (the rollback point)"
+    ));
+    let (claim, _) = backup_job(&env, &ns);
+    let claim_name = claim.metadata.name.clone().unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "backup": {"schedule": "0 3 * * *", "claimName": claim_name, "suspend": true},
+            "rollout": {"backupBeforeRollout": true},
+        }})),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     set_version(&env, &ns, name, &crash).await;
     let back = wait_rollout(&env, &ns, name, &crash, RolloutPhase::RolledBack, 45 + 120).await;
@@ -489,6 +505,20 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let r = st.rollout.as_ref().unwrap();
     assert_eq!(r.rolled_back_from.as_deref(), Some(crash.as_str()), "{r:?}");
     assert_eq!(r.from_version, next, "{r:?}");
+    let point = r.rollback_point.clone().expect("a rollback point");
+    assert_eq!(point.state, "Verified", "{point:?}");
+    assert_eq!(point.claim, claim_name);
+    assert!(point.committed_index > 0, "{point:?}");
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
+    let job = jobs.get(&point.job).await.unwrap();
+    assert!(
+        job.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True"),
+        "the backup Job completed (it verifies the copy against its manifest)"
+    );
     assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
     assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
     wait_ready(&env, &ns, name, 3, 120).await;
@@ -563,6 +593,8 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         "RolloutComplete",
         "CommandVersionFinalized",
         "RolloutBlocked",
+        "RollbackPointRequested",
+        "RollbackPointVerified",
         "RollingBack",
         "RolledBack",
     ] {
