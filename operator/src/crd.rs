@@ -605,6 +605,12 @@ pub struct RolloutStatus {
     /// lasts; 0 when there is none. Past `progressDeadline` the version is rolled back.
     #[serde(default)]
     pub stalled_since: i64,
+    /// `Pending`: unix seconds since when the gates pass at Raft term `stableTerm`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stable_since: i64,
+    /// `Pending`: the Raft term the cluster has to keep.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub stable_term: u64,
     /// Unix seconds of the end of the rollout (or of its rollback); 0 while it runs.
     #[serde(default)]
     pub finished: i64,
@@ -633,12 +639,24 @@ pub struct RolloutStatus {
     pub handled: BTreeMap<String, String>,
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
 /// Phases of a rollout.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RolloutPhase {
     /// Not started: a gate refuses it (health, version skew, backup).
     #[default]
     Blocked,
+    /// Not started yet: the gates pass, and the cluster must stay healthy at the same Raft
+    /// term for one analysis interval (at least 10 s) before the first pod is touched, so
+    /// that the disturbance of a recent fault is not blamed on the new version.
+    Pending,
     /// Taking the backup that is the rollback point.
     BackingUp,
     /// Replacing pods or soaking a step.

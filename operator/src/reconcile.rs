@@ -621,7 +621,10 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     )
     .await?;
 
-    let rolling = next.rollout.as_ref().is_some_and(|r| r.phase.in_progress());
+    // Gates are re-checked soon too: nothing else wakes the operator when a pod recovers.
+    let rolling = next.rollout.as_ref().is_some_and(|r| {
+        r.phase.in_progress() || matches!(r.phase, RolloutPhase::Blocked | RolloutPhase::Pending)
+    });
     Ok(match plan.action {
         Action::None if !rolling => Requeue::requeue(IDLE_REQUEUE),
         _ => Requeue::requeue(STEP_REQUEUE),
@@ -723,6 +726,7 @@ async fn observe_backup(
 fn record_phase(ctx: &Context, c: &ClusterRef, phase: Option<RolloutPhase>) {
     for p in [
         RolloutPhase::Blocked,
+        RolloutPhase::Pending,
         RolloutPhase::BackingUp,
         RolloutPhase::Progressing,
         RolloutPhase::Paused,

@@ -8,8 +8,9 @@
 //! property tests in `rollout/tests.rs`):
 //! - **gates before the first pod**: a version change starts only on a healthy cluster
 //!   (every voter answering, a leader, no follower lagging, every pod Ready, no membership
-//!   change), within the allowed version skew, and after the rollback point's backup
-//!   verified when asked for; otherwise `Blocked` with the reason, and nothing is touched;
+//!   change) that stayed so at one Raft term for an analysis interval (`Pending`), within
+//!   the allowed version skew, and after the rollback point's backup verified when asked
+//!   for; otherwise `Blocked` with the reason, and nothing is touched;
 //! - **one pod down at most**: a pod is deleted only when every other pod is Ready, and only
 //!   when the StatefulSet already carries the template the pod must come back with;
 //! - **followers first, the leader last**: the leader's pod is never deleted; when it is the
@@ -58,6 +59,10 @@ pub mod commands {
 /// Restarts of an updated pod's container that count as a crash loop: the version is rolled
 /// back without waiting for the progress deadline.
 pub const CRASH_RESTARTS: i32 = 3;
+
+/// Shortest time the cluster must stay healthy at one Raft term before a version change
+/// starts (`Pending`); the analysis interval when that is longer.
+pub const STABLE_SECS: i64 = 10;
 
 /// Lag (entries) a voter may have to receive leadership (the node's own transfer bound).
 pub const TRANSFER_MAX_LAG: u64 = 8;
@@ -457,7 +462,9 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
         .as_ref()
         .and_then(|p| match p.phase {
             RolloutPhase::Complete => Some(p.target_version.clone()),
-            RolloutPhase::RolledBack | RolloutPhase::Blocked => Some(p.from_version.clone()),
+            RolloutPhase::RolledBack | RolloutPhase::Blocked | RolloutPhase::Pending => {
+                Some(p.from_version.clone())
+            }
             _ => None,
         })
         .unwrap_or(template_version);
@@ -539,6 +546,43 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
             "spec.rollout.backupBeforeRollout needs spec.backup.claimName for the rollback point"
                 .into(),
         );
+    }
+    // A version change waits until the cluster has been healthy at one Raft term for a
+    // while: elections set off by a recent fault (a follower that was paused, a restarted
+    // pod) would otherwise count against the new version.
+    if target != from {
+        let term = i.term.unwrap_or(0);
+        let window = (ms(&i.rollout.analysis.interval, 30_000) / 1000).max(STABLE_SECS);
+        let since = prev
+            .as_ref()
+            .filter(|p| {
+                p.phase == RolloutPhase::Pending
+                    && p.target_version == target
+                    && p.stable_term == term
+            })
+            .map_or(i.now, |p| p.stable_since);
+        if i.now - since < window {
+            let mut st = RolloutStatus {
+                phase: RolloutPhase::Pending,
+                from_version: from.clone(),
+                target_version: target.clone(),
+                strategy: i.rollout.strategy,
+                reason: "Stabilizing".into(),
+                message: format!(
+                    "the gates pass; starting once the cluster stayed healthy at term {term} for {window}s ({}s so far)",
+                    i.now - since
+                ),
+                stable_since: since,
+                stable_term: term,
+                handled: handled.clone(),
+                ..RolloutStatus::default()
+            };
+            if let Some(p) = &prev {
+                st.rolled_back_from = p.rolled_back_from.clone();
+                st.rollback_reason = p.rollback_reason.clone();
+            }
+            return idle(from, Some(st));
+        }
     }
     let strategy = if target == from {
         // Configuration or certificates only: nothing to soak against.

@@ -175,14 +175,28 @@ impl Sim {
     fn run(&mut self, rounds: usize, dt: i64) {
         for _ in 0..rounds {
             self.step(dt);
-            if self
-                .status
-                .as_ref()
-                .is_some_and(|s| !s.phase.in_progress() && s.phase != RolloutPhase::Blocked)
-            {
+            if self.status.as_ref().is_some_and(|s| {
+                !s.phase.in_progress()
+                    && !matches!(s.phase, RolloutPhase::Blocked | RolloutPhase::Pending)
+            }) {
                 return;
             }
         }
+    }
+
+    /// Steps through `Pending` (the stability window); returns the plan of the round that
+    /// started the rollout (or was refused).
+    fn start(&mut self, dt: i64) -> RolloutPlan {
+        for _ in 0..50 {
+            let p = self.step(dt);
+            if p.status
+                .as_ref()
+                .is_none_or(|s| s.phase != RolloutPhase::Pending)
+            {
+                return p;
+            }
+        }
+        panic!("the rollout never left Pending: {:?}", self.status);
     }
 
     fn versions(&self) -> Vec<String> {
@@ -294,6 +308,7 @@ fn a_canary_that_never_becomes_ready_is_rolled_back_after_the_deadline() {
     sim.rollout = canary("5m");
     sim.broken.insert("0.2.0".into());
     sim.spec_version = "0.2.0".into();
+    sim.start(10);
     let start = sim.now;
     sim.run(100, 10);
     assert_eq!(sim.phase(), RolloutPhase::RolledBack);
@@ -561,11 +576,44 @@ fn health_gate_blocks_the_start_and_touches_nothing() {
     sim.leader = None;
     let p = sim.step(10);
     assert!(p.status.unwrap().message.contains("no leader"));
-    // Healthy again: it starts.
+    // Healthy again: it starts after the stability window.
     sim.leader = Some(1);
     let p = sim.step(10);
+    let st = p.status.unwrap();
+    assert_eq!(
+        (st.phase, st.reason.as_str()),
+        (RolloutPhase::Pending, "Stabilizing")
+    );
+    assert_eq!(p.template_version, "0.1.0", "nothing changes while pending");
+    let p = sim.start(10);
     assert_eq!(p.status.unwrap().phase, RolloutPhase::Progressing);
     assert_eq!(p.template_version, "0.2.0");
+}
+
+#[test]
+fn an_election_while_pending_restarts_the_stability_window() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout.analysis.interval = "20s".into();
+    sim.spec_version = "0.2.0".into();
+    sim.step(10);
+    sim.step(10);
+    assert_eq!(sim.phase(), RolloutPhase::Pending);
+    // A follower that was paused campaigns: the term moves on.
+    sim.term += 2;
+    sim.step(10);
+    assert_eq!(sim.phase(), RolloutPhase::Pending);
+    let st = sim.status.clone().unwrap();
+    assert_eq!(st.stable_term, sim.term);
+    // The window (the 20 s interval) counts from the new term.
+    sim.step(10);
+    assert_eq!(sim.phase(), RolloutPhase::Pending);
+    let p = sim.step(10);
+    assert_eq!(p.status.unwrap().phase, RolloutPhase::Progressing);
+    assert_eq!(
+        sim.status.as_ref().unwrap().analysis.baseline_term,
+        sim.term,
+        "churn is counted from the term the rollout started in"
+    );
 }
 
 #[test]
@@ -696,7 +744,7 @@ fn backup_gate_waits_for_the_backup_and_a_failed_backup_blocks() {
     let mut sim = Sim::new(3, "0.1.0");
     sim.rollout.backup_before_rollout = true;
     sim.spec_version = "0.2.0".into();
-    let p = sim.step(5);
+    let p = sim.start(5);
     assert!(matches!(p.action, RolloutAction::StartBackup(_)));
     assert_eq!(sim.phase(), RolloutPhase::BackingUp);
     for _ in 0..5 {
@@ -715,7 +763,7 @@ fn backup_gate_waits_for_the_backup_and_a_failed_backup_blocks() {
     // retry takes a new backup; this one succeeds.
     sim.backup = BackupObservation::Absent;
     sim.commands.once.insert("retry", "r1".into());
-    let p = sim.step(5);
+    let p = sim.start(5);
     assert!(matches!(p.action, RolloutAction::StartBackup(_)));
     sim.backup = BackupObservation::Succeeded;
     sim.run(60, 5);
@@ -736,7 +784,7 @@ fn backup_gate_waits_for_the_backup_and_a_failed_backup_blocks() {
 fn no_pod_is_deleted_before_the_statefulset_carries_the_template() {
     let mut sim = Sim::new(3, "0.1.0");
     sim.spec_version = "0.2.0".into();
-    let p = sim.step(5);
+    let p = sim.start(5);
     assert_eq!(p.template_version, "0.2.0");
     assert_eq!(p.action, RolloutAction::None);
     // The StatefulSet controller has not caught up.
@@ -757,7 +805,7 @@ fn the_way_back_comes_from_the_status_not_from_a_template_already_changed() {
     assert_eq!(sim.phase(), RolloutPhase::RolledBack);
     sim.spec_version = "0.2.1".into();
     sim.crashing.insert("0.2.1".into());
-    let p = sim.step(10);
+    let p = sim.start(10);
     assert_eq!(p.template_version, "0.2.1");
     // Lose the status this round wrote.
     sim.status = Some(RolloutStatus {

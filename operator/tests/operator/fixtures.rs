@@ -156,6 +156,32 @@ pub(crate) fn node_status(
     }
 }
 
+/// A context on a mocked API server whose clock reads `now` (tests move it).
+pub(crate) fn context_at(
+    nodes: Arc<FakeNodes>,
+    now: Arc<std::sync::atomic::AtomicI64>,
+) -> (Arc<Context>, ApiServer) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "ns");
+    let mut ctx = Context::new(
+        client,
+        nodes,
+        Reporter {
+            controller: "qpq-operator".into(),
+            instance: Some("test".into()),
+        },
+        Metrics::new().unwrap(),
+    );
+    ctx.clock = Arc::new(move || now.load(std::sync::atomic::Ordering::SeqCst));
+    (
+        Arc::new(ctx),
+        ApiServer {
+            handle,
+            seen: Vec::new(),
+        },
+    )
+}
+
 /// A context on a mocked API server.
 pub(crate) fn context(nodes: Arc<FakeNodes>) -> (Arc<Context>, ApiServer) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

@@ -808,7 +808,8 @@ async fn user_tls_round(
 #[tokio::test]
 async fn a_version_change_starts_a_rollout_then_replaces_a_follower_by_its_uid() {
     let nodes = Arc::new(FakeNodes::default());
-    let (ctx, mut server) = context(nodes.clone());
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
+    let (ctx, mut server) = context_at(nodes.clone(), now.clone());
     for id in 1..=3 {
         nodes.set(
             id,
@@ -823,8 +824,25 @@ async fn a_version_change_starts_a_rollout_then_replaces_a_follower_by_its_uid()
     s["version"] = json!("0.2.0");
     let obj = cluster(s.clone(), Some(bootstrapped(json!({"voters": 3}))), true);
 
-    // Round 1: gates pass; the template takes the new version; no pod is touched yet (the
-    // StatefulSet must carry the template first).
+    // Round 0: the gates pass; the cluster must stay healthy at this term for the analysis
+    // interval (30 s) before anything changes.
+    let pending;
+    run!(ctx, server, obj.clone(), {
+        let sts = user_tls_round(&mut server, &obj, &sts_old, &pods).await;
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["image"],
+            "ghcr.io/quicproquo/qpq-node:0.1.0"
+        );
+        pending = server.expect_status(&obj).await;
+    })
+    .unwrap();
+    assert_eq!(pending["rollout"]["phase"], "Pending");
+    assert_eq!(pending["rollout"]["stableSince"], NOW);
+    let obj = cluster(s.clone(), Some(pending), true);
+    now.store(NOW + 30, std::sync::atomic::Ordering::SeqCst);
+
+    // Round 1: the template takes the new version; no pod is touched yet (the StatefulSet
+    // must carry the template first).
     let (sts, status);
     run!(ctx, server, obj.clone(), {
         sts = user_tls_round(&mut server, &obj, &sts_old, &pods).await;
