@@ -269,7 +269,14 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let _stop_sampling = StopOnDrop(stop_sampling.clone());
     let (samples, sampling) = sampler(&env, &ns, name, stop_sampling.clone());
-    let last = || samples.lock().unwrap().last().cloned().unwrap();
+    wait("the first sample of the pods", 30, || async {
+        (!samples.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let last = || {
+        let s = samples.lock().unwrap().last().cloned();
+        s.unwrap()
+    };
 
     step(&format!(
         "{old} -> {next} (one more replicated-command version); the operator is killed mid-soak"
