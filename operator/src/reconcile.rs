@@ -634,13 +634,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
 /// Pods of the cluster by ordinal.
 async fn observe_pods(client: &Client, c: &ClusterRef) -> Result<BTreeMap<i32, PodView>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
-    let selector = c
-        .selector()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    let list = api
+        .list(&ListParams::default().labels(&c.label_selector()))
+        .await?;
     let prefix = format!("{}-", c.name);
     let mut pods = BTreeMap::new();
     for p in list.items {
@@ -986,15 +982,9 @@ async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         }
         PvcRetentionPolicy::Delete => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &c.namespace);
-            let selector = c
-                .selector()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
             api.delete_collection(
                 &DeleteParams::default(),
-                &ListParams::default().labels(&selector),
+                &ListParams::default().labels(&c.label_selector()),
             )
             .await?;
             publish(

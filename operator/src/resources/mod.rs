@@ -133,6 +133,14 @@ impl ClusterRef {
             ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
         ])
     }
+    /// [`Self::selector`] as a label selector string (`k=v,k=v`).
+    pub fn label_selector(&self) -> String {
+        self.selector()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
     /// `metadata` for an owned object.
     pub fn meta(&self, name: String) -> ObjectMeta {
         ObjectMeta {

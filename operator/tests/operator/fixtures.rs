@@ -182,27 +182,9 @@ pub(crate) fn context_at(
     )
 }
 
-/// A context on a mocked API server.
+/// A context on a mocked API server, its clock fixed at [`NOW`].
 pub(crate) fn context(nodes: Arc<FakeNodes>) -> (Arc<Context>, ApiServer) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "ns");
-    let mut ctx = Context::new(
-        client,
-        nodes,
-        Reporter {
-            controller: "qpq-operator".into(),
-            instance: Some("test".into()),
-        },
-        Metrics::new().unwrap(),
-    );
-    ctx.clock = Arc::new(|| NOW);
-    (
-        Arc::new(ctx),
-        ApiServer {
-            handle,
-            seen: Vec::new(),
-        },
-    )
+    context_at(nodes, Arc::new(std::sync::atomic::AtomicI64::new(NOW)))
 }
 
 /// The mocked API server. Each `expect_*` takes the next request, checks it and answers.
