@@ -77,8 +77,17 @@ async fn annotate(env: &Env, ns: &str, name: &str, key: &str, value: &str) {
     .unwrap();
 }
 
-fn uids(s: &Sample) -> BTreeSet<String> {
-    s.pods.values().map(|(u, _, _)| u.clone()).collect()
+/// UIDs of the cluster's pods now (read from the API server, not from the sampler, whose
+/// last sample may predate the change just waited for).
+async fn pod_uids(env: &Env, ns: &str, name: &str) -> BTreeSet<String> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect()
 }
 
 fn version_env(var: &str, default: &str) -> String {
@@ -199,13 +208,18 @@ async fn event_reasons(env: &Env, ns: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The pod whose UID changed between two samples, in order of change.
+/// Each time an ordinal's pod got a new UID, in order of change. Compared with the last
+/// UID seen for the ordinal, not with the previous sample: a replaced pod is often absent
+/// from the sample in between.
 fn replacements(samples: &[Sample]) -> Vec<(Duration, i32)> {
+    let mut seen: BTreeMap<i32, String> = BTreeMap::new();
     let mut out = Vec::new();
-    for w in samples.windows(2) {
-        for (o, (uid, _, _)) in &w[1].pods {
-            if w[0].pods.get(o).is_some_and(|(u, _, _)| u != uid) {
-                out.push((w[1].at, *o));
+    for s in samples {
+        for (o, (uid, _, _)) in &s.pods {
+            if let Some(before) = seen.insert(*o, uid.clone())
+                && before != *uid
+            {
+                out.push((s.at, *o));
             }
         }
     }
@@ -273,10 +287,6 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         (!samples.lock().unwrap().is_empty()).then_some(())
     })
     .await;
-    let last = || {
-        let s = samples.lock().unwrap().last().cloned();
-        s.unwrap()
-    };
 
     step(&format!(
         "{old} -> {next} (one more replicated-command version); the operator is killed mid-soak"
@@ -302,7 +312,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         }
         None => None,
     };
-    let before_gate = uids(&last());
+    let before_gate = pod_uids(&env, &ns, name).await;
     set_version(&env, &ns, name, &next).await;
     if let Some(pid) = paused {
         let c = wait("RolloutBlocked while a follower is paused", 60, || async {
@@ -317,7 +327,11 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
             "{r:?}"
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(uids(&last()), before_gate, "no pod touched while blocked");
+        assert_eq!(
+            pod_uids(&env, &ns, name).await,
+            before_gate,
+            "no pod touched while blocked"
+        );
         signal(&pid, "-CONT");
         step("the follower is back (SIGCONT): the rollout starts by itself");
     }
@@ -414,7 +428,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     );
 
     step(&format!("abort: back to {old} before finalization"));
-    let before_abort = uids(&last());
+    let before_abort = pod_uids(&env, &ns, name).await;
     annotate(&env, &ns, name, "qpq.dev/rollout-abort", "e2e-1").await;
     let back = wait_rollout(&env, &ns, name, &next, RolloutPhase::RolledBack, 240).await;
     let st = back.status.as_ref().unwrap();
@@ -422,7 +436,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
     wait_ready(&env, &ns, name, 3, 180).await;
     assert!(
-        uids(&last()).is_disjoint(&before_abort),
+        pod_uids(&env, &ns, name).await.is_disjoint(&before_abort),
         "every pod went back to the old build"
     );
     for (_, st) in statuses(&env, &ns, name).await {
@@ -467,7 +481,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     .await;
 
     step(&format!("after finalize, {old} is refused"));
-    let before = uids(&last());
+    let before = pod_uids(&env, &ns, name).await;
     set_version(&env, &ns, name, &old).await;
     let blocked = wait("RolloutBlocked", 60, || async {
         let c = api.get(name).await.ok()?;
@@ -480,7 +494,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         (RolloutPhase::Blocked, "VersionSkew")
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(uids(&last()), before, "no pod touched");
+    assert_eq!(pod_uids(&env, &ns, name).await, before, "no pod touched");
 
     step(&format!(
         "a version that exits at start: {crash}, after a verified backup (the rollback point)"
@@ -529,7 +543,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     assert_eq!(condition(&back, "RolloutFailed").as_deref(), Some("True"));
     assert_eq!(st.current_version.as_deref(), Some(next.as_str()));
     wait_ready(&env, &ns, name, 3, 120).await;
-    let after_crash = uids(&last());
+    let after_crash = pod_uids(&env, &ns, name).await;
     assert_eq!(
         after_crash.difference(&before).count(),
         1,
@@ -538,7 +552,11 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
 
     step("GitOps-safe: the spec still names it; nothing is retried for 30 s");
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(uids(&last()), after_crash, "no pod restarted");
+    assert_eq!(
+        pod_uids(&env, &ns, name).await,
+        after_crash,
+        "no pod restarted"
+    );
     let c = api.get(name).await.unwrap();
     assert_eq!(
         c.status.unwrap().rollout.unwrap().phase,
