@@ -3,7 +3,8 @@
 //!
 //! Every write is one transaction on a WAL database with `synchronous = FULL`, so when a
 //! method returns (or the append callback fires) the change is fsync'd: openraft is never
-//! told that something is durable before it is. Writes are serialised by one connection
+//! told that something is durable before it is. The one exception is the committed index,
+//! which openraft treats as a lower bound (see [`LogStore::save_committed`]). Writes are serialised by one connection
 //! behind a mutex; log readers (replication streams) get connections of their own, which
 //! WAL lets read while the writer writes.
 //!
@@ -254,8 +255,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
+        // A hint, not a promise: on start openraft re-applies the log up to it, and a
+        // committed index that is older than the truth only means fewer entries are
+        // re-applied before the leader commits them again. So it is not fsync'd on its own
+        // (the next append's sync carries it; the WAL keeps writes in order, so it never
+        // survives without the entries before it).
         blocking(&self.conn, move |c| {
-            Self::write_meta(c, "committed", &committed)
+            c.execute_batch("PRAGMA synchronous = NORMAL;")
+                .map_err(io_write)?;
+            let written = Self::write_meta(c, "committed", &committed);
+            c.execute_batch("PRAGMA synchronous = FULL;")
+                .map_err(io_write)?;
+            written
         })
         .await
     }

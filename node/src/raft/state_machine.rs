@@ -4,7 +4,9 @@
 //! Applying a batch of entries is one SQLite transaction that applies every command with
 //! its entry's leader-assigned [`Stamp`] and records the last applied log id and the last
 //! membership in the `raft_applied` table, so a restart resumes exactly after the last
-//! applied entry. Stamps are clamped to be monotonic (`max(stamp, last stamp)`), which is
+//! applied entry. That transaction is not fsync'd: the Raft log is the durable record, and
+//! a state database that lost its last transactions in a power cut is brought forward again
+//! from the log (or from the last snapshot) on start, see [`restore_newer_snapshot`]. Stamps are clamped to be monotonic (`max(stamp, last stamp)`), which is
 //! deterministic and keeps time from going backwards when leadership moves to a node whose
 //! clock is behind.
 //!
@@ -186,6 +188,30 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The state database's commits are not fsync'd ([`Store::open_replicated`]): after a power
+/// cut it may be behind what it had applied. Entries after its `raft_applied` log id are
+/// re-applied from the Raft log by openraft on start, unless they were purged from the log
+/// because a snapshot covered them; then the durable snapshot file (`current.sqlite3`,
+/// fsync'd before the log was purged) is newer than the state and replaces it first.
+fn restore_newer_snapshot(store: &mut Store, current: &Path) -> Result<(), crate::Error> {
+    if !current.exists() {
+        return Ok(());
+    }
+    let snapshot = meta_of_file(current).map_err(|e| crate::Error::Raft(e.to_string()))?;
+    let state = read_applied(store.connection())
+        .map_err(|e| crate::Error::Raft(e.to_string()))?
+        .last_applied;
+    if snapshot.last_log_id > state {
+        tracing::warn!(
+            state = ?state,
+            snapshot = ?snapshot.last_log_id,
+            "state database is behind the last snapshot (power cut?); restoring the snapshot"
+        );
+        store.replace_from(current)?;
+    }
+    Ok(())
+}
+
 impl StateMachine {
     /// Opens the state database at `db_path` (migrating it) with snapshots kept in
     /// `snapshot_dir`.
@@ -203,7 +229,8 @@ impl StateMachine {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let store = Store::open(db_path)?;
+        let mut store = Store::open_replicated(db_path)?;
+        restore_newer_snapshot(&mut store, &snapshot_dir.join(CURRENT))?;
         // Checked before Raft starts: a downgraded build must not apply a single entry.
         let versions = store.command_versions()?;
         check_not_downgraded(versions)?;

@@ -46,6 +46,19 @@ impl Store {
         Self::init(conn, true)
     }
 
+    /// Opens the database as the state of a replicated log: like [`Store::open`], but
+    /// commits are not fsync'd (`synchronous = NORMAL`; the WAL is still synced before
+    /// every checkpoint, so the file is always consistent). A power cut may take the last
+    /// committed transactions with it; the caller must be able to redo them. The Raft state
+    /// machine can: each transaction records the log id it applied, the Raft log itself is
+    /// fsync'd, and a restart re-applies every committed entry after that log id (see
+    /// `docs/ARCHITECTURE.md`, "Durability: one fsync per batch").
+    pub fn open_replicated(path: &Path) -> Result<Self> {
+        let store = Self::open(path)?;
+        store.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        Ok(store)
+    }
+
     /// A private in-memory database (tests, tools). Nothing is durable.
     pub fn open_in_memory() -> Result<Self> {
         Self::init(Connection::open_in_memory()?, false)
@@ -110,9 +123,11 @@ impl Store {
     ///
     /// Uses SQLite's online backup API with the live connection as destination: other
     /// connections to the file (the read pool) stay valid and see either the old or the new
-    /// contents, never a mix, and the copy is durable (`synchronous = FULL`) when this
-    /// returns. Fails with [`StoreError::SchemaTooNew`] if the source is from a newer build,
-    /// before anything is copied.
+    /// contents, never a mix. The copy is as durable as the connection's commits (fsync'd
+    /// when opened with [`Store::open`]; the replicated state keeps the installed snapshot
+    /// file to fall back on, see [`Store::open_replicated`]). Fails with
+    /// [`StoreError::SchemaTooNew`] if the source is from a newer build, before anything is
+    /// copied.
     pub fn replace_from(&mut self, source: &Path) -> Result<()> {
         let src = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         migrations::ensure_not_newer(migrations::schema_version(&src)?)?;
