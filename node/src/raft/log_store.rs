@@ -4,8 +4,9 @@
 //! Every write is one transaction on a WAL database with `synchronous = FULL`, so when a
 //! method returns (or the append callback fires) the change is fsync'd: openraft is never
 //! told that something is durable before it is. The one exception is the committed index,
-//! which openraft treats as a lower bound (see [`LogStore::save_committed`]). Writes are serialised by one connection
-//! behind a mutex; log readers (replication streams) get connections of their own, which
+//! which openraft treats as a lower bound: it is written in the next append's transaction
+//! rather than on its own (see [`LogStore::save_committed`]). Writes are serialised by one
+//! connection behind a mutex; log readers (replication streams) get connections of their own, which
 //! WAL lets read while the writer writes.
 //!
 //! Entries are stored CBOR-encoded (`ciborium`), next to their index and log id, so new
@@ -40,11 +41,15 @@ CREATE TABLE IF NOT EXISTS meta (
 ) STRICT;
 ";
 
+/// The latest committed log id openraft reported, not yet written (`None`: nothing new).
+type UnsavedCommitted = Arc<Mutex<Option<Option<LogId<NodeId>>>>>;
+
 /// The writable log store handed to openraft.
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    committed: UnsavedCommitted,
 }
 
 /// A read-only view of the log for one replication stream.
@@ -91,7 +96,18 @@ impl LogStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            committed: Arc::default(),
         })
+    }
+
+    /// Writes the committed log id reported since the last write, if any, in `tx` (the
+    /// transaction of an append, a vote or a purge: its fsync carries it).
+    fn write_unsaved_committed(committed: &UnsavedCommitted, tx: &Connection) -> StResult<()> {
+        let unsaved = committed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match unsaved {
+            Some(c) => Self::write_meta(tx, "committed", &c),
+            None => Ok(()),
+        }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -257,21 +273,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
         // A hint, not a promise: on start openraft re-applies the log up to it, and a
         // committed index that is older than the truth only means fewer entries are
-        // re-applied before the leader commits them again. So it is not fsync'd on its own
-        // (the next append's sync carries it; the WAL keeps writes in order, so it never
-        // survives without the entries before it).
-        blocking(&self.conn, move |c| {
-            c.execute_batch("PRAGMA synchronous = NORMAL;")
-                .map_err(io_write)?;
-            let written = Self::write_meta(c, "committed", &committed);
-            c.execute_batch("PRAGMA synchronous = FULL;")
-                .map_err(io_write)?;
-            written
-        })
-        .await
+        // re-applied before the leader commits them again. openraft awaits this call on
+        // its core task after every commit, so it costs nothing here: it is remembered and
+        // written in the next append's (or purge's) transaction, whose fsync carries it.
+        // It never exceeds the entries already flushed on this node, so it is never
+        // durable without them.
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
+        let unsaved = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = unsaved {
+            return Ok(c);
+        }
         blocking(&self.conn, |c| {
             Ok(Self::read_meta::<Option<LogId<NodeId>>>(c, "committed")?.flatten())
         })
@@ -292,10 +307,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(io_write)?,
             ));
         }
+        let committed = self.committed.clone();
         let result = blocking(&self.conn, move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(io_write)?;
+            Self::write_unsaved_committed(&committed, &tx)?;
             {
                 let mut stmt = tx
                     .prepare_cached(
@@ -331,10 +348,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         let idx = i64::try_from(log_id.index).map_err(io_write)?;
+        let committed = self.committed.clone();
         blocking(&self.conn, move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(io_write)?;
+            Self::write_unsaved_committed(&committed, &tx)?;
             Self::write_meta(&tx, "last_purged", &log_id)?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", [idx])
                 .map_err(io_write)?;
