@@ -35,7 +35,7 @@ use crate::log::CommitLog;
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
 use crate::rpc::{InFlight, NodeRpc};
-use crate::service::waiters::Waiters;
+use crate::service::hooks::ServiceHooks;
 use crate::service::{Caller, Services};
 use crate::transport::devcert::{DevCert, fingerprint_sha256};
 use crate::transport::limits::{ConnectionLimiter, ConnectionPermit, TransportLimits};
@@ -114,11 +114,11 @@ impl RunningNode {
         let server_config =
             tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
-        let waiters = Arc::new(Waiters::default());
+        let hooks = Arc::new(ServiceHooks::default());
         let raft = RaftNode::start(
             &config,
             reset.endpoint_config(Listener::Raft),
-            waiters.clone(),
+            hooks.clone(),
             metrics.clone(),
             clock.clone(),
         )
@@ -132,7 +132,7 @@ impl RunningNode {
         let draining = CancellationToken::new();
         let services = Arc::new(Services::new(
             log,
-            waiters,
+            hooks,
             clock,
             config.clone(),
             draining.clone(),

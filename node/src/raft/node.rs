@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::certs::ClusterTls;
 use super::log_store::LogStore;
 use super::network::{CallError, LastHeard, Network, PeerClient};
-use super::state_machine::{AppliedVersions, StateMachine};
+use super::state_machine::{AppliedVersions, ApplyObserver, StateMachine};
 use super::transfer::{self, ElectionRefusal, ElectionRequest, FollowerView, TargetView};
 use super::versions;
 use super::wire::Request;
@@ -38,7 +38,6 @@ use super::{Member, NodeId, Proposal, Raft, decode, encode};
 use crate::clock::SharedClock;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::metrics::Metrics;
-use crate::service::waiters::Waiters;
 use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 use crate::transport;
 
@@ -135,7 +134,7 @@ impl RaftNode {
     pub async fn start(
         config: &NodeConfig,
         endpoint_config: quinn::EndpointConfig,
-        waiters: Arc<Waiters>,
+        observer: Arc<dyn ApplyObserver>,
         metrics: Metrics,
         clock: SharedClock,
     ) -> Result<Arc<Self>, crate::Error> {
@@ -161,7 +160,7 @@ impl RaftNode {
         let sm = StateMachine::open(
             &config.db_path(),
             &config.data_dir.join("snapshots"),
-            waiters,
+            observer,
             metrics,
         )?;
         let versions = sm.versions();

@@ -18,7 +18,8 @@
 //! [`Store::replace_from`]). openraft streams snapshot files in chunks
 //! (`snapshot_max_chunk_size`).
 //!
-//! Waiters (`fetchWait`) are woken after the transaction commits, on every node.
+//! What was applied is reported through [`ApplyObserver`] after the transaction commits, on
+//! every node (new messages wake `fetchWait`; access changes invalidate the access cache).
 
 // openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
 // returned only on failures, so its size costs nothing on the hot path.
@@ -39,7 +40,6 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::{Member, NodeId, TypeConfig, decode, encode};
 use crate::metrics::Metrics;
-use crate::service::waiters::Waiters;
 use crate::state::{COMMAND_VERSION, Command, CommandVersions, Outcome, Stamp, Store};
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -104,6 +104,18 @@ pub(crate) fn check_not_downgraded(v: CommandVersions) -> Result<(), crate::Erro
     Ok(())
 }
 
+/// What the state machine tells the rest of the node about what it applied: on every node,
+/// after the transaction that applied it committed. The services implement it
+/// (`service::hooks::ServiceHooks`); the state machine knows nothing of them.
+pub trait ApplyObserver: Send + Sync {
+    /// Message `seq` is now stored in `channel`.
+    fn message_stored(&self, channel: &qpq_schemas::ChannelId, seq: u64);
+    /// Accounts, devices, tokens, channels or memberships may have changed.
+    fn access_changed(&self);
+    /// The whole state was replaced (a snapshot was installed).
+    fn state_replaced(&self);
+}
+
 /// What the state machine, its snapshot builders and the node share.
 pub struct Shared {
     store: Mutex<Store>,
@@ -111,7 +123,7 @@ pub struct Shared {
     snapshot_dir: PathBuf,
     /// Serialises building and installing snapshots (both replace `current.sqlite3`).
     snapshot_lock: Mutex<()>,
-    waiters: Arc<Waiters>,
+    observer: Arc<dyn ApplyObserver>,
     metrics: Metrics,
     /// Names temporary files uniquely within this process.
     counter: AtomicU64,
@@ -218,7 +230,7 @@ impl StateMachine {
     pub fn open(
         db_path: &Path,
         snapshot_dir: &Path,
-        waiters: Arc<Waiters>,
+        observer: Arc<dyn ApplyObserver>,
         metrics: Metrics,
     ) -> Result<Self, crate::Error> {
         std::fs::create_dir_all(snapshot_dir)?;
@@ -240,7 +252,7 @@ impl StateMachine {
                 db_path: db_path.to_path_buf(),
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 snapshot_lock: Mutex::new(()),
-                waiters,
+                observer,
                 metrics,
                 counter: AtomicU64::new(0),
                 versions: Arc::new(AppliedVersions::new(versions)),
@@ -282,6 +294,8 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     let mut commands = 0usize;
     // Whether the batch may move the command versions (re-read before commit if so).
     let mut versions_touched = false;
+    // Whether the batch may change who may do what (the services' access cache).
+    let mut access_touched = false;
     for entry in entries {
         applied.last_applied = Some(entry.log_id);
         match &entry.payload {
@@ -303,6 +317,7 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                         .commands
                         .iter()
                         .any(|c| matches!(c, Command::Finalize { .. }));
+                access_touched |= proposal.commands.iter().any(Command::may_change_access);
                 applied.last_stamp_ms = applied.last_stamp_ms.max(proposal.stamp.now_ms);
                 let stamp = Stamp {
                     now_ms: applied.last_stamp_ms,
@@ -367,8 +382,11 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     if let Some(v) = versions {
         shared.versions.set(v);
     }
+    if access_touched {
+        shared.observer.access_changed();
+    }
     for (channel, seq) in wake {
-        shared.waiters.notify(&channel, seq);
+        shared.observer.message_stored(&channel, seq);
     }
     let m = &shared.metrics;
     if commands > 0 {
@@ -513,8 +531,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             std::fs::rename(&installing, s.snapshot_dir.join(CURRENT)).map_err(snap_err)?;
             fsync_dir(&s.snapshot_dir).map_err(snap_err)?;
-            // Every channel may have moved: wake all long-polls so they re-read.
-            s.waiters.notify_all();
+            // Everything may have moved: wake all long-polls so they re-read, forget cached
+            // access rows.
+            s.observer.state_replaced();
             Ok(())
         })
         .await?;

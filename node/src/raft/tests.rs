@@ -11,7 +11,7 @@ use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::{NodeId, TypeConfig};
 use crate::metrics::Metrics;
-use crate::service::waiters::Waiters;
+use crate::service::hooks::ServiceHooks;
 
 struct Builder;
 
@@ -24,7 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let sm = StateMachine::open(
             &dir.path().join("node.sqlite3"),
             &dir.path().join("snapshots"),
-            Arc::new(Waiters::default()),
+            Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
         .map_err(|e| StorageIOError::write_state_machine(openraft::AnyError::error(e)))?;
@@ -47,7 +47,7 @@ async fn a_reopened_state_machine_resumes_after_the_last_applied_entry() {
         StateMachine::open(
             &dir.path().join("node.sqlite3"),
             &dir.path().join("snapshots"),
-            Arc::new(Waiters::default()),
+            Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
         .unwrap()
@@ -132,7 +132,7 @@ async fn an_entry_of_an_unknown_command_version_stops_the_state_machine() {
     let mut sm = StateMachine::open(
         &dir.path().join("node.sqlite3"),
         &dir.path().join("snapshots"),
-        Arc::new(Waiters::default()),
+        Arc::new(ServiceHooks::default()),
         Metrics::new().unwrap(),
     )
     .unwrap();
@@ -204,7 +204,7 @@ async fn finalize_moves_the_shared_versions_and_a_downgraded_state_is_refused() 
         StateMachine::open(
             &db,
             &dir.path().join("snapshots"),
-            Arc::new(Waiters::default()),
+            Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
     };
@@ -267,7 +267,7 @@ async fn a_snapshot_finalized_beyond_this_build_is_not_installed() {
     let mut sm = StateMachine::open(
         &dir.path().join("node.sqlite3"),
         &dir.path().join("snapshots"),
-        Arc::new(Waiters::default()),
+        Arc::new(ServiceHooks::default()),
         Metrics::new().unwrap(),
     )
     .unwrap();

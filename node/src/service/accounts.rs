@@ -77,7 +77,17 @@ impl Services {
             return Err(WireError::Unauthenticated);
         };
         let id = presented.id;
-        let row = self.readers.with(move |r| r.token(&id)).await?;
+        let row = match self.hooks.access.token(&id) {
+            Some(row) => Some(row),
+            None => {
+                let read_at = self.hooks.access.generation();
+                let row = self.readers.with(move |r| r.token(&id)).await?;
+                if let Some(row) = &row {
+                    self.hooks.access.put_token(read_at, id, row.clone());
+                }
+                row
+            }
+        };
         let now = self.clock.now_ms();
         let failure = |reason: &'static str| {
             tracing::info!(target: "qpq::audit", event = "auth_failure", peer = %peer, token = %token::tag(&id), reason);

@@ -39,10 +39,22 @@ impl Services {
     ) -> Result<Authenticated, WireError> {
         let me = *caller.authenticated()?;
         let account = me.account;
-        let info = self
-            .readers
-            .with(move |r| r.channel_access(&channel, &account))
-            .await?;
+        let info = match self.hooks.access.channel_access(&channel, &account) {
+            Some(info) => Some(info),
+            None => {
+                let read_at = self.hooks.access.generation();
+                let info = self
+                    .readers
+                    .with(move |r| r.channel_access(&channel, &account))
+                    .await?;
+                if let Some(info) = info {
+                    self.hooks
+                        .access
+                        .put_channel_access(read_at, channel, account, info);
+                }
+                info
+            }
+        };
         let allowed = match info {
             None => false,
             Some(c) => match (c.kind, access) {

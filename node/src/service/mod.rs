@@ -15,6 +15,7 @@
 
 pub mod accounts;
 mod channels;
+pub mod hooks;
 pub mod waiters;
 
 pub use channels::Access;
@@ -37,7 +38,7 @@ use crate::log::{CommitLog, LogError};
 use crate::mls::framing;
 use crate::mls::keypackage::{self, KeyPackagePolicy};
 use crate::state::{Command, FetchPage, Outcome, Rejection, StoreError, StoreReader};
-use waiters::Waiters;
+use hooks::ServiceHooks;
 
 /// Who is calling: the peer address, and the account and device once the request's access
 /// token was verified.
@@ -125,7 +126,8 @@ pub struct WaitedPage {
 pub struct Services {
     log: CommitLog,
     readers: Arc<Readers>,
-    waiters: Arc<Waiters>,
+    /// `fetchWait` wake-ups and the access cache, fed by the state machine.
+    hooks: Arc<ServiceHooks>,
     clock: SharedClock,
     config: NodeConfig,
     key_package_policy: KeyPackagePolicy,
@@ -160,7 +162,7 @@ impl Services {
     /// Wires the services to a running log.
     pub fn new(
         log: CommitLog,
-        waiters: Arc<Waiters>,
+        hooks: Arc<ServiceHooks>,
         clock: SharedClock,
         config: NodeConfig,
         draining: CancellationToken,
@@ -185,7 +187,7 @@ impl Services {
         Self {
             log,
             readers,
-            waiters,
+            hooks,
             clock,
             config,
             key_package_policy,
@@ -446,7 +448,7 @@ impl Services {
         let deadline = tokio::time::Instant::now() + effective_timeout;
         // Subscribe before reading: a message applied between the read and the wait must
         // still wake us.
-        let mut sub = self.waiters.subscribe(channel);
+        let mut sub = self.hooks.waiters.subscribe(channel);
         loop {
             let page = self.read_page(channel, after_seq, limit).await?;
             if !page.messages.is_empty() {

@@ -252,6 +252,35 @@ impl Command {
             Self::Marker { .. } => 2,
         }
     }
+
+    /// Whether applying this command may change an account, device, token, channel or
+    /// membership: what the services cache to authenticate and authorize requests (the
+    /// cache is dropped after such a command is applied). No wildcard arm: a new variant
+    /// must choose, and `true` is always safe.
+    pub fn may_change_access(&self) -> bool {
+        match self {
+            // Messages, cursors and KeyPackages: no access rows are written.
+            Self::UploadKeyPackages { .. }
+            | Self::ConsumeKeyPackage { .. }
+            | Self::Enqueue { .. }
+            | Self::Ack { .. }
+            | Self::Finalize { .. } => false,
+            #[cfg(feature = "test-command-v2")]
+            Self::Marker { .. } => false,
+            Self::RegisterAccount { .. }
+            | Self::AddDevice { .. }
+            | Self::RevokeDevice { .. }
+            | Self::IssueTokens { .. }
+            | Self::RotateRefresh { .. }
+            | Self::CreateGroup { .. }
+            | Self::AddMember { .. }
+            | Self::RemoveMember { .. }
+            | Self::Leave { .. }
+            | Self::Dm { .. }
+            // Deletes expired tokens and devices' leftovers.
+            | Self::Evict { .. } => true,
+        }
+    }
 }
 
 /// A token's public lookup id (the first 16 bytes of the bearer token). Not a secret on its
