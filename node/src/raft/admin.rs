@@ -1,6 +1,6 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
 //! promote, remove, transfer-leader, finalize (and, in the `test-command-v2` test build
-//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`], map
+//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](super::node::RaftNode), map
 //! [`AdminError`] to the documented HTTP answers.
 
 use std::collections::BTreeMap;

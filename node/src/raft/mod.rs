@@ -8,8 +8,11 @@
 //! - `network.rs`: the client side (openraft's `RaftNetwork`) over QUIC with mutual TLS.
 //! - `peer.rs`: the Raft listener that answers peers.
 //! - `certs.rs`: the cluster CA and node certificates (generated in dev mode).
-//! - `node.rs`: [`node::RaftNode`]: start, bootstrap, the write path (leader stamps and
-//!   appends, followers forward), read barriers, membership changes, status.
+//! - `node/`: [`node::RaftNode`], one job per file: `mod.rs` wiring and start, `write.rs`
+//!   the write path (leader stamps and appends, followers forward), `gate.rs` the command
+//!   version gate and finalize, `read.rs` read barriers, `membership.rs` bootstrap and
+//!   membership changes, `handoff.rs` the leadership transfer driver, `status.rs` status
+//!   and readiness.
 //! - `versions.rs`: the replicated-command version gate (DESIGN invariants 9 and 10): which
 //!   command versions the leader may propose (every voter applies it and its rollout is
 //!   finalized), and which a state machine may apply.

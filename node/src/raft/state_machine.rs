@@ -6,9 +6,9 @@
 //! membership in the `raft_applied` table, so a restart resumes exactly after the last
 //! applied entry. That transaction is not fsync'd: the Raft log is the durable record, and
 //! a state database that lost its last transactions in a power cut is brought forward again
-//! from the log (or from the last snapshot) on start, see [`restore_newer_snapshot`]. Stamps are clamped to be monotonic (`max(stamp, last stamp)`), which is
-//! deterministic and keeps time from going backwards when leadership moves to a node whose
-//! clock is behind.
+//! from the log (or from the last snapshot) on start, see `restore_newer_snapshot`. Stamps
+//! are clamped to be monotonic (`max(stamp, last stamp)`), which is deterministic and keeps
+//! time from going backwards when leadership moves to a node whose clock is behind.
 //!
 //! A snapshot is a consistent copy of the state database (`VACUUM INTO`, one read
 //! transaction), which carries its own `raft_applied` row: the snapshot's metadata is read

@@ -2,7 +2,7 @@
 //! replicated state is enabled only once every voter runs a build that applies it **and the
 //! rollout is finalized**; until then the rollout can be reversed).
 //!
-//! Pure rules; the I/O (asking peers, applying entries) is in `node.rs` and
+//! Pure rules; the I/O (asking peers, applying entries) is in `node/gate.rs` and
 //! `state_machine.rs`:
 //! - every [`Command`] has a version ([`Command::version`]), every entry carries the
 //!   highest version of its batch ([`super::Proposal::version`]);

@@ -1,0 +1,63 @@
+//! The read path: read-index barriers, on the leader and forwarded from followers.
+
+use super::*;
+
+impl RaftNode {
+    /// The leader side of a read barrier: confirms leadership with a quorum and returns the
+    /// index a read must see applied.
+    pub async fn read_index_local(&self) -> Result<u64, SubmitError> {
+        // The leader confirms leadership with a round of AppendEntries, which would renew
+        // the followers' leases during a handoff.
+        let Some(_permit) = self.handoff_permit().await else {
+            return Err(SubmitError::Unavailable);
+        };
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(SubmitError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(_)) => Err(SubmitError::Unavailable),
+            Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Returns once this node has applied everything the leader had committed when the call
+    /// started.
+    pub async fn read_barrier(&self) -> Result<(), SubmitError> {
+        let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
+        let index = loop {
+            let leader = match self.read_index_local().await {
+                Ok(i) => break i,
+                Err(SubmitError::NotLeader { leader }) => leader,
+                Err(e) => return Err(e),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.id)
+                && let Some(addr) = self.member_addr(leader)
+            {
+                let timeout = self.cluster.forward_timeout;
+                match self.client.call(&addr, &Request::ReadIndex, timeout).await {
+                    Ok(bytes) => match decode::<Result<u64, SubmitError>>(&bytes) {
+                        Ok(Ok(i)) => break i,
+                        Ok(Err(SubmitError::NotLeader { .. })) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
+                    },
+                    Err(e) => tracing::debug!(leader, error = %e, "read index failed; retrying"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SubmitError::Unavailable);
+            }
+            tokio::time::sleep(Self::RETRY).await;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left.max(Duration::from_millis(100))))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| SubmitError::Unavailable)
+    }
+}

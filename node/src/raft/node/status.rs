@@ -1,0 +1,151 @@
+//! Status and readiness for the admin API.
+
+use super::*;
+
+impl RaftNode {
+    // ------------------------------------------------------------------ status
+
+    /// The admin API's `Status`.
+    pub async fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
+            .await
+            .unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.addr.clone());
+            } else {
+                learners.insert(*id, node.addr.clone());
+            }
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = if m.state == ServerState::Leader {
+            m.replication.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.map_or(0, |l| l.index);
+                        (
+                            *id,
+                            Replication {
+                                matched_index: matched,
+                                lag: last.saturating_sub(matched),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+        } else {
+            None
+        };
+        Status {
+            node_id: self.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: last,
+            committed_index: committed,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            membership: MembershipView { voters, learners },
+            replication,
+            version: env!("CARGO_PKG_VERSION"),
+            wire_version: qpq_schemas::limits::WIRE_VERSION,
+            command_version: COMMAND_VERSION,
+            finalized_command_version: self.versions.finalized(),
+            applied_command_version: self.versions.applied(),
+        }
+    }
+
+    /// Whether this node is a member of an initialised cluster with a known leader, and has
+    /// applied within `ready_max_lag` entries of the commit index it knows.
+    pub async fn caught_up_member(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return false;
+        }
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
+        if !member || m.current_leader.is_none() {
+            return false;
+        }
+        let Ok(committed) = self
+            .raft
+            .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
+            .await
+        else {
+            return false;
+        };
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        committed.saturating_sub(applied) <= self.cluster.ready_max_lag
+    }
+}
+
+/// The admin API's status document (`docs/admin-api.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// `leader | follower | candidate | learner | shutdown`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader_id: Option<NodeId>,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// Highest index known committed.
+    pub committed_index: u64,
+    /// Highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// The effective membership.
+    pub membership: MembershipView,
+    /// Per-follower replication (leader only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<BTreeMap<NodeId, Replication>>,
+    /// Build version.
+    pub version: &'static str,
+    /// Client wire version.
+    pub wire_version: u16,
+    /// The newest replicated-command version this node applies (see `raft::versions`).
+    pub command_version: u16,
+    /// The replicated finalized command version, as applied on this node: the leader
+    /// proposes commands up to it (and only those every voter applies); builds below it
+    /// refuse to start.
+    pub finalized_command_version: u16,
+    /// The newest command version of any command this node's state has applied (1 until a
+    /// command of a newer version commits).
+    pub applied_command_version: u16,
+}
+
+/// Voters and learners with their Raft addresses.
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipView {
+    /// Voting members.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Non-voting members.
+    pub learners: BTreeMap<NodeId, String>,
+}
+
+/// One follower's replication progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replication {
+    /// Highest index known replicated to it.
+    pub matched_index: u64,
+    /// Leader's last index minus `matched_index`.
+    pub lag: u64,
+}

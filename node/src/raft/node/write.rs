@@ -1,0 +1,115 @@
+//! The write path: [`RaftNode::submit`] stamps and appends a batch on the leader (one
+//! entry) or forwards it to the leader from a follower, waiting out leaderless periods.
+
+use super::*;
+
+impl RaftNode {
+    pub(super) fn stamp(&self) -> Stamp {
+        let mut last = self.last_stamp_ms.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(self.clock.now_ms());
+        Stamp { now_ms: *last }
+    }
+
+    /// Waits for a leadership handoff to end (a transfer holds back new writes and reads;
+    /// they then find another leader and are forwarded). `None` if it did not end within
+    /// `unavailable_wait`.
+    pub(super) async fn handoff_permit(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        tokio::time::timeout(self.cluster.unavailable_wait, self.handoff.read())
+            .await
+            .ok()
+    }
+
+    /// Appends `commands` as one entry if this node leads; waits until it is applied here.
+    pub async fn submit_local(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let Some(_permit) = self.handoff_permit().await else {
+            return Err(SubmitError::Unavailable);
+        };
+        // On a follower openraft answers with the leader it knows; the leader checks.
+        let needed = versions::needed(&commands);
+        if needed > versions::BASELINE && self.is_leader() {
+            self.version_gate(needed).await?;
+        }
+        let proposal = Proposal::new(self.stamp(), commands);
+        // A leader cut off from its majority does not learn it is deposed until it hears
+        // from a newer leader; bound the wait. The entry may still commit later (then the
+        // client's retry with the same message id is deduplicated) or be discarded.
+        let write = self.raft.client_write(proposal);
+        let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await
+        else {
+            return Err(SubmitError::Unavailable);
+        };
+        match result {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(SubmitError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(SubmitError::Internal(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    pub(super) fn member_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Time to wait between attempts while the leader is unknown or changing.
+    pub(super) const RETRY: Duration = Duration::from_millis(50);
+
+    /// Applies `commands` through the leader (this node or, transparently, another) and
+    /// returns their outcomes once the entry is committed and applied on this node's leader.
+    pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
+        loop {
+            let leader = match self.submit_local(commands.clone()).await {
+                Ok(o) => return Ok(o),
+                Err(SubmitError::NotLeader { leader }) => leader,
+                Err(e) => return Err(e),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.id)
+                && let Some(addr) = self.member_addr(leader)
+            {
+                let body = encode(&commands).map_err(|e| SubmitError::Internal(e.to_string()))?;
+                let timeout = self.cluster.forward_timeout;
+                match self
+                    .client
+                    .call(&addr, &Request::Forward(body), timeout)
+                    .await
+                {
+                    Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
+                        Ok(Ok(o)) => {
+                            // Read-your-writes on this node: the caller's next request here
+                            // (a login's first authenticated call, an enqueue to a channel it
+                            // just created) must see this entry applied locally, not only on
+                            // the leader. Best effort: the write itself already succeeded.
+                            if let Err(e) = self.read_barrier().await {
+                                tracing::debug!(error = %e, "forwarded write applied on the leader; local catch-up timed out");
+                            }
+                            return Ok(o);
+                        }
+                        // The leader moved before the entry was appended: safe to retry.
+                        Ok(Err(SubmitError::NotLeader { .. })) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
+                    },
+                    // Never delivered: safe to retry.
+                    Err(CallError::Unreachable(why) | CallError::Refused(why)) => {
+                        tracing::debug!(leader, %why, "forward failed; retrying");
+                    }
+                    // Maybe delivered: do not append twice. The client retries with the same
+                    // message id, which the state machine deduplicates.
+                    Err(CallError::Lost(why)) => {
+                        tracing::info!(leader, %why, "forwarded write lost");
+                        return Err(SubmitError::Unavailable);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SubmitError::Unavailable);
+            }
+            tokio::time::sleep(Self::RETRY).await;
+        }
+    }
+}
