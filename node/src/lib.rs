@@ -28,6 +28,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod local;
 pub mod log;
 pub mod metrics;
 pub mod mls;

@@ -9,17 +9,45 @@
 //! and form the next batch; at low load a batch is a single command and nothing waits for
 //! a timer.
 //!
-//! Submission goes through [`RaftNode::submit`]: the leader stamps and appends, a follower
-//! forwards the batch to the leader. A single node is a one-voter cluster: the same path.
-//! [`CommitLog::read_barrier`] is the read side: it returns once this node has applied
-//! everything committed when the read began.
+//! Batches go to a [`Replicator`], the services' one seam to replication. In production it
+//! is [`RaftNode`] (`RaftNode::submit`: the leader stamps and appends, a follower forwards
+//! the batch to the leader; a single node is a one-voter cluster, the same path). For
+//! benchmarks and tests of the AS/DS rules without QUIC or Raft, [`crate::local::Local`]
+//! applies batches to a local database. [`CommitLog::read_barrier`] is the read side: it
+//! returns once this node has applied everything committed when the read began.
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::raft::node::{RaftNode, SubmitError};
 use crate::state::{Command, Outcome, StoreError};
+
+/// What the services need of replication.
+pub trait Replicator: Send + Sync + 'static {
+    /// Commits `commands` as one batch and returns one outcome per command once they are
+    /// applied on this node (ack means durable: invariant 3).
+    fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>>;
+    /// Returns once this node has applied everything committed before the call.
+    fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>>;
+    /// Whether this node should run leader-only periodic work (eviction).
+    fn is_leader(&self) -> bool;
+}
+
+impl Replicator for RaftNode {
+    fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>> {
+        Box::pin(RaftNode::submit(self, commands))
+    }
+
+    fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>> {
+        Box::pin(RaftNode::read_barrier(self))
+    }
+
+    fn is_leader(&self) -> bool {
+        RaftNode::is_leader(self)
+    }
+}
 
 /// Commands of one batch hold at most about this many bytes (payloads and KeyPackages), so
 /// one entry stays well below the node-to-node message limit.
@@ -72,7 +100,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct CommitLog {
     tx: mpsc::Sender<Pending>,
-    node: Arc<RaftNode>,
+    node: Arc<dyn Replicator>,
 }
 
 /// Rough size of a command in an entry (for the batch byte budget).
@@ -95,7 +123,7 @@ fn approx_size(command: &Command) -> usize {
 impl CommitLog {
     /// Starts the batching task over `node`.
     pub fn start(
-        node: Arc<RaftNode>,
+        node: Arc<dyn Replicator>,
         max_batch_entries: usize,
         max_in_flight: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -136,7 +164,7 @@ impl CommitLog {
 
 async fn run(
     mut rx: mpsc::Receiver<Pending>,
-    node: Arc<RaftNode>,
+    node: Arc<dyn Replicator>,
     max_batch_entries: usize,
     max_in_flight: usize,
 ) {

@@ -22,8 +22,10 @@
 //!
 //! Architecture invariant: this module knows the state machine only through
 //! [`crate::state::Store`] and [`crate::state::Command`]/[`crate::state::Outcome`]; the
-//! services know it only through [`crate::log::CommitLog`]. A single node is a one-voter
-//! cluster: there is no other write path.
+//! services know it only through [`crate::log::CommitLog`] (over the
+//! [`crate::log::Replicator`] seam) and it tells them what it applied only through
+//! [`state_machine::ApplyObserver`]. A single node is a one-voter cluster: there is no
+//! other write path for clients ([`crate::local::Local`] exists for tests and benchmarks).
 
 pub mod admin;
 pub mod certs;
