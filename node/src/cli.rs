@@ -252,7 +252,7 @@ struct DevArgs {
     #[arg(long)]
     self_check: bool,
     /// Run a local cluster of this many nodes in this process (1, 3 or 5). Node i listens on
-    /// the given client, admin and Raft ports + (i - 1), keeps its data under
+    /// the given client, admin and Raft ports + 10 × (i - 1), keeps its data under
     /// `<data-dir>/node-i`, and the self-check and the printed fingerprint are node 2's (a
     /// follower), so clients see writes forwarded to the leader.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
@@ -590,6 +590,21 @@ async fn run_dev_cluster(base: NodeConfig, n: u64, exit_after_check: bool) -> Ex
     }
 }
 
+/// Node i of a dev cluster listens on the base ports + `DEV_PORT_STRIDE × (i - 1)`.
+const DEV_PORT_STRIDE: u64 = 10;
+
+/// Node `i`'s client, admin and Raft ports in a dev cluster. The stride is wider than the
+/// default ports' spread (client 7443, Raft 7444): with a stride of 1, node 2's client port
+/// would be node 1's Raft port.
+fn dev_ports(base: &NodeConfig, i: u64) -> Result<(u16, u16, u16), String> {
+    let off = DEV_PORT_STRIDE * (i - 1);
+    Ok((
+        port_plus(base.listen.port(), off)?,
+        port_plus(base.admin_listen.port(), off)?,
+        port_plus(base.cluster.raft_listen.port(), off)?,
+    ))
+}
+
 fn port_plus(port: u16, offset: u64) -> Result<u16, String> {
     if port == 0 {
         return Ok(0);
@@ -619,13 +634,10 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (i, files) in (1..=n).zip(tls) {
         let mut c = base.clone();
-        let off = i - 1;
-        c.listen.set_port(port_plus(base.listen.port(), off)?);
-        c.admin_listen
-            .set_port(port_plus(base.admin_listen.port(), off)?);
-        c.cluster
-            .raft_listen
-            .set_port(port_plus(base.cluster.raft_listen.port(), off)?);
+        let (client, admin, raft) = dev_ports(&base, i)?;
+        c.listen.set_port(client);
+        c.admin_listen.set_port(admin);
+        c.cluster.raft_listen.set_port(raft);
         c.cluster.raft_advertise = None;
         c.cluster.node_id = i;
         c.cluster.tls = Some(files);
@@ -735,6 +747,22 @@ mod tests {
             7
         );
         assert!(serve_config(&["--node-id-from-pod-name", "qpq"]).is_err());
+    }
+
+    #[test]
+    fn dev_cluster_nodes_never_share_a_port_on_the_defaults() {
+        let base = serve_config(&[]).unwrap();
+        for n in 1..=7u64 {
+            let mut udp = std::collections::BTreeSet::new();
+            let mut tcp = std::collections::BTreeSet::new();
+            for i in 1..=n {
+                let (client, admin, raft) = dev_ports(&base, i).unwrap();
+                assert!(udp.insert(client), "{n} nodes: UDP port {client} twice");
+                assert!(udp.insert(raft), "{n} nodes: UDP port {raft} twice");
+                assert!(tcp.insert(admin), "{n} nodes: TCP port {admin} twice");
+            }
+        }
+        assert_eq!(dev_ports(&base, 2).unwrap(), (7453, 9453, 7454));
     }
 
     #[test]
