@@ -4,11 +4,15 @@
 //! when the previous one was acknowledged) spread over `connections` QUIC connections, all
 //! writing to one channel, for `duration`. A receiver on its own connection long-polls the
 //! channel and, from the send time embedded in each payload, measures delivery latency
-//! (enqueue call → `fetchWait` return on the receiver).
+//! (enqueue call → `fetchWait` return on the receiver) and, matched by that send time, how
+//! long after the sender's acknowledgement the receiver had the message (0 when the
+//! receiver was first).
 //!
 //! Payloads are MLS `PrivateMessage` framings (the DS accepts nothing else) whose opaque
 //! ciphertext carries the send time and filler up to the requested size.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -88,6 +92,8 @@ pub struct LoadReport {
     pub enqueue_latency: Latency,
     /// Send → receive latency through `fetchWait`.
     pub delivery_latency: Latency,
+    /// Acknowledgement (at the sender) → receive (at the receiver), per message seen by both.
+    pub ack_to_delivery_latency: Latency,
     /// Messages the receiver saw.
     pub delivered: usize,
 }
@@ -157,6 +163,9 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     let origin = Instant::now();
     let stop_at = origin + spec.duration;
 
+    // Send stamp → when its sender had the acknowledgement / the receiver had the message.
+    let acked_at: RefCell<HashMap<u64, Duration>> = RefCell::new(HashMap::new());
+    let received_at: RefCell<HashMap<u64, Duration>> = RefCell::new(HashMap::new());
     let recv_task = async {
         let mut after = 0u64;
         let mut samples = Vec::new();
@@ -167,6 +176,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
                     for m in &page.messages {
                         if let Some(ns) = stamp_of(&m.payload) {
                             samples.push(now.saturating_sub(Duration::from_nanos(ns)));
+                            received_at.borrow_mut().insert(ns, now);
                         }
                         after = m.seq;
                     }
@@ -179,21 +189,23 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
 
     let senders = (0..spec.senders).map(|i| {
         let conn = conns[i % conns.len()].clone();
+        let acked_at = &acked_at;
         async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
             while Instant::now() < stop_at {
                 let sent = origin.elapsed();
-                let payload = framed_payload(
-                    spec.payload_bytes,
-                    u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX),
-                );
+                let stamp = u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX);
+                let payload = framed_payload(spec.payload_bytes, stamp);
                 let started = Instant::now();
                 match conn
                     .enqueue(&channel, &ClientMsgId::random(), &payload)
                     .await
                 {
-                    Ok(_) => latencies.push(started.elapsed()),
+                    Ok(_) => {
+                        latencies.push(started.elapsed());
+                        acked_at.borrow_mut().insert(stamp, origin.elapsed());
+                    }
                     Err(_) => errors += 1,
                 }
             }
@@ -209,6 +221,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         errors += e;
     }
     let enqueued = all.len();
+    let ack_to_delivery = ack_to_delivery(&acked_at.borrow(), &received_at.borrow());
     Ok(LoadReport {
         senders: spec.senders,
         connections: conns.len(),
@@ -220,7 +233,24 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         enqueue_latency: Latency::of(all),
         delivered: delivery.len(),
         delivery_latency: Latency::of(delivery),
+        ack_to_delivery_latency: Latency::of(ack_to_delivery),
     })
+}
+
+/// For every message both acknowledged and received: receive time minus ack time (0 if the
+/// receiver had it first).
+fn ack_to_delivery(
+    acked_at: &HashMap<u64, Duration>,
+    received_at: &HashMap<u64, Duration>,
+) -> Vec<Duration> {
+    acked_at
+        .iter()
+        .filter_map(|(stamp, acked)| {
+            received_at
+                .get(stamp)
+                .map(|received| received.saturating_sub(*acked))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -236,6 +266,17 @@ mod tests {
             let f = qpq_node::mls::framing::peek(&p).unwrap();
             assert!(f.commit().unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn ack_to_delivery_pairs_messages_by_stamp_and_never_goes_negative() {
+        let ms = Duration::from_millis;
+        let acked = HashMap::from([(1, ms(10)), (2, ms(20)), (3, ms(30))]);
+        // 1: received 4 ms after its ack; 2: before its ack reached the sender; 3: never.
+        let received = HashMap::from([(1, ms(14)), (2, ms(19)), (4, ms(50))]);
+        let mut d = ack_to_delivery(&acked, &received);
+        d.sort();
+        assert_eq!(d, vec![ms(0), ms(4)]);
     }
 
     #[test]

@@ -98,9 +98,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     println!(
-        "| senders | conns | msg/s | enqueue p50 µs | enqueue p99 µs | delivery p50 µs | delivery p99 µs | errors |"
+        "| senders | conns | msg/s | enqueue p50 µs | enqueue p99 µs | delivery p50 µs | delivery p99 µs | ack→delivery p50 µs | ack→delivery p99 µs | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut reports = Vec::new();
     for senders in &args.senders {
         let spec = LoadSpec {
@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<(), String> {
         };
         let r = load::run(&spec).await.map_err(|e| e.to_string())?;
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.senders,
             r.connections,
             r.enqueue_per_sec,
@@ -121,6 +121,8 @@ async fn run(args: Args) -> Result<(), String> {
             r.enqueue_latency.p99_us,
             r.delivery_latency.p50_us,
             r.delivery_latency.p99_us,
+            r.ack_to_delivery_latency.p50_us,
+            r.ack_to_delivery_latency.p99_us,
             r.errors
         );
         reports.push(r);
