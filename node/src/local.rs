@@ -55,13 +55,14 @@ impl Inner {
             *last = (*last).max(self.clock.now_ms());
             Stamp { now_ms: *last }
         };
-        let batch: Vec<(Command, Stamp)> = commands.iter().map(|c| (c.clone(), stamp)).collect();
-        let outcomes = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply_batch(&batch)
-            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let outcomes = {
+            let internal = |e: StoreError| SubmitError::Internal(e.to_string());
+            let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = store.transaction().map_err(internal)?;
+            let outcomes = tx.apply(commands, stamp).map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            outcomes
+        };
         // Committed: report it, as the Raft state machine does after its transaction.
         if commands.iter().any(Command::may_change_access) {
             self.observer.access_changed();

@@ -1,11 +1,49 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use qpq_client::Connection;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ClientMsgId, GroupId};
+use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
 use rand::Rng as _;
 
 use crate::harness::{NodeProcess, check_stored, local};
+
+/// Enqueues `payloads[..one_by_one]` one at a time (each must be acknowledged), then the
+/// rest concurrently while `node` is killed with `kill -9` after `kill_after`. Returns every
+/// acknowledged message: (id, seq, payload).
+async fn send_then_kill(
+    c: &Connection,
+    ch: ChannelId,
+    payloads: &[Vec<u8>],
+    one_by_one: usize,
+    kill_after: Duration,
+    node: &mut NodeProcess,
+) -> Vec<(ClientMsgId, u64, Vec<u8>)> {
+    let mut acked = Vec::new();
+    for p in &payloads[..one_by_one] {
+        let id = ClientMsgId::random();
+        let r = c.enqueue(&ch, &id, p).await.unwrap();
+        acked.push((id, r.seq, p.clone()));
+    }
+    let burst: Vec<_> = payloads[one_by_one..]
+        .iter()
+        .map(|p| (ClientMsgId::random(), p.clone()))
+        .collect();
+    let sends = burst
+        .iter()
+        .map(|(id, p)| async move { (*id, p.clone(), c.enqueue(&ch, id, p).await) });
+    let killer = async {
+        tokio::time::sleep(kill_after).await;
+        node.kill9();
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(sends), killer);
+    for (id, p, r) in results {
+        if let Ok(r) = r {
+            acked.push((id, r.seq, p));
+        }
+    }
+    acked
+}
 
 /// Every acknowledged enqueue survives `kill -9` of the node, with its sequence number and
 /// bytes, exactly once; sequence numbers stay gap-free.
@@ -26,31 +64,13 @@ async fn acknowledged_messages_survive_kill_9() {
     let (acked, ch, token) = local(async {
         let (c, _id, tokens) = node.user().await;
         let ch = c.create_channel().await.unwrap();
-        let mut acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = HashMap::new();
         // 100 one by one, then 100 concurrently with the kill landing in the middle.
-        for p in &payloads[..100] {
-            let id = ClientMsgId::random();
-            let r = c.enqueue(&ch, &id, p).await.unwrap();
-            acked.insert(id, (r.seq, p.clone()));
-        }
-        let burst: Vec<_> = payloads[100..]
-            .iter()
-            .map(|p| (ClientMsgId::random(), p.clone()))
-            .collect();
-        let sends = burst.iter().map(|(id, p)| {
-            let c = &c;
-            async move { (*id, p.clone(), c.enqueue(&ch, id, p).await) }
-        });
-        let killer = async {
-            tokio::time::sleep(Duration::from_millis(15)).await;
-            node.kill9();
-        };
-        let (results, ()) = tokio::join!(futures::future::join_all(sends), killer);
-        for (id, p, r) in results {
-            if let Ok(r) = r {
-                acked.insert(id, (r.seq, p));
-            }
-        }
+        let acked: HashMap<ClientMsgId, (u64, Vec<u8>)> =
+            send_then_kill(&c, ch, &payloads, 100, Duration::from_millis(15), &mut node)
+                .await
+                .into_iter()
+                .map(|(id, seq, p)| (id, (seq, p)))
+                .collect();
         (acked, ch, tokens.access)
     })
     .await;
@@ -116,7 +136,7 @@ async fn acknowledged_messages_survive_power_cuts_of_the_state_database() {
     let group_id = DevIdentity::generate().unwrap();
     let mut group = DevGroup::create(&group_id, GroupId::new(rand::random())).unwrap();
     let mut acked: HashMap<ClientMsgId, (u64, Vec<u8>)> = HashMap::new();
-    let mut session: Option<(qpq_schemas::ChannelId, qpq_schemas::BearerToken)> = None;
+    let mut session: Option<(ChannelId, qpq_schemas::BearerToken)> = None;
     let mut behind = Vec::new();
     let mut restored = Vec::new();
     for round in 0..4u64 {
@@ -145,30 +165,7 @@ async fn acknowledged_messages_survive_power_cuts_of_the_state_database() {
                     (c, *ch, token.clone())
                 }
             };
-            let mut new_acks = Vec::new();
-            for p in &payloads[..30] {
-                let id = ClientMsgId::random();
-                let r = c.enqueue(&ch, &id, p).await.unwrap();
-                new_acks.push((id, r.seq, p.clone()));
-            }
-            let burst: Vec<_> = payloads[30..]
-                .iter()
-                .map(|p| (ClientMsgId::random(), p.clone()))
-                .collect();
-            let sends = burst.iter().map(|(id, p)| {
-                let c = &c;
-                async move { (*id, p.clone(), c.enqueue(&ch, id, p).await) }
-            });
-            let killer = async {
-                tokio::time::sleep(kill_after).await;
-                node.kill9();
-            };
-            let (results, ()) = tokio::join!(futures::future::join_all(sends), killer);
-            for (id, p, r) in results {
-                if let Ok(r) = r {
-                    new_acks.push((id, r.seq, p));
-                }
-            }
+            let new_acks = send_then_kill(&c, ch, &payloads, 30, kill_after, &mut node).await;
             (ch, token, new_acks)
         })
         .await;
