@@ -54,9 +54,21 @@ MAIN_TARGET="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 # The "next release" of the rollout tests: the same source with one more replicated-command
 # version (feature test-command-v2, never in a release), in a target directory of its own so
 # that it does not replace the production binary.
+# The same build carries the test-only fault switches (feature test-faults), off unless an
+# image below sets their environment variable.
 echo "== k8s-e2e: build qpq-node with test-command-v2 (the rollout tests' next version)"
 V2_TARGET="$MAIN_TARGET/command-v2"
-CARGO_TARGET_DIR="$V2_TARGET" cargo build -p qpq-node --features test-command-v2 --bin qpq-node
+CARGO_TARGET_DIR="$V2_TARGET" cargo build -p qpq-node --features test-command-v2,test-faults \
+  --bin qpq-node
+# A version that is Ready but harmful: the v2 build whose AppendEntries answers come after
+# the leader gave up on them (600 ms > the 250 ms heartbeat interval, < the 1 s election
+# timeout), so its replication lag, seen from the leader, grows with every write.
+mkdir -p "$STATE/images"
+cat > "$STATE/images/qpq-node-slow-acks" <<SH
+#!/bin/sh
+QPQ_TEST_FAULT_APPEND_RESPONSE_DELAY_MS=600 exec "$V2_TARGET/debug/qpq-node" "\$@"
+SH
+chmod +x "$STATE/images/qpq-node-slow-acks"
 TOOLS="$(e2e/scripts/tools.sh)"
 # The images the chart and the examples name, played by the binaries just built.
 cat > "$STATE/images.yaml" <<YAML
@@ -64,11 +76,12 @@ cat > "$STATE/images.yaml" <<YAML
 qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
 ghcr.io/quicproquo/qpq-node: $MAIN_TARGET/debug/qpq-node
 # Versions the rollout tests roll to (e2e/tests/k8s/rollout.rs): a good one, one that exits at
-# start, one that never becomes Ready. The fault "images" are test scripts, not switches of
-# the production binary.
+# start, one that never becomes Ready, one that is Ready but lets replication fall behind. The
+# fault "images" are test scripts and a test-only build, not switches of the production binary.
 ghcr.io/quicproquo/qpq-node:0.2.0: $V2_TARGET/debug/qpq-node
 ghcr.io/quicproquo/qpq-node:0.3.0-crash: $(pwd)/e2e/images/qpq-node-crash
 ghcr.io/quicproquo/qpq-node:0.3.0-unready: $(pwd)/e2e/images/qpq-node-unready
+ghcr.io/quicproquo/qpq-node:0.3.0-slow-acks: $STATE/images/qpq-node-slow-acks
 ghcr.io/quicproquo/qpq-operator: $MAIN_TARGET/debug/qpq-operator
 YAML
 

@@ -28,6 +28,8 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "test-faults")]
+pub mod faults;
 pub mod local;
 pub mod log;
 pub mod metrics;

@@ -4,14 +4,17 @@
 //! replicated-command version held back until the rollout is finalized, an abort back to the
 //! old build before finalization, a retry and a manual finalize, a downgrade refused after it,
 //! and automatic rollbacks of a version that crashes at start (after a verified backup, the
-//! rollback point) and of one that never becomes Ready (the operator killed again mid-rollback).
+//! rollback point), of one that never becomes Ready (the operator killed again mid-rollback)
+//! and of one that is Ready but lets replication fall behind (rolled back by the analysis).
 //!
 //! Versions (image tags of the node image; the pod runner's image map, or real images on
 //! kind, provide them):
 //! - `QPQ_E2E_NEXT_VERSION` (default `0.2.0`): a good new version, built with one more
 //!   replicated-command version (`qpq-node` with the feature `test-command-v2`);
 //! - `QPQ_E2E_CRASH_VERSION` (default `0.3.0-crash`): exits at start;
-//! - `QPQ_E2E_UNREADY_VERSION` (default `0.3.0-unready`): runs but never becomes Ready.
+//! - `QPQ_E2E_UNREADY_VERSION` (default `0.3.0-unready`): runs but never becomes Ready;
+//! - `QPQ_E2E_SLOW_VERSION` (default `0.3.0-slow-acks`): Ready, but answers the leader's
+//!   AppendEntries too late to count, so its replication lag grows (the `test-faults` build).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -236,6 +239,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let next = version_env("QPQ_E2E_NEXT_VERSION", "0.2.0");
     let crash = version_env("QPQ_E2E_CRASH_VERSION", "0.3.0-crash");
     let unready = version_env("QPQ_E2E_UNREADY_VERSION", "0.3.0-unready");
+    let slow = version_env("QPQ_E2E_SLOW_VERSION", "0.3.0-slow-acks");
 
     step("a three-voter cluster with a canary rollout policy, finalized by hand");
     let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
@@ -602,6 +606,82 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         "{r:?}"
     );
     wait_ready(&env, &ns, name, 3, 120).await;
+
+    step(&format!(
+        "a version that is Ready but lets replication fall behind: {slow}"
+    ));
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"rollout": {"analysis": {"maxApplyLag": 10}}}})),
+    )
+    .await
+    .unwrap();
+    let before_slow = pod_uids(&env, &ns, name).await;
+    set_version(&env, &ns, name, &slow).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let canary = wait(&format!("a Ready canary on {slow}"), 180, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|p| {
+            let image = p.spec.as_ref()?.containers.first()?.image.clone()?;
+            (split_image(&image).1 == slow && pod_ready(&p)).then(|| p.metadata.name.clone())?
+        })
+    })
+    .await;
+    let ready_at = Instant::now();
+    step(&format!("{canary} runs {slow} and is Ready"));
+    let back = wait_rollout(&env, &ns, name, &slow, RolloutPhase::RolledBack, 5 * 3 + 90).await;
+    let took = ready_at.elapsed();
+    step(&format!(
+        "{slow} rolled back {took:?} after its canary became Ready"
+    ));
+    assert!(
+        took <= Duration::from_secs(5 * 3 + 60),
+        "rolled back within interval x failureLimit + 1 min: {took:?}"
+    );
+    let r = back.status.as_ref().unwrap().rollout.clone().unwrap();
+    assert!(
+        r.rollback_reason.starts_with("AnalysisFailed") && r.rollback_reason.contains("lags"),
+        "rolled back by the analysis of its replication lag, not by readiness: {r:?}"
+    );
+    assert_eq!(r.rolled_back_from.as_deref(), Some(slow.as_str()), "{r:?}");
+    assert_eq!(
+        back.status.as_ref().unwrap().current_version.as_deref(),
+        Some(next.as_str())
+    );
+    wait_ready(&env, &ns, name, 3, 120).await;
+    assert_eq!(
+        pod_uids(&env, &ns, name)
+            .await
+            .difference(&before_slow)
+            .count(),
+        1,
+        "only the canary's pod was touched"
+    );
+    {
+        // The canary stayed Ready while it was analysed (the sampler saw it so, once a
+        // second), and it was the only pod on the harmful version.
+        let samples = samples.lock().unwrap().clone();
+        let on_slow: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.pods.values().any(|(_, v, _)| *v == slow))
+            .collect();
+        let ready = on_slow
+            .iter()
+            .filter(|s| s.pods.values().any(|(_, v, r)| *v == slow && *r))
+            .count();
+        assert!(
+            ready >= 5,
+            "the harmful canary was Ready in {ready} samples"
+        );
+        for s in &on_slow {
+            let n = s.pods.values().filter(|(_, v, _)| *v == slow).count();
+            assert_eq!(n, 1, "one canary at most: {s:?}");
+        }
+    }
 
     step("writes: every acknowledged one is there, once, in order");
     stop_writes.store(true, Ordering::SeqCst);

@@ -100,7 +100,12 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
     let raft = node.raft();
     match req {
         Request::AppendEntries(body) => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(rpc) => ok(&raft.append_entries(rpc).await),
+            Ok(rpc) => {
+                let response = ok(&raft.append_entries(rpc).await);
+                #[cfg(feature = "test-faults")]
+                crate::faults::delay_append_response().await;
+                response
+            }
             Err(e) => Response::Failed(e.to_string()),
         },
         Request::Vote(body) => match decode::<VoteRequest<NodeId>>(&body) {
