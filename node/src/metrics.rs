@@ -29,6 +29,13 @@ pub struct Metrics {
     pub batch_entries: Histogram,
     /// Time to apply and fsync one batch.
     pub batch_duration: Histogram,
+    /// Replicated writes submitted on this node (directly or forwarded to the leader), by
+    /// outcome (`ok`, `unavailable`, `not_enabled`, `stopped`, `internal`). A rollout's
+    /// analysis reads the error ratio from it.
+    pub raft_writes: IntCounterVec,
+    /// On the leader: from appending a write to its being committed and applied there. A
+    /// rollout's analysis compares its p99 with the one before the rollout.
+    pub raft_commit_duration: Histogram,
 }
 
 impl Metrics {
@@ -80,7 +87,21 @@ impl Metrics {
                 "log_batch_duration_seconds",
                 "Time to apply and fsync one batch",
             )
-            .buckets(latency_buckets),
+            .buckets(latency_buckets.clone()),
+        )?;
+        let raft_writes = IntCounterVec::new(
+            Opts::new(
+                "raft_writes_total",
+                "Replicated writes submitted on this node, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let raft_commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "raft_commit_duration_seconds",
+                "Leader: time from appending a write to its being committed and applied",
+            )
+            .buckets(latency_buckets.clone()),
         )?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
@@ -91,6 +112,8 @@ impl Metrics {
         registry.register(Box::new(evictions.clone()))?;
         registry.register(Box::new(batch_entries.clone()))?;
         registry.register(Box::new(batch_duration.clone()))?;
+        registry.register(Box::new(raft_writes.clone()))?;
+        registry.register(Box::new(raft_commit_duration.clone()))?;
         Ok(Self {
             registry,
             rpc_requests,
@@ -102,6 +125,8 @@ impl Metrics {
             evictions,
             batch_entries,
             batch_duration,
+            raft_writes,
+            raft_commit_duration,
         })
     }
 

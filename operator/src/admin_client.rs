@@ -257,6 +257,9 @@ pub trait NodeAdmin: Send + Sync {
         addr: &'a AdminAddr,
         call: &'a MembershipCall,
     ) -> BoxFuture<'a, Result<Status, AdminError>>;
+    /// `GET /metrics`: the node's Prometheus text exposition (the rollout analysis reads
+    /// its write signals from it).
+    fn metrics<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<String, AdminError>>;
 }
 
 /// [`NodeAdmin`] over plain HTTP/1.1.
@@ -285,6 +288,19 @@ impl HttpAdmin {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<Status, AdminError> {
+        let (status, bytes) = self.fetch(addr, method, path, body, timeout).await?;
+        decode(addr, status, &bytes)
+    }
+
+    /// One request; the answer's status code and body.
+    async fn fetch(
+        &self,
+        addr: &AdminAddr,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), AdminError> {
         let uri = format!("http://{addr}{path}");
         let bytes = match body {
             Some(v) => Bytes::from(v.to_string()),
@@ -321,7 +337,7 @@ impl HttpAdmin {
         })
         .await
         .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
-        decode(addr, answer.0.as_u16(), &answer.1)
+        Ok((answer.0.as_u16(), answer.1))
     }
 }
 
@@ -358,6 +374,24 @@ pub fn decode(addr: &AdminAddr, status: u16, body: &[u8]) -> Result<Status, Admi
 impl NodeAdmin for HttpAdmin {
     fn status<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<Status, AdminError>> {
         Box::pin(self.request(addr, http::Method::GET, "/raft/status", None, self.timeout))
+    }
+
+    fn metrics<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<String, AdminError>> {
+        Box::pin(async move {
+            let (status, body) = self
+                .fetch(addr, http::Method::GET, "/metrics", None, self.timeout)
+                .await?;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if status == 200 {
+                Ok(text)
+            } else {
+                Err(AdminError::Http {
+                    addr: addr.clone(),
+                    status,
+                    message: text.chars().take(512).collect(),
+                })
+            }
+        })
     }
 
     fn call<'a>(

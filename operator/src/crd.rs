@@ -238,6 +238,18 @@ pub struct AnalysisSpec {
     /// (counted as Raft term increases since the rollout started).
     #[serde(default = "default_max_leader_changes")]
     pub max_leader_changes: u32,
+    /// Share of replicated writes that may fail in a sample's window (from the nodes'
+    /// `qpq_raft_writes_total`; judged once the window holds at least 10 writes).
+    #[serde(default = "default_max_write_error_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_write_error_ratio: f64,
+    /// How many times the p99 commit latency before the rollout (measured while it
+    /// stabilized) a sample's window may reach (from the leader's
+    /// `qpq_raft_commit_duration_seconds`; judged once the window holds at least 20
+    /// commits, against a baseline of at least 25 ms).
+    #[serde(default = "default_max_commit_p99_ratio")]
+    #[schemars(range(min = 1.0))]
+    pub max_commit_p99_ratio: f64,
 }
 
 impl Default for AnalysisSpec {
@@ -247,6 +259,8 @@ impl Default for AnalysisSpec {
             failure_limit: default_failure_limit(),
             max_apply_lag: default_max_lag(),
             max_leader_changes: default_max_leader_changes(),
+            max_write_error_ratio: default_max_write_error_ratio(),
+            max_commit_p99_ratio: default_max_commit_p99_ratio(),
         }
     }
 }
@@ -259,6 +273,12 @@ fn default_failure_limit() -> u32 {
 }
 fn default_max_leader_changes() -> u32 {
     1
+}
+fn default_max_write_error_ratio() -> f64 {
+    0.01
+}
+fn default_max_commit_p99_ratio() -> f64 {
+    2.0
 }
 
 /// Parses a duration of the rollout fields (`30s`, `10m`, `1h30m`, `500ms`) into
@@ -724,6 +744,14 @@ pub struct AnalysisStatus {
     /// Raft term when the rollout started (leader churn is counted from it).
     #[serde(default)]
     pub baseline_term: u64,
+    /// p99 commit latency (microseconds) while the rollout stabilized, before the first
+    /// pod was touched; 0 when too few writes were committed to tell.
+    #[serde(default)]
+    pub baseline_commit_p99_us: u64,
+    /// Planned leadership transfers at the last sample: a window that spans one does not
+    /// judge write signals (writes wait out a handoff by design).
+    #[serde(default)]
+    pub transfers_sampled: u32,
     /// What the last sample found.
     #[serde(default)]
     pub last_result: String,
@@ -835,6 +863,19 @@ impl RolloutSpec {
                     "spec.rollout.{field} {d:?} is not a duration like 30s, 10m or 1h30m"
                 ));
             }
+        }
+        let a = &self.analysis;
+        if !(0.0..=1.0).contains(&a.max_write_error_ratio) {
+            return Err(format!(
+                "spec.rollout.analysis.maxWriteErrorRatio {} must be between 0 and 1",
+                a.max_write_error_ratio
+            ));
+        }
+        if !(a.max_commit_p99_ratio >= 1.0 && a.max_commit_p99_ratio.is_finite()) {
+            return Err(format!(
+                "spec.rollout.analysis.maxCommitP99Ratio {} must be a number of at least 1",
+                a.max_commit_p99_ratio
+            ));
         }
         for s in &self.steps {
             use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, ClusterView, Observed, Plan, RaftObservation};
 use crate::resources::{self, ClusterRef, FIELD_MANAGER};
+use crate::rollout::signals::{self, NodeWrites, Reading, WriteObservation};
 use crate::rollout::{
     self, BackupObservation, Commands, PodView, RolloutAction, RolloutInput, RolloutPlan,
 };
@@ -67,6 +68,48 @@ pub struct Context {
     pub metrics: Metrics,
     /// Clock.
     pub clock: Clock,
+    /// Per cluster (`namespace/name`): the nodes' write counters at the start of the
+    /// current analysis window, and which window that is (see [`WindowKey`]).
+    pub write_readings: std::sync::Mutex<BTreeMap<String, (WindowKey, Reading)>>,
+}
+
+/// Identifies an analysis window of a rollout: its target and start, the start of its
+/// stability wait (`Pending`) and its last sample. A new key starts a new window.
+pub type WindowKey = (String, i64, i64, i64);
+
+fn window_key(r: Option<&crate::crd::RolloutStatus>) -> Option<WindowKey> {
+    let r = r?;
+    (r.phase.in_progress() || r.phase == RolloutPhase::Pending).then(|| {
+        (
+            r.target_version.clone(),
+            r.started,
+            r.stable_since,
+            r.analysis.last_sample,
+        )
+    })
+}
+
+/// Reads the write counters of every Ready pod; names the first pod that did not answer.
+async fn read_writes(
+    admin: &dyn NodeAdmin,
+    c: &ClusterRef,
+    pods: &BTreeMap<i32, PodView>,
+) -> std::result::Result<Reading, String> {
+    let mut out = Reading::new();
+    for (o, p) in pods {
+        if !p.ready || p.terminating {
+            // A pod that is down is the progress deadline's business.
+            continue;
+        }
+        let id = u64::try_from(*o).map_err(|_| format!("pod ordinal {o}"))? + 1;
+        let text = admin
+            .metrics(&c.admin_addr(id))
+            .await
+            .map_err(|e| format!("pod {o}: {e}"))?;
+        let writes = NodeWrites::parse(&text).map_err(|e| format!("pod {o}: {e}"))?;
+        out.insert(p.uid.clone(), writes);
+    }
+    Ok(out)
 }
 
 impl Context {
@@ -83,6 +126,7 @@ impl Context {
             admin,
             metrics,
             clock: Arc::new(|| jiff::Timestamp::now().as_second()),
+            write_readings: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -359,6 +403,29 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         .map(|(_, h)| h)
         .unwrap_or_default();
     let reachable = nodes.statuses.keys().copied().collect();
+    // Write signals of the analysis: only while a version change is pending or under way
+    // (a scrape costs each node a metrics render).
+    let prev_rollout = prev.and_then(|p| p.rollout.as_ref());
+    let cluster_key = format!("{ns}/{}", c.name);
+    let analysing = window_key(prev_rollout).is_some()
+        || prev.and_then(|p| p.current_version.as_deref()) != Some(spec.version.as_str());
+    let (reading, writes) = if analysing && !invalid {
+        match read_writes(ctx.admin.as_ref(), &c, &pods).await {
+            Err(m) => (None, WriteObservation::Unreadable(m)),
+            Ok(now) => {
+                let readings = ctx.write_readings.lock().unwrap_or_else(|p| p.into_inner());
+                let obs = match (window_key(prev_rollout), readings.get(&cluster_key)) {
+                    (Some(key), Some((at, earlier))) if *at == key => {
+                        WriteObservation::Window(signals::window(earlier, &now))
+                    }
+                    _ => WriteObservation::NoWindow,
+                };
+                (Some(now), obs)
+            }
+        }
+    } else {
+        (None, WriteObservation::NoWindow)
+    };
     let rollout_input = RolloutInput {
         spec_version: &spec.version,
         // The pods that exist: a scale change under way (the rollout waits for it) must not
@@ -379,6 +446,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         committed_index: leader_status.map(|s| s.committed_index),
         membership_busy,
         backup,
+        writes: &writes,
         now: now_unix,
     };
     let rollout_plan = if invalid {
@@ -396,6 +464,22 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     } else {
         rollout::plan(&rollout_input)
     };
+    // The reading starts the next window when the planner started one (a new rollout, a
+    // new stability wait or a sample), or when there was none.
+    {
+        let mut readings = ctx.write_readings.lock().unwrap_or_else(|p| p.into_inner());
+        match (window_key(rollout_plan.status.as_ref()), reading) {
+            (Some(key), Some(now)) => {
+                if readings.get(&cluster_key).is_none_or(|(at, _)| *at != key) {
+                    readings.insert(cluster_key, (key, now));
+                }
+            }
+            (Some(_), None) => {}
+            (None, _) => {
+                readings.remove(&cluster_key);
+            }
+        }
+    }
     if rollout_plan.hold_membership
         && !matches!(
             plan.action,
@@ -776,6 +860,22 @@ async fn rollout_step(
                 _ => None,
             };
             if let Some(l) = leader {
+                // The transfer is recorded before it is asked for: an operator killed during
+                // the call (the node goes on with the handoff) must not leave a leader change
+                // that the next one counts as unplanned churn against the new version. A
+                // kill between the record and the call counts one transfer too many, which
+                // can only forgive one election, never blame one.
+                if let Some(st) = status.as_ref() {
+                    let api: Api<QpqCluster> = Api::namespaced(ctx.client.clone(), &c.namespace);
+                    api.patch_status(
+                        &c.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            serde_json::json!({"status": {"rollout": {"transfers": st.transfers}}}),
+                        ),
+                    )
+                    .await?;
+                }
                 let call = MembershipCall::TransferLeader { to: *to };
                 if let Err(e) = ctx.admin.call(&c.admin_addr(l), &call).await {
                     tracing::warn!(cluster = %c.name, error = %e, "rollout: leadership transfer failed");

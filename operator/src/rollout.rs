@@ -40,6 +40,9 @@ use crate::crd::{
 };
 use crate::planner::RaftObservation;
 
+pub mod signals;
+use signals::WriteObservation;
+
 /// Annotations through which users (and `kubectl qpq rollout`) steer a rollout. One-shot
 /// commands take any new value (the plugin writes a timestamp); the operator records the
 /// value it carried out in `status.rollout.handled`.
@@ -66,6 +69,15 @@ pub const STABLE_SECS: i64 = 10;
 
 /// Lag (entries) a voter may have to receive leadership (the node's own transfer bound).
 pub const TRANSFER_MAX_LAG: u64 = 8;
+
+/// Writes a window needs before its error ratio is judged.
+pub const MIN_WINDOW_WRITES: u64 = 10;
+/// Commits a window (or the baseline) needs before its p99 is judged: fewer say nothing
+/// about a 99th percentile.
+pub const MIN_WINDOW_COMMITS: u64 = 20;
+/// The baseline p99 commit latency is taken as at least this (microseconds), so that a
+/// few milliseconds of noise on an idle, fast cluster do not read as a doubling.
+pub const COMMIT_P99_FLOOR_US: u64 = 25_000;
 
 /// One pod of the cluster, as the API server reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -176,6 +188,8 @@ pub struct RolloutInput<'a> {
     pub membership_busy: bool,
     /// The rollout's backup Job.
     pub backup: BackupObservation,
+    /// Write signals since the last analysis sample (or since stabilization began).
+    pub writes: &'a WriteObservation,
     /// Unix seconds.
     pub now: i64,
 }
@@ -624,6 +638,12 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
     };
     st.analysis.baseline_term = i.term.unwrap_or(0);
     st.analysis.last_sample = i.now;
+    // The stabilization window is the baseline the new version's commit latency is held to.
+    if let WriteObservation::Window(w) = i.writes
+        && w.commits >= MIN_WINDOW_COMMITS
+    {
+        st.analysis.baseline_commit_p99_us = w.commit_p99_us.unwrap_or(0);
+    }
     // A configuration roll on the running version keeps the record of a failed version the
     // spec still names; a rollout to a version clears it (the spec named another one).
     if let Some(p) = &prev
@@ -820,7 +840,9 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
     if i.now - st.analysis.last_sample >= interval.max(1) {
         st.analysis.last_sample = i.now;
         st.analysis.samples += 1;
-        match sample(v, &st) {
+        let outcome = sample(v, &st);
+        st.analysis.transfers_sampled = st.transfers;
+        match outcome {
             Sample::Pass(m) => {
                 st.analysis.failures = 0;
                 st.analysis.inconclusive = 0;
@@ -1226,7 +1248,75 @@ fn sample(v: &View<'_>, st: &RolloutStatus) -> Sample {
             }
         }
     }
-    Sample::Pass(format!("max lag {worst}, {churn} unplanned leader changes"))
+    let raft = format!("max lag {worst}, {churn} unplanned leader changes");
+    match write_signals(v, st) {
+        Ok(m) => Sample::Pass(format!("{raft}; {m}")),
+        Err(failed_or_unreadable) => failed_or_unreadable,
+    }
+}
+
+/// The write half of a sample: error ratio and commit p99 against the baseline. `Ok` with
+/// what it found when they pass or are not judged.
+fn write_signals(v: &View<'_>, st: &RolloutStatus) -> Result<String, Sample> {
+    let a = &v.i.rollout.analysis;
+    let w = match v.i.writes {
+        WriteObservation::NoWindow => return Ok("writes not judged (no earlier reading)".into()),
+        WriteObservation::Unreadable(m) => {
+            return Err(Sample::Inconclusive(format!(
+                "write metrics unreadable: {m}"
+            )));
+        }
+        WriteObservation::Window(w) => w,
+    };
+    if st.transfers != st.analysis.transfers_sampled {
+        return Ok("writes not judged (the window spans a planned leadership transfer)".into());
+    }
+    let mut found = format!("{} writes, {} failed", w.writes, w.errors);
+    if w.writes >= MIN_WINDOW_WRITES {
+        let ratio = w.errors as f64 / w.writes as f64;
+        if ratio > a.max_write_error_ratio {
+            return Err(Sample::Fail(format!(
+                "{} of {} writes failed ({:.1} %, max {:.1} %)",
+                w.errors,
+                w.writes,
+                ratio * 100.0,
+                a.max_write_error_ratio * 100.0
+            )));
+        }
+    }
+    let baseline = st.analysis.baseline_commit_p99_us;
+    match w.commit_p99_us {
+        Some(p99) if w.commits >= MIN_WINDOW_COMMITS && baseline > 0 => {
+            let bound = baseline.max(COMMIT_P99_FLOOR_US) as f64 * a.max_commit_p99_ratio;
+            if p99 as f64 > bound {
+                return Err(Sample::Fail(format!(
+                    "commit p99 {:.1} ms over {} commits, above {:.1} x the baseline {:.1} ms (floor {} ms)",
+                    p99 as f64 / 1000.0,
+                    w.commits,
+                    a.max_commit_p99_ratio,
+                    baseline as f64 / 1000.0,
+                    COMMIT_P99_FLOOR_US / 1000
+                )));
+            }
+            found += &format!(
+                ", commit p99 {:.1} ms (baseline {:.1} ms)",
+                p99 as f64 / 1000.0,
+                baseline as f64 / 1000.0
+            );
+        }
+        _ => {
+            found += &format!(
+                ", commit p99 not judged ({} commits, baseline {})",
+                w.commits,
+                if baseline > 0 {
+                    format!("{:.1} ms", baseline as f64 / 1000.0)
+                } else {
+                    "none".into()
+                }
+            );
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

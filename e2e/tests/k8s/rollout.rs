@@ -370,6 +370,27 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
                     .is_some_and(|r| r.target_version == next && r.phase.in_progress())
             })
             .collect();
+        // The analysis read the nodes' write metrics (not only Raft signals).
+        let read: Vec<&str> = during
+            .iter()
+            .filter_map(|s| s.rollout.as_ref())
+            .map(|r| r.analysis.last_result.as_str())
+            .filter(|m| m.contains(" writes, ") && m.contains(" failed"))
+            .collect();
+        assert!(
+            !read.is_empty(),
+            "no sample judged the write signals: {:?}",
+            during.last().and_then(|s| s.rollout.as_ref())
+        );
+        step(&format!(
+            "analysis read write signals in {} samples, e.g. {:?}; baseline commit p99 {} us",
+            read.len(),
+            read.last(),
+            during
+                .last()
+                .and_then(|s| s.rollout.as_ref())
+                .map_or(0, |r| r.analysis.baseline_commit_p99_us)
+        ));
         // Canary isolation: during step 1 exactly one pod, never the leader's, runs the new
         // version.
         let soak: Vec<&&Sample> = during

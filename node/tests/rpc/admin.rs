@@ -51,6 +51,19 @@ async fn health_readiness_and_metrics_are_served() {
         assert_eq!(metric(&body, "qpq_open_connections"), Some(1.0));
         assert_eq!(metric(&body, "qpq_stored_messages"), Some(1.0));
         assert!(body.contains("qpq_rpc_duration_seconds_bucket{method=\"enqueue\",outcome=\"ok\""));
+        // Replicated writes (registration, login, channel, enqueue) by outcome, and on the
+        // leader (this one-node cluster) the commit latency of each.
+        let writes = metric(&body, "qpq_raft_writes_total{outcome=\"ok\"}").unwrap_or(0.0);
+        assert!(writes >= 3.0, "{body}");
+        assert_eq!(
+            metric(&body, "qpq_raft_commit_duration_seconds_count"),
+            Some(writes),
+            "{body}"
+        );
+        assert_eq!(
+            metric(&body, "qpq_raft_writes_total{outcome=\"unavailable\"}"),
+            None
+        );
     })
     .await;
 }

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::crd::AnalysisSpec;
 use crate::planner::ClusterView;
+use crate::rollout::signals::WriteWindow;
 
 const HASH: &str = "h1";
 
@@ -39,6 +40,8 @@ struct Sim {
     /// Rounds in which a pod was deleted while another one was down (must stay empty).
     two_down: Vec<i64>,
     backup: BackupObservation,
+    /// The write signals every round sees.
+    writes: WriteObservation,
 }
 
 impl Sim {
@@ -81,6 +84,7 @@ impl Sim {
             leader_deleted: Vec::new(),
             two_down: Vec::new(),
             backup: BackupObservation::Absent,
+            writes: WriteObservation::NoWindow,
         }
     }
 
@@ -119,6 +123,7 @@ impl Sim {
             committed_index: Some(100),
             membership_busy: false,
             backup: self.backup.clone(),
+            writes: &self.writes,
             now: self.now,
         })
     }
@@ -473,6 +478,153 @@ fn harmful_but_ready_canary_is_rolled_back_by_analysis() {
         st.rollback_reason.contains("lags"),
         "{}",
         st.rollback_reason
+    );
+}
+
+fn window(writes: u64, errors: u64, commits: u64, p99_ms: u64) -> WriteObservation {
+    WriteObservation::Window(WriteWindow {
+        writes,
+        errors,
+        commits,
+        commit_p99_us: (commits > 0).then_some(p99_ms * 1000),
+    })
+}
+
+/// A canary rollout that started with the given write window during stabilization, run
+/// until its canary is up.
+fn canary_with_writes(baseline: WriteObservation) -> Sim {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("30m");
+    sim.spec_version = "0.2.0".into();
+    sim.writes = baseline;
+    sim.start(10);
+    for _ in 0..6 {
+        sim.step(10);
+    }
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    assert_eq!(sim.status.as_ref().unwrap().updated_pods.len(), 1);
+    sim
+}
+
+#[test]
+fn the_commit_latency_baseline_is_taken_while_the_rollout_stabilizes() {
+    let sim = canary_with_writes(window(300, 0, 300, 30));
+    assert_eq!(
+        sim.status.as_ref().unwrap().analysis.baseline_commit_p99_us,
+        30_000
+    );
+    // Too few commits to tell a p99: no baseline, and commit latency is not judged.
+    let mut sim = canary_with_writes(window(5, 0, 5, 30));
+    assert_eq!(
+        sim.status.as_ref().unwrap().analysis.baseline_commit_p99_us,
+        0
+    );
+    sim.writes = window(300, 0, 300, 5_000);
+    sim.run(10, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    let last = &sim.status.as_ref().unwrap().analysis.last_result;
+    assert!(last.contains("commit p99 not judged"), "{last}");
+}
+
+#[test]
+fn write_errors_beyond_the_ratio_roll_back() {
+    let mut sim = canary_with_writes(window(300, 0, 300, 30));
+    // 1 % is allowed (the default): still fine.
+    sim.writes = window(200, 2, 200, 30);
+    sim.run(6, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    let last = &sim.status.as_ref().unwrap().analysis.last_result;
+    assert!(last.contains("200 writes, 2 failed"), "{last}");
+    // Errors in a window too small to judge are not held against the version.
+    sim.writes = window(5, 5, 0, 0);
+    sim.run(6, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    sim.writes = window(200, 10, 190, 30);
+    sim.run(20, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    let reason = &sim.status.as_ref().unwrap().rollback_reason;
+    assert!(
+        reason.starts_with("AnalysisFailed") && reason.contains("10 of 200 writes failed"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn commit_latency_beyond_the_ratio_of_the_baseline_rolls_back() {
+    let mut sim = canary_with_writes(window(300, 0, 300, 30));
+    // Below 2 x 30 ms: fine.
+    sim.writes = window(100, 0, 100, 55);
+    sim.run(6, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    sim.writes = window(100, 0, 100, 80);
+    sim.run(20, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    let reason = &sim.status.as_ref().unwrap().rollback_reason;
+    assert!(
+        reason.starts_with("AnalysisFailed") && reason.contains("commit p99 80.0 ms"),
+        "{reason}"
+    );
+    // A fast cluster's baseline counts as the floor: 4 ms -> 30 ms is noise, not a fault.
+    let mut sim = canary_with_writes(window(300, 0, 300, 4));
+    sim.writes = window(100, 0, 100, 30);
+    sim.run(10, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+}
+
+#[test]
+fn unreadable_write_metrics_pause_instead_of_rolling_back() {
+    let mut sim = canary_with_writes(window(300, 0, 300, 30));
+    sim.writes = WriteObservation::Unreadable("pod 2: connection refused".into());
+    sim.run(10, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Paused);
+    assert_eq!(sim.status.as_ref().unwrap().reason, "AnalysisInconclusive");
+    // No earlier reading (a restarted operator) is not a fault either: Raft signals only.
+    sim.writes = WriteObservation::NoWindow;
+    sim.run(3, 10);
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+}
+
+#[test]
+fn a_window_spanning_a_planned_transfer_does_not_judge_writes() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = RolloutSpec {
+        strategy: RolloutStrategy::Rolling,
+        ..canary("0s")
+    };
+    sim.spec_version = "0.2.0".into();
+    sim.writes = window(300, 0, 300, 30);
+    sim.start(10);
+    let mut excused = 0;
+    for _ in 0..40 {
+        let p = sim.step(10);
+        if matches!(p.action, RolloutAction::TransferLeader { .. }) {
+            // The next sample's window holds the writes that failed during the handoff.
+            sim.writes = window(100, 50, 50, 30);
+            let p = sim.step(10);
+            let a = &p.status.as_ref().unwrap().analysis;
+            assert!(
+                a.last_result
+                    .contains("spans a planned leadership transfer"),
+                "{a:?}"
+            );
+            assert_eq!(a.failures, 0);
+            excused += 1;
+            // Such a window after the sample is judged again.
+            let p = sim.step(10);
+            let a = &p.status.as_ref().unwrap().analysis;
+            assert!(a.last_result.contains("50 of 100 writes failed"), "{a:?}");
+            sim.writes = window(100, 0, 100, 30);
+        }
+        if !sim.phase().in_progress() {
+            break;
+        }
+    }
+    assert_eq!(excused, 1);
+    assert_eq!(
+        sim.phase(),
+        RolloutPhase::Complete,
+        "{:?}",
+        sim.status.as_ref().unwrap().rollback_reason
     );
 }
 

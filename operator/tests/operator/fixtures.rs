@@ -66,6 +66,21 @@ impl FakeNodes {
 }
 
 impl NodeAdmin for FakeNodes {
+    /// A node that answers its status has written nothing yet; one that does not, does
+    /// not answer this either.
+    fn metrics<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<String, AdminError>> {
+        let known = self.statuses.lock().unwrap().contains_key(&addr.0);
+        Box::pin(async move {
+            if known {
+                Ok(String::new())
+            } else {
+                Err(AdminError::Unreachable {
+                    addr: addr.clone(),
+                    message: "connection refused".into(),
+                })
+            }
+        })
+    }
     fn status<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<Status, AdminError>> {
         let s = self.statuses.lock().unwrap().get(&addr.0).cloned();
         Box::pin(async move {

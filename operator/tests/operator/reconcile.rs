@@ -891,3 +891,70 @@ async fn a_version_change_starts_a_rollout_then_replaces_a_follower_by_its_uid()
     drop(ctx);
     server.expect_nothing_more().await;
 }
+
+/// The leader's pod is the last one on the old version: leadership moves first, and the
+/// transfer is in the status before it is asked for, so an operator killed during the call
+/// leaves a record that the leader change was planned (not churn against the new version).
+#[tokio::test]
+async fn the_leader_last_transfer_is_recorded_before_it_is_asked_for() {
+    let nodes = Arc::new(FakeNodes::default());
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
+    let (ctx, mut server) = context_at(nodes.clone(), now.clone());
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    let mut s = spec(3);
+    s["tls"] = json!({"secretName": "my-tls"});
+    let old = cluster(s.clone(), Some(bootstrapped(json!({"voters": 3}))), true);
+    let sts_old = applied_statefulset(&old, "0.1.0");
+    s["version"] = json!("0.2.0");
+    let mut status = bootstrapped(json!({"voters": 3}));
+    status["rollout"] = json!({
+        "phase": "Progressing", "fromVersion": "0.1.0", "targetVersion": "0.2.0",
+        "strategy": "Rolling", "step": 0, "steps": 1, "started": NOW - 60,
+        "updatedPods": [2, 1], "replaced": 2, "transfers": 0,
+        "analysis": {"lastSample": NOW, "baselineTerm": 1},
+    });
+    let obj = cluster(s, Some(status), true);
+    let sts_new = applied_statefulset(&obj, "0.2.0");
+    // Pods 1 and 2 were replaced from the new template; pod 0 (node 1, the leader) was not.
+    let new_pods = pods_from(&sts_new, ["uid-0", "uid-1b", "uid-2b"]);
+    let old_pods = pods_from(&sts_old, ["uid-0", "uid-1", "uid-2"]);
+    let pods = json!([old_pods[0], new_pods[1], new_pods[2]]);
+    let (recorded, calls_then);
+    run!(ctx, server, obj.clone(), {
+        user_tls_round(&mut server, &obj, &sts_new, &pods).await;
+        // The API server answers a merge patch with the whole merged object.
+        let mut merged = serde_json::to_value(&obj).unwrap();
+        merged["status"]["rollout"]["transfers"] = json!(1);
+        let (_, body) = server
+            .expect(
+                "PATCH",
+                "/apis/qpq.dev/v1alpha1/namespaces/ns/qpqclusters/x/status",
+                ok(&merged),
+            )
+            .await;
+        recorded = body["status"].clone();
+        calls_then = nodes.calls().len();
+        server.expect_event("LeadershipTransfer").await;
+        server.expect_status(&obj).await;
+    })
+    .unwrap();
+    assert_eq!(recorded, json!({"rollout": {"transfers": 1}}));
+    assert_eq!(
+        calls_then, 0,
+        "the status was written before the transfer call"
+    );
+    let calls = nodes.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, "x-0.x.ns.svc:9443", "asked of the leader");
+    assert!(
+        format!("{:?}", calls[0].1).contains("TransferLeader"),
+        "{calls:?}"
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}

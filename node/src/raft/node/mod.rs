@@ -107,6 +107,9 @@ pub struct RaftNode {
     peer_versions: Mutex<BTreeMap<NodeId, (u16, std::time::Instant)>>,
     /// The finalized and applied command versions of this node's state machine.
     versions: Arc<AppliedVersions>,
+    /// Write outcomes and commit latency (`raft_writes_total`,
+    /// `raft_commit_duration_seconds`).
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -171,7 +174,7 @@ impl RaftNode {
             &config.db_path(),
             &config.data_dir.join("snapshots"),
             observer,
-            metrics,
+            metrics.clone(),
         )?;
         let versions = sm.versions();
         let heard = LastHeard::default();
@@ -199,6 +202,7 @@ impl RaftNode {
             transfer: tokio::sync::Mutex::new(()),
             peer_versions: Mutex::new(BTreeMap::new()),
             versions,
+            metrics,
         });
         tokio::spawn(super::peer::serve(
             endpoint,

@@ -34,12 +34,18 @@ impl RaftNode {
         // from a newer leader; bound the wait. The entry may still commit later (then the
         // client's retry with the same message id is deduplicated) or be discarded.
         let write = self.raft.client_write(proposal);
+        let started = std::time::Instant::now();
         let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await
         else {
             return Err(SubmitError::Unavailable);
         };
         match result {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => {
+                self.metrics
+                    .raft_commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(resp.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(SubmitError::NotLeader {
                     leader: f.leader_id,
@@ -60,7 +66,21 @@ impl RaftNode {
 
     /// Applies `commands` through the leader (this node or, transparently, another) and
     /// returns their outcomes once the entry is committed and applied on this node's leader.
+    /// Counted in `raft_writes_total` by outcome.
     pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let result = self.submit_anywhere(commands).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(SubmitError::Unavailable | SubmitError::NotLeader { .. }) => "unavailable",
+            Err(SubmitError::NotEnabled { .. }) => "not_enabled",
+            Err(SubmitError::Stopped) => "stopped",
+            Err(SubmitError::Internal(_)) => "internal",
+        };
+        self.metrics.raft_writes.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    async fn submit_anywhere(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
         let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
         loop {
             let leader = match self.submit_local(commands.clone()).await {
