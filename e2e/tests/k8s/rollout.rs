@@ -1,8 +1,10 @@
 //! Version changes driven by the operator, under a steady write load whose acknowledged
 //! writes must all be there afterwards: a change held back while a follower does not answer,
-//! a canary that soaks on one follower while the operator itself is killed, the leader replaced last after a transfer, a new
+//! a canary that soaks on one follower while the operator itself is killed, the leader
+//! replaced last after a transfer, write signals read from the nodes' metrics, a new
 //! replicated-command version held back until the rollout is finalized, an abort back to the
-//! old build before finalization, a retry and a manual finalize, a downgrade refused after it,
+//! old build before finalization, a retry (the operator killed mid-transfer) and a manual
+//! finalize, a downgrade refused after it,
 //! and automatic rollbacks of a version that crashes at start (after a verified backup, the
 //! rollback point), of one that never becomes Ready (the operator killed again mid-rollback)
 //! and of one that is Ready but lets replication fall behind (rolled back by the analysis).
@@ -370,27 +372,6 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
                     .is_some_and(|r| r.target_version == next && r.phase.in_progress())
             })
             .collect();
-        // The analysis read the nodes' write metrics (not only Raft signals).
-        let read: Vec<&str> = during
-            .iter()
-            .filter_map(|s| s.rollout.as_ref())
-            .map(|r| r.analysis.last_result.as_str())
-            .filter(|m| m.contains(" writes, ") && m.contains(" failed"))
-            .collect();
-        assert!(
-            !read.is_empty(),
-            "no sample judged the write signals: {:?}",
-            during.last().and_then(|s| s.rollout.as_ref())
-        );
-        step(&format!(
-            "analysis read write signals in {} samples, e.g. {:?}; baseline commit p99 {} us",
-            read.len(),
-            read.last(),
-            during
-                .last()
-                .and_then(|s| s.rollout.as_ref())
-                .map_or(0, |r| r.analysis.baseline_commit_p99_us)
-        ));
         // Canary isolation: during step 1 exactly one pod, never the leader's, runs the new
         // version.
         let soak: Vec<&&Sample> = during
@@ -442,6 +423,18 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         );
     }
 
+    // The analysis goes on while the rollout waits for finalize, and reads the nodes' write
+    // metrics, not only Raft signals.
+    let r = wait("a sample that judged the write signals", 60, || async {
+        let r = api.get(name).await.ok()?.status?.rollout?;
+        let m = &r.analysis.last_result;
+        (m.contains(" writes, ") && m.contains(" failed")).then_some(r)
+    })
+    .await;
+    step(&format!(
+        "analysis: {:?}; baseline commit p99 {} us",
+        r.analysis.last_result, r.analysis.baseline_commit_p99_us
+    ));
     step("not finalized: the new command version is held back on every node");
     let nodes = statuses(&env, &ns, name).await;
     for (_, st) in &nodes {
@@ -475,9 +468,62 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         assert_eq!(st.applied_command_version, 1, "{st:?}");
     }
 
-    step("retry, then finalize by hand: the new command version opens");
+    step("retry; the operator is killed mid-transfer (before the leader's pod goes)");
+    let replaced_before = replacements(&samples.lock().unwrap()).len();
+    let leader_at_retry = api.get(name).await.unwrap().status.unwrap().leader.unwrap();
+    let operator = operator_leader(&env).await;
     annotate(&env, &ns, name, "qpq.dev/rollout-retry", "e2e-1").await;
-    wait_rollout(&env, &ns, name, &next, RolloutPhase::AwaitingFinalize, 420).await;
+    // The transfer is in the status before the operator asks the leader for it, and a
+    // handoff takes at least the election timeout: polled this often, the kill lands while
+    // the leader is handing over.
+    let deadline = Instant::now() + Duration::from_secs(420);
+    loop {
+        let r = api
+            .get(name)
+            .await
+            .ok()
+            .and_then(|c| c.status?.rollout)
+            .filter(|r| r.target_version == next && r.phase.in_progress());
+        if r.is_some_and(|r| r.transfers >= 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leadership transfer recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    operator_pods
+        .delete(&operator, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let leader_at_kill = statuses(&env, &ns, name)
+        .await
+        .into_iter()
+        .find(|(_, s)| s.role == "leader")
+        .map(|(_, s)| s.node_id);
+    step(&format!(
+        "deleted operator pod {operator} once the transfer was recorded (leader then: node {leader_at_kill:?}, {leader_at_retry} before)"
+    ));
+    let waiting = wait_rollout(&env, &ns, name, &next, RolloutPhase::AwaitingFinalize, 420).await;
+    let r = waiting.status.as_ref().unwrap().rollout.clone().unwrap();
+    assert_eq!(
+        r.transfers, 1,
+        "one planned leadership change, across the operator's restart: {r:?}"
+    );
+    assert_eq!(r.analysis.failures, 0, "{r:?}");
+    {
+        let samples = samples.lock().unwrap().clone();
+        let order: Vec<i32> = replacements(&samples)
+            .into_iter()
+            .skip(replaced_before)
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(order.len(), 3, "each pod replaced exactly once: {order:?}");
+        assert_eq!(
+            format!("{name}-{}", order[2]),
+            leader_at_retry,
+            "the leader's pod goes last: {order:?}"
+        );
+    }
+    step("finalize by hand: the new command version opens");
     annotate(&env, &ns, name, "qpq.dev/rollout-finalize", &next).await;
     let done = wait_rollout(&env, &ns, name, &next, RolloutPhase::Complete, 120).await;
     assert_eq!(
