@@ -18,6 +18,7 @@ use crate::clock::SystemClock;
 use crate::config::{
     AuthConfig, ClusterConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource,
 };
+use crate::integrity::IntegrityCheck;
 use crate::server::RunningNode;
 use crate::telemetry::{self, AuditSink, LogFormat};
 
@@ -159,6 +160,11 @@ struct Common {
     /// RPC worker threads.
     #[arg(long, env = "QPQ_RPC_WORKERS", default_value_t = 2)]
     rpc_workers: usize,
+    /// Check of the state database and the Raft log before serving: `quick` (the structure
+    /// of every page), `full` (also every index against its table) or `off`. A damaged file
+    /// is refused.
+    #[arg(long, env = "QPQ_INTEGRITY_CHECK", value_enum, default_value_t = IntegrityCheck::Quick)]
+    integrity_check: IntegrityCheck,
     /// Unexpired single-use KeyPackages all devices of one account may hold together.
     #[arg(long, env = "QPQ_MAX_KEY_PACKAGES_PER_ACCOUNT", default_value_t = Limits::default().max_key_packages_per_account)]
     max_key_packages_per_account: u32,
@@ -330,6 +336,7 @@ impl Common {
             auth,
             rpc_workers: self.rpc_workers,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            integrity_check: self.integrity_check,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub rpc_workers: usize,
     /// How long a graceful shutdown waits for in-flight RPCs before closing connections.
     pub drain_timeout: Duration,
+    /// How the state database and the Raft log are checked before the node serves.
+    pub integrity_check: crate::integrity::IntegrityCheck,
     /// Replication: node id, Raft listener, cluster TLS, timings.
     pub cluster: ClusterConfig,
 }
@@ -228,6 +230,7 @@ impl NodeConfig {
             auth: AuthConfig::default(),
             rpc_workers: 2,
             drain_timeout: Duration::from_secs(10),
+            integrity_check: crate::integrity::IntegrityCheck::Quick,
             // A one-voter cluster on an ephemeral port: the same write path as a cluster.
             cluster: ClusterConfig {
                 raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -240,5 +243,10 @@ impl NodeConfig {
     /// Path of the node's database.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("node.sqlite3")
+    }
+
+    /// Path of the node's Raft log.
+    pub fn raft_log_path(&self) -> PathBuf {
+        self.data_dir.join("raft-log.sqlite3")
     }
 }

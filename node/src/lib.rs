@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "test-faults")]
 pub mod faults;
+pub mod integrity;
 pub mod local;
 pub mod log;
 pub mod metrics;
@@ -69,6 +70,20 @@ pub enum Error {
     /// Raft could not start (configuration, bootstrap).
     #[error("raft: {0}")]
     Raft(String),
+    /// A database failed the start-up integrity check (`integrity.rs`): the node does not
+    /// serve from it.
+    #[error(
+        "{} failed its integrity check: {detail}. The node does not serve from a damaged \
+         database: move the data directory aside (keep it) and let the node rejoin as a new \
+         member from the leader's snapshot (docs/operator.md, \"Damaged storage\")",
+        file.display()
+    )]
+    Corrupt {
+        /// The damaged file.
+        file: std::path::PathBuf,
+        /// What SQLite found.
+        detail: String,
+    },
     /// The state was finalized at a replicated-command version this build does not apply:
     /// a rollback below a finalized rollout (DESIGN invariant 10), refused before anything
     /// is applied.

@@ -114,6 +114,15 @@ impl RunningNode {
         let server_config =
             tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
 
+        // Never serve from a damaged database: check both before anything opens them.
+        crate::integrity::check_files(
+            &[config.db_path(), config.raft_log_path()],
+            config.integrity_check,
+        )
+        .map_err(|d| Error::Corrupt {
+            file: d.file,
+            detail: d.detail,
+        })?;
         let hooks = Arc::new(ServiceHooks::default());
         let raft = RaftNode::start(
             &config,

@@ -17,7 +17,7 @@ use crate::tmpfs::{Tmpfs, is_root};
 
 /// An application `PrivateMessage` as the DS sees it: real public framing (RFC 9420 §6.3),
 /// then `len` bytes of incompressible "ciphertext".
-fn private_message(len: usize) -> Vec<u8> {
+pub(crate) fn private_message(len: usize) -> Vec<u8> {
     let mut m = vec![0, 1, 0, 2, 32];
     m.extend_from_slice(&[7; 32]); // group_id
     m.extend_from_slice(&0u64.to_be_bytes()); // epoch

@@ -21,8 +21,8 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node on `data_dir` with extra environment variables; waits until it serves.
-    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+    /// The command that runs a node on `data_dir` (stderr piped, JSON logs).
+    pub fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
         cmd.args([
             "--log-format",
@@ -54,7 +54,14 @@ impl NodeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn qpq-node");
+        cmd
+    }
+
+    /// Starts a node on `data_dir` with extra environment variables; waits until it serves.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Self::command(data_dir, env)
+            .spawn()
+            .expect("spawn qpq-node");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,5 +1,6 @@
 //! Tests against the real `qpq-node` binary as a separate process: crash durability
-//! (`kill -9`), a full disk, graceful drain on SIGTERM, and log safety at `RUST_LOG=trace`.
+//! (`kill -9`), a full disk, graceful drain on SIGTERM, log safety at `RUST_LOG=trace`, and a
+//! damaged database refused at start.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,4 +17,5 @@ mod dev_cluster;
 mod disk_full;
 mod drain;
 mod durability;
+mod integrity;
 mod log_safety;
