@@ -200,34 +200,58 @@ pub async fn write_padded_messages(
     }
 }
 
-/// Checks the message history against what `endpoints` serve now.
+/// Checks the message history against what `endpoints` serve now (panics on a violation).
 pub async fn check_messages(history: &History, endpoints: &[Endpoint]) {
+    let v = violations(history, endpoints).await;
+    assert!(v.is_empty(), "{}", v.join("\n"));
+}
+
+/// What `endpoints` serve now, against the history: every acknowledged message present
+/// exactly once at its acknowledged seq, and every channel log gap-free from 1.
+pub async fn violations(history: &History, endpoints: &[Endpoint]) -> Vec<String> {
     let acked = history.acked.borrow().clone();
     let channels: HashSet<ChannelId> = acked.keys().map(|(c, _)| *c).collect();
-    assert!(!acked.is_empty(), "no write was acknowledged");
+    let mut out = Vec::new();
+    if acked.is_empty() {
+        out.push("no write was acknowledged".to_owned());
+    }
     for ep in endpoints {
         for channel in &channels {
             let log = Client::read_all(ep, channel).await;
             // Gap-free, strictly increasing from 1.
-            for (i, (seq, _)) in log.iter().enumerate() {
-                assert_eq!(*seq, i as u64 + 1, "node {}: channel log has a gap", ep.id);
+            if let Some((i, (seq, _))) = log
+                .iter()
+                .enumerate()
+                .find(|(i, (seq, _))| *seq != *i as u64 + 1)
+            {
+                out.push(format!(
+                    "node {}: channel log has a gap: position {i} holds seq {seq}",
+                    ep.id
+                ));
             }
             // No message id twice.
             let mut seen = HashSet::new();
-            for (_, id) in &log {
-                assert!(seen.insert(*id), "node {}: message stored twice", ep.id);
+            for (seq, id) in &log {
+                if !seen.insert(*id) {
+                    out.push(format!(
+                        "node {}: message {id:?} stored twice (seq {seq})",
+                        ep.id
+                    ));
+                }
             }
             let by_id: BTreeMap<ClientMsgId, u64> = log.iter().map(|(s, id)| (*id, *s)).collect();
             for ((c, id), seq) in acked.iter().filter(|((c, _), _)| c == channel) {
-                assert_eq!(
-                    by_id.get(id),
-                    Some(seq),
-                    "node {}: acknowledged message {id:?} of {c:?} missing or moved",
-                    ep.id
-                );
+                if by_id.get(id) != Some(seq) {
+                    out.push(format!(
+                        "node {}: acknowledged message {id:?} of {c:?} (seq {seq}) missing or moved: {:?}",
+                        ep.id,
+                        by_id.get(id)
+                    ));
+                }
             }
         }
     }
+    out
 }
 
 /// No single-use KeyPackage was served twice.

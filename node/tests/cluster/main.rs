@@ -21,6 +21,7 @@ mod proxy;
 mod tmpfs;
 
 mod backup;
+mod chaos;
 mod disk_full;
 mod failover;
 mod membership;

@@ -43,9 +43,20 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
                     let iso = isolated.clone();
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 65536];
-                        while let Ok(n) = reverse.recv(&mut buf).await {
-                            if !dropped(&iso, node_ip, from.ip()) {
-                                let _ = back.send_to(&buf[..n], from).await;
+                        loop {
+                            match reverse.recv(&mut buf).await {
+                                Ok(n) => {
+                                    if !dropped(&iso, node_ip, from.ip()) {
+                                        let _ = back.send_to(&buf[..n], from).await;
+                                    }
+                                }
+                                // The node is down (killed, restarting): the ICMP "port
+                                // unreachable" of an earlier datagram surfaces here. Keep
+                                // relaying: it comes back on the same address. (Ending here
+                                // cut the restarted node off from this peer for good, a
+                                // partition the chaos schedules found.)
+                                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                                Err(_) => return,
                             }
                         }
                     });
