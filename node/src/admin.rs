@@ -99,6 +99,7 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
 async fn metrics(
     State(s): State<AdminState>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    s.metrics.raft.set(&s.raft.status().await);
     if let Ok(stats) = s.services.stats().await {
         s.metrics
             .stored_messages

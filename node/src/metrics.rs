@@ -3,9 +3,11 @@
 //! Labels are bounded sets (method names, outcome codes): never ids, never payload sizes.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+use crate::raft::node::Status;
 
 /// All metrics of a node.
 #[derive(Clone)]
@@ -36,6 +38,82 @@ pub struct Metrics {
     /// On the leader: from appending a write to its being committed and applied there. A
     /// rollout's analysis compares its p99 with the one before the rollout.
     pub raft_commit_duration: Histogram,
+    /// Raft state of this node, refreshed from its status at every scrape.
+    pub raft: RaftGauges,
+}
+
+/// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
+/// Labels: `follower` is a member's node id (a small, bounded set).
+#[derive(Clone)]
+pub struct RaftGauges {
+    term: IntGauge,
+    is_leader: IntGauge,
+    has_leader: IntGauge,
+    last_log_index: IntGauge,
+    committed_index: IntGauge,
+    applied_index: IntGauge,
+    voters: IntGauge,
+    learners: IntGauge,
+    follower_lag: IntGaugeVec,
+    finalized_command_version: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl RaftGauges {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let follower_lag = IntGaugeVec::new(
+            Opts::new(
+                "raft_follower_lag_entries",
+                "Leader only: entries each follower lags behind the leader's log",
+            ),
+            &["follower"],
+        )?;
+        registry.register(Box::new(follower_lag.clone()))?;
+        Ok(Self {
+            term: gauge(registry, "raft_term", "Current Raft term")?,
+            is_leader: gauge(registry, "raft_is_leader", "1 if this node leads")?,
+            has_leader: gauge(registry, "raft_has_leader", "1 if this node knows a leader")?,
+            last_log_index: gauge(registry, "raft_last_log_index", "Last entry of the log")?,
+            committed_index: gauge(registry, "raft_committed_index", "Highest committed entry")?,
+            applied_index: gauge(registry, "raft_applied_index", "Highest entry applied here")?,
+            voters: gauge(registry, "raft_voters", "Voting members of the membership")?,
+            learners: gauge(registry, "raft_learners", "Learners of the membership")?,
+            follower_lag,
+            finalized_command_version: gauge(
+                registry,
+                "raft_finalized_command_version",
+                "Replicated-command version finalized in the state",
+            )?,
+        })
+    }
+
+    /// Sets every gauge from the node's status.
+    pub fn set(&self, s: &Status) {
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.term.set(i(s.term));
+        self.is_leader.set(i64::from(s.role == "leader"));
+        self.has_leader.set(i64::from(s.leader_id.is_some()));
+        self.last_log_index.set(i(s.last_log_index));
+        self.committed_index.set(i(s.committed_index));
+        self.applied_index.set(i(s.applied_index));
+        self.voters.set(i(s.membership.voters.len() as u64));
+        self.learners.set(i(s.membership.learners.len() as u64));
+        self.finalized_command_version
+            .set(i64::from(s.finalized_command_version));
+        // Only current followers, and only on the leader: a follower that left, or a node
+        // that stopped leading, must not keep reporting an old lag.
+        self.follower_lag.reset();
+        for (id, r) in s.replication.iter().flatten() {
+            self.follower_lag
+                .with_label_values(&[&id.to_string()])
+                .set(i(r.lag));
+        }
+    }
 }
 
 impl Metrics {
@@ -103,6 +181,21 @@ impl Metrics {
             )
             .buckets(latency_buckets.clone()),
         )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1: the build's version and replicated-command version",
+            ),
+            &["version", "command_version"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &crate::state::COMMAND_VERSION.to_string(),
+            ])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let raft = RaftGauges::new(&registry)?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -127,6 +220,7 @@ impl Metrics {
             batch_duration,
             raft_writes,
             raft_commit_duration,
+            raft,
         })
     }
 

@@ -64,6 +64,27 @@ async fn health_readiness_and_metrics_are_served() {
             metric(&body, "qpq_raft_writes_total{outcome=\"unavailable\"}"),
             None
         );
+        // Raft state, refreshed at each scrape: a one-voter cluster led by this node.
+        assert_eq!(metric(&body, "qpq_raft_is_leader"), Some(1.0), "{body}");
+        assert_eq!(metric(&body, "qpq_raft_has_leader"), Some(1.0));
+        assert_eq!(metric(&body, "qpq_raft_voters"), Some(1.0));
+        assert_eq!(metric(&body, "qpq_raft_learners"), Some(0.0));
+        assert!(metric(&body, "qpq_raft_term").is_some_and(|t| t >= 1.0));
+        let applied = metric(&body, "qpq_raft_applied_index").unwrap();
+        assert!(applied >= writes, "{body}");
+        assert_eq!(metric(&body, "qpq_raft_committed_index"), Some(applied));
+        assert!(!body.contains("qpq_raft_follower_lag_entries{"), "no followers: {body}");
+        assert_eq!(
+            metric(
+                &body,
+                &format!(
+                    "qpq_build_info{{command_version=\"{COMMAND_VERSION}\",version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0),
+            "{body}"
+        );
     })
     .await;
 }
