@@ -73,7 +73,10 @@ async fn health_readiness_and_metrics_are_served() {
         let applied = metric(&body, "qpq_raft_applied_index").unwrap();
         assert!(applied >= writes, "{body}");
         assert_eq!(metric(&body, "qpq_raft_committed_index"), Some(applied));
-        assert!(!body.contains("qpq_raft_follower_lag_entries{"), "no followers: {body}");
+        assert!(
+            !body.contains("qpq_raft_follower_lag_entries{"),
+            "no followers: {body}"
+        );
         assert_eq!(
             metric(
                 &body,
