@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::harness::{Cluster, local, serial};
+use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::proxy::{self, Isolated};
 
@@ -83,14 +83,7 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
 async fn run_schedule(seed: u64, duration: Duration) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let isolated = Isolated::default();
-    let mut c = Cluster::new(3, &["--snapshot-logs", "200"]);
-    for n in &mut c.nodes {
-        let target = n.raft_addr.parse().unwrap();
-        let ip = n.ip.parse().unwrap();
-        n.advertise = proxy::start(ip, target, isolated.clone()).await.to_string();
-        n.spawn();
-    }
-    c.bootstrap().await;
+    let mut c = proxy::cluster(3, &["--snapshot-logs", "200"], &isolated).await;
     local(async {
         let w = Writers::start(&c, 3, 0).await;
         let mut faults = Vec::new();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId};
 
-use crate::harness::{Cluster, local, serial};
+use crate::harness::{local, serial};
 use crate::history::{self, Client, History};
 use crate::proxy::{self, Isolated};
 
@@ -16,14 +16,7 @@ use crate::proxy::{self, Isolated};
 async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
     let _serial = serial().await;
     let isolated = Isolated::default();
-    let mut c = Cluster::new(3, &[]);
-    for n in &mut c.nodes {
-        let target = n.raft_addr.parse().unwrap();
-        let ip = n.ip.parse().unwrap();
-        n.advertise = proxy::start(ip, target, isolated.clone()).await.to_string();
-        n.spawn();
-    }
-    c.bootstrap().await;
+    let c = proxy::cluster(3, &[], &isolated).await;
     let endpoints = c.endpoints();
     local(async {
         let history = Rc::new(History::default());

@@ -17,6 +17,20 @@ fn dropped(isolated: &Isolated, node: IpAddr, peer: IpAddr) -> bool {
     set.contains(&node) || set.contains(&peer)
 }
 
+/// Starts `n` nodes, each behind its own proxy (its advertised Raft address), and
+/// bootstraps them as one cluster; `isolated` partitions them.
+pub async fn cluster(n: u64, extra: &[&str], isolated: &Isolated) -> crate::harness::Cluster {
+    let mut c = crate::harness::Cluster::new(n, extra);
+    for node in &mut c.nodes {
+        let target = node.raft_addr.parse().unwrap();
+        let ip = node.ip.parse().unwrap();
+        node.advertise = start(ip, target, isolated.clone()).await.to_string();
+        node.spawn();
+    }
+    c.bootstrap().await;
+    c
+}
+
 /// Starts a proxy on `listen_ip` (a free port) relaying to `target` (the node at
 /// `node_ip`). Returns the proxy's address.
 pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) -> SocketAddr {
