@@ -250,7 +250,10 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         serde_json::from_value(json!({
             "strategy": "Canary",
             "steps": [{"pods": 1, "pause": "15s"}],
-            "analysis": {"interval": "5s", "failureLimit": 3, "maxApplyLag": 1000, "maxLeaderChanges": 1},
+            // Commit p99 moves with the machine's load during a good rollout (24 -> 44 ms seen
+            // on a CI run): the e2e gives it room; the planner's tests cover the threshold.
+            "analysis": {"interval": "5s", "failureLimit": 3, "maxApplyLag": 1000, "maxLeaderChanges": 1,
+                         "maxCommitP99Ratio": 4.0},
             "progressDeadline": "45s",
             "finalize": "Manual",
         }))
