@@ -33,6 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::admin::client::AdminClient;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::meta_of_file;
 use crate::raft::{Member, NodeId, encode};
@@ -533,8 +534,8 @@ const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// written as `<out>.partial`, verified against the manifest the node sent (digest, SQLite
 /// integrity, row counts), and only then renamed to `out`: `out` is never a partial or
 /// unverified backup. Refuses to overwrite an existing `out`.
-pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
-    use http_body_util::{BodyExt as _, Empty};
+pub async fn fetch(client: &AdminClient, admin: &str, out: &Path) -> Result<Manifest> {
+    use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
     use tokio::io::AsyncWriteExt as _;
 
@@ -545,30 +546,18 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
         });
     }
     let transfer = |e: &dyn std::fmt::Display| BackupError::Transfer(e.to_string());
-    let stream = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect(admin),
-    )
-    .await
-    .map_err(|_| BackupError::Transfer(format!("connect {admin}: timeout")))?
-    .map_err(|e| BackupError::Transfer(format!("connect {admin}: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| transfer(&e))?;
-    let driver = tokio::spawn(conn);
     let request = hyper::Request::post("/backup")
         .header("host", admin)
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| transfer(&e))?;
     // The node answers once its read barrier passed and the copy is made and checked: give a
     // large database time, but not forever (a paused or partitioned node never answers).
-    let response = tokio::time::timeout(HEADERS_TIMEOUT, sender.send_request(request))
+    let response = tokio::time::timeout(HEADERS_TIMEOUT, client.send(admin, request))
         .await
         .map_err(|_| {
             BackupError::Transfer(format!("{admin}: no answer within {HEADERS_TIMEOUT:?}"))
         })?
-        .map_err(|e| transfer(&e))?;
+        .map_err(BackupError::Transfer)?;
     let status = response.status();
     if status != hyper::StatusCode::OK {
         let body = response
@@ -616,7 +605,6 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
     }
     .await;
     drop(file);
-    driver.abort();
     let checked = match written {
         Ok(()) => {
             let (path, m) = (partial.clone(), manifest.clone());
@@ -643,10 +631,10 @@ pub async fn fetch(admin: &str, out: &Path) -> Result<Manifest> {
 
 /// [`fetch`] from the first of `admins` that serves a backup (a member that is down,
 /// unreachable or without a leader is skipped); the last error if none does.
-pub async fn fetch_any(admins: &[String], out: &Path) -> Result<Manifest> {
+pub async fn fetch_any(client: &AdminClient, admins: &[String], out: &Path) -> Result<Manifest> {
     let mut last = BackupError::Transfer("no admin address given".into());
     for admin in admins {
-        match fetch(admin, out).await {
+        match fetch(client, admin, out).await {
             Ok(m) => return Ok(m),
             // Worth asking another member: it could not be reached or could not serve.
             Err(e @ (BackupError::Transfer(_) | BackupError::Refused { .. })) => {

@@ -64,6 +64,17 @@ enum BackupCommand {
         /// order when one cannot serve.
         #[arg(long, required = true)]
         admin: Vec<String>,
+        /// The admin credentials: cluster CA certificate (PEM). A dev node writes its
+        /// credentials under `<data-dir>/cluster/` (`ca.pem`, `admin-backup.pem`,
+        /// `admin-backup-key.pem`).
+        #[arg(long, env = "QPQ_ADMIN_CA")]
+        admin_ca: PathBuf,
+        /// An admin client certificate (PEM) of role `backup` or `operator`.
+        #[arg(long, env = "QPQ_ADMIN_CERT")]
+        admin_cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long, env = "QPQ_ADMIN_KEY")]
+        admin_key: PathBuf,
         /// Where to store the backup (must not exist).
         #[arg(long, conflicts_with = "out_dir", required_unless_present = "out_dir")]
         out: Option<PathBuf>,
@@ -118,9 +129,13 @@ struct Common {
     /// Client listener (QUIC, UDP).
     #[arg(long, env = "QPQ_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
-    /// Admin HTTP listener (/healthz, /readyz, /metrics).
+    /// Admin API listener (HTTPS, mutual TLS: /raft/*, /backup; `docs/admin-api.md`).
     #[arg(long, env = "QPQ_ADMIN_LISTEN", default_value = "127.0.0.1:9443")]
     admin_listen: SocketAddr,
+    /// Probes and metrics listener (plain HTTP, no authentication: /healthz, /readyz,
+    /// /metrics).
+    #[arg(long, env = "QPQ_METRICS_LISTEN", default_value = "127.0.0.1:9442")]
+    metrics_listen: SocketAddr,
     /// Data directory (database, dev certificate).
     #[arg(long, env = "QPQ_DATA_DIR", default_value = "qpq-data")]
     data_dir: PathBuf,
@@ -196,8 +211,9 @@ struct Common {
     /// (`qpq-0` → 1). Overrides `--node-id`; lets the image run without a shell.
     #[arg(long, env = "QPQ_NODE_ID_FROM_POD_NAME", value_parser = node_id_from_pod_name)]
     node_id_from_pod_name: Option<u64>,
-    /// Bind every listener (client, admin, Raft) to this IP instead of the host part of
-    /// `--listen`, `--admin-listen` and `--raft-listen` (set it to the pod IP, v4 or v6).
+    /// Bind every listener (client, admin, metrics, Raft) to this IP instead of the host
+    /// part of `--listen`, `--admin-listen`, `--metrics-listen` and `--raft-listen` (set it
+    /// to the pod IP, v4 or v6).
     #[arg(long, env = "QPQ_BIND_IP")]
     bind_ip: Option<std::net::IpAddr>,
     /// Raft listener (QUIC, mutual TLS, ALPN qpq-raft/1).
@@ -329,6 +345,7 @@ impl Common {
             cluster,
             listen: bind(self.listen),
             admin_listen: bind(self.admin_listen),
+            metrics_listen: bind(self.metrics_listen),
             data_dir: self.data_dir,
             tls,
             limits,
@@ -402,11 +419,21 @@ pub fn main() -> ExitCode {
             }
             Command::Backup(BackupCommand::Create {
                 admin,
+                admin_ca,
+                admin_cert,
+                admin_key,
                 out,
                 out_dir,
                 prefix,
                 keep,
-            }) => report(backup_create(&admin, out, out_dir, &prefix, keep).await),
+            }) => {
+                let credentials = crate::raft::certs::ClusterTlsFiles {
+                    ca: admin_ca,
+                    cert: admin_cert,
+                    key: admin_key,
+                };
+                report(backup_create(&admin, &credentials, out, out_dir, &prefix, keep).await)
+            }
             Command::Backup(BackupCommand::Verify { file }) => report(
                 crate::backup::read_manifest(&file)
                     .and_then(|m| crate::backup::verify(&file, &m)),
@@ -445,6 +472,7 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
 /// `qpq-node backup create`: the manifest, plus the file and what `--keep` deleted.
 async fn backup_create(
     admins: &[String],
+    credentials: &crate::raft::certs::ClusterTlsFiles,
     out: Option<PathBuf>,
     out_dir: Option<PathBuf>,
     prefix: &str,
@@ -465,7 +493,9 @@ async fn backup_create(
             ));
         }
     };
-    let manifest = crate::backup::fetch_any(admins, &file).await?;
+    let client = crate::admin::client::AdminClient::load(credentials)
+        .map_err(|e| crate::backup::BackupError::Transfer(format!("admin credentials: {e}")))?;
+    let manifest = crate::backup::fetch_any(&client, admins, &file).await?;
     let deleted = match (dir, keep) {
         (Some(dir), Some(keep)) => crate::backup::prune(&dir, prefix, keep)?,
         _ => Vec::new(),
@@ -512,9 +542,14 @@ async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
     };
     if let Mode::Dev { exit_after_check } = mode {
         println!(
-            "qpq-node (dev) serving QUIC on {} · admin http://{}",
+            "qpq-node (dev) serving QUIC on {} · metrics http://{} · admin https://{} (mutual TLS)",
             node.client_addr(),
+            node.metrics_addr(),
             node.admin_addr()
+        );
+        println!(
+            "admin client certificates (roles operator, backup, read-only): {}",
+            node.admin_credentials_dir().display()
         );
         println!(
             "certificate SHA-256 fingerprint: {}",
@@ -550,11 +585,18 @@ async fn run_dev_cluster(base: NodeConfig, n: u64, exit_after_check: bool) -> Ex
         Ok(nodes) => {
             for (i, node) in nodes.iter().enumerate() {
                 println!(
-                    "node {} serving QUIC on {} · admin http://{} · raft {}",
+                    "node {} serving QUIC on {} · metrics http://{} · admin https://{} · raft {}",
                     i + 1,
                     node.client_addr(),
+                    node.metrics_addr(),
                     node.admin_addr(),
                     node.raft_addr()
+                );
+            }
+            if let Some(node) = nodes.first() {
+                println!(
+                    "admin client certificates (roles operator, backup, read-only): {}",
+                    node.admin_credentials_dir().display()
                 );
             }
             let target = &nodes[1];
@@ -600,14 +642,15 @@ async fn run_dev_cluster(base: NodeConfig, n: u64, exit_after_check: bool) -> Ex
 /// Node i of a dev cluster listens on the base ports + `DEV_PORT_STRIDE × (i - 1)`.
 const DEV_PORT_STRIDE: u64 = 10;
 
-/// Node `i`'s client, admin and Raft ports in a dev cluster. The stride is wider than the
+/// Node `i`'s client, admin, metrics and Raft ports in a dev cluster. The stride is wider than the
 /// default ports' spread (client 7443, Raft 7444): with a stride of 1, node 2's client port
 /// would be node 1's Raft port.
-fn dev_ports(base: &NodeConfig, i: u64) -> Result<(u16, u16, u16), String> {
+fn dev_ports(base: &NodeConfig, i: u64) -> Result<(u16, u16, u16, u16), String> {
     let off = DEV_PORT_STRIDE * (i - 1);
     Ok((
         port_plus(base.listen.port(), off)?,
         port_plus(base.admin_listen.port(), off)?,
+        port_plus(base.metrics_listen.port(), off)?,
         port_plus(base.cluster.raft_listen.port(), off)?,
     ))
 }
@@ -630,9 +673,11 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
             key: tls_dir.join(format!("node-{i}-key.pem")),
         })
         .collect();
-    let tls = if existing
-        .iter()
-        .all(|f| f.ca.exists() && f.cert.exists() && f.key.exists())
+    let admin = crate::raft::certs::admin_credentials(&tls_dir, crate::admin::access::Role::Operator);
+    let tls = if admin.cert.exists()
+        && existing
+            .iter()
+            .all(|f| f.ca.exists() && f.cert.exists() && f.key.exists())
     {
         existing
     } else {
@@ -641,9 +686,10 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (i, files) in (1..=n).zip(tls) {
         let mut c = base.clone();
-        let (client, admin, raft) = dev_ports(&base, i)?;
+        let (client, admin, metrics, raft) = dev_ports(&base, i)?;
         c.listen.set_port(client);
         c.admin_listen.set_port(admin);
+        c.metrics_listen.set_port(metrics);
         c.cluster.raft_listen.set_port(raft);
         c.cluster.raft_advertise = None;
         c.cluster.node_id = i;
@@ -763,13 +809,14 @@ mod tests {
             let mut udp = std::collections::BTreeSet::new();
             let mut tcp = std::collections::BTreeSet::new();
             for i in 1..=n {
-                let (client, admin, raft) = dev_ports(&base, i).unwrap();
+                let (client, admin, metrics, raft) = dev_ports(&base, i).unwrap();
                 assert!(udp.insert(client), "{n} nodes: UDP port {client} twice");
                 assert!(udp.insert(raft), "{n} nodes: UDP port {raft} twice");
                 assert!(tcp.insert(admin), "{n} nodes: TCP port {admin} twice");
+                assert!(tcp.insert(metrics), "{n} nodes: TCP port {metrics} twice");
             }
         }
-        assert_eq!(dev_ports(&base, 2).unwrap(), (7453, 9453, 7454));
+        assert_eq!(dev_ports(&base, 2).unwrap(), (7453, 9453, 9452, 7454));
     }
 
     #[test]
@@ -779,6 +826,8 @@ mod tests {
             "0.0.0.0:7443",
             "--admin-listen",
             "0.0.0.0:9443",
+            "--metrics-listen",
+            "0.0.0.0:9442",
             "--raft-listen",
             "0.0.0.0:7444",
             "--bind-ip",
@@ -787,6 +836,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "10.1.2.3:7443".parse().unwrap());
         assert_eq!(c.admin_listen, "10.1.2.3:9443".parse().unwrap());
+        assert_eq!(c.metrics_listen, "10.1.2.3:9442".parse().unwrap());
         assert_eq!(c.cluster.raft_listen, "10.1.2.3:7444".parse().unwrap());
         let v6 = serve_config(&["--bind-ip", "fd00::5"]).unwrap();
         assert_eq!(v6.listen, "[fd00::5]:7443".parse().unwrap());

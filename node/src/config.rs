@@ -26,8 +26,10 @@ pub enum TlsSource {
 pub struct NodeConfig {
     /// Client listener (QUIC/UDP).
     pub listen: SocketAddr,
-    /// Admin HTTP listener (health, readiness, metrics).
+    /// Admin API listener (HTTPS, mutual TLS with an admin certificate; `crate::admin`).
     pub admin_listen: SocketAddr,
+    /// Probes and metrics listener (plain HTTP: `/healthz`, `/readyz`, `/metrics`).
+    pub metrics_listen: SocketAddr,
     /// Where the database (and the dev certificate) live.
     pub data_dir: PathBuf,
     /// Certificate source.
@@ -223,6 +225,7 @@ impl NodeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             tls: TlsSource::Dev,
             limits: Limits::default(),

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub raft_commit_duration: Histogram,
     /// Raft state of this node, refreshed from its status at every scrape.
     pub raft: RaftGauges,
+    /// Admin API calls, by the caller's role (`none` when it has none) and outcome
+    /// (`allowed`, `forbidden`, `refused_tls`): refusals show who tried what.
+    pub admin_requests: IntCounterVec,
 }
 
 /// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
@@ -196,6 +199,14 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let raft = RaftGauges::new(&registry)?;
+        let admin_requests = IntCounterVec::new(
+            Opts::new(
+                "admin_requests_total",
+                "Admin API calls and refused handshakes, by role and outcome",
+            ),
+            &["role", "outcome"],
+        )?;
+        registry.register(Box::new(admin_requests.clone()))?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -221,6 +232,7 @@ impl Metrics {
             raft_writes,
             raft_commit_duration,
             raft,
+            admin_requests,
         })
     }
 

@@ -33,6 +33,7 @@ use crate::clock::SharedClock;
 use crate::config::{NodeConfig, TlsSource};
 use crate::log::CommitLog;
 use crate::metrics::Metrics;
+use crate::raft::certs::ClusterTls;
 use crate::raft::node::RaftNode;
 use crate::rpc::{InFlight, NodeRpc};
 use crate::service::hooks::ServiceHooks;
@@ -53,6 +54,8 @@ const SHUTTING_DOWN_REASON: &[u8] = b"server shutting down";
 pub struct RunningNode {
     client_addr: SocketAddr,
     admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    admin_credentials_dir: std::path::PathBuf,
     raft_addr: SocketAddr,
     raft: Arc<RaftNode>,
     cert: CertificateDer<'static>,
@@ -169,9 +172,32 @@ impl RunningNode {
                 busy: Arc::default(),
             },
         };
+        let admin_credentials_dir = match &config.cluster.tls {
+            Some(files) => files
+                .ca
+                .parent()
+                .map_or_else(std::path::PathBuf::new, std::path::Path::to_path_buf),
+            None => config.data_dir.join("cluster"),
+        };
+        let admin_tls = match &config.cluster.tls {
+            Some(files) => ClusterTls::load(files)?,
+            None => ClusterTls::load_or_generate_dev(&config.data_dir)?,
+        }
+        .admin_server_config()?;
         let admin_stop = CancellationToken::new();
-        let (admin_addr, admin_task) =
-            admin::serve(config.admin_listen, admin_state, admin_stop.clone()).await?;
+        let (metrics_addr, metrics_task) = admin::serve_metrics(
+            config.metrics_listen,
+            admin_state.clone(),
+            admin_stop.clone(),
+        )
+        .await?;
+        let (admin_addr, admin_task) = admin::serve_admin(
+            config.admin_listen,
+            admin_state,
+            admin_tls,
+            admin_stop.clone(),
+        )
+        .await?;
 
         let ctx = ConnCtx {
             services: services.clone(),
@@ -210,7 +236,7 @@ impl RunningNode {
         });
 
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(listen = %client_addr, admin = %admin_addr, data_dir = %config.data_dir.display(), "node serving");
+        tracing::info!(listen = %client_addr, admin = %admin_addr, metrics = %metrics_addr, data_dir = %config.data_dir.display(), "node serving");
 
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let stop = shutdown.clone();
@@ -249,6 +275,7 @@ impl RunningNode {
             drop(workers);
             admin_stop.cancel();
             let _ = admin_task.await;
+            let _ = metrics_task.await;
             let _ = sweeper.await;
             drop(ctx);
             // The batching task exits once the last log handle is gone; wait for it so every
@@ -265,6 +292,8 @@ impl RunningNode {
         Ok(Self {
             client_addr,
             admin_addr,
+            metrics_addr,
+            admin_credentials_dir,
             raft_addr,
             raft,
             cert,
@@ -288,9 +317,20 @@ impl RunningNode {
         self.client_addr
     }
 
-    /// The admin HTTP address.
+    /// The admin API address (HTTPS, mutual TLS).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where a dev node's admin client certificates are (`admin-<role>.pem`, beside the
+    /// cluster CA; `crate::raft::certs::admin_credentials`).
+    pub fn admin_credentials_dir(&self) -> &std::path::Path {
+        &self.admin_credentials_dir
+    }
+
+    /// The probes and metrics address (plain HTTP).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// The Raft listener's address (UDP).

@@ -21,6 +21,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::admin::access::Role;
 use crate::transport::{self, TransportLimits, tls};
 
 /// The DNS name every node certificate carries and every peer checks.
@@ -66,8 +67,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), transport::Error> {
 }
 
 /// Generates a cluster CA and `nodes` node certificates under `dir`: `ca.pem`, and
-/// `node-<i>.pem` / `node-<i>-key.pem` for `i` in `1..=nodes`. Returns the files of each
-/// node, in order. The CA's private key is not kept.
+/// `node-<i>.pem` / `node-<i>-key.pem` for `i` in `1..=nodes`; and one admin client
+/// certificate per role, `admin-<role>.pem` / `admin-<role>-key.pem` (see
+/// [`admin_credentials`]). Returns the files of each node, in order. The CA's private key
+/// is not kept.
 pub fn generate_cluster(dir: &Path, nodes: u64) -> Result<Vec<ClusterTlsFiles>, transport::Error> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let ca_key = KeyPair::generate()?;
@@ -100,7 +103,43 @@ pub fn generate_cluster(dir: &Path, nodes: u64) -> Result<Vec<ClusterTlsFiles>, 
             key: key_path,
         });
     }
+    for role in Role::ALL {
+        let files = admin_credentials(dir, role);
+        let (cert, key) = issue_admin_cert(&issuer, role)?;
+        std::fs::write(&files.cert, cert).map_err(|e| io(&files.cert, e))?;
+        write_private(&files.key, &key)?;
+    }
     Ok(out)
+}
+
+/// The admin client credentials of `role` that [`generate_cluster`] writes under `dir`.
+pub fn admin_credentials(dir: &Path, role: Role) -> ClusterTlsFiles {
+    ClusterTlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("admin-{role}.pem")),
+        key: dir.join(format!("admin-{role}-key.pem")),
+    }
+}
+
+/// An admin client certificate of `role` (PEM certificate, PEM key): client authentication
+/// only, the role in a subjectAltName URI ([`Role::uri`]).
+pub fn issue_admin_cert<S: rcgen::SigningKey>(
+    issuer: &Issuer<'_, S>,
+    role: Role,
+) -> Result<(String, String), transport::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("qpq admin {role}"));
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        role.uri()
+            .try_into()
+            .map_err(|e: rcgen::Error| transport::Error::CertGen(e))?,
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 impl ClusterTls {
@@ -154,6 +193,34 @@ impl ClusterTls {
         )?;
         let limits = peer_limits();
         tls::quinn_server_config(crypto, &limits)
+    }
+
+    /// The admin listener's TLS config: TLS 1.3 only, ALPN `http/1.1`, this node's
+    /// certificate, and a client certificate signed by the cluster CA required (the role in
+    /// it is checked per request, `crate::admin::access`).
+    pub fn admin_server_config(&self) -> Result<Arc<rustls::ServerConfig>, transport::Error> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Arc::new(ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let crypto =
+            tls::peer_server_crypto(self.chain.clone(), self.key.clone_key(), verifier, b"http/1.1")?;
+        Ok(Arc::new(crypto))
+    }
+
+    /// A TLS client config for the admin API: presents this certificate (an admin
+    /// certificate, [`admin_credentials`]), trusts the cluster CA only; the server must
+    /// carry [`PEER_SERVER_NAME`].
+    pub fn admin_client_config(&self) -> Result<Arc<rustls::ClientConfig>, transport::Error> {
+        let mut crypto =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_root_certificates(self.roots.clone())
+                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        crypto.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(crypto))
     }
 
     /// The Raft client's QUIC config: presents this node's certificate, trusts the CA only.

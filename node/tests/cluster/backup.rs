@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::rc::Rc;
 use std::time::Duration;
 
+use qpq_node::admin::access::Role;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
 use serde_json::Value;
@@ -62,16 +63,24 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         let follower = c.running().into_iter().find(|id| *id != leader).unwrap();
         // The first address answers nothing: the next member is asked.
         let admin = c.node(follower).admin.unwrap().to_string();
-        let out = qpq_node(&[
-            "backup",
-            "create",
-            "--admin",
-            "127.0.0.1:1",
-            "--admin",
-            &admin,
-            "--out",
-            path(&backup),
-        ]);
+        let creds = c.admin_args(Role::Backup);
+        let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+        let out = qpq_node(
+            &[
+                &[
+                    "backup",
+                    "create",
+                    "--admin",
+                    "127.0.0.1:1",
+                    "--admin",
+                    &admin,
+                    "--out",
+                    path(&backup),
+                ][..],
+                &creds,
+            ]
+            .concat(),
+        );
         assert!(
             out.status.success(),
             "backup create: {}",
@@ -86,18 +95,24 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         let dated = work.join("dated");
         std::fs::create_dir_all(&dated).unwrap();
         for _ in 0..2 {
-            let out = qpq_node(&[
-                "backup",
-                "create",
-                "--admin",
-                &admin,
-                "--out-dir",
-                path(&dated),
-                "--prefix",
-                "qpq",
-                "--keep",
-                "1",
-            ]);
+            let out = qpq_node(
+                &[
+                    &[
+                        "backup",
+                        "create",
+                        "--admin",
+                        &admin,
+                        "--out-dir",
+                        path(&dated),
+                        "--prefix",
+                        "qpq",
+                        "--keep",
+                        "1",
+                    ][..],
+                    &creds,
+                ]
+                .concat(),
+            );
             assert!(
                 out.status.success(),
                 "{}",

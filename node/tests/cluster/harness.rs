@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer as _;
 use qpq_client::{ClientError, Connection, ServerVerification};
-use qpq_node::raft::certs::{ClusterTlsFiles, generate_cluster};
+use qpq_node::admin::access::Role;
+use qpq_node::admin::client::AdminClient;
+use qpq_node::raft::certs::{ClusterTlsFiles, admin_credentials, generate_cluster};
 use qpq_schemas::auth::register_message;
 use qpq_schemas::{ChannelId, DeviceId, IdentityKey};
 use serde_json::{Value, json};
@@ -43,8 +45,13 @@ pub struct Node {
     /// Fixed across restarts, so clients keep their address book.
     pub client: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Probes and metrics (plain HTTP).
+    pub metrics: Option<SocketAddr>,
     client_port: u16,
     admin_port: u16,
+    metrics_port: u16,
+    /// The admin API as the operator (the dev credentials written with the cluster CA).
+    pub admin_client: AdminClient,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -75,13 +82,16 @@ impl Node {
             raft_addr,
             ip: ip2,
             data: dir.join(format!("node-{id}")),
-            tls,
+            tls: tls.clone(),
             extra: extra.to_vec(),
             child: None,
             client: None,
             admin: None,
+            metrics: None,
             client_port: free_udp_port(&ip),
             admin_port: free_tcp_port(&ip),
+            metrics_port: free_tcp_port(&ip),
+            admin_client: admin_client(&tls, Role::Operator),
             logs: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -99,6 +109,8 @@ impl Node {
             .arg(format!("{}:{}", self.ip, self.client_port))
             .arg("--admin-listen")
             .arg(format!("{}:{}", self.ip, self.admin_port))
+            .arg("--metrics-listen")
+            .arg(format!("{}:{}", self.ip, self.metrics_port))
             .arg("--raft-listen")
             .arg(&self.raft_addr)
             .arg("--raft-advertise")
@@ -151,9 +163,10 @@ impl Node {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((client, admin)) => {
+            Ok((client, admin, metrics)) => {
                 self.client = Some(client);
                 self.admin = Some(admin);
+                self.metrics = Some(metrics);
                 self.child = Some(child);
             }
             Err(_) => {
@@ -207,28 +220,24 @@ impl Node {
         .map_err(|_| ClientError::Io(std::io::Error::other("connect timeout")))?
     }
 
+    /// One admin API call as the operator; `None` if the node is down or does not answer
+    /// within 5 s.
     pub async fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         if !self.is_running() {
             return None;
         }
-        let fut = async {
-            let mut s = tokio::net::TcpStream::connect(self.admin?).await.ok()?;
-            let req = format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(req.as_bytes()).await.ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).await.ok()?;
-            let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-            let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
-        };
-        tokio::time::timeout(Duration::from_secs(5), fut)
+        let (status, body) = self
+            .admin_client
+            .call(
+                &self.admin?.to_string(),
+                method,
+                path,
+                body,
+                Duration::from_secs(5),
+            )
             .await
-            .ok()
-            .flatten()
+            .ok()?;
+        Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     pub async fn status(&self) -> Option<Value> {
@@ -240,10 +249,10 @@ impl Node {
 
     pub async fn ready(&self) -> bool {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let Some(admin) = self.admin.filter(|_| self.is_running()) else {
+        let Some(metrics) = self.metrics.filter(|_| self.is_running()) else {
             return false;
         };
-        let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+        let Ok(mut s) = tokio::net::TcpStream::connect(metrics).await else {
             return false;
         };
         let _ = s
@@ -261,7 +270,13 @@ impl Drop for Node {
     }
 }
 
-fn serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The admin client of `role` with the credentials generated beside the cluster CA.
+pub fn admin_client(tls: &ClusterTlsFiles, role: Role) -> AdminClient {
+    let dir = tls.ca.parent().expect("the CA is in a directory");
+    AdminClient::load(&admin_credentials(dir, role)).expect("admin credentials")
+}
+
+fn serving(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     let v: Value = serde_json::from_str(line).ok()?;
     let fields = v.get("fields").unwrap_or(&v);
     let message = fields
@@ -272,7 +287,7 @@ fn serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
         return None;
     }
     let get = |k: &str| fields.get(k).or_else(|| v.get(k))?.as_str()?.parse().ok();
-    Some((get("listen")?, get("admin")?))
+    Some((get("listen")?, get("admin")?, get("metrics")?))
 }
 
 pub struct Cluster {
@@ -313,6 +328,20 @@ impl Tester {
 const MAX_NODES: u64 = 7;
 
 impl Cluster {
+    /// The `qpq-node backup create` flags naming the credentials of `role`.
+    pub fn admin_args(&self, role: Role) -> Vec<String> {
+        let dir = self.tls[0].ca.parent().expect("the CA is in a directory");
+        let files = admin_credentials(dir, role);
+        [
+            ("--admin-ca", files.ca),
+            ("--admin-cert", files.cert),
+            ("--admin-key", files.key),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
+        .collect()
+    }
+
     /// Creates `n` nodes (not started). `extra`: more flags for every node.
     pub fn new(n: u64, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

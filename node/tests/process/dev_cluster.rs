@@ -9,6 +9,7 @@ fn a_three_node_dev_cluster_passes_the_self_check_through_a_follower() {
     let out = Command::new(env!("CARGO_BIN_EXE_qpq-node"))
         .args(["dev", "--nodes", "3", "--self-check"])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--raft-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path())

@@ -32,6 +32,8 @@ impl NodeProcess {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--raft-listen",
             "127.0.0.1:0",
             "--bootstrap",

@@ -1,6 +1,12 @@
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use qpq_node::admin::access::Role;
+use qpq_node::admin::client::AdminClient;
+use qpq_node::raft::certs::{ClusterTlsFiles, admin_credentials};
 use qpq_node::state::COMMAND_VERSION;
 use serde_json::Value;
 
@@ -9,8 +15,8 @@ use crate::common::{TestNode, local, metric};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_are_served() {
     let t = TestNode::start().await;
-    assert_eq!(t.admin_get("/healthz").await.0, 200);
-    assert_eq!(t.admin_get("/readyz").await.0, 200);
+    assert_eq!(t.metrics_get("/healthz").await.0, 200);
+    assert_eq!(t.metrics_get("/readyz").await.0, 200);
     assert_eq!(t.admin_get("/nope").await.0, 404);
     local(async {
         let c = t.user().await;
@@ -25,7 +31,7 @@ async fn health_readiness_and_metrics_are_served() {
         .await
         .unwrap();
         let _ = c.enqueue_raw(&[0; 3], &[0; 16], b"x").await;
-        let (status, body) = t.admin_get("/metrics").await;
+        let (status, body) = t.metrics_get("/metrics").await;
         assert_eq!(status, 200);
         assert_eq!(
             metric(
@@ -231,4 +237,134 @@ async fn a_build_below_the_finalized_command_version_refuses_to_start() {
             && text.contains(&format!("up to {COMMAND_VERSION}")),
         "{text}"
     );
+}
+
+/// Every admin route: none may answer a caller without the right role.
+const ADMIN_ROUTES: [(&str, &str); 9] = [
+    ("GET", "/raft/status"),
+    ("POST", "/raft/bootstrap"),
+    ("POST", "/raft/learners"),
+    ("POST", "/raft/promote"),
+    ("POST", "/raft/remove"),
+    ("POST", "/raft/transfer-leader"),
+    ("POST", "/raft/finalize"),
+    ("POST", "/raft/probe-command-version"),
+    ("POST", "/backup"),
+];
+
+/// A TLS client that trusts the node's cluster CA and presents `identity` (or nothing).
+fn client_presenting(t: &TestNode, identity: Option<&ClusterTlsFiles>) -> AdminClient {
+    use rustls_pki_types::pem::PemObject as _;
+    let ca = admin_credentials(t.node.admin_credentials_dir(), Role::Operator).ca;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(&files.cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&files.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    AdminClient::from_config(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() {
+    let t = TestNode::start().await;
+    let addr = t.node.admin_addr().to_string();
+    let timeout = Duration::from_secs(30);
+    let dir = t.node.admin_credentials_dir().to_path_buf();
+
+    // No client certificate, or one from another CA: the handshake is refused, so no route
+    // answers at all.
+    let other = tempfile::tempdir().unwrap();
+    qpq_node::raft::certs::generate_cluster(other.path(), 1).unwrap();
+    let foreign = admin_credentials(other.path(), Role::Operator);
+    for (who, client) in [
+        ("no certificate", client_presenting(&t, None)),
+        ("another CA", client_presenting(&t, Some(&foreign))),
+    ] {
+        for (method, path) in ADMIN_ROUTES {
+            let answer = client.call(&addr, method, path, "{}", timeout).await;
+            assert!(answer.is_err(), "{who}: {method} {path} answered {answer:?}");
+        }
+    }
+
+    // Plain HTTP gets no HTTP answer either.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /backup HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        assert!(!buf.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&buf));
+    }
+
+    // A certificate of the cluster without a role (this node's own): refused everywhere.
+    let node_cert = ClusterTlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("node-1.pem"),
+        key: dir.join("node-1-key.pem"),
+    };
+    let roleless = client_presenting(&t, Some(&node_cert));
+    for (method, path) in ADMIN_ROUTES {
+        let (code, body) = roleless
+            .call(&addr, method, path, "{}", timeout)
+            .await
+            .unwrap();
+        assert_eq!(code, 403, "no role: {method} {path}: {}", String::from_utf8_lossy(&body));
+    }
+
+    // Read-only: status only. Backup: status and backups. Neither changes membership.
+    for (role, may) in [
+        (Role::ReadOnly, &["/raft/status"][..]),
+        (Role::Backup, &["/raft/status", "/backup"][..]),
+    ] {
+        for (method, path) in ADMIN_ROUTES {
+            let (code, body) = t.admin_as(role, method, path, "{}").await;
+            if may.contains(&path) {
+                assert_eq!(code, 200, "{role}: {method} {path}: {body}");
+            } else {
+                assert_eq!(code, 403, "{role}: {method} {path}: {body}");
+                assert_eq!(json(&body)["error"], "forbidden", "{body}");
+            }
+        }
+        // Unknown paths too: the role check comes before routing.
+        assert_eq!(t.admin_as(role, "GET", "/nope", "").await.0, 403);
+    }
+
+    // The operator may call a mutation (its answer is the node's, not a refusal).
+    let (code, body) = t
+        .admin_post("/raft/finalize", r#"{"command_version": 1}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    // The metrics listener serves none of the admin routes.
+    for (_, path) in ADMIN_ROUTES {
+        assert_eq!(t.metrics_get(path).await.0, 404, "{path}");
+    }
+
+    // Refusals are counted by role and outcome.
+    let (_, m) = t.metrics_get("/metrics").await;
+    let count = |labels: &str| metric(&m, &format!("qpq_admin_requests_total{{{labels}}}"));
+    assert!(count("outcome=\"refused_tls\",role=\"none\"").is_some_and(|n| n >= 18.0), "{m}");
+    assert_eq!(count("outcome=\"forbidden\",role=\"none\""), Some(9.0), "{m}");
+    assert_eq!(count("outcome=\"forbidden\",role=\"read-only\""), Some(9.0), "{m}");
+    assert_eq!(count("outcome=\"forbidden\",role=\"backup\""), Some(8.0), "{m}");
+    assert_eq!(count("outcome=\"allowed\",role=\"operator\""), Some(1.0), "{m}");
 }

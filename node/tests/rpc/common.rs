@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qpq_client::{Connection, ServerVerification, Tokens};
+use qpq_node::admin::access::Role;
+use qpq_node::admin::client::AdminClient;
 use qpq_node::config::{NodeConfig, RateLimit};
+use qpq_node::raft::certs::admin_credentials;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
 use qpq_schemas::{AccountId, ChannelId, DeviceId};
@@ -103,31 +106,15 @@ impl TestNode {
         User { conn, id, tokens }
     }
 
-    /// GET on the admin listener; returns (status, body).
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        self.admin_request("GET", path, "").await
-    }
-
-    /// POST of a JSON body on the admin listener; returns (status, body).
-    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
-        self.admin_request("POST", path, body).await
-    }
-
-    async fn admin_request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+    /// GET on the metrics listener (probes, metrics; plain HTTP); returns (status, body).
+    pub async fn metrics_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(self.node.admin_addr())
+        let mut s = tokio::net::TcpStream::connect(self.node.metrics_addr())
             .await
             .unwrap();
-        s.write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\
-                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.unwrap();
         let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -136,6 +123,37 @@ impl TestNode {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// An admin API client with the dev credentials of `role`.
+    pub fn admin_client(&self, role: Role) -> AdminClient {
+        AdminClient::load(&admin_credentials(self.node.admin_credentials_dir(), role)).unwrap()
+    }
+
+    /// GET on the admin API as the operator; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_as(Role::Operator, "GET", path, "").await
+    }
+
+    /// POST of a JSON body on the admin API as the operator; returns (status, body).
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        self.admin_as(Role::Operator, "POST", path, body).await
+    }
+
+    /// One admin call with `role`'s credentials; panics if the call does not complete.
+    pub async fn admin_as(&self, role: Role, method: &str, path: &str, body: &str) -> (u16, String) {
+        let (status, body) = self
+            .admin_client(role)
+            .call(
+                &self.node.admin_addr().to_string(),
+                method,
+                path,
+                body,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
 

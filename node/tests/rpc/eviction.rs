@@ -51,7 +51,7 @@ async fn messages_past_retention_are_hidden_at_once_and_swept() {
             "the gap is visible to clients"
         );
         let swept = eventually(Duration::from_secs(5), async || {
-            let (_, body) = t.admin_get("/metrics").await;
+            let (_, body) = t.metrics_get("/metrics").await;
             metric(&body, "qpq_evictions_total{kind=\"message\"}") == Some(3.0)
         })
         .await;

@@ -197,7 +197,7 @@ async fn key_packages_expire_after_the_ttl_and_are_swept() {
             "{err}"
         );
         let swept = eventually(Duration::from_secs(5), async || {
-            let (_, body) = t.admin_get("/metrics").await;
+            let (_, body) = t.metrics_get("/metrics").await;
             metric(&body, "qpq_evictions_total{kind=\"key_package\"}") == Some(2.0)
         })
         .await;

@@ -23,7 +23,7 @@ async fn connections_over_the_per_ip_limit_are_refused_until_one_closes() {
             Err(other) => panic!("expected CONNECTION_REFUSED, got {other}"),
             Ok(_) => panic!("a third connection from one IP was accepted"),
         }
-        let (_, body) = t.admin_get("/metrics").await;
+        let (_, body) = t.metrics_get("/metrics").await;
         assert!(
             body.contains("qpq_refused_connections_total"),
             "refusals are counted"

@@ -1,26 +1,42 @@
-//! The admin HTTP listener: `/healthz` (the process is alive and replication has not stopped
-//! for good), `/readyz` (the node serves clients: store open, listener bound, not draining, a
-//! caught-up Raft member), `/metrics` (Prometheus text), the `/raft/*` membership API
-//! (`crate::raft::admin`), and `POST /backup` (a verified, consistent copy of the state,
-//! `crate::backup`).
-//! It is a separate port so that it can be kept off the public network.
+//! The node's HTTP listeners.
+//!
+//! - The **metrics listener** (plain HTTP, unauthenticated: kubelet probes and Prometheus):
+//!   `/healthz` (the process is alive and replication has not stopped for good), `/readyz`
+//!   (the node serves clients: store open, listener bound, not draining, a caught-up Raft
+//!   member) and `/metrics` (Prometheus text). It reads nothing a caller could misuse.
+//! - The **admin listener** (HTTPS, mutual TLS): the `/raft/*` membership API
+//!   (`crate::raft::admin`) and `POST /backup` (a verified, consistent copy of the state,
+//!   `crate::backup`). A client certificate signed by the cluster CA is required, and the
+//!   role in it decides what it may call ([`access`]). Every refusal is audited (log target
+//!   `qpq::audit`, metric `qpq_admin_requests_total`), and so is every allowed call that
+//!   changes or copies state.
+
+pub mod access;
+pub mod client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
 use crate::service::Services;
+use access::{Role, RoleError};
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -50,8 +66,9 @@ pub struct BackupSource {
     pub busy: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Binds the admin listener and serves it until `shutdown` is cancelled.
-pub async fn serve(
+/// Binds the metrics listener (probes and metrics, no authentication) and serves it until
+/// `shutdown` is cancelled.
+pub async fn serve_metrics(
     addr: SocketAddr,
     state: AdminState,
     shutdown: CancellationToken,
@@ -62,18 +79,145 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/backup", post(backup))
-        .merge(crate::raft::admin::routes())
         .with_state(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
+            tracing::error!(error = %e, "metrics listener failed");
         }
     });
     Ok((local, task))
+}
+
+/// Who is calling, as the TLS handshake established it.
+#[derive(Clone, Debug)]
+struct Caller {
+    peer: SocketAddr,
+    role: Result<Role, RoleError>,
+}
+
+/// Binds the admin listener (mutual TLS with `tls`) and serves it until `shutdown` is
+/// cancelled; then waits for the calls in progress.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    state: AdminState,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let metrics = state.metrics.clone();
+    let app = Router::new()
+        .route("/backup", post(backup))
+        .merge(crate::raft::admin::routes())
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, authorize));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let task = tokio::spawn(async move {
+        let connections = TaskTracker::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: do not spin.
+                        tracing::warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, app, metrics, stop) = (
+                acceptor.clone(),
+                app.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            connections.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        metrics
+                            .admin_requests
+                            .with_label_values(&["none", "refused_tls"])
+                            .inc();
+                        tracing::warn!(target: "qpq::audit", %peer, error = %e, "admin: TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "admin: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let role = match tls.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => access::role_of(leaf),
+                    _ => Err(RoleError::NoCertificate),
+                };
+                let service = hyper_util::service::TowerToHyperService::new(
+                    app.layer(Extension(Caller { peer, role })),
+                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
+    });
+    Ok((local, task))
+}
+
+/// The role check of every admin call ([`access::allowed`]), with the audit record.
+async fn authorize(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let role = match &caller.role {
+        Ok(role) => *role,
+        Err(e) => {
+            s.metrics
+                .admin_requests
+                .with_label_values(&["none", "forbidden"])
+                .inc();
+            tracing::warn!(target: "qpq::audit", peer = %caller.peer, %method, %path, reason = %e, "admin: call refused");
+            return json_error(StatusCode::FORBIDDEN, "forbidden", e.to_string());
+        }
+    };
+    if !access::allowed(role, &method, &path) {
+        s.metrics
+            .admin_requests
+            .with_label_values(&[role.as_str(), "forbidden"])
+            .inc();
+        tracing::warn!(target: "qpq::audit", peer = %caller.peer, %role, %method, %path, "admin: call refused");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {role} may not {method} {path}"),
+        );
+    }
+    s.metrics
+        .admin_requests
+        .with_label_values(&[role.as_str(), "allowed"])
+        .inc();
+    if method != axum::http::Method::GET {
+        tracing::info!(target: "qpq::audit", peer = %caller.peer, %role, %method, %path, "admin: call allowed");
+    }
+    next.run(request).await
 }
 
 /// Alive unless replication stopped for good (the node then also shuts itself down, and a

@@ -1,0 +1,206 @@
+//! Who may call the admin API, and what each caller may do.
+//!
+//! The admin listener requires a client certificate signed by the cluster CA (mutual TLS).
+//! The certificate says who the caller is: its subjectAltName carries exactly one URI
+//! `urn:qpq:admin-role:<role>`. Node certificates are signed by the same CA but carry no
+//! role, so a node (or anyone holding a node's key) cannot call the admin API.
+//!
+//! | role        | may call                                                      |
+//! |-------------|---------------------------------------------------------------|
+//! | `operator`  | everything: `/raft/*` (membership, transfer, finalize), `/backup` |
+//! | `backup`    | `POST /backup`, `GET /raft/status`                            |
+//! | `read-only` | `GET /raft/status`                                            |
+//!
+//! Probes and metrics are not here: they are on the separate, unauthenticated metrics
+//! listener and read nothing a caller could misuse.
+
+use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+/// The URI prefix of the subjectAltName that names a certificate's admin role. Part of the
+/// contract with every issuer of admin certificates (the operator mints them too).
+pub const ROLE_URI_PREFIX: &str = "urn:qpq:admin-role:";
+
+/// What an admin caller is allowed to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The operator: membership changes, leadership transfer, finalize, backups.
+    Operator,
+    /// Backup Jobs and `qpq-node backup create`: backups and status.
+    Backup,
+    /// Dashboards and humans looking: status only.
+    ReadOnly,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Operator, Role::Backup, Role::ReadOnly];
+
+    /// The role's name in certificates, file names and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Backup => "backup",
+            Role::ReadOnly => "read-only",
+        }
+    }
+
+    /// The subjectAltName URI that grants this role.
+    pub fn uri(self) -> String {
+        format!("{ROLE_URI_PREFIX}{}", self.as_str())
+    }
+
+    fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a verified client certificate grants no role.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    /// The handshake presented no certificate (cannot happen with the required verifier;
+    /// refused all the same).
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The certificate could not be parsed.
+    #[error("unreadable client certificate: {0}")]
+    Unreadable(String),
+    /// A certificate of the cluster without a role (a node's certificate, for example).
+    #[error("the client certificate names no admin role")]
+    NoRole,
+    /// More than one role URI: ambiguous, so none is granted.
+    #[error("the client certificate names more than one admin role")]
+    SeveralRoles,
+    /// A role URI with a name this build does not know.
+    #[error("unknown admin role {0:?}")]
+    Unknown(String),
+}
+
+impl RoleError {
+    /// Low-cardinality label for the refusal metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RoleError::NoCertificate => "no_certificate",
+            RoleError::Unreadable(_) => "unreadable_certificate",
+            RoleError::NoRole | RoleError::SeveralRoles | RoleError::Unknown(_) => "no_role",
+        }
+    }
+}
+
+/// The admin role a (chain-verified) client certificate grants.
+pub fn role_of(cert_der: &[u8]) -> Result<Role, RoleError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| RoleError::Unreadable(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| RoleError::Unreadable(e.to_string()))?;
+    let mut found: Option<Result<Role, RoleError>> = None;
+    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(role) = uri.strip_prefix(ROLE_URI_PREFIX) else {
+            continue;
+        };
+        if found.is_some() {
+            return Err(RoleError::SeveralRoles);
+        }
+        found = Some(Role::from_name(role).ok_or_else(|| RoleError::Unknown(role.to_owned())));
+    }
+    found.unwrap_or(Err(RoleError::NoRole))
+}
+
+/// Whether `role` may call `method path`. Deny by default: a path not named here is the
+/// operator's only (who then sees the router's 404 or 405).
+pub fn allowed(role: Role, method: &axum::http::Method, path: &str) -> bool {
+    let read_only = *method == axum::http::Method::GET && path == "/raft/status";
+    let backup = *method == axum::http::Method::POST && path == "/backup";
+    match role {
+        Role::Operator => true,
+        Role::Backup => read_only || backup,
+        Role::ReadOnly => read_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    fn cert_with_uris(uris: &[&str]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_role_is_the_one_role_uri_of_the_certificate() {
+        // The exact URI is a contract with the operator: it mints the same string.
+        assert_eq!(Role::Operator.uri(), "urn:qpq:admin-role:operator");
+        for role in Role::ALL {
+            assert_eq!(role_of(&cert_with_uris(&[&role.uri()])), Ok(role));
+        }
+        assert_eq!(
+            role_of(&cert_with_uris(&["https://example.org", "urn:qpq:admin-role:backup"])),
+            Ok(Role::Backup)
+        );
+        assert_eq!(role_of(&cert_with_uris(&[])), Err(RoleError::NoRole));
+        assert_eq!(
+            role_of(&cert_with_uris(&["urn:qpq:admin-role:root"])),
+            Err(RoleError::Unknown("root".into()))
+        );
+        assert_eq!(
+            role_of(&cert_with_uris(&[
+                "urn:qpq:admin-role:read-only",
+                "urn:qpq:admin-role:operator"
+            ])),
+            Err(RoleError::SeveralRoles)
+        );
+        // Case matters: a look-alike grants nothing.
+        assert_eq!(
+            role_of(&cert_with_uris(&["urn:qpq:admin-role:Operator"])),
+            Err(RoleError::Unknown("Operator".into()))
+        );
+        assert!(matches!(
+            role_of(b"not a certificate"),
+            Err(RoleError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn each_role_may_do_its_part_and_nothing_more() {
+        let mutations = [
+            "/raft/bootstrap",
+            "/raft/learners",
+            "/raft/promote",
+            "/raft/remove",
+            "/raft/transfer-leader",
+            "/raft/finalize",
+            "/raft/probe-command-version",
+        ];
+        for path in mutations {
+            assert!(allowed(Role::Operator, &Method::POST, path), "{path}");
+            assert!(!allowed(Role::Backup, &Method::POST, path), "{path}");
+            assert!(!allowed(Role::ReadOnly, &Method::POST, path), "{path}");
+        }
+        assert!(allowed(Role::Backup, &Method::POST, "/backup"));
+        assert!(!allowed(Role::ReadOnly, &Method::POST, "/backup"));
+        assert!(!allowed(Role::ReadOnly, &Method::GET, "/backup"));
+        for role in Role::ALL {
+            assert!(allowed(role, &Method::GET, "/raft/status"), "{role}");
+        }
+        // Unknown paths and methods: nobody but the operator gets past the role check.
+        assert!(!allowed(Role::ReadOnly, &Method::GET, "/raft/status/../remove"));
+        assert!(!allowed(Role::Backup, &Method::DELETE, "/backup"));
+        assert!(!allowed(Role::ReadOnly, &Method::GET, "/nope"));
+    }
+}
