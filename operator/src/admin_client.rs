@@ -1,12 +1,16 @@
-//! Client of the node admin HTTP API (`docs/admin-api.md`): `/raft/status` and the
-//! membership calls.
+//! Client of the node admin API (`docs/admin-api.md`): `/raft/status` and the membership
+//! calls over HTTPS with mutual TLS, and `/metrics` over plain HTTP from the metrics port.
 //!
 //! [`NodeAdmin`] is the seam: the reconciler only talks to nodes through it, so tests (and
 //! the planner's property tests) can replace the nodes with a fake. [`HttpAdmin`] is the
-//! real implementation: plain HTTP/1.1 over hyper, short timeouts, no retries (the
-//! reconciler is level-based and simply requeues).
+//! real implementation: HTTP/1.1 over hyper, short timeouts, no retries (the reconciler is
+//! level-based and simply requeues). Each cluster has its own CA, so the reconciler scopes
+//! the client to a cluster's [`AdminIdentity`] (its `operator` certificate from the Secret
+//! `<cluster>-admin`) with [`NodeAdmin::scoped`]. The node's certificate is checked against
+//! that cluster's CA and the name every node certificate carries (`qpq-raft`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -14,7 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Secret;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 
 /// A Raft node id (StatefulSet ordinal + 1).
@@ -223,6 +230,15 @@ pub enum AdminError {
         /// The node's `error` (and `message`) fields.
         message: String,
     },
+    /// No usable admin credentials for this cluster (the Secret `<cluster>-admin` is missing
+    /// or holds no valid `operator` certificate).
+    #[error("{addr}: no admin credentials: {message}")]
+    Credentials {
+        /// Target.
+        addr: AdminAddr,
+        /// What is missing or wrong.
+        message: String,
+    },
     /// Any other non-success answer, or an unparseable body.
     #[error("{addr}: HTTP {status}: {message}")]
     Http {
@@ -243,6 +259,7 @@ impl AdminError {
             Self::NotLeader { .. } => "admin_not_leader",
             Self::Conflict { .. } => "admin_conflict",
             Self::Http { .. } => "admin_http",
+            Self::Credentials { .. } => "admin_credentials",
         }
     }
 }
@@ -260,22 +277,94 @@ pub trait NodeAdmin: Send + Sync {
     /// `GET /metrics`: the node's Prometheus text exposition (the rollout analysis reads
     /// its write signals from it).
     fn metrics<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<String, AdminError>>;
+    /// The same client calling as `identity` (one cluster's credentials); without one, every
+    /// admin call fails with [`AdminError::Credentials`] (metrics still work).
+    fn scoped(self: Arc<Self>, identity: Option<&AdminIdentity>) -> Arc<dyn NodeAdmin>;
 }
 
-/// [`NodeAdmin`] over plain HTTP/1.1.
+/// The name every node certificate carries; the admin client checks it (with the CA).
+pub const NODE_SERVER_NAME: &str = crate::tls::PEER_SERVER_NAME;
+
+/// Admin credentials of one cluster: its CA certificate, and a client certificate with its
+/// key (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminIdentity {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for AdminIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminIdentity { key: <redacted> }")
+    }
+}
+
+impl AdminIdentity {
+    /// From PEM text.
+    pub fn from_pem(ca_pem: String, cert_pem: String, key_pem: String) -> Self {
+        Self {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    /// The credentials of `role` in a `<cluster>-admin` Secret (`ca.crt`, `<role>.crt`,
+    /// `<role>.key`); `None` when one is missing.
+    pub fn from_secret(secret: &Secret, role: &str) -> Option<Self> {
+        let data = secret.data.as_ref()?;
+        let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+        Some(Self::from_pem(
+            get("ca.crt")?,
+            get(&format!("{role}.crt"))?,
+            get(&format!("{role}.key"))?,
+        ))
+    }
+
+    /// TLS 1.3 client config: trusts the CA only, presents the certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| format!("CA certificate: {e}"))?)
+                .map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("client certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| format!("client key: {e}"))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client certificate: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// [`NodeAdmin`] over HTTP/1.1: mutual TLS for the admin API, plain for metrics.
 #[derive(Clone)]
 pub struct HttpAdmin {
     client: Client<HttpConnector, Full<Bytes>>,
+    tls: Result<tokio_rustls::TlsConnector, String>,
     timeout: Duration,
 }
 
 impl HttpAdmin {
-    /// A client whose every request (connect + answer) is bounded by `timeout`.
+    /// A client whose every request (connect + answer) is bounded by `timeout`; without
+    /// credentials until [`NodeAdmin::scoped`].
     pub fn new(timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            tls: Err("none given".into()),
             timeout,
         }
     }
@@ -288,11 +377,74 @@ impl HttpAdmin {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<Status, AdminError> {
-        let (status, bytes) = self.fetch(addr, method, path, body, timeout).await?;
+        let (status, bytes) = self.fetch_tls(addr, method, path, body, timeout).await?;
         decode(addr, status, &bytes)
     }
 
-    /// One request; the answer's status code and body.
+    /// One admin API request over mutual TLS (a new connection each time: calls are rare);
+    /// the answer's status code and body.
+    pub async fn fetch_tls(
+        &self,
+        addr: &AdminAddr,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), AdminError> {
+        let connector = self.tls.clone().map_err(|message| AdminError::Credentials {
+            addr: addr.clone(),
+            message,
+        })?;
+        let bytes = match body {
+            Some(v) => Bytes::from(v.to_string()),
+            None => Bytes::new(),
+        };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &addr.0)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes))
+            .map_err(|e| AdminError::Http {
+                addr: addr.clone(),
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let unreachable = |message: String| AdminError::Unreachable {
+            addr: addr.clone(),
+            message,
+        };
+        tokio::time::timeout(timeout, async {
+            let tcp = tokio::net::TcpStream::connect(&addr.0)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let name = ServerName::try_from(NODE_SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        })
+        .await
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+    }
+
+    /// One plain HTTP request (the metrics port); the answer's status code and body.
     async fn fetch(
         &self,
         addr: &AdminAddr,
@@ -391,6 +543,18 @@ impl NodeAdmin for HttpAdmin {
                     message: text.chars().take(512).collect(),
                 })
             }
+        })
+    }
+
+    fn scoped(self: Arc<Self>, identity: Option<&AdminIdentity>) -> Arc<dyn NodeAdmin> {
+        let tls = match identity {
+            None => Err("the cluster's admin Secret is missing or incomplete".to_owned()),
+            Some(id) => id.client_config().map(tokio_rustls::TlsConnector::from),
+        };
+        Arc::new(Self {
+            client: self.client.clone(),
+            tls,
+            timeout: self.timeout,
         })
     }
 
@@ -534,15 +698,76 @@ mod tests {
             .route("/raft/status", get(status))
             .route("/raft/{op}", post(mutate))
             .with_state((leader, seen.clone()));
+        // Mutual TLS like a node: its certificate names `qpq-raft`; a client certificate of
+        // the cluster CA is required.
+        let (cert, key, _) = ISSUER
+            .issue(
+                vec![NODE_SERVER_NAME.to_owned()],
+                jiff::Timestamp::now().as_second(),
+                30,
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ISSUER.ca().cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
         (AdminAddr(addr.to_string()), seen)
     }
 
+    const NOW: i64 = 1_790_000_000;
+
+    static ISSUER: std::sync::LazyLock<crate::tls::Issuer> = std::sync::LazyLock::new(|| {
+        crate::tls::Issuer::new_ca("x", jiff::Timestamp::now().as_second()).unwrap()
+    });
+
+    /// Admin credentials of `role` from `issuer`.
+    fn identity(issuer: &crate::tls::Issuer, role: &str) -> AdminIdentity {
+        let (cert, key, _) = issuer
+            .issue_admin(role, jiff::Timestamp::now().as_second(), 30)
+            .unwrap();
+        AdminIdentity::from_pem(issuer.ca().cert_pem.clone(), cert, key)
+    }
+
     #[tokio::test]
-    async fn talks_the_contract_over_http() {
-        let admin = HttpAdmin::new(Duration::from_secs(2));
+    async fn talks_the_contract_over_mutual_tls() {
+        let admin = std::sync::Arc::new(HttpAdmin::new(Duration::from_secs(2)))
+            .scoped(Some(&identity(&ISSUER, "operator")));
         let (addr, seen) = fake_node(true).await;
         let s = admin.status(&addr).await.unwrap();
         assert_eq!(s.node_id, 1);
@@ -574,8 +799,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn without_the_clusters_credentials_nothing_is_sent() {
+        let (addr, seen) = fake_node(true).await;
+        // Not scoped: refused before connecting.
+        let bare = std::sync::Arc::new(HttpAdmin::new(Duration::from_secs(2)));
+        let err = bare.status(&addr).await.unwrap_err();
+        assert_eq!(err.metric_label(), "admin_credentials", "{err}");
+        let missing = bare.clone().scoped(None);
+        assert_eq!(
+            missing.status(&addr).await.unwrap_err().metric_label(),
+            "admin_credentials"
+        );
+        // Garbage in the Secret: a credentials error, not a connection attempt.
+        let garbage = AdminIdentity::from_pem("x".into(), "y".into(), "z".into());
+        assert_eq!(
+            bare.clone()
+                .scoped(Some(&garbage))
+                .status(&addr)
+                .await
+                .unwrap_err()
+                .metric_label(),
+            "admin_credentials"
+        );
+        // Another cluster's credentials: the node refuses the handshake (and the node's
+        // certificate is not trusted either).
+        let other = crate::tls::Issuer::new_ca("y", NOW).unwrap();
+        let err = bare
+            .scoped(Some(&identity(&other, "operator")))
+            .call(&addr, &MembershipCall::Remove { id: 3 })
+            .await
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "admin_unreachable", "{err}");
+        assert!(seen.lock().unwrap().is_empty(), "a call got through");
+    }
+
+    #[tokio::test]
     async fn unreachable_node_is_reported_as_such() {
-        let admin = HttpAdmin::new(Duration::from_millis(500));
+        let admin = std::sync::Arc::new(HttpAdmin::new(Duration::from_millis(500)))
+            .scoped(Some(&identity(&ISSUER, "operator")));
         // Port 1 on loopback: nothing listens.
         let err = admin
             .status(&AdminAddr("127.0.0.1:1".into()))

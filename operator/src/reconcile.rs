@@ -40,7 +40,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::admin_client::{MembershipCall, NodeAdmin, NodeId, Status};
+use crate::admin_client::{AdminIdentity, MembershipCall, NodeAdmin, NodeId, Status};
 use crate::crd::{FINALIZER, PvcRetentionPolicy, QpqCluster, RolloutPhase};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -103,7 +103,7 @@ async fn read_writes(
         }
         let id = u64::try_from(*o).map_err(|_| format!("pod ordinal {o}"))? + 1;
         let text = admin
-            .metrics(&c.admin_addr(id))
+            .metrics(&c.metrics_addr(id))
             .await
             .map_err(|e| format!("pod {o}: {e}"))?;
         let writes = NodeWrites::parse(&text).map_err(|e| format!("pod {o}: {e}"))?;
@@ -327,7 +327,16 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let sts = sts_api.get_opt(&c.name).await?;
     let sts_replicas = sts.as_ref().map(|s| s.spec.replicas.unwrap_or(1));
-    let nodes = observe_nodes(&c, ctx.admin.as_ref(), sts_replicas.unwrap_or(0)).await;
+    // The cluster's admin credentials (its CA, the operator's certificate); missing before
+    // the first round wrote them, or when a user-provided TLS Secret comes without them.
+    let admin_secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get_opt(&c.admin_secret())
+        .await?;
+    let identity = admin_secret
+        .as_ref()
+        .and_then(|s| AdminIdentity::from_secret(s, "operator"));
+    let admin = ctx.admin.clone().scoped(identity.as_ref());
+    let nodes = observe_nodes(&c, admin.as_ref(), sts_replicas.unwrap_or(0)).await;
     let raft = nodes.raft();
     let observed = Observed {
         desired: spec.replicas,
@@ -362,7 +371,15 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let (secrets, rotation) = if invalid {
         (Vec::new(), 0)
     } else {
-        prepare_tls(obj, ctx, &c, plan.statefulset_replicas, now_unix).await?
+        prepare_tls(
+            obj,
+            ctx,
+            &c,
+            plan.statefulset_replicas,
+            now_unix,
+            admin_secret.as_ref(),
+        )
+        .await?
     };
 
     // Rollout: pods, the template, the rollback point.
@@ -410,7 +427,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let analysing = window_key(prev_rollout).is_some()
         || prev.and_then(|p| p.current_version.as_deref()) != Some(spec.version.as_str());
     let (reading, writes) = if analysing && !invalid {
-        match read_writes(ctx.admin.as_ref(), &c, &pods).await {
+        match read_writes(admin.as_ref(), &c, &pods).await {
             Err(m) => (None, WriteObservation::Unreadable(m)),
             Ok(now) => {
                 let readings = ctx.write_readings.lock().unwrap_or_else(|p| p.into_inner());
@@ -536,7 +553,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         if let Some(target) = target {
             let addr = c.admin_addr(target);
             let label = reason;
-            match ctx.admin.call(&addr, &call).await {
+            match admin.call(&addr, &call).await {
                 Ok(_) => {
                     ctx.metrics
                         .membership_actions
@@ -602,7 +619,16 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     // The rollout's one step (never while the spec is invalid).
     let mut rollout_status = rollout_plan.status.clone();
     if !invalid {
-        rollout_step(ctx, obj, &c, &rollout_plan, &raft, &mut rollout_status).await?;
+        rollout_step(
+            ctx,
+            admin.as_ref(),
+            obj,
+            &c,
+            &rollout_plan,
+            &raft,
+            &mut rollout_status,
+        )
+        .await?;
     }
     // Finalize the replicated-command version once no rollout can be rolled back.
     if !invalid
@@ -626,7 +652,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             .is_some_and(|r| r.phase.in_progress());
         if let Some(n) = rollout::command_version_to_finalize(in_progress, &voters) {
             let call = MembershipCall::Finalize { command_version: n };
-            match ctx.admin.call(&c.admin_addr(leader), &call).await {
+            match admin.call(&c.admin_addr(leader), &call).await {
                 Ok(_) => {
                     publish(
                         ctx,
@@ -825,8 +851,10 @@ fn record_phase(ctx: &Context, c: &ClusterRef, phase: Option<RolloutPhase>) {
 
 /// Carries out the rollout planner's step. A failed step is reported (Event, metric) and
 /// retried by a later round; the status written says what was done.
+#[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct input
 async fn rollout_step(
     ctx: &Context,
+    admin: &dyn NodeAdmin,
     obj: &QpqCluster,
     c: &ClusterRef,
     p: &RolloutPlan,
@@ -877,7 +905,7 @@ async fn rollout_step(
                     .await?;
                 }
                 let call = MembershipCall::TransferLeader { to: *to };
-                if let Err(e) = ctx.admin.call(&c.admin_addr(l), &call).await {
+                if let Err(e) = admin.call(&c.admin_addr(l), &call).await {
                     tracing::warn!(cluster = %c.name, error = %e, "rollout: leadership transfer failed");
                     publish(
                         ctx,
@@ -954,6 +982,7 @@ async fn prepare_tls(
     c: &ClusterRef,
     replicas: i32,
     now_unix: i64,
+    admin_secret: Option<&Secret>,
 ) -> Result<(Vec<Secret>, u64)> {
     let client = &ctx.client;
     let ns = c.namespace.as_str();
@@ -1006,8 +1035,18 @@ async fn prepare_tls(
             .await;
         }
         rotation = certs.index.rotation;
+        let admin_current = admin_secret
+            .map(tls::admin_certs_from_secret)
+            .unwrap_or_default();
+        let admin = tls::reconcile_admin_certificates(
+            &issuer,
+            &admin_current,
+            now_unix,
+            spec.tls.cert_validity_days,
+        )?;
         secrets.push(tls::ca_secret(c, issuer.ca()));
         secrets.push(tls::certs_secret(c, issuer.ca(), &certs)?);
+        secrets.push(tls::admin_secret(c, &admin)?);
     }
     Ok((secrets, rotation))
 }

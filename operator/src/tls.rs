@@ -241,6 +241,155 @@ impl Issuer {
     }
 }
 
+/// The admin roles the operator issues client certificates for (the node's
+/// `admin::access::Role`): `operator` (its own calls), `backup` (backup Jobs), `read-only`
+/// (people and dashboards looking at `/raft/status`).
+pub const ADMIN_ROLES: [&str; 3] = ["operator", "backup", "read-only"];
+
+/// The subjectAltName URI prefix that names a certificate's admin role; the node grants the
+/// role `<name>` to a certificate of the cluster CA that carries `<prefix><name>`.
+pub const ADMIN_ROLE_URI_PREFIX: &str = "urn:qpq:admin-role:";
+
+impl Issuer {
+    /// An admin client certificate of `role`, valid `days` from the start of today: client
+    /// authentication only, the role in a subjectAltName URI. Returns (cert PEM, key PEM,
+    /// entry).
+    pub fn issue_admin(
+        &self,
+        role: &str,
+        now_unix: i64,
+        days: u32,
+    ) -> Result<(String, String, CertEntry)> {
+        let (start, (y, m, d)) = day_of(now_unix)?;
+        let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
+        let mut p =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "quicproquo");
+        dn.push(DnType::CommonName, format!("qpq admin {role}"));
+        p.distinguished_name = dn;
+        let uri = format!("{ADMIN_ROLE_URI_PREFIX}{role}");
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            uri.try_into().map_err(|e: rcgen::Error| Error::Tls(e.to_string()))?,
+        )];
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        p.not_after = rcgen::date_time_ymd(ey, em, ed);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = p
+            .signed_by(&key, &issuer)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let entry = CertEntry {
+            dns_names: Vec::new(),
+            not_before: start,
+            not_after: end,
+        };
+        Ok((cert.pem(), key.serialize_pem(), entry))
+    }
+}
+
+/// Everything in the admin credentials Secret `<cluster>-admin`: the CA certificate they were
+/// issued under, and per role a certificate and key (`<role>.crt`, `<role>.key`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminCerts {
+    /// The CA certificate (PEM) the role certificates chain to.
+    pub ca_pem: String,
+    /// Per role: validity.
+    pub index: BTreeMap<String, CertEntry>,
+    /// `<role>.crt` / `<role>.key` → PEM.
+    pub files: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AdminCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCerts")
+            .field("index", &self.index)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Brings the admin credentials up to date: every role's certificate is issued when missing,
+/// renewed at two thirds of its validity, and all are issued anew under a new CA.
+pub fn reconcile_admin_certificates(
+    issuer: &Issuer,
+    current: &AdminCerts,
+    now_unix: i64,
+    days: u32,
+) -> Result<AdminCerts> {
+    let mut next = if current.ca_pem == issuer.ca().cert_pem {
+        current.clone()
+    } else {
+        AdminCerts {
+            ca_pem: issuer.ca().cert_pem.clone(),
+            ..AdminCerts::default()
+        }
+    };
+    for role in ADMIN_ROLES {
+        let fresh = next.index.get(role).is_some_and(|e| {
+            now_unix < e.not_before + (e.not_after - e.not_before) * 2 / 3
+        }) && next.files.contains_key(&format!("{role}.crt"))
+            && next.files.contains_key(&format!("{role}.key"));
+        if fresh {
+            continue;
+        }
+        let (cert, key, entry) = issuer.issue_admin(role, now_unix, days)?;
+        next.files.insert(format!("{role}.crt"), cert);
+        next.files.insert(format!("{role}.key"), key);
+        next.index.insert(role.to_owned(), entry);
+    }
+    Ok(next)
+}
+
+/// Secret `<cluster>-admin`: `ca.crt`, `index.json` and every role's `.crt`/`.key`. The
+/// operator reads its own credentials from it; backup Jobs mount the `backup` ones. With a
+/// user-provided `spec.tls.secretName`, the user provides this Secret (same keys, at least
+/// `ca.crt`, `operator.*` and `backup.*`).
+pub fn admin_secret(c: &ClusterRef, certs: &AdminCerts) -> Result<Secret> {
+    let mut data: BTreeMap<String, ByteString> = certs
+        .files
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    data.insert(
+        "ca.crt".into(),
+        ByteString(certs.ca_pem.clone().into_bytes()),
+    );
+    data.insert(
+        "index.json".into(),
+        ByteString(serde_json::to_vec(&certs.index)?),
+    );
+    Ok(Secret {
+        metadata: c.meta(c.admin_secret()),
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// Reads `<cluster>-admin` (empty when absent; an unreadable index means "reissue all").
+pub fn admin_certs_from_secret(s: &Secret) -> AdminCerts {
+    let Some(data) = s.data.as_ref() else {
+        return AdminCerts::default();
+    };
+    let text = |v: &ByteString| String::from_utf8(v.0.clone()).ok();
+    AdminCerts {
+        ca_pem: data.get("ca.crt").and_then(text).unwrap_or_default(),
+        index: data
+            .get("index.json")
+            .and_then(|b| serde_json::from_slice(&b.0).ok())
+            .unwrap_or_default(),
+        files: data
+            .iter()
+            .filter(|(k, _)| k.ends_with(".crt") && k.as_str() != "ca.crt" || k.ends_with(".key"))
+            .filter_map(|(k, v)| Some((k.clone(), text(v)?)))
+            .collect(),
+    }
+}
+
 /// Brings `current` up to date for `pods`: keeps valid certificates, issues missing ones,
 /// renews expiring ones (bumping the rotation counter). Certificates of pods no longer
 /// wanted are kept until the StatefulSet no longer has them (a harmless leftover).
@@ -397,6 +546,55 @@ mod tests {
             reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 61 * 86_400, 90).unwrap();
         assert_ne!(later.files["x-0.crt"], certs.files["x-0.crt"]);
         assert_eq!(later.index.rotation, 1);
+    }
+
+    use rustls_pki_types::pem::PemObject as _;
+
+    #[test]
+    fn admin_certificates_carry_their_role_and_are_renewed_like_node_certificates() {
+        use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+        let c = cluster();
+        let issuer = Issuer::new_ca("x", NOW).unwrap();
+        let certs =
+            reconcile_admin_certificates(&issuer, &AdminCerts::default(), NOW, 90).unwrap();
+        assert_eq!(certs.files.len(), 6);
+        for role in ADMIN_ROLES {
+            let pem = &certs.files[&format!("{role}.crt")];
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let uris: Vec<String> = cert
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+                .collect();
+            // The exact string the node looks for (`admin::access::ROLE_URI_PREFIX`).
+            assert_eq!(uris, vec![format!("urn:qpq:admin-role:{role}")]);
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.client_auth && !eku.server_auth, "{role}");
+        }
+        // Kept while fresh; renewed past two thirds; all reissued under a new CA.
+        assert_eq!(
+            reconcile_admin_certificates(&issuer, &certs, NOW + 86_400, 90).unwrap(),
+            certs
+        );
+        let later = reconcile_admin_certificates(&issuer, &certs, NOW + 61 * 86_400, 90).unwrap();
+        assert_ne!(later.files["operator.crt"], certs.files["operator.crt"]);
+        let other = Issuer::new_ca("x", NOW).unwrap();
+        let moved = reconcile_admin_certificates(&other, &certs, NOW, 90).unwrap();
+        assert_eq!(moved.ca_pem, other.ca().cert_pem);
+        assert_ne!(moved.files["backup.key"], certs.files["backup.key"]);
+        // The Secret round-trips and never shows keys in Debug.
+        let s = admin_secret(&c, &certs).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("x-admin"));
+        assert_eq!(admin_certs_from_secret(&s), certs);
+        assert!(!format!("{certs:?}").contains("PRIVATE"));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use serde_json::json;
 
 use super::policy::BACKUP_FOR_LABEL;
-use super::{ClusterRef, container_security_context, pod_security_context, typed};
+use super::{
+    ADMIN_CREDENTIALS_DIR, ClusterRef, container_security_context, pod_security_context, typed,
+};
 use crate::admin_client::AdminAddr;
 use crate::crd::{BackupSpec, QpqClusterSpec};
 use crate::error::Result;
@@ -141,7 +143,16 @@ fn job_spec(
         "name": "backup",
         "image": format!("{}:{}", spec.image, spec.version),
         "args": args,
-        "volumeMounts": [{"name": "backups", "mountPath": BACKUP_MOUNT}],
+        // The `backup` role's credentials: enough for `POST /backup`, nothing else.
+        "env": [
+            {"name": "QPQ_ADMIN_CA", "value": format!("{ADMIN_CREDENTIALS_DIR}/ca.crt")},
+            {"name": "QPQ_ADMIN_CERT", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.crt")},
+            {"name": "QPQ_ADMIN_KEY", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.key")},
+        ],
+        "volumeMounts": [
+            {"name": "backups", "mountPath": BACKUP_MOUNT},
+            {"name": "admin", "mountPath": ADMIN_CREDENTIALS_DIR, "readOnly": true},
+        ],
         "securityContext": container_security_context(),
     });
     if let Some(policy) = &spec.image_pull_policy {
@@ -161,7 +172,18 @@ fn job_spec(
                 "automountServiceAccountToken": false,
                 "securityContext": pod_security_context(),
                 "containers": [container],
-                "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}],
+                "volumes": [
+                    {"name": "backups", "persistentVolumeClaim": {"claimName": claim}},
+                    {"name": "admin", "secret": {
+                        "secretName": c.admin_secret(),
+                        "items": [
+                            {"key": "ca.crt", "path": "ca.crt"},
+                            {"key": "backup.crt", "path": "backup.crt"},
+                            {"key": "backup.key", "path": "backup.key"},
+                        ],
+                        "defaultMode": 0o440,
+                    }},
+                ],
             },
         },
     })

@@ -43,8 +43,12 @@ pub use statefulset::{ENTRYPOINT, RESTORE_DIR, image_tag, statefulset, template_
 pub const CLIENT_PORT: i32 = 7443;
 /// Raft port (QUIC, UDP, mutual TLS).
 pub const RAFT_PORT: i32 = 7444;
-/// Admin HTTP port (health, metrics, membership).
+/// Admin API port (HTTPS, mutual TLS with an admin certificate: membership, backups).
 pub const ADMIN_PORT: i32 = 9443;
+/// Probes and metrics port (plain HTTP: `/healthz`, `/readyz`, `/metrics`).
+pub const METRICS_PORT: i32 = 9442;
+/// Where backup Jobs mount their admin credentials.
+pub const ADMIN_CREDENTIALS_DIR: &str = "/etc/qpq/admin";
 /// Data directory mount point.
 pub const DATA_DIR: &str = "/var/lib/qpq";
 /// TLS mount point.
@@ -98,6 +102,10 @@ impl ClusterRef {
     pub fn tls_secret(&self) -> String {
         format!("{}-tls", self.name)
     }
+    /// Admin credentials Secret name (per role client certificates; `crate::tls`).
+    pub fn admin_secret(&self) -> String {
+        format!("{}-admin", self.name)
+    }
     /// Pod name of a node.
     pub fn pod(&self, id: NodeId) -> String {
         format!("{}-{}", self.name, id.saturating_sub(1))
@@ -118,6 +126,10 @@ impl ClusterRef {
     /// Admin API address of a node.
     pub fn admin_addr(&self, id: NodeId) -> AdminAddr {
         AdminAddr(format!("{}:{ADMIN_PORT}", self.pod_host(id)))
+    }
+    /// Probes and metrics address of a node (plain HTTP).
+    pub fn metrics_addr(&self, id: NodeId) -> AdminAddr {
+        AdminAddr(format!("{}:{METRICS_PORT}", self.pod_host(id)))
     }
     /// Labels every object carries.
     pub fn labels(&self) -> BTreeMap<String, String> {

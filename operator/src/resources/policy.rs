@@ -5,7 +5,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
 
-use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, RAFT_PORT, typed};
+use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, METRICS_PORT, RAFT_PORT, typed};
 use crate::crd::NetworkPolicySpec;
 use crate::error::Result;
 use crate::planner::majority;
@@ -42,9 +42,11 @@ pub fn pod_disruption_budget(c: &ClusterRef, replicas: i32) -> Result<PodDisrupt
 /// is never behind the cluster's Services.
 pub(crate) const BACKUP_FOR_LABEL: &str = "qpq.dev/backup-for";
 
-/// NetworkPolicy `<cluster>`: the client port is open; the Raft port only to the cluster's
-/// own pods; the admin port to the cluster's pods, its backup Jobs' pods
-/// ([`BACKUP_FOR_LABEL`], same namespace) and the operator's pods.
+/// NetworkPolicy `<cluster>`: the client and metrics ports are open (metrics are
+/// unauthenticated but read nothing secret; Prometheus may run anywhere); the Raft port only
+/// to the cluster's own pods; the admin port to its backup Jobs' pods ([`BACKUP_FOR_LABEL`],
+/// same namespace) and the operator's pods. This is defence in depth only: the admin port
+/// requires a client certificate with a role whatever the network allows.
 pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option<NetworkPolicy>> {
     if !spec.enabled {
         return Ok(None);
@@ -56,7 +58,7 @@ pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "qpq-operator"}},
     });
     let backups = json!({"podSelector": {"matchLabels": {BACKUP_FOR_LABEL: c.name}}});
-    let admin_from = vec![peers.clone(), backups, operator];
+    let admin_from = vec![backups, operator];
     typed(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -66,6 +68,7 @@ pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"ports": [{"port": CLIENT_PORT, "protocol": "UDP"}]},
+                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
                 {"from": [peers], "ports": [{"port": RAFT_PORT, "protocol": "UDP"}]},
                 {"from": admin_from, "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}]},
             ],

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
-use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, RAFT_PORT, typed};
+use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, METRICS_PORT, RAFT_PORT, typed};
 use crate::crd::ClientServiceSpec;
 use crate::error::Result;
 
@@ -23,6 +23,7 @@ pub fn headless_service(c: &ClusterRef) -> Result<Service> {
                 {"name": "raft", "port": RAFT_PORT, "targetPort": RAFT_PORT, "protocol": "UDP"},
                 {"name": "admin", "port": ADMIN_PORT, "targetPort": ADMIN_PORT, "protocol": "TCP"},
                 {"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT, "protocol": "UDP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"},
             ],
         },
     }))

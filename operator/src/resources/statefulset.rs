@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 
 use super::{
-    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, RAFT_PORT, TLS_DIR, annotations,
+    ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, METRICS_PORT, RAFT_PORT, TLS_DIR, annotations,
     container_security_context, pod_security_context, typed,
 };
 use crate::crd::QpqClusterSpec;
@@ -70,6 +70,7 @@ pub fn statefulset(
         var("QPQ_NODE_ID_FROM_POD_NAME", "$(QPQ_POD_NAME)"),
         var("QPQ_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
         var("QPQ_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        var("QPQ_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
         var("QPQ_RAFT_LISTEN", format!("0.0.0.0:{RAFT_PORT}")),
         var(
             "QPQ_RAFT_ADVERTISE",
@@ -88,7 +89,7 @@ pub fn statefulset(
     ];
     let probe = |path: &str, period: i32, failures: i32| {
         json!({
-            "httpGet": {"path": path, "port": "admin"},
+            "httpGet": {"path": path, "port": "metrics"},
             "periodSeconds": period,
             "failureThreshold": failures,
             "timeoutSeconds": 2,
@@ -104,6 +105,7 @@ pub fn statefulset(
             {"name": "client", "containerPort": CLIENT_PORT, "protocol": "UDP"},
             {"name": "raft", "containerPort": RAFT_PORT, "protocol": "UDP"},
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": probe("/readyz", 5, 3),
         "livenessProbe": probe("/healthz", 10, 6),

@@ -11,7 +11,7 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
 use qpq_operator::admin_client::{
-    AdminAddr, AdminError, Membership, MembershipCall, NodeAdmin, Replication, Status,
+    AdminAddr, AdminError, AdminIdentity, Membership, MembershipCall, NodeAdmin, Replication, Status,
 };
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::metrics::Metrics;
@@ -51,6 +51,8 @@ pub(crate) struct FakeNodes {
     pub(crate) calls: Mutex<Vec<(String, MembershipCall)>>,
     /// Answer for membership calls (None: success with the target's status).
     pub(crate) fail_calls: Mutex<Option<u16>>,
+    /// The credentials each round scoped the client to.
+    pub(crate) identities: Mutex<Vec<Option<AdminIdentity>>>,
 }
 
 impl FakeNodes {
@@ -66,10 +68,16 @@ impl FakeNodes {
 }
 
 impl NodeAdmin for FakeNodes {
+    fn scoped(self: Arc<Self>, identity: Option<&AdminIdentity>) -> Arc<dyn NodeAdmin> {
+        self.identities.lock().unwrap().push(identity.cloned());
+        self
+    }
     /// A node that answers its status has written nothing yet; one that does not, does
     /// not answer this either.
     fn metrics<'a>(&'a self, addr: &'a AdminAddr) -> BoxFuture<'a, Result<String, AdminError>> {
-        let known = self.statuses.lock().unwrap().contains_key(&addr.0);
+        // Statuses are kept by admin address; the metrics port is the one below it.
+        let admin = addr.0.replace(":9442", ":9443");
+        let known = self.statuses.lock().unwrap().contains_key(&admin);
         Box::pin(async move {
             if known {
                 Ok(String::new())
@@ -386,6 +394,7 @@ impl ApiServer {
 pub(crate) struct Stored {
     pub(crate) ca: Option<Value>,
     pub(crate) tls: Option<Value>,
+    pub(crate) admin: Option<Value>,
     /// Pods the API server lists (empty when unset).
     pub(crate) pods: Option<Value>,
 }
@@ -428,6 +437,10 @@ pub(crate) async fn apply_round(
     server
         .expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", sts)
         .await;
+    let admin = stored.admin.as_ref().map_or_else(not_found, ok);
+    server
+        .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", admin)
+        .await;
     let ca = stored.ca.as_ref().map_or_else(not_found, ok);
     server
         .expect("GET", "/api/v1/namespaces/ns/secrets/x-ca", ca)
@@ -455,6 +468,11 @@ pub(crate) async fn apply_round(
     stored.tls = Some(
         server
             .expect_apply("/api/v1/namespaces/ns/secrets/x-tls")
+            .await,
+    );
+    stored.admin = Some(
+        server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-admin")
             .await,
     );
     server

@@ -231,6 +231,30 @@ fn the_backup_example_is_admitted_to_the_admin_port_only() {
         "{args}"
     );
 
+    // The same credentials as the operator's own backup Jobs: the backup role's only.
+    let built = serde_json::to_value(
+        resources::backup_job(
+            &c,
+            &obj.spec,
+            &resources::BackupRequest {
+                job: "j".into(),
+                admin: c.admin_addr(1),
+                claim: "qpq-backups".into(),
+                file: "f".into(),
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    let built_pod = &built["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["env"], built_pod["containers"][0]["env"]);
+    assert_eq!(pod["volumes"][1], built_pod["volumes"][1]);
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][1],
+        built_pod["containers"][0]["volumeMounts"][1]
+    );
+
     // Which ingress rules let a pod with the Job's labels (same namespace) in, by port.
     let admits = |rule: &serde_json::Value| {
         rule["from"].as_array().is_some_and(|from| {

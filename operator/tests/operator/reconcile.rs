@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use qpq_operator::admin_client::MembershipCall;
+use qpq_operator::admin_client::{AdminIdentity, MembershipCall};
 use qpq_operator::reconcile::reconcile;
 use serde_json::{Value, json};
 
@@ -422,6 +422,13 @@ async fn spec_change_rolls_the_pods_with_new_image_and_config_only() {
         server
             .expect(
                 "GET",
+                "/api/v1/namespaces/ns/secrets/x-admin",
+                ok(stored.admin.as_ref().unwrap()),
+            )
+            .await;
+        server
+            .expect(
+                "GET",
                 "/api/v1/namespaces/ns/secrets/x-ca",
                 ok(stored.ca.as_ref().unwrap()),
             )
@@ -451,6 +458,14 @@ async fn spec_change_rolls_the_pods_with_new_image_and_config_only() {
             Some(&tls),
             stored.tls.as_ref(),
             "certificates are not reissued"
+        );
+        let admin = server
+            .expect_apply("/api/v1/namespaces/ns/secrets/x-admin")
+            .await;
+        assert_eq!(
+            Some(&admin),
+            stored.admin.as_ref(),
+            "admin certificates are not reissued"
         );
         server
             .expect_apply("/api/v1/namespaces/ns/services/x")
@@ -661,6 +676,9 @@ async fn invalid_spec_changes_nothing_but_the_status() {
                 ok(&statefulset(3)),
             )
             .await;
+        server
+            .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
+            .await;
         let ev = server.expect_event("InvalidSpec").await;
         assert_eq!(ev["type"], "Warning");
         let st = server.expect_status(&obj).await;
@@ -692,13 +710,21 @@ async fn user_tls_secret_and_network_policy() {
     s["backup"] = json!({"schedule": "0 3 * * *", "claimName": "backups"});
     let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
     run!(ctx, server, obj.clone(), {
-        // No operator CA: no Secret is read or written.
+        // No operator CA: no Secret is written, and the only one read is the admin
+        // credentials the user provides beside their TLS Secret.
         server.expect_fresh(&obj).await;
         server
             .expect(
                 "GET",
                 "/apis/apps/v1/namespaces/ns/statefulsets/x",
                 ok(&statefulset(3)),
+            )
+            .await;
+        server
+            .expect(
+                "GET",
+                "/api/v1/namespaces/ns/secrets/x-admin",
+                ok(&user_admin_secret()),
             )
             .await;
         server.expect_pods(&json!([])).await;
@@ -730,6 +756,16 @@ async fn user_tls_secret_and_network_policy() {
                 ["persistentVolumeClaim"]["claimName"],
             "backups"
         );
+        // Backup Jobs get the backup role's credentials only.
+        let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "x-admin");
+        let keys: Vec<&str> = pod["volumes"][1]["secret"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["ca.crt", "backup.crt", "backup.key"]);
         let sts = server
             .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
             .await;
@@ -741,6 +777,15 @@ async fn user_tls_secret_and_network_policy() {
         assert_eq!(condition(&st, "Ready")["status"], "True");
     })
     .unwrap();
+    // The nodes were asked with the user's operator credentials.
+    assert_eq!(
+        nodes.identities.lock().unwrap().as_slice(),
+        [Some(AdminIdentity::from_pem(
+            "ca".into(),
+            "cert".into(),
+            "key".into()
+        ))]
+    );
     drop(ctx);
     server.expect_nothing_more().await;
 }
@@ -778,7 +823,23 @@ fn pods_from(sts: &Value, uids: [&str; 3]) -> Value {
     )
 }
 
-/// The requests of one round with a user TLS Secret (no Secrets read or written); returns
+/// The admin credentials Secret `x-admin` a user provides with their own TLS Secret.
+fn user_admin_secret() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "x-admin", "namespace": "ns"},
+        "data": {
+            "ca.crt": "Y2E=",
+            "operator.crt": "Y2VydA==",
+            "operator.key": "a2V5",
+            "backup.crt": "Yg==",
+            "backup.key": "Yg==",
+        },
+    })
+}
+
+/// The requests of one round with a user TLS Secret (only the admin Secret read, and
+/// absent; none written); returns
 /// the applied StatefulSet.
 async fn user_tls_round(
     server: &mut ApiServer,
@@ -789,6 +850,9 @@ async fn user_tls_round(
     server.expect_fresh(obj).await;
     server
         .expect("GET", "/apis/apps/v1/namespaces/ns/statefulsets/x", ok(sts))
+        .await;
+    server
+        .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
         .await;
     server.expect_pods(pods).await;
     for path in [
