@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use qpq_operator::admin_client::{AdminAddr, HttpAdmin, NodeAdmin as _, Status};
+use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin as _, Status};
 use qpq_operator::crd::QpqCluster;
 use serde_json::{Value, json};
 
@@ -254,9 +254,77 @@ async fn pod_ip(env: &Env, ns: &str, pod: &str) -> String {
     .await
 }
 
+/// The operator's admin client with the credentials of `role` from the Secret
+/// `<name>-admin` (which the operator issued).
+async fn admin_client(env: &Env, ns: &str, name: &str, role: &str) -> HttpAdmin {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    let identity = wait(&format!("admin credentials of {name}"), 60, || async {
+        AdminIdentity::from_secret(&secrets.get(&format!("{name}-admin")).await.ok()?, role)
+    })
+    .await;
+    HttpAdmin::new(Duration::from_secs(3)).with_identity(Some(&identity))
+}
+
+/// From outside the cluster's pods (this test process: the pod runner enforces no
+/// NetworkPolicy), the admin API of the pod at `ip` refuses a certificate of another CA at
+/// the handshake, and refuses the read-only and backup roles every membership change.
+async fn admin_refuses_the_wrong_callers(env: &Env, ns: &str, name: &str, ip: &str) {
+    let addr = AdminAddr(format!("{ip}:{ADMIN_PORT}"));
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    let secret = secrets.get(&format!("{name}-admin")).await.unwrap();
+    let cluster_ca = String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let stranger = qpq_operator::tls::Issuer::new_ca("stranger", now).unwrap();
+    let (cert, key, _) = stranger.issue_admin("operator", now, 1).unwrap();
+    // Trusts the node (the cluster CA) but presents a certificate the node does not trust.
+    let outsider = HttpAdmin::new(Duration::from_secs(3))
+        .with_identity(Some(&AdminIdentity::from_pem(cluster_ca, cert, key)));
+    let err = outsider.status(&addr).await.unwrap_err();
+    assert_eq!(err.metric_label(), "admin_unreachable", "{err}");
+    let err = outsider
+        .fetch_tls(
+            &addr,
+            hyper::Method::POST,
+            "/backup",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "admin_unreachable", "{err}");
+
+    let viewer = admin_client(env, ns, name, "read-only").await;
+    let backup = admin_client(env, ns, name, "backup").await;
+    for (who, client, path, body) in [
+        ("read-only", &viewer, "/raft/remove", json!({"id": 3})),
+        ("read-only", &viewer, "/backup", json!({})),
+        ("backup", &backup, "/raft/remove", json!({"id": 3})),
+        ("backup", &backup, "/raft/transfer-leader", json!({"to": 3})),
+    ] {
+        let (code, text) = client
+            .fetch_tls(
+                &addr,
+                hyper::Method::POST,
+                path,
+                Some(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{who} POST {path}: {e}"));
+        assert_eq!(
+            code,
+            403,
+            "{who} POST {path}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    let st = raft_status(&viewer, ip).await.expect("status");
+    assert_eq!(st.membership.voters.len(), 3, "nothing changed: {st:?}");
+}
+
 /// `GET /raft/status` on a pod's admin port, through the operator's own admin client.
-async fn raft_status(ip: &str) -> Option<Status> {
-    HttpAdmin::new(Duration::from_secs(3))
+async fn raft_status(admin: &HttpAdmin, ip: &str) -> Option<Status> {
+    admin
         .status(&AdminAddr(format!("{ip}:{ADMIN_PORT}")))
         .await
         .ok()
@@ -614,8 +682,14 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     // Its client (which names the pod by DNS, so it follows the pod to its new IP) is served.
     on_follower.ok(&["send", gid, "after the pod came back"]);
     let ip = pod_ip(&env, &ns, &follower).await;
-    let st = raft_status(&ip).await.expect("status of the recreated pod");
+    let viewer = admin_client(&env, &ns, &name, "read-only").await;
+    let st = raft_status(&viewer, &ip)
+        .await
+        .expect("status of the recreated pod");
     assert_eq!(st.membership.voters.len(), 3, "{st:?}");
+
+    step("the admin API answers only the right certificate, with no NetworkPolicy in the way");
+    admin_refuses_the_wrong_callers(&env, &ns, &name, &ip).await;
 
     step(&format!("kill the leader's process ({leader_pod})"));
     let ips: Vec<String> = {
@@ -626,7 +700,10 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         v
     };
     let leader_ip = pod_ip(&env, &ns, &leader_pod).await;
-    let old_term = raft_status(&leader_ip).await.expect("leader status").term;
+    let old_term = raft_status(&viewer, &leader_ip)
+        .await
+        .expect("leader status")
+        .term;
     kill_node(&env, &ns, &leader_pod).await;
     // A client on another pod keeps being served.
     let other = [&alice, &bob, &carol]
@@ -661,7 +738,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
                 term,
                 leader_id: Some(leader),
                 ..
-            }) = raft_status(ip).await
+            }) = raft_status(&viewer, ip).await
             {
                 return Some((term, leader));
             }

@@ -673,7 +673,8 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
             key: tls_dir.join(format!("node-{i}-key.pem")),
         })
         .collect();
-    let admin = crate::raft::certs::admin_credentials(&tls_dir, crate::admin::access::Role::Operator);
+    let admin =
+        crate::raft::certs::admin_credentials(&tls_dir, crate::admin::access::Role::Operator);
     let tls = if admin.cert.exists()
         && existing
             .iter()

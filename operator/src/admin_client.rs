@@ -369,6 +369,20 @@ impl HttpAdmin {
         }
     }
 
+    /// This client calling as `identity` (`None`: every admin call fails with
+    /// [`AdminError::Credentials`]).
+    pub fn with_identity(&self, identity: Option<&AdminIdentity>) -> Self {
+        let tls = match identity {
+            None => Err("the cluster's admin Secret is missing or incomplete".to_owned()),
+            Some(id) => id.client_config().map(tokio_rustls::TlsConnector::from),
+        };
+        Self {
+            client: self.client.clone(),
+            tls,
+            timeout: self.timeout,
+        }
+    }
+
     async fn request(
         &self,
         addr: &AdminAddr,
@@ -391,10 +405,13 @@ impl HttpAdmin {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), AdminError> {
-        let connector = self.tls.clone().map_err(|message| AdminError::Credentials {
-            addr: addr.clone(),
-            message,
-        })?;
+        let connector = self
+            .tls
+            .clone()
+            .map_err(|message| AdminError::Credentials {
+                addr: addr.clone(),
+                message,
+            })?;
         let bytes = match body {
             Some(v) => Bytes::from(v.to_string()),
             None => Bytes::new(),
@@ -418,7 +435,8 @@ impl HttpAdmin {
             let tcp = tokio::net::TcpStream::connect(&addr.0)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            let name = ServerName::try_from(NODE_SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
+            let name =
+                ServerName::try_from(NODE_SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
             let tls = connector
                 .connect(name, tcp)
                 .await
@@ -547,15 +565,7 @@ impl NodeAdmin for HttpAdmin {
     }
 
     fn scoped(self: Arc<Self>, identity: Option<&AdminIdentity>) -> Arc<dyn NodeAdmin> {
-        let tls = match identity {
-            None => Err("the cluster's admin Secret is missing or incomplete".to_owned()),
-            Some(id) => id.client_config().map(tokio_rustls::TlsConnector::from),
-        };
-        Arc::new(Self {
-            client: self.client.clone(),
-            tls,
-            timeout: self.timeout,
-        })
+        Arc::new(self.with_identity(identity))
     }
 
     fn call<'a>(

@@ -270,7 +270,8 @@ impl Issuer {
         p.distinguished_name = dn;
         let uri = format!("{ADMIN_ROLE_URI_PREFIX}{role}");
         p.subject_alt_names = vec![rcgen::SanType::URI(
-            uri.try_into().map_err(|e: rcgen::Error| Error::Tls(e.to_string()))?,
+            uri.try_into()
+                .map_err(|e: rcgen::Error| Error::Tls(e.to_string()))?,
         )];
         p.not_before = rcgen::date_time_ymd(y, m, d);
         p.not_after = rcgen::date_time_ymd(ey, em, ed);
@@ -329,9 +330,11 @@ pub fn reconcile_admin_certificates(
         }
     };
     for role in ADMIN_ROLES {
-        let fresh = next.index.get(role).is_some_and(|e| {
-            now_unix < e.not_before + (e.not_after - e.not_before) * 2 / 3
-        }) && next.files.contains_key(&format!("{role}.crt"))
+        let fresh = next
+            .index
+            .get(role)
+            .is_some_and(|e| now_unix < e.not_before + (e.not_after - e.not_before) * 2 / 3)
+            && next.files.contains_key(&format!("{role}.crt"))
             && next.files.contains_key(&format!("{role}.key"));
         if fresh {
             continue;
@@ -555,8 +558,7 @@ mod tests {
         use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
         let c = cluster();
         let issuer = Issuer::new_ca("x", NOW).unwrap();
-        let certs =
-            reconcile_admin_certificates(&issuer, &AdminCerts::default(), NOW, 90).unwrap();
+        let certs = reconcile_admin_certificates(&issuer, &AdminCerts::default(), NOW, 90).unwrap();
         assert_eq!(certs.files.len(), 6);
         for role in ADMIN_ROLES {
             let pem = &certs.files[&format!("{role}.crt")];

@@ -36,36 +36,32 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// `POST <path>` with no body on a pod's admin port; the HTTP status code.
-async fn admin_post(ip: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(format!("{ip}:{ADMIN_PORT}"))
-        .await
-        .unwrap();
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+/// `POST <path>` with no body on a pod's admin port as `admin`; the HTTP status code.
+async fn admin_post(admin: &HttpAdmin, ip: &str, path: &str) -> u16 {
+    admin
+        .fetch_tls(
+            &AdminAddr(format!("{ip}:{ADMIN_PORT}")),
+            hyper::Method::POST,
+            path,
+            None,
+            Duration::from_secs(10),
         )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text}"))
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} on {ip}: {e}"))
+        .0
 }
 
 /// `/raft/status` of every pod of the cluster (panics if one does not answer).
 async fn statuses(env: &Env, ns: &str, name: &str) -> Vec<(String, Status)> {
     let mut out = Vec::new();
+    let viewer = admin_client(env, ns, name, "read-only").await;
     for o in 0..3 {
         let pod = format!("{name}-{o}");
         let ip = pod_ip(env, ns, &pod).await;
-        let st = wait(&format!("/raft/status of {pod}"), 60, || raft_status(&ip)).await;
+        let st = wait(&format!("/raft/status of {pod}"), 60, || {
+            raft_status(&viewer, &ip)
+        })
+        .await;
         out.push((ip, st));
     }
     out
@@ -448,8 +444,9 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         assert_eq!(st.finalized_command_version, 1, "{st:?}");
     }
     let (leader_ip, _) = nodes.iter().find(|(_, s)| s.role == "leader").unwrap();
+    let as_operator = admin_client(&env, &ns, name, "operator").await;
     assert_eq!(
-        admin_post(leader_ip, "/raft/probe-command-version").await,
+        admin_post(&as_operator, leader_ip, "/raft/probe-command-version").await,
         409,
         "a version-2 command is refused before finalization"
     );
@@ -547,8 +544,9 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
             .flatten()
     })
     .await;
+    let as_operator = admin_client(&env, &ns, name, "operator").await;
     assert_eq!(
-        admin_post(&leader_ip, "/raft/probe-command-version").await,
+        admin_post(&as_operator, &leader_ip, "/raft/probe-command-version").await,
         200
     );
     wait("a version-2 entry applied on every node", 60, || async {

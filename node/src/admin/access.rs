@@ -150,7 +150,10 @@ mod tests {
             assert_eq!(role_of(&cert_with_uris(&[&role.uri()])), Ok(role));
         }
         assert_eq!(
-            role_of(&cert_with_uris(&["https://example.org", "urn:qpq:admin-role:backup"])),
+            role_of(&cert_with_uris(&[
+                "https://example.org",
+                "urn:qpq:admin-role:backup"
+            ])),
             Ok(Role::Backup)
         );
         assert_eq!(role_of(&cert_with_uris(&[])), Err(RoleError::NoRole));
@@ -199,7 +202,11 @@ mod tests {
             assert!(allowed(role, &Method::GET, "/raft/status"), "{role}");
         }
         // Unknown paths and methods: nobody but the operator gets past the role check.
-        assert!(!allowed(Role::ReadOnly, &Method::GET, "/raft/status/../remove"));
+        assert!(!allowed(
+            Role::ReadOnly,
+            &Method::GET,
+            "/raft/status/../remove"
+        ));
         assert!(!allowed(Role::Backup, &Method::DELETE, "/backup"));
         assert!(!allowed(Role::ReadOnly, &Method::GET, "/nope"));
     }

@@ -205,8 +205,12 @@ impl ClusterTls {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let crypto =
-            tls::peer_server_crypto(self.chain.clone(), self.key.clone_key(), verifier, b"http/1.1")?;
+        let crypto = tls::peer_server_crypto(
+            self.chain.clone(),
+            self.key.clone_key(),
+            verifier,
+            b"http/1.1",
+        )?;
         Ok(Arc::new(crypto))
     }
 

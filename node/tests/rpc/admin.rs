@@ -299,7 +299,10 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
     ] {
         for (method, path) in ADMIN_ROUTES {
             let answer = client.call(&addr, method, path, "{}", timeout).await;
-            assert!(answer.is_err(), "{who}: {method} {path} answered {answer:?}");
+            assert!(
+                answer.is_err(),
+                "{who}: {method} {path} answered {answer:?}"
+            );
         }
     }
 
@@ -312,7 +315,11 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
             .unwrap();
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
-        assert!(!buf.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&buf));
+        assert!(
+            !buf.starts_with(b"HTTP/"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
     }
 
     // A certificate of the cluster without a role (this node's own): refused everywhere.
@@ -327,7 +334,12 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
             .call(&addr, method, path, "{}", timeout)
             .await
             .unwrap();
-        assert_eq!(code, 403, "no role: {method} {path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            code,
+            403,
+            "no role: {method} {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     // Read-only: status only. Backup: status and backups. Neither changes membership.
@@ -362,9 +374,28 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
     // Refusals are counted by role and outcome.
     let (_, m) = t.metrics_get("/metrics").await;
     let count = |labels: &str| metric(&m, &format!("qpq_admin_requests_total{{{labels}}}"));
-    assert!(count("outcome=\"refused_tls\",role=\"none\"").is_some_and(|n| n >= 18.0), "{m}");
-    assert_eq!(count("outcome=\"forbidden\",role=\"none\""), Some(9.0), "{m}");
-    assert_eq!(count("outcome=\"forbidden\",role=\"read-only\""), Some(9.0), "{m}");
-    assert_eq!(count("outcome=\"forbidden\",role=\"backup\""), Some(8.0), "{m}");
-    assert_eq!(count("outcome=\"allowed\",role=\"operator\""), Some(1.0), "{m}");
+    assert!(
+        count("outcome=\"refused_tls\",role=\"none\"").is_some_and(|n| n >= 18.0),
+        "{m}"
+    );
+    assert_eq!(
+        count("outcome=\"forbidden\",role=\"none\""),
+        Some(9.0),
+        "{m}"
+    );
+    assert_eq!(
+        count("outcome=\"forbidden\",role=\"read-only\""),
+        Some(9.0),
+        "{m}"
+    );
+    assert_eq!(
+        count("outcome=\"forbidden\",role=\"backup\""),
+        Some(8.0),
+        "{m}"
+    );
+    assert_eq!(
+        count("outcome=\"allowed\",role=\"operator\""),
+        Some(1.0),
+        "{m}"
+    );
 }

@@ -9,8 +9,8 @@ use qpq_client::{Connection, ServerVerification, Tokens};
 use qpq_node::admin::access::Role;
 use qpq_node::admin::client::AdminClient;
 use qpq_node::config::{NodeConfig, RateLimit};
-use qpq_node::raft::certs::admin_credentials;
 use qpq_node::mls::devkit::DevIdentity;
+use qpq_node::raft::certs::admin_credentials;
 use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
 use qpq_schemas::{AccountId, ChannelId, DeviceId};
 
@@ -112,9 +112,11 @@ impl TestNode {
         let mut s = tokio::net::TcpStream::connect(self.node.metrics_addr())
             .await
             .unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.unwrap();
         let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -141,7 +143,13 @@ impl TestNode {
     }
 
     /// One admin call with `role`'s credentials; panics if the call does not complete.
-    pub async fn admin_as(&self, role: Role, method: &str, path: &str, body: &str) -> (u16, String) {
+    pub async fn admin_as(
+        &self,
+        role: Role,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
         let (status, body) = self
             .admin_client(role)
             .call(

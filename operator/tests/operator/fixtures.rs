@@ -11,7 +11,8 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
 use qpq_operator::admin_client::{
-    AdminAddr, AdminError, AdminIdentity, Membership, MembershipCall, NodeAdmin, Replication, Status,
+    AdminAddr, AdminError, AdminIdentity, Membership, MembershipCall, NodeAdmin, Replication,
+    Status,
 };
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::metrics::Metrics;

@@ -248,7 +248,10 @@ fn the_backup_example_is_admitted_to_the_admin_port_only() {
     .unwrap();
     let pod = &job["spec"]["template"]["spec"];
     let built_pod = &built["spec"]["template"]["spec"];
-    assert_eq!(pod["containers"][0]["env"], built_pod["containers"][0]["env"]);
+    assert_eq!(
+        pod["containers"][0]["env"],
+        built_pod["containers"][0]["env"]
+    );
     assert_eq!(pod["volumes"][1], built_pod["volumes"][1]);
     assert_eq!(
         pod["containers"][0]["volumeMounts"][1],
