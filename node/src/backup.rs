@@ -295,6 +295,60 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
     })
 }
 
+/// Free space a backup copy needs, and what there is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceShortfall {
+    /// Bytes the copy needs free (with headroom left for the node's own writes).
+    pub required: u64,
+    /// Bytes available to the node's user on the volume.
+    pub available: u64,
+}
+
+impl std::fmt::Display for SpaceShortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a backup needs {} bytes free on the node's volume, {} are available",
+            self.required, self.available
+        )
+    }
+}
+
+/// Whether a copy of about `estimate` bytes fits on a volume of `total` bytes with
+/// `available` free, leaving room for the node: the copy plus a tenth, plus a twentieth of
+/// the volume (at least 1 MiB) kept for the Raft log and the state database. A backup that
+/// filled the volume would stop the node's writes (it then stops for good and restarts).
+pub fn check_space(estimate: u64, available: u64, total: u64) -> Result<(), SpaceShortfall> {
+    let reserve = (total / 20).max(1 << 20);
+    let required = estimate
+        .saturating_add(estimate / 10)
+        .saturating_add(reserve);
+    if available >= required {
+        Ok(())
+    } else {
+        Err(SpaceShortfall {
+            required,
+            available,
+        })
+    }
+}
+
+/// [`check_space`] for a copy of the state database at `db_path` (and its WAL) made in
+/// `staging`.
+pub fn check_space_for_copy(db_path: &Path, staging: &Path) -> Result<Result<(), SpaceShortfall>> {
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    let estimate = size(db_path) + size(Path::new(&wal));
+    let vfs = rustix::fs::statvfs(staging).map_err(|e| BackupError::Io {
+        path: staging.to_path_buf(),
+        source: e.into(),
+    })?;
+    let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    let total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
+    Ok(check_space(estimate, available, total))
+}
+
 /// Copies the state database at `db_path` to `dest` (which must not exist), makes the copy
 /// durable, checks it, and returns its manifest.
 pub fn copy_database(db_path: &Path, dest: &Path, node_id: u64) -> Result<Manifest> {
@@ -710,6 +764,25 @@ mod tests {
     use openraft::storage::RaftLogReader as _;
 
     use super::*;
+
+    #[test]
+    fn a_copy_must_fit_with_room_left_for_the_node() {
+        const MIB: u64 = 1 << 20;
+        // 100 MiB database on a 10 GiB volume: needs 110 MiB + 512 MiB reserve.
+        assert_eq!(check_space(100 * MIB, 622 * MIB, 10_240 * MIB), Ok(()));
+        assert_eq!(
+            check_space(100 * MIB, 621 * MIB, 10_240 * MIB),
+            Err(SpaceShortfall {
+                required: 622 * MIB,
+                available: 621 * MIB
+            })
+        );
+        // Small volumes keep at least 1 MiB.
+        assert!(check_space(0, MIB - 1, 4 * MIB).is_err());
+        assert!(check_space(0, MIB, 4 * MIB).is_ok());
+        // No overflow on absurd sizes.
+        assert!(check_space(u64::MAX, u64::MAX - 1, u64::MAX).is_err());
+    }
 
     /// A state database with three accounts and a channel at seq 7.
     fn database(dir: &Path) -> PathBuf {

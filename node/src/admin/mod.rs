@@ -37,6 +37,12 @@ use access::{Role, RoleError};
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once (handshakes included), in all and from one IP address;
+/// more are closed at once. The operator and a backup Job need a handful; the caps keep a
+/// flood of handshakes from costing the node more than this many tasks, and one address
+/// from taking every slot.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+const MAX_ADMIN_CONNECTIONS_PER_IP: usize = 8;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -117,6 +123,10 @@ pub async fn serve_admin(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
         let connections = TaskTracker::new();
+        let slots = crate::transport::limits::ConnectionLimiter::new(
+            MAX_ADMIN_CONNECTIONS,
+            MAX_ADMIN_CONNECTIONS_PER_IP,
+        );
         loop {
             let (tcp, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -130,6 +140,17 @@ pub async fn serve_admin(
                     }
                 },
             };
+            let slot = match slots.try_acquire(peer.ip()) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    metrics
+                        .admin_requests
+                        .with_label_values(&["none", "refused_busy"])
+                        .inc();
+                    tracing::warn!(target: "qpq::audit", %peer, reason = e.reason(), "admin: connection refused, too many open");
+                    continue;
+                }
+            };
             let (acceptor, app, metrics, stop) = (
                 acceptor.clone(),
                 app.clone(),
@@ -137,6 +158,7 @@ pub async fn serve_admin(
                 shutdown.clone(),
             );
             connections.spawn(async move {
+                let _slot = slot;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -278,6 +300,32 @@ async fn backup(State(s): State<AdminState>) -> Response {
             "this node is sending another backup".into(),
         );
     };
+    // Refuse before copying rather than fill the volume the node writes its log to.
+    let space = {
+        let (db, staging) = (s.backup.db_path.clone(), s.backup.staging.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+            crate::backup::check_space_for_copy(&db, &staging).map_err(|e| e.to_string())
+        })
+        .await
+    };
+    match space {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(short))) => {
+            tracing::warn!(
+                required = short.required,
+                available = short.available,
+                "backup refused: not enough free space"
+            );
+            return json_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                short.to_string(),
+            );
+        }
+        Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
     if let Err(e) = s.raft.read_barrier().await {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,

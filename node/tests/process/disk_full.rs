@@ -10,6 +10,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use qpq_node::admin::access::Role;
+use qpq_node::admin::client::AdminClient;
+use qpq_node::raft::certs::admin_credentials;
 use qpq_schemas::ClientMsgId;
 
 use crate::harness::{NodeProcess, check_stored, local};
@@ -89,6 +92,75 @@ async fn a_full_disk_stops_the_node_without_losing_an_acknowledged_write() {
             .await
             .unwrap();
         assert_eq!(r.seq, stored.len() as u64 + 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_would_not_fit_is_refused_and_the_node_keeps_serving() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _disk = Tmpfs::mount(dir.path(), "48m");
+    let data = dir.path().join("data");
+    let node = NodeProcess::start(&data, &[]);
+    let backup =
+        AdminClient::load(&admin_credentials(&data.join("cluster"), Role::Backup)).unwrap();
+    let post = || async {
+        backup
+            .call(
+                &node.admin.to_string(),
+                "POST",
+                "/backup",
+                "",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+    };
+    local(async {
+        let (c, _id, _tokens) = node.user().await;
+        let ch = c.create_channel().await.unwrap();
+        for _ in 0..40 {
+            c.enqueue(&ch, &ClientMsgId::random(), &private_message(32 * 1024))
+                .await
+                .unwrap();
+        }
+
+        // Leave about 1.5 MiB free: room for the node's writes, not for a copy of its
+        // database with the headroom a backup keeps.
+        let vfs = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = vfs.f_bavail * vfs.f_frsize;
+        let ballast = dir.path().join("ballast");
+        std::fs::write(
+            &ballast,
+            vec![1u8; usize::try_from(free - 1_500_000).unwrap()],
+        )
+        .unwrap();
+        let (code, body) = post().await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(code, 507, "{text}");
+        assert!(text.contains("insufficient_storage"), "{text}");
+        // Nothing was copied, and the node still takes writes.
+        let staged = std::fs::read_dir(data.join("backups-staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0);
+        c.enqueue(&ch, &ClientMsgId::random(), &private_message(16))
+            .await
+            .unwrap();
+
+        std::fs::remove_file(&ballast).unwrap();
+        let (code, body) = post().await;
+        assert_eq!(
+            code,
+            200,
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+        assert!(body.starts_with(b"SQLite format 3"));
     })
     .await;
 }

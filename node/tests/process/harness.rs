@@ -16,6 +16,8 @@ use qpq_schemas::ClientMsgId;
 pub struct NodeProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin API (mutual TLS; dev credentials under `<data>/cluster/`).
+    pub admin: SocketAddr,
     pub cert: std::path::PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -81,7 +83,7 @@ impl NodeProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -93,6 +95,7 @@ impl NodeProcess {
         Self {
             child,
             addr,
+            admin,
             cert: data_dir.join("tls").join("cert.pem"),
             logs,
         }
@@ -159,12 +162,15 @@ impl Drop for NodeProcess {
     }
 }
 
-fn serving_addr(line: &str) -> Option<SocketAddr> {
+fn serving_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v.get("message")?.as_str()? != "node serving" {
         return None;
     }
-    v.get("listen")?.as_str()?.parse().ok()
+    Some((
+        v.get("listen")?.as_str()?.parse().ok()?,
+        v.get("admin")?.as_str()?.parse().ok()?,
+    ))
 }
 
 /// Checks what `ch` holds now against what was acknowledged (`id → (seq, payload)`): every

@@ -399,3 +399,40 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_admin_connection() {
+    use tokio::io::AsyncReadExt as _;
+    let t = TestNode::start().await;
+    let addr = t.node.admin_addr();
+    // A flood from 127.0.0.2 that never completes a handshake: 8 are held open (each until
+    // the handshake timeout), the 9th is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        held.push(s.connect(addr).await.unwrap());
+    }
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut ninth = s.connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), ninth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the 9th connection from one address was not closed: {read:?}"
+    );
+    // The operator, from another address, is still served.
+    let (code, body) = t.admin_get("/raft/status").await;
+    assert_eq!(code, 200, "{body}");
+    let (_, m) = t.metrics_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "qpq_admin_requests_total{outcome=\"refused_busy\",role=\"none\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    drop(held);
+}
