@@ -23,6 +23,8 @@
 //!   reuse those numbers) for ones it already has: it sees a gap, as after retention eviction.
 //! - KeyPackages consumed after the backup are back in the store and may be served again.
 
+pub mod object;
+
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -659,28 +661,41 @@ pub async fn fetch(client: &AdminClient, admin: &str, out: &Path) -> Result<Mani
     }
     .await;
     drop(file);
+    keep_if_verified(written, &partial, out, &manifest).await?;
+    Ok(manifest)
+}
+
+/// Ends a transfer into `partial`: if it was `written` completely and verifies against
+/// `manifest`, writes the manifest beside `out` and renames `partial` to `out` (durably);
+/// otherwise deletes `partial`. `out` is therefore never a partial or unverified backup.
+pub(crate) async fn keep_if_verified(
+    written: Result<()>,
+    partial: &Path,
+    out: &Path,
+    manifest: &Manifest,
+) -> Result<()> {
     let checked = match written {
         Ok(()) => {
-            let (path, m) = (partial.clone(), manifest.clone());
+            let (path, m) = (partial.to_path_buf(), manifest.clone());
             tokio::task::spawn_blocking(move || verify(&path, &m))
                 .await
-                .map_err(|e| transfer(&e))
+                .map_err(|e| BackupError::Transfer(e.to_string()))
                 .and_then(|r| r)
         }
         Err(e) => Err(e),
     };
     if let Err(e) = checked {
-        let _ = fs::remove_file(&partial);
+        let _ = fs::remove_file(partial);
         return Err(e);
     }
-    write_manifest(out, &manifest)?;
-    fs::rename(&partial, out).map_err(io(out))?;
+    write_manifest(out, manifest)?;
+    fs::rename(partial, out).map_err(io(out))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// [`fetch`] from the first of `admins` that serves a backup (a member that is down,

@@ -75,13 +75,17 @@ enum BackupCommand {
         /// Its private key (PEM).
         #[arg(long, env = "QPQ_ADMIN_KEY")]
         admin_key: PathBuf,
-        /// Where to store the backup (must not exist).
+        /// Where to store the backup (must not exist): a file, or `s3://bucket/key`.
         #[arg(long, conflicts_with = "out_dir", required_unless_present = "out_dir")]
-        out: Option<PathBuf>,
-        /// Store it in this directory as `<prefix>-<unix seconds>.sqlite3` (scheduled
-        /// backups).
+        out: Option<String>,
+        /// Store it in this directory, or under this `s3://bucket/prefix`, as
+        /// `<prefix>-<unix seconds>.sqlite3` (scheduled backups).
         #[arg(long)]
-        out_dir: Option<PathBuf>,
+        out_dir: Option<String>,
+        /// With an `s3://` target: the local directory the backup is received and verified
+        /// in before it is uploaded (default: the system's temporary directory).
+        #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
+        work_dir: Option<PathBuf>,
         /// File name prefix with `--out-dir`.
         #[arg(long, default_value = "qpq", requires = "out_dir")]
         prefix: String,
@@ -92,16 +96,30 @@ enum BackupCommand {
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts.
     Verify {
-        /// The backup file (its manifest is FILE.manifest.json).
-        file: PathBuf,
+        /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`.
+        file: String,
+        /// With an `s3://` backup: where it is downloaded to be checked.
+        #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
+        work_dir: Option<PathBuf>,
+    },
+    /// List the backups in a directory or under an `s3://bucket/prefix` (those with a
+    /// manifest; uploads that did not finish are not backups).
+    List {
+        /// A directory, or `s3://bucket/prefix`.
+        location: String,
     },
 }
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// The backup file (its manifest is FILE.manifest.json); verified first.
+    /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`;
+    /// verified first.
     #[arg(long)]
-    from: PathBuf,
+    from: String,
+    /// With an `s3://` backup: where it is downloaded first (default: the system's
+    /// temporary directory).
+    #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
+    work_dir: Option<PathBuf>,
     /// The new node's data directory: must hold no node state.
     #[arg(long, env = "QPQ_DATA_DIR")]
     data_dir: PathBuf,
@@ -375,6 +393,9 @@ fn node_id_from_pod_name(name: &str) -> Result<u64, String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The object-storage client (reqwest) takes the process's rustls provider; everything
+    // else here names ring explicitly. Fails only if one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = telemetry::init(cli.log_format, cli.audit_log.as_ref()) {
         eprintln!("qpq-node: cannot open the audit log: {e}");
         return ExitCode::FAILURE;
@@ -424,6 +445,7 @@ pub fn main() -> ExitCode {
                 admin_key,
                 out,
                 out_dir,
+                work_dir,
                 prefix,
                 keep,
             }) => {
@@ -432,12 +454,21 @@ pub fn main() -> ExitCode {
                     cert: admin_cert,
                     key: admin_key,
                 };
-                report(backup_create(&admin, &credentials, out, out_dir, &prefix, keep).await)
+                let target = BackupTarget {
+                    out,
+                    out_dir,
+                    work_dir,
+                    prefix,
+                    keep,
+                };
+                report(backup_create(&admin, &credentials, target).await)
             }
-            Command::Backup(BackupCommand::Verify { file }) => report(
-                crate::backup::read_manifest(&file)
-                    .and_then(|m| crate::backup::verify(&file, &m)),
-            ),
+            Command::Backup(BackupCommand::Verify { file, work_dir }) => {
+                report(backup_verify(&file, work_dir).await)
+            }
+            Command::Backup(BackupCommand::List { location }) => {
+                report(backup_list(&location).await)
+            }
             Command::Restore(a) => report(restore(a).await),
         }
     })
@@ -451,7 +482,20 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
             "skipped": format!("node {node_id} starts empty and joins node 1")
         }));
     }
-    let manifest = crate::backup::read_manifest(&a.from)?;
+    // From object storage: download and verify it first, then restore from the copy.
+    let download = if crate::backup::object::is_url(&a.from) {
+        let work = WorkDir::new(a.work_dir.clone())?;
+        let local = work.path().join("restore.sqlite3");
+        crate::backup::object::download(&crate::backup::object::Location::parse(&a.from)?, &local)
+            .await?;
+        Some((work, local))
+    } else {
+        None
+    };
+    let from = download
+        .as_ref()
+        .map_or_else(|| PathBuf::from(&a.from), |(_, local)| local.clone());
+    let manifest = crate::backup::read_manifest(&from)?;
     if a.if_empty && crate::backup::holds_node_state(&a.data_dir)? {
         // A restart of the node restored from this very backup: nothing to do. Any other
         // state (an old volume of a cluster of the same name) is not what was asked for.
@@ -465,27 +509,72 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
         ));
     }
     let restored =
-        crate::backup::restore(&a.from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
+        crate::backup::restore(&from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))
 }
 
-/// `qpq-node backup create`: the manifest, plus the file and what `--keep` deleted.
+/// Where `qpq-node backup create` stores the backup.
+struct BackupTarget {
+    out: Option<String>,
+    out_dir: Option<String>,
+    work_dir: Option<PathBuf>,
+    prefix: String,
+    keep: Option<usize>,
+}
+
+/// A private directory for a download or upload, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(base: Option<PathBuf>) -> Result<Self, crate::backup::BackupError> {
+        let base = base.unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("qpq-backup-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).map_err(|e| crate::backup::BackupError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `qpq-node backup create`: the manifest, plus where the backup is and what `--keep`
+/// deleted. To object storage, the backup is received and verified locally first, then
+/// uploaded (the manifest last).
 async fn backup_create(
     admins: &[String],
     credentials: &crate::raft::certs::ClusterTlsFiles,
-    out: Option<PathBuf>,
-    out_dir: Option<PathBuf>,
-    prefix: &str,
-    keep: Option<usize>,
+    t: BackupTarget,
 ) -> Result<serde_json::Value, crate::backup::BackupError> {
-    let (file, dir) = match (out, out_dir) {
+    use crate::backup::object::{self, Location};
+    let client = crate::admin::client::AdminClient::load(credentials)
+        .map_err(|e| crate::backup::BackupError::Transfer(format!("admin credentials: {e}")))?;
+    let name = format!("{}-{}.sqlite3", t.prefix, unix_now());
+    let (location, dir) = match (t.out, t.out_dir) {
         (Some(out), _) => (out, None),
         (None, Some(dir)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            (crate::backup::dated_path(&dir, prefix, now), Some(dir))
+            let file = if object::is_url(&dir) {
+                format!("{}/{name}", dir.trim_end_matches('/'))
+            } else {
+                PathBuf::from(&dir).join(&name).display().to_string()
+            };
+            (file, Some(dir))
         }
         (None, None) => {
             return Err(crate::backup::BackupError::Manifest(
@@ -493,18 +582,92 @@ async fn backup_create(
             ));
         }
     };
-    let client = crate::admin::client::AdminClient::load(credentials)
-        .map_err(|e| crate::backup::BackupError::Transfer(format!("admin credentials: {e}")))?;
-    let manifest = crate::backup::fetch_any(&client, admins, &file).await?;
-    let deleted = match (dir, keep) {
-        (Some(dir), Some(keep)) => crate::backup::prune(&dir, prefix, keep)?,
+    if !object::is_url(&location) {
+        let file = PathBuf::from(&location);
+        let manifest = crate::backup::fetch_any(&client, admins, &file).await?;
+        let deleted = match (dir, t.keep) {
+            (Some(dir), Some(keep)) => {
+                crate::backup::prune(std::path::Path::new(&dir), &t.prefix, keep)?
+                    .into_iter()
+                    .map(|p| p.display().to_string())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        return Ok(serde_json::json!({
+            "file": file,
+            "manifest": manifest,
+            "deleted": deleted,
+        }));
+    }
+    let target = Location::parse(&location)?;
+    let work = WorkDir::new(t.work_dir)?;
+    let local = work.path().join("backup.sqlite3");
+    let manifest = crate::backup::fetch_any(&client, admins, &local).await?;
+    object::upload(&local, &manifest, &target).await?;
+    let deleted = match (dir, t.keep) {
+        (Some(dir), Some(keep)) => object::prune(&Location::parse(&dir)?, &t.prefix, keep).await?,
         _ => Vec::new(),
     };
     Ok(serde_json::json!({
-        "file": file,
+        "url": target.url(),
         "manifest": manifest,
         "deleted": deleted,
     }))
+}
+
+/// `qpq-node backup verify`: the manifest of a backup that verified.
+async fn backup_verify(
+    location: &str,
+    work_dir: Option<PathBuf>,
+) -> Result<crate::backup::Manifest, crate::backup::BackupError> {
+    use crate::backup::object::{self, Location};
+    if object::is_url(location) {
+        let work = WorkDir::new(work_dir)?;
+        // `download` verifies before it keeps anything.
+        return object::download(
+            &Location::parse(location)?,
+            &work.path().join("check.sqlite3"),
+        )
+        .await;
+    }
+    let file = PathBuf::from(location);
+    crate::backup::read_manifest(&file).and_then(|m| crate::backup::verify(&file, &m))
+}
+
+/// `qpq-node backup list`: the backups of a directory or an object-store prefix, oldest
+/// name first, with their manifests.
+async fn backup_list(location: &str) -> Result<serde_json::Value, crate::backup::BackupError> {
+    use crate::backup::object::{self, Location};
+    let found: Vec<serde_json::Value> = if object::is_url(location) {
+        object::list(&Location::parse(location)?)
+            .await?
+            .into_iter()
+            .map(|(url, m)| serde_json::json!({"url": url, "manifest": m}))
+            .collect()
+    } else {
+        let dir = PathBuf::from(location);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| crate::backup::BackupError::Io {
+                path: dir.clone(),
+                source: e,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "sqlite3")
+                    && crate::backup::manifest_path(p).is_file()
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let m = crate::backup::read_manifest(&p)?;
+                Ok(serde_json::json!({"file": p, "manifest": m}))
+            })
+            .collect::<Result<_, crate::backup::BackupError>>()?
+    };
+    Ok(serde_json::json!({ "backups": found }))
 }
 
 /// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).

@@ -17,6 +17,8 @@
 mod harness;
 mod history;
 mod proxy;
+#[path = "../common/s3.rs"]
+mod s3;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 
