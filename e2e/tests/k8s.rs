@@ -39,6 +39,8 @@ use serde_json::{Value, json};
 
 #[path = "k8s/rollout.rs"]
 mod rollout;
+#[path = "../../node/tests/common/s3.rs"]
+mod s3;
 
 const OPERATOR_NS: &str = "qpq-system";
 const RELEASE: &str = "qpq-operator";
@@ -872,13 +874,131 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "Complete",
         "verify Job of the plugin's backup"
     );
+    step(
+        "object storage: spec.backup.objectStore's CronJob uploads; a new cluster restores from it",
+    );
+    let s3 = s3::S3Server::start("qpq");
+    let store = json!({
+        "url": "s3://qpq/backups", "secretName": "s3-credentials", "endpoint": s3.endpoint,
+        "region": "us-east-1", "allowHttp": true
+    });
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s3-credentials"},
+                // The credentials only; the rest comes from spec.backup.objectStore.
+                "stringData": s3
+                    .env()
+                    .into_iter()
+                    .filter(|(k, _)| k.ends_with("_KEY_ID") || k.ends_with("_ACCESS_KEY"))
+                    .collect::<BTreeMap<_, _>>(),
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {"claimName": null, "objectStore": store}}})),
+    )
+    .await
+    .unwrap();
+    wait("the CronJob writes to object storage", 60, || async {
+        let cron = crons.get_opt(&cron_name).await.ok()??;
+        serde_json::to_string(&cron)
+            .ok()?
+            .contains("s3://qpq/backups")
+            .then_some(())
+    })
+    .await;
+    run(
+        &env,
+        &env.kubectl,
+        &[
+            "create",
+            "job",
+            "scheduled-s3",
+            "--from",
+            &format!("cronjob/{cron_name}"),
+            "-n",
+            &ns,
+        ],
+    );
+    let ended = wait("Job scheduled-s3 finished", 180, || async {
+        let j = jobs.get("scheduled-s3").await.ok()?;
+        j.status?
+            .conditions?
+            .into_iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            .map(|c| c.type_)
+    })
+    .await;
+    assert_eq!(ended, "Complete", "backup to object storage");
+    // The object and its manifest, as the server stores them.
+    let uploaded: Vec<String> = std::fs::read_dir(s3.file("qpq", "backups"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let object = uploaded
+        .iter()
+        .find(|f| f.ends_with(".sqlite3"))
+        .unwrap_or_else(|| panic!("no backup object: {uploaded:?}"))
+        .clone();
+    assert!(
+        uploaded.contains(&format!("{object}.manifest.json")),
+        "{uploaded:?}"
+    );
+    let from_store = "from-store";
+    let mut restored = example(&env, "qpqcluster-3.yaml", &ns);
+    restored.metadata.name = Some(from_store.into());
+    restored.spec.replicas = 1;
+    restored.spec.pvc_retention_policy = qpq_operator::crd::PvcRetentionPolicy::Delete;
+    restored.spec.restore = Some(qpq_operator::crd::RestoreSpec {
+        claim_name: None,
+        object_store: Some(serde_json::from_value(store.clone()).unwrap()),
+        file: object.clone(),
+    });
+    api.create(&PostParams::default(), &restored).await.unwrap();
+    wait_ready(&env, &ns, from_store, 1, 300).await;
+    let ca = ca_pem(&env, &ns, from_store).await;
+    let alice_s = alice.relocated("alice-s3", &ns, from_store, "from-store-0", &ca);
+    let bob_s = bob.relocated("bob-s3", &ns, from_store, "from-store-0", &ca);
+    alice_s.ok(&["send", gid, "after the restore from object storage"]);
+    let got = bob_s.messages();
+    assert!(
+        got.iter()
+            .any(|m| m == "after the restore from object storage"),
+        "bob on the cluster restored from object storage: {got:?}"
+    );
+    api.delete(from_store, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait(
+        "the cluster restored from object storage gone",
+        180,
+        || async {
+            let gone = api.get_opt(from_store).await.ok()?.is_none();
+            let of_it =
+                ListParams::default().labels(&format!("app.kubernetes.io/instance={from_store}"));
+            let left = pods.list(&of_it).await.ok()?.items.len();
+            let volumes = claims.list(&of_it).await.ok()?.items.len();
+            (gone && left == 0 && volumes == 0).then_some(())
+        },
+    )
+    .await;
+
     step("a second QpqCluster starts from that backup (spec.restore); its users carry on");
     let restored_name = "restored";
     let mut restored = example(&env, "qpqcluster-3.yaml", &ns);
     restored.metadata.name = Some(restored_name.into());
     restored.spec.pvc_retention_policy = qpq_operator::crd::PvcRetentionPolicy::Delete;
     restored.spec.restore = Some(qpq_operator::crd::RestoreSpec {
-        claim_name: "qpq-backups".into(),
+        claim_name: Some("qpq-backups".into()),
+        object_store: None,
         file: made["file"]
             .as_str()
             .unwrap()
@@ -919,6 +1039,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "verify-plugin-backup",
         "scheduled-1",
         "scheduled-2",
+        "scheduled-s3",
         job_name.as_str(),
         plugin_job.as_str(),
     ] {

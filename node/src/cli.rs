@@ -482,20 +482,17 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
             "skipped": format!("node {node_id} starts empty and joins node 1")
         }));
     }
-    // From object storage: download and verify it first, then restore from the copy.
-    let download = if crate::backup::object::is_url(&a.from) {
-        let work = WorkDir::new(a.work_dir.clone())?;
-        let local = work.path().join("restore.sqlite3");
-        crate::backup::object::download(&crate::backup::object::Location::parse(&a.from)?, &local)
-            .await?;
-        Some((work, local))
+    use crate::backup::object::{self, Location};
+    let remote = if object::is_url(&a.from) {
+        Some(Location::parse(&a.from)?)
     } else {
         None
     };
-    let from = download
-        .as_ref()
-        .map_or_else(|| PathBuf::from(&a.from), |(_, local)| local.clone());
-    let manifest = crate::backup::read_manifest(&from)?;
+    // The manifest alone first: a restarted pod 0 needs nothing more.
+    let manifest = match &remote {
+        Some(at) => object::read_manifest(at).await?,
+        None => crate::backup::read_manifest(std::path::Path::new(&a.from))?,
+    };
     if a.if_empty && crate::backup::holds_node_state(&a.data_dir)? {
         // A restart of the node restored from this very backup: nothing to do. Any other
         // state (an old volume of a cluster of the same name) is not what was asked for.
@@ -508,6 +505,25 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
             a.data_dir.clone(),
         ));
     }
+    // From object storage: downloaded and verified into a scratch directory first.
+    let download = match &remote {
+        Some(at) => {
+            let work = WorkDir::new(a.work_dir.clone())?;
+            let local = work.path().join("restore.sqlite3");
+            let downloaded = object::download(at, &local).await?;
+            if downloaded != manifest {
+                return Err(crate::backup::BackupError::Manifest(format!(
+                    "{}: the manifest changed during the download",
+                    a.from
+                )));
+            }
+            Some((work, local))
+        }
+        None => None,
+    };
+    let from = download
+        .as_ref()
+        .map_or_else(|| PathBuf::from(&a.from), |(_, local)| local.clone());
     let restored =
         crate::backup::restore(&from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))

@@ -313,31 +313,68 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
     Some(total)
 }
 
-/// Where the backup to start from is.
+/// Where the backup to start from is: on a PersistentVolumeClaim or in object storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.claimName) != has(self.objectStore)").message("exactly one of claimName and objectStore"))]
 pub struct RestoreSpec {
     /// The PersistentVolumeClaim (same namespace) holding the backup and its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub claim_name: String,
-    /// The backup's file name on that volume (its manifest is `<file>.manifest.json`).
+    pub claim_name: Option<String>,
+    /// The object storage prefix holding the backup (`<url>/<file>`) and its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreSpec>,
+    /// The backup's file name on that volume or under that prefix (its manifest is
+    /// `<file>.manifest.json`).
     #[x_kube(validation = kube::core::Rule::new("!self.contains('/')").message("a file name on the volume, without a directory").reason(kube::core::Reason::FieldValueInvalid))]
     #[schemars(length(min = 1))]
     pub file: String,
 }
 
-/// Scheduled backups.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// S3-compatible object storage for backups.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct ObjectStoreSpec {
+    /// `s3://bucket/prefix`: backups are `<prefix>/<cluster>-<unix seconds>.sqlite3` with
+    /// their manifest objects beside them.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('s3://') && size(self) > 5").message("an s3://bucket/prefix URL").reason(kube::core::Reason::FieldValueInvalid))]
+    pub url: String,
+    /// Secret (same namespace) whose keys become the backup pods' environment:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN` if any). Without
+    /// it, the pods' own identity (web identity variables) must grant access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Endpoint of an S3-compatible server (`AWS_ENDPOINT`), e.g. `https://minio.storage:9000`;
+    /// unset for AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region (`AWS_REGION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint (`AWS_ALLOW_HTTP`). Only for servers on a trusted
+    /// network: the credentials' signatures and the backups then travel unencrypted.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// Scheduled backups.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.claimName) != has(self.objectStore)").message("exactly one of claimName and objectStore"))]
 pub struct BackupSpec {
     /// Cron schedule (the CronJob's `schedule`, e.g. `"0 3 * * *"`).
     #[schemars(length(min = 1))]
     pub schedule: String,
     /// The PersistentVolumeClaim (same namespace) the backups are kept on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub claim_name: String,
-    /// How many backups to keep on the volume; older ones are deleted after a new one is
-    /// stored and verified.
+    pub claim_name: Option<String>,
+    /// Object storage the backups are kept in (instead of a claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreSpec>,
+    /// How many backups to keep; older ones are deleted after a new one is stored and
+    /// verified.
     #[serde(default = "default_keep")]
     #[schemars(range(min = 1, max = 1000))]
     pub keep: u32,
@@ -714,8 +751,11 @@ impl RolloutPhase {
 pub struct RollbackPoint {
     /// The backup Job.
     pub job: String,
-    /// The PersistentVolumeClaim holding it.
+    /// The PersistentVolumeClaim holding it (empty when in object storage).
     pub claim: String,
+    /// The object storage prefix holding it (`s3://...`; empty when on a claim).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
     /// The backup's file name on that volume.
     pub file: String,
     /// The leader's committed index when the backup was asked for: the backup holds at
@@ -912,6 +952,16 @@ impl QpqClusterSpec {
         }
         if self.version.is_empty() {
             return Err("spec.version must not be empty".to_owned());
+        }
+        if let Some(b) = &self.backup
+            && b.claim_name.is_some() == b.object_store.is_some()
+        {
+            return Err("spec.backup needs exactly one of claimName and objectStore".to_owned());
+        }
+        if let Some(r) = &self.restore
+            && r.claim_name.is_some() == r.object_store.is_some()
+        {
+            return Err("spec.restore needs exactly one of claimName and objectStore".to_owned());
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::admin_client::NodeId;
 use crate::crd::{QpqCluster, RolloutPhase};
-use crate::resources::{BackupRequest, ClusterRef};
+use crate::resources::{BackupRequest, ClusterRef, Destination};
 use crate::rollout::commands;
 
 /// `kubectl qpq status <cluster> -o json`.
@@ -141,7 +141,11 @@ pub fn rollout_table(c: &QpqCluster) -> String {
         let _ = writeln!(
             out,
             "Backup:    {} ({}) on {}:{} at index {}",
-            p.job, p.state, p.claim, p.file, p.committed_index
+            p.job,
+            p.state,
+            if p.url.is_empty() { &p.claim } else { &p.url },
+            p.file,
+            p.committed_index
         );
     }
     if let Some(v) = &r.rolled_back_from {
@@ -270,7 +274,7 @@ pub fn backup_request(
             str::to_owned,
         ),
         admin: cluster.admin_addr(backup_source(c)),
-        claim: claim.to_owned(),
+        dest: Destination::Claim(claim.to_owned()),
         file: format!("{}-{now_secs}.sqlite3", cluster.name),
     }
 }
@@ -382,7 +386,7 @@ mod tests {
         assert_eq!(req.file, "qpq-1700000000.sqlite3");
         assert_eq!(req.path(), "/backups/qpq-1700000000.sqlite3");
         assert_eq!(req.admin.0, "qpq-1.qpq.messaging.svc:9443");
-        assert_eq!(req.claim, "qpq-backups");
+        assert_eq!(req.dest, Destination::Claim("qpq-backups".into()));
         let named = backup_request(&c, &cref, "v", Some("nightly"), 1);
         assert_eq!(named.job, "nightly");
 

@@ -449,7 +449,12 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         // make pods that are not there yet look down.
         replicas: sts_replicas.unwrap_or(spec.replicas),
         rollout: &rollout_spec,
-        backup_claim: spec.backup.as_ref().map(|b| b.claim_name.as_str()),
+        backup_claim: spec.backup.as_ref().and_then(|b| b.claim_name.as_deref()),
+        backup_url: spec
+            .backup
+            .as_ref()
+            .and_then(|b| b.object_store.as_ref())
+            .map(|o| o.url.as_str()),
         commands: &commands,
         previous: prev.and_then(|p| p.rollout.as_ref()),
         finalized: prev.and_then(|p| p.finalized_version.as_deref()),
@@ -937,10 +942,21 @@ async fn rollout_step(
             if let Some(st) = status.as_ref() {
                 spec.version = st.from_version.clone();
             }
+            // Where the point was planned to go; object storage with the credentials and
+            // endpoint of the current spec.
+            let dest = match spec.backup.as_ref().and_then(|b| b.object_store.clone()) {
+                Some(os) if !point.url.is_empty() => {
+                    resources::Destination::ObjectStore(crate::crd::ObjectStoreSpec {
+                        url: point.url.clone(),
+                        ..os
+                    })
+                }
+                _ => resources::Destination::Claim(point.claim.clone()),
+            };
             let req = resources::BackupRequest {
                 job: job.clone(),
                 admin: c.admin_addr(leader),
-                claim: point.claim.clone(),
+                dest,
                 file: file.clone(),
             };
             let j = resources::backup_job(c, &spec, &req)?;

@@ -159,8 +159,10 @@ pub struct RolloutInput<'a> {
     pub replicas: i32,
     /// `spec.rollout` (defaults when absent).
     pub rollout: &'a RolloutSpec,
-    /// Whether `spec.backup` names a claim (where the rollback point goes).
+    /// The claim `spec.backup` names (where the rollback point goes)...
     pub backup_claim: Option<&'a str>,
+    /// ...or the object storage prefix it names.
+    pub backup_url: Option<&'a str>,
     /// Annotations.
     pub commands: &'a Commands,
     /// `status.rollout`.
@@ -554,10 +556,10 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
         }
     }
     let backup_first = target != from && i.rollout.backup_before_rollout;
-    if backup_first && i.backup_claim.is_none() {
+    if backup_first && i.backup_claim.is_none() && i.backup_url.is_none() {
         return blocked(
             "BackupNotConfigured",
-            "spec.rollout.backupBeforeRollout needs spec.backup.claimName for the rollback point"
+            "spec.rollout.backupBeforeRollout needs spec.backup (a claim or object storage) for the rollback point"
                 .into(),
         );
     }
@@ -664,6 +666,7 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
         let point = RollbackPoint {
             job: String::new(),
             claim: i.backup_claim.unwrap_or_default().to_owned(),
+            url: i.backup_url.unwrap_or_default().to_owned(),
             file: String::new(),
             committed_index: i.committed_index.unwrap_or(0),
             state: "Running".into(),

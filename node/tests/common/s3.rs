@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const ACCESS_KEY: &str = "qpq-test-access";
-pub const SECRET_KEY: &str = "qpq-test-secret-key";
+pub(crate) const ACCESS_KEY: &str = "qpq-test-access";
+pub(crate) const SECRET_KEY: &str = "qpq-test-secret-key";
 
-pub struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
-    pub root: tempfile::TempDir,
-    pub endpoint: String,
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) endpoint: String,
 }
 
 /// Where `scripts/bootstrap` installs s3s-fs (or `QPQ_S3S_FS`).
@@ -30,7 +30,7 @@ fn binary() -> PathBuf {
 
 impl S3Server {
     /// Starts the server with one empty bucket `bucket`; waits until it accepts connections.
-    pub fn start(bucket: &str) -> Self {
+    pub(crate) fn start(bucket: &str) -> Self {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -65,7 +65,7 @@ impl S3Server {
     }
 
     /// The environment a client needs to reach this server.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
@@ -76,7 +76,7 @@ impl S3Server {
     }
 
     /// The file behind object `key` of `bucket`.
-    pub fn file(&self, bucket: &str, key: &str) -> PathBuf {
+    pub(crate) fn file(&self, bucket: &str, key: &str) -> PathBuf {
         self.root.path().join(bucket).join(key)
     }
 }

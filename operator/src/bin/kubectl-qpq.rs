@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             jobs.create(&PostParams::default(), &job).await?;
             let mut out = serde_json::json!({
                 "job": req.job,
-                "claim": req.claim,
+                "claim": claim,
                 "file": req.path(),
                 "admin": req.admin.0,
             });

@@ -11,11 +11,100 @@ use super::{
     ADMIN_CREDENTIALS_DIR, ClusterRef, container_security_context, pod_security_context, typed,
 };
 use crate::admin_client::AdminAddr;
-use crate::crd::{BackupSpec, QpqClusterSpec};
+use crate::crd::{BackupSpec, ObjectStoreSpec, QpqClusterSpec};
 use crate::error::Result;
 
 /// Where the backup volume is mounted in the Job's pod.
 pub const BACKUP_MOUNT: &str = "/backups";
+/// With object storage: the local directory (an emptyDir) a backup is received and
+/// verified in before it is uploaded, or downloaded to before a restore.
+pub const WORK_DIR: &str = "/work";
+
+/// Where backups are kept.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Destination {
+    /// On this PersistentVolumeClaim, mounted at [`BACKUP_MOUNT`].
+    Claim(String),
+    /// In object storage.
+    ObjectStore(ObjectStoreSpec),
+}
+
+impl Destination {
+    /// The destination of `spec.backup` (`None` if it names neither).
+    pub fn of(b: &BackupSpec) -> Option<Self> {
+        match (&b.claim_name, &b.object_store) {
+            (Some(claim), _) => Some(Self::Claim(claim.clone())),
+            (None, Some(os)) => Some(Self::ObjectStore(os.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Where `qpq-node` finds the backups: the mount point or the `s3://` prefix.
+    pub fn dir(&self) -> String {
+        match self {
+            Self::Claim(_) => BACKUP_MOUNT.to_owned(),
+            Self::ObjectStore(os) => os.url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Where `qpq-node` finds the backup `file`.
+    pub fn file(&self, file: &str) -> String {
+        format!("{}/{file}", self.dir())
+    }
+
+    /// The pod's volumes, the container's mounts and environment for this destination
+    /// (`read_only`: a restore only reads the claim).
+    pub fn pod_parts(
+        &self,
+        volume: &str,
+        read_only: bool,
+    ) -> (
+        Vec<serde_json::Value>,
+        Vec<serde_json::Value>,
+        Vec<serde_json::Value>,
+        Vec<serde_json::Value>,
+    ) {
+        match self {
+            Self::Claim(claim) => {
+                let mut pvc = json!({"claimName": claim});
+                let mut mount = json!({"name": volume, "mountPath": BACKUP_MOUNT});
+                if read_only {
+                    pvc["readOnly"] = json!(true);
+                    mount["readOnly"] = json!(true);
+                }
+                (
+                    vec![json!({"name": volume, "persistentVolumeClaim": pvc})],
+                    vec![mount],
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Self::ObjectStore(os) => {
+                let mut env = vec![json!({"name": "QPQ_BACKUP_WORK_DIR", "value": WORK_DIR})];
+                if let Some(e) = &os.endpoint {
+                    env.push(json!({"name": "AWS_ENDPOINT", "value": e}));
+                }
+                if let Some(r) = &os.region {
+                    env.push(json!({"name": "AWS_REGION", "value": r}));
+                }
+                if os.allow_http {
+                    env.push(json!({"name": "AWS_ALLOW_HTTP", "value": "true"}));
+                }
+                let env_from = os
+                    .secret_name
+                    .iter()
+                    .map(|s| json!({"secretRef": {"name": s}}))
+                    .collect();
+                (
+                    vec![json!({"name": volume, "emptyDir": {}})],
+                    vec![json!({"name": volume, "mountPath": WORK_DIR})],
+                    env,
+                    env_from,
+                )
+            }
+        }
+    }
+}
 
 /// What one backup Job does.
 #[derive(Clone, Debug)]
@@ -25,16 +114,16 @@ pub struct BackupRequest {
     /// The member whose admin API serves the backup (any member holds every acknowledged
     /// write once it passed its read barrier).
     pub admin: AdminAddr,
-    /// The PersistentVolumeClaim the backups are kept on.
-    pub claim: String,
-    /// File name on that volume (the manifest goes next to it).
+    /// Where the backups are kept.
+    pub dest: Destination,
+    /// File name on that volume or under that prefix (the manifest goes next to it).
     pub file: String,
 }
 
 impl BackupRequest {
-    /// Path of the backup inside the Job's pod.
+    /// Where the Job's pod stores the backup: a path or an `s3://` URL.
     pub fn path(&self) -> String {
-        format!("{BACKUP_MOUNT}/{}", self.file)
+        self.dest.file(&self.file)
     }
 }
 
@@ -55,7 +144,7 @@ pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) ->
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": job_meta(c, req.job.clone(), "kubectl-qpq"),
-        "spec": job_spec(c, spec, &req.claim, args),
+        "spec": job_spec(c, spec, &req.dest, args),
     }))
 }
 
@@ -75,6 +164,9 @@ pub fn backup_cronjob(
     let Some(backup) = &spec.backup else {
         return Ok(None);
     };
+    let Some(dest) = Destination::of(backup) else {
+        return Ok(None);
+    };
     let n = u64::try_from(replicas.max(1)).unwrap_or(1);
     let mut args = vec!["backup".to_owned(), "create".to_owned()];
     for id in (2..=n).chain(std::iter::once(1)) {
@@ -83,7 +175,7 @@ pub fn backup_cronjob(
     }
     args.extend([
         "--out-dir".to_owned(),
-        BACKUP_MOUNT.to_owned(),
+        dest.dir(),
         "--prefix".to_owned(),
         c.name.clone(),
         "--keep".to_owned(),
@@ -93,7 +185,6 @@ pub fn backup_cronjob(
         schedule,
         suspend,
         time_zone,
-        claim_name,
         ..
     } = backup;
     let mut cron = json!({
@@ -108,7 +199,7 @@ pub fn backup_cronjob(
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
                 "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
-                "spec": job_spec(c, spec, claim_name, args),
+                "spec": job_spec(c, spec, &dest, args),
             },
         },
     });
@@ -136,27 +227,40 @@ fn job_meta(c: &ClusterRef, name: String, managed_by: &str) -> serde_json::Value
 fn job_spec(
     c: &ClusterRef,
     spec: &QpqClusterSpec,
-    claim: &str,
+    dest: &Destination,
     args: Vec<String>,
 ) -> serde_json::Value {
+    let (mut volumes, mut mounts, store_env, env_from) = dest.pod_parts("backups", false);
+    // The `backup` role's credentials: enough for `POST /backup`, nothing else.
+    let mut env = vec![
+        json!({"name": "QPQ_ADMIN_CA", "value": format!("{ADMIN_CREDENTIALS_DIR}/ca.crt")}),
+        json!({"name": "QPQ_ADMIN_CERT", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.crt")}),
+        json!({"name": "QPQ_ADMIN_KEY", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.key")}),
+    ];
+    env.extend(store_env);
+    mounts.push(json!({"name": "admin", "mountPath": ADMIN_CREDENTIALS_DIR, "readOnly": true}));
+    volumes.push(json!({"name": "admin", "secret": {
+        "secretName": c.admin_secret(),
+        "items": [
+            {"key": "ca.crt", "path": "ca.crt"},
+            {"key": "backup.crt", "path": "backup.crt"},
+            {"key": "backup.key", "path": "backup.key"},
+        ],
+        "defaultMode": 0o440,
+    }}));
     let mut container = json!({
         "name": "backup",
         "image": format!("{}:{}", spec.image, spec.version),
         "args": args,
-        // The `backup` role's credentials: enough for `POST /backup`, nothing else.
-        "env": [
-            {"name": "QPQ_ADMIN_CA", "value": format!("{ADMIN_CREDENTIALS_DIR}/ca.crt")},
-            {"name": "QPQ_ADMIN_CERT", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.crt")},
-            {"name": "QPQ_ADMIN_KEY", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.key")},
-        ],
-        "volumeMounts": [
-            {"name": "backups", "mountPath": BACKUP_MOUNT},
-            {"name": "admin", "mountPath": ADMIN_CREDENTIALS_DIR, "readOnly": true},
-        ],
+        "env": env,
+        "volumeMounts": mounts,
         "securityContext": container_security_context(),
     });
     if let Some(policy) = &spec.image_pull_policy {
         container["imagePullPolicy"] = json!(policy);
+    }
+    if !env_from.is_empty() {
+        container["envFrom"] = json!(env_from);
     }
     json!({
         // A member that is down or restarting: the next attempt may find it back, and
@@ -172,18 +276,7 @@ fn job_spec(
                 "automountServiceAccountToken": false,
                 "securityContext": pod_security_context(),
                 "containers": [container],
-                "volumes": [
-                    {"name": "backups", "persistentVolumeClaim": {"claimName": claim}},
-                    {"name": "admin", "secret": {
-                        "secretName": c.admin_secret(),
-                        "items": [
-                            {"key": "ca.crt", "path": "ca.crt"},
-                            {"key": "backup.crt", "path": "backup.crt"},
-                            {"key": "backup.key", "path": "backup.key"},
-                        ],
-                        "defaultMode": 0o440,
-                    }},
-                ],
+                "volumes": volumes,
             },
         },
     })

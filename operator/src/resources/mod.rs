@@ -33,7 +33,10 @@ mod policy;
 mod services;
 mod statefulset;
 
-pub use backup::{BACKUP_MOUNT, BackupRequest, backup_cronjob, backup_cronjob_name, backup_job};
+pub use backup::{
+    BACKUP_MOUNT, BackupRequest, Destination, WORK_DIR, backup_cronjob, backup_cronjob_name,
+    backup_job,
+};
 pub use config::{config_hash, configmap};
 pub use policy::{network_policy, pod_disruption_budget, service_account};
 pub use services::{client_service, headless_service};

@@ -23,6 +23,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 
+use super::backup::Destination;
 use super::{
     ADMIN_PORT, CLIENT_PORT, ClusterRef, DATA_DIR, METRICS_PORT, RAFT_PORT, TLS_DIR, annotations,
     container_security_context, pod_security_context, typed,
@@ -124,6 +125,33 @@ pub fn statefulset(
     // Only until the restored node has formed the cluster: later pods must not mount the
     // backup claim (a ReadWriteOnce claim cannot follow them to other Kubernetes nodes).
     let restore = spec.restore.as_ref().filter(|_| restoring).map(|r| {
+        // From a claim mounted read-only, or from object storage through a scratch
+        // directory (the backup is downloaded and verified there first).
+        let (from, volume, mount, store_env, env_from) = match (&r.claim_name, &r.object_store) {
+            (Some(claim), _) => (
+                format!("{RESTORE_DIR}/{}", r.file),
+                json!({"name": "restore", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+                json!({"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true}),
+                Vec::new(),
+                Vec::new(),
+            ),
+            (None, os) => {
+                let dest = Destination::ObjectStore(os.clone().unwrap_or_else(|| {
+                    // Refused by the schema and by `validate` before anything is built.
+                    crate::crd::ObjectStoreSpec {
+                        url: String::new(),
+                        secret_name: None,
+                        endpoint: None,
+                        region: None,
+                        allow_http: false,
+                    }
+                }));
+                let (mut v, mut m, e, ef) = dest.pod_parts("restore", true);
+                (dest.file(&r.file), v.remove(0), m.remove(0), e, ef)
+            }
+        };
+        let mut env = container["env"].as_array().cloned().unwrap_or_default();
+        env.extend(store_env);
         let mut init = json!({
             "name": "restore",
             "image": container["image"].clone(),
@@ -131,21 +159,24 @@ pub fn statefulset(
             "args": [
                 "restore",
                 "--from",
-                format!("{RESTORE_DIR}/{}", r.file),
+                from,
                 "--first-node-only",
                 "--if-empty",
             ],
-            "env": container["env"].clone(),
+            "env": env,
             "volumeMounts": [
                 {"name": "data", "mountPath": DATA_DIR},
-                {"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true},
+                mount,
             ],
             "securityContext": container_security_context(),
         });
+        if !env_from.is_empty() {
+            init["envFrom"] = json!(env_from);
+        }
         if let Some(p) = &spec.image_pull_policy {
             init["imagePullPolicy"] = json!(p);
         }
-        (init, json!({"name": "restore", "persistentVolumeClaim": {"claimName": r.claim_name, "readOnly": true}}))
+        (init, volume)
     });
     if let Some(r) = &spec.resources {
         container["resources"] = serde_json::to_value(r)?;

@@ -110,6 +110,7 @@ impl Sim {
             replicas: self.replicas,
             rollout: &self.rollout,
             backup_claim: Some("backups"),
+            backup_url: None,
             commands: &self.commands,
             previous: self.status.as_ref(),
             finalized: self.finalized.as_deref(),

@@ -75,7 +75,7 @@ fn builders_match_golden_output() {
     let backup = resources::BackupRequest {
         job: "x-backup-1700000000".into(),
         admin: c.admin_addr(2),
-        claim: "x-backups".into(),
+        dest: resources::Destination::Claim("x-backups".into()),
         file: "x-1700000000.sqlite3".into(),
     };
     check(
@@ -85,6 +85,31 @@ fn builders_match_golden_output() {
     check(
         "backup-cronjob",
         &resources::backup_cronjob(&c, s, 3).unwrap().unwrap(),
+    );
+    // In object storage: the CronJob and the restore init container take the store's
+    // variables and a scratch directory instead of a claim.
+    let mut in_store = full_spec();
+    let store = json!({
+        "url": "s3://qpq-backups/x", "secretName": "x-s3", "endpoint": "https://minio.storage:9000",
+        "region": "eu-west-1"
+    });
+    in_store["backup"] = json!({"schedule": "0 3 * * *", "objectStore": store, "keep": 5});
+    in_store["restore"] = json!({"objectStore": store, "file": "x-1700000000.sqlite3"});
+    let obj_s3 = cluster(in_store, None, true);
+    obj_s3.spec.validate().unwrap();
+    check(
+        "backup-cronjob-s3",
+        &resources::backup_cronjob(&c, &obj_s3.spec, 3)
+            .unwrap()
+            .unwrap(),
+    );
+    let sts_s3 = serde_json::to_value(
+        resources::statefulset(&c, &obj_s3.spec, &obj_s3.spec.version, 3, &hash, 0, true).unwrap(),
+    )
+    .unwrap();
+    check(
+        "restore-init-s3",
+        &sts_s3["spec"]["template"]["spec"]["initContainers"],
     );
     check(
         "client-service",
@@ -239,7 +264,7 @@ fn the_backup_example_is_admitted_to_the_admin_port_only() {
             &resources::BackupRequest {
                 job: "j".into(),
                 admin: c.admin_addr(1),
-                claim: "qpq-backups".into(),
+                dest: resources::Destination::Claim("qpq-backups".into()),
                 file: "f".into(),
             },
         )
