@@ -259,12 +259,25 @@ pub fn backup_source(c: &QpqCluster) -> NodeId {
         .map_or(1, |m| m.id)
 }
 
-/// `kubectl qpq backup <cluster> --claim <pvc>` at Unix time `now_secs`: Job
-/// `<cluster>-backup-<now>` (or `name`) writing `<cluster>-<now>.sqlite3` on the volume.
+/// Where `kubectl qpq backup` stores the backup: `--claim` if given, else where
+/// `spec.backup` keeps the scheduled ones (a claim or object storage).
+pub fn backup_destination(c: &QpqCluster, claim: Option<&str>) -> Result<Destination, String> {
+    if let Some(claim) = claim {
+        return Ok(Destination::Claim(claim.to_owned()));
+    }
+    c.spec
+        .backup
+        .as_ref()
+        .and_then(Destination::of)
+        .ok_or_else(|| "name a claim with --claim, or set spec.backup".to_owned())
+}
+
+/// `kubectl qpq backup <cluster>` at Unix time `now_secs`: Job `<cluster>-backup-<now>` (or
+/// `name`) writing `<cluster>-<now>.sqlite3` to `dest`.
 pub fn backup_request(
     c: &QpqCluster,
     cluster: &ClusterRef,
-    claim: &str,
+    dest: Destination,
     name: Option<&str>,
     now_secs: u64,
 ) -> BackupRequest {
@@ -274,7 +287,7 @@ pub fn backup_request(
             str::to_owned,
         ),
         admin: cluster.admin_addr(backup_source(c)),
-        dest: Destination::Claim(claim.to_owned()),
+        dest,
         file: format!("{}-{now_secs}.sqlite3", cluster.name),
     }
 }
@@ -381,14 +394,41 @@ mod tests {
         let mut c = cluster();
         c.metadata.uid = Some("uid".into());
         let cref = ClusterRef::new(&c).unwrap();
-        let req = backup_request(&c, &cref, "qpq-backups", None, 1_700_000_000);
+        let req = backup_request(
+            &c,
+            &cref,
+            backup_destination(&c, Some("qpq-backups")).unwrap(),
+            None,
+            1_700_000_000,
+        );
         assert_eq!(req.job, "qpq-backup-1700000000");
         assert_eq!(req.file, "qpq-1700000000.sqlite3");
         assert_eq!(req.path(), "/backups/qpq-1700000000.sqlite3");
         assert_eq!(req.admin.0, "qpq-1.qpq.messaging.svc:9443");
         assert_eq!(req.dest, Destination::Claim("qpq-backups".into()));
-        let named = backup_request(&c, &cref, "v", Some("nightly"), 1);
+        let named = backup_request(
+            &c,
+            &cref,
+            Destination::Claim("v".into()),
+            Some("nightly"),
+            1,
+        );
         assert_eq!(named.job, "nightly");
+        // Without --claim: where spec.backup keeps the scheduled ones, or an error.
+        assert!(backup_destination(&c, None).is_err());
+        c.spec.backup = Some(
+            serde_json::from_value(serde_json::json!({
+                "schedule": "0 3 * * *",
+                "objectStore": {"url": "s3://b/p", "secretName": "s"}
+            }))
+            .unwrap(),
+        );
+        let dest = backup_destination(&c, None).unwrap();
+        assert_eq!(dest.file("f.sqlite3"), "s3://b/p/f.sqlite3");
+        assert_eq!(
+            backup_destination(&c, Some("pvc")).unwrap(),
+            Destination::Claim("pvc".into())
+        );
 
         // The follower became unreachable: the leader.
         let st = c.status.as_mut().unwrap();

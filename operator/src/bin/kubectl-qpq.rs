@@ -45,9 +45,10 @@ enum Command {
     Backup {
         /// Name of the QpqCluster.
         cluster: String,
-        /// The PersistentVolumeClaim to store the backup on (same namespace).
+        /// The PersistentVolumeClaim to store the backup on (same namespace); default:
+        /// where `spec.backup` keeps the scheduled backups (a claim or object storage).
         #[arg(long)]
-        claim: String,
+        claim: Option<String>,
         /// Namespace (default: the kubeconfig context's).
         #[arg(short, long)]
         namespace: Option<String>,
@@ -150,13 +151,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
-            let req = kubectl::backup_request(&c, &cref, &claim, name.as_deref(), now);
+            let dest = kubectl::backup_destination(&c, claim.as_deref())?;
+            let req = kubectl::backup_request(&c, &cref, dest, name.as_deref(), now);
             let job = resources::backup_job(&cref, &c.spec, &req)?;
             let jobs: Api<Job> = Api::namespaced(client, &ns);
             jobs.create(&PostParams::default(), &job).await?;
             let mut out = serde_json::json!({
                 "job": req.job,
-                "claim": claim,
                 "file": req.path(),
                 "admin": req.admin.0,
             });
