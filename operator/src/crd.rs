@@ -97,6 +97,9 @@ pub struct QpqClusterSpec {
     /// and the operator to the Raft and admin ports.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Monitoring of the node pods by the Prometheus Operator.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
     /// How version changes (and any other change of the pod template) reach the pods: the
     /// operator replaces pods itself, one at a time, followers first and the leader last,
     /// gated on Raft health, and rolls a failed version back automatically
@@ -582,6 +585,24 @@ pub struct NetworkPolicySpec {
     /// Labels of the operator's namespace (admitted to the admin port).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operator_namespace_labels: BTreeMap<String, String>,
+}
+
+/// Monitoring of the node pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create a PodMonitor (`monitoring.coreos.com/v1`, Prometheus Operator) scraping every
+    /// node pod's `/metrics` on its `metrics` port, one scrape job per cluster. Needs the
+    /// Prometheus Operator's CRDs; without them the operator says so in a Warning Event and
+    /// carries on. Turning it off leaves the PodMonitor in place: delete it.
+    #[serde(default)]
+    pub pod_monitor: bool,
+    /// Extra labels of the PodMonitor (what your Prometheus selects, e.g. `release: prom`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Scrape interval (e.g. `30s`); default: Prometheus's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 /// Observed state, written only by the operator.

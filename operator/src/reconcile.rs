@@ -1102,6 +1102,35 @@ async fn apply_objects(
     if let Some(np) = resources::network_policy(c, &spec.network_policy)? {
         apply_object::<NetworkPolicy>(client, ns, &np).await?;
     }
+    if let Some(pm) = resources::pod_monitor(c, &spec.monitoring)? {
+        let api: Api<kube::core::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &resources::pod_monitor_resource());
+        match api
+            .patch(
+                &c.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&pm),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // No Prometheus Operator in this cluster: say so, and run the cluster anyway.
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                publish(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "PodMonitorUnavailable",
+                    "Monitoring",
+                    "spec.monitoring.podMonitor is set but the PodMonitor kind \
+                     (monitoring.coreos.com/v1) is not installed"
+                        .into(),
+                )
+                .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(cron) = resources::backup_cronjob(c, spec, plan.statefulset_replicas)? {
         apply_object::<CronJob>(client, ns, &cron).await?;
     }

@@ -38,7 +38,9 @@ pub use backup::{
     backup_job,
 };
 pub use config::{config_hash, configmap};
-pub use policy::{network_policy, pod_disruption_budget, service_account};
+pub use policy::{
+    network_policy, pod_disruption_budget, pod_monitor, pod_monitor_resource, service_account,
+};
 pub use services::{client_service, headless_service};
 pub use statefulset::{ENTRYPOINT, RESTORE_DIR, image_tag, statefulset, template_of};
 

@@ -6,7 +6,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
 
 use super::{ADMIN_PORT, CLIENT_PORT, ClusterRef, METRICS_PORT, RAFT_PORT, typed};
-use crate::crd::NetworkPolicySpec;
+use crate::crd::{MonitoringSpec, NetworkPolicySpec};
 use crate::error::Result;
 use crate::planner::majority;
 
@@ -75,4 +75,45 @@ pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option
         },
     }))
     .map(Some)
+}
+
+/// The Prometheus Operator's PodMonitor, as the operator applies it.
+pub fn pod_monitor_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "monitoring.coreos.com".into(),
+        version: "v1".into(),
+        api_version: "monitoring.coreos.com/v1".into(),
+        kind: "PodMonitor".into(),
+        plural: "podmonitors".into(),
+    }
+}
+
+/// PodMonitor `<cluster>` with `spec.monitoring.podMonitor` (`None` without): every node
+/// pod's `/metrics` on the `metrics` port (plain HTTP, no credentials), one scrape job per
+/// cluster (`<namespace>/<cluster>`, which the alert rules group by).
+pub fn pod_monitor(
+    c: &ClusterRef,
+    spec: &MonitoringSpec,
+) -> Result<Option<kube::core::DynamicObject>> {
+    if !spec.pod_monitor {
+        return Ok(None);
+    }
+    let mut meta = c.meta(c.name.clone());
+    let mut labels = meta.labels.take().unwrap_or_default();
+    labels.extend(spec.labels.clone());
+    meta.labels = Some(labels);
+    let mut endpoint = json!({"port": "metrics", "path": "/metrics", "scheme": "http"});
+    if let Some(i) = &spec.interval {
+        endpoint["interval"] = json!(i);
+    }
+    let obj = json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": c.selector()},
+            "podMetricsEndpoints": [endpoint],
+        },
+    });
+    Ok(Some(serde_json::from_value(obj)?))
 }

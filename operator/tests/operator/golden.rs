@@ -41,6 +41,7 @@ fn full_spec() -> serde_json::Value {
         "clientService": {"type": "LoadBalancer", "port": 443, "annotations": {"example.com/lb": "internal"}},
         "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
+        "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s"},
         "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris"},
         "restore": {"claimName": "x-backups", "file": "x-1700000000.sqlite3"}
     })
@@ -117,6 +118,10 @@ fn builders_match_golden_output() {
     );
     check("configmap", &resources::configmap(&c, &s.node));
     check("pdb", &resources::pod_disruption_budget(&c, 3).unwrap());
+    check(
+        "podmonitor",
+        &resources::pod_monitor(&c, &s.monitoring).unwrap().unwrap(),
+    );
     check("serviceaccount", &resources::service_account(&c));
     check(
         "networkpolicy",

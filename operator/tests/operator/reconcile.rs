@@ -1022,3 +1022,84 @@ async fn the_leader_last_transfer_is_recorded_before_it_is_asked_for() {
     drop(ctx);
     server.expect_nothing_more().await;
 }
+
+/// `spec.monitoring.podMonitor`: a PodMonitor for the node pods' metrics port is applied
+/// with the other objects; where the Prometheus Operator is not installed (404), the round
+/// goes on and a Warning says why.
+#[tokio::test]
+async fn pod_monitor_is_applied_and_its_absence_is_a_warning_not_a_failure() {
+    for installed in [true, false] {
+        let nodes = Arc::new(FakeNodes::default());
+        let (ctx, mut server) = context(nodes.clone());
+        for id in 1..=3 {
+            nodes.set(
+                id,
+                node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+            );
+        }
+        let mut s = spec(3);
+        s["tls"] = json!({"secretName": "my-tls"});
+        s["monitoring"] =
+            json!({"podMonitor": true, "labels": {"release": "prom"}, "interval": "15s"});
+        let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
+        run!(ctx, server, obj.clone(), {
+            server.expect_fresh(&obj).await;
+            server
+                .expect(
+                    "GET",
+                    "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                    ok(&statefulset(3)),
+                )
+                .await;
+            server
+                .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
+                .await;
+            server.expect_pods(&json!([])).await;
+            for path in [
+                "/api/v1/namespaces/ns/serviceaccounts/x",
+                "/api/v1/namespaces/ns/configmaps/x-config",
+                "/api/v1/namespaces/ns/services/x",
+                "/api/v1/namespaces/ns/services/x-client",
+                "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+            ] {
+                server.expect_apply(path).await;
+            }
+            let path = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/x";
+            if installed {
+                let pm = server.expect_apply(path).await;
+                assert_eq!(pm["kind"], "PodMonitor");
+                assert_eq!(pm["metadata"]["labels"]["release"], "prom");
+                assert_eq!(
+                    pm["spec"]["podMetricsEndpoints"],
+                    json!([{"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "15s"}])
+                );
+                assert_eq!(
+                    pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+                    "x"
+                );
+            } else {
+                server
+                    .expect(
+                        "PATCH",
+                        path,
+                        (
+                            404,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+                        ),
+                    )
+                    .await;
+                let ev = server.expect_event("PodMonitorUnavailable").await;
+                assert_eq!(ev["type"], "Warning");
+            }
+            server
+                .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+                .await;
+            let st = server.expect_status(&obj).await;
+            assert_eq!(condition(&st, "Ready")["status"], "True", "installed: {installed}");
+        })
+        .unwrap();
+        drop(ctx);
+        server.expect_nothing_more().await;
+    }
+}
