@@ -23,6 +23,9 @@ pub enum Error {
     /// The object lacks a field the API server always sets (name, namespace, uid).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// A part of the spec the schema cannot check is wrong (a cron schedule, a time zone).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
 }
 
 impl Error {
@@ -39,6 +42,7 @@ impl Error {
             Self::Tls(_) => "tls",
             Self::Serde(_) => "serde",
             Self::MissingField(_) => "missing_field",
+            Self::InvalidSpec(_) => "invalid_spec",
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod planner;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
+pub mod schedule;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -516,7 +516,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     }
     tracing::info!(cluster = %c.name, namespace = %ns, action = ?plan.action, statefulset = plan.statefulset_replicas, rollout = ?rollout_plan.action, template = %rollout_plan.template_version, "plan");
 
-    if !invalid {
+    let apply_failures = if invalid {
+        Vec::new()
+    } else {
         apply_objects(
             obj,
             ctx,
@@ -527,23 +529,50 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             rotation,
             &rollout_plan.template_version,
         )
-        .await?;
-        if sts_replicas.is_some_and(|r| r != plan.statefulset_replicas) {
+        .await?
+    };
+    if !apply_failures.is_empty() {
+        ctx.metrics
+            .errors
+            .with_label_values(&["apply_failed"])
+            .inc();
+        // Announced when it starts or changes (the condition keeps saying it).
+        let message = apply_failures.join("; ");
+        let already = prev
+            .and_then(|p| {
+                p.conditions
+                    .iter()
+                    .find(|c| c.type_ == status::types::DEGRADED)
+            })
+            .is_some_and(|d| d.reason == "ApplyFailed" && d.message.ends_with(&message));
+        if !already {
             publish(
                 ctx,
                 obj,
-                EventType::Normal,
-                "StatefulSetResized",
-                "Scale",
-                format!(
-                    "StatefulSet {} replicas {} -> {}",
-                    c.name,
-                    sts_replicas.unwrap_or(0),
-                    plan.statefulset_replicas
-                ),
+                EventType::Warning,
+                "ApplyFailed",
+                "Apply",
+                message,
             )
             .await;
         }
+    }
+    let sts_failed = apply_failures.iter().any(|f| f.starts_with("StatefulSet "));
+    if !invalid && !sts_failed && sts_replicas.is_some_and(|r| r != plan.statefulset_replicas) {
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "StatefulSetResized",
+            "Scale",
+            format!(
+                "StatefulSet {} replicas {} -> {}",
+                c.name,
+                sts_replicas.unwrap_or(0),
+                plan.statefulset_replicas
+            ),
+        )
+        .await;
     }
 
     // The one membership call of this round.
@@ -722,6 +751,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         plan: &plan,
         bootstrapped,
         call_error,
+        apply_failures: &apply_failures,
         now: &now,
         spec_version: &spec.version,
         pod_versions: &pod_versions,
@@ -740,8 +770,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     let rolling = next.rollout.as_ref().is_some_and(|r| {
         r.phase.in_progress() || matches!(r.phase, RolloutPhase::Blocked | RolloutPhase::Pending)
     });
+    // A child that could not be applied is retried as soon as a failed round would be.
     Ok(match plan.action {
-        Action::None if !rolling => Requeue::requeue(IDLE_REQUEUE),
+        Action::None if !rolling && apply_failures.is_empty() => Requeue::requeue(IDLE_REQUEUE),
         _ => Requeue::requeue(STEP_REQUEUE),
     })
 }
@@ -1077,7 +1108,7 @@ async fn apply_objects(
     secrets: &[Secret],
     rotation: u64,
     template_version: &str,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let client = &ctx.client;
     let ns = c.namespace.as_str();
     let spec = &obj.spec;
@@ -1085,22 +1116,58 @@ async fn apply_objects(
         RaftObservation::Cluster(v) => i32::try_from(v.voters.len()).unwrap_or(1),
         _ => 1,
     };
-    apply_object::<ServiceAccount>(client, ns, &resources::service_account(c)).await?;
-    apply_object::<ConfigMap>(client, ns, &resources::configmap(c, &spec.node)).await?;
+    // Every child is applied on its own: one the API server refuses (or one whose spec is
+    // wrong) is reported and skipped, and never keeps the others, membership or a rollout
+    // from going on.
+    let mut failures = Vec::new();
+    let mut note = |what: String, r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(cluster = %c.name, child = %what, error = %e, "apply failed");
+            failures.push(format!("{what}: {e}"));
+        }
+    };
+    note(
+        format!("ServiceAccount {}", c.name),
+        apply_object::<ServiceAccount>(client, ns, &resources::service_account(c)).await,
+    );
+    note(
+        format!("ConfigMap {}", c.configmap()),
+        apply_object::<ConfigMap>(client, ns, &resources::configmap(c, &spec.node)).await,
+    );
     for s in secrets {
-        apply_object::<Secret>(client, ns, s).await?;
+        let name = s.metadata.name.clone().unwrap_or_default();
+        note(
+            format!("Secret {name}"),
+            apply_object::<Secret>(client, ns, s).await,
+        );
     }
-    apply_object::<Service>(client, ns, &resources::headless_service(c)?).await?;
-    apply_object::<Service>(
-        client,
-        ns,
-        &resources::client_service(c, &spec.client_service)?,
-    )
-    .await?;
-    apply_object::<PodDisruptionBudget>(client, ns, &resources::pod_disruption_budget(c, voters)?)
-        .await?;
+    note(
+        format!("Service {}", c.headless()),
+        apply_object::<Service>(client, ns, &resources::headless_service(c)?).await,
+    );
+    note(
+        format!("Service {}", c.client_service()),
+        apply_object::<Service>(
+            client,
+            ns,
+            &resources::client_service(c, &spec.client_service)?,
+        )
+        .await,
+    );
+    note(
+        format!("PodDisruptionBudget {}", c.name),
+        apply_object::<PodDisruptionBudget>(
+            client,
+            ns,
+            &resources::pod_disruption_budget(c, voters)?,
+        )
+        .await,
+    );
     if let Some(np) = resources::network_policy(c, &spec.network_policy)? {
-        apply_object::<NetworkPolicy>(client, ns, &np).await?;
+        note(
+            format!("NetworkPolicy {}", c.name),
+            apply_object::<NetworkPolicy>(client, ns, &np).await,
+        );
     }
     if let Some(pm) = resources::pod_monitor(c, &spec.monitoring)? {
         let api: Api<kube::core::DynamicObject> =
@@ -1128,11 +1195,26 @@ async fn apply_objects(
                 )
                 .await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => note(format!("PodMonitor {}", c.name), Err(e.into())),
         }
     }
     if let Some(cron) = resources::backup_cronjob(c, spec, plan.statefulset_replicas)? {
-        apply_object::<CronJob>(client, ns, &cron).await?;
+        let what = format!("CronJob {}", resources::backup_cronjob_name(c));
+        // A schedule or time zone the API server would refuse: said here, in words.
+        let checked = spec.backup.as_ref().map_or(Ok(()), |b| {
+            crate::schedule::check_cron(&b.schedule)
+                .map_err(|e| format!("spec.backup.schedule {:?}: {e}", b.schedule))
+                .and_then(|()| {
+                    b.time_zone.as_deref().map_or(Ok(()), |z| {
+                        crate::schedule::check_time_zone(z)
+                            .map_err(|e| format!("spec.backup.timeZone: {e}"))
+                    })
+                })
+        });
+        match checked {
+            Ok(()) => note(what, apply_object::<CronJob>(client, ns, &cron).await),
+            Err(e) => note(what, Err(Error::InvalidSpec(e))),
+        }
     }
     // Restoring from a backup until node 1 reports the cluster it formed from it.
     let bootstrapped = obj.status.as_ref().is_some_and(|s| s.bootstrapped)
@@ -1146,8 +1228,11 @@ async fn apply_objects(
         rotation,
         spec.restore.is_some() && !bootstrapped,
     )?;
-    apply_object::<StatefulSet>(client, ns, &sts).await?;
-    Ok(())
+    note(
+        format!("StatefulSet {}", c.name),
+        apply_object::<StatefulSet>(client, ns, &sts).await,
+    );
+    Ok(failures)
 }
 
 async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {

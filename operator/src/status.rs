@@ -47,6 +47,8 @@ pub struct StatusInput<'a> {
     pub bootstrapped: bool,
     /// Error of this round's membership call, if it failed.
     pub call_error: Option<String>,
+    /// Children this round could not apply (`<Kind> <name>: <why>`).
+    pub apply_failures: &'a [String],
     /// RFC 3339 now.
     pub now: &'a str,
     /// `spec.version`.
@@ -180,6 +182,11 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
 
     let (degraded, d_reason, d_msg) = match &input.plan.action {
         Action::Blocked(r, m) => (true, r.as_str(), m.clone()),
+        _ if !input.apply_failures.is_empty() => (
+            true,
+            "ApplyFailed",
+            format!("could not apply: {}", input.apply_failures.join("; ")),
+        ),
         _ if !unreachable.is_empty() => (
             true,
             "MemberUnreachable",
@@ -354,6 +361,7 @@ mod tests {
             plan: &plan,
             bootstrapped: true,
             call_error: None,
+            apply_failures: &[],
             now: "2026-01-01T00:00:00Z",
             spec_version: "0.1.0",
             pod_versions: &BTreeMap::new(),

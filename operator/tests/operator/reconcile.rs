@@ -1103,3 +1103,85 @@ async fn pod_monitor_is_applied_and_its_absence_is_a_warning_not_a_failure() {
         server.expect_nothing_more().await;
     }
 }
+
+/// One child the API server refuses (the CronJob, 422) or whose spec is wrong (a schedule
+/// that is not cron) is reported in the `Degraded` condition and a Warning Event, and the
+/// rest of the round goes on: the other children are applied and the scale-up proceeds.
+#[tokio::test]
+async fn a_failing_child_is_reported_and_does_not_stop_scaling() {
+    for (schedule, refused_by_api) in [("0 3 * * *", true), ("0 25 * * *", false)] {
+        let nodes = Arc::new(FakeNodes::default());
+        let (ctx, mut server) = context(nodes.clone());
+        for id in 1..=3 {
+            nodes.set(
+                id,
+                node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+            );
+        }
+        let mut s = spec(5);
+        s["tls"] = json!({"secretName": "my-tls"});
+        s["backup"] = json!({"schedule": schedule, "claimName": "backups"});
+        let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
+        run!(ctx, server, obj.clone(), {
+            server.expect_fresh(&obj).await;
+            server
+                .expect(
+                    "GET",
+                    "/apis/apps/v1/namespaces/ns/statefulsets/x",
+                    ok(&statefulset(3)),
+                )
+                .await;
+            server
+                .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
+                .await;
+            server.expect_pods(&json!([])).await;
+            for path in [
+                "/api/v1/namespaces/ns/serviceaccounts/x",
+                "/api/v1/namespaces/ns/configmaps/x-config",
+                "/api/v1/namespaces/ns/services/x",
+                "/api/v1/namespaces/ns/services/x-client",
+                "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+            ] {
+                server.expect_apply(path).await;
+            }
+            if refused_by_api {
+                server
+                    .expect(
+                        "PATCH",
+                        "/apis/batch/v1/namespaces/ns/cronjobs/x-backup",
+                        (
+                            422,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "Invalid", "code": 422,
+                                   "message": "CronJob.batch \"x-backup\" is invalid: spec.timeZone: Invalid value"}),
+                        ),
+                    )
+                    .await;
+            }
+            // The StatefulSet still grows by one pod.
+            let sts = server
+                .expect_apply("/apis/apps/v1/namespaces/ns/statefulsets/x")
+                .await;
+            assert_eq!(sts["spec"]["replicas"], 4);
+            let ev = server.expect_event("ApplyFailed").await;
+            assert_eq!(ev["type"], "Warning");
+            assert!(
+                ev["note"].as_str().unwrap().contains("CronJob x-backup"),
+                "{ev}"
+            );
+            server.expect_event("StatefulSetResized").await;
+            let st = server.expect_status(&obj).await;
+            let d = condition(&st, "Degraded");
+            assert_eq!((d["status"].as_str(), d["reason"].as_str()), (Some("True"), Some("ApplyFailed")));
+            let why = if refused_by_api {
+                "spec.timeZone: Invalid value"
+            } else {
+                "spec.backup.schedule \"0 25 * * *\": hour: 25 is outside 0-23"
+            };
+            assert!(d["message"].as_str().unwrap().contains(why), "{d}");
+        })
+        .unwrap();
+        drop(ctx);
+        server.expect_nothing_more().await;
+    }
+}
