@@ -38,7 +38,52 @@ fn main() -> Result<(), Error> {
     write(&dir, "raft_wire", &raft_wire_seeds()?)?;
     write(&dir, "raft_command", &raft_command_seeds(&mls)?)?;
     write(&dir, "rpc_session", &rpc_session_seeds(&mls)?)?;
+    write(&dir, "admin_access", &admin_access_seeds()?)?;
+    write(&dir, "backup_manifest", &backup_manifest_seeds()?)?;
     Ok(())
+}
+
+/// Certificates as a dev cluster's admin listener sees them: each role's, and a node's
+/// (no role), prefixed with the method byte the target reads first.
+fn admin_access_seeds() -> Result<Vec<Vec<u8>>, Error> {
+    let dir = tempfile::tempdir()?;
+    qpq_node::raft::certs::generate_cluster(dir.path(), 1)?;
+    let mut pems = vec![dir.path().join("node-1.pem")];
+    for role in qpq_node::admin::access::Role::ALL {
+        pems.push(qpq_node::raft::certs::admin_credentials(dir.path(), role).cert);
+    }
+    let mut seeds = Vec::new();
+    for pem in pems {
+        use rustls_pki_types::pem::PemObject as _;
+        let der = rustls_pki_types::CertificateDer::from_pem_file(&pem)?;
+        seeds.push(der.to_vec());
+    }
+    seeds.push(b"\x00/raft/status".to_vec());
+    seeds.push(b"\x01/backup".to_vec());
+    Ok(seeds)
+}
+
+/// A manifest as `backup create` writes it.
+fn backup_manifest_seeds() -> Result<Vec<Vec<u8>>, Error> {
+    let m = qpq_node::backup::Manifest {
+        format: qpq_node::backup::FORMAT,
+        created_at_ms: 1_795_694_400_000,
+        node_id: 2,
+        node_version: "0.1.0".into(),
+        schema_version: 7,
+        last_applied: Some(qpq_node::backup::LogPosition {
+            term: 3,
+            leader: 1,
+            index: 1042,
+        }),
+        bytes: 4096,
+        sha256: "ab".repeat(32),
+        rows: [("messages".to_owned(), 40), ("accounts".to_owned(), 3)].into(),
+    };
+    Ok(vec![
+        serde_json::to_vec_pretty(&m)?,
+        serde_json::to_vec(&m)?,
+    ])
 }
 
 fn write(dir: &Path, target: &str, seeds: &[Vec<u8>]) -> Result<(), Error> {

@@ -226,6 +226,14 @@ pub fn parse_manifest(text: &str) -> Result<Manifest> {
             manifest.format
         )));
     }
+    // Compared with the file's digest and recorded in a restored data directory: only
+    // ever a digest.
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if manifest.sha256.len() != 64 || !manifest.sha256.bytes().all(hex) {
+        return Err(BackupError::Manifest(
+            "sha256 is not 64 lower-case hex digits".into(),
+        ));
+    }
     Ok(manifest)
 }
 
