@@ -23,6 +23,7 @@
 //!   reuse those numbers) for ones it already has: it sees a gap, as after retention eviction.
 //! - KeyPackages consumed after the backup are back in the store and may be served again.
 
+pub mod drill;
 pub mod object;
 
 use std::fs;

@@ -102,6 +102,17 @@ enum BackupCommand {
         #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
         work_dir: Option<PathBuf>,
     },
+    /// Restore drill: verify a backup, restore it into a scratch directory, start it as a
+    /// node on loopback with the full integrity check, and check that it elects itself and
+    /// serves the manifest's rows; then stop it and remove the directory. Exit 0 only if all
+    /// of that held.
+    Drill {
+        /// The backup file, or `s3://bucket/key`.
+        file: String,
+        /// Where the scratch directory goes (default: the system's temporary directory).
+        #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
+        work_dir: Option<PathBuf>,
+    },
     /// List the backups in a directory or under an `s3://bucket/prefix` (those with a
     /// manifest; uploads that did not finish are not backups).
     List {
@@ -466,6 +477,9 @@ pub fn main() -> ExitCode {
             Command::Backup(BackupCommand::Verify { file, work_dir }) => {
                 report(backup_verify(&file, work_dir).await)
             }
+            Command::Backup(BackupCommand::Drill { file, work_dir }) => {
+                report(backup_drill(&file, work_dir).await)
+            }
             Command::Backup(BackupCommand::List { location }) => {
                 report(backup_list(&location).await)
             }
@@ -649,6 +663,29 @@ async fn backup_verify(
     }
     let file = PathBuf::from(location);
     crate::backup::read_manifest(&file).and_then(|m| crate::backup::verify(&file, &m))
+}
+
+/// `qpq-node backup drill`: the drill's report.
+async fn backup_drill(
+    location: &str,
+    work_dir: Option<PathBuf>,
+) -> Result<crate::backup::drill::DrillReport, crate::backup::BackupError> {
+    use crate::backup::object::{self, Location};
+    let work = WorkDir::new(work_dir)?;
+    let (file, manifest) = if object::is_url(location) {
+        let local = work.path().join("backup.sqlite3");
+        let m = object::download(&Location::parse(location)?, &local).await?;
+        (local, m)
+    } else {
+        let file = PathBuf::from(location);
+        let m = crate::backup::read_manifest(&file)?;
+        let (f, m2) = (file.clone(), m.clone());
+        tokio::task::spawn_blocking(move || crate::backup::verify(&f, &m2))
+            .await
+            .map_err(|e| crate::backup::BackupError::Transfer(e.to_string()))??;
+        (file, m)
+    };
+    crate::backup::drill::drill(&file, &manifest, &work.path().join("drill")).await
 }
 
 /// `qpq-node backup list`: the backups of a directory or an object-store prefix, oldest
