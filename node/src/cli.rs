@@ -107,7 +107,8 @@ enum BackupCommand {
     /// serves the manifest's rows; then stop it and remove the directory. Exit 0 only if all
     /// of that held.
     Drill {
-        /// The backup file, or `s3://bucket/key`.
+        /// The backup file or `s3://bucket/key`; or a directory or `s3://` prefix, whose
+        /// newest backup (by its manifest's time) is drilled.
         file: String,
         /// Where the scratch directory goes (default: the system's temporary directory).
         #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
@@ -672,6 +673,24 @@ async fn backup_drill(
 ) -> Result<crate::backup::drill::DrillReport, crate::backup::BackupError> {
     use crate::backup::object::{self, Location};
     let work = WorkDir::new(work_dir)?;
+    // A directory or a prefix: its newest backup.
+    let named_file = location.ends_with(".sqlite3");
+    let newest = if named_file {
+        location.to_owned()
+    } else {
+        let listed = backup_list(location).await?;
+        listed["backups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .max_by_key(|b| b["manifest"]["created_at_ms"].as_u64().unwrap_or(0))
+            .and_then(|b| b["url"].as_str().or_else(|| b["file"].as_str()))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                crate::backup::BackupError::Manifest(format!("no backup in {location}"))
+            })?
+    };
+    let location = newest.as_str();
     let (file, manifest) = if object::is_url(location) {
         let local = work.path().join("backup.sqlite3");
         let m = object::download(&Location::parse(location)?, &local).await?;

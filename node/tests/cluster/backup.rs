@@ -443,6 +443,15 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     assert!(deleted.contains(&url.as_str()), "{third}");
     assert!(deleted.contains(&"s3://qpq/backups/x-1.sqlite3"), "{third}");
     let url = third["url"].as_str().unwrap().to_owned();
+    // A drill of the prefix takes its newest backup (by manifest time): the third.
+    let out = qpq_node_env(&["backup", "drill", "s3://qpq/backups"], &env);
+    assert!(
+        out.status.success(),
+        "drill of the prefix: {}",
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["manifest"], third["manifest"], "{report}");
 
     // A new node from the object store.
     let mut r = Cluster::new(1, &[]);
