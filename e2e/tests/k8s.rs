@@ -938,6 +938,42 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     })
     .await;
     assert_eq!(ended, "Complete", "backup to object storage");
+    // A restore drill of the newest backup there, as its CronJob runs it.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {"drillSchedule": "@weekly"}}})),
+    )
+    .await
+    .unwrap();
+    let drill_cron = format!("{name}-backup-drill");
+    wait("the restore drill CronJob", 60, || async {
+        crons.get_opt(&drill_cron).await.ok()?.map(|_| ())
+    })
+    .await;
+    run(
+        &env,
+        &env.kubectl,
+        &[
+            "create",
+            "job",
+            "drill-s3",
+            "--from",
+            &format!("cronjob/{drill_cron}"),
+            "-n",
+            &ns,
+        ],
+    );
+    let drilled = wait("Job drill-s3 finished", 180, || async {
+        let j = jobs.get("drill-s3").await.ok()?;
+        j.status?
+            .conditions?
+            .into_iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            .map(|c| c.type_)
+    })
+    .await;
+    assert_eq!(drilled, "Complete", "restore drill of the uploaded backup");
     // The object and its manifest, as the server stores them.
     let uploaded: Vec<String> = std::fs::read_dir(s3.file("qpq", "backups"))
         .unwrap()
@@ -1040,6 +1076,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "scheduled-1",
         "scheduled-2",
         "scheduled-s3",
+        "drill-s3",
         job_name.as_str(),
         plugin_job.as_str(),
     ] {

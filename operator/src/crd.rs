@@ -376,6 +376,11 @@ pub struct BackupSpec {
     /// Object storage the backups are kept in (instead of a claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_store: Option<ObjectStoreSpec>,
+    /// Cron schedule of restore drills: the newest backup is restored into a scratch
+    /// directory, started offline with the full integrity check, and must lead and serve
+    /// its manifest's rows (a CronJob `<name>-backup-drill`; a failed drill is a failed Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_schedule: Option<String>,
     /// How many backups to keep; older ones are deleted after a new one is stored and
     /// verified.
     #[serde(default = "default_keep")]

@@ -1216,6 +1216,21 @@ async fn apply_objects(
             Err(e) => note(what, Err(Error::InvalidSpec(e))),
         }
     }
+    if let Some(cron) = resources::backup_drill_cronjob(c, spec)? {
+        let what = format!("CronJob {}", resources::drill_cronjob_name(c));
+        let checked = spec
+            .backup
+            .as_ref()
+            .and_then(|b| b.drill_schedule.as_deref())
+            .map_or(Ok(()), |s| {
+                crate::schedule::check_cron(s)
+                    .map_err(|e| format!("spec.backup.drillSchedule {s:?}: {e}"))
+            });
+        match checked {
+            Ok(()) => note(what, apply_object::<CronJob>(client, ns, &cron).await),
+            Err(e) => note(what, Err(Error::InvalidSpec(e))),
+        }
+    }
     // Restoring from a backup until node 1 reports the cluster it formed from it.
     let bootstrapped = obj.status.as_ref().is_some_and(|s| s.bootstrapped)
         || matches!(raft, RaftObservation::Cluster(_));

@@ -148,6 +148,68 @@ pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) ->
     }))
 }
 
+/// Label of a drill Job's pods: the cluster's name. Not [`BACKUP_FOR_LABEL`]: a drill never
+/// calls the admin API, so the NetworkPolicy does not admit it there.
+pub const DRILL_FOR_LABEL: &str = "qpq.dev/drill-for";
+
+fn task_label(task: Task) -> &'static str {
+    match task {
+        Task::Backup => BACKUP_FOR_LABEL,
+        Task::Drill => DRILL_FOR_LABEL,
+    }
+}
+
+/// Name of the restore-drill CronJob of cluster `x`: `x-backup-drill`.
+pub fn drill_cronjob_name(c: &ClusterRef) -> String {
+    format!("{}-backup-drill", c.name)
+}
+
+/// The restore-drill CronJob of `spec.backup.drillSchedule` (`None` without it): on
+/// schedule, `qpq-node backup drill` takes the newest backup where `spec.backup` keeps them,
+/// restores it into a scratch directory, starts it offline with the full integrity check and
+/// requires it to lead and serve the manifest's rows. The Job fails otherwise: a backup that
+/// would not restore is known before it is needed. Needs no admin credentials.
+pub fn backup_drill_cronjob(c: &ClusterRef, spec: &QpqClusterSpec) -> Result<Option<CronJob>> {
+    let Some(backup) = &spec.backup else {
+        return Ok(None);
+    };
+    let (Some(schedule), Some(dest)) = (&backup.drill_schedule, Destination::of(backup)) else {
+        return Ok(None);
+    };
+    let args = vec!["backup".to_owned(), "drill".to_owned(), dest.dir()];
+    let mut meta = c.meta(drill_cronjob_name(c));
+    meta.labels = Some(
+        [
+            (DRILL_FOR_LABEL.to_owned(), c.name.clone()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                super::FIELD_MANAGER.to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    let mut cron = json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": meta,
+        "spec": {
+            "schedule": schedule,
+            "suspend": backup.suspend,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": {DRILL_FOR_LABEL: c.name}},
+                "spec": task_spec(c, spec, &dest, args, Task::Drill),
+            },
+        },
+    });
+    if let Some(tz) = &backup.time_zone {
+        cron["spec"]["timeZone"] = json!(tz);
+    }
+    typed(cron).map(Some)
+}
+
 /// Name of the scheduled-backup CronJob of cluster `x`: `x-backup`.
 pub fn backup_cronjob_name(c: &ClusterRef) -> String {
     format!("{}-backup", c.name)
@@ -224,32 +286,58 @@ fn job_meta(c: &ClusterRef, name: String, managed_by: &str) -> serde_json::Value
     json!(meta)
 }
 
+/// What a backup pod does: take a backup (through the admin API) or drill one (offline).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Backup,
+    Drill,
+}
+
 fn job_spec(
     c: &ClusterRef,
     spec: &QpqClusterSpec,
     dest: &Destination,
     args: Vec<String>,
 ) -> serde_json::Value {
-    let (mut volumes, mut mounts, store_env, env_from) = dest.pod_parts("backups", false);
-    // The `backup` role's credentials: enough for `POST /backup`, nothing else.
-    let mut env = vec![
-        json!({"name": "QPQ_ADMIN_CA", "value": format!("{ADMIN_CREDENTIALS_DIR}/ca.crt")}),
-        json!({"name": "QPQ_ADMIN_CERT", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.crt")}),
-        json!({"name": "QPQ_ADMIN_KEY", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.key")}),
-    ];
+    task_spec(c, spec, dest, args, Task::Backup)
+}
+
+fn task_spec(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    dest: &Destination,
+    args: Vec<String>,
+    task: Task,
+) -> serde_json::Value {
+    let (mut volumes, mut mounts, store_env, env_from) =
+        dest.pod_parts("backups", task == Task::Drill);
+    let mut env = Vec::new();
+    if task == Task::Backup {
+        // The `backup` role's credentials: enough for `POST /backup`, nothing else.
+        env.extend([
+            json!({"name": "QPQ_ADMIN_CA", "value": format!("{ADMIN_CREDENTIALS_DIR}/ca.crt")}),
+            json!({"name": "QPQ_ADMIN_CERT", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.crt")}),
+            json!({"name": "QPQ_ADMIN_KEY", "value": format!("{ADMIN_CREDENTIALS_DIR}/backup.key")}),
+        ]);
+        mounts.push(json!({"name": "admin", "mountPath": ADMIN_CREDENTIALS_DIR, "readOnly": true}));
+        volumes.push(json!({"name": "admin", "secret": {
+            "secretName": c.admin_secret(),
+            "items": [
+                {"key": "ca.crt", "path": "ca.crt"},
+                {"key": "backup.crt", "path": "backup.crt"},
+                {"key": "backup.key", "path": "backup.key"},
+            ],
+            "defaultMode": 0o440,
+        }}));
+    } else if matches!(dest, Destination::Claim(_)) {
+        // A drill restores into a scratch directory (object storage brings its own).
+        env.push(json!({"name": "QPQ_BACKUP_WORK_DIR", "value": WORK_DIR}));
+        mounts.push(json!({"name": "work", "mountPath": WORK_DIR}));
+        volumes.push(json!({"name": "work", "emptyDir": {}}));
+    }
     env.extend(store_env);
-    mounts.push(json!({"name": "admin", "mountPath": ADMIN_CREDENTIALS_DIR, "readOnly": true}));
-    volumes.push(json!({"name": "admin", "secret": {
-        "secretName": c.admin_secret(),
-        "items": [
-            {"key": "ca.crt", "path": "ca.crt"},
-            {"key": "backup.crt", "path": "backup.crt"},
-            {"key": "backup.key", "path": "backup.key"},
-        ],
-        "defaultMode": 0o440,
-    }}));
     let mut container = json!({
-        "name": "backup",
+        "name": if task == Task::Backup { "backup" } else { "drill" },
         "image": format!("{}:{}", spec.image, spec.version),
         "args": args,
         "env": env,
@@ -270,7 +358,7 @@ fn job_spec(
         // (`concurrencyPolicy: Forbid`) for good.
         "activeDeadlineSeconds": 6 * 3600,
         "template": {
-            "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
+            "metadata": {"labels": {task_label(task): c.name}},
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": false,

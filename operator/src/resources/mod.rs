@@ -34,8 +34,8 @@ mod services;
 mod statefulset;
 
 pub use backup::{
-    BACKUP_MOUNT, BackupRequest, Destination, WORK_DIR, backup_cronjob, backup_cronjob_name,
-    backup_job,
+    BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, WORK_DIR, backup_cronjob,
+    backup_cronjob_name, backup_drill_cronjob, backup_job, drill_cronjob_name,
 };
 pub use config::{config_hash, configmap};
 pub use policy::{

@@ -42,7 +42,7 @@ fn full_spec() -> serde_json::Value {
         "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
         "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s"},
-        "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris"},
+        "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris", "drillSchedule": "0 5 * * 0"},
         "restore": {"claimName": "x-backups", "file": "x-1700000000.sqlite3"}
     })
 }
@@ -87,6 +87,15 @@ fn builders_match_golden_output() {
         "backup-cronjob",
         &resources::backup_cronjob(&c, s, 3).unwrap().unwrap(),
     );
+    // Restore drills: no admin credentials, a label the NetworkPolicy does not admit, a
+    // scratch directory, the claim read-only.
+    let drill = resources::backup_drill_cronjob(&c, s).unwrap().unwrap();
+    check("backup-drill-cronjob", &drill);
+    let text = serde_json::to_string(&drill).unwrap();
+    assert!(
+        !text.contains("x-admin") && !text.contains("qpq.dev/backup-for"),
+        "{text}"
+    );
     // In object storage: the CronJob and the restore init container take the store's
     // variables and a scratch directory instead of a claim.
     let mut in_store = full_spec();
@@ -94,13 +103,19 @@ fn builders_match_golden_output() {
         "url": "s3://qpq-backups/x", "secretName": "x-s3", "endpoint": "https://minio.storage:9000",
         "region": "eu-west-1"
     });
-    in_store["backup"] = json!({"schedule": "0 3 * * *", "objectStore": store, "keep": 5});
+    in_store["backup"] = json!({"schedule": "0 3 * * *", "objectStore": store, "keep": 5, "drillSchedule": "@weekly"});
     in_store["restore"] = json!({"objectStore": store, "file": "x-1700000000.sqlite3"});
     let obj_s3 = cluster(in_store, None, true);
     obj_s3.spec.validate().unwrap();
     check(
         "backup-cronjob-s3",
         &resources::backup_cronjob(&c, &obj_s3.spec, 3)
+            .unwrap()
+            .unwrap(),
+    );
+    check(
+        "backup-drill-cronjob-s3",
+        &resources::backup_drill_cronjob(&c, &obj_s3.spec)
             .unwrap()
             .unwrap(),
     );
