@@ -256,6 +256,34 @@ async fn pod_ip(env: &Env, ns: &str, pod: &str) -> String {
     .await
 }
 
+/// Creates Job `job` from CronJob `cron` (as its schedule would) and waits until it ends:
+/// `Complete` or `Failed`.
+async fn job_from_cron(env: &Env, ns: &str, cron: &str, job: &str) -> String {
+    run(
+        env,
+        &env.kubectl,
+        &[
+            "create",
+            "job",
+            job,
+            "--from",
+            &format!("cronjob/{cron}"),
+            "-n",
+            ns,
+        ],
+    );
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
+    wait(&format!("Job {job} finished"), 180, || async {
+        let j = jobs.get(job).await.ok()?;
+        j.status?
+            .conditions?
+            .into_iter()
+            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            .map(|c| c.type_)
+    })
+    .await
+}
+
 /// The operator's admin client with the credentials of `role` from the Secret
 /// `<name>-admin` (which the operator issued).
 async fn admin_client(env: &Env, ns: &str, name: &str, role: &str) -> HttpAdmin {
@@ -820,28 +848,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     .await;
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
     for run_name in ["scheduled-1", "scheduled-2"] {
-        run(
-            &env,
-            &env.kubectl,
-            &[
-                "create",
-                "job",
-                run_name,
-                "--from",
-                &format!("cronjob/{cron_name}"),
-                "-n",
-                &ns,
-            ],
-        );
-        let ended = wait(&format!("Job {run_name} finished"), 180, || async {
-            let j = jobs.get(run_name).await.ok()?;
-            j.status?
-                .conditions?
-                .into_iter()
-                .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-                .map(|c| c.type_)
-        })
-        .await;
+        let ended = job_from_cron(&env, &ns, &cron_name, run_name).await;
         assert_eq!(ended, "Complete", "scheduled backup {run_name}");
         // File names are per second.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -915,28 +922,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             .then_some(())
     })
     .await;
-    run(
-        &env,
-        &env.kubectl,
-        &[
-            "create",
-            "job",
-            "scheduled-s3",
-            "--from",
-            &format!("cronjob/{cron_name}"),
-            "-n",
-            &ns,
-        ],
-    );
-    let ended = wait("Job scheduled-s3 finished", 180, || async {
-        let j = jobs.get("scheduled-s3").await.ok()?;
-        j.status?
-            .conditions?
-            .into_iter()
-            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            .map(|c| c.type_)
-    })
-    .await;
+    let ended = job_from_cron(&env, &ns, &cron_name, "scheduled-s3").await;
     assert_eq!(ended, "Complete", "backup to object storage");
     // A restore drill of the newest backup there, as its CronJob runs it.
     api.patch(
@@ -951,28 +937,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         crons.get_opt(&drill_cron).await.ok()?.map(|_| ())
     })
     .await;
-    run(
-        &env,
-        &env.kubectl,
-        &[
-            "create",
-            "job",
-            "drill-s3",
-            "--from",
-            &format!("cronjob/{drill_cron}"),
-            "-n",
-            &ns,
-        ],
-    );
-    let drilled = wait("Job drill-s3 finished", 180, || async {
-        let j = jobs.get("drill-s3").await.ok()?;
-        j.status?
-            .conditions?
-            .into_iter()
-            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            .map(|c| c.type_)
-    })
-    .await;
+    let drilled = job_from_cron(&env, &ns, &drill_cron, "drill-s3").await;
     assert_eq!(drilled, "Complete", "restore drill of the uploaded backup");
     // The object and its manifest, as the server stores them.
     let uploaded: Vec<String> = std::fs::read_dir(s3.file("qpq", "backups"))

@@ -217,6 +217,25 @@ pub fn read_manifest(backup: &Path) -> Result<Manifest> {
     parse_manifest(&text)
 }
 
+/// Row counts of the tables a manifest records ([`COUNTED`]).
+fn row_counts(conn: &Connection) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut rows = std::collections::BTreeMap::new();
+    for table in COUNTED {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(|e| BackupError::NotABackup(format!("table {table}: {e}")))?;
+        rows.insert(table.to_owned(), u64::try_from(n).unwrap_or(0));
+    }
+    Ok(rows)
+}
+
+/// Row counts of the state database at `path`, as a manifest records them.
+pub fn row_counts_of(path: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(BackupError::Sqlite)?;
+    row_counts(&conn)
+}
+
 /// Parses a manifest (the JSON of [`Manifest`]) and checks its format.
 pub fn parse_manifest(text: &str) -> Result<Manifest> {
     let manifest: Manifest =
@@ -284,13 +303,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
             supported: SCHEMA_VERSION,
         });
     }
-    let mut rows = std::collections::BTreeMap::new();
-    for table in COUNTED {
-        let n: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .map_err(|e| BackupError::NotABackup(format!("table {table}: {e}")))?;
-        rows.insert(table.to_owned(), u64::try_from(n).unwrap_or(0));
-    }
+    let rows = row_counts(&conn)?;
     drop(conn);
     let meta = meta_of_file(path).map_err(|e| BackupError::NotABackup(e.to_string()))?;
     Ok(Manifest {

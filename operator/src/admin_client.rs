@@ -412,21 +412,7 @@ impl HttpAdmin {
                 addr: addr.clone(),
                 message,
             })?;
-        let bytes = match body {
-            Some(v) => Bytes::from(v.to_string()),
-            None => Bytes::new(),
-        };
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, &addr.0)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))
-            .map_err(|e| AdminError::Http {
-                addr: addr.clone(),
-                status: 0,
-                message: e.to_string(),
-            })?;
+        let req = json_request(addr, method, path, body)?;
         let unreachable = |message: String| AdminError::Unreachable {
             addr: addr.clone(),
             message,
@@ -471,21 +457,7 @@ impl HttpAdmin {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), AdminError> {
-        let uri = format!("http://{addr}{path}");
-        let bytes = match body {
-            Some(v) => Bytes::from(v.to_string()),
-            None => Bytes::new(),
-        };
-        let req = http::Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))
-            .map_err(|e| AdminError::Http {
-                addr: addr.clone(),
-                status: 0,
-                message: e.to_string(),
-            })?;
+        let req = json_request(addr, method, &format!("http://{addr}{path}"), body)?;
         let unreachable = |message: String| AdminError::Unreachable {
             addr: addr.clone(),
             message,
@@ -509,6 +481,28 @@ impl HttpAdmin {
         .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
         Ok((answer.0.as_u16(), answer.1))
     }
+}
+
+/// A request to `addr` for `uri` (a path, or a whole URL for the pooled plain client) with
+/// an optional JSON body.
+fn json_request(
+    addr: &AdminAddr,
+    method: http::Method,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> Result<http::Request<Full<Bytes>>, AdminError> {
+    let bytes = body.map_or_else(Bytes::new, |v| Bytes::from(v.to_string()));
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::HOST, &addr.0)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes))
+        .map_err(|e| AdminError::Http {
+            addr: addr.clone(),
+            status: 0,
+            message: e.to_string(),
+        })
 }
 
 /// Maps an admin API answer to a [`Status`] or an [`AdminError`], per the contract.

@@ -205,19 +205,8 @@ impl Issuer {
         now_unix: i64,
         days: u32,
     ) -> Result<(String, String, CertEntry)> {
-        let (start, (y, m, d)) = day_of(now_unix)?;
-        let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
         let mut p =
             CertificateParams::new(dns_names.clone()).map_err(|e| Error::Tls(e.to_string()))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "quicproquo");
-        dn.push(
-            DnType::CommonName,
-            dns_names.first().cloned().unwrap_or_default(),
-        );
-        p.distinguished_name = dn;
-        p.not_before = rcgen::date_time_ymd(y, m, d);
-        p.not_after = rcgen::date_time_ymd(ey, em, ed);
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -226,6 +215,28 @@ impl Issuer {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        let name = dns_names.first().cloned().unwrap_or_default();
+        self.sign(p, name, dns_names, now_unix, days)
+    }
+
+    /// Signs `p` (its names and usages set) with common name `cn`, valid `days` from the
+    /// start of today, with a new key. Returns (cert PEM, key PEM, entry).
+    fn sign(
+        &self,
+        mut p: CertificateParams,
+        cn: String,
+        dns_names: Vec<String>,
+        now_unix: i64,
+        days: u32,
+    ) -> Result<(String, String, CertEntry)> {
+        let (start, (y, m, d)) = day_of(now_unix)?;
+        let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "quicproquo");
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        p.not_after = rcgen::date_time_ymd(ey, em, ed);
         p.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
@@ -260,35 +271,16 @@ impl Issuer {
         now_unix: i64,
         days: u32,
     ) -> Result<(String, String, CertEntry)> {
-        let (start, (y, m, d)) = day_of(now_unix)?;
-        let (end, (ey, em, ed)) = day_of(start + i64::from(days.max(1)) * 86_400)?;
         let mut p =
             CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Tls(e.to_string()))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "quicproquo");
-        dn.push(DnType::CommonName, format!("qpq admin {role}"));
-        p.distinguished_name = dn;
         let uri = format!("{ADMIN_ROLE_URI_PREFIX}{role}");
         p.subject_alt_names = vec![rcgen::SanType::URI(
             uri.try_into()
                 .map_err(|e: rcgen::Error| Error::Tls(e.to_string()))?,
         )];
-        p.not_before = rcgen::date_time_ymd(y, m, d);
-        p.not_after = rcgen::date_time_ymd(ey, em, ed);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| Error::Tls(e.to_string()))?;
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = p
-            .signed_by(&key, &issuer)
-            .map_err(|e| Error::Tls(e.to_string()))?;
-        let entry = CertEntry {
-            dns_names: Vec::new(),
-            not_before: start,
-            not_after: end,
-        };
-        Ok((cert.pem(), key.serialize_pem(), entry))
+        self.sign(p, format!("qpq admin {role}"), Vec::new(), now_unix, days)
     }
 }
 

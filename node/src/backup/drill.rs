@@ -2,7 +2,8 @@
 //! touching one. The backup is verified, restored into a scratch data directory as the
 //! first voter of a new cluster, started as a node on loopback with the full integrity check
 //! (every page and every index of both databases), and must elect itself and serve the
-//! manifest's messages and KeyPackages before it is stopped and the directory removed.
+//! manifest's messages; once it is stopped, its database must count exactly the manifest's
+//! rows in every table the manifest records. Then the directory is removed.
 //! `verify` proves the file is the one that was written; a drill proves it still restores
 //! with this build.
 
@@ -27,7 +28,7 @@ pub struct DrillReport {
     pub manifest: Manifest,
     /// Messages the restored node serves.
     pub messages: u64,
-    /// KeyPackages it serves.
+    /// KeyPackages it serves (single-use and last-resort).
     pub key_packages: u64,
     /// Its applied log index once it led.
     pub applied_index: u64,
@@ -75,16 +76,12 @@ pub async fn drill(file: &Path, manifest: &Manifest, scratch: &Path) -> Result<D
             .stats()
             .await
             .map_err(|e| drill_failed(format!("reading the restored state: {e}")))?;
-        for (table, served) in [
-            ("messages", stats.messages),
-            ("key_packages", stats.key_packages),
-        ] {
-            let expected = manifest.rows.get(table).copied().unwrap_or(0);
-            if served != expected {
-                return Err(drill_failed(format!(
-                    "the restored node serves {served} {table}, the manifest says {expected}"
-                )));
-            }
+        let expected = manifest.rows.get("messages").copied().unwrap_or(0);
+        if stats.messages != expected {
+            return Err(drill_failed(format!(
+                "the restored node serves {} messages, the manifest says {expected}",
+                stats.messages
+            )));
         }
         Ok(DrillReport {
             manifest: manifest.clone(),
@@ -96,5 +93,17 @@ pub async fn drill(file: &Path, manifest: &Manifest, scratch: &Path) -> Result<D
     }
     .await;
     node.shutdown().await;
-    outcome
+    let report = outcome?;
+    // Every table the manifest counts, in the database the node ran on.
+    let db = scratch.join("data").join("node.sqlite3");
+    let rows = tokio::task::spawn_blocking(move || super::row_counts_of(&db))
+        .await
+        .map_err(|e| drill_failed(e.to_string()))??;
+    if rows != manifest.rows {
+        return Err(drill_failed(format!(
+            "the restored database counts {rows:?}, the manifest says {:?}",
+            manifest.rows
+        )));
+    }
+    Ok(report)
 }

@@ -179,12 +179,7 @@ impl ClusterTls {
 
     /// The Raft listener's QUIC config: mutual TLS, ALPN `qpq-raft/1`.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, transport::Error> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            Arc::new(ring::default_provider()),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = self.client_verifier()?;
         let crypto = tls::peer_server_crypto(
             self.chain.clone(),
             self.key.clone_key(),
@@ -199,12 +194,7 @@ impl ClusterTls {
     /// certificate, and a client certificate signed by the cluster CA required (the role in
     /// it is checked per request, `crate::admin::access`).
     pub fn admin_server_config(&self) -> Result<Arc<rustls::ServerConfig>, transport::Error> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            Arc::new(ring::default_provider()),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = self.client_verifier()?;
         let crypto = tls::peer_server_crypto(
             self.chain.clone(),
             self.key.clone_key(),
@@ -212,6 +202,18 @@ impl ClusterTls {
             b"http/1.1",
         )?;
         Ok(Arc::new(crypto))
+    }
+
+    /// Requires a client certificate signed by the cluster CA.
+    fn client_verifier(
+        &self,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, transport::Error> {
+        Ok(WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Arc::new(ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?)
     }
 
     /// A TLS client config for the admin API: presents this certificate (an admin

@@ -1043,27 +1043,7 @@ async fn pod_monitor_is_applied_and_its_absence_is_a_warning_not_a_failure() {
             json!({"podMonitor": true, "labels": {"release": "prom"}, "interval": "15s"});
         let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
         run!(ctx, server, obj.clone(), {
-            server.expect_fresh(&obj).await;
-            server
-                .expect(
-                    "GET",
-                    "/apis/apps/v1/namespaces/ns/statefulsets/x",
-                    ok(&statefulset(3)),
-                )
-                .await;
-            server
-                .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
-                .await;
-            server.expect_pods(&json!([])).await;
-            for path in [
-                "/api/v1/namespaces/ns/serviceaccounts/x",
-                "/api/v1/namespaces/ns/configmaps/x-config",
-                "/api/v1/namespaces/ns/services/x",
-                "/api/v1/namespaces/ns/services/x-client",
-                "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
-            ] {
-                server.expect_apply(path).await;
-            }
+            user_tls_children(&mut server, &obj).await;
             let path = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/x";
             if installed {
                 let pm = server.expect_apply(path).await;
@@ -1123,27 +1103,7 @@ async fn a_failing_child_is_reported_and_does_not_stop_scaling() {
         s["backup"] = json!({"schedule": schedule, "claimName": "backups"});
         let obj = cluster(s, Some(bootstrapped(json!({"voters": 3}))), true);
         run!(ctx, server, obj.clone(), {
-            server.expect_fresh(&obj).await;
-            server
-                .expect(
-                    "GET",
-                    "/apis/apps/v1/namespaces/ns/statefulsets/x",
-                    ok(&statefulset(3)),
-                )
-                .await;
-            server
-                .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
-                .await;
-            server.expect_pods(&json!([])).await;
-            for path in [
-                "/api/v1/namespaces/ns/serviceaccounts/x",
-                "/api/v1/namespaces/ns/configmaps/x-config",
-                "/api/v1/namespaces/ns/services/x",
-                "/api/v1/namespaces/ns/services/x-client",
-                "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
-            ] {
-                server.expect_apply(path).await;
-            }
+            user_tls_children(&mut server, &obj).await;
             if refused_by_api {
                 server
                     .expect(
@@ -1183,5 +1143,31 @@ async fn a_failing_child_is_reported_and_does_not_stop_scaling() {
         .unwrap();
         drop(ctx);
         server.expect_nothing_more().await;
+    }
+}
+
+/// The requests of a user-TLS round (no admin Secret yet, no pods listed, a 3-pod
+/// StatefulSet) up to and including the PodDisruptionBudget.
+async fn user_tls_children(server: &mut ApiServer, obj: &qpq_operator::crd::QpqCluster) {
+    server.expect_fresh(obj).await;
+    server
+        .expect(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/x",
+            ok(&statefulset(3)),
+        )
+        .await;
+    server
+        .expect("GET", "/api/v1/namespaces/ns/secrets/x-admin", not_found())
+        .await;
+    server.expect_pods(&json!([])).await;
+    for path in [
+        "/api/v1/namespaces/ns/serviceaccounts/x",
+        "/api/v1/namespaces/ns/configmaps/x-config",
+        "/api/v1/namespaces/ns/services/x",
+        "/api/v1/namespaces/ns/services/x-client",
+        "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+    ] {
+        server.expect_apply(path).await;
     }
 }
