@@ -344,21 +344,31 @@ pub fn reconcile_admin_certificates(
 /// user-provided `spec.tls.secretName`, the user provides this Secret (same keys, at least
 /// `ca.crt`, `operator.*` and `backup.*`).
 pub fn admin_secret(c: &ClusterRef, certs: &AdminCerts) -> Result<Secret> {
-    let mut data: BTreeMap<String, ByteString> = certs
-        .files
+    pem_secret(
+        c,
+        c.admin_secret(),
+        &certs.files,
+        &certs.ca_pem,
+        serde_json::to_vec(&certs.index)?,
+    )
+}
+
+/// An Opaque Secret of PEM `files` plus `ca.crt` and `index.json`.
+fn pem_secret(
+    c: &ClusterRef,
+    name: String,
+    files: &BTreeMap<String, String>,
+    ca_pem: &str,
+    index: Vec<u8>,
+) -> Result<Secret> {
+    let mut data: BTreeMap<String, ByteString> = files
         .iter()
         .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
         .collect();
-    data.insert(
-        "ca.crt".into(),
-        ByteString(certs.ca_pem.clone().into_bytes()),
-    );
-    data.insert(
-        "index.json".into(),
-        ByteString(serde_json::to_vec(&certs.index)?),
-    );
+    data.insert("ca.crt".into(), ByteString(ca_pem.as_bytes().to_vec()));
+    data.insert("index.json".into(), ByteString(index));
     Ok(Secret {
-        metadata: c.meta(c.admin_secret()),
+        metadata: c.meta(name),
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Secret::default()
@@ -438,25 +448,13 @@ pub fn ca_secret(c: &ClusterRef, ca: &CaMaterial) -> Secret {
 
 /// Secret `<cluster>-tls`: `ca.crt`, `index.json` and every pod's `.crt`/`.key`.
 pub fn certs_secret(c: &ClusterRef, ca: &CaMaterial, certs: &NodeCerts) -> Result<Secret> {
-    let mut data: BTreeMap<String, ByteString> = certs
-        .files
-        .iter()
-        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-        .collect();
-    data.insert(
-        "ca.crt".into(),
-        ByteString(ca.cert_pem.clone().into_bytes()),
-    );
-    data.insert(
-        "index.json".into(),
-        ByteString(serde_json::to_vec(&certs.index)?),
-    );
-    Ok(Secret {
-        metadata: c.meta(c.tls_secret()),
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Secret::default()
-    })
+    pem_secret(
+        c,
+        c.tls_secret(),
+        &certs.files,
+        &ca.cert_pem,
+        serde_json::to_vec(&certs.index)?,
+    )
 }
 
 /// Reads `<cluster>-ca` (None when absent or incomplete).
