@@ -340,10 +340,11 @@ impl std::fmt::Display for SpaceShortfall {
 
 /// Whether a copy of about `estimate` bytes fits on a volume of `total` bytes with
 /// `available` free, leaving room for the node: the copy plus a tenth, plus a twentieth of
-/// the volume (at least 1 MiB) kept for the Raft log and the state database. A backup that
+/// the volume, at least 1 MiB and at most 256 MiB (a large shared volume must not demand
+/// gigabytes of headroom), kept for the Raft log and the state database. A backup that
 /// filled the volume would stop the node's writes (it then stops for good and restarts).
 pub fn check_space(estimate: u64, available: u64, total: u64) -> Result<(), SpaceShortfall> {
-    let reserve = (total / 20).max(1 << 20);
+    let reserve = (total / 20).clamp(1 << 20, 256 << 20);
     let required = estimate
         .saturating_add(estimate / 10)
         .saturating_add(reserve);
@@ -805,13 +806,16 @@ mod tests {
     #[test]
     fn a_copy_must_fit_with_room_left_for_the_node() {
         const MIB: u64 = 1 << 20;
-        // 100 MiB database on a 10 GiB volume: needs 110 MiB + 512 MiB reserve.
-        assert_eq!(check_space(100 * MIB, 622 * MIB, 10_240 * MIB), Ok(()));
+        // 100 MiB database on a 4 GiB volume: needs 110 MiB + 204.8 MiB reserve.
+        assert_eq!(check_space(100 * MIB, 315 * MIB, 4_096 * MIB), Ok(()));
+        assert!(check_space(100 * MIB, 314 * MIB, 4_096 * MIB).is_err());
+        // On a 250 GiB shared volume the reserve stops at 256 MiB.
+        assert_eq!(check_space(100 * MIB, 366 * MIB, 256_000 * MIB), Ok(()));
         assert_eq!(
-            check_space(100 * MIB, 621 * MIB, 10_240 * MIB),
+            check_space(100 * MIB, 365 * MIB, 256_000 * MIB),
             Err(SpaceShortfall {
-                required: 622 * MIB,
-                available: 621 * MIB
+                required: 366 * MIB,
+                available: 365 * MIB
             })
         );
         // Small volumes keep at least 1 MiB.
