@@ -464,6 +464,34 @@ fn idle(template_version: String, status: Option<RolloutStatus>) -> RolloutPlan 
     }
 }
 
+/// A rollout that never started (`Blocked`, `Pending`) whose reason is gone: the spec names
+/// the version every pod runs again, or the configuration roll it waited for is no longer
+/// needed. Kept as it was, it would go on saying a gate refuses the spec's version
+/// (`RolloutBlocked`) although nothing is refused. It becomes a finished record of the running
+/// version that keeps what later rounds rely on: the failed version (no retry by itself) and
+/// the commands already carried out.
+fn lapsed(p: RolloutStatus, running: &str, now: i64) -> RolloutStatus {
+    if !matches!(p.phase, RolloutPhase::Blocked | RolloutPhase::Pending) {
+        return p;
+    }
+    RolloutStatus {
+        phase: RolloutPhase::Complete,
+        from_version: running.to_owned(),
+        target_version: running.to_owned(),
+        strategy: p.strategy,
+        reason: "NothingToRoll".into(),
+        message: format!(
+            "every pod runs {running} with the current template; the earlier {} ({}) no longer applies",
+            p.reason, p.target_version
+        ),
+        finished: now,
+        rolled_back_from: p.rolled_back_from,
+        rollback_reason: p.rollback_reason,
+        handled: p.handled,
+        ..RolloutStatus::default()
+    }
+}
+
 fn maybe_start(v: &View<'_>) -> RolloutPlan {
     let i = v.i;
     let prev = i.previous.cloned();
@@ -507,7 +535,8 @@ fn maybe_start(v: &View<'_>) -> RolloutPlan {
         }
     }
     if target == from && !outdated {
-        return idle(from, prev);
+        let settled = prev.map(|p| lapsed(p, &from, i.now));
+        return idle(from, settled);
     }
     let blocked = |reason: &str, message: String| {
         let mut st = RolloutStatus {

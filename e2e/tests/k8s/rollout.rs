@@ -320,10 +320,12 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let before_gate = pod_uids(&env, &ns, name).await;
     set_version(&env, &ns, name, &next).await;
     if let Some(pid) = paused {
-        let c = wait("RolloutBlocked while a follower is paused", 60, || async {
-            let c = api.get(name).await.ok()?;
-            (condition(&c, "RolloutBlocked").as_deref() == Some("True")).then_some(c)
-        })
+        let c = blocked_for(
+            &api,
+            name,
+            &next,
+            "RolloutBlocked while a follower is paused",
+        )
         .await;
         let r = c.status.unwrap().rollout.unwrap();
         assert_eq!(
@@ -561,11 +563,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     step(&format!("after finalize, {old} is refused"));
     let before = pod_uids(&env, &ns, name).await;
     set_version(&env, &ns, name, &old).await;
-    let blocked = wait("RolloutBlocked", 60, || async {
-        let c = api.get(name).await.ok()?;
-        (condition(&c, "RolloutBlocked").as_deref() == Some("True")).then_some(c)
-    })
-    .await;
+    let blocked = blocked_for(&api, name, &old, "RolloutBlocked").await;
     let r = blocked.status.unwrap().rollout.unwrap();
     assert_eq!(
         (r.phase, r.reason.as_str()),
@@ -783,4 +781,19 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     api.delete(name, &DeleteParams::default()).await.unwrap();
     let nss: Api<Namespace> = Api::all(env.client.clone());
     let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// Waits until condition `RolloutBlocked` is True for `version` (a block recorded for another
+/// version, before the spec change was seen, does not count).
+async fn blocked_for(api: &Api<QpqCluster>, name: &str, version: &str, what: &str) -> QpqCluster {
+    wait(what, 60, || async {
+        let c = api.get(name).await.ok()?;
+        let for_version = c
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .is_some_and(|r| r.target_version == version);
+        (for_version && condition(&c, "RolloutBlocked").as_deref() == Some("True")).then_some(c)
+    })
+    .await
 }

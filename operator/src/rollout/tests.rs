@@ -42,6 +42,8 @@ struct Sim {
     backup: BackupObservation,
     /// The write signals every round sees.
     writes: WriteObservation,
+    /// A membership change is under way.
+    membership_busy: bool,
 }
 
 impl Sim {
@@ -85,6 +87,7 @@ impl Sim {
             two_down: Vec::new(),
             backup: BackupObservation::Absent,
             writes: WriteObservation::NoWindow,
+            membership_busy: false,
         }
     }
 
@@ -122,7 +125,7 @@ impl Sim {
             reachable: &reachable,
             term: self.leader.map(|_| self.term),
             committed_index: Some(100),
-            membership_busy: false,
+            membership_busy: self.membership_busy,
             backup: self.backup.clone(),
             writes: &self.writes,
             now: self.now,
@@ -741,6 +744,60 @@ fn health_gate_blocks_the_start_and_touches_nothing() {
     let p = sim.start(10);
     assert_eq!(p.status.unwrap().phase, RolloutPhase::Progressing);
     assert_eq!(p.template_version, "0.2.0");
+}
+
+#[test]
+fn a_block_whose_reason_is_gone_does_not_outlive_it() {
+    // A new cluster: the last pod is still made from an older template while the membership
+    // grows, so the configuration roll waits.
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.membership_busy = true;
+    sim.lag.remove(&3);
+    sim.pods.get_mut(&2).unwrap().template_hash = Some("older".into());
+    sim.status = Some(RolloutStatus {
+        phase: RolloutPhase::RolledBack,
+        from_version: "0.1.0".into(),
+        target_version: "0.1.1".into(),
+        rolled_back_from: Some("0.1.1".into()),
+        handled: [("retry".to_owned(), "1".to_owned())].into(),
+        ..RolloutStatus::default()
+    });
+    let p = sim.step(5);
+    let st = p.status.unwrap();
+    assert_eq!(
+        (st.phase, st.reason.as_str(), st.target_version.as_str()),
+        (RolloutPhase::Blocked, "MembershipChange", "0.1.0")
+    );
+    // The pod comes up on the current template and the membership settles: nothing is left
+    // to roll, and the status must stop saying that a gate refuses the spec's version.
+    sim.membership_busy = false;
+    sim.lag.insert(3, 0);
+    sim.pods.get_mut(&2).unwrap().template_hash = Some(HASH.into());
+    let p = sim.step(5);
+    assert_eq!(p.action, RolloutAction::None);
+    let st = p.status.unwrap();
+    assert_eq!(
+        (st.phase, st.reason.as_str(), st.target_version.as_str()),
+        (RolloutPhase::Complete, "NothingToRoll", "0.1.0")
+    );
+    assert_eq!(st.rolled_back_from.as_deref(), Some("0.1.1"), "{st:?}");
+    assert_eq!(st.handled.get("retry").map(String::as_str), Some("1"));
+    // A version change after it is judged on its own: a lagging follower blocks it, for it.
+    sim.lag.insert(3, 5_000);
+    sim.spec_version = "0.2.0".into();
+    let st = sim.step(5).status.unwrap();
+    assert_eq!(
+        (st.phase, st.reason.as_str(), st.target_version.as_str()),
+        (RolloutPhase::Blocked, "ClusterUnhealthy", "0.2.0")
+    );
+    // The spec goes back to the running version while blocked: the block lapses too.
+    sim.spec_version = "0.1.0".into();
+    let st = sim.step(5).status.unwrap();
+    assert_eq!(
+        (st.phase, st.target_version.as_str()),
+        (RolloutPhase::Complete, "0.1.0")
+    );
+    assert_eq!(sim.template.0, "0.1.0");
 }
 
 #[test]
