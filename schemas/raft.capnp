@@ -18,6 +18,7 @@ struct RaftRequest {
     readIndex @5 :Void;        # the leader's linearizable read point
     startElection @6 :Data;    # CBOR ElectionRequest: the leader hands leadership to the callee
     commandVersion @7 :Void;   # the newest replicated-command version the callee applies (CBOR u16)
+    stateDigests @8 :Void;     # the callee's state digests at checkpoints (CBOR map index -> hex)
   }
 }
 

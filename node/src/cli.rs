@@ -282,6 +282,14 @@ struct Common {
     /// Readiness and promotion: how many entries a node may lag behind.
     #[arg(long, env = "QPQ_READY_MAX_LAG", default_value_t = 1000)]
     ready_max_lag: u64,
+    /// Digest the replicated state at every applied index that is a multiple of this, on
+    /// every replica, in the background (a full read of the state; 0 turns it off).
+    #[arg(long, env = "QPQ_DIGEST_EVERY", default_value_t = 10_000)]
+    digest_every: u64,
+    /// How often, in seconds, a node compares its digests with the other voters' at their
+    /// common indices; a node whose state differs from the majority's refuses client reads.
+    #[arg(long, env = "QPQ_DIGEST_CHECK_SECS", default_value_t = 30)]
+    digest_check_secs: u64,
 }
 
 #[derive(Args)]
@@ -369,6 +377,8 @@ impl Common {
                 .max(election + Duration::from_millis(1)),
             snapshot_logs: self.snapshot_logs.max(1),
             ready_max_lag: self.ready_max_lag,
+            digest_every: self.digest_every,
+            digest_check: Duration::from_secs(self.digest_check_secs.max(1)),
             ..ClusterConfig::default()
         };
         NodeConfig {

@@ -78,6 +78,11 @@ pub struct ClusterConfig {
     pub unavailable_wait: Duration,
     /// Timeout of one forwarded write or read-index call to the leader.
     pub forward_timeout: Duration,
+    /// Digest the replicated state at every applied index that is a multiple of this
+    /// (0: never). Every replica digests at the same indices, so their digests compare.
+    pub digest_every: u64,
+    /// How often each node compares its newest digests with the other voters'.
+    pub digest_check: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -97,6 +102,8 @@ impl Default for ClusterConfig {
             ready_max_lag: 1000,
             unavailable_wait: Duration::from_secs(3),
             forward_timeout: Duration::from_secs(10),
+            digest_every: 10_000,
+            digest_check: Duration::from_secs(30),
         }
     }
 }

@@ -43,6 +43,16 @@ pub struct Metrics {
     /// Admin API calls, by the caller's role (`none` when it has none) and outcome
     /// (`allowed`, `forbidden`, `refused_tls`): refusals show who tried what.
     pub admin_requests: IntCounterVec,
+    /// Time to digest the state at a checkpoint (a full scan, in the background).
+    pub digest_duration: Histogram,
+    /// The applied index of this node's newest state digest.
+    pub digest_index: IntGauge,
+    /// Replica comparisons by outcome: `agree`, `diverged` (this node is in the minority),
+    /// `minority_elsewhere` (another voter is), `in_doubt` (no majority agrees).
+    pub digest_checks: IntCounterVec,
+    /// 1 while this node's state differs from the majority's at a common index: it refuses
+    /// client reads until it is rebuilt.
+    pub state_diverged: IntGauge,
 }
 
 /// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
@@ -207,6 +217,32 @@ impl Metrics {
             &["role", "outcome"],
         )?;
         registry.register(Box::new(admin_requests.clone()))?;
+        let digest_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "state_digest_duration_seconds",
+                "Time to digest the replicated state at a checkpoint (full scan)",
+            )
+            .buckets(vec![0.01, 0.05, 0.25, 1.0, 5.0, 25.0, 120.0]),
+        )?;
+        registry.register(Box::new(digest_duration.clone()))?;
+        let digest_index = gauge(
+            &registry,
+            "state_digest_index",
+            "Applied index of this node's newest state digest",
+        )?;
+        let digest_checks = IntCounterVec::new(
+            Opts::new(
+                "state_digest_checks_total",
+                "Comparisons of the voters' state digests at a common index, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(digest_checks.clone()))?;
+        let state_diverged = gauge(
+            &registry,
+            "state_diverged",
+            "1 while this node's state differs from the majority's (it refuses client reads)",
+        )?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -220,6 +256,10 @@ impl Metrics {
         registry.register(Box::new(raft_commit_duration.clone()))?;
         Ok(Self {
             registry,
+            digest_duration,
+            digest_index,
+            digest_checks,
+            state_diverged,
             rpc_requests,
             rpc_duration,
             open_connections,

@@ -81,10 +81,31 @@ pub struct Status {
     /// Newest replicated-command version this node's state has applied.
     #[serde(default = "one")]
     pub applied_command_version: u16,
+    /// Set while the node found its state different from the majority's at a common
+    /// checkpoint (it refuses client reads and readiness). Absent on healthy nodes and on
+    /// builds without replica comparison.
+    #[serde(default)]
+    pub diverged: Option<Divergence>,
 }
 
 fn one() -> u16 {
     1
+}
+
+/// A node's report that its replicated state differs from the majority's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// The applied index the voters' digests were compared at.
+    pub index: u64,
+    /// The node's digest there.
+    #[serde(default)]
+    pub mine: String,
+    /// The majority's digest there.
+    #[serde(default)]
+    pub majority: String,
+    /// Members whose digest differs from the majority's.
+    #[serde(default)]
+    pub members: Vec<NodeId>,
 }
 
 /// Voters and learners, by id (JSON object keys are decimal ids).

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rollout_phase: prometheus::IntGaugeVec,
     /// Rollout analysis samples, by result (`pass`, `fail`, `inconclusive`).
     pub rollout_samples: IntCounterVec,
+    /// Members of each cluster that report state differing from the majority's.
+    pub diverged_members: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -76,7 +78,16 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(rollout_samples.clone()))?;
+        let diverged_members = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "qpq_operator_diverged_members",
+                "Members whose replicated state differs from the majority's, by cluster",
+            ),
+            &["namespace", "cluster"],
+        )?;
+        registry.register(Box::new(diverged_members.clone()))?;
         Ok(Self {
+            diverged_members,
             registry,
             reconciles,
             reconcile_duration,

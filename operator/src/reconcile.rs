@@ -758,6 +758,36 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         rollout: rollout_status,
         finalized_version,
     });
+    // A member whose state diverged is announced when it is first reported.
+    let corrupt_now = next
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::types::CORRUPT && c.status == "True");
+    let corrupt_before = prev.is_some_and(|p| {
+        p.conditions
+            .iter()
+            .any(|c| c.type_ == status::types::CORRUPT && c.status == "True")
+    });
+    let diverged = nodes
+        .statuses
+        .values()
+        .filter(|s| s.diverged.is_some())
+        .count();
+    ctx.metrics
+        .diverged_members
+        .with_label_values(&[ns.as_str(), c.name.as_str()])
+        .set(i64::try_from(diverged).unwrap_or(i64::MAX));
+    if let Some(c) = corrupt_now.filter(|_| !corrupt_before) {
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            "ReplicaDiverged",
+            "Compare",
+            c.message.clone(),
+        )
+        .await;
+    }
     let api: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
     api.patch_status(
         &c.name,

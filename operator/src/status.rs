@@ -24,6 +24,9 @@ pub mod types {
     pub const ROLLOUT_BLOCKED: &str = "RolloutBlocked";
     /// The version in the spec was rolled back and is not tried again by itself.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// A member's replicated state differs from the majority's (found by the nodes'
+    /// comparison of state digests); it refuses client reads until rebuilt.
+    pub const CORRUPT: &str = "Corrupt";
 }
 
 /// Everything [`next_status`] needs.
@@ -120,6 +123,38 @@ fn members(input: &StatusInput<'_>) -> Vec<Member> {
         .collect()
 }
 
+/// Whether a member reports diverged state, and the condition's message naming them.
+fn corruption(input: &StatusInput<'_>) -> (bool, Option<String>) {
+    let diverged: Vec<String> = input
+        .nodes
+        .values()
+        .filter_map(|s| {
+            let d = s.diverged.as_ref()?;
+            Some(format!(
+                "{} (at index {}: {} where the majority has {})",
+                input.cluster.pod(s.node_id),
+                d.index,
+                short(&d.mine),
+                short(&d.majority)
+            ))
+        })
+        .collect();
+    if diverged.is_empty() {
+        return (false, None);
+    }
+    (
+        true,
+        Some(format!(
+            "state differs from the majority's on {}; they refuse client reads until rebuilt (docs/runbooks.md, QpqReplicaDiverged)",
+            diverged.join(", ")
+        )),
+    )
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
 fn operation_reason(op: &Option<MembershipOperation>) -> &'static str {
     match op.as_ref().map(|o| o.kind) {
         Some(OperationKind::Bootstrap) => "Bootstrapping",
@@ -199,12 +234,29 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         cond(types::DEGRADED, degraded, d_reason, d_msg),
     );
 
+    let (corrupt, c_msg) = corruption(input);
+    set_condition(
+        &mut conditions,
+        match c_msg {
+            Some(m) if corrupt => cond(types::CORRUPT, true, "ReplicaDiverged", m),
+            _ => cond(
+                types::CORRUPT,
+                false,
+                "AsExpected",
+                "no member reports state that differs from the majority's".to_owned(),
+            ),
+        },
+    );
+
     let ready = input.plan.action == Action::None
+        && !corrupt
         && rolling.is_none()
         && unreachable.is_empty()
         && voters == usize::try_from(input.desired).unwrap_or(0);
     let (r_reason, r_msg) = if ready {
         ("ClusterReady", format!("{voters} voters, all answering"))
+    } else if corrupt {
+        ("ReplicaDiverged", "see the Corrupt condition".to_owned())
     } else if degraded {
         (d_reason, "see the Degraded condition".to_owned())
     } else {
@@ -300,6 +352,20 @@ fn version_key(v: &str) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    /// Cluster `x` in namespace `ns`, 3 replicas of 0.1.0.
+    fn three_node_cluster() -> ClusterRef {
+        let mut obj = crate::crd::QpqCluster::new(
+            "x",
+            serde_json::from_value(serde_json::json!({
+                "replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}
+            }))
+            .unwrap(),
+        );
+        obj.metadata.namespace = Some("ns".into());
+        obj.metadata.uid = Some("u".into());
+        ClusterRef::new(&obj).unwrap()
+    }
+
     #[test]
     fn transition_time_only_moves_when_status_changes() {
         let c = |status: &str, reason: &str, t: &str| Condition {
@@ -321,16 +387,7 @@ mod tests {
     #[test]
     fn an_outage_keeps_the_members_and_says_degraded() {
         use crate::planner::{Action, Plan};
-        let mut obj = crate::crd::QpqCluster::new(
-            "x",
-            serde_json::from_value(serde_json::json!({
-                "replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}
-            }))
-            .unwrap(),
-        );
-        obj.metadata.namespace = Some("ns".into());
-        obj.metadata.uid = Some("u".into());
-        let c = ClusterRef::new(&obj).unwrap();
+        let c = three_node_cluster();
         let previous = QpqClusterStatus {
             members: (1..=3)
                 .map(|id| Member {
@@ -385,6 +442,85 @@ mod tests {
             .find(|c| c.type_ == types::READY)
             .unwrap();
         assert_eq!(ready.status, "False");
+    }
+
+    #[test]
+    fn a_member_with_diverged_state_makes_the_cluster_corrupt_and_unready() {
+        use crate::planner::{Action, ClusterView, Plan};
+        let c = three_node_cluster();
+        let node = |id: u64, diverged: bool| -> crate::admin_client::Status {
+            let mut v = serde_json::json!({
+                "node_id": id, "role": if id == 1 { "leader" } else { "follower" }, "term": 2,
+                "version": "0.1.0",
+            });
+            if diverged {
+                v["diverged"] = serde_json::json!({
+                    "index": 160, "mine": "ab".repeat(32), "majority": "cd".repeat(32),
+                    "members": [id]
+                });
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let raft = RaftObservation::Cluster(ClusterView {
+            leader: Some(1),
+            voters: (1..=3).collect(),
+            learners: BTreeSet::new(),
+            lag: (2..=3).map(|id| (id, 0)).collect(),
+        });
+        let plan = Plan {
+            statefulset_replicas: 3,
+            action: Action::None,
+            operation: None,
+        };
+        let status_with = |nodes: &BTreeMap<NodeId, crate::admin_client::Status>| {
+            next_status(&StatusInput {
+                cluster: &c,
+                generation: Some(1),
+                desired: 3,
+                previous: None,
+                nodes,
+                raft: &raft,
+                plan: &plan,
+                bootstrapped: true,
+                call_error: None,
+                apply_failures: &[],
+                now: "2026-01-01T00:00:00Z",
+                spec_version: "0.1.0",
+                pod_versions: &BTreeMap::new(),
+                rollout: None,
+                finalized_version: None,
+            })
+        };
+        let get = |st: &QpqClusterStatus, t: &str| {
+            let c = st.conditions.iter().find(|c| c.type_ == t).unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let healthy: BTreeMap<_, _> = (1..=3).map(|id| (id, node(id, false))).collect();
+        let st = status_with(&healthy);
+        assert_eq!(get(&st, types::CORRUPT).0, "False");
+        assert_eq!(get(&st, types::READY).0, "True");
+
+        let mut one_bad = healthy.clone();
+        one_bad.insert(3, node(3, true));
+        let st = status_with(&one_bad);
+        let (status, reason, message) = get(&st, types::CORRUPT);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "ReplicaDiverged")
+        );
+        assert!(
+            message.contains("x-2 (at index 160: abababababab"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("x-0") && !message.contains("x-1"),
+            "{message}"
+        );
+        assert_eq!(
+            get(&st, types::READY).0,
+            "False",
+            "a cluster serving diverged state somewhere is not Ready"
+        );
     }
 
     #[test]

@@ -126,6 +126,7 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
         },
         Request::ReadIndex => ok(&node.read_index_local().await),
         Request::CommandVersion => ok(&crate::state::COMMAND_VERSION),
+        Request::StateDigests => ok(&node.state_digests()),
         Request::StartElection(body) => match decode::<ElectionRequest>(&body) {
             Ok(req) => ok(&node.start_election(req).await),
             Err(e) => Response::Failed(e.to_string()),

@@ -25,6 +25,7 @@
 // returned only on failures, so its size costs nothing on the hot path.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -104,6 +105,133 @@ pub(crate) fn check_not_downgraded(v: CommandVersions) -> Result<(), crate::Erro
     Ok(())
 }
 
+/// State digests ([`crate::state::digest`]) taken at checkpoints: every applied index that
+/// is a multiple of `every`. `apply` ends a transaction exactly at such an index and pins a
+/// read snapshot of the state there before the next entry is applied; a background thread
+/// digests that snapshot, so every replica digests the same state whatever its batching, and
+/// `apply` waits for none of it. The newest [`Digests::KEEP`] are kept in memory.
+#[derive(Debug, Default)]
+pub struct Digests {
+    every: AtomicU64,
+    book: Mutex<BTreeMap<u64, String>>,
+    /// A digest is being computed: a checkpoint reached meanwhile is skipped (the comparison
+    /// uses the newest index the voters share), so slow scans never pile up.
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Digests {
+    /// Digests kept (the comparison looks for the newest index every voter has).
+    pub const KEEP: usize = 8;
+
+    /// Digest at every applied index that is a multiple of `every` (0: never).
+    pub fn set_every(&self, every: u64) {
+        self.every.store(every, Ordering::SeqCst);
+    }
+
+    /// The checkpoint interval (0: off).
+    pub fn every(&self) -> u64 {
+        self.every.load(Ordering::SeqCst)
+    }
+
+    /// The digests kept, by applied index (lower-case hex SHA-256).
+    pub fn recent(&self) -> BTreeMap<u64, String> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, index: u64, hex: String) {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        book.insert(index, hex);
+        while book.len() > Self::KEEP {
+            book.pop_first();
+        }
+    }
+
+    /// Forgets every digest (the state was replaced by a snapshot: older checkpoints of this
+    /// node no longer describe anything it holds).
+    fn clear(&self) {
+        self.book.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Claims the digest thread; false if one is still running.
+    fn claim(&self) -> bool {
+        !self.running.swap(true, Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether `index` is a checkpoint.
+    fn is_checkpoint(&self, index: u64) -> bool {
+        let every = self.every();
+        every > 0 && index.is_multiple_of(every)
+    }
+}
+
+/// Opens a read transaction on the state database and reads from it, which fixes its view
+/// (WAL snapshot) at the last commit; called with the store's lock held, so that commit is
+/// the checkpoint's.
+fn pin_snapshot(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch("BEGIN")?;
+    conn.query_row("SELECT count(*) FROM raft_applied", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    Ok(conn)
+}
+
+/// Digests the pinned snapshot `conn` (at `index`) on a thread of its own.
+fn digest_in_background(shared: &Shared, conn: Connection, index: u64) {
+    let digests = shared.digests.clone();
+    let metrics = shared.metrics.clone();
+    let spawned = std::thread::Builder::new()
+        .name("qpq-digest".into())
+        .spawn(move || {
+            let _release = Release(&digests);
+            let started = std::time::Instant::now();
+            let at = read_applied(&conn)
+                .ok()
+                .and_then(|a| a.last_applied)
+                .map(|l| l.index);
+            if at != Some(index) {
+                tracing::warn!(
+                    index,
+                    ?at,
+                    "checkpoint snapshot is not at its index; skipped"
+                );
+                return;
+            }
+            match crate::state::digest(&conn) {
+                Ok(d) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    metrics.digest_duration.observe(secs);
+                    metrics
+                        .digest_index
+                        .set(i64::try_from(index).unwrap_or(i64::MAX));
+                    tracing::debug!(index, digest = %d.hex(), secs, "state digested");
+                    digests.record(index, d.hex());
+                }
+                Err(e) => tracing::warn!(index, error = %e, "state digest failed"),
+            }
+        });
+    if let Err(e) = spawned {
+        shared.digests.release();
+        tracing::warn!(index, error = %e, "could not start the state digest");
+    }
+}
+
+/// Frees the digest thread slot however the digest ends.
+struct Release<'a>(&'a Digests);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// What the state machine tells the rest of the node about what it applied: on every node,
 /// after the transaction that applied it committed. The services implement it
 /// (`service::hooks::ServiceHooks`); the state machine knows nothing of them.
@@ -129,6 +257,8 @@ pub struct Shared {
     counter: AtomicU64,
     /// The command versions of the applied state.
     versions: Arc<AppliedVersions>,
+    /// State digests at checkpoint indices.
+    digests: Arc<Digests>,
 }
 
 /// The state machine handed to openraft.
@@ -256,6 +386,7 @@ impl StateMachine {
                 metrics,
                 counter: AtomicU64::new(0),
                 versions: Arc::new(AppliedVersions::new(versions)),
+                digests: Arc::new(Digests::default()),
             }),
         })
     }
@@ -263,6 +394,11 @@ impl StateMachine {
     /// The command versions of the applied state, shared with the node.
     pub fn versions(&self) -> Arc<AppliedVersions> {
         self.shared.versions.clone()
+    }
+
+    /// The state digests taken at checkpoints, shared with the node (which sets how often).
+    pub fn digests(&self) -> Arc<Digests> {
+        self.shared.digests.clone()
     }
 
     fn temp_path(&self, what: &str) -> PathBuf {
@@ -378,7 +514,33 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
         None
     };
     tx.commit().map_err(sm_write)?;
+    // `apply` ends a call at a checkpoint: pin the state as it is now, before any later
+    // entry can commit (the store's lock is still held).
+    let checkpoint = applied
+        .last_applied
+        .map(|l| l.index)
+        .filter(|i| shared.digests.is_checkpoint(*i));
+    let pinned = checkpoint
+        .filter(|i| {
+            let free = shared.digests.claim();
+            if !free {
+                tracing::info!(
+                    index = i,
+                    "previous state digest still running; checkpoint skipped"
+                );
+            }
+            free
+        })
+        .map(|i| (i, pin_snapshot(&shared.db_path)));
     drop(store);
+    match pinned {
+        Some((index, Ok(conn))) => digest_in_background(shared, conn, index),
+        Some((index, Err(e))) => {
+            shared.digests.release();
+            tracing::warn!(index, error = %e, "could not pin the state for its digest");
+        }
+        None => {}
+    }
     if let Some(v) = versions {
         shared.versions.set(v);
     }
@@ -460,11 +622,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        if entries.is_empty() {
-            return Ok(Vec::new());
+        let mut rest: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // One transaction per run of entries that ends at a checkpoint (or at the end), so
+        // every replica can digest the state at exactly the checkpoint's index.
+        let mut results = Vec::with_capacity(rest.len());
+        while !rest.is_empty() {
+            let cut = rest
+                .iter()
+                .position(|e| self.shared.digests.is_checkpoint(e.log_id.index))
+                .map_or(rest.len(), |p| p + 1);
+            let tail = rest.split_off(cut);
+            let run = std::mem::replace(&mut rest, tail);
+            results.extend(self.blocking(move |s| apply_entries(s, &run)).await?);
         }
-        self.blocking(move |s| apply_entries(s, &entries)).await
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -533,6 +704,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             fsync_dir(&s.snapshot_dir).map_err(snap_err)?;
             // Everything may have moved: wake all long-polls so they re-read, forget cached
             // access rows.
+            s.digests.clear();
             s.observer.state_replaced();
             Ok(())
         })

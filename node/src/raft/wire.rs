@@ -30,6 +30,8 @@ pub enum Request {
     StartElection(Vec<u8>),
     /// The newest replicated-command version the callee applies.
     CommandVersion,
+    /// The callee's state digests at checkpoints (CBOR index → hex SHA-256).
+    StateDigests,
 }
 
 /// The answer to a [`Request`].
@@ -76,6 +78,7 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::ReadIndex => body.set_read_index(()),
         Request::StartElection(b) => body.set_start_election(b),
         Request::CommandVersion => body.set_command_version(()),
+        Request::StateDigests => body.set_state_digests(()),
     }
     capnp::serialize::write_message_to_words(&message)
 }
@@ -97,6 +100,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         Which::ReadIndex(()) => Request::ReadIndex,
         Which::StartElection(d) => Request::StartElection(d?.to_vec()),
         Which::CommandVersion(()) => Request::CommandVersion,
+        Which::StateDigests(()) => Request::StateDigests,
     })
 }
 
@@ -140,6 +144,7 @@ mod tests {
             Request::ReadIndex,
             Request::StartElection(vec![7, 7]),
             Request::CommandVersion,
+            Request::StateDigests,
         ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }

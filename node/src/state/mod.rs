@@ -11,6 +11,8 @@
 //! - `read.rs`: queries shared by [`Store`] and [`StoreReader`], a read-only handle for
 //!   serving reads concurrently with the writer.
 //! - `migrations.rs`: the versioned schema.
+//! - `digest.rs`: [`digest`], a deterministic SHA-256 of the replicated state, to compare
+//!   replicas at the same applied index.
 //! - `error.rs`: [`StoreError`].
 //!
 //! Architecture invariant: `apply` is a function of the database and the entry only. It reads
@@ -21,6 +23,7 @@
 mod accounts;
 mod apply;
 mod command;
+mod digest;
 mod error;
 mod migrations;
 mod read;
@@ -35,6 +38,7 @@ pub use command::{
     COMMAND_VERSION, Command, CommitFraming, DeviceStatus, DmAction, DmState, NewKeyPackage,
     NewToken, Outcome, Rejection, Stamp, TokenId,
 };
+pub use digest::{StateDigest, TableDigest, digest};
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;
 pub use read::{

@@ -25,6 +25,7 @@ mod tmpfs;
 mod backup;
 mod chaos;
 mod disk_full;
+mod divergence;
 mod failover;
 mod membership;
 mod partition;

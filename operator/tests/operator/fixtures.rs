@@ -177,6 +177,7 @@ pub(crate) fn node_status(
         command_version: 1,
         finalized_command_version: 1,
         applied_command_version: 1,
+        diverged: None,
     }
 }
 

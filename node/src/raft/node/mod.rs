@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::certs::ClusterTls;
 use super::log_store::LogStore;
 use super::network::{CallError, LastHeard, Network, PeerClient};
-use super::state_machine::{AppliedVersions, ApplyObserver, StateMachine};
+use super::state_machine::{AppliedVersions, ApplyObserver, Digests, StateMachine};
 use super::transfer::{self, ElectionRefusal, ElectionRequest, FollowerView, TargetView};
 use super::versions;
 use super::wire::Request;
@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 use crate::transport;
 
+mod digest;
 mod gate;
 mod handoff;
 mod membership;
@@ -48,6 +49,7 @@ mod read;
 mod status;
 mod write;
 
+pub use digest::{Divergence, Verdict, judge};
 pub use membership::AdminError;
 pub use status::{MembershipView, Replication, Status};
 
@@ -110,6 +112,10 @@ pub struct RaftNode {
     /// Write outcomes and commit latency (`raft_writes_total`,
     /// `raft_commit_duration_seconds`).
     metrics: Metrics,
+    /// The state machine's digests at checkpoints.
+    digests: Arc<Digests>,
+    /// Set while this node's state differs from the majority's (see `digest.rs`).
+    divergence: Mutex<Option<Divergence>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -177,6 +183,8 @@ impl RaftNode {
             metrics.clone(),
         )?;
         let versions = sm.versions();
+        let digests = sm.digests();
+        digests.set_every(cluster.digest_every);
         let heard = LastHeard::default();
         let raft = Raft::new(
             cluster.node_id,
@@ -203,7 +211,10 @@ impl RaftNode {
             peer_versions: Mutex::new(BTreeMap::new()),
             versions,
             metrics,
+            digests,
+            divergence: Mutex::new(None),
         });
+        tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(super::peer::serve(
             endpoint,
             node.clone(),

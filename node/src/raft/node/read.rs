@@ -25,7 +25,13 @@ impl RaftNode {
 
     /// Returns once this node has applied everything the leader had committed when the call
     /// started.
+    ///
+    /// A node whose state diverged from the majority's answers `Unavailable`: its reads would
+    /// serve wrong data (the client retries another node).
     pub async fn read_barrier(&self) -> Result<(), SubmitError> {
+        if self.divergence().is_some() {
+            return Err(SubmitError::Unavailable);
+        }
         let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
         let index = loop {
             let leader = match self.read_index_local().await {

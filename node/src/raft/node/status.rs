@@ -65,6 +65,8 @@ impl RaftNode {
             command_version: COMMAND_VERSION,
             finalized_command_version: self.versions.finalized(),
             applied_command_version: self.versions.applied(),
+            state_digests: self.state_digests(),
+            diverged: self.divergence(),
         }
     }
 
@@ -80,7 +82,7 @@ impl RaftNode {
             .membership()
             .get_node(&self.id)
             .is_some();
-        if !member || m.current_leader.is_none() {
+        if !member || m.current_leader.is_none() || self.divergence().is_some() {
             return false;
         }
         let Ok(committed) = self
@@ -130,6 +132,13 @@ pub struct Status {
     /// The newest command version of any command this node's state has applied (1 until a
     /// command of a newer version commits).
     pub applied_command_version: u16,
+    /// This node's state digests at checkpoints (applied index → hex SHA-256 of the
+    /// replicated state, see `state::digest`).
+    pub state_digests: BTreeMap<u64, String>,
+    /// Set while this node's state differs from the majority's: it refuses client reads and
+    /// is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
 }
 
 /// Voters and learners with their Raft addresses.
