@@ -939,6 +939,15 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     .await;
     let drilled = job_from_cron(&env, &ns, &drill_cron, "drill-s3").await;
     assert_eq!(drilled, "Complete", "restore drill of the uploaded backup");
+    // The operator reads the drill's outcome into the cluster's status.
+    let verified = wait("condition BackupVerified after the drill", 60, || async {
+        let c = api.get(&name).await.ok()?;
+        let d = c.status.as_ref()?.last_drill.clone()?;
+        (d.job == "drill-s3" && condition(&c, "BackupVerified").as_deref() == Some("True"))
+            .then_some(d)
+    })
+    .await;
+    assert!(verified.succeeded, "{verified:?}");
     // The object and its manifest, as the server stores them.
     let uploaded: Vec<String> = std::fs::read_dir(s3.file("qpq", "backups"))
         .unwrap()

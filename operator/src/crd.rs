@@ -647,6 +647,25 @@ pub struct QpqClusterStatus {
     /// (going back past a finalized version needs a restore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalized_version: Option<String>,
+    /// The newest finished restore drill of `spec.backup.drillSchedule`: whether the newest
+    /// backup restored and served its rows (condition `BackupVerified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillResult>,
+}
+
+/// The outcome of one restore-drill Job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillResult {
+    /// The drill Job.
+    pub job: String,
+    /// Whether it completed (the backup restored, led and served its manifest's rows).
+    pub succeeded: bool,
+    /// When it finished (RFC 3339).
+    pub finished: String,
+    /// Why it failed, as the Job says.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Progress of a rollout, written by the operator only. Everything a restarted operator

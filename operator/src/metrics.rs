@@ -24,6 +24,9 @@ pub struct Metrics {
     pub rollout_samples: IntCounterVec,
     /// Members of each cluster that report state differing from the majority's.
     pub diverged_members: prometheus::IntGaugeVec,
+    /// 1 if the newest restore drill of a cluster passed, 0 if it failed (absent without
+    /// drills).
+    pub backup_drill_ok: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,7 +89,16 @@ impl Metrics {
             &["namespace", "cluster"],
         )?;
         registry.register(Box::new(diverged_members.clone()))?;
+        let backup_drill_ok = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "qpq_operator_backup_drill_ok",
+                "1 if the newest restore drill of a cluster passed, 0 if it failed",
+            ),
+            &["namespace", "cluster"],
+        )?;
+        registry.register(Box::new(backup_drill_ok.clone()))?;
         Ok(Self {
+            backup_drill_ok,
             diverged_members,
             registry,
             reconciles,

@@ -389,6 +389,15 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         observe_pods(client, &c).await?
     };
     let backup = observe_backup(client, &c, prev.and_then(|p| p.rollout.as_ref())).await?;
+    let drills = spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.drill_schedule.is_some());
+    let last_drill = if drills {
+        observe_drills(client, &c).await?
+    } else {
+        None
+    };
     let config_hash = resources::config_hash(&spec.node);
     let existing_template = sts.as_ref().and_then(resources::template_of);
     let statefulset_observed = sts.as_ref().is_some_and(|s| {
@@ -757,7 +766,44 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         pod_versions: &pod_versions,
         rollout: rollout_status,
         finalized_version,
+        last_drill,
+        drills,
     });
+    // Each drill's outcome is announced once; the gauge says whether the newest passed.
+    let drill_gauge = ctx
+        .metrics
+        .backup_drill_ok
+        .with_label_values(&[ns.as_str(), c.name.as_str()]);
+    match &next.last_drill {
+        Some(d) => {
+            drill_gauge.set(i64::from(d.succeeded));
+            let known = prev
+                .and_then(|p| p.last_drill.as_ref())
+                .is_some_and(|p| p.job == d.job);
+            if !known {
+                let (kind, reason, message) = if d.succeeded {
+                    (
+                        EventType::Normal,
+                        "BackupDrillPassed",
+                        format!("restore drill {} passed", d.job),
+                    )
+                } else {
+                    (
+                        EventType::Warning,
+                        "BackupDrillFailed",
+                        format!("restore drill {} failed: {}", d.job, d.message),
+                    )
+                };
+                publish(ctx, obj, kind, reason, "Drill", message).await;
+            }
+        }
+        None => {
+            let _ = ctx
+                .metrics
+                .backup_drill_ok
+                .remove_label_values(&[ns.as_str(), c.name.as_str()]);
+        }
+    }
     // A member whose state diverged is announced when it is first reported.
     let corrupt_now = next
         .conditions
@@ -892,6 +938,50 @@ async fn observe_backup(
         BackupObservation::Failed(format!("backup Job {job} failed"))
     } else {
         BackupObservation::Running
+    })
+}
+
+/// The newest finished restore-drill Job of the cluster (label `qpq.dev/drill-for`), as
+/// the drill CronJob (or `kubectl create job --from`) left it.
+async fn observe_drills(
+    client: &Client,
+    c: &ClusterRef,
+) -> Result<Option<crate::crd::DrillResult>> {
+    let api: Api<Job> = Api::namespaced(client.clone(), &c.namespace);
+    let selector = format!("{}={}", resources::DRILL_FOR_LABEL, c.name);
+    let jobs = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(jobs.items.iter().filter_map(drill_result).max_by(|a, b| {
+        // RFC 3339 times of one API server compare as text; the name breaks ties.
+        (a.finished.as_str(), a.job.as_str()).cmp(&(b.finished.as_str(), b.job.as_str()))
+    }))
+}
+
+/// A finished drill Job's outcome (`None` while it runs).
+fn drill_result(j: &Job) -> Option<crate::crd::DrillResult> {
+    let done = j
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    Some(crate::crd::DrillResult {
+        job: j.metadata.name.clone().unwrap_or_default(),
+        succeeded: done.type_ == "Complete",
+        finished: done
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        message: if done.type_ == "Complete" {
+            String::new()
+        } else {
+            [done.reason.as_deref(), done.message.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(": ")
+        },
     })
 }
 
@@ -1348,4 +1438,54 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, condition: Option<(&str, &str)>) -> Job {
+        let mut j: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": []}
+        }))
+        .unwrap();
+        if let Some((t, time)) = condition {
+            j.status.as_mut().unwrap().conditions = Some(vec![
+                serde_json::from_value(serde_json::json!({
+                    "type": "SuccessCriteriaMet", "status": "True",
+                    "lastTransitionTime": time
+                }))
+                .unwrap(),
+                serde_json::from_value(serde_json::json!({
+                    "type": t, "status": "True", "lastTransitionTime": time,
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit"
+                }))
+                .unwrap(),
+            ]);
+        }
+        j
+    }
+
+    #[test]
+    fn a_drill_job_reads_as_passed_failed_or_still_running() {
+        assert_eq!(drill_result(&job("running", None)), None);
+        let ok = drill_result(&job("ok", Some(("Complete", "2026-12-04T10:00:00Z")))).unwrap();
+        assert!(ok.succeeded);
+        assert_eq!(ok.job, "ok");
+        assert!(
+            ok.finished.starts_with("2026-12-04T10:00:00"),
+            "{}",
+            ok.finished
+        );
+        assert!(ok.message.is_empty());
+        let bad = drill_result(&job("bad", Some(("Failed", "2026-12-04T11:00:00Z")))).unwrap();
+        assert!(!bad.succeeded);
+        assert_eq!(
+            bad.message,
+            "BackoffLimitExceeded: Job has reached the specified backoff limit"
+        );
+    }
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admin_client::{NodeId, Status};
 use crate::crd::{
-    Condition, Member, MembershipOperation, OperationKind, QpqClusterStatus, RolloutPhase,
-    RolloutStatus,
+    Condition, DrillResult, Member, MembershipOperation, OperationKind, QpqClusterStatus,
+    RolloutPhase, RolloutStatus,
 };
 use crate::planner::{Action, Plan, RaftObservation};
 use crate::resources::ClusterRef;
@@ -24,6 +24,9 @@ pub mod types {
     pub const ROLLOUT_BLOCKED: &str = "RolloutBlocked";
     /// The version in the spec was rolled back and is not tried again by itself.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// The newest restore drill of the newest backup passed (present while
+    /// `spec.backup.drillSchedule` is set and a drill finished).
+    pub const BACKUP_VERIFIED: &str = "BackupVerified";
     /// A member's replicated state differs from the majority's (found by the nodes'
     /// comparison of state digests); it refuses client reads until rebuilt.
     pub const CORRUPT: &str = "Corrupt";
@@ -62,6 +65,10 @@ pub struct StatusInput<'a> {
     pub rollout: Option<RolloutStatus>,
     /// `status.finalizedVersion` after this round.
     pub finalized_version: Option<String>,
+    /// The newest finished restore drill (`None`: no drill configured, or none finished yet).
+    pub last_drill: Option<DrillResult>,
+    /// Whether `spec.backup.drillSchedule` is set.
+    pub drills: bool,
 }
 
 /// Sets a condition, keeping its transition time when its status did not change.
@@ -234,6 +241,44 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         cond(types::DEGRADED, degraded, d_reason, d_msg),
     );
 
+    // Drills: the newest finished one, else the one recorded before (its Job may have been
+    // pruned by the CronJob's history limit); nothing once drills are switched off.
+    let last_drill = if input.drills {
+        input
+            .last_drill
+            .clone()
+            .or_else(|| input.previous.and_then(|p| p.last_drill.clone()))
+    } else {
+        None
+    };
+    match &last_drill {
+        Some(d) if d.succeeded => set_condition(
+            &mut conditions,
+            cond(
+                types::BACKUP_VERIFIED,
+                true,
+                "DrillPassed",
+                format!(
+                    "restore drill {} passed at {}: the newest backup restored and served its rows",
+                    d.job, d.finished
+                ),
+            ),
+        ),
+        Some(d) => set_condition(
+            &mut conditions,
+            cond(
+                types::BACKUP_VERIFIED,
+                false,
+                "DrillFailed",
+                format!(
+                    "restore drill {} failed at {}: {} (kubectl logs job/{})",
+                    d.job, d.finished, d.message, d.job
+                ),
+            ),
+        ),
+        None => conditions.retain(|c| c.type_ != types::BACKUP_VERIFIED),
+    }
+
     let (corrupt, c_msg) = corruption(input);
     set_condition(
         &mut conditions,
@@ -339,6 +384,7 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         operation,
         rollout: input.rollout.clone(),
         finalized_version: input.finalized_version.clone(),
+        last_drill,
     }
 }
 
@@ -424,6 +470,8 @@ mod tests {
             pod_versions: &BTreeMap::new(),
             rollout: None,
             finalized_version: None,
+            last_drill: None,
+            drills: false,
         });
         assert_eq!(st.members.len(), 3);
         assert!(st.members.iter().all(|m| m.role == "unreachable"));
@@ -489,6 +537,8 @@ mod tests {
                 pod_versions: &BTreeMap::new(),
                 rollout: None,
                 finalized_version: None,
+                last_drill: None,
+                drills: false,
             })
         };
         let get = |st: &QpqClusterStatus, t: &str| {
@@ -521,6 +571,76 @@ mod tests {
             "False",
             "a cluster serving diverged state somewhere is not Ready"
         );
+    }
+
+    #[test]
+    fn the_newest_drill_sets_backup_verified_and_outlives_its_pruned_job() {
+        let c = three_node_cluster();
+        let plan = Plan {
+            statefulset_replicas: 3,
+            action: Action::None,
+            operation: None,
+        };
+        let raft = RaftObservation::NoAnswer;
+        let nodes = BTreeMap::new();
+        let status_with =
+            |previous: Option<&QpqClusterStatus>, last_drill: Option<DrillResult>, drills: bool| {
+                next_status(&StatusInput {
+                    cluster: &c,
+                    generation: Some(1),
+                    desired: 3,
+                    previous,
+                    nodes: &nodes,
+                    raft: &raft,
+                    plan: &plan,
+                    bootstrapped: true,
+                    call_error: None,
+                    apply_failures: &[],
+                    now: "2026-01-01T00:00:00Z",
+                    spec_version: "0.1.0",
+                    pod_versions: &BTreeMap::new(),
+                    rollout: None,
+                    finalized_version: None,
+                    last_drill,
+                    drills,
+                })
+            };
+        let verified = |st: &QpqClusterStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == types::BACKUP_VERIFIED)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        // Drills configured, none finished yet: nothing is claimed either way.
+        assert_eq!(verified(&status_with(None, None, true)), None);
+        let failed = DrillResult {
+            job: "x-backup-drill-29012".into(),
+            succeeded: false,
+            finished: "2026-01-01T00:00:00Z".into(),
+            message: "BackoffLimitExceeded: Job has reached the specified backoff limit".into(),
+        };
+        let st = status_with(None, Some(failed.clone()), true);
+        let (status, reason, message) = verified(&st).unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "DrillFailed"));
+        assert!(
+            message.contains("x-backup-drill-29012") && message.contains("BackoffLimitExceeded"),
+            "{message}"
+        );
+        let passed = DrillResult {
+            job: "x-backup-drill-29013".into(),
+            succeeded: true,
+            ..failed.clone()
+        };
+        let st = status_with(Some(&st), Some(passed.clone()), true);
+        assert_eq!(verified(&st).unwrap().1, "DrillPassed");
+        // Its Job pruned by the CronJob's history limit: the record stays.
+        let st = status_with(Some(&st), None, true);
+        assert_eq!(st.last_drill, Some(passed));
+        assert_eq!(verified(&st).unwrap().0, "True");
+        // Drills switched off: no stale claim.
+        let st = status_with(Some(&st), None, false);
+        assert_eq!(st.last_drill, None);
+        assert_eq!(verified(&st), None);
     }
 
     #[test]
