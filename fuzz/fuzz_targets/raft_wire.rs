@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(decode::<ElectionRequest>(&bytes).ok(), Some(election));
                 }
             }
-            Request::ReadIndex | Request::CommandVersion => {}
+            Request::ReadIndex | Request::CommandVersion | Request::StateDigests => {}
         }
     }
     if let Ok(response) = wire::decode_response(data) {

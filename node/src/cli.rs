@@ -290,6 +290,10 @@ struct Common {
     /// common indices; a node whose state differs from the majority's refuses client reads.
     #[arg(long, env = "QPQ_DIGEST_CHECK_SECS", default_value_t = 30)]
     digest_check_secs: u64,
+    /// How often, at most, in seconds, the certificate files (client listener, cluster) are
+    /// looked at for a renewal; a renewed pair is served from the next handshake on.
+    #[arg(long, env = "QPQ_TLS_RELOAD_CHECK_SECS", default_value_t = 10)]
+    tls_reload_check_secs: u64,
 }
 
 #[derive(Args)]
@@ -388,6 +392,7 @@ impl Common {
             metrics_listen: bind(self.metrics_listen),
             data_dir: self.data_dir,
             tls,
+            tls_reload_check: Duration::from_secs(self.tls_reload_check_secs.max(1)),
             limits,
             retention,
             auth,

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Certificate source.
     pub tls: TlsSource,
+    /// How often, at most, certificate files (the client listener's and the cluster ones)
+    /// are looked at for a renewal (see `transport::reload`).
+    pub tls_reload_check: Duration,
     /// Connection and stream limits.
     pub limits: Limits,
     /// Retention and TTLs.
@@ -235,6 +238,7 @@ impl NodeConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             tls: TlsSource::Dev,
+            tls_reload_check: crate::transport::ReloadingKey::CHECK_EVERY,
             limits: Limits::default(),
             retention: Retention::default(),
             auth: AuthConfig::default(),

@@ -98,12 +98,22 @@ impl RunningNode {
             std::fs::remove_dir_all(&backup_staging)?;
         }
 
-        let (chain, key) = match &config.tls {
+        // Files given by the operator are reloaded when renewed; the dev certificate is fixed.
+        let (crypto, chain) = match &config.tls {
             TlsSource::Dev => {
                 let dev = DevCert::load_or_generate(&config.data_dir)?;
-                (dev.cert_chain(), dev.key())
+                let chain = dev.cert_chain();
+                (tls::server_crypto(chain.clone(), dev.key())?, chain)
             }
-            TlsSource::Files { cert, key } => tls::load_pem(cert, key)?,
+            TlsSource::Files { cert, key } => {
+                let key = crate::transport::ReloadingKey::open_checking_every(
+                    cert,
+                    key,
+                    config.tls_reload_check,
+                )?;
+                let chain = key.chain();
+                (tls::reloading_server_crypto(key)?, chain)
+            }
         };
         let cert = chain.first().cloned().ok_or(Error::NoCertificate)?;
         let transport_limits = TransportLimits {
@@ -114,8 +124,7 @@ impl RunningNode {
             max_connections_per_ip: config.limits.max_connections_per_ip,
             ..TransportLimits::default()
         };
-        let server_config =
-            tls::quinn_server_config(tls::server_crypto(chain, key)?, &transport_limits)?;
+        let server_config = tls::quinn_server_config(crypto, &transport_limits)?;
 
         // Never serve from a damaged database: check both before anything opens them.
         crate::integrity::check_files(
@@ -180,8 +189,11 @@ impl RunningNode {
             None => config.data_dir.join("cluster"),
         };
         let admin_tls = match &config.cluster.tls {
-            Some(files) => ClusterTls::load(files)?,
-            None => ClusterTls::load_or_generate_dev(&config.data_dir)?,
+            Some(files) => ClusterTls::load_checking_every(files, config.tls_reload_check)?,
+            None => ClusterTls::load_or_generate_dev_checking_every(
+                &config.data_dir,
+                config.tls_reload_check,
+            )?,
         }
         .admin_server_config()?;
         let admin_stop = CancellationToken::new();

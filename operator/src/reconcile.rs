@@ -1405,6 +1405,13 @@ async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     Ok(Requeue::await_change())
 }
 
+/// The cluster a drill Job belongs to (its `qpq.dev/drill-for` label, same namespace).
+fn drill_owner(job: Job) -> Option<kube::runtime::reflector::ObjectRef<QpqCluster>> {
+    let name = job.labels().get(resources::DRILL_FOR_LABEL)?.clone();
+    let ns = job.namespace()?;
+    Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+}
+
 /// Runs the controller until SIGTERM/SIGINT, or until `stop` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -1426,9 +1433,20 @@ pub async fn run(
         }
     };
     let (sts, svc) = owned(&client);
+    let jobs: Api<Job> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(sts, watcher::Config::default())
         .owns(svc, watcher::Config::default())
+        // A finished restore drill changes `BackupVerified` now, not at the next idle round.
+        // Drill Jobs are the CronJob's, not the cluster's: found by their label.
+        .watches(
+            jobs,
+            watcher::Config::default().labels(resources::DRILL_FOR_LABEL),
+            drill_owner,
+        )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -1467,6 +1485,25 @@ mod tests {
             ]);
         }
         j
+    }
+
+    #[test]
+    fn a_drill_job_wakes_the_cluster_it_names() {
+        let j: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x-backup-drill-1", "namespace": "ns",
+                         "labels": {"qpq.dev/drill-for": "x"}}
+        }))
+        .unwrap();
+        let owner = drill_owner(j).unwrap();
+        assert_eq!(
+            (owner.name.as_str(), owner.namespace.as_deref()),
+            ("x", Some("ns"))
+        );
+        let unlabelled: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "other", "namespace": "ns"}
+        }))
+        .unwrap();
+        assert!(drill_owner(unlabelled).is_none());
     }
 
     #[test]

@@ -18,11 +18,11 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::RootCertStore;
 use rustls::crypto::ring;
 use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::admin::access::Role;
-use crate::transport::{self, TransportLimits, tls};
+use crate::transport::{self, ReloadingKey, TransportLimits, tls};
 
 /// The DNS name every node certificate carries and every peer checks.
 pub const PEER_SERVER_NAME: &str = "qpq-raft";
@@ -41,8 +41,8 @@ pub struct ClusterTlsFiles {
 /// Loaded TLS material for the Raft listener and the Raft client.
 pub struct ClusterTls {
     roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// This node's (or an admin client's) certificate, reloaded when its files change.
+    key: Arc<ReloadingKey>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> transport::Error {
@@ -143,9 +143,19 @@ pub fn issue_admin_cert<S: rcgen::SigningKey>(
 }
 
 impl ClusterTls {
-    /// Loads the CA, the node certificate and its key.
+    /// Loads the CA, the node certificate and its key; the certificate and key are reloaded
+    /// when their files change ([`ReloadingKey`], looked at every
+    /// [`ReloadingKey::CHECK_EVERY`] at most).
     pub fn load(files: &ClusterTlsFiles) -> Result<Self, transport::Error> {
-        let (chain, key) = tls::load_pem(&files.cert, &files.key)?;
+        Self::load_checking_every(files, ReloadingKey::CHECK_EVERY)
+    }
+
+    /// [`Self::load`], looking at the certificate files at most every `every`.
+    pub fn load_checking_every(
+        files: &ClusterTlsFiles,
+        every: std::time::Duration,
+    ) -> Result<Self, transport::Error> {
+        let key = ReloadingKey::open_checking_every(&files.cert, &files.key, every)?;
         let ca_pem = std::fs::read(&files.ca).map_err(|e| io(&files.ca, e))?;
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&ca_pem) {
@@ -158,13 +168,20 @@ impl ClusterTls {
         }
         Ok(Self {
             roots: Arc::new(roots),
-            chain,
             key,
         })
     }
 
     /// Dev mode: loads `<data_dir>/cluster/` or generates a one-node cluster CA there.
     pub fn load_or_generate_dev(data_dir: &Path) -> Result<Self, transport::Error> {
+        Self::load_or_generate_dev_checking_every(data_dir, ReloadingKey::CHECK_EVERY)
+    }
+
+    /// [`Self::load_or_generate_dev`], looking at the certificate files at most every `every`.
+    pub fn load_or_generate_dev_checking_every(
+        data_dir: &Path,
+        every: std::time::Duration,
+    ) -> Result<Self, transport::Error> {
         let dir = data_dir.join("cluster");
         let files = ClusterTlsFiles {
             ca: dir.join("ca.pem"),
@@ -174,15 +191,14 @@ impl ClusterTls {
         if !files.cert.exists() {
             generate_cluster(&dir, 1)?;
         }
-        Self::load(&files)
+        Self::load_checking_every(&files, every)
     }
 
     /// The Raft listener's QUIC config: mutual TLS, ALPN `qpq-raft/1`.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, transport::Error> {
         let verifier = self.client_verifier()?;
-        let crypto = tls::peer_server_crypto(
-            self.chain.clone(),
-            self.key.clone_key(),
+        let crypto = tls::resolver_server_crypto(
+            self.key.clone(),
             verifier,
             qpq_schemas::limits::RAFT_ALPN,
         )?;
@@ -195,12 +211,7 @@ impl ClusterTls {
     /// it is checked per request, `crate::admin::access`).
     pub fn admin_server_config(&self) -> Result<Arc<rustls::ServerConfig>, transport::Error> {
         let verifier = self.client_verifier()?;
-        let crypto = tls::peer_server_crypto(
-            self.chain.clone(),
-            self.key.clone_key(),
-            verifier,
-            b"http/1.1",
-        )?;
+        let crypto = tls::resolver_server_crypto(self.key.clone(), verifier, b"http/1.1")?;
         Ok(Arc::new(crypto))
     }
 
@@ -224,7 +235,7 @@ impl ClusterTls {
             rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])?
                 .with_root_certificates(self.roots.clone())
-                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+                .with_client_cert_resolver(self.key.clone());
         crypto.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(crypto))
     }
@@ -235,7 +246,7 @@ impl ClusterTls {
             rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])?
                 .with_root_certificates(self.roots.clone())
-                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+                .with_client_cert_resolver(self.key.clone());
         crypto.alpn_protocols = vec![qpq_schemas::limits::RAFT_ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(crypto)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));

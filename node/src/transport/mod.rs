@@ -27,6 +27,7 @@
 
 pub mod devcert;
 pub mod limits;
+pub mod reload;
 pub mod reset;
 pub mod tls;
 
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 
 pub use devcert::{DevCert, fingerprint_sha256, format_fingerprint};
 pub use limits::{ConnectionLimiter, ConnectionPermit, LimitExceeded, TransportLimits};
+pub use reload::ReloadingKey;
 pub use reset::{Listener, ResetSecret, bind_endpoint};
 pub use tls::{
     BAD_ALPN_REASON, enforce_alpn, load_pem, negotiated_alpn_ok, quinn_server_config, server_crypto,

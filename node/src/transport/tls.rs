@@ -45,7 +45,7 @@ use qpq_schemas::limits::{ALPN, close_code};
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use rustls::{
     crypto::{CryptoProvider, ring},
-    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
+    server::{ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
     sign::{CertifiedKey, SingleCertAndKey},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -111,15 +111,35 @@ fn build_server_crypto(
     let signing_key = ring::sign::any_supported_type(&key)?;
     let certified = CertifiedKey::new(cert_chain, signing_key);
     certified.keys_match()?;
+    resolver_server_crypto(
+        Arc::new(SingleCertAndKey::from(certified)),
+        client_verifier,
+        ALPN,
+    )
+}
 
+/// The listeners' rustls server config around any certificate resolver (a fixed pair, or a
+/// [`super::ReloadingKey`] that picks up renewed files): TLS 1.3 only, *ring*, no 0-RTT, the
+/// given client verifier and ALPN token.
+pub fn resolver_server_crypto(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![alpn.to_vec()];
     // 0-RTT stays off (`max_early_data_size` = 0): early data is replayable.
     config.max_early_data_size = 0;
     Ok(config)
+}
+
+/// The client listener's config serving a certificate that is reloaded when its files
+/// change ([`super::ReloadingKey`]); otherwise as [`server_crypto`].
+pub fn reloading_server_crypto(key: Arc<super::ReloadingKey>) -> Result<rustls::ServerConfig> {
+    resolver_server_crypto(key, WebPkiClientVerifier::no_client_auth(), ALPN)
 }
 
 /// Wrap a rustls server config for QUIC and apply the per-connection limits.

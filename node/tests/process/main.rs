@@ -10,6 +10,8 @@
 )]
 
 mod harness;
+
+mod cert_reload;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 

@@ -159,8 +159,11 @@ impl RaftNode {
     ) -> Result<Arc<Self>, crate::Error> {
         let cluster = config.cluster.clone();
         let tls = match &cluster.tls {
-            Some(files) => ClusterTls::load(files)?,
-            None => ClusterTls::load_or_generate_dev(&config.data_dir)?,
+            Some(files) => ClusterTls::load_checking_every(files, config.tls_reload_check)?,
+            None => ClusterTls::load_or_generate_dev_checking_every(
+                &config.data_dir,
+                config.tls_reload_check,
+            )?,
         };
         let endpoint = transport::bind_endpoint(
             cluster.raft_listen,
