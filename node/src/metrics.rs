@@ -43,6 +43,13 @@ pub struct Metrics {
     /// Admin API calls, by the caller's role (`none` when it has none) and outcome
     /// (`allowed`, `forbidden`, `refused_tls`): refusals show who tried what.
     pub admin_requests: IntCounterVec,
+    /// Time of one Raft log append (one fsync'd SQLite transaction for a batch of entries).
+    pub log_append_duration: Histogram,
+    /// Snapshots built here and installed from the leader, by `kind` (`built`,
+    /// `installed`).
+    pub snapshots: IntCounterVec,
+    /// Time to build or install one snapshot, by `kind`.
+    pub snapshot_duration: HistogramVec,
     /// Time to digest the state at a checkpoint (a full scan, in the background).
     pub digest_duration: Histogram,
     /// The applied index of this node's newest state digest.
@@ -217,6 +224,38 @@ impl Metrics {
             &["role", "outcome"],
         )?;
         registry.register(Box::new(admin_requests.clone()))?;
+        let log_append_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "raft_log_append_duration_seconds",
+                "One Raft log append: a batch of entries in one fsync'd transaction",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(log_append_duration.clone()))?;
+        let snapshots = IntCounterVec::new(
+            Opts::new(
+                "raft_snapshots_total",
+                "Snapshots built here or installed from the leader, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(snapshots.clone()))?;
+        let snapshot_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "raft_snapshot_duration_seconds",
+                "Time to build or install one snapshot, by kind",
+            )
+            .buckets(vec![0.01, 0.05, 0.25, 1.0, 5.0, 25.0, 120.0]),
+            &["kind"],
+        )?;
+        registry.register(Box::new(snapshot_duration.clone()))?;
+        // CPU, memory, open files and threads of the node process (`qpq_process_*`).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let digest_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "state_digest_duration_seconds",
@@ -256,6 +295,9 @@ impl Metrics {
         registry.register(Box::new(raft_commit_duration.clone()))?;
         Ok(Self {
             registry,
+            log_append_duration,
+            snapshots,
+            snapshot_duration,
             digest_duration,
             digest_index,
             digest_checks,

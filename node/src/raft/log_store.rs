@@ -50,6 +50,8 @@ pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     committed: UnsavedCommitted,
+    /// `qpq_raft_log_append_duration_seconds`, when the node's metrics are attached.
+    append_duration: Option<prometheus::Histogram>,
 }
 
 /// A read-only view of the log for one replication stream.
@@ -97,7 +99,14 @@ impl LogStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             committed: Arc::default(),
+            append_duration: None,
         })
+    }
+
+    /// Reports each append's duration (the fsync'd transaction) to the node's metrics.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.append_duration = Some(metrics.log_append_duration.clone());
+        self
     }
 
     /// Writes the committed log id reported since the last write, if any, in `tx` (the
@@ -308,6 +317,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let committed = self.committed.clone();
+        let started = std::time::Instant::now();
         let result = blocking(&self.conn, move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -329,6 +339,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await;
+        if let (Ok(()), Some(h)) = (&result, &self.append_duration) {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),

@@ -566,6 +566,14 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     Ok(results)
 }
 
+fn record_snapshot(metrics: &Metrics, kind: &str, started: std::time::Instant) {
+    metrics.snapshots.with_label_values(&[kind]).inc();
+    metrics
+        .snapshot_duration
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+}
+
 fn build(
     shared: &Shared,
     temp: PathBuf,
@@ -593,7 +601,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             shared: self.shared.clone(),
         };
         let temp = sm.temp_path("building");
+        let started = std::time::Instant::now();
         let (meta, file) = sm.blocking(move |s| build(s, temp)).await?;
+        record_snapshot(&self.shared.metrics, "built", started);
         let file = tokio::fs::File::from_std(file);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
         Ok(Snapshot {
@@ -663,6 +673,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<tokio::fs::File>,
     ) -> StResult<()> {
         use tokio::io::AsyncSeekExt as _;
+        let started = std::time::Instant::now();
         // Copy whatever the handle holds into a file of our own (the handle may be any
         // file, e.g. the sender's in tests), and make it durable before it replaces state.
         let installing = self.temp_path("installing");
@@ -709,6 +720,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         })
         .await?;
+        record_snapshot(&self.shared.metrics, "installed", started);
         tracing::info!(snapshot = %id, "snapshot installed");
         Ok(())
     }

@@ -247,6 +247,19 @@ impl Node {
         }
     }
 
+    /// The value of the sample `name` (with its labels, exactly as exposed) on `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.metrics?).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        buf.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     pub async fn ready(&self) -> bool {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let Some(metrics) = self.metrics.filter(|_| self.is_running()) else {

@@ -60,6 +60,23 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
             "the follower needed a snapshot: {}",
             c.node(follower).log_text()
         );
+        // Counted and timed on both sides.
+        let installed = "qpq_raft_snapshots_total{kind=\"installed\"}";
+        assert!(
+            c.node(follower)
+                .metric(installed)
+                .await
+                .is_some_and(|n| n >= 1.0)
+        );
+        let leader = c.wait_leader(Duration::from_secs(5)).await;
+        let built = "qpq_raft_snapshots_total{kind=\"built\"}";
+        assert!(c.node(leader).metric(built).await.is_some_and(|n| n >= 1.0));
+        assert!(
+            c.node(follower)
+                .metric("qpq_raft_snapshot_duration_seconds_count{kind=\"installed\"}")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        );
         history::check_messages(&history, &c.endpoints()).await;
     })
     .await;

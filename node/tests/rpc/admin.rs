@@ -79,6 +79,16 @@ async fn health_readiness_and_metrics_are_served() {
         let applied = metric(&body, "qpq_raft_applied_index").unwrap();
         assert!(applied >= writes, "{body}");
         assert_eq!(metric(&body, "qpq_raft_committed_index"), Some(applied));
+        // Every entry went through a timed, fsync'd log append (blank and membership entries
+        // of the bootstrap too).
+        let appends = metric(&body, "qpq_raft_log_append_duration_seconds_count").unwrap_or(0.0);
+        assert!(appends >= writes, "{body}");
+        // The process itself: memory, CPU, open files.
+        assert!(
+            metric(&body, "qpq_process_resident_memory_bytes").is_some_and(|b| b > 1e6),
+            "{body}"
+        );
+        assert!(metric(&body, "qpq_process_open_fds").is_some_and(|n| n >= 3.0));
         assert!(
             !body.contains("qpq_raft_follower_lag_entries{"),
             "no followers: {body}"

@@ -177,8 +177,9 @@ impl RaftNode {
             .unwrap_or_else(|| bound.to_string());
         let client = Arc::new(PeerClient::new(endpoint.clone(), tls.client_config()?));
 
-        let log =
-            LogStore::open(&config.raft_log_path()).map_err(|e| crate::Error::Store(e.into()))?;
+        let log = LogStore::open(&config.raft_log_path())
+            .map_err(|e| crate::Error::Store(e.into()))?
+            .with_metrics(&metrics);
         let sm = StateMachine::open(
             &config.db_path(),
             &config.data_dir.join("snapshots"),
