@@ -249,7 +249,7 @@ fn attach_auth<N: NodeApi>(
 ) {
     use openmls_traits::signatures::Signer as _;
     let key = signer.clone();
-    let sign: SignFn = std::rc::Rc::new(move |m: &[u8]| key.sign(m).unwrap_or_default());
+    let sign: SignFn = std::rc::Rc::new(move |m: &[u8]| key.sign(m).map_err(|e| format!("{e:?}")));
     let session = load_session(provider).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "stored session unreadable; the device must register");
         None

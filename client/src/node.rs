@@ -42,6 +42,10 @@ pub enum NodeError {
     /// The call needs a registered device and this one has none.
     #[error("this device is not registered (run `qpq register`)")]
     NotRegistered,
+    /// The device key could not sign (nothing was sent: an empty or wrong signature never
+    /// goes out).
+    #[error("signing with the device key failed: {0}")]
+    Sign(String),
 }
 
 impl NodeError {
@@ -50,7 +54,7 @@ impl NodeError {
         match self {
             Self::Rpc(e) => e.is_transient(),
             Self::Timeout => true,
-            Self::NotRegistered => false,
+            Self::NotRegistered | Self::Sign(_) => false,
         }
     }
 
@@ -58,7 +62,7 @@ impl NodeError {
     fn breaks_connection(&self) -> bool {
         match self {
             Self::Timeout => true,
-            Self::Rpc(ClientError::Wire(_)) | Self::NotRegistered => false,
+            Self::Rpc(ClientError::Wire(_)) | Self::NotRegistered | Self::Sign(_) => false,
             Self::Rpc(_) => true,
         }
     }
@@ -100,8 +104,9 @@ impl Session {
     }
 }
 
-/// Signs bytes with the device's Ed25519 key (its MLS signature key).
-pub type SignFn = Rc<dyn Fn(&[u8]) -> Vec<u8>>;
+/// Signs bytes with the device's Ed25519 key (its MLS signature key); a failure is an error,
+/// never an empty signature.
+pub type SignFn = Rc<dyn Fn(&[u8]) -> Result<Vec<u8>, String>>;
 /// Stores a new session (called after every login and refresh).
 pub type SaveFn = Rc<dyn Fn(&Session)>;
 
@@ -329,7 +334,11 @@ impl ResilientNode {
             ClientError::from(WireError::invalid("nonce", "wrong length from the node"))
         })?;
         let tokens = c
-            .login(device, &nonce, &sign(&login_message(device, &arr)))
+            .login(
+                device,
+                &nonce,
+                &sign(&login_message(device, &arr)).map_err(NodeError::Sign)?,
+            )
             .await?;
         self.logins.set(self.logins.get() + 1);
         tracing::debug!(device = %device, "logged in");
@@ -462,7 +471,7 @@ impl NodeApi for ResilientNode {
 
     async fn register(&self) -> NodeResult<Session> {
         let (key, sign) = self.signer()?;
-        let signature = sign(&register_message(&key));
+        let signature = sign(&register_message(&key)).map_err(NodeError::Sign)?;
         let (_, device) = self
             .call(Duration::ZERO, async |c: &Connection| {
                 c.register(&key, &signature).await
@@ -634,5 +643,33 @@ impl NodeApi for ResilientNode {
             c.ack(channel, seq).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_that_cannot_sign_is_an_error_and_nothing_is_sent() {
+        let node = ResilientNode::new(NodeTarget {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            server_name: "localhost".into(),
+            verification: ServerVerification::PinnedSha256([0; 32]),
+        });
+        node.attach(DeviceAuth {
+            identity: IdentityKey::from_slice(&[7; 32]).unwrap(),
+            sign: Rc::new(|_: &[u8]| Err("the key store is locked".to_owned())),
+            session: None,
+            save: Rc::new(|_: &Session| {}),
+        });
+        let e = node.register().await.unwrap_err();
+        assert!(
+            matches!(&e, NodeError::Sign(why) if why == "the key store is locked"),
+            "{e:?}"
+        );
+        assert!(!e.is_transient());
+        assert_eq!(node.connects(), 0, "nothing went to the node");
     }
 }
