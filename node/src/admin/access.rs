@@ -115,6 +115,27 @@ pub fn role_of(cert_der: &[u8]) -> Result<Role, RoleError> {
     found.unwrap_or(Err(RoleError::NoRole))
 }
 
+/// Whether a (chain-verified) client certificate is a node's: it names [`PEER_SERVER_NAME`]
+/// (`crate::raft::certs::PEER_SERVER_NAME`) and grants no admin role. The Raft listener
+/// serves only these: an admin certificate is signed by the same cluster CA, and must not
+/// speak Raft (vote, append entries, forward writes) whatever its role.
+pub fn is_node_certificate(cert_der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let names = &san.value.general_names;
+    let admin = names
+        .iter()
+        .any(|n| matches!(n, GeneralName::URI(u) if u.starts_with(ROLE_URI_PREFIX)));
+    let node = names.iter().any(
+        |n| matches!(n, GeneralName::DNSName(d) if *d == crate::raft::certs::PEER_SERVER_NAME),
+    );
+    node && !admin
+}
+
 /// Whether `role` may call `method path`. Deny by default: a path not named here is the
 /// operator's only (who then sees the router's 404 or 405).
 pub fn allowed(role: Role, method: &axum::http::Method, path: &str) -> bool {
@@ -140,6 +161,32 @@ mod tests {
         }
         let key = rcgen::KeyPair::generate().unwrap();
         p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn cert_named(dns: &[&str], uris: &[&str]) -> Vec<u8> {
+        let mut p =
+            rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn only_a_node_certificate_without_a_role_is_a_node_certificate() {
+        assert!(is_node_certificate(&cert_named(
+            &["qpq-raft", "localhost"],
+            &[]
+        )));
+        // An admin certificate (role, no node name), one with both, one with neither.
+        let role = Role::ReadOnly.uri();
+        assert!(!is_node_certificate(&cert_named(&[], &[&role])));
+        assert!(!is_node_certificate(&cert_named(&["qpq-raft"], &[&role])));
+        assert!(!is_node_certificate(&cert_named(&["x-0.x.ns.svc"], &[])));
+        assert!(!is_node_certificate(b"not a certificate"));
     }
 
     #[test]

@@ -44,6 +44,28 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<RaftNode>, stop: Cancell
                 conn.close(1u32.into(), b"ALPN qpq-raft/1 required");
                 return;
             }
+            // Only nodes speak Raft: an admin certificate of the same CA is refused.
+            let node_cert = conn
+                .peer_identity()
+                .and_then(|i| {
+                    i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .and_then(|chain| {
+                    chain
+                        .first()
+                        .map(|c| crate::admin::access::is_node_certificate(c))
+                })
+                .unwrap_or(false);
+            if !node_cert {
+                tracing::warn!(
+                    target: "qpq::audit",
+                    remote = %conn.remote_address(),
+                    "raft connection refused: the client certificate is not a node certificate"
+                );
+                conn.close(2u32.into(), b"a node certificate is required");
+                return;
+            }
             loop {
                 let (send, recv) = tokio::select! {
                     () = stop.cancelled() => return,

@@ -96,6 +96,11 @@ impl Node {
         }
     }
 
+    /// This node's cluster CA, certificate and key files.
+    pub fn tls(&self) -> &ClusterTlsFiles {
+        &self.tls
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

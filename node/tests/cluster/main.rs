@@ -29,6 +29,7 @@ mod divergence;
 mod failover;
 mod membership;
 mod partition;
+mod raft_access;
 mod recovery;
 mod single_use;
 mod transfer;
