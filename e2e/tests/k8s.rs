@@ -272,9 +272,14 @@ async fn job_from_cron(env: &Env, ns: &str, cron: &str, job: &str) -> String {
             ns,
         ],
     );
+    job_ended(env, ns, job).await
+}
+
+/// Waits until Job `name` ends; returns "Complete" or "Failed".
+async fn job_ended(env: &Env, ns: &str, name: &str) -> String {
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
-    wait(&format!("Job {job} finished"), 180, || async {
-        let j = jobs.get(job).await.ok()?;
+    wait(&format!("Job {name} finished"), 180, || async {
+        let j = jobs.get(name).await.ok()?;
         j.status?
             .conditions?
             .into_iter()
@@ -1165,15 +1170,7 @@ async fn run_job(env: &Env, ns: &str, job: Job) -> String {
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
     let name = job.metadata.name.clone().unwrap();
     jobs.create(&PostParams::default(), &job).await.unwrap();
-    wait(&format!("Job {name} finished"), 180, || async {
-        let j = jobs.get(&name).await.ok()?;
-        j.status?
-            .conditions?
-            .into_iter()
-            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            .map(|c| c.type_)
-    })
-    .await
+    job_ended(env, ns, &name).await
 }
 
 /// The pid of `pod`'s node process, from the pod runner's state (None on other clusters).

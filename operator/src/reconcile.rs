@@ -922,23 +922,22 @@ async fn observe_backup(
             "backup Job {job} disappeared"
         )));
     };
-    let conditions = j
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let has = |t: &str| {
-        conditions
-            .iter()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
-    Ok(if has("Complete") {
-        BackupObservation::Succeeded
-    } else if has("Failed") {
-        BackupObservation::Failed(format!("backup Job {job} failed"))
-    } else {
-        BackupObservation::Running
+    Ok(match job_end(&j) {
+        Some(c) if c.type_ == "Complete" => BackupObservation::Succeeded,
+        Some(_) => BackupObservation::Failed(format!("backup Job {job} failed")),
+        None => BackupObservation::Running,
     })
+}
+
+/// The condition that ended a Job (`Complete` or `Failed`, status True); `None` while it
+/// runs.
+fn job_end(j: &Job) -> Option<&k8s_openapi::api::batch::v1::JobCondition> {
+    j.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
 }
 
 /// The newest finished restore-drill Job of the cluster (label `qpq.dev/drill-for`), as
@@ -958,13 +957,7 @@ async fn observe_drills(
 
 /// A finished drill Job's outcome (`None` while it runs).
 fn drill_result(j: &Job) -> Option<crate::crd::DrillResult> {
-    let done = j
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    let done = job_end(j)?;
     Some(crate::crd::DrillResult {
         job: j.metadata.name.clone().unwrap_or_default(),
         succeeded: done.type_ == "Complete",
