@@ -10,6 +10,9 @@
 //!   starts an election), but with a delay above the heartbeat interval the leader gives up
 //!   on each answer: it never counts this node as caught up, and the node's replication
 //!   lag, seen from the leader, grows with every write.
+//! - `QPQ_TEST_FAULT_STALE_READS`: reads skip the read barrier and serve whatever this
+//!   node has applied, even when it is cut off from the leader: the planted bug the
+//!   linearizability checker must catch (`node/tests/cluster/stale_reads.rs`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -38,6 +41,25 @@ fn append_response_delay() -> Option<Duration> {
     })
 }
 
+/// Environment variable of the stale-read fault (`1` turns it on).
+pub const STALE_READS_ENV: &str = "QPQ_TEST_FAULT_STALE_READS";
+
+fn parse_switch(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim() == "1")
+}
+
+/// Whether reads skip the read barrier (the stale-read fault).
+pub fn stale_reads() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = parse_switch(std::env::var(STALE_READS_ENV).ok().as_deref());
+        if on {
+            tracing::warn!("TEST FAULT: reads skip the read barrier and may be stale");
+        }
+        on
+    })
+}
+
 /// Waits as long as the AppendEntries answer fault asks (not at all when it is off).
 pub async fn delay_append_response() {
     if let Some(d) = append_response_delay() {
@@ -56,5 +78,14 @@ mod tests {
         assert_eq!(parse_delay(Some("0")), None);
         assert_eq!(parse_delay(Some("fast")), None);
         assert_eq!(parse_delay(Some("600")), Some(Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn the_stale_read_fault_is_off_unless_set_to_one() {
+        assert!(!parse_switch(None));
+        assert!(!parse_switch(Some("")));
+        assert!(!parse_switch(Some("0")));
+        assert!(!parse_switch(Some("yes")));
+        assert!(parse_switch(Some("1")));
     }
 }

@@ -6,7 +6,10 @@
 //! (through the fault-injecting Raft proxy), a leadership transfer — aimed at the leader or a
 //! follower, each held for a random time and then undone. After the last one it waits until
 //! every node applied everything and checks the history on every node: each acknowledged
-//! message present exactly once, at its acknowledged seq, gap-free.
+//! message present exactly once, at its acknowledged seq, gap-free. Readers `fetch` and
+//! `fetchWait` through every node meanwhile, and porcupine (`lincheck.rs`) checks that every
+//! enqueue and read is linearizable: no read misses a write acknowledged before it started,
+//! none goes back in time.
 //!
 //! One line per schedule (seed, faults, writes, violations), then `N schedules, V
 //! violations`; the test fails unless V is 0. A schedule is replayed from its seed (the
@@ -22,6 +25,7 @@ use serde_json::json;
 
 use crate::harness::{local, serial};
 use crate::history::{self, Writers};
+use crate::lincheck;
 use crate::proxy::{self, Isolated};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -44,6 +48,9 @@ struct Report {
     faults: Vec<String>,
     acked: usize,
     unacked: u64,
+    reads: usize,
+    /// The linearizability checker's verdict line (empty when it did not run).
+    lincheck: String,
     violations: Vec<String>,
 }
 
@@ -54,27 +61,30 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
     let seed = env_or("QPQ_CHAOS_SEED", 1);
     let secs = Duration::from_secs(env_or("QPQ_CHAOS_SECS", 8));
     let started = Instant::now();
-    let (mut violations, mut operations, mut faults) = (0, 0, 0);
+    let (mut violations, mut operations, mut faults, mut reads) = (0, 0, 0, 0);
     for i in 0..schedules {
         let s = seed + i;
         let r = run_schedule(s, secs).await;
         eprintln!(
-            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} violations",
+            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} violations; {}",
             r.faults.len(),
             r.faults.join(", "),
             r.acked,
             r.unacked,
-            r.violations.len()
+            r.reads,
+            r.violations.len(),
+            r.lincheck,
         );
         for v in &r.violations {
             eprintln!("  violation: {v}");
         }
         violations += r.violations.len();
         operations += r.acked;
+        reads += r.reads;
         faults += r.faults.len();
     }
     eprintln!(
-        "{schedules} schedules, {violations} violations ({faults} faults, {operations} acknowledged writes, {:?})",
+        "{schedules} schedules, {violations} violations ({faults} faults, {operations} acknowledged writes, {reads} reads, {:?})",
         started.elapsed()
     );
     assert_eq!(violations, 0, "a schedule broke the history");
@@ -85,7 +95,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
     let isolated = Isolated::default();
     let mut c = proxy::cluster(3, &["--snapshot-logs", "200"], &isolated).await;
     local(async {
-        let w = Writers::start(&c, 3, 0).await;
+        let w = Writers::start(&c, 3, 0).await.with_readers(&c, 1, seed);
         let mut faults = Vec::new();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
@@ -168,21 +178,24 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        if !violations.is_empty() {
-            return Report {
-                faults,
-                acked: history.acked.borrow().len(),
-                unacked: *history.unacked.borrow(),
-                violations,
-            };
+        let mut lincheck = String::new();
+        if violations.is_empty() {
+            violations = history::violations(&history, &c.endpoints()).await;
         }
-        let violations = history::violations(&history, &c.endpoints()).await;
-        let acked = history.acked.borrow().len();
-        let unacked = *history.unacked.borrow();
+        if violations.is_empty() {
+            let via = c.endpoints().into_iter().find(|e| e.id == leader).unwrap();
+            let logs = lincheck::final_logs(&history, &via).await;
+            match lincheck::check(&history, &logs, &format!("chaos-seed-{seed}")) {
+                Ok(line) => lincheck = line,
+                Err(e) => violations.push(e),
+            }
+        }
         Report {
             faults,
-            acked,
-            unacked,
+            acked: history.acked.borrow().len(),
+            unacked: *history.unacked.borrow(),
+            reads: history.reads(),
+            lincheck,
             violations,
         }
     })

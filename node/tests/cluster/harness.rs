@@ -41,6 +41,10 @@ pub struct Node {
     pub data: PathBuf,
     tls: ClusterTlsFiles,
     extra: Vec<String>,
+    /// Another `qpq-node` build to run (default: this crate's).
+    pub program: Option<PathBuf>,
+    /// More environment for the process (e.g. a test-fault switch).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// Fixed across restarts, so clients keep their address book.
     pub client: Option<SocketAddr>,
@@ -84,6 +88,8 @@ impl Node {
             data: dir.join(format!("node-{id}")),
             tls: tls.clone(),
             extra: extra.to_vec(),
+            program: None,
+            env: Vec::new(),
             child: None,
             client: None,
             admin: None,
@@ -108,7 +114,9 @@ impl Node {
     /// Starts the process and waits until it reports serving.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
+        let program =
+            (self.program.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qpq-node")));
+        let mut cmd = Command::new(program);
         cmd.args(["--log-format", "json", "serve"])
             .arg("--listen")
             .arg(format!("{}:{}", self.ip, self.client_port))
@@ -149,6 +157,7 @@ impl Node {
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn qpq-node");

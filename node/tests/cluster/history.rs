@@ -1,11 +1,13 @@
 //! What clients saw, and the checker over it: every acknowledged enqueue appears exactly
 //! once, at the sequence number it was acknowledged with, in a gap-free, strictly increasing
 //! channel log, on every node; no KeyPackage was served twice; at most one Commit per
-//! (group, epoch) was accepted.
+//! (group, epoch) was accepted. Every enqueue and read is also recorded with its call and
+//! return times, for the linearizability check (`lincheck.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use qpq_client::{ClientError, Connection};
@@ -24,6 +26,55 @@ pub struct History {
     pub accepted_commits: RefCell<HashMap<(GroupId, u64), u32>>,
     /// Writes that failed for good (not acknowledged): allowed, never checked as present.
     pub unacked: RefCell<u64>,
+    /// Every enqueue and every answered read, with when it was called and answered.
+    pub ops: RefCell<Vec<Op>>,
+    /// Client numbers handed out so far (one per writer or reader task).
+    clients: Cell<usize>,
+}
+
+impl History {
+    /// A number for a new client of this history (names it in the recorded operations).
+    pub fn client_number(&self) -> usize {
+        let n = self.clients.get();
+        self.clients.set(n + 1);
+        n
+    }
+
+    pub fn reads(&self) -> usize {
+        (self.ops.borrow().iter())
+            .filter(|o| matches!(o.what, What::Read { .. }))
+            .count()
+    }
+}
+
+/// One operation as a client saw it.
+#[derive(Clone, Debug)]
+pub struct Op {
+    pub client: usize,
+    pub channel: ChannelId,
+    /// When the client sent it, in nanoseconds of [`now_ns`].
+    pub call: i64,
+    /// When the client got its answer; `None` for an enqueue never acknowledged.
+    pub ret: Option<i64>,
+    pub what: What,
+}
+
+#[derive(Clone, Debug)]
+pub enum What {
+    /// An enqueue of message `id`, acknowledged at `seq` (`None`: never acknowledged).
+    Enqueue { id: ClientMsgId, seq: Option<u64> },
+    /// A `fetch` or `fetchWait` that answered the channel's `last_seq` and these messages.
+    Read {
+        last_seq: u64,
+        seen: Vec<(u64, ClientMsgId)>,
+    },
+}
+
+/// Nanoseconds on one monotonic clock shared by every client of the test process.
+pub fn now_ns() -> i64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    i64::try_from(epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Keeps one connection per node and retries a request on the next node after a transient
@@ -89,6 +140,64 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One `fetch` (or `fetchWait` for up to `wait`) of `channel` after `after`, on the
+    /// current node, recorded in `history` when answered. A failure moves this client to
+    /// the next node; it is not retried (a read that got no answer says nothing).
+    pub async fn read_once(
+        &mut self,
+        history: &History,
+        me: usize,
+        channel: &ChannelId,
+        after: u64,
+        wait: Option<Duration>,
+    ) -> Option<u64> {
+        let i = self.next;
+        let result = match self.conn(i).await {
+            Ok(c) => {
+                let call = now_ns();
+                let read = async {
+                    match wait {
+                        Some(w) => {
+                            let ms = u32::try_from(w.as_millis()).unwrap_or(u32::MAX);
+                            c.fetch_wait(channel, after, 16, ms).await
+                        }
+                        None => c.fetch(channel, after, 16).await,
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(5), read).await {
+                    Ok(Ok(page)) => Ok((call, now_ns(), page)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ClientError::Io(std::io::Error::other("timeout"))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((call, ret, page)) => {
+                let seen = (page.messages.iter())
+                    .map(|m| (m.seq, m.client_msg_id))
+                    .collect();
+                history.ops.borrow_mut().push(Op {
+                    client: me,
+                    channel: *channel,
+                    call,
+                    ret: Some(ret),
+                    what: What::Read {
+                        last_seq: page.last_seq,
+                        seen,
+                    },
+                });
+                Some(page.last_seq)
+            }
+            Err(_) => {
+                let ep = &self.endpoints[i % self.endpoints.len()];
+                self.conns.remove(&ep.id);
+                self.next = self.next.wrapping_add(1);
+                None
             }
         }
     }
@@ -177,6 +286,7 @@ pub async fn write_padded_messages(
     let who = DevIdentity::generate().unwrap();
     let mut group = DevGroup::create(&who, GroupId::new(rand::random())).unwrap();
     let padding = "p".repeat(pad);
+    let me = history.client_number();
     for i in 0..count {
         if stop.get() {
             return;
@@ -185,18 +295,55 @@ pub async fn write_padded_messages(
         let payload = group
             .application_message(format!("m{i}{padding}").as_bytes())
             .unwrap();
-        match client
+        let call = now_ns();
+        let result = client
             .enqueue(&channel, &id, &payload, Duration::from_secs(20))
-            .await
-        {
+            .await;
+        let (ret, seq) = match result {
             Ok(seq) => {
                 history.acked.borrow_mut().insert((channel, id), seq);
+                (Some(now_ns()), Some(seq))
             }
             Err(e) => {
                 eprintln!("write not acknowledged: {e}");
                 *history.unacked.borrow_mut() += 1;
+                (None, None)
             }
+        };
+        history.ops.borrow_mut().push(Op {
+            client: me,
+            channel,
+            call,
+            ret,
+            what: What::Enqueue { id, seq },
+        });
+    }
+}
+
+/// Reads `channel` through `client` until `stop`: mostly `fetch` from a position at or a
+/// little behind the last `last_seq` it saw, sometimes a `fetchWait` for the next message.
+pub async fn read_messages(
+    history: Rc<History>,
+    mut client: Client,
+    channel: ChannelId,
+    stop: Rc<Cell<bool>>,
+    seed: u64,
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let me = history.client_number();
+    let mut last: u64 = 0;
+    while !stop.get() {
+        let (after, wait) = if rng.gen_bool(0.25) {
+            (last, Some(Duration::from_millis(300)))
+        } else {
+            (last.saturating_sub(rng.gen_range(0..4)), None)
+        };
+        match client.read_once(&history, me, &channel, after, wait).await {
+            Some(seq) => last = seq,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..25))).await;
     }
 }
 
@@ -277,6 +424,8 @@ pub fn is_stale_epoch(e: &ClientError) -> bool {
 /// a sampler of the longest time without a new acknowledgement.
 pub struct Writers {
     history: Rc<History>,
+    /// The channels written, one per writer.
+    pub channels: Vec<ChannelId>,
     stop: Rc<Cell<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The longest time without a new acknowledgement while the sampler ran.
@@ -292,11 +441,13 @@ impl Writers {
         let history = Rc::new(History::default());
         let stop = Rc::new(Cell::new(false));
         let mut tasks = Vec::new();
+        let mut channels = Vec::new();
         // Channels are created through the leader: a stopped node would not answer.
         let leader = c.wait_leader(Duration::from_secs(10)).await;
         let via = endpoints.iter().find(|e| e.id == leader).unwrap();
         for i in 0..n {
             let channel = via.create_channel().await;
+            channels.push(channel);
             tasks.push(tokio::task::spawn_local(write_padded_messages(
                 history.clone(),
                 Client::new(endpoints.clone(), i),
@@ -323,11 +474,31 @@ impl Writers {
         });
         Self {
             history,
+            channels,
             stop,
             tasks,
             longest_stall,
             sampler,
         }
+    }
+
+    /// Adds `per_channel` readers to every channel, each reading through every node in turn
+    /// (a `fetch`, or a short `fetchWait`, every few ms) and recording what it saw.
+    pub fn with_readers(mut self, c: &Cluster, per_channel: usize, seed: u64) -> Self {
+        let endpoints = c.endpoints();
+        for (i, channel) in self.channels.clone().into_iter().enumerate() {
+            for r in 0..per_channel {
+                let seed = seed ^ ((i * per_channel + r) as u64).wrapping_mul(0x9e37_79b9);
+                self.tasks.push(tokio::task::spawn_local(read_messages(
+                    self.history.clone(),
+                    Client::new(endpoints.clone(), i + r + 1),
+                    channel,
+                    self.stop.clone(),
+                    seed,
+                )));
+            }
+        }
+        self
     }
 
     pub fn acked(&self) -> usize {

@@ -16,6 +16,7 @@
 
 mod harness;
 mod history;
+mod lincheck;
 mod proxy;
 #[path = "../common/s3.rs"]
 mod s3;
@@ -32,5 +33,6 @@ mod partition;
 mod raft_access;
 mod recovery;
 mod single_use;
+mod stale_reads;
 mod transfer;
 mod versions;

@@ -20,8 +20,20 @@ fn dropped(isolated: &Isolated, node: IpAddr, peer: IpAddr) -> bool {
 /// Starts `n` nodes, each behind its own proxy (its advertised Raft address), and
 /// bootstraps them as one cluster; `isolated` partitions them.
 pub async fn cluster(n: u64, extra: &[&str], isolated: &Isolated) -> crate::harness::Cluster {
+    cluster_with(n, extra, isolated, |_| {}).await
+}
+
+/// [`cluster`], with `configure` applied to each node before it starts (another build, more
+/// environment).
+pub async fn cluster_with(
+    n: u64,
+    extra: &[&str],
+    isolated: &Isolated,
+    configure: impl Fn(&mut crate::harness::Node),
+) -> crate::harness::Cluster {
     let mut c = crate::harness::Cluster::new(n, extra);
     for node in &mut c.nodes {
+        configure(node);
         let target = node.raft_addr.parse().unwrap();
         let ip = node.ip.parse().unwrap();
         node.advertise = start(ip, target, isolated.clone()).await.to_string();

@@ -32,6 +32,10 @@ impl RaftNode {
         if self.divergence().is_some() {
             return Err(SubmitError::Unavailable);
         }
+        #[cfg(feature = "test-faults")]
+        if crate::faults::stale_reads() {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
         let index = loop {
             let leader = match self.read_index_local().await {
