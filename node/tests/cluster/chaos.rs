@@ -2,9 +2,9 @@
 //! first part as a test): each schedule starts a three-node cluster of real `qpq-node`
 //! processes (snapshots every 200 entries, so catching up after a fault often installs one),
 //! writes through every node with retries under the same message id, and draws from its seed
-//! a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a partition of one node
-//! (through the fault-injecting Raft proxy), a leadership transfer — aimed at the leader or a
-//! follower, each held for a random time and then undone. After the last one it waits until
+//! a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a partition of one node, a
+//! bad link (lost and delayed datagrams; both through the fault-injecting Raft proxy), kill -9
+//! of a majority, a leadership transfer — aimed at the leader or a follower, each held for a random time and then undone. After the last one it waits until
 //! every node applied everything and checks the history on every node: each acknowledged
 //! message present exactly once, at its acknowledged seq, gap-free. Readers `fetch` and
 //! `fetchWait` through every node meanwhile, and porcupine (`lincheck.rs`) checks that every
@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::lincheck;
-use crate::proxy::{self, Isolated};
+use crate::proxy::{self, BadLink, Isolated};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -40,6 +40,8 @@ enum Kind {
     KillRestart,
     Pause,
     Partition,
+    BadLink,
+    MajorityKill,
     Transfer,
 }
 
@@ -100,14 +102,20 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-            let kind = match rng.gen_range(0..4) {
-                0 => Kind::KillRestart,
-                1 => Kind::Pause,
-                2 => Kind::Partition,
+            let kind = match rng.gen_range(0..11) {
+                0 | 1 => Kind::KillRestart,
+                2 | 3 => Kind::Pause,
+                4 | 5 => Kind::Partition,
+                6 | 7 => Kind::BadLink,
+                8 => Kind::MajorityKill,
                 _ => Kind::Transfer,
             };
             let on_leader = rng.gen_bool(0.5);
             let hold = Duration::from_millis(rng.gen_range(300..2000));
+            let mut link = BadLink {
+                loss: 0.0,
+                max_delay: Duration::ZERO,
+            };
             let Some(leader) = c.leader().await else {
                 continue;
             };
@@ -131,9 +139,27 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
                 }
                 Kind::Partition => {
                     let ip = c.node(target).ip.parse().unwrap();
-                    isolated.lock().unwrap().insert(ip);
+                    isolated.cut(ip);
                     tokio::time::sleep(hold).await;
-                    isolated.lock().unwrap().remove(&ip);
+                    isolated.heal(ip);
+                }
+                Kind::BadLink => {
+                    let ip = c.node(target).ip.parse().unwrap();
+                    link = BadLink {
+                        loss: rng.gen_range(0.05..0.5),
+                        max_delay: Duration::from_millis(rng.gen_range(1..80)),
+                    };
+                    isolated.degrade(ip, link);
+                    tokio::time::sleep(hold).await;
+                    isolated.heal(ip);
+                }
+                Kind::MajorityKill => {
+                    // The leader and a follower: no quorum until they are back.
+                    c.node_mut(leader).kill9();
+                    c.node_mut(follower).kill9();
+                    tokio::time::sleep(hold).await;
+                    c.node_mut(leader).spawn();
+                    c.node_mut(follower).spawn();
                 }
                 Kind::Transfer => {
                     let _ = c
@@ -146,6 +172,16 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
             }
             faults.push(match kind {
                 Kind::Transfer => format!("transfer {leader}->{follower}"),
+                Kind::MajorityKill => format!(
+                    "MajorityKill leader {leader} and follower {follower} {}ms",
+                    hold.as_millis()
+                ),
+                Kind::BadLink => format!(
+                    "BadLink {who} {target} {}ms (loss {:.0}%, delay up to {}ms)",
+                    hold.as_millis(),
+                    link.loss * 100.0,
+                    link.max_delay.as_millis()
+                ),
                 k => format!("{k:?} {who} {target} {}ms", hold.as_millis()),
             });
         }

@@ -43,10 +43,7 @@ async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
         let ep = endpoints.iter().find(|e| e.id == old).unwrap();
         let conn = ep.connect().await.unwrap();
         let cut_channel = ep.create_channel().await;
-        isolated
-            .lock()
-            .unwrap()
-            .insert(c.node(old).ip.parse().unwrap());
+        isolated.cut(c.node(old).ip.parse().unwrap());
 
         // The isolated old leader cannot acknowledge a write.
         let who = DevIdentity::generate().unwrap();
@@ -87,7 +84,7 @@ async fn a_minority_cannot_acknowledge_and_converges_after_healing() {
         );
 
         // Heal: the old leader rejoins and converges.
-        isolated.lock().unwrap().clear();
+        isolated.heal_all();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         stop.set(true);
         for w in writers {

@@ -1,20 +1,103 @@
 //! A fault-injecting UDP proxy in front of each node's Raft listener. Peers dial the proxy
 //! (it is the node's advertised Raft address); the proxy relays datagrams to the node and
-//! back. A shared set of isolated node IPs drops every datagram into or out of an isolated
-//! node, which partitions it from the others (clients still reach it directly).
+//! back. The shared [`Net`] says which links are faulty: a node cut off has every datagram
+//! into or out of it dropped, which partitions it from the others; a node on a bad link
+//! loses a share of its datagrams and has the others delayed (what `tc netem` would do, on
+//! the Raft traffic only). Clients still reach every node directly.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-/// Node IPs cut off from the rest of the cluster.
-pub type Isolated = Arc<Mutex<HashSet<IpAddr>>>;
+/// A bad link: each datagram is lost with probability `loss`, the rest are delayed by a
+/// random time up to `max_delay` (so they also arrive out of order).
+#[derive(Clone, Copy, Debug)]
+pub struct BadLink {
+    pub loss: f64,
+    pub max_delay: Duration,
+}
 
-fn dropped(isolated: &Isolated, node: IpAddr, peer: IpAddr) -> bool {
-    let set = isolated.lock().unwrap();
-    set.contains(&node) || set.contains(&peer)
+#[derive(Default)]
+pub struct NetState {
+    cut: HashSet<IpAddr>,
+    bad: HashMap<IpAddr, BadLink>,
+}
+
+/// The faults of the proxies' network, shared by every proxy of a cluster.
+#[derive(Clone, Default)]
+pub struct Net(Arc<Mutex<NetState>>);
+
+/// The old name: most tests only cut nodes off.
+pub type Isolated = Net;
+
+/// What happens to one datagram between `node` and `peer`.
+enum Fate {
+    Pass,
+    Drop,
+    Delay(Duration),
+}
+
+impl Net {
+    /// Cuts `ip` off from every peer.
+    pub fn cut(&self, ip: IpAddr) {
+        self.0.lock().unwrap().cut.insert(ip);
+    }
+
+    /// Puts `ip` on a bad link.
+    pub fn degrade(&self, ip: IpAddr, link: BadLink) {
+        self.0.lock().unwrap().bad.insert(ip, link);
+    }
+
+    /// Undoes every fault of `ip`.
+    pub fn heal(&self, ip: IpAddr) {
+        let mut s = self.0.lock().unwrap();
+        s.cut.remove(&ip);
+        s.bad.remove(&ip);
+    }
+
+    /// Undoes every fault.
+    pub fn heal_all(&self) {
+        *self.0.lock().unwrap() = NetState::default();
+    }
+
+    fn fate(&self, node: IpAddr, peer: IpAddr) -> Fate {
+        use rand::Rng;
+        let s = self.0.lock().unwrap();
+        if s.cut.contains(&node) || s.cut.contains(&peer) {
+            return Fate::Drop;
+        }
+        let Some(link) = s.bad.get(&node).or_else(|| s.bad.get(&peer)).copied() else {
+            return Fate::Pass;
+        };
+        let mut rng = rand::thread_rng();
+        if rng.gen_bool(link.loss.clamp(0.0, 1.0)) {
+            return Fate::Drop;
+        }
+        let max = u64::try_from(link.max_delay.as_micros()).unwrap_or(u64::MAX);
+        Fate::Delay(Duration::from_micros(rng.gen_range(0..=max)))
+    }
+}
+
+/// Sends `datagram` through `send` now, later, or never, as `fate` says.
+async fn relay<F, Fut>(fate: Fate, datagram: &[u8], send: F)
+where
+    F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match fate {
+        Fate::Drop => {}
+        Fate::Pass => send(datagram.to_vec()).await,
+        Fate::Delay(d) => {
+            let datagram = datagram.to_vec();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                send(datagram).await;
+            });
+        }
+    }
 }
 
 /// Starts `n` nodes, each behind its own proxy (its advertised Raft address), and
@@ -56,7 +139,8 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
             let Ok((n, from)) = listen.recv_from(&mut buf).await else {
                 return;
             };
-            if dropped(&isolated, node_ip, from.ip()) {
+            let fate = isolated.fate(node_ip, from.ip());
+            if matches!(fate, Fate::Drop) {
                 continue;
             }
             let up = match upstreams.get(&from) {
@@ -72,9 +156,12 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
                         loop {
                             match reverse.recv(&mut buf).await {
                                 Ok(n) => {
-                                    if !dropped(&iso, node_ip, from.ip()) {
-                                        let _ = back.send_to(&buf[..n], from).await;
-                                    }
+                                    let back = back.clone();
+                                    let fate = iso.fate(node_ip, from.ip());
+                                    relay(fate, &buf[..n], move |d| async move {
+                                        let _ = back.send_to(&d, from).await;
+                                    })
+                                    .await;
                                 }
                                 // The node is down (killed, restarting): the ICMP "port
                                 // unreachable" of an earlier datagram surfaces here. Keep
@@ -90,7 +177,10 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
                     u
                 }
             };
-            let _ = up.send(&buf[..n]).await;
+            relay(fate, &buf[..n], move |d| async move {
+                let _ = up.send(&d).await;
+            })
+            .await;
         }
     });
     addr

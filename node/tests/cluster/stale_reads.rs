@@ -92,7 +92,7 @@ async fn scenario(program: Option<PathBuf>, name: &str) -> Outcome {
         }
 
         let ip = c.node(follower).ip.parse().unwrap();
-        isolated.lock().unwrap().insert(ip);
+        isolated.cut(ip);
         write(3).await;
         assert_eq!(
             history.acked.borrow().len(),
@@ -100,7 +100,7 @@ async fn scenario(program: Option<PathBuf>, name: &str) -> Outcome {
             "writes with a follower cut off"
         );
         let cut_off_answer = reader.read_once(&history, me, &channel, 0, None).await;
-        isolated.lock().unwrap().remove(&ip);
+        isolated.heal(ip);
 
         // Healed: the follower answers again, with everything.
         let mut reader = Client::new(vec![at(follower)], 0);
