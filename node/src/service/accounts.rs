@@ -20,7 +20,7 @@ use crate::auth::ratelimit::Decision;
 use crate::auth::signature::verify;
 use crate::auth::token::{self, PresentedToken};
 use crate::state::{
-    Command, DeviceRow, DeviceStatus, Outcome, Rejection, TokenId, TokenKind, TokenStatus,
+    Command, DeviceRow, DeviceStatus, Outcome, Rejection, TokenId, TokenKind, TokenRow, TokenStatus,
 };
 
 /// What `login` and `refresh` hand out.
@@ -77,17 +77,13 @@ impl Services {
             return Err(WireError::Unauthenticated);
         };
         let id = presented.id;
-        let row = match self.hooks.access.token(&id) {
-            Some(row) => Some(row),
-            None => {
-                let read_at = self.hooks.access.generation();
-                let row = self.readers.with(move |r| r.token(&id)).await?;
-                if let Some(row) = &row {
-                    self.hooks.access.put_token(read_at, id, row.clone());
-                }
-                row
-            }
-        };
+        let mut row = self.token_row(id).await?;
+        if row.is_none() {
+            // Perhaps issued through another node moments ago, which this one has not
+            // applied yet: decide again once caught up with the leader.
+            self.read_barrier().await?;
+            row = self.token_row(id).await?;
+        }
         let now = self.clock.now_ms();
         let failure = |reason: &'static str| {
             tracing::info!(target: "qpq::audit", event = "auth_failure", peer = %peer, token = %token::tag(&id), reason);
@@ -113,6 +109,7 @@ impl Services {
             account: row.account,
             device: row.device,
             device_key: row.device_key,
+            token: id,
         };
         let t = now_instant();
         limited(
@@ -129,6 +126,32 @@ impl Services {
             peer,
             auth: Some(auth),
         })
+    }
+
+    /// Whether the access token `id` is still live in this node's current state (not
+    /// revoked, its device not revoked, not expired). Read again after a read barrier, so a
+    /// token revoked through another node stops reading on this one as well.
+    pub(super) async fn token_still_live(&self, id: TokenId) -> Result<bool, WireError> {
+        let row = self.token_row(id).await?;
+        let now = self.clock.now_ms();
+        Ok(row.is_some_and(|row| {
+            row.status == TokenStatus::Live
+                && row.device_status != DeviceStatus::Revoked
+                && row.expires_at_ms > now
+        }))
+    }
+
+    /// Token `id`'s row, from the access cache or this node's state.
+    async fn token_row(&self, id: TokenId) -> Result<Option<TokenRow>, WireError> {
+        if let Some(row) = self.hooks.access.token(&id) {
+            return Ok(Some(row));
+        }
+        let read_at = self.hooks.access.generation();
+        let row = self.readers.with(move |r| r.token(&id)).await?;
+        if let Some(row) = &row {
+            self.hooks.access.put_token(read_at, id, row.clone());
+        }
+        Ok(row)
     }
 
     async fn device_row(&self, device: DeviceId) -> Result<Option<DeviceRow>, WireError> {
@@ -211,7 +234,13 @@ impl Services {
             return Err(fail("bad_nonce"));
         }
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| fail("bad_nonce"))?;
-        let row = match self.device_row(device).await? {
+        let mut row = self.device_row(device).await?;
+        if row.is_none() {
+            // Perhaps registered through another node moments ago: decide once caught up.
+            self.read_barrier().await?;
+            row = self.device_row(device).await?;
+        }
+        let row = match row {
             Some(row) if row.status != DeviceStatus::Revoked => row,
             _ => return Err(fail("unknown_or_revoked_device")),
         };

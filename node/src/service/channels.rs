@@ -31,12 +31,65 @@ pub enum Access {
 
 impl Services {
     /// Checks that the caller may do `access` on `channel`; returns its identity.
+    ///
+    /// Decided on this node's state, which may lag the leader's: a refusal is decided again
+    /// once this node has caught up (a read barrier), so a channel created or a member added
+    /// through another node is usable at once everywhere. Writes need no more: `apply`
+    /// checks the same rule again on the command, in log order.
     pub async fn authorize(
         &self,
         caller: &Caller,
         channel: ChannelId,
         access: Access,
     ) -> Result<Authenticated, WireError> {
+        if let Some(me) = self.access_allowed(caller, channel, access).await? {
+            return Ok(me);
+        }
+        self.read_barrier().await?;
+        self.authorized(caller, channel, access).await
+    }
+
+    /// [`Self::authorize`] for reads: decided only after this node caught up with the
+    /// leader, so a member removed (a channel left, a token or device revoked) is refused by
+    /// every node once the removal was acknowledged, not served until its node applies it.
+    pub async fn authorize_read(
+        &self,
+        caller: &Caller,
+        channel: ChannelId,
+        access: Access,
+    ) -> Result<Authenticated, WireError> {
+        let me = *caller.authenticated()?;
+        self.read_barrier().await?;
+        if !self.token_still_live(me.token).await? {
+            tracing::info!(target: "qpq::audit", event = "auth_failure", peer = %caller.peer, reason = "revoked_after_barrier");
+            return Err(WireError::Unauthenticated);
+        }
+        self.authorized(caller, channel, access).await
+    }
+
+    async fn authorized(
+        &self,
+        caller: &Caller,
+        channel: ChannelId,
+        access: Access,
+    ) -> Result<Authenticated, WireError> {
+        match self.access_allowed(caller, channel, access).await? {
+            Some(me) => Ok(me),
+            None => {
+                let me = caller.authenticated()?;
+                tracing::info!(target: "qpq::audit", event = "forbidden", account = %me.account, device = %me.device, channel = %channel, access = ?access);
+                Err(WireError::Forbidden)
+            }
+        }
+    }
+
+    /// The caller's identity if this node's current state lets it do `access` on `channel`.
+    async fn access_allowed(
+        &self,
+        caller: &Caller,
+        channel: ChannelId,
+        access: Access,
+    ) -> Result<Option<Authenticated>, WireError> {
         let me = *caller.authenticated()?;
         let account = me.account;
         let info = match self.hooks.access.channel_access(&channel, &account) {
@@ -64,12 +117,7 @@ impl Services {
                 (_, _) => c.admin.is_some(),
             },
         };
-        if allowed {
-            Ok(me)
-        } else {
-            tracing::info!(target: "qpq::audit", event = "forbidden", account = %me.account, device = %me.device, channel = %channel, access = ?access);
-            Err(WireError::Forbidden)
-        }
+        Ok(allowed.then_some(me))
     }
 
     async fn propose_done(&self, command: Command) -> Result<(), WireError> {
@@ -139,7 +187,8 @@ impl Services {
         caller: &Caller,
         channel: ChannelId,
     ) -> Result<Vec<(AccountId, bool)>, WireError> {
-        self.authorize(caller, channel, Access::Members).await?;
+        self.authorize_read(caller, channel, Access::Members)
+            .await?;
         self.readers.with(move |r| r.members(&channel)).await
     }
 

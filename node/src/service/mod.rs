@@ -37,7 +37,7 @@ use crate::config::{NodeConfig, RateLimit};
 use crate::log::{CommitLog, LogError};
 use crate::mls::framing;
 use crate::mls::keypackage::{self, KeyPackagePolicy};
-use crate::state::{Command, FetchPage, Outcome, Rejection, StoreError, StoreReader};
+use crate::state::{Command, FetchPage, Outcome, Rejection, StoreError, StoreReader, TokenId};
 use hooks::ServiceHooks;
 
 /// Who is calling: the peer address, and the account and device once the request's access
@@ -59,6 +59,8 @@ pub struct Authenticated {
     pub device: DeviceId,
     /// The device's key: its MLS identity key.
     pub device_key: IdentityKey,
+    /// The access token's lookup id (to check it again after a read barrier).
+    pub token: TokenId,
 }
 
 impl Caller {
@@ -410,19 +412,24 @@ impl Services {
         after_seq: u64,
         limit: u32,
     ) -> Result<FetchPage, WireError> {
-        let me = self.authorize(caller, channel, Access::Read).await?;
-        let page = self.read_page(channel, after_seq, limit).await?;
+        let me = self.authorize_read(caller, channel, Access::Read).await?;
+        let page = self.read_page(channel, after_seq, limit, false).await?;
         tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
         Ok(page)
     }
 
+    /// A page of `channel` from this node's state; after a read barrier if `barrier` (the
+    /// caller has not just passed one).
     async fn read_page(
         &self,
         channel: ChannelId,
         after_seq: u64,
         limit: u32,
+        barrier: bool,
     ) -> Result<FetchPage, WireError> {
-        self.read_barrier().await?;
+        if barrier {
+            self.read_barrier().await?;
+        }
         let limit = self.page_limit(limit);
         let not_before = self.not_before_ms();
         let page = self
@@ -442,15 +449,17 @@ impl Services {
         limit: u32,
         timeout: Duration,
     ) -> Result<WaitedPage, WireError> {
-        let me = self.authorize(caller, channel, Access::Read).await?;
+        let me = self.authorize_read(caller, channel, Access::Read).await?;
         let _slot = self.fetch_wait_slot(me.device)?;
         let effective_timeout = timeout.min(self.config.limits.max_fetch_wait);
         let deadline = tokio::time::Instant::now() + effective_timeout;
         // Subscribe before reading: a message applied between the read and the wait must
         // still wake us.
         let mut sub = self.hooks.waiters.subscribe(channel);
+        let mut barrier = false; // authorize_read just passed one
         loop {
-            let page = self.read_page(channel, after_seq, limit).await?;
+            let page = self.read_page(channel, after_seq, limit, barrier).await?;
+            barrier = true;
             if !page.messages.is_empty() {
                 tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
             }

@@ -51,6 +51,11 @@ struct Report {
     acked: usize,
     unacked: u64,
     reads: usize,
+    /// KeyPackages served to the claimers.
+    key_packages: usize,
+    /// Commit races run, and Commits acknowledged in them.
+    races: usize,
+    commits: u32,
     /// The linearizability checker's verdict line (empty when it did not run).
     lincheck: String,
     violations: Vec<String>,
@@ -68,12 +73,15 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
         let s = seed + i;
         let r = run_schedule(s, secs).await;
         eprintln!(
-            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} violations; {}",
+            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} KeyPackages claimed, {} Commits acknowledged in {} races, {} violations; {}",
             r.faults.len(),
             r.faults.join(", "),
             r.acked,
             r.unacked,
             r.reads,
+            r.key_packages,
+            r.commits,
+            r.races,
             r.violations.len(),
             r.lincheck,
         );
@@ -97,7 +105,21 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
     let isolated = Isolated::default();
     let mut c = proxy::cluster(3, &["--snapshot-logs", "200"], &isolated).await;
     local(async {
-        let w = Writers::start(&c, 3, 0).await.with_readers(&c, 1, seed);
+        let endpoints = c.endpoints();
+        let owner = {
+            let leader = c.wait_leader(Duration::from_secs(10)).await;
+            let via = endpoints.iter().find(|e| e.id == leader).unwrap();
+            history::upload_key_packages(via, 100).await
+        };
+        let w = Writers::start(&c, 3, 0)
+            .await
+            .with_readers(&c, 1, seed)
+            .also(|h, stop| history::race_commits(h, endpoints.clone(), stop));
+        // Two claimers of the same identity's KeyPackages, through different nodes.
+        let w = (0..2).fold(w, |w, k| {
+            let client = history::Client::new(endpoints.clone(), k);
+            w.also(move |h, stop| history::claim_key_packages(h, client, owner, stop))
+        });
         let mut faults = Vec::new();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
@@ -114,6 +136,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
             let hold = Duration::from_millis(rng.gen_range(300..2000));
             let mut link = BadLink {
                 loss: 0.0,
+                min_delay: Duration::ZERO,
                 max_delay: Duration::ZERO,
             };
             let Some(leader) = c.leader().await else {
@@ -147,6 +170,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
                     let ip = c.node(target).ip.parse().unwrap();
                     link = BadLink {
                         loss: rng.gen_range(0.05..0.5),
+                        min_delay: Duration::ZERO,
                         max_delay: Duration::from_millis(rng.gen_range(1..80)),
                     };
                     isolated.degrade(ip, link);
@@ -221,6 +245,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
         if violations.is_empty() {
             let via = c.endpoints().into_iter().find(|e| e.id == leader).unwrap();
             let logs = lincheck::final_logs(&history, &via).await;
+            violations.extend(history::rule_violations(&history, &logs));
             match lincheck::check(&history, &logs, &format!("chaos-seed-{seed}")) {
                 Ok(line) => lincheck = line,
                 Err(e) => violations.push(e),
@@ -231,6 +256,9 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
             acked: history.acked.borrow().len(),
             unacked: *history.unacked.borrow(),
             reads: history.reads(),
+            key_packages: history.served_key_packages.borrow().len(),
+            races: history.commit_pairs.borrow().len(),
+            commits: history.accepted_commits.borrow().values().sum(),
             lincheck,
             violations,
         }

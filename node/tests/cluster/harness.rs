@@ -503,8 +503,11 @@ impl Endpoint {
         loop {
             match self.try_login().await {
                 Ok(c) => return Ok(c),
+                // A refused connection too: the node caps connections per address, and the
+                // ones a test just dropped take a moment to close.
                 Err(e)
-                    if (e.is_transient() || matches!(e, ClientError::Io(_)))
+                    if (e.is_transient()
+                        || matches!(e, ClientError::Io(_) | ClientError::Connection(_)))
                         && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -10,9 +10,10 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use qpq_client::rpc::FetchedKeyPackage;
 use qpq_client::{ClientError, Connection};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
+use qpq_schemas::{ChannelId, ClientMsgId, GroupId, IdentityKey, WireError};
 
 use crate::harness::{Cluster, Endpoint};
 
@@ -30,6 +31,8 @@ pub struct History {
     pub ops: RefCell<Vec<Op>>,
     /// Client numbers handed out so far (one per writer or reader task).
     clients: Cell<usize>,
+    /// Racing Commit pairs: (channel, group, epoch, the two message ids).
+    pub commit_pairs: RefCell<Vec<(ChannelId, GroupId, u64, [ClientMsgId; 2])>>,
 }
 
 impl History {
@@ -202,21 +205,82 @@ impl Client {
         }
     }
 
+    /// Creates a channel through the current node (one attempt; a failure moves this client to
+    /// the next node).
+    pub async fn create_channel(&mut self) -> Option<ChannelId> {
+        let i = self.next;
+        let created = match self.conn(i).await {
+            Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.create_channel())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        if created.is_none() {
+            self.rotate(i);
+        }
+        created
+    }
+
+    /// Claims one of `identity`'s KeyPackages through the current node (one attempt).
+    pub async fn claim_key_package(
+        &mut self,
+        identity: &IdentityKey,
+    ) -> Result<FetchedKeyPackage, ClientError> {
+        let i = self.next;
+        let result = match self.conn(i).await {
+            Ok(c) => {
+                match tokio::time::timeout(Duration::from_secs(10), c.fetch_key_package(identity))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Io(std::io::Error::other("timeout"))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if matches!(&result, Err(e) if !matches!(e, ClientError::Wire(WireError::NotFound))) {
+            self.rotate(i);
+        }
+        result
+    }
+
+    fn rotate(&mut self, i: usize) {
+        let ep = &self.endpoints[i % self.endpoints.len()];
+        self.conns.remove(&ep.id);
+        self.next = self.next.wrapping_add(1);
+    }
+
     /// Every message of `channel` as node `ep` serves it (pages until the end).
     /// Retries transient errors (e.g. `unavailable` during an election) like a client would.
     pub async fn read_all(ep: &Endpoint, channel: &ChannelId) -> Vec<(u64, ClientMsgId)> {
+        Self::read_all_on(ep, &mut None, channel).await
+    }
+
+    /// [`Self::read_all`] over `conn` (connected on first use, replaced after a transient
+    /// error), so that reading many channels does not open a connection for each: the node
+    /// caps connections per address.
+    pub async fn read_all_on(
+        ep: &Endpoint,
+        conn: &mut Option<Connection>,
+        channel: &ChannelId,
+    ) -> Vec<(u64, ClientMsgId)> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut c = ep.connect().await.unwrap();
         let mut out = Vec::new();
         let mut after = 0;
         loop {
+            let c = match conn {
+                Some(c) => c,
+                None => conn.insert(ep.connect().await.unwrap()),
+            };
             let page = match c.fetch(channel, after, 0).await {
                 Ok(p) => p,
-                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                Err(e)
+                    if (e.is_transient() || matches!(e, ClientError::Connection(_)))
+                        && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    if let Ok(fresh) = ep.connect().await {
-                        c = fresh;
-                    }
+                    *conn = ep.connect().await.ok();
                     continue;
                 }
                 Err(e) => panic!("node {}: fetch failed: {e}", ep.id),
@@ -347,6 +411,158 @@ pub async fn read_messages(
     }
 }
 
+/// Registers a new identity through `ep` and uploads `n` (≤ 100) single-use KeyPackages of
+/// it; returns the identity, for [`claim_key_packages`].
+pub async fn upload_key_packages(ep: &Endpoint, n: usize) -> IdentityKey {
+    let owner = DevIdentity::generate().unwrap();
+    let packages: Vec<Vec<u8>> = (0..n).map(|_| owner.key_package_bytes().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = async {
+            let mut c = ep.connect_anonymous().await?;
+            c.register_and_login(&owner.identity_key(), |m| owner.sign(m).unwrap())
+                .await?;
+            c.upload_key_packages(&packages, None).await
+        };
+        match attempt.await {
+            Ok(_) => return owner.identity_key(),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("KeyPackage upload failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("node {}: KeyPackage upload failed: {e}", ep.id),
+        }
+    }
+}
+
+/// Claims `identity`'s KeyPackages through `client` until `stop`, recording every one served.
+pub async fn claim_key_packages(
+    history: Rc<History>,
+    mut client: Client,
+    identity: IdentityKey,
+    stop: Rc<Cell<bool>>,
+) {
+    while !stop.get() {
+        match client.claim_key_package(&identity).await {
+            Ok(kp) if !kp.last_resort => history.served_key_packages.borrow_mut().push(kp.bytes),
+            // Exhausted (or only a last-resort package left): keep asking now and then.
+            Ok(_) | Err(ClientError::Wire(WireError::NotFound)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// Until `stop`: two members of a new group each commit at the same epoch, sent at once
+/// through two different nodes (with retries under the same message id), in a new channel
+/// each round. Records the pair, acknowledged Commits, and unacknowledged ones (resolved from
+/// the final log, like any enqueue).
+pub async fn race_commits(history: Rc<History>, endpoints: Vec<Endpoint>, stop: Rc<Cell<bool>>) {
+    let me = [history.client_number(), history.client_number()];
+    let mut clients = [
+        Client::new(endpoints.clone(), 0),
+        Client::new(endpoints.clone(), 1),
+    ];
+    while !stop.get() {
+        let Some(channel) = clients[0].create_channel().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let a = DevIdentity::generate().unwrap();
+        let b = DevIdentity::generate().unwrap();
+        let group = GroupId::new(rand::random());
+        let mut ga = DevGroup::create(&a, group).unwrap();
+        let (_commit, welcome) = ga.add_member(&b.key_package_bytes().unwrap()).unwrap();
+        ga.merge_pending_commit().unwrap();
+        let mut gb = DevGroup::join(&b, &welcome).unwrap();
+        let epoch = ga.epoch();
+        let commits = [
+            ga.self_update_commit().unwrap(),
+            gb.self_update_commit().unwrap(),
+        ];
+        let ids = [ClientMsgId::random(), ClientMsgId::random()];
+        let call = now_ns();
+        let [ca, cb] = &mut clients;
+        let results = tokio::join!(
+            ca.enqueue(&channel, &ids[0], &commits[0], Duration::from_secs(20)),
+            cb.enqueue(&channel, &ids[1], &commits[1], Duration::from_secs(20))
+        );
+        let ret = now_ns();
+        history
+            .commit_pairs
+            .borrow_mut()
+            .push((channel, group, epoch, ids));
+        let mut accepted = 0;
+        for (k, result) in [results.0, results.1].into_iter().enumerate() {
+            let (ret, seq) = match result {
+                Ok(seq) => {
+                    accepted += 1;
+                    history.acked.borrow_mut().insert((channel, ids[k]), seq);
+                    (Some(ret), Some(seq))
+                }
+                // Refused for good: it never took effect.
+                Err(e) if is_stale_epoch(&e) => continue,
+                Err(e) => {
+                    eprintln!("Commit not acknowledged: {e}");
+                    *history.unacked.borrow_mut() += 1;
+                    (None, None)
+                }
+            };
+            history.ops.borrow_mut().push(Op {
+                client: me[k],
+                channel,
+                call,
+                ret,
+                what: What::Enqueue { id: ids[k], seq },
+            });
+        }
+        *history
+            .accepted_commits
+            .borrow_mut()
+            .entry((group, epoch))
+            .or_default() += accepted;
+    }
+}
+
+/// The single-use and one-Commit-per-epoch rules, over what clients saw and the final logs:
+/// no KeyPackage served twice, at most one Commit acknowledged per (group, epoch), and at most
+/// one of each racing pair stored.
+pub fn rule_violations(
+    history: &History,
+    logs: &HashMap<ChannelId, BTreeMap<u64, ClientMsgId>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let served = history.served_key_packages.borrow();
+    let unique: HashSet<&Vec<u8>> = served.iter().collect();
+    if unique.len() != served.len() {
+        out.push(format!(
+            "{} KeyPackages served, {} distinct: a KeyPackage was served twice",
+            served.len(),
+            unique.len()
+        ));
+    }
+    for ((group, epoch), n) in history.accepted_commits.borrow().iter() {
+        if *n > 1 {
+            out.push(format!(
+                "{n} Commits acknowledged for epoch {epoch} of {group:?}"
+            ));
+        }
+    }
+    for (channel, group, epoch, ids) in history.commit_pairs.borrow().iter() {
+        let stored = logs
+            .get(channel)
+            .map_or(0, |log| log.values().filter(|id| ids.contains(id)).count());
+        if stored > 1 {
+            out.push(format!(
+                "both Commits for epoch {epoch} of {group:?} are stored in {channel:?}"
+            ));
+        }
+    }
+    out
+}
+
 /// Checks the message history against what `endpoints` serve now (panics on a violation).
 pub async fn check_messages(history: &History, endpoints: &[Endpoint]) {
     let v = violations(history, endpoints).await;
@@ -363,8 +579,9 @@ pub async fn violations(history: &History, endpoints: &[Endpoint]) -> Vec<String
         out.push("no write was acknowledged".to_owned());
     }
     for ep in endpoints {
+        let mut conn = None;
         for channel in &channels {
-            let log = Client::read_all(ep, channel).await;
+            let log = Client::read_all_on(ep, &mut conn, channel).await;
             // Gap-free, strictly increasing from 1.
             if let Some((i, (seq, _))) = log
                 .iter()
@@ -480,6 +697,17 @@ impl Writers {
             longest_stall,
             sampler,
         }
+    }
+
+    /// Runs `task` (given the history and the stop flag) beside the writers until they stop.
+    pub fn also<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(Rc<History>, Rc<Cell<bool>>) -> Fut,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let t = task(self.history.clone(), self.stop.clone());
+        self.tasks.push(tokio::task::spawn_local(t));
+        self
     }
 
     /// Adds `per_channel` readers to every channel, each reading through every node in turn

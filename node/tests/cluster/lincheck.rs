@@ -27,8 +27,9 @@ pub async fn final_logs(history: &History, ep: &crate::harness::Endpoint) -> Fin
     let channels: std::collections::BTreeSet<ChannelId> =
         history.ops.borrow().iter().map(|o| o.channel).collect();
     let mut out = FinalLogs::new();
+    let mut conn = None;
     for channel in channels {
-        let log = crate::history::Client::read_all(ep, &channel).await;
+        let log = crate::history::Client::read_all_on(ep, &mut conn, &channel).await;
         out.insert(channel, log.into_iter().collect());
     }
     out

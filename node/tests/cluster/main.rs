@@ -28,6 +28,7 @@ mod chaos;
 mod disk_full;
 mod divergence;
 mod failover;
+mod lagging;
 mod membership;
 mod partition;
 mod raft_access;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 /// A bad link: each datagram is lost with probability `loss`, the rest are delayed by a
-/// random time up to `max_delay` (so they also arrive out of order).
+/// random time from `min_delay` to `max_delay` (so they may arrive out of order).
 #[derive(Clone, Copy, Debug)]
 pub struct BadLink {
     pub loss: f64,
+    pub min_delay: Duration,
     pub max_delay: Duration,
 }
 
@@ -76,8 +77,9 @@ impl Net {
         if rng.gen_bool(link.loss.clamp(0.0, 1.0)) {
             return Fate::Drop;
         }
-        let max = u64::try_from(link.max_delay.as_micros()).unwrap_or(u64::MAX);
-        Fate::Delay(Duration::from_micros(rng.gen_range(0..=max)))
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let (min, max) = (micros(link.min_delay), micros(link.max_delay));
+        Fate::Delay(Duration::from_micros(rng.gen_range(min..=max.max(min))))
     }
 }
 
