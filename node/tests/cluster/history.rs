@@ -31,9 +31,12 @@ pub struct History {
     pub ops: RefCell<Vec<Op>>,
     /// Client numbers handed out so far (one per writer or reader task).
     clients: Cell<usize>,
-    /// Racing Commit pairs: (channel, group, epoch, the two message ids).
-    pub commit_pairs: RefCell<Vec<(ChannelId, GroupId, u64, [ClientMsgId; 2])>>,
+    /// Racing Commit pairs.
+    pub commit_pairs: RefCell<Vec<CommitPair>>,
 }
+
+/// Two Commits sent at once for one epoch: (channel, group, epoch, the two message ids).
+pub type CommitPair = (ChannelId, GroupId, u64, [ClientMsgId; 2]);
 
 impl History {
     /// A number for a new client of this history (names it in the recorded operations).
