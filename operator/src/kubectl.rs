@@ -64,6 +64,20 @@ pub fn status_table(c: &QpqCluster) -> String {
             op.kind, op.node_id, op.phase, op.started
         );
     }
+    if let Some(d) = &st.last_drill {
+        let _ = writeln!(
+            out,
+            "Drill:     {} ({}, {}){}",
+            if d.succeeded { "passed" } else { "FAILED" },
+            d.job,
+            d.finished,
+            if d.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.message)
+            }
+        );
+    }
     let _ = writeln!(out);
     let mut rows = vec![vec![
         "ID".to_owned(),
@@ -310,7 +324,8 @@ mod tests {
                 ],
                 "conditions": [
                     {"type": "Ready", "status": "False", "reason": "MemberUnreachable", "message": "see the Degraded condition", "lastTransitionTime": "2026-09-21T10:00:00Z"}
-                ]
+                ],
+                "lastDrill": {"job": "qpq-drill-29001", "succeeded": false, "finished": "2026-09-21T09:00:00Z", "message": "BackoffLimitExceeded"}
             }
         }))
         .unwrap()
@@ -322,6 +337,12 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "Cluster:   messaging/qpq");
         assert!(t.contains("Leader:    qpq-0"));
+        assert!(
+            t.contains(
+                "Drill:     FAILED (qpq-drill-29001, 2026-09-21T09:00:00Z): BackoffLimitExceeded"
+            ),
+            "{t}"
+        );
         let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
         assert_eq!(
             lines[header],
