@@ -587,14 +587,16 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "REPLICAS", "VERSION", "LEADER", "AGE"]
+        [
+            "NAME", "READY", "REPLICAS", "VOTERS", "VERSION", "LEADER", "AGE"
+        ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
-        row[..4],
-        [name.as_str(), "True", "3", obj.spec.version.as_str()]
+        row[..5],
+        [name.as_str(), "True", "3", "3", obj.spec.version.as_str()]
     );
-    assert_eq!(Some(row[4]), c.status.as_ref().unwrap().leader.as_deref());
+    assert_eq!(Some(row[5]), c.status.as_ref().unwrap().leader.as_deref());
 
     step("three clients, one per pod, hold an MLS conversation");
     let home = tempfile::tempdir().unwrap();
@@ -664,8 +666,27 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     wait_ready(&env, &ns, &name, 5, 420).await;
     let now = operator_leader(&env).await;
     assert_ne!(now, leader, "another operator replica took over");
-    step("scale 5 -> 3");
-    patch_replicas(&env, &ns, &name, 3).await;
+    step("scale 5 -> 3 with kubectl scale (the scale subresource; an even count is refused)");
+    let scale = |n: u32| {
+        Command::new(&env.kubectl)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args(["scale", &format!("qpqcluster/{name}"), "-n", &ns])
+            .arg(format!("--replicas={n}"))
+            .output()
+            .unwrap()
+    };
+    let even = scale(4);
+    assert!(
+        !even.status.success(),
+        "kubectl scale to 4 replicas was accepted: {}",
+        String::from_utf8_lossy(&even.stdout)
+    );
+    let odd = scale(3);
+    assert!(
+        odd.status.success(),
+        "kubectl scale to 3: {}",
+        String::from_utf8_lossy(&odd.stderr)
+    );
     wait_ready(&env, &ns, &name, 3, 420).await;
     stop.store(true, Ordering::SeqCst);
     let acked = writer.await.unwrap();

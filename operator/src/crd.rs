@@ -44,7 +44,14 @@ pub const FINALIZER: &str = "qpq.dev/cleanup";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    // `kubectl scale qpq/NAME --replicas=N` writes spec.replicas (the same validation as an
+    // edit); the observed voters are the scale's status.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.voters"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Voters", type_ = "integer", json_path = ".status.voters"),
     printcolumn(
         name = "Version",
         type_ = "string",
