@@ -67,11 +67,16 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
     let schedules = env_or("QPQ_CHAOS_SCHEDULES", 3);
     let seed = env_or("QPQ_CHAOS_SEED", 1);
     let secs = Duration::from_secs(env_or("QPQ_CHAOS_SECS", 8));
+    let nodes = env_or("QPQ_CHAOS_NODES", 3);
+    assert!(
+        nodes == 3 || nodes == 5,
+        "QPQ_CHAOS_NODES: 3 or 5, not {nodes}"
+    );
     let started = Instant::now();
     let (mut violations, mut operations, mut faults, mut reads) = (0, 0, 0, 0);
     for i in 0..schedules {
         let s = seed + i;
-        let r = run_schedule(s, secs).await;
+        let r = run_schedule(s, secs, nodes).await;
         eprintln!(
             "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} KeyPackages claimed, {} Commits acknowledged in {} races, {} violations; {}",
             r.faults.len(),
@@ -94,16 +99,16 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
         faults += r.faults.len();
     }
     eprintln!(
-        "{schedules} schedules, {violations} violations ({faults} faults, {operations} acknowledged writes, {reads} reads, {:?})",
+        "{schedules} schedules, {violations} violations ({nodes} nodes, {faults} faults, {operations} acknowledged writes, {reads} reads, {:?})",
         started.elapsed()
     );
     assert_eq!(violations, 0, "a schedule broke the history");
 }
 
-async fn run_schedule(seed: u64, duration: Duration) -> Report {
+async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let isolated = Isolated::default();
-    let mut c = proxy::cluster(3, &["--snapshot-logs", "200"], &isolated).await;
+    let mut c = proxy::cluster(nodes, &["--snapshot-logs", "200"], &isolated).await;
     local(async {
         let endpoints = c.endpoints();
         let owner = {
@@ -113,6 +118,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
         };
         let w = Writers::start(&c, 3, 0)
             .await
+            .with_more_writers(&c, 1)
             .with_readers(&c, 1, seed)
             .also(|h, stop| history::race_commits(h, endpoints.clone(), stop));
         // Two claimers of the same identity's KeyPackages, through different nodes.
@@ -134,6 +140,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
             };
             let on_leader = rng.gen_bool(0.5);
             let hold = Duration::from_millis(rng.gen_range(300..2000));
+            let mut killed: Vec<u64> = Vec::new();
             let mut link = BadLink {
                 loss: 0.0,
                 min_delay: Duration::ZERO,
@@ -178,12 +185,22 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
                     isolated.heal(ip);
                 }
                 Kind::MajorityKill => {
-                    // The leader and a follower: no quorum until they are back.
-                    c.node_mut(leader).kill9();
-                    c.node_mut(follower).kill9();
+                    // The leader and as many followers as make a majority: no quorum until
+                    // they are back.
+                    let mut others = followers.clone();
+                    others.retain(|f| *f != follower);
+                    let extra = (nodes as usize / 2).saturating_sub(1);
+                    killed = std::iter::once(leader)
+                        .chain(std::iter::once(follower))
+                        .chain(others.into_iter().take(extra))
+                        .collect();
+                    for id in &killed {
+                        c.node_mut(*id).kill9();
+                    }
                     tokio::time::sleep(hold).await;
-                    c.node_mut(leader).spawn();
-                    c.node_mut(follower).spawn();
+                    for id in &killed {
+                        c.node_mut(*id).spawn();
+                    }
                 }
                 Kind::Transfer => {
                     let _ = c
@@ -196,10 +213,7 @@ async fn run_schedule(seed: u64, duration: Duration) -> Report {
             }
             faults.push(match kind {
                 Kind::Transfer => format!("transfer {leader}->{follower}"),
-                Kind::MajorityKill => format!(
-                    "MajorityKill leader {leader} and follower {follower} {}ms",
-                    hold.as_millis()
-                ),
+                Kind::MajorityKill => format!("MajorityKill {killed:?} {}ms", hold.as_millis()),
                 Kind::BadLink => format!(
                     "BadLink {who} {target} {}ms (loss {:.0}%, delay up to {}ms)",
                     hold.as_millis(),

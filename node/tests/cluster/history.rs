@@ -713,6 +713,25 @@ impl Writers {
         self
     }
 
+    /// Adds `more` writers to every channel, each starting on another node than the first.
+    pub fn with_more_writers(mut self, c: &Cluster, more: usize) -> Self {
+        let endpoints = c.endpoints();
+        for (i, channel) in self.channels.clone().into_iter().enumerate() {
+            for w in 1..=more {
+                self.tasks
+                    .push(tokio::task::spawn_local(write_padded_messages(
+                        self.history.clone(),
+                        Client::new(endpoints.clone(), i + w),
+                        channel,
+                        100_000,
+                        self.stop.clone(),
+                        0,
+                    )));
+            }
+        }
+        self
+    }
+
     /// Adds `per_channel` readers to every channel, each reading through every node in turn
     /// (a `fetch`, or a short `fetchWait`, every few ms) and recording what it saw.
     pub fn with_readers(mut self, c: &Cluster, per_channel: usize, seed: u64) -> Self {
