@@ -458,6 +458,24 @@ pub async fn claim_key_packages(
     }
 }
 
+/// A new group of two members, and a Commit from each of them for the same epoch: only one
+/// may be accepted. Returns the group, the epoch and the two Commits.
+pub fn competing_commits() -> (GroupId, u64, [Vec<u8>; 2]) {
+    let a = DevIdentity::generate().unwrap();
+    let b = DevIdentity::generate().unwrap();
+    let group = GroupId::new(rand::random());
+    let mut ga = DevGroup::create(&a, group).unwrap();
+    let (_commit, welcome) = ga.add_member(&b.key_package_bytes().unwrap()).unwrap();
+    ga.merge_pending_commit().unwrap();
+    let mut gb = DevGroup::join(&b, &welcome).unwrap();
+    let epoch = ga.epoch();
+    let commits = [
+        ga.self_update_commit().unwrap(),
+        gb.self_update_commit().unwrap(),
+    ];
+    (group, epoch, commits)
+}
+
 /// Until `stop`: two members of a new group each commit at the same epoch, sent at once
 /// through two different nodes (with retries under the same message id), in a new channel
 /// each round. Records the pair, acknowledged Commits, and unacknowledged ones (resolved from
@@ -473,18 +491,7 @@ pub async fn race_commits(history: Rc<History>, endpoints: Vec<Endpoint>, stop: 
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let a = DevIdentity::generate().unwrap();
-        let b = DevIdentity::generate().unwrap();
-        let group = GroupId::new(rand::random());
-        let mut ga = DevGroup::create(&a, group).unwrap();
-        let (_commit, welcome) = ga.add_member(&b.key_package_bytes().unwrap()).unwrap();
-        ga.merge_pending_commit().unwrap();
-        let mut gb = DevGroup::join(&b, &welcome).unwrap();
-        let epoch = ga.epoch();
-        let commits = [
-            ga.self_update_commit().unwrap(),
-            gb.self_update_commit().unwrap(),
-        ];
+        let (group, epoch, commits) = competing_commits();
         let ids = [ClientMsgId::random(), ClientMsgId::random()];
         let call = now_ns();
         let [ca, cb] = &mut clients;

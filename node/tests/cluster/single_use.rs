@@ -6,8 +6,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use qpq_client::ClientError;
-use qpq_node::mls::devkit::{DevGroup, DevIdentity};
-use qpq_schemas::{ClientMsgId, GroupId, WireError};
+use qpq_node::mls::devkit::DevIdentity;
+use qpq_schemas::{ClientMsgId, WireError};
 
 use crate::harness::{Cluster, Endpoint, local, serial};
 use crate::history::{self, History};
@@ -81,16 +81,7 @@ async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
         // Commits: two members of a group each commit at the same epoch, sent at once to
         // two different nodes.
         for round in 0..4 {
-            let a = DevIdentity::generate().unwrap();
-            let b = DevIdentity::generate().unwrap();
-            let group = GroupId::new(rand::random());
-            let mut ga = DevGroup::create(&a, group).unwrap();
-            let (_commit, welcome) = ga.add_member(&b.key_package_bytes().unwrap()).unwrap();
-            ga.merge_pending_commit().unwrap();
-            let mut gb = DevGroup::join(&b, &welcome).unwrap();
-            let epoch = ga.epoch();
-            let ca = ga.self_update_commit().unwrap();
-            let cb = gb.self_update_commit().unwrap();
+            let (group, epoch, [ca, cb]) = history::competing_commits();
             let (ea, eb) = (&endpoints[round % 3], &endpoints[(round + 1) % 3]);
             let channel = ea.create_channel().await;
             let (xa, xb) = (ea.connect().await.unwrap(), eb.connect().await.unwrap());
