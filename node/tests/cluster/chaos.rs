@@ -1,21 +1,23 @@
 //! Randomized fault schedules under load, checked by the history checker (issue 13, its
-//! first part as a test): each schedule starts a three-node cluster of real `qpq-node`
-//! processes (snapshots every 200 entries, so catching up after a fault often installs one),
-//! writes through every node with retries under the same message id, and draws from its seed
-//! a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a partition of one node, a
-//! bad link (lost and delayed datagrams; both through the fault-injecting Raft proxy), kill -9
-//! of a majority, a leadership transfer — aimed at the leader or a follower, each held for a random time and then undone. After the last one it waits until
-//! every node applied everything and checks the history on every node: each acknowledged
-//! message present exactly once, at its acknowledged seq, gap-free. Readers `fetch` and
-//! `fetchWait` through every node meanwhile, and porcupine (`lincheck.rs`) checks that every
-//! enqueue and read is linearizable: no read misses a write acknowledged before it started,
-//! none goes back in time.
+//! first part as a test): each schedule starts a three- or five-node cluster of real
+//! `qpq-node` processes (snapshots every 200 entries, so catching up after a fault often
+//! installs one), writes through every node with retries under the same message id, and
+//! draws from its seed a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a
+//! partition of one node, a bad link (lost and delayed datagrams; both through the
+//! fault-injecting Raft proxy), kill -9 of a majority, a leadership transfer — aimed at the
+//! leader or a follower, each held for a random time and then undone. After the last one it
+//! waits until every node applied everything and checks the history on every node: each
+//! acknowledged message present exactly once, at its acknowledged seq, gap-free. Readers,
+//! KeyPackage claimers and racing Commits run beside the writers, and porcupine
+//! (`lincheck.rs`) checks that every enqueue and read is linearizable: no read misses a write
+//! acknowledged before it started, none goes back in time.
 //!
-//! One line per schedule (seed, faults, writes, violations), then `N schedules, V
+//! One line per schedule (seed, faults, operations, violations), then `N schedules, V
 //! violations`; the test fails unless V is 0. A schedule is replayed from its seed (the
 //! faults and their timing; the processes' own timing still varies):
-//! `QPQ_CHAOS_SEED=<seed> QPQ_CHAOS_SCHEDULES=1`. The default is a small fixed-seed set for CI;
-//! the long mode is `QPQ_CHAOS_SCHEDULES=100` (figures in `docs/chaos.md`).
+//! `QPQ_CHAOS_SEED=<seed> QPQ_CHAOS_SCHEDULES=1`, or `scripts/chaos --seed S --schedules 1`.
+//! The default is a small fixed-seed set for CI; the long mode is `QPQ_CHAOS_SCHEDULES=100`
+//! (figures in `docs/chaos.md`).
 
 use std::time::{Duration, Instant};
 
