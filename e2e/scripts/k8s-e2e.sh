@@ -69,6 +69,13 @@ cat > "$STATE/images/qpq-node-slow-acks" <<SH
 QPQ_TEST_FAULT_APPEND_RESPONSE_DELAY_MS=600 exec "$V2_TARGET/debug/qpq-node" "\$@"
 SH
 chmod +x "$STATE/images/qpq-node-slow-acks"
+# A version that is Ready and replicates well but whose metrics endpoint answers 503: the
+# rollout's analysis cannot read its write signals and must pause, not judge.
+cat > "$STATE/images/qpq-node-no-metrics" <<SH
+#!/bin/sh
+QPQ_TEST_FAULT_METRICS_UNAVAILABLE=1 exec "$V2_TARGET/debug/qpq-node" "\$@"
+SH
+chmod +x "$STATE/images/qpq-node-no-metrics"
 TOOLS="$(e2e/scripts/tools.sh)"
 # The images the chart and the examples name, played by the binaries just built.
 cat > "$STATE/images.yaml" <<YAML
@@ -76,12 +83,14 @@ cat > "$STATE/images.yaml" <<YAML
 qpq/testserver:dev: $(cd "$TARGET" && pwd)/debug/qpq-testserver
 ghcr.io/quicproquo/qpq-node: $MAIN_TARGET/debug/qpq-node
 # Versions the rollout tests roll to (e2e/tests/k8s/rollout.rs): a good one, one that exits at
-# start, one that never becomes Ready, one that is Ready but lets replication fall behind. The
-# fault "images" are test scripts and a test-only build, not switches of the production binary.
+# start, one that never becomes Ready, one that is Ready but lets replication fall behind, one
+# whose metrics cannot be read. The fault "images" are test scripts and a test-only build, not
+# switches of the production binary.
 ghcr.io/quicproquo/qpq-node:0.2.0: $V2_TARGET/debug/qpq-node
 ghcr.io/quicproquo/qpq-node:0.3.0-crash: $(pwd)/e2e/images/qpq-node-crash
 ghcr.io/quicproquo/qpq-node:0.3.0-unready: $(pwd)/e2e/images/qpq-node-unready
 ghcr.io/quicproquo/qpq-node:0.3.0-slow-acks: $STATE/images/qpq-node-slow-acks
+ghcr.io/quicproquo/qpq-node:0.3.0-no-metrics: $STATE/images/qpq-node-no-metrics
 ghcr.io/quicproquo/qpq-operator: $MAIN_TARGET/debug/qpq-operator
 YAML
 

@@ -13,6 +13,9 @@
 //! - `QPQ_TEST_FAULT_STALE_READS`: reads skip the read barrier and serve whatever this
 //!   node has applied, even when it is cut off from the leader: the planted bug the
 //!   linearizability checker must catch (`node/tests/cluster/stale_reads.rs`).
+//! - `QPQ_TEST_FAULT_METRICS_UNAVAILABLE`: `GET /metrics` answers 503. The node serves,
+//!   replicates and is Ready; only the signals a rollout's analysis reads are missing, so
+//!   the analysis must pause rather than judge (`e2e/tests/k8s/rollout.rs`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -60,6 +63,21 @@ pub fn stale_reads() -> bool {
     })
 }
 
+/// Environment variable of the unavailable-metrics fault (`1` turns it on).
+pub const METRICS_UNAVAILABLE_ENV: &str = "QPQ_TEST_FAULT_METRICS_UNAVAILABLE";
+
+/// Whether `GET /metrics` answers 503 (the unavailable-metrics fault).
+pub fn metrics_unavailable() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = parse_switch(std::env::var(METRICS_UNAVAILABLE_ENV).ok().as_deref());
+        if on {
+            tracing::warn!("TEST FAULT: GET /metrics answers 503");
+        }
+        on
+    })
+}
+
 /// Waits as long as the AppendEntries answer fault asks (not at all when it is off).
 pub async fn delay_append_response() {
     if let Some(d) = append_response_delay() {
@@ -81,7 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stale_read_fault_is_off_unless_set_to_one() {
+    fn the_switches_are_off_unless_set_to_one() {
         assert!(!parse_switch(None));
         assert!(!parse_switch(Some("")));
         assert!(!parse_switch(Some("0")));

@@ -86,6 +86,10 @@ pub struct Status {
     /// builds without replica comparison.
     #[serde(default)]
     pub diverged: Option<Divergence>,
+    /// The node's newest state digests (applied index → hex SHA-256), taken at its replica
+    /// comparison checkpoints. Empty before the first checkpoint and on older builds.
+    #[serde(default)]
+    pub state_digests: BTreeMap<u64, String>,
 }
 
 fn one() -> u16 {

@@ -244,10 +244,15 @@ pub struct AnalysisSpec {
     /// Entries a pod on the new version may lag behind the leader.
     #[serde(default = "default_max_lag")]
     pub max_apply_lag: u64,
-    /// Leader changes allowed during the rollout beyond the planned leadership transfers
-    /// (counted as Raft term increases since the rollout started).
+    /// Leader changes allowed within `leaderChangeWindow` during the rollout, beyond the
+    /// planned leadership transfers (counted as Raft term increases).
     #[serde(default = "default_max_leader_changes")]
     pub max_leader_changes: u32,
+    /// The sliding window `maxLeaderChanges` counts in: a long soak is not failed by
+    /// elections far apart.
+    #[serde(default = "default_leader_change_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub leader_change_window: String,
     /// Share of replicated writes that may fail in a sample's window (from the nodes'
     /// `qpq_raft_writes_total`; judged once the window holds at least 10 writes).
     #[serde(default = "default_max_write_error_ratio")]
@@ -269,6 +274,7 @@ impl Default for AnalysisSpec {
             failure_limit: default_failure_limit(),
             max_apply_lag: default_max_lag(),
             max_leader_changes: default_max_leader_changes(),
+            leader_change_window: default_leader_change_window(),
             max_write_error_ratio: default_max_write_error_ratio(),
             max_commit_p99_ratio: default_max_commit_p99_ratio(),
         }
@@ -283,6 +289,9 @@ fn default_failure_limit() -> u32 {
 }
 fn default_max_leader_changes() -> u32 {
     1
+}
+fn default_leader_change_window() -> String {
+    "5m".to_owned()
 }
 fn default_max_write_error_ratio() -> f64 {
     0.01
@@ -543,6 +552,17 @@ pub struct NodeConfigSpec {
     /// threshold of the node and promotion threshold of the operator.
     #[serde(default = "default_max_lag")]
     pub ready_max_lag: u64,
+    /// Replica comparison: every node digests its state at each applied index that is a
+    /// multiple of this many entries, and the voters compare their digests (a node whose
+    /// state differs from the majority's stops serving reads). Unset: the node's default
+    /// (10 000); 0 turns the comparison off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_every_entries: Option<u64>,
+    /// Seconds between two comparisons of the voters' state digests. Unset: the node's
+    /// default (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub digest_check_seconds: Option<u32>,
     /// Log level filter (`RUST_LOG`).
     #[serde(default = "default_log")]
     pub log_level: String,
@@ -559,6 +579,8 @@ impl Default for NodeConfigSpec {
             rate_limit_per_second: None,
             max_payload_bytes: None,
             ready_max_lag: default_max_lag(),
+            digest_every_entries: None,
+            digest_check_seconds: None,
             log_level: default_log(),
         }
     }
@@ -836,6 +858,14 @@ pub struct AnalysisStatus {
     /// Raft term when the rollout started (leader churn is counted from it).
     #[serde(default)]
     pub baseline_term: u64,
+    /// Unplanned leader changes since the rollout started, as of the last sample (term
+    /// increases beyond the baseline that the planned transfers do not explain).
+    #[serde(default)]
+    pub unplanned_leader_changes: u64,
+    /// Unix seconds at which the samples saw unplanned leader changes, within
+    /// `leaderChangeWindow` of the last sample (one entry per change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_changes: Vec<i64>,
     /// p99 commit latency (microseconds) while the rollout stabilized, before the first
     /// pod was touched; 0 when too few writes were committed to tell.
     #[serde(default)]

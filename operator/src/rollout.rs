@@ -872,6 +872,7 @@ fn continue_rollout(v: &View<'_>, mut st: RolloutStatus) -> RolloutPlan {
     if i.now - st.analysis.last_sample >= interval.max(1) {
         st.analysis.last_sample = i.now;
         st.analysis.samples += 1;
+        record_leader_changes(&mut st, i);
         let outcome = sample(v, &st);
         st.analysis.transfers_sampled = st.transfers;
         match outcome {
@@ -1245,20 +1246,41 @@ enum Sample {
     Inconclusive(String),
 }
 
+/// Notes the unplanned leader changes since the last sample (with the sample's time) and
+/// forgets those older than `leaderChangeWindow`. Counted from the rollout's baseline term
+/// minus the planned transfers, so a transfer recorded a sample before its election does not
+/// count.
+fn record_leader_changes(st: &mut RolloutStatus, i: &RolloutInput<'_>) {
+    let a = &mut st.analysis;
+    if let Some(term) = i.term {
+        let total = term
+            .saturating_sub(a.baseline_term)
+            .saturating_sub(u64::from(st.transfers));
+        let new = total.saturating_sub(a.unplanned_leader_changes);
+        // Bounded: past the limit the rollout fails anyway.
+        let room = (u64::from(i.rollout.analysis.max_leader_changes) + 1)
+            .saturating_sub(a.leader_changes.len() as u64);
+        for _ in 0..new.min(room) {
+            a.leader_changes.push(i.now);
+        }
+        a.unplanned_leader_changes = a.unplanned_leader_changes.max(total);
+    }
+    let window = ms(&i.rollout.analysis.leader_change_window, 300_000) / 1000;
+    a.leader_changes.retain(|t| i.now - *t < window.max(1));
+}
+
 /// One analysis sample: lag of the updated pods and leader churn.
 fn sample(v: &View<'_>, st: &RolloutStatus) -> Sample {
     let i = v.i;
     let a = &i.rollout.analysis;
-    let (Some(_), Some(term)) = (v.leader, i.term) else {
+    if v.leader.is_none() || i.term.is_none() {
         return Sample::Inconclusive("no leader answered".into());
-    };
-    let churn = term
-        .saturating_sub(st.analysis.baseline_term)
-        .saturating_sub(u64::from(st.transfers));
-    if churn > u64::from(a.max_leader_changes) {
+    }
+    let churn = st.analysis.leader_changes.len();
+    if churn > a.max_leader_changes as usize {
         return Sample::Fail(format!(
-            "{churn} unplanned leader changes (max {})",
-            a.max_leader_changes
+            "{churn} unplanned leader changes within {} (max {})",
+            a.leader_change_window, a.max_leader_changes
         ));
     }
     let mut worst = 0;

@@ -5,9 +5,13 @@
 //! replicated-command version held back until the rollout is finalized, an abort back to the
 //! old build before finalization, a retry (the operator killed mid-transfer) and a manual
 //! finalize, a downgrade refused after it,
-//! and automatic rollbacks of a version that crashes at start (after a verified backup, the
+//! a rollout held back while its backup fails (wrong object-storage credentials),
+//! automatic rollbacks of a version that crashes at start (after a verified backup, the
 //! rollback point), of one that never becomes Ready (the operator killed again mid-rollback)
-//! and of one that is Ready but lets replication fall behind (rolled back by the analysis).
+//! and of one that is Ready but lets replication fall behind (rolled back by the analysis),
+//! and a pause, not a rollback, while the analysis cannot read a canary's metrics. At the
+//! end every acknowledged write is in the log bob reads, and every node's state digest is
+//! the same at a checkpoint after the last of them: the ledger is on every node.
 //!
 //! Versions (image tags of the node image; the pod runner's image map, or real images on
 //! kind, provide them):
@@ -16,7 +20,9 @@
 //! - `QPQ_E2E_CRASH_VERSION` (default `0.3.0-crash`): exits at start;
 //! - `QPQ_E2E_UNREADY_VERSION` (default `0.3.0-unready`): runs but never becomes Ready;
 //! - `QPQ_E2E_SLOW_VERSION` (default `0.3.0-slow-acks`): Ready, but answers the leader's
-//!   AppendEntries too late to count, so its replication lag grows (the `test-faults` build).
+//!   AppendEntries too late to count, so its replication lag grows (the `test-faults` build);
+//! - `QPQ_E2E_NO_METRICS_VERSION` (default `0.3.0-no-metrics`): Ready and replicating, but
+//!   its metrics endpoint answers 503 (the `test-faults` build).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -238,6 +244,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let crash = version_env("QPQ_E2E_CRASH_VERSION", "0.3.0-crash");
     let unready = version_env("QPQ_E2E_UNREADY_VERSION", "0.3.0-unready");
     let slow = version_env("QPQ_E2E_SLOW_VERSION", "0.3.0-slow-acks");
+    let no_metrics = version_env("QPQ_E2E_NO_METRICS_VERSION", "0.3.0-no-metrics");
 
     step("a three-voter cluster with a canary rollout policy, finalized by hand");
     let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
@@ -255,6 +262,10 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         }))
         .unwrap(),
     );
+    // Frequent replica-comparison checkpoints, so that the end can compare every node's
+    // state after the last write.
+    obj.spec.node.digest_every_entries = Some(DIGEST_EVERY);
+    obj.spec.node.digest_check_seconds = Some(5);
     let name = "roll";
     let old = obj.spec.version.clone();
     api.create(&PostParams::default(), &obj).await.unwrap();
@@ -573,7 +584,79 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     assert_eq!(pod_uids(&env, &ns, name).await, before, "no pod touched");
 
     step(&format!(
-        "a version that exits at start: {crash}, after a verified backup (the rollback point)"
+        "backup gate: {crash} waits for its rollback point, a backup that fails (object storage refuses the credentials)"
+    ));
+    let s3 = s3::S3Server::start("qpq");
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s3-wrong-credentials"},
+                "stringData": {"AWS_ACCESS_KEY_ID": s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": "not-the-secret-key"},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "backup": {"schedule": "0 3 * * *", "suspend": true, "objectStore": {
+                "url": "s3://qpq/backups", "secretName": "s3-wrong-credentials",
+                "endpoint": s3.endpoint, "region": "us-east-1", "allowHttp": true,
+            }},
+            "rollout": {"backupBeforeRollout": true},
+        }})),
+    )
+    .await
+    .unwrap();
+    set_version(&env, &ns, name, &crash).await;
+    // The Job retries its pod (backoffLimit 3, 10 s, 20 s, 40 s apart) before it fails.
+    let held = wait("RolloutBlocked: BackupFailed", 300, || async {
+        let c = api.get(name).await.ok()?;
+        let r = c.status.as_ref()?.rollout.as_ref()?;
+        (r.target_version == crash
+            && r.phase == RolloutPhase::Blocked
+            && r.reason == "BackupFailed")
+            .then_some(c)
+    })
+    .await;
+    let r = held.status.as_ref().unwrap().rollout.clone().unwrap();
+    step(&format!("blocked: {}", r.message));
+    assert_eq!(condition(&held, "RolloutBlocked").as_deref(), Some("True"));
+    let point = r
+        .rollback_point
+        .clone()
+        .expect("the rollback point asked for");
+    assert_eq!(point.state, "Failed", "{point:?}");
+    assert!(
+        std::fs::read_dir(s3.file("qpq", "backups")).map_or(true, |d| d.count() == 0),
+        "nothing reached the bucket"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        pod_uids(&env, &ns, name).await,
+        before,
+        "no pod touched while the backup gate holds"
+    );
+    assert_eq!(
+        api.get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .rollout
+            .unwrap()
+            .phase,
+        RolloutPhase::Blocked,
+        "a failed backup is not retried by itself"
+    );
+
+    step(&format!(
+        "backups to a volume, retry: {crash}, a version that exits at start, after a verified backup (the rollback point)"
     ));
     let (claim, _) = backup_job(&env, &ns);
     let claim_name = claim.metadata.name.clone().unwrap();
@@ -583,14 +666,13 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         name,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {
-            "backup": {"schedule": "0 3 * * *", "claimName": claim_name, "suspend": true},
-            "rollout": {"backupBeforeRollout": true},
+            "backup": {"claimName": claim_name, "objectStore": null},
         }})),
     )
     .await
     .unwrap();
     let started = Instant::now();
-    set_version(&env, &ns, name, &crash).await;
+    annotate(&env, &ns, name, "qpq.dev/rollout-retry", "e2e-2").await;
     let back = wait_rollout(&env, &ns, name, &crash, RolloutPhase::RolledBack, 45 + 120).await;
     let took = started.elapsed();
     step(&format!("{crash} rolled back in {took:?}"));
@@ -749,6 +831,65 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         }
     }
 
+    step(&format!(
+        "a version whose metrics cannot be read: {no_metrics}; the analysis pauses, it does not roll back"
+    ));
+    let before_blind = pod_uids(&env, &ns, name).await;
+    // A soak longer than the pause takes, so that the step cannot end first.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "version": no_metrics,
+            "rollout": {"steps": [{"pods": 1, "pause": "120s"}], "analysis": {"maxApplyLag": 1000}},
+        }})),
+    )
+    .await
+    .unwrap();
+    let paused = wait_rollout(&env, &ns, name, &no_metrics, RolloutPhase::Paused, 240).await;
+    let r = paused.status.as_ref().unwrap().rollout.clone().unwrap();
+    step(&format!("{}: {}", r.reason, r.message));
+    assert_eq!(r.reason, "AnalysisInconclusive", "{r:?}");
+    assert!(
+        r.analysis.last_result.contains("metrics unreadable"),
+        "paused because the canary's metrics could not be read: {r:?}"
+    );
+    assert!(r.analysis.inconclusive >= 3, "{r:?}");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let r = api
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .rollout
+        .unwrap();
+    assert_eq!(
+        (r.phase, r.reason.as_str(), r.target_version.as_str()),
+        (
+            RolloutPhase::Paused,
+            "AnalysisInconclusive",
+            no_metrics.as_str()
+        ),
+        "still paused: neither rolled back nor on to the next step: {r:?}"
+    );
+    let during_pause = pod_uids(&env, &ns, name).await;
+    assert_eq!(
+        during_pause.difference(&before_blind).count(),
+        1,
+        "only the canary's pod was replaced"
+    );
+    step(&format!("abort: back to {next}"));
+    annotate(&env, &ns, name, "qpq.dev/rollout-abort", "e2e-2").await;
+    let back = wait_rollout(&env, &ns, name, &no_metrics, RolloutPhase::RolledBack, 240).await;
+    let r = back.status.as_ref().unwrap().rollout.clone().unwrap();
+    assert!(r.rollback_reason.starts_with("Aborted"), "{r:?}");
+    assert_eq!(
+        back.status.as_ref().unwrap().current_version.as_deref(),
+        Some(next.as_str())
+    );
+    wait_ready(&env, &ns, name, 3, 120).await;
+
     step("writes: every acknowledged one is there, once, in order");
     stop_writes.store(true, Ordering::SeqCst);
     let acked = writer.await.unwrap();
@@ -760,6 +901,20 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     ));
     assert!(!acked.is_empty());
     check_writes(&acked, &bob.messages());
+
+    step("every node holds the same state after the last acknowledged write (state digests)");
+    let last_write = statuses(&env, &ns, name)
+        .await
+        .iter()
+        .map(|(_, s)| s.committed_index)
+        .max()
+        .unwrap();
+    let (index, digest, fillers) =
+        same_state_after(&env, &ns, name, last_write, &alice, &gid).await;
+    step(&format!(
+        "index {index} >= {last_write}: digest {} on all 3 nodes ({fillers} messages sent after the writes to reach a checkpoint)",
+        &digest[..16]
+    ));
     let kinds = event_reasons(&env, &ns).await;
     for reason in [
         "RolloutStarted",
@@ -774,6 +929,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         "RollbackPointVerified",
         "RollingBack",
         "RolledBack",
+        "RolloutPaused",
     ] {
         assert!(kinds.contains(reason), "Event {reason} missing: {kinds:?}");
     }
@@ -781,6 +937,60 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     api.delete(name, &DeleteParams::default()).await.unwrap();
     let nss: Api<Namespace> = Api::all(env.client.clone());
     let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// Replica-comparison checkpoint interval (entries) of the rollout test's cluster.
+const DIGEST_EVERY: u64 = 25;
+
+/// Waits for a checkpoint at or after `index` that every node digested, sending messages as
+/// `writer` into `group` to produce entries until one comes; asserts that the nodes' digests
+/// there are equal and that no node reports divergence. Returns the index, the digest and
+/// how many messages it sent.
+async fn same_state_after(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    index: u64,
+    writer: &Profile,
+    group: &str,
+) -> (u64, String, u32) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut sent = 0;
+    loop {
+        let nodes = statuses(env, ns, name).await;
+        for (ip, s) in &nodes {
+            assert!(s.diverged.is_none(), "{ip} reports divergence: {s:?}");
+        }
+        let common =
+            nodes[0].1.state_digests.keys().rev().copied().find(|i| {
+                *i >= index && nodes.iter().all(|(_, s)| s.state_digests.contains_key(i))
+            });
+        if let Some(i) = common {
+            let digests: BTreeSet<&String> =
+                nodes.iter().map(|(_, s)| &s.state_digests[&i]).collect();
+            assert_eq!(
+                digests.len(),
+                1,
+                "the nodes' states differ at index {i}: {nodes:?}"
+            );
+            return (i, nodes[0].1.state_digests[&i].clone(), sent);
+        }
+        let books: Vec<_> = nodes
+            .iter()
+            .map(|(_, s)| (s.applied_index, s.state_digests.keys().collect::<Vec<_>>()))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at or after {index} digested by every node: {books:?}"
+        );
+        // Entries after the last write bring the next checkpoint (every DIGEST_EVERY).
+        let (p, g, body) = (writer.clone(), group.to_owned(), format!("after-{sent}"));
+        tokio::task::spawn_blocking(move || p.cmd(&["send", &g, &body]))
+            .await
+            .unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until condition `RolloutBlocked` is True for `version` (a block recorded for another

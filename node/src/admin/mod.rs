@@ -265,6 +265,14 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
 async fn metrics(
     State(s): State<AdminState>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    #[cfg(feature = "test-faults")]
+    if crate::faults::metrics_unavailable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "text/plain")],
+            "metrics unavailable (test fault)\n".to_owned(),
+        );
+    }
     s.metrics.raft.set(&s.raft.status().await);
     if let Ok(stats) = s.services.stats().await {
         s.metrics

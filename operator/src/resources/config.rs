@@ -51,6 +51,14 @@ fn env(node: &NodeConfigSpec) -> BTreeMap<String, String> {
         node.max_payload_bytes.map(|v| v.to_string()),
     );
     put("QPQ_READY_MAX_LAG", Some(node.ready_max_lag.to_string()));
+    put(
+        "QPQ_DIGEST_EVERY",
+        node.digest_every_entries.map(|v| v.to_string()),
+    );
+    put(
+        "QPQ_DIGEST_CHECK_SECS",
+        node.digest_check_seconds.map(|v| v.to_string()),
+    );
     put("QPQ_LOG_FORMAT", Some("json".to_owned()));
     put("RUST_LOG", Some(node.log_level.clone()));
     m

@@ -653,6 +653,61 @@ fn leader_churn_beyond_the_limit_rolls_back() {
 }
 
 #[test]
+fn leader_changes_count_in_a_sliding_window() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("30m");
+    sim.spec_version = "0.2.0".into();
+    for _ in 0..6 {
+        sim.step(10);
+    }
+    assert_eq!(sim.phase(), RolloutPhase::Progressing);
+    // One election, then another 6 minutes later: never two within the 5 minute window.
+    sim.term += 1;
+    sim.run(36, 10);
+    let a = &sim.status.as_ref().unwrap().analysis;
+    assert!(a.leader_changes.is_empty(), "forgotten after 5 min: {a:?}");
+    assert_eq!(a.unplanned_leader_changes, 1);
+    sim.term += 1;
+    sim.run(6, 10);
+    assert_eq!(
+        sim.phase(),
+        RolloutPhase::Progressing,
+        "{:?}",
+        sim.status.as_ref().unwrap().analysis
+    );
+    assert_eq!(
+        sim.status.as_ref().unwrap().analysis.leader_changes.len(),
+        1
+    );
+    // A second one within the window is one too many, judged `failureLimit` times.
+    sim.term += 1;
+    sim.run(30, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+    let r = sim.status.as_ref().unwrap();
+    assert!(
+        r.rollback_reason
+            .contains("2 unplanned leader changes within 5m"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_longer_window_remembers_elections_far_apart() {
+    let mut sim = Sim::new(3, "0.1.0");
+    sim.rollout = canary("30m");
+    sim.rollout.analysis.leader_change_window = "1h".into();
+    sim.spec_version = "0.2.0".into();
+    for _ in 0..6 {
+        sim.step(10);
+    }
+    sim.term += 1;
+    sim.run(36, 10);
+    sim.term += 1;
+    sim.run(30, 10);
+    assert_eq!(sim.phase(), RolloutPhase::RolledBack);
+}
+
+#[test]
 fn sample_outcomes_are_read_from_the_status_counters() {
     let mut sim = Sim::new(3, "0.1.0");
     sim.rollout = canary("30m");

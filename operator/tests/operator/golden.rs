@@ -39,7 +39,8 @@ fn full_spec() -> serde_json::Value {
             "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "x"}}}]
         },
         "clientService": {"type": "LoadBalancer", "port": 443, "annotations": {"example.com/lb": "internal"}},
-        "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576},
+        "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576,
+                 "digestEveryEntries": 1000, "digestCheckSeconds": 60},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
         "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s"},
         "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris", "drillSchedule": "0 5 * * 0"},
