@@ -26,7 +26,7 @@ use crate::client::{Client, Event, EventKind};
 use crate::db::Provider;
 use crate::error::{Error, Result};
 use crate::keypackages::SystemClock;
-use crate::node::{NodeApi as _, NodeTarget, ResilientNode};
+use crate::node::{NodeAddr, NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
 use rusqlite::OptionalExtension as _;
 
@@ -226,14 +226,30 @@ fn load_config(dir: &Path) -> Result<ProfileConfig> {
     serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("config.json: {e}")))
 }
 
+/// `host:port` (the host a DNS name or an IP address; IPv6 in brackets) as a [`NodeAddr`];
+/// refuses anything else as invalid input. A name is not resolved here.
+fn node_addr(s: &str) -> Result<NodeAddr> {
+    match NodeAddr::parse(s) {
+        a @ NodeAddr::Socket(_) => Ok(a),
+        a @ NodeAddr::Name(_) => {
+            let bad = || Error::Invalid(format!("node address {s}: expected host:port"));
+            let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+            let host_ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+            if !host_ok || port.parse::<u16>().is_err() {
+                return Err(bad());
+            }
+            Ok(a)
+        }
+    }
+}
+
 fn target(config: &ProfileConfig) -> Result<NodeTarget> {
-    use std::net::ToSocketAddrs as _;
-    let addr = config
-        .node
-        .to_socket_addrs()
-        .map_err(|e| Error::Invalid(format!("node address {}: {e}", config.node)))?
-        .next()
-        .ok_or_else(|| Error::Invalid(format!("node address {}: no address", config.node)))?;
+    // Resolved at each connection attempt (a node's name may point elsewhere after it was
+    // replaced); only a malformed address is refused here.
+    let addr = node_addr(&config.node)?;
     let verification = match &config.ca_pem {
         Some(pem) => ServerVerification::CaPem(pem.as_bytes().to_vec()),
         None => ServerVerification::PinnedSha256(
@@ -768,4 +784,36 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_address_is_host_and_port() {
+        for ok in [
+            "127.0.0.1:7443",
+            "[::1]:7443",
+            "localhost:7443",
+            "qpq-0.qpq.ns.svc:7443",
+        ] {
+            assert!(node_addr(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":7443",
+            "localhost:70000",
+            "host name:7443",
+            "qpq/0:7443",
+        ] {
+            assert!(
+                matches!(node_addr(bad), Err(Error::Invalid(_))),
+                "{bad} must be refused"
+            );
+        }
+    }
 }

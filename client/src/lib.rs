@@ -33,7 +33,7 @@ pub mod tls;
 
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, Result};
-pub use node::{DeviceAuth, NodeApi, NodeError, NodeTarget, ResilientNode, Session};
+pub use node::{DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Session};
 pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
     FetchPage, Tokens,

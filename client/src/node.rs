@@ -204,11 +204,63 @@ pub trait NodeApi {
     async fn ack(&self, channel: &ChannelId, seq: u64) -> NodeResult<()>;
 }
 
+/// Where a node listens (UDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAddr {
+    /// A fixed socket address.
+    Socket(SocketAddr),
+    /// `host:port`, resolved at every connection attempt: a node that is replaced (a
+    /// recreated pod) comes back under the same name at a new address, and a name that does
+    /// not resolve for a while (the pod is being recreated) is a transient failure, retried
+    /// like a refused connection.
+    Name(String),
+}
+
+impl NodeAddr {
+    /// A name, or a socket address if `s` is one already.
+    pub fn parse(s: &str) -> Self {
+        s.parse()
+            .map_or_else(|_| Self::Name(s.to_owned()), Self::Socket)
+    }
+
+    /// The address to dial now.
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Socket(a) => Ok(*a),
+            Self::Name(n) => tokio::net::lookup_host(n.as_str())
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("node address {n}: {e}")))?
+                .next()
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("node address {n}: no address"),
+                    )
+                }),
+        }
+    }
+}
+
+impl From<SocketAddr> for NodeAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self::Socket(a)
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Socket(a) => a.fmt(f),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 /// Where a node is and how to verify it.
 #[derive(Debug, Clone)]
 pub struct NodeTarget {
-    /// UDP address.
-    pub addr: SocketAddr,
+    /// Where it listens.
+    pub addr: NodeAddr,
     /// Name the certificate must be valid for (ignored when pinning).
     pub server_name: String,
     /// CA or pinned fingerprint.
@@ -350,10 +402,10 @@ impl ResilientNode {
             return Ok(c.clone());
         }
         let t = &self.target;
-        let mut c = tokio::time::timeout(
-            self.connect_timeout,
-            Connection::connect(t.addr, &t.server_name, &t.verification),
-        )
+        let mut c = tokio::time::timeout(self.connect_timeout, async {
+            let addr = t.addr.resolve().await.map_err(ClientError::Io)?;
+            Connection::connect(addr, &t.server_name, &t.verification).await
+        })
         .await
         .map_err(|_| NodeError::Timeout)??;
         self.connects.set(self.connects.get() + 1);
@@ -651,10 +703,61 @@ impl NodeApi for ResilientNode {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_address_is_a_socket_address_or_a_name() {
+        assert_eq!(
+            NodeAddr::parse("127.0.0.1:7443"),
+            NodeAddr::Socket("127.0.0.1:7443".parse().unwrap())
+        );
+        assert_eq!(
+            NodeAddr::parse("[::1]:7443"),
+            NodeAddr::Socket("[::1]:7443".parse().unwrap())
+        );
+        assert_eq!(
+            NodeAddr::parse("qpq-0.qpq.ns.svc:7443"),
+            NodeAddr::Name("qpq-0.qpq.ns.svc:7443".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_is_resolved_when_dialled() {
+        let a = NodeAddr::parse("localhost:7443").resolve().await.unwrap();
+        assert!(a.ip().is_loopback(), "{a}");
+        assert_eq!(a.port(), 7443);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_retried_as_a_transient_failure() {
+        // `.invalid` never resolves (RFC 6761). A node being replaced has no address for a
+        // while: that must be ridden out like a refused connection, not end the call.
+        let node = ResilientNode::new(NodeTarget {
+            addr: NodeAddr::parse("qpq-node.invalid:7443"),
+            server_name: "localhost".into(),
+            verification: ServerVerification::PinnedSha256([0; 32]),
+        })
+        .with_backoff(Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            max_retries: 2,
+        });
+        let e = node
+            .key_package_count(&IdentityKey::from_slice(&[7; 32]).unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(
+            matches!(&e, NodeError::Rpc(ClientError::Io(_)) | NodeError::Timeout),
+            "{e:?}"
+        );
+        if let NodeError::Rpc(ClientError::Io(io)) = &e {
+            assert!(io.to_string().contains("qpq-node.invalid"), "{io}");
+        }
+    }
+
     #[tokio::test]
     async fn a_key_that_cannot_sign_is_an_error_and_nothing_is_sent() {
         let node = ResilientNode::new(NodeTarget {
-            addr: "127.0.0.1:9".parse().unwrap(),
+            addr: NodeAddr::parse("127.0.0.1:9"),
             server_name: "localhost".into(),
             verification: ServerVerification::PinnedSha256([0; 32]),
         });

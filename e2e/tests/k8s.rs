@@ -468,7 +468,8 @@ fn register(
         name,
     };
     // The pod's stable DNS name, not its IP: a recreated pod gets a new IP (as in any cluster),
-    // and `qpq` resolves the name on every run.
+    // and `qpq` resolves the name at every connection attempt (retrying while it does not
+    // resolve).
     let server_name = format!("{pod}.{cluster}.{ns}.svc");
     let node = format!("{server_name}:{CLIENT_PORT}");
     let ca = home.join("ca.crt");

@@ -61,7 +61,7 @@ impl TestNode {
 
     pub fn target(&self) -> NodeTarget {
         NodeTarget {
-            addr: self.addr,
+            addr: self.addr.into(),
             server_name: "localhost".into(),
             verification: ServerVerification::PinnedSha256(self.fingerprint),
         }
