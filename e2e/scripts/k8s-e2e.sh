@@ -8,6 +8,7 @@
 #
 #   e2e/scripts/k8s-e2e.sh            # build what is missing, run, tear down
 #   QPQ_K8S_KEEP=1 e2e/scripts/k8s-e2e.sh   # leave the cluster running afterwards
+#   QPQ_K8S_TESTS=monitoring e2e/scripts/k8s-e2e.sh   # only the operator tests matching a filter
 #
 # Cost: cold, building kube-apiserver/kube-controller-manager/etcd took ~34 min on the shared 2-core
 # machine (cached in ${QPQ_CACHE:-~/.cache/qpq}/k8s); warm, `up` takes 4-7 s, the tests ~10 s, all ~30-40 s.
@@ -116,6 +117,6 @@ echo "== k8s-e2e: operator suite"
 t_tests=$SECONDS
 QPQ_E2E_KUBECONFIG="$STATE/kubeconfig" QPQ_E2E_RUNNER_STATE="$STATE/runner" \
   QPQ_E2E_QPQ="$MAIN_TARGET/debug/qpq" QPQ_E2E_HELM="$TOOLS/helm" QPQ_E2E_KUBECTL="$TOOLS/kubectl" \
-  cargo test -p qpq-e2e --test k8s -- --ignored --test-threads=1 --nocapture
+  cargo test -p qpq-e2e --test k8s -- --ignored --test-threads=1 --nocapture ${QPQ_K8S_TESTS:-}
 echo "k8s-e2e: control plane up ${t_up}s (from start), pod runner tests ${t_runner}s," \
   "operator suite $((SECONDS - t_tests))s, total $((SECONDS - t0))s"

@@ -26,6 +26,8 @@ use serde::Serialize;
 pub struct LoadSpec {
     /// Node address.
     pub addr: SocketAddr,
+    /// Name its certificate must be valid for (ignored when pinning a fingerprint).
+    pub server_name: String,
     /// How to verify it.
     pub verification: ServerVerification,
     /// Concurrent closed-loop senders.
@@ -149,14 +151,15 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     // must allow the load (the embedded node of `qpq-load` disables them).
     let identity = qpq_node::mls::devkit::DevIdentity::generate()?;
     let sign = |m: &[u8]| identity.sign(m).unwrap_or_default();
-    let mut receiver = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
+    let mut receiver =
+        Connection::connect(spec.addr, &spec.server_name, &spec.verification).await?;
     let tokens = receiver
         .register_and_login(&identity.identity_key(), sign)
         .await?;
     let channel: ChannelId = receiver.create_channel().await?;
     let mut conns = Vec::new();
     for _ in 0..spec.connections.min(spec.senders) {
-        let mut c = Connection::connect(spec.addr, "localhost", &spec.verification).await?;
+        let mut c = Connection::connect(spec.addr, &spec.server_name, &spec.verification).await?;
         c.login_with(&tokens.device, sign).await?;
         conns.push(Rc::new(c));
     }

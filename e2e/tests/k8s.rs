@@ -37,6 +37,8 @@ use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin 
 use qpq_operator::crd::QpqCluster;
 use serde_json::{Value, json};
 
+#[path = "k8s/monitoring.rs"]
+mod monitoring;
 #[path = "k8s/rollout.rs"]
 mod rollout;
 #[path = "../../node/tests/common/s3.rs"]

@@ -105,6 +105,7 @@ async fn run(args: Args) -> Result<(), String> {
     for senders in &args.senders {
         let spec = LoadSpec {
             addr,
+            server_name: "localhost".to_owned(),
             verification: verification.clone(),
             senders: *senders,
             connections: args.connections,

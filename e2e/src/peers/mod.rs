@@ -208,6 +208,8 @@ async fn run_qpq(
     for &n in &opts.senders {
         let spec = crate::load::LoadSpec {
             addr: node.addr,
+            // Pinned fingerprint: the name is not checked.
+            server_name: "localhost".to_owned(),
             verification: node.verification()?,
             senders: n,
             connections: opts.qpq_connections,
