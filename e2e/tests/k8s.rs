@@ -591,7 +591,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     assert_eq!(
         header,
         [
-            "NAME", "READY", "REPLICAS", "VOTERS", "VERSION", "LEADER", "AGE"
+            "NAME", "READY", "REPLICAS", "VOTERS", "VERSION", "LEADER", "ROLLOUT", "AGE"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -600,6 +600,27 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         [name.as_str(), "True", "3", "3", obj.spec.version.as_str()]
     );
     assert_eq!(Some(row[5]), c.status.as_ref().unwrap().leader.as_deref());
+    // The certificates the operator issued, and the pods' selector for autoscalers (the
+    // scale subresource's).
+    let expire: jiff::Timestamp = c
+        .status
+        .as_ref()
+        .unwrap()
+        .certificates_expire
+        .as_deref()
+        .expect("status.certificatesExpire")
+        .parse()
+        .unwrap();
+    let days = (expire.as_second() - jiff::Timestamp::now().as_second()) / 86_400;
+    assert!(
+        (85..=90).contains(&days),
+        "certValidityDays 90: expires in {days} days ({expire})"
+    );
+    let scale = api.get_scale(&name).await.unwrap();
+    assert_eq!(
+        scale.status.and_then(|s| s.selector).as_deref(),
+        Some(format!("app.kubernetes.io/instance={name},app.kubernetes.io/name=qpq-node").as_str())
+    );
 
     step("three clients, one per pod, hold an MLS conversation");
     let home = tempfile::tempdir().unwrap();
@@ -953,6 +974,11 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     .await;
     let ended = job_from_cron(&env, &ns, &cron_name, "scheduled-s3").await;
     assert_eq!(ended, "Complete", "backup to object storage");
+    wait("status.lastBackup: the scheduled backup", 60, || async {
+        let b = api.get(&name).await.ok()?.status?.last_backup?;
+        (b.job == "scheduled-s3").then_some(())
+    })
+    .await;
     // A restore drill of the newest backup there, as its CronJob runs it.
     api.patch(
         &name,

@@ -48,7 +48,8 @@ pub const FINALIZER: &str = "qpq.dev/cleanup";
     // edit); the observed voters are the scale's status.
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.voters"
+        status_replicas_path = ".status.voters",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Voters", type_ = "integer", json_path = ".status.voters"),
@@ -58,6 +59,11 @@ pub const FINALIZER: &str = "qpq.dev/cleanup";
         json_path = ".status.currentVersion"
     ),
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(
+        name = "Rollout",
+        type_ = "string",
+        json_path = ".status.rollout.phase"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -680,6 +686,27 @@ pub struct QpqClusterStatus {
     /// backup restored and served its rows (condition `BackupVerified`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<DrillResult>,
+    /// The newest backup Job of the cluster that completed (scheduled, a rollout's rollback
+    /// point, or `kubectl qpq backup`); each verifies its copy against the node's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// When the first of the certificates the operator issued (node and admin) expires,
+    /// RFC 3339; each is renewed at two thirds of its life. Absent with `tls.secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_expire: Option<String>,
+    /// Label selector of the cluster's pods (the scale subresource's, for autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// A backup Job that completed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// The Job.
+    pub job: String,
+    /// RFC 3339 time it completed.
+    pub finished: String,
 }
 
 /// The outcome of one restore-drill Job.

@@ -78,6 +78,12 @@ pub fn status_table(c: &QpqCluster) -> String {
             }
         );
     }
+    if let Some(b) = &st.last_backup {
+        let _ = writeln!(out, "Backup:    {} ({})", b.finished, b.job);
+    }
+    if let Some(t) = &st.certificates_expire {
+        let _ = writeln!(out, "Certs:     expire {t} (renewed at two thirds of their life)");
+    }
     let _ = writeln!(out);
     let mut rows = vec![vec![
         "ID".to_owned(),
@@ -325,7 +331,9 @@ mod tests {
                 "conditions": [
                     {"type": "Ready", "status": "False", "reason": "MemberUnreachable", "message": "see the Degraded condition", "lastTransitionTime": "2026-09-21T10:00:00Z"}
                 ],
-                "lastDrill": {"job": "qpq-drill-29001", "succeeded": false, "finished": "2026-09-21T09:00:00Z", "message": "BackoffLimitExceeded"}
+                "lastDrill": {"job": "qpq-drill-29001", "succeeded": false, "finished": "2026-09-21T09:00:00Z", "message": "BackoffLimitExceeded"},
+                "lastBackup": {"job": "qpq-backup-29000", "finished": "2026-09-21T03:00:04Z"},
+                "certificatesExpire": "2026-12-20T10:00:00Z"
             }
         }))
         .unwrap()
@@ -343,6 +351,11 @@ mod tests {
             ),
             "{t}"
         );
+        assert!(
+            t.contains("Backup:    2026-09-21T03:00:04Z (qpq-backup-29000)"),
+            "{t}"
+        );
+        assert!(t.contains("Certs:     expire 2026-12-20T10:00:00Z"), "{t}");
         let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
         assert_eq!(
             lines[header],

@@ -368,8 +368,8 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         plan.action,
         Action::Blocked(planner::BlockReason::InvalidSpec, _)
     );
-    let (secrets, rotation) = if invalid {
-        (Vec::new(), 0)
+    let (secrets, rotation, certificates_expire) = if invalid {
+        (Vec::new(), 0, None)
     } else {
         prepare_tls(
             obj,
@@ -397,6 +397,11 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         observe_drills(client, &c).await?
     } else {
         None
+    };
+    let last_backup = if invalid {
+        None
+    } else {
+        observe_backups(client, &c).await?
     };
     let config_hash = resources::config_hash(&spec.node);
     let existing_template = sts.as_ref().and_then(resources::template_of);
@@ -768,6 +773,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         finalized_version,
         last_drill,
         drills,
+        last_backup,
+        certificates_expire,
+        selector: c.label_selector(),
     });
     // Each drill's outcome is announced once; the gauge says whether the newest passed.
     let drill_gauge = ctx
@@ -955,6 +963,33 @@ async fn observe_drills(
     }))
 }
 
+/// The newest backup Job of the cluster (label [`resources::BACKUP_FOR_LABEL`]) that
+/// completed: the CronJob's, a rollout's rollback point, or one `kubectl qpq backup` made.
+async fn observe_backups(
+    client: &Client,
+    c: &ClusterRef,
+) -> Result<Option<crate::crd::BackupRecord>> {
+    let api: Api<Job> = Api::namespaced(client.clone(), &c.namespace);
+    let selector = format!("{}={}", resources::BACKUP_FOR_LABEL, c.name);
+    let jobs = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(newest_completed(&jobs.items))
+}
+
+/// The newest of `jobs` that completed (by completion time, then name).
+fn newest_completed(jobs: &[Job]) -> Option<crate::crd::BackupRecord> {
+    jobs.iter()
+        .filter_map(|j| {
+            let done = job_end(j).filter(|d| d.type_ == "Complete")?;
+            Some(crate::crd::BackupRecord {
+                job: j.metadata.name.clone()?,
+                finished: done.last_transition_time.as_ref()?.0.to_string(),
+            })
+        })
+        .max_by(|a, b| {
+            (a.finished.as_str(), a.job.as_str()).cmp(&(b.finished.as_str(), b.job.as_str()))
+        })
+}
+
 /// A finished drill Job's outcome (`None` while it runs).
 fn drill_result(j: &Job) -> Option<crate::crd::DrillResult> {
     let done = job_end(j)?;
@@ -1134,8 +1169,9 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
     Ok(serde_json::json!({ "status": status }))
 }
 
-/// The TLS Secrets to apply and the certificates' rotation counter (which is part of the
-/// pod template). Reads the Secrets; issues certificates only when needed.
+/// The TLS Secrets to apply, the certificates' rotation counter (which is part of the pod
+/// template) and when the first of them expires (unix seconds; `None` with the user's own
+/// Secret). Reads the Secrets; issues certificates only when needed.
 async fn prepare_tls(
     obj: &QpqCluster,
     ctx: &Context,
@@ -1143,11 +1179,12 @@ async fn prepare_tls(
     replicas: i32,
     now_unix: i64,
     admin_secret: Option<&Secret>,
-) -> Result<(Vec<Secret>, u64)> {
+) -> Result<(Vec<Secret>, u64, Option<i64>)> {
     let client = &ctx.client;
     let ns = c.namespace.as_str();
     let spec = &obj.spec;
     let mut rotation = 0;
+    let mut expire = None;
     let mut secrets = Vec::new();
     if spec.tls.secret_name.is_none() {
         let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -1204,11 +1241,18 @@ async fn prepare_tls(
             now_unix,
             spec.tls.cert_validity_days,
         )?;
+        expire = certs
+            .index
+            .certs
+            .values()
+            .chain(admin.index.values())
+            .map(|e| e.not_after)
+            .min();
         secrets.push(tls::ca_secret(c, issuer.ca()));
         secrets.push(tls::certs_secret(c, issuer.ca(), &certs)?);
         secrets.push(tls::admin_secret(c, &admin)?);
     }
-    Ok((secrets, rotation))
+    Ok((secrets, rotation, expire))
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct input
@@ -1400,7 +1444,20 @@ async fn cleanup(obj: &QpqCluster, ctx: &Context) -> Result<Requeue> {
 
 /// The cluster a drill Job belongs to (its `qpq.dev/drill-for` label, same namespace).
 fn drill_owner(job: Job) -> Option<kube::runtime::reflector::ObjectRef<QpqCluster>> {
-    let name = job.labels().get(resources::DRILL_FOR_LABEL)?.clone();
+    labelled_owner(&job, resources::DRILL_FOR_LABEL)
+}
+
+/// The cluster a backup Job belongs to (its `qpq.dev/backup-for` label, same namespace):
+/// the CronJob's, a rollout's, or one `kubectl qpq backup` made.
+fn backup_owner(job: Job) -> Option<kube::runtime::reflector::ObjectRef<QpqCluster>> {
+    labelled_owner(&job, resources::BACKUP_FOR_LABEL)
+}
+
+fn labelled_owner(
+    job: &Job,
+    label: &str,
+) -> Option<kube::runtime::reflector::ObjectRef<QpqCluster>> {
+    let name = job.labels().get(label)?.clone();
     let ns = job.namespace()?;
     Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
 }
@@ -1436,9 +1493,15 @@ pub async fn run(
         // A finished restore drill changes `BackupVerified` now, not at the next idle round.
         // Drill Jobs are the CronJob's, not the cluster's: found by their label.
         .watches(
-            jobs,
+            jobs.clone(),
             watcher::Config::default().labels(resources::DRILL_FOR_LABEL),
             drill_owner,
+        )
+        // Likewise a finished backup (`status.lastBackup`, a rollout's rollback point).
+        .watches(
+            jobs,
+            watcher::Config::default().labels(resources::BACKUP_FOR_LABEL),
+            backup_owner,
         )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
@@ -1496,7 +1559,30 @@ mod tests {
             "metadata": {"name": "other", "namespace": "ns"}
         }))
         .unwrap();
-        assert!(drill_owner(unlabelled).is_none());
+        assert!(drill_owner(unlabelled.clone()).is_none());
+        assert!(backup_owner(unlabelled).is_none());
+        let backup: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x-backup-1", "namespace": "ns",
+                         "labels": {"qpq.dev/backup-for": "x"}}
+        }))
+        .unwrap();
+        assert_eq!(backup_owner(backup.clone()).unwrap().name, "x");
+        assert!(drill_owner(backup).is_none());
+    }
+
+    #[test]
+    fn the_last_backup_is_the_newest_completed_job() {
+        assert_eq!(newest_completed(&[]), None);
+        let jobs = [
+            job("old", Some(("Complete", "2026-12-01T03:00:00Z"))),
+            job("failed-later", Some(("Failed", "2026-12-03T03:00:00Z"))),
+            job("running", None),
+            job("newest", Some(("Complete", "2026-12-02T03:00:00Z"))),
+        ];
+        let b = newest_completed(&jobs).unwrap();
+        assert_eq!(b.job, "newest");
+        assert!(b.finished.starts_with("2026-12-02T03:00:00"), "{b:?}");
+        assert_eq!(newest_completed(&jobs[1..3]), None, "no completed Job");
     }
 
     #[test]

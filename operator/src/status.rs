@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admin_client::{NodeId, Status};
 use crate::crd::{
-    Condition, DrillResult, Member, MembershipOperation, OperationKind, QpqClusterStatus,
-    RolloutPhase, RolloutStatus,
+    BackupRecord, Condition, DrillResult, Member, MembershipOperation, OperationKind,
+    QpqClusterStatus, RolloutPhase, RolloutStatus,
 };
 use crate::planner::{Action, Plan, RaftObservation};
 use crate::resources::ClusterRef;
@@ -69,6 +69,12 @@ pub struct StatusInput<'a> {
     pub last_drill: Option<DrillResult>,
     /// Whether `spec.backup.drillSchedule` is set.
     pub drills: bool,
+    /// The newest backup Job that completed, as listed now (`None`: none listed).
+    pub last_backup: Option<BackupRecord>,
+    /// Unix seconds at which the first operator-issued certificate expires.
+    pub certificates_expire: Option<i64>,
+    /// The pods' label selector.
+    pub selector: String,
 }
 
 /// Sets a condition, keeping its transition time when its status did not change.
@@ -385,6 +391,15 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         rollout: input.rollout.clone(),
         finalized_version: input.finalized_version.clone(),
         last_drill,
+        // The newest listed, else the one recorded before (the CronJob prunes its Jobs).
+        last_backup: input
+            .last_backup
+            .clone()
+            .or_else(|| input.previous.and_then(|p| p.last_backup.clone())),
+        certificates_expire: input
+            .certificates_expire
+            .and_then(|t| jiff::Timestamp::from_second(t).ok().map(|t| t.to_string())),
+        selector: Some(input.selector.clone()),
     }
 }
 
@@ -472,6 +487,9 @@ mod tests {
             finalized_version: None,
             last_drill: None,
             drills: false,
+            last_backup: None,
+            certificates_expire: None,
+            selector: c.label_selector(),
         });
         assert_eq!(st.members.len(), 3);
         assert!(st.members.iter().all(|m| m.role == "unreachable"));
@@ -539,6 +557,9 @@ mod tests {
                 finalized_version: None,
                 last_drill: None,
                 drills: false,
+                last_backup: None,
+                certificates_expire: None,
+                selector: c.label_selector(),
             })
         };
         let get = |st: &QpqClusterStatus, t: &str| {
@@ -603,6 +624,9 @@ mod tests {
                     finalized_version: None,
                     last_drill,
                     drills,
+                    last_backup: None,
+                    certificates_expire: None,
+                    selector: c.label_selector(),
                 })
             };
         let verified = |st: &QpqClusterStatus| {
@@ -641,6 +665,68 @@ mod tests {
         let st = status_with(Some(&st), None, false);
         assert_eq!(st.last_drill, None);
         assert_eq!(verified(&st), None);
+    }
+
+    #[test]
+    fn backups_certificates_and_the_selector_are_in_the_status() {
+        let c = three_node_cluster();
+        let plan = Plan {
+            statefulset_replicas: 3,
+            action: Action::None,
+            operation: None,
+        };
+        let raft = RaftObservation::NoAnswer;
+        let nodes = BTreeMap::new();
+        let with = |previous: Option<&QpqClusterStatus>,
+                    last_backup: Option<BackupRecord>,
+                    certificates_expire: Option<i64>| {
+            next_status(&StatusInput {
+                cluster: &c,
+                generation: Some(1),
+                desired: 3,
+                previous,
+                nodes: &nodes,
+                raft: &raft,
+                plan: &plan,
+                bootstrapped: true,
+                call_error: None,
+                apply_failures: &[],
+                now: "2026-01-01T00:00:00Z",
+                spec_version: "0.1.0",
+                pod_versions: &BTreeMap::new(),
+                rollout: None,
+                finalized_version: None,
+                last_drill: None,
+                drills: false,
+                last_backup,
+                certificates_expire,
+                selector: c.label_selector(),
+            })
+        };
+        let first = BackupRecord {
+            job: "x-backup-1".into(),
+            finished: "2026-01-01T03:00:05Z".into(),
+        };
+        let st = with(None, Some(first.clone()), Some(1_790_000_000));
+        assert_eq!(st.last_backup.as_ref(), Some(&first));
+        assert_eq!(
+            st.certificates_expire.as_deref(),
+            Some("2026-09-21T14:13:20Z")
+        );
+        assert_eq!(
+            st.selector.as_deref(),
+            Some("app.kubernetes.io/instance=x,app.kubernetes.io/name=qpq-node")
+        );
+        // The CronJob pruned the Job: the record stays; a newer one replaces it.
+        let kept = with(Some(&st), None, None);
+        assert_eq!(kept.last_backup.as_ref(), Some(&first));
+        assert_eq!(kept.certificates_expire, None, "the user's own Secret");
+        let second = BackupRecord {
+            job: "x-backup-2".into(),
+            finished: "2026-01-02T03:00:04Z".into(),
+        };
+        let newer = with(Some(&kept), Some(second.clone()), None);
+        assert_eq!(newer.last_backup, Some(second));
     }
 
     #[test]

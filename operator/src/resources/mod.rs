@@ -38,6 +38,7 @@ pub use backup::{
     backup_cronjob_name, backup_drill_cronjob, backup_job, drill_cronjob_name,
 };
 pub use config::{config_hash, configmap};
+pub(crate) use policy::BACKUP_FOR_LABEL;
 pub use policy::{
     network_policy, pod_disruption_budget, pod_monitor, pod_monitor_resource, service_account,
 };

@@ -329,7 +329,8 @@ impl ApiServer {
         .await;
     }
 
-    /// The list of the cluster's pods (label selector of the cluster).
+    /// The list of the cluster's pods (label selector of the cluster), then of its backup
+    /// Jobs (none).
     pub(crate) async fn expect_pods(&mut self, items: &Value) {
         let (query, _) = self
             .expect(
@@ -344,6 +345,25 @@ impl ApiServer {
         assert!(
             query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dx")
                 || query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dx%2C"),
+            "{query}"
+        );
+        self.expect_backup_jobs(&json!([])).await;
+    }
+
+    /// The list of the cluster's backup Jobs (for `status.lastBackup`); follows the pods'.
+    pub(crate) async fn expect_backup_jobs(&mut self, items: &Value) {
+        let (query, _) = self
+            .expect(
+                "GET",
+                "/apis/batch/v1/namespaces/ns/jobs",
+                (
+                    200,
+                    json!({"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items}),
+                ),
+            )
+            .await;
+        assert!(
+            query.contains("labelSelector=qpq.dev%2Fbackup-for%3Dx"),
             "{query}"
         );
     }
