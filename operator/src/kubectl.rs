@@ -82,7 +82,10 @@ pub fn status_table(c: &QpqCluster) -> String {
         let _ = writeln!(out, "Backup:    {} ({})", b.finished, b.job);
     }
     if let Some(t) = &st.certificates_expire {
-        let _ = writeln!(out, "Certs:     expire {t} (renewed at two thirds of their life)");
+        let _ = writeln!(
+            out,
+            "Certs:     expire {t} (renewed at two thirds of their life)"
+        );
     }
     let _ = writeln!(out);
     let mut rows = vec![vec![

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// 1 if the newest restore drill of a cluster passed, 0 if it failed (absent without
     /// drills).
     pub backup_drill_ok: prometheus::IntGaugeVec,
+    /// Unix time at which the newest backup of a cluster completed (`status.lastBackup`).
+    pub last_backup_timestamp: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,8 +99,17 @@ impl Metrics {
             &["namespace", "cluster"],
         )?;
         registry.register(Box::new(backup_drill_ok.clone()))?;
+        let last_backup_timestamp = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "qpq_operator_last_backup_timestamp_seconds",
+                "Unix time at which the newest backup Job of a cluster completed",
+            ),
+            &["namespace", "cluster"],
+        )?;
+        registry.register(Box::new(last_backup_timestamp.clone()))?;
         Ok(Self {
             backup_drill_ok,
+            last_backup_timestamp,
             diverged_members,
             registry,
             reconciles,

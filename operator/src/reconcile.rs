@@ -812,6 +812,24 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
                 .remove_label_values(&[ns.as_str(), c.name.as_str()]);
         }
     }
+    // The age of the newest backup, for the QpqBackupTooOld alert.
+    let backup_gauge = ctx
+        .metrics
+        .last_backup_timestamp
+        .with_label_values(&[ns.as_str(), c.name.as_str()]);
+    match next
+        .last_backup
+        .as_ref()
+        .and_then(|b| b.finished.parse::<jiff::Timestamp>().ok())
+    {
+        Some(t) => backup_gauge.set(t.as_second()),
+        None => {
+            let _ = ctx
+                .metrics
+                .last_backup_timestamp
+                .remove_label_values(&[ns.as_str(), c.name.as_str()]);
+        }
+    }
     // A member whose state diverged is announced when it is first reported.
     let corrupt_now = next
         .conditions
