@@ -939,24 +939,18 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "url": "s3://qpq/backups", "secretName": "s3-credentials", "endpoint": s3.endpoint,
         "region": "us-east-1", "allowHttp": true
     });
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "s3-credentials"},
-                // The credentials only; the rest comes from spec.backup.objectStore.
-                "stringData": s3
-                    .env()
-                    .into_iter()
-                    .filter(|(k, _)| k.ends_with("_KEY_ID") || k.ends_with("_ACCESS_KEY"))
-                    .collect::<BTreeMap<_, _>>(),
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    // The credentials only; the rest comes from spec.backup.objectStore.
+    create_secret(
+        &env,
+        &ns,
+        "s3-credentials",
+        s3.env()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("_KEY_ID") || k.ends_with("_ACCESS_KEY"))
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
+    .await;
     api.patch(
         &name,
         &PatchParams::default(),
@@ -1221,6 +1215,23 @@ async fn run_job(env: &Env, ns: &str, job: Job) -> String {
     let name = job.metadata.name.clone().unwrap();
     jobs.create(&PostParams::default(), &job).await.unwrap();
     job_ended(env, ns, &name).await
+}
+
+/// Creates Secret `name` in `ns` with `data` (string values).
+async fn create_secret(env: &Env, ns: &str, name: &str, data: BTreeMap<String, String>) {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name},
+                "stringData": data,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
 }
 
 /// The pid of `pod`'s node process, from the pod runner's state (None on other clusters).

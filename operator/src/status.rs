@@ -427,6 +427,39 @@ mod tests {
         ClusterRef::new(&obj).unwrap()
     }
 
+    /// A status input with nothing of note: no previous status, no rollout, no drill, no
+    /// backup; tests override what they look at.
+    fn quiet_input<'a>(
+        c: &'a ClusterRef,
+        plan: &'a Plan,
+        raft: &'a RaftObservation,
+        nodes: &'a BTreeMap<NodeId, Status>,
+        pod_versions: &'a BTreeMap<i32, String>,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            cluster: c,
+            generation: Some(1),
+            desired: 3,
+            previous: None,
+            nodes,
+            raft,
+            plan,
+            bootstrapped: true,
+            call_error: None,
+            apply_failures: &[],
+            now: "2026-01-01T00:00:00Z",
+            spec_version: "0.1.0",
+            pod_versions,
+            rollout: None,
+            finalized_version: None,
+            last_drill: None,
+            drills: false,
+            last_backup: None,
+            certificates_expire: None,
+            selector: c.label_selector(),
+        }
+    }
+
     #[test]
     fn transition_time_only_moves_when_status_changes() {
         let c = |status: &str, reason: &str, t: &str| Condition {
@@ -469,27 +502,11 @@ mod tests {
             action: Action::Wait("no node answers on its admin port".into()),
             operation: None,
         };
+        let (nodes, versions) = (BTreeMap::new(), BTreeMap::new());
+        let raft = RaftObservation::NoAnswer;
         let st = next_status(&StatusInput {
-            cluster: &c,
-            generation: Some(1),
-            desired: 3,
             previous: Some(&previous),
-            nodes: &BTreeMap::new(),
-            raft: &RaftObservation::NoAnswer,
-            plan: &plan,
-            bootstrapped: true,
-            call_error: None,
-            apply_failures: &[],
-            now: "2026-01-01T00:00:00Z",
-            spec_version: "0.1.0",
-            pod_versions: &BTreeMap::new(),
-            rollout: None,
-            finalized_version: None,
-            last_drill: None,
-            drills: false,
-            last_backup: None,
-            certificates_expire: None,
-            selector: c.label_selector(),
+            ..quiet_input(&c, &plan, &raft, &nodes, &versions)
         });
         assert_eq!(st.members.len(), 3);
         assert!(st.members.iter().all(|m| m.role == "unreachable"));
@@ -538,29 +555,9 @@ mod tests {
             action: Action::None,
             operation: None,
         };
+        let versions = BTreeMap::new();
         let status_with = |nodes: &BTreeMap<NodeId, crate::admin_client::Status>| {
-            next_status(&StatusInput {
-                cluster: &c,
-                generation: Some(1),
-                desired: 3,
-                previous: None,
-                nodes,
-                raft: &raft,
-                plan: &plan,
-                bootstrapped: true,
-                call_error: None,
-                apply_failures: &[],
-                now: "2026-01-01T00:00:00Z",
-                spec_version: "0.1.0",
-                pod_versions: &BTreeMap::new(),
-                rollout: None,
-                finalized_version: None,
-                last_drill: None,
-                drills: false,
-                last_backup: None,
-                certificates_expire: None,
-                selector: c.label_selector(),
-            })
+            next_status(&quiet_input(&c, &plan, &raft, nodes, &versions))
         };
         let get = |st: &QpqClusterStatus, t: &str| {
             let c = st.conditions.iter().find(|c| c.type_ == t).unwrap();
@@ -603,30 +600,14 @@ mod tests {
             operation: None,
         };
         let raft = RaftObservation::NoAnswer;
-        let nodes = BTreeMap::new();
+        let (nodes, versions) = (BTreeMap::new(), BTreeMap::new());
         let status_with =
             |previous: Option<&QpqClusterStatus>, last_drill: Option<DrillResult>, drills: bool| {
                 next_status(&StatusInput {
-                    cluster: &c,
-                    generation: Some(1),
-                    desired: 3,
                     previous,
-                    nodes: &nodes,
-                    raft: &raft,
-                    plan: &plan,
-                    bootstrapped: true,
-                    call_error: None,
-                    apply_failures: &[],
-                    now: "2026-01-01T00:00:00Z",
-                    spec_version: "0.1.0",
-                    pod_versions: &BTreeMap::new(),
-                    rollout: None,
-                    finalized_version: None,
                     last_drill,
                     drills,
-                    last_backup: None,
-                    certificates_expire: None,
-                    selector: c.label_selector(),
+                    ..quiet_input(&c, &plan, &raft, &nodes, &versions)
                 })
             };
         let verified = |st: &QpqClusterStatus| {
@@ -676,31 +657,15 @@ mod tests {
             operation: None,
         };
         let raft = RaftObservation::NoAnswer;
-        let nodes = BTreeMap::new();
+        let (nodes, versions) = (BTreeMap::new(), BTreeMap::new());
         let with = |previous: Option<&QpqClusterStatus>,
                     last_backup: Option<BackupRecord>,
                     certificates_expire: Option<i64>| {
             next_status(&StatusInput {
-                cluster: &c,
-                generation: Some(1),
-                desired: 3,
                 previous,
-                nodes: &nodes,
-                raft: &raft,
-                plan: &plan,
-                bootstrapped: true,
-                call_error: None,
-                apply_failures: &[],
-                now: "2026-01-01T00:00:00Z",
-                spec_version: "0.1.0",
-                pod_versions: &BTreeMap::new(),
-                rollout: None,
-                finalized_version: None,
-                last_drill: None,
-                drills: false,
                 last_backup,
                 certificates_expire,
-                selector: c.label_selector(),
+                ..quiet_input(&c, &plan, &raft, &nodes, &versions)
             })
         };
         let first = BackupRecord {

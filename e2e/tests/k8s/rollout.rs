@@ -587,19 +587,19 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         "backup gate: {crash} waits for its rollback point, a backup that fails (object storage refuses the credentials)"
     ));
     let s3 = s3::S3Server::start("qpq");
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "s3-wrong-credentials"},
-                "stringData": {"AWS_ACCESS_KEY_ID": s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": "not-the-secret-key"},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create_secret(
+        &env,
+        &ns,
+        "s3-wrong-credentials",
+        BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_owned(), s3::ACCESS_KEY.to_owned()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                "not-the-secret-key".to_owned(),
+            ),
+        ]),
+    )
+    .await;
     api.patch(
         name,
         &PatchParams::default(),
