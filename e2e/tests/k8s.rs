@@ -616,6 +616,47 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         (85..=90).contains(&days),
         "certValidityDays 90: expires in {days} days ({expire})"
     );
+    // `kubectl qpq` at kubectl's conventions: --kubeconfig and --context name the cluster
+    // (no KUBECONFIG, no ~/.kube/config here), -o yaml is the -o json document.
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let context = Kubeconfig::read_from(&env.kubeconfig)
+        .unwrap()
+        .current_context
+        .expect("a current context");
+    let no_home = tempfile::tempdir().unwrap();
+    let status_as = |format: &str| {
+        let out = Command::new(&plugin)
+            .env_remove("KUBECONFIG")
+            .env("HOME", no_home.path())
+            .args(["status", &name, "-n", &ns, "-o", format, "--kubeconfig"])
+            .arg(&env.kubeconfig)
+            .args(["--context", &context])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl-qpq status -o {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let as_yaml: Value = serde_yaml::from_str(&status_as("yaml")).unwrap();
+    let as_json: Value = serde_json::from_str(&status_as("json")).unwrap();
+    // (Two reads: lags and times may differ between them.)
+    let pods = |v: &Value| -> Vec<String> {
+        v["status"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["pod"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for doc in [&as_yaml, &as_json] {
+        assert_eq!(doc["name"], name.as_str(), "{doc}");
+        assert_eq!(doc["namespace"], ns.as_str(), "{doc}");
+        assert_eq!(pods(doc).len(), 3, "{doc}");
+    }
+    assert_eq!(pods(&as_yaml), pods(&as_json));
     let scale = api.get_scale(&name).await.unwrap();
     assert_eq!(
         scale.status.and_then(|s| s.selector).as_deref(),

@@ -1,6 +1,7 @@
 //! `kubectl qpq`: the kubectl plugin of quicproquo (put it on `PATH`).
 //!
-//! `kubectl qpq status <cluster> [-n namespace] [-o table|json]`
+//! `kubectl qpq status <cluster> [-n namespace] [-o table|json|yaml]`
+//! (every verb also takes `--kubeconfig <file>` and `--context <name>`)
 //! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::kubectl;
 use qpq_operator::resources::{self, ClusterRef};
@@ -22,8 +24,32 @@ use qpq_operator::resources::{self, ClusterRef};
     about = "quicproquo clusters from kubectl"
 )]
 struct Cli {
+    /// Path of the kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then the
+    /// in-cluster service account).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A client for the API server `--kubeconfig` and `--context` name (kubectl's defaults
+/// without them).
+async fn client(cli: &Cli) -> Result<Client, Box<dyn std::error::Error>> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
+        }
+        None if cli.context.is_some() => Config::from_kubeconfig(&options).await?,
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
 }
 
 #[derive(Subcommand)]
@@ -101,6 +127,7 @@ enum Verb {
 enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -116,7 +143,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::try_default().await?;
+    let client = client(&cli).await?;
     let namespace = match &cli.command {
         Command::Status { namespace, .. }
         | Command::Backup { namespace, .. }
@@ -135,6 +162,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "{}",
                     serde_json::to_string_pretty(&kubectl::status_json(&c))?
                 ),
+                Output::Yaml => print!("{}", serde_yaml::to_string(&kubectl::status_json(&c))?),
             }
         }
         Command::Backup {
