@@ -115,10 +115,16 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let payload = crate::load::framed_payload(opts.payload_bytes, 0);
 
     let mut qpq_cluster: Option<qpq::QpqCluster> = None;
-    for system in &opts.systems {
+    for (i, system) in opts.systems.iter().enumerate() {
+        // A peer listed twice (to see drift across the run) starts a new cluster each time,
+        // in a directory of its own: the first one's members would not join the second.
+        let run_dir = dir.join(format!("run-{i}"));
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            return Err(PeerError::io(format!("{run_dir:?}"), e));
+        }
         let res = match system {
-            System::Etcd => run_etcd(opts, &dir, &payload, &mut report).await,
-            System::Nats => run_nats(opts, &dir, &payload, &mut report).await,
+            System::Etcd => run_etcd(opts, &run_dir, &payload, &mut report).await,
+            System::Nats => run_nats(opts, &run_dir, &payload, &mut report).await,
             System::QpqLeader | System::QpqFollower => {
                 run_qpq(opts, *system, &dir, &mut qpq_cluster, &mut report).await
             }

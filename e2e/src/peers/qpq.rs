@@ -133,12 +133,27 @@ pub async fn serve_cluster(dir: &Path) -> Result<()> {
         .collect();
     let line = serde_json::to_string(&infos).map_err(|e| PeerError::Failed(e.to_string()))?;
     println!("{line}");
+    // Each node's metrics, rewritten every second next to its data (kept with `--keep`):
+    // where a slow run spent its time (append, apply, batch sizes) without a profiler. The
+    // parent kills this process, so the files are as of the last second.
+    let metrics: Vec<_> = nodes.iter().map(|n| n.metrics().clone()).collect();
+    let metrics_dir = dir.to_path_buf();
+    let dumper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (i, m) in metrics.iter().enumerate() {
+                let path = metrics_dir.join(format!("node-{}.metrics.txt", i + 1));
+                let _ = std::fs::write(&path, m.render());
+            }
+        }
+    });
     // Until the parent goes away: EOF (or an error) on stdin.
     let _ = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         std::io::stdin().read_to_end(&mut sink)
     })
     .await;
+    dumper.abort();
     for node in nodes {
         node.shutdown().await;
     }

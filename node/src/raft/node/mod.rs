@@ -179,6 +179,8 @@ impl RaftNode {
 
         let log = LogStore::open(&config.raft_log_path())
             .map_err(|e| crate::Error::Store(e.into()))?
+            .with_background_checkpoints()
+            .map_err(crate::Error::Store)?
             .with_metrics(&metrics);
         let sm = StateMachine::open(
             &config.db_path(),
