@@ -25,7 +25,6 @@
 pub mod admin;
 pub mod auth;
 pub mod backup;
-pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// 1 while this node's state differs from the majority's at a common index: it refuses
     /// client reads until it is rebuilt.
     pub state_diverged: IntGauge,
+    /// Raft requests to a peer that failed, by request and reason (`timeout`: no answer
+    /// within the request's deadline; the connection is then dropped and dialled again).
+    pub raft_rpc_failures: IntCounterVec,
 }
 
 /// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
@@ -282,6 +285,14 @@ impl Metrics {
             "state_diverged",
             "1 while this node's state differs from the majority's (it refuses client reads)",
         )?;
+        let raft_rpc_failures = IntCounterVec::new(
+            Opts::new(
+                "raft_rpc_failures_total",
+                "Raft requests to peers that failed, by request and reason",
+            ),
+            &["rpc", "reason"],
+        )?;
+        registry.register(Box::new(raft_rpc_failures.clone()))?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -302,6 +313,7 @@ impl Metrics {
             digest_index,
             digest_checks,
             state_diverged,
+            raft_rpc_failures,
             rpc_requests,
             rpc_duration,
             open_connections,

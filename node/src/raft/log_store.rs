@@ -52,9 +52,6 @@ pub struct LogStore {
     committed: UnsavedCommitted,
     /// `qpq_raft_log_append_duration_seconds`, when the node's metrics are attached.
     append_duration: Option<prometheus::Histogram>,
-    /// Checkpoints the WAL off the append path, once [`LogStore::with_background_checkpoints`]
-    /// started it; stops with the last clone.
-    checkpointer: Option<Arc<crate::checkpoint::Checkpointer>>,
 }
 
 /// A read-only view of the log for one replication stream.
@@ -103,24 +100,7 @@ impl LogStore {
             path: path.to_path_buf(),
             committed: Arc::default(),
             append_duration: None,
-            checkpointer: None,
         })
-    }
-
-    /// Moves WAL checkpoints from the append that crosses SQLite's threshold to a thread of
-    /// their own ([`crate::checkpoint`]): an append then costs its own fsync only.
-    pub fn with_background_checkpoints(mut self) -> Result<Self, crate::state::StoreError> {
-        {
-            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            crate::checkpoint::defer_writer_checkpoints(&conn)?;
-        }
-        let checkpointer = crate::checkpoint::Checkpointer::spawn(
-            &self.path,
-            "raft-log",
-            crate::checkpoint::DEFAULT_INTERVAL,
-        )?;
-        self.checkpointer = Some(Arc::new(checkpointer));
-        Ok(self)
     }
 
     /// Reports each append's duration (the fsync'd transaction) to the node's metrics.

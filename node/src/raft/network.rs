@@ -34,9 +34,13 @@ pub enum CallError {
     /// No connection or stream could be opened: the request was certainly not delivered.
     #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The request may or may not have been delivered (timeout, lost connection).
+    /// The request may or may not have been delivered (lost connection, undecodable answer).
     #[error("lost: {0}")]
     Lost(String),
+    /// No answer within the deadline: the request may or may not have been delivered. The
+    /// connection is dropped (a fresh one is dialled next time).
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
     /// The peer answered that it could not handle the request.
     #[error("refused: {0}")]
     Refused(String),
@@ -146,7 +150,7 @@ impl PeerClient {
                 // notice after the idle timeout: dial afresh next time.
                 conn.close(0u32.into(), b"timeout");
                 self.forget(addr, &conn);
-                return Err(CallError::Lost("timeout".into()));
+                return Err(CallError::TimedOut(timeout));
             }
         };
         match wire::decode_response(&answer) {
@@ -166,12 +170,23 @@ pub type LastHeard = Arc<Mutex<HashMap<NodeId, std::time::Instant>>>;
 pub struct Network {
     client: Arc<PeerClient>,
     heard: LastHeard,
+    failures: Option<prometheus::IntCounterVec>,
 }
 
 impl Network {
     /// Wraps the shared client; answers are recorded in `heard`.
     pub fn new(client: Arc<PeerClient>, heard: LastHeard) -> Self {
-        Self { client, heard }
+        Self {
+            client,
+            heard,
+            failures: None,
+        }
+    }
+
+    /// Counts failed requests in `qpq_raft_rpc_failures_total`.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.failures = Some(metrics.raft_rpc_failures.clone());
+        self
     }
 }
 
@@ -181,6 +196,7 @@ pub struct PeerConn {
     target: NodeId,
     addr: String,
     heard: LastHeard,
+    failures: Option<prometheus::IntCounterVec>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -192,6 +208,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             heard: self.heard.clone(),
+            failures: self.failures.clone(),
         }
     }
 }
@@ -206,7 +223,22 @@ impl PeerConn {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let rpc = match &req {
+            Request::AppendEntries(_) => "append_entries",
+            Request::InstallSnapshot(_) => "install_snapshot",
+            Request::Vote(_) => "vote",
+            _ => "other",
+        };
         let answer = self.client.call(&self.addr, &req, timeout).await;
+        if let (Err(e), Some(failures)) = (&answer, &self.failures) {
+            let reason = match e {
+                CallError::Unreachable(_) => "unreachable",
+                CallError::Lost(_) => "lost",
+                CallError::TimedOut(_) => "timeout",
+                CallError::Refused(_) => "refused",
+            };
+            failures.with_label_values(&[rpc, reason]).inc();
+        }
         if answer.is_ok() {
             self.heard
                 .lock()
@@ -476,7 +508,47 @@ mod tests {
             .call(&s.addr, &Request::ReadIndex, timeout)
             .await
             .expect_err("the old connection is gone");
-        assert!(matches!(err, CallError::Lost(_)), "{err:?}");
+        assert!(
+            matches!(err, CallError::TimedOut(t) if t == timeout),
+            "{err:?}"
+        );
         assert!(t.elapsed() >= timeout, "gave up after {:?}", t.elapsed());
+    }
+
+    /// A Raft request that gets no answer in time is counted by request and reason, and the
+    /// silent peer is not recorded as heard from.
+    #[tokio::test]
+    async fn an_unanswered_raft_request_is_counted_as_a_timeout() {
+        let s = connected().await;
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let heard = LastHeard::default();
+        let mut network = Network::new(Arc::new(s.client), heard.clone()).with_metrics(&metrics);
+        let member = Member {
+            addr: s.addr.clone(),
+        };
+        let mut peer = network.new_client(2, &member).await;
+        let count = |rpc: &str, reason: &str| {
+            metrics
+                .raft_rpc_failures
+                .with_label_values(&[rpc, reason])
+                .get()
+        };
+
+        // Answered: nothing counted, the peer is heard from.
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let option = RPCOption::new(Duration::from_secs(10));
+        let _ = peer.vote(vote.clone(), option.clone()).await;
+        assert!(heard.lock().unwrap().contains_key(&2));
+        assert_eq!(count("vote", "timeout"), 0);
+
+        // Silent: the machine is gone without a word.
+        heard.lock().unwrap().clear();
+        s.relay.point(None);
+        let option = RPCOption::new(Duration::from_millis(300));
+        let err = peer.vote(vote, option).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Network(_)), "{err:?}");
+        assert_eq!(count("vote", "timeout"), 1);
+        assert_eq!(count("append_entries", "timeout"), 0);
+        assert!(heard.lock().unwrap().is_empty());
     }
 }

@@ -12,9 +12,6 @@ pub enum StoreError {
     /// SQLite (or the I/O beneath it) failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// An operating-system call beside SQLite failed (starting the WAL checkpoint thread).
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
     /// The database was written by a newer build; opening it could misread or damage it.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {

@@ -25,8 +25,6 @@ const STATEMENT_CACHE: usize = 64;
 /// The state database, open for writing.
 pub struct Store {
     conn: Connection,
-    /// Checkpoints the WAL off the apply path ([`Store::open_replicated`] only).
-    _checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
 
 impl fmt::Debug for Store {
@@ -55,18 +53,9 @@ impl Store {
     /// machine can: each transaction records the log id it applied, the Raft log itself is
     /// fsync'd, and a restart re-applies every committed entry after that log id (see
     /// `docs/ARCHITECTURE.md`, "Durability: one fsync per batch").
-    ///
-    /// The WAL is checkpointed by a thread of its own ([`crate::checkpoint`]), so an apply
-    /// never waits for the database file's writes and fsync.
     pub fn open_replicated(path: &Path) -> Result<Self> {
-        let mut store = Self::open(path)?;
+        let store = Self::open(path)?;
         store.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        crate::checkpoint::defer_writer_checkpoints(&store.conn)?;
-        store._checkpointer = Some(crate::checkpoint::Checkpointer::spawn(
-            path,
-            "state",
-            crate::checkpoint::DEFAULT_INTERVAL,
-        )?);
         Ok(store)
     }
 
@@ -95,10 +84,7 @@ impl Store {
         conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
-        Ok(Self {
-            conn,
-            _checkpointer: None,
-        })
+        Ok(Self { conn })
     }
 
     /// Applies `entries` in order, in one transaction, and returns one [`Outcome`] per entry.

@@ -179,8 +179,6 @@ impl RaftNode {
 
         let log = LogStore::open(&config.raft_log_path())
             .map_err(|e| crate::Error::Store(e.into()))?
-            .with_background_checkpoints()
-            .map_err(crate::Error::Store)?
             .with_metrics(&metrics);
         let sm = StateMachine::open(
             &config.db_path(),
@@ -195,7 +193,7 @@ impl RaftNode {
         let raft = Raft::new(
             cluster.node_id,
             Arc::new(raft_config(&cluster)?),
-            Network::new(client.clone(), heard.clone()),
+            Network::new(client.clone(), heard.clone()).with_metrics(&metrics),
             log,
             sm,
         )

@@ -120,8 +120,8 @@ impl RaftNode {
                     }
                     // Maybe delivered: do not append twice. The client retries with the same
                     // message id, which the state machine deduplicates.
-                    Err(CallError::Lost(why)) => {
-                        tracing::info!(leader, %why, "forwarded write lost");
+                    Err(e @ (CallError::Lost(_) | CallError::TimedOut(_))) => {
+                        tracing::info!(leader, why = %e, "forwarded write lost");
                         return Err(SubmitError::Unavailable);
                     }
                 }
