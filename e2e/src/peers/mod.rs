@@ -133,6 +133,14 @@ pub async fn run(opts: &Options) -> Result<Report> {
             eprintln!("{}: {e}", system.label());
             report.failures.push(format!("{}: {e}", system.label()));
         }
+        // The previous peer's dirty pages may otherwise be written back during the next
+        // one's fsyncs (a qpq run right after NATS measured at half its rate): flush them,
+        // drop the peer's data (unless kept), and let the machine settle before the next
+        // system starts.
+        if !opts.keep && !matches!(system, System::QpqLeader | System::QpqFollower) {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        settle().await;
     }
     drop(qpq_cluster);
     report.finish();
@@ -141,6 +149,12 @@ pub async fn run(opts: &Options) -> Result<Report> {
         eprintln!("kept {}", kept.display());
     }
     Ok(report)
+}
+
+/// Flushes the page cache to disk (`sync`) and waits a few seconds.
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 async fn measure_level<S: Sender>(
