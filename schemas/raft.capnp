@@ -19,6 +19,9 @@ struct RaftRequest {
     startElection @6 :Data;    # CBOR ElectionRequest: the leader hands leadership to the callee
     commandVersion @7 :Void;   # the newest replicated-command version the callee applies (CBOR u16)
     stateDigests @8 :Void;     # the callee's state digests at checkpoints (CBOR map index -> hex)
+    membership @9 :Void;       # a leader that confirmed its leadership: every member's id
+                               # (CBOR Result<[u64], SubmitError>); asked by a node that must
+                               # know it is out before its data is moved aside (rebuild)
   }
 }
 

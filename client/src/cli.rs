@@ -1,7 +1,9 @@
 //! The `qpq` command line: profiles, registration, groups, messages.
 //!
-//! A profile is a directory (`$QPQ_HOME/NAME`, or `./qpq-profiles/NAME` without `QPQ_HOME`)
-//! holding `config.json` (node address, server name, pinned certificate fingerprint) and
+//! A profile is a directory `NAME` under the profile directory (`--profile-dir`, or
+//! `$QPQ_HOME`, else `$XDG_DATA_HOME/qpq/profiles`, i.e. `~/.local/share/qpq/profiles`; a
+//! profile that already exists under `./qpq-profiles`, the old default, is still used from
+//! there) holding `config.json` (node address, server name, pinned certificate fingerprint) and
 //! `state.sqlite3` (identity, MLS state, outbox, cursors, events). Several profiles on one
 //! machine make a demo (`scripts/conversation`).
 //!
@@ -30,16 +32,35 @@ use crate::node::{NodeAddr, NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
 use rusqlite::OptionalExtension as _;
 
+/// Exit statuses, listed by `qpq --help` ([`ErrorKind`]).
+const EXIT_STATUSES: &str = "\
+Exit status:
+  0  success
+  1  failure (local database, MLS processing, a group no longer active)
+  2  usage: bad arguments or input, unknown group, no identity in the profile
+  3  the node could not be reached or could not serve, after every retry (try again later)
+  4  authentication: the node's certificate, or this device's login or token, was refused
+  5  the node refused the request for good (forbidden, not found, a quota)";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "qpq",
     version,
-    about = "quicproquo client: end-to-end encrypted groups over MLS"
+    about = "quicproquo client: end-to-end encrypted groups over MLS",
+    after_help = EXIT_STATUSES
 )]
 struct Cli {
-    /// Profile name (a directory under $QPQ_HOME, or ./qpq-profiles).
+    /// Profile name: a directory under the profile directory.
     #[arg(long, global = true, env = "QPQ_PROFILE", default_value = "default")]
     profile: String,
+    /// Directory of profiles [default: $XDG_DATA_HOME/qpq/profiles, i.e.
+    /// ~/.local/share/qpq/profiles].
+    #[arg(long, global = true, env = "QPQ_HOME")]
+    profile_dir: Option<PathBuf>,
+    /// Retries of a call that failed for a transient reason (node down, unreachable,
+    /// overloaded), with exponential backoff and jitter up to 5 s apart.
+    #[arg(long, global = true, env = "QPQ_RETRIES", default_value_t = 40)]
+    retries: u32,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -109,6 +130,12 @@ enum Command {
     },
     /// Identity, node, groups, outbox.
     Status,
+    /// Print a shell completion script (e.g. `source <(qpq completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,10 +241,64 @@ fn group_json(g: &crate::client::GroupInfo) -> serde_json::Value {
     })
 }
 
-fn profile_dir(name: &str) -> PathBuf {
-    match std::env::var_os("QPQ_HOME") {
-        Some(home) => PathBuf::from(home).join(name),
-        None => PathBuf::from("qpq-profiles").join(name),
+/// Where profile `name` lives: under `dir` when given (`--profile-dir`, `QPQ_HOME`); else
+/// under the XDG data directory, unless it already exists under `./qpq-profiles` (the old
+/// default).
+fn profile_dir(dir: Option<&Path>, name: &str) -> Result<PathBuf> {
+    if let Some(dir) = dir {
+        return Ok(dir.join(name));
+    }
+    let legacy = PathBuf::from("qpq-profiles").join(name);
+    if legacy.join("config.json").exists() {
+        return Ok(legacy);
+    }
+    let root = default_profile_root(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+        .ok_or_else(|| {
+            Error::Invalid("no profile directory: set --profile-dir, QPQ_HOME or HOME".into())
+        })?;
+    Ok(root.join(name))
+}
+
+/// The completion script of `qpq` for `shell`.
+fn completion(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "qpq", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `$XDG_DATA_HOME/qpq/profiles`, or `$HOME/.local/share/qpq/profiles`; relative values are
+/// ignored, as the XDG Base Directory specification asks.
+fn default_profile_root(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    let data =
+        absolute(xdg_data_home).or_else(|| absolute(home).map(|h| h.join(".local/share")))?;
+    Some(data.join("qpq").join("profiles"))
+}
+
+/// The node client of a command: `retries` transient failures ridden out, each announced on
+/// stderr when it is a terminal (so a person sees why nothing happens yet).
+fn resilient_node(target: NodeTarget, retries: u32) -> ResilientNode {
+    use std::io::IsTerminal as _;
+    let node = ResilientNode::new(target).with_backoff(crate::retry::Backoff {
+        max_retries: retries,
+        ..crate::retry::Backoff::default()
+    });
+    if std::io::stderr().is_terminal() {
+        node.on_retry(|r| {
+            eprintln!(
+                "qpq: {}; retrying (attempt {} of {}, next in {:.1} s)",
+                r.error,
+                r.attempt,
+                r.max_retries,
+                r.delay.as_secs_f64()
+            );
+        })
+    } else {
+        node
     }
 }
 
@@ -288,12 +369,16 @@ pub fn main() -> ExitCode {
     match runtime.block_on(local.run_until(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let kind = e.kind();
             if json {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": e.to_string(), "kind": kind.as_str() })
+                );
             } else {
                 eprintln!("qpq: {e}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(kind.exit_code())
         }
     }
 }
@@ -428,7 +513,11 @@ impl Ctx {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let dir = profile_dir(&cli.profile);
+    if let Command::Completion { shell } = cli.command {
+        print!("{}", completion(shell));
+        return Ok(());
+    }
+    let dir = profile_dir(cli.profile_dir.as_deref(), &cli.profile)?;
     if let Command::Register {
         node,
         fingerprint,
@@ -455,10 +544,10 @@ async fn run(cli: Cli) -> Result<()> {
             fingerprint,
             ca_pem,
         };
-        return register(&dir, config, cli.json).await;
+        return register(&dir, config, cli.json, cli.retries).await;
     }
     let config = load_config(&dir)?;
-    let node = ResilientNode::new(target(&config)?);
+    let node = resilient_node(target(&config)?, cli.retries);
     let provider = Provider::open(&dir.join("state.sqlite3"))?;
     let client = Client::open(provider, node, Box::new(SystemClock))?;
     let ctx = Ctx {
@@ -467,7 +556,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let c = &ctx.client;
     let result = match cli.command {
-        Command::Register { .. } => Ok(()),
+        Command::Register { .. } | Command::Completion { .. } => Ok(()),
         Command::Login => {
             let s = c.login().await?;
             let (n, lr) = c.maintain_key_packages().await?;
@@ -752,11 +841,12 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-async fn register(dir: &Path, config: ProfileConfig, json: bool) -> Result<()> {
+async fn register(dir: &Path, config: ProfileConfig, json: bool, retries: u32) -> Result<()> {
     let target = target(&config)?;
     create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     let provider = Provider::open(&dir.join("state.sqlite3"))?;
-    let client = Client::create(provider, ResilientNode::new(target), Box::new(SystemClock))?;
+    let node = resilient_node(target, retries);
+    let client = Client::create(provider, node, Box::new(SystemClock))?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
     let session = client.register().await?;
@@ -790,6 +880,94 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn profiles_live_in_the_xdg_data_directory_by_default() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            default_profile_root(os("/data"), os("/home/a")),
+            Some(PathBuf::from("/data/qpq/profiles"))
+        );
+        assert_eq!(
+            default_profile_root(None, os("/home/a")),
+            Some(PathBuf::from("/home/a/.local/share/qpq/profiles"))
+        );
+        // A relative XDG_DATA_HOME is ignored (XDG Base Directory specification).
+        assert_eq!(
+            default_profile_root(os("data"), os("/home/a")),
+            Some(PathBuf::from("/home/a/.local/share/qpq/profiles"))
+        );
+        assert_eq!(default_profile_root(None, None), None);
+        assert_eq!(default_profile_root(os(""), os("rel")), None);
+        // An explicit directory wins over everything.
+        assert_eq!(
+            profile_dir(Some(Path::new("/p")), "alice").unwrap(),
+            PathBuf::from("/p/alice")
+        );
+    }
+
+    #[test]
+    fn the_bash_completion_loads_in_bash_and_knows_the_commands() {
+        let script = completion(clap_complete::Shell::Bash);
+        for word in [
+            "register",
+            "send",
+            "recv",
+            "group",
+            "completion",
+            "--profile-dir",
+        ] {
+            assert!(script.contains(word), "{word}");
+        }
+        // Loaded by a real bash, it registers a completion function for `qpq`.
+        let out = std::process::Command::new("bash")
+            .args([
+                "--noprofile",
+                "--norc",
+                "-c",
+                "source /dev/stdin && complete -p qpq",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin is piped")
+                    .write_all(script.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        let spec = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && spec.contains("qpq"),
+            "{spec} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            assert!(completion(shell).contains("register"), "{shell}");
+        }
+    }
+
+    #[test]
+    fn the_help_lists_every_exit_status() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        for kind in [
+            ErrorKind::Failure,
+            ErrorKind::Usage,
+            ErrorKind::Unavailable,
+            ErrorKind::Auth,
+            ErrorKind::Refused,
+        ] {
+            let line = format!("  {}  ", kind.exit_code());
+            assert!(help.contains(&line), "{kind:?} missing from:\n{help}");
+        }
+    }
 
     #[test]
     fn a_node_address_is_host_and_port() {

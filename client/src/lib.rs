@@ -32,8 +32,10 @@ pub mod rpc;
 pub mod tls;
 
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
-pub use error::{Error, Result};
-pub use node::{DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Session};
+pub use error::{Error, ErrorKind, Result};
+pub use node::{
+    DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Retry, Session,
+};
 pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
     FetchPage, Tokens,

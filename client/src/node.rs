@@ -287,6 +287,24 @@ pub struct ResilientNode {
     logins: Cell<u64>,
     refreshes: Cell<u64>,
     auth: RefCell<Option<DeviceAuth>>,
+    /// Told of every retry before its wait (the CLI prints a line on a terminal).
+    on_retry: Option<RetryObserver>,
+}
+
+/// What [`ResilientNode::on_retry`] calls.
+type RetryObserver = Rc<dyn Fn(&Retry)>;
+
+/// A retry about to happen: the failure, which retry this is and how long it waits first.
+#[derive(Debug)]
+pub struct Retry<'a> {
+    /// What failed (transient).
+    pub error: &'a NodeError,
+    /// 1 for the first retry.
+    pub attempt: u32,
+    /// The retries the policy allows in all.
+    pub max_retries: u32,
+    /// The wait before it.
+    pub delay: Duration,
 }
 
 impl std::fmt::Debug for ResilientNode {
@@ -311,7 +329,14 @@ impl ResilientNode {
             logins: Cell::new(0),
             refreshes: Cell::new(0),
             auth: RefCell::new(None),
+            on_retry: None,
         }
+    }
+
+    /// Calls `f` before each retry's wait (retries are otherwise silent: logged at debug).
+    pub fn on_retry(mut self, f: impl Fn(&Retry) + 'static) -> Self {
+        self.on_retry = Some(Rc::new(f));
+        self
     }
 
     /// Replaces the backoff policy.
@@ -505,6 +530,14 @@ impl ResilientNode {
                 return Err(error);
             };
             tracing::debug!(%error, attempt, ?delay, "transient failure; retrying");
+            if let Some(f) = &self.on_retry {
+                f(&Retry {
+                    error: &error,
+                    attempt: attempt + 1,
+                    max_retries: self.backoff.max_retries,
+                    delay,
+                });
+            }
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -752,6 +785,45 @@ mod tests {
         if let NodeError::Rpc(ClientError::Io(io)) = &e {
             assert!(io.to_string().contains("qpq-node.invalid"), "{io}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_retry_is_announced_with_its_number_and_wait() {
+        type Seen = Vec<(u32, u32, Duration, bool)>;
+        let seen: Rc<RefCell<Seen>> = Rc::default();
+        let log = seen.clone();
+        // Nothing listens on port 9 of loopback: every attempt fails the same transient way.
+        let node = ResilientNode::new(NodeTarget {
+            addr: NodeAddr::parse("127.0.0.1:9"),
+            server_name: "localhost".into(),
+            verification: ServerVerification::PinnedSha256([0; 32]),
+        })
+        .with_backoff(Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            max_retries: 3,
+        })
+        .on_retry(move |r| {
+            log.borrow_mut()
+                .push((r.attempt, r.max_retries, r.delay, r.error.is_transient()));
+        });
+        let e = node
+            .key_package_count(&IdentityKey::from_slice(&[7; 32]).unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        let seen = seen.borrow();
+        let attempts: Vec<u32> = seen.iter().map(|r| r.0).collect();
+        assert_eq!(
+            attempts,
+            [1, 2, 3],
+            "the last failure is returned, not retried"
+        );
+        assert!(seen.iter().all(|r| r.1 == 3 && r.3), "{seen:?}");
+        assert!(
+            seen.iter().all(|r| r.2 <= Duration::from_millis(2)),
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]

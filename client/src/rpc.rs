@@ -74,6 +74,12 @@ impl ClientError {
             Self::Tls(_) | Self::Version(_) => false,
         }
     }
+
+    /// Whether TLS refused the node (its certificate, ALPN or TLS version): the node could
+    /// not be authenticated, which no retry changes.
+    pub fn is_handshake_refusal(&self) -> bool {
+        matches!(self, Self::Connection(e) if is_handshake_refusal(e))
+    }
 }
 
 /// Whether a connection failed because TLS refused the handshake: a QUIC CRYPTO_ERROR

@@ -132,6 +132,30 @@ fn run(env: &Env, program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Whether `user` may do `verb` on `resource` in `ns`, by the API server's own answer
+/// (`kubectl auth can-i --as`: impersonation, no credentials of the user needed).
+fn can_i(env: &Env, user: &str, ns: &str, verb: &str, resource: &str) -> bool {
+    // `qpqclusters.qpq.dev/scale`: a subresource, which `can-i` takes as a flag.
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let mut args = vec!["auth", "can-i", verb, resource, "-n", ns, "--as", user];
+    let flag = format!("--subresource={subresource}");
+    if !subresource.is_empty() {
+        args.push(&flag);
+    }
+    let out = Command::new(&env.kubectl)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl: {e}"));
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl auth can-i {verb} {resource} --as {user}: {answer:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    answer == "yes"
+}
+
 /// Polls `f` every 500 ms until it returns `Some`, panicking after `secs` seconds.
 async fn wait<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where
@@ -510,18 +534,29 @@ async fn operator_leader(env: &Env) -> String {
 
 /// Sends `w-0`, `w-1`, ... from `writer` until `stop`; returns the numbers the node
 /// acknowledged.
-fn write_until(p: &Profile, group: &str, stop: &AtomicBool) -> Vec<u64> {
+/// Sets the flag when dropped: a failing test stops its writers and samplers instead of
+/// leaving them spinning (which would keep the test process alive).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sends `<prefix>0`, `<prefix>1`, ... until `stop`; the numbers acknowledged.
+fn write_until(p: &Profile, group: &str, prefix: &str, stop: &AtomicBool) -> Vec<u64> {
     let mut acked = Vec::new();
     let mut i = 0;
     let mut slowest = Duration::ZERO;
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        let out = p.cmd(&["send", group, &format!("w-{i}")]);
+        let out = p.cmd(&["send", group, &format!("{prefix}{i}")]);
         let took = started.elapsed();
         slowest = slowest.max(took);
         if took > Duration::from_secs(3) {
             step(&format!(
-                "w-{i} took {took:?}: {}",
+                "{prefix}{i} took {took:?}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
@@ -529,7 +564,7 @@ fn write_until(p: &Profile, group: &str, stop: &AtomicBool) -> Vec<u64> {
             acked.push(i);
         } else {
             step(&format!(
-                "w-{i} not acknowledged: {}",
+                "{prefix}{i} not acknowledged: {}",
                 String::from_utf8_lossy(&out.stdout).trim()
             ));
         }
@@ -539,11 +574,12 @@ fn write_until(p: &Profile, group: &str, stop: &AtomicBool) -> Vec<u64> {
     acked
 }
 
-/// Every acknowledged write arrives exactly once, and all writes arrive in send order.
-fn check_writes(acked: &[u64], received: &[String]) {
+/// Every acknowledged write of [`write_until`] with `prefix` arrives exactly once, and all
+/// of them arrive in send order.
+fn check_writes(prefix: &str, acked: &[u64], received: &[String]) {
     let got: Vec<u64> = received
         .iter()
-        .filter_map(|b| b.strip_prefix("w-")?.parse().ok())
+        .filter_map(|b| b.strip_prefix(prefix)?.parse().ok())
         .collect();
     for w in got.windows(2) {
         assert!(w[0] < w[1], "out of order or duplicated: {w:?} in {got:?}");
@@ -551,7 +587,7 @@ fn check_writes(acked: &[u64], received: &[String]) {
     for a in acked {
         assert!(
             got.contains(a),
-            "acknowledged w-{a} was lost; received {got:?}"
+            "acknowledged {prefix}{a} was lost; received {got:?}"
         );
     }
 }
@@ -565,6 +601,58 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     install_operator(&env);
     let ns = namespace(&env, "qpq-e2e").await;
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
+
+    step("the chart's aggregated roles: view reads QpqClusters, edit changes them");
+    for (binding, role, user) in [
+        ("qpq-e2e-viewer", "view", "e2e-viewer"),
+        ("qpq-e2e-editor", "edit", "e2e-editor"),
+    ] {
+        let user = format!("--user={user}");
+        let role = format!("--clusterrole={role}");
+        run(
+            &env,
+            &env.kubectl,
+            &["create", "rolebinding", binding, &role, &user, "-n", &ns],
+        );
+    }
+    // The ClusterRole aggregation controller folds the chart's roles in asynchronously.
+    wait("view and edit to include qpqclusters", 60, || async {
+        (can_i(&env, "e2e-viewer", &ns, "list", "qpqclusters.qpq.dev")
+            && can_i(&env, "e2e-editor", &ns, "patch", "qpqclusters.qpq.dev"))
+        .then_some(())
+    })
+    .await;
+    let qc = "qpqclusters.qpq.dev";
+    let allowed = [
+        ("e2e-viewer", "get", qc),
+        ("e2e-viewer", "watch", qc),
+        ("e2e-editor", "get", qc),
+        ("e2e-editor", "create", qc),
+        ("e2e-editor", "delete", qc),
+        ("e2e-editor", "update", "qpqclusters.qpq.dev/scale"),
+    ];
+    for (user, verb, resource) in allowed {
+        assert!(
+            can_i(&env, user, &ns, verb, resource),
+            "{user} {verb} {resource}"
+        );
+    }
+    let refused = [
+        ("e2e-viewer", "patch", qc),
+        ("e2e-viewer", "delete", qc),
+        ("e2e-viewer", "update", "qpqclusters.qpq.dev/scale"),
+        // Status is the operator's alone.
+        ("e2e-editor", "patch", "qpqclusters.qpq.dev/status"),
+        // Unbound, or outside the namespace of the binding.
+        ("e2e-stranger", "list", qc),
+    ];
+    for (user, verb, resource) in refused {
+        assert!(
+            !can_i(&env, user, &ns, verb, resource),
+            "{user} {verb} {resource}"
+        );
+    }
+    assert!(!can_i(&env, "e2e-viewer", OPERATOR_NS, "list", qc));
 
     step("an invalid spec is refused by the API server");
     let mut bad = example(&env, "qpqcluster-3.yaml", &ns);
@@ -580,7 +668,10 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     }
 
     step("apply examples/qpqcluster-3.yaml; wait for Ready");
-    let obj = example(&env, "qpqcluster-3.yaml", &ns);
+    let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
+    // Replicas compare their state often enough for the rebuild step to find a change soon.
+    obj.spec.node.digest_every_entries = Some(CHECKPOINT_EVERY);
+    obj.spec.node.digest_check_seconds = Some(1);
     let name = obj.metadata.name.clone().unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
     let c = wait_ready(&env, &ns, &name, 3, 300).await;
@@ -657,6 +748,30 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         assert_eq!(pods(doc).len(), 3, "{doc}");
     }
     assert_eq!(pods(&as_yaml), pods(&as_json));
+    // `status -A`: every QpqCluster of every namespace, one row each.
+    let out = Command::new(&plugin)
+        .args(["status", "-A", "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let row: Vec<&str> = listed
+        .lines()
+        .find(|l| l.starts_with(ns.as_str()))
+        .unwrap_or_else(|| panic!("no row of {ns}: {listed}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..4],
+        [ns.as_str(), name.as_str(), "True", "3/3"],
+        "{listed}"
+    );
+    assert!(listed.starts_with("NAMESPACE"), "{listed}");
     let scale = api.get_scale(&name).await.unwrap();
     assert_eq!(
         scale.status.and_then(|s| s.selector).as_deref(),
@@ -711,8 +826,9 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (alice, gid, stop) = (alice.clone(), gid.to_owned(), stop.clone());
-        tokio::task::spawn_blocking(move || write_until(&alice, &gid, &stop))
+        tokio::task::spawn_blocking(move || write_until(&alice, &gid, "w-", &stop))
     };
+    let _stop_on_drop = StopOnDrop(stop.clone());
     patch_replicas(&env, &ns, &name, 5).await;
     // Wait for the first membership step of the scale-up, then kill the operator replica
     // that leads: the other one must resume from the recorded status.
@@ -777,8 +893,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             .collect::<Vec<_>>(),
         "removed members' volumes are deleted on scale-down"
     );
-    check_writes(&acked, &bob.messages());
-    check_writes(&acked, &carol.messages());
+    check_writes("w-", &acked, &bob.messages());
+    check_writes("w-", &acked, &carol.messages());
 
     step("delete a follower pod: it comes back and rejoins");
     let c = api.get(&name).await.unwrap();
@@ -881,6 +997,12 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             "{}: {got:?}",
             p.name
         );
+    }
+
+    if let Some(runner) = env.runner_state.clone() {
+        rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;
+    } else {
+        step("skipped: changing a volume's file needs the local pod runner's volumes");
     }
 
     step("backups: examples/backup-job.yaml, kubectl qpq backup, spec.backup's CronJob");
@@ -1276,6 +1398,190 @@ async fn create_secret(env: &Env, ns: &str, name: &str, data: BTreeMap<String, S
 }
 
 /// The pid of `pod`'s node process, from the pod runner's state (None on other clusters).
+/// Checkpoint (state digest) interval of the e2e clusters that check replicas.
+const CHECKPOINT_EVERY: u64 = 16;
+
+/// A row changes on a follower's volume while it runs: the follower finds its state diverged
+/// at the next checkpoint, and the operator rebuilds it (out of the membership, data moved
+/// aside on its volume, back in empty) while writes go on; the rebuilt member serves every
+/// acknowledged write.
+async fn rebuild_a_diverged_follower(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    profiles: [&Profile; 3],
+    gid: &str,
+    runner: &Path,
+) {
+    step("a row changes on a follower's volume: it diverges, the operator rebuilds it");
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let leader_pod = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    let (victim, on_victim) = profiles
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("{name}-{i}"), p))
+        .find(|(pod, _)| *pod != leader_pod)
+        .unwrap();
+    let writer_profile = profiles
+        .into_iter()
+        .enumerate()
+        .find(|(i, _)| format!("{name}-{i}") == leader_pod)
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| {
+                s.container_statuses
+                    .as_ref()?
+                    .first()
+                    .map(|c| c.restart_count)
+            })
+            .unwrap_or(0)
+    };
+    let restarts_before = restarts(&pods.get(&victim).await.unwrap());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
+    let claim_uid = claims
+        .get(&format!("data-{victim}"))
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let volume = runner.join("pv").join(claim_uid);
+    // The database the node process has open (through the pod's volume mount).
+    let pid = node_pid(env, ns, &victim).await.expect("pod runner pid");
+    let open: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.file_name().is_some_and(|n| n == "node.sqlite3"))
+        .collect();
+    step(&format!(
+        "{victim} (pid {pid}) has open: {open:?}; its volume is {}",
+        volume.display()
+    ));
+    let db_path = open
+        .first()
+        .cloned()
+        .unwrap_or_else(|| volume.join("node.sqlite3"));
+    // Messages every member has read are evicted, so write new ones first (the writer runs
+    // until the member is rebuilt).
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, gid, stop) = (writer_profile, gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_until(&p, &gid, "r-", &stop))
+    };
+    // A failed assertion below must not leave the writer sending forever.
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    // A row the writer just added: nobody else reads during this step, so no cursor passes
+    // it and it is not deleted as delivered (an older row may be, on every replica at once,
+    // and the change would vanish before a checkpoint could see it).
+    let newest = || -> Option<(i64, Vec<u8>, i64)> {
+        db.query_row(
+            "SELECT rowid, channel, seq FROM messages ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .ok()
+    };
+    let before = newest().map_or(0, |(rowid, _, _)| rowid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (channel, seq) = loop {
+        if let Some((rowid, channel, seq)) = newest()
+            && rowid > before
+        {
+            break (channel, seq);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new message reached {victim}'s volume"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let changed = db
+        .execute(
+            "UPDATE messages SET payload = CAST(x'00' || payload AS BLOB) \
+             WHERE channel = ?1 AND seq = ?2",
+            rusqlite::params![channel, seq],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "a message row on {victim}'s volume");
+    drop(db);
+    // `Corrupt` is True only until the operator's next round takes the member out (it can
+    // last less than a poll), so the finding is checked by its Event at the end.
+    wait(&format!("{victim} stopped to be rebuilt"), 120, || async {
+        let p = pods.get(&victim).await.ok()?;
+        (restarts(&p) > restarts_before).then_some(())
+    })
+    .await;
+    wait(
+        "the rebuilt member back as a voter and agreeing",
+        240,
+        || async {
+            let c = api.get(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            (condition(&c, "Ready").as_deref() == Some("True")
+                && condition(&c, "Corrupt").as_deref() != Some("True")
+                && s.operation.is_none()
+                && s.voters == 3)
+                .then_some(())
+        },
+    )
+    .await;
+    step(&format!("{victim} rebuilt after {:?}", started.elapsed()));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    check_writes("r-", &acked, &on_victim.messages());
+    // The old data is kept on the volume, with the change that made it diverge.
+    let data_dir = db_path.parent().unwrap();
+    let quarantine: Vec<PathBuf> = std::fs::read_dir(data_dir.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantine.len(), 1, "{quarantine:?}");
+    let kept = rusqlite::Connection::open(quarantine[0].join("node.sqlite3")).unwrap();
+    let first: Vec<u8> = kept
+        .query_row(
+            "SELECT payload FROM messages WHERE channel = ?1 AND seq = ?2",
+            rusqlite::params![channel, seq],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        first.first(),
+        Some(&0),
+        "the changed row is kept as evidence"
+    );
+    let events = run(
+        env,
+        &env.kubectl,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    for reason in [
+        "MemberRemoved",
+        "MemberRebuilding",
+        "LearnerAdded",
+        "MemberPromoted",
+    ] {
+        assert!(events.contains(reason), "no {reason} Event: {events}");
+    }
+}
+
 async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {
     let state = env.runner_state.as_ref()?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);

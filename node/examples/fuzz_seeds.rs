@@ -79,6 +79,7 @@ fn backup_manifest_seeds() -> Result<Vec<Vec<u8>>, Error> {
         bytes: 4096,
         sha256: "ab".repeat(32),
         rows: [("messages".to_owned(), 40), ("accounts".to_owned(), 3)].into(),
+        state_digest: Some("cd".repeat(32)),
     };
     Ok(vec![
         serde_json::to_vec_pretty(&m)?,

@@ -102,6 +102,12 @@ pub struct Manifest {
     pub sha256: String,
     /// Row counts by table.
     pub rows: std::collections::BTreeMap<String, u64>,
+    /// Lower-case hex of the replicated state's digest ([`crate::state::digest`]): the
+    /// same on every replica at `last_applied`, so a backup can be compared with the
+    /// cluster's own digests, and a row changed without changing any count is caught.
+    /// Absent in manifests written before it existed; they verify without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_digest: Option<String>,
 }
 
 /// Why a backup could not be made, verified or restored.
@@ -248,10 +254,19 @@ pub fn parse_manifest(text: &str) -> Result<Manifest> {
     }
     // Compared with the file's digest and recorded in a restored data directory: only
     // ever a digest.
-    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    if manifest.sha256.len() != 64 || !manifest.sha256.bytes().all(hex) {
+    let is_hex = |s: &str| {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !is_hex(&manifest.sha256) {
         return Err(BackupError::Manifest(
             "sha256 is not 64 lower-case hex digits".into(),
+        ));
+    }
+    if manifest.state_digest.as_deref().is_some_and(|d| !is_hex(d)) {
+        return Err(BackupError::Manifest(
+            "state_digest is not 64 lower-case hex digits".into(),
         ));
     }
     Ok(manifest)
@@ -304,6 +319,11 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         });
     }
     let rows = row_counts(&conn)?;
+    // A second full read of the file, as long as `integrity_check` (docs/PERFORMANCE.md,
+    // "State digest"); nobody writes a backup file, so it is read at one point.
+    let state_digest = crate::state::digest(&conn)
+        .map_err(|e| BackupError::Integrity(format!("state digest: {e}")))?
+        .hex();
     drop(conn);
     let meta = meta_of_file(path).map_err(|e| BackupError::NotABackup(e.to_string()))?;
     Ok(Manifest {
@@ -316,6 +336,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         bytes,
         sha256,
         rows,
+        state_digest: Some(state_digest),
     })
 }
 
@@ -436,6 +457,15 @@ pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
             "row counts",
             format!("{:?}", manifest.rows),
             format!("{:?}", found.rows),
+        ));
+    }
+    if let Some(expected) = &manifest.state_digest
+        && found.state_digest.as_ref() != Some(expected)
+    {
+        return Err(mismatch(
+            "state digest",
+            expected.clone(),
+            found.state_digest.unwrap_or_default(),
         ));
     }
     Ok(found)
@@ -929,6 +959,56 @@ mod tests {
             Err(BackupError::Manifest(_))
         ));
         assert!(parse_manifest("{\"format\": 1}").is_err());
+    }
+
+    #[test]
+    fn the_manifest_carries_the_state_digest_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path());
+        let copy = dir.path().join("backup.sqlite3");
+        let manifest = copy_database(&db, &copy, 2).unwrap();
+        let source = crate::state::digest(&Connection::open(&db).unwrap()).unwrap();
+        // The copy holds the same replicated state as the database it was taken from.
+        assert_eq!(manifest.state_digest, Some(source.hex()));
+        let json = serde_json::to_string(&manifest).unwrap();
+        assert_eq!(parse_manifest(&json).unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_changed_row_fails_the_state_digest_even_with_matching_counts_and_file_digest() {
+        let (_dir, copy, manifest) = backed_up();
+        let changed = Connection::open(&copy)
+            .unwrap()
+            .execute("UPDATE channels SET last_seq = last_seq + 1", [])
+            .unwrap();
+        assert_eq!(changed, 1);
+        // Size and SHA-256 re-sealed, row counts untouched: only the state digest differs.
+        let resealed = with_digest_of(&copy, &manifest);
+        match verify(&copy, &resealed) {
+            Err(BackupError::Mismatch { what, .. }) => assert_eq!(what, "state digest"),
+            other => panic!("a changed row passed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_manifest_written_before_the_state_digest_still_verifies() {
+        let (_dir, copy, manifest) = backed_up();
+        let older = Manifest {
+            state_digest: None,
+            ..manifest.clone()
+        };
+        let json = serde_json::to_string(&older).unwrap();
+        assert!(!json.contains("state_digest"), "{json}");
+        let parsed = parse_manifest(&json).unwrap();
+        assert_eq!(parsed.state_digest, None);
+        assert_eq!(verify(&copy, &parsed).unwrap(), manifest);
+        // A present digest must be a digest.
+        let mut bad = manifest.clone();
+        bad.state_digest = Some("not hex".into());
+        assert!(matches!(
+            parse_manifest(&serde_json::to_string(&bad).unwrap()),
+            Err(BackupError::Manifest(_))
+        ));
     }
 
     #[test]

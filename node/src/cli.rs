@@ -94,7 +94,7 @@ enum BackupCommand {
         #[arg(long, requires = "out_dir")]
         keep: Option<usize>,
     },
-    /// Check a backup against its manifest: digest, SQLite integrity, row counts.
+    /// Check a backup against its manifest: digest, SQLite integrity, row counts, state digest.
     Verify {
         /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`.
         file: String,
@@ -979,17 +979,29 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
     Ok(nodes)
 }
 
+/// The exit status of a node that stopped to be rebuilt (`POST /raft/rebuild`): EX_TEMPFAIL,
+/// "start me again".
+pub const EXIT_REBUILD: u8 = 75;
+
 /// Serves until a signal, or until the node stops itself because replication failed for
-/// good (then the exit status is a failure, so a supervisor restarts it).
+/// good (then the exit status is a failure, so a supervisor restarts it), or to be rebuilt
+/// ([`EXIT_REBUILD`]).
 async fn serve_until_signal(node: RunningNode) -> ExitCode {
     let stop = node.shutdown_token();
     let failure = node.failure();
+    let raft = node.raft().clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received; draining");
         stop.cancel();
     });
     node.wait().await;
+    if raft.rebuild_requested() {
+        // Not a success: a supervisor must start it again, and the next start is the one
+        // that moves the data aside.
+        eprintln!("qpq-node: stopped to be rebuilt; start it again to rejoin empty");
+        return ExitCode::from(EXIT_REBUILD);
+    }
     match failure.get() {
         Some(e) => {
             eprintln!("qpq-node: stopped because replication failed: {e}");

@@ -36,6 +36,7 @@ pub mod log;
 pub mod metrics;
 pub mod mls;
 pub mod raft;
+pub mod rebuild;
 pub mod rpc;
 pub mod selfcheck;
 pub mod server;

@@ -3,8 +3,8 @@
 //! Labels are bounded sets (method names, outcome codes): never ids, never payload sizes.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::raft::node::Status;
@@ -50,6 +50,15 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     /// Time to build or install one snapshot, by `kind`.
     pub snapshot_duration: HistogramVec,
+    /// Bytes of the snapshots built or installed, by `kind`.
+    pub snapshot_bytes: IntCounterVec,
+    /// Leaders this node saw take over (a new term with a known leader), not counting the
+    /// first one it saw after starting.
+    pub leader_changes: IntCounter,
+    /// Batches of client writes this follower sent to the leader, by outcome (`ok`,
+    /// `retried`: not delivered or the leader had moved, sent again; `lost`: maybe
+    /// delivered, the client retries; `failed`: the leader refused).
+    pub forwarded_writes: IntCounterVec,
     /// Time to digest the state at a checkpoint (a full scan, in the background).
     pub digest_duration: Histogram,
     /// The applied index of this node's newest state digest.
@@ -63,6 +72,74 @@ pub struct Metrics {
     /// Raft requests to a peer that failed, by request and reason (`timeout`: no answer
     /// within the request's deadline; the connection is then dropped and dialled again).
     pub raft_rpc_failures: IntCounterVec,
+    /// The data directory's files and volume, refreshed at every scrape.
+    pub storage: StorageGauges,
+    /// `fetchWait` calls parked on this node right now (refreshed at every scrape).
+    pub fetch_wait_waiting: IntGauge,
+    /// `POST /backup` calls, by answer (`ok`, `busy`, `insufficient_storage`,
+    /// `unavailable`, `internal`).
+    pub backups: IntCounterVec,
+}
+
+/// Sizes on disk (`qpq_storage_file_bytes{file}`, `qpq_data_volume_*_bytes`), read from the
+/// data directory when `/metrics` is read: what a "disk almost full" alert and a WAL that
+/// keeps growing are seen by.
+#[derive(Clone)]
+pub struct StorageGauges {
+    file_bytes: IntGaugeVec,
+    volume_available: IntGauge,
+    volume_size: IntGauge,
+}
+
+/// The files of a data directory, by the `file` label they are reported under.
+const STORAGE_FILES: [(&str, &str); 5] = [
+    ("state", "node.sqlite3"),
+    ("state_wal", "node.sqlite3-wal"),
+    ("raft_log", "raft-log.sqlite3"),
+    ("raft_log_wal", "raft-log.sqlite3-wal"),
+    ("snapshot", "snapshots/current.sqlite3"),
+];
+
+impl StorageGauges {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let file_bytes = IntGaugeVec::new(
+            Opts::new(
+                "storage_file_bytes",
+                "Size of the node's database files (state, Raft log, their WALs, the snapshot)",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(file_bytes.clone()))?;
+        Ok(Self {
+            file_bytes,
+            volume_available: gauge(
+                registry,
+                "data_volume_available_bytes",
+                "Bytes the node may still write on its data volume",
+            )?,
+            volume_size: gauge(
+                registry,
+                "data_volume_size_bytes",
+                "Size of the node's data volume",
+            )?,
+        })
+    }
+
+    /// Sets every gauge from `data_dir` (a missing file counts 0 bytes; a volume that cannot
+    /// be read leaves its gauges as they were).
+    pub fn set_from(&self, data_dir: &std::path::Path) {
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (label, name) in STORAGE_FILES {
+            let bytes = std::fs::metadata(data_dir.join(name)).map_or(0, |m| m.len());
+            self.file_bytes.with_label_values(&[label]).set(i(bytes));
+        }
+        if let Ok(vfs) = rustix::fs::statvfs(data_dir) {
+            self.volume_available
+                .set(i(vfs.f_bavail.saturating_mul(vfs.f_frsize)));
+            self.volume_size
+                .set(i(vfs.f_blocks.saturating_mul(vfs.f_frsize)));
+        }
+    }
 }
 
 /// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
@@ -254,6 +331,27 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(snapshot_duration.clone()))?;
+        let snapshot_bytes = IntCounterVec::new(
+            Opts::new(
+                "raft_snapshot_bytes_total",
+                "Bytes of the snapshots built here or installed from the leader, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(snapshot_bytes.clone()))?;
+        let leader_changes = IntCounter::new(
+            "raft_leader_changes_total",
+            "Leaders this node saw take over since it started (the first one not counted)",
+        )?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        let forwarded_writes = IntCounterVec::new(
+            Opts::new(
+                "raft_forwarded_writes_total",
+                "Batches of client writes forwarded to the leader, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(forwarded_writes.clone()))?;
         // CPU, memory, open files and threads of the node process (`qpq_process_*`).
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -293,6 +391,20 @@ impl Metrics {
             &["rpc", "reason"],
         )?;
         registry.register(Box::new(raft_rpc_failures.clone()))?;
+        let storage = StorageGauges::new(&registry)?;
+        let fetch_wait_waiting = gauge(
+            &registry,
+            "fetch_wait_waiting",
+            "fetchWait calls parked on this node, waiting for a message",
+        )?;
+        let backups = IntCounterVec::new(
+            Opts::new(
+                "backups_total",
+                "Backups asked of this node (POST /backup), by answer",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(backups.clone()))?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -309,11 +421,17 @@ impl Metrics {
             log_append_duration,
             snapshots,
             snapshot_duration,
+            snapshot_bytes,
+            leader_changes,
+            forwarded_writes,
             digest_duration,
             digest_index,
             digest_checks,
             state_diverged,
             raft_rpc_failures,
+            storage,
+            fetch_wait_waiting,
+            backups,
             rpc_requests,
             rpc_duration,
             open_connections,
@@ -351,5 +469,84 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Every `qpq_*` metric name a PromQL expression mentions, in order (histogram series keep
+/// their `_bucket`/`_sum`/`_count` suffix). Dashboards and alert rules are checked with it.
+pub fn metric_names_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("qpq_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+impl Metrics {
+    /// The name of every metric family a node exports (labelled ones included, which
+    /// `/metrics` only shows once they have a value), from a throwaway registry.
+    pub fn families() -> Result<std::collections::BTreeSet<String>, prometheus::Error> {
+        let m = Self::new()?;
+        let any = |n: usize| vec!["_"; n];
+        for v in [
+            &m.rpc_requests,
+            &m.refused_connections,
+            &m.evictions,
+            &m.raft_writes,
+            &m.admin_requests,
+            &m.snapshots,
+            &m.snapshot_bytes,
+            &m.forwarded_writes,
+            &m.digest_checks,
+            &m.raft_rpc_failures,
+            &m.backups,
+        ] {
+            let _ = (1..=3).find(|n| v.get_metric_with_label_values(&any(*n)).is_ok());
+        }
+        for v in [&m.rpc_duration, &m.snapshot_duration] {
+            let _ = (1..=3).find(|n| v.get_metric_with_label_values(&any(*n)).is_ok());
+        }
+        m.raft.follower_lag.with_label_values(&["_"]).set(0);
+        m.storage.file_bytes.with_label_values(&["_"]).set(0);
+        Ok(m.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_listed_labelled_ones_too() {
+        let f = Metrics::families().unwrap();
+        for name in [
+            "qpq_raft_term",
+            "qpq_backups_total",
+            "qpq_raft_follower_lag_entries",
+            "qpq_storage_file_bytes",
+            "qpq_rpc_duration_seconds",
+            "qpq_raft_forwarded_writes_total",
+        ] {
+            assert!(f.contains(name), "{name} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn metric_names_are_found_in_expressions() {
+        assert_eq!(
+            metric_names_in("histogram_quantile(0.99, rate(qpq_a_bucket{x=\"qpq\"}[5m])) / qpq_b"),
+            ["qpq_a_bucket", "qpq_b"]
+        );
+        assert!(metric_names_in("up == 0").is_empty());
     }
 }

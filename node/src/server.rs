@@ -45,7 +45,13 @@ use crate::transport::tls;
 use crate::{Error, Result};
 
 /// Batches being committed at once; further commands queue and form the next batch.
-const MAX_IN_FLIGHT_BATCHES: usize = 4;
+///
+/// Two: one batch is appended on the leader while the previous one replicates and applies.
+/// openraft 0.9 appends each entry with its own fsync on its core task, so more batches in
+/// flight only split the same load into smaller entries (more fsyncs, more apply
+/// transactions). Interleaved runs with 1, 2, 4 and 8 (docs/PERFORMANCE.md, "Batches in
+/// flight") put 1–2 ahead of 4 by ~8 % at 64 senders and 8 behind.
+const MAX_IN_FLIGHT_BATCHES: usize = 2;
 
 /// Reason phrase of the `SHUTTING_DOWN` close.
 const SHUTTING_DOWN_REASON: &[u8] = b"server shutting down";
@@ -126,6 +132,16 @@ impl RunningNode {
         };
         let server_config = tls::quinn_server_config(crypto, &transport_limits)?;
 
+        // A rebuild asked for before the last stop (`POST /raft/rebuild`): the data moves
+        // aside and the node starts empty, to rejoin from the leader's snapshot.
+        if let Some(moved) = crate::rebuild::apply_pending(&config.data_dir)? {
+            tracing::warn!(
+                target: "qpq::audit",
+                event = "raft_rebuild_applied",
+                into = %moved.display(),
+                "data moved aside for a rebuild; starting empty"
+            );
+        }
         // Never serve from a damaged database: check both before anything opens them.
         crate::integrity::check_files(
             &[config.db_path(), config.raft_log_path()],
@@ -180,6 +196,7 @@ impl RunningNode {
                 node_id: config.cluster.node_id,
                 busy: Arc::default(),
             },
+            data_dir: config.data_dir.clone(),
         };
         let admin_credentials_dir = match &config.cluster.tls {
             Some(files) => files
@@ -241,6 +258,10 @@ impl RunningNode {
                     e = raft.failed() => {
                         tracing::error!(error = %e, "replication stopped for good; shutting the node down");
                         let _ = failure.set(e);
+                        stop.cancel();
+                    }
+                    () = raft.rebuild_wanted() => {
+                        tracing::warn!("stopping to be rebuilt");
                         stop.cancel();
                     }
                 }
@@ -315,6 +336,12 @@ impl RunningNode {
             done,
             failure,
         })
+    }
+
+    /// Whether the node stopped (or is stopping) to be rebuilt (`POST /raft/rebuild`): its
+    /// next start moves the data aside.
+    pub fn rebuild_requested(&self) -> bool {
+        self.raft.rebuild_requested()
     }
 
     /// Set when the node shut itself down because replication stopped for good (see

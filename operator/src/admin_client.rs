@@ -86,6 +86,10 @@ pub struct Status {
     /// builds without replica comparison.
     #[serde(default)]
     pub diverged: Option<Divergence>,
+    /// Set while the node's newest comparison found no majority of voters agreeing on the
+    /// state (the checkpoint index): several members differ and none can be blamed.
+    #[serde(default)]
+    pub in_doubt: Option<u64>,
     /// The node's newest state digests (applied index → hex SHA-256), taken at its replica
     /// comparison checkpoints. Empty before the first checkpoint and on older builds.
     #[serde(default)]
@@ -190,6 +194,14 @@ pub enum MembershipCall {
         /// The version.
         command_version: u16,
     },
+    /// `POST /raft/rebuild` on the node itself, once the leader removed it: it moves its data
+    /// aside and restarts empty. Answers `202` and no `Status` (the node is stopping).
+    Rebuild {
+        /// The node asked (it refuses another id).
+        id: NodeId,
+        /// Kept with the moved data.
+        reason: String,
+    },
 }
 
 /// Bound of a leadership transfer call: the node waits for the target to catch up, for the
@@ -223,6 +235,9 @@ impl MembershipCall {
                 "/raft/finalize",
                 json!({ "command_version": command_version }),
             ),
+            Self::Rebuild { id, reason } => {
+                ("/raft/rebuild", json!({ "id": id, "reason": reason }))
+            }
         }
     }
 }
@@ -534,6 +549,8 @@ fn json_request(
 pub fn decode(addr: &AdminAddr, status: u16, body: &[u8]) -> Result<Status, AdminError> {
     let excerpt = || String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
     match status {
+        // Accepted and stopping (`/raft/rebuild`): there is no `Status` to read.
+        202 => Ok(Status::default()),
         200 => serde_json::from_slice(body).map_err(|e| AdminError::Http {
             addr: addr.clone(),
             status: 0,

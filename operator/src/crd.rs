@@ -972,6 +972,10 @@ pub enum OperationKind {
     AddMember,
     /// Remove a node: move leadership away, remove, shrink the StatefulSet.
     RemoveMember,
+    /// Rebuild a node whose state diverged from the majority's: move leadership away,
+    /// remove it, have it move its data aside and start empty (`POST /raft/rebuild`), then
+    /// add it back as for `AddMember`.
+    ReplaceMember,
 }
 
 /// Steps of a membership change.
@@ -989,6 +993,8 @@ pub enum OperationPhase {
     TransferringLeadership,
     /// Removal requested.
     Removing,
+    /// The removed node was asked to move its data aside and start empty.
+    Rebuilding,
 }
 
 impl RolloutSpec {

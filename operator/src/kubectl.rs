@@ -246,6 +246,54 @@ pub fn rollout_patch(
     }
 }
 
+/// `kubectl qpq status` without a cluster name (or with `-A`): one row per QpqCluster,
+/// with its namespace first when they come from several.
+pub fn list_table(clusters: &[QpqCluster], with_namespace: bool) -> String {
+    let mut rows = Vec::new();
+    let mut header: Vec<String> = ["NAME", "READY", "VOTERS", "VERSION", "LEADER", "ROLLOUT"]
+        .map(String::from)
+        .to_vec();
+    if with_namespace {
+        header.insert(0, "NAMESPACE".into());
+    }
+    rows.push(header);
+    for c in clusters {
+        let st = c.status.clone().unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .find(|x| x.type_ == "Ready")
+            .map_or("Unknown", |x| x.status.as_str())
+            .to_owned();
+        let version = match st.current_version.as_deref() {
+            Some(v) if v != c.spec.version => format!("{v} -> {}", c.spec.version),
+            Some(v) => v.to_owned(),
+            None => c.spec.version.clone(),
+        };
+        let mut row = vec![
+            c.metadata.name.clone().unwrap_or_default(),
+            ready,
+            format!("{}/{}", st.voters, c.spec.replicas),
+            version,
+            st.leader.clone().unwrap_or_else(|| "-".into()),
+            st.rollout
+                .as_ref()
+                .map_or("-".into(), |r| format!("{:?}", r.phase)),
+        ];
+        if with_namespace {
+            row.insert(0, c.metadata.namespace.clone().unwrap_or_default());
+        }
+        rows.push(row);
+    }
+    let mut out = String::new();
+    if clusters.is_empty() {
+        out.push_str("No QpqClusters found.\n");
+    } else {
+        table(&mut out, &rows);
+    }
+    out
+}
+
 fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
@@ -418,6 +466,44 @@ mod tests {
         assert!(t.contains("Phase:     RolledBack (CrashLoop)"), "{t}");
         assert!(t.contains("Rolled back from 0.2.0: CrashLoop"), "{t}");
         assert!(status_table(&c).contains("Rollout:   RolledBack 0.1.0 -> 0.2.0"));
+    }
+
+    #[test]
+    fn clusters_list_as_rows_with_their_namespace_across_namespaces() {
+        let mut a = cluster();
+        a.metadata.namespace = Some("prod".into());
+        let mut b = cluster();
+        b.metadata.name = Some("edge".into());
+        b.metadata.namespace = Some("staging".into());
+        b.spec.version = "0.2.0".into();
+        b.status = None;
+        let all = list_table(&[a.clone(), b], true);
+        let lines: Vec<Vec<&str>> = all
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "VOTERS",
+                "VERSION",
+                "LEADER",
+                "ROLLOUT"
+            ]
+        );
+        assert_eq!(lines[1][..2], ["prod", a.metadata.name.as_deref().unwrap()]);
+        // No status yet: nothing observed, the spec's version, no leader.
+        assert_eq!(
+            lines[2],
+            ["staging", "edge", "Unknown", "0/3", "0.2.0", "-", "-"]
+        );
+        let one = list_table(&[a], false);
+        assert!(one.starts_with("NAME "), "{one}");
+        assert!(!one.contains("prod"), "{one}");
+        assert_eq!(list_table(&[], true), "No QpqClusters found.\n");
     }
 
     #[test]

@@ -132,3 +132,36 @@ impl Metrics {
         out
     }
 }
+
+impl Metrics {
+    /// The name of every metric family the operator exports (labelled ones included, which
+    /// `/metrics` only shows once they have a value), from a throwaway registry.
+    pub fn families() -> Result<std::collections::BTreeSet<String>, prometheus::Error> {
+        let m = Self::new()?;
+        let any = |n: usize| vec!["_"; n];
+        for v in [
+            &m.errors,
+            &m.membership_actions,
+            &m.rollout_events,
+            &m.rollout_samples,
+        ] {
+            let _ = (1..=3).find(|n| v.get_metric_with_label_values(&any(*n)).is_ok());
+        }
+        for v in [
+            &m.rollout_phase,
+            &m.diverged_members,
+            &m.backup_drill_ok,
+            &m.last_backup_timestamp,
+        ] {
+            let _ = (1..=3).find(|n| v.get_metric_with_label_values(&any(*n)).is_ok());
+        }
+        let _ = m
+            .reconcile_duration
+            .get_metric_with_label_values::<&str>(&[]);
+        Ok(m.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect())
+    }
+}

@@ -12,7 +12,12 @@
 //!   removal is refused when the remaining healthy voters would not be a majority of the
 //!   remaining voters; refusals are [`Action::Blocked`] with a reason, never a half change;
 //! - the cluster is bootstrapped once (node 1 alone); a cluster recorded as bootstrapped
-//!   whose nodes all report no state is never bootstrapped again.
+//!   whose nodes all report no state is never bootstrapped again;
+//! - a member whose state diverged from the majority's is rebuilt: out of the membership
+//!   first (with the removal's quorum rule), only then asked to move its data aside, and
+//!   added back only once it reports no state; never while the diverged voters are not a
+//!   minority, nor while any member finds no majority agreeing (that needs a human:
+//!   [`BlockReason::ReplicasDiverged`], [`BlockReason::StateInDoubt`]).
 //!
 //! It does no I/O and reads no clock: the reconciler gathers [`Observed`], calls [`plan`],
 //! and carries out the [`Plan`].
@@ -63,6 +68,13 @@ pub struct Observed {
     pub operation: Option<MembershipOperation>,
     /// Promotion threshold (entries of lag).
     pub max_lag: u64,
+    /// Nodes that answered with Raft state of their own (a membership); a reachable node
+    /// that is not here starts empty.
+    pub holding_state: BTreeSet<NodeId>,
+    /// Nodes that report their replicated state differs from the majority's.
+    pub diverged: BTreeSet<NodeId>,
+    /// Nodes whose newest comparison found no majority agreeing on the state.
+    pub in_doubt: BTreeSet<NodeId>,
 }
 
 /// One call to make on the cluster.
@@ -89,6 +101,9 @@ pub enum Action {
     },
     /// `POST /raft/remove` on the leader.
     Remove(NodeId),
+    /// `POST /raft/rebuild` on the node itself (no longer a member): it moves its data aside
+    /// and restarts empty.
+    Rebuild(NodeId),
 }
 
 /// Why the planner refuses to act.
@@ -102,6 +117,14 @@ pub enum BlockReason {
     UnsafeScaleDown,
     /// Nodes report no Raft state although the cluster was bootstrapped.
     StateLost,
+    /// Rebuilding a diverged member would leave fewer than a majority of healthy voters.
+    UnsafeRebuild,
+    /// The voters reporting diverged state are not a minority: which copy is right is a
+    /// human's call (restore from a backup).
+    ReplicasDiverged,
+    /// A member found no majority agreeing on the state: no member is rebuilt while that
+    /// holds (which copy is right is a human's call).
+    StateInDoubt,
 }
 
 impl BlockReason {
@@ -112,6 +135,9 @@ impl BlockReason {
             Self::QuorumLost => "QuorumLost",
             Self::UnsafeScaleDown => "UnsafeScaleDown",
             Self::StateLost => "StateLost",
+            Self::UnsafeRebuild => "UnsafeRebuild",
+            Self::ReplicasDiverged => "ReplicasDiverged",
+            Self::StateInDoubt => "StateInDoubt",
         }
     }
 }
@@ -256,7 +282,9 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
     // back and forth never leaves two half changes.
     let continuing = o.operation.as_ref().and_then(|p| match p.kind {
         OperationKind::AddMember
-            if target.contains(&p.node_id) && !v.voters.contains(&p.node_id) =>
+            if target.contains(&p.node_id)
+                && !v.voters.contains(&p.node_id)
+                && !o.diverged.contains(&p.node_id) =>
         {
             Some((OperationKind::AddMember, p.node_id))
         }
@@ -265,13 +293,48 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
         {
             Some((OperationKind::RemoveMember, p.node_id))
         }
+        // Until it is added back (then the record becomes an `AddMember`).
+        OperationKind::ReplaceMember if target.contains(&p.node_id) => {
+            Some((OperationKind::ReplaceMember, p.node_id))
+        }
         _ => None,
     });
+    let diverged_voters = o.diverged.intersection(&v.voters).count();
+    if !v.voters.is_empty() && diverged_voters >= majority(v.voters.len()) {
+        return keep(
+            Action::Blocked(
+                BlockReason::ReplicasDiverged,
+                format!(
+                    "{diverged_voters} of {} voters report state that differs from the majority's; refusing to rebuild any (restore from a verified backup)",
+                    v.voters.len()
+                ),
+            ),
+            o.operation.clone(),
+        );
+    }
+    let rebuilding = matches!(continuing, Some((OperationKind::ReplaceMember, _)))
+        || o.diverged.iter().any(|d| target.contains(d));
+    if rebuilding && !o.in_doubt.is_empty() {
+        return keep(
+            Action::Blocked(
+                BlockReason::StateInDoubt,
+                format!(
+                    "nodes {:?} found no majority of voters agreeing on the state; no member is rebuilt while that holds (restore from a verified backup)",
+                    o.in_doubt
+                ),
+            ),
+            o.operation.clone(),
+        );
+    }
     let next = continuing.or_else(|| {
         // Stray learners (left over from an abandoned scale-up) go first: they do not count
         // for quorum, so removing them is always safe.
         if let Some(l) = v.learners.iter().find(|l| !target.contains(l)) {
             return Some((OperationKind::RemoveMember, *l));
+        }
+        // A diverged node is rebuilt before anything else changes: it serves no reads.
+        if let Some(d) = o.diverged.iter().find(|d| target.contains(d)) {
+            return Some((OperationKind::ReplaceMember, *d));
         }
         // Add before remove: fault tolerance only goes up in between.
         if let Some(k) = target.iter().find(|k| !v.voters.contains(k)) {
@@ -322,6 +385,7 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
                 operation: op(OperationKind::AddMember, k, phase, &o.operation),
             }
         }
+        Some((OperationKind::ReplaceMember, x)) => replace(o, v, x, leader, floor, current),
         Some((_, j)) => {
             let record = |phase| op(OperationKind::RemoveMember, j, phase, &o.operation);
             // Shrink to the highest member: a departed node's pod goes as soon as it is out.
@@ -372,6 +436,85 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
             shrink(Action::Remove(j), record(OperationPhase::Removing))
         }
     }
+}
+
+/// The next step of rebuilding node `x` (see [`OperationKind::ReplaceMember`]). Its pod is
+/// never dropped meanwhile, whatever its ordinal.
+fn replace(
+    o: &Observed,
+    v: &ClusterView,
+    x: NodeId,
+    leader: NodeId,
+    floor: i32,
+    current: i32,
+) -> Plan {
+    let hold = |action: Action, operation: Option<MembershipOperation>| Plan {
+        statefulset_replicas: current.max(floor).max(to_replicas(x)),
+        action,
+        operation,
+    };
+    let record = |phase| op(OperationKind::ReplaceMember, x, phase, &o.operation);
+    if v.learners.contains(&x) {
+        // A learner does not count for quorum: always safe to remove.
+        return hold(Action::Remove(x), record(OperationPhase::Removing));
+    }
+    if v.voters.contains(&x) {
+        let remaining: BTreeSet<NodeId> = v.voters.iter().copied().filter(|n| *n != x).collect();
+        let healthy_remaining = remaining.intersection(&o.reachable).count();
+        if remaining.is_empty() || healthy_remaining < majority(remaining.len()) {
+            return hold(
+                Action::Blocked(
+                    BlockReason::UnsafeRebuild,
+                    format!(
+                        "node {x} diverged, but taking it out would leave {healthy_remaining} healthy of {} voters, fewer than a majority; waiting for the other voters to recover",
+                        remaining.len()
+                    ),
+                ),
+                o.operation.clone(),
+            );
+        }
+        if leader == x {
+            let to = remaining
+                .iter()
+                .filter(|n| o.reachable.contains(n) && !o.diverged.contains(n))
+                .filter_map(|n| v.lag.get(n).map(|l| (*l, *n)))
+                .filter(|(l, _)| *l <= o.max_lag)
+                .min();
+            return match to {
+                Some((_, to)) => hold(
+                    Action::TransferLeader { from: x, to },
+                    record(OperationPhase::TransferringLeadership),
+                ),
+                None => hold(
+                    Action::Wait(format!(
+                        "no caught-up voter to take leadership from node {x}"
+                    )),
+                    record(OperationPhase::TransferringLeadership),
+                ),
+            };
+        }
+        return hold(Action::Remove(x), record(OperationPhase::Removing));
+    }
+    // Out of the membership: only now may its data move aside.
+    if !o.reachable.contains(&x) {
+        return hold(
+            Action::Wait(format!("waiting for pod of node {x} to answer")),
+            record(OperationPhase::WaitingForPod),
+        );
+    }
+    if o.holding_state.contains(&x) {
+        return hold(Action::Rebuild(x), record(OperationPhase::Rebuilding));
+    }
+    // Empty: it joins as any new member does.
+    hold(
+        Action::AddLearner(x),
+        op(
+            OperationKind::AddMember,
+            x,
+            OperationPhase::CatchingUp,
+            &o.operation,
+        ),
+    )
 }
 
 #[cfg(test)]

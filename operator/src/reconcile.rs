@@ -281,6 +281,13 @@ fn action_call(c: &ClusterRef, action: &Action) -> Option<(&'static str, Members
             MembershipCall::TransferLeader { to },
         ),
         Action::Remove(id) => ("MemberRemoved", MembershipCall::Remove { id }),
+        Action::Rebuild(id) => (
+            "MemberRebuilding",
+            MembershipCall::Rebuild {
+                id,
+                reason: "its state diverged from the majority's; rebuilt by the operator".into(),
+            },
+        ),
         Action::None | Action::Wait(_) | Action::Blocked(..) => return None,
     })
 }
@@ -346,6 +353,24 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         reachable: nodes.statuses.keys().copied().collect(),
         operation: prev.and_then(|p| p.operation.clone()),
         max_lag: spec.node.ready_max_lag,
+        holding_state: nodes
+            .statuses
+            .iter()
+            .filter(|(_, s)| !s.membership.voters.is_empty())
+            .map(|(id, _)| *id)
+            .collect(),
+        diverged: nodes
+            .statuses
+            .iter()
+            .filter(|(_, s)| s.diverged.is_some())
+            .map(|(id, _)| *id)
+            .collect(),
+        in_doubt: nodes
+            .statuses
+            .iter()
+            .filter(|(_, s)| s.in_doubt.is_some())
+            .map(|(id, _)| *id)
+            .collect(),
     };
     let mut plan = planner::plan(&observed);
     // Rules the schema cannot hold for objects admitted by an older CRD (durations, steps):
@@ -595,6 +620,8 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     if let Some((reason, call)) = action_call(&c, &plan.action) {
         let target = match (&plan.action, &raft) {
             (Action::Bootstrap, _) => Some(1),
+            // The node itself: it is no longer a member, the leader cannot do it.
+            (Action::Rebuild(id), _) => Some(*id),
             (_, RaftObservation::Cluster(v)) => v.leader,
             _ => None,
         };

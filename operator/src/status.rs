@@ -136,8 +136,9 @@ fn members(input: &StatusInput<'_>) -> Vec<Member> {
         .collect()
 }
 
-/// Whether a member reports diverged state, and the condition's message naming them.
-fn corruption(input: &StatusInput<'_>) -> (bool, Option<String>) {
+/// Whether members report diverged state (or no majority agreeing on it): the `Corrupt`
+/// condition's reason and message, naming them.
+fn corruption(input: &StatusInput<'_>) -> Option<(&'static str, String)> {
     let diverged: Vec<String> = input
         .nodes
         .values()
@@ -152,16 +153,36 @@ fn corruption(input: &StatusInput<'_>) -> (bool, Option<String>) {
             ))
         })
         .collect();
-    if diverged.is_empty() {
-        return (false, None);
+    if !diverged.is_empty() {
+        return Some((
+            "ReplicaDiverged",
+            format!(
+                "state differs from the majority's on {}; they refuse client reads until rebuilt (docs/runbooks.md, QpqReplicaDiverged)",
+                diverged.join(", ")
+            ),
+        ));
     }
-    (
-        true,
-        Some(format!(
-            "state differs from the majority's on {}; they refuse client reads until rebuilt (docs/runbooks.md, QpqReplicaDiverged)",
-            diverged.join(", ")
-        )),
-    )
+    let in_doubt: Vec<String> = input
+        .nodes
+        .values()
+        .filter_map(|s| {
+            Some(format!(
+                "{} (at index {})",
+                input.cluster.pod(s.node_id),
+                s.in_doubt?
+            ))
+        })
+        .collect();
+    if in_doubt.is_empty() {
+        return None;
+    }
+    Some((
+        "StateInDoubt",
+        format!(
+            "no majority of voters agrees on the state, as found by {}; no member is rebuilt automatically (docs/runbooks.md, QpqStateInDoubt)",
+            in_doubt.join(", ")
+        ),
+    ))
 }
 
 fn short(digest: &str) -> &str {
@@ -173,6 +194,7 @@ fn operation_reason(op: &Option<MembershipOperation>) -> &'static str {
         Some(OperationKind::Bootstrap) => "Bootstrapping",
         Some(OperationKind::AddMember) => "ScalingUp",
         Some(OperationKind::RemoveMember) => "ScalingDown",
+        Some(OperationKind::ReplaceMember) => "RebuildingMember",
         None => "Reconciling",
     }
 }
@@ -285,12 +307,12 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         None => conditions.retain(|c| c.type_ != types::BACKUP_VERIFIED),
     }
 
-    let (corrupt, c_msg) = corruption(input);
+    let corrupt = corruption(input);
     set_condition(
         &mut conditions,
-        match c_msg {
-            Some(m) if corrupt => cond(types::CORRUPT, true, "ReplicaDiverged", m),
-            _ => cond(
+        match &corrupt {
+            Some((reason, m)) => cond(types::CORRUPT, true, reason, m.clone()),
+            None => cond(
                 types::CORRUPT,
                 false,
                 "AsExpected",
@@ -300,14 +322,14 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
     );
 
     let ready = input.plan.action == Action::None
-        && !corrupt
+        && corrupt.is_none()
         && rolling.is_none()
         && unreachable.is_empty()
         && voters == usize::try_from(input.desired).unwrap_or(0);
     let (r_reason, r_msg) = if ready {
         ("ClusterReady", format!("{voters} voters, all answering"))
-    } else if corrupt {
-        ("ReplicaDiverged", "see the Corrupt condition".to_owned())
+    } else if let Some((reason, _)) = corrupt {
+        (reason, "see the Corrupt condition".to_owned())
     } else if degraded {
         (d_reason, "see the Degraded condition".to_owned())
     } else {
@@ -589,6 +611,18 @@ mod tests {
             "False",
             "a cluster serving diverged state somewhere is not Ready"
         );
+
+        // No majority agrees: nobody is blamed, the cluster is corrupt and not Ready.
+        let mut doubt = healthy.clone();
+        for id in 1..=3 {
+            doubt.get_mut(&id).unwrap().in_doubt = Some(176);
+        }
+        let st = status_with(&doubt);
+        let (status, reason, message) = get(&st, types::CORRUPT);
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "StateInDoubt"));
+        assert!(message.contains("x-0 (at index 176)"), "{message}");
+        let (ready, reason, _) = get(&st, types::READY);
+        assert_eq!((ready.as_str(), reason.as_str()), ("False", "StateInDoubt"));
     }
 
     #[test]

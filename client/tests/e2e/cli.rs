@@ -31,7 +31,7 @@ fn qpq(home: &std::path::Path, profile: &str, args: &[&str]) -> serde_json::Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qpq_cli_runs_a_conversation_with_json_output() {
-    let t = TestNode::start().await;
+    let mut t = TestNode::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let node = t.addr.to_string();
@@ -75,15 +75,60 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
     assert_eq!(status["outbox_pending"], 0);
     let members = qpq(h, "alice", &["group", "members", "team"]);
     assert_eq!(members["members"].as_array().unwrap().len(), 2);
-    // Mistakes are errors with a message, also in JSON.
+    // Mistakes are errors with a message, also in JSON, and an exit status of their kind
+    // (`qpq --help` lists them).
+    let (code, err) = qpq_fails(h, "alice", &["send", "nosuchgroup", "x"]);
+    assert_eq!(
+        (code, err["kind"].as_str()),
+        (Some(2), Some("usage")),
+        "{err}"
+    );
+    assert_eq!(err["error"], "unknown group");
+    // Refused by the node for good: bob blocks alice, her DM is not accepted.
+    qpq(h, "bob", &["block", "alice"]);
+    let (code, err) = qpq_fails(h, "alice", &["dm", "bob", "let me in"]);
+    assert_eq!(
+        (code, err["kind"].as_str()),
+        (Some(5), Some("refused")),
+        "{err}"
+    );
+    // The node is gone: after its retries, the command says so with its own status.
+    t.stop().await;
+    let t0 = std::time::Instant::now();
+    let (code, err) = qpq_fails(h, "alice", &["--retries", "2", "devices"]);
+    assert_eq!(
+        (code, err["kind"].as_str()),
+        (Some(3), Some("unavailable")),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// Runs `qpq --json` expecting a failure; returns its exit status and JSON error document.
+fn qpq_fails(
+    home: &std::path::Path,
+    profile: &str,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
-        .env("QPQ_HOME", h)
-        .args(["--json", "--profile", "alice", "send", "nosuchgroup", "x"])
+        .env("QPQ_HOME", home)
+        .args(["--json", "--profile", profile])
+        .args(args)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(err["error"], "unknown group");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "qpq {args:?}: {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(!out.status.success(), "qpq {args:?} succeeded: {doc}");
+    (out.status.code(), doc)
 }
 
 /// A node serving a CA-signed certificate: `register --ca-file` verifies it by name (the node
@@ -138,9 +183,10 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
         .args(["--server-name", "localhost"])
         .output()
         .unwrap();
-    assert!(
-        !out.status.success(),
-        "a node outside the trusted CA must be refused: {}",
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a node outside the trusted CA must be refused as an authentication failure: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     // A certificate refusal is final: no minutes of retries before saying so.
@@ -155,7 +201,7 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
         .args(["--profile", "eve", "register", "--node", &node])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
 }
 
 /// Each `qpq` run closes its connection on exit, so a node with a small per-IP connection

@@ -161,10 +161,22 @@ pub async fn serve_cluster(dir: &Path) -> Result<()> {
 }
 
 async fn start_nodes(dir: &Path, n: u64) -> Result<Vec<RunningNode>> {
+    Ok(start_cluster(dir, n, |_| {}).await?.0)
+}
+
+/// Starts `n` nodes in this process as `serve-qpq-cluster` does, each configuration adjusted
+/// by `tune` first; returns them with the configurations that restart each one as the same
+/// member (its Raft address fixed to the one it was given).
+pub async fn start_cluster(
+    dir: &Path,
+    n: u64,
+    tune: impl Fn(&mut qpq_node::NodeConfig),
+) -> Result<(Vec<RunningNode>, Vec<qpq_node::NodeConfig>)> {
     let tls_dir = dir.join("cluster-tls");
     let tls = qpq_node::raft::certs::generate_cluster(&tls_dir, n)
         .map_err(|e| PeerError::Failed(format!("cluster certificates: {e}")))?;
     let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut configs = Vec::new();
     for (i, files) in (1..=n).zip(tls) {
         let mut c = qpq_node::NodeConfig::dev(dir.join(format!("node-{i}")));
         // The load comes from one address and one account: measure the cluster, not its
@@ -179,9 +191,13 @@ async fn start_nodes(dir: &Path, n: u64) -> Result<Vec<RunningNode>> {
         c.cluster.node_id = i;
         c.cluster.tls = Some(files);
         c.cluster.bootstrap = i == 1;
-        let node = RunningNode::start(c, Arc::new(qpq_node::SystemClock))
+        tune(&mut c);
+        let node = RunningNode::start(c.clone(), Arc::new(qpq_node::SystemClock))
             .await
             .map_err(|e| PeerError::Failed(format!("node {i}: {e}")))?;
+        c.cluster.raft_listen = node.raft_addr();
+        c.cluster.bootstrap = false;
+        configs.push(c);
         nodes.push(node);
     }
     let first = nodes
@@ -206,10 +222,11 @@ async fn start_nodes(dir: &Path, n: u64) -> Result<Vec<RunningNode>> {
             }
         }
     }
-    Ok(nodes)
+    Ok((nodes, configs))
 }
 
-async fn wait_for_leader(nodes: &[RunningNode]) -> Result<usize> {
+/// Index in `nodes` of the one that leads, waiting up to 30 s for one.
+pub async fn wait_for_leader(nodes: &[RunningNode]) -> Result<usize> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(i) = nodes.iter().position(|n| n.raft().is_leader()) {

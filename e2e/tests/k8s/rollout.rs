@@ -32,16 +32,6 @@ use qpq_operator::crd::{RolloutPhase, RolloutStatus};
 
 use super::*;
 
-/// Sets the flag when dropped: a failing test stops its writer and sampler instead of
-/// leaving them spinning (which would keep the test process alive).
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
 /// `POST <path>` with no body on a pod's admin port as `admin`; the HTTP status code.
 async fn admin_post(admin: &HttpAdmin, ip: &str, path: &str) -> u16 {
     admin
@@ -294,7 +284,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
     let _stop_writes = StopOnDrop(stop_writes.clone());
     let writer = {
         let (alice, gid, stop) = (alice.clone(), gid.clone(), stop_writes.clone());
-        tokio::task::spawn_blocking(move || write_until(&alice, &gid, &stop))
+        tokio::task::spawn_blocking(move || write_until(&alice, &gid, "w-", &stop))
     };
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let _stop_sampling = StopOnDrop(stop_sampling.clone());
@@ -900,7 +890,7 @@ async fn rollouts_canary_leader_last_finalize_and_automatic_rollback() {
         acked.len()
     ));
     assert!(!acked.is_empty());
-    check_writes(&acked, &bob.messages());
+    check_writes("w-", &acked, &bob.messages());
 
     step("every node holds the same state after the last acknowledged write (state digests)");
     let last_write = statuses(&env, &ns, name)

@@ -57,6 +57,8 @@ pub struct AdminState {
     pub raft: Arc<RaftNode>,
     /// Where backups are copied from.
     pub backup: BackupSource,
+    /// The node's data directory (its files' sizes and free space are metrics).
+    pub data_dir: PathBuf,
 }
 
 /// What `POST /backup` copies, and where it stages the copy.
@@ -274,6 +276,10 @@ async fn metrics(
         );
     }
     s.metrics.raft.set(&s.raft.status().await);
+    s.metrics.storage.set_from(&s.data_dir);
+    s.metrics
+        .fetch_wait_waiting
+        .set(i64::try_from(s.services.fetch_waits_waiting()).unwrap_or(i64::MAX));
     if let Ok(stats) = s.services.stats().await {
         s.metrics
             .stored_messages
@@ -297,10 +303,25 @@ fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
+/// `POST /backup`, counted by answer (`qpq_backups_total{outcome}`).
+async fn backup(State(s): State<AdminState>) -> Response {
+    let metrics = s.metrics.clone();
+    let response = send_backup(s).await;
+    let outcome = match response.status() {
+        StatusCode::OK => "ok",
+        StatusCode::CONFLICT => "busy",
+        StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal",
+    };
+    metrics.backups.with_label_values(&[outcome]).inc();
+    response
+}
+
 /// A consistent copy of the state database, after a read barrier (so it holds every write
 /// acknowledged before the call), checked before it is sent. The body is the SQLite file;
 /// the manifest is in [`MANIFEST_HEADER`].
-async fn backup(State(s): State<AdminState>) -> Response {
+async fn send_backup(s: AdminState) -> Response {
     let Ok(busy) = s.backup.busy.clone().try_lock_owned() else {
         return json_error(
             StatusCode::CONFLICT,

@@ -6,7 +6,7 @@
 //! upload cut short leaves no manifest (or no object at all, for an unfinished multipart
 //! upload) and is never listed, verified or restored as a backup. Reading a backup fetches
 //! the manifest first, streams the object to a local file and verifies it (size, SHA-256,
-//! SQLite integrity, row counts) before anything uses it.
+//! SQLite integrity, row counts, state digest) before anything uses it.
 //!
 //! Connection settings come from the standard AWS variables (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for S3-compatible servers,

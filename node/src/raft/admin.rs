@@ -1,5 +1,5 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
-//! promote, remove, transfer-leader, finalize (and, in the `test-command-v2` test build
+//! promote, remove, transfer-leader, finalize, rebuild (and, in the `test-command-v2` test build
 //! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](super::node::RaftNode), map
 //! [`AdminError`] to the documented HTTP answers.
 
@@ -25,7 +25,8 @@ pub fn routes() -> Router<AdminState> {
         .route("/raft/promote", post(promote))
         .route("/raft/remove", post(remove))
         .route("/raft/transfer-leader", post(transfer_leader))
-        .route("/raft/finalize", post(finalize));
+        .route("/raft/finalize", post(finalize))
+        .route("/raft/rebuild", post(rebuild));
     // The probe exists only in the test build: a release has no command it could propose.
     #[cfg(feature = "test-command-v2")]
     let router = router.route("/raft/probe-command-version", post(probe_command_version));
@@ -204,6 +205,61 @@ async fn finalize(State(s): State<AdminState>, body: axum::body::Bytes) -> Answe
         ),
     }
     answer(&s, r.map(|_| ())).await
+}
+
+#[derive(Deserialize)]
+struct RebuildBody {
+    id: NodeId,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Longest `reason` kept in the marker and the audit record.
+const MAX_REASON: usize = 512;
+
+/// `POST /raft/rebuild` on the member to rebuild, once it is out of the membership: the
+/// node writes the rebuild marker and stops; at its next start its data is moved aside and
+/// it starts empty, to be added back as a learner (`crate::rebuild`). `202` with the marker.
+async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b: RebuildBody = match parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if b.reason.len() > MAX_REASON {
+        return bad_json(format!("reason is longer than {MAX_REASON} bytes"));
+    }
+    if let Err(e) = s.raft.check_rebuild(b.id).await {
+        tracing::warn!(target: "qpq::audit", event = "raft_rebuild", node = b.id, outcome = %e);
+        return answer(&s, Err(e)).await;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let data_dir = s.data_dir.clone();
+    let reason = b.reason.clone();
+    let marker = match tokio::task::spawn_blocking(move || {
+        crate::rebuild::request(&data_dir, now_ms, &reason)
+    })
+    .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return internal(format!("writing the rebuild marker: {e}")),
+        Err(e) => return internal(e.to_string()),
+    };
+    tracing::warn!(
+        target: "qpq::audit",
+        event = "raft_rebuild",
+        node = b.id,
+        into = %marker.into,
+        reason = %marker.reason,
+        outcome = "ok",
+        "stopping to rebuild: the data moves aside at the next start"
+    );
+    s.raft.stop_for_rebuild();
+    match serde_json::to_value(&marker) {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)),
+        Err(e) => internal(e.to_string()),
+    }
 }
 
 #[cfg(feature = "test-command-v2")]

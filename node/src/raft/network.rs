@@ -282,7 +282,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let body = encoded(&rpc)?;
+        let body = super::wire::encode_snapshot_chunk(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.send(Request::InstallSnapshot(body), option.hard_ttl())
             .await
     }

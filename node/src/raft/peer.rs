@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use qpq_schemas::limits::RAFT_ALPN;
 use quinn::crypto::rustls::HandshakeData;
 use tokio_util::sync::CancellationToken;
@@ -134,8 +134,7 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
             Ok(rpc) => ok(&raft.vote(rpc).await),
             Err(e) => Response::Failed(e.to_string()),
         },
-        Request::InstallSnapshot(body) => match decode::<InstallSnapshotRequest<TypeConfig>>(&body)
-        {
+        Request::InstallSnapshot(body) => match super::wire::decode_snapshot_chunk(&body) {
             Ok(rpc) => ok(&raft.install_snapshot(rpc).await),
             Err(e) => Response::Failed(e.to_string()),
         },
@@ -149,6 +148,7 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
         Request::ReadIndex => ok(&node.read_index_local().await),
         Request::CommandVersion => ok(&crate::state::COMMAND_VERSION),
         Request::StateDigests => ok(&node.state_digests()),
+        Request::Membership => ok(&node.members_confirmed().await),
         Request::StartElection(body) => match decode::<ElectionRequest>(&body) {
             Ok(req) => ok(&node.start_election(req).await),
             Err(e) => Response::Failed(e.to_string()),

@@ -566,8 +566,12 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     Ok(results)
 }
 
-fn record_snapshot(metrics: &Metrics, kind: &str, started: std::time::Instant) {
+fn record_snapshot(metrics: &Metrics, kind: &str, started: std::time::Instant, bytes: u64) {
     metrics.snapshots.with_label_values(&[kind]).inc();
+    metrics
+        .snapshot_bytes
+        .with_label_values(&[kind])
+        .inc_by(bytes);
     metrics
         .snapshot_duration
         .with_label_values(&[kind])
@@ -603,7 +607,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let temp = sm.temp_path("building");
         let started = std::time::Instant::now();
         let (meta, file) = sm.blocking(move |s| build(s, temp)).await?;
-        record_snapshot(&self.shared.metrics, "built", started);
+        let bytes = file.metadata().map_or(0, |m| m.len());
+        record_snapshot(&self.shared.metrics, "built", started, bytes);
         let file = tokio::fs::File::from_std(file);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
         Ok(Snapshot {
@@ -693,34 +698,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let meta = meta.clone();
         let id = meta.snapshot_id.clone();
-        self.blocking(move |s| {
-            let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let found = meta_of_file(&installing)?;
-            // The same rule as at start: a state finalized beyond this build is refused
-            // before it replaces anything (this node stops; upgrading it lets it continue).
-            let incoming = Store::command_versions_of_file(&installing).map_err(snap_err)?;
-            check_not_downgraded(incoming).map_err(snap_err)?;
-            if found.last_log_id != meta.last_log_id {
-                return Err(snap_err(format!(
-                    "snapshot file is at {:?}, its metadata says {:?}",
-                    found.last_log_id, meta.last_log_id
-                )));
-            }
-            {
-                let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
-                store.replace_from(&installing).map_err(snap_err)?;
-                s.versions.set(store.command_versions().map_err(snap_err)?);
-            }
-            std::fs::rename(&installing, s.snapshot_dir.join(CURRENT)).map_err(snap_err)?;
-            fsync_dir(&s.snapshot_dir).map_err(snap_err)?;
-            // Everything may have moved: wake all long-polls so they re-read, forget cached
-            // access rows.
-            s.digests.clear();
-            s.observer.state_replaced();
-            Ok(())
-        })
-        .await?;
-        record_snapshot(&self.shared.metrics, "installed", started);
+        let bytes = self
+            .blocking(move |s| {
+                let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let found = meta_of_file(&installing)?;
+                let bytes = std::fs::metadata(&installing).map_or(0, |m| m.len());
+                // The same rule as at start: a state finalized beyond this build is refused
+                // before it replaces anything (this node stops; upgrading it lets it continue).
+                let incoming = Store::command_versions_of_file(&installing).map_err(snap_err)?;
+                check_not_downgraded(incoming).map_err(snap_err)?;
+                if found.last_log_id != meta.last_log_id {
+                    return Err(snap_err(format!(
+                        "snapshot file is at {:?}, its metadata says {:?}",
+                        found.last_log_id, meta.last_log_id
+                    )));
+                }
+                {
+                    let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+                    store.replace_from(&installing).map_err(snap_err)?;
+                    s.versions.set(store.command_versions().map_err(snap_err)?);
+                }
+                std::fs::rename(&installing, s.snapshot_dir.join(CURRENT)).map_err(snap_err)?;
+                fsync_dir(&s.snapshot_dir).map_err(snap_err)?;
+                // Everything may have moved: wake all long-polls so they re-read, forget cached
+                // access rows.
+                s.digests.clear();
+                s.observer.state_replaced();
+                Ok(bytes)
+            })
+            .await?;
+        record_snapshot(&self.shared.metrics, "installed", started, bytes);
         tracing::info!(snapshot = %id, "snapshot installed");
         Ok(())
     }

@@ -5,8 +5,13 @@
 //! traversed.
 
 use capnp::message::{Builder, ReaderOptions};
+use openraft::raft::InstallSnapshotRequest;
+use openraft::{SnapshotMeta, Vote};
 use qpq_schemas::limits::RAFT_WIRE_VERSION;
 use qpq_schemas::raft_capnp::{raft_request, raft_response};
+use serde::{Deserialize, Serialize};
+
+use super::{CodecError, Member, NodeId, TypeConfig, decode, encode};
 
 /// Largest node-to-node message: an AppendEntries batch is bounded to ~8 MiB of entries plus
 /// one entry of up to ~5 MiB; a snapshot chunk is 1 MiB; forwarded batches are bounded too.
@@ -32,6 +37,9 @@ pub enum Request {
     CommandVersion,
     /// The callee's state digests at checkpoints (CBOR index → hex SHA-256).
     StateDigests,
+    /// Every member's id, answered only by a leader that confirmed its leadership with a
+    /// quorum (CBOR `Result<BTreeSet<u64>, SubmitError>`).
+    Membership,
 }
 
 /// The answer to a [`Request`].
@@ -79,6 +87,7 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::StartElection(b) => body.set_start_election(b),
         Request::CommandVersion => body.set_command_version(()),
         Request::StateDigests => body.set_state_digests(()),
+        Request::Membership => body.set_membership(()),
     }
     capnp::serialize::write_message_to_words(&message)
 }
@@ -101,6 +110,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         Which::StartElection(d) => Request::StartElection(d?.to_vec()),
         Which::CommandVersion(()) => Request::CommandVersion,
         Which::StateDigests(()) => Request::StateDigests,
+        Which::Membership(()) => Request::Membership,
     })
 }
 
@@ -129,10 +139,112 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, WireError> {
     })
 }
 
+/// openraft's `InstallSnapshotRequest` as this build writes it: the same fields under the
+/// same names, but `data` as one CBOR byte string. Derived serde writes a `Vec<u8>` as an
+/// array of integers (up to two bytes each, one header to parse per byte): a 1 MiB chunk
+/// cost ~1.9 MiB on the wire and most of a core to encode and decode, which capped
+/// snapshot transfer at a few MB/s (docs/PERFORMANCE.md, "Catching up").
+///
+/// Both forms are read by every build: ciborium hands a byte string to a `Vec<u8>` that
+/// expects a sequence (older builds), and [`SnapshotChunk`] accepts an array (chunks from
+/// older builds), so a mixed-version cluster installs snapshots in either direction.
+#[derive(Serialize)]
+struct SnapshotChunkRef<'a> {
+    vote: &'a Vote<NodeId>,
+    meta: &'a SnapshotMeta<NodeId, Member>,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+    done: bool,
+}
+
+/// The reading side of [`SnapshotChunkRef`].
+#[derive(Deserialize)]
+struct SnapshotChunk {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, Member>,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    done: bool,
+}
+
+/// The CBOR body of an `InstallSnapshot` request.
+pub fn encode_snapshot_chunk(
+    rpc: &InstallSnapshotRequest<TypeConfig>,
+) -> Result<Vec<u8>, CodecError> {
+    encode(&SnapshotChunkRef {
+        vote: &rpc.vote,
+        meta: &rpc.meta,
+        offset: rpc.offset,
+        data: &rpc.data,
+        done: rpc.done,
+    })
+}
+
+/// Reads the CBOR body of an `InstallSnapshot` request, in either form (see
+/// [`encode_snapshot_chunk`]).
+pub fn decode_snapshot_chunk(
+    bytes: &[u8],
+) -> Result<InstallSnapshotRequest<TypeConfig>, CodecError> {
+    let c: SnapshotChunk = decode(bytes)?;
+    Ok(InstallSnapshotRequest {
+        vote: c.vote,
+        meta: c.meta,
+        offset: c.offset,
+        data: c.data,
+        done: c.done,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn chunk(data: Vec<u8>) -> InstallSnapshotRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(3, 1);
+        InstallSnapshotRequest {
+            vote: Vote::new_committed(3, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(leader, 1042)),
+                last_membership: openraft::StoredMembership::default(),
+                snapshot_id: "3-1042-7".into(),
+            },
+            offset: 1 << 20,
+            data,
+            done: false,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_chunk_is_a_byte_string_and_both_forms_are_read() {
+        // Every byte value, 1 MiB of it: the size a chunk has on the wire.
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let rpc = chunk(data);
+        let ours = encode_snapshot_chunk(&rpc).unwrap();
+        assert!(
+            ours.len() < rpc.data.len() + 512,
+            "{} bytes for a {} byte chunk",
+            ours.len(),
+            rpc.data.len()
+        );
+        assert_eq!(decode_snapshot_chunk(&ours).unwrap(), rpc);
+        // What older builds send (derived serde: an array of integers) is still read, and
+        // what this build sends is read by their derived decoder.
+        let theirs = encode(&rpc).unwrap();
+        assert!(theirs.len() > rpc.data.len() * 3 / 2, "{}", theirs.len());
+        assert_eq!(decode_snapshot_chunk(&theirs).unwrap(), rpc);
+        let old_reader: InstallSnapshotRequest<TypeConfig> = decode(&ours).unwrap();
+        assert_eq!(old_reader, rpc);
+        // An empty last chunk too.
+        let mut last = chunk(Vec::new());
+        last.done = true;
+        assert_eq!(
+            decode_snapshot_chunk(&encode_snapshot_chunk(&last).unwrap()).unwrap(),
+            last
+        );
+    }
 
     #[test]
     fn requests_and_responses_round_trip() {
@@ -145,6 +257,7 @@ mod tests {
             Request::StartElection(vec![7, 7]),
             Request::CommandVersion,
             Request::StateDigests,
+            Request::Membership,
         ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }

@@ -535,6 +535,13 @@ struct FetchWaitSlot<'a> {
 }
 
 impl Services {
+    /// `fetchWait` calls in progress on this node (almost all of them parked), over every
+    /// device.
+    pub fn fetch_waits_waiting(&self) -> usize {
+        let map = self.fetch_waits.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().sum()
+    }
+
     fn fetch_wait_slot(&self, device: DeviceId) -> Result<FetchWaitSlot<'_>, WireError> {
         let mut map = self.fetch_waits.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(device).or_insert(0);

@@ -77,6 +77,15 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
                 .await
                 .is_some_and(|n| n >= 1.0)
         );
+        // Their size: a snapshot is at least one SQLite page of 4 KiB per table.
+        for (node, kind) in [(follower, "installed"), (leader, "built")] {
+            let name = format!("qpq_raft_snapshot_bytes_total{{kind=\"{kind}\"}}");
+            let bytes = c.node(node).metric(&name).await;
+            assert!(
+                bytes.is_some_and(|b| b >= 4096.0),
+                "{name} on node {node}: {bytes:?}"
+            );
+        }
         history::check_messages(&history, &c.endpoints()).await;
     })
     .await;

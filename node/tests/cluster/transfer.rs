@@ -56,6 +56,10 @@ async fn moves_leadership(n: u64) {
         let term_before = c.node(old).status().await.unwrap()["term"]
             .as_u64()
             .unwrap();
+        let mut changes_before = Vec::new();
+        for id in c.running() {
+            changes_before.push(leader_changes(&c, id).await);
+        }
 
         let asked = Instant::now();
         let (code, v) = transfer(&c, old, to).await;
@@ -81,6 +85,15 @@ async fn moves_leadership(n: u64) {
         let s = c.node(to).status().await.unwrap();
         assert_eq!(s["term"], json!(term_before + 1), "{s}");
 
+        // Every node counted exactly one leader change.
+        for (id, before) in c.running().into_iter().zip(changes_before) {
+            assert_eq!(
+                leader_changes(&c, id).await,
+                before + 1.0,
+                "qpq_raft_leader_changes_total on node {id}"
+            );
+        }
+
         // Writes go on through the new leader.
         let acked_at_transfer = w.acked();
         wait_acked_more_than(&w, acked_at_transfer + 20, Duration::from_secs(5)).await;
@@ -104,8 +117,25 @@ async fn moves_leadership(n: u64) {
             history.acked.borrow().len()
         );
         history::check_messages(&history, &c.endpoints()).await;
+        // Writers that started on a follower had their writes forwarded to the leader.
+        let mut forwarded = 0.0;
+        for id in c.running() {
+            forwarded += c
+                .node(id)
+                .metric("qpq_raft_forwarded_writes_total{outcome=\"ok\"}")
+                .await
+                .unwrap_or(0.0);
+        }
+        assert!(forwarded >= 1.0, "no forwarded write counted");
     })
     .await;
+}
+
+async fn leader_changes(c: &Cluster, id: u64) -> f64 {
+    c.node(id)
+        .metric("qpq_raft_leader_changes_total")
+        .await
+        .expect("qpq_raft_leader_changes_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,19 @@ async fn health_readiness_and_metrics_are_served() {
             "{body}"
         );
         assert!(metric(&body, "qpq_process_open_fds").is_some_and(|n| n >= 3.0));
+        // The data directory: its databases have pages, the volume has room, nothing waits.
+        for file in ["state", "raft_log"] {
+            let bytes = metric(&body, &format!("qpq_storage_file_bytes{{file=\"{file}\"}}"));
+            assert!(bytes.is_some_and(|b| b >= 4096.0), "{file}: {body}");
+        }
+        for file in ["state_wal", "raft_log_wal", "snapshot"] {
+            let bytes = metric(&body, &format!("qpq_storage_file_bytes{{file=\"{file}\"}}"));
+            assert!(bytes.is_some(), "{file}: {body}");
+        }
+        let available = metric(&body, "qpq_data_volume_available_bytes").unwrap_or(0.0);
+        let size = metric(&body, "qpq_data_volume_size_bytes").unwrap_or(0.0);
+        assert!(available > 0.0 && available <= size, "{body}");
+        assert_eq!(metric(&body, "qpq_fetch_wait_waiting"), Some(0.0));
         assert!(
             !body.contains("qpq_raft_follower_lag_entries{"),
             "no followers: {body}"
@@ -405,6 +418,12 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
     );
     assert_eq!(
         count("outcome=\"allowed\",role=\"operator\""),
+        Some(1.0),
+        "{m}"
+    );
+    // Only the backup role's call reached the backup itself.
+    assert_eq!(
+        metric(&m, "qpq_backups_total{outcome=\"ok\"}"),
         Some(1.0),
         "{m}"
     );

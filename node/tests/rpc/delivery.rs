@@ -4,7 +4,7 @@ use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId, WireError};
 
-use crate::common::{TestNode, local};
+use crate::common::{TestNode, local, metric};
 
 /// Real MLS application messages of one group, to use as payloads.
 fn messages(n: usize) -> Vec<Vec<u8>> {
@@ -229,13 +229,25 @@ async fn fetch_wait_wakes_on_a_new_message() {
         let started = Instant::now();
         let wait = waiter.fetch_wait(&ch, 0, 0, 20_000);
         let send = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The parked call shows in the node's metrics before anything wakes it.
+            let mut waiting = None;
+            for _ in 0..100 {
+                let (_, m) = t.metrics_get("/metrics").await;
+                waiting = metric(&m, "qpq_fetch_wait_waiting");
+                if waiting == Some(1.0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(waiting, Some(1.0));
             sender
                 .enqueue(&ch, &ClientMsgId::random(), &msgs[0])
                 .await
                 .unwrap()
         };
         let (page, sent) = tokio::join!(wait, send);
+        let (_, m) = t.metrics_get("/metrics").await;
+        assert_eq!(metric(&m, "qpq_fetch_wait_waiting"), Some(0.0), "{m}");
         let page = page.unwrap();
         assert_eq!(page.messages.len(), 1);
         assert_eq!(page.messages[0].seq, sent.seq);

@@ -1,9 +1,11 @@
 //! `kubectl qpq`: the kubectl plugin of quicproquo (put it on `PATH`).
 //!
-//! `kubectl qpq status <cluster> [-n namespace] [-o table|json|yaml]`
+//! `kubectl qpq status [<cluster>] [-n namespace | -A] [-o table|json|yaml]` (no cluster:
+//! every QpqCluster of the namespace, or of all with `-A`, one row each)
 //! (every verb also takes `--kubeconfig <file>` and `--context <name>`)
 //! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
+//! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -56,11 +58,14 @@ async fn client(cli: &Cli) -> Result<Client, Box<dyn std::error::Error>> {
 enum Command {
     /// Members, roles, lag, versions and conditions of a QpqCluster.
     Status {
-        /// Name of the QpqCluster.
-        cluster: String,
+        /// Name of the QpqCluster (none: list the namespace's QpqClusters).
+        cluster: Option<String>,
         /// Namespace (default: the kubeconfig context's).
         #[arg(short, long)]
         namespace: Option<String>,
+        /// List the QpqClusters of every namespace.
+        #[arg(short = 'A', long, conflicts_with_all = ["namespace", "cluster"])]
+        all_namespaces: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
@@ -103,6 +108,21 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+    /// Print a shell completion script of `kubectl-qpq` (e.g. `source <(kubectl-qpq
+    /// completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The completion script of `kubectl-qpq` for `shell`.
+fn completion(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kubectl-qpq", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -143,16 +163,45 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let client = client(&cli).await?;
     let namespace = match &cli.command {
         Command::Status { namespace, .. }
         | Command::Backup { namespace, .. }
         | Command::Rollout { namespace, .. } => namespace.clone(),
+        Command::Completion { shell } => {
+            print!("{}", completion(*shell));
+            return Ok(());
+        }
     };
+    let client = client(&cli).await?;
     let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     match cli.command {
         Command::Status {
-            cluster, output, ..
+            cluster: None,
+            output,
+            all_namespaces,
+            ..
+        } => {
+            let api: Api<QpqCluster> = if all_namespaces {
+                Api::all(client)
+            } else {
+                Api::namespaced(client, &ns)
+            };
+            let mut clusters = api.list(&Default::default()).await?.items;
+            clusters.sort_by(|a, b| {
+                (&a.metadata.namespace, &a.metadata.name)
+                    .cmp(&(&b.metadata.namespace, &b.metadata.name))
+            });
+            let docs: Vec<serde_json::Value> = clusters.iter().map(kubectl::status_json).collect();
+            match output {
+                Output::Table => print!("{}", kubectl::list_table(&clusters, all_namespaces)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&docs)?),
+                Output::Yaml => print!("{}", serde_yaml::to_string(&docs)?),
+            }
+        }
+        Command::Status {
+            cluster: Some(cluster),
+            output,
+            ..
         } => {
             let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             let c = api.get(&cluster).await?;
@@ -210,6 +259,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             rollout(&api, &cluster, verb, watch).await?;
         }
+        Command::Completion { .. } => {}
     }
     Ok(())
 }
@@ -287,5 +337,52 @@ async fn wait_for_job(
             return Err(format!("Job {name} did not finish within {timeout:?}").into());
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_scripts_know_every_verb() {
+        let bash = completion(clap_complete::Shell::Bash);
+        for word in [
+            "status",
+            "backup",
+            "rollout",
+            "finalize",
+            "completion",
+            "--kubeconfig",
+            "--context",
+        ] {
+            assert!(bash.contains(word), "{word}");
+        }
+        // A real bash loads it and registers the completion.
+        let out = std::process::Command::new("bash")
+            .args([
+                "--noprofile",
+                "--norc",
+                "-c",
+                "source /dev/stdin && complete -p kubectl-qpq",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(bash.as_bytes())?;
+                }
+                child.wait_with_output()
+            })
+            .expect("bash runs");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("kubectl-qpq"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(completion(clap_complete::Shell::Zsh).contains("rollout"));
     }
 }

@@ -25,7 +25,15 @@ fn observed(desired: i32, sts: i32, v: ClusterView) -> Observed {
         reachable,
         operation: None,
         max_lag: 1000,
+        holding_state: reachable_state(sts),
+        diverged: BTreeSet::new(),
+        in_doubt: BTreeSet::new(),
     }
+}
+
+/// Every pod up to `sts` holds state (the usual case once they are members).
+fn reachable_state(sts: i32) -> BTreeSet<NodeId> {
+    (1..=to_id(sts)).collect()
 }
 
 #[test]
@@ -38,6 +46,9 @@ fn new_cluster_starts_one_pod_then_bootstraps_it() {
         reachable: BTreeSet::new(),
         operation: None,
         max_lag: 1000,
+        holding_state: BTreeSet::new(),
+        diverged: BTreeSet::new(),
+        in_doubt: BTreeSet::new(),
     };
     let p = plan(&o);
     assert_eq!(p.statefulset_replicas, 1);
@@ -61,12 +72,127 @@ fn never_bootstraps_twice() {
         reachable: [1, 2, 3].into(),
         operation: None,
         max_lag: 1000,
+        holding_state: BTreeSet::new(),
+        diverged: BTreeSet::new(),
+        in_doubt: BTreeSet::new(),
     };
     let p = plan(&o);
     assert!(matches!(
         p.action,
         Action::Blocked(BlockReason::StateLost, _)
     ));
+    assert_eq!(p.statefulset_replicas, 3);
+}
+
+#[test]
+fn a_diverged_follower_is_removed_then_rebuilt_then_added_back() {
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    o.diverged = [3].into();
+    let p = plan(&o);
+    assert_eq!(p.action, Action::Remove(3));
+    assert_eq!(p.statefulset_replicas, 3, "its pod stays");
+    let op = p.operation.clone().unwrap();
+    assert_eq!(
+        (op.kind, op.phase),
+        (OperationKind::ReplaceMember, OperationPhase::Removing)
+    );
+
+    // Out of the membership, still holding its (diverged) state: asked to drop it.
+    o.raft = RaftObservation::Cluster(view(1, &[1, 2], &[]));
+    o.operation = p.operation;
+    let p = plan(&o);
+    assert_eq!(p.action, Action::Rebuild(3));
+    assert_eq!(
+        p.statefulset_replicas, 3,
+        "the highest ordinal's pod is kept too"
+    );
+    assert_eq!(
+        p.operation.clone().unwrap().phase,
+        OperationPhase::Rebuilding
+    );
+
+    // Restarting: wait for it. A restart forgets the finding; the record carries on.
+    o.operation = p.operation;
+    o.diverged.clear();
+    o.reachable = [1, 2].into();
+    let p = plan(&o);
+    assert!(matches!(p.action, Action::Wait(_)), "{p:?}");
+    assert_eq!(p.statefulset_replicas, 3);
+    o.reachable = [1, 2, 3].into();
+    assert_eq!(
+        plan(&o).action,
+        Action::Rebuild(3),
+        "still holding state: asked again"
+    );
+
+    // Empty: it joins like a new member, and the record becomes an AddMember.
+    o.holding_state = [1, 2].into();
+    let p = plan(&o);
+    assert_eq!(p.action, Action::AddLearner(3));
+    assert_eq!(p.operation.clone().unwrap().kind, OperationKind::AddMember);
+    o.operation = p.operation;
+    o.raft = RaftObservation::Cluster(view(1, &[1, 2], &[3]));
+    assert_eq!(plan(&o).action, Action::Promote(3));
+}
+
+#[test]
+fn a_diverged_leader_hands_leadership_to_a_healthy_voter_first() {
+    let mut o = observed(3, 3, view(2, &[1, 2, 3], &[]));
+    o.diverged = [2].into();
+    let p = plan(&o);
+    assert_eq!(p.action, Action::TransferLeader { from: 2, to: 1 });
+    // Never to another diverged voter (5 voters, two diverged).
+    let mut o = observed(5, 5, view(1, &[1, 2, 3, 4, 5], &[]));
+    o.diverged = [1, 2].into();
+    assert_eq!(plan(&o).action, Action::TransferLeader { from: 1, to: 3 });
+}
+
+#[test]
+fn no_rebuild_when_it_would_lose_quorum_or_the_majority_is_in_question() {
+    // Node 3 diverged, node 2 is down: taking 3 out would leave 1 of 2 healthy.
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    o.diverged = [3].into();
+    o.reachable = [1, 3].into();
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::UnsafeRebuild, _)),
+        "{p:?}"
+    );
+    // A member found no majority agreeing: nothing is rebuilt, and a rebuild under way
+    // stops where it is.
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    o.diverged = [3].into();
+    o.in_doubt = [1].into();
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::StateInDoubt, _)),
+        "{p:?}"
+    );
+    o.diverged.clear();
+    o.raft = RaftObservation::Cluster(view(1, &[1, 2], &[]));
+    o.operation = Some(MembershipOperation {
+        kind: OperationKind::ReplaceMember,
+        node_id: 3,
+        phase: OperationPhase::Removing,
+        started: String::new(),
+    });
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::StateInDoubt, _)),
+        "{p:?}"
+    );
+    // Doubt alone does not stop other membership work (a scale-up).
+    let mut o = observed(5, 4, view(1, &[1, 2, 3], &[]));
+    o.in_doubt = [1].into();
+    assert_eq!(plan(&o).action, Action::AddLearner(4));
+    // Two of three voters diverged: which copy is right is not the operator's call.
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    o.diverged = [2, 3].into();
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::ReplicasDiverged, _)),
+        "{p:?}"
+    );
     assert_eq!(p.statefulset_replicas, 3);
 }
 
@@ -192,6 +318,12 @@ struct Sim {
     /// Learners still catching up.
     lag: BTreeMap<NodeId, u64>,
     operation: Option<MembershipOperation>,
+    /// Nodes whose state diverged from the majority's.
+    diverged: BTreeSet<NodeId>,
+    /// Pods with no Raft state: never started before, or rebuilt.
+    empty: BTreeSet<NodeId>,
+    /// Pods that ever existed (a recreated pod keeps its volume, so its state).
+    seen: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -205,6 +337,9 @@ impl Sim {
             down: BTreeSet::new(),
             lag: BTreeMap::new(),
             operation: None,
+            diverged: BTreeSet::new(),
+            empty: BTreeSet::new(),
+            seen: BTreeSet::new(),
         }
     }
 
@@ -251,6 +386,17 @@ impl Sim {
             reachable,
             operation: self.operation.clone(),
             max_lag: 10,
+            holding_state: self
+                .reachable()
+                .into_iter()
+                .filter(|n| !self.empty.contains(n))
+                .collect(),
+            diverged: self
+                .diverged
+                .intersection(&self.reachable())
+                .copied()
+                .collect(),
+            in_doubt: BTreeSet::new(),
         }
     }
 
@@ -290,9 +436,19 @@ impl Sim {
         let quorum_before = self.has_quorum();
         match p.action {
             Action::None | Action::Wait(_) | Action::Blocked(..) => {}
+            Action::Rebuild(x) => {
+                prop_assert!(
+                    !self.voters.contains(&x) && !self.learners.contains(&x),
+                    "asked member {x} to drop its data: {self:?}"
+                );
+                prop_assert!(self.reachable().contains(&x));
+                self.empty.insert(x);
+                self.diverged.remove(&x);
+            }
             Action::Bootstrap => {
                 prop_assert!(!self.bootstrapped, "bootstrapped twice");
                 prop_assert!(self.voters.is_empty());
+                self.empty.remove(&1);
                 self.voters.insert(1);
                 self.leader = Some(1);
                 self.bootstrapped = true;
@@ -300,11 +456,17 @@ impl Sim {
             Action::AddLearner(k) => {
                 prop_assert!(quorum_before && self.leader.is_some());
                 prop_assert!(self.reachable().contains(&k));
+                prop_assert!(
+                    !self.diverged.contains(&k),
+                    "added diverged node {k} back without rebuilding it: {self:?}"
+                );
+                self.empty.remove(&k);
                 self.learners.insert(k);
                 self.lag.insert(k, 100);
             }
             Action::Promote(k) => {
                 prop_assert!(quorum_before && self.learners.contains(&k));
+                prop_assert!(!self.diverged.contains(&k), "promoted diverged node {k}");
                 prop_assert!(self.lag.get(&k).copied().unwrap_or(0) <= 10);
                 self.learners.remove(&k);
                 self.lag.remove(&k);
@@ -332,9 +494,16 @@ impl Sim {
             prop_assert!(self.has_quorum(), "an operator action lost quorum: {p:?}");
         }
         self.sts = p.statefulset_replicas;
+        for n in 1..=to_id(self.sts) {
+            if self.seen.insert(n) {
+                self.empty.insert(n);
+            }
+        }
         // Pods removed from the StatefulSet stop; recreated pods start fresh but keep their
         // volume, so a node that was down comes back when its pod is recreated.
         self.down.retain(|n| *n <= to_id(self.sts));
+        // A pod that is gone reports nothing; one recreated later has forgotten the finding.
+        self.diverged.retain(|n| *n <= to_id(self.sts));
         self.operation = p.operation.clone();
         self.tick();
         Ok(p)
@@ -346,6 +515,8 @@ enum Event {
     Scale(i32),
     Fail(NodeId),
     Recover(NodeId),
+    /// A voter's state changes on disk; it finds out at its next comparison.
+    Diverge(NodeId),
     Reconcile,
 }
 
@@ -354,6 +525,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => prop::sample::select(vec![1, 3, 5, 7]).prop_map(Event::Scale),
         1 => (1u64..=7).prop_map(Event::Fail),
         2 => (1u64..=7).prop_map(Event::Recover),
+        1 => (1u64..=7).prop_map(Event::Diverge),
         6 => Just(Event::Reconcile),
     ]
 }
@@ -376,6 +548,13 @@ proptest! {
                 Event::Scale(n) => desired = n,
                 Event::Fail(n) => { sim.down.insert(n); sim.tick(); }
                 Event::Recover(n) => { sim.down.remove(&n); sim.tick(); }
+                // Only a voter in a minority finds itself diverged (the node's own judgement).
+                Event::Diverge(n) => {
+                    let after = sim.diverged.intersection(&sim.voters).count() + 1;
+                    if sim.voters.contains(&n) && after < majority(sim.voters.len()) {
+                        sim.diverged.insert(n);
+                    }
+                }
                 Event::Reconcile => { sim.step(desired)?; }
             }
         }
@@ -389,8 +568,16 @@ proptest! {
                 converged = true;
                 break;
             }
+            if let Action::Blocked(BlockReason::ReplicasDiverged, _) = p.action {
+                // Scale-downs left the diverged voters a majority: nothing is rebuilt.
+                prop_assert!(
+                    sim.diverged.intersection(&sim.voters).count() >= majority(sim.voters.len())
+                );
+                return Ok(());
+            }
         }
         prop_assert!(converged, "did not converge: {sim:?}");
+        prop_assert!(sim.diverged.is_empty(), "a diverged node was left: {sim:?}");
         prop_assert_eq!(&sim.voters, &(1..=to_id(desired)).collect::<BTreeSet<_>>());
         prop_assert!(sim.learners.is_empty());
         prop_assert_eq!(sim.sts, desired);

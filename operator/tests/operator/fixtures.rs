@@ -178,6 +178,7 @@ pub(crate) fn node_status(
         finalized_command_version: 1,
         applied_command_version: 1,
         diverged: None,
+        in_doubt: None,
         state_digests: BTreeMap::new(),
     }
 }

@@ -551,6 +551,53 @@ async fn restarted_operator_resumes_the_recorded_operation() {
 }
 
 #[tokio::test]
+async fn a_removed_diverged_member_is_asked_to_rebuild_itself_on_its_own_address() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    // Node 3 diverged and the leader (node 1) removed it; it still believes it is a voter
+    // (a removed node is often not sent its removal) and holds its state.
+    for id in 1..=2 {
+        nodes.set(id, node_status(id, Some(1), &[1, 2], &[], &[(2, 0)]));
+    }
+    nodes.set(3, node_status(3, Some(1), &[1, 2, 3], &[], &[]));
+    let op = json!({"kind": "ReplaceMember", "nodeId": 3, "phase": "Removing", "started": "2026-09-20T10:00:00Z"});
+    let obj = cluster(
+        spec(3),
+        Some(bootstrapped(json!({"voters": 3, "operation": op}))),
+        true,
+    );
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["MemberRebuilding"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["kind"], "ReplaceMember");
+        assert_eq!(st["operation"]["phase"], "Rebuilding");
+        assert_eq!(st["operation"]["started"], "2026-09-20T10:00:00Z");
+        assert_eq!(condition(&st, "Progressing")["reason"], "RebuildingMember");
+    })
+    .unwrap();
+    // On node 3 itself (pod x-2), not on the leader: only the node can move its data.
+    let calls = nodes.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, "x-2.x.ns.svc:9443");
+    assert!(
+        matches!(&calls[0].1, MembershipCall::Rebuild { id: 3, reason } if reason.contains("diverged")),
+        "{calls:?}"
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
 async fn failed_membership_call_is_reported_and_retried_later() {
     let nodes = Arc::new(FakeNodes::default());
     let (ctx, mut server) = context(nodes.clone());

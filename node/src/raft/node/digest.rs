@@ -103,6 +103,12 @@ impl RaftNode {
         self.digests.recent()
     }
 
+    /// The checkpoint index at which this node's last comparison found no majority of
+    /// voters agreeing (several members hold different state); `None` once a later one did.
+    pub fn in_doubt(&self) -> Option<u64> {
+        *self.in_doubt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// What the last comparison found wrong with this node's state, if anything.
     pub fn divergence(&self) -> Option<Divergence> {
         self.divergence
@@ -151,6 +157,9 @@ impl RaftNode {
             .digest_checks
             .with_label_values(&[verdict.label()])
             .inc();
+        // A later verdict of any kind ends an earlier doubt.
+        *self.in_doubt.lock().unwrap_or_else(|p| p.into_inner()) =
+            matches!(verdict, Verdict::InDoubt).then_some(index);
         let mut slot = self.divergence.lock().unwrap_or_else(|p| p.into_inner());
         match &verdict {
             Verdict::Diverged(d) => {

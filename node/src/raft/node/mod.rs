@@ -46,6 +46,7 @@ mod gate;
 mod handoff;
 mod membership;
 mod read;
+mod rebuild;
 mod status;
 mod write;
 
@@ -116,6 +117,11 @@ pub struct RaftNode {
     digests: Arc<Digests>,
     /// Set while this node's state differs from the majority's (see `digest.rs`).
     divergence: Mutex<Option<Divergence>>,
+    /// The checkpoint index at which no majority of voters agreed, while that is the newest
+    /// verdict (see `digest.rs`).
+    in_doubt: Mutex<Option<u64>>,
+    /// Cancelled when the node must stop to be rebuilt (see `rebuild.rs`).
+    rebuild: CancellationToken,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -144,6 +150,34 @@ pub fn raft_config(c: &ClusterConfig) -> Result<openraft::Config, crate::Error> 
     config
         .validate()
         .map_err(|e| crate::Error::Raft(e.to_string()))
+}
+
+/// Counts each new leader this node sees (a new `(term, leader)` with a known leader) in
+/// `qpq_raft_leader_changes_total`, except the first one after start, until `stop`.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    counter: prometheus::IntCounter,
+    stop: CancellationToken,
+) {
+    let mut seen: Option<(u64, NodeId)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            m.current_leader.map(|l| (m.current_term, l))
+        };
+        if let Some(now) = now
+            && seen != Some(now)
+        {
+            if seen.is_some() {
+                counter.inc();
+            }
+            seen = Some(now);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 impl RaftNode {
@@ -217,8 +251,15 @@ impl RaftNode {
             metrics,
             digests,
             divergence: Mutex::new(None),
+            in_doubt: Mutex::new(None),
+            rebuild: CancellationToken::new(),
         });
         tokio::spawn(node.clone().run_digest_checks());
+        tokio::spawn(count_leader_changes(
+            node.raft.metrics(),
+            node.metrics.leader_changes.clone(),
+            node.stop.clone(),
+        ));
         tokio::spawn(super::peer::serve(
             endpoint,
             node.clone(),

@@ -67,6 +67,7 @@ impl RaftNode {
             applied_command_version: self.versions.applied(),
             state_digests: self.state_digests(),
             diverged: self.divergence(),
+            in_doubt: self.in_doubt(),
         }
     }
 
@@ -139,6 +140,11 @@ pub struct Status {
     /// is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diverged: Option<Divergence>,
+    /// Set while this node's newest comparison found no majority of voters agreeing on the
+    /// state at that checkpoint index: more than one member holds different state, and no
+    /// node can tell which is right. Nothing is rebuilt automatically.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_doubt: Option<u64>,
 }
 
 /// Voters and learners with their Raft addresses.

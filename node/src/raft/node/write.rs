@@ -61,6 +61,13 @@ impl RaftNode {
         m.membership().get_node(&id).map(|n| n.addr.clone())
     }
 
+    fn count_forward(&self, outcome: &str) {
+        self.metrics
+            .forwarded_writes
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
     /// Time to wait between attempts while the leader is unknown or changing.
     pub(super) const RETRY: Duration = Duration::from_millis(50);
 
@@ -100,6 +107,7 @@ impl RaftNode {
                 {
                     Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
                         Ok(Ok(o)) => {
+                            self.count_forward("ok");
                             // Read-your-writes on this node: the caller's next request here
                             // (a login's first authenticated call, an enqueue to a channel it
                             // just created) must see this entry applied locally, not only on
@@ -110,17 +118,25 @@ impl RaftNode {
                             return Ok(o);
                         }
                         // The leader moved before the entry was appended: safe to retry.
-                        Ok(Err(SubmitError::NotLeader { .. })) => {}
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
+                        Ok(Err(SubmitError::NotLeader { .. })) => self.count_forward("retried"),
+                        Ok(Err(e)) => {
+                            self.count_forward("failed");
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            self.count_forward("failed");
+                            return Err(SubmitError::Internal(e.to_string()));
+                        }
                     },
                     // Never delivered: safe to retry.
                     Err(CallError::Unreachable(why) | CallError::Refused(why)) => {
+                        self.count_forward("retried");
                         tracing::debug!(leader, %why, "forward failed; retrying");
                     }
                     // Maybe delivered: do not append twice. The client retries with the same
                     // message id, which the state machine deduplicates.
                     Err(e @ (CallError::Lost(_) | CallError::TimedOut(_))) => {
+                        self.count_forward("lost");
                         tracing::info!(leader, why = %e, "forwarded write lost");
                         return Err(SubmitError::Unavailable);
                     }

@@ -1,0 +1,106 @@
+//! Rebuilding a member: the checks before a node's data may be moved aside, and the signal
+//! that stops the node so it starts again empty (`crate::rebuild` moves the files).
+//!
+//! A voter must never come back with an empty log: it would have forgotten its vote and the
+//! entries it acknowledged, and a committed entry could be lost. So a node agrees to be
+//! rebuilt only once a leader that confirmed its leadership with a quorum says the node is no
+//! longer a member. Its own view of the membership is not enough: a removed node is often not
+//! sent the entry that removed it.
+
+use super::*;
+
+/// How long to wait for each peer's answer about the membership.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RaftNode {
+    /// The leader side of [`Request::Membership`]: every member's id (voters and learners of
+    /// the committed and of the effective membership, so a change in progress counts both
+    /// ways), once this node confirmed with a quorum that it still leads.
+    pub async fn members_confirmed(&self) -> Result<BTreeSet<NodeId>, SubmitError> {
+        self.read_index_local().await?;
+        self.raft
+            .with_raft_state(|s| {
+                let mut ids = BTreeSet::new();
+                for m in [
+                    s.membership_state.committed(),
+                    s.membership_state.effective(),
+                ] {
+                    ids.extend(m.membership().nodes().map(|(id, _)| *id));
+                }
+                ids
+            })
+            .await
+            .map_err(|_| SubmitError::Stopped)
+    }
+
+    /// Checks that this node may be rebuilt: `id` names it, it does not lead, and a leader
+    /// confirmed that it is no longer a member. `Conflict("still_a_member")` while it is;
+    /// `Conflict("nothing_to_rebuild")` for a node that holds no Raft state;
+    /// `Unavailable` while no leader answers.
+    pub async fn check_rebuild(&self, id: NodeId) -> Result<(), AdminError> {
+        if id != self.id {
+            return Err(AdminError::BadRequest(format!(
+                "this is node {}, not node {id}",
+                self.id
+            )));
+        }
+        if !self.is_initialized().await {
+            return Err(AdminError::Conflict("nothing_to_rebuild"));
+        }
+        if self.is_leader() {
+            return Err(AdminError::Conflict("is_leader"));
+        }
+        let peers: Vec<(NodeId, String)> = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            m.membership()
+                .nodes()
+                .filter(|(peer, _)| **peer != self.id)
+                .map(|(peer, n)| (*peer, n.addr.clone()))
+                .collect()
+        };
+        let mut last_error = String::from("no other member is known");
+        for (peer, addr) in peers {
+            match self
+                .client
+                .call(&addr, &Request::Membership, ASK_TIMEOUT)
+                .await
+            {
+                Ok(bytes) => match decode::<Result<BTreeSet<NodeId>, SubmitError>>(&bytes) {
+                    Ok(Ok(members)) if members.contains(&self.id) => {
+                        return Err(AdminError::Conflict("still_a_member"));
+                    }
+                    Ok(Ok(_)) => {
+                        tracing::info!(
+                            leader = peer,
+                            "the leader confirmed this node is no longer a member"
+                        );
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last_error = format!("node {peer}: {e}"),
+                    Err(e) => last_error = format!("node {peer}: undecodable answer: {e}"),
+                },
+                Err(e) => last_error = format!("node {peer}: {e}"),
+            }
+        }
+        Err(AdminError::Unavailable(
+            "no_leader",
+            format!("no leader confirmed the membership ({last_error})"),
+        ))
+    }
+
+    /// Asks the node to stop so that it starts again with its data moved aside. The caller
+    /// has written the rebuild marker (`crate::rebuild::request`) first.
+    pub fn stop_for_rebuild(&self) {
+        self.rebuild.cancel();
+    }
+
+    /// Whether [`Self::stop_for_rebuild`] was called.
+    pub fn rebuild_requested(&self) -> bool {
+        self.rebuild.is_cancelled()
+    }
+
+    /// Resolves once [`Self::stop_for_rebuild`] is called.
+    pub async fn rebuild_wanted(&self) {
+        self.rebuild.cancelled().await;
+    }
+}
