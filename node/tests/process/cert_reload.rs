@@ -69,15 +69,21 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert!(!trusted(&node, &trust_a).await, "A is no longer served");
-        assert!(node.log_text().contains("certificate reloaded"));
+        assert!(
+            node.logged_within("certificate reloaded", Duration::from_secs(5)),
+            "{}",
+            node.log_text()
+        );
 
         // A broken renewal: the key file cut short. B goes on serving.
         std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(trusted(&node, &trust_b).await, "B still served");
         assert!(
-            node.log_text()
-                .contains("renewed certificate refused; serving the previous one"),
+            node.logged_within(
+                "renewed certificate refused; serving the previous one",
+                Duration::from_secs(5)
+            ),
             "{}",
             node.log_text()
         );

@@ -74,9 +74,8 @@ async fn a_full_disk_stops_the_node_without_losing_an_acknowledged_write() {
         !node.wait_exit(Duration::from_secs(30)),
         "the node exited successfully after its disk filled"
     );
-    let logs = node.log_text();
     assert!(
-        logs.contains("replication stopped for good"),
+        node.logged_within("replication stopped for good", Duration::from_secs(5)),
         "no log line saying why the node stopped"
     );
 

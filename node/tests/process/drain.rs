@@ -40,5 +40,9 @@ async fn sigterm_answers_calls_in_flight_then_closes_cleanly() {
         node.wait_exit(Duration::from_secs(15)),
         "exit status 0 after a drain"
     );
-    assert!(node.log_text().contains("node stopped"));
+    assert!(
+        node.logged_within("node stopped", Duration::from_secs(5)),
+        "{}",
+        node.log_text()
+    );
 }

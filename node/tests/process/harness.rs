@@ -153,6 +153,22 @@ impl NodeProcess {
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    /// Whether a log line containing `needle` arrives within `timeout`. The node's stderr is
+    /// read by another thread: a line the node wrote just before answering a call may not
+    /// have been read yet when the answer arrives.
+    pub fn logged_within(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for NodeProcess {
