@@ -534,6 +534,49 @@ async fn operator_leader(env: &Env) -> String {
 
 /// Sends `w-0`, `w-1`, ... from `writer` until `stop`; returns the numbers the node
 /// acknowledged.
+/// A running `kubectl-qpq status <cluster> -w -o json`: the documents it printed so far (one
+/// per line). Killed when dropped.
+struct StatusWatch {
+    child: std::process::Child,
+    docs: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl StatusWatch {
+    fn start(plugin: &Path, kubeconfig: &Path, ns: &str, name: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(plugin)
+            .args(["status", name, "-n", ns, "-w", "-o", "json", "--kubeconfig"])
+            .arg(kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let docs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = docs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let doc: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("status -w printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().unwrap().push(doc);
+            }
+        });
+        Self { child, docs }
+    }
+
+    fn docs(&self) -> Vec<Value> {
+        self.docs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Sets the flag when dropped: a failing test stops its writers and samplers instead of
 /// leaving them spinning (which would keep the test process alive).
 struct StopOnDrop(Arc<AtomicBool>);
@@ -823,6 +866,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     assert_eq!(bob.messages(), ["hi bob, hi carol", "hey both"]);
 
     step("scale 3 -> 5 while alice writes; restart the operator in the middle");
+    // `kubectl qpq status -w` follows the scaling live, one JSON document per change.
+    let live = StatusWatch::start(&plugin, &env.kubeconfig, &ns, &name);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (alice, gid, stop) = (alice.clone(), gid.to_owned(), stop.clone());
@@ -847,6 +892,22 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     wait_ready(&env, &ns, &name, 5, 420).await;
     let now = operator_leader(&env).await;
     assert_ne!(now, leader, "another operator replica took over");
+    wait("kubectl qpq status -w showing five members", 60, || async {
+        live.docs().iter().any(|d| pods(d).len() == 5).then_some(())
+    })
+    .await;
+    let seen = live.docs();
+    assert_eq!(
+        pods(&seen[0]).len(),
+        3,
+        "the first document is the status before: {seen:?}"
+    );
+    assert!(seen.len() >= 3, "a document per change: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "only changes are printed"
+    );
+    drop(live);
     step("scale 5 -> 3 with kubectl scale (the scale subresource; an even count is refused)");
     let scale = |n: u32| {
         Command::new(&env.kubectl)

@@ -79,6 +79,10 @@ pub struct Metrics {
     /// `POST /backup` calls, by answer (`ok`, `busy`, `insufficient_storage`,
     /// `unavailable`, `internal`).
     pub backups: IntCounterVec,
+    /// From a message's enqueue (the leader's clock) to its handing to a device whose
+    /// `fetchWait` was parked waiting for it: what an online recipient waits. Messages read
+    /// by a call that did not wait (a catch-up, a plain `fetch`) are not observed.
+    pub delivery_latency: Histogram,
 }
 
 /// Sizes on disk (`qpq_storage_file_bytes{file}`, `qpq_data_volume_*_bytes`), read from the
@@ -397,6 +401,14 @@ impl Metrics {
             "fetch_wait_waiting",
             "fetchWait calls parked on this node, waiting for a message",
         )?;
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "From a message's enqueue to its delivery to a device that was waiting for it (fetchWait)",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        registry.register(Box::new(delivery_latency.clone()))?;
         let backups = IntCounterVec::new(
             Opts::new(
                 "backups_total",
@@ -432,6 +444,7 @@ impl Metrics {
             storage,
             fetch_wait_waiting,
             backups,
+            delivery_latency,
             rpc_requests,
             rpc_duration,
             open_connections,

@@ -397,45 +397,64 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
             if v.learners.contains(&j) {
                 return shrink(Action::Remove(j), record(OperationPhase::Removing));
             }
-            let remaining: BTreeSet<NodeId> =
-                v.voters.iter().copied().filter(|x| *x != j).collect();
-            let healthy_remaining = remaining.intersection(&o.reachable).count();
-            if remaining.is_empty() || healthy_remaining < majority(remaining.len()) {
-                return keep(
+            match take_out(o, v, j, leader) {
+                TakeOut::Unsafe { healthy, remaining } => keep(
                     Action::Blocked(
                         BlockReason::UnsafeScaleDown,
                         format!(
-                            "removing node {j} would leave {healthy_remaining} healthy of {} voters, fewer than a majority; waiting for the other voters to recover",
-                            remaining.len()
+                            "removing node {j} would leave {healthy} healthy of {remaining} voters, fewer than a majority; waiting for the other voters to recover"
                         ),
                     ),
                     o.operation.clone(),
-                );
+                ),
+                TakeOut::Transfer(to) => shrink(
+                    Action::TransferLeader { from: j, to },
+                    record(OperationPhase::TransferringLeadership),
+                ),
+                TakeOut::NoSuccessor => keep(
+                    Action::Wait(format!(
+                        "no caught-up voter to take leadership from node {j}"
+                    )),
+                    record(OperationPhase::TransferringLeadership),
+                ),
+                TakeOut::Remove => shrink(Action::Remove(j), record(OperationPhase::Removing)),
             }
-            if leader == j {
-                // Hand leadership to the most caught-up healthy remaining voter.
-                let to = remaining
-                    .iter()
-                    .filter(|x| o.reachable.contains(x))
-                    .filter_map(|x| v.lag.get(x).map(|l| (*l, *x)))
-                    .filter(|(l, _)| *l <= o.max_lag)
-                    .min();
-                return match to {
-                    Some((_, to)) => shrink(
-                        Action::TransferLeader { from: j, to },
-                        record(OperationPhase::TransferringLeadership),
-                    ),
-                    None => keep(
-                        Action::Wait(format!(
-                            "no caught-up voter to take leadership from node {j}"
-                        )),
-                        record(OperationPhase::TransferringLeadership),
-                    ),
-                };
-            }
-            shrink(Action::Remove(j), record(OperationPhase::Removing))
         }
     }
+}
+
+/// What taking voter `x` out of the membership needs first (scale-down and rebuild alike).
+enum TakeOut {
+    /// Removing it would leave fewer healthy voters than a majority of the `remaining` ones.
+    Unsafe { healthy: usize, remaining: usize },
+    /// It leads: hand leadership to this caught-up, healthy, agreeing voter first.
+    Transfer(NodeId),
+    /// It leads, and no other voter is caught up, healthy and agreeing enough to take over.
+    NoSuccessor,
+    /// It may be removed now.
+    Remove,
+}
+
+fn take_out(o: &Observed, v: &ClusterView, x: NodeId, leader: NodeId) -> TakeOut {
+    let remaining: BTreeSet<NodeId> = v.voters.iter().copied().filter(|n| *n != x).collect();
+    let healthy = remaining.intersection(&o.reachable).count();
+    if remaining.is_empty() || healthy < majority(remaining.len()) {
+        return TakeOut::Unsafe {
+            healthy,
+            remaining: remaining.len(),
+        };
+    }
+    if leader != x {
+        return TakeOut::Remove;
+    }
+    // The most caught-up healthy voter whose state agrees with the majority's.
+    remaining
+        .iter()
+        .filter(|n| o.reachable.contains(n) && !o.diverged.contains(n))
+        .filter_map(|n| v.lag.get(n).map(|l| (*l, *n)))
+        .filter(|(l, _)| *l <= o.max_lag)
+        .min()
+        .map_or(TakeOut::NoSuccessor, |(_, to)| TakeOut::Transfer(to))
 }
 
 /// The next step of rebuilding node `x` (see [`OperationKind::ReplaceMember`]). Its pod is
@@ -459,41 +478,28 @@ fn replace(
         return hold(Action::Remove(x), record(OperationPhase::Removing));
     }
     if v.voters.contains(&x) {
-        let remaining: BTreeSet<NodeId> = v.voters.iter().copied().filter(|n| *n != x).collect();
-        let healthy_remaining = remaining.intersection(&o.reachable).count();
-        if remaining.is_empty() || healthy_remaining < majority(remaining.len()) {
-            return hold(
+        return match take_out(o, v, x, leader) {
+            TakeOut::Unsafe { healthy, remaining } => hold(
                 Action::Blocked(
                     BlockReason::UnsafeRebuild,
                     format!(
-                        "node {x} diverged, but taking it out would leave {healthy_remaining} healthy of {} voters, fewer than a majority; waiting for the other voters to recover",
-                        remaining.len()
+                        "node {x} diverged, but taking it out would leave {healthy} healthy of {remaining} voters, fewer than a majority; waiting for the other voters to recover"
                     ),
                 ),
                 o.operation.clone(),
-            );
-        }
-        if leader == x {
-            let to = remaining
-                .iter()
-                .filter(|n| o.reachable.contains(n) && !o.diverged.contains(n))
-                .filter_map(|n| v.lag.get(n).map(|l| (*l, *n)))
-                .filter(|(l, _)| *l <= o.max_lag)
-                .min();
-            return match to {
-                Some((_, to)) => hold(
-                    Action::TransferLeader { from: x, to },
-                    record(OperationPhase::TransferringLeadership),
-                ),
-                None => hold(
-                    Action::Wait(format!(
-                        "no caught-up voter to take leadership from node {x}"
-                    )),
-                    record(OperationPhase::TransferringLeadership),
-                ),
-            };
-        }
-        return hold(Action::Remove(x), record(OperationPhase::Removing));
+            ),
+            TakeOut::Transfer(to) => hold(
+                Action::TransferLeader { from: x, to },
+                record(OperationPhase::TransferringLeadership),
+            ),
+            TakeOut::NoSuccessor => hold(
+                Action::Wait(format!(
+                    "no caught-up voter to take leadership from node {x}"
+                )),
+                record(OperationPhase::TransferringLeadership),
+            ),
+            TakeOut::Remove => hold(Action::Remove(x), record(OperationPhase::Removing)),
+        };
     }
     // Out of the membership: only now may its data move aside.
     if !o.reachable.contains(&x) {

@@ -18,7 +18,7 @@
 //! Everything a later round needs is in the cluster or in `.status`, never in memory, so
 //! a restarted (or newly elected) operator picks up exactly where the last one stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +209,15 @@ pub struct NodeObservation {
 }
 
 impl NodeObservation {
+    /// The answering nodes whose status satisfies `holds`.
+    pub fn ids(&self, holds: impl Fn(&Status) -> bool) -> BTreeSet<NodeId> {
+        self.statuses
+            .iter()
+            .filter(|(_, s)| holds(s))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The Raft view: the leader's when a node says it leads (highest term wins), else the
     /// most advanced membership any node reports, else uninitialised or no answer.
     pub fn raft(&self) -> RaftObservation {
@@ -353,24 +362,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         reachable: nodes.statuses.keys().copied().collect(),
         operation: prev.and_then(|p| p.operation.clone()),
         max_lag: spec.node.ready_max_lag,
-        holding_state: nodes
-            .statuses
-            .iter()
-            .filter(|(_, s)| !s.membership.voters.is_empty())
-            .map(|(id, _)| *id)
-            .collect(),
-        diverged: nodes
-            .statuses
-            .iter()
-            .filter(|(_, s)| s.diverged.is_some())
-            .map(|(id, _)| *id)
-            .collect(),
-        in_doubt: nodes
-            .statuses
-            .iter()
-            .filter(|(_, s)| s.in_doubt.is_some())
-            .map(|(id, _)| *id)
-            .collect(),
+        holding_state: nodes.ids(|s| !s.membership.voters.is_empty()),
+        diverged: nodes.ids(|s| s.diverged.is_some()),
+        in_doubt: nodes.ids(|s| s.in_doubt.is_some()),
     };
     let mut plan = planner::plan(&observed);
     // Rules the schema cannot hold for objects admitted by an older CRD (durations, steps):

@@ -429,6 +429,9 @@ impl node::Server for NodeRpc {
         r.set_version(WIRE_VERSION);
         match result {
             Ok(w) => {
+                for latency in w.delivery_latencies() {
+                    self.metrics.delivery_latency.observe(latency.as_secs_f64());
+                }
                 let ms = u32::try_from(w.effective_timeout.as_millis()).unwrap_or(u32::MAX);
                 write_page(r.init_ok(), &w.page, ms);
             }

@@ -122,6 +122,24 @@ pub struct WaitedPage {
     pub page: FetchPage,
     /// The timeout actually applied.
     pub effective_timeout: Duration,
+    /// When the page has messages and the call had parked waiting for them: the time
+    /// (Unix ms, this node's clock) it was woken and returned them. `None` when the messages
+    /// were already there (or none came).
+    pub woken_at_ms: Option<u64>,
+}
+
+impl WaitedPage {
+    /// How long each message of the page took from its enqueue to this delivery, if the
+    /// call had waited for them (see [`Self::woken_at_ms`]); zero when the enqueuing
+    /// node's clock is ahead of this one's.
+    pub fn delivery_latencies(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.woken_at_ms.into_iter().flat_map(|at| {
+            self.page
+                .messages
+                .iter()
+                .map(move |m| Duration::from_millis(at.saturating_sub(m.enqueued_at_ms)))
+        })
+    }
 }
 
 /// The AS and DS of one node.
@@ -457,22 +475,27 @@ impl Services {
         // still wake us.
         let mut sub = self.hooks.waiters.subscribe(channel);
         let mut barrier = false; // authorize_read just passed one
+        let mut waited = false;
         loop {
             let page = self.read_page(channel, after_seq, limit, barrier).await?;
             barrier = true;
             if !page.messages.is_empty() {
                 tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
-            }
-            if !page.messages.is_empty() {
                 return Ok(WaitedPage {
                     page,
                     effective_timeout,
+                    woken_at_ms: waited.then(|| self.clock.now_ms()),
                 });
             }
+            let empty = |page: FetchPage| WaitedPage {
+                page,
+                effective_timeout,
+                woken_at_ms: None,
+            };
             tokio::select! {
-                () = sub.changed() => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(WaitedPage { page, effective_timeout }),
-                () = self.draining.cancelled() => return Ok(WaitedPage { page, effective_timeout }),
+                () = sub.changed() => waited = true,
+                () = tokio::time::sleep_until(deadline) => return Ok(empty(page)),
+                () = self.draining.cancelled() => return Ok(empty(page)),
             }
         }
     }

@@ -4,8 +4,10 @@
 //! installs one), writes through every node with retries under the same message id, and
 //! draws from its seed a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a
 //! partition of one node, a bad link (lost and delayed datagrams; both through the
-//! fault-injecting Raft proxy), kill -9 of a majority, a leadership transfer — aimed at the
-//! leader or a follower, each held for a random time and then undone. After the last one it
+//! fault-injecting Raft proxy), kill -9 of a majority, a leadership transfer, a membership
+//! change (a follower removed from the voters while it keeps running and serving clients,
+//! then added back: learner, catch-up, promotion) — aimed at the leader or a follower, each
+//! held for a random time and then undone. After the last one it
 //! waits until every node applied everything and checks the history on every node: each
 //! acknowledged message present exactly once, at its acknowledged seq, gap-free. Readers,
 //! KeyPackage claimers and racing Commits run beside the writers, and porcupine
@@ -45,6 +47,7 @@ enum Kind {
     BadLink,
     MajorityKill,
     Transfer,
+    Membership,
 }
 
 /// What one schedule saw.
@@ -129,20 +132,23 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             w.also(move |h, stop| history::claim_key_packages(h, client, owner, stop))
         });
         let mut faults = Vec::new();
+        let mut violations = Vec::new();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-            let kind = match rng.gen_range(0..11) {
+            let kind = match rng.gen_range(0..12) {
                 0 | 1 => Kind::KillRestart,
                 2 | 3 => Kind::Pause,
                 4 | 5 => Kind::Partition,
                 6 | 7 => Kind::BadLink,
                 8 => Kind::MajorityKill,
+                9 => Kind::Membership,
                 _ => Kind::Transfer,
             };
             let on_leader = rng.gen_bool(0.5);
             let hold = Duration::from_millis(rng.gen_range(300..2000));
             let mut killed: Vec<u64> = Vec::new();
+            let mut membership_outcome: Result<String, String> = Ok(String::new());
             let mut link = BadLink {
                 loss: 0.0,
                 min_delay: Duration::ZERO,
@@ -212,9 +218,23 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                         )
                         .await;
                 }
+                Kind::Membership => {
+                    membership_outcome = leave_and_rejoin(&c, follower, hold).await;
+                    if let Err(e) = &membership_outcome {
+                        violations.push(format!("membership change of node {follower}: {e}"));
+                    }
+                }
             }
             faults.push(match kind {
                 Kind::Transfer => format!("transfer {leader}->{follower}"),
+                Kind::Membership => format!(
+                    "Membership follower {follower} {}ms: {}",
+                    hold.as_millis(),
+                    match &membership_outcome {
+                        Ok(how) => how.as_str(),
+                        Err(_) => "failed",
+                    }
+                ),
                 Kind::MajorityKill => format!("MajorityKill {killed:?} {}ms", hold.as_millis()),
                 Kind::BadLink => format!(
                     "BadLink {who} {target} {}ms (loss {:.0}%, delay up to {}ms)",
@@ -232,7 +252,6 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         let last = c.node(leader).status().await.unwrap()["last_log_index"]
             .as_u64()
             .unwrap();
-        let mut violations = Vec::new();
         for id in c.running() {
             let caught_up = Instant::now() + Duration::from_secs(30);
             loop {
@@ -280,4 +299,43 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         }
     })
     .await
+}
+
+/// The membership fault: `id` (a running follower) is removed from the voters through the
+/// leader, stays out for `hold` while it keeps running (clients still call it), then joins
+/// again as a learner and is promoted once caught up. A removal the leader refuses (it would
+/// leave too few reachable voters, or another change is committing) is not a failure: the
+/// fault is skipped. Not getting the node back as a voter within 30 s is one.
+async fn leave_and_rejoin(
+    c: &crate::harness::Cluster,
+    id: u64,
+    hold: Duration,
+) -> Result<String, String> {
+    let body = json!({ "id": id }).to_string();
+    let (code, v) = c.post_leader("/raft/remove", &body).await;
+    if code != 200 {
+        return Ok(format!("removal refused ({})", v["error"]));
+    }
+    tokio::time::sleep(hold).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let join = json!({ "id": id, "addr": c.node(id).advertise }).to_string();
+    let mut last = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        // Learner first (idempotent), then promotion, refused until it caught up.
+        let (code, v) = c.post_leader("/raft/learners", &join).await;
+        if code == 200 {
+            let (code, v) = c.post_leader("/raft/promote", &body).await;
+            if code == 200 {
+                return Ok("removed and back".into());
+            }
+            last = (code, v);
+        } else {
+            last = (code, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "not a voter again 30 s after the removal: {} {}",
+        last.0, last.1
+    ))
 }

@@ -255,12 +255,26 @@ async fn fetch_wait_wakes_on_a_new_message() {
             started.elapsed() < Duration::from_secs(5),
             "woke on the message, not the timeout"
         );
+        // The delivery to the waiting device is timed, from the enqueue.
+        let delivered = |m: &str| {
+            (
+                metric(m, "qpq_delivery_latency_seconds_count"),
+                metric(m, "qpq_delivery_latency_seconds_sum"),
+            )
+        };
+        let (count, sum) = delivered(&m);
+        assert_eq!(count, Some(1.0), "{m}");
+        let sum = sum.unwrap();
+        assert!((0.0..5.0).contains(&sum), "delivery latency {sum} s");
 
-        // A message already there is returned at once.
+        // A message already there is returned at once, and is not a delivery to a waiting
+        // device: the latency is not observed again.
         let started = Instant::now();
         let page = waiter.fetch_wait(&ch, 0, 0, 20_000).await.unwrap();
         assert_eq!(page.messages.len(), 1);
         assert!(started.elapsed() < Duration::from_secs(2));
+        let (_, m) = t.metrics_get("/metrics").await;
+        assert_eq!(delivered(&m), (Some(1.0), Some(sum)), "{m}");
     })
     .await;
 }

@@ -1,7 +1,8 @@
 //! `kubectl qpq`: the kubectl plugin of quicproquo (put it on `PATH`).
 //!
-//! `kubectl qpq status [<cluster>] [-n namespace | -A] [-o table|json|yaml]` (no cluster:
-//! every QpqCluster of the namespace, or of all with `-A`, one row each)
+//! `kubectl qpq status [<cluster>] [-n namespace | -A] [-o table|json|yaml] [-w]` (no
+//! cluster: every QpqCluster of the namespace, or of all with `-A`, one row each; `-w`: print
+//! the cluster's status again at each change, through a watch, until interrupted)
 //! (every verb also takes `--kubeconfig <file>` and `--context <name>`)
 //! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
@@ -69,6 +70,10 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Go on: print the status again at each change (a watch on the object) until
+        /// interrupted. With `-o json`, one compact document per line.
+        #[arg(short, long, requires = "cluster")]
+        watch: bool,
     },
     /// Start a backup Job: `qpq-node backup create` from the cluster's image, storing a
     /// verified backup (and its manifest) on a PersistentVolumeClaim. Prints the Job, the
@@ -201,17 +206,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Status {
             cluster: Some(cluster),
             output,
+            watch,
             ..
         } => {
             let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             let c = api.get(&cluster).await?;
-            match output {
-                Output::Table => print!("{}", kubectl::status_table(&c)),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&kubectl::status_json(&c))?
-                ),
-                Output::Yaml => print!("{}", serde_yaml::to_string(&kubectl::status_json(&c))?),
+            if watch {
+                follow_status(&api, &cluster, c, output).await?;
+            } else {
+                print_status(&c, output, false)?;
             }
         }
         Command::Backup {
@@ -260,6 +263,65 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             rollout(&api, &cluster, verb, watch).await?;
         }
         Command::Completion { .. } => {}
+    }
+    Ok(())
+}
+
+/// Prints one cluster's status. `streamed`: one of a series (`-w`): JSON on one line, YAML
+/// and tables after a `---` separator.
+fn print_status(
+    c: &QpqCluster,
+    output: Output,
+    streamed: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match (output, streamed) {
+        (Output::Table, false) => write!(out, "{}", kubectl::status_table(c))?,
+        (Output::Table, true) => write!(out, "---\n{}", kubectl::status_table(c))?,
+        (Output::Json, false) => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&kubectl::status_json(c))?
+        )?,
+        (Output::Json, true) => {
+            writeln!(out, "{}", serde_json::to_string(&kubectl::status_json(c))?)?
+        }
+        (Output::Yaml, _) => write!(
+            out,
+            "---\n{}",
+            serde_yaml::to_string(&kubectl::status_json(c))?
+        )?,
+    }
+    // A watch's output is often piped: each document as soon as it is known.
+    out.flush()?;
+    Ok(())
+}
+
+/// `status -w`: prints the status now, then again each time the object's status changes
+/// (a watch: no polling; the watch is resumed after API errors), until interrupted.
+async fn follow_status(
+    api: &Api<QpqCluster>,
+    cluster: &str,
+    first: QpqCluster,
+    output: Output,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    print_status(&first, output, true)?;
+    let mut last = kubectl::status_json(&first);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={cluster}"));
+    let mut stream = watcher(api.clone(), cfg)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(obj) = stream.next().await {
+        let obj = obj?;
+        let now = kubectl::status_json(&obj);
+        if now != last {
+            print_status(&obj, output, true)?;
+            last = now;
+        }
     }
     Ok(())
 }
@@ -315,29 +377,50 @@ async fn rollout(
     Ok(())
 }
 
-/// Polls the Job until its `Complete` or `Failed` condition is true.
+/// Waits, through a watch on the Job (no polling), until its `Complete` or `Failed`
+/// condition is true; prints its pods' progress on stderr as it changes.
 async fn wait_for_job(
     jobs: &Api<Job>,
     name: &str,
     timeout: Duration,
 ) -> Result<String, Box<dyn std::error::Error>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let job = jobs.get(name).await?;
-        let ended = job
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
-        if let Some(c) = ended {
-            return Ok(c.type_);
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(jobs.clone(), cfg)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut progress = None;
+    let follow = async {
+        while let Some(job) = stream.next().await {
+            let status = job?.status.unwrap_or_default();
+            let now = (
+                status.active.unwrap_or(0),
+                status.succeeded.unwrap_or(0),
+                status.failed.unwrap_or(0),
+            );
+            if progress != Some(now) {
+                eprintln!(
+                    "Job {name}: {} running, {} succeeded, {} failed",
+                    now.0, now.1, now.2
+                );
+                progress = Some(now);
+            }
+            let ended = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+            if let Some(c) = ended {
+                return Ok(c.type_);
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("Job {name} did not finish within {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        Err::<String, Box<dyn std::error::Error>>(format!("the watch on Job {name} ended").into())
+    };
+    tokio::time::timeout(timeout, follow)
+        .await
+        .map_err(|_| format!("Job {name} did not finish within {timeout:?}"))?
 }
 
 #[cfg(test)]

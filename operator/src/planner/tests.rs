@@ -243,6 +243,21 @@ fn scale_down_moves_leadership_then_removes_then_shrinks() {
 }
 
 #[test]
+fn a_leaving_leader_never_hands_leadership_to_a_diverged_voter() {
+    // Removing the leader, node 5, was under way when node 1 (the most caught-up, the lowest
+    // id) reported diverged state: leadership goes to node 2.
+    let mut o = observed(4, 5, view(5, &[1, 2, 3, 4, 5], &[]));
+    o.operation = Some(MembershipOperation {
+        kind: OperationKind::RemoveMember,
+        node_id: 5,
+        phase: OperationPhase::TransferringLeadership,
+        started: "2026-01-01T00:00:00Z".into(),
+    });
+    o.diverged = [1].into();
+    assert_eq!(plan(&o).action, Action::TransferLeader { from: 5, to: 2 });
+}
+
+#[test]
 fn unsafe_scale_down_is_refused_with_a_reason() {
     // 3 → 1 while node 2 is down: removing 3 leaves {1, 2} with one healthy: not a majority.
     let mut o = observed(1, 3, view(1, &[1, 2, 3], &[]));
