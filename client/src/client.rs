@@ -518,9 +518,37 @@ impl<N: NodeApi> Client<N> {
     /// last-resort package, and forgets private keys of packages past their lifetime.
     /// Returns `(single_use_uploaded, last_resort_uploaded)`.
     ///
+    /// An upload whose answer was lost is never sent again as it was (the node would store
+    /// the same packages twice, and two adders could be handed the same one): the pool is
+    /// counted afresh and new packages are made for what is still missing, up to
+    /// [`Self::KEY_PACKAGE_ATTEMPTS`] times.
+    ///
     /// # Errors
     /// Node, database or crypto failures.
     pub async fn maintain_key_packages(&self) -> Result<(u32, bool)> {
+        let mut attempt = 1;
+        loop {
+            match self.maintain_key_packages_once().await {
+                Err(Error::Node(e))
+                    if e.may_have_run()
+                        && e.is_transient()
+                        && attempt < Self::KEY_PACKAGE_ATTEMPTS =>
+                {
+                    tracing::info!(error = %e, attempt, "KeyPackage upload unanswered; counting the pool again");
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// How many times [`Self::maintain_key_packages`] counts and uploads before it gives up
+    /// on unanswered uploads.
+    pub const KEY_PACKAGE_ATTEMPTS: u32 = 3;
+
+    async fn maintain_key_packages_once(&self) -> Result<(u32, bool)> {
         let (available, has_last_resort) = self.node.key_package_count(&self.identity).await?;
         let newest: Option<i64> = self.conn().query_row(
             "SELECT max(uploaded_at_ms) FROM key_packages WHERE last_resort = 0",

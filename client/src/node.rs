@@ -67,11 +67,54 @@ impl NodeError {
         }
     }
 
+    /// Whether the node may have carried the request out although the call failed: no
+    /// answer came (a timeout, a connection or stream lost after the request went out), or
+    /// the node answered that it could not tell (`unavailable`: a write whose commit it did
+    /// not see; `internal`). A refusal the node gives before doing anything (rate limit,
+    /// token, argument, quota) and a connection never made are not.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Rpc(ClientError::Wire(w)) => matches!(
+                w,
+                qpq_schemas::WireError::Unavailable { .. } | qpq_schemas::WireError::Internal
+            ),
+            Self::Rpc(ClientError::Connect(_) | ClientError::Tls(_) | ClientError::Version(_)) => {
+                false
+            }
+            Self::Rpc(_) => true,
+            Self::NotRegistered | Self::Sign(_) => false,
+        }
+    }
+
     /// The node's typed refusal, if that is what this is.
     pub fn wire(&self) -> Option<&qpq_schemas::WireError> {
         match self {
             Self::Rpc(ClientError::Wire(w)) => Some(w),
             _ => None,
+        }
+    }
+}
+
+/// When [`ResilientNode`] sends a failed request again (transient errors only, within the
+/// backoff's retries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// Whatever happened: for requests the node deduplicates or that change nothing.
+    Always,
+    /// Only when the node cannot have carried it out (no connection was made, or it refused
+    /// before doing anything: [`NodeError::may_have_run`]): for requests that would take
+    /// effect twice.
+    UnlessItMayHaveRun,
+}
+
+impl Repeat {
+    /// Whether a request that failed with `error` may be sent again; `sent`: whether it
+    /// went out on a connection.
+    fn allows(self, error: &NodeError, sent: bool) -> bool {
+        match self {
+            Self::Always => true,
+            Self::UnlessItMayHaveRun => !(sent && error.may_have_run()),
         }
     }
 }
@@ -489,20 +532,48 @@ impl ResilientNode {
         extra: Duration,
         op: impl AsyncFn(&Connection) -> rpc::Result<T>,
     ) -> NodeResult<T> {
+        self.call_with(extra, Repeat::Always, op).await
+    }
+
+    /// [`Self::call`] for a request that must not reach the node twice (see
+    /// [`Repeat::UnlessItMayHaveRun`]).
+    async fn call_once<T>(
+        &self,
+        extra: Duration,
+        op: impl AsyncFn(&Connection) -> rpc::Result<T>,
+    ) -> NodeResult<T> {
+        self.call_with(extra, Repeat::UnlessItMayHaveRun, op).await
+    }
+
+    async fn call_with<T>(
+        &self,
+        extra: Duration,
+        repeat: Repeat,
+        op: impl AsyncFn(&Connection) -> rpc::Result<T>,
+    ) -> NodeResult<T> {
         let mut attempt = 0;
         let mut renewed = false;
         loop {
-            let result = match self.connection().await {
-                Ok(c) => match tokio::time::timeout(self.call_timeout + extra, op(&c)).await {
-                    Ok(r) => r.map_err(NodeError::from),
-                    Err(_) => Err(NodeError::Timeout),
-                },
-                Err(e) => Err(e),
+            let (result, sent) = match self.connection().await {
+                Ok(c) => (
+                    match tokio::time::timeout(self.call_timeout + extra, op(&c)).await {
+                        Ok(r) => r.map_err(NodeError::from),
+                        Err(_) => Err(NodeError::Timeout),
+                    },
+                    true,
+                ),
+                Err(e) => (Err(e), false),
             };
             let error = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if !repeat.allows(&error, sent) {
+                if error.breaks_connection() {
+                    self.disconnect();
+                }
+                return Err(error);
+            }
             if !renewed
                 && matches!(
                     error.wire(),
@@ -623,7 +694,11 @@ impl NodeApi for ResilientNode {
         packages: &[Vec<u8>],
         last_resort: Option<&[u8]>,
     ) -> NodeResult<(u32, u32)> {
-        self.call(Duration::ZERO, async |c: &Connection| {
+        // Not idempotent: the node stores each upload's packages, so the same bytes sent
+        // again after an answer was lost would be stored twice and could be handed to two
+        // different adders (a Welcome for the second would find its private key used up).
+        // The caller uploads freshly made packages at its next maintenance instead.
+        self.call_once(Duration::ZERO, async |c: &Connection| {
             c.upload_key_packages(packages, last_resort).await
         })
         .await
@@ -750,6 +825,28 @@ mod tests {
             NodeAddr::parse("qpq-0.qpq.ns.svc:7443"),
             NodeAddr::Name("qpq-0.qpq.ns.svc:7443".into())
         );
+    }
+
+    #[test]
+    fn a_request_that_may_have_run_is_not_sent_again_unless_it_is_idempotent() {
+        use qpq_schemas::WireError as W;
+        let lost = NodeError::Timeout;
+        let unsure = NodeError::Rpc(ClientError::Wire(W::Unavailable { retry_after_ms: 5 }));
+        let limited = NodeError::Rpc(ClientError::Wire(W::RateLimited { retry_after_ms: 5 }));
+        let expired = NodeError::Rpc(ClientError::Wire(W::TokenExpired));
+        let unreachable = NodeError::Rpc(ClientError::Io(std::io::Error::other("refused")));
+        let once = Repeat::UnlessItMayHaveRun;
+        // Sent, and the node may have stored it: not again.
+        assert!(!once.allows(&lost, true));
+        assert!(!once.allows(&unsure, true));
+        // Refused before anything was done, or never sent: again.
+        assert!(once.allows(&limited, true));
+        assert!(once.allows(&expired, true));
+        assert!(once.allows(&unreachable, false));
+        assert!(once.allows(&lost, false));
+        // Requests the node deduplicates are always sent again.
+        assert!(Repeat::Always.allows(&lost, true));
+        assert!(Repeat::Always.allows(&unsure, true));
     }
 
     #[tokio::test]

@@ -246,7 +246,7 @@ fn scale_down_moves_leadership_then_removes_then_shrinks() {
 fn a_leaving_leader_never_hands_leadership_to_a_diverged_voter() {
     // Removing the leader, node 5, was under way when node 1 (the most caught-up, the lowest
     // id) reported diverged state: leadership goes to node 2.
-    let mut o = observed(4, 5, view(5, &[1, 2, 3, 4, 5], &[]));
+    let mut o = observed(3, 5, view(5, &[1, 2, 3, 4, 5], &[]));
     o.operation = Some(MembershipOperation {
         kind: OperationKind::RemoveMember,
         node_id: 5,
