@@ -651,6 +651,38 @@ mod tests {
         assert_eq!(MembershipCall::TransferLeader { to: 2 }.timeout(long), long);
     }
 
+    /// The nodes' `GET /raft/status` of every release (`schemas/fixtures/<version>/admin/`,
+    /// pinned by the node's `raft::compat`): this operator reads each one, as it must during
+    /// a rollout from or to that release.
+    #[test]
+    fn every_release_s_status_decodes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/fixtures");
+        let mut read = 0;
+        for version in std::fs::read_dir(&root).unwrap() {
+            let dir = version.unwrap().path().join("admin");
+            let text = |name: &str| std::fs::read(dir.join(format!("{name}.json")));
+            if let Ok(body) = text("raft-status-leader") {
+                let s = decode(&addr(), 200, &body).unwrap();
+                assert_eq!((s.role.as_str(), s.node_id, s.term), ("leader", 1, 7));
+                assert_eq!(s.membership.voter_ids().collect::<Vec<_>>(), vec![1, 2, 3]);
+                assert_eq!(s.membership.learners.len(), 1);
+                assert_eq!((s.lag_of(3), s.lag_of(4)), (Some(14), Some(404)));
+                assert_eq!(s.in_doubt, Some(1_152));
+                assert!(s.diverged.is_none());
+                assert_eq!(s.finalized_command_version, 1);
+                read += 1;
+            }
+            if let Ok(body) = text("raft-status-diverged-follower") {
+                let s = decode(&addr(), 200, &body).unwrap();
+                assert_eq!((s.role.as_str(), s.leader_id), ("follower", Some(1)));
+                let d = s.diverged.expect("diverged");
+                assert_eq!((d.index, d.members), (1_152, vec![3]));
+                read += 1;
+            }
+        }
+        assert!(read >= 2, "no status fixtures under {}", root.display());
+    }
+
     #[test]
     fn decodes_the_contract_example() {
         let s = decode(&addr(), 200, EXAMPLE.as_bytes()).unwrap();

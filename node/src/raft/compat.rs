@@ -1,7 +1,9 @@
 //! What a node persists and replicates in CBOR, pinned release by release: a sample of every
 //! log entry kind (one per [`Command`] variant, blank, membership), of every [`Outcome`] and
 //! [`Rejection`] (replicated answers, forwarded between nodes), and of the openraft records
-//! the Raft log and the state keep (vote, log id, stored membership).
+//! the Raft log and the state keep (vote, log id, stored membership). Also the JSON of
+//! `GET /raft/status`, which the operator reads from nodes of every release during a rollout
+//! (`schemas/fixtures/<version>/admin/`, decoded by the operator's tests).
 //!
 //! `schemas/fixtures/<version>/raft/<name>.cbor` holds each sample as the release `<version>`
 //! encoded it. Every build decodes the fixtures of every release it can meet in a log (a
@@ -494,4 +496,112 @@ fn what_every_release_persisted_decodes_to_what_it_meant() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked >= samples().len(), "only {checked} fixtures read");
+}
+
+/// `GET /raft/status` as this build answers it, a leader's (with everything optional set) and
+/// a diverged follower's: what the operator reads from every node, old and new, during a
+/// rollout. The operator's side decodes every release's files
+/// (`operator/src/admin_client.rs`, `every_release_s_status_decodes`).
+fn statuses() -> Vec<(&'static str, super::node::Status)> {
+    use super::node::{MembershipView, Replication, Status};
+    let voters: BTreeMap<NodeId, String> = (1..=3)
+        .map(|n| (n, format!("qpq-{}.qpq.ns.svc:7444", n - 1)))
+        .collect();
+    let membership = MembershipView {
+        voters,
+        learners: BTreeMap::from([(4, "qpq-3.qpq.ns.svc:7444".to_owned())]),
+    };
+    let leader = Status {
+        node_id: 1,
+        role: "leader",
+        term: 7,
+        leader_id: Some(1),
+        last_log_index: 1_204,
+        committed_index: 1_203,
+        applied_index: 1_203,
+        membership: membership.clone(),
+        replication: Some(BTreeMap::from([
+            (
+                2,
+                Replication {
+                    matched_index: 1_204,
+                    lag: 0,
+                },
+            ),
+            (
+                3,
+                Replication {
+                    matched_index: 1_190,
+                    lag: 14,
+                },
+            ),
+            (
+                4,
+                Replication {
+                    matched_index: 800,
+                    lag: 404,
+                },
+            ),
+        ])),
+        version: "0.1.0",
+        wire_version: 1,
+        command_version: 1,
+        finalized_command_version: 1,
+        applied_command_version: 1,
+        state_digests: BTreeMap::from([(1_024, "ab".repeat(32)), (1_152, "cd".repeat(32))]),
+        diverged: None,
+        in_doubt: Some(1_152),
+    };
+    let follower = Status {
+        node_id: 3,
+        role: "follower",
+        term: 7,
+        leader_id: Some(1),
+        last_log_index: 1_190,
+        committed_index: 1_190,
+        applied_index: 1_190,
+        membership,
+        replication: None,
+        version: "0.1.0",
+        wire_version: 1,
+        command_version: 1,
+        finalized_command_version: 1,
+        applied_command_version: 1,
+        state_digests: BTreeMap::from([(1_152, "ef".repeat(32))]),
+        diverged: Some(super::node::Divergence {
+            index: 1_152,
+            mine: "ef".repeat(32),
+            majority: "cd".repeat(32),
+            members: vec![3],
+        }),
+        in_doubt: None,
+    };
+    vec![
+        ("raft-status-leader", leader),
+        ("raft-status-diverged-follower", follower),
+    ]
+}
+
+#[test]
+fn the_admin_status_of_this_release_is_pinned() {
+    let dir = fixtures().join(env!("CARGO_PKG_VERSION")).join("admin");
+    let update = std::env::var("QPQ_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    for (name, status) in statuses() {
+        let text = serde_json::to_string_pretty(&status).expect("json") + "\n";
+        let file = dir.join(format!("{name}.json"));
+        if update {
+            std::fs::create_dir_all(&dir).expect("fixture directory");
+            std::fs::write(&file, &text).expect("write fixture");
+        }
+        let pinned = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (write it with QPQ_UPDATE_GOLDEN=1)",
+                file.display()
+            )
+        });
+        assert_eq!(
+            text, pinned,
+            "{name}: this build answers GET /raft/status differently from its fixture: a new field is fine for older operators only if they ignore it; write the fixture again and check operator/src/admin_client.rs"
+        );
+    }
 }
