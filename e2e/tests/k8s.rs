@@ -534,6 +534,72 @@ async fn operator_leader(env: &Env) -> String {
 
 /// Sends `w-0`, `w-1`, ... from `writer` until `stop`; returns the numbers the node
 /// acknowledged.
+/// `kubectl qpq restart` while a client writes: every pod is replaced once, one at a time,
+/// the leader's last, and every write acknowledged meanwhile is kept.
+async fn rolling_restart(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    (writer, reader): (&Profile, &Profile),
+    gid: &str,
+) {
+    step("kubectl qpq restart while alice writes: one pod at a time, the leader last");
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let leader = api.get(name).await.unwrap().status.unwrap().leader.unwrap();
+    let mut before = BTreeMap::new();
+    for i in 0..3 {
+        let pod = format!("{name}-{i}");
+        before.insert(
+            pod.clone(),
+            pods.get(&pod).await.unwrap().metadata.uid.unwrap(),
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let writes = {
+        let (writer, gid, stop) = (writer.clone(), gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_until(&writer, &gid, "r-", &stop))
+    };
+    let started = Instant::now();
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = run(env, plugin.to_str().unwrap(), &["restart", name, "-n", ns]);
+    assert!(out.contains("rolling restart asked"), "{out}");
+    // Each pod replaced (a new uid), Ready again; the order is the pods' creation times.
+    let replaced = wait("every pod replaced", 420, || async {
+        let mut created = Vec::new();
+        for (pod, uid) in &before {
+            let p = pods.get(pod).await.ok()?;
+            if p.metadata.uid.as_ref() == Some(uid) || !pod_ready(&p) {
+                return None;
+            }
+            created.push((p.metadata.creation_timestamp?.0, pod.clone()));
+        }
+        created.sort();
+        Some(created)
+    })
+    .await;
+    let c = wait_ready(env, ns, name, 3, 240).await;
+    let rollout = c.status.and_then(|s| s.rollout).expect("status.rollout");
+    step(&format!(
+        "restarted in {:?}: {:?}, rollout {:?} ({})",
+        started.elapsed(),
+        replaced.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(),
+        rollout.phase,
+        rollout.reason
+    ));
+    assert_eq!(
+        replaced.last().map(|(_, p)| p.as_str()),
+        Some(leader.as_str()),
+        "the leader's pod last: {replaced:?}"
+    );
+    assert_eq!(rollout.reason, "TemplateChanged", "{rollout:?}");
+    stop.store(true, Ordering::SeqCst);
+    let acked = writes.await.unwrap();
+    assert!(!acked.is_empty(), "no write succeeded during the restart");
+    check_writes("r-", &acked, &reader.messages());
+}
+
 /// A running `kubectl-qpq status <cluster> -w -o json`: the documents it printed so far (one
 /// per line). Killed when dropped.
 struct StatusWatch {
@@ -1059,6 +1125,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             p.name
         );
     }
+
+    rolling_restart(&env, &ns, &name, (&alice, &bob), gid).await;
 
     if let Some(runner) = env.runner_state.clone() {
         rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;

@@ -6,6 +6,8 @@
 //! (every verb also takes `--kubeconfig <file>` and `--context <name>`)
 //! `kubectl qpq backup <cluster> --claim <pvc> [-n namespace] [--name job] [--wait]`
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
+//! `kubectl qpq restart <cluster> [-n namespace]` (a rolling restart: one pod at a time, the
+//! leader last)
 //! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
 use std::process::ExitCode;
 
@@ -113,6 +115,17 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+    /// Restart every pod of the cluster, one at a time, followers first and the leader last
+    /// (after a leadership transfer), each only once the others are Ready: the rollout of a
+    /// changed pod template. Sets the annotation `qpq.dev/restart` (the same can be done with
+    /// `kubectl annotate`); follow it with `kubectl qpq rollout status <cluster> -w`.
+    Restart {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Print a shell completion script of `kubectl-qpq` (e.g. `source <(kubectl-qpq
     /// completion bash)`).
     Completion {
@@ -171,7 +184,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let namespace = match &cli.command {
         Command::Status { namespace, .. }
         | Command::Backup { namespace, .. }
-        | Command::Rollout { namespace, .. } => namespace.clone(),
+        | Command::Rollout { namespace, .. }
+        | Command::Restart { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
             return Ok(());
@@ -261,6 +275,19 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             rollout(&api, &cluster, verb, watch).await?;
+        }
+        Command::Restart { cluster, .. } => {
+            use kube::api::{Patch, PatchParams};
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            let now = jiff::Timestamp::now().to_string();
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                resources::annotations::RESTART: now,
+            }}});
+            api.patch(&cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            println!(
+                "{cluster}: rolling restart asked ({now}); follow it with `kubectl qpq rollout status {cluster} -w`"
+            );
         }
         Command::Completion { .. } => {}
     }
@@ -434,6 +461,7 @@ mod tests {
             "status",
             "backup",
             "rollout",
+            "restart",
             "finalize",
             "completion",
             "--kubeconfig",

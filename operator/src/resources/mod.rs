@@ -69,6 +69,9 @@ pub struct ClusterRef {
     pub name: String,
     /// `metadata.namespace`.
     pub namespace: String,
+    /// The cluster's `qpq.dev/restart` annotation ([`annotations::RESTART`]): a new value
+    /// asks for a rolling restart.
+    pub restart: Option<String>,
     owner: OwnerReference,
 }
 
@@ -84,6 +87,7 @@ impl ClusterRef {
         Ok(Self {
             name: c.name_any(),
             namespace,
+            restart: c.annotations().get(annotations::RESTART).cloned(),
             owner,
         })
     }
@@ -207,4 +211,10 @@ pub mod annotations {
     /// Hash of the pod template without its image tag: a pod whose hash and tag match the
     /// StatefulSet's template is up to date (see `crate::rollout`).
     pub const TEMPLATE_HASH: &str = "qpq.dev/template-hash";
+    /// On a QpqCluster, set by `kubectl qpq restart` (any new value, the plugin writes the
+    /// time): the pods are restarted, one at a time, the leader last, like any change of
+    /// the pod template. Copied into the template as [`RESTARTED_AT`].
+    pub const RESTART: &str = "qpq.dev/restart";
+    /// On the pod template: the cluster's last [`RESTART`] value.
+    pub const RESTARTED_AT: &str = "qpq.dev/restarted-at";
 }

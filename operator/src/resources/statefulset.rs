@@ -244,6 +244,9 @@ pub fn statefulset(
         },
         "spec": pod_spec,
     });
+    if let Some(at) = &c.restart {
+        template["metadata"]["annotations"][annotations::RESTARTED_AT] = json!(at);
+    }
     let hash = template_hash(&template);
     template["metadata"]["annotations"][annotations::TEMPLATE_HASH] = json!(hash);
 
@@ -324,6 +327,7 @@ pub fn template_of(sts: &StatefulSet) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::QpqCluster;
 
     #[test]
     fn image_tags_and_repositories() {
@@ -338,6 +342,44 @@ mod tests {
         assert_eq!(
             image_repository("localhost:5000/qpq-node"),
             "localhost:5000/qpq-node"
+        );
+    }
+
+    #[test]
+    fn a_restart_annotation_changes_the_template_and_its_hash() {
+        let obj: QpqCluster = serde_json::from_value(json!({
+            "apiVersion": "qpq.dev/v1alpha1",
+            "kind": "QpqCluster",
+            "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"},
+            "spec": {"replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"}},
+        }))
+        .unwrap();
+        let build = |restart: Option<&str>| {
+            let mut c = ClusterRef::new(&obj).unwrap();
+            c.restart = restart.map(str::to_owned);
+            let sts = statefulset(&c, &obj.spec, "0.1.0", 3, "h", 0, false).unwrap();
+            let (_, hash) = template_of(&sts).unwrap();
+            let v = serde_json::to_value(&sts).unwrap();
+            let at = v["spec"]["template"]["metadata"]["annotations"][annotations::RESTARTED_AT]
+                .as_str()
+                .map(str::to_owned);
+            (hash, at)
+        };
+        let (plain, none) = build(None);
+        assert_eq!(none, None);
+        let (first, at) = build(Some("2026-12-05T03:40:00Z"));
+        assert_eq!(at.as_deref(), Some("2026-12-05T03:40:00Z"));
+        assert_ne!(first, plain, "a restart is a new template");
+        let (again, _) = build(Some("2026-12-05T03:40:00Z"));
+        assert_eq!(again, first, "the same request restarts nothing twice");
+        assert_ne!(build(Some("2026-12-05T04:00:00Z")).0, first);
+        // Read from the cluster's annotation.
+        let mut annotated = obj.clone();
+        annotated.metadata.annotations =
+            Some([(annotations::RESTART.to_owned(), "t1".to_owned())].into());
+        assert_eq!(
+            ClusterRef::new(&annotated).unwrap().restart.as_deref(),
+            Some("t1")
         );
     }
 
