@@ -6,8 +6,10 @@
 //! partition of one node, a bad link (lost and delayed datagrams; both through the
 //! fault-injecting Raft proxy), kill -9 of a majority, a leadership transfer, a membership
 //! change (a follower removed from the voters while it keeps running and serving clients,
-//! then added back: learner, catch-up, promotion) — aimed at the leader or a follower, each
-//! held for a random time and then undone. After the last one it
+//! then added back: learner, catch-up, promotion), a full disk (every node's data directory
+//! is a tmpfs when the test runs as root; one is shrunk to what it holds plus 512 KiB, the
+//! node stops itself once a write finds no room, and is started again with room) — aimed at
+//! the leader or a follower, each held for a random time and then undone. After the last one it
 //! waits until every node applied everything and checks the history on every node: each
 //! acknowledged message present exactly once, at its acknowledged seq, gap-free. Readers,
 //! KeyPackage claimers and racing Commits run beside the writers, and porcupine
@@ -31,6 +33,7 @@ use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::lincheck;
 use crate::proxy::{self, BadLink, Isolated};
+use crate::tmpfs::{Tmpfs, is_root};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -48,7 +51,12 @@ enum Kind {
     MajorityKill,
     Transfer,
     Membership,
+    DiskFull,
 }
+
+/// Size of each node's tmpfs data directory, and the room a full-disk fault leaves.
+const DISK: &str = "256m";
+const DISK_ROOM_KIB: u64 = 512;
 
 /// What one schedule saw.
 struct Report {
@@ -113,7 +121,18 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
 async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let isolated = Isolated::default();
-    let mut c = proxy::cluster(nodes, &["--snapshot-logs", "200"], &isolated).await;
+    // Data directories on tmpfs (as root), so that a disk can fill.
+    let disks = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let mut c = proxy::cluster_with(nodes, &["--snapshot-logs", "200"], &isolated, |n| {
+        if is_root() {
+            std::fs::create_dir_all(&n.data).unwrap();
+            disks
+                .borrow_mut()
+                .insert(n.id, (n.data.clone(), Tmpfs::mount(&n.data, DISK)));
+        }
+    })
+    .await;
+    let disks = disks.into_inner();
     local(async {
         let endpoints = c.endpoints();
         let owner = {
@@ -136,19 +155,21 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-            let kind = match rng.gen_range(0..12) {
+            let kind = match rng.gen_range(0..13) {
                 0 | 1 => Kind::KillRestart,
                 2 | 3 => Kind::Pause,
                 4 | 5 => Kind::Partition,
                 6 | 7 => Kind::BadLink,
                 8 => Kind::MajorityKill,
                 9 => Kind::Membership,
+                10 if !disks.is_empty() => Kind::DiskFull,
                 _ => Kind::Transfer,
             };
             let on_leader = rng.gen_bool(0.5);
             let hold = Duration::from_millis(rng.gen_range(300..2000));
             let mut killed: Vec<u64> = Vec::new();
             let mut membership_outcome: Result<String, String> = Ok(String::new());
+            let mut disk_outcome = "";
             let mut link = BadLink {
                 loss: 0.0,
                 min_delay: Duration::ZERO,
@@ -218,6 +239,24 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                         )
                         .await;
                 }
+                Kind::DiskFull => {
+                    let (dir, disk) = &disks[&target];
+                    disk.resize(&format!("{}k", used_kib(dir) + DISK_ROOM_KIB));
+                    // Writes fill the room within a second; the node stops itself.
+                    let until = Instant::now() + hold + Duration::from_secs(5);
+                    disk_outcome = "kept running";
+                    while Instant::now() < until {
+                        if c.node_mut(target).try_exited().is_some() {
+                            disk_outcome = "stopped";
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    disk.resize(DISK);
+                    if disk_outcome == "stopped" {
+                        c.node_mut(target).spawn();
+                    }
+                }
                 Kind::Membership => {
                     membership_outcome = leave_and_rejoin(&c, follower, hold).await;
                     if let Err(e) = &membership_outcome {
@@ -236,6 +275,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     }
                 ),
                 Kind::MajorityKill => format!("MajorityKill {killed:?} {}ms", hold.as_millis()),
+                Kind::DiskFull => format!("DiskFull {who} {target}: {disk_outcome}"),
                 Kind::BadLink => format!(
                     "BadLink {who} {target} {}ms (loss {:.0}%, delay up to {}ms)",
                     hold.as_millis(),
@@ -338,4 +378,13 @@ async fn leave_and_rejoin(
         "not a voter again 30 s after the removal: {} {}",
         last.0, last.1
     ))
+}
+
+/// KiB in use on the filesystem of `dir`.
+fn used_kib(dir: &std::path::Path) -> u64 {
+    let v = rustix::fs::statvfs(dir).unwrap();
+    v.f_blocks
+        .saturating_sub(v.f_bfree)
+        .saturating_mul(v.f_frsize)
+        / 1024
 }
