@@ -562,6 +562,7 @@ async fn rolling_restart(
         tokio::task::spawn_blocking(move || write_until(&writer, &gid, "r-", &stop))
     };
     let started = Instant::now();
+    let asked_at = jiff::Timestamp::now().as_second();
     let plugin = env.qpq.with_file_name("kubectl-qpq");
     let out = run(env, plugin.to_str().unwrap(), &["restart", name, "-n", ns]);
     assert!(out.contains("rolling restart asked"), "{out}");
@@ -593,7 +594,19 @@ async fn rolling_restart(
         Some(leader.as_str()),
         "the leader's pod last: {replaced:?}"
     );
-    assert_eq!(rollout.reason, "TemplateChanged", "{rollout:?}");
+    // A roll of the running version's template, started by this request, finished.
+    assert_eq!(
+        (&rollout.phase, &rollout.from_version),
+        (
+            &qpq_operator::crd::RolloutPhase::Complete,
+            &rollout.target_version
+        ),
+        "{rollout:?}"
+    );
+    assert!(
+        rollout.started >= asked_at,
+        "{rollout:?} (asked at {asked_at})"
+    );
     stop.store(true, Ordering::SeqCst);
     let acked = writes.await.unwrap();
     assert!(!acked.is_empty(), "no write succeeded during the restart");
