@@ -314,7 +314,10 @@ fn print_status(
         (Output::Json, true) => {
             writeln!(out, "{}", serde_json::to_string(&kubectl::status_json(c))?)?
         }
-        (Output::Yaml, _) => write!(
+        (Output::Yaml, false) => {
+            write!(out, "{}", serde_yaml::to_string(&kubectl::status_json(c))?)?
+        }
+        (Output::Yaml, true) => write!(
             out,
             "---\n{}",
             serde_yaml::to_string(&kubectl::status_json(c))?
