@@ -18,7 +18,7 @@ use crate::clock::SystemClock;
 use crate::config::{
     AuthConfig, ClusterConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource,
 };
-use crate::integrity::IntegrityCheck;
+use crate::integrity::{IntegrityCheck, OnDamage};
 use crate::server::RunningNode;
 use crate::telemetry::{self, AuditSink, LogFormat};
 
@@ -210,6 +210,11 @@ struct Common {
     /// is refused.
     #[arg(long, env = "QPQ_INTEGRITY_CHECK", value_enum, default_value_t = IntegrityCheck::Quick)]
     integrity_check: IntegrityCheck,
+    /// What a node whose files fail that check does: `hold` (serve nothing, stay up with
+    /// `/readyz` failing, report the damage in `GET /raft/status` and the metric
+    /// `qpq_storage_damaged`, and accept `POST /raft/rebuild`) or `exit` (fail at once).
+    #[arg(long, env = "QPQ_ON_DAMAGE", value_enum, default_value_t = OnDamage::Hold)]
+    on_damage: OnDamage,
     /// Unexpired single-use KeyPackages all devices of one account may hold together.
     #[arg(long, env = "QPQ_MAX_KEY_PACKAGES_PER_ACCOUNT", default_value_t = Limits::default().max_key_packages_per_account)]
     max_key_packages_per_account: u32,
@@ -399,6 +404,7 @@ impl Common {
             rpc_workers: self.rpc_workers,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             integrity_check: self.integrity_check,
+            on_damage: self.on_damage,
         }
     }
 }
@@ -783,10 +789,16 @@ enum Mode {
 }
 
 async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
-    let node = match RunningNode::start(config, Arc::new(SystemClock)).await {
+    let on_damage = config.on_damage;
+    let node = match RunningNode::start(config.clone(), Arc::new(SystemClock)).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("qpq-node: cannot start: {e}");
+            if let (Some(damage), OnDamage::Hold, Mode::Serve) =
+                (crate::hold::damage_of(&e), on_damage, &mode)
+            {
+                return hold_until_rebuilt(&config, &damage).await;
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -977,6 +989,37 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
         }
     }
     Ok(nodes)
+}
+
+/// `serve` on damaged storage with `--on-damage hold`: no client or Raft listener, only
+/// the probes, the metric and the admin calls that let the member be rebuilt
+/// (`crate::hold`), until a signal (a failure: the node never served) or an accepted
+/// rebuild ([`EXIT_REBUILD`]).
+async fn hold_until_rebuilt(config: &NodeConfig, damage: &crate::integrity::Damage) -> ExitCode {
+    let held = match crate::hold::HeldNode::start(config, damage).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("qpq-node: cannot hold on damaged storage: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "qpq-node: holding on damaged storage, serving nothing · metrics http://{} · admin https://{} (POST /raft/rebuild)",
+        held.metrics_addr(),
+        held.admin_addr()
+    );
+    let stop = held.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    match held.wait().await {
+        crate::hold::HoldEnd::Rebuild => {
+            eprintln!("qpq-node: stopped to be rebuilt; start it again to rejoin empty");
+            ExitCode::from(EXIT_REBUILD)
+        }
+        crate::hold::HoldEnd::Stopped => ExitCode::FAILURE,
+    }
 }
 
 /// The exit status of a node that stopped to be rebuilt (`POST /raft/rebuild`): EX_TEMPFAIL,

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// How the state database and the Raft log are checked before the node serves.
     pub integrity_check: crate::integrity::IntegrityCheck,
+    /// What `qpq-node serve` does when a file fails that check.
+    pub on_damage: crate::integrity::OnDamage,
     /// Replication: node id, Raft listener, cluster TLS, timings.
     pub cluster: ClusterConfig,
 }
@@ -245,6 +247,7 @@ impl NodeConfig {
             rpc_workers: 2,
             drain_timeout: Duration::from_secs(10),
             integrity_check: crate::integrity::IntegrityCheck::Quick,
+            on_damage: crate::integrity::OnDamage::Hold,
             // A one-voter cluster on an ephemeral port: the same write path as a cluster.
             cluster: ClusterConfig {
                 raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

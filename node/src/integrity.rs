@@ -26,6 +26,19 @@ pub enum IntegrityCheck {
     Full,
 }
 
+/// What a node does when a file fails the check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnDamage {
+    /// Hold: serve no client and no Raft traffic, keep the process up with `/healthz` alive,
+    /// `/readyz` failing, the metric `qpq_storage_damaged{file}` at 1 and the admin API
+    /// answering `GET /raft/status` (with the damage) and `POST /raft/rebuild`, so that the
+    /// member can be rebuilt without a person (`crate::hold`).
+    #[default]
+    Hold,
+    /// Exit with a failure naming the file and the damage.
+    Exit,
+}
+
 /// What the check of one file found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
@@ -156,6 +169,24 @@ mod tests {
             assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
         }
         assert_eq!(check_file(&path, IntegrityCheck::Off), Ok(None));
+    }
+
+    #[test]
+    fn a_file_cut_short_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log.sqlite3");
+        database(&path, 2_000);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
+            let err = check_file(&path, mode).unwrap_err();
+            assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
+        }
     }
 
     #[test]

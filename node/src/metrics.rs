@@ -69,6 +69,9 @@ pub struct Metrics {
     /// 1 while this node's state differs from the majority's at a common index: it refuses
     /// client reads until it is rebuilt.
     pub state_diverged: IntGauge,
+    /// 1 per file (by name) that failed the start-up integrity check while the node holds
+    /// instead of serving (`--on-damage hold`, see `crate::hold`).
+    pub storage_damaged: IntGaugeVec,
     /// Raft requests to a peer that failed, by request and reason (`timeout`: no answer
     /// within the request's deadline; the connection is then dropped and dialled again).
     pub raft_rpc_failures: IntCounterVec,
@@ -387,6 +390,14 @@ impl Metrics {
             "state_diverged",
             "1 while this node's state differs from the majority's (it refuses client reads)",
         )?;
+        let storage_damaged = IntGaugeVec::new(
+            Opts::new(
+                "storage_damaged",
+                "1 while the node holds without serving because this file failed its start-up integrity check",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(storage_damaged.clone()))?;
         let raft_rpc_failures = IntCounterVec::new(
             Opts::new(
                 "raft_rpc_failures_total",
@@ -440,6 +451,7 @@ impl Metrics {
             digest_index,
             digest_checks,
             state_diverged,
+            storage_damaged,
             raft_rpc_failures,
             storage,
             fetch_wait_waiting,

@@ -94,6 +94,21 @@ pub struct Status {
     /// comparison checkpoints. Empty before the first checkpoint and on older builds.
     #[serde(default)]
     pub state_digests: BTreeMap<u64, String>,
+    /// Set by a node that holds on damaged storage (role `damaged`): the file that failed
+    /// its start-up integrity check. It runs no Raft and serves no client until rebuilt.
+    #[serde(default)]
+    pub damaged: Option<StorageDamage>,
+}
+
+/// A node's report that one of its files failed the start-up integrity check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageDamage {
+    /// The file's name in the data directory.
+    #[serde(default)]
+    pub file: String,
+    /// What SQLite found.
+    #[serde(default)]
+    pub detail: String,
 }
 
 fn one() -> u16 {
@@ -201,6 +216,9 @@ pub enum MembershipCall {
         id: NodeId,
         /// Kept with the moved data.
         reason: String,
+        /// Raft addresses of the other members, where the node looks for the leader that
+        /// confirms it is out (a node holding on damaged storage knows no members).
+        peers: Vec<String>,
     },
 }
 
@@ -235,9 +253,10 @@ impl MembershipCall {
                 "/raft/finalize",
                 json!({ "command_version": command_version }),
             ),
-            Self::Rebuild { id, reason } => {
-                ("/raft/rebuild", json!({ "id": id, "reason": reason }))
-            }
+            Self::Rebuild { id, reason, peers } => (
+                "/raft/rebuild",
+                json!({ "id": id, "reason": reason, "peers": peers }),
+            ),
         }
     }
 }
@@ -677,6 +696,15 @@ mod tests {
                 assert_eq!((s.role.as_str(), s.leader_id), ("follower", Some(1)));
                 let d = s.diverged.expect("diverged");
                 assert_eq!((d.index, d.members), (1_152, vec![3]));
+                assert!(s.damaged.is_none());
+                read += 1;
+            }
+            if let Ok(body) = text("raft-status-damaged") {
+                let s = decode(&addr(), 200, &body).unwrap();
+                assert_eq!((s.role.as_str(), s.node_id), ("damaged", 2));
+                assert!(s.membership.voters.is_empty());
+                let d = s.damaged.expect("damaged");
+                assert_eq!(d.file, "raft-log.sqlite3");
                 read += 1;
             }
         }

@@ -75,6 +75,10 @@ pub struct Observed {
     pub diverged: BTreeSet<NodeId>,
     /// Nodes whose newest comparison found no majority agreeing on the state.
     pub in_doubt: BTreeSet<NodeId>,
+    /// Nodes holding on damaged storage (a file failed the start-up integrity check): they
+    /// run no Raft. Also in `diverged` and `holding_state`, so they are rebuilt the same way,
+    /// but never counted as healthy voters.
+    pub damaged: BTreeSet<NodeId>,
 }
 
 /// One call to make on the cluster.
@@ -257,7 +261,12 @@ fn plan_cluster(o: &Observed, v: &ClusterView, desired: NodeId, current: i32) ->
         action,
         operation,
     };
-    let healthy = v.voters.intersection(&o.reachable).count();
+    // A voter holding on damaged storage answers its admin API but takes no part in Raft.
+    let healthy = v
+        .voters
+        .iter()
+        .filter(|n| o.reachable.contains(n) && !o.damaged.contains(n))
+        .count();
     if healthy < majority(v.voters.len()) {
         return keep(
             Action::Blocked(
@@ -437,7 +446,10 @@ enum TakeOut {
 
 fn take_out(o: &Observed, v: &ClusterView, x: NodeId, leader: NodeId) -> TakeOut {
     let remaining: BTreeSet<NodeId> = v.voters.iter().copied().filter(|n| *n != x).collect();
-    let healthy = remaining.intersection(&o.reachable).count();
+    let healthy = remaining
+        .iter()
+        .filter(|n| o.reachable.contains(n) && !o.damaged.contains(n))
+        .count();
     if remaining.is_empty() || healthy < majority(remaining.len()) {
         return TakeOut::Unsafe {
             healthy,
@@ -483,7 +495,7 @@ fn replace(
                 Action::Blocked(
                     BlockReason::UnsafeRebuild,
                     format!(
-                        "node {x} diverged, but taking it out would leave {healthy} healthy of {remaining} voters, fewer than a majority; waiting for the other voters to recover"
+                        "node {x} must be rebuilt (diverged or damaged), but taking it out would leave {healthy} healthy of {remaining} voters, fewer than a majority; waiting for the other voters to recover"
                     ),
                 ),
                 o.operation.clone(),

@@ -269,7 +269,13 @@ async fn observe_nodes(c: &ClusterRef, admin: &dyn NodeAdmin, pods: i32) -> Node
     NodeObservation { statuses }
 }
 
-fn action_call(c: &ClusterRef, action: &Action) -> Option<(&'static str, MembershipCall)> {
+/// The admin call that carries out `action`. `o` says why a member is rebuilt and which
+/// other members it may ask for the leader.
+fn action_call(
+    c: &ClusterRef,
+    o: &Observed,
+    action: &Action,
+) -> Option<(&'static str, MembershipCall)> {
     Some(match *action {
         Action::Bootstrap => (
             "Bootstrapped",
@@ -294,7 +300,21 @@ fn action_call(c: &ClusterRef, action: &Action) -> Option<(&'static str, Members
             "MemberRebuilding",
             MembershipCall::Rebuild {
                 id,
-                reason: "its state diverged from the majority's; rebuilt by the operator".into(),
+                reason: if o.damaged.contains(&id) {
+                    "its storage failed the integrity check; rebuilt by the operator".into()
+                } else {
+                    "its state diverged from the majority's; rebuilt by the operator".into()
+                },
+                peers: match &o.raft {
+                    RaftObservation::Cluster(v) => v
+                        .voters
+                        .iter()
+                        .chain(&v.learners)
+                        .filter(|m| **m != id)
+                        .map(|m| c.raft_addr(*m))
+                        .collect(),
+                    _ => Vec::new(),
+                },
             },
         ),
         Action::None | Action::Wait(_) | Action::Blocked(..) => return None,
@@ -362,8 +382,11 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         reachable: nodes.statuses.keys().copied().collect(),
         operation: prev.and_then(|p| p.operation.clone()),
         max_lag: spec.node.ready_max_lag,
-        holding_state: nodes.ids(|s| !s.membership.voters.is_empty()),
-        diverged: nodes.ids(|s| s.diverged.is_some()),
+        // A node holding on damaged storage reports no membership, but it holds state: it
+        // is rebuilt like a diverged one, never taken for an empty newcomer.
+        holding_state: nodes.ids(|s| !s.membership.voters.is_empty() || s.damaged.is_some()),
+        diverged: nodes.ids(|s| s.diverged.is_some() || s.damaged.is_some()),
+        damaged: nodes.ids(|s| s.damaged.is_some()),
         in_doubt: nodes.ids(|s| s.in_doubt.is_some()),
     };
     let mut plan = planner::plan(&observed);
@@ -611,7 +634,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     // The one membership call of this round.
     let mut bootstrapped = observed.bootstrapped || matches!(raft, RaftObservation::Cluster(_));
     let mut call_error = None;
-    if let Some((reason, call)) = action_call(&c, &plan.action) {
+    if let Some((reason, call)) = action_call(&c, &observed, &plan.action) {
         let target = match (&plan.action, &raft) {
             (Action::Bootstrap, _) => Some(1),
             // The node itself: it is no longer a member, the leader cannot do it.
@@ -851,7 +874,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
                 .remove_label_values(&[ns.as_str(), c.name.as_str()]);
         }
     }
-    // A member whose state diverged is announced when it is first reported.
+    // Damaged or diverged members, or state in doubt, are announced when first reported.
     let corrupt_now = next
         .conditions
         .iter()
@@ -871,11 +894,12 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         .with_label_values(&[ns.as_str(), c.name.as_str()])
         .set(i64::try_from(diverged).unwrap_or(i64::MAX));
     if let Some(c) = corrupt_now.filter(|_| !corrupt_before) {
+        // The condition's reason: `StorageDamaged`, `ReplicaDiverged` or `StateInDoubt`.
         publish(
             ctx,
             obj,
             EventType::Warning,
-            "ReplicaDiverged",
+            &c.reason,
             "Compare",
             c.message.clone(),
         )

@@ -136,9 +136,31 @@ fn members(input: &StatusInput<'_>) -> Vec<Member> {
         .collect()
 }
 
-/// Whether members report diverged state (or no majority agreeing on it): the `Corrupt`
-/// condition's reason and message, naming them.
+/// Whether members hold on damaged storage, report diverged state, or find no majority
+/// agreeing on it: the `Corrupt` condition's reason and message, naming them.
 fn corruption(input: &StatusInput<'_>) -> Option<(&'static str, String)> {
+    let damaged: Vec<String> = input
+        .nodes
+        .values()
+        .filter_map(|s| {
+            let d = s.damaged.as_ref()?;
+            Some(format!(
+                "{} ({}: {})",
+                input.cluster.pod(s.node_id),
+                d.file,
+                d.detail.chars().take(120).collect::<String>()
+            ))
+        })
+        .collect();
+    if !damaged.is_empty() {
+        return Some((
+            "StorageDamaged",
+            format!(
+                "storage failed its integrity check on {}; they hold without serving until rebuilt (docs/runbooks.md, QpqStorageDamaged)",
+                damaged.join(", ")
+            ),
+        ));
+    }
     let diverged: Vec<String> = input
         .nodes
         .values()

@@ -114,14 +114,30 @@ pub async fn serve_admin(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
     let metrics = state.metrics.clone();
     let app = Router::new()
         .route("/backup", post(backup))
         .merge(crate::raft::admin::routes())
-        .with_state(state.clone())
-        .layer(axum::middleware::from_fn_with_state(state, authorize));
+        .with_state(state);
+    serve_admin_routes(addr, app, metrics, tls, shutdown).await
+}
+
+/// Serves `app` on the admin listener: mutual TLS with `tls`, the connection caps, and the
+/// role check with its audit record in front of every route. Shared by a serving node and
+/// one that holds on damaged storage (`crate::hold`).
+pub(crate) async fn serve_admin_routes(
+    addr: SocketAddr,
+    app: Router,
+    metrics: Metrics,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        metrics.clone(),
+        authorize,
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
         let connections = TaskTracker::new();
@@ -204,7 +220,7 @@ pub async fn serve_admin(
 
 /// The role check of every admin call ([`access::allowed`]), with the audit record.
 async fn authorize(
-    State(s): State<AdminState>,
+    State(metrics): State<Metrics>,
     Extension(caller): Extension<Caller>,
     request: Request,
     next: Next,
@@ -214,7 +230,7 @@ async fn authorize(
     let role = match &caller.role {
         Ok(role) => *role,
         Err(e) => {
-            s.metrics
+            metrics
                 .admin_requests
                 .with_label_values(&["none", "forbidden"])
                 .inc();
@@ -223,7 +239,7 @@ async fn authorize(
         }
     };
     if !access::allowed(role, &method, &path) {
-        s.metrics
+        metrics
             .admin_requests
             .with_label_values(&[role.as_str(), "forbidden"])
             .inc();
@@ -234,7 +250,7 @@ async fn authorize(
             format!("role {role} may not {method} {path}"),
         );
     }
-    s.metrics
+    metrics
         .admin_requests
         .with_label_values(&[role.as_str(), "allowed"])
         .inc();
@@ -298,7 +314,7 @@ async fn metrics(
 /// Header of a `POST /backup` answer that carries the manifest (JSON).
 pub const MANIFEST_HEADER: &str = "qpq-backup-manifest";
 
-fn json_error(status: StatusCode, code: &str, message: String) -> Response {
+pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     let body = serde_json::json!({"error": code, "message": message}).to_string();
     (status, [("content-type", "application/json")], body).into_response()
 }

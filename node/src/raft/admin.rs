@@ -34,9 +34,9 @@ pub fn routes() -> Router<AdminState> {
 }
 
 /// A JSON answer (axum is built without its `json` feature; serde_json renders it).
-struct Json(Value);
+pub(crate) struct Json(pub(crate) Value);
 
-type Answer = (StatusCode, Json);
+pub(crate) type Answer = (StatusCode, Json);
 
 impl axum::response::IntoResponse for Json {
     fn into_response(self) -> axum::response::Response {
@@ -52,7 +52,7 @@ async fn status_json(s: &AdminState) -> Answer {
     }
 }
 
-fn internal(message: String) -> Answer {
+pub(crate) fn internal(message: String) -> Answer {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(json!({"error": "internal", "message": message})),
@@ -60,9 +60,16 @@ fn internal(message: String) -> Answer {
 }
 
 async fn answer(s: &AdminState, result: Result<(), AdminError>) -> Answer {
-    match result {
-        Ok(()) => status_json(s).await,
-        Err(AdminError::NotLeader { leader }) => {
+    if let Err(e) = result {
+        return error_answer(e);
+    }
+    status_json(s).await
+}
+
+/// The documented HTTP answer of an [`AdminError`].
+pub(crate) fn error_answer(e: AdminError) -> Answer {
+    match e {
+        AdminError::NotLeader { leader } => {
             // The admin address of the leader is not part of the membership; the operator
             // derives it from the id (StatefulSet ordinal + 1).
             let leader = leader.map(|id| json!({"id": id, "admin": Value::Null}));
@@ -71,24 +78,24 @@ async fn answer(s: &AdminState, result: Result<(), AdminError>) -> Answer {
                 Json(json!({"error": "not_leader", "leader": leader})),
             )
         }
-        Err(AdminError::Conflict(code)) => (StatusCode::CONFLICT, Json(json!({"error": code}))),
-        Err(AdminError::NotEnabled(message)) => (
+        AdminError::Conflict(code) => (StatusCode::CONFLICT, Json(json!({"error": code}))),
+        AdminError::NotEnabled(message) => (
             StatusCode::CONFLICT,
             Json(json!({"error": "not_enabled", "message": message})),
         ),
-        Err(AdminError::BadRequest(message)) => (
+        AdminError::BadRequest(message) => (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "bad_request", "message": message})),
         ),
-        Err(AdminError::Unavailable(code, message)) => (
+        AdminError::Unavailable(code, message) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": code, "message": message})),
         ),
-        Err(AdminError::Internal(message)) => internal(message),
+        AdminError::Internal(message) => internal(message),
     }
 }
 
-fn bad_json(e: impl std::fmt::Display) -> Answer {
+pub(crate) fn bad_json(e: impl std::fmt::Display) -> Answer {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({"error": "bad_request", "message": e.to_string()})),
@@ -207,35 +214,50 @@ async fn finalize(State(s): State<AdminState>, body: axum::body::Bytes) -> Answe
     answer(&s, r.map(|_| ())).await
 }
 
+/// The body of `POST /raft/rebuild`.
 #[derive(Deserialize)]
-struct RebuildBody {
-    id: NodeId,
+pub(crate) struct RebuildBody {
+    /// The node asked (it refuses another id).
+    pub id: NodeId,
+    /// Kept with the moved data.
     #[serde(default)]
-    reason: String,
+    pub reason: String,
+    /// Raft addresses to ask for the leader, besides the members the node knows (a node
+    /// holding on damaged storage knows none).
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// Longest `reason` kept in the marker and the audit record.
 const MAX_REASON: usize = 512;
+/// Most `peers` one rebuild call may name, and the longest address.
+const MAX_PEERS: usize = 16;
+const MAX_PEER_ADDR: usize = 256;
 
-/// `POST /raft/rebuild` on the member to rebuild, once it is out of the membership: the
-/// node writes the rebuild marker and stops; at its next start its data is moved aside and
-/// it starts empty, to be added back as a learner (`crate::rebuild`). `202` with the marker.
-async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
-    let b: RebuildBody = match parse(&body) {
-        Ok(b) => b,
-        Err(a) => return a,
-    };
-    if b.reason.len() > MAX_REASON {
-        return bad_json(format!("reason is longer than {MAX_REASON} bytes"));
+impl RebuildBody {
+    /// Parses and bounds the body.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, Answer> {
+        let b: Self = parse(body)?;
+        if b.reason.len() > MAX_REASON {
+            return Err(bad_json(format!(
+                "reason is longer than {MAX_REASON} bytes"
+            )));
+        }
+        if b.peers.len() > MAX_PEERS || b.peers.iter().any(|p| p.len() > MAX_PEER_ADDR) {
+            return Err(bad_json(format!(
+                "at most {MAX_PEERS} peers of at most {MAX_PEER_ADDR} bytes each"
+            )));
+        }
+        Ok(b)
     }
-    if let Err(e) = s.raft.check_rebuild(b.id).await {
-        tracing::warn!(target: "qpq::audit", event = "raft_rebuild", node = b.id, outcome = %e);
-        return answer(&s, Err(e)).await;
-    }
+}
+
+/// Writes the rebuild marker for `b` (synced) once the checks passed, with the audit
+/// record; `202` with the marker. The caller then stops the node.
+pub(crate) async fn mark_for_rebuild(data_dir: std::path::PathBuf, b: &RebuildBody) -> Answer {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let data_dir = s.data_dir.clone();
     let reason = b.reason.clone();
     let marker = match tokio::task::spawn_blocking(move || {
         crate::rebuild::request(&data_dir, now_ms, &reason)
@@ -255,11 +277,29 @@ async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer
         outcome = "ok",
         "stopping to rebuild: the data moves aside at the next start"
     );
-    s.raft.stop_for_rebuild();
     match serde_json::to_value(&marker) {
         Ok(v) => (StatusCode::ACCEPTED, Json(v)),
         Err(e) => internal(e.to_string()),
     }
+}
+
+/// `POST /raft/rebuild` on the member to rebuild, once it is out of the membership: the
+/// node writes the rebuild marker and stops; at its next start its data is moved aside and
+/// it starts empty, to be added back as a learner (`crate::rebuild`). `202` with the marker.
+async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b = match RebuildBody::parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if let Err(e) = s.raft.check_rebuild(b.id, &b.peers).await {
+        tracing::warn!(target: "qpq::audit", event = "raft_rebuild", node = b.id, outcome = %e);
+        return answer(&s, Err(e)).await;
+    }
+    let answered = mark_for_rebuild(s.data_dir.clone(), &b).await;
+    if answered.0 == StatusCode::ACCEPTED {
+        s.raft.stop_for_rebuild();
+    }
+    answered
 }
 
 #[cfg(feature = "test-command-v2")]

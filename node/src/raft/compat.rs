@@ -498,8 +498,8 @@ fn what_every_release_persisted_decodes_to_what_it_meant() {
     assert!(checked >= samples().len(), "only {checked} fixtures read");
 }
 
-/// `GET /raft/status` as this build answers it, a leader's (with everything optional set) and
-/// a diverged follower's: what the operator reads from every node, old and new, during a
+/// `GET /raft/status` as this build answers it, a leader's (with everything optional set),
+/// a diverged follower's and a node's holding on damaged storage: what the operator reads from every node, old and new, during a
 /// rollout. The operator's side decodes every release's files
 /// (`operator/src/admin_client.rs`, `every_release_s_status_decodes`).
 fn statuses() -> Vec<(&'static str, super::node::Status)> {
@@ -551,6 +551,7 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         state_digests: BTreeMap::from([(1_024, "ab".repeat(32)), (1_152, "cd".repeat(32))]),
         diverged: None,
         in_doubt: Some(1_152),
+        damaged: None,
     };
     let follower = Status {
         node_id: 3,
@@ -575,10 +576,39 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
             members: vec![3],
         }),
         in_doubt: None,
+        damaged: None,
+    };
+    // A node holding on damaged storage (`crate::hold`): no Raft state of its own.
+    let damaged = Status {
+        node_id: 2,
+        role: "damaged",
+        term: 0,
+        leader_id: None,
+        last_log_index: 0,
+        committed_index: 0,
+        applied_index: 0,
+        membership: MembershipView {
+            voters: BTreeMap::new(),
+            learners: BTreeMap::new(),
+        },
+        replication: None,
+        version: "0.1.0",
+        wire_version: 1,
+        command_version: 1,
+        finalized_command_version: 0,
+        applied_command_version: 0,
+        state_digests: BTreeMap::new(),
+        diverged: None,
+        in_doubt: None,
+        damaged: Some(super::node::StorageDamage {
+            file: "raft-log.sqlite3".into(),
+            detail: "database disk image is malformed".into(),
+        }),
     };
     vec![
         ("raft-status-leader", leader),
         ("raft-status-diverged-follower", follower),
+        ("raft-status-damaged", damaged),
     ]
 }
 

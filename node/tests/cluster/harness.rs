@@ -46,6 +46,8 @@ pub struct Node {
     /// More environment for the process (e.g. a test-fault switch).
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Started on damaged storage and holding: running, but serving no client.
+    held: bool,
     /// Fixed across restarts, so clients keep their address book.
     pub client: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -91,6 +93,7 @@ impl Node {
             program: None,
             env: Vec::new(),
             child: None,
+            held: false,
             client: None,
             admin: None,
             metrics: None,
@@ -111,9 +114,30 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Running and serving clients (not holding on damaged storage).
+    pub fn is_serving(&self) -> bool {
+        self.child.is_some() && !self.held
+    }
+
     /// Starts the process and waits until it reports serving.
     pub fn spawn(&mut self) {
+        self.spawn_expecting(false);
+    }
+
+    /// Starts the process on damaged storage and waits until it reports holding (no client
+    /// or Raft listener; probes, metrics and the admin API on their usual ports).
+    pub fn spawn_held(&mut self) {
+        self.spawn_expecting(true);
+    }
+
+    fn spawn_expecting(&mut self, held: bool) {
         assert!(self.child.is_none());
+        self.held = held;
+        let ports = (
+            SocketAddr::new(self.ip.parse().unwrap(), self.client_port),
+            SocketAddr::new(self.ip.parse().unwrap(), self.admin_port),
+            SocketAddr::new(self.ip.parse().unwrap(), self.metrics_port),
+        );
         let program =
             (self.program.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qpq-node")));
         let mut cmd = Command::new(program);
@@ -168,7 +192,12 @@ impl Node {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addrs) = serving(&line)
+                let up = if held {
+                    line.contains("holding on damaged storage").then_some(ports)
+                } else {
+                    serving(&line)
+                };
+                if let Some(addrs) = up
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addrs);
@@ -186,8 +215,9 @@ impl Node {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "node {} did not report serving: {}",
+                    "node {} did not report {}: {}",
                     self.id,
+                    if held { "holding" } else { "serving" },
                     self.logs.lock().unwrap().join("\n")
                 );
             }

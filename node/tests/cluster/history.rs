@@ -311,7 +311,7 @@ pub async fn write_through(
     let endpoints: Vec<_> = c
         .endpoints()
         .into_iter()
-        .filter(|e| c.node(e.id).is_running())
+        .filter(|e| c.node(e.id).is_serving())
         .collect();
     let stop = Rc::new(Cell::new(false));
     let tasks: Vec<_> = (0..writers)

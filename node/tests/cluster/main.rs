@@ -25,6 +25,7 @@ mod tmpfs;
 
 mod backup;
 mod chaos;
+mod damage;
 mod disk_full;
 mod divergence;
 mod failover;

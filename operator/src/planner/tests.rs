@@ -28,6 +28,7 @@ fn observed(desired: i32, sts: i32, v: ClusterView) -> Observed {
         holding_state: reachable_state(sts),
         diverged: BTreeSet::new(),
         in_doubt: BTreeSet::new(),
+        damaged: BTreeSet::new(),
     }
 }
 
@@ -49,6 +50,7 @@ fn new_cluster_starts_one_pod_then_bootstraps_it() {
         holding_state: BTreeSet::new(),
         diverged: BTreeSet::new(),
         in_doubt: BTreeSet::new(),
+        damaged: BTreeSet::new(),
     };
     let p = plan(&o);
     assert_eq!(p.statefulset_replicas, 1);
@@ -75,6 +77,7 @@ fn never_bootstraps_twice() {
         holding_state: BTreeSet::new(),
         diverged: BTreeSet::new(),
         in_doubt: BTreeSet::new(),
+        damaged: BTreeSet::new(),
     };
     let p = plan(&o);
     assert!(matches!(
@@ -145,6 +148,48 @@ fn a_diverged_leader_hands_leadership_to_a_healthy_voter_first() {
     let mut o = observed(5, 5, view(1, &[1, 2, 3, 4, 5], &[]));
     o.diverged = [1, 2].into();
     assert_eq!(plan(&o).action, Action::TransferLeader { from: 1, to: 3 });
+}
+
+/// As reconcile observes a node holding on damaged storage: in `diverged`, `holding_state`
+/// and `damaged`, and reachable (its admin API answers).
+fn mark_damaged(o: &mut Observed, n: NodeId) {
+    o.diverged.insert(n);
+    o.holding_state.insert(n);
+    o.damaged.insert(n);
+}
+
+#[test]
+fn a_damaged_member_is_rebuilt_like_a_diverged_one_but_never_counted_healthy() {
+    // Node 3 holds on damaged storage: removed, then asked to rebuild, never added back
+    // while it still holds its old files.
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    mark_damaged(&mut o, 3);
+    assert_eq!(plan(&o).action, Action::Remove(3));
+    o.raft = RaftObservation::Cluster(view(1, &[1, 2], &[]));
+    assert_eq!(plan(&o).action, Action::Rebuild(3));
+    // Five voters, node 5 damaged and node 4 down: removing 5 would leave 3 of 4, fine;
+    // with node 3 damaged too, the voters that take part in Raft are 1 and 2 of 5: no
+    // change at all, whatever their admin APIs answer.
+    let mut o = observed(5, 5, view(1, &[1, 2, 3, 4, 5], &[]));
+    mark_damaged(&mut o, 5);
+    o.reachable.remove(&4);
+    assert_eq!(plan(&o).action, Action::Remove(5));
+    mark_damaged(&mut o, 3);
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::QuorumLost, _)),
+        "{p:?}"
+    );
+    // Three voters, node 2 down and node 3 damaged: the admin API of 3 answers, but
+    // taking it out would leave 1 of 2 voters in Raft.
+    let mut o = observed(3, 3, view(1, &[1, 2, 3], &[]));
+    mark_damaged(&mut o, 3);
+    o.reachable.remove(&2);
+    let p = plan(&o);
+    assert!(
+        matches!(p.action, Action::Blocked(BlockReason::QuorumLost, _)),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -412,6 +457,7 @@ impl Sim {
                 .copied()
                 .collect(),
             in_doubt: BTreeSet::new(),
+            damaged: BTreeSet::new(),
         }
     }
 

@@ -180,6 +180,21 @@ pub(crate) fn node_status(
         diverged: None,
         in_doubt: None,
         state_digests: BTreeMap::new(),
+        damaged: None,
+    }
+}
+
+/// `/raft/status` of a node holding on damaged storage: role `damaged`, no Raft state.
+pub(crate) fn damaged_status(id: u64, file: &str) -> Status {
+    Status {
+        node_id: id,
+        role: "damaged".into(),
+        term: 0,
+        damaged: Some(qpq_operator::admin_client::StorageDamage {
+            file: file.into(),
+            detail: "database disk image is malformed".into(),
+        }),
+        ..Status::default()
     }
 }
 

@@ -590,7 +590,103 @@ async fn a_removed_diverged_member_is_asked_to_rebuild_itself_on_its_own_address
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].0, "x-2.x.ns.svc:9443");
     assert!(
-        matches!(&calls[0].1, MembershipCall::Rebuild { id: 3, reason } if reason.contains("diverged")),
+        matches!(&calls[0].1, MembershipCall::Rebuild { id: 3, reason, peers }
+            if reason.contains("diverged")
+                && peers == &["x-0.x.ns.svc:7444".to_owned(), "x-1.x.ns.svc:7444".to_owned()]),
+        "{calls:?}"
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_member_holding_on_damaged_storage_is_removed_then_rebuilt_with_the_peers_to_ask() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    // Node 3's Raft log failed its integrity check: it holds, knowing no membership; the
+    // leader still counts it as a voter.
+    for id in 1..=2 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 500)]),
+        );
+    }
+    nodes.set(3, damaged_status(3, "raft-log.sqlite3"));
+    let obj = cluster(spec(3), Some(bootstrapped(json!({"voters": 3}))), true);
+    let (operation, conditions): (Value, Value);
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["MemberRemoved", "StorageDamaged"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["kind"], "ReplaceMember");
+        assert_eq!(st["operation"]["nodeId"], 3);
+        let corrupt = condition(&st, "Corrupt");
+        assert_eq!(corrupt["status"], "True");
+        assert_eq!(corrupt["reason"], "StorageDamaged");
+        assert!(
+            corrupt["message"]
+                .as_str()
+                .unwrap()
+                .contains("x-2 (raft-log.sqlite3"),
+            "{corrupt}"
+        );
+        assert_eq!(condition(&st, "Ready")["status"], "False");
+        operation = st["operation"].clone();
+        conditions = st["conditions"].clone();
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls(),
+        vec![(
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::Remove { id: 3 }
+        )],
+        "removed by the leader first: its data may move only once it is out"
+    );
+
+    // Out of the leader's membership: the node itself is asked, with the peers to ask (the
+    // damage was announced once, in the first round).
+    for id in 1..=2 {
+        nodes.set(id, node_status(id, Some(1), &[1, 2], &[], &[(2, 0)]));
+    }
+    let obj = cluster(
+        spec(3),
+        Some(bootstrapped(
+            json!({"voters": 3, "operation": operation, "conditions": conditions}),
+        )),
+        true,
+    );
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["MemberRebuilding"],
+            },
+        )
+        .await;
+        assert_eq!(st["operation"]["phase"], "Rebuilding");
+    })
+    .unwrap();
+    let calls = nodes.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].0, "x-2.x.ns.svc:9443");
+    assert!(
+        matches!(&calls[1].1, MembershipCall::Rebuild { id: 3, reason, peers }
+            if reason.contains("integrity")
+                && peers == &["x-0.x.ns.svc:7444".to_owned(), "x-1.x.ns.svc:7444".to_owned()]),
         "{calls:?}"
     );
     drop(ctx);

@@ -52,7 +52,8 @@ mod write;
 
 pub use digest::{Divergence, Verdict, judge};
 pub use membership::AdminError;
-pub use status::{MembershipView, Replication, Status};
+pub(crate) use rebuild::confirm_removed;
+pub use status::{MembershipView, Replication, Status, StorageDamage};
 
 /// How a write or a read barrier failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -34,10 +34,12 @@ impl RaftNode {
     }
 
     /// Checks that this node may be rebuilt: `id` names it, it does not lead, and a leader
-    /// confirmed that it is no longer a member. `Conflict("still_a_member")` while it is;
-    /// `Conflict("nothing_to_rebuild")` for a node that holds no Raft state;
+    /// confirmed that it is no longer a member. The leader is looked for among the members
+    /// of this node's own view and the `peers` the caller names (Raft addresses: a node
+    /// removed after a leader was added does not know that leader). `Conflict("still_a_member")`
+    /// while it is; `Conflict("nothing_to_rebuild")` for a node that holds no Raft state;
     /// `Unavailable` while no leader answers.
-    pub async fn check_rebuild(&self, id: NodeId) -> Result<(), AdminError> {
+    pub async fn check_rebuild(&self, id: NodeId, peers: &[String]) -> Result<(), AdminError> {
         if id != self.id {
             return Err(AdminError::BadRequest(format!(
                 "this is node {}, not node {id}",
@@ -50,42 +52,17 @@ impl RaftNode {
         if self.is_leader() {
             return Err(AdminError::Conflict("is_leader"));
         }
-        let peers: Vec<(NodeId, String)> = {
+        let mut ask: BTreeSet<String> = {
             let m = self.raft.metrics().borrow().membership_config.clone();
             m.membership()
                 .nodes()
                 .filter(|(peer, _)| **peer != self.id)
-                .map(|(peer, n)| (*peer, n.addr.clone()))
+                .map(|(_, n)| n.addr.clone())
                 .collect()
         };
-        let mut last_error = String::from("no other member is known");
-        for (peer, addr) in peers {
-            match self
-                .client
-                .call(&addr, &Request::Membership, ASK_TIMEOUT)
-                .await
-            {
-                Ok(bytes) => match decode::<Result<BTreeSet<NodeId>, SubmitError>>(&bytes) {
-                    Ok(Ok(members)) if members.contains(&self.id) => {
-                        return Err(AdminError::Conflict("still_a_member"));
-                    }
-                    Ok(Ok(_)) => {
-                        tracing::info!(
-                            leader = peer,
-                            "the leader confirmed this node is no longer a member"
-                        );
-                        return Ok(());
-                    }
-                    Ok(Err(e)) => last_error = format!("node {peer}: {e}"),
-                    Err(e) => last_error = format!("node {peer}: undecodable answer: {e}"),
-                },
-                Err(e) => last_error = format!("node {peer}: {e}"),
-            }
-        }
-        Err(AdminError::Unavailable(
-            "no_leader",
-            format!("no leader confirmed the membership ({last_error})"),
-        ))
+        ask.extend(peers.iter().cloned());
+        ask.remove(&self.advertise);
+        confirm_removed(&self.client, self.id, ask).await
     }
 
     /// Asks the node to stop so that it starts again with its data moved aside. The caller
@@ -103,4 +80,39 @@ impl RaftNode {
     pub async fn rebuild_wanted(&self) {
         self.rebuild.cancelled().await;
     }
+}
+
+/// Asks each of `peers` (Raft addresses) in turn for the membership; `Ok` once a leader that
+/// confirmed its leadership with a quorum answers without `id` in it. Used by a running
+/// node ([`RaftNode::check_rebuild`]) and by one that holds on damaged storage
+/// (`crate::hold`), which knows no membership of its own.
+pub(crate) async fn confirm_removed(
+    client: &PeerClient,
+    id: NodeId,
+    peers: impl IntoIterator<Item = String>,
+) -> Result<(), AdminError> {
+    let mut last_error = String::from("no other member is known");
+    for addr in peers {
+        match client.call(&addr, &Request::Membership, ASK_TIMEOUT).await {
+            Ok(bytes) => match decode::<Result<BTreeSet<NodeId>, SubmitError>>(&bytes) {
+                Ok(Ok(members)) if members.contains(&id) => {
+                    return Err(AdminError::Conflict("still_a_member"));
+                }
+                Ok(Ok(_)) => {
+                    tracing::info!(
+                        leader = %addr,
+                        "the leader confirmed this node is no longer a member"
+                    );
+                    return Ok(());
+                }
+                Ok(Err(e)) => last_error = format!("{addr}: {e}"),
+                Err(e) => last_error = format!("{addr}: undecodable answer: {e}"),
+            },
+            Err(e) => last_error = format!("{addr}: {e}"),
+        }
+    }
+    Err(AdminError::Unavailable(
+        "no_leader",
+        format!("no leader confirmed the membership ({last_error})"),
+    ))
 }

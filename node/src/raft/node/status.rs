@@ -68,6 +68,7 @@ impl RaftNode {
             state_digests: self.state_digests(),
             diverged: self.divergence(),
             in_doubt: self.in_doubt(),
+            damaged: None,
         }
     }
 
@@ -145,6 +146,20 @@ pub struct Status {
     /// node can tell which is right. Nothing is rebuilt automatically.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_doubt: Option<u64>,
+    /// Set only by a node that holds on damaged storage (`crate::hold`, role `damaged`): the
+    /// file that failed the start-up integrity check. Such a node runs no Raft and serves no
+    /// client; the other fields are then empty or zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<StorageDamage>,
+}
+
+/// The file a held node found damaged at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageDamage {
+    /// The file's name in the data directory (`node.sqlite3`, `raft-log.sqlite3`).
+    pub file: String,
+    /// What SQLite found (its first findings).
+    pub detail: String,
 }
 
 /// Voters and learners with their Raft addresses.
