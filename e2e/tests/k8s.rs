@@ -1137,6 +1137,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
 
     if let Some(runner) = env.runner_state.clone() {
         rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;
+        rebuild_a_damaged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
     } else {
         step("skipped: changing a volume's file needs the local pod runner's volumes");
     }
@@ -1716,6 +1717,130 @@ async fn rebuild_a_diverged_follower(
     ] {
         assert!(events.contains(reason), "no {reason} Event: {events}");
     }
+}
+
+/// A follower's Raft log is cut short at rest (killed, then the file truncated before the
+/// pod runner starts it again): the node holds instead of serving or crash-looping, and the
+/// operator removes it, has it move its files aside and adds it back.
+async fn rebuild_a_damaged_follower(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    profiles: [&Profile; 3],
+    gid: &str,
+) {
+    step("a follower's Raft log is cut short at rest: it holds, the operator rebuilds it");
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let leader_pod = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    let (victim, on_victim) = profiles
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("{name}-{i}"), p))
+        .find(|(pod, _)| *pod != leader_pod)
+        .unwrap();
+    let writer_profile = profiles
+        .into_iter()
+        .enumerate()
+        .find(|(i, _)| format!("{name}-{i}") == leader_pod)
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    let pid = node_pid(env, ns, &victim).await.expect("pod runner pid");
+    let log_path = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .find(|p| p.file_name().is_some_and(|n| n == "raft-log.sqlite3"))
+        .expect("the node has its Raft log open");
+    let data_dir = log_path.parent().unwrap().to_path_buf();
+    let quarantined = || {
+        std::fs::read_dir(data_dir.join("quarantine"))
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let kept_before = quarantined();
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, gid, stop) = (writer_profile, gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_until(&p, &gid, "d-", &stop))
+    };
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Killed, then damaged in the pod runner's restart back-off (1 s after a long run):
+    // everything into the main file, then the file cut to half.
+    signal(&pid, "-9");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let conn = rusqlite::Connection::open(&log_path).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    drop(conn);
+    let len = std::fs::metadata(&log_path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    step(&format!(
+        "{victim}: {} cut from {len} to {} bytes",
+        log_path.display(),
+        len / 2
+    ));
+    wait(
+        "the damaged member rebuilt, back as a voter and agreeing",
+        300,
+        || async {
+            let c = api.get(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            (condition(&c, "Ready").as_deref() == Some("True")
+                && condition(&c, "Corrupt").as_deref() != Some("True")
+                && s.operation.is_none()
+                && s.voters == 3
+                && quarantined().len() > kept_before.len())
+            .then_some(())
+        },
+    )
+    .await;
+    step(&format!("{victim} rebuilt after {:?}", started.elapsed()));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    check_writes("d-", &acked, &on_victim.messages());
+    // The cut log is kept on the volume as it was.
+    let new: Vec<PathBuf> = quarantined()
+        .into_iter()
+        .filter(|p| !kept_before.contains(p))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        std::fs::metadata(new[0].join("raft-log.sqlite3"))
+            .unwrap()
+            .len(),
+        len / 2,
+        "the damaged log is kept as it was"
+    );
+    let events = run(
+        env,
+        &env.kubectl,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(
+        events.contains("StorageDamaged"),
+        "no StorageDamaged Event: {events}"
+    );
 }
 
 async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {
