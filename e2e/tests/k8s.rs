@@ -1792,9 +1792,11 @@ async fn rebuild_a_damaged_follower(
         log_path.display(),
         len / 2
     ));
+    // The restarted pod was unready before it started holding, so no object changes when it
+    // does: the operator sees it by polling an unsettled cluster (every 10 s).
     wait(
         "the damaged member rebuilt, back as a voter and agreeing",
-        300,
+        120,
         || async {
             let c = api.get(name).await.ok()?;
             let s = c.status.as_ref()?;

@@ -144,6 +144,20 @@ pub const STEP_REQUEUE: Duration = Duration::from_secs(3);
 /// How soon to look again when nothing is under way (changes to owned objects trigger
 /// earlier).
 pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// How soon to look again when nothing is under way but not every member is well: a pod
+/// whose node does not answer, or a node reporting damaged storage, diverged state or state
+/// in doubt. Nothing in the API server changes when a restarted pod's node starts holding on
+/// damaged storage (the pod was already unready), so only polling sees it.
+pub const UNSETTLED_REQUEUE: Duration = Duration::from_secs(10);
+
+/// When to reconcile again after a round.
+pub fn next_round(action: &Action, rolling: bool, apply_failed: bool, unsettled: bool) -> Duration {
+    match action {
+        Action::None if !rolling && !apply_failed && !unsettled => IDLE_REQUEUE,
+        Action::None if !rolling && !apply_failed => UNSETTLED_REQUEUE,
+        _ => STEP_REQUEUE,
+    }
+}
 
 /// Reconciles one `QpqCluster` (the controller's entry point; also called by tests).
 pub async fn reconcile(obj: Arc<QpqCluster>, ctx: Arc<Context>) -> Result<Requeue> {
@@ -918,10 +932,17 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         r.phase.in_progress() || matches!(r.phase, RolloutPhase::Blocked | RolloutPhase::Pending)
     });
     // A child that could not be applied is retried as soon as a failed round would be.
-    Ok(match plan.action {
-        Action::None if !rolling && apply_failures.is_empty() => Requeue::requeue(IDLE_REQUEUE),
-        _ => Requeue::requeue(STEP_REQUEUE),
-    })
+    let unsettled = nodes.statuses.len() < usize::try_from(sts_replicas.unwrap_or(0)).unwrap_or(0)
+        || nodes
+            .statuses
+            .values()
+            .any(|s| s.damaged.is_some() || s.diverged.is_some() || s.in_doubt.is_some());
+    Ok(Requeue::requeue(next_round(
+        &plan.action,
+        rolling,
+        !apply_failures.is_empty(),
+        unsettled,
+    )))
 }
 
 /// Pods of the cluster by ordinal.
@@ -1581,6 +1602,28 @@ pub async fn run(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsettled_cluster_is_looked_at_again_soon_and_a_settled_one_rarely() {
+        assert_eq!(next_round(&Action::None, false, false, false), IDLE_REQUEUE);
+        // A member that does not answer, or holds on damaged storage: polled.
+        assert_eq!(
+            next_round(&Action::None, false, false, true),
+            UNSETTLED_REQUEUE
+        );
+        assert!(UNSETTLED_REQUEUE < IDLE_REQUEUE);
+        // Work under way goes faster still.
+        for (rolling, failed) in [(true, false), (false, true)] {
+            assert_eq!(
+                next_round(&Action::None, rolling, failed, true),
+                STEP_REQUEUE
+            );
+        }
+        assert_eq!(
+            next_round(&Action::Remove(3), false, false, false),
+            STEP_REQUEUE
+        );
+    }
 
     fn job(name: &str, condition: Option<(&str, &str)>) -> Job {
         let mut j: Job = serde_json::from_value(serde_json::json!({
