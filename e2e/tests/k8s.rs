@@ -1138,6 +1138,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     if let Some(runner) = env.runner_state.clone() {
         rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;
         rebuild_a_damaged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
+        support_bundle(&env, &ns, &name).await;
     } else {
         step("skipped: changing a volume's file needs the local pod runner's volumes");
     }
@@ -1843,6 +1844,99 @@ async fn rebuild_a_damaged_follower(
         events.contains("StorageDamaged"),
         "no StorageDamaged Event: {events}"
     );
+}
+
+/// `kubectl qpq report`: a zip with the cluster's objects, status and Events (the damaged
+/// member's `StorageDamaged` among them) and no secret material: no byte string of the
+/// cluster's Secrets and no private key appears in any file.
+async fn support_bundle(env: &Env, ns: &str, name: &str) {
+    step("kubectl qpq report: a support bundle without secrets");
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("bundle.zip");
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["report", name, "-n", ns, "-o"])
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    step(String::from_utf8_lossy(&out.stderr).trim());
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut files = BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+        files.insert(f.name().unwrap().into_owned(), bytes);
+    }
+    let text = |f: &str| {
+        String::from_utf8(
+            files
+                .get(f)
+                .unwrap_or_else(|| panic!("no {f} in {:?}", files.keys()))
+                .clone(),
+        )
+        .unwrap()
+    };
+    let readme = text("README.txt");
+    step(&format!("README.txt:\n{readme}"));
+    let cluster: Vec<Value> = serde_yaml::from_str(&text("cluster.yaml")).unwrap();
+    assert_eq!(cluster[0]["kind"], "QpqCluster");
+    assert_eq!(
+        cluster[0]["status"]["voters"], 3,
+        "{}",
+        cluster[0]["status"]
+    );
+    let pods: Vec<Value> = serde_yaml::from_str(&text("pods.yaml")).unwrap();
+    let mut names: Vec<&str> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            format!("{name}-0"),
+            format!("{name}-1"),
+            format!("{name}-2")
+        ]
+    );
+    assert!(text("events.yaml").contains("StorageDamaged"));
+    assert!(text("statefulsets.yaml").contains("QPQ_RAFT_LISTEN"));
+    assert!(
+        files.contains_key("operator/deployments.yaml"),
+        "{:?}",
+        files.keys()
+    );
+    assert!(text("status.txt").contains(&format!("{name}-0")));
+
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    let mut material: Vec<Vec<u8>> = Vec::new();
+    for s in secrets.list(&ListParams::default()).await.unwrap().items {
+        for v in s.data.into_iter().flatten().map(|(_, v)| v.0) {
+            if v.len() >= 16 {
+                material.push(v);
+            }
+        }
+    }
+    assert!(!material.is_empty(), "the cluster's Secrets were read");
+    for (f, bytes) in &files {
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "{f} holds a private key"
+        );
+        for m in &material {
+            assert!(
+                !bytes.windows(m.len()).any(|w| w == m.as_slice()),
+                "{f} holds a Secret's value"
+            );
+        }
+    }
 }
 
 async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {

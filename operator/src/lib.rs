@@ -32,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;
+pub mod report;
 pub mod resources;
 pub mod rollout;
 pub mod schedule;

@@ -8,6 +8,8 @@
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
 //! `kubectl qpq restart <cluster> [-n namespace]` (a rolling restart: one pod at a time, the
 //! leader last)
+//! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
+//! (a support bundle: objects, status, Events and logs, nothing secret)
 //! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
 use std::process::ExitCode;
 
@@ -126,6 +128,26 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Write a support bundle (zip) of the cluster: the QpqCluster with its status, its
+    /// StatefulSet, Services, PodDisruptionBudget, ConfigMaps, pods, claims, backup Jobs,
+    /// Events and pod logs, and the operator's Deployment, pods, Lease and logs. Secrets are
+    /// never read, env values other than the node's own QPQ_ settings are redacted. Reads only, with your own credentials.
+    Report {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The zip file to write (default `qpq-report-<cluster>-<unix seconds>.zip`).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        /// Where the operator runs.
+        #[arg(long, default_value = "qpq-system")]
+        operator_namespace: String,
+        /// Log lines kept per container.
+        #[arg(long, default_value_t = 2000)]
+        log_lines: i64,
+    },
     /// Print a shell completion script of `kubectl-qpq` (e.g. `source <(kubectl-qpq
     /// completion bash)`).
     Completion {
@@ -185,7 +207,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Status { namespace, .. }
         | Command::Backup { namespace, .. }
         | Command::Rollout { namespace, .. }
-        | Command::Restart { namespace, .. } => namespace.clone(),
+        | Command::Restart { namespace, .. }
+        | Command::Report { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
             return Ok(());
@@ -288,6 +311,34 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "{cluster}: rolling restart asked ({now}); follow it with `kubectl qpq rollout status {cluster} -w`"
             );
+        }
+        Command::Report {
+            cluster,
+            output,
+            operator_namespace,
+            log_lines,
+            ..
+        } => {
+            use qpq_operator::report;
+            let now = jiff::Timestamp::now();
+            let path = output
+                .unwrap_or_else(|| format!("qpq-report-{cluster}-{}.zip", now.as_second()).into());
+            let req = report::Request {
+                namespace: ns,
+                cluster,
+                operator_namespace,
+                log_lines,
+            };
+            let bundle = report::collect(&client, &req).await;
+            let readme = bundle.readme(&req, &now.to_string());
+            bundle.write_zip(&path, &readme)?;
+            eprintln!(
+                "{}: {} files, {} items not collected (see README.txt)",
+                path.display(),
+                bundle.files.len() + 1,
+                bundle.missing.len()
+            );
+            println!("{}", path.display());
         }
         Command::Completion { .. } => {}
     }
