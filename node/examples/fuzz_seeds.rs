@@ -80,10 +80,16 @@ fn backup_manifest_seeds() -> Result<Vec<Vec<u8>>, Error> {
         sha256: "ab".repeat(32),
         rows: [("messages".to_owned(), 40), ("accounts".to_owned(), 3)].into(),
         state_digest: Some("cd".repeat(32)),
+        stale: None,
+    };
+    let stale = qpq_node::backup::Manifest {
+        stale: Some("no read barrier (no leader); node 2 had applied index 1042".into()),
+        ..m.clone()
     };
     Ok(vec![
         serde_json::to_vec_pretty(&m)?,
         serde_json::to_vec(&m)?,
+        serde_json::to_vec(&stale)?,
     ])
 }
 

@@ -108,6 +108,12 @@ pub struct Manifest {
     /// Absent in manifests written before it existed; they verify without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_digest: Option<String>,
+    /// Set when the copy was taken without a read barrier (`POST /backup` with
+    /// `allow_stale`, for a cluster that lost its quorum): why. Such a copy holds what this
+    /// member had applied, which may miss writes the cluster acknowledged; restore refuses
+    /// it unless told to accept that (`qpq-node restore --accept-stale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 /// Why a backup could not be made, verified or restored.
@@ -186,6 +192,11 @@ pub enum BackupError {
     /// Writing the Raft state of the restored node failed.
     #[error("raft state: {0}")]
     Raft(String),
+    /// Restore of a backup taken without a read barrier, not accepted.
+    #[error(
+        "this backup was taken without a leader ({0}): it may miss acknowledged writes; restore it only to recover a cluster that lost its quorum for good, with --accept-stale"
+    )]
+    Stale(String),
 }
 
 type Result<T, E = BackupError> = std::result::Result<T, E>;
@@ -337,6 +348,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         sha256,
         rows,
         state_digest: Some(state_digest),
+        stale: None,
     })
 }
 
@@ -468,7 +480,11 @@ pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
             found.state_digest.unwrap_or_default(),
         ));
     }
-    Ok(found)
+    // How the copy was taken is not in the file: the manifest's word is kept.
+    Ok(Manifest {
+        stale: manifest.stale.clone(),
+        ..found
+    })
 }
 
 /// Whether `data_dir` holds a state database: a node's state, restored or not. (A Raft
@@ -643,7 +659,12 @@ const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// written as `<out>.partial`, verified against the manifest the node sent (digest, SQLite
 /// integrity, row counts), and only then renamed to `out`: `out` is never a partial or
 /// unverified backup. Refuses to overwrite an existing `out`.
-pub async fn fetch(client: &AdminClient, admin: &str, out: &Path) -> Result<Manifest> {
+pub async fn fetch(
+    client: &AdminClient,
+    admin: &str,
+    out: &Path,
+    allow_stale: bool,
+) -> Result<Manifest> {
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
     use tokio::io::AsyncWriteExt as _;
@@ -655,9 +676,15 @@ pub async fn fetch(client: &AdminClient, admin: &str, out: &Path) -> Result<Mani
         });
     }
     let transfer = |e: &dyn std::fmt::Display| BackupError::Transfer(e.to_string());
+    let body = if allow_stale {
+        Bytes::from_static(br#"{"allow_stale": true}"#)
+    } else {
+        Bytes::new()
+    };
     let request = hyper::Request::post("/backup")
         .header("host", admin)
-        .body(Full::new(Bytes::new()))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
         .map_err(|e| transfer(&e))?;
     // The node answers once its read barrier passed and the copy is made and checked: give a
     // large database time, but not forever (a paused or partitioned node never answers).
@@ -753,10 +780,15 @@ pub(crate) async fn keep_if_verified(
 
 /// [`fetch`] from the first of `admins` that serves a backup (a member that is down,
 /// unreachable or without a leader is skipped); the last error if none does.
-pub async fn fetch_any(client: &AdminClient, admins: &[String], out: &Path) -> Result<Manifest> {
+pub async fn fetch_any(
+    client: &AdminClient,
+    admins: &[String],
+    out: &Path,
+    allow_stale: bool,
+) -> Result<Manifest> {
     let mut last = BackupError::Transfer("no admin address given".into());
     for admin in admins {
-        match fetch(client, admin, out).await {
+        match fetch(client, admin, out, allow_stale).await {
             Ok(m) => return Ok(m),
             // Worth asking another member: it could not be reached or could not serve.
             Err(e @ (BackupError::Transfer(_) | BackupError::Refused { .. })) => {

@@ -93,6 +93,11 @@ enum BackupCommand {
         /// newest N backups of the prefix.
         #[arg(long, requires = "out_dir")]
         keep: Option<usize>,
+        /// Take the copy even when the node cannot confirm it holds every acknowledged write
+        /// (no leader, no quorum): for a cluster that lost its quorum for good. The manifest
+        /// says so (`stale`), and restore refuses such a backup without `--accept-stale`.
+        #[arg(long)]
+        allow_stale: bool,
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts, state digest.
     Verify {
@@ -152,6 +157,10 @@ struct RestoreArgs {
     /// very backup (a restart of the restored node); fail if it holds any other state.
     #[arg(long)]
     if_empty: bool,
+    /// Restore a backup taken without a read barrier (`backup create --allow-stale`): it
+    /// may miss writes the cluster acknowledged. Only to recover from a quorum lost for good.
+    #[arg(long)]
+    accept_stale: bool,
 }
 
 #[derive(Args)]
@@ -481,6 +490,7 @@ pub fn main() -> ExitCode {
                 work_dir,
                 prefix,
                 keep,
+                allow_stale,
             }) => {
                 let credentials = crate::raft::certs::ClusterTlsFiles {
                     ca: admin_ca,
@@ -493,6 +503,7 @@ pub fn main() -> ExitCode {
                     work_dir,
                     prefix,
                     keep,
+                    allow_stale,
                 };
                 report(backup_create(&admin, &credentials, target).await)
             }
@@ -541,6 +552,11 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
             a.data_dir.clone(),
         ));
     }
+    if let Some(why) = &manifest.stale
+        && !a.accept_stale
+    {
+        return Err(crate::backup::BackupError::Stale(why.clone()));
+    }
     // From object storage: downloaded and verified into a scratch directory first.
     let download = match &remote {
         Some(at) => {
@@ -572,6 +588,7 @@ struct BackupTarget {
     work_dir: Option<PathBuf>,
     prefix: String,
     keep: Option<usize>,
+    allow_stale: bool,
 }
 
 /// A private directory for a download or upload, removed when dropped.
@@ -636,7 +653,7 @@ async fn backup_create(
     };
     if !object::is_url(&location) {
         let file = PathBuf::from(&location);
-        let manifest = crate::backup::fetch_any(&client, admins, &file).await?;
+        let manifest = crate::backup::fetch_any(&client, admins, &file, t.allow_stale).await?;
         let deleted = match (dir, t.keep) {
             (Some(dir), Some(keep)) => {
                 crate::backup::prune(std::path::Path::new(&dir), &t.prefix, keep)?
@@ -655,7 +672,7 @@ async fn backup_create(
     let target = Location::parse(&location)?;
     let work = WorkDir::new(t.work_dir)?;
     let local = work.path().join("backup.sqlite3");
-    let manifest = crate::backup::fetch_any(&client, admins, &local).await?;
+    let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
     object::upload(&local, &manifest, &target).await?;
     let deleted = match (dir, t.keep) {
         (Some(dir), Some(keep)) => object::prune(&Location::parse(&dir)?, &t.prefix, keep).await?,

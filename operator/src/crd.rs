@@ -355,6 +355,11 @@ pub struct RestoreSpec {
     #[x_kube(validation = kube::core::Rule::new("!self.contains('/')").message("a file name on the volume, without a directory").reason(kube::core::Reason::FieldValueInvalid))]
     #[schemars(length(min = 1))]
     pub file: String,
+    /// Restore even a backup taken without a read barrier (`qpq-node backup create
+    /// --allow-stale` on a member of a cluster that lost its quorum for good): it may miss
+    /// writes that cluster acknowledged. Without it such a backup is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_stale: bool,
 }
 
 /// S3-compatible object storage for backups.

@@ -319,15 +319,35 @@ pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Res
     (status, [("content-type", "application/json")], body).into_response()
 }
 
+/// The optional body of `POST /backup`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// Copy even without a read barrier (no leader, no quorum): the copy holds what this
+    /// member applied, which may miss acknowledged writes, and its manifest says so
+    /// (`stale`). For a cluster that lost its quorum for good.
+    #[serde(default)]
+    allow_stale: bool,
+}
+
 /// `POST /backup`, counted by answer (`qpq_backups_total{outcome}`).
-async fn backup(State(s): State<AdminState>) -> Response {
+async fn backup(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let b: BackupBody = if body.iter().all(u8::is_ascii_whitespace) {
+        BackupBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        }
+    };
     let metrics = s.metrics.clone();
-    let response = send_backup(s).await;
+    let response = send_backup(s, b.allow_stale).await;
     let outcome = match response.status() {
         StatusCode::OK => "ok",
         StatusCode::CONFLICT => "busy",
         StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::BAD_REQUEST => "bad_request",
         _ => "internal",
     };
     metrics.backups.with_label_values(&[outcome]).inc();
@@ -336,8 +356,9 @@ async fn backup(State(s): State<AdminState>) -> Response {
 
 /// A consistent copy of the state database, after a read barrier (so it holds every write
 /// acknowledged before the call), checked before it is sent. The body is the SQLite file;
-/// the manifest is in [`MANIFEST_HEADER`].
-async fn send_backup(s: AdminState) -> Response {
+/// the manifest is in [`MANIFEST_HEADER`]. With `allow_stale`, a failed read barrier does
+/// not stop the copy: the manifest then says why it may be stale.
+async fn send_backup(s: AdminState, allow_stale: bool) -> Response {
     let Ok(busy) = s.backup.busy.clone().try_lock_owned() else {
         return json_error(
             StatusCode::CONFLICT,
@@ -371,13 +392,30 @@ async fn send_backup(s: AdminState) -> Response {
         Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
-    if let Err(e) = s.raft.read_barrier().await {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        );
-    }
+    let stale = match s.raft.read_barrier().await {
+        Ok(_) => None,
+        Err(e) if allow_stale => {
+            let applied = s.raft.status().await.applied_index;
+            tracing::warn!(
+                target: "qpq::audit",
+                event = "backup_stale",
+                error = %e,
+                applied,
+                "backup without a read barrier: it holds what this node applied, which may miss acknowledged writes"
+            );
+            Some(format!(
+                "no read barrier ({e}); node {} had applied index {applied}",
+                s.backup.node_id
+            ))
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            );
+        }
+    };
     let source = s.backup.clone();
     // The copy holds the lock (and hands it to the body): a caller that goes away mid-copy
     // must not let a second copy start beside the first.
@@ -399,7 +437,7 @@ async fn send_backup(s: AdminState) -> Response {
         result.map(|(manifest, file)| (manifest, file, busy))
     })
     .await;
-    let (manifest, file, busy) = match made {
+    let (mut manifest, file, busy) = match made {
         Ok(Ok(made)) => made,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "backup failed");
@@ -407,6 +445,7 @@ async fn send_backup(s: AdminState) -> Response {
         }
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     };
+    manifest.stale = stale;
     let header = match serde_json::to_string(&manifest) {
         Ok(h) => h,
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),

@@ -496,3 +496,96 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     })
     .await;
 }
+
+/// A cluster that lost its quorum for good: a normal backup is refused (no read barrier can
+/// pass), `--allow-stale` takes one anyway from the surviving member and says so in the
+/// manifest, `restore` refuses that copy unless told `--accept-stale`, and then restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_quorum_gives_only_a_stale_backup_and_restore_asks_to_accept_it() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, &[]).await;
+    let work_dir = tempfile::tempdir().unwrap();
+    let backup = work_dir.path().join("stale.sqlite3");
+    let leader = local(async {
+        let history = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        write(&history, &c, channel, 20).await;
+        c.wait_leader(Duration::from_secs(5)).await
+    })
+    .await;
+    // The leader applied every acknowledged write; the two others are lost.
+    for id in (1..=3).filter(|id| *id != leader) {
+        c.node_mut(id).kill9();
+    }
+    let admin = c.node(leader).admin.unwrap().to_string();
+    let creds = c.admin_args(Role::Backup);
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+    let create = |extra: &[&str]| {
+        qpq_node(
+            &[
+                &[
+                    "backup",
+                    "create",
+                    "--admin",
+                    &admin,
+                    "--out",
+                    path(&backup),
+                ][..],
+                extra,
+                &creds,
+            ]
+            .concat(),
+        )
+    };
+    let out = create(&[]);
+    assert!(!out.status.success(), "a backup without a quorum");
+    assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+    assert!(!backup.exists());
+
+    let out = create(&["--allow-stale"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = &made["manifest"];
+    assert_eq!(manifest["rows"]["messages"], 20, "{made}");
+    let why = manifest["stale"]
+        .as_str()
+        .expect("the manifest says it is stale");
+    assert!(why.contains("no read barrier"), "{why}");
+    assert!(
+        c.node(leader)
+            .log_text()
+            .contains("backup without a read barrier"),
+        "audited"
+    );
+    let out = qpq_node(&["backup", "verify", path(&backup)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["stale"], manifest["stale"], "{verified}");
+
+    let target = work_dir.path().join("restored");
+    let restore = |extra: &[&str]| {
+        qpq_node(
+            &[
+                &[
+                    "restore",
+                    "--from",
+                    path(&backup),
+                    "--data-dir",
+                    path(&target),
+                    "--raft-advertise",
+                    "127.0.0.1:7444",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let out = restore(&[]);
+    assert!(!out.status.success(), "a stale backup restored unasked");
+    assert!(stderr(&out).contains("--accept-stale"), "{}", stderr(&out));
+    assert!(!target.join("node.sqlite3").exists());
+    let out = restore(&["--accept-stale"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(restored["messages"], 20, "{restored}");
+}

@@ -382,6 +382,16 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
         // Unknown paths too: the role check comes before routing.
         assert_eq!(t.admin_as(role, "GET", "/nope", "").await.0, 403);
     }
+    // A backup's body is checked: a misspelt or mistyped option is refused, not ignored.
+    for body in [
+        r#"{"allow_stail": true}"#,
+        r#"{"allow_stale": "yes"}"#,
+        "[1]",
+    ] {
+        let (code, answer) = t.admin_as(Role::Backup, "POST", "/backup", body).await;
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert_eq!(json(&answer)["error"], "bad_request", "{answer}");
+    }
 
     // The operator may call a mutation (its answer is the node's, not a refusal).
     let (code, body) = t

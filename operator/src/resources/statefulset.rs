@@ -152,17 +152,21 @@ pub fn statefulset(
         };
         let mut env = container["env"].as_array().cloned().unwrap_or_default();
         env.extend(store_env);
+        let mut args = vec![
+            json!("restore"),
+            json!("--from"),
+            json!(from),
+            json!("--first-node-only"),
+            json!("--if-empty"),
+        ];
+        if r.accept_stale {
+            args.push(json!("--accept-stale"));
+        }
         let mut init = json!({
             "name": "restore",
             "image": container["image"].clone(),
             "command": ["qpq-node"],
-            "args": [
-                "restore",
-                "--from",
-                from,
-                "--first-node-only",
-                "--if-empty",
-            ],
+            "args": args,
             "env": env,
             "volumeMounts": [
                 {"name": "data", "mountPath": DATA_DIR},

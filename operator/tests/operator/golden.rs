@@ -128,6 +128,26 @@ fn builders_match_golden_output() {
         "restore-init-s3",
         &sts_s3["spec"]["template"]["spec"]["initContainers"],
     );
+    // A stale backup (quorum lost for good) is restored only when the spec says so.
+    let init_args = |restore: serde_json::Value| {
+        let mut spec = full_spec();
+        spec["restore"] = restore;
+        let obj = cluster(spec, None, true);
+        let sts = serde_json::to_value(
+            resources::statefulset(&c, &obj.spec, &obj.spec.version, 3, &hash, 0, true).unwrap(),
+        )
+        .unwrap();
+        sts["spec"]["template"]["spec"]["initContainers"][0]["args"].clone()
+    };
+    let plain = init_args(json!({"claimName": "x-backups", "file": "x-1.sqlite3"}));
+    assert!(!plain.to_string().contains("--accept-stale"), "{plain}");
+    let stale =
+        init_args(json!({"claimName": "x-backups", "file": "x-1.sqlite3", "acceptStale": true}));
+    assert_eq!(
+        stale.as_array().unwrap().last().unwrap(),
+        "--accept-stale",
+        "{stale}"
+    );
     check(
         "client-service",
         &resources::client_service(&c, &s.client_service).unwrap(),
