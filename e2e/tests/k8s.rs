@@ -1321,6 +1321,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         claim_name: None,
         object_store: Some(serde_json::from_value(store.clone()).unwrap()),
         file: object.clone(),
+        accept_stale: false,
     });
     api.create(&PostParams::default(), &restored).await.unwrap();
     wait_ready(&env, &ns, from_store, 1, 300).await;
@@ -1366,6 +1367,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             .next()
             .unwrap()
             .to_owned(),
+        accept_stale: false,
     });
     api.create(&PostParams::default(), &restored).await.unwrap();
     wait_ready(&env, &ns, restored_name, 3, 300).await;
