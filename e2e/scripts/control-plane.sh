@@ -136,7 +136,29 @@ wait_for() {
 
 certs() {
   local d="$STATE/pki"
-  [[ -f "$d/apiserver.crt" ]] && return 0
+  [[ -f "$d/apiserver.crt" ]] || api_certs
+  [[ -f "$d/kubelet.crt" ]] || kubelet_certs
+}
+
+# The pod runner's kubelet endpoint (container logs): its serving certificate, and the client
+# certificate the API server presents to it (the only caller the endpoint accepts).
+kubelet_certs() {
+  local d="$STATE/pki"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=qpq-local" \
+    -keyout "$d/kubelet.key" -out "$d/kubelet.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:qpq-local\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n' > "$d/kubelet.ext"
+  openssl x509 -req -in "$d/kubelet.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/kubelet.ext" -out "$d/kubelet.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$d/kubelet-client.key" -out "$d/kubelet-client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' > "$d/kubelet-client.ext"
+  openssl x509 -req -in "$d/kubelet-client.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/kubelet-client.ext" -out "$d/kubelet-client.crt" 2>/dev/null
+  chmod 600 "$d/kubelet.key" "$d/kubelet-client.key"
+}
+
+api_certs() {
+  local d="$STATE/pki"
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=qpq-local-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
@@ -215,6 +237,8 @@ up() {
     --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode RBAC --allow-privileged=true --profiling=false \
+    --kubelet-client-certificate "$d/kubelet-client.crt" --kubelet-client-key "$d/kubelet-client.key" \
+    --kubelet-certificate-authority "$d/ca.crt" --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type none
   wait_for kube-apiserver 120 api_ready
   kubeconfig

@@ -99,7 +99,10 @@ echo "== k8s-e2e: pod runner"
 mkdir -p "$STATE/pids" "$STATE/logs"
 KUBECONFIG="$STATE/kubeconfig" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
   setsid "$TARGET/debug/qpq-podrunner" --image-map "$STATE/images.yaml" \
-  --state-dir "$STATE/runner" >"$STATE/logs/qpq-podrunner.log" 2>&1 </dev/null &
+  --state-dir "$STATE/runner" \
+  --kubelet-listen 127.0.0.1:10250 --kubelet-cert "$STATE/pki/kubelet.crt" \
+  --kubelet-key "$STATE/pki/kubelet.key" --kubelet-client-ca "$STATE/pki/ca.crt" \
+  >"$STATE/logs/qpq-podrunner.log" 2>&1 </dev/null &
 echo $! > "$STATE/pids/qpq-podrunner.pid"
 for _ in $(seq 1 60); do
   grep -q "pod runner started" "$STATE/logs/qpq-podrunner.log" && break

@@ -1916,6 +1916,17 @@ async fn support_bundle(env: &Env, ns: &str, name: &str) {
         files.keys()
     );
     assert!(text("status.txt").contains(&format!("{name}-0")));
+    // Container logs, through the API server and the pod runner's kubelet endpoint.
+    for i in 0..3 {
+        let log = text(&format!("logs/{name}-{i}/qpq-node.log"));
+        assert!(log.contains("node serving"), "{name}-{i}: {log}");
+    }
+    assert!(
+        files.keys().any(|f| f.starts_with("operator/logs/")),
+        "{:?}",
+        files.keys()
+    );
+    assert!(readme.contains("nothing missing"), "{readme}");
 
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
     let mut material: Vec<Vec<u8>> = Vec::new();

@@ -7,6 +7,7 @@
 //! delete and reports pod status. See `docs/local-kubernetes.md` for the contract.
 
 mod hosts;
+mod kubelet;
 mod node;
 mod pod;
 mod runtime;
@@ -49,6 +50,19 @@ struct Args {
     /// How often pods and claims are listed, in milliseconds.
     #[arg(long, default_value_t = 500)]
     poll_ms: u64,
+    /// Serve the kubelet's container-log endpoint here (HTTPS, client certificates of
+    /// `--kubelet-client-ca` only), so that `kubectl logs` works; off when unset.
+    #[arg(long, requires_all = ["kubelet_cert", "kubelet_key", "kubelet_client_ca"])]
+    kubelet_listen: Option<std::net::SocketAddr>,
+    /// The endpoint's serving certificate (PEM).
+    #[arg(long)]
+    kubelet_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long)]
+    kubelet_key: Option<PathBuf>,
+    /// The CA whose client certificates may call it (the API server's kubelet client).
+    #[arg(long)]
+    kubelet_client_ca: Option<PathBuf>,
 }
 
 /// Shared state of the runner.
@@ -62,6 +76,8 @@ pub(crate) struct Ctx {
     pub(crate) max_backoff: Duration,
     pub(crate) api_url: String,
     pub(crate) api_ca_pem: Option<String>,
+    /// The kubelet endpoint's port, published in the node's status.
+    pub(crate) kubelet_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -103,7 +119,26 @@ async fn main() -> anyhow::Result<()> {
         max_backoff: Duration::from_secs(args.max_backoff_secs),
         api_url,
         api_ca_pem,
+        kubelet_port: args.kubelet_listen.map(|a| a.port()),
     });
+    if let (Some(addr), Some(cert), Some(key), Some(client_ca)) = (
+        args.kubelet_listen,
+        args.kubelet_cert.clone(),
+        args.kubelet_key.clone(),
+        args.kubelet_client_ca.clone(),
+    ) {
+        let state_dir = args.state_dir.clone();
+        let tls = kubelet::Tls {
+            cert,
+            key,
+            client_ca,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kubelet::serve(addr, tls, state_dir).await {
+                tracing::error!("kubelet endpoint: {e:#}");
+            }
+        });
+    }
 
     node::register(&ctx).await?;
     storage::ensure_storage_class(&ctx).await?;

@@ -55,6 +55,7 @@ async fn update_status(ctx: &Ctx) -> anyhow::Result<()> {
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": ctx.node},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": ctx.kubelet_port.unwrap_or(0)}},
             "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "100Gi"},
             "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "100Gi"},
             "nodeInfo": {
