@@ -537,3 +537,73 @@ async fn job_with_init_container_completes() {
     );
     teardown(&env).await;
 }
+
+/// `kubectl logs`: the API server fetches a container's log from the node's kubelet endpoint
+/// (on the local control plane, the pod runner's). On the pod runner that endpoint answers
+/// only the API server: a caller without its client certificate is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_logs_come_through_the_api_server_and_nobody_else() {
+    let Some(env) = setup("logs").await else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "talker"},
+            "spec": {"containers": [container(&env, json!([]))]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wait("talker ready", 60, || async {
+        pod_by_name(&env, "talker")
+            .await
+            .filter(is_ready)
+            .map(|_| ())
+    })
+    .await;
+    let params = kube::api::LogParams {
+        tail_lines: Some(10),
+        ..kube::api::LogParams::default()
+    };
+    let log = pods.logs("talker", &params).await.unwrap();
+    assert!(log.contains("qpq-testserver listening on"), "{log}");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    let node_name = pod_by_name(&env, "talker")
+        .await
+        .and_then(|p| p.spec?.node_name)
+        .unwrap();
+    let node = nodes.get(&node_name).await.unwrap();
+    let status = node.status.unwrap();
+    let on_runner = status
+        .node_info
+        .as_ref()
+        .is_some_and(|i| i.kubelet_version.contains("qpq-podrunner"));
+    if on_runner {
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            .unwrap();
+        let ip = status
+            .addresses
+            .unwrap()
+            .into_iter()
+            .find(|a| a.type_ == "InternalIP")
+            .unwrap()
+            .address;
+        let url = format!("https://{ip}:{port}/containerLogs/{}/talker/server", env.ns);
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a caller without the API server's certificate read a log: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    teardown(&env).await;
+}
