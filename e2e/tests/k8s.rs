@@ -1139,6 +1139,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;
         rebuild_a_damaged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
         support_bundle(&env, &ns, &name).await;
+        transfer_leader(&env, &ns, &name).await;
     } else {
         step("skipped: changing a volume's file needs the local pod runner's volumes");
     }
@@ -1950,6 +1951,49 @@ async fn support_bundle(env: &Env, ns: &str, name: &str) {
             );
         }
     }
+}
+
+/// `kubectl qpq transfer-leader --to <pod> --wait`: the operator moves leadership there and
+/// records the outcome.
+async fn transfer_leader(env: &Env, ns: &str, name: &str) {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let leader = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    let target = (0..3)
+        .map(|i| format!("{name}-{i}"))
+        .find(|p| *p != leader)
+        .unwrap();
+    step(&format!(
+        "kubectl qpq transfer-leader --to {target} (from {leader})"
+    ));
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["transfer-leader", name, "-n", ns, "--to", &target, "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq transfer-leader: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["outcome"], "Transferred", "{outcome}");
+    wait(&format!("{target} leading"), 60, || async {
+        let s = api.get(name).await.ok()?.status?;
+        (s.leader.as_deref() == Some(target.as_str())).then_some(())
+    })
+    .await;
+    // A pod of another cluster is refused, and says why.
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["transfer-leader", name, "-n", ns, "--to", "other-0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a pod of another cluster");
 }
 
 async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {

@@ -699,9 +699,29 @@ pub struct QpqClusterStatus {
     /// RFC 3339; each is renewed at two thirds of its life. Absent with `tls.secretName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates_expire: Option<String>,
+    /// The last leadership transfer asked for with `kubectl qpq transfer-leader` (the
+    /// annotation `qpq.dev/transfer-leader`) and what came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_transfer: Option<LeaderTransferStatus>,
     /// Label selector of the cluster's pods (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+}
+
+/// A leadership transfer request and its outcome.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderTransferStatus {
+    /// The annotation's value that was carried out.
+    pub request: String,
+    /// `Transferred`, `AlreadyLeader`, `Refused` or `Failed`.
+    pub outcome: String,
+    /// What happened (the nodes, or why not).
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the outcome.
+    #[serde(default)]
+    pub at: String,
 }
 
 /// A backup Job that completed.

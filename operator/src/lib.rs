@@ -39,5 +39,6 @@ pub mod schedule;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod transfer;
 
 pub use error::{Error, Result};

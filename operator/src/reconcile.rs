@@ -41,7 +41,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin_client::{AdminIdentity, MembershipCall, NodeAdmin, NodeId, Status};
-use crate::crd::{FINALIZER, PvcRetentionPolicy, QpqCluster, RolloutPhase};
+use crate::crd::{
+    FINALIZER, LeaderTransferStatus, PvcRetentionPolicy, QpqCluster, QpqClusterStatus, RolloutPhase,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, ClusterView, Observed, Plan, RaftObservation};
@@ -333,6 +335,95 @@ fn action_call(
         ),
         Action::None | Action::Wait(_) | Action::Blocked(..) => return None,
     })
+}
+
+/// Carries out a new `qpq.dev/transfer-leader` request ([`crate::transfer`]): its record for
+/// the status, or `None` when there is none or it must wait.
+#[allow(clippy::too_many_arguments)]
+async fn leader_transfer(
+    ctx: &Context,
+    admin: &dyn NodeAdmin,
+    obj: &QpqCluster,
+    c: &ClusterRef,
+    prev: Option<&QpqClusterStatus>,
+    view: &ClusterView,
+    observed: &Observed,
+    nodes: &NodeObservation,
+    now: &str,
+) -> Option<LeaderTransferStatus> {
+    use crate::transfer::{self, Decision};
+    let raw = transfer::pending(
+        obj.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(transfer::ANNOTATION))
+            .map(String::as_str),
+        prev.and_then(|p| p.leader_transfer.as_ref()),
+    )?;
+    let healthy = |n: NodeId| {
+        nodes
+            .statuses
+            .get(&n)
+            .is_some_and(|s| s.diverged.is_none() && s.damaged.is_none())
+    };
+    let decision = match transfer::parse(&raw, &c.name) {
+        Ok(target) => transfer::decide(target, view, &observed.reachable, healthy),
+        Err(e) => Decision::Refuse(e),
+    };
+    let record = |outcome: &str, message: String| LeaderTransferStatus {
+        request: raw.clone(),
+        outcome: outcome.to_owned(),
+        message,
+        at: now.to_owned(),
+    };
+    let (record, event, reason) = match decision {
+        Decision::Wait => return None,
+        Decision::AlreadyDone(m) => (
+            record("AlreadyLeader", m),
+            EventType::Normal,
+            "LeadershipTransferred",
+        ),
+        Decision::Refuse(m) => (
+            record("Refused", m),
+            EventType::Warning,
+            "LeadershipTransferRefused",
+        ),
+        Decision::Transfer { from, to } => {
+            let call = MembershipCall::TransferLeader { to };
+            match admin.call(&c.admin_addr(from), &call).await {
+                Ok(_) => (
+                    record(
+                        "Transferred",
+                        format!("from {} to {}", c.pod(from), c.pod(to)),
+                    ),
+                    EventType::Normal,
+                    "LeadershipTransferred",
+                ),
+                Err(e) => {
+                    ctx.metrics
+                        .errors
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                    (
+                        record("Failed", e.to_string()),
+                        EventType::Warning,
+                        "LeadershipTransferFailed",
+                    )
+                }
+            }
+        }
+    };
+    tracing::info!(cluster = %c.name, request = %record.request, outcome = %record.outcome, message = %record.message, "leadership transfer request");
+    publish(
+        ctx,
+        obj,
+        event,
+        reason,
+        "Transfer",
+        format!("{}: {}", record.request, record.message),
+    )
+    .await;
+    Some(record)
 }
 
 async fn publish(
@@ -813,7 +904,31 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         .clone()
         .or_else(|| prev.and_then(|p| p.finalized_version.clone()));
 
-    let next = status::next_status(&StatusInput {
+    // A leadership transfer asked with `kubectl qpq transfer-leader`, between other work.
+    let quiet = !invalid
+        && matches!(plan.action, Action::None)
+        && rollout_plan.action == RolloutAction::None
+        && !rollout_status
+            .as_ref()
+            .is_some_and(|r| r.phase.in_progress());
+    let transfer_record = match (quiet, &raft) {
+        (true, RaftObservation::Cluster(v)) => {
+            leader_transfer(
+                ctx,
+                admin.as_ref(),
+                obj,
+                &c,
+                prev,
+                v,
+                &observed,
+                &nodes,
+                &now,
+            )
+            .await
+        }
+        _ => None,
+    };
+    let mut next = status::next_status(&StatusInput {
         cluster: &c,
         generation: obj.metadata.generation,
         desired: spec.replicas,
@@ -835,6 +950,9 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         certificates_expire,
         selector: c.label_selector(),
     });
+    if let Some(record) = transfer_record {
+        next.leader_transfer = Some(record);
+    }
     // Each drill's outcome is announced once; the gauge says whether the newest passed.
     let drill_gauge = ctx
         .metrics

@@ -443,6 +443,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         certificates_expire: input
             .certificates_expire
             .and_then(|t| jiff::Timestamp::from_second(t).ok().map(|t| t.to_string())),
+        // Replaced by the round that carries out a new request (`crate::transfer`).
+        leader_transfer: input.previous.and_then(|p| p.leader_transfer.clone()),
         selector: Some(input.selector.clone()),
     }
 }

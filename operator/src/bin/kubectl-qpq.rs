@@ -8,6 +8,8 @@
 //! `kubectl qpq rollout status|pause|resume|promote|abort|retry|finalize <cluster> [-n namespace] [-w]`
 //! `kubectl qpq restart <cluster> [-n namespace]` (a rolling restart: one pod at a time, the
 //! leader last)
+//! `kubectl qpq transfer-leader <cluster> [--to <pod|id|any>] [--wait]` (move leadership,
+//! e.g. before maintenance on the leader's Kubernetes node)
 //! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
 //! (a support bundle: objects, status, Events and logs, nothing secret)
 //! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
@@ -128,6 +130,27 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Move Raft leadership to another voter (the most caught-up one, or the one named), e.g.
+    /// before maintenance on the leader's Kubernetes node. Sets the annotation
+    /// `qpq.dev/transfer-leader` (`<target>@<time>`); the operator carries it out when no
+    /// membership change or rollout is under way and records the outcome in
+    /// `status.leaderTransfer` with an Event.
+    TransferLeader {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The new leader: a pod name (`x-1`), a node id (`2`) or `any`.
+        #[arg(long, default_value = "any")]
+        to: String,
+        /// Wait for the outcome; fail unless leadership moved (or was already there).
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Write a support bundle (zip) of the cluster: the QpqCluster with its status, its
     /// StatefulSet, Services, PodDisruptionBudget, ConfigMaps, pods, claims, backup Jobs,
     /// Events and pod logs, and the operator's Deployment, pods, Lease and logs. Secrets are
@@ -208,7 +231,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Backup { namespace, .. }
         | Command::Rollout { namespace, .. }
         | Command::Restart { namespace, .. }
-        | Command::Report { namespace, .. } => namespace.clone(),
+        | Command::Report { namespace, .. }
+        | Command::TransferLeader { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
             return Ok(());
@@ -311,6 +335,52 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "{cluster}: rolling restart asked ({now}); follow it with `kubectl qpq rollout status {cluster} -w`"
             );
+        }
+        Command::TransferLeader {
+            cluster,
+            to,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            use kube::api::{Patch, PatchParams};
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            qpq_operator::transfer::parse(&to, &cluster)?;
+            let value = format!("{to}@{}", jiff::Timestamp::now());
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                qpq_operator::transfer::ANNOTATION: value,
+            }}});
+            api.patch(&cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            if !wait {
+                println!(
+                    "{cluster}: leadership transfer asked ({value}); see status.leaderTransfer"
+                );
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+            loop {
+                let c = api.get(&cluster).await?;
+                if let Some(t) = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.leader_transfer.as_ref())
+                    .filter(|t| t.request == value)
+                {
+                    println!("{}", serde_json::to_string(t)?);
+                    if t.outcome == "Transferred" || t.outcome == "AlreadyLeader" {
+                        return Ok(());
+                    }
+                    return Err(format!("{}: {}", t.outcome, t.message).into());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "no outcome within {timeout_secs} s (a membership change or rollout under way?)"
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         Command::Report {
             cluster,

@@ -1314,3 +1314,76 @@ async fn user_tls_children(server: &mut ApiServer, obj: &qpq_operator::crd::QpqC
         server.expect_apply(path).await;
     }
 }
+
+#[tokio::test]
+async fn a_transfer_request_is_carried_out_once_on_the_leader_and_recorded() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 30), (3, 1)]),
+        );
+    }
+    let mut obj = cluster(spec(3), Some(bootstrapped(json!({"voters": 3}))), true);
+    obj.metadata.annotations = Some(
+        [(
+            "qpq.dev/transfer-leader".to_owned(),
+            "any@2026-12-05T06:00:00Z".to_owned(),
+        )]
+        .into(),
+    );
+    let recorded: Value;
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["LeadershipTransferred"],
+            },
+        )
+        .await;
+        recorded = st["leaderTransfer"].clone();
+    })
+    .unwrap();
+    // The most caught-up other voter, through the leader (pod x-0).
+    assert_eq!(
+        nodes.calls(),
+        vec![(
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::TransferLeader { to: 3 }
+        )]
+    );
+    assert_eq!(recorded["request"], "any@2026-12-05T06:00:00Z");
+    assert_eq!(recorded["outcome"], "Transferred");
+    assert_eq!(recorded["message"], "from x-0 to x-2", "{recorded}");
+
+    // The same request again (the annotation stays): nothing more.
+    obj.status = Some(
+        serde_json::from_value(bootstrapped(
+            json!({"voters": 3, "leaderTransfer": recorded}),
+        ))
+        .unwrap(),
+    );
+    run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &[],
+            },
+        )
+        .await;
+    })
+    .unwrap();
+    assert_eq!(nodes.calls().len(), 1, "{:?}", nodes.calls());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
