@@ -1987,6 +1987,22 @@ async fn transfer_leader(env: &Env, ns: &str, name: &str) {
         (s.leader.as_deref() == Some(target.as_str())).then_some(())
     })
     .await;
+    // `kubectl qpq logs`: the new leader's log, through the API server.
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["logs", name, "leader", "-n", ns, "--tail", "500"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.lines().count() <= 500 && log.contains("qpq_node"),
+        "{log}"
+    );
     // A pod of another cluster is refused, and says why.
     let out = Command::new(&plugin)
         .env("KUBECONFIG", &env.kubeconfig)

@@ -315,6 +315,22 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
     }
 }
 
+/// The pod of `member` (`leader`, a node id, or a pod name of the cluster).
+pub fn member_pod(c: &QpqCluster, member: &str) -> Result<String, String> {
+    let name = c.metadata.name.as_deref().unwrap_or_default();
+    if member == "leader" {
+        return c
+            .status
+            .as_ref()
+            .and_then(|s| s.leader.clone())
+            .ok_or_else(|| format!("{name} has no known leader; name a member"));
+    }
+    match crate::transfer::parse(member, name)? {
+        crate::transfer::Target::Node(id) => Ok(format!("{name}-{}", id - 1)),
+        crate::transfer::Target::Any => Err("name a member: a pod, a node id or `leader`".into()),
+    }
+}
+
 /// The member a backup Job should ask: a reachable follower voter (the leader keeps its disk
 /// for writes; the follower's read barrier catches it up), else the leader, else node 1.
 pub fn backup_source(c: &QpqCluster) -> NodeId {
@@ -504,6 +520,17 @@ mod tests {
         assert!(one.starts_with("NAME "), "{one}");
         assert!(!one.contains("prod"), "{one}");
         assert_eq!(list_table(&[], true), "No QpqClusters found.\n");
+    }
+
+    #[test]
+    fn a_member_is_the_leader_an_id_or_a_pod() {
+        let c = cluster();
+        let leader = c.status.as_ref().and_then(|s| s.leader.clone()).unwrap();
+        assert_eq!(member_pod(&c, "leader").unwrap(), leader);
+        assert_eq!(member_pod(&c, "2").unwrap(), "qpq-1");
+        assert_eq!(member_pod(&c, "qpq-2").unwrap(), "qpq-2");
+        assert!(member_pod(&c, "any").is_err());
+        assert!(member_pod(&c, "y-0").is_err());
     }
 
     #[test]

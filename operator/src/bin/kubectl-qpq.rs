@@ -10,6 +10,8 @@
 //! leader last)
 //! `kubectl qpq transfer-leader <cluster> [--to <pod|id|any>] [--wait]` (move leadership,
 //! e.g. before maintenance on the leader's Kubernetes node)
+//! `kubectl qpq logs <cluster> [<member>] [--tail N] [--previous]` (a member's node log; the
+//! member is a pod, a node id or `leader`, the default)
 //! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
 //! (a support bundle: objects, status, Events and logs, nothing secret)
 //! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
@@ -151,6 +153,23 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Print a member's node log (through the API server, like `kubectl logs`).
+    Logs {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// The member: a pod name (`x-1`), a node id (`2`) or `leader`.
+        #[arg(default_value = "leader")]
+        member: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<i64>,
+        /// The log of the container's previous run (after a restart).
+        #[arg(long)]
+        previous: bool,
+    },
     /// Write a support bundle (zip) of the cluster: the QpqCluster with its status, its
     /// StatefulSet, Services, PodDisruptionBudget, ConfigMaps, pods, claims, backup Jobs,
     /// Events and pod logs, and the operator's Deployment, pods, Lease and logs. Secrets are
@@ -232,7 +251,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Rollout { namespace, .. }
         | Command::Restart { namespace, .. }
         | Command::Report { namespace, .. }
-        | Command::TransferLeader { namespace, .. } => namespace.clone(),
+        | Command::TransferLeader { namespace, .. }
+        | Command::Logs { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
             return Ok(());
@@ -381,6 +401,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+        Command::Logs {
+            cluster,
+            member,
+            tail,
+            previous,
+            ..
+        } => {
+            let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
+            let c = clusters.get(&cluster).await?;
+            let pod = kubectl::member_pod(&c, &member)?;
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
+            let params = kube::api::LogParams {
+                container: Some("qpq-node".into()),
+                tail_lines: tail,
+                previous,
+                ..kube::api::LogParams::default()
+            };
+            print!("{}", pods.logs(&pod, &params).await?);
         }
         Command::Report {
             cluster,
