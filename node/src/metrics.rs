@@ -539,6 +539,7 @@ impl Metrics {
         }
         m.raft.follower_lag.with_label_values(&["_"]).set(0);
         m.storage.file_bytes.with_label_values(&["_"]).set(0);
+        m.storage_damaged.with_label_values(&["_"]).set(0);
         Ok(m.registry
             .gather()
             .iter()
