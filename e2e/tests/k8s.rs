@@ -1546,6 +1546,29 @@ const CHECKPOINT_EVERY: u64 = 16;
 /// at the next checkpoint, and the operator rebuilds it (out of the membership, data moved
 /// aside on its volume, back in empty) while writes go on; the rebuilt member serves every
 /// acknowledged write.
+/// A follower's pod and the client profile on it (the victim of a fault step), and the
+/// profile of the leader's pod (the writer).
+async fn follower_and_writer<'a>(
+    api: &Api<QpqCluster>,
+    name: &str,
+    profiles: [&'a Profile; 3],
+) -> (String, &'a Profile, Profile) {
+    let leader_pod = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    let pod = |i: usize| format!("{name}-{i}");
+    let (victim, on_victim) = (0..3)
+        .map(|i| (pod(i), profiles[i]))
+        .find(|(p, _)| *p != leader_pod)
+        .unwrap();
+    let writer = (0..3)
+        .find(|i| pod(*i) == leader_pod)
+        .map(|i| profiles[i].clone())
+        .unwrap();
+    (victim, on_victim, writer)
+}
+
 async fn rebuild_a_diverged_follower(
     env: &Env,
     ns: &str,
@@ -1557,22 +1580,7 @@ async fn rebuild_a_diverged_follower(
     step("a row changes on a follower's volume: it diverges, the operator rebuilds it");
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    let leader_pod = wait("a leader", 60, || async {
-        api.get(name).await.ok()?.status?.leader
-    })
-    .await;
-    let (victim, on_victim) = profiles
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| (format!("{name}-{i}"), p))
-        .find(|(pod, _)| *pod != leader_pod)
-        .unwrap();
-    let writer_profile = profiles
-        .into_iter()
-        .enumerate()
-        .find(|(i, _)| format!("{name}-{i}") == leader_pod)
-        .map(|(_, p)| p.clone())
-        .unwrap();
+    let (victim, on_victim, writer_profile) = follower_and_writer(&api, name, profiles).await;
     let restarts = |p: &Pod| {
         p.status
             .as_ref()
@@ -1735,22 +1743,7 @@ async fn rebuild_a_damaged_follower(
 ) {
     step("a follower's Raft log is cut short at rest: it holds, the operator rebuilds it");
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
-    let leader_pod = wait("a leader", 60, || async {
-        api.get(name).await.ok()?.status?.leader
-    })
-    .await;
-    let (victim, on_victim) = profiles
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| (format!("{name}-{i}"), p))
-        .find(|(pod, _)| *pod != leader_pod)
-        .unwrap();
-    let writer_profile = profiles
-        .into_iter()
-        .enumerate()
-        .find(|(i, _)| format!("{name}-{i}") == leader_pod)
-        .map(|(_, p)| p.clone())
-        .unwrap();
+    let (victim, on_victim, writer_profile) = follower_and_writer(&api, name, profiles).await;
     let pid = node_pid(env, ns, &victim).await.expect("pod runner pid");
     let log_path = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

@@ -36,7 +36,7 @@ use crate::raft::NodeId;
 use crate::raft::admin::{Json, RebuildBody, error_answer, mark_for_rebuild};
 use crate::raft::certs::ClusterTls;
 use crate::raft::network::PeerClient;
-use crate::raft::node::{AdminError, MembershipView, Status, StorageDamage};
+use crate::raft::node::{AdminError, Status, StorageDamage};
 use crate::{Error, Result};
 
 /// What the held node's endpoints read.
@@ -211,35 +211,8 @@ async fn render_metrics(
     )
 }
 
-/// The held node's status: role `damaged`, the damage, and nothing of Raft.
-fn held_status(h: &Held) -> Status {
-    Status {
-        node_id: h.node_id,
-        role: "damaged",
-        term: 0,
-        leader_id: None,
-        last_log_index: 0,
-        committed_index: 0,
-        applied_index: 0,
-        membership: MembershipView {
-            voters: Default::default(),
-            learners: Default::default(),
-        },
-        replication: None,
-        version: env!("CARGO_PKG_VERSION"),
-        wire_version: qpq_schemas::limits::WIRE_VERSION,
-        command_version: crate::state::COMMAND_VERSION,
-        finalized_command_version: 0,
-        applied_command_version: 0,
-        state_digests: Default::default(),
-        diverged: None,
-        in_doubt: None,
-        damaged: Some(h.damage.clone()),
-    }
-}
-
 async fn status(State(h): State<Held>) -> Response {
-    match serde_json::to_string(&held_status(&h)) {
+    match serde_json::to_string(&Status::holding(h.node_id, h.damage.clone())) {
         Ok(body) => (StatusCode::OK, [("content-type", "application/json")], body).into_response(),
         Err(e) => {
             crate::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

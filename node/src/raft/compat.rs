@@ -578,32 +578,19 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         in_doubt: None,
         damaged: None,
     };
-    // A node holding on damaged storage (`crate::hold`): no Raft state of its own.
+    // A node holding on damaged storage (`crate::hold`): no Raft state of its own. The
+    // versions are the release's, as in the fixtures above.
     let damaged = Status {
-        node_id: 2,
-        role: "damaged",
-        term: 0,
-        leader_id: None,
-        last_log_index: 0,
-        committed_index: 0,
-        applied_index: 0,
-        membership: MembershipView {
-            voters: BTreeMap::new(),
-            learners: BTreeMap::new(),
-        },
-        replication: None,
         version: "0.1.0",
         wire_version: 1,
         command_version: 1,
-        finalized_command_version: 0,
-        applied_command_version: 0,
-        state_digests: BTreeMap::new(),
-        diverged: None,
-        in_doubt: None,
-        damaged: Some(super::node::StorageDamage {
-            file: "raft-log.sqlite3".into(),
-            detail: "database disk image is malformed".into(),
-        }),
+        ..Status::holding(
+            2,
+            super::node::StorageDamage {
+                file: "raft-log.sqlite3".into(),
+                detail: "database disk image is malformed".into(),
+            },
+        )
     };
     vec![
         ("raft-status-leader", leader),

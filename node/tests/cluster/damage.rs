@@ -8,7 +8,7 @@
 //! every acknowledged write.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qpq_node::admin::access::Role;
 use serde_json::json;
@@ -29,11 +29,9 @@ async fn a_member_with_a_cut_short_raft_log_holds_and_is_rebuilt_through_its_adm
         let victim = (1..=3).find(|id| *id != leader).unwrap();
         let others: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
         c.node(victim).signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.node_mut(victim).try_exited().is_none() {
-            assert!(Instant::now() < deadline, "node {victim} did not stop");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        c.node_mut(victim)
+            .exited_within(Duration::from_secs(20), "stop")
+            .await;
 
         // Everything into the main file, then the file cut to half its pages.
         let log = c.node(victim).data.join("raft-log.sqlite3");
@@ -153,17 +151,10 @@ async fn a_member_with_a_cut_short_raft_log_holds_and_is_rebuilt_through_its_adm
             .unwrap();
         assert_eq!(code, 202, "{marker}");
         let into = marker["into"].as_str().unwrap().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(status) = c.node_mut(victim).try_exited() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {victim} did not stop to be rebuilt"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let exit = c
+            .node_mut(victim)
+            .exited_within(Duration::from_secs(30), "stop to be rebuilt")
+            .await;
         assert_eq!(exit.code(), Some(75), "stopped to be rebuilt: {exit}");
 
         // It starts again, moves the damaged files aside, rejoins empty and catches up.

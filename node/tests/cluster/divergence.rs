@@ -185,17 +185,10 @@ async fn a_replica_changed_on_disk_is_found_stops_serving_reads_and_is_rebuilt()
         assert_eq!(code, 202, "{marker}");
         let into = marker["into"].as_str().unwrap().to_owned();
         assert!(into.starts_with("quarantine/"), "{marker}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(status) = c.node_mut(victim).try_exited() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {victim} did not stop to be rebuilt"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let exit = c
+            .node_mut(victim)
+            .exited_within(Duration::from_secs(30), "stop to be rebuilt")
+            .await;
         assert_eq!(exit.code(), Some(75), "stopped to be rebuilt: {exit}");
 
         // Writes go on while it is out; it starts again, moves its data aside, rejoins empty.

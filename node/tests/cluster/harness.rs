@@ -231,6 +231,27 @@ impl Node {
         Some(status)
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its exit status, or a panic
+    /// naming `what` it was expected to do.
+    pub async fn exited_within(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not {what} within {timeout:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

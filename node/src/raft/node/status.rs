@@ -153,6 +153,36 @@ pub struct Status {
     pub damaged: Option<StorageDamage>,
 }
 
+impl Status {
+    /// The status of a node holding on damaged storage (`crate::hold`): role `damaged`, the
+    /// damage, and nothing of Raft (it runs none).
+    pub fn holding(node_id: NodeId, damage: StorageDamage) -> Self {
+        Self {
+            node_id,
+            role: "damaged",
+            term: 0,
+            leader_id: None,
+            last_log_index: 0,
+            committed_index: 0,
+            applied_index: 0,
+            membership: MembershipView {
+                voters: BTreeMap::new(),
+                learners: BTreeMap::new(),
+            },
+            replication: None,
+            version: env!("CARGO_PKG_VERSION"),
+            wire_version: qpq_schemas::limits::WIRE_VERSION,
+            command_version: COMMAND_VERSION,
+            finalized_command_version: 0,
+            applied_command_version: 0,
+            state_digests: BTreeMap::new(),
+            diverged: None,
+            in_doubt: None,
+            damaged: Some(damage),
+        }
+    }
+}
+
 /// The file a held node found damaged at start.
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageDamage {
