@@ -3,13 +3,18 @@
 //! `qpq-node` processes (snapshots every 200 entries, so catching up after a fault often
 //! installs one), writes through every node with retries under the same message id, and
 //! draws from its seed a sequence of faults — kill -9 and restart, SIGSTOP/SIGCONT, a
-//! partition of one node, a bad link (lost and delayed datagrams; both through the
-//! fault-injecting Raft proxy), kill -9 of a majority, a leadership transfer, a membership
-//! change (a follower removed from the voters while it keeps running and serving clients,
-//! then added back: learner, catch-up, promotion), a full disk (every node's data directory
-//! is a tmpfs when the test runs as root; one is shrunk to what it holds plus 512 KiB, the
-//! node stops itself once a write finds no room, and is started again with room) — aimed at
-//! the leader or a follower, each held for a random time and then undone. After the last one it
+//! partition of one node, a bad link (lost and delayed datagrams), a cut between the leader
+//! and one follower only (both still reach the rest: a partial partition), a one-way drop
+//! (every datagram from one node to another lost, the answers the other way intact; these
+//! four through the fault-injecting Raft proxy), kill -9 of a majority, a leadership
+//! transfer, a membership change (a follower removed from the voters while it keeps running
+//! and serving clients, then added back: learner, catch-up, promotion), and, when the test
+//! runs as root, two faults of the disk (every node's data directory is then an ext4
+//! filesystem on a loop device of its own, see `disk.rs`): a full disk (a ballast file leaves
+//! 512 KiB; the node stops itself once a write finds no room, and is started again with
+//! room) and a slow disk (the kernel's block-IO throttle holds the node to a few writes per
+//! second while it stays up) — aimed at the leader or a follower, each held for a random time
+//! and then undone. After the last one it
 //! waits until every node applied everything and checks the history on every node: each
 //! acknowledged message present exactly once, at its acknowledged seq, gap-free. Readers,
 //! KeyPackage claimers and racing Commits run beside the writers, and porcupine
@@ -29,11 +34,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::disk::{LoopDisk, Throttle};
 use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::lincheck;
 use crate::proxy::{self, BadLink, Isolated};
-use crate::tmpfs::{Tmpfs, is_root};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -52,10 +57,13 @@ enum Kind {
     Transfer,
     Membership,
     DiskFull,
+    PairCut,
+    OneWay,
+    SlowDisk,
 }
 
-/// Size of each node's tmpfs data directory, and the room a full-disk fault leaves.
-const DISK: &str = "256m";
+/// Size of each node's disk (MiB), and the room a full-disk fault leaves.
+const DISK_MIB: u64 = 256;
 const DISK_ROOM_KIB: u64 = 512;
 
 /// What one schedule saw.
@@ -121,18 +129,22 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
 async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let isolated = Isolated::default();
-    // Data directories on tmpfs (as root), so that a disk can fill.
+    // A disk of its own per node (as root), so that one can fill or slow down.
     let disks = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let mut c = proxy::cluster_with(nodes, &["--snapshot-logs", "200"], &isolated, |n| {
-        if is_root() {
-            std::fs::create_dir_all(&n.data).unwrap();
+        if LoopDisk::available() {
+            let mount = n.data.with_file_name(format!("disk-{}", n.id));
             disks
                 .borrow_mut()
-                .insert(n.id, (n.data.clone(), Tmpfs::mount(&n.data, DISK)));
+                .insert(n.id, LoopDisk::mount(&mount, DISK_MIB));
+            n.data = mount.join("data");
+            std::fs::create_dir_all(&n.data).unwrap();
         }
     })
     .await;
     let disks = disks.into_inner();
+    let throttle =
+        (!disks.is_empty() && Throttle::available()).then(|| Throttle::new(&seed.to_string()));
     local(async {
         let endpoints = c.endpoints();
         let owner = {
@@ -155,7 +167,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-            let kind = match rng.gen_range(0..13) {
+            let kind = match rng.gen_range(0..16) {
                 0 | 1 => Kind::KillRestart,
                 2 | 3 => Kind::Pause,
                 4 | 5 => Kind::Partition,
@@ -163,6 +175,9 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                 8 => Kind::MajorityKill,
                 9 => Kind::Membership,
                 10 if !disks.is_empty() => Kind::DiskFull,
+                13 => Kind::PairCut,
+                14 => Kind::OneWay,
+                15 if throttle.is_some() => Kind::SlowDisk,
                 _ => Kind::Transfer,
             };
             let on_leader = rng.gen_bool(0.5);
@@ -170,6 +185,9 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             let mut killed: Vec<u64> = Vec::new();
             let mut membership_outcome: Result<String, String> = Ok(String::new());
             let mut disk_outcome = "";
+            let mut iops = 0;
+            // Writes acknowledged while a disk was slow.
+            let mut while_slow = 0;
             let mut link = BadLink {
                 loss: 0.0,
                 min_delay: Duration::ZERO,
@@ -185,6 +203,8 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             let follower = followers[rng.gen_range(0..followers.len())];
             let target = if on_leader { leader } else { follower };
             let who = if on_leader { "leader" } else { "follower" };
+            // The other end of a one-way drop.
+            let other = if on_leader { follower } else { leader };
             match kind {
                 Kind::KillRestart => {
                     c.node_mut(target).kill9();
@@ -239,9 +259,33 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                         )
                         .await;
                 }
+                Kind::PairCut => {
+                    let (a, b) = (c.node(leader).ip.parse().unwrap(), c.node(follower).ip.parse().unwrap());
+                    isolated.cut_between(a, b);
+                    tokio::time::sleep(hold).await;
+                    isolated.heal(a);
+                }
+                Kind::OneWay => {
+                    let (from, to) = (c.node(target).ip.parse().unwrap(), c.node(other).ip.parse().unwrap());
+                    isolated.drop_one_way(from, to);
+                    tokio::time::sleep(hold).await;
+                    isolated.heal(from);
+                }
+                Kind::SlowDisk => {
+                    let (Some(throttle), Some(pid)) = (&throttle, c.node(target).pid()) else {
+                        continue;
+                    };
+                    let device = disks[&target].device();
+                    iops = rng.gen_range(5..40);
+                    let before = w.acknowledged();
+                    throttle.slow(pid, &device, iops);
+                    tokio::time::sleep(hold).await;
+                    throttle.lift(&device);
+                    while_slow = w.acknowledged() - before;
+                }
                 Kind::DiskFull => {
-                    let (dir, disk) = &disks[&target];
-                    disk.resize(&format!("{}k", used_kib(dir) + DISK_ROOM_KIB));
+                    let disk = &disks[&target];
+                    disk.fill(DISK_ROOM_KIB);
                     // Writes fill the room within a second; the node stops itself.
                     let until = Instant::now() + hold + Duration::from_secs(5);
                     disk_outcome = "kept running";
@@ -252,7 +296,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    disk.resize(DISK);
+                    disk.unfill();
                     if disk_outcome == "stopped" {
                         c.node_mut(target).spawn();
                     }
@@ -276,6 +320,18 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                 ),
                 Kind::MajorityKill => format!("MajorityKill {killed:?} {}ms", hold.as_millis()),
                 Kind::DiskFull => format!("DiskFull {who} {target}: {disk_outcome}"),
+                Kind::PairCut => format!(
+                    "PairCut leader {leader} / follower {follower} {}ms",
+                    hold.as_millis()
+                ),
+                Kind::OneWay => format!(
+                    "OneWay {who} {target} -> {other} {}ms",
+                    hold.as_millis()
+                ),
+                Kind::SlowDisk => format!(
+                    "SlowDisk {who} {target} {iops} writes/s {}ms ({while_slow} acknowledged meanwhile)",
+                    hold.as_millis()
+                ),
                 Kind::BadLink => format!(
                     "BadLink {who} {target} {}ms (loss {:.0}%, delay up to {}ms)",
                     hold.as_millis(),
@@ -378,13 +434,4 @@ async fn leave_and_rejoin(
         "not a voter again 30 s after the removal: {} {}",
         last.0, last.1
     ))
-}
-
-/// KiB in use on the filesystem of `dir`.
-fn used_kib(dir: &std::path::Path) -> u64 {
-    let v = rustix::fs::statvfs(dir).unwrap();
-    v.f_blocks
-        .saturating_sub(v.f_bfree)
-        .saturating_mul(v.f_frsize)
-        / 1024
 }

@@ -26,6 +26,7 @@ mod tmpfs;
 mod backup;
 mod chaos;
 mod damage;
+mod disk;
 mod disk_full;
 mod divergence;
 mod failover;

@@ -3,7 +3,14 @@
 //! back. The shared [`Net`] says which links are faulty: a node cut off has every datagram
 //! into or out of it dropped, which partitions it from the others; a node on a bad link
 //! loses a share of its datagrams and has the others delayed (what `tc netem` would do, on
-//! the Raft traffic only). Clients still reach every node directly.
+//! the Raft traffic only). Two finer faults are not symmetric across the cluster: a cut
+//! between two nodes only (both still reach the others: the partial partition that makes a
+//! Raft node disrupt a leader it cannot hear), and a one-way drop (every datagram from one
+//! node to another lost, the other direction intact). Each proxy sees both directions of
+//! every connection that ends at its node: datagrams from a peer to its node, and the node's
+//! answers back, so a rule about the direction `from → to` is applied to both the
+//! connections `from` opened and the ones `to` opened. Clients still reach every node
+//! directly.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +32,8 @@ pub struct BadLink {
 pub struct NetState {
     cut: HashSet<IpAddr>,
     bad: HashMap<IpAddr, BadLink>,
+    /// Directions `(from, to)` whose datagrams are all dropped.
+    dropped: HashSet<(IpAddr, IpAddr)>,
 }
 
 /// The faults of the proxies' network, shared by every proxy of a cluster.
@@ -52,11 +61,24 @@ impl Net {
         self.0.lock().unwrap().bad.insert(ip, link);
     }
 
-    /// Undoes every fault of `ip`.
+    /// Cuts the link between `a` and `b` both ways; each still reaches every other node.
+    pub fn cut_between(&self, a: IpAddr, b: IpAddr) {
+        let mut s = self.0.lock().unwrap();
+        s.dropped.insert((a, b));
+        s.dropped.insert((b, a));
+    }
+
+    /// Drops every datagram from `from` to `to`; the other direction still passes.
+    pub fn drop_one_way(&self, from: IpAddr, to: IpAddr) {
+        self.0.lock().unwrap().dropped.insert((from, to));
+    }
+
+    /// Undoes every fault of `ip`, including the links it is an end of.
     pub fn heal(&self, ip: IpAddr) {
         let mut s = self.0.lock().unwrap();
         s.cut.remove(&ip);
         s.bad.remove(&ip);
+        s.dropped.retain(|(from, to)| *from != ip && *to != ip);
     }
 
     /// Undoes every fault.
@@ -64,13 +86,14 @@ impl Net {
         *self.0.lock().unwrap() = NetState::default();
     }
 
-    fn fate(&self, node: IpAddr, peer: IpAddr) -> Fate {
+    /// The fate of one datagram travelling from `from` to `to`.
+    fn fate(&self, from: IpAddr, to: IpAddr) -> Fate {
         use rand::Rng;
         let s = self.0.lock().unwrap();
-        if s.cut.contains(&node) || s.cut.contains(&peer) {
+        if s.cut.contains(&from) || s.cut.contains(&to) || s.dropped.contains(&(from, to)) {
             return Fate::Drop;
         }
-        let Some(link) = s.bad.get(&node).or_else(|| s.bad.get(&peer)).copied() else {
+        let Some(link) = s.bad.get(&from).or_else(|| s.bad.get(&to)).copied() else {
             return Fate::Pass;
         };
         let mut rng = rand::thread_rng();
@@ -141,7 +164,8 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
             let Ok((n, from)) = listen.recv_from(&mut buf).await else {
                 return;
             };
-            let fate = isolated.fate(node_ip, from.ip());
+            // A peer's datagram to the node.
+            let fate = isolated.fate(from.ip(), node_ip);
             if matches!(fate, Fate::Drop) {
                 continue;
             }
@@ -159,6 +183,7 @@ pub async fn start(listen_ip: IpAddr, target: SocketAddr, isolated: Isolated) ->
                             match reverse.recv(&mut buf).await {
                                 Ok(n) => {
                                     let back = back.clone();
+                                    // The node's answer to the peer.
                                     let fate = iso.fate(node_ip, from.ip());
                                     relay(fate, &buf[..n], move |d| async move {
                                         let _ = back.send_to(&d, from).await;
