@@ -1140,6 +1140,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         rebuild_a_damaged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
         support_bundle(&env, &ns, &name).await;
         transfer_leader(&env, &ns, &name).await;
+        fence_the_leader(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
     } else {
         step("skipped: changing a volume's file needs the local pod runner's volumes");
     }
@@ -1944,6 +1945,111 @@ async fn support_bundle(env: &Env, ns: &str, name: &str) {
             );
         }
     }
+}
+
+/// `kubectl qpq fence <leader> --wait` while a client writes: leadership moves off it first,
+/// it holds (role `fenced`, not Ready) and stays a voter that nothing rebuilds or replaces;
+/// `kubectl qpq unfence --wait` lets it back with its data, and it receives every
+/// acknowledged write.
+async fn fence_the_leader(env: &Env, ns: &str, name: &str, profiles: [&Profile; 3], gid: &str) {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let leader = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    let ordinal = |p: &str| -> usize { p.rsplit('-').next().unwrap().parse().unwrap() };
+    let on_fenced = profiles[ordinal(&leader)].clone();
+    let writer_profile = profiles[(ordinal(&leader) + 1) % 3].clone();
+    step(&format!(
+        "kubectl qpq fence {leader} (the leader) while a client writes"
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, gid, stop) = (writer_profile, gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_until(&p, &gid, "f-", &stop))
+    };
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let plugin_run = |verb: &str| {
+        let out = Command::new(&plugin)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args([
+                verb,
+                name,
+                &leader,
+                "-n",
+                ns,
+                "--wait",
+                "--timeout-secs",
+                "120",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl-qpq {verb}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let started = Instant::now();
+    plugin_run("fence");
+    step(&format!("{leader} fenced after {:?}", started.elapsed()));
+    let c = api.get(name).await.unwrap();
+    let s = c.status.clone().unwrap();
+    let fencing = s.fencing.clone().expect("status.fencing");
+    assert_eq!(fencing.requested, vec![leader.clone()], "{fencing:?}");
+    assert!(
+        fencing.fenced.iter().any(|m| m.pod == leader),
+        "{fencing:?}"
+    );
+    assert_ne!(
+        s.leader.as_deref(),
+        Some(leader.as_str()),
+        "leadership moved"
+    );
+    // It holds, and stays a voter: over two of the operator's polling rounds nothing
+    // removes, rebuilds or replaces it.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let c = api.get(name).await.unwrap();
+    let s = c.status.clone().unwrap();
+    assert_eq!(s.voters, 3, "{s:?}");
+    assert!(s.operation.is_none(), "{:?}", s.operation);
+    let member = s.members.iter().find(|m| m.pod == leader).unwrap();
+    assert_eq!(member.role, "fenced", "{member:?}");
+    let pod = pods.get(&leader).await.unwrap();
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    assert_eq!(ready.as_deref(), Some("False"), "a fenced pod is not Ready");
+
+    step(&format!("kubectl qpq unfence {leader}"));
+    plugin_run("unfence");
+    wait("the unfenced member Ready and caught up", 120, || async {
+        let c = api.get(name).await.ok()?;
+        let s = c.status.as_ref()?;
+        (condition(&c, "Ready").as_deref() == Some("True")
+            && s.fencing.is_none()
+            && s.members
+                .iter()
+                .any(|m| m.pod == leader && m.role == "follower"))
+        .then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    check_writes("f-", &acked, &on_fenced.messages());
+    step(&format!(
+        "{leader} back with its data after {:?}; it received all {} writes",
+        started.elapsed(),
+        acked.len()
+    ));
 }
 
 /// `kubectl qpq transfer-leader --to <pod> --wait`: the operator moves leadership there and

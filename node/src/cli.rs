@@ -807,6 +807,17 @@ enum Mode {
 
 async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
     let on_damage = config.on_damage;
+    // A fenced member holds before anything opens its data (`crate::fence`).
+    if let Mode::Serve = mode {
+        match crate::fence::read(&config.data_dir) {
+            Ok(Some(fence)) => return hold(&config, &crate::hold::Why::Fenced(fence)).await,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("qpq-node: cannot read the fence marker: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let node = match RunningNode::start(config.clone(), Arc::new(SystemClock)).await {
         Ok(n) => n,
         Err(e) => {
@@ -814,7 +825,7 @@ async fn run(config: NodeConfig, mode: Mode) -> ExitCode {
             if let (Some(damage), OnDamage::Hold, Mode::Serve) =
                 (crate::hold::damage_of(&e), on_damage, &mode)
             {
-                return hold_until_rebuilt(&config, &damage).await;
+                return hold(&config, &crate::hold::Why::Damaged(damage)).await;
             }
             return ExitCode::FAILURE;
         }
@@ -1008,20 +1019,24 @@ async fn start_dev_cluster(base: NodeConfig, n: u64) -> Result<Vec<RunningNode>,
     Ok(nodes)
 }
 
-/// `serve` on damaged storage with `--on-damage hold`: no client or Raft listener, only
-/// the probes, the metric and the admin calls that let the member be rebuilt
-/// (`crate::hold`), until a signal (a failure: the node never served) or an accepted
-/// rebuild ([`EXIT_REBUILD`]).
-async fn hold_until_rebuilt(config: &NodeConfig, damage: &crate::integrity::Damage) -> ExitCode {
-    let held = match crate::hold::HeldNode::start(config, damage).await {
+/// `serve` on damaged storage with `--on-damage hold`, or fenced: no client or Raft
+/// listener, only the probes, the metric and the admin calls that let the member be rebuilt
+/// or unfenced (`crate::hold`), until a signal (a failure: the node never served), an
+/// accepted rebuild or an unfence (both [`EXIT_REBUILD`]: start it again).
+async fn hold(config: &NodeConfig, why: &crate::hold::Why) -> ExitCode {
+    let held = match crate::hold::HeldNode::start(config, why).await {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("qpq-node: cannot hold on damaged storage: {e}");
+            eprintln!("qpq-node: cannot hold: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let (what, call) = match why {
+        crate::hold::Why::Damaged(_) => ("holding on damaged storage", "POST /raft/rebuild"),
+        crate::hold::Why::Fenced(_) => ("fenced", "POST /raft/unfence"),
+    };
     eprintln!(
-        "qpq-node: holding on damaged storage, serving nothing · metrics http://{} · admin https://{} (POST /raft/rebuild)",
+        "qpq-node: {what}, serving nothing · metrics http://{} · admin https://{} ({call})",
         held.metrics_addr(),
         held.admin_addr()
     );
@@ -1035,12 +1050,16 @@ async fn hold_until_rebuilt(config: &NodeConfig, damage: &crate::integrity::Dama
             eprintln!("qpq-node: stopped to be rebuilt; start it again to rejoin empty");
             ExitCode::from(EXIT_REBUILD)
         }
+        crate::hold::HoldEnd::Unfenced => {
+            eprintln!("qpq-node: unfenced; start it again to serve");
+            ExitCode::from(EXIT_REBUILD)
+        }
         crate::hold::HoldEnd::Stopped => ExitCode::FAILURE,
     }
 }
 
-/// The exit status of a node that stopped to be rebuilt (`POST /raft/rebuild`): EX_TEMPFAIL,
-/// "start me again".
+/// The exit status of a node that stopped to be rebuilt (`POST /raft/rebuild`), fenced or
+/// unfenced: EX_TEMPFAIL, "start me again".
 pub const EXIT_REBUILD: u8 = 75;
 
 /// Serves until a signal, or until the node stops itself because replication failed for
@@ -1060,6 +1079,10 @@ async fn serve_until_signal(node: RunningNode) -> ExitCode {
         // Not a success: a supervisor must start it again, and the next start is the one
         // that moves the data aside.
         eprintln!("qpq-node: stopped to be rebuilt; start it again to rejoin empty");
+        return ExitCode::from(EXIT_REBUILD);
+    }
+    if raft.fence_requested() {
+        eprintln!("qpq-node: fenced; it holds at its next start until unfenced");
         return ExitCode::from(EXIT_REBUILD);
     }
     match failure.get() {

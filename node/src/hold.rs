@@ -18,6 +18,11 @@
 //!   written and the node stops, so that its next start moves the damaged files aside and
 //!   it rejoins empty (`crate::rebuild`). Every other admin call is refused `503
 //!   storage_damaged`.
+//!
+//! A fenced node (`crate::fence`: kept out of service on purpose) holds the same way, with
+//! role `fenced`, the metric `qpq_fenced` at 1, `/readyz` "fenced", and `POST /raft/unfence`
+//! instead of rebuild: it removes the marker and stops, so that the next start serves. Every
+//! other admin call is refused `503 fenced`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,33 +35,53 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
+use crate::fence::Fence;
 use crate::integrity::Damage;
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::raft::admin::{Json, RebuildBody, error_answer, mark_for_rebuild};
+use crate::raft::admin::{FenceBody, Json, RebuildBody, error_answer, mark_for_rebuild};
 use crate::raft::certs::ClusterTls;
 use crate::raft::network::PeerClient;
 use crate::raft::node::{AdminError, Status, StorageDamage};
 use crate::{Error, Result};
 
+/// Why a node holds.
+#[derive(Clone, Debug)]
+pub enum Why {
+    /// A file failed the start-up integrity check.
+    Damaged(Damage),
+    /// The node is fenced (its data is fine).
+    Fenced(Fence),
+}
+
+/// Why a node holds, as its endpoints show it.
+#[derive(Clone)]
+enum HeldFor {
+    Damaged(StorageDamage),
+    Fenced(Fence),
+}
+
 /// What the held node's endpoints read.
 #[derive(Clone)]
 struct Held {
     node_id: NodeId,
-    damage: StorageDamage,
+    why: HeldFor,
     metrics: Metrics,
     data_dir: std::path::PathBuf,
     client: Arc<PeerClient>,
     /// Cancelled once the rebuild marker is written: the node stops.
     rebuild: CancellationToken,
+    /// Cancelled once the fence marker is removed: the node stops.
+    unfence: CancellationToken,
 }
 
-/// A node holding on damaged storage. Dropping it does not stop it.
+/// A node holding on damaged storage, or fenced. Dropping it does not stop it.
 pub struct HeldNode {
     metrics_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: CancellationToken,
     rebuild: CancellationToken,
+    unfence: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -67,25 +92,44 @@ pub enum HoldEnd {
     Stopped,
     /// `POST /raft/rebuild` was accepted: start it again to move the data aside.
     Rebuild,
+    /// `POST /raft/unfence` was accepted: start it again to serve.
+    Unfenced,
 }
 
 impl HeldNode {
-    /// Binds the metrics and admin listeners of a node whose `damage` was found at start.
-    pub async fn start(config: &NodeConfig, damage: &Damage) -> Result<Self> {
+    /// Binds the metrics and admin listeners of a node that holds for `why`.
+    pub async fn start(config: &NodeConfig, why: &Why) -> Result<Self> {
         let metrics = Metrics::new()?;
-        let file = damage.file.file_name().map_or_else(
-            || damage.file.display().to_string(),
-            |f| f.to_string_lossy().into_owned(),
-        );
-        metrics
-            .storage_damaged
-            .with_label_values(&[file.as_str()])
-            .set(1);
-        tracing::error!(
-            file = %damage.file.display(),
-            detail = %damage.detail,
-            "storage failed its integrity check; holding: serving no client and no Raft traffic until rebuilt"
-        );
+        let why = match why {
+            Why::Damaged(damage) => {
+                let file = damage.file.file_name().map_or_else(
+                    || damage.file.display().to_string(),
+                    |f| f.to_string_lossy().into_owned(),
+                );
+                metrics
+                    .storage_damaged
+                    .with_label_values(&[file.as_str()])
+                    .set(1);
+                tracing::error!(
+                    file = %damage.file.display(),
+                    detail = %damage.detail,
+                    "storage failed its integrity check; holding: serving no client and no Raft traffic until rebuilt"
+                );
+                HeldFor::Damaged(StorageDamage {
+                    file,
+                    detail: damage.detail.clone(),
+                })
+            }
+            Why::Fenced(fence) => {
+                metrics.fenced.set(1);
+                tracing::warn!(
+                    since_unix_ms = fence.since_unix_ms,
+                    reason = %fence.reason,
+                    "fenced: serving no client and no Raft traffic until unfenced"
+                );
+                HeldFor::Fenced(fence.clone())
+            }
+        };
         let tls = match &config.cluster.tls {
             Some(files) => ClusterTls::load_checking_every(files, config.tls_reload_check)?,
             None => ClusterTls::load_or_generate_dev_checking_every(
@@ -101,17 +145,15 @@ impl HeldNode {
             None,
         )?;
         let client = Arc::new(PeerClient::new(endpoint, tls.client_config()?));
-        let rebuild = CancellationToken::new();
+        let (rebuild, unfence) = (CancellationToken::new(), CancellationToken::new());
         let held = Held {
             node_id: config.cluster.node_id,
-            damage: StorageDamage {
-                file,
-                detail: damage.detail.clone(),
-            },
+            why,
             metrics: metrics.clone(),
             data_dir: config.data_dir.clone(),
             client,
             rebuild: rebuild.clone(),
+            unfence: unfence.clone(),
         };
         let stop = CancellationToken::new();
         let probes = Router::new()
@@ -135,6 +177,8 @@ impl HeldNode {
         let admin = Router::new()
             .route("/raft/status", get(status))
             .route("/raft/rebuild", post(rebuild_call))
+            .route("/raft/fence", post(fence_call))
+            .route("/raft/unfence", post(unfence_call))
             .fallback(refused)
             .with_state(held);
         let (admin_addr, admin_task) = crate::admin::serve_admin_routes(
@@ -150,6 +194,7 @@ impl HeldNode {
             admin_addr,
             stop,
             rebuild,
+            unfence,
             tasks: vec![probes_task, admin_task],
         })
     }
@@ -169,12 +214,13 @@ impl HeldNode {
         self.stop.clone()
     }
 
-    /// Waits until the node is stopped or a rebuild was accepted, then closes the listeners
-    /// (after the rebuild answer was sent).
+    /// Waits until the node is stopped, or a rebuild or an unfence was accepted, then
+    /// closes the listeners (after the answer was sent).
     pub async fn wait(self) -> HoldEnd {
         let end = tokio::select! {
             () = self.stop.cancelled() => HoldEnd::Stopped,
             () = self.rebuild.cancelled() => HoldEnd::Rebuild,
+            () = self.unfence.cancelled() => HoldEnd::Unfenced,
         };
         self.stop.cancel();
         for task in self.tasks {
@@ -185,20 +231,22 @@ impl HeldNode {
 }
 
 async fn healthz(State(h): State<Held>) -> (StatusCode, String) {
-    (
-        StatusCode::OK,
-        format!(
+    let text = match &h.why {
+        HeldFor::Damaged(d) => format!(
             "holding: {} failed its integrity check; rebuild this member\n",
-            h.damage.file
+            d.file
         ),
-    )
+        HeldFor::Fenced(f) => format!("fenced ({}); unfence to serve again\n", f.reason),
+    };
+    (StatusCode::OK, text)
 }
 
-async fn readyz() -> (StatusCode, &'static str) {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not ready: storage damaged\n",
-    )
+async fn readyz(State(h): State<Held>) -> (StatusCode, &'static str) {
+    let text = match &h.why {
+        HeldFor::Damaged(_) => "not ready: storage damaged\n",
+        HeldFor::Fenced(_) => "not ready: fenced\n",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
 async fn render_metrics(
@@ -212,7 +260,11 @@ async fn render_metrics(
 }
 
 async fn status(State(h): State<Held>) -> Response {
-    match serde_json::to_string(&Status::holding(h.node_id, h.damage.clone())) {
+    let status = match &h.why {
+        HeldFor::Damaged(d) => Status::holding(h.node_id, d.clone()),
+        HeldFor::Fenced(f) => Status::fenced(h.node_id, f.clone()),
+    };
+    match serde_json::to_string(&status) {
         Ok(body) => (StatusCode::OK, [("content-type", "application/json")], body).into_response(),
         Err(e) => {
             crate::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -220,12 +272,85 @@ async fn status(State(h): State<Held>) -> Response {
     }
 }
 
-async fn refused() -> Response {
-    crate::admin::json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "storage_damaged",
-        "this node holds on damaged storage and serves only GET /raft/status and POST /raft/rebuild"
-            .into(),
+async fn refused(State(h): State<Held>) -> Response {
+    match &h.why {
+        HeldFor::Damaged(_) => crate::admin::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_damaged",
+            "this node holds on damaged storage and serves only GET /raft/status and POST /raft/rebuild"
+                .into(),
+        ),
+        HeldFor::Fenced(_) => crate::admin::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fenced",
+            "this node is fenced and serves only GET /raft/status and POST /raft/unfence".into(),
+        ),
+    }
+}
+
+/// The id check of every mutating call on a held node.
+fn check_id(h: &Held, id: NodeId) -> Result<(), AdminError> {
+    if id == h.node_id {
+        Ok(())
+    } else {
+        Err(AdminError::BadRequest(format!(
+            "this is node {}, not node {id}",
+            h.node_id
+        )))
+    }
+}
+
+/// `POST /raft/fence` on a held node: a fenced node answers `200` with its fence (a retried
+/// fence is harmless); one on damaged storage refuses (`409 storage_damaged`: rebuild it).
+async fn fence_call(State(h): State<Held>, body: axum::body::Bytes) -> (StatusCode, Json) {
+    let b = match FenceBody::parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if let Err(e) = check_id(&h, b.id) {
+        return error_answer(e);
+    }
+    match &h.why {
+        HeldFor::Fenced(f) => (StatusCode::OK, Json(serde_json::json!({ "fenced": f }))),
+        HeldFor::Damaged(_) => error_answer(AdminError::Conflict("storage_damaged")),
+    }
+}
+
+/// `POST /raft/unfence` on a held node: a fenced node removes its marker and stops (`202`),
+/// so that its next start serves; one on damaged storage is not fenced (`200`, nothing
+/// lifted).
+async fn unfence_call(State(h): State<Held>, body: axum::body::Bytes) -> (StatusCode, Json) {
+    let b = match FenceBody::parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if let Err(e) = check_id(&h, b.id) {
+        return error_answer(e);
+    }
+    if let HeldFor::Damaged(_) = &h.why {
+        return (StatusCode::OK, Json(serde_json::json!({ "fenced": null })));
+    }
+    let dir = h.data_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::fence::clear(&dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return error_answer(AdminError::Internal(format!(
+                "removing the fence marker: {e}"
+            )));
+        }
+        Err(e) => return error_answer(AdminError::Internal(e.to_string())),
+    }
+    tracing::warn!(
+        target: "qpq::audit",
+        event = "raft_unfence",
+        node = b.id,
+        outcome = "ok",
+        "unfenced: stopping; the node serves at its next start"
+    );
+    h.unfence.cancel();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "fenced": null })),
     )
 }
 
@@ -236,11 +361,10 @@ async fn rebuild_call(State(h): State<Held>, body: axum::body::Bytes) -> (Status
         Ok(b) => b,
         Err(a) => return a,
     };
-    let checked = if b.id != h.node_id {
-        Err(AdminError::BadRequest(format!(
-            "this is node {}, not node {}",
-            h.node_id, b.id
-        )))
+    let checked = if let Err(e) = check_id(&h, b.id) {
+        Err(e)
+    } else if let HeldFor::Fenced(_) = &h.why {
+        Err(AdminError::Conflict("fenced"))
     } else if b.peers.is_empty() {
         Err(AdminError::BadRequest(
             "this node holds on damaged storage and knows no members: name the Raft addresses to ask in `peers`".into(),

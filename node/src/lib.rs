@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "test-faults")]
 pub mod faults;
+pub mod fence;
 pub mod hold;
 pub mod integrity;
 pub mod local;

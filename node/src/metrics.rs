@@ -72,6 +72,8 @@ pub struct Metrics {
     /// 1 per file (by name) that failed the start-up integrity check while the node holds
     /// instead of serving (`--on-damage hold`, see `crate::hold`).
     pub storage_damaged: IntGaugeVec,
+    /// 1 while the node is fenced (`crate::fence`): kept out of service on purpose.
+    pub fenced: IntGauge,
     /// Raft requests to a peer that failed, by request and reason (`timeout`: no answer
     /// within the request's deadline; the connection is then dropped and dialled again).
     pub raft_rpc_failures: IntCounterVec,
@@ -398,6 +400,11 @@ impl Metrics {
             &["file"],
         )?;
         registry.register(Box::new(storage_damaged.clone()))?;
+        let fenced = gauge(
+            &registry,
+            "fenced",
+            "1 while the node is fenced: kept out of service on purpose, serving no client and no Raft traffic until unfenced",
+        )?;
         let raft_rpc_failures = IntCounterVec::new(
             Opts::new(
                 "raft_rpc_failures_total",
@@ -452,6 +459,7 @@ impl Metrics {
             digest_checks,
             state_diverged,
             storage_damaged,
+            fenced,
             raft_rpc_failures,
             storage,
             fetch_wait_waiting,

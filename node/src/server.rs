@@ -264,6 +264,10 @@ impl RunningNode {
                         tracing::warn!("stopping to be rebuilt");
                         stop.cancel();
                     }
+                    () = raft.fence_wanted() => {
+                        tracing::warn!("fenced: draining and stopping");
+                        stop.cancel();
+                    }
                 }
             }
         });

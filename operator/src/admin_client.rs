@@ -98,6 +98,21 @@ pub struct Status {
     /// its start-up integrity check. It runs no Raft and serves no client until rebuilt.
     #[serde(default)]
     pub damaged: Option<StorageDamage>,
+    /// Set by a fenced node (role `fenced`, `kubectl qpq fence`): since when and why. It runs
+    /// no Raft and serves no client until unfenced.
+    #[serde(default)]
+    pub fenced: Option<FenceInfo>,
+}
+
+/// A fenced node's fence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceInfo {
+    /// When it was fenced (Unix time, milliseconds).
+    #[serde(default)]
+    pub since_unix_ms: u64,
+    /// The reason given.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A node's report that one of its files failed the start-up integrity check.
@@ -220,6 +235,21 @@ pub enum MembershipCall {
         /// confirms it is out (a node holding on damaged storage knows no members).
         peers: Vec<String>,
     },
+    /// `POST /raft/fence` on the node itself (`kubectl qpq fence`): it writes its fence
+    /// marker and stops, and holds at every start until unfenced. Answers `202` (or `200`
+    /// when already fenced) and no `Status`.
+    Fence {
+        /// The node asked (it refuses another id).
+        id: NodeId,
+        /// Kept in the marker.
+        reason: String,
+    },
+    /// `POST /raft/unfence` on the node itself: a fenced node removes its marker and stops,
+    /// to serve at its next start. Answers `202` (or `200` when not fenced) and no `Status`.
+    Unfence {
+        /// The node asked.
+        id: NodeId,
+    },
 }
 
 /// Bound of a leadership transfer call: the node waits for the target to catch up, for the
@@ -257,6 +287,8 @@ impl MembershipCall {
                 "/raft/rebuild",
                 json!({ "id": id, "reason": reason, "peers": peers }),
             ),
+            Self::Fence { id, reason } => ("/raft/fence", json!({ "id": id, "reason": reason })),
+            Self::Unfence { id } => ("/raft/unfence", json!({ "id": id })),
         }
     }
 }
@@ -629,13 +661,20 @@ impl NodeAdmin for HttpAdmin {
         call: &'a MembershipCall,
     ) -> BoxFuture<'a, Result<Status, AdminError>> {
         let (path, body) = call.request();
-        Box::pin(self.request(
-            addr,
-            http::Method::POST,
-            path,
-            Some(body),
-            call.timeout(self.timeout),
-        ))
+        let timeout = call.timeout(self.timeout);
+        if let MembershipCall::Fence { .. } | MembershipCall::Unfence { .. } = call {
+            // Their answers carry the fence, not a `Status`: any success is the outcome.
+            return Box::pin(async move {
+                let (status, bytes) = self
+                    .fetch_tls(addr, http::Method::POST, path, Some(body), timeout)
+                    .await?;
+                match status {
+                    200 | 202 => Ok(Status::default()),
+                    s => decode(addr, s, &bytes),
+                }
+            });
+        }
+        Box::pin(self.request(addr, http::Method::POST, path, Some(body), timeout))
     }
 }
 
@@ -705,6 +744,15 @@ mod tests {
                 assert!(s.membership.voters.is_empty());
                 let d = s.damaged.expect("damaged");
                 assert_eq!(d.file, "raft-log.sqlite3");
+                read += 1;
+            }
+            if let Ok(body) = text("raft-status-fenced") {
+                let s = decode(&addr(), 200, &body).unwrap();
+                assert_eq!((s.role.as_str(), s.node_id), ("fenced", 3));
+                assert!(s.membership.voters.is_empty());
+                let f = s.fenced.expect("fenced");
+                assert_eq!(f.reason, "disk errors in the kernel log");
+                assert!(s.damaged.is_none());
                 read += 1;
             }
         }

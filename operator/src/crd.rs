@@ -703,6 +703,10 @@ pub struct QpqClusterStatus {
     /// annotation `qpq.dev/transfer-leader`) and what came of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_transfer: Option<LeaderTransferStatus>,
+    /// Members fenced with `kubectl qpq fence` (the annotation `qpq.dev/fence`), as they
+    /// report it, and why a requested fence waits. Absent when nothing is fenced or asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<FencingStatus>,
     /// Label selector of the cluster's pods (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -722,6 +726,35 @@ pub struct LeaderTransferStatus {
     /// RFC 3339 time of the outcome.
     #[serde(default)]
     pub at: String,
+}
+
+/// Fenced members and pending fence requests.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FencingStatus {
+    /// The annotation's request: the pods to keep fenced.
+    #[serde(default)]
+    pub requested: Vec<String>,
+    /// Members that report they are fenced.
+    #[serde(default)]
+    pub fenced: Vec<FencedMember>,
+    /// Why a requested fence is not carried out yet (empty when none waits).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting: String,
+}
+
+/// A member that reports it is fenced.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FencedMember {
+    /// The pod.
+    pub pod: String,
+    /// RFC 3339 time the fence was asked for (as the node recorded it).
+    #[serde(default)]
+    pub since: String,
+    /// The reason given.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A backup Job that completed.

@@ -17,6 +17,8 @@
 //! - [`metrics`], [`leader`], [`server`]: Prometheus metrics, Lease leader election, the
 //!   health and metrics HTTP endpoint.
 //! - [`kubectl`]: rendering for the `kubectl qpq` plugin.
+//! - [`transfer`], [`fence`]: leadership transfers and fences asked for through annotations
+//!   (`kubectl qpq transfer-leader`, `fence`, `unfence`).
 //! - [`crdgen`]: the generated CRD YAML; [`cli`]: the `qpq-operator` command line.
 //!
 //! The crate does not build images, run nodes, or talk to nodes other than through their
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod crd;
 pub mod crdgen;
 pub mod error;
+pub mod fence;
 pub mod kubectl;
 pub mod leader;
 pub mod metrics;

@@ -234,6 +234,15 @@ impl NodeObservation {
             .collect()
     }
 
+    /// Takes the fenced members out (`crate::fence`): they run no Raft on purpose, so the
+    /// planner sees them as members that are down. Returns their fences.
+    pub fn take_fenced(&mut self) -> crate::fence::Fenced {
+        let ids = self.ids(|s| s.fenced.is_some());
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.statuses.remove(&id)?.fenced?)))
+            .collect()
+    }
+
     /// The Raft view: the leader's when a node says it leads (highest term wins), else the
     /// most advanced membership any node reports, else uninitialised or no answer.
     pub fn raft(&self) -> RaftObservation {
@@ -334,6 +343,144 @@ fn action_call(
             },
         ),
         Action::None | Action::Wait(_) | Action::Blocked(..) => return None,
+    })
+}
+
+/// Compares the `qpq.dev/fence` annotation with what the members report and takes the next
+/// step ([`crate::fence`]): unfence, fence, or move leadership off a member to fence. Returns
+/// `status.fencing` (`None` when nothing is fenced or asked). An annotation that does not
+/// parse changes nothing: a typo must not lift a fence.
+#[allow(clippy::too_many_arguments)]
+async fn fence_requests(
+    ctx: &Context,
+    admin: &dyn NodeAdmin,
+    obj: &QpqCluster,
+    c: &ClusterRef,
+    prev: Option<&QpqClusterStatus>,
+    raft: &RaftObservation,
+    nodes: &NodeObservation,
+    fenced: &crate::fence::Fenced,
+    quiet: bool,
+) -> Option<crate::crd::FencingStatus> {
+    use crate::fence::{self, Decision, Observation};
+    let raw = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(fence::ANNOTATION))
+        .map_or("", String::as_str);
+    let parsed = fence::parse(raw, &c.name);
+    let wanted = parsed.clone().unwrap_or_default();
+    let fenced_ids: BTreeSet<NodeId> = fenced.keys().copied().collect();
+    let serving: BTreeSet<NodeId> = nodes.statuses.keys().copied().collect();
+    let healthy = nodes.ids(|s| s.diverged.is_none() && s.damaged.is_none());
+    let view = match raft {
+        RaftObservation::Cluster(v) => Some(v),
+        _ => None,
+    };
+    let decision = match &parsed {
+        Ok(_) => fence::decide(&Observation {
+            wanted: &wanted,
+            fenced: &fenced_ids,
+            serving: &serving,
+            healthy: &healthy,
+            view,
+            quiet,
+        }),
+        Err(e) => Decision::Wait(format!("{}: {e}; nothing changed", fence::ANNOTATION)),
+    };
+    let mut waiting = String::new();
+    let step = match decision {
+        Decision::None => None,
+        Decision::Wait(m) => {
+            let before = prev
+                .and_then(|p| p.fencing.as_ref())
+                .map_or("", |f| f.waiting.as_str());
+            if before != m {
+                publish(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "FenceWaiting",
+                    "Fence",
+                    m.clone(),
+                )
+                .await;
+            }
+            waiting = m;
+            None
+        }
+        Decision::Unfence(id) => Some((
+            id,
+            MembershipCall::Unfence { id },
+            "MemberUnfenced",
+            "UnfenceFailed",
+            format!("{} unfenced; it serves again at its restart", c.pod(id)),
+        )),
+        Decision::Fence(id) => Some((
+            id,
+            MembershipCall::Fence {
+                id,
+                reason: format!("fenced through the {} annotation", fence::ANNOTATION),
+            },
+            "MemberFenced",
+            "FenceFailed",
+            format!(
+                "{} fenced: it holds, serving nothing, until unfenced",
+                c.pod(id)
+            ),
+        )),
+        Decision::MoveLeadership { from, to } => {
+            waiting =
+                format!("node {from} leads: leadership moves to node {to} before it is fenced");
+            Some((
+                from,
+                MembershipCall::TransferLeader { to },
+                "LeadershipTransferred",
+                "LeadershipTransferFailed",
+                format!(
+                    "from {} to {}, to fence {}",
+                    c.pod(from),
+                    c.pod(to),
+                    c.pod(from)
+                ),
+            ))
+        }
+    };
+    if let Some((id, call, done, failed, message)) = step {
+        match admin.call(&c.admin_addr(id), &call).await {
+            Ok(_) => {
+                tracing::info!(cluster = %c.name, %message, "fence request");
+                publish(ctx, obj, EventType::Normal, done, "Fence", message).await;
+            }
+            Err(e) => {
+                ctx.metrics
+                    .errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                tracing::warn!(cluster = %c.name, error = %e, "fence request failed");
+                publish(ctx, obj, EventType::Warning, failed, "Fence", e.to_string()).await;
+            }
+        }
+    }
+    if wanted.is_empty() && fenced.is_empty() && waiting.is_empty() {
+        return None;
+    }
+    Some(crate::crd::FencingStatus {
+        requested: wanted.iter().map(|id| c.pod(*id)).collect(),
+        fenced: fenced
+            .iter()
+            .map(|(id, f)| crate::crd::FencedMember {
+                pod: c.pod(*id),
+                since: i64::try_from(f.since_unix_ms)
+                    .ok()
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+        waiting,
     })
 }
 
@@ -477,7 +624,10 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         .as_ref()
         .and_then(|s| AdminIdentity::from_secret(s, "operator"));
     let admin = ctx.admin.clone().scoped(identity.as_ref());
-    let nodes = observe_nodes(&c, admin.as_ref(), sts_replicas.unwrap_or(0)).await;
+    let mut nodes = observe_nodes(&c, admin.as_ref(), sts_replicas.unwrap_or(0)).await;
+    // Fenced members (`kubectl qpq fence`) take no part in Raft on purpose: planned as
+    // members that are down, never as newcomers or members to rebuild.
+    let fenced = nodes.take_fenced();
     let raft = nodes.raft();
     let observed = Observed {
         desired: spec.replicas,
@@ -911,7 +1061,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         && !rollout_status
             .as_ref()
             .is_some_and(|r| r.phase.in_progress());
-    let transfer_record = match (quiet, &raft) {
+    let transfer_record: Option<LeaderTransferStatus> = match (quiet, &raft) {
         (true, RaftObservation::Cluster(v)) => {
             leader_transfer(
                 ctx,
@@ -928,6 +1078,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         }
         _ => None,
     };
+    let transfer_record_was_none = transfer_record.is_none();
     let mut next = status::next_status(&StatusInput {
         cluster: &c,
         generation: obj.metadata.generation,
@@ -952,6 +1103,23 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     });
     if let Some(record) = transfer_record {
         next.leader_transfer = Some(record);
+    }
+    next.fencing = fence_requests(
+        ctx,
+        admin.as_ref(),
+        obj,
+        &c,
+        prev,
+        &raft,
+        &nodes,
+        &fenced,
+        quiet && transfer_record_was_none,
+    )
+    .await;
+    for m in &mut next.members {
+        if fenced.contains_key(&m.id) {
+            m.role = "fenced".into();
+        }
     }
     // Each drill's outcome is announced once; the gauge says whether the newest passed.
     let drill_gauge = ctx
@@ -1054,7 +1222,13 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         || nodes
             .statuses
             .values()
-            .any(|s| s.damaged.is_some() || s.diverged.is_some() || s.in_doubt.is_some());
+            .any(|s| s.damaged.is_some() || s.diverged.is_some() || s.in_doubt.is_some())
+        // A fence or unfence still to be carried out (`crate::fence`).
+        || next.fencing.as_ref().is_some_and(|f| {
+            !f.waiting.is_empty()
+                || f.requested.len() != f.fenced.len()
+                || f.requested.iter().zip(&f.fenced).any(|(r, m)| *r != m.pod)
+        });
     Ok(Requeue::requeue(next_round(
         &plan.action,
         rolling,
@@ -1361,6 +1535,7 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
     if let Some(map) = status.as_object_mut() {
         for key in [
             "operation",
+            "fencing",
             "leader",
             "currentVersion",
             "observedGeneration",

@@ -445,6 +445,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
             .and_then(|t| jiff::Timestamp::from_second(t).ok().map(|t| t.to_string())),
         // Replaced by the round that carries out a new request (`crate::transfer`).
         leader_transfer: input.previous.and_then(|p| p.leader_transfer.clone()),
+        // Set by the reconciler each round from what the members report.
+        fencing: None,
         selector: Some(input.selector.clone()),
     }
 }

@@ -236,6 +236,9 @@ mod tests {
             "/raft/transfer-leader",
             "/raft/finalize",
             "/raft/probe-command-version",
+            "/raft/rebuild",
+            "/raft/fence",
+            "/raft/unfence",
         ];
         for path in mutations {
             assert!(allowed(Role::Operator, &Method::POST, path), "{path}");

@@ -1,5 +1,5 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
-//! promote, remove, transfer-leader, finalize, rebuild (and, in the `test-command-v2` test build
+//! promote, remove, transfer-leader, finalize, rebuild, fence, unfence (and, in the `test-command-v2` test build
 //! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](super::node::RaftNode), map
 //! [`AdminError`] to the documented HTTP answers.
 
@@ -26,7 +26,9 @@ pub fn routes() -> Router<AdminState> {
         .route("/raft/remove", post(remove))
         .route("/raft/transfer-leader", post(transfer_leader))
         .route("/raft/finalize", post(finalize))
-        .route("/raft/rebuild", post(rebuild));
+        .route("/raft/rebuild", post(rebuild))
+        .route("/raft/fence", post(fence))
+        .route("/raft/unfence", post(unfence));
     // The probe exists only in the test build: a release has no command it could propose.
     #[cfg(feature = "test-command-v2")]
     let router = router.route("/raft/probe-command-version", post(probe_command_version));
@@ -300,6 +302,93 @@ async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer
         s.raft.stop_for_rebuild();
     }
     answered
+}
+
+/// The body of `POST /raft/fence` and `POST /raft/unfence`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FenceBody {
+    /// The node asked (it refuses another id).
+    pub id: NodeId,
+    /// Kept in the fence marker and the audit record (fence only).
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl FenceBody {
+    /// Parses and bounds the body.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, Answer> {
+        let b: Self = parse(body)?;
+        if b.reason.len() > MAX_REASON {
+            return Err(bad_json(format!(
+                "reason is longer than {MAX_REASON} bytes"
+            )));
+        }
+        Ok(b)
+    }
+}
+
+/// Writes the fence marker (synced) with the audit record; `202` with the fence. The caller
+/// then stops the node.
+pub(crate) async fn write_fence(data_dir: std::path::PathBuf, b: &FenceBody) -> Answer {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let reason = b.reason.clone();
+    let fence =
+        match tokio::task::spawn_blocking(move || crate::fence::write(&data_dir, now_ms, &reason))
+            .await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return internal(format!("writing the fence marker: {e}")),
+            Err(e) => return internal(e.to_string()),
+        };
+    tracing::warn!(
+        target: "qpq::audit",
+        event = "raft_fence",
+        node = b.id,
+        reason = %fence.reason,
+        outcome = "ok",
+        "fenced: stopping; the node holds at its next start until unfenced"
+    );
+    (StatusCode::ACCEPTED, Json(json!({ "fenced": fence })))
+}
+
+/// `POST /raft/fence` on the member to keep out of service: refused on the leader (`409
+/// is_leader`: move leadership first); otherwise the node writes the fence marker and
+/// stops, and every start holds (`crate::hold`) until `POST /raft/unfence`. `202`.
+async fn fence(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b = match FenceBody::parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if let Err(e) = s.raft.check_fence(b.id) {
+        tracing::warn!(target: "qpq::audit", event = "raft_fence", node = b.id, outcome = %e);
+        return error_answer(e);
+    }
+    let answered = write_fence(s.data_dir.clone(), &b).await;
+    if answered.0 == StatusCode::ACCEPTED {
+        s.raft.stop_for_fence();
+    }
+    answered
+}
+
+/// `POST /raft/unfence` on a serving node: it is not fenced, so there is nothing to lift
+/// (`200 {"fenced": null}`, so that a retried unfence is harmless). A fenced node answers
+/// this call itself (`crate::hold`).
+async fn unfence(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
+    let b = match FenceBody::parse(&body) {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    if b.id != s.raft.id() {
+        return error_answer(AdminError::BadRequest(format!(
+            "this is node {}, not node {}",
+            s.raft.id(),
+            b.id
+        )));
+    }
+    (StatusCode::OK, Json(json!({ "fenced": null })))
 }
 
 #[cfg(feature = "test-command-v2")]

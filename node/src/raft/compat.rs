@@ -499,7 +499,7 @@ fn what_every_release_persisted_decodes_to_what_it_meant() {
 }
 
 /// `GET /raft/status` as this build answers it, a leader's (with everything optional set),
-/// a diverged follower's and a node's holding on damaged storage: what the operator reads from every node, old and new, during a
+/// a diverged follower's, a node's holding on damaged storage and a fenced node's: what the operator reads from every node, old and new, during a
 /// rollout. The operator's side decodes every release's files
 /// (`operator/src/admin_client.rs`, `every_release_s_status_decodes`).
 fn statuses() -> Vec<(&'static str, super::node::Status)> {
@@ -552,6 +552,7 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         diverged: None,
         in_doubt: Some(1_152),
         damaged: None,
+        fenced: None,
     };
     let follower = Status {
         node_id: 3,
@@ -577,6 +578,7 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         }),
         in_doubt: None,
         damaged: None,
+        fenced: None,
     };
     // A node holding on damaged storage (`crate::hold`): no Raft state of its own. The
     // versions are the release's, as in the fixtures above.
@@ -592,10 +594,24 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
             },
         )
     };
+    // A fenced node (`crate::fence`): no Raft state of its own either.
+    let fenced = Status {
+        version: "0.1.0",
+        wire_version: 1,
+        command_version: 1,
+        ..Status::fenced(
+            3,
+            crate::fence::Fence {
+                since_unix_ms: 1_764_900_000_000,
+                reason: "disk errors in the kernel log".into(),
+            },
+        )
+    };
     vec![
         ("raft-status-leader", leader),
         ("raft-status-diverged-follower", follower),
         ("raft-status-damaged", damaged),
+        ("raft-status-fenced", fenced),
     ]
 }
 

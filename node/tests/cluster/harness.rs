@@ -193,7 +193,8 @@ impl Node {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let up = if held {
-                    line.contains("holding on damaged storage").then_some(ports)
+                    // Holding on damaged storage, or fenced: listeners bound.
+                    line.contains(", serving nothing ·").then_some(ports)
                 } else {
                     serving(&line)
                 };

@@ -30,6 +30,7 @@ mod disk;
 mod disk_full;
 mod divergence;
 mod failover;
+mod fence;
 mod lagging;
 mod membership;
 mod partition;

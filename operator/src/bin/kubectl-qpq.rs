@@ -10,6 +10,8 @@
 //! leader last)
 //! `kubectl qpq transfer-leader <cluster> [--to <pod|id|any>] [--wait]` (move leadership,
 //! e.g. before maintenance on the leader's Kubernetes node)
+//! `kubectl qpq fence|unfence <cluster> <member> [--wait]` (keep a member out of service:
+//! it holds, serving nothing, and nothing restarts, replaces or rebuilds it; or let it back)
 //! `kubectl qpq logs <cluster> [<member>] [--tail N] [--previous]` (a member's node log; the
 //! member is a pod, a node id or `leader`, the default)
 //! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
@@ -153,6 +155,43 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Keep a member out of service: it stops and holds (no Raft, no clients, not Ready,
+    /// its data untouched), and the operator neither restarts, replaces nor rebuilds it, until
+    /// `unfence`. Adds the member to the annotation `qpq.dev/fence`; the operator fences it only
+    /// while the other voters keep a quorum and no membership change or rollout is under way,
+    /// moving leadership off it first. See `status.fencing`.
+    Fence {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// The member: a pod name (`x-1`) or a node id (`2`).
+        member: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until the member reports it is fenced.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Let a fenced member serve again: removes it from the annotation `qpq.dev/fence`; the
+    /// operator unfences it at once and it rejoins with its data.
+    Unfence {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// The member: a pod name (`x-1`) or a node id (`2`).
+        member: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until the member no longer reports it is fenced.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Print a member's node log (through the API server, like `kubectl logs`).
     Logs {
         /// Name of the QpqCluster.
@@ -252,6 +291,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Restart { namespace, .. }
         | Command::Report { namespace, .. }
         | Command::TransferLeader { namespace, .. }
+        | Command::Fence { namespace, .. }
+        | Command::Unfence { namespace, .. }
         | Command::Logs { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
@@ -401,6 +442,26 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+        Command::Fence {
+            cluster,
+            member,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            fence(&api, &cluster, &member, true, wait, timeout_secs).await?;
+        }
+        Command::Unfence {
+            cluster,
+            member,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            fence(&api, &cluster, &member, false, wait, timeout_secs).await?;
         }
         Command::Logs {
             cluster,
@@ -613,6 +674,82 @@ async fn wait_for_job(
         .map_err(|_| format!("Job {name} did not finish within {timeout:?}"))?
 }
 
+/// `kubectl qpq fence` (`on`) and `unfence`: edits the annotation `qpq.dev/fence` (guarded by
+/// the object's resourceVersion, so a concurrent edit is refused rather than lost), then
+/// with `wait` follows `status.fencing` until the member reports the new state.
+async fn fence(
+    api: &Api<QpqCluster>,
+    cluster: &str,
+    member: &str,
+    on: bool,
+    wait: bool,
+    timeout_secs: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use kube::api::{Patch, PatchParams};
+    use qpq_operator::fence::{ANNOTATION, format, member as parse_member, parse};
+    let id = parse_member(member, cluster)?;
+    let pod = format!("{cluster}-{}", id - 1);
+    let c = api.get(cluster).await?;
+    let raw = c
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION))
+        .map_or("", String::as_str);
+    let mut wanted = parse(raw, cluster).map_err(|e| format!("{ANNOTATION} holds {raw:?}: {e}"))?;
+    let changed = if on {
+        wanted.insert(id)
+    } else {
+        wanted.remove(&id)
+    };
+    if changed {
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": c.metadata.resource_version,
+            "annotations": { ANNOTATION: format(&wanted, cluster) },
+        }});
+        api.patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let verb = if on { "fence" } else { "unfence" };
+    if !wait {
+        println!("{cluster}: {verb} of {pod} asked; see status.fencing");
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+    let mut last_waiting = String::new();
+    loop {
+        let c = api.get(cluster).await?;
+        let fencing = c.status.as_ref().and_then(|s| s.fencing.clone());
+        let fenced = fencing
+            .as_ref()
+            .is_some_and(|f| f.fenced.iter().any(|m| m.pod == pod));
+        if fenced == on {
+            println!(
+                "{cluster}: {pod} {}",
+                if on { "fenced" } else { "unfenced" }
+            );
+            return Ok(());
+        }
+        let waiting = fencing.map(|f| f.waiting).unwrap_or_default();
+        if !waiting.is_empty() && waiting != last_waiting {
+            eprintln!("{cluster}: waiting: {waiting}");
+            last_waiting = waiting;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{pod} not {verb}d within {timeout_secs} s{}",
+                if last_waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({last_waiting})")
+                }
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,6 +763,8 @@ mod tests {
             "rollout",
             "restart",
             "finalize",
+            "fence",
+            "unfence",
             "completion",
             "--kubeconfig",
             "--context",

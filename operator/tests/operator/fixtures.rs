@@ -181,6 +181,20 @@ pub(crate) fn node_status(
         in_doubt: None,
         state_digests: BTreeMap::new(),
         damaged: None,
+        fenced: None,
+    }
+}
+
+/// `/raft/status` of a fenced node: role `fenced`, no Raft state.
+pub(crate) fn fenced_status(id: u64, reason: &str) -> Status {
+    Status {
+        node_id: id,
+        role: "fenced".into(),
+        fenced: Some(qpq_operator::admin_client::FenceInfo {
+            since_unix_ms: 1_764_900_000_000,
+            reason: reason.into(),
+        }),
+        ..Status::default()
     }
 }
 

@@ -693,6 +693,175 @@ async fn a_member_holding_on_damaged_storage_is_removed_then_rebuilt_with_the_pe
     server.expect_nothing_more().await;
 }
 
+fn fence_annotation(obj: &mut qpq_operator::crd::QpqCluster, value: &str) {
+    obj.metadata.annotations = Some([("qpq.dev/fence".to_owned(), value.to_owned())].into());
+}
+
+#[tokio::test]
+async fn a_fence_request_fences_a_follower_and_a_lifted_one_unfences_it() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 0), (3, 0)]),
+        );
+    }
+    // Asked: x-1 (node 2), a follower; the other two keep a quorum.
+    let mut obj = cluster(spec(3), Some(bootstrapped(json!({"voters": 3}))), true);
+    fence_annotation(&mut obj, "x-1");
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["MemberFenced"],
+            },
+        )
+        .await;
+        assert_eq!(st["fencing"]["requested"], json!(["x-1"]), "{st}");
+    })
+    .unwrap();
+    assert!(
+        matches!(&nodes.calls()[..], [(addr, MembershipCall::Fence { id: 2, .. })] if addr == "x-1.x.ns.svc:9443"),
+        "{:?}",
+        nodes.calls()
+    );
+
+    // Node 2 now reports it is fenced: shown as such, planned as a member that is down
+    // (nothing removed or rebuilt), and a second fence (x-2) is refused: 1 healthy voter of 3.
+    nodes.set(2, fenced_status(2, "kernel errors"));
+    fence_annotation(&mut obj, "x-1,x-2");
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["FenceWaiting"],
+            },
+        )
+        .await;
+        let fencing = &st["fencing"];
+        assert_eq!(fencing["fenced"][0]["pod"], "x-1", "{st}");
+        assert_eq!(fencing["fenced"][0]["reason"], "kernel errors", "{st}");
+        assert!(
+            fencing["waiting"]
+                .as_str()
+                .unwrap()
+                .contains("1 healthy of 3 voters"),
+            "{st}"
+        );
+        let member = st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == 2)
+            .unwrap()
+            .clone();
+        assert_eq!(member["role"], "fenced", "{st}");
+    })
+    .unwrap();
+    assert_eq!(nodes.calls().len(), 1, "{:?}", nodes.calls());
+
+    // The annotation no longer names it: unfenced.
+    fence_annotation(&mut obj, "");
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["MemberUnfenced"],
+            },
+        )
+        .await;
+        assert_eq!(st["fencing"]["requested"], json!([]), "{st}");
+    })
+    .unwrap();
+    let calls = nodes.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        calls[1],
+        (
+            "x-1.x.ns.svc:9443".to_owned(),
+            MembershipCall::Unfence { id: 2 }
+        )
+    );
+    // A typo changes nothing: the fence stays.
+    fence_annotation(&mut obj, "x-9,y-0");
+    run!(ctx, server, obj.clone(), {
+        apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["FenceWaiting"],
+            },
+        )
+        .await;
+    })
+    .unwrap();
+    assert_eq!(nodes.calls().len(), 2, "{:?}", nodes.calls());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn fencing_the_leader_moves_leadership_first() {
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut server) = context(nodes.clone());
+    let mut stored = Stored::default();
+    for id in 1..=3 {
+        nodes.set(
+            id,
+            node_status(id, Some(1), &[1, 2, 3], &[], &[(2, 40), (3, 0)]),
+        );
+    }
+    let mut obj = cluster(spec(3), Some(bootstrapped(json!({"voters": 3}))), true);
+    fence_annotation(&mut obj, "x-0");
+    run!(ctx, server, obj.clone(), {
+        let st = apply_round(
+            &mut server,
+            &obj,
+            &mut stored,
+            Round {
+                sts: Some(3),
+                apply_replicas: 3,
+                events: &["LeadershipTransferred"],
+            },
+        )
+        .await;
+        assert!(
+            st["fencing"]["waiting"]
+                .as_str()
+                .unwrap()
+                .contains("leadership moves to node 3"),
+            "{st}"
+        );
+    })
+    .unwrap();
+    assert_eq!(
+        nodes.calls(),
+        vec![(
+            "x-0.x.ns.svc:9443".to_owned(),
+            MembershipCall::TransferLeader { to: 3 }
+        )]
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
 #[tokio::test]
 async fn failed_membership_call_is_reported_and_retried_later() {
     let nodes = Arc::new(FakeNodes::default());

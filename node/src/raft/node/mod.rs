@@ -123,6 +123,8 @@ pub struct RaftNode {
     in_doubt: Mutex<Option<u64>>,
     /// Cancelled when the node must stop to be rebuilt (see `rebuild.rs`).
     rebuild: CancellationToken,
+    /// Cancelled when the node must stop because it was fenced (`crate::fence`).
+    fence: CancellationToken,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -254,6 +256,7 @@ impl RaftNode {
             divergence: Mutex::new(None),
             in_doubt: Mutex::new(None),
             rebuild: CancellationToken::new(),
+            fence: CancellationToken::new(),
         });
         tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(count_leader_changes(

@@ -80,6 +80,37 @@ impl RaftNode {
     pub async fn rebuild_wanted(&self) {
         self.rebuild.cancelled().await;
     }
+
+    /// Checks that this node may be fenced: `id` names it and it does not lead (fencing the
+    /// leader would stop every write until an election; leadership is moved first).
+    pub fn check_fence(&self, id: NodeId) -> Result<(), AdminError> {
+        if id != self.id {
+            return Err(AdminError::BadRequest(format!(
+                "this is node {}, not node {id}",
+                self.id
+            )));
+        }
+        if self.is_leader() {
+            return Err(AdminError::Conflict("is_leader"));
+        }
+        Ok(())
+    }
+
+    /// Asks the node to stop because it was fenced; the caller wrote the fence marker
+    /// (`crate::fence::write`) first, so the next start holds.
+    pub fn stop_for_fence(&self) {
+        self.fence.cancel();
+    }
+
+    /// Whether [`Self::stop_for_fence`] was called.
+    pub fn fence_requested(&self) -> bool {
+        self.fence.is_cancelled()
+    }
+
+    /// Resolves once [`Self::stop_for_fence`] is called.
+    pub async fn fence_wanted(&self) {
+        self.fence.cancelled().await;
+    }
 }
 
 /// Asks each of `peers` (Raft addresses) in turn for the membership; `Ok` once a leader that

@@ -69,6 +69,7 @@ impl RaftNode {
             diverged: self.divergence(),
             in_doubt: self.in_doubt(),
             damaged: None,
+            fenced: None,
         }
     }
 
@@ -151,6 +152,10 @@ pub struct Status {
     /// client; the other fields are then empty or zero.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damaged: Option<StorageDamage>,
+    /// Set only by a fenced node (`crate::fence`, role `fenced`): since when and why. Such a
+    /// node runs no Raft and serves no client; the other fields are then empty or zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<crate::fence::Fence>,
 }
 
 impl Status {
@@ -158,8 +163,25 @@ impl Status {
     /// damage, and nothing of Raft (it runs none).
     pub fn holding(node_id: NodeId, damage: StorageDamage) -> Self {
         Self {
+            damaged: Some(damage),
+            ..Self::held(node_id, "damaged")
+        }
+    }
+
+    /// The status of a fenced node (`crate::fence`): role `fenced`, the fence, and nothing
+    /// of Raft (it runs none).
+    pub fn fenced(node_id: NodeId, fence: crate::fence::Fence) -> Self {
+        Self {
+            fenced: Some(fence),
+            ..Self::held(node_id, "fenced")
+        }
+    }
+
+    /// A node that runs no Raft: `role`, and every Raft field empty or zero.
+    fn held(node_id: NodeId, role: &'static str) -> Self {
+        Self {
             node_id,
-            role: "damaged",
+            role,
             term: 0,
             leader_id: None,
             last_log_index: 0,
@@ -178,7 +200,8 @@ impl Status {
             state_digests: BTreeMap::new(),
             diverged: None,
             in_doubt: None,
-            damaged: Some(damage),
+            damaged: None,
+            fenced: None,
         }
     }
 }
