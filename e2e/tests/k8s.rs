@@ -1315,17 +1315,55 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "{uploaded:?}"
     );
     let from_store = "from-store";
-    let mut restored = example(&env, "qpqcluster-3.yaml", &ns);
-    restored.metadata.name = Some(from_store.into());
-    restored.spec.replicas = 1;
-    restored.spec.pvc_retention_policy = qpq_operator::crd::PvcRetentionPolicy::Delete;
-    restored.spec.restore = Some(qpq_operator::crd::RestoreSpec {
-        claim_name: None,
-        object_store: Some(serde_json::from_value(store.clone()).unwrap()),
-        file: object.clone(),
-        accept_stale: false,
-    });
-    api.create(&PostParams::default(), &restored).await.unwrap();
+    step(
+        "kubectl qpq restore --to from-store --replicas 1 --wait: from where the cluster keeps its backups",
+    );
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args([
+            "restore",
+            &name,
+            "-n",
+            &ns,
+            "--to",
+            from_store,
+            "--file",
+            &object,
+            "--replicas",
+            "1",
+            "--wait",
+            "--timeout-secs",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq restore: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("{from_store}-client.{ns}.svc:")),
+        "where clients connect: {said}"
+    );
+    let created = api.get(from_store).await.unwrap();
+    let from = created.spec.restore.clone().expect("spec.restore");
+    assert_eq!(from.file, object);
+    assert_eq!(
+        from.object_store.as_ref().map(|o| o.url.as_str()),
+        Some("s3://qpq/backups"),
+        "read where the source keeps its backups"
+    );
+    // Its volumes go with it when it is deleted below.
+    api.patch(
+        from_store,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"pvcRetentionPolicy": "Delete"}})),
+    )
+    .await
+    .unwrap();
     wait_ready(&env, &ns, from_store, 1, 300).await;
     let ca = ca_pem(&env, &ns, from_store).await;
     let alice_s = alice.relocated("alice-s3", &ns, from_store, "from-store-0", &ca);

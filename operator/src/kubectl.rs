@@ -379,9 +379,142 @@ pub fn backup_request(
     }
 }
 
+/// What `kubectl qpq restore` starts from.
+pub struct RestoreRequest<'a> {
+    /// The new cluster's name.
+    pub to: &'a str,
+    /// The backup's file name (`<cluster>-<unix seconds>.sqlite3`).
+    pub file: &'a str,
+    /// A claim to read it from instead of where the source keeps its backups.
+    pub claim: Option<&'a str>,
+    /// Voters of the new cluster (default: the source's).
+    pub replicas: Option<i32>,
+    /// Accept a backup taken without a read barrier (`--allow-stale`).
+    pub accept_stale: bool,
+}
+
+/// The `QpqCluster` that `kubectl qpq restore` creates: the source's spec (version, storage,
+/// node settings, backups), starting from `file` where the source keeps its backups (or on
+/// `claim`). Its own certificates: a source's TLS Secret names the source's pods, so the new
+/// cluster gets operator-issued ones (said in the second value). No status, no annotations
+/// (a fence or transfer request of the source is not the new cluster's).
+pub fn restore_cluster(
+    source: &QpqCluster,
+    req: &RestoreRequest<'_>,
+) -> Result<(QpqCluster, Vec<String>), String> {
+    let name = source.metadata.name.as_deref().unwrap_or_default();
+    if req.to == name {
+        return Err(format!(
+            "restore into a new cluster: {name} exists (delete it first, or choose another --to)"
+        ));
+    }
+    if req.file.is_empty() || req.file.contains('/') {
+        return Err(format!(
+            "--file names a backup file, not a path: {:?}",
+            req.file
+        ));
+    }
+    let mut spec = source.spec.clone();
+    let (claim_name, object_store) = match (req.claim, &spec.backup) {
+        (Some(claim), _) => (Some(claim.to_owned()), None),
+        (None, Some(b)) => (b.claim_name.clone(), b.object_store.clone()),
+        (None, None) => {
+            return Err(format!(
+                "{name} keeps no backups (spec.backup): name the claim holding the file with --claim"
+            ));
+        }
+    };
+    let mut notes = Vec::new();
+    if let Some(secret) = spec.tls.secret_name.take() {
+        notes.push(format!(
+            "{name} uses the TLS Secret {secret}, whose certificate names its pods; {} gets certificates from the operator (set spec.tls.secretName to one for its pods later)",
+            req.to
+        ));
+    }
+    if let Some(r) = req.replicas {
+        if r < 1 {
+            return Err("--replicas: at least 1".into());
+        }
+        spec.replicas = r;
+    }
+    spec.restore = Some(crate::crd::RestoreSpec {
+        claim_name,
+        object_store,
+        file: req.file.to_owned(),
+        accept_stale: req.accept_stale,
+    });
+    let mut cluster = QpqCluster::new(req.to, spec);
+    cluster.metadata.namespace = source.metadata.namespace.clone();
+    Ok((cluster, notes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_copies_the_spec_and_reads_where_the_source_keeps_its_backups() {
+        let mut source = cluster();
+        source.spec.backup = Some(
+            serde_json::from_value(json!({
+                "schedule": "@daily",
+                "objectStore": {"url": "s3://b/qpq", "secretName": "s3", "allowHttp": true}
+            }))
+            .unwrap(),
+        );
+        source.spec.tls.secret_name = Some("qpq-tls".into());
+        let req = RestoreRequest {
+            to: "qpq-restored",
+            file: "qpq-1764900000.sqlite3",
+            claim: None,
+            replicas: Some(1),
+            accept_stale: false,
+        };
+        let (c, notes) = restore_cluster(&source, &req).unwrap();
+        assert_eq!(c.metadata.name.as_deref(), Some("qpq-restored"));
+        assert_eq!(c.metadata.namespace.as_deref(), Some("messaging"));
+        assert!(c.status.is_none() && c.metadata.annotations.is_none());
+        assert_eq!(c.spec.replicas, 1);
+        assert_eq!(c.spec.version, source.spec.version);
+        let r = c.spec.restore.as_ref().unwrap();
+        assert_eq!(r.file, "qpq-1764900000.sqlite3");
+        assert_eq!(r.object_store.as_ref().unwrap().url, "s3://b/qpq");
+        assert!(r.claim_name.is_none() && !r.accept_stale);
+        assert!(
+            c.spec.tls.secret_name.is_none(),
+            "the source's certificate names its pods"
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        // A claim given wins; a stale backup only when asked.
+        let (c, _) = restore_cluster(
+            &source,
+            &RestoreRequest {
+                claim: Some("old-backups"),
+                accept_stale: true,
+                ..req
+            },
+        )
+        .unwrap();
+        let r = c.spec.restore.unwrap();
+        assert_eq!(r.claim_name.as_deref(), Some("old-backups"));
+        assert!(r.object_store.is_none() && r.accept_stale);
+    }
+
+    #[test]
+    fn a_restore_is_refused_into_the_source_without_a_place_or_with_a_path() {
+        let source = cluster();
+        let req = |to, file, claim| RestoreRequest {
+            to,
+            file,
+            claim,
+            replicas: None,
+            accept_stale: false,
+        };
+        assert!(restore_cluster(&source, &req("qpq", "f.sqlite3", Some("c"))).is_err());
+        assert!(restore_cluster(&source, &req("new", "f.sqlite3", None)).is_err());
+        assert!(restore_cluster(&source, &req("new", "dir/f.sqlite3", Some("c"))).is_err());
+        assert!(restore_cluster(&source, &req("new", "f.sqlite3", Some("c"))).is_ok());
+    }
 
     fn cluster() -> QpqCluster {
         serde_json::from_value(json!({

@@ -28,6 +28,7 @@
 //! The default is a small fixed-seed set for CI; the long mode is `QPQ_CHAOS_SCHEDULES=100`
 //! (figures in `docs/chaos.md`).
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -39,6 +40,7 @@ use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::lincheck;
 use crate::proxy::{self, BadLink, Isolated};
+use crate::revocation::{self, Revocations};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -77,6 +79,10 @@ struct Report {
     /// Commit races run, and Commits acknowledged in them.
     races: usize,
     commits: u32,
+    /// Device revocations acknowledged and checked on every node, and the calls with a
+    /// revoked token those nodes refused.
+    revocations: usize,
+    revoked_refused: usize,
     /// The linearizability checker's verdict line (empty when it did not run).
     lincheck: String,
     violations: Vec<String>,
@@ -99,7 +105,7 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
         let s = seed + i;
         let r = run_schedule(s, secs, nodes).await;
         eprintln!(
-            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} KeyPackages claimed, {} Commits acknowledged in {} races, {} violations; {}",
+            "schedule {i} seed {s}: {} faults [{}], {} writes acknowledged, {} not, {} reads, {} KeyPackages claimed, {} Commits acknowledged in {} races, {} revocations checked ({} calls with a revoked token refused), {} violations; {}",
             r.faults.len(),
             r.faults.join(", "),
             r.acked,
@@ -108,6 +114,8 @@ async fn random_fault_schedules_lose_no_acknowledged_write() {
             r.key_packages,
             r.commits,
             r.races,
+            r.revocations,
+            r.revoked_refused,
             r.violations.len(),
             r.lincheck,
         );
@@ -157,6 +165,12 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             .with_more_writers(&c, 1)
             .with_readers(&c, 1, seed)
             .also(|h, stop| history::race_commits(h, endpoints.clone(), stop));
+        // A revoker: once a device's revocation is acknowledged, no node takes its token.
+        let revocations = Rc::new(Revocations::default());
+        let w = w.also({
+            let (endpoints, revocations) = (endpoints.clone(), revocations.clone());
+            move |_, stop| revocation::revoke_devices(endpoints, revocations, stop)
+        });
         // Two claimers of the same identity's KeyPackages, through different nodes.
         let w = (0..2).fold(w, |w, k| {
             let client = history::Client::new(endpoints.clone(), k);
@@ -277,11 +291,11 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     };
                     let device = disks[&target].device();
                     iops = rng.gen_range(5..40);
-                    let before = w.acknowledged();
+                    let before = w.acked();
                     throttle.slow(pid, &device, iops);
                     tokio::time::sleep(hold).await;
                     throttle.lift(&device);
-                    while_slow = w.acknowledged() - before;
+                    while_slow = w.acked() - before;
                 }
                 Kind::DiskFull => {
                     let disk = &disks[&target];
@@ -345,6 +359,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         let leader = c.wait_leader(Duration::from_secs(15)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let history = w.stop().await;
+        violations.extend(revocations.violations.borrow().iter().cloned());
         let last = c.node(leader).status().await.unwrap()["last_log_index"]
             .as_u64()
             .unwrap();
@@ -390,6 +405,8 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             key_packages: history.served_key_packages.borrow().len(),
             races: history.commit_pairs.borrow().len(),
             commits: history.accepted_commits.borrow().values().sum(),
+            revocations: revocations.checked.get(),
+            revoked_refused: revocations.refused.get(),
             lincheck,
             violations,
         }

@@ -709,11 +709,6 @@ impl Writers {
         }
     }
 
-    /// Writes acknowledged so far.
-    pub fn acknowledged(&self) -> usize {
-        self.history.acked.borrow().len()
-    }
-
     /// Runs `task` (given the history and the stop flag) beside the writers until they stop.
     pub fn also<F, Fut>(mut self, task: F) -> Self
     where

@@ -36,6 +36,7 @@ mod membership;
 mod partition;
 mod raft_access;
 mod recovery;
+mod revocation;
 mod single_use;
 mod stale_reads;
 mod transfer;

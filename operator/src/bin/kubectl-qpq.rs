@@ -10,6 +10,8 @@
 //! leader last)
 //! `kubectl qpq transfer-leader <cluster> [--to <pod|id|any>] [--wait]` (move leadership,
 //! e.g. before maintenance on the leader's Kubernetes node)
+//! `kubectl qpq restore <cluster> --to <new> --file <backup> [--claim c] [--replicas n]
+//! [--accept-stale] [--wait]` (a new cluster from one of the cluster's backups)
 //! `kubectl qpq fence|unfence <cluster> <member> [--wait]` (keep a member out of service:
 //! it holds, serving nothing, and nothing restarts, replaces or rebuilds it; or let it back)
 //! `kubectl qpq logs <cluster> [<member>] [--tail N] [--previous]` (a member's node log; the
@@ -155,6 +157,39 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Start a new cluster from one of this cluster's backups: a `QpqCluster` named `--to`
+    /// with this one's spec (version, storage, node settings, backups) and `spec.restore`
+    /// reading `--file` from where this cluster keeps its backups (`spec.backup`: a claim or
+    /// object storage), or from `--claim`. Its certificates are the operator's own.
+    Restore {
+        /// The QpqCluster whose backup to restore (its spec is copied; it is not changed).
+        cluster: String,
+        /// Name of the new QpqCluster.
+        #[arg(long)]
+        to: String,
+        /// The backup's file name (`<cluster>-<unix seconds>.sqlite3`).
+        #[arg(long)]
+        file: String,
+        /// The PersistentVolumeClaim holding the file, instead of `spec.backup`'s target.
+        #[arg(long)]
+        claim: Option<String>,
+        /// Voters of the new cluster (default: the source's).
+        #[arg(long)]
+        replicas: Option<i32>,
+        /// Restore even a backup taken without a read barrier (`--allow-stale`, on a cluster
+        /// that lost its quorum for good): it may miss acknowledged writes.
+        #[arg(long)]
+        accept_stale: bool,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until every voter of the new cluster is Ready.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Keep a member out of service: it stops and holds (no Raft, no clients, not Ready,
     /// its data untouched), and the operator neither restarts, replaces nor rebuilds it, until
     /// `unfence`. Adds the member to the annotation `qpq.dev/fence`; the operator fences it only
@@ -291,6 +326,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Restart { namespace, .. }
         | Command::Report { namespace, .. }
         | Command::TransferLeader { namespace, .. }
+        | Command::Restore { namespace, .. }
         | Command::Fence { namespace, .. }
         | Command::Unfence { namespace, .. }
         | Command::Logs { namespace, .. } => namespace.clone(),
@@ -441,6 +477,70 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     .into());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Command::Restore {
+            cluster,
+            to,
+            file,
+            claim,
+            replicas,
+            accept_stale,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            let source = api.get(&cluster).await?;
+            let req = kubectl::RestoreRequest {
+                to: &to,
+                file: &file,
+                claim: claim.as_deref(),
+                replicas,
+                accept_stale,
+            };
+            let (new, notes) = kubectl::restore_cluster(&source, &req)?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            let port = new.spec.client_service.port;
+            let voters = new.spec.replicas;
+            let service = format!(
+                "{}.{ns}.svc:{port}",
+                ClusterRef::new(&new)?.client_service()
+            );
+            api.create(&PostParams::default(), &new).await?;
+            if !wait {
+                println!(
+                    "{to}: created from {file}; follow it with `kubectl qpq status {to} -w`; clients will connect to {service} (QUIC)"
+                );
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let mut last = String::new();
+            loop {
+                let c = api.get(&to).await?;
+                let status = c.status.clone().unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| (c.status.clone(), c.message.clone()));
+                if status.voters == voters && ready.as_ref().is_some_and(|(s, _)| s == "True") {
+                    println!(
+                        "{to}: restored from {file}, {voters} voters ready; clients connect to {service} (QUIC)"
+                    );
+                    return Ok(());
+                }
+                let now = ready.map(|(_, m)| m).unwrap_or_default();
+                if !now.is_empty() && now != last {
+                    eprintln!("{to}: {now}");
+                    last = now;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("{to} not ready within {timeout_secs} s ({last})").into());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         Command::Fence {
@@ -765,6 +865,7 @@ mod tests {
             "finalize",
             "fence",
             "unfence",
+            "restore",
             "completion",
             "--kubeconfig",
             "--context",
