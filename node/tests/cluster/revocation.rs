@@ -98,13 +98,13 @@ async fn one_round(endpoints: &[Endpoint], out: &Revocations, round: usize) -> O
             tokio::time::timeout(CALL, c.enqueue(&channel, &ClientMsgId::random(), &payload)).await;
         for (what, accepted, refused) in [
             (
-                "fetch",
+                "a fetch",
                 read.as_ref().is_ok_and(Result::is_ok),
                 read.as_ref()
                     .is_ok_and(|r| r.as_ref().is_err_and(is_auth_refusal)),
             ),
             (
-                "enqueue",
+                "an enqueue",
                 write.as_ref().is_ok_and(Result::is_ok),
                 write
                     .as_ref()
@@ -113,7 +113,7 @@ async fn one_round(endpoints: &[Endpoint], out: &Revocations, round: usize) -> O
         ] {
             if accepted {
                 out.violations.borrow_mut().push(format!(
-                    "node {node} accepted a {what} with the token of a device whose revocation node {by} had acknowledged"
+                    "node {node} accepted {what} with the token of a device whose revocation node {by} had acknowledged"
                 ));
             } else if refused {
                 out.refused.set(out.refused.get() + 1);
