@@ -1420,18 +1420,29 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         got.iter().any(|m| m == "after the restore"),
         "bob on the restored cluster: {got:?}"
     );
+    if env.runner_state.is_some() {
+        recover_after_losing_a_majority(&env, &ns, restored_name, (&alice_r, &bob_r), gid).await;
+    } else {
+        step("skipped: damaging volumes needs the local pod runner's volumes");
+    }
     api.delete(restored_name, &DeleteParams::default())
         .await
         .unwrap();
-    wait("the restored cluster and its pods gone", 180, || async {
-        let gone = api.get_opt(restored_name).await.ok()?.is_none();
-        let of_it =
-            ListParams::default().labels(&format!("app.kubernetes.io/instance={restored_name}"));
-        let left = pods.list(&of_it).await.ok()?.items.len();
-        let volumes = claims.list(&of_it).await.ok()?.items.len();
-        (gone && left == 0 && volumes == 0).then_some(())
-    })
-    .await;
+    for cluster in [restored_name, "recovered"] {
+        wait(
+            &format!("{cluster}, its pods and volumes gone"),
+            180,
+            || async {
+                let gone = api.get_opt(cluster).await.ok()?.is_none();
+                let of_it =
+                    ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}"));
+                let left = pods.list(&of_it).await.ok()?.items.len();
+                let volumes = claims.list(&of_it).await.ok()?.items.len();
+                (gone && left == 0 && volumes == 0).then_some(())
+            },
+        )
+        .await;
+    }
 
     // Done with them: the Jobs (their pods with them) and the volume.
     let plugin_job = made["job"].as_str().unwrap().to_owned();
@@ -1783,12 +1794,7 @@ async fn rebuild_a_damaged_follower(
     step("a follower's Raft log is cut short at rest: it holds, the operator rebuilds it");
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
     let (victim, on_victim, writer_profile) = follower_and_writer(&api, name, profiles).await;
-    let pid = node_pid(env, ns, &victim).await.expect("pod runner pid");
-    let log_path = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .find(|p| p.file_name().is_some_and(|n| n == "raft-log.sqlite3"))
-        .expect("the node has its Raft log open");
+    let log_path = raft_log_of(env, ns, &victim).await;
     let data_dir = log_path.parent().unwrap().to_path_buf();
     let quarantined = || {
         std::fs::read_dir(data_dir.join("quarantine"))
@@ -1804,25 +1810,7 @@ async fn rebuild_a_damaged_follower(
     };
     let _stop_on_drop = StopOnDrop(stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Killed, then damaged in the pod runner's restart back-off (1 s after a long run):
-    // everything into the main file, then the file cut to half.
-    signal(&pid, "-9");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "pid {pid} did not die");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let conn = rusqlite::Connection::open(&log_path).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(conn);
-    let len = std::fs::metadata(&log_path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log_path)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    let len = kill_and_cut_raft_log(env, ns, &victim, &log_path).await;
     step(&format!(
         "{victim}: {} cut from {len} to {} bytes",
         log_path.display(),
@@ -1879,6 +1867,151 @@ async fn rebuild_a_damaged_follower(
         events.contains("StorageDamaged"),
         "no StorageDamaged Event: {events}"
     );
+}
+
+/// The Raft log file `pod`'s node has open (through the pod runner's process).
+async fn raft_log_of(env: &Env, ns: &str, pod: &str) -> PathBuf {
+    let pid = node_pid(env, ns, pod).await.expect("pod runner pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .find(|p| p.file_name().is_some_and(|n| n == "raft-log.sqlite3"))
+        .expect("the node has its Raft log open")
+}
+
+/// Kills `pod`'s node and, in the pod runner's restart back-off (1 s after a long run),
+/// damages its Raft log at `log_path`: everything into the main file, then the file cut to
+/// half. Returns the length before the cut.
+async fn kill_and_cut_raft_log(env: &Env, ns: &str, pod: &str, log_path: &Path) -> u64 {
+    let pid = node_pid(env, ns, pod).await.expect("pod runner pid");
+    signal(&pid, "-9");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let conn = rusqlite::Connection::open(log_path).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    drop(conn);
+    let len = std::fs::metadata(log_path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log_path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    len
+}
+
+/// A quorum lost for good: two of `name`'s three members get their Raft logs cut short at
+/// rest, so they hold on damaged storage and the operator can rebuild nothing (`QuorumLost`).
+/// `kubectl qpq recover` refuses without `--confirm`, then copies the survivor's state
+/// without a read barrier onto the backup claim and starts the new cluster `recovered` from
+/// it; the clients find there what was acknowledged before, and carry on.
+async fn recover_after_losing_a_majority(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    (alice, bob): (&Profile, &Profile),
+    gid: &str,
+) {
+    step(&format!(
+        "{name} loses two of three members' Raft logs: quorum lost for good; kubectl qpq recover"
+    ));
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let survivor = wait("a leader", 60, || async {
+        api.get(name).await.ok()?.status?.leader
+    })
+    .await;
+    alice.ok(&["send", gid, "before the quorum was lost"]);
+    for victim in (0..3)
+        .map(|i| format!("{name}-{i}"))
+        .filter(|p| *p != survivor)
+    {
+        let log = raft_log_of(env, ns, &victim).await;
+        let len = kill_and_cut_raft_log(env, ns, &victim, &log).await;
+        step(&format!(
+            "{victim}: Raft log cut from {len} to {} bytes",
+            len / 2
+        ));
+    }
+    wait("Degraded: QuorumLost", 120, || async {
+        let c = api.get(name).await.ok()?;
+        let d = c
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")?;
+        (d.status == "True" && d.reason == "QuorumLost").then_some(())
+    })
+    .await;
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let recover = |more: &[&str]| {
+        Command::new(&plugin)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args([
+                "recover",
+                name,
+                "-n",
+                ns,
+                "--from-member",
+                &survivor,
+                "--to",
+                "recovered",
+                "--claim",
+                "qpq-backups",
+            ])
+            .args(more)
+            .output()
+            .unwrap()
+    };
+    let refused = recover(&[]);
+    assert!(!refused.status.success(), "recover without --confirm");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("--confirm") && why.contains("QuorumLost"),
+        "{why}"
+    );
+    let started = Instant::now();
+    let out = recover(&["--confirm", "--wait", "--timeout-secs", "300"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq recover: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("recovered-client.{ns}.svc:")),
+        "{said}"
+    );
+    let recovered = api.get("recovered").await.unwrap();
+    assert!(
+        recovered
+            .spec
+            .restore
+            .as_ref()
+            .is_some_and(|r| r.accept_stale),
+        "a stale copy, accepted as such"
+    );
+    step(&format!(
+        "recovered from {survivor} in {:?}",
+        started.elapsed()
+    ));
+    let ca = ca_pem(env, ns, "recovered").await;
+    let alice_x = alice.relocated("alice-x", ns, "recovered", "recovered-0", &ca);
+    let bob_x = bob.relocated("bob-x", ns, "recovered", "recovered-2", &ca);
+    alice_x.ok(&["send", gid, "after the recovery"]);
+    let got = bob_x.messages();
+    for m in ["before the quorum was lost", "after the recovery"] {
+        assert!(
+            got.iter().any(|g| g == m),
+            "{m:?} on the recovered cluster: {got:?}"
+        );
+    }
+    api.delete("recovered", &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// `kubectl qpq report`: a zip with the cluster's objects, status and Events (the damaged

@@ -376,6 +376,47 @@ pub fn backup_request(
         admin: cluster.admin_addr(backup_source(c)),
         dest,
         file: format!("{}-{now_secs}.sqlite3", cluster.name),
+        allow_stale: false,
+    }
+}
+
+/// Why `kubectl qpq recover` may go ahead on `c`: its `Degraded` condition says the quorum
+/// is lost (`QuorumLost`, or `StateLost`: members came back without their state). Otherwise
+/// an error that says to take a normal backup instead, unless `force`.
+pub fn recovery_allowed(c: &QpqCluster, force: bool) -> Result<String, String> {
+    let degraded = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"));
+    match degraded {
+        Some(d) if d.status == "True" && (d.reason == "QuorumLost" || d.reason == "StateLost") => {
+            Ok(format!("{}: {}", d.reason, d.message))
+        }
+        _ if force => Ok("--force: the quorum is not reported lost".into()),
+        other => Err(format!(
+            "the cluster does not report its quorum lost ({}): take a normal backup (kubectl qpq backup) and restore it instead, or wait for the members to come back; --force skips this check",
+            other.map_or_else(
+                || "no Degraded condition".to_owned(),
+                |d| format!("Degraded {}: {}", d.reason, d.message)
+            )
+        )),
+    }
+}
+
+/// The stale backup `kubectl qpq recover` takes from `member` at Unix time `now_secs`: Job
+/// `<cluster>-recover-<now>`, file `<cluster>-<now>.sqlite3`, no read barrier.
+pub fn recovery_backup(
+    cluster: &ClusterRef,
+    member: NodeId,
+    dest: Destination,
+    now_secs: u64,
+) -> BackupRequest {
+    BackupRequest {
+        job: format!("{}-recover-{now_secs}", cluster.name),
+        admin: cluster.admin_addr(member),
+        dest,
+        file: format!("{}-{now_secs}.sqlite3", cluster.name),
+        allow_stale: true,
     }
 }
 
@@ -451,6 +492,40 @@ pub fn restore_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_needs_a_lost_quorum_or_force() {
+        let mut c = cluster();
+        c.metadata.uid = Some("u".into());
+        // The sample is degraded by an unreachable member only.
+        assert!(recovery_allowed(&c, false).is_err());
+        assert!(recovery_allowed(&c, true).is_ok());
+        let status = c.status.as_mut().unwrap();
+        status.conditions =
+            vec![serde_json::from_value(json!({
+            "type": "Degraded", "status": "True", "reason": "QuorumLost",
+            "message": "only 1 of 3 voters answer", "lastTransitionTime": "2026-12-05T10:00:00Z"
+        }))
+        .unwrap()];
+        let why = recovery_allowed(&c, false).unwrap();
+        assert!(why.contains("only 1 of 3"), "{why}");
+        let cref = ClusterRef::new(&c).unwrap();
+        let req = recovery_backup(&cref, 2, Destination::Claim("b".into()), 1_764_900_000);
+        assert!(req.allow_stale);
+        assert_eq!(req.job, "qpq-recover-1764900000");
+        assert_eq!(req.file, "qpq-1764900000.sqlite3");
+        assert_eq!(req.admin, cref.admin_addr(2));
+        let job = crate::resources::backup_job(&cref, &c.spec, &req).unwrap();
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("--allow-stale"),
+            "{args:?}"
+        );
+    }
 
     #[test]
     fn a_restore_copies_the_spec_and_reads_where_the_source_keeps_its_backups() {

@@ -1513,6 +1513,7 @@ async fn rollout_step(
                 admin: c.admin_addr(leader),
                 dest,
                 file: file.clone(),
+                allow_stale: false,
             };
             let j = resources::backup_job(c, &spec, &req)?;
             let api: Api<Job> = Api::namespaced(ctx.client.clone(), &c.namespace);

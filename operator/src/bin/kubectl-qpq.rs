@@ -12,6 +12,8 @@
 //! e.g. before maintenance on the leader's Kubernetes node)
 //! `kubectl qpq restore <cluster> --to <new> --file <backup> [--claim c] [--replicas n]
 //! [--accept-stale] [--wait]` (a new cluster from one of the cluster's backups)
+//! `kubectl qpq recover <cluster> --from-member <member> --to <new> --confirm [--wait]` (a
+//! cluster that lost its quorum for good: a new cluster from one surviving member's state)
 //! `kubectl qpq fence|unfence <cluster> <member> [--wait]` (keep a member out of service:
 //! it holds, serving nothing, and nothing restarts, replaces or rebuilds it; or let it back)
 //! `kubectl qpq logs <cluster> [<member>] [--tail N] [--previous]` (a member's node log; the
@@ -190,6 +192,44 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Recover from a quorum lost for good (a majority of members destroyed or damaged):
+    /// copy one surviving member's state without a read barrier (a backup Job with
+    /// `--allow-stale`, onto `spec.backup`'s target or `--claim`), then start a new cluster
+    /// `--to` from that copy, as `restore --accept-stale` does. Writes the lost members
+    /// acknowledged that the survivor had not applied are lost: pick the most advanced
+    /// survivor. Refused unless the cluster reports its quorum lost (or `--force`), and
+    /// without `--confirm`. The cluster itself is only read.
+    Recover {
+        /// The QpqCluster that lost its quorum.
+        cluster: String,
+        /// The surviving member to copy: a pod name (`x-0`) or a node id.
+        #[arg(long)]
+        from_member: String,
+        /// Name of the new QpqCluster.
+        #[arg(long)]
+        to: String,
+        /// The PersistentVolumeClaim for the copy, instead of `spec.backup`'s target.
+        #[arg(long)]
+        claim: Option<String>,
+        /// Voters of the new cluster (default: the source's).
+        #[arg(long)]
+        replicas: Option<i32>,
+        /// Go ahead: acknowledged writes the member had not applied are lost.
+        #[arg(long)]
+        confirm: bool,
+        /// Even if the cluster does not report its quorum lost.
+        #[arg(long)]
+        force: bool,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until every voter of the new cluster is Ready.
+        #[arg(long)]
+        wait: bool,
+        /// How long the backup Job, and `--wait`, may take each.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Keep a member out of service: it stops and holds (no Raft, no clients, not Ready,
     /// its data untouched), and the operator neither restarts, replaces nor rebuilds it, until
     /// `unfence`. Adds the member to the annotation `qpq.dev/fence`; the operator fences it only
@@ -327,6 +367,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Report { namespace, .. }
         | Command::TransferLeader { namespace, .. }
         | Command::Restore { namespace, .. }
+        | Command::Recover { namespace, .. }
         | Command::Fence { namespace, .. }
         | Command::Unfence { namespace, .. }
         | Command::Logs { namespace, .. } => namespace.clone(),
@@ -503,45 +544,63 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             for note in notes {
                 eprintln!("note: {note}");
             }
-            let port = new.spec.client_service.port;
-            let voters = new.spec.replicas;
-            let service = format!(
-                "{}.{ns}.svc:{port}",
-                ClusterRef::new(&new)?.client_service()
+            restore_into(&api, &ns, &new, &file, wait, timeout_secs).await?;
+        }
+        Command::Recover {
+            cluster,
+            from_member,
+            to,
+            claim,
+            replicas,
+            confirm,
+            force,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            let api: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
+            let source = api.get(&cluster).await?;
+            let why = kubectl::recovery_allowed(&source, force)?;
+            let member = qpq_operator::fence::member(&from_member, &cluster)?;
+            let cref = ClusterRef::new(&source)?;
+            let dest = kubectl::backup_destination(&source, claim.as_deref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let req = kubectl::recovery_backup(&cref, member, dest, now);
+            let restore = kubectl::RestoreRequest {
+                to: &to,
+                file: &req.file,
+                claim: claim.as_deref(),
+                replicas,
+                accept_stale: true,
+            };
+            // Checked before anything is made, so a refusal leaves nothing behind.
+            let (new, notes) = kubectl::restore_cluster(&source, &restore)?;
+            if !confirm {
+                return Err(format!(
+                    "{cluster}: {why}. This copies node {member}'s state without a read barrier into {} and starts a new cluster {to} from it: writes the cluster acknowledged that node {member} had not applied are lost. Add --confirm to go ahead",
+                    req.path()
+                )
+                .into());
+            }
+            eprintln!(
+                "{cluster}: {why}; copying node {member}'s state (no read barrier) to {}",
+                req.path()
             );
-            api.create(&PostParams::default(), &new).await?;
-            if !wait {
-                println!(
-                    "{to}: created from {file}; follow it with `kubectl qpq status {to} -w`; clients will connect to {service} (QUIC)"
+            let job = resources::backup_job(&cref, &source.spec, &req)?;
+            let jobs: Api<Job> = Api::namespaced(client, &ns);
+            jobs.create(&PostParams::default(), &job).await?;
+            let ended = wait_for_job(&jobs, &req.job, Duration::from_secs(timeout_secs)).await?;
+            if ended != "Complete" {
+                return Err(
+                    format!("the stale backup Job {} {ended}: see its log", req.job).into(),
                 );
-                return Ok(());
             }
-            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
-            let mut last = String::new();
-            loop {
-                let c = api.get(&to).await?;
-                let status = c.status.clone().unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| (c.status.clone(), c.message.clone()));
-                if status.voters == voters && ready.as_ref().is_some_and(|(s, _)| s == "True") {
-                    println!(
-                        "{to}: restored from {file}, {voters} voters ready; clients connect to {service} (QUIC)"
-                    );
-                    return Ok(());
-                }
-                let now = ready.map(|(_, m)| m).unwrap_or_default();
-                if !now.is_empty() && now != last {
-                    eprintln!("{to}: {now}");
-                    last = now;
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(format!("{to} not ready within {timeout_secs} s ({last})").into());
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            for note in notes {
+                eprintln!("note: {note}");
             }
+            restore_into(&api, &ns, &new, &req.file, wait, timeout_secs).await?;
         }
         Command::Fence {
             cluster,
@@ -774,6 +833,58 @@ async fn wait_for_job(
         .map_err(|_| format!("Job {name} did not finish within {timeout:?}"))?
 }
 
+/// Creates the restored cluster `new` (from `file`) and, with `wait`, waits until its voters
+/// are Ready; prints where clients connect.
+async fn restore_into(
+    api: &Api<QpqCluster>,
+    ns: &str,
+    new: &QpqCluster,
+    file: &str,
+    wait: bool,
+    timeout_secs: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let to = new.metadata.name.clone().unwrap_or_default();
+    let port = new.spec.client_service.port;
+    let voters = new.spec.replicas;
+    let created = api.create(&PostParams::default(), new).await?;
+    let service = format!(
+        "{}.{ns}.svc:{port}",
+        ClusterRef::new(&created)?.client_service()
+    );
+    if !wait {
+        println!(
+            "{to}: created from {file}; follow it with `kubectl qpq status {to} -w`; clients will connect to {service} (QUIC)"
+        );
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+    let mut last = String::new();
+    loop {
+        let c = api.get(&to).await?;
+        let status = c.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.message.clone()));
+        if status.voters == voters && ready.as_ref().is_some_and(|(s, _)| s == "True") {
+            println!(
+                "{to}: restored from {file}, {voters} voters ready; clients connect to {service} (QUIC)"
+            );
+            return Ok(());
+        }
+        let now = ready.map(|(_, m)| m).unwrap_or_default();
+        if !now.is_empty() && now != last {
+            eprintln!("{to}: {now}");
+            last = now;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{to} not ready within {timeout_secs} s ({last})").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// `kubectl qpq fence` (`on`) and `unfence`: edits the annotation `qpq.dev/fence` (guarded by
 /// the object's resourceVersion, so a concurrent edit is refused rather than lost), then
 /// with `wait` follows `status.fencing` until the member reports the new state.
@@ -866,6 +977,7 @@ mod tests {
             "fence",
             "unfence",
             "restore",
+            "recover",
             "completion",
             "--kubeconfig",
             "--context",

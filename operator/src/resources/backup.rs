@@ -118,6 +118,9 @@ pub struct BackupRequest {
     pub dest: Destination,
     /// File name on that volume or under that prefix (the manifest goes next to it).
     pub file: String,
+    /// Copy without a read barrier (`--allow-stale`): only for a member of a cluster that
+    /// lost its quorum for good (`kubectl qpq recover`); the manifest says the copy is stale.
+    pub allow_stale: bool,
 }
 
 impl BackupRequest {
@@ -132,7 +135,7 @@ impl BackupRequest {
 /// NetworkPolicy admits to the admin port, and none of the cluster's pod labels, so it is
 /// never behind the cluster's Services.
 pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) -> Result<Job> {
-    let args = vec![
+    let mut args = vec![
         "backup".to_owned(),
         "create".to_owned(),
         "--admin".to_owned(),
@@ -140,6 +143,9 @@ pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) ->
         "--out".to_owned(),
         req.path(),
     ];
+    if req.allow_stale {
+        args.push("--allow-stale".to_owned());
+    }
     typed(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -79,6 +79,7 @@ fn builders_match_golden_output() {
         admin: c.admin_addr(2),
         dest: resources::Destination::Claim("x-backups".into()),
         file: "x-1700000000.sqlite3".into(),
+        allow_stale: false,
     };
     check(
         "backup-job",
@@ -307,6 +308,7 @@ fn the_backup_example_is_admitted_to_the_admin_port_only() {
                 admin: c.admin_addr(1),
                 dest: resources::Destination::Claim("qpq-backups".into()),
                 file: "f".into(),
+                allow_stale: false,
             },
         )
         .unwrap(),
