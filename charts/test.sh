@@ -49,6 +49,14 @@ expect_ok "defaults" -- \
   'name: qpq-operator-view' 'aggregate-to-view: "true"' \
   'name: qpq-operator-edit' 'aggregate-to-edit: "true"' 'runAsUser: 65532' \
   'readOnlyRootFilesystem: true'
+expect_ok "the CRD: a template Helm upgrades, kept on uninstall" -- \
+  'kind: CustomResourceDefinition' 'helm.sh/resource-policy: keep' 'name: qpqclusters.qpq.dev'
+expect_ok "CRD managed elsewhere" --set crds.install=false -- '!kind: CustomResourceDefinition'
+# The template carries the generated schema unchanged (crds/qpqcluster.yaml from `spec:` on).
+if ! diff <(render --show-only templates/crd.yaml | sed -n '/^spec:/,$p') \
+  <(sed -n '/^spec:/,$p' "$(dirname "$0")/../crds/qpqcluster.yaml") >/dev/null; then
+  echo "FAIL the CRD template differs from crds/qpqcluster.yaml" >&2; fail=1
+else echo "ok   the CRD template is crds/qpqcluster.yaml"; fi
 expect_ok "one replica: no PDB" --set replicaCount=1 -- '!kind: PodDisruptionBudget'
 expect_ok "PDB off" --set podDisruptionBudget.enabled=false -- '!kind: PodDisruptionBudget'
 expect_ok "aggregated roles off" --set rbac.aggregatedRoles=false -- '!aggregate-to-'
@@ -107,6 +115,7 @@ expect_refused "unknown log format" 'format' --set logging.format=xml
 expect_refused "unknown pull policy" 'pullPolicy' --set image.pullPolicy=Sometimes
 expect_refused "privileged metrics port" 'metricsPort' --set metricsPort=80
 expect_refused "misspelt top-level key" 'replicas' --set replicas=3
+expect_refused "misspelt crds key" 'instal' --set crds.instal=false
 expect_refused "bad namespace name" 'watchNamespace' --set watchNamespace=Apps_1
 expect_refused "two replicas without election" 'leaderElection' \
   --set leaderElection.enabled=false

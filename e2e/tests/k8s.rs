@@ -177,7 +177,11 @@ where
 
 /// Installs (or upgrades) the operator chart and waits for its Deployment.
 fn install_operator(env: &Env) {
-    let chart = env.repo.join("charts/qpq-operator");
+    install_chart(env, &env.repo.join("charts/qpq-operator"));
+}
+
+/// `helm upgrade --install` of the operator chart at `chart`.
+fn install_chart(env: &Env, chart: &Path) {
     let mut args = vec![
         "upgrade".to_owned(),
         "--install".into(),
@@ -381,6 +385,59 @@ async fn admin_refuses_the_wrong_callers(env: &Env, ns: &str, name: &str, ip: &s
     }
     let st = raft_status(&viewer, ip).await.expect("status");
     assert_eq!(st.membership.voters.len(), 3, "nothing changed: {st:?}");
+}
+
+/// The chart as an earlier release shipped it, for the upgrade test: version 0.0.9, and a CRD
+/// whose status has no `fencing` (added since). Returns the temporary directory holding it.
+fn previous_chart(env: &Env) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(env.repo.join("charts/qpq-operator"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "copy the chart");
+    let chart = dir.path().join("qpq-operator");
+    let meta = chart.join("Chart.yaml");
+    let text: Vec<String> = std::fs::read_to_string(&meta)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("version: ") {
+                "version: 0.0.9".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&meta, text.join("\n") + "\n").unwrap();
+    let crd_file = chart.join("files/crds/qpqcluster.yaml");
+    let mut crd: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
+    let status = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"];
+    assert!(
+        status.as_object_mut().unwrap().remove("fencing").is_some(),
+        "the CRD has status.fencing"
+    );
+    std::fs::write(&crd_file, serde_yaml::to_string(&crd).unwrap()).unwrap();
+    (dir, chart)
+}
+
+/// The type of the CRD's `status.fencing` (empty while the CRD has no such field).
+fn crd_fencing(env: &Env) -> String {
+    run(
+        env,
+        &env.kubectl,
+        &[
+            "get",
+            "crd",
+            "qpqclusters.qpq.dev",
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.status.properties.fencing.type}",
+        ],
+    )
 }
 
 /// `GET /raft/status` on a pod's admin port, through the operator's own admin client.
@@ -713,8 +770,13 @@ fn check_writes(prefix: &str, acked: &[u64], received: &[String]) {
 async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     let env = env().await;
     let t0 = Instant::now();
-    step("helm install the operator chart");
+    step("helm install the chart of an earlier release (its CRD without status.fencing)");
+    let (_previous_dir, previous) = previous_chart(&env);
+    install_chart(&env, &previous);
+    assert_eq!(crd_fencing(&env), "", "the earlier release's CRD");
+    step("helm upgrade to this chart: the CRD is upgraded with it");
     install_operator(&env);
+    assert_eq!(crd_fencing(&env), "object", "helm upgrade upgraded the CRD");
     let ns = namespace(&env, "qpq-e2e").await;
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
 

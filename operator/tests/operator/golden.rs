@@ -236,10 +236,11 @@ fn chart_carries_the_same_crd() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let generated = std::fs::read_to_string(root.join("crds/qpqcluster.yaml")).unwrap();
     let chart =
-        std::fs::read_to_string(root.join("charts/qpq-operator/crds/qpqcluster.yaml")).unwrap();
+        std::fs::read_to_string(root.join("charts/qpq-operator/files/crds/qpqcluster.yaml"))
+            .unwrap();
     assert_eq!(
         chart, generated,
-        "copy crds/qpqcluster.yaml to charts/qpq-operator/crds/"
+        "copy crds/qpqcluster.yaml to charts/qpq-operator/files/crds/"
     );
 }
 
