@@ -43,6 +43,9 @@ expect_refused() {
 }
 
 "$HELM" lint --strict "$CHART"
+# The chart's README is generated from values.yaml, every value documented.
+if python3 "$(dirname "$0")/readme.py" --check; then echo "ok   README.md matches values.yaml"
+else echo "FAIL README.md: run charts/readme.py" >&2; fail=1; fi
 
 expect_ok "defaults" -- \
   'kind: Deployment' 'kind: PodDisruptionBudget' 'minAvailable: 1' \
