@@ -164,7 +164,15 @@ async fn a_fenced_follower_holds_across_restarts_and_serves_again_once_unfenced(
         );
         assert_eq!(c.node(victim).metric("qpq_fenced").await, Some(0.0));
         history::write_through(&history, &c, channel, 20, 4).await;
-        assert!(c.node(victim).ready().await, "the unfenced node is ready");
+        // Ready once it has caught up with what was written while it was fenced.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !c.node(victim).ready().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the unfenced node is not ready after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         history::check_messages(&history, &c.endpoints()).await;
     })
     .await;
