@@ -232,6 +232,23 @@ pub(crate) struct RebuildBody {
 
 /// Longest `reason` kept in the marker and the audit record.
 const MAX_REASON: usize = 512;
+
+/// Refuses a `reason` longer than [`MAX_REASON`] (rebuild and fence bodies).
+fn check_reason(reason: &str) -> Result<(), Answer> {
+    if reason.len() > MAX_REASON {
+        return Err(bad_json(format!(
+            "reason is longer than {MAX_REASON} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Now, in Unix milliseconds (the time kept in rebuild and fence markers).
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 /// Most `peers` one rebuild call may name, and the longest address.
 const MAX_PEERS: usize = 16;
 const MAX_PEER_ADDR: usize = 256;
@@ -240,11 +257,7 @@ impl RebuildBody {
     /// Parses and bounds the body.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, Answer> {
         let b: Self = parse(body)?;
-        if b.reason.len() > MAX_REASON {
-            return Err(bad_json(format!(
-                "reason is longer than {MAX_REASON} bytes"
-            )));
-        }
+        check_reason(&b.reason)?;
         if b.peers.len() > MAX_PEERS || b.peers.iter().any(|p| p.len() > MAX_PEER_ADDR) {
             return Err(bad_json(format!(
                 "at most {MAX_PEERS} peers of at most {MAX_PEER_ADDR} bytes each"
@@ -257,9 +270,7 @@ impl RebuildBody {
 /// Writes the rebuild marker for `b` (synced) once the checks passed, with the audit
 /// record; `202` with the marker. The caller then stops the node.
 pub(crate) async fn mark_for_rebuild(data_dir: std::path::PathBuf, b: &RebuildBody) -> Answer {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = now_unix_ms();
     let reason = b.reason.clone();
     let marker = match tokio::task::spawn_blocking(move || {
         crate::rebuild::request(&data_dir, now_ms, &reason)
@@ -319,21 +330,15 @@ impl FenceBody {
     /// Parses and bounds the body.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, Answer> {
         let b: Self = parse(body)?;
-        if b.reason.len() > MAX_REASON {
-            return Err(bad_json(format!(
-                "reason is longer than {MAX_REASON} bytes"
-            )));
-        }
+        check_reason(&b.reason)?;
         Ok(b)
     }
 }
 
 /// Writes the fence marker (synced) with the audit record; `202` with the fence. The caller
 /// then stops the node.
-pub(crate) async fn write_fence(data_dir: std::path::PathBuf, b: &FenceBody) -> Answer {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+async fn write_fence(data_dir: std::path::PathBuf, b: &FenceBody) -> Answer {
+    let now_ms = now_unix_ms();
     let reason = b.reason.clone();
     let fence =
         match tokio::task::spawn_blocking(move || crate::fence::write(&data_dir, now_ms, &reason))
