@@ -52,14 +52,19 @@ expect_ok "defaults" -- \
   'name: qpq-operator-view' 'aggregate-to-view: "true"' \
   'name: qpq-operator-edit' 'aggregate-to-edit: "true"' 'runAsUser: 65532' \
   'readOnlyRootFilesystem: true'
-expect_ok "the CRD: a template Helm upgrades, kept on uninstall" -- \
-  'kind: CustomResourceDefinition' 'helm.sh/resource-policy: keep' 'name: qpqclusters.qpq.dev'
+expect_ok "the CRDs: templates Helm upgrades, kept on uninstall" -- \
+  'kind: CustomResourceDefinition' 'helm.sh/resource-policy: keep' 'name: qpqclusters.qpq.dev' \
+  'name: qpqbackups.qpq.dev'
 expect_ok "CRD managed elsewhere" --set crds.install=false -- '!kind: CustomResourceDefinition'
 # The template carries the generated schema unchanged (crds/qpqcluster.yaml from `spec:` on).
 if ! diff <(render --show-only templates/crd.yaml | sed -n '/^spec:/,$p') \
   <(sed -n '/^spec:/,$p' "$(dirname "$0")/../crds/qpqcluster.yaml") >/dev/null; then
   echo "FAIL the CRD template differs from crds/qpqcluster.yaml" >&2; fail=1
 else echo "ok   the CRD template is crds/qpqcluster.yaml"; fi
+if ! diff <(render --show-only templates/crd-qpqbackup.yaml | sed -n '/^spec:/,$p') \
+  <(sed -n '/^spec:/,$p' "$(dirname "$0")/../crds/qpqbackup.yaml") >/dev/null; then
+  echo "FAIL the QpqBackup CRD template differs from crds/qpqbackup.yaml" >&2; fail=1
+else echo "ok   the QpqBackup CRD template is crds/qpqbackup.yaml"; fi
 expect_ok "one replica: no PDB" --set replicaCount=1 -- '!kind: PodDisruptionBudget'
 expect_ok "PDB off" --set podDisruptionBudget.enabled=false -- '!kind: PodDisruptionBudget'
 expect_ok "aggregated roles off" --set rbac.aggregatedRoles=false -- '!aggregate-to-'

@@ -34,7 +34,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin as _, Status};
-use qpq_operator::crd::QpqCluster;
+use qpq_operator::crd::{BackupPhase, QpqBackup, QpqCluster};
 use serde_json::{Value, json};
 
 #[path = "k8s/monitoring.rs"]
@@ -801,9 +801,13 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     })
     .await;
     let qc = "qpqclusters.qpq.dev";
+    let qb = "qpqbackups.qpq.dev";
     let allowed = [
         ("e2e-viewer", "get", qc),
         ("e2e-viewer", "watch", qc),
+        ("e2e-viewer", "list", qb),
+        ("e2e-editor", "create", qb),
+        ("e2e-editor", "delete", qb),
         ("e2e-editor", "get", qc),
         ("e2e-editor", "create", qc),
         ("e2e-editor", "delete", qc),
@@ -821,8 +825,11 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         ("e2e-viewer", "update", "qpqclusters.qpq.dev/scale"),
         // Status is the operator's alone.
         ("e2e-editor", "patch", "qpqclusters.qpq.dev/status"),
+        ("e2e-viewer", "create", qb),
+        ("e2e-editor", "patch", "qpqbackups.qpq.dev/status"),
         // Unbound, or outside the namespace of the binding.
         ("e2e-stranger", "list", qc),
+        ("e2e-stranger", "create", qb),
     ];
     for (user, verb, resource) in refused {
         assert!(
@@ -1376,6 +1383,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         uploaded.contains(&format!("{object}.manifest.json")),
         "{uploaded:?}"
     );
+    backup_list_and_verify(&env, &ns, &name, &s3, &object).await;
+    qpq_backup_objects(&env, &ns, &name, &s3).await;
     let from_store = "from-store";
     step(
         "kubectl qpq restore --to from-store --replicas 1 --wait: from where the cluster keeps its backups",
@@ -1591,6 +1600,166 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     .await;
     let nss: Api<Namespace> = Api::all(env.client.clone());
     let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// `QpqBackup` objects: one for the cluster (which keeps its backups in object storage by
+/// now) completes with what the stored manifest says in its status; one for a cluster that
+/// does not exist waits, saying why. Deleting a `QpqBackup` takes its Job along.
+async fn qpq_backup_objects(env: &Env, ns: &str, name: &str, s3: &s3::S3Server) {
+    step("QpqBackup: a backup as an object, its manifest in the status");
+    let backups: Api<QpqBackup> = Api::namespaced(env.client.clone(), ns);
+    for (object, cluster) in [("before-restore", name), ("of-nothing", "no-such-cluster")] {
+        let b: QpqBackup = serde_json::from_value(json!({
+            "apiVersion": "qpq.dev/v1alpha1", "kind": "QpqBackup",
+            "metadata": {"name": object},
+            "spec": {"cluster": cluster},
+        }))
+        .unwrap();
+        backups.create(&PostParams::default(), &b).await.unwrap();
+    }
+    let done = wait("QpqBackup before-restore Completed", 240, || async {
+        let s = backups.get("before-restore").await.ok()?.status?;
+        assert_ne!(s.phase, BackupPhase::Failed, "{s:?}");
+        (s.phase == BackupPhase::Completed).then_some(s)
+    })
+    .await;
+    let file = format!("{name}-backup-before-restore.sqlite3");
+    assert_eq!(
+        done.location.as_deref(),
+        Some(format!("s3://qpq/backups/{file}").as_str()),
+        "{done:?}"
+    );
+    assert_eq!(done.file.as_deref(), Some(file.as_str()));
+    let stored = s3.file("qpq", &format!("backups/{file}"));
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(s3.file("qpq", &format!("backups/{file}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        done.sha256.as_deref(),
+        manifest["sha256"].as_str(),
+        "{done:?}"
+    );
+    assert_eq!(done.bytes, Some(std::fs::metadata(&stored).unwrap().len()));
+    assert_eq!(
+        done.log_index,
+        manifest["last_applied"]["index"].as_u64(),
+        "{done:?}"
+    );
+    assert!(done.log_index.unwrap_or(0) > 0, "{done:?}");
+    let pending = wait("QpqBackup of-nothing Pending, saying why", 60, || async {
+        let s = backups.get("of-nothing").await.ok()?.status?;
+        (s.phase == BackupPhase::Pending).then_some(s)
+    })
+    .await;
+    assert!(
+        pending
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("not found"),
+        "{pending:?}"
+    );
+    let table = run(env, &env.kubectl, &["get", "qpqbackups", "-n", ns]);
+    assert!(
+        table.contains("PHASE") && table.contains("Completed") && table.contains("Pending"),
+        "{table}"
+    );
+    for object in ["before-restore", "of-nothing"] {
+        backups
+            .delete(object, &DeleteParams::background())
+            .await
+            .unwrap();
+    }
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
+    wait("the QpqBackup's Job goes with it", 60, || async {
+        jobs.get_opt("before-restore-backup")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(stored.exists(), "the stored backup stays");
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::remove_file(s3.file("qpq", &format!("backups/{file}.manifest.json"))).unwrap();
+}
+
+/// `kubectl qpq backup list` and `verify` against where the cluster keeps its backups
+/// (object storage holding `object`): each runs a Job and prints its answer; a damaged copy
+/// beside it fails `verify` with the reason, and the plugin leaves no Job behind.
+async fn backup_list_and_verify(env: &Env, ns: &str, name: &str, s3: &s3::S3Server, object: &str) {
+    step("kubectl qpq backup list / verify: the backups in object storage; a damaged copy fails");
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let plugin = plugin.to_str().unwrap();
+    let url = format!("s3://qpq/backups/{object}");
+    let out = run(
+        env,
+        plugin,
+        &["backup", "list", name, "-n", ns, "-o", "json"],
+    );
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let found = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["url"] == url.as_str())
+        .unwrap_or_else(|| panic!("{url} not listed: {listed}"));
+    assert!(
+        found["manifest"]["rows"]["messages"].as_u64().is_some(),
+        "{found}"
+    );
+    let table = run(env, plugin, &["backup", "list", name, "-n", ns]);
+    assert!(
+        table.starts_with("BACKUP") && table.contains(object),
+        "{table}"
+    );
+    let out = run(
+        env,
+        plugin,
+        &["backup", "verify", name, "-n", ns, "--file", object],
+    );
+    let verified: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verified["backup"], url.as_str(), "{verified}");
+    assert_eq!(
+        verified["sha256"], found["manifest"]["sha256"],
+        "{verified}"
+    );
+    // A copy with one byte changed, under its own name with the original's manifest.
+    let damaged = "damaged-copy.sqlite3";
+    let mut bytes = std::fs::read(s3.file("qpq", &format!("backups/{object}"))).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(s3.file("qpq", &format!("backups/{damaged}")), bytes).unwrap();
+    std::fs::copy(
+        s3.file("qpq", &format!("backups/{object}.manifest.json")),
+        s3.file("qpq", &format!("backups/{damaged}.manifest.json")),
+    )
+    .unwrap();
+    let out = Command::new(plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["backup", "verify", name, "-n", ns, "--file", damaged])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a damaged backup verified: {said}");
+    assert!(said.contains("SHA-256"), "the reason: {said}");
+    for f in [damaged.to_owned(), format!("{damaged}.manifest.json")] {
+        std::fs::remove_file(s3.file("qpq", &format!("backups/{f}"))).unwrap();
+    }
+    // Every Job the plugin made is gone (deleted as soon as it answered).
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
+    wait("the plugin's Jobs are deleted", 60, || async {
+        let left = jobs.list(&Default::default()).await.ok()?.items;
+        (!left.iter().any(|j| {
+            j.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.contains("-backup-list-") || n.contains("-backup-verify-"))
+        }))
+        .then_some(())
+    })
+    .await;
 }
 
 /// SIGKILL to the node process of `pod` when the pod runner's state is at hand; otherwise a

@@ -100,8 +100,10 @@ enum BackupCommand {
         allow_stale: bool,
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts, state digest.
+    /// Prints the manifest with `backup`, the file or URL checked.
     Verify {
-        /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`.
+        /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`; or a
+        /// directory or `s3://` prefix, whose newest backup (by its manifest's time) is checked.
         file: String,
         /// With an `s3://` backup: where it is downloaded to be checked.
         #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
@@ -685,23 +687,55 @@ async fn backup_create(
     }))
 }
 
+/// What `qpq-node backup verify` prints: the backup it checked (the one named, or the
+/// newest of a directory or prefix) and its manifest's fields, as found in the file.
+#[derive(serde::Serialize)]
+struct Verified {
+    backup: String,
+    #[serde(flatten)]
+    manifest: crate::backup::Manifest,
+}
+
 /// `qpq-node backup verify`: the manifest of a backup that verified.
 async fn backup_verify(
     location: &str,
     work_dir: Option<PathBuf>,
-) -> Result<crate::backup::Manifest, crate::backup::BackupError> {
+) -> Result<Verified, crate::backup::BackupError> {
     use crate::backup::object::{self, Location};
-    if object::is_url(location) {
+    let location = newest_backup(location).await?;
+    let manifest = if object::is_url(&location) {
         let work = WorkDir::new(work_dir)?;
         // `download` verifies before it keeps anything.
-        return object::download(
-            &Location::parse(location)?,
+        object::download(
+            &Location::parse(&location)?,
             &work.path().join("check.sqlite3"),
         )
-        .await;
+        .await?
+    } else {
+        let file = PathBuf::from(&location);
+        crate::backup::read_manifest(&file).and_then(|m| crate::backup::verify(&file, &m))?
+    };
+    Ok(Verified {
+        backup: location,
+        manifest,
+    })
+}
+
+/// `location` itself when it names a backup (`*.sqlite3`); else, a directory or an
+/// `s3://` prefix, its newest backup by manifest time (a typed error when it has none).
+async fn newest_backup(location: &str) -> Result<String, crate::backup::BackupError> {
+    if location.ends_with(".sqlite3") {
+        return Ok(location.to_owned());
     }
-    let file = PathBuf::from(location);
-    crate::backup::read_manifest(&file).and_then(|m| crate::backup::verify(&file, &m))
+    let listed = backup_list(location).await?;
+    listed["backups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .max_by_key(|b| b["manifest"]["created_at_ms"].as_u64().unwrap_or(0))
+        .and_then(|b| b["url"].as_str().or_else(|| b["file"].as_str()))
+        .map(str::to_owned)
+        .ok_or_else(|| crate::backup::BackupError::Manifest(format!("no backup in {location}")))
 }
 
 /// `qpq-node backup drill`: the drill's report.
@@ -712,22 +746,7 @@ async fn backup_drill(
     use crate::backup::object::{self, Location};
     let work = WorkDir::new(work_dir)?;
     // A directory or a prefix: its newest backup.
-    let named_file = location.ends_with(".sqlite3");
-    let newest = if named_file {
-        location.to_owned()
-    } else {
-        let listed = backup_list(location).await?;
-        listed["backups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .max_by_key(|b| b["manifest"]["created_at_ms"].as_u64().unwrap_or(0))
-            .and_then(|b| b["url"].as_str().or_else(|| b["file"].as_str()))
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                crate::backup::BackupError::Manifest(format!("no backup in {location}"))
-            })?
-    };
+    let newest = newest_backup(location).await?;
     let location = newest.as_str();
     let (file, manifest) = if object::is_url(location) {
         let local = work.path().join("backup.sqlite3");

@@ -1,4 +1,4 @@
-//! The `QpqCluster` custom resource (`qpq.dev/v1alpha1`): spec, status and schema.
+//! The custom resources (`qpq.dev/v1alpha1`): `QpqCluster` and `QpqBackup`, spec, status and schema.
 //!
 //! The schema is structural and carries the validation the API server enforces: bounds via
 //! schemars attributes, and CEL rules (`x-kubernetes-validations`) where a rule is clearer
@@ -1138,4 +1138,119 @@ impl QpqClusterSpec {
         }
         Ok(())
     }
+}
+
+/// One backup of a `QpqCluster`, declared as an object: the operator runs a backup Job
+/// (`qpq-node backup create`, the same Job as `kubectl qpq backup`) that stores a verified
+/// copy and its manifest where the cluster keeps its backups, and records what the manifest
+/// says in the status. The spec cannot change; a finished backup is never run again.
+// Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "qpq.dev",
+    version = "v1alpha1",
+    kind = "QpqBackup",
+    plural = "qpqbackups",
+    shortname = "qpqb",
+    category = "qpq",
+    namespaced,
+    status = "QpqBackupStatus",
+    doc = "One backup of a QpqCluster: a Job that stores a verified copy and its manifest where the cluster keeps its backups.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Index", type_ = "integer", json_path = ".status.logIndex"),
+    printcolumn(name = "Bytes", type_ = "integer", json_path = ".status.bytes"),
+    printcolumn(
+        name = "Backup",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.location"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("a QpqBackup's spec cannot change: create another one"))]
+pub struct QpqBackupSpec {
+    /// The `QpqCluster` to back up (same namespace).
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("name the QpqCluster").reason(kube::core::Reason::FieldValueInvalid))]
+    pub cluster: String,
+    /// Store the backup on this PersistentVolumeClaim (same namespace) instead of where the
+    /// cluster's `spec.backup` keeps its backups (a claim or object storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+}
+
+/// Where a `QpqBackup` stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupPhase {
+    /// Not started: the cluster is missing or has nowhere to keep backups (see `message`).
+    #[default]
+    Pending,
+    /// Its Job runs.
+    Running,
+    /// Stored and verified; the status says what the manifest says.
+    Completed,
+    /// Its Job failed, or it cannot be run (see `message`). Not retried: create another.
+    Failed,
+}
+
+impl BackupPhase {
+    /// Completed or Failed: nothing more happens.
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
+/// What the operator observed of a `QpqBackup`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QpqBackupStatus {
+    /// Where it stands.
+    #[serde(default)]
+    pub phase: BackupPhase,
+    /// Why it is pending or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The backup Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the Job was created (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// When it completed or failed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// Where the backup is: a path on the claim or an `s3://` URL (its manifest is
+    /// `<location>.manifest.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The file's name, as `kubectl qpq restore --file` and `spec.restore.file` take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Lower-case hex SHA-256 of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The replicated state's digest at `logIndex` (comparable with the members' own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_digest: Option<String>,
+    /// Raft log index of the last entry the backup reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
+    /// Its term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_term: Option<u64>,
+    /// The member that served the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Its `qpq-node` version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_version: Option<String>,
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::admin_client::NodeId;
 use crate::crd::{QpqCluster, RolloutPhase};
-use crate::resources::{BackupRequest, ClusterRef, Destination};
+use crate::resources::{BackupRequest, ClusterRef, Destination, Inspect};
 use crate::rollout::commands;
 
 /// `kubectl qpq status <cluster> -o json`.
@@ -489,9 +489,167 @@ pub fn restore_cluster(
     Ok((cluster, notes))
 }
 
+/// Name of the Job of `kubectl qpq backup list|verify` at `unix_secs`.
+pub fn inspect_job_name(cluster: &str, what: &Inspect, unix_secs: u64) -> String {
+    let verb = match what {
+        Inspect::List => "list",
+        Inspect::Verify { .. } => "verify",
+        Inspect::Drill { .. } => "drill",
+    };
+    format!("{cluster}-backup-{verb}-{unix_secs}")
+}
+
+/// `kubectl qpq backup list`: one row per backup of `qpq-node backup list`'s answer,
+/// oldest first.
+pub fn backups_table(doc: &serde_json::Value) -> String {
+    let mut backups: Vec<&serde_json::Value> =
+        doc["backups"].as_array().into_iter().flatten().collect();
+    backups.sort_by_key(|b| b["manifest"]["created_at_ms"].as_u64().unwrap_or(0));
+    if backups.is_empty() {
+        return "No backups found.\n".to_owned();
+    }
+    let mut rows = vec![
+        [
+            "BACKUP", "CREATED", "SIZE", "INDEX", "TERM", "NODE", "VERSION", "MESSAGES", "STALE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for b in backups {
+        let m = &b["manifest"];
+        let at = b["url"]
+            .as_str()
+            .or_else(|| b["file"].as_str())
+            .unwrap_or("");
+        let name = at.rsplit('/').next().unwrap_or(at);
+        let created = m["created_at_ms"]
+            .as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map_or_else(
+                || "?".to_owned(),
+                |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            );
+        let num =
+            |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+        rows.push(vec![
+            name.to_owned(),
+            created,
+            m["bytes"].as_u64().map_or_else(|| "?".to_owned(), size),
+            num(&m["last_applied"]["index"]),
+            num(&m["last_applied"]["term"]),
+            num(&m["node_id"]),
+            m["node_version"].as_str().unwrap_or("?").to_owned(),
+            num(&m["rows"]["messages"]),
+            if m["stale"].is_string() { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let mut out = String::new();
+    table(&mut out, &rows);
+    out
+}
+
+/// Bytes in the largest binary unit that keeps the number at least 1.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_list_becomes_rows_oldest_first_and_verify_failures_show_the_reason() {
+        use crate::resources::{job_answer, job_failure};
+        let log = concat!(
+            r#"{"level":"INFO","fields":{"message":"listing"}}"#,
+            "\n",
+            r#"{"backups":[{"url":"s3://b/p/x-20.sqlite3","manifest":{"created_at_ms":20000,"bytes":1536,"node_id":2,"node_version":"0.1.0","last_applied":{"term":3,"leader":1,"index":77},"rows":{"messages":40},"stale":"no quorum"}},"#,
+            r#"{"file":"/backups/x-10.sqlite3","manifest":{"created_at_ms":10000,"bytes":1048576,"node_id":1,"node_version":"0.1.0","last_applied":null,"rows":{"messages":0}}}]}"#,
+            "\n",
+        );
+        let doc = job_answer(log).expect("the answer, not the log line");
+        let table = backups_table(&doc);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("BACKUP"), "{table}");
+        for want in [
+            "x-10.sqlite3",
+            "1970-01-01T00:00:10Z",
+            "1.0 MiB",
+            "   -   ",
+            "no",
+        ] {
+            assert!(lines[1].contains(want), "{want} in {}", lines[1]);
+        }
+        for want in ["x-20.sqlite3", "1.5 KiB", "77", "40", "yes"] {
+            assert!(lines[2].contains(want), "{want} in {}", lines[2]);
+        }
+        assert_eq!(
+            backups_table(&json!({"backups": []})),
+            "No backups found.\n"
+        );
+        assert_eq!(size(512), "512 B");
+        // A failed verify: the command's error line, not the log around it.
+        let failed = "{\"level\":\"WARN\"}\nqpq-node: backup: SHA-256 mismatch\n";
+        assert_eq!(job_answer(failed), None);
+        assert_eq!(job_failure(failed), "qpq-node: backup: SHA-256 mismatch");
+        assert_eq!(job_failure(""), "its pod left no log");
+        assert_eq!(
+            inspect_job_name("x", &Inspect::Drill { file: None }, 7),
+            "x-backup-drill-7"
+        );
+    }
+
+    #[test]
+    fn an_inspection_job_reads_without_admin_credentials_and_names_its_target() {
+        let mut c = cluster();
+        c.metadata.uid = Some("u".into());
+        let cref = ClusterRef::new(&c).unwrap();
+        let dest = Destination::Claim("keep".into());
+        let job = crate::resources::inspect_job(
+            &cref,
+            &c.spec,
+            &dest,
+            "j".into(),
+            &Inspect::Verify {
+                file: Some("x-1.sqlite3".into()),
+            },
+        )
+        .unwrap();
+        let doc = serde_json::to_value(&job).unwrap();
+        let pod = &doc["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["containers"][0]["args"],
+            json!(["backup", "verify", "/backups/x-1.sqlite3"])
+        );
+        assert_eq!(doc["spec"]["backoffLimit"], 0);
+        assert!(doc["spec"]["ttlSecondsAfterFinished"].as_i64().is_some());
+        let text = doc.to_string();
+        assert!(!text.contains("backup.key"), "no admin credentials: {text}");
+        assert_eq!(
+            doc["spec"]["template"]["metadata"]["labels"][crate::resources::DRILL_FOR_LABEL],
+            "qpq"
+        );
+        assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], true);
+        let list = crate::resources::inspect_job(&cref, &c.spec, &dest, "l".into(), &Inspect::List)
+            .unwrap();
+        let list = serde_json::to_value(&list).unwrap();
+        assert_eq!(
+            list["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["backup", "list", "/backups"])
+        );
+    }
 
     #[test]
     fn recovery_needs_a_lost_quorum_or_force() {

@@ -5,7 +5,8 @@
 //! a time, toward `spec.replicas`.
 //!
 //! # Layout
-//! - [`crd`]: the custom resource types and their schema (with CEL validation).
+//! - [`crd`]: the custom resource types (`QpqCluster`, `QpqBackup`) and their schema (with
+//!   CEL validation).
 //! - [`resources`]: pure builders of every desired object from the spec (no I/O).
 //! - [`tls`]: the operator-managed CA and node certificates.
 //! - [`planner`]: the pure membership planner (next step from what was observed).
@@ -13,6 +14,7 @@
 //!   analysis, automatic rollback).
 //! - [`admin_client`]: the node admin API ([`admin_client::NodeAdmin`] is the test seam).
 //! - [`reconcile`]: the controller: observe, plan, apply, record status; finalizer.
+//! - [`backups`]: the `QpqBackup` controller (one backup Job each, its manifest in the status).
 //! - [`status`]: conditions and members as written to `.status`.
 //! - [`metrics`], [`leader`], [`server`]: Prometheus metrics, Lease leader election, the
 //!   health and metrics HTTP endpoint.
@@ -25,6 +27,7 @@
 //! admin API.
 
 pub mod admin_client;
+pub mod backups;
 pub mod cli;
 pub mod crd;
 pub mod crdgen;

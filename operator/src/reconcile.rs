@@ -132,7 +132,7 @@ impl Context {
         }
     }
 
-    fn now(&self) -> (i64, String) {
+    pub(crate) fn now(&self) -> (i64, String) {
         let unix = (self.clock)();
         let text = jiff::Timestamp::from_second(unix)
             .map(|t| t.to_string())

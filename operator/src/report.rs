@@ -4,8 +4,8 @@
 //! It reads, through the caller's own Kubernetes credentials (their RBAC decides what they may
 //! read; nothing is written to the cluster): the `QpqCluster` (spec and status, with the
 //! members' Raft state the operator observed), its StatefulSet, Services, PodDisruptionBudget,
-//! ConfigMaps, pods, PersistentVolumeClaims, backup and drill Jobs and CronJobs, the
-//! namespace's Events about them, the recent logs of its pods, and the operator's Deployment,
+//! ConfigMaps, pods, PersistentVolumeClaims, backup and drill Jobs and CronJobs, its
+//! QpqBackups, the namespace's Events about them, the recent logs of its pods, and the operator's Deployment,
 //! pods, leader Lease and logs. Whatever cannot be read is listed in `README.txt` with the
 //! reason, and the rest is still written.
 //!
@@ -285,6 +285,18 @@ pub async fn collect(client: &Client, req: &Request) -> Bundle {
         &format!("{DRILL_FOR_LABEL}={name}"),
     )
     .await;
+    let backups: Api<crate::crd::QpqBackup> = Api::namespaced(client.clone(), ns);
+    match backups.list(&ListParams::default()).await {
+        Ok(list) => {
+            let mine: Vec<_> = list
+                .items
+                .into_iter()
+                .filter(|q| q.spec.cluster == name)
+                .collect();
+            b.add_objects("qpqbackups.yaml", &mine);
+        }
+        Err(e) => b.miss("qpqbackups.yaml", e),
+    }
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = list_into(&mut b, "pods.yaml", pod_api.clone(), &instance).await;
     logs_into(&mut b, "logs", &pod_api, &pods, req.log_lines).await;

@@ -141,6 +141,31 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
         "verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Verifying a directory checks its newest backup (the one `--keep 1` left) and names it.
+    let dated = work.join("dated");
+    let out = qpq_node(&["backup", "verify", path(&dated)]);
+    assert!(
+        out.status.success(),
+        "verify of a directory: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = std::fs::read_dir(&dated)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+        .unwrap();
+    assert_eq!(checked["backup"], path(&kept), "{checked}");
+    assert_eq!(checked["rows"]["messages"], 40, "{checked}");
+    let empty = work.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = qpq_node(&["backup", "verify", path(&empty)]);
+    assert!(!out.status.success(), "an empty directory verified");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backup in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A copy with one byte changed fails verification, and is refused by restore.
     let bad = work.join("bad.sqlite3");
     let mut bytes = std::fs::read(&backup).unwrap();

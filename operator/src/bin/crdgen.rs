@@ -1,8 +1,18 @@
-//! Prints the `QpqCluster` CustomResourceDefinition as YAML (written to `crds/qpqcluster.yaml`).
+//! Prints a CustomResourceDefinition as YAML: `crdgen` the `QpqCluster` one (written to
+//! `crds/qpqcluster.yaml`), `crdgen qpqbackup` the `QpqBackup` one (`crds/qpqbackup.yaml`).
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match qpq_operator::crdgen::yaml() {
+    let which = std::env::args().nth(1);
+    let yaml = match which.as_deref() {
+        None | Some("qpqcluster") => qpq_operator::crdgen::yaml(),
+        Some("qpqbackup") => qpq_operator::crdgen::backup_yaml(),
+        Some(other) => {
+            eprintln!("crdgen: unknown resource {other:?} (qpqcluster or qpqbackup)");
+            return ExitCode::FAILURE;
+        }
+    };
+    match yaml {
         Ok(y) => {
             print!("{y}");
             ExitCode::SUCCESS

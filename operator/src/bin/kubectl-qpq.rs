@@ -32,7 +32,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use qpq_operator::crd::QpqCluster;
 use qpq_operator::kubectl;
-use qpq_operator::resources::{self, ClusterRef};
+use qpq_operator::resources::{self, ClusterRef, Inspect};
 
 #[derive(Parser)]
 #[command(
@@ -90,11 +90,16 @@ enum Command {
         watch: bool,
     },
     /// Start a backup Job: `qpq-node backup create` from the cluster's image, storing a
-    /// verified backup (and its manifest) on a PersistentVolumeClaim. Prints the Job, the
-    /// claim and the file as JSON.
+    /// verified backup (and its manifest) where `spec.backup` keeps backups (a claim or
+    /// object storage) or on `--claim`. Prints the Job and the file as JSON. With `list` or
+    /// `verify` (`kubectl qpq backup list <cluster>`): read the backups kept there.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Backup {
+        #[command(subcommand)]
+        action: Option<BackupAction>,
         /// Name of the QpqCluster.
-        cluster: String,
+        #[arg(required = true)]
+        cluster: Option<String>,
         /// The PersistentVolumeClaim to store the backup on (same namespace); default:
         /// where `spec.backup` keeps the scheduled backups (a claim or object storage).
         #[arg(long)]
@@ -313,6 +318,63 @@ enum Command {
     },
 }
 
+/// `kubectl qpq backup list|verify`: each runs one short Job (`qpq-node backup list|verify|
+/// drill` from the cluster's image, where the cluster keeps its backups, with no admin
+/// credentials), prints what it found from the Job's log, and deletes the Job.
+#[derive(Subcommand)]
+enum BackupAction {
+    /// The backups where the cluster keeps them (`spec.backup`: a claim or object storage,
+    /// or `--claim`), oldest first, with what their manifests say: time, size, Raft log
+    /// position, row counts. Uploads that did not finish have no manifest and are not listed.
+    List {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Read this PersistentVolumeClaim instead of `spec.backup`'s target.
+        #[arg(long)]
+        claim: Option<String>,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// How long the Job may take.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Check a backup against its manifest (size, SHA-256, SQLite integrity, row counts,
+    /// state digest), or with `--drill` also restore it into a scratch directory and start
+    /// it offline. Exits non-zero, with the reason, when the backup fails.
+    Verify {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// The backup's file name (`<cluster>-<unix seconds>.sqlite3`); default: the newest.
+        #[arg(long)]
+        file: Option<String>,
+        /// Read this PersistentVolumeClaim instead of `spec.backup`'s target.
+        #[arg(long)]
+        claim: Option<String>,
+        /// Also restore the backup into a scratch directory, start it as a node offline with
+        /// the full integrity check, and require it to lead and serve the manifest's rows.
+        #[arg(long)]
+        drill: bool,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// How long the Job may take.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
+}
+
+impl BackupAction {
+    fn namespace(&self) -> Option<String> {
+        match self {
+            Self::List { namespace, .. } | Self::Verify { namespace, .. } => namespace.clone(),
+        }
+    }
+}
+
 /// The completion script of `kubectl-qpq` for `shell`.
 fn completion(shell: clap_complete::Shell) -> String {
     use clap::CommandFactory as _;
@@ -360,6 +422,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let namespace = match &cli.command {
+        Command::Backup {
+            action: Some(action),
+            ..
+        } => action.namespace(),
         Command::Status { namespace, .. }
         | Command::Backup { namespace, .. }
         | Command::Rollout { namespace, .. }
@@ -417,6 +483,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Backup {
+            action: Some(action),
+            ..
+        } => inspect_backups(client, &ns, action).await?,
+        Command::Backup {
             cluster,
             claim,
             name,
@@ -424,6 +494,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             timeout_secs,
             ..
         } => {
+            let cluster = cluster.ok_or("the QpqCluster's name is missing")?;
             let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), &ns);
             let c = clusters.get(&cluster).await?;
             let cref = ClusterRef::new(&c)?;
@@ -787,6 +858,88 @@ async fn rollout(
     Ok(())
 }
 
+/// `kubectl qpq backup list|verify`: runs the Job, prints what it found, deletes the Job.
+async fn inspect_backups(
+    client: Client,
+    ns: &str,
+    action: BackupAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use kube::api::{DeleteParams, ListParams, LogParams};
+    let (cluster, claim, what, timeout_secs, output) = match action {
+        BackupAction::List {
+            cluster,
+            claim,
+            output,
+            timeout_secs,
+            ..
+        } => (cluster, claim, Inspect::List, timeout_secs, output),
+        BackupAction::Verify {
+            cluster,
+            file,
+            claim,
+            drill,
+            timeout_secs,
+            ..
+        } => {
+            let what = if drill {
+                Inspect::Drill { file }
+            } else {
+                Inspect::Verify { file }
+            };
+            (cluster, claim, what, timeout_secs, Output::Json)
+        }
+    };
+    let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), ns);
+    let c = clusters.get(&cluster).await?;
+    let cref = ClusterRef::new(&c)?;
+    let dest = kubectl::backup_destination(&c, claim.as_deref())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let job_name = kubectl::inspect_job_name(&cluster, &what, now);
+    let job = resources::inspect_job(&cref, &c.spec, &dest, job_name.clone(), &what)?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &job).await?;
+    let ended = wait_for_job(&jobs, &job_name, Duration::from_secs(timeout_secs)).await;
+    // What the pod printed (the answer on stdout, a failure's reason on stderr).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    let mut log = String::new();
+    if let Some(pod) = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        && let Some(pod_name) = pod.metadata.name
+    {
+        log = pods
+            .logs(&pod_name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+    }
+    let background = DeleteParams::background();
+    if let Err(e) = jobs.delete(&job_name, &background).await {
+        eprintln!(
+            "note: Job {job_name} was not deleted ({e}); it expires 10 minutes after it ended"
+        );
+    }
+    let ended = ended?;
+    let answer = resources::job_answer(&log);
+    match (ended.as_str(), answer) {
+        ("Complete", Some(doc)) => {
+            match (&what, output) {
+                (Inspect::List, Output::Table) => print!("{}", kubectl::backups_table(&doc)),
+                (_, Output::Yaml) => print!("{}", serde_yaml::to_string(&doc)?),
+                _ => println!("{}", serde_json::to_string_pretty(&doc)?),
+            }
+            Ok(())
+        }
+        ("Complete", None) => Err(format!("Job {job_name} printed no answer: {log}").into()),
+        _ => Err(format!("Job {job_name} {ended}: {}", resources::job_failure(&log)).into()),
+    }
+}
+
 /// Waits, through a watch on the Job (no polling), until its `Complete` or `Failed`
 /// condition is true; prints its pods' progress on stderr as it changes.
 async fn wait_for_job(
@@ -964,6 +1117,53 @@ async fn fence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_takes_a_cluster_or_a_list_or_verify_verb() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["kubectl-qpq"][..], args].concat()).map(|c| c.command)
+        };
+        match parse(&["backup", "qpq", "--wait", "-n", "m"]) {
+            Ok(Command::Backup {
+                action: None,
+                cluster: Some(c),
+                wait: true,
+                namespace: Some(n),
+                ..
+            }) => assert_eq!((c.as_str(), n.as_str()), ("qpq", "m")),
+            _ => panic!("backup <cluster>"),
+        }
+        match parse(&["backup", "list", "qpq", "-o", "json", "--claim", "k"]) {
+            Ok(Command::Backup {
+                action:
+                    Some(BackupAction::List {
+                        cluster,
+                        claim: Some(k),
+                        output: Output::Json,
+                        ..
+                    }),
+                cluster: None,
+                ..
+            }) => assert_eq!((cluster.as_str(), k.as_str()), ("qpq", "k")),
+            _ => panic!("backup list <cluster>"),
+        }
+        match parse(&["backup", "verify", "qpq", "--file", "f.sqlite3", "--drill"]) {
+            Ok(Command::Backup {
+                action:
+                    Some(BackupAction::Verify {
+                        file: Some(f),
+                        drill: true,
+                        ..
+                    }),
+                ..
+            }) => assert_eq!(f, "f.sqlite3"),
+            _ => panic!("backup verify <cluster>"),
+        }
+        // A cluster is needed without a verb, and the verbs take no backup-Job options.
+        assert!(parse(&["backup"]).is_err());
+        assert!(parse(&["backup", "list", "qpq", "--wait"]).is_err());
+        assert!(parse(&["backup", "verify"]).is_err());
+    }
 
     #[test]
     fn completion_scripts_know_every_verb() {

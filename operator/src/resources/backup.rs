@@ -107,7 +107,7 @@ impl Destination {
 }
 
 /// What one backup Job does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackupRequest {
     /// Job name (unique per run).
     pub job: String,
@@ -152,6 +152,96 @@ pub fn backup_job(c: &ClusterRef, spec: &QpqClusterSpec, req: &BackupRequest) ->
         "metadata": job_meta(c, req.job.clone(), "kubectl-qpq"),
         "spec": job_spec(c, spec, &req.dest, args),
     }))
+}
+
+/// What `kubectl qpq backup list|verify` asks of the backups where a cluster keeps them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inspect {
+    /// `qpq-node backup list`: every backup with its manifest.
+    List,
+    /// `qpq-node backup verify`: digest, SQLite integrity, row counts and state digest
+    /// against the manifest.
+    Verify {
+        /// The backup's file name (`None`: the newest backup).
+        file: Option<String>,
+    },
+    /// `qpq-node backup drill`: verify, restore into a scratch directory, start offline and
+    /// check it leads and serves the manifest's rows.
+    Drill {
+        /// The backup's file name (`None`: the newest backup).
+        file: Option<String>,
+    },
+}
+
+/// A one-shot Job of `qpq-node backup list|verify|drill` from the cluster's image, reading
+/// where `dest` keeps the backups. Like a restore drill it needs no admin credentials: its
+/// pod carries [`DRILL_FOR_LABEL`], which the cluster's NetworkPolicy admits nowhere, and
+/// mounts a claim read-only. One attempt (the caller reports its outcome), removed by the
+/// API server 10 minutes after it ends if the caller did not delete it.
+pub fn inspect_job(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    dest: &Destination,
+    job: String,
+    what: &Inspect,
+) -> Result<Job> {
+    let (verb, file) = match what {
+        Inspect::List => ("list", None),
+        Inspect::Verify { file } => ("verify", file.as_deref()),
+        Inspect::Drill { file } => ("drill", file.as_deref()),
+    };
+    let target = file.map_or_else(|| dest.dir(), |f| dest.file(f));
+    let args = vec!["backup".to_owned(), verb.to_owned(), target];
+    let mut spec = task_spec(c, spec, dest, args, Task::Drill);
+    spec["backoffLimit"] = json!(0);
+    spec["activeDeadlineSeconds"] = json!(3600);
+    spec["ttlSecondsAfterFinished"] = json!(600);
+    let mut meta = c.meta(job);
+    meta.labels = Some(
+        [
+            (DRILL_FOR_LABEL.to_owned(), c.name.clone()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "kubectl-qpq".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    typed(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": spec,
+    }))
+}
+
+/// The document `qpq-node backup list|verify|drill` printed: the last line of the pod's
+/// log that is a JSON object (the node's own log lines, JSON or text, carry a `level`).
+pub fn job_answer(log: &str) -> Option<serde_json::Value> {
+    log.lines().rev().find_map(|line| {
+        let doc: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        (doc.is_object() && doc.get("level").is_none()).then_some(doc)
+    })
+}
+
+/// Why a `qpq-node backup` Job failed, from its pod's log: the lines `qpq-node:` wrote
+/// (the command's error), else the log's last lines.
+pub fn job_failure(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("qpq-node: "))
+        .collect();
+    let lines = if errors.is_empty() {
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(5)..].to_vec()
+    } else {
+        errors
+    };
+    if lines.is_empty() {
+        "its pod left no log".to_owned()
+    } else {
+        lines.join("\n")
+    }
 }
 
 /// Label of a drill Job's pods: the cluster's name. Not [`BACKUP_FOR_LABEL`]: a drill never

@@ -34,8 +34,9 @@ mod services;
 mod statefulset;
 
 pub use backup::{
-    BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, WORK_DIR, backup_cronjob,
-    backup_cronjob_name, backup_drill_cronjob, backup_job, drill_cronjob_name,
+    BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, Inspect, WORK_DIR, backup_cronjob,
+    backup_cronjob_name, backup_drill_cronjob, backup_job, drill_cronjob_name, inspect_job,
+    job_answer, job_failure,
 };
 pub use config::{config_hash, configmap};
 pub(crate) use policy::BACKUP_FOR_LABEL;

@@ -221,27 +221,36 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
 }
 
 #[test]
-fn crd_file_is_up_to_date() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/qpqcluster.yaml");
-    let want = std::fs::read_to_string(path).unwrap();
-    assert_eq!(
-        qpq_operator::crdgen::yaml().unwrap(),
-        want,
-        "run: cargo run -p qpq-operator --bin crdgen > crds/qpqcluster.yaml"
-    );
+fn crd_files_are_up_to_date() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for (file, generated, arg) in [
+        ("qpqcluster.yaml", qpq_operator::crdgen::yaml().unwrap(), ""),
+        (
+            "qpqbackup.yaml",
+            qpq_operator::crdgen::backup_yaml().unwrap(),
+            " qpqbackup",
+        ),
+    ] {
+        let want = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(
+            generated, want,
+            "run: cargo run -p qpq-operator --bin crdgen{arg} > crds/{file}"
+        );
+    }
 }
 
 #[test]
-fn chart_carries_the_same_crd() {
+fn chart_carries_the_same_crds() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let generated = std::fs::read_to_string(root.join("crds/qpqcluster.yaml")).unwrap();
-    let chart =
-        std::fs::read_to_string(root.join("charts/qpq-operator/files/crds/qpqcluster.yaml"))
+    for file in ["qpqcluster.yaml", "qpqbackup.yaml"] {
+        let generated = std::fs::read_to_string(root.join("crds").join(file)).unwrap();
+        let chart = std::fs::read_to_string(root.join("charts/qpq-operator/files/crds").join(file))
             .unwrap();
-    assert_eq!(
-        chart, generated,
-        "copy crds/qpqcluster.yaml to charts/qpq-operator/files/crds/"
-    );
+        assert_eq!(
+            chart, generated,
+            "copy crds/{file} to charts/qpq-operator/files/crds/"
+        );
+    }
 }
 
 #[test]
