@@ -6,7 +6,10 @@
 //! partition of one node, a bad link (lost and delayed datagrams), a cut between the leader
 //! and one follower only (both still reach the rest: a partial partition), a one-way drop
 //! (every datagram from one node to another lost, the answers the other way intact; these
-//! four through the fault-injecting Raft proxy), kill -9 of a majority, a leadership
+//! four through the fault-injecting Raft proxy), a split (the leader with a minority on one
+//! side, the majority on the other), a bridge (two halves that only one follower reaches
+//! both of; with three nodes, a cut between the leader and the other follower; both also
+//! through the proxy), kill -9 of a majority, a leadership
 //! transfer, a membership change (a follower removed from the voters while it keeps running
 //! and serving clients, then added back: learner, catch-up, promotion), and, when the test
 //! runs as root, two faults of the disk (every node's data directory is then an ext4
@@ -32,6 +35,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -49,7 +53,7 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     KillRestart,
     Pause,
@@ -62,6 +66,8 @@ enum Kind {
     PairCut,
     OneWay,
     SlowDisk,
+    Bridge,
+    Split,
 }
 
 /// Size of each node's disk (MiB), and the room a full-disk fault leaves.
@@ -181,7 +187,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-            let kind = match rng.gen_range(0..16) {
+            let kind = match rng.gen_range(0..18) {
                 0 | 1 => Kind::KillRestart,
                 2 | 3 => Kind::Pause,
                 4 | 5 => Kind::Partition,
@@ -192,6 +198,8 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                 13 => Kind::PairCut,
                 14 => Kind::OneWay,
                 15 if throttle.is_some() => Kind::SlowDisk,
+                11 => Kind::Bridge,
+                12 => Kind::Split,
                 _ => Kind::Transfer,
             };
             let on_leader = rng.gen_bool(0.5);
@@ -202,6 +210,10 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             let mut iops = 0;
             // Writes acknowledged while a disk was slow.
             let mut while_slow = 0;
+            // The two sides of a split or bridged network (the leader's side first), and the
+            // bridge node that reaches both.
+            let mut sides: (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+            let mut bridge = 0;
             let mut link = BadLink {
                 loss: 0.0,
                 min_delay: Duration::ZERO,
@@ -285,6 +297,33 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     tokio::time::sleep(hold).await;
                     isolated.heal(from);
                 }
+                Kind::Bridge | Kind::Split => {
+                    // Split: the leader with a minority of the nodes on one side, the
+                    // majority on the other. Bridge: the rest halved, one follower between
+                    // them reaching both (with 3 nodes: a cut between the other two).
+                    let mut rest = followers.clone();
+                    rest.shuffle(&mut rng);
+                    if kind == Kind::Bridge {
+                        bridge = rest.remove(0);
+                    }
+                    let with_leader = if kind == Kind::Bridge {
+                        rest.len() / 2
+                    } else {
+                        ((nodes as usize - 1) / 2).saturating_sub(1)
+                    };
+                    let other_side = rest.split_off(with_leader.min(rest.len()));
+                    sides = (std::iter::once(leader).chain(rest).collect(), other_side);
+                    let ip = |id: &u64| -> std::net::IpAddr { c.node(*id).ip.parse().unwrap() };
+                    for a in &sides.0 {
+                        for b in &sides.1 {
+                            isolated.cut_between(ip(a), ip(b));
+                        }
+                    }
+                    tokio::time::sleep(hold).await;
+                    for a in &sides.0 {
+                        isolated.heal(ip(a));
+                    }
+                }
                 Kind::SlowDisk => {
                     let (Some(throttle), Some(pid)) = (&throttle, c.node(target).pid()) else {
                         continue;
@@ -342,6 +381,13 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     "OneWay {who} {target} -> {other} {}ms",
                     hold.as_millis()
                 ),
+                Kind::Bridge => format!(
+                    "Bridge {:?} <- {bridge} -> {:?} {}ms",
+                    sides.0,
+                    sides.1,
+                    hold.as_millis()
+                ),
+                Kind::Split => format!("Split {:?} | {:?} {}ms", sides.0, sides.1, hold.as_millis()),
                 Kind::SlowDisk => format!(
                     "SlowDisk {who} {target} {iops} writes/s {}ms ({while_slow} acknowledged meanwhile)",
                     hold.as_millis()
