@@ -31,6 +31,13 @@ pub trait Replicator: Send + Sync + 'static {
     fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>>;
     /// Returns once this node has applied everything committed before the call.
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>>;
+    /// Returns once this node's state holds every write acknowledged before the call, so a
+    /// write's access check on it sees, e.g., a revocation acknowledged anywhere. Unlike
+    /// [`Self::read_barrier`] it need not confirm leadership: a leader that lost it cannot
+    /// commit the write anyway.
+    fn write_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>> {
+        self.read_barrier()
+    }
     /// Whether this node should run leader-only periodic work (eviction).
     fn is_leader(&self) -> bool;
 }
@@ -42,6 +49,10 @@ impl Replicator for RaftNode {
 
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>> {
         Box::pin(RaftNode::read_barrier(self))
+    }
+
+    fn write_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>> {
+        Box::pin(RaftNode::write_barrier(self))
     }
 
     fn is_leader(&self) -> bool {
@@ -154,6 +165,12 @@ impl CommitLog {
     /// that follows sees every write acknowledged before it, on any node).
     pub async fn read_barrier(&self) -> Result<(), LogError> {
         Ok(self.node.read_barrier().await?)
+    }
+
+    /// Returns once this node's state holds every write acknowledged before the call (see
+    /// [`Replicator::write_barrier`]): what a write's access check must be decided on.
+    pub async fn write_barrier(&self) -> Result<(), LogError> {
+        Ok(self.node.write_barrier().await?)
     }
 
     /// Whether this node leads the cluster now (periodic leader-only work: eviction).

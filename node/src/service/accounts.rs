@@ -341,7 +341,7 @@ impl Services {
         possession: &[u8],
         approval: &[u8],
     ) -> Result<DeviceId, WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         if !verify(
             &key,
             &device_possession_message(&me.account, &key),
@@ -378,13 +378,13 @@ impl Services {
 
     /// The caller's account's devices.
     pub async fn list_devices(&self, caller: &Caller) -> Result<Vec<DeviceRow>, WireError> {
-        let account = caller.authenticated()?.account;
+        let account = self.reader(caller).await?.account;
         self.readers.with(move |r| r.devices_of(&account)).await
     }
 
     /// Revokes a device of the caller's account (its tokens stop working at once).
     pub async fn revoke_device(&self, caller: &Caller, device: DeviceId) -> Result<(), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let outcome = self
             .propose(Command::RevokeDevice {
                 account: me.account,
@@ -405,7 +405,7 @@ impl Services {
         caller: &Caller,
         account: AccountId,
     ) -> Result<Vec<(DeviceRow, Vec<u8>, bool)>, WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let devices = self.readers.with(move |r| r.devices_of(&account)).await?;
         let mut out = Vec::new();
         for d in devices {

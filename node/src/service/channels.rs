@@ -30,40 +30,34 @@ pub enum Access {
 }
 
 impl Services {
-    /// Checks that the caller may do `access` on `channel`; returns its identity.
+    /// Checks that the caller may do `access` on `channel` in a write; returns its identity.
     ///
-    /// Decided on this node's state, which may lag the leader's: a refusal is decided again
-    /// once this node has caught up (a read barrier), so a channel created or a member added
-    /// through another node is usable at once everywhere. Writes need no more: `apply`
-    /// checks the same rule again on the command, in log order.
+    /// Decided after a write barrier ([`Self::writer`]): this node's state then holds every
+    /// write acknowledged before the call, so a channel created or a member added through
+    /// another node is usable at once everywhere, and a token or device revoked anywhere is
+    /// refused everywhere. `apply` checks the channel rule again on the command, in log
+    /// order.
     pub async fn authorize(
         &self,
         caller: &Caller,
         channel: ChannelId,
         access: Access,
     ) -> Result<Authenticated, WireError> {
-        if let Some(me) = self.access_allowed(caller, channel, access).await? {
-            return Ok(me);
-        }
-        self.read_barrier().await?;
+        self.writer(caller).await?;
         self.authorized(caller, channel, access).await
     }
 
     /// [`Self::authorize`] for reads: decided only after this node caught up with the
-    /// leader, so a member removed (a channel left, a token or device revoked) is refused by
-    /// every node once the removal was acknowledged, not served until its node applies it.
+    /// leader (a read barrier), so a member removed (a channel left, a token or device
+    /// revoked) is refused by every node once the removal was acknowledged, not served until
+    /// its node applies it.
     pub async fn authorize_read(
         &self,
         caller: &Caller,
         channel: ChannelId,
         access: Access,
     ) -> Result<Authenticated, WireError> {
-        let me = *caller.authenticated()?;
-        self.read_barrier().await?;
-        if !self.token_still_live(me.token).await? {
-            tracing::info!(target: "qpq::audit", event = "auth_failure", peer = %caller.peer, reason = "revoked_after_barrier");
-            return Err(WireError::Unauthenticated);
-        }
+        self.reader(caller).await?;
         self.authorized(caller, channel, access).await
     }
 
@@ -129,7 +123,7 @@ impl Services {
 
     /// A new group channel with the caller's account as admin and member.
     pub async fn create_channel(&self, caller: &Caller) -> Result<ChannelId, WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let channel = ChannelId::new(random_id());
         self.propose_done(Command::CreateGroup {
             channel,
@@ -149,7 +143,7 @@ impl Services {
         account: AccountId,
         admin: bool,
     ) -> Result<(), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let r = self
             .propose_done(Command::AddMember {
                 channel,
@@ -169,7 +163,7 @@ impl Services {
         channel: ChannelId,
         account: AccountId,
     ) -> Result<(), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let r = self
             .propose_done(Command::RemoveMember {
                 channel,
@@ -198,7 +192,7 @@ impl Services {
         caller: &Caller,
         channel: ChannelId,
     ) -> Result<(), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let r = self
             .propose_done(Command::Leave {
                 channel,
@@ -216,7 +210,7 @@ impl Services {
         peer: AccountId,
         action: DmAction,
     ) -> Result<(ChannelId, DmState), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         if peer == me.account {
             return Err(WireError::invalid(
                 "peerAccountId",

@@ -257,6 +257,55 @@ impl Services {
         }
     }
 
+    /// See [`crate::log::Replicator::write_barrier`].
+    async fn write_barrier(&self) -> Result<(), WireError> {
+        match self.log.write_barrier().await {
+            Ok(()) => Ok(()),
+            Err(LogError::Unavailable { retry_after_ms }) => {
+                Err(WireError::Unavailable { retry_after_ms })
+            }
+            Err(LogError::Closed) => Err(WireError::Unavailable {
+                retry_after_ms: 1000,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "write barrier failed");
+                Err(WireError::Internal)
+            }
+        }
+    }
+
+    /// The caller of a write, decided on state that holds every write acknowledged before
+    /// the call: a token or device revoked through any node is refused by every node once
+    /// the revocation was acknowledged (`authenticate` decided on this node's state, which
+    /// may lag; `apply` checks channel rules again, not tokens).
+    async fn writer(&self, caller: &Caller) -> Result<Authenticated, WireError> {
+        let me = *caller.authenticated()?;
+        self.write_barrier().await?;
+        self.still_authenticated(caller, &me).await?;
+        Ok(me)
+    }
+
+    /// The caller of a read, after a read barrier, its token checked again (see
+    /// [`Self::writer`]).
+    async fn reader(&self, caller: &Caller) -> Result<Authenticated, WireError> {
+        let me = *caller.authenticated()?;
+        self.read_barrier().await?;
+        self.still_authenticated(caller, &me).await?;
+        Ok(me)
+    }
+
+    async fn still_authenticated(
+        &self,
+        caller: &Caller,
+        me: &Authenticated,
+    ) -> Result<(), WireError> {
+        if self.token_still_live(me.token).await? {
+            return Ok(());
+        }
+        tracing::info!(target: "qpq::audit", event = "auth_failure", peer = %caller.peer, reason = "revoked_after_barrier");
+        Err(WireError::Unauthenticated)
+    }
+
     /// Whether this node leads the cluster (the eviction sweep runs on the leader only).
     pub fn is_leader(&self) -> bool {
         self.log.is_leader()
@@ -272,7 +321,7 @@ impl Services {
         packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<(u32, u32), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         if packages.is_empty() && last_resort.is_none() {
             return Err(WireError::invalid("keyPackages", "nothing to upload"));
         }
@@ -340,7 +389,7 @@ impl Services {
         caller: &Caller,
         identity: IdentityKey,
     ) -> Result<(Vec<u8>, bool), WireError> {
-        let me = *caller.authenticated()?;
+        let me = self.writer(caller).await?;
         let served = self.consume_key_package(identity).await;
         tracing::info!(target: "qpq::audit", event = "key_package_fetch", account = %me.account, device = %me.device, identity = %id_tag(&identity), found = served.is_ok());
         served
@@ -365,8 +414,7 @@ impl Services {
         caller: &Caller,
         identity: IdentityKey,
     ) -> Result<(u32, bool), WireError> {
-        caller.authenticated()?;
-        self.read_barrier().await?;
+        self.reader(caller).await?;
         let now = self.clock.now_ms();
         self.readers
             .with(move |r| r.key_package_count(&identity, now))

@@ -70,4 +70,29 @@ impl RaftNode {
             .map(|_| ())
             .map_err(|_| SubmitError::Unavailable)
     }
+
+    /// Returns once this node's state holds every write acknowledged before the call: what
+    /// a write's access check (a revoked token, a member removed) must be decided on.
+    ///
+    /// A leader that has applied an entry of its own term has applied everything committed
+    /// before its term, and everything acknowledged in its term was applied by it before the
+    /// acknowledgement: nothing to wait for, and no round trip. Leadership need not be
+    /// confirmed: a leader that lost it cannot commit the write. Anywhere else (a follower,
+    /// a leader whose first entry is not applied yet) this is a read barrier.
+    pub async fn write_barrier(&self) -> Result<(), SubmitError> {
+        if self.divergence().is_some() {
+            return Err(SubmitError::Unavailable);
+        }
+        let caught_up = {
+            let m = self.raft.metrics().borrow().clone();
+            m.state == ServerState::Leader
+                && m.current_leader == Some(self.id)
+                && m.last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term)
+        };
+        if caught_up {
+            return Ok(());
+        }
+        self.read_barrier().await
+    }
 }
