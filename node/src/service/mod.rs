@@ -242,36 +242,12 @@ impl Services {
     /// Reads serve this node's applied state once it has caught up with the leader's
     /// commit index (read index), so no client sees state older than what it saw before.
     async fn read_barrier(&self) -> Result<(), WireError> {
-        match self.log.read_barrier().await {
-            Ok(()) => Ok(()),
-            Err(LogError::Unavailable { retry_after_ms }) => {
-                Err(WireError::Unavailable { retry_after_ms })
-            }
-            Err(LogError::Closed) => Err(WireError::Unavailable {
-                retry_after_ms: 1000,
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "read barrier failed");
-                Err(WireError::Internal)
-            }
-        }
+        barrier_answer(self.log.read_barrier().await, "read barrier")
     }
 
     /// See [`crate::log::Replicator::write_barrier`].
     async fn write_barrier(&self) -> Result<(), WireError> {
-        match self.log.write_barrier().await {
-            Ok(()) => Ok(()),
-            Err(LogError::Unavailable { retry_after_ms }) => {
-                Err(WireError::Unavailable { retry_after_ms })
-            }
-            Err(LogError::Closed) => Err(WireError::Unavailable {
-                retry_after_ms: 1000,
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "write barrier failed");
-                Err(WireError::Internal)
-            }
-        }
+        barrier_answer(self.log.write_barrier().await, "write barrier")
     }
 
     /// The caller of a write, decided on state that holds every write acknowledged before
@@ -674,6 +650,23 @@ fn outcome_code(o: &Outcome) -> &'static str {
 
 /// Maps a state-machine rejection (or an outcome of the wrong kind, which would be a bug)
 /// to its wire error.
+/// What a client is told when a barrier did not pass: retry later, or an internal error.
+fn barrier_answer(result: Result<(), LogError>, what: &str) -> Result<(), WireError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(LogError::Unavailable { retry_after_ms }) => {
+            Err(WireError::Unavailable { retry_after_ms })
+        }
+        Err(LogError::Closed) => Err(WireError::Unavailable {
+            retry_after_ms: 1000,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "{what} failed");
+            Err(WireError::Internal)
+        }
+    }
+}
+
 pub(crate) fn rejection(o: Outcome) -> WireError {
     match o {
         Outcome::Rejected(Rejection::NoKeyPackage) => WireError::NotFound,
