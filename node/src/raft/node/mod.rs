@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 use crate::transport;
 
+mod coalesce;
 mod digest;
 mod gate;
 mod handoff;
@@ -125,6 +126,8 @@ pub struct RaftNode {
     rebuild: CancellationToken,
     /// Cancelled when the node must stop because it was fenced (`crate::fence`).
     fence: CancellationToken,
+    /// The read-index call to the leader that this follower's waiting barriers share.
+    read_index: coalesce::Coalescer<Option<Result<u64, SubmitError>>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -257,6 +260,7 @@ impl RaftNode {
             in_doubt: Mutex::new(None),
             rebuild: CancellationToken::new(),
             fence: CancellationToken::new(),
+            read_index: coalesce::Coalescer::default(),
         });
         tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(count_leader_changes(

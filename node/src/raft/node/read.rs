@@ -46,15 +46,28 @@ impl RaftNode {
             if let Some(leader) = leader.filter(|l| *l != self.id)
                 && let Some(addr) = self.member_addr(leader)
             {
-                let timeout = self.cluster.forward_timeout;
-                match self.client.call(&addr, &Request::ReadIndex, timeout).await {
-                    Ok(bytes) => match decode::<Result<u64, SubmitError>>(&bytes) {
-                        Ok(Ok(i)) => break i,
-                        Ok(Err(SubmitError::NotLeader { .. })) => {}
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => return Err(SubmitError::Internal(e.to_string())),
-                    },
-                    Err(e) => tracing::debug!(leader, error = %e, "read index failed; retrying"),
+                // Shared with the other barriers waiting here (`coalesce.rs`).
+                let (client, timeout) = (self.client.clone(), self.cluster.forward_timeout);
+                let asked = self
+                    .read_index
+                    .run(move || async move {
+                        match client.call(&addr, &Request::ReadIndex, timeout).await {
+                            Ok(bytes) => Some(
+                                decode::<Result<u64, SubmitError>>(&bytes)
+                                    .unwrap_or_else(|e| Err(SubmitError::Internal(e.to_string()))),
+                            ),
+                            Err(e) => {
+                                tracing::debug!(leader, error = %e, "read index failed; retrying");
+                                None
+                            }
+                        }
+                    })
+                    .await
+                    .flatten();
+                match asked {
+                    Some(Ok(i)) => break i,
+                    Some(Err(SubmitError::NotLeader { .. })) | None => {}
+                    Some(Err(e)) => return Err(e),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
