@@ -92,6 +92,21 @@ pub fn decide(
         }))
     };
     if let Some(job) = job {
+        // A Job of that name that this QpqBackup did not make (`kubectl qpq backup --name`,
+        // a hand-made one) is not its backup.
+        let ours = b.metadata.uid.as_deref().is_some_and(|uid| {
+            job.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        });
+        if !ours {
+            return failed(format!(
+                "a Job named {} exists and is not this QpqBackup's",
+                job.name_any()
+            ));
+        }
         return match job_outcome(job) {
             None => Next::Running,
             Some(false) => failed(format!(
@@ -411,7 +426,10 @@ mod tests {
             .into_iter()
             .collect();
         serde_json::from_value(json!({
-            "metadata": {"name": "nightly-backup"},
+            "metadata": {"name": "nightly-backup", "ownerReferences": [{
+                "apiVersion": "qpq.dev/v1alpha1", "kind": "QpqBackup", "name": "nightly",
+                "uid": "bu", "controller": true
+            }]},
             "status": {"conditions": conditions},
         }))
         .unwrap()
@@ -523,6 +541,19 @@ mod tests {
             let b = backup(json!({"phase": phase}));
             assert_eq!(decide(&b, Some(&c), None, "", NOW), Next::Done);
         }
+    }
+
+    #[test]
+    fn a_job_of_its_name_made_by_someone_else_is_not_taken_for_its_backup() {
+        let b = backup(json!({}));
+        let mut other = job(Some("Complete"));
+        other.metadata.owner_references = None;
+        let log = r#"{"file":"/backups/x.sqlite3","manifest":{"bytes":1}}"#;
+        assert!(matches!(
+            decide(&b, Some(&cluster(true)), Some(&other), log, NOW),
+            Next::Finish(s) if s.phase == BackupPhase::Failed
+                && s.message.as_deref().unwrap().contains("not this QpqBackup's")
+        ));
     }
 
     #[test]
