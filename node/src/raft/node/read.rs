@@ -48,10 +48,18 @@ impl RaftNode {
             {
                 // Shared with the other barriers waiting here (`coalesce.rs`).
                 let (client, timeout) = (self.client.clone(), self.cluster.forward_timeout);
+                let moved = self.leader_moved(leader);
                 let asked = self
                     .read_index
                     .run(move || async move {
-                        match client.call(&addr, &Request::ReadIndex, timeout).await {
+                        let call = client.call(&addr, &Request::ReadIndex, timeout);
+                        // A leader that was cut off never answers: ask the next one as
+                        // soon as this node follows it, not after the whole timeout.
+                        let answer = tokio::select! {
+                            answer = call => answer,
+                            () = moved => return None,
+                        };
+                        match answer {
                             Ok(bytes) => Some(
                                 decode::<Result<u64, SubmitError>>(&bytes)
                                     .unwrap_or_else(|e| Err(SubmitError::Internal(e.to_string()))),

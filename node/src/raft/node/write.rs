@@ -71,6 +71,20 @@ impl RaftNode {
     /// Time to wait between attempts while the leader is unknown or changing.
     pub(super) const RETRY: Duration = Duration::from_millis(50);
 
+    /// Resolves once this node no longer takes `leader` for the leader (it voted in a newer
+    /// term, or follows another node), or once Raft stopped.
+    ///
+    /// A call forwarded to a leader that was cut off would otherwise hold its caller for
+    /// the whole `forward_timeout`, long after the others elected a new leader.
+    pub(super) fn leader_moved(&self, leader: NodeId) -> impl Future<Output = ()> + Send + 'static {
+        let mut metrics = self.raft.metrics();
+        async move {
+            let _ = metrics
+                .wait_for(|m| m.current_leader != Some(leader))
+                .await;
+        }
+    }
+
     /// Applies `commands` through the leader (this node or, transparently, another) and
     /// returns their outcomes once the entry is committed and applied on this node's leader.
     /// Counted in `raft_writes_total` by outcome.
@@ -95,16 +109,27 @@ impl RaftNode {
                 Err(SubmitError::NotLeader { leader }) => leader,
                 Err(e) => return Err(e),
             };
-            if let Some(leader) = leader.filter(|l| *l != self.id)
+            // Only to the node this one follows now: a write sent to a leader that already
+            // moved would end as maybe-delivered for nothing.
+            let follows = |l: &NodeId| self.raft.metrics().borrow().current_leader == Some(*l);
+            if let Some(leader) = leader.filter(|l| *l != self.id && follows(l))
                 && let Some(addr) = self.member_addr(leader)
             {
                 let body = encode(&commands).map_err(|e| SubmitError::Internal(e.to_string()))?;
                 let timeout = self.cluster.forward_timeout;
-                match self
-                    .client
-                    .call(&addr, &Request::Forward(body), timeout)
-                    .await
-                {
+                let request = Request::Forward(body);
+                let call = self.client.call(&addr, &request, timeout);
+                let answer = tokio::select! {
+                    answer = call => answer,
+                    // The leader changed while the write was on its way: maybe delivered,
+                    // like a lost answer (below). The client retries under its message id.
+                    () = self.leader_moved(leader) => {
+                        self.count_forward("lost");
+                        tracing::info!(leader, "leader changed while a forwarded write was pending");
+                        return Err(SubmitError::Unavailable);
+                    }
+                };
+                match answer {
                     Ok(bytes) => match decode::<Result<Vec<Outcome>, SubmitError>>(&bytes) {
                         Ok(Ok(o)) => {
                             self.count_forward("ok");
