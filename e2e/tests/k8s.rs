@@ -1307,10 +1307,20 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "object storage: spec.backup.objectStore's CronJob uploads; a new cluster restores from it",
     );
     let s3 = s3::S3Server::start("qpq");
+    // Backups there are encrypted with a key of their own Secret: every Job and the
+    // restore below must be handed it (by reference) to read them.
     let store = json!({
         "url": "s3://qpq/backups", "secretName": "s3-credentials", "endpoint": s3.endpoint,
-        "region": "us-east-1", "allowHttp": true
+        "region": "us-east-1", "allowHttp": true,
+        "encryptionKey": {"name": "backup-key", "key": "key"}
     });
+    create_secret(
+        &env,
+        &ns,
+        "backup-key",
+        [("key".to_owned(), "3c".repeat(32))].into(),
+    )
+    .await;
     // The credentials only; the rest comes from spec.backup.objectStore.
     create_secret(
         &env,
@@ -1383,6 +1393,19 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         uploaded.contains(&format!("{object}.manifest.json")),
         "{uploaded:?}"
     );
+    let sealed = std::fs::read(s3.file("qpq", &format!("backups/{object}"))).unwrap();
+    assert!(
+        !sealed.windows(15).any(|w| w == b"SQLite format 3"),
+        "the object in the bucket is not encrypted"
+    );
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(s3.file("qpq", &format!("backups/{object}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        manifest["format"] == 2 && manifest["encryption"]["key_id"].is_string(),
+        "{manifest}"
+    );
     backup_list_and_verify(&env, &ns, &name, &s3, &object).await;
     qpq_backup_objects(&env, &ns, &name, &s3).await;
     let from_store = "from-store";
@@ -1426,6 +1449,14 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         from.object_store.as_ref().map(|o| o.url.as_str()),
         Some("s3://qpq/backups"),
         "read where the source keeps its backups"
+    );
+    assert_eq!(
+        from.object_store
+            .as_ref()
+            .and_then(|o| o.encryption_key.as_ref())
+            .map(|k| k.name.as_str()),
+        Some("backup-key"),
+        "with the key that opens them"
     );
     // Its volumes go with it when it is deleted below.
     api.patch(
@@ -1640,7 +1671,14 @@ async fn qpq_backup_objects(env: &Env, ns: &str, name: &str, s3: &s3::S3Server) 
         manifest["sha256"].as_str(),
         "{done:?}"
     );
-    assert_eq!(done.bytes, Some(std::fs::metadata(&stored).unwrap().len()));
+    // The database's size; the object is sealed (a header, and a tag per MiB).
+    assert_eq!(done.bytes, manifest["bytes"].as_u64(), "{done:?}");
+    let pieces = done.bytes.unwrap_or(0).div_ceil(1 << 20).max(1);
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().len(),
+        done.bytes.unwrap_or(0) + 27 + 16 * pieces,
+        "{manifest}"
+    );
     assert_eq!(
         done.log_index,
         manifest["last_applied"]["index"].as_u64(),
@@ -1743,7 +1781,8 @@ async fn backup_list_and_verify(env: &Env, ns: &str, name: &str, s3: &s3::S3Serv
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "a damaged backup verified: {said}");
-    assert!(said.contains("SHA-256"), "the reason: {said}");
+    // Encrypted: the changed piece does not open.
+    assert!(said.contains("does not open"), "the reason: {said}");
     for f in [damaged.to_owned(), format!("{damaged}.manifest.json")] {
         std::fs::remove_file(s3.file("qpq", &format!("backups/{f}"))).unwrap();
     }

@@ -81,15 +81,25 @@ fn backup_manifest_seeds() -> Result<Vec<Vec<u8>>, Error> {
         rows: [("messages".to_owned(), 40), ("accounts".to_owned(), 3)].into(),
         state_digest: Some("cd".repeat(32)),
         stale: None,
+        encryption: None,
     };
     let stale = qpq_node::backup::Manifest {
         stale: Some("no read barrier (no leader); node 2 had applied index 1042".into()),
+        ..m.clone()
+    };
+    let encrypted = qpq_node::backup::Manifest {
+        format: qpq_node::backup::FORMAT_ENCRYPTED,
+        encryption: Some(qpq_node::backup::crypt::Encryption {
+            scheme: qpq_node::backup::crypt::SCHEME.into(),
+            key_id: "0123456789abcdef".into(),
+        }),
         ..m.clone()
     };
     Ok(vec![
         serde_json::to_vec_pretty(&m)?,
         serde_json::to_vec(&m)?,
         serde_json::to_vec(&stale)?,
+        serde_json::to_vec(&encrypted)?,
     ])
 }
 

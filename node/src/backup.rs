@@ -23,6 +23,7 @@
 //!   reuse those numbers) for ones it already has: it sees a gap, as after retention eviction.
 //! - KeyPackages consumed after the backup are back in the store and may be served again.
 
+pub mod crypt;
 pub mod drill;
 pub mod object;
 
@@ -42,8 +43,12 @@ use crate::raft::state_machine::meta_of_file;
 use crate::raft::{Member, NodeId, encode};
 use crate::state::{SCHEMA_VERSION, Store};
 
-/// The manifest format this build writes and reads.
+/// The manifest format this build writes for a database stored as it is.
 pub const FORMAT: u32 = 1;
+
+/// The manifest format of a database stored encrypted ([`crypt`]): builds that cannot
+/// decrypt refuse it by its format.
+pub const FORMAT_ENCRYPTED: u32 = 2;
 
 /// How far every channel's sequence numbers jump on restore (2^32: more messages than a
 /// channel receives between a backup and its restore).
@@ -114,6 +119,38 @@ pub struct Manifest {
     /// it unless told to accept that (`qpq-node restore --accept-stale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// Set when the stored object is encrypted ([`crypt`]); the other fields describe the
+    /// database inside it. Only in object storage: a local copy is kept decrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crypt::Encryption>,
+}
+
+impl Manifest {
+    /// This manifest for the database stored as it is (a local copy of an object).
+    pub fn decrypted(&self) -> Self {
+        Self {
+            format: FORMAT,
+            encryption: None,
+            ..self.clone()
+        }
+    }
+
+    /// Refuses a format this build does not know, or one that disagrees with whether the
+    /// manifest names an encryption.
+    fn check_format(&self) -> Result<()> {
+        match (self.format, &self.encryption) {
+            (FORMAT, None) | (FORMAT_ENCRYPTED, Some(_)) => Ok(()),
+            (FORMAT_ENCRYPTED, None) => Err(BackupError::Manifest(format!(
+                "format {FORMAT_ENCRYPTED} without an encryption field"
+            ))),
+            (FORMAT, Some(_)) => Err(BackupError::Manifest(format!(
+                "format {FORMAT} with an encryption field"
+            ))),
+            (other, _) => Err(BackupError::Manifest(format!(
+                "format {other} (this build reads {FORMAT} and {FORMAT_ENCRYPTED})"
+            ))),
+        }
+    }
 }
 
 /// Why a backup could not be made, verified or restored.
@@ -192,6 +229,9 @@ pub enum BackupError {
     /// Writing the Raft state of the restored node failed.
     #[error("raft state: {0}")]
     Raft(String),
+    /// The backup's encryption: no key, a wrong key, or an object that does not open.
+    #[error("backup encryption: {0}")]
+    Encryption(String),
     /// Restore of a backup taken without a read barrier, not accepted.
     #[error(
         "this backup was taken without a leader ({0}): it may miss acknowledged writes; restore it only to recover a cluster that lost its quorum for good, with --accept-stale"
@@ -257,12 +297,7 @@ pub fn row_counts_of(path: &Path) -> Result<std::collections::BTreeMap<String, u
 pub fn parse_manifest(text: &str) -> Result<Manifest> {
     let manifest: Manifest =
         serde_json::from_str(text).map_err(|e| BackupError::Manifest(e.to_string()))?;
-    if manifest.format != FORMAT {
-        return Err(BackupError::Manifest(format!(
-            "format {} (this build reads {FORMAT})",
-            manifest.format
-        )));
-    }
+    manifest.check_format()?;
     // Compared with the file's digest and recorded in a restored data directory: only
     // ever a digest.
     let is_hex = |s: &str| {
@@ -349,6 +384,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         rows,
         state_digest: Some(state_digest),
         stale: None,
+        encryption: None,
     })
 }
 
@@ -424,12 +460,7 @@ pub fn copy_database(db_path: &Path, dest: &Path, node_id: u64) -> Result<Manife
 /// Checks the backup file `path` against `manifest`; returns what was found (equal to the
 /// manifest but for provenance fields).
 pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
-    if manifest.format != FORMAT {
-        return Err(BackupError::Manifest(format!(
-            "format {} (this build reads {FORMAT})",
-            manifest.format
-        )));
-    }
+    manifest.check_format()?;
     // Cheap checks first: a truncated or swapped file fails before SQLite reads it.
     let (bytes, sha256) = digest(path)?;
     if bytes != manifest.bytes {
@@ -768,7 +799,7 @@ pub(crate) async fn keep_if_verified(
         let _ = fs::remove_file(partial);
         return Err(e);
     }
-    write_manifest(out, manifest)?;
+    write_manifest(out, &manifest.decrypted())?;
     fs::rename(partial, out).map_err(io(out))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::File::open(dir)
@@ -985,12 +1016,43 @@ mod tests {
             Err(BackupError::Mismatch { .. })
         ));
         let mut future = manifest.clone();
-        future.format = FORMAT + 1;
+        future.format = FORMAT_ENCRYPTED + 1;
         assert!(matches!(
             verify(&copy, &future),
             Err(BackupError::Manifest(_))
         ));
         assert!(parse_manifest("{\"format\": 1}").is_err());
+    }
+
+    #[test]
+    fn the_format_says_whether_the_object_is_encrypted_and_must_agree_with_the_manifest() {
+        let (_dir, _copy, manifest) = backed_up();
+        let encryption = crypt::BackupKey::parse(&"ab".repeat(32))
+            .unwrap()
+            .encryption();
+        let text = |m: &Manifest| serde_json::to_string(m).unwrap();
+        let sealed = Manifest {
+            format: FORMAT_ENCRYPTED,
+            encryption: Some(encryption.clone()),
+            ..manifest.clone()
+        };
+        assert_eq!(parse_manifest(&text(&sealed)).unwrap(), sealed);
+        assert_eq!(sealed.decrypted(), manifest);
+        // A plain manifest never mentions encryption (older builds read it as before).
+        assert!(!text(&manifest).contains("encryption"));
+        for (format, encryption) in [
+            (FORMAT, Some(encryption.clone())),
+            (FORMAT_ENCRYPTED, None),
+            (FORMAT_ENCRYPTED + 1, Some(encryption)),
+        ] {
+            let m = Manifest {
+                format,
+                encryption,
+                ..manifest.clone()
+            };
+            let e = parse_manifest(&text(&m)).unwrap_err();
+            assert!(matches!(e, BackupError::Manifest(_)), "{format}: {e}");
+        }
     }
 
     #[test]

@@ -675,7 +675,7 @@ async fn backup_create(
     let work = WorkDir::new(t.work_dir)?;
     let local = work.path().join("backup.sqlite3");
     let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
-    object::upload(&local, &manifest, &target).await?;
+    let manifest = object::upload(&local, &manifest, &target).await?;
     let deleted = match (dir, t.keep) {
         (Some(dir), Some(keep)) => object::prune(&Location::parse(&dir)?, &t.prefix, keep).await?,
         _ => Vec::new(),

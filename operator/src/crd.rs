@@ -386,6 +386,24 @@ pub struct ObjectStoreSpec {
     /// network: the credentials' signatures and the backups then travel unencrypted.
     #[serde(default)]
     pub allow_http: bool,
+    /// The key (32 bytes, as 64 hex digits or base64) that seals every backup uploaded
+    /// here and opens it again (`QPQ_BACKUP_KEY`), from a key of a Secret in the same
+    /// namespace. With it, backups that are not encrypted are not read. Keep a copy of the
+    /// key outside the cluster: without it the backups cannot be restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key in its data.
+    #[schemars(length(min = 1))]
+    pub key: String,
 }
 
 /// Scheduled backups.

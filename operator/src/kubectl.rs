@@ -691,7 +691,8 @@ mod tests {
         source.spec.backup = Some(
             serde_json::from_value(json!({
                 "schedule": "@daily",
-                "objectStore": {"url": "s3://b/qpq", "secretName": "s3", "allowHttp": true}
+                "objectStore": {"url": "s3://b/qpq", "secretName": "s3", "allowHttp": true,
+                                "encryptionKey": {"name": "backup-key", "key": "key"}}
             }))
             .unwrap(),
         );
@@ -712,6 +713,20 @@ mod tests {
         let r = c.spec.restore.as_ref().unwrap();
         assert_eq!(r.file, "qpq-1764900000.sqlite3");
         assert_eq!(r.object_store.as_ref().unwrap().url, "s3://b/qpq");
+        // The key that opens the source's backups goes with them (by reference).
+        assert_eq!(
+            r.object_store.as_ref().unwrap().encryption_key,
+            source
+                .spec
+                .backup
+                .as_ref()
+                .unwrap()
+                .object_store
+                .as_ref()
+                .unwrap()
+                .encryption_key
+        );
+        assert!(r.object_store.as_ref().unwrap().encryption_key.is_some());
         assert!(r.claim_name.is_none() && !r.accept_stale);
         assert!(
             c.spec.tls.secret_name.is_none(),

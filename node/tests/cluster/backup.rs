@@ -522,6 +522,139 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     .await;
 }
 
+/// Object storage with a key (`QPQ_BACKUP_KEY`): the object in the bucket holds no
+/// plaintext; listing needs no key; verify, drill and restore refuse without the key or
+/// with another one, naming the key the backup needs, and work with it; the key's text
+/// never appears in what the commands print.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_backup_in_object_storage_opens_only_with_its_key() {
+    let _serial = serial().await;
+    let s3 = S3Server::start("qpq");
+    let env = s3.env();
+    let secret = "5a".repeat(32);
+    let keyed = |k: &str| {
+        let mut e = env.clone();
+        e.push(("QPQ_BACKUP_KEY", k.to_owned()));
+        e
+    };
+    let c = Cluster::start(1, &[]).await;
+    let (before, channel) = local(async {
+        let before = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        write(&before, &c, channel, 20).await;
+        (before, channel)
+    })
+    .await;
+    let admin = c.node(1).admin.unwrap().to_string();
+    let creds = c.admin_args(Role::Backup);
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+    let url = "s3://qpq/sealed/b-1.sqlite3";
+    let args = [
+        &["backup", "create", "--admin", &admin, "--out", url][..],
+        &creds,
+    ]
+    .concat();
+    let printed = |out: &Output| {
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out));
+        assert!(!all.contains(&secret), "the key was printed: {all}");
+        all
+    };
+    let out = qpq_node_env(&args, &keyed(&secret));
+    printed(&out);
+    assert!(out.status.success(), "backup create: {}", stderr(&out));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key_id = created["manifest"]["encryption"]["key_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key id: {created}"))
+        .to_owned();
+    assert_eq!(created["manifest"]["format"], 2, "{created}");
+
+    let object = std::fs::read(s3.file("qpq", "sealed/b-1.sqlite3")).unwrap();
+    assert!(!object.windows(15).any(|w| w == b"SQLite format 3"));
+    assert_eq!(
+        object.len() as u64,
+        created["manifest"]["bytes"].as_u64().unwrap() + 27 + 16,
+        "one sealed piece after the header"
+    );
+
+    let out = qpq_node_env(&["backup", "list", "s3://qpq/sealed"], &env);
+    assert!(out.status.success(), "list without a key: {}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["backups"][0]["manifest"]["encryption"]["key_id"], key_id,
+        "{listed}"
+    );
+
+    let out = qpq_node_env(&["backup", "verify", url], &env);
+    assert!(!out.status.success(), "verified without the key");
+    assert!(
+        printed(&out).contains(&format!("encrypted with key {key_id}: set QPQ_BACKUP_KEY")),
+        "{}",
+        stderr(&out)
+    );
+    let out = qpq_node_env(&["backup", "verify", url], &keyed(&"a5".repeat(32)));
+    assert!(!out.status.success(), "verified with another key");
+    assert!(stderr(&out).contains(&key_id), "{}", stderr(&out));
+    let out = qpq_node_env(&["backup", "verify", url], &keyed("not a key"));
+    assert!(!out.status.success(), "verified with a malformed key");
+    assert!(
+        stderr(&out).contains("must be 32 bytes") && !stderr(&out).contains("not a key"),
+        "{}",
+        stderr(&out)
+    );
+    let out = qpq_node_env(&["backup", "verify", url], &keyed(&secret));
+    printed(&out);
+    assert!(
+        out.status.success(),
+        "verify with the key: {}",
+        stderr(&out)
+    );
+    let out = qpq_node_env(&["backup", "drill", "s3://qpq/sealed"], &keyed(&secret));
+    assert!(out.status.success(), "drill with the key: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages"], 20, "{report}");
+
+    let mut r = Cluster::new(1, &[]);
+    r.adopt_account_of(&c);
+    drop(c);
+    let (data, advertise) = (r.node(1).data.clone(), r.node(1).advertise.clone());
+    let restore = |e: &[(&str, String)]| {
+        qpq_node_env(
+            &[
+                "restore",
+                "--from",
+                url,
+                "--data-dir",
+                path(&data),
+                "--node-id",
+                "1",
+                "--raft-advertise",
+                &advertise,
+            ],
+            e,
+        )
+    };
+    let out = restore(&env);
+    assert!(!out.status.success(), "restored without the key");
+    assert!(!data.join("node.sqlite3").exists());
+    let out = restore(&keyed(&secret));
+    printed(&out);
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    r.node_mut(1).spawn();
+    r.wait_leader(Duration::from_secs(20)).await;
+    local(async {
+        let expected = seqs_of(&before, channel);
+        let ep = &r.endpoints()[0];
+        let log: BTreeMap<u64, ClientMsgId> =
+            Client::read_all(ep, &channel).await.into_iter().collect();
+        assert_eq!(
+            log, expected,
+            "the restored channel log is the backed-up one"
+        );
+    })
+    .await;
+}
+
 /// A cluster that lost its quorum for good: a normal backup is refused (no read barrier can
 /// pass), `--allow-stale` takes one anyway from the surviving member and says so in the
 /// manifest, `restore` refuses that copy unless told `--accept-stale`, and then restores it.

@@ -116,7 +116,11 @@ async fn a_write_through_a_follower_moves_on_when_its_leader_is_cut_off() {
     local(async {
         let old = c.wait_leader(Duration::from_secs(10)).await;
         let follower = c.running().into_iter().find(|id| *id != old).unwrap();
-        let ep: Endpoint = c.endpoints().into_iter().find(|e| e.id == follower).unwrap();
+        let ep: Endpoint = c
+            .endpoints()
+            .into_iter()
+            .find(|e| e.id == follower)
+            .unwrap();
         let channel = ep.create_channel().await;
         let conn = ep.connect().await.unwrap();
         let who = DevIdentity::generate().unwrap();

@@ -90,6 +90,13 @@ impl Destination {
                 if os.allow_http {
                     env.push(json!({"name": "AWS_ALLOW_HTTP", "value": "true"}));
                 }
+                // By reference: the key never appears in the pod's spec.
+                if let Some(k) = &os.encryption_key {
+                    env.push(json!({
+                        "name": "QPQ_BACKUP_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": k.name, "key": k.key}}
+                    }));
+                }
                 let env_from = os
                     .secret_name
                     .iter()
@@ -464,4 +471,40 @@ fn task_spec(
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn store(key: Option<(&str, &str)>) -> Destination {
+        let mut os = json!({"url": "s3://b/qpq", "secretName": "s3"});
+        if let Some((name, key)) = key {
+            os["encryptionKey"] = json!({"name": name, "key": key});
+        }
+        Destination::ObjectStore(serde_json::from_value(os).unwrap())
+    }
+
+    #[test]
+    fn an_object_store_key_reaches_the_pods_by_reference_only() {
+        let (_, _, env, env_from) = store(Some(("backup-key", "key"))).pod_parts("w", false);
+        let keyed: Vec<_> = env
+            .iter()
+            .filter(|e| e["name"] == "QPQ_BACKUP_KEY")
+            .collect();
+        assert_eq!(keyed.len(), 1, "{env:?}");
+        assert_eq!(
+            keyed[0],
+            &json!({"name": "QPQ_BACKUP_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "backup-key", "key": "key"}}})
+        );
+        assert_eq!(env_from, vec![json!({"secretRef": {"name": "s3"}})]);
+
+        let (_, _, env, _) = store(None).pod_parts("w", false);
+        assert!(env.iter().all(|e| e["name"] != "QPQ_BACKUP_KEY"), "{env:?}");
+        let (_, _, env, _) = Destination::Claim("pvc".into()).pod_parts("w", true);
+        assert!(env.is_empty(), "{env:?}");
+    }
 }

@@ -144,6 +144,7 @@ pub fn statefulset(
                         endpoint: None,
                         region: None,
                         allow_http: false,
+                        encryption_key: None,
                     }
                 }));
                 let (mut v, mut m, e, ef) = dest.pod_parts("restore", true);

@@ -79,9 +79,7 @@ impl RaftNode {
     pub(super) fn leader_moved(&self, leader: NodeId) -> impl Future<Output = ()> + Send + 'static {
         let mut metrics = self.raft.metrics();
         async move {
-            let _ = metrics
-                .wait_for(|m| m.current_leader != Some(leader))
-                .await;
+            let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
         }
     }
 
