@@ -234,7 +234,7 @@ async fn write_status(api: &Api<QpqBackup>, name: &str, status: &QpqBackupStatus
 }
 
 /// The log of the pod of Job `job` (empty if there is none or it cannot be read).
-async fn job_log(pods: &Api<Pod>, job: &str) -> String {
+pub async fn job_log(pods: &Api<Pod>, job: &str) -> String {
     let selector = format!("batch.kubernetes.io/job-name={job}");
     let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
         return String::new();

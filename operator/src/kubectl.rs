@@ -511,6 +511,7 @@ pub fn backups_table(doc: &serde_json::Value) -> String {
     let mut rows = vec![
         [
             "BACKUP", "CREATED", "SIZE", "INDEX", "TERM", "NODE", "VERSION", "MESSAGES", "STALE",
+            "KEY",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -541,6 +542,8 @@ pub fn backups_table(doc: &serde_json::Value) -> String {
             m["node_version"].as_str().unwrap_or("?").to_owned(),
             num(&m["rows"]["messages"]),
             if m["stale"].is_string() { "yes" } else { "no" }.to_owned(),
+            // The id of the key an encrypted backup needs.
+            m["encryption"]["key_id"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
     let mut out = String::new();
@@ -574,7 +577,7 @@ mod tests {
         let log = concat!(
             r#"{"level":"INFO","fields":{"message":"listing"}}"#,
             "\n",
-            r#"{"backups":[{"url":"s3://b/p/x-20.sqlite3","manifest":{"created_at_ms":20000,"bytes":1536,"node_id":2,"node_version":"0.1.0","last_applied":{"term":3,"leader":1,"index":77},"rows":{"messages":40},"stale":"no quorum"}},"#,
+            r#"{"backups":[{"url":"s3://b/p/x-20.sqlite3","manifest":{"created_at_ms":20000,"bytes":1536,"node_id":2,"node_version":"0.1.0","last_applied":{"term":3,"leader":1,"index":77},"rows":{"messages":40},"stale":"no quorum","format":2,"encryption":{"scheme":"xchacha20poly1305-stream-1mib","key_id":"0123456789abcdef"}}},"#,
             r#"{"file":"/backups/x-10.sqlite3","manifest":{"created_at_ms":10000,"bytes":1048576,"node_id":1,"node_version":"0.1.0","last_applied":null,"rows":{"messages":0}}}]}"#,
             "\n",
         );
@@ -592,7 +595,16 @@ mod tests {
         ] {
             assert!(lines[1].contains(want), "{want} in {}", lines[1]);
         }
-        for want in ["x-20.sqlite3", "1.5 KiB", "77", "40", "yes"] {
+        assert!(lines[0].ends_with("KEY"), "{table}");
+        assert!(lines[1].ends_with(" -"), "not encrypted: {}", lines[1]);
+        for want in [
+            "x-20.sqlite3",
+            "1.5 KiB",
+            "77",
+            "40",
+            "yes",
+            "0123456789abcdef",
+        ] {
             assert!(lines[2].contains(want), "{want} in {}", lines[2]);
         }
         assert_eq!(

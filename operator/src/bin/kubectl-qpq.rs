@@ -864,7 +864,7 @@ async fn inspect_backups(
     ns: &str,
     action: BackupAction,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use kube::api::{DeleteParams, ListParams, LogParams};
+    use kube::api::DeleteParams;
     let (cluster, claim, what, timeout_secs, output) = match action {
         BackupAction::List {
             cluster,
@@ -903,21 +903,7 @@ async fn inspect_backups(
     let ended = wait_for_job(&jobs, &job_name, Duration::from_secs(timeout_secs)).await;
     // What the pod printed (the answer on stdout, a failure's reason on stderr).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
-    let selector = format!("batch.kubernetes.io/job-name={job_name}");
-    let mut log = String::new();
-    if let Some(pod) = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .next()
-        && let Some(pod_name) = pod.metadata.name
-    {
-        log = pods
-            .logs(&pod_name, &LogParams::default())
-            .await
-            .unwrap_or_default();
-    }
+    let log = qpq_operator::backups::job_log(&pods, &job_name).await;
     let background = DeleteParams::background();
     if let Err(e) = jobs.delete(&job_name, &background).await {
         eprintln!(

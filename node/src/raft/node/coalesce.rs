@@ -137,8 +137,8 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        // Joins the forming call... which is this owner's (not started: the owner holds
-        // the turn and has taken it). Either way, it must get an answer.
+        // The owner's call started (in its own task) before it gave up: a caller arriving
+        // now must not use it, so it makes the next call, which runs once that one ends.
         owner.abort();
         let joined = {
             let c = c.clone();
@@ -150,6 +150,57 @@ mod tests {
             .await
             .expect("an answer, not a wait for good")
             .unwrap();
-        assert!(matches!(got, Some(7 | 8)), "{got:?}");
+        assert_eq!(got, Some(8), "its own call, after the abandoned one");
+    }
+
+    #[tokio::test]
+    async fn callers_of_a_call_whose_owner_gave_up_before_it_started_are_not_left_waiting() {
+        let c = Arc::new(Coalescer::<u64>::default());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        // A call in flight, held at the gate.
+        let first = {
+            let (c, gate) = (c.clone(), gate.clone());
+            tokio::spawn(async move {
+                c.run(move || async move {
+                    gate.notified().await;
+                    1
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The owner of the next call waits for its turn; a caller joins that call; the
+        // owner gives up before its call could start.
+        let owner = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run(|| async { 2 }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let joined = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run(|| async { 3 }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        owner.abort();
+        // No answer will come for that call: the caller hears so at once (and retries),
+        // while the first call is still in flight.
+        let got = tokio::time::timeout(Duration::from_secs(1), joined)
+            .await
+            .expect("told at once, not left waiting")
+            .unwrap();
+        assert_eq!(got, None);
+        // A newcomer does not join the dead call: it makes its own, after the first.
+        let fresh = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run(|| async { 4 }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.notify_one();
+        assert_eq!(first.await.unwrap(), Some(1));
+        let got = tokio::time::timeout(Duration::from_secs(5), fresh)
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(got, Some(4));
     }
 }
