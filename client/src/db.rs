@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB,
     -- a welcome waits for the commit with this outbox id to be accepted
     after_id INTEGER,
-    -- pending | held | sent
+    -- pending: to send | held: a Welcome waiting for its Commit (after_id) | sent: the
+    -- node acknowledged it (seq) | retry: a Commit that lost its epoch, to be rebuilt |
+    -- failed: refused for good, never sent again
     status TEXT NOT NULL,
     seq INTEGER,
     created_at_ms INTEGER NOT NULL
@@ -123,24 +125,57 @@ impl OpenMlsProvider for Provider {
     }
 }
 
+/// The database's migrations, in order: migration `i` takes it from schema version `i` to
+/// `i + 1` (SQLite's `user_version`). Version 1 is the schema of the builds before versions
+/// were kept: every statement is `IF NOT EXISTS`, so their databases (version 0) adopt it
+/// unchanged. Append, never edit.
+const MIGRATIONS: &[&[&str]] = &[&[SCHEMA, OWN_SCHEMA]];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings `conn`'s database to [`SCHEMA_VERSION`], one transaction per migration; refuses a
+/// database written by a newer build (it may hold what this one would misread).
+fn migrate(conn: &Connection) -> Result<(), crate::Error> {
+    let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(crate::Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (from, steps) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = steps
+            .iter()
+            .try_for_each(|sql| conn.execute_batch(sql))
+            .and_then(|()| conn.pragma_update(None, "user_version", from as u32 + 1))
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if let Err(e) = applied {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
 impl Provider {
     /// Opens (creating if needed) the database at `path` and migrates it.
-    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+    pub fn open(path: &Path) -> Result<Self, crate::Error> {
         Self::with_connection(Connection::open(path)?)
     }
 
     /// An in-memory database (tests).
-    pub fn in_memory() -> rusqlite::Result<Self> {
+    pub fn in_memory() -> Result<Self, crate::Error> {
         Self::with_connection(Connection::open_in_memory()?)
     }
 
-    fn with_connection(conn: Connection) -> rusqlite::Result<Self> {
+    fn with_connection(conn: Connection) -> Result<Self, crate::Error> {
         // WAL + FULL: a returned commit is on disk; a crash loses no acknowledged step.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(OWN_SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             crypto: RustCrypto::default(),
             storage: SqliteStorage::new(conn),
@@ -185,5 +220,80 @@ impl Provider {
             params![key, value],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn version(conn: &Connection) -> u32 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_database_has_this_builds_schema_version() {
+        let p = Provider::in_memory().unwrap();
+        assert_eq!(version(p.conn()), SCHEMA_VERSION);
+        assert!(SCHEMA_VERSION >= 1);
+        p.set_meta("k", b"v").unwrap();
+        assert_eq!(p.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_database_of_a_build_without_versions_keeps_its_rows_and_gets_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite3");
+        {
+            // As the builds before versions left it: the tables, user_version 0.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(OWN_SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO outbox (client_msg_id, channel, payload, kind, status, created_at_ms)
+                 VALUES (x'00112233445566778899aabbccddeeff', x'01', x'02', 'application', 'pending', 1)",
+                [],
+            )
+            .unwrap();
+            assert_eq!(version(&conn), 0);
+        }
+        let p = Provider::open(&path).unwrap();
+        assert_eq!(version(p.conn()), SCHEMA_VERSION);
+        let pending: i64 = p
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pending, 1, "the unsent message is still in the outbox");
+        drop(p);
+        // Opening again migrates nothing and changes nothing.
+        let p = Provider::open(&path).unwrap();
+        assert_eq!(version(p.conn()), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_build_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite3");
+        drop(Provider::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        match Provider::open(&path) {
+            Err(crate::Error::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION + 1);
     }
 }

@@ -52,6 +52,16 @@ pub enum Error {
     /// The caller passed something unusable.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The profile's database was written by a newer build of the client.
+    #[error(
+        "the profile's database has schema version {found}, newer than this build's {supported}: use a newer qpq"
+    )]
+    SchemaTooNew {
+        /// In the database.
+        found: u32,
+        /// This build's.
+        supported: u32,
+    },
 }
 
 impl Error {
@@ -84,6 +94,7 @@ impl Error {
                 _ => ErrorKind::Failure,
             },
             Self::Db(_)
+            | Self::SchemaTooNew { .. }
             | Self::Storage(_)
             | Self::Mls { .. }
             | Self::Decode(_)
