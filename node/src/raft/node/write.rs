@@ -119,9 +119,13 @@ impl RaftNode {
                 let call = self.client.call(&addr, &request, timeout);
                 let answer = tokio::select! {
                     answer = call => answer,
-                    // The leader changed while the write was on its way: maybe delivered,
-                    // like a lost answer (below). The client retries under its message id.
-                    () = self.leader_moved(leader) => {
+                    // The leader changed while the write was on its way, and it did not
+                    // answer within two heartbeats after (a leader handing off answers in
+                    // that time; one that was cut off never does): maybe delivered, like a
+                    // lost answer (below). The client retries under its message id.
+                    () = futures::FutureExt::then(self.leader_moved(leader), |()| {
+                        tokio::time::sleep(self.cluster.heartbeat * 2)
+                    }) => {
                         self.count_forward("lost");
                         tracing::info!(leader, "leader changed while a forwarded write was pending");
                         return Err(SubmitError::Unavailable);
