@@ -837,11 +837,46 @@ pub fn dated_path(dir: &Path, prefix: &str, unix_secs: u64) -> PathBuf {
     dir.join(format!("{prefix}-{unix_secs}.sqlite3"))
 }
 
-/// Keeps the newest `keep` backups named `<prefix>-<unix seconds>.sqlite3` in `dir` that
-/// have a manifest, and deletes the older ones (file, then manifest), and unfinished
+/// Which backups of a prefix to keep once a new one is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// At most this many, the newest (`None`: no limit by count).
+    pub keep: Option<usize>,
+    /// None older than this many days, by the time in their name (`None`: no limit by
+    /// age).
+    pub max_age_days: Option<u32>,
+}
+
+impl Retention {
+    /// Of backups named by `stamps` (Unix seconds, any order), the ones to delete at `now`:
+    /// all but the newest `keep`, and those older than `max_age_days`. Never the newest
+    /// one: a schedule that stopped, or an age shorter than its interval, must not leave
+    /// nothing to restore.
+    pub fn expired(&self, stamps: &[u64], now: u64) -> std::collections::BTreeSet<u64> {
+        let mut newest_first = stamps.to_vec();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        newest_first.dedup();
+        let oldest_kept = self
+            .max_age_days
+            .map(|d| now.saturating_sub(u64::from(d) * 86_400));
+        newest_first
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, stamp)| {
+                self.keep.is_some_and(|k| *i >= k.max(1))
+                    || oldest_kept.is_some_and(|oldest| **stamp < oldest)
+            })
+            .map(|(_, stamp)| *stamp)
+            .collect()
+    }
+}
+
+/// Of the backups named `<prefix>-<unix seconds>.sqlite3` in `dir` that have a manifest,
+/// deletes those `retention` expires at `now` (file, then manifest), and unfinished
 /// `<prefix>-<unix seconds>.sqlite3.partial` transfers. Files of other names, and backups
 /// without a manifest, are never touched. Returns what was deleted.
-pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<PathBuf>> {
+pub fn prune(dir: &Path, prefix: &str, retention: &Retention, now: u64) -> Result<Vec<PathBuf>> {
     let mut deleted_partials = Vec::new();
     let mut dated: Vec<(u64, PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir).map_err(io(dir))? {
@@ -878,9 +913,13 @@ pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<PathBuf>> {
         }
     }
     dated.sort();
-    let old = dated.len().saturating_sub(keep.max(1));
+    let stamps: Vec<u64> = dated.iter().map(|(stamp, _)| *stamp).collect();
+    let expired = retention.expired(&stamps, now);
     let mut deleted = deleted_partials;
-    for (_, path) in dated.into_iter().take(old) {
+    for (_, path) in dated
+        .into_iter()
+        .filter(|(stamp, _)| expired.contains(stamp))
+    {
         fs::remove_file(&path).map_err(io(&path))?;
         let manifest = manifest_path(&path);
         fs::remove_file(&manifest).map_err(io(&manifest))?;
@@ -1160,6 +1199,49 @@ mod tests {
     }
 
     #[test]
+    fn retention_by_count_and_age_never_deletes_the_newest_backup() {
+        const DAY: u64 = 86_400;
+        let now = 100 * DAY;
+        let stamps = [
+            now - 40 * DAY,
+            now - 20 * DAY,
+            now - 2 * DAY,
+            now - DAY,
+            now,
+        ];
+        let r = |keep, max_age_days| Retention { keep, max_age_days };
+        let set = |v: &[u64]| v.iter().copied().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(r(None, None).expired(&stamps, now), set(&[]));
+        assert_eq!(
+            r(Some(3), None).expired(&stamps, now),
+            set(&[now - 40 * DAY, now - 20 * DAY])
+        );
+        assert_eq!(
+            r(None, Some(30)).expired(&stamps, now),
+            set(&[now - 40 * DAY])
+        );
+        // Both: whichever deletes more.
+        assert_eq!(
+            r(Some(4), Some(10)).expired(&stamps, now),
+            set(&[now - 40 * DAY, now - 20 * DAY])
+        );
+        assert_eq!(
+            r(Some(2), Some(30)).expired(&stamps, now),
+            set(&[now - 40 * DAY, now - 20 * DAY, now - 2 * DAY])
+        );
+        // Every backup too old, or keep 0: the newest stays.
+        let old = [now - 50 * DAY, now - 45 * DAY];
+        assert_eq!(r(None, Some(1)).expired(&old, now), set(&[now - 50 * DAY]));
+        assert_eq!(r(Some(0), None).expired(&old, now), set(&[now - 50 * DAY]));
+        assert_eq!(r(Some(1), Some(1)).expired(&[now], now), set(&[]));
+        // Exactly max_age old is kept; order of the input does not matter.
+        assert_eq!(
+            r(None, Some(20)).expired(&[now, now - 20 * DAY, now - 20 * DAY - 1], now),
+            set(&[now - 20 * DAY - 1])
+        );
+    }
+
+    #[test]
     fn prune_keeps_the_newest_backups_of_its_prefix_only() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1175,7 +1257,11 @@ mod tests {
         touch("qpq-abc.sqlite3");
         touch("qpq-400.sqlite3.partial");
 
-        let deleted = prune(d, "qpq", 2).unwrap();
+        let keep2 = Retention {
+            keep: Some(2),
+            max_age_days: None,
+        };
+        let deleted = prune(d, "qpq", &keep2, 1000).unwrap();
         assert_eq!(
             deleted,
             [
@@ -1203,7 +1289,16 @@ mod tests {
             ]
         );
         // keep 0 means keep 1: a prune never deletes the backup it follows.
-        prune(d, "qpq", 0).unwrap();
+        prune(
+            d,
+            "qpq",
+            &Retention {
+                keep: Some(0),
+                max_age_days: None,
+            },
+            1000,
+        )
+        .unwrap();
         assert!(dated_path(d, "qpq", 1000).exists());
         assert!(!dated_path(d, "qpq", 300).exists());
     }

@@ -93,6 +93,11 @@ enum BackupCommand {
         /// newest N backups of the prefix.
         #[arg(long, requires = "out_dir")]
         keep: Option<usize>,
+        /// With `--out-dir`: once the new backup is stored and verified, also delete the
+        /// backups of the prefix older than N days (by the time in their name). The newest
+        /// backup is never deleted.
+        #[arg(long, requires = "out_dir", value_parser = clap::value_parser!(u32).range(1..))]
+        max_age_days: Option<u32>,
         /// Take the copy even when the node cannot confirm it holds every acknowledged write
         /// (no leader, no quorum): for a cluster that lost its quorum for good. The manifest
         /// says so (`stale`), and restore refuses such a backup without `--accept-stale`.
@@ -492,6 +497,7 @@ pub fn main() -> ExitCode {
                 work_dir,
                 prefix,
                 keep,
+                max_age_days,
                 allow_stale,
             }) => {
                 let credentials = crate::raft::certs::ClusterTlsFiles {
@@ -504,7 +510,7 @@ pub fn main() -> ExitCode {
                     out_dir,
                     work_dir,
                     prefix,
-                    keep,
+                    retention: crate::backup::Retention { keep, max_age_days },
                     allow_stale,
                 };
                 report(backup_create(&admin, &credentials, target).await)
@@ -583,13 +589,19 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))
 }
 
+/// Without `--keep` or `--max-age-days`: nothing is pruned.
+const NO_RETENTION: crate::backup::Retention = crate::backup::Retention {
+    keep: None,
+    max_age_days: None,
+};
+
 /// Where `qpq-node backup create` stores the backup.
 struct BackupTarget {
     out: Option<String>,
     out_dir: Option<String>,
     work_dir: Option<PathBuf>,
     prefix: String,
-    keep: Option<usize>,
+    retention: crate::backup::Retention,
     allow_stale: bool,
 }
 
@@ -656,14 +668,17 @@ async fn backup_create(
     if !object::is_url(&location) {
         let file = PathBuf::from(&location);
         let manifest = crate::backup::fetch_any(&client, admins, &file, t.allow_stale).await?;
-        let deleted = match (dir, t.keep) {
-            (Some(dir), Some(keep)) => {
-                crate::backup::prune(std::path::Path::new(&dir), &t.prefix, keep)?
-                    .into_iter()
-                    .map(|p| p.display().to_string())
-                    .collect()
-            }
-            _ => Vec::new(),
+        let deleted = match dir.filter(|_| t.retention != NO_RETENTION) {
+            Some(dir) => crate::backup::prune(
+                std::path::Path::new(&dir),
+                &t.prefix,
+                &t.retention,
+                unix_now(),
+            )?
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+            None => Vec::new(),
         };
         return Ok(serde_json::json!({
             "file": file,
@@ -676,9 +691,11 @@ async fn backup_create(
     let local = work.path().join("backup.sqlite3");
     let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
     let manifest = object::upload(&local, &manifest, &target).await?;
-    let deleted = match (dir, t.keep) {
-        (Some(dir), Some(keep)) => object::prune(&Location::parse(&dir)?, &t.prefix, keep).await?,
-        _ => Vec::new(),
+    let deleted = match dir.filter(|_| t.retention != NO_RETENTION) {
+        Some(dir) => {
+            object::prune(&Location::parse(&dir)?, &t.prefix, &t.retention, unix_now()).await?
+        }
+        None => Vec::new(),
     };
     Ok(serde_json::json!({
         "url": target.url(),

@@ -431,6 +431,11 @@ pub struct BackupSpec {
     #[serde(default = "default_keep")]
     #[schemars(range(min = 1, max = 1000))]
     pub keep: u32,
+    /// Also delete backups older than this many days (by the time in their name) after a
+    /// new one is stored and verified. The newest backup is never deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub max_age_days: Option<u32>,
     /// Suspend the schedule (runs in progress finish).
     #[serde(default)]
     pub suspend: bool,

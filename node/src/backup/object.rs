@@ -322,11 +322,16 @@ pub async fn list(dir: &Location) -> Result<Vec<(String, Manifest)>> {
     Ok(out)
 }
 
-/// Keeps the newest `keep` backups named `<prefix>-<unix seconds>.sqlite3` under `dir` and
-/// deletes the older ones (manifest first, so a half-done deletion is no longer a backup,
-/// then the object), and objects of that form without a manifest that are older than the
+/// Of the backups named `<prefix>-<unix seconds>.sqlite3` under `dir`, deletes those
+/// `retention` expires at `now` (manifest first, so a half-done deletion is no longer a
+/// backup, then the object), and objects of that form without a manifest that are older than the
 /// newest backup (uploads that never finished). Returns the URLs deleted.
-pub async fn prune(dir: &Location, prefix: &str, keep: usize) -> Result<Vec<String>> {
+pub async fn prune(
+    dir: &Location,
+    prefix: &str,
+    retention: &super::Retention,
+    now: u64,
+) -> Result<Vec<String>> {
     let stamp_of = |key: &str| -> Option<u64> {
         key.rsplit('/')
             .next()?
@@ -353,13 +358,17 @@ pub async fn prune(dir: &Location, prefix: &str, keep: usize) -> Result<Vec<Stri
         .iter()
         .find(|(_, k)| manifests.contains(k.as_ref()))
         .map(|(s, _)| *s);
+    let complete: Vec<u64> = data
+        .iter()
+        .filter(|(_, k)| manifests.contains(k.as_ref()))
+        .map(|(stamp, _)| *stamp)
+        .collect();
+    let expired = retention.expired(&complete, now);
     let mut deleted = Vec::new();
-    let mut kept = 0;
     for (stamp, key) in data {
         let complete = manifests.contains(key.as_ref());
         let drop_it = if complete {
-            kept += 1;
-            kept > keep
+            expired.contains(&stamp)
         } else {
             newest_backup.is_some_and(|n| stamp < n)
         };
@@ -515,6 +524,76 @@ mod tests {
         download(&at(&store, "plain.sqlite3", None), &dest)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn prune_by_age_deletes_old_backups_and_old_unfinished_uploads_but_never_the_newest() {
+        const DAY: u64 = 86_400;
+        let now = 1_800_000_000;
+        let store = Arc::new(InMemory::new());
+        let put = |key: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(&ObjectPath::from(key), PutPayload::from_static(b"x"))
+                    .await
+                    .unwrap();
+            }
+        };
+        for age in [40, 10, 0] {
+            let name = format!("p/c-{}.sqlite3", now - age * DAY);
+            put(format!("{name}.manifest.json")).await;
+            put(name).await;
+        }
+        put(format!("p/c-{}.sqlite3", now - 50 * DAY)).await; // never finished
+        put(format!("p/other-{}.sqlite3", now - 90 * DAY)).await; // another prefix
+        let dir = at(&store, "p", None);
+        let r = crate::backup::Retention {
+            keep: None,
+            max_age_days: Some(30),
+        };
+        let mut deleted = prune(&dir, "c", &r, now).await.unwrap();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            [
+                format!("s3://b/p/c-{}.sqlite3", now - 50 * DAY),
+                format!("s3://b/p/c-{}.sqlite3", now - 40 * DAY),
+            ]
+        );
+        let keys = || async {
+            let mut keys: Vec<String> = store
+                .list(Some(&ObjectPath::from("p")))
+                .map(|m| m.unwrap().location.to_string())
+                .collect()
+                .await;
+            keys.sort();
+            keys
+        };
+        let (ten, newest, other) = (now - 10 * DAY, now, now - 90 * DAY);
+        assert_eq!(
+            keys().await,
+            [
+                format!("p/c-{ten}.sqlite3"),
+                format!("p/c-{ten}.sqlite3.manifest.json"),
+                format!("p/c-{newest}.sqlite3"),
+                format!("p/c-{newest}.sqlite3.manifest.json"),
+                format!("p/other-{other}.sqlite3"),
+            ]
+        );
+        // Much later, with nothing new: the newest backup stays.
+        let later = now + 365 * DAY;
+        let deleted = prune(&dir, "c", &r, later).await.unwrap();
+        assert_eq!(deleted, [format!("s3://b/p/c-{ten}.sqlite3")]);
+        assert_eq!(
+            keys().await,
+            [
+                format!("p/c-{newest}.sqlite3"),
+                format!("p/c-{newest}.sqlite3.manifest.json"),
+                format!("p/other-{other}.sqlite3"),
+            ],
+            "the newest stays; another prefix is not touched"
+        );
     }
 
     #[tokio::test]

@@ -373,7 +373,7 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     let admin = c.node(1).admin.unwrap().to_string();
     let creds = c.admin_args(Role::Backup);
     let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
-    let create = || {
+    let create_with = |retention: &[&str]| {
         let args = [
             &[
                 "backup",
@@ -384,9 +384,8 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
                 "s3://qpq/backups",
                 "--prefix",
                 "x",
-                "--keep",
-                "1",
             ][..],
+            retention,
             &creds,
         ]
         .concat();
@@ -394,6 +393,7 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
         assert!(out.status.success(), "backup create: {}", stderr(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
+    let create = || create_with(&["--keep", "1"]);
     let first = create();
     let first_url = first["url"].as_str().unwrap().to_owned();
     assert!(first_url.starts_with("s3://qpq/backups/x-"), "{first}");
@@ -477,6 +477,54 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["manifest"], third["manifest"], "{report}");
+    // Retention by age: a backup named 100 days ago goes, the recent ones stay; an age of
+    // 0 days is refused before anything runs.
+    let ancient = format!(
+        "backups/x-{}.sqlite3",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 100 * 86_400
+    );
+    let third_key = url.strip_prefix("s3://qpq/").unwrap();
+    std::fs::copy(s3.file("qpq", third_key), s3.file("qpq", &ancient)).unwrap();
+    std::fs::copy(
+        s3.file("qpq", &format!("{third_key}.manifest.json")),
+        s3.file("qpq", &format!("{ancient}.manifest.json")),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fourth = create_with(&["--keep", "10", "--max-age-days", "30"]);
+    assert_eq!(
+        fourth["deleted"],
+        json!([format!("s3://qpq/{ancient}")]),
+        "{fourth}"
+    );
+    assert!(s3.file("qpq", third_key).exists(), "a recent backup stays");
+    let refused = qpq_node_env(
+        &[
+            &[
+                "backup",
+                "create",
+                "--admin",
+                &admin,
+                "--out-dir",
+                "s3://qpq/backups",
+                "--max-age-days",
+                "0",
+            ][..],
+            &creds,
+        ]
+        .concat(),
+        &env,
+    );
+    assert!(!refused.status.success(), "--max-age-days 0 accepted");
+    assert!(
+        stderr(&refused).contains("--max-age-days"),
+        "{}",
+        stderr(&refused)
+    );
 
     // A new node from the object store.
     let mut r = Cluster::new(1, &[]);

@@ -320,7 +320,8 @@ pub fn backup_cronjob_name(c: &ClusterRef) -> String {
 
 /// The CronJob of `spec.backup` (`None` without it): on schedule, a Job asks the members in
 /// turn (node 2 first, so the usual first leader last) for a backup, stores it as
-/// `<cluster>-<unix seconds>.sqlite3` and keeps the newest `keep`. One run at a time.
+/// `<cluster>-<unix seconds>.sqlite3` and keeps the newest `keep` (none older than
+/// `maxAgeDays`, but always the newest). One run at a time.
 pub fn backup_cronjob(
     c: &ClusterRef,
     spec: &QpqClusterSpec,
@@ -346,6 +347,9 @@ pub fn backup_cronjob(
         "--keep".to_owned(),
         backup.keep.to_string(),
     ]);
+    if let Some(days) = backup.max_age_days {
+        args.extend(["--max-age-days".to_owned(), days.to_string()]);
+    }
     let BackupSpec {
         schedule,
         suspend,
@@ -506,5 +510,38 @@ mod tests {
         assert!(env.iter().all(|e| e["name"] != "QPQ_BACKUP_KEY"), "{env:?}");
         let (_, _, env, _) = Destination::Claim("pvc".into()).pod_parts("w", true);
         assert!(env.is_empty(), "{env:?}");
+    }
+
+    #[test]
+    fn the_scheduled_backup_prunes_by_count_and_by_age_when_asked() {
+        let args_of = |backup: serde_json::Value| {
+            let obj: crate::crd::QpqCluster = serde_json::from_value(json!({
+                "apiVersion": "qpq.dev/v1alpha1",
+                "kind": "QpqCluster",
+                "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"},
+                "spec": {"replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"},
+                         "backup": backup},
+            }))
+            .unwrap();
+            let c = ClusterRef::new(&obj).unwrap();
+            let cron = backup_cronjob(&c, &obj.spec, 3).unwrap().unwrap();
+            let v = serde_json::to_value(&cron).unwrap();
+            v["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let args = args_of(json!({"schedule": "@daily", "claimName": "b"}));
+        let at = args.iter().position(|a| a == "--keep").unwrap();
+        assert_eq!(args[at + 1], "7", "{args:?}");
+        assert!(!args.contains(&"--max-age-days".to_owned()), "{args:?}");
+        let args = args_of(json!({"schedule": "@daily", "claimName": "b", "keep": 30,
+                                  "maxAgeDays": 14}));
+        let at = args.iter().position(|a| a == "--max-age-days").unwrap();
+        assert_eq!(args[at + 1], "14", "{args:?}");
+        let at = args.iter().position(|a| a == "--keep").unwrap();
+        assert_eq!(args[at + 1], "30", "{args:?}");
     }
 }
