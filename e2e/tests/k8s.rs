@@ -1336,16 +1336,16 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     api.patch(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"backup": {"claimName": null, "objectStore": store}}})),
+        // maxAgeDays: the Job's qpq-node must accept --max-age-days (nothing is that old).
+        &Patch::Merge(
+            json!({"spec": {"backup": {"claimName": null, "objectStore": store, "maxAgeDays": 30}}}),
+        ),
     )
     .await
     .unwrap();
     wait("the CronJob writes to object storage", 60, || async {
-        let cron = crons.get_opt(&cron_name).await.ok()??;
-        serde_json::to_string(&cron)
-            .ok()?
-            .contains("s3://qpq/backups")
-            .then_some(())
+        let cron = serde_json::to_string(&crons.get_opt(&cron_name).await.ok()??).ok()?;
+        (cron.contains("s3://qpq/backups") && cron.contains("--max-age-days")).then_some(())
     })
     .await;
     let ended = job_from_cron(&env, &ns, &cron_name, "scheduled-s3").await;
