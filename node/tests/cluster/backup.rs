@@ -46,6 +46,57 @@ fn seqs_of(history: &History, channel: ChannelId) -> BTreeMap<u64, ClientMsgId> 
         .collect()
 }
 
+/// A one-node cluster holding 20 acknowledged messages in one channel.
+async fn one_node_with_messages() -> (Cluster, Rc<History>, ChannelId) {
+    let c = Cluster::start(1, &[]).await;
+    let (before, channel) = local(async {
+        let before = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        write(&before, &c, channel, 20).await;
+        (before, channel)
+    })
+    .await;
+    (c, before, channel)
+}
+
+/// `qpq-node restore --from from` into the data directory of `r`'s node 1 (not started).
+fn restore_into(r: &Cluster, from: &str, env: &[(&str, String)]) -> Output {
+    let n = r.node(1);
+    qpq_node_env(
+        &[
+            "restore",
+            "--from",
+            from,
+            "--data-dir",
+            path(&n.data),
+            "--node-id",
+            "1",
+            "--raft-advertise",
+            &n.advertise,
+        ],
+        env,
+    )
+}
+
+/// Starts `r` (restored) and checks that every node serves `channel` exactly as `before`
+/// acknowledged it.
+async fn serves_the_backed_up_log(r: &mut Cluster, before: &History, channel: ChannelId) {
+    r.node_mut(1).spawn();
+    r.wait_leader(Duration::from_secs(20)).await;
+    local(async {
+        let expected = seqs_of(before, channel);
+        for ep in r.endpoints() {
+            let log: BTreeMap<u64, ClientMsgId> =
+                Client::read_all(&ep, &channel).await.into_iter().collect();
+            assert_eq!(
+                log, expected,
+                "the restored channel log is the backed-up one"
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledged_before_it() {
     let _serial = serial().await;
@@ -361,19 +412,12 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     let _serial = serial().await;
     let s3 = S3Server::start("qpq");
     let env = s3.env();
-    let c = Cluster::start(1, &[]).await;
-    let (before, channel) = local(async {
-        let before = Rc::new(History::default());
-        let channel = c.endpoints()[0].create_channel().await;
-        write(&before, &c, channel, 20).await;
-        (before, channel)
-    })
-    .await;
+    let (c, before, channel) = one_node_with_messages().await;
 
     let admin = c.node(1).admin.unwrap().to_string();
     let creds = c.admin_args(Role::Backup);
     let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
-    let create_with = |retention: &[&str]| {
+    let run_create = |retention: &[&str]| {
         let args = [
             &[
                 "backup",
@@ -389,7 +433,10 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
             &creds,
         ]
         .concat();
-        let out = qpq_node_env(&args, &env);
+        qpq_node_env(&args, &env)
+    };
+    let create_with = |retention: &[&str]| {
+        let out = run_create(retention);
         assert!(out.status.success(), "backup create: {}", stderr(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
@@ -502,23 +549,7 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
         "{fourth}"
     );
     assert!(s3.file("qpq", third_key).exists(), "a recent backup stays");
-    let refused = qpq_node_env(
-        &[
-            &[
-                "backup",
-                "create",
-                "--admin",
-                &admin,
-                "--out-dir",
-                "s3://qpq/backups",
-                "--max-age-days",
-                "0",
-            ][..],
-            &creds,
-        ]
-        .concat(),
-        &env,
-    );
+    let refused = run_create(&["--max-age-days", "0"]);
     assert!(!refused.status.success(), "--max-age-days 0 accepted");
     assert!(
         stderr(&refused).contains("--max-age-days"),
@@ -530,44 +561,14 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     let mut r = Cluster::new(1, &[]);
     r.adopt_account_of(&c);
     drop(c);
-    let (data, advertise) = (r.node(1).data.clone(), r.node(1).advertise.clone());
-    let restore = |from: &str| {
-        qpq_node_env(
-            &[
-                "restore",
-                "--from",
-                from,
-                "--data-dir",
-                path(&data),
-                "--node-id",
-                "1",
-                "--raft-advertise",
-                &advertise,
-            ],
-            &env,
-        )
-    };
-    let out = restore("s3://qpq/backups/y-2.sqlite3");
+    let out = restore_into(&r, "s3://qpq/backups/y-2.sqlite3", &env);
     assert!(!out.status.success(), "restored a damaged backup");
-    assert!(!data.join("node.sqlite3").exists());
-    let out = restore(&url);
+    assert!(!r.node(1).data.join("node.sqlite3").exists());
+    let out = restore_into(&r, &url, &env);
     assert!(out.status.success(), "restore: {}", stderr(&out));
     let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(restored["messages"], 20, "{restored}");
-    r.node_mut(1).spawn();
-    r.wait_leader(Duration::from_secs(20)).await;
-    local(async {
-        let expected = seqs_of(&before, channel);
-        for ep in r.endpoints() {
-            let log: BTreeMap<u64, ClientMsgId> =
-                Client::read_all(&ep, &channel).await.into_iter().collect();
-            assert_eq!(
-                log, expected,
-                "the restored channel log is the backed-up one"
-            );
-        }
-    })
-    .await;
+    serves_the_backed_up_log(&mut r, &before, channel).await;
 }
 
 /// Object storage with a key (`QPQ_BACKUP_KEY`): the object in the bucket holds no
@@ -585,14 +586,7 @@ async fn an_encrypted_backup_in_object_storage_opens_only_with_its_key() {
         e.push(("QPQ_BACKUP_KEY", k.to_owned()));
         e
     };
-    let c = Cluster::start(1, &[]).await;
-    let (before, channel) = local(async {
-        let before = Rc::new(History::default());
-        let channel = c.endpoints()[0].create_channel().await;
-        write(&before, &c, channel, 20).await;
-        (before, channel)
-    })
-    .await;
+    let (c, before, channel) = one_node_with_messages().await;
     let admin = c.node(1).admin.unwrap().to_string();
     let creds = c.admin_args(Role::Backup);
     let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
@@ -665,42 +659,13 @@ async fn an_encrypted_backup_in_object_storage_opens_only_with_its_key() {
     let mut r = Cluster::new(1, &[]);
     r.adopt_account_of(&c);
     drop(c);
-    let (data, advertise) = (r.node(1).data.clone(), r.node(1).advertise.clone());
-    let restore = |e: &[(&str, String)]| {
-        qpq_node_env(
-            &[
-                "restore",
-                "--from",
-                url,
-                "--data-dir",
-                path(&data),
-                "--node-id",
-                "1",
-                "--raft-advertise",
-                &advertise,
-            ],
-            e,
-        )
-    };
-    let out = restore(&env);
+    let out = restore_into(&r, url, &env);
     assert!(!out.status.success(), "restored without the key");
-    assert!(!data.join("node.sqlite3").exists());
-    let out = restore(&keyed(&secret));
+    assert!(!r.node(1).data.join("node.sqlite3").exists());
+    let out = restore_into(&r, url, &keyed(&secret));
     printed(&out);
     assert!(out.status.success(), "restore: {}", stderr(&out));
-    r.node_mut(1).spawn();
-    r.wait_leader(Duration::from_secs(20)).await;
-    local(async {
-        let expected = seqs_of(&before, channel);
-        let ep = &r.endpoints()[0];
-        let log: BTreeMap<u64, ClientMsgId> =
-            Client::read_all(ep, &channel).await.into_iter().collect();
-        assert_eq!(
-            log, expected,
-            "the restored channel log is the backed-up one"
-        );
-    })
-    .await;
+    serves_the_backed_up_log(&mut r, &before, channel).await;
 }
 
 /// A cluster that lost its quorum for good: a normal backup is refused (no read barrier can

@@ -122,20 +122,27 @@ mod tests {
         assert_eq!(n, Some(3));
     }
 
+    /// A caller whose call answers `value` once `gate` is notified.
+    fn held_call(
+        c: &Arc<Coalescer<u64>>,
+        gate: &Arc<tokio::sync::Notify>,
+        value: u64,
+    ) -> tokio::task::JoinHandle<Option<u64>> {
+        let (c, gate) = (c.clone(), gate.clone());
+        tokio::spawn(async move {
+            c.run(move || async move {
+                gate.notified().await;
+                value
+            })
+            .await
+        })
+    }
+
     #[tokio::test]
     async fn a_caller_that_gives_up_leaves_the_others_their_answer() {
         let c = Arc::new(Coalescer::<u64>::default());
         let gate = Arc::new(tokio::sync::Notify::new());
-        let owner = {
-            let (c, gate) = (c.clone(), gate.clone());
-            tokio::spawn(async move {
-                c.run(move || async move {
-                    gate.notified().await;
-                    7
-                })
-                .await
-            })
-        };
+        let owner = held_call(&c, &gate, 7);
         tokio::time::sleep(Duration::from_millis(20)).await;
         // The owner's call started (in its own task) before it gave up: a caller arriving
         // now must not use it, so it makes the next call, which runs once that one ends.
@@ -158,16 +165,7 @@ mod tests {
         let c = Arc::new(Coalescer::<u64>::default());
         let gate = Arc::new(tokio::sync::Notify::new());
         // A call in flight, held at the gate.
-        let first = {
-            let (c, gate) = (c.clone(), gate.clone());
-            tokio::spawn(async move {
-                c.run(move || async move {
-                    gate.notified().await;
-                    1
-                })
-                .await
-            })
-        };
+        let first = held_call(&c, &gate, 1);
         tokio::time::sleep(Duration::from_millis(20)).await;
         // The owner of the next call waits for its turn; a caller joins that call; the
         // owner gives up before its call could start.
