@@ -139,7 +139,28 @@ impl Manifest {
     /// manifest names an encryption.
     fn check_format(&self) -> Result<()> {
         match (self.format, &self.encryption) {
-            (FORMAT, None) | (FORMAT_ENCRYPTED, Some(_)) => Ok(()),
+            (FORMAT, None) => Ok(()),
+            (FORMAT_ENCRYPTED, Some(e)) => {
+                // Read from storage the node does not control, and repeated in errors: only
+                // a scheme this build knows and a key id of the form it writes.
+                if e.scheme != crypt::SCHEME {
+                    return Err(BackupError::Manifest(format!(
+                        "encryption scheme {:?} (this build reads {})",
+                        e.scheme.chars().take(64).collect::<String>(),
+                        crypt::SCHEME
+                    )));
+                }
+                let hex16 = e.key_id.len() == 16
+                    && e.key_id
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !hex16 {
+                    return Err(BackupError::Manifest(
+                        "encryption key_id is not 16 lower-case hex digits".into(),
+                    ));
+                }
+                Ok(())
+            }
             (FORMAT_ENCRYPTED, None) => Err(BackupError::Manifest(format!(
                 "format {FORMAT_ENCRYPTED} without an encryption field"
             ))),
@@ -1079,10 +1100,20 @@ mod tests {
         assert_eq!(sealed.decrypted(), manifest);
         // A plain manifest never mentions encryption (older builds read it as before).
         assert!(!text(&manifest).contains("encryption"));
+        let other_scheme = crypt::Encryption {
+            scheme: "rot13".into(),
+            ..encryption.clone()
+        };
+        let odd_key_id = crypt::Encryption {
+            key_id: "\u{1b}[2J not hex".into(),
+            ..encryption.clone()
+        };
         for (format, encryption) in [
             (FORMAT, Some(encryption.clone())),
             (FORMAT_ENCRYPTED, None),
             (FORMAT_ENCRYPTED + 1, Some(encryption)),
+            (FORMAT_ENCRYPTED, Some(other_scheme)),
+            (FORMAT_ENCRYPTED, Some(odd_key_id)),
         ] {
             let m = Manifest {
                 format,
