@@ -1,5 +1,6 @@
 //! Cluster tests: several `qpq-node` processes on 127.0.0.x forming one Raft cluster, with
-//! faults (kill -9, restart, a partition through a fault-injecting UDP proxy, a full disk)
+//! faults (kill -9, restart, a partition through a fault-injecting UDP proxy, a full disk, a
+//! disk that returns errors)
 //! and a history checker over everything clients saw.
 //!
 //! Tests of this binary run one at a time (a shared lock): each starts 3-5 processes on a
@@ -14,6 +15,7 @@
     dead_code
 )]
 
+mod eio;
 mod harness;
 mod history;
 mod lincheck;
@@ -27,6 +29,7 @@ mod backup;
 mod chaos;
 mod damage;
 mod disk;
+mod disk_error;
 mod disk_full;
 mod divergence;
 mod failover;
