@@ -40,6 +40,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::disk::{LoopDisk, Throttle};
+use crate::eio::{self, FailingDisk};
 use crate::harness::{local, serial};
 use crate::history::{self, Writers};
 use crate::lincheck;
@@ -68,6 +69,7 @@ enum Kind {
     SlowDisk,
     Bridge,
     Split,
+    DiskError,
 }
 
 /// Size of each node's disk (MiB), and the room a full-disk fault leaves.
@@ -145,6 +147,8 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
     let isolated = Isolated::default();
     // A disk of its own per node (as root), so that one can fill or slow down.
     let disks = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    // And a switch that makes it answer EIO (a C compiler builds the shim).
+    let failing = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let mut c = proxy::cluster_with(nodes, &["--snapshot-logs", "200"], &isolated, |n| {
         if LoopDisk::available() {
             let mount = n.data.with_file_name(format!("disk-{}", n.id));
@@ -154,9 +158,15 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
             n.data = mount.join("data");
             std::fs::create_dir_all(&n.data).unwrap();
         }
+        if eio::available().is_ok() {
+            let disk = FailingDisk::new(&n.data);
+            n.env.extend(disk.env().iter().cloned());
+            failing.borrow_mut().insert(n.id, disk);
+        }
     })
     .await;
     let disks = disks.into_inner();
+    let failing = failing.into_inner();
     let throttle =
         (!disks.is_empty() && Throttle::available()).then(|| Throttle::new(&seed.to_string()));
     local(async {
@@ -198,6 +208,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                 13 => Kind::PairCut,
                 14 => Kind::OneWay,
                 15 if throttle.is_some() => Kind::SlowDisk,
+                16 if !failing.is_empty() => Kind::DiskError,
                 11 => Kind::Bridge,
                 12 => Kind::Split,
                 _ => Kind::Transfer,
@@ -354,6 +365,24 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                         c.node_mut(target).spawn();
                     }
                 }
+                Kind::DiskError => {
+                    let disk = &failing[&target];
+                    disk.fail();
+                    // Its next append or apply fails; the node stops itself.
+                    let until = Instant::now() + hold + Duration::from_secs(5);
+                    disk_outcome = "kept running";
+                    while Instant::now() < until {
+                        if c.node_mut(target).try_exited().is_some() {
+                            disk_outcome = "stopped";
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    disk.heal();
+                    if disk_outcome == "stopped" {
+                        c.node_mut(target).spawn();
+                    }
+                }
                 Kind::Membership => {
                     membership_outcome = leave_and_rejoin(&c, follower, hold).await;
                     if let Err(e) = &membership_outcome {
@@ -373,6 +402,7 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                 ),
                 Kind::MajorityKill => format!("MajorityKill {killed:?} {}ms", hold.as_millis()),
                 Kind::DiskFull => format!("DiskFull {who} {target}: {disk_outcome}"),
+                Kind::DiskError => format!("DiskError {who} {target}: {disk_outcome}"),
                 Kind::PairCut => format!(
                     "PairCut leader {leader} / follower {follower} {}ms",
                     hold.as_millis()
