@@ -351,15 +351,9 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     let disk = &disks[&target];
                     disk.fill(DISK_ROOM_KIB);
                     // Writes fill the room within a second; the node stops itself.
-                    let until = Instant::now() + hold + Duration::from_secs(5);
-                    disk_outcome = "kept running";
-                    while Instant::now() < until {
-                        if c.node_mut(target).try_exited().is_some() {
-                            disk_outcome = "stopped";
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let within = hold + Duration::from_secs(5);
+                    let stopped = c.node_mut(target).exits_within(within).await.is_some();
+                    disk_outcome = if stopped { "stopped" } else { "kept running" };
                     disk.unfill();
                     if disk_outcome == "stopped" {
                         c.node_mut(target).spawn();
@@ -369,15 +363,9 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
                     let disk = &failing[&target];
                     disk.fail();
                     // Its next append or apply fails; the node stops itself.
-                    let until = Instant::now() + hold + Duration::from_secs(5);
-                    disk_outcome = "kept running";
-                    while Instant::now() < until {
-                        if c.node_mut(target).try_exited().is_some() {
-                            disk_outcome = "stopped";
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let within = hold + Duration::from_secs(5);
+                    let stopped = c.node_mut(target).exits_within(within).await.is_some();
+                    disk_outcome = if stopped { "stopped" } else { "kept running" };
                     disk.heal();
                     if disk_outcome == "stopped" {
                         c.node_mut(target).spawn();

@@ -239,16 +239,20 @@ impl Node {
         timeout: Duration,
         what: &str,
     ) -> std::process::ExitStatus {
+        let status = self.exits_within(timeout).await;
+        status.unwrap_or_else(|| panic!("node {} did not {what} within {timeout:?}", self.id))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status, if it did.
+    pub async fn exits_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_exited() {
-                return status;
+                return Some(status);
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not {what} within {timeout:?}",
-                self.id
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
