@@ -54,7 +54,7 @@ expect_ok "defaults" -- \
   'readOnlyRootFilesystem: true'
 expect_ok "the CRDs: templates Helm upgrades, kept on uninstall" -- \
   'kind: CustomResourceDefinition' 'helm.sh/resource-policy: keep' 'name: qpqclusters.qpq.dev' \
-  'name: qpqbackups.qpq.dev'
+  'name: qpqbackups.qpq.dev' 'name: qpqscheduledbackups.qpq.dev'
 expect_ok "CRD managed elsewhere" --set crds.install=false -- '!kind: CustomResourceDefinition'
 # The template carries the generated schema unchanged (crds/qpqcluster.yaml from `spec:` on).
 if ! diff <(render --show-only templates/crd.yaml | sed -n '/^spec:/,$p') \
@@ -65,6 +65,10 @@ if ! diff <(render --show-only templates/crd-qpqbackup.yaml | sed -n '/^spec:/,$
   <(sed -n '/^spec:/,$p' "$(dirname "$0")/../crds/qpqbackup.yaml") >/dev/null; then
   echo "FAIL the QpqBackup CRD template differs from crds/qpqbackup.yaml" >&2; fail=1
 else echo "ok   the QpqBackup CRD template is crds/qpqbackup.yaml"; fi
+if ! diff <(render --show-only templates/crd-qpqscheduledbackup.yaml | sed -n '/^spec:/,$p') \
+  <(sed -n '/^spec:/,$p' "$(dirname "$0")/../crds/qpqscheduledbackup.yaml") >/dev/null; then
+  echo "FAIL the QpqScheduledBackup CRD template differs from crds/qpqscheduledbackup.yaml" >&2; fail=1
+else echo "ok   the QpqScheduledBackup CRD template is crds/qpqscheduledbackup.yaml"; fi
 expect_ok "one replica: no PDB" --set replicaCount=1 -- '!kind: PodDisruptionBudget'
 expect_ok "PDB off" --set podDisruptionBudget.enabled=false -- '!kind: PodDisruptionBudget'
 expect_ok "aggregated roles off" --set rbac.aggregatedRoles=false -- '!aggregate-to-'

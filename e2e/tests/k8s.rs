@@ -34,7 +34,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin as _, Status};
-use qpq_operator::crd::{BackupPhase, QpqBackup, QpqCluster};
+use qpq_operator::crd::{BackupPhase, QpqBackup, QpqCluster, QpqScheduledBackup};
 use serde_json::{Value, json};
 
 #[path = "k8s/monitoring.rs"]
@@ -802,8 +802,12 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     .await;
     let qc = "qpqclusters.qpq.dev";
     let qb = "qpqbackups.qpq.dev";
+    let qsb = "qpqscheduledbackups.qpq.dev";
     let allowed = [
         ("e2e-viewer", "get", qc),
+        ("e2e-viewer", "list", qsb),
+        ("e2e-editor", "create", qsb),
+        ("e2e-editor", "patch", qsb),
         ("e2e-viewer", "watch", qc),
         ("e2e-viewer", "list", qb),
         ("e2e-editor", "create", qb),
@@ -827,9 +831,12 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         ("e2e-editor", "patch", "qpqclusters.qpq.dev/status"),
         ("e2e-viewer", "create", qb),
         ("e2e-editor", "patch", "qpqbackups.qpq.dev/status"),
+        ("e2e-viewer", "create", qsb),
+        ("e2e-editor", "patch", "qpqscheduledbackups.qpq.dev/status"),
         // Unbound, or outside the namespace of the binding.
         ("e2e-stranger", "list", qc),
         ("e2e-stranger", "create", qb),
+        ("e2e-stranger", "list", qsb),
     ];
     for (user, verb, resource) in refused {
         assert!(
@@ -1408,6 +1415,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     );
     backup_list_and_verify(&env, &ns, &name, &s3, &object).await;
     qpq_backup_objects(&env, &ns, &name, &s3).await;
+    scheduled_backups(&env, &ns, &name, &s3, &store).await;
     let from_store = "from-store";
     step(
         "kubectl qpq restore --to from-store --replicas 1 --wait: from where the cluster keeps its backups",
@@ -1721,6 +1729,157 @@ async fn qpq_backup_objects(env: &Env, ns: &str, name: &str, s3: &s3::S3Server) 
     assert!(stored.exists(), "the stored backup stays");
     std::fs::remove_file(&stored).unwrap();
     std::fs::remove_file(s3.file("qpq", &format!("backups/{file}.manifest.json"))).unwrap();
+}
+
+/// `QpqScheduledBackup` objects: one for the cluster (object storage under a prefix of its
+/// own, `keep: 1`, with restore drills) gets its two CronJobs; their Jobs store backups
+/// named after it, retention keeps the newest, and its status records the newest backup and
+/// the drill (`BackupVerified`). One for a cluster that does not exist gets no CronJob and
+/// says why. Deleting the object deletes its CronJobs; the files stay.
+async fn scheduled_backups(env: &Env, ns: &str, name: &str, s3: &s3::S3Server, store: &Value) {
+    step("QpqScheduledBackup: its own CronJobs, prefix, retention and drills; status and events");
+    let api: Api<QpqScheduledBackup> = Api::namespaced(env.client.clone(), ns);
+    let mut own_store = store.clone();
+    own_store["url"] = json!("s3://qpq/scheduled");
+    for (object, cluster, backup) in [
+        (
+            "nightly",
+            name,
+            json!({"schedule": "@weekly", "objectStore": own_store, "keep": 1,
+                   "drillSchedule": "@weekly"}),
+        ),
+        (
+            "orphan",
+            "no-such-cluster",
+            json!({"schedule": "@weekly", "claimName": "nowhere"}),
+        ),
+    ] {
+        let sb: QpqScheduledBackup = serde_json::from_value(json!({
+            "apiVersion": "qpq.dev/v1alpha1", "kind": "QpqScheduledBackup",
+            "metadata": {"name": object},
+            "spec": {"cluster": cluster, "backup": backup},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &sb).await.unwrap();
+    }
+    let status = wait("QpqScheduledBackup nightly Scheduled", 60, || async {
+        let s = api.get("nightly").await.ok()?.status?;
+        let c = s.conditions.iter().find(|c| c.type_ == "Scheduled")?;
+        assert_eq!(c.status, "True", "{s:?}");
+        Some(s)
+    })
+    .await;
+    assert_eq!(
+        status.cron_job.as_deref(),
+        Some("nightly-scheduled"),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.drill_cron_job.as_deref(),
+        Some("nightly-scheduled-drill")
+    );
+    let prefix = format!("{name}.nightly");
+    assert_eq!(status.prefix.as_deref(), Some(prefix.as_str()));
+    let crons: Api<CronJob> = Api::namespaced(env.client.clone(), ns);
+    let uid = api.get("nightly").await.unwrap().metadata.uid.unwrap();
+    for cron in ["nightly-scheduled", "nightly-scheduled-drill"] {
+        let c = crons.get(cron).await.unwrap();
+        assert!(
+            c.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid),
+            "{cron} is owned by the QpqScheduledBackup"
+        );
+    }
+    // Two runs: `keep: 1` leaves the newer one (the older is deleted once the newer is
+    // stored and verified).
+    for job in ["nightly-1", "nightly-2"] {
+        let ended = job_from_cron(env, ns, "nightly-scheduled", job).await;
+        assert_eq!(ended, "Complete", "{job}");
+    }
+    wait("status.lastBackup: nightly-2", 60, || async {
+        let b = api.get("nightly").await.ok()?.status?.last_backup?;
+        (b.job == "nightly-2").then_some(())
+    })
+    .await;
+    let stored: Vec<String> = std::fs::read_dir(s3.file("qpq", "scheduled"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let backups: Vec<&String> = stored.iter().filter(|f| f.ends_with(".sqlite3")).collect();
+    assert_eq!(backups.len(), 1, "keep: 1 {stored:?}");
+    assert!(
+        backups[0].starts_with(&format!("{prefix}-")),
+        "named after the object: {stored:?}"
+    );
+    assert!(
+        stored.contains(&format!("{}.manifest.json", backups[0])),
+        "{stored:?}"
+    );
+    let drilled = job_from_cron(env, ns, "nightly-scheduled-drill", "nightly-drill-1").await;
+    assert_eq!(drilled, "Complete", "drill of the scheduled backup");
+    wait(
+        "condition BackupVerified True after the drill",
+        60,
+        || async {
+            let s = api.get("nightly").await.ok()?.status?;
+            let d = s.last_drill.clone()?;
+            let v = s.conditions.iter().find(|c| c.type_ == "BackupVerified")?;
+            (d.job == "nightly-drill-1" && d.succeeded && v.status == "True").then_some(())
+        },
+    )
+    .await;
+    let orphan = wait(
+        "QpqScheduledBackup orphan not Scheduled, saying why",
+        60,
+        || async {
+            let s = api.get("orphan").await.ok()?.status?;
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Scheduled")?
+                .clone();
+            (c.status == "False").then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(orphan.reason, "ClusterNotFound", "{orphan:?}");
+    assert!(crons.get_opt("orphan-scheduled").await.unwrap().is_none());
+    let table = run(env, &env.kubectl, &["get", "qpqsb", "-n", ns]);
+    assert!(
+        table.contains("SCHEDULED") && table.contains("VERIFIED") && table.contains("nightly"),
+        "{table}"
+    );
+    let events = run(
+        env,
+        &env.kubectl,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.name=orphan",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(!events.trim().is_empty(), "an event for the orphan");
+    for object in ["nightly", "orphan"] {
+        api.delete(object, &DeleteParams::background())
+            .await
+            .unwrap();
+    }
+    wait("its CronJobs go with it", 60, || async {
+        let a = crons.get_opt("nightly-scheduled").await.ok()?;
+        let b = crons.get_opt("nightly-scheduled-drill").await.ok()?;
+        (a.is_none() && b.is_none()).then_some(())
+    })
+    .await;
+    let left = s3.file("qpq", &format!("scheduled/{}", backups[0]));
+    assert!(left.exists(), "the stored backup stays");
 }
 
 /// `kubectl qpq backup list` and `verify` against where the cluster keeps its backups

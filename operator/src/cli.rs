@@ -196,14 +196,19 @@ async fn run(cli: Cli) -> ExitCode {
         metrics,
     ));
     ready.store(true, Ordering::Relaxed);
-    // Both controllers stop together: on SIGTERM/SIGINT or when the lease is lost.
+    // The controllers stop together: on SIGTERM/SIGINT or when the lease is lost.
     futures::join!(
         reconcile::run(
             ctx.clone(),
             cli.watch_namespace.clone(),
             stop.clone().cancelled_owned()
         ),
-        crate::backups::run(ctx, cli.watch_namespace, stop.cancelled_owned()),
+        crate::backups::run(
+            ctx.clone(),
+            cli.watch_namespace.clone(),
+            stop.clone().cancelled_owned()
+        ),
+        crate::scheduled::run(ctx, cli.watch_namespace, stop.cancelled_owned()),
     );
     ready.store(false, Ordering::Relaxed);
     if lease_lost.load(Ordering::Relaxed) {

@@ -1,4 +1,5 @@
-//! The custom resources (`qpq.dev/v1alpha1`): `QpqCluster` and `QpqBackup`, spec, status and schema.
+//! The custom resources (`qpq.dev/v1alpha1`): `QpqCluster`, `QpqBackup` and
+//! `QpqScheduledBackup`, spec, status and schema.
 //!
 //! The schema is structural and carries the validation the API server enforces: bounds via
 //! schemars attributes, and CEL rules (`x-kubernetes-validations`) where a rule is clearer
@@ -1276,4 +1277,92 @@ pub struct QpqBackupStatus {
     /// Its `qpq-node` version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_version: Option<String>,
+}
+
+/// Backups on a schedule of their own, declared as an object: a CronJob runs the same backup
+/// Job as the cluster's `spec.backup` (which is shorthand for one such schedule), keeps its
+/// own files (`<cluster>.<name>-<unix seconds>.sqlite3`) by count and age, and may drill the
+/// newest backup where it keeps them. Deleting it deletes its CronJobs; the files stay.
+// Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "qpq.dev",
+    version = "v1alpha1",
+    kind = "QpqScheduledBackup",
+    plural = "qpqscheduledbackups",
+    shortname = "qpqsb",
+    category = "qpq",
+    namespaced,
+    status = "QpqScheduledBackupStatus",
+    doc = "Backups of a QpqCluster on a schedule: a CronJob of backup Jobs with its own retention, and optional restore drills.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".spec.backup.schedule"
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.backup.suspend"
+    ),
+    printcolumn(
+        name = "Scheduled",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Scheduled\")].status"
+    ),
+    printcolumn(
+        name = "Last Backup",
+        type_ = "date",
+        json_path = ".status.lastBackup.finished"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"BackupVerified\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct QpqScheduledBackupSpec {
+    /// The `QpqCluster` to back up (same namespace).
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("name the QpqCluster").reason(kube::core::Reason::FieldValueInvalid))]
+    pub cluster: String,
+    /// The schedule, where the backups are kept, how many and how long, and the drills:
+    /// the same fields as the cluster's `spec.backup`.
+    pub backup: BackupSpec,
+}
+
+/// What the operator observed of a `QpqScheduledBackup`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QpqScheduledBackupStatus {
+    /// The generation the status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The backup CronJob (absent while it cannot be scheduled; see `Scheduled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
+    /// The restore-drill CronJob (with `backup.drillSchedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_cron_job: Option<String>,
+    /// File name prefix of its backups: `<prefix>-<unix seconds>.sqlite3`. Retention
+    /// (`keep`, `maxAgeDays`) only ever deletes files of this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The newest of its backup Jobs that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// The newest of its restore-drill Jobs that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillResult>,
+    /// `Scheduled` (its CronJobs are in place, or why not) and `BackupVerified` (the newest
+    /// drill passed; present while drills are scheduled and one finished).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }

@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::crd::{QpqBackup, QpqCluster};
+use crate::crd::{QpqBackup, QpqCluster, QpqScheduledBackup};
 
 /// The `QpqCluster` CRD as YAML, with a header saying it is generated.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
@@ -12,6 +12,11 @@ pub fn yaml() -> Result<String, serde_yaml::Error> {
 /// The `QpqBackup` CRD as YAML, with a header saying it is generated.
 pub fn backup_yaml() -> Result<String, serde_yaml::Error> {
     generated::<QpqBackup>(" qpqbackup")
+}
+
+/// The `QpqScheduledBackup` CRD as YAML, with a header saying it is generated.
+pub fn scheduled_backup_yaml() -> Result<String, serde_yaml::Error> {
+    generated::<QpqScheduledBackup>(" qpqscheduledbackup")
 }
 
 fn generated<K: CustomResourceExt>(arg: &str) -> Result<String, serde_yaml::Error> {

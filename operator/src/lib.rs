@@ -5,8 +5,8 @@
 //! a time, toward `spec.replicas`.
 //!
 //! # Layout
-//! - [`crd`]: the custom resource types (`QpqCluster`, `QpqBackup`) and their schema (with
-//!   CEL validation).
+//! - [`crd`]: the custom resource types (`QpqCluster`, `QpqBackup`, `QpqScheduledBackup`) and
+//!   their schema (with CEL validation).
 //! - [`resources`]: pure builders of every desired object from the spec (no I/O).
 //! - [`tls`]: the operator-managed CA and node certificates.
 //! - [`planner`]: the pure membership planner (next step from what was observed).
@@ -15,6 +15,8 @@
 //! - [`admin_client`]: the node admin API ([`admin_client::NodeAdmin`] is the test seam).
 //! - [`reconcile`]: the controller: observe, plan, apply, record status; finalizer.
 //! - [`backups`]: the `QpqBackup` controller (one backup Job each, its manifest in the status).
+//! - [`scheduled`]: the `QpqScheduledBackup` controller (its backup and drill CronJobs, what
+//!   their Jobs did in its status).
 //! - [`status`]: conditions and members as written to `.status`.
 //! - [`metrics`], [`leader`], [`server`]: Prometheus metrics, Lease leader election, the
 //!   health and metrics HTTP endpoint.
@@ -42,6 +44,7 @@ pub mod report;
 pub mod resources;
 pub mod rollout;
 pub mod schedule;
+pub mod scheduled;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -194,7 +194,7 @@ pub fn error_policy(obj: Arc<QpqCluster>, err: &Error, ctx: Arc<Context>) -> Req
     Requeue::requeue(Duration::from_secs(10))
 }
 
-async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+pub(crate) async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -1333,10 +1333,15 @@ async fn observe_drills(
     let api: Api<Job> = Api::namespaced(client.clone(), &c.namespace);
     let selector = format!("{}={}", resources::DRILL_FOR_LABEL, c.name);
     let jobs = api.list(&ListParams::default().labels(&selector)).await?;
-    Ok(jobs.items.iter().filter_map(drill_result).max_by(|a, b| {
+    Ok(newest_drill(&jobs.items))
+}
+
+/// The newest of the drill Jobs `jobs` that finished (by finishing time, then name).
+pub(crate) fn newest_drill(jobs: &[Job]) -> Option<crate::crd::DrillResult> {
+    jobs.iter().filter_map(drill_result).max_by(|a, b| {
         // RFC 3339 times of one API server compare as text; the name breaks ties.
         (a.finished.as_str(), a.job.as_str()).cmp(&(b.finished.as_str(), b.job.as_str()))
-    }))
+    })
 }
 
 /// The newest backup Job of the cluster (label [`resources::BACKUP_FOR_LABEL`]) that
@@ -1352,7 +1357,7 @@ async fn observe_backups(
 }
 
 /// The newest of `jobs` that completed (by completion time, then name).
-fn newest_completed(jobs: &[Job]) -> Option<crate::crd::BackupRecord> {
+pub(crate) fn newest_completed(jobs: &[Job]) -> Option<crate::crd::BackupRecord> {
     jobs.iter()
         .filter_map(|j| {
             let done = job_end(j).filter(|d| d.type_ == "Complete")?;

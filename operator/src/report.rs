@@ -297,6 +297,18 @@ pub async fn collect(client: &Client, req: &Request) -> Bundle {
         }
         Err(e) => b.miss("qpqbackups.yaml", e),
     }
+    let scheduled: Api<crate::crd::QpqScheduledBackup> = Api::namespaced(client.clone(), ns);
+    match scheduled.list(&ListParams::default()).await {
+        Ok(list) => {
+            let mine: Vec<_> = list
+                .items
+                .into_iter()
+                .filter(|q| q.spec.cluster == name)
+                .collect();
+            b.add_objects("qpqscheduledbackups.yaml", &mine);
+        }
+        Err(e) => b.miss("qpqscheduledbackups.yaml", e),
+    }
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = list_into(&mut b, "pods.yaml", pod_api.clone(), &instance).await;
     logs_into(&mut b, "logs", &pod_api, &pods, req.log_lines).await;

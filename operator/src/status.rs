@@ -95,6 +95,48 @@ pub fn set_condition(conds: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// Sets `BackupVerified` from the newest finished restore drill (`True` if it passed), or
+/// removes it when there is none: the cluster's and a `QpqScheduledBackup`'s condition.
+pub fn set_backup_verified(
+    conds: &mut Vec<Condition>,
+    last_drill: Option<&DrillResult>,
+    now: &str,
+    generation: Option<i64>,
+) {
+    let Some(d) = last_drill else {
+        conds.retain(|c| c.type_ != types::BACKUP_VERIFIED);
+        return;
+    };
+    let (reason, message) = if d.succeeded {
+        (
+            "DrillPassed",
+            format!(
+                "restore drill {} passed at {}: the newest backup restored and served its rows",
+                d.job, d.finished
+            ),
+        )
+    } else {
+        (
+            "DrillFailed",
+            format!(
+                "restore drill {} failed at {}: {} (kubectl logs job/{})",
+                d.job, d.finished, d.message, d.job
+            ),
+        )
+    };
+    set_condition(
+        conds,
+        Condition {
+            type_: types::BACKUP_VERIFIED.to_owned(),
+            status: if d.succeeded { "True" } else { "False" }.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: now.to_owned(),
+            observed_generation: generation,
+        },
+    );
+}
+
 fn members(input: &StatusInput<'_>) -> Vec<Member> {
     let RaftObservation::Cluster(v) = input.raft else {
         // Nobody reports a membership: keep the last known members, marked unreachable, so
@@ -301,33 +343,12 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
     } else {
         None
     };
-    match &last_drill {
-        Some(d) if d.succeeded => set_condition(
-            &mut conditions,
-            cond(
-                types::BACKUP_VERIFIED,
-                true,
-                "DrillPassed",
-                format!(
-                    "restore drill {} passed at {}: the newest backup restored and served its rows",
-                    d.job, d.finished
-                ),
-            ),
-        ),
-        Some(d) => set_condition(
-            &mut conditions,
-            cond(
-                types::BACKUP_VERIFIED,
-                false,
-                "DrillFailed",
-                format!(
-                    "restore drill {} failed at {}: {} (kubectl logs job/{})",
-                    d.job, d.finished, d.message, d.job
-                ),
-            ),
-        ),
-        None => conditions.retain(|c| c.type_ != types::BACKUP_VERIFIED),
-    }
+    set_backup_verified(
+        &mut conditions,
+        last_drill.as_ref(),
+        input.now,
+        input.generation,
+    );
 
     let corrupt = corruption(input);
     set_condition(

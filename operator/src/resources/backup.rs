@@ -276,21 +276,37 @@ pub fn backup_drill_cronjob(c: &ClusterRef, spec: &QpqClusterSpec) -> Result<Opt
     let Some(backup) = &spec.backup else {
         return Ok(None);
     };
+    drill_cronjob(c, spec, backup, drill_cronjob_name(c), None)
+}
+
+/// The drill CronJob `name` of `backup` (`None` without a drill schedule or a
+/// destination); its Jobs also carry `label` (a `QpqScheduledBackup`'s).
+fn drill_cronjob(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    backup: &BackupSpec,
+    name: String,
+    label: Option<(&str, &str)>,
+) -> Result<Option<CronJob>> {
     let (Some(schedule), Some(dest)) = (&backup.drill_schedule, Destination::of(backup)) else {
         return Ok(None);
     };
     let args = vec!["backup".to_owned(), "drill".to_owned(), dest.dir()];
-    let mut meta = c.meta(drill_cronjob_name(c));
-    meta.labels = Some(
-        [
-            (DRILL_FOR_LABEL.to_owned(), c.name.clone()),
-            (
-                "app.kubernetes.io/managed-by".to_owned(),
-                super::FIELD_MANAGER.to_owned(),
-            ),
-        ]
-        .into(),
-    );
+    let mut meta = c.meta(name);
+    let mut labels: std::collections::BTreeMap<String, String> = [
+        (DRILL_FOR_LABEL.to_owned(), c.name.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            super::FIELD_MANAGER.to_owned(),
+        ),
+    ]
+    .into();
+    let mut job_labels = json!({DRILL_FOR_LABEL: c.name});
+    if let Some((k, v)) = label {
+        labels.insert(k.to_owned(), v.to_owned());
+        job_labels[k] = json!(v);
+    }
+    meta.labels = Some(labels);
     let mut cron = json!({
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -302,7 +318,7 @@ pub fn backup_drill_cronjob(c: &ClusterRef, spec: &QpqClusterSpec) -> Result<Opt
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
-                "metadata": {"labels": {DRILL_FOR_LABEL: c.name}},
+                "metadata": {"labels": job_labels},
                 "spec": task_spec(c, spec, &dest, args, Task::Drill),
             },
         },
@@ -330,6 +346,68 @@ pub fn backup_cronjob(
     let Some(backup) = &spec.backup else {
         return Ok(None);
     };
+    cronjob(
+        c,
+        spec,
+        backup,
+        backup_cronjob_name(c),
+        &c.name,
+        replicas,
+        None,
+    )
+}
+
+/// Label of the CronJobs of a `QpqScheduledBackup` and of their Jobs: its name.
+pub const SCHEDULED_BACKUP_LABEL: &str = "qpq.dev/scheduled-backup";
+
+/// Names of the CronJobs of `QpqScheduledBackup` `x`: `x-scheduled` (backups) and
+/// `x-scheduled-drill` (restore drills). No cluster's CronJob ends that way.
+pub fn scheduled_cronjob_names(scheduled: &str) -> (String, String) {
+    (
+        format!("{scheduled}-scheduled"),
+        format!("{scheduled}-scheduled-drill"),
+    )
+}
+
+/// File name prefix of the backups of `QpqScheduledBackup` `scheduled` of cluster `c`:
+/// `<cluster>.<scheduled>`. A cluster's name has no `.` (its Services are named after it),
+/// so no cluster's own backups
+/// (`<cluster>-<unix seconds>`) and no other schedule's share it.
+pub fn scheduled_prefix(cluster: &str, scheduled: &str) -> String {
+    format!("{cluster}.{scheduled}")
+}
+
+/// The CronJobs of `QpqScheduledBackup` `scheduled` (the backups and, with a drill
+/// schedule, the drills): the same Jobs as `spec.backup`'s, under its own names, file
+/// prefix and retention, labelled [`SCHEDULED_BACKUP_LABEL`]. `None` without a destination.
+/// Owned by the cluster as built; the caller hands them to the `QpqScheduledBackup`.
+pub fn scheduled_backup_cronjobs(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    scheduled: &str,
+    backup: &BackupSpec,
+    replicas: i32,
+) -> Result<Option<(CronJob, Option<CronJob>)>> {
+    let (name, drill) = scheduled_cronjob_names(scheduled);
+    let label = Some((SCHEDULED_BACKUP_LABEL, scheduled));
+    let prefix = scheduled_prefix(&c.name, scheduled);
+    let Some(cron) = cronjob(c, spec, backup, name, &prefix, replicas, label)? else {
+        return Ok(None);
+    };
+    Ok(Some((cron, drill_cronjob(c, spec, backup, drill, label)?)))
+}
+
+/// The backup CronJob `name` of `backup`, storing `<prefix>-<unix seconds>.sqlite3`
+/// (`None` without a destination); its Jobs also carry `label`.
+fn cronjob(
+    c: &ClusterRef,
+    spec: &QpqClusterSpec,
+    backup: &BackupSpec,
+    name: String,
+    prefix: &str,
+    replicas: i32,
+    label: Option<(&str, &str)>,
+) -> Result<Option<CronJob>> {
     let Some(dest) = Destination::of(backup) else {
         return Ok(None);
     };
@@ -343,7 +421,7 @@ pub fn backup_cronjob(
         "--out-dir".to_owned(),
         dest.dir(),
         "--prefix".to_owned(),
-        c.name.clone(),
+        prefix.to_owned(),
         "--keep".to_owned(),
         backup.keep.to_string(),
     ]);
@@ -356,10 +434,16 @@ pub fn backup_cronjob(
         time_zone,
         ..
     } = backup;
+    let mut meta = job_meta(c, name, super::FIELD_MANAGER);
+    let mut job_labels = json!({BACKUP_FOR_LABEL: c.name});
+    if let Some((k, v)) = label {
+        meta["labels"][k] = json!(v);
+        job_labels[k] = json!(v);
+    }
     let mut cron = json!({
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": job_meta(c, backup_cronjob_name(c), super::FIELD_MANAGER),
+        "metadata": meta,
         "spec": {
             "schedule": schedule,
             "suspend": suspend,
@@ -367,7 +451,7 @@ pub fn backup_cronjob(
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
-                "metadata": {"labels": {BACKUP_FOR_LABEL: c.name}},
+                "metadata": {"labels": job_labels},
                 "spec": job_spec(c, spec, &dest, args),
             },
         },

@@ -12,7 +12,8 @@
 //! | ConfigMap | `x-config` |
 //! | operator CA Secret / node certificates Secret | `x-ca` / `x-tls` |
 //! | backup Job (`kubectl qpq backup`) | `x-backup-<unix seconds>` (or the name given) |
-//! | scheduled-backup CronJob (`spec.backup`) | `x-backup` |
+//! | scheduled-backup CronJob (`spec.backup`) / its drill CronJob | `x-backup` / `x-backup-drill` |
+//! | CronJobs of `QpqScheduledBackup` `s` (backups / drills) | `s-scheduled` / `s-scheduled-drill` |
 //!
 //! Pod `x-N` runs Raft node `N + 1`, reachable by peers at `x-N.x.ns.svc:7444` and by the
 //! operator at `x-N.x.ns.svc:9443`.
@@ -34,9 +35,10 @@ mod services;
 mod statefulset;
 
 pub use backup::{
-    BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, Inspect, WORK_DIR, backup_cronjob,
-    backup_cronjob_name, backup_drill_cronjob, backup_job, drill_cronjob_name, inspect_job,
-    job_answer, job_failure,
+    BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, Inspect, SCHEDULED_BACKUP_LABEL,
+    WORK_DIR, backup_cronjob, backup_cronjob_name, backup_drill_cronjob, backup_job,
+    drill_cronjob_name, inspect_job, job_answer, job_failure, scheduled_backup_cronjobs,
+    scheduled_cronjob_names, scheduled_prefix,
 };
 pub use config::{config_hash, configmap};
 pub(crate) use policy::BACKUP_FOR_LABEL;
