@@ -230,6 +230,11 @@ fn crd_files_are_up_to_date() {
             qpq_operator::crdgen::backup_yaml().unwrap(),
             " qpqbackup",
         ),
+        (
+            "qpqscheduledbackup.yaml",
+            qpq_operator::crdgen::scheduled_backup_yaml().unwrap(),
+            " qpqscheduledbackup",
+        ),
     ] {
         let want = std::fs::read_to_string(dir.join(file)).unwrap();
         assert_eq!(
@@ -242,7 +247,11 @@ fn crd_files_are_up_to_date() {
 #[test]
 fn chart_carries_the_same_crds() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["qpqcluster.yaml", "qpqbackup.yaml"] {
+    for file in [
+        "qpqcluster.yaml",
+        "qpqbackup.yaml",
+        "qpqscheduledbackup.yaml",
+    ] {
         let generated = std::fs::read_to_string(root.join("crds").join(file)).unwrap();
         let chart = std::fs::read_to_string(root.join("charts/qpq-operator/files/crds").join(file))
             .unwrap();
