@@ -234,7 +234,7 @@ fn group_json(g: &crate::client::GroupInfo) -> serde_json::Value {
     serde_json::json!({
         "id": g.id.to_hex(),
         "name": g.name,
-        "state": g.state,
+        "state": g.state.as_str(),
         "epoch": g.epoch,
         "members": g.members.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
         "dm_peer": g.dm_peer.map(|p| p.to_hex()),

@@ -35,6 +35,7 @@ use crate::db::Provider;
 use crate::error::{Error, Result, mls};
 use crate::keypackages::{Clock, KeyPackagePolicy, PoolState, plan};
 use crate::node::{DeviceAuth, NodeApi, SaveFn, Session, SignFn};
+use crate::states::{GroupState, OutboxKind, OutboxStatus};
 
 /// The only ciphersuite this client speaks; Welcomes, Commits and KeyPackages with another
 /// are refused (no downgrade).
@@ -148,8 +149,8 @@ pub struct GroupInfo {
     pub id: GroupId,
     /// Local name.
     pub name: Option<String>,
-    /// active | leaving | left | removed | failed.
-    pub state: String,
+    /// Where this device stands in it.
+    pub state: GroupState,
     /// Current epoch (0 when the MLS state is gone).
     pub epoch: u64,
     /// Members' identity keys.
@@ -299,14 +300,14 @@ type OutboxRow = (
     Vec<u8>,
     Vec<u8>,
     Vec<u8>,
-    String,
+    OutboxKind,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
 );
 /// `(id, group_id, intent)` of an outbox Commit to redo.
 type RetryRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 /// `(group_id, name, state, dm_peer)` of a group row.
-type GroupRow = (Vec<u8>, Option<String>, String, Option<Vec<u8>>);
+type GroupRow = (Vec<u8>, Option<String>, GroupState, Option<Vec<u8>>);
 /// `(id, group_id, seq, kind, sender+subject, body)` of an event row.
 type EventRow = (i64, Option<Vec<u8>>, Option<i64>, String, Vec<u8>, Vec<u8>);
 
@@ -714,12 +715,13 @@ impl<N: NodeApi> Client<N> {
             .map_err(mls("creating a group"))?;
             self.conn().execute(
                 "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
-                 VALUES (?1, ?2, ?3, 'active', 0, ?4)",
+                 VALUES (?1, ?2, ?3, ?5, 0, ?4)",
                 params![
                     &gid.as_bytes()[..],
                     &channel.as_bytes()[..],
                     name,
-                    dm_peer.map(|p| p.as_bytes().to_vec())
+                    dm_peer.map(|p| p.as_bytes().to_vec()),
+                    GroupState::Active
                 ],
             )?;
             Ok(())
@@ -731,7 +733,7 @@ impl<N: NodeApi> Client<N> {
         MlsGroup::load(self.provider.storage(), &mls_gid(gid))?.ok_or(Error::UnknownGroup)
     }
 
-    fn group_state(&self, gid: &GroupId) -> Result<String> {
+    fn group_state(&self, gid: &GroupId) -> Result<GroupState> {
         self.conn()
             .query_row(
                 "SELECT state FROM groups WHERE group_id = ?1",
@@ -742,7 +744,7 @@ impl<N: NodeApi> Client<N> {
             .ok_or(Error::UnknownGroup)
     }
 
-    fn set_group_state(&self, gid: &GroupId, state: &str) -> Result<()> {
+    fn set_group_state(&self, gid: &GroupId, state: GroupState) -> Result<()> {
         self.conn().execute(
             "UPDATE groups SET state = ?2 WHERE group_id = ?1",
             params![&gid.as_bytes()[..], state],
@@ -751,9 +753,9 @@ impl<N: NodeApi> Client<N> {
     }
 
     fn require_active(&self, gid: &GroupId) -> Result<()> {
-        match self.group_state(gid)?.as_str() {
-            "active" => Ok(()),
-            other => Err(Error::Inactive(other.to_owned())),
+        match self.group_state(gid)? {
+            GroupState::Active => Ok(()),
+            other => Err(Error::Inactive(other.as_str().to_owned())),
         }
     }
 
@@ -1017,13 +1019,13 @@ impl<N: NodeApi> Client<N> {
             self.insert_outbox(
                 &self.channel_of(gid)?,
                 &bytes,
-                "proposal",
+                OutboxKind::Proposal,
                 Some(gid),
                 None,
                 None,
-                "pending",
+                OutboxStatus::Pending,
             )?;
-            self.set_group_state(gid, "leaving")
+            self.set_group_state(gid, GroupState::Leaving)
         })
     }
 
@@ -1037,7 +1039,7 @@ impl<N: NodeApi> Client<N> {
     pub async fn send(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
         let id = self.queue_message(gid, plaintext)?;
         self.flush_outbox().await?;
-        let status: Option<String> = self
+        let status: Option<OutboxStatus> = self
             .conn()
             .query_row(
                 "SELECT status FROM outbox WHERE client_msg_id = ?1",
@@ -1045,7 +1047,7 @@ impl<N: NodeApi> Client<N> {
                 |r| r.get(0),
             )
             .optional()?;
-        if status.as_deref() == Some("failed") {
+        if status == Some(OutboxStatus::Failed) {
             return Err(Error::Refused(
                 "forbidden or invalid (see the log); not delivered".into(),
             ));
@@ -1070,11 +1072,11 @@ impl<N: NodeApi> Client<N> {
             self.insert_outbox(
                 &self.channel_of(gid)?,
                 &bytes,
-                "application",
+                OutboxKind::Application,
                 Some(gid),
                 Some(plaintext),
                 None,
-                "pending",
+                OutboxStatus::Pending,
             )
         })
     }
@@ -1092,9 +1094,9 @@ impl<N: NodeApi> Client<N> {
         let existing: Option<(Vec<u8>, Option<Vec<u8>>)> = self
             .conn()
             .query_row(
-                "SELECT group_id, dm_peer FROM groups WHERE channel = ?1 AND state = 'active'
+                "SELECT group_id, dm_peer FROM groups WHERE channel = ?1 AND state = ?2
                  ORDER BY rowid DESC LIMIT 1",
-                [&channel.as_bytes()[..]],
+                params![&channel.as_bytes()[..], GroupState::Active],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -1130,11 +1132,11 @@ impl<N: NodeApi> Client<N> {
         &self,
         channel: &ChannelId,
         payload: &[u8],
-        kind: &str,
+        kind: OutboxKind,
         gid: Option<&GroupId>,
         body: Option<&[u8]>,
         after_id: Option<i64>,
-        status: &str,
+        status: OutboxStatus,
     ) -> Result<ClientMsgId> {
         let id = ClientMsgId::random();
         self.conn().execute(
@@ -1257,11 +1259,11 @@ impl<N: NodeApi> Client<N> {
             self.insert_outbox(
                 &self.channel_of(gid)?,
                 &commit,
-                "commit",
+                OutboxKind::Commit,
                 Some(gid),
                 Some(&intent_json),
                 None,
-                "pending",
+                OutboxStatus::Pending,
             )?;
             let row = self.conn().last_insert_rowid();
             if let Some(w) = welcome {
@@ -1274,11 +1276,11 @@ impl<N: NodeApi> Client<N> {
                     self.insert_outbox(
                         &inbox_channel(&device),
                         &w,
-                        "welcome",
+                        OutboxKind::Welcome,
                         Some(gid),
                         None,
                         Some(row),
-                        "held",
+                        OutboxStatus::Held,
                     )?;
                 }
             }
@@ -1326,12 +1328,20 @@ impl<N: NodeApi> Client<N> {
                 .map_err(Error::Storage)?;
             self.conn().execute(
                 "DELETE FROM outbox WHERE after_id IN (SELECT id FROM outbox WHERE group_id = ?1
-                     AND kind = 'commit' AND status = 'pending')",
-                [&gid.as_bytes()[..]],
+                     AND kind = ?2 AND status = ?3)",
+                params![
+                    &gid.as_bytes()[..],
+                    OutboxKind::Commit,
+                    OutboxStatus::Pending
+                ],
             )?;
             self.conn().execute(
-                "DELETE FROM outbox WHERE group_id = ?1 AND kind = 'commit' AND status = 'pending'",
-                [&gid.as_bytes()[..]],
+                "DELETE FROM outbox WHERE group_id = ?1 AND kind = ?2 AND status = ?3",
+                params![
+                    &gid.as_bytes()[..],
+                    OutboxKind::Commit,
+                    OutboxStatus::Pending
+                ],
             )?;
             Ok(())
         })
@@ -1365,12 +1375,12 @@ impl<N: NodeApi> Client<N> {
             .merge_pending_commit(&self.provider)
             .map_err(mls("merging own Commit"))?;
         self.conn().execute(
-            "UPDATE outbox SET status = 'sent', seq = ?2 WHERE id = ?1",
-            params![row, to_i64(seq)],
+            "UPDATE outbox SET status = ?3, seq = ?2 WHERE id = ?1",
+            params![row, to_i64(seq), OutboxStatus::Sent],
         )?;
         self.conn().execute(
-            "UPDATE outbox SET status = 'pending' WHERE after_id = ?1 AND status = 'held'",
-            [row],
+            "UPDATE outbox SET status = ?2 WHERE after_id = ?1 AND status = ?3",
+            params![row, OutboxStatus::Pending, OutboxStatus::Held],
         )?;
         let channel = self.channel_of(gid)?;
         self.advance_cursor(&channel, seq)?;
@@ -1425,9 +1435,8 @@ impl<N: NodeApi> Client<N> {
             let retry: Option<RetryRow> = self
                 .conn()
                 .query_row(
-                    "SELECT id, group_id, body FROM outbox WHERE status = 'retry'
-                     ORDER BY id LIMIT 1",
-                    [],
+                    "SELECT id, group_id, body FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
+                    [OutboxStatus::Retry],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
@@ -1437,7 +1446,7 @@ impl<N: NodeApi> Client<N> {
                 let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
                 let intent = body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
                 if let (Some(gid), Some(intent)) = (gid, intent)
-                    && self.group_state(&gid)? == "active"
+                    && self.group_state(&gid)? == GroupState::Active
                 {
                     Box::pin(self.run_intent(&gid, intent)).await?;
                 }
@@ -1447,8 +1456,8 @@ impl<N: NodeApi> Client<N> {
                 .conn()
                 .query_row(
                     "SELECT id, client_msg_id, channel, payload, kind, group_id, body
-                         FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1",
-                    [],
+                         FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
+                    [OutboxStatus::Pending],
                     |r| {
                         Ok((
                             r.get(0)?,
@@ -1466,11 +1475,10 @@ impl<N: NodeApi> Client<N> {
                 return Ok(sent);
             };
             let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
-            if kind == "commit" {
+            if kind == OutboxKind::Commit {
                 // Left over from a crash: resend it (same id), and settle it.
                 let Some(gid) = gid else {
-                    self.conn()
-                        .execute("UPDATE outbox SET status = 'failed' WHERE id = ?1", [row])?;
+                    self.set_outbox_status(row, OutboxStatus::Failed)?;
                     continue;
                 };
                 match Box::pin(self.send_commit(&gid, row)).await? {
@@ -1496,9 +1504,8 @@ impl<N: NodeApi> Client<N> {
                 }
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => {
-                    tracing::warn!(error = %e, kind, "outbox message refused; dropping it");
-                    self.conn()
-                        .execute("UPDATE outbox SET status = 'failed' WHERE id = ?1", [row])?;
+                    tracing::warn!(error = %e, %kind, "outbox message refused; dropping it");
+                    self.set_outbox_status(row, OutboxStatus::Failed)?;
                 }
             }
         }
@@ -1509,8 +1516,16 @@ impl<N: NodeApi> Client<N> {
     /// channel's order.
     fn mark_sent(&self, row: i64, seq: u64) -> Result<()> {
         self.conn().execute(
-            "UPDATE outbox SET status = 'sent', seq = ?2 WHERE id = ?1 AND status = 'pending'",
-            params![row, to_i64(seq)],
+            "UPDATE outbox SET status = ?3, seq = ?2 WHERE id = ?1 AND status = ?4",
+            params![row, to_i64(seq), OutboxStatus::Sent, OutboxStatus::Pending],
+        )?;
+        Ok(())
+    }
+
+    fn set_outbox_status(&self, row: i64, status: OutboxStatus) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET status = ?2 WHERE id = ?1",
+            params![row, status],
         )?;
         Ok(())
     }
@@ -1521,8 +1536,8 @@ impl<N: NodeApi> Client<N> {
     /// Database failures.
     pub fn pending_outbox(&self) -> Result<u64> {
         let n: i64 = self.conn().query_row(
-            "SELECT count(*) FROM outbox WHERE status IN ('pending', 'held')",
-            [],
+            "SELECT count(*) FROM outbox WHERE status IN (?1, ?2)",
+            [OutboxStatus::Pending, OutboxStatus::Held],
             |r| r.get(0),
         )?;
         Ok(to_u64(n))
@@ -1603,7 +1618,7 @@ impl<N: NodeApi> Client<N> {
         self.sync_inbox().await?;
         self.flush_outbox().await?;
         for g in self.groups()? {
-            if g.state == "active" || g.state == "leaving" {
+            if g.state.is_member() {
                 self.sync_group(&g.id).await?;
             }
         }
@@ -1628,7 +1643,7 @@ impl<N: NodeApi> Client<N> {
         }
         let mut channels = vec![inbox_channel(&self.device()?)];
         for g in self.groups()? {
-            if g.state == "active" || g.state == "leaving" {
+            if g.state.is_member() {
                 channels.push(self.channel_of(&g.id)?);
             }
         }
@@ -1807,13 +1822,14 @@ impl<N: NodeApi> Client<N> {
         let dm_peer: Option<AccountId> = None;
         self.conn().execute(
             "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
-             VALUES (?1, ?2, NULL, 'active', ?3, ?4)
-             ON CONFLICT (group_id) DO UPDATE SET state = 'active', join_epoch = excluded.join_epoch",
+             VALUES (?1, ?2, NULL, ?5, ?3, ?4)
+             ON CONFLICT (group_id) DO UPDATE SET state = ?5, join_epoch = excluded.join_epoch",
             params![
                 &gid.as_bytes()[..],
                 &channel_of_group(&gid).as_bytes()[..],
                 to_i64(epoch),
-                dm_peer.map(|p| p.as_bytes().to_vec())
+                dm_peer.map(|p| p.as_bytes().to_vec()),
+                GroupState::Active
             ],
         )?;
         self.push_event(
@@ -1939,17 +1955,17 @@ impl<N: NodeApi> Client<N> {
                 }
             }
             let cursor = self.cursor(&channel)?;
-            if cursor > 0 && matches!(state.as_str(), "active" | "leaving") {
+            if cursor > 0 && state.is_member() {
                 // Members have cursors: what every member device acked may go early.
                 if let Err(e) = self.node.ack(&channel, cursor).await {
                     tracing::debug!(error = %e, "ack failed; the node keeps the messages longer");
                 }
             }
-            if follow.re_leave && state == "leaving" {
+            if follow.re_leave && state == GroupState::Leaving {
                 self.propose_leave(gid)?;
                 Box::pin(self.flush_outbox()).await?;
             }
-            if follow.commit_pending && state == "active" {
+            if follow.commit_pending && state == GroupState::Active {
                 Box::pin(self.run_intent(gid, Intent::CommitPending)).await?;
             }
         }
@@ -1959,9 +1975,9 @@ impl<N: NodeApi> Client<N> {
     /// The node says this device's account is no longer a member of the group's channel.
     fn lost_channel(&self, gid: &GroupId, channel: &ChannelId) -> Result<()> {
         self.provider.transaction(|| -> Result<()> {
-            let (st, kind) = match self.group_state(gid)?.as_str() {
-                "active" => ("removed", EventKind::Removed),
-                "leaving" => ("left", EventKind::Left),
+            let (st, kind) = match self.group_state(gid)? {
+                GroupState::Active => (GroupState::Removed, EventKind::Removed),
+                GroupState::Leaving => (GroupState::Left, EventKind::Left),
                 _ => return Ok(()),
             };
             self.set_group_state(gid, st)?;
@@ -1985,7 +2001,7 @@ impl<N: NodeApi> Client<N> {
     ) -> Result<FollowUp> {
         let seq = env.seq;
         // Our own message coming back?
-        let own: Option<(i64, String, String, Option<Vec<u8>>)> = self
+        let own: Option<(i64, OutboxKind, OutboxStatus, Option<Vec<u8>>)> = self
             .conn()
             .query_row(
                 "SELECT id, kind, status, body FROM outbox WHERE channel = ?1 AND client_msg_id = ?2",
@@ -1994,15 +2010,15 @@ impl<N: NodeApi> Client<N> {
             )
             .optional()?;
         if let Some((row, kind, status, body)) = own {
-            if status == "pending" {
+            if status == OutboxStatus::Pending {
                 // Accepted before a crash, but we never heard back: settle it now.
-                if kind == "commit" {
+                if kind == OutboxKind::Commit {
                     self.merge_own_commit(gid, row, seq)?;
                 } else {
                     self.mark_sent(row, seq)?;
                 }
             }
-            if kind == "application" {
+            if kind == OutboxKind::Application {
                 let body = body.unwrap_or_default();
                 self.push_event(
                     Some(gid),
@@ -2016,7 +2032,7 @@ impl<N: NodeApi> Client<N> {
             }
             return Ok(FollowUp::default());
         }
-        if !matches!(self.group_state(gid)?.as_str(), "active" | "leaving") {
+        if !self.group_state(gid)?.is_member() {
             return Ok(FollowUp::default());
         }
         let message: ProtocolMessage = match MlsMessageIn::tls_deserialize_exact(&env.payload) {
@@ -2084,14 +2100,22 @@ impl<N: NodeApi> Client<N> {
                 .map_err(Error::Storage)?;
             self.conn().execute(
                 "DELETE FROM outbox WHERE after_id IN (SELECT id FROM outbox WHERE group_id = ?1
-                     AND kind = 'commit' AND status = 'pending')",
-                [&gid.as_bytes()[..]],
+                     AND kind = ?2 AND status = ?3)",
+                params![
+                    &gid.as_bytes()[..],
+                    OutboxKind::Commit,
+                    OutboxStatus::Pending
+                ],
             )?;
             // Its intent is rebuilt on the new epoch by the next outbox flush.
             self.conn().execute(
-                "UPDATE outbox SET status = 'retry'
-                 WHERE group_id = ?1 AND kind = 'commit' AND status = 'pending'",
-                [&gid.as_bytes()[..]],
+                "UPDATE outbox SET status = ?4 WHERE group_id = ?1 AND kind = ?2 AND status = ?3",
+                params![
+                    &gid.as_bytes()[..],
+                    OutboxKind::Commit,
+                    OutboxStatus::Pending,
+                    OutboxStatus::Retry
+                ],
             )?;
         }
         let processed = match group.process_message(&self.provider, message) {
@@ -2153,7 +2177,7 @@ impl<N: NodeApi> Client<N> {
                         .queued_proposals()
                         .any(|q| matches!(q.proposal(), Proposal::ReInit(_)));
                 if downgrade {
-                    self.set_group_state(gid, "failed")?;
+                    self.set_group_state(gid, GroupState::Failed)?;
                     self.push_event(
                         Some(gid),
                         channel,
@@ -2215,13 +2239,13 @@ impl<N: NodeApi> Client<N> {
                 }
                 let state = self.group_state(gid)?;
                 if self_removed || !group.is_active() {
-                    let (st, kind) = if state == "leaving" {
-                        ("left", EventKind::Left)
+                    let (st, kind) = if state == GroupState::Leaving {
+                        (GroupState::Left, EventKind::Left)
                     } else {
-                        ("removed", EventKind::Removed)
+                        (GroupState::Removed, EventKind::Removed)
                     };
                     self.set_group_state(gid, st)?;
-                    follow.left = st == "left";
+                    follow.left = st == GroupState::Left;
                     self.push_event(
                         Some(gid),
                         channel,
@@ -2231,7 +2255,7 @@ impl<N: NodeApi> Client<N> {
                         Some(self.identity),
                         b"",
                     )?;
-                } else if state == "leaving" {
+                } else if state == GroupState::Leaving {
                     // Our leave proposal died with the old epoch: ask again.
                     follow.re_leave = true;
                 }

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS groups (
     group_id BLOB PRIMARY KEY,
     channel BLOB NOT NULL,
     name TEXT,
-    -- active | leaving | left | removed | failed
+    -- crate::states::GroupState
     state TEXT NOT NULL,
     -- epoch at which this device joined (0 for the creator); older messages are skipped
     join_epoch INTEGER NOT NULL,
@@ -47,16 +47,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     client_msg_id BLOB NOT NULL UNIQUE,
     channel BLOB NOT NULL,
     payload BLOB NOT NULL,
-    -- application | commit | welcome | proposal
+    -- crate::states::OutboxKind
     kind TEXT NOT NULL,
     group_id BLOB,
     -- application: the plaintext (local only); commit: the intent as JSON
     body BLOB,
     -- a welcome waits for the commit with this outbox id to be accepted
     after_id INTEGER,
-    -- pending: to send | held: a Welcome waiting for its Commit (after_id) | sent: the
-    -- node acknowledged it (seq) | retry: a Commit that lost its epoch, to be rebuilt |
-    -- failed: refused for good, never sent again
+    -- crate::states::OutboxStatus (kind: OutboxKind)
     status TEXT NOT NULL,
     seq INTEGER,
     created_at_ms INTEGER NOT NULL

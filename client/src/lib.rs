@@ -10,6 +10,8 @@
 //! - [`channels`]: which channel carries a group (named by its group id), an inbox.
 //! - [`mls_store`]: the openmls `StorageProvider` on SQLite.
 //! - [`db`]: the client database (openmls state + outbox, cursors, events, ...).
+//! - [`states`]: the states it stores (outbox status and kind, group state) as types: their
+//!   only spellings.
 //! - [`client`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
 //!   Commit discipline; gap detection.
 //! - [`keypackages`]: KeyPackage pool policy and the injectable clock.
@@ -29,10 +31,12 @@ pub mod mls_store;
 pub mod node;
 pub mod retry;
 pub mod rpc;
+pub mod states;
 pub mod tls;
 
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, ErrorKind, Result};
+pub use states::GroupState;
 pub use node::{
     DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Retry, Session,
 };

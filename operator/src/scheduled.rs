@@ -275,7 +275,7 @@ pub async fn reconcile(sb: Arc<QpqScheduledBackup>, ctx: Arc<Context>) -> Result
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &Patch::Merge(json!({ "status": status_patch(&status)? })),
         )
         .await?;
         // An event on each change of `Scheduled` and `BackupVerified`.
@@ -295,6 +295,26 @@ pub async fn reconcile(sb: Arc<QpqScheduledBackup>, ctx: Arc<Context>) -> Result
         }
     }
     Ok(Action::requeue(REQUEUE))
+}
+
+/// `status` as a merge patch: a field it no longer has is sent as `null`, which removes it
+/// (a merge patch leaves out what it does not name).
+pub fn status_patch(status: &QpqScheduledBackupStatus) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(status)?;
+    if let Some(fields) = v.as_object_mut() {
+        for k in [
+            "observedGeneration",
+            "cronJob",
+            "drillCronJob",
+            "prefix",
+            "lastBackup",
+            "lastDrill",
+            "conditions",
+        ] {
+            fields.entry(k).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(v)
 }
 
 /// Counts the failure and tries again soon.

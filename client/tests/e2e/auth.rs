@@ -1,6 +1,7 @@
 //! Accounts, devices and tokens: multi-device delivery, token reuse across restarts, refresh
 //! on expiry and the fallback to a fresh login.
 
+use qpq_client::states::GroupState;
 use qpq_client::{EventKind, NodeApi as _};
 
 use crate::common::{TestNode, kinds, local, received};
@@ -38,7 +39,7 @@ async fn an_account_with_two_devices_receives_on_both() {
         alice.remove(&gid, &bob.account().unwrap()).await.unwrap();
         for d in [&bob, &bob_phone] {
             assert!(kinds(d).await.contains(&EventKind::Removed));
-            assert_eq!(d.group(&gid).unwrap().state, "removed");
+            assert_eq!(d.group(&gid).unwrap().state, GroupState::Removed);
         }
         assert_eq!(alice.group(&gid).unwrap().members, vec![alice.identity()]);
         let channel = alice.channel_of(&gid).unwrap();

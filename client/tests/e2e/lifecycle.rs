@@ -1,3 +1,4 @@
+use qpq_client::states::GroupState;
 use qpq_client::{EventKind, NodeApi as _};
 
 use crate::common::{TestNode, epoch, group_of, kinds, last_seq, local, raw_channel, received};
@@ -24,7 +25,7 @@ async fn three_members_create_invite_send_remove_update_leave() {
         // Remove carol: she learns it, and cannot read what follows.
         alice.remove(&gid, &carol.account().unwrap()).await.unwrap();
         assert!(kinds(&carol).await.contains(&EventKind::Removed));
-        assert_eq!(carol.group(&gid).unwrap().state, "removed");
+        assert_eq!(carol.group(&gid).unwrap().state, GroupState::Removed);
         let before = last_seq(&alice, &gid).await;
         alice.send(&gid, b"carol must not read this").await.unwrap();
         let secret = raw_channel(&alice, &gid, before).await;
@@ -49,7 +50,7 @@ async fn three_members_create_invite_send_remove_update_leave() {
         bob.leave(&gid).await.unwrap();
         alice.sync().await.unwrap();
         assert!(kinds(&bob).await.contains(&EventKind::Left));
-        assert_eq!(bob.group(&gid).unwrap().state, "left");
+        assert_eq!(bob.group(&gid).unwrap().state, GroupState::Left);
         // On the node too: carol was removed from the channel, bob left it.
         let on_node = alice
             .node()

@@ -313,3 +313,25 @@ fn unscheduled_or_suspended_it_says_so_and_without_drills_there_is_no_verified_c
     );
     assert_eq!(s.drill_cron_job, None);
 }
+
+#[test]
+fn the_status_patch_removes_what_the_status_no_longer_has() {
+    let sb = scheduled("hourly", hourly(), json!(null));
+    let s = next_status(
+        &sb,
+        Err(("ClusterNotFound", "QpqCluster qpq not found".to_owned())),
+        &[],
+        "2026-12-05T13:00:00Z",
+    );
+    let patch = status_patch(&s).unwrap();
+    for k in [
+        "cronJob",
+        "drillCronJob",
+        "prefix",
+        "lastBackup",
+        "lastDrill",
+    ] {
+        assert_eq!(patch.get(k), Some(&Value::Null), "{k}: {patch}");
+    }
+    assert_eq!(patch["conditions"][0]["type"], SCHEDULED, "{patch}");
+}
