@@ -36,7 +36,6 @@ pub mod tls;
 
 pub use client::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, ErrorKind, Result};
-pub use states::GroupState;
 pub use node::{
     DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Retry, Session,
 };
@@ -44,4 +43,5 @@ pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,
     FetchPage, Tokens,
 };
+pub use states::GroupState;
 pub use tls::ServerVerification;

@@ -189,6 +189,20 @@ where
     }
 }
 
+/// Adds the objects of `api` that `mine` picks (those naming the cluster) as `path`.
+async fn of_cluster_into<K>(bundle: &mut Bundle, path: &str, api: Api<K>, mine: impl Fn(&K) -> bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.list(&ListParams::default()).await {
+        Ok(list) => {
+            let picked: Vec<K> = list.items.into_iter().filter(|k| mine(k)).collect();
+            bundle.add_objects(path, &picked);
+        }
+        Err(e) => bundle.miss(path, e),
+    }
+}
+
 /// Adds the recent logs of every container of `pods` under `dir`.
 async fn logs_into(bundle: &mut Bundle, dir: &str, api: &Api<Pod>, pods: &[Pod], lines: i64) {
     for pod in pods {
@@ -285,30 +299,20 @@ pub async fn collect(client: &Client, req: &Request) -> Bundle {
         &format!("{DRILL_FOR_LABEL}={name}"),
     )
     .await;
-    let backups: Api<crate::crd::QpqBackup> = Api::namespaced(client.clone(), ns);
-    match backups.list(&ListParams::default()).await {
-        Ok(list) => {
-            let mine: Vec<_> = list
-                .items
-                .into_iter()
-                .filter(|q| q.spec.cluster == name)
-                .collect();
-            b.add_objects("qpqbackups.yaml", &mine);
-        }
-        Err(e) => b.miss("qpqbackups.yaml", e),
-    }
-    let scheduled: Api<crate::crd::QpqScheduledBackup> = Api::namespaced(client.clone(), ns);
-    match scheduled.list(&ListParams::default()).await {
-        Ok(list) => {
-            let mine: Vec<_> = list
-                .items
-                .into_iter()
-                .filter(|q| q.spec.cluster == name)
-                .collect();
-            b.add_objects("qpqscheduledbackups.yaml", &mine);
-        }
-        Err(e) => b.miss("qpqscheduledbackups.yaml", e),
-    }
+    of_cluster_into(
+        &mut b,
+        "qpqbackups.yaml",
+        Api::<crate::crd::QpqBackup>::namespaced(client.clone(), ns),
+        |q| q.spec.cluster == name,
+    )
+    .await;
+    of_cluster_into(
+        &mut b,
+        "qpqscheduledbackups.yaml",
+        Api::<crate::crd::QpqScheduledBackup>::namespaced(client.clone(), ns),
+        |q| q.spec.cluster == name,
+    )
+    .await;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = list_into(&mut b, "pods.yaml", pod_api.clone(), &instance).await;
     logs_into(&mut b, "logs", &pod_api, &pods, req.log_lines).await;
