@@ -294,6 +294,38 @@ fn encode(m: &MlsMessageOut, op: &'static str) -> Result<Vec<u8>> {
     m.to_bytes().map_err(mls(op))
 }
 
+/// A row to add to the outbox.
+#[derive(Clone, Copy)]
+struct NewOutbox<'a> {
+    /// The channel it goes to.
+    channel: &'a ChannelId,
+    /// The bytes the node gets.
+    payload: &'a [u8],
+    kind: OutboxKind,
+    /// The group it belongs to.
+    group: Option<&'a GroupId>,
+    /// An application message's plaintext, a Commit's intent (JSON).
+    body: Option<&'a [u8]>,
+    /// A Welcome waits for the Commit in this outbox row.
+    after: Option<i64>,
+    status: OutboxStatus,
+}
+
+/// An event to record for the application.
+#[derive(Clone, Copy)]
+struct NewEvent<'a> {
+    group: Option<&'a GroupId>,
+    channel: &'a ChannelId,
+    /// Its sequence number on the channel, if it came from one.
+    seq: Option<u64>,
+    kind: &'a EventKind,
+    /// Who caused it.
+    sender: Option<IdentityKey>,
+    /// Whom it is about (added, removed).
+    subject: Option<IdentityKey>,
+    body: &'a [u8],
+}
+
 /// `(id, client_msg_id, channel, payload, kind, group_id, body)` of an outbox row.
 type OutboxRow = (
     i64,
@@ -1016,15 +1048,15 @@ impl<N: NodeApi> Client<N> {
                 .leave_group(&self.provider, &*self.signer)
                 .map_err(mls("proposing to leave"))?;
             let bytes = encode(&proposal, "encoding a proposal")?;
-            self.insert_outbox(
-                &self.channel_of(gid)?,
-                &bytes,
-                OutboxKind::Proposal,
-                Some(gid),
-                None,
-                None,
-                OutboxStatus::Pending,
-            )?;
+            self.insert_outbox(&NewOutbox {
+                channel: &self.channel_of(gid)?,
+                payload: &bytes,
+                kind: OutboxKind::Proposal,
+                group: Some(gid),
+                body: None,
+                after: None,
+                status: OutboxStatus::Pending,
+            })?;
             self.set_group_state(gid, GroupState::Leaving)
         })
     }
@@ -1069,15 +1101,15 @@ impl<N: NodeApi> Client<N> {
                 .create_message(&self.provider, &*self.signer, plaintext)
                 .map_err(mls("encrypting a message"))?;
             let bytes = encode(&msg, "encoding a message")?;
-            self.insert_outbox(
-                &self.channel_of(gid)?,
-                &bytes,
-                OutboxKind::Application,
-                Some(gid),
-                Some(plaintext),
-                None,
-                OutboxStatus::Pending,
-            )
+            self.insert_outbox(&NewOutbox {
+                channel: &self.channel_of(gid)?,
+                payload: &bytes,
+                kind: OutboxKind::Application,
+                group: Some(gid),
+                body: Some(plaintext),
+                after: None,
+                status: OutboxStatus::Pending,
+            })
         })
     }
 
@@ -1127,17 +1159,16 @@ impl<N: NodeApi> Client<N> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn insert_outbox(
-        &self,
-        channel: &ChannelId,
-        payload: &[u8],
-        kind: OutboxKind,
-        gid: Option<&GroupId>,
-        body: Option<&[u8]>,
-        after_id: Option<i64>,
-        status: OutboxStatus,
-    ) -> Result<ClientMsgId> {
+    fn insert_outbox(&self, m: &NewOutbox<'_>) -> Result<ClientMsgId> {
+        let NewOutbox {
+            channel,
+            payload,
+            kind,
+            group,
+            body,
+            after,
+            status,
+        } = *m;
         let id = ClientMsgId::random();
         self.conn().execute(
             "INSERT INTO outbox (client_msg_id, channel, payload, kind, group_id, body, after_id,
@@ -1148,9 +1179,9 @@ impl<N: NodeApi> Client<N> {
                 &channel.as_bytes()[..],
                 payload,
                 kind,
-                gid.map(|g| g.as_bytes().to_vec()),
+                group.map(|g| g.as_bytes().to_vec()),
                 body,
-                after_id,
+                after,
                 status,
                 to_i64(self.now())
             ],
@@ -1256,15 +1287,15 @@ impl<N: NodeApi> Client<N> {
             let commit = encode(&commit, "encoding a Commit")?;
             let intent_json =
                 serde_json::to_vec(intent).map_err(|e| Error::Invalid(e.to_string()))?;
-            self.insert_outbox(
-                &self.channel_of(gid)?,
-                &commit,
-                OutboxKind::Commit,
-                Some(gid),
-                Some(&intent_json),
-                None,
-                OutboxStatus::Pending,
-            )?;
+            self.insert_outbox(&NewOutbox {
+                channel: &self.channel_of(gid)?,
+                payload: &commit,
+                kind: OutboxKind::Commit,
+                group: Some(gid),
+                body: Some(&intent_json),
+                after: None,
+                status: OutboxStatus::Pending,
+            })?;
             let row = self.conn().last_insert_rowid();
             if let Some(w) = welcome {
                 let w = encode(&w, "encoding a Welcome")?;
@@ -1273,15 +1304,15 @@ impl<N: NodeApi> Client<N> {
                         tracing::warn!(%invitee, "no device id known for an invitee; no Welcome");
                         continue;
                     };
-                    self.insert_outbox(
-                        &inbox_channel(&device),
-                        &w,
-                        OutboxKind::Welcome,
-                        Some(gid),
-                        None,
-                        Some(row),
-                        OutboxStatus::Held,
-                    )?;
+                    self.insert_outbox(&NewOutbox {
+                        channel: &inbox_channel(&device),
+                        payload: &w,
+                        kind: OutboxKind::Welcome,
+                        group: Some(gid),
+                        body: None,
+                        after: Some(row),
+                        status: OutboxStatus::Held,
+                    })?;
                 }
             }
             Ok(Some(row))
@@ -1386,37 +1417,37 @@ impl<N: NodeApi> Client<N> {
         self.advance_cursor(&channel, seq)?;
         let me = Some(self.identity);
         for a in &added {
-            self.push_event(
-                Some(gid),
-                &channel,
-                Some(seq),
-                &EventKind::MemberAdded,
-                me,
-                Some(*a),
-                b"",
-            )?;
+            self.push_event(&NewEvent {
+                group: Some(gid),
+                channel: &channel,
+                seq: Some(seq),
+                kind: &EventKind::MemberAdded,
+                sender: me,
+                subject: Some(*a),
+                body: b"",
+            })?;
         }
         for r in &removed {
-            self.push_event(
-                Some(gid),
-                &channel,
-                Some(seq),
-                &EventKind::MemberRemoved,
-                me,
-                Some(*r),
-                b"",
-            )?;
+            self.push_event(&NewEvent {
+                group: Some(gid),
+                channel: &channel,
+                seq: Some(seq),
+                kind: &EventKind::MemberRemoved,
+                sender: me,
+                subject: Some(*r),
+                body: b"",
+            })?;
         }
         if added.is_empty() && removed.is_empty() {
-            self.push_event(
-                Some(gid),
-                &channel,
-                Some(seq),
-                &EventKind::KeysUpdated,
-                me,
-                None,
-                b"",
-            )?;
+            self.push_event(&NewEvent {
+                group: Some(gid),
+                channel: &channel,
+                seq: Some(seq),
+                kind: &EventKind::KeysUpdated,
+                sender: me,
+                subject: None,
+                body: b"",
+            })?;
         }
         Ok(())
     }
@@ -1566,17 +1597,16 @@ impl<N: NodeApi> Client<N> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push_event(
-        &self,
-        gid: Option<&GroupId>,
-        channel: &ChannelId,
-        seq: Option<u64>,
-        kind: &EventKind,
-        sender: Option<IdentityKey>,
-        subject: Option<IdentityKey>,
-        body: &[u8],
-    ) -> Result<()> {
+    fn push_event(&self, e: &NewEvent<'_>) -> Result<()> {
+        let NewEvent {
+            group,
+            channel,
+            seq,
+            kind,
+            sender,
+            subject,
+            body,
+        } = *e;
         let body = match kind {
             EventKind::Gap { from, to } => format!("{from}-{to}").into_bytes(),
             _ => body.to_vec(),
@@ -1594,7 +1624,7 @@ impl<N: NodeApi> Client<N> {
             "INSERT INTO events (group_id, channel, seq, kind, sender, body, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                gid.map(|g| g.as_bytes().to_vec()),
+                group.map(|g| g.as_bytes().to_vec()),
                 &channel.as_bytes()[..],
                 seq.map(to_i64),
                 kind.tag(),
@@ -1765,15 +1795,15 @@ impl<N: NodeApi> Client<N> {
                             Error::Policy(_) => EventKind::PolicyViolation,
                             _ => EventKind::Undecryptable,
                         };
-                        self.push_event(
-                            None,
-                            &inbox,
-                            Some(env.seq),
-                            &kind,
-                            None,
-                            None,
-                            e.to_string().as_bytes(),
-                        )?;
+                        self.push_event(&NewEvent {
+                            group: None,
+                            channel: &inbox,
+                            seq: Some(env.seq),
+                            kind: &kind,
+                            sender: None,
+                            subject: None,
+                            body: e.to_string().as_bytes(),
+                        })?;
                     }
                     self.advance_cursor(&inbox, env.seq)
                 })?;
@@ -1832,15 +1862,15 @@ impl<N: NodeApi> Client<N> {
                 GroupState::Active
             ],
         )?;
-        self.push_event(
-            Some(&gid),
-            inbox,
-            Some(seq),
-            &EventKind::Joined,
-            inviter,
-            Some(self.identity),
-            b"",
-        )?;
+        self.push_event(&NewEvent {
+            group: Some(&gid),
+            channel: inbox,
+            seq: Some(seq),
+            kind: &EventKind::Joined,
+            sender: inviter,
+            subject: Some(self.identity),
+            body: b"",
+        })?;
         Ok(())
     }
 
@@ -1876,18 +1906,18 @@ impl<N: NodeApi> Client<N> {
                 None => cursor == 0,
             };
             if !joined_late {
-                self.push_event(
-                    gid,
+                self.push_event(&NewEvent {
+                    group: gid,
                     channel,
-                    None,
-                    &EventKind::Gap {
+                    seq: None,
+                    kind: &EventKind::Gap {
                         from: cursor + 1,
                         to: first - 1,
                     },
-                    None,
-                    None,
-                    b"",
-                )?;
+                    sender: None,
+                    subject: None,
+                    body: b"",
+                })?;
             }
             self.advance_cursor(channel, first - 1)
         })
@@ -1981,15 +2011,15 @@ impl<N: NodeApi> Client<N> {
                 _ => return Ok(()),
             };
             self.set_group_state(gid, st)?;
-            self.push_event(
-                Some(gid),
+            self.push_event(&NewEvent {
+                group: Some(gid),
                 channel,
-                None,
-                &kind,
-                None,
-                Some(self.identity),
-                b"no longer a member of the channel",
-            )
+                seq: None,
+                kind: &kind,
+                sender: None,
+                subject: Some(self.identity),
+                body: b"no longer a member of the channel",
+            })
         })
     }
 
@@ -2020,15 +2050,15 @@ impl<N: NodeApi> Client<N> {
             }
             if kind == OutboxKind::Application {
                 let body = body.unwrap_or_default();
-                self.push_event(
-                    Some(gid),
+                self.push_event(&NewEvent {
+                    group: Some(gid),
                     channel,
-                    Some(seq),
-                    &EventKind::Sent,
-                    Some(self.identity),
-                    None,
-                    &body,
-                )?;
+                    seq: Some(seq),
+                    kind: &EventKind::Sent,
+                    sender: Some(self.identity),
+                    subject: None,
+                    body: &body,
+                })?;
             }
             return Ok(FollowUp::default());
         }
@@ -2040,41 +2070,41 @@ impl<N: NodeApi> Client<N> {
                 MlsMessageBodyIn::PrivateMessage(m) => m.into(),
                 MlsMessageBodyIn::PublicMessage(m) => m.into(),
                 _ => {
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &EventKind::Undecryptable,
-                        None,
-                        None,
-                        b"not a group message",
-                    )?;
+                        seq: Some(seq),
+                        kind: &EventKind::Undecryptable,
+                        sender: None,
+                        subject: None,
+                        body: b"not a group message",
+                    })?;
                     return Ok(FollowUp::default());
                 }
             },
             Err(e) => {
-                self.push_event(
-                    Some(gid),
+                self.push_event(&NewEvent {
+                    group: Some(gid),
                     channel,
-                    Some(seq),
-                    &EventKind::Undecryptable,
-                    None,
-                    None,
-                    e.to_string().as_bytes(),
-                )?;
+                    seq: Some(seq),
+                    kind: &EventKind::Undecryptable,
+                    sender: None,
+                    subject: None,
+                    body: e.to_string().as_bytes(),
+                })?;
                 return Ok(FollowUp::default());
             }
         };
         if message.group_id().as_slice() != gid.as_bytes() {
-            self.push_event(
-                Some(gid),
+            self.push_event(&NewEvent {
+                group: Some(gid),
                 channel,
-                Some(seq),
-                &EventKind::Undecryptable,
-                None,
-                None,
-                b"message for another group",
-            )?;
+                seq: Some(seq),
+                kind: &EventKind::Undecryptable,
+                sender: None,
+                subject: None,
+                body: b"message for another group",
+            })?;
             return Ok(FollowUp::default());
         }
         let mut group = self.load_group(gid)?;
@@ -2122,15 +2152,15 @@ impl<N: NodeApi> Client<N> {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(error = %e, seq, "message did not process");
-                self.push_event(
-                    Some(gid),
+                self.push_event(&NewEvent {
+                    group: Some(gid),
                     channel,
-                    Some(seq),
-                    &EventKind::Undecryptable,
-                    None,
-                    None,
-                    e.to_string().as_bytes(),
-                )?;
+                    seq: Some(seq),
+                    kind: &EventKind::Undecryptable,
+                    sender: None,
+                    subject: None,
+                    body: e.to_string().as_bytes(),
+                })?;
                 return Ok(FollowUp::default());
             }
         };
@@ -2138,15 +2168,15 @@ impl<N: NodeApi> Client<N> {
         let mut follow = FollowUp::default();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                self.push_event(
-                    Some(gid),
+                self.push_event(&NewEvent {
+                    group: Some(gid),
                     channel,
-                    Some(seq),
-                    &EventKind::Message,
+                    seq: Some(seq),
+                    kind: &EventKind::Message,
                     sender,
-                    None,
-                    &app.into_bytes(),
-                )?;
+                    subject: None,
+                    body: &app.into_bytes(),
+                })?;
             }
             ProcessedMessageContent::ProposalMessage(p) => {
                 let self_remove = match (p.proposal(), p.sender()) {
@@ -2178,15 +2208,15 @@ impl<N: NodeApi> Client<N> {
                         .any(|q| matches!(q.proposal(), Proposal::ReInit(_)));
                 if downgrade {
                     self.set_group_state(gid, GroupState::Failed)?;
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &EventKind::PolicyViolation,
+                        seq: Some(seq),
+                        kind: &EventKind::PolicyViolation,
                         sender,
-                        None,
-                        b"commit changes the ciphersuite",
-                    )?;
+                        subject: None,
+                        body: b"commit changes the ciphersuite",
+                    })?;
                     return Ok(follow);
                 }
                 let added: Vec<IdentityKey> = staged
@@ -2205,37 +2235,37 @@ impl<N: NodeApi> Client<N> {
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(mls("merging a Commit"))?;
                 for a in &added {
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &EventKind::MemberAdded,
+                        seq: Some(seq),
+                        kind: &EventKind::MemberAdded,
                         sender,
-                        Some(*a),
-                        b"",
-                    )?;
+                        subject: Some(*a),
+                        body: b"",
+                    })?;
                 }
                 for r in removed.iter().filter(|r| **r != self.identity) {
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &EventKind::MemberRemoved,
+                        seq: Some(seq),
+                        kind: &EventKind::MemberRemoved,
                         sender,
-                        Some(*r),
-                        b"",
-                    )?;
+                        subject: Some(*r),
+                        body: b"",
+                    })?;
                 }
                 if added.is_empty() && removed.is_empty() {
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &EventKind::KeysUpdated,
+                        seq: Some(seq),
+                        kind: &EventKind::KeysUpdated,
                         sender,
-                        None,
-                        b"",
-                    )?;
+                        subject: None,
+                        body: b"",
+                    })?;
                 }
                 let state = self.group_state(gid)?;
                 if self_removed || !group.is_active() {
@@ -2246,15 +2276,15 @@ impl<N: NodeApi> Client<N> {
                     };
                     self.set_group_state(gid, st)?;
                     follow.left = st == GroupState::Left;
-                    self.push_event(
-                        Some(gid),
+                    self.push_event(&NewEvent {
+                        group: Some(gid),
                         channel,
-                        Some(seq),
-                        &kind,
+                        seq: Some(seq),
+                        kind: &kind,
                         sender,
-                        Some(self.identity),
-                        b"",
-                    )?;
+                        subject: Some(self.identity),
+                        body: b"",
+                    })?;
                 } else if state == GroupState::Leaving {
                     // Our leave proposal died with the old epoch: ask again.
                     follow.re_leave = true;
