@@ -125,6 +125,33 @@ pub struct Manifest {
     pub encryption: Option<crypt::Encryption>,
 }
 
+/// Where `qpq-node backup create` stored a backup.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    /// A file (on a mounted volume).
+    File(PathBuf),
+    /// An object (`s3://bucket/key`).
+    Url(String),
+}
+
+/// What `qpq-node backup create` prints: where the backup is (`file` or `url`), its
+/// manifest (the stored object's), and what retention deleted. The operator reads it from the
+/// Job's log (a `QpqBackup`'s status); every release's form is pinned in
+/// `schemas/fixtures/<version>/admin/backup-create-*.json` and read by the operator's tests.
+pub fn created_answer(
+    stored: &Stored,
+    manifest: &Manifest,
+    deleted: &[String],
+) -> serde_json::Value {
+    let (key, at) = match stored {
+        Stored::File(p) => ("file", serde_json::json!(p)),
+        Stored::Url(u) => ("url", serde_json::json!(u)),
+    };
+    let mut v = serde_json::json!({ "manifest": manifest, "deleted": deleted });
+    v[key] = at;
+    v
+}
+
 impl Manifest {
     /// This manifest for the database stored as it is (a local copy of an object).
     pub fn decrypted(&self) -> Self {

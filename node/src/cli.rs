@@ -680,11 +680,11 @@ async fn backup_create(
             .collect(),
             None => Vec::new(),
         };
-        return Ok(serde_json::json!({
-            "file": file,
-            "manifest": manifest,
-            "deleted": deleted,
-        }));
+        return Ok(crate::backup::created_answer(
+            &crate::backup::Stored::File(file),
+            &manifest,
+            &deleted,
+        ));
     }
     let target = Location::parse(&location)?;
     let work = WorkDir::new(t.work_dir)?;
@@ -697,11 +697,11 @@ async fn backup_create(
         }
         None => Vec::new(),
     };
-    Ok(serde_json::json!({
-        "url": target.url(),
-        "manifest": manifest,
-        "deleted": deleted,
-    }))
+    Ok(crate::backup::created_answer(
+        &crate::backup::Stored::Url(target.url()),
+        &manifest,
+        &deleted,
+    ))
 }
 
 /// What `qpq-node backup verify` prints: the backup it checked (the one named, or the

@@ -759,6 +759,40 @@ mod tests {
         assert!(read >= 2, "no status fixtures under {}", root.display());
     }
 
+    /// The nodes' error answers of every release (`error-*.json`: `{"status", "body"}`):
+    /// a follower's "not the leader" names the leader, a conflict stays a conflict.
+    #[test]
+    fn every_release_s_errors_decode() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/fixtures");
+        let mut read = 0;
+        for version in std::fs::read_dir(&root).unwrap() {
+            let dir = version.unwrap().path().join("admin");
+            let answer = |name: &str| {
+                let text = std::fs::read(dir.join(format!("{name}.json"))).ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                let status = u16::try_from(v["status"].as_u64().unwrap()).unwrap();
+                Some((status, serde_json::to_vec(&v["body"]).unwrap()))
+            };
+            if let Some((status, body)) = answer("error-not-leader") {
+                match decode(&addr(), status, &body) {
+                    Err(AdminError::NotLeader { leader, .. }) => assert_eq!(leader, Some(2)),
+                    other => panic!("{other:?}"),
+                }
+                read += 1;
+            }
+            if let Some((status, body)) = answer("error-conflict") {
+                match decode(&addr(), status, &body) {
+                    Err(AdminError::Conflict { message, .. }) => {
+                        assert!(message.contains("is_leader"), "{message}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+                read += 1;
+            }
+        }
+        assert!(read >= 2, "no error fixtures under {}", root.display());
+    }
+
     #[test]
     fn decodes_the_contract_example() {
         let s = decode(&addr(), 200, EXAMPLE.as_bytes()).unwrap();

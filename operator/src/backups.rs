@@ -556,6 +556,67 @@ mod tests {
         ));
     }
 
+    /// What `qpq-node backup create` of every release prints (`backup-create-*.json`,
+    /// pinned by the node's `raft::compat`), as its Job's log line: it becomes a `Completed`
+    /// status with the manifest's figures.
+    #[test]
+    fn every_release_s_backup_answer_becomes_the_status() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/fixtures");
+        let running = backup(json!({"phase": "Running", "job": "nightly-backup"}));
+        let mut read = 0;
+        for version in std::fs::read_dir(&root).unwrap() {
+            let dir = version.unwrap().path().join("admin");
+            for (name, location) in [
+                ("backup-create-file", "/backups/qpq-1764900000.sqlite3"),
+                (
+                    "backup-create-object",
+                    "s3://qpq/backups/qpq-1764900000.sqlite3",
+                ),
+            ] {
+                let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}.json"))) else {
+                    continue;
+                };
+                // One line, as the command prints it, after a log line of the node's.
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let log = format!("{{\"level\":\"INFO\"}}\n{doc}\n");
+                let Next::Finish(done) = decide(
+                    &running,
+                    Some(&cluster(true)),
+                    Some(&job(Some("Complete"))),
+                    &log,
+                    NOW,
+                ) else {
+                    panic!("{name}: not finished");
+                };
+                assert_eq!(done.phase, BackupPhase::Completed, "{name}: {done:?}");
+                assert_eq!(done.location.as_deref(), Some(location), "{name}");
+                assert_eq!(
+                    done.file.as_deref(),
+                    Some("qpq-1764900000.sqlite3"),
+                    "{name}"
+                );
+                assert_eq!(
+                    (done.bytes, done.log_index, done.log_term, done.node_id),
+                    (Some(1_843_200), Some(1_152), Some(7), Some(2)),
+                    "{name}"
+                );
+                assert_eq!(
+                    done.sha256.as_deref(),
+                    Some("5e".repeat(32).as_str()),
+                    "{name}"
+                );
+                assert_eq!(
+                    done.state_digest.as_deref(),
+                    Some("d1".repeat(32).as_str()),
+                    "{name}"
+                );
+                assert_eq!(done.node_version.as_deref(), Some("0.1.0"), "{name}");
+                read += 1;
+            }
+        }
+        assert!(read >= 2, "no backup answers under {}", root.display());
+    }
+
     #[test]
     fn a_name_too_long_for_its_job_fails_at_once() {
         let mut b = backup(json!({}));

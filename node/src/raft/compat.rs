@@ -3,7 +3,8 @@
 //! [`Rejection`] (replicated answers, forwarded between nodes), and of the openraft records
 //! the Raft log and the state keep (vote, log id, stored membership). Also the JSON of
 //! `GET /raft/status`, which the operator reads from nodes of every release during a rollout
-//! (`schemas/fixtures/<version>/admin/`, decoded by the operator's tests).
+//! (`schemas/fixtures/<version>/admin/`: statuses, errors and `backup create`'s answer, decoded
+//! by the operator's tests).
 //!
 //! `schemas/fixtures/<version>/raft/<name>.cbor` holds each sample as the release `<version>`
 //! encoded it. Every build decodes the fixtures of every release it can meet in a log (a
@@ -615,12 +616,81 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
     ]
 }
 
+/// The other answers an operator reads from a node, as this release gives them: the
+/// admin API's errors (`{"status", "body"}`) and what `qpq-node backup create` prints (read
+/// from a backup Job's log).
+fn answers() -> Vec<(&'static str, serde_json::Value)> {
+    use super::admin::error_answer;
+    use super::node::AdminError;
+    use crate::backup::{FORMAT, FORMAT_ENCRYPTED, LogPosition, Manifest, Stored, created_answer};
+    let error = |e: AdminError| {
+        let (status, body) = error_answer(e);
+        serde_json::json!({"status": status.as_u16(), "body": body.0})
+    };
+    let manifest = Manifest {
+        format: FORMAT,
+        created_at_ms: 1_764_900_000_000,
+        node_id: 2,
+        node_version: "0.1.0".into(),
+        schema_version: 5,
+        last_applied: Some(LogPosition {
+            term: 7,
+            leader: 1,
+            index: 1_152,
+        }),
+        bytes: 1_843_200,
+        sha256: "5e".repeat(32),
+        rows: [("messages".to_owned(), 40), ("key_packages".to_owned(), 3)].into(),
+        state_digest: Some("d1".repeat(32)),
+        stale: None,
+        encryption: None,
+    };
+    let sealed = Manifest {
+        format: FORMAT_ENCRYPTED,
+        encryption: Some(crate::backup::crypt::Encryption {
+            scheme: crate::backup::crypt::SCHEME.into(),
+            key_id: "0123456789abcdef".into(),
+        }),
+        ..manifest.clone()
+    };
+    vec![
+        (
+            "error-not-leader",
+            error(AdminError::NotLeader { leader: Some(2) }),
+        ),
+        ("error-conflict", error(AdminError::Conflict("is_leader"))),
+        (
+            "backup-create-file",
+            created_answer(
+                &Stored::File("/backups/qpq-1764900000.sqlite3".into()),
+                &manifest,
+                &["/backups/qpq-1764800000.sqlite3".to_owned()],
+            ),
+        ),
+        (
+            "backup-create-object",
+            created_answer(
+                &Stored::Url("s3://qpq/backups/qpq-1764900000.sqlite3".into()),
+                &sealed,
+                &[],
+            ),
+        ),
+    ]
+}
+
 #[test]
-fn the_admin_status_of_this_release_is_pinned() {
+fn the_admin_answers_of_this_release_are_pinned() {
     let dir = fixtures().join(env!("CARGO_PKG_VERSION")).join("admin");
     let update = std::env::var("QPQ_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    for (name, status) in statuses() {
-        let text = serde_json::to_string_pretty(&status).expect("json") + "\n";
+    // Each in the order its type writes its fields.
+    let statuses = statuses()
+        .into_iter()
+        .map(|(name, s)| (name, serde_json::to_string_pretty(&s).expect("json")));
+    let answers = answers()
+        .into_iter()
+        .map(|(name, v)| (name, serde_json::to_string_pretty(&v).expect("json")));
+    for (name, text) in statuses.chain(answers) {
+        let text = text + "\n";
         let file = dir.join(format!("{name}.json"));
         if update {
             std::fs::create_dir_all(&dir).expect("fixture directory");
@@ -634,7 +704,7 @@ fn the_admin_status_of_this_release_is_pinned() {
         });
         assert_eq!(
             text, pinned,
-            "{name}: this build answers GET /raft/status differently from its fixture: a new field is fine for older operators only if they ignore it; write the fixture again and check operator/src/admin_client.rs"
+            "{name}: this build answers differently from its fixture: a new field is fine for older operators only if they ignore it; write the fixture again and check operator/src/admin_client.rs and operator/src/backups.rs"
         );
     }
 }
