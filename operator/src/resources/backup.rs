@@ -371,8 +371,8 @@ pub fn scheduled_cronjob_names(scheduled: &str) -> (String, String) {
 
 /// File name prefix of the backups of `QpqScheduledBackup` `scheduled` of cluster `c`:
 /// `<cluster>.<scheduled>`. A cluster's name has no `.` (its Services are named after it),
-/// so no cluster's own backups
-/// (`<cluster>-<unix seconds>`) and no other schedule's share it.
+/// so neither the cluster's own backups (`<cluster>-<unix seconds>`) nor another schedule's
+/// share it.
 pub fn scheduled_prefix(cluster: &str, scheduled: &str) -> String {
     format!("{cluster}.{scheduled}")
 }
