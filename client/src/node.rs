@@ -48,6 +48,22 @@ pub enum NodeError {
     Sign(String),
 }
 
+impl crate::retry::Retryable for NodeError {
+    fn is_transient(&self) -> bool {
+        Self::is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self.wire()? {
+            qpq_schemas::WireError::RateLimited { retry_after_ms }
+            | qpq_schemas::WireError::Unavailable { retry_after_ms } => {
+                Some(Duration::from_millis(*retry_after_ms))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl NodeError {
     /// Whether the same request (with the same `clientMsgId`) may succeed later.
     pub fn is_transient(&self) -> bool {

@@ -1,15 +1,19 @@
 //! Retry policy: exponential backoff with full jitter, honouring the node's `retryAfterMs`.
 //!
 //! Pure: [`Backoff::delay`] maps an attempt number, the error and a random number to a delay
-//! (or "give up"); the async layer ([`crate::node`]) sleeps. Full jitter (a uniform delay in
+//! (or "give up"); the async layer ([`crate::node`], whose errors are [`Retryable`]) sleeps. Full jitter (a uniform delay in
 //! `[0, min(cap, base * 2^attempt)]`) spreads the retries of many clients that lost the same
 //! node at the same moment, so a restarting node is not hit by a synchronised wave.
 
 use std::time::Duration;
 
-use qpq_schemas::WireError;
-
-use crate::node::NodeError;
+/// What the policy needs to know of a failed call.
+pub trait Retryable {
+    /// Whether the same request (with the same `clientMsgId`) may succeed later.
+    fn is_transient(&self) -> bool;
+    /// How long the node asked the caller to wait (`retryAfterMs`), if it did.
+    fn retry_after(&self) -> Option<Duration>;
+}
 
 /// How often and how long to retry transient failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +40,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before retry number `attempt` (0-based) after `error`, with `unit` a random
     /// number in `[0, 1)`; `None` when the error is not transient or retries are exhausted.
-    pub fn delay(&self, attempt: u32, error: &NodeError, unit: f64) -> Option<Duration> {
+    pub fn delay(&self, attempt: u32, error: &impl Retryable, unit: f64) -> Option<Duration> {
         if !error.is_transient() || attempt >= self.max_retries {
             return None;
         }
@@ -47,13 +51,7 @@ impl Backoff {
         let jitter = exp.mul_f64(unit.clamp(0.0, 1.0));
         // The node told us how long to wait: wait at least that long, plus jitter so that
         // everyone told the same thing does not come back in the same millisecond.
-        let floor = match error {
-            NodeError::Rpc(crate::rpc::ClientError::Wire(
-                WireError::RateLimited { retry_after_ms }
-                | WireError::Unavailable { retry_after_ms },
-            )) => Duration::from_millis(*retry_after_ms),
-            _ => Duration::ZERO,
-        };
+        let floor = error.retry_after().unwrap_or(Duration::ZERO);
         Some(floor + jitter)
     }
 }
@@ -61,7 +59,10 @@ impl Backoff {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use qpq_schemas::WireError;
+
     use super::*;
+    use crate::node::NodeError;
     use crate::rpc::ClientError;
 
     fn wire(e: WireError) -> NodeError {

@@ -125,6 +125,9 @@ pub struct Manifest {
     pub encryption: Option<crypt::Encryption>,
 }
 
+/// Header of a `POST /backup` answer that carries the manifest (JSON).
+pub const MANIFEST_HEADER: &str = "qpq-backup-manifest";
+
 /// Where `qpq-node backup create` stored a backup.
 #[derive(Clone, Debug)]
 pub enum Stored {
@@ -788,7 +791,7 @@ pub async fn fetch(
     }
     let manifest = response
         .headers()
-        .get(crate::admin::MANIFEST_HEADER)
+        .get(MANIFEST_HEADER)
         .ok_or_else(|| BackupError::Manifest("the answer has no manifest header".into()))?
         .to_str()
         .map_err(|e| BackupError::Manifest(e.to_string()))

@@ -34,12 +34,12 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::raft::{FenceBody, Json, RebuildBody, error_answer, mark_for_rebuild};
 use crate::config::NodeConfig;
 use crate::fence::Fence;
 use crate::integrity::Damage;
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::raft::admin::{FenceBody, Json, RebuildBody, error_answer, mark_for_rebuild};
 use crate::raft::certs::ClusterTls;
 use crate::raft::network::PeerClient;
 use crate::raft::node::{AdminError, Status, StorageDamage};

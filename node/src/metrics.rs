@@ -7,8 +7,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::raft::node::Status;
-
 /// All metrics of a node.
 #[derive(Clone)]
 pub struct Metrics {
@@ -151,7 +149,33 @@ impl StorageGauges {
     }
 }
 
-/// Raft state of the node (`qpq_raft_*`), set from its [`Status`] when `/metrics` is read.
+/// What the Raft gauges show: the node's Raft status in numbers
+/// (`crate::raft::node::Status::figures`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// Current term.
+    pub term: u64,
+    /// This node leads.
+    pub is_leader: bool,
+    /// This node knows a leader.
+    pub has_leader: bool,
+    /// Last entry of the log.
+    pub last_log_index: u64,
+    /// Highest committed entry.
+    pub committed_index: u64,
+    /// Highest entry applied here.
+    pub applied_index: u64,
+    /// Voting members.
+    pub voters: u64,
+    /// Learners.
+    pub learners: u64,
+    /// Replicated-command version finalized in the state.
+    pub finalized_command_version: u32,
+    /// Leader only: `(follower id, entries it lags)`.
+    pub follower_lags: Vec<(u64, u64)>,
+}
+
+/// Raft state of the node (`qpq_raft_*`), set from its status when `/metrics` is read.
 /// Labels: `follower` is a member's node id (a small, bounded set).
 #[derive(Clone)]
 pub struct RaftGauges {
@@ -202,25 +226,25 @@ impl RaftGauges {
     }
 
     /// Sets every gauge from the node's status.
-    pub fn set(&self, s: &Status) {
+    pub fn set(&self, s: &RaftFigures) {
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.term.set(i(s.term));
-        self.is_leader.set(i64::from(s.role == "leader"));
-        self.has_leader.set(i64::from(s.leader_id.is_some()));
+        self.is_leader.set(i64::from(s.is_leader));
+        self.has_leader.set(i64::from(s.has_leader));
         self.last_log_index.set(i(s.last_log_index));
         self.committed_index.set(i(s.committed_index));
         self.applied_index.set(i(s.applied_index));
-        self.voters.set(i(s.membership.voters.len() as u64));
-        self.learners.set(i(s.membership.learners.len() as u64));
+        self.voters.set(i(s.voters));
+        self.learners.set(i(s.learners));
         self.finalized_command_version
             .set(i64::from(s.finalized_command_version));
         // Only current followers, and only on the leader: a follower that left, or a node
         // that stopped leading, must not keep reporting an old lag.
         self.follower_lag.reset();
-        for (id, r) in s.replication.iter().flatten() {
+        for (id, lag) in &s.follower_lags {
             self.follower_lag
                 .with_label_values(&[&id.to_string()])
-                .set(i(r.lag));
+                .set(i(*lag));
         }
     }
 }

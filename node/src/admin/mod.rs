@@ -5,7 +5,7 @@
 //!   (the node serves clients: store open, listener bound, not draining, a caught-up Raft
 //!   member) and `/metrics` (Prometheus text). It reads nothing a caller could misuse.
 //! - The **admin listener** (HTTPS, mutual TLS): the `/raft/*` membership API
-//!   (`crate::raft::admin`) and `POST /backup` (a verified, consistent copy of the state,
+//!   ([`raft`]) and `POST /backup` (a verified, consistent copy of the state,
 //!   `crate::backup`). A client certificate signed by the cluster CA is required, and the
 //!   role in it decides what it may call ([`access`]). Every refusal is audited (log target
 //!   `qpq::audit`, metric `qpq_admin_requests_total`), and so is every allowed call that
@@ -13,6 +13,8 @@
 
 pub mod access;
 pub mod client;
+pub mod raft;
+pub mod role;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,7 +119,7 @@ pub async fn serve_admin(
     let metrics = state.metrics.clone();
     let app = Router::new()
         .route("/backup", post(backup))
-        .merge(crate::raft::admin::routes())
+        .merge(raft::routes())
         .with_state(state);
     serve_admin_routes(addr, app, metrics, tls, shutdown).await
 }
@@ -291,7 +293,7 @@ async fn metrics(
             "metrics unavailable (test fault)\n".to_owned(),
         );
     }
-    s.metrics.raft.set(&s.raft.status().await);
+    s.metrics.raft.set(&s.raft.status().await.figures());
     s.metrics.storage.set_from(&s.data_dir);
     s.metrics
         .fetch_wait_waiting
@@ -311,8 +313,7 @@ async fn metrics(
     )
 }
 
-/// Header of a `POST /backup` answer that carries the manifest (JSON).
-pub const MANIFEST_HEADER: &str = "qpq-backup-manifest";
+pub use crate::backup::MANIFEST_HEADER;
 
 pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     let body = serde_json::json!({"error": code, "message": message}).to_string();

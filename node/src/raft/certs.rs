@@ -21,7 +21,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::admin::access::Role;
+use crate::admin::role::Role;
 use crate::transport::{self, ReloadingKey, TransportLimits, tls};
 
 /// The DNS name every node certificate carries and every peer checks.

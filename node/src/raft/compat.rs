@@ -620,8 +620,8 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
 /// admin API's errors (`{"status", "body"}`) and what `qpq-node backup create` prints (read
 /// from a backup Job's log).
 fn answers() -> Vec<(&'static str, serde_json::Value)> {
-    use super::admin::error_answer;
     use super::node::AdminError;
+    use crate::admin::raft::error_answer;
     use crate::backup::{FORMAT, FORMAT_ENCRYPTED, LogPosition, Manifest, Stored, created_answer};
     let error = |e: AdminError| {
         let (status, body) = error_answer(e);

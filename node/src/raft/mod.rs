@@ -27,7 +27,6 @@
 //! [`state_machine::ApplyObserver`]. A single node is a one-voter cluster: there is no
 //! other write path for clients ([`crate::local::Local`] exists for tests and benchmarks).
 
-pub mod admin;
 pub mod certs;
 pub mod log_store;
 pub mod network;

@@ -159,6 +159,27 @@ pub struct Status {
 }
 
 impl Status {
+    /// What the `qpq_raft_*` gauges show of it.
+    pub fn figures(&self) -> crate::metrics::RaftFigures {
+        crate::metrics::RaftFigures {
+            term: self.term,
+            is_leader: self.role == "leader",
+            has_leader: self.leader_id.is_some(),
+            last_log_index: self.last_log_index,
+            committed_index: self.committed_index,
+            applied_index: self.applied_index,
+            voters: self.membership.voters.len() as u64,
+            learners: self.membership.learners.len() as u64,
+            finalized_command_version: u32::from(self.finalized_command_version),
+            follower_lags: self
+                .replication
+                .iter()
+                .flatten()
+                .map(|(id, r)| (*id, r.lag))
+                .collect(),
+        }
+    }
+
     /// The status of a node holding on damaged storage (`crate::hold`): role `damaged`, the
     /// damage, and nothing of Raft (it runs none).
     pub fn holding(node_id: NodeId, damage: StorageDamage) -> Self {

@@ -1,6 +1,6 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
 //! promote, remove, transfer-leader, finalize, rebuild, fence, unfence (and, in the `test-command-v2` test build
-//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](super::node::RaftNode), map
+//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](crate::raft::node::RaftNode), map
 //! [`AdminError`] to the documented HTTP answers.
 
 use std::collections::BTreeMap;
@@ -12,9 +12,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::NodeId;
-use super::node::AdminError;
-use crate::admin::AdminState;
+use super::AdminState;
+use crate::raft::NodeId;
+use crate::raft::node::AdminError;
 
 /// The routes, merged into the admin listener's router.
 pub fn routes() -> Router<AdminState> {
