@@ -373,8 +373,10 @@ pub trait NodeAdmin: Send + Sync {
     fn scoped(self: Arc<Self>, identity: Option<&AdminIdentity>) -> Arc<dyn NodeAdmin>;
 }
 
-/// The name every node certificate carries; the admin client checks it (with the CA).
-pub const NODE_SERVER_NAME: &str = crate::tls::PEER_SERVER_NAME;
+/// The name every node certificate carries (the node's `PEER_SERVER_NAME`): peers dial each
+/// other by it, and the admin client checks it (with the CA). The operator's certificates
+/// carry it ([`crate::tls`]).
+pub const NODE_SERVER_NAME: &str = "qpq-raft";
 
 /// Admin credentials of one cluster: its CA certificate, and a client certificate with its
 /// key (PEM).

@@ -77,7 +77,7 @@ impl std::fmt::Debug for NodeCerts {
 
 /// The name every node certificate carries for node-to-node TLS: peers dial each other with
 /// this server name (the node's `PEER_SERVER_NAME`).
-pub const PEER_SERVER_NAME: &str = "qpq-raft";
+pub const PEER_SERVER_NAME: &str = crate::admin_client::NODE_SERVER_NAME;
 
 /// DNS names a pod's certificate must carry.
 pub fn dns_names(c: &ClusterRef, pod: &str) -> Vec<String> {
