@@ -1741,16 +1741,10 @@ async fn apply_objects(
     if let Some(cron) = resources::backup_cronjob(c, spec, plan.statefulset_replicas)? {
         let what = format!("CronJob {}", resources::backup_cronjob_name(c));
         // A schedule or time zone the API server would refuse: said here, in words.
-        let checked = spec.backup.as_ref().map_or(Ok(()), |b| {
-            crate::schedule::check_cron(&b.schedule)
-                .map_err(|e| format!("spec.backup.schedule {:?}: {e}", b.schedule))
-                .and_then(|()| {
-                    b.time_zone.as_deref().map_or(Ok(()), |z| {
-                        crate::schedule::check_time_zone(z)
-                            .map_err(|e| format!("spec.backup.timeZone: {e}"))
-                    })
-                })
-        });
+        let checked = spec
+            .backup
+            .as_ref()
+            .map_or(Ok(()), |b| crate::schedule::check_backup(b, "spec.backup"));
         match checked {
             Ok(()) => note(what, apply_object::<CronJob>(client, ns, &cron).await),
             Err(e) => note(what, Err(Error::InvalidSpec(e))),
@@ -1761,11 +1755,7 @@ async fn apply_objects(
         let checked = spec
             .backup
             .as_ref()
-            .and_then(|b| b.drill_schedule.as_deref())
-            .map_or(Ok(()), |s| {
-                crate::schedule::check_cron(s)
-                    .map_err(|e| format!("spec.backup.drillSchedule {s:?}: {e}"))
-            });
+            .map_or(Ok(()), |b| crate::schedule::check_drill(b, "spec.backup"));
         match checked {
             Ok(()) => note(what, apply_object::<CronJob>(client, ns, &cron).await),
             Err(e) => note(what, Err(Error::InvalidSpec(e))),

@@ -159,6 +159,24 @@ pub fn check_time_zone(zone: &str) -> Result<(), String> {
         .map_err(|_| format!("{zone:?} is not an IANA time zone name"))
 }
 
+/// Whether the backup CronJob of `b` would be accepted: its schedule and time zone. `at`
+/// names where `b` sits in the object (`spec.backup`) for the message.
+pub fn check_backup(b: &crate::crd::BackupSpec, at: &str) -> Result<(), String> {
+    check_cron(&b.schedule).map_err(|e| format!("{at}.schedule {:?}: {e}", b.schedule))?;
+    match &b.time_zone {
+        Some(z) => check_time_zone(z).map_err(|e| format!("{at}.timeZone: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Whether the restore-drill CronJob of `b` would be accepted: its schedule (if any).
+pub fn check_drill(b: &crate::crd::BackupSpec, at: &str) -> Result<(), String> {
+    match &b.drill_schedule {
+        Some(s) => check_cron(s).map_err(|e| format!("{at}.drillSchedule {s:?}: {e}")),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,19 +61,8 @@ pub fn desired(sb: &QpqScheduledBackup, cluster: Option<&QpqCluster>) -> Desired
         );
     }
     let b = &sb.spec.backup;
-    let checked = crate::schedule::check_cron(&b.schedule)
-        .map_err(|e| format!("backup.schedule {:?}: {e}", b.schedule))
-        .and_then(|()| {
-            b.drill_schedule.as_deref().map_or(Ok(()), |s| {
-                crate::schedule::check_cron(s)
-                    .map_err(|e| format!("backup.drillSchedule {s:?}: {e}"))
-            })
-        })
-        .and_then(|()| {
-            b.time_zone.as_deref().map_or(Ok(()), |z| {
-                crate::schedule::check_time_zone(z).map_err(|e| format!("backup.timeZone: {e}"))
-            })
-        });
+    let checked = crate::schedule::check_backup(b, "backup")
+        .and_then(|()| crate::schedule::check_drill(b, "backup"));
     if let Err(e) = checked {
         return Desired::Unschedulable("InvalidSchedule", e);
     }

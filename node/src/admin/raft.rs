@@ -1,7 +1,8 @@
 //! The `/raft/*` admin endpoints (`docs/admin-api.md`): status, bootstrap, learners,
-//! promote, remove, transfer-leader, finalize, rebuild, fence, unfence (and, in the `test-command-v2` test build
-//! only, probe-command-version). Thin: parse the JSON body, call [`RaftNode`](crate::raft::node::RaftNode), map
-//! [`AdminError`] to the documented HTTP answers.
+//! promote, remove, transfer-leader, finalize, rebuild, fence, unfence (and, in the
+//! `test-command-v2` test build only, probe-command-version). Thin: parse the JSON body, call
+//! [`RaftNode`](crate::raft::node::RaftNode), map [`AdminError`] to the documented HTTP
+//! answers.
 
 use std::collections::BTreeMap;
 
