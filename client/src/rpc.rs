@@ -256,6 +256,15 @@ pub struct Connection {
     token: BearerToken,
 }
 
+/// Dropping a connection closes it. Without this the RPC task, which holds the QUIC streams,
+/// would keep it open (and kept alive) until the process exits, and the node would count it
+/// against this address's connection cap.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"dropped");
+    }
+}
+
 /// Reads a typed response's `version` and `ok`/`err` union.
 macro_rules! answer {
     ($reply:expr, $module:ident, |$ok:ident| $body:expr) => {{

@@ -268,13 +268,22 @@ impl Client {
         conn: &mut Option<Connection>,
         channel: &ChannelId,
     ) -> Vec<(u64, ClientMsgId)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Past the node's idle timeout (30 s): a connection whose close a fault swallowed
+        // holds one of the address's slots until then.
+        let deadline = Instant::now() + Duration::from_secs(45);
         let mut out = Vec::new();
         let mut after = 0;
         loop {
             let c = match conn {
                 Some(c) => c,
-                None => conn.insert(ep.connect().await.unwrap()),
+                None => match ep.connect().await {
+                    Ok(c) => conn.insert(c),
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("node {}: cannot connect: {e}", ep.id),
+                },
             };
             let page = match c.fetch(channel, after, 0).await {
                 Ok(p) => p,

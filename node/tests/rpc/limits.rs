@@ -61,3 +61,37 @@ async fn the_total_connection_limit_applies_across_addresses() {
     })
     .await;
 }
+
+/// A client that drops a connection without calling `close` (a retry loop replacing a
+/// connection, a task cancelled) must not leave it open: the node would count it against
+/// the address until the process exits, and the per-address cap would refuse the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_frees_its_slot() {
+    let t = TestNode::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    local(async {
+        for round in 0..6 {
+            let conn = t.connect().await;
+            conn.server_info().await.unwrap();
+            drop(conn);
+            // Each round waits for at most 5 s for the slot, far below the idle timeout
+            // (30 s): only a connection closed on drop frees it in time.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match Connection::connect(t.node.client_addr(), "localhost", &t.verification())
+                    .await
+                {
+                    Ok(c) => {
+                        c.server_info().await.unwrap();
+                        break;
+                    }
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("round {round}: no slot after dropped connections: {e}"),
+                }
+            }
+        }
+    })
+    .await;
+}
