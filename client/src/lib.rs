@@ -26,6 +26,10 @@ pub mod cli;
 pub mod client;
 pub mod db;
 pub mod error;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod invariants;
 pub mod keypackages;
 pub mod mls_store;
 pub mod node;

@@ -1,0 +1,230 @@
+//! The client's invariants as unit tests against the in-memory node ([`crate::fake`]):
+//! each runs in milliseconds, with the fault placed exactly where it hurts (a lost answer
+//! after the node applied a write, a Commit that loses its epoch, history that expired).
+//! The same behaviours are tested end to end against a real node in `tests/e2e`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use qpq_schemas::GroupId;
+
+use crate::client::{Client, EventKind, Intent};
+use crate::db::Provider;
+use crate::fake::{FakeNode, Fault, World};
+use crate::keypackages::SystemClock;
+
+type Dev = Client<FakeNode>;
+
+async fn device(world: &Rc<RefCell<World>>) -> Dev {
+    let c = Client::create(
+        Provider::in_memory().unwrap(),
+        FakeNode::new(world),
+        Box::new(SystemClock),
+    )
+    .unwrap();
+    c.register().await.unwrap();
+    c
+}
+
+async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
+    let gid = creator.create_group(Some("g")).await.unwrap();
+    for o in others {
+        creator.invite(&gid, &o.account().unwrap()).await.unwrap();
+    }
+    for o in others {
+        o.sync().await.unwrap();
+        assert!(
+            (o.take_events().unwrap().iter()).any(|e| e.kind == EventKind::Joined),
+            "the invitee joined"
+        );
+    }
+    creator.take_events().unwrap();
+    gid
+}
+
+async fn received(d: &Dev) -> Vec<String> {
+    d.sync().await.unwrap();
+    (d.take_events().unwrap().into_iter())
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| String::from_utf8(e.body).unwrap())
+        .collect()
+}
+
+fn epoch(d: &Dev, gid: &GroupId) -> u64 {
+    d.group(gid).unwrap().epoch
+}
+
+/// The epochs of the Commits in a group's channel, in channel order.
+fn commit_epochs(world: &Rc<RefCell<World>>, gid: &GroupId) -> Vec<u64> {
+    use openmls::prelude::{ContentType, MlsMessageIn, ProtocolMessage};
+    use tls_codec::Deserialize as _;
+    let channel = crate::channels::channel_of_group(gid);
+    (world.borrow().payloads(&channel).into_iter())
+        .filter_map(|(_, p)| {
+            let m =
+                ProtocolMessage::try_from(MlsMessageIn::tls_deserialize_exact(&p).ok()?).ok()?;
+            (m.content_type() == ContentType::Commit).then(|| m.epoch().as_u64())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn racing_commits_one_wins_the_loser_is_redone_and_both_converge() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    let start = epoch(&alice, &gid);
+    alice.stage_intent(&gid, &Intent::Update).unwrap().unwrap();
+    bob.stage_intent(&gid, &Intent::Update).unwrap().unwrap();
+    alice.flush_outbox().await.unwrap();
+    bob.flush_outbox().await.unwrap();
+    alice.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(world.borrow().stale_commits, 1, "the node refused one");
+    assert_eq!((alice.stale_commits(), bob.stale_commits()), (0, 1));
+    assert_eq!(
+        (epoch(&alice, &gid), epoch(&bob, &gid)),
+        (start + 2, start + 2)
+    );
+    assert_eq!(
+        commit_epochs(&world, &gid),
+        [start - 1, start, start + 1],
+        "one Commit per epoch: the invitation, alice's, bob's redone one"
+    );
+    alice.send(&gid, b"still friends").await.unwrap();
+    bob.send(&gid, b"yes").await.unwrap();
+    assert_eq!(received(&bob).await, ["still friends"]);
+    assert_eq!(received(&alice).await, ["yes"]);
+}
+
+#[tokio::test]
+async fn a_message_whose_answer_was_lost_is_sent_again_under_its_id_and_delivered_once() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    world.borrow_mut().fail_next_enqueues(&[Fault::AnswerLost]);
+    let appended = world.borrow().appended;
+    assert!(
+        alice.send(&gid, b"once").await.is_err(),
+        "the caller learns the send is not confirmed"
+    );
+    assert_eq!(alice.pending_outbox().unwrap(), 1, "and it stays queued");
+    assert_eq!(alice.flush_outbox().await.unwrap(), 1);
+    assert_eq!(alice.pending_outbox().unwrap(), 0);
+    assert_eq!(
+        world.borrow().appended,
+        appended + 1,
+        "the node holds one copy"
+    );
+    assert_eq!(received(&bob).await, ["once"]);
+    let channel = alice.channel_of(&gid).unwrap();
+    assert!(world.borrow().gap_free_and_unique(&channel));
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_not_made_twice() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    let start = epoch(&alice, &gid);
+    world.borrow_mut().fail_next_enqueues(&[Fault::AnswerLost]);
+    assert!(alice.self_update(&gid).await.is_err());
+    // The retry finds the first copy (same id) and merges it; nothing is redone.
+    alice.flush_outbox().await.unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(
+        (epoch(&alice, &gid), epoch(&bob, &gid)),
+        (start + 1, start + 1)
+    );
+    assert_eq!(alice.stale_commits(), 0);
+    assert_eq!(commit_epochs(&world, &gid), [start - 1, start]);
+    alice.send(&gid, b"after the update").await.unwrap();
+    assert_eq!(received(&bob).await, ["after the update"]);
+}
+
+#[tokio::test]
+async fn an_unavailable_node_leaves_the_message_queued_until_the_next_flush() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    world.borrow_mut().fail_next_enqueues(&[Fault::Unavailable]);
+    let appended = world.borrow().appended;
+    assert!(alice.send(&gid, b"later").await.is_err());
+    assert_eq!(world.borrow().appended, appended, "nothing reached the log");
+    assert_eq!(alice.pending_outbox().unwrap(), 1);
+    assert_eq!(received(&bob).await, Vec::<String>::new());
+    assert_eq!(alice.flush_outbox().await.unwrap(), 1);
+    assert_eq!(received(&bob).await, ["later"]);
+}
+
+#[tokio::test]
+async fn messages_that_expired_unread_are_one_gap_event_and_the_rest_still_decrypts() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    alice.send(&gid, b"seen").await.unwrap();
+    assert_eq!(received(&bob).await, ["seen"]);
+    let channel = alice.channel_of(&gid).unwrap();
+    let mut lost = Vec::new();
+    for i in 0..3 {
+        alice
+            .send(&gid, format!("lost {i}").as_bytes())
+            .await
+            .unwrap();
+        lost.push(world.borrow().payloads(&channel).last().unwrap().0);
+    }
+    world.borrow_mut().expire(&channel, *lost.last().unwrap());
+    alice.send(&gid, b"after").await.unwrap();
+    bob.sync().await.unwrap();
+    let events = bob.take_events().unwrap();
+    let gaps: Vec<(u64, u64)> = (events.iter())
+        .filter_map(|e| match e.kind {
+            EventKind::Gap { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, [(lost[0], lost[2])]);
+    let messages: Vec<String> = (events.iter())
+        .filter(|e| e.kind == EventKind::Message)
+        .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+        .collect();
+    assert_eq!(messages, ["after"]);
+}
+
+#[tokio::test]
+async fn a_commit_staged_before_a_restart_is_redone_after_losing_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bob.sqlite3");
+    let world = World::new();
+    let alice = device(&world).await;
+    let bob = Client::create(
+        Provider::open(&path).unwrap(),
+        FakeNode::new(&world),
+        Box::new(SystemClock),
+    )
+    .unwrap();
+    bob.register().await.unwrap();
+    let gid = group_of(&alice, &[&bob]).await;
+    let start = epoch(&alice, &gid);
+    bob.stage_intent(&gid, &Intent::Update).unwrap().unwrap();
+    drop(bob);
+    alice.self_update(&gid).await.unwrap();
+    // The same device from its database, with its stored session.
+    let bob = Client::open(
+        Provider::open(&path).unwrap(),
+        FakeNode::new(&world),
+        Box::new(SystemClock),
+    )
+    .unwrap();
+    bob.sync().await.unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!(bob.stale_commits(), 1, "the stored Commit was refused");
+    assert_eq!(
+        (epoch(&alice, &gid), epoch(&bob, &gid)),
+        (start + 2, start + 2)
+    );
+    bob.send(&gid, b"updated").await.unwrap();
+    assert_eq!(received(&alice).await, ["updated"]);
+    assert_eq!(bob.pending_outbox().unwrap(), 0);
+}
