@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use qpq_schemas::{AccountId, IdentityKey};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Client, Event, EventKind};
+use crate::core::{Client, Event, EventKind};
 use crate::db::Provider;
 use crate::error::{Error, Result};
 use crate::keypackages::SystemClock;
@@ -230,7 +230,7 @@ fn event_json(e: &Event) -> serde_json::Value {
 }
 
 /// A group summary as JSON, ids in hex.
-fn group_json(g: &crate::client::GroupInfo) -> serde_json::Value {
+fn group_json(g: &crate::core::GroupInfo) -> serde_json::Value {
     serde_json::json!({
         "id": g.id.to_hex(),
         "name": g.name,

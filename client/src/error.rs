@@ -35,7 +35,7 @@ pub enum Error {
     UnknownGroup,
     /// The group is not active (left, removed or failed).
     #[error("group is {0}")]
-    Inactive(String),
+    Inactive(crate::states::GroupState),
     /// The profile has no identity yet.
     #[error("no identity in this profile (run `qpq register`)")]
     NoIdentity,
@@ -170,6 +170,7 @@ mod tests {
     use super::*;
     use crate::node::NodeError;
     use crate::rpc::ClientError;
+    use crate::states::GroupState;
 
     fn wire(e: WireError) -> Error {
         Error::Node(NodeError::Rpc(ClientError::Wire(e)))
@@ -204,7 +205,7 @@ mod tests {
             (wire(WireError::NotFound), ErrorKind::Refused),
             (Error::Refused("forbidden".into()), ErrorKind::Refused),
             (Error::Policy("x".into()), ErrorKind::Failure),
-            (Error::Inactive("left".into()), ErrorKind::Failure),
+            (Error::Inactive(GroupState::Left), ErrorKind::Failure),
             (
                 Error::Node(NodeError::Rpc(ClientError::Version(9))),
                 ErrorKind::Failure,

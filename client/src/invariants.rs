@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use qpq_schemas::GroupId;
 
-use crate::client::{Client, EventKind, Intent};
+use crate::core::{Client, EventKind, Intent};
 use crate::db::Provider;
 use crate::fake::{FakeNode, Fault, World};
 use crate::keypackages::SystemClock;

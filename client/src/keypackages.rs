@@ -1,5 +1,5 @@
 //! KeyPackage pool policy: when to upload, refill and rotate. Pure: [`plan`] takes the pool's
-//! state and the time and returns what to do; [`crate::client::Client::maintain_key_packages`]
+//! state and the time and returns what to do; [`crate::core::Client::maintain_key_packages`]
 //! does it. Time comes from a [`Clock`] so that tests move it instead of waiting a day.
 //!
 //! The node serves a KeyPackage for at most 24 h after upload (and never past its own

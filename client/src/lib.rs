@@ -23,7 +23,7 @@
 
 pub mod channels;
 pub mod cli;
-pub mod client;
+pub mod core;
 pub mod db;
 pub mod error;
 #[cfg(test)]
@@ -38,7 +38,7 @@ pub mod rpc;
 pub mod states;
 pub mod tls;
 
-pub use client::{Client, Event, EventKind, GroupInfo, Intent};
+pub use crate::core::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, ErrorKind, Result};
 pub use node::{
     DeviceAuth, NodeAddr, NodeApi, NodeError, NodeTarget, ResilientNode, Retry, Session,

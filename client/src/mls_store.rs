@@ -695,7 +695,7 @@ mod tests {
     };
     use openmls_basic_credential::SignatureKeyPair;
 
-    use crate::client::CIPHERSUITE;
+    use crate::core::CIPHERSUITE;
     use crate::db::Provider;
 
     struct Member {

@@ -9,7 +9,7 @@
 //! pair is handed to [`DeviceAuth::save`] (the client stores it in its database, so a
 //! restarted client reuses it). Tokens are never logged (their `Debug` is redacted).
 //!
-//! Not here: persistence of messages (the outbox in [`crate::client`] stores a message before
+//! Not here: persistence of messages (the outbox in [`crate::core`] stores a message before
 //! any send) and which channel carries what ([`crate::channels`]).
 
 use std::cell::{Cell, RefCell};

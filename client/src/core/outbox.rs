@@ -1,0 +1,254 @@
+//! Sending: application messages and DMs are encrypted and stored in the outbox before
+//! any network call, then sent oldest first, each under its own `clientMsgId`.
+
+use super::*;
+
+impl<N: NodeApi> Client<N> {
+    /// Encrypts `plaintext` for the group, stores it in the outbox and sends it. Returns its
+    /// `clientMsgId`. If the node cannot be reached, the message stays in the outbox and is
+    /// sent by the next [`Self::flush_outbox`] (same id, so never twice).
+    ///
+    /// # Errors
+    /// [`Error::Inactive`] for a group this device left; database, openmls or node failures
+    /// (after the message was stored).
+    pub async fn send(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
+        let id = self.queue_message(gid, plaintext)?;
+        self.flush_outbox().await?;
+        let status: Option<OutboxStatus> = self
+            .conn()
+            .query_row(
+                "SELECT status FROM outbox WHERE client_msg_id = ?1",
+                [&id.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if status == Some(OutboxStatus::Failed) {
+            return Err(Error::Refused(
+                "forbidden or invalid (see the log); not delivered".into(),
+            ));
+        }
+        // Read the channel back, so that the `Sent` event takes its place among the others.
+        self.sync_group(gid).await?;
+        Ok(id)
+    }
+
+    /// The storing half of [`Self::send`]: encrypts and stores the message; nothing is sent.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub fn queue_message(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
+        self.require_active(gid)?;
+        self.provider.transaction(|| -> Result<ClientMsgId> {
+            let mut group = self.load_group(gid)?;
+            let msg = group
+                .create_message(&self.provider, &*self.signer, plaintext)
+                .map_err(mls("encrypting a message"))?;
+            let bytes = encode(&msg, "encoding a message")?;
+            self.insert_outbox(&NewOutbox {
+                channel: &self.channel_of(gid)?,
+                payload: &bytes,
+                kind: OutboxKind::Application,
+                group: Some(gid),
+                body: Some(plaintext),
+                after: None,
+                status: OutboxStatus::Pending,
+            })
+        })
+    }
+
+    /// A 1:1 conversation with the account `peer`, on the node's DM channel of the two
+    /// accounts: the existing one, or a new two-member group (`createDm`, then the peer's
+    /// devices invited). The peer can read at once but only writes after accepting; replying
+    /// with this method on the peer's side accepts (`acceptDm`).
+    ///
+    /// # Errors
+    /// As [`Self::invite`]; `forbidden` when blocked.
+    pub async fn dm_group(&self, peer: &AccountId) -> Result<GroupId> {
+        let me = self.account()?;
+        let channel = qpq_schemas::auth::dm_channel(&me, peer);
+        let existing: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+            .conn()
+            .query_row(
+                "SELECT group_id, dm_peer FROM groups WHERE channel = ?1 AND state = ?2
+                 ORDER BY rowid DESC LIMIT 1",
+                params![&channel.as_bytes()[..], GroupState::Active],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, dm)) = existing {
+            let gid = GroupId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+            if dm.is_none() {
+                // Joined from the peer's request: answering accepts it.
+                self.node.accept_dm(peer).await?;
+                self.conn().execute(
+                    "UPDATE groups SET dm_peer = ?2 WHERE group_id = ?1",
+                    params![&gid.as_bytes()[..], &peer.as_bytes()[..]],
+                )?;
+            }
+            return Ok(gid);
+        }
+        let (channel, _) = self.node.create_dm(peer).await?;
+        let gid = self.create_group_on(&channel, None, Some(*peer))?;
+        self.invite(&gid, peer).await?;
+        Ok(gid)
+    }
+
+    /// Blocks the DM with `peer` (nobody sends until this account accepts again).
+    ///
+    /// # Errors
+    /// Node failures.
+    pub async fn block_dm(&self, peer: &AccountId) -> Result<()> {
+        self.node.block_dm(peer).await?;
+        Ok(())
+    }
+
+    pub(super) fn insert_outbox(&self, m: &NewOutbox<'_>) -> Result<ClientMsgId> {
+        let NewOutbox {
+            channel,
+            payload,
+            kind,
+            group,
+            body,
+            after,
+            status,
+        } = *m;
+        let id = ClientMsgId::random();
+        self.conn().execute(
+            "INSERT INTO outbox (client_msg_id, channel, payload, kind, group_id, body, after_id,
+                                 status, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                &id.as_bytes()[..],
+                &channel.as_bytes()[..],
+                payload,
+                kind,
+                group.map(|g| g.as_bytes().to_vec()),
+                body,
+                after,
+                status,
+                to_i64(self.now())
+            ],
+        )?;
+        Ok(id)
+    }
+
+    /// Sends every pending outbox row, oldest first, each with its own `clientMsgId`.
+    /// Returns how many were sent.
+    ///
+    /// # Errors
+    /// A node failure that outlasted the retries stops the flush; the rest stays queued.
+    pub async fn flush_outbox(&self) -> Result<usize> {
+        let mut sent = 0;
+        loop {
+            // Intents whose Commit lost its epoch while this device was not looking.
+            let retry: Option<RetryRow> = self
+                .conn()
+                .query_row(
+                    "SELECT id, group_id, body FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
+                    [OutboxStatus::Retry],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((row, gid, body)) = retry {
+                self.conn()
+                    .execute("DELETE FROM outbox WHERE id = ?1", [row])?;
+                let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
+                let intent = body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
+                if let (Some(gid), Some(intent)) = (gid, intent)
+                    && self.group_state(&gid)? == GroupState::Active
+                {
+                    Box::pin(self.run_intent(&gid, intent)).await?;
+                }
+                continue;
+            }
+            let next: Option<OutboxRow> = self
+                .conn()
+                .query_row(
+                    "SELECT id, client_msg_id, channel, payload, kind, group_id, body
+                         FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
+                    [OutboxStatus::Pending],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((row, id, channel, payload, kind, gid, body)) = next else {
+                return Ok(sent);
+            };
+            let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
+            if kind == OutboxKind::Commit {
+                // Left over from a crash: resend it (same id), and settle it.
+                let Some(gid) = gid else {
+                    self.set_outbox_status(row, OutboxStatus::Failed)?;
+                    continue;
+                };
+                match Box::pin(self.send_commit(&gid, row)).await? {
+                    CommitOutcome::Accepted(_) => {}
+                    CommitOutcome::Stale => {
+                        if let Some(intent) =
+                            body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
+                        {
+                            Box::pin(self.run_intent(&gid, intent)).await?;
+                        }
+                    }
+                }
+                sent += 1;
+                continue;
+            }
+            let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+            let channel =
+                ChannelId::from_slice(&channel).map_err(|e| Error::Invalid(e.to_string()))?;
+            match self.node.enqueue(&channel, &id, &payload).await {
+                Ok(done) => {
+                    self.mark_sent(row, done.seq)?;
+                    sent += 1;
+                }
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, %kind, "outbox message refused; dropping it");
+                    self.set_outbox_status(row, OutboxStatus::Failed)?;
+                }
+            }
+        }
+    }
+
+    /// Records that the node accepted outbox row `row` at `seq`. The `Sent` event is recorded
+    /// later, when the channel is read back up to `seq`, so that a device's events follow the
+    /// channel's order.
+    pub(super) fn mark_sent(&self, row: i64, seq: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET status = ?3, seq = ?2 WHERE id = ?1 AND status = ?4",
+            params![row, to_i64(seq), OutboxStatus::Sent, OutboxStatus::Pending],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn set_outbox_status(&self, row: i64, status: OutboxStatus) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET status = ?2 WHERE id = ?1",
+            params![row, status],
+        )?;
+        Ok(())
+    }
+
+    /// Outgoing messages not yet accepted by the node.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn pending_outbox(&self) -> Result<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM outbox WHERE status IN (?1, ?2)",
+            [OutboxStatus::Pending, OutboxStatus::Held],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n))
+    }
+}
