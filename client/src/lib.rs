@@ -2,8 +2,8 @@
 //! restarts and network faults — and the `qpq` command line.
 //!
 //! Layout:
-//! - [`tls`]: TLS 1.3 client configuration; verifies a node by CA or pinned fingerprint.
-//! - [`rpc`]: one QUIC + Cap'n Proto RPC connection with the node's RPCs as typed methods.
+//! - [`tls`], [`rpc`]: the wire (TLS 1.3 configuration, one QUIC + Cap'n Proto RPC
+//!   connection with the node's RPCs as typed methods), from the `qpq-wire` crate.
 //! - [`node`]: [`NodeApi`], the seam the core calls, and [`ResilientNode`] (login, token
 //!   refresh, reconnect, retry with backoff).
 //! - [`retry`]: the backoff policy (exponential, full jitter, `retryAfterMs`), pure.
@@ -12,7 +12,7 @@
 //! - [`db`]: the client database (openmls state + outbox, cursors, events, ...).
 //! - [`states`]: the states it stores (outbox status and kind, group state) as types: their
 //!   only spellings.
-//! - [`client`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
+//! - [`core`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
 //!   Commit discipline; gap detection.
 //! - [`keypackages`]: KeyPackage pool policy and the injectable clock.
 //! - [`cli`]: the `qpq` command line.
@@ -34,9 +34,9 @@ pub mod keypackages;
 pub mod mls_store;
 pub mod node;
 pub mod retry;
-pub mod rpc;
 pub mod states;
-pub mod tls;
+
+pub use qpq_wire::{rpc, tls};
 
 pub use crate::core::{Client, Event, EventKind, GroupInfo, Intent};
 pub use error::{Error, ErrorKind, Result};

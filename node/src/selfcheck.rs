@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use qpq_client::{Connection, ServerVerification};
 use qpq_schemas::auth::inbox_channel;
 use qpq_schemas::{ChannelId, ClientMsgId, GroupId, WireError};
+use qpq_wire::{Connection, ServerVerification};
 
 use crate::mls::devkit::{DevGroup, DevIdentity};
 
@@ -135,7 +135,7 @@ fn now_ms() -> u64 {
     crate::clock::Clock::now_ms(&crate::clock::SystemClock)
 }
 
-async fn login(conn: &mut Connection, who: &DevIdentity) -> Result<qpq_client::Tokens, String> {
+async fn login(conn: &mut Connection, who: &DevIdentity) -> Result<qpq_wire::Tokens, String> {
     let sign = |m: &[u8]| who.sign(m).unwrap_or_default();
     conn.register_and_login(&who.identity_key(), sign)
         .await
@@ -144,7 +144,7 @@ async fn login(conn: &mut Connection, who: &DevIdentity) -> Result<qpq_client::T
 
 async fn unauthenticated(conn: &Connection) -> CheckResult {
     match conn.create_channel().await {
-        Err(qpq_client::ClientError::Wire(WireError::Unauthenticated)) => {
+        Err(qpq_wire::ClientError::Wire(WireError::Unauthenticated)) => {
             Ok("auth: a request without an access token was refused (Unauthenticated)".into())
         }
         other => Err(format!(
@@ -158,7 +158,7 @@ async fn identity_binding(conn: &Connection, other: &DevIdentity) -> CheckResult
         .key_package_bytes()
         .map_err(|e| format!("keypackage: {e}"))?;
     match conn.upload_key_packages(&[kp], None).await {
-        Err(qpq_client::ClientError::Wire(WireError::IdentityMismatch)) => Ok(
+        Err(qpq_wire::ClientError::Wire(WireError::IdentityMismatch)) => Ok(
             "uploadKeyPackages: another device's KeyPackage was refused (IdentityMismatch)".into(),
         ),
         other => Err(format!(
@@ -176,7 +176,7 @@ async fn outsider(addr: SocketAddr, pin: &ServerVerification, channel: &ChannelI
     let r = c.fetch(channel, 0, 0).await;
     c.close().await;
     match r {
-        Err(qpq_client::ClientError::Wire(WireError::Forbidden)) => {
+        Err(qpq_wire::ClientError::Wire(WireError::Forbidden)) => {
             Ok("fetch: a non-member was refused (Forbidden)".into())
         }
         other => Err(format!(
@@ -323,11 +323,9 @@ async fn fetch_wait(
 
 async fn stale_commit(conn: &Connection, channel: &ChannelId, commit: &[u8]) -> CheckResult {
     match conn.enqueue(channel, &ClientMsgId::random(), commit).await {
-        Err(qpq_client::ClientError::Wire(WireError::StaleEpoch { expected_epoch })) => {
-            Ok(format!(
-                "enqueue: a second Commit for the same epoch was refused (StaleEpoch, expecting {expected_epoch})"
-            ))
-        }
+        Err(qpq_wire::ClientError::Wire(WireError::StaleEpoch { expected_epoch })) => Ok(format!(
+            "enqueue: a second Commit for the same epoch was refused (StaleEpoch, expecting {expected_epoch})"
+        )),
         other => Err(format!(
             "enqueue(second commit): expected StaleEpoch, got {other:?}"
         )),

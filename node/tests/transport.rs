@@ -9,12 +9,12 @@ use std::{
     time::Duration,
 };
 
-use qpq_client::tls::{ServerVerification, client_crypto, parse_fingerprint, quinn_client_config};
 use qpq_node::transport::{
     BAD_ALPN_REASON, DevCert, TransportLimits, enforce_alpn, negotiated_alpn_ok,
     quinn_server_config, server_crypto,
 };
 use qpq_schemas::limits::close_code;
+use qpq_wire::tls::{ServerVerification, client_crypto, parse_fingerprint, quinn_client_config};
 use quinn::{ConnectionError, Endpoint, TransportErrorCode, VarInt, crypto::rustls::HandshakeData};
 use rustls::AlertDescription;
 use tempfile::TempDir;

@@ -278,6 +278,17 @@ impl NodeObservation {
     }
 }
 
+/// What every step of one reconcile pass works on: the operator's context, the admin client
+/// scoped to this cluster's credentials, the object as read at the start of the pass, and its
+/// name.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    ctx: &'a Context,
+    admin: &'a dyn NodeAdmin,
+    obj: &'a QpqCluster,
+    c: &'a ClusterRef,
+}
+
 async fn observe_nodes(c: &ClusterRef, admin: &dyn NodeAdmin, pods: i32) -> NodeObservation {
     let ids: Vec<NodeId> = (1..=u64::try_from(pods.max(0)).unwrap_or(0)).collect();
     let addrs: Vec<_> = ids.iter().map(|id| c.admin_addr(*id)).collect();
@@ -350,12 +361,8 @@ fn action_call(
 /// step ([`crate::fence`]): unfence, fence, or move leadership off a member to fence. Returns
 /// `status.fencing` (`None` when nothing is fenced or asked). An annotation that does not
 /// parse changes nothing: a typo must not lift a fence.
-#[allow(clippy::too_many_arguments)]
 async fn fence_requests(
-    ctx: &Context,
-    admin: &dyn NodeAdmin,
-    obj: &QpqCluster,
-    c: &ClusterRef,
+    pass: Pass<'_>,
     prev: Option<&QpqClusterStatus>,
     raft: &RaftObservation,
     nodes: &NodeObservation,
@@ -363,6 +370,7 @@ async fn fence_requests(
     quiet: bool,
 ) -> Option<crate::crd::FencingStatus> {
     use crate::fence::{self, Decision, Observation};
+    let Pass { ctx, admin, obj, c } = pass;
     let raw = obj
         .metadata
         .annotations
@@ -486,12 +494,8 @@ async fn fence_requests(
 
 /// Carries out a new `qpq.dev/transfer-leader` request ([`crate::transfer`]): its record for
 /// the status, or `None` when there is none or it must wait.
-#[allow(clippy::too_many_arguments)]
 async fn leader_transfer(
-    ctx: &Context,
-    admin: &dyn NodeAdmin,
-    obj: &QpqCluster,
-    c: &ClusterRef,
+    pass: Pass<'_>,
     prev: Option<&QpqClusterStatus>,
     view: &ClusterView,
     observed: &Observed,
@@ -499,6 +503,7 @@ async fn leader_transfer(
     now: &str,
 ) -> Option<LeaderTransferStatus> {
     use crate::transfer::{self, Decision};
+    let Pass { ctx, admin, obj, c } = pass;
     let raw = transfer::pending(
         obj.metadata
             .annotations
@@ -624,6 +629,12 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         .as_ref()
         .and_then(|s| AdminIdentity::from_secret(s, "operator"));
     let admin = ctx.admin.clone().scoped(identity.as_ref());
+    let pass = Pass {
+        ctx,
+        admin: admin.as_ref(),
+        obj,
+        c: &c,
+    };
     let mut nodes = observe_nodes(&c, admin.as_ref(), sts_replicas.unwrap_or(0)).await;
     // Fenced members (`kubectl qpq fence`) take no part in Raft on purpose: planned as
     // members that are down, never as newcomers or members to rebuild.
@@ -831,9 +842,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         Vec::new()
     } else {
         apply_objects(
-            obj,
-            ctx,
-            &c,
+            pass,
             &plan,
             &raft,
             &secrets,
@@ -966,16 +975,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
     // The rollout's one step (never while the spec is invalid).
     let mut rollout_status = rollout_plan.status.clone();
     if !invalid {
-        rollout_step(
-            ctx,
-            admin.as_ref(),
-            obj,
-            &c,
-            &rollout_plan,
-            &raft,
-            &mut rollout_status,
-        )
-        .await?;
+        rollout_step(pass, &rollout_plan, &raft, &mut rollout_status).await?;
     }
     // Finalize the replicated-command version once no rollout can be rolled back.
     if !invalid
@@ -1063,18 +1063,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             .is_some_and(|r| r.phase.in_progress());
     let transfer_record: Option<LeaderTransferStatus> = match (quiet, &raft) {
         (true, RaftObservation::Cluster(v)) => {
-            leader_transfer(
-                ctx,
-                admin.as_ref(),
-                obj,
-                &c,
-                prev,
-                v,
-                &observed,
-                &nodes,
-                &now,
-            )
-            .await
+            leader_transfer(pass, prev, v, &observed, &nodes, &now).await
         }
         _ => None,
     };
@@ -1105,10 +1094,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         next.leader_transfer = Some(record);
     }
     next.fencing = fence_requests(
-        ctx,
-        admin.as_ref(),
-        obj,
-        &c,
+        pass,
         prev,
         &raft,
         &nodes,
@@ -1416,16 +1402,13 @@ fn record_phase(ctx: &Context, c: &ClusterRef, phase: Option<RolloutPhase>) {
 
 /// Carries out the rollout planner's step. A failed step is reported (Event, metric) and
 /// retried by a later round; the status written says what was done.
-#[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct input
 async fn rollout_step(
-    ctx: &Context,
-    admin: &dyn NodeAdmin,
-    obj: &QpqCluster,
-    c: &ClusterRef,
+    pass: Pass<'_>,
     p: &RolloutPlan,
     raft: &RaftObservation,
     status: &mut Option<crate::crd::RolloutStatus>,
 ) -> Result<()> {
+    let Pass { ctx, admin, obj, c } = pass;
     match &p.action {
         RolloutAction::None => {}
         RolloutAction::DeletePod { ordinal, uid } => {
@@ -1638,17 +1621,15 @@ async fn prepare_tls(
     Ok((secrets, rotation, expire))
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct input
 async fn apply_objects(
-    obj: &QpqCluster,
-    ctx: &Context,
-    c: &ClusterRef,
+    pass: Pass<'_>,
     plan: &Plan,
     raft: &RaftObservation,
     secrets: &[Secret],
     rotation: u64,
     template_version: &str,
 ) -> Result<Vec<String>> {
+    let Pass { ctx, obj, c, .. } = pass;
     let client = &ctx.client;
     let ns = c.namespace.as_str();
     let spec = &obj.spec;

@@ -8,7 +8,7 @@
 //! Clients trust it either as a CA file or by pinning its SHA-256 fingerprint, printed by
 //! [`format_fingerprint`] as colon-separated upper-case hex pairs: the format of
 //! `openssl x509 -noout -fingerprint -sha256`, so an operator can cross-check it.
-//! `qpq_client::tls::parse_fingerprint` reads it back.
+//! `qpq_wire::tls::parse_fingerprint` reads it back.
 //!
 //! This is not a certificate authority: no rotation, no renewal, no revocation. Production
 //! nodes load a real certificate with [`super::load_pem`].

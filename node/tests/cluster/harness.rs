@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer as _;
-use qpq_client::{ClientError, Connection, ServerVerification};
 use qpq_node::admin::access::Role;
 use qpq_node::admin::client::AdminClient;
 use qpq_node::raft::certs::{ClusterTlsFiles, admin_credentials, generate_cluster};
 use qpq_schemas::auth::register_message;
 use qpq_schemas::{ChannelId, DeviceId, IdentityKey};
+use qpq_wire::{ClientError, Connection, ServerVerification};
 use serde_json::{Value, json};
 
 /// Heartbeat and election timeout the tests run with (ms).

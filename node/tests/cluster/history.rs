@@ -10,10 +10,10 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use qpq_client::rpc::FetchedKeyPackage;
-use qpq_client::{ClientError, Connection};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ChannelId, ClientMsgId, GroupId, IdentityKey, WireError};
+use qpq_wire::rpc::FetchedKeyPackage;
+use qpq_wire::{ClientError, Connection};
 
 use crate::harness::{Cluster, Endpoint};
 

@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use qpq_client::{ClientError, Connection};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::auth::register_message;
 use qpq_schemas::{ClientMsgId, DeviceId, GroupId, WireError};
+use qpq_wire::{ClientError, Connection};
 
 use crate::harness::{Cluster, Endpoint, local, serial};
 use crate::proxy::{self, BadLink, Net};

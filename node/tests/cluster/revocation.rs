@@ -12,10 +12,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use qpq_client::{ClientError, Connection};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::auth::register_message;
 use qpq_schemas::{ClientMsgId, GroupId, WireError};
+use qpq_wire::{ClientError, Connection};
 
 use crate::harness::Endpoint;
 

@@ -5,9 +5,9 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use qpq_client::ClientError;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_schemas::{ClientMsgId, WireError};
+use qpq_wire::ClientError;
 
 use crate::harness::{Cluster, Endpoint, local, serial};
 use crate::history::{self, History};

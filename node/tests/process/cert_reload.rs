@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use qpq_client::{Connection, ServerVerification};
+use qpq_wire::{Connection, ServerVerification};
 
 use crate::harness::{NodeProcess, local};
 

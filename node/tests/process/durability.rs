@@ -1,9 +1,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use qpq_client::Connection;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ChannelId, ClientMsgId, GroupId};
+use qpq_wire::Connection;
 use rand::Rng as _;
 
 use crate::harness::{NodeProcess, check_stored, local};

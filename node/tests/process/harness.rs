@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qpq_client::{Connection, ServerVerification, Tokens};
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_schemas::ClientMsgId;
+use qpq_wire::{Connection, ServerVerification, Tokens};
 
 pub struct NodeProcess {
     pub child: Child,
@@ -196,7 +196,7 @@ pub async fn check_stored(
     c: &Connection,
     ch: &qpq_schemas::ChannelId,
     acked: &HashMap<ClientMsgId, (u64, Vec<u8>)>,
-) -> Vec<qpq_client::rpc::Envelope> {
+) -> Vec<qpq_wire::rpc::Envelope> {
     let mut stored = Vec::new();
     let mut after = 0;
     loop {

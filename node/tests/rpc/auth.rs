@@ -1,13 +1,13 @@
 //! Authentication: registration, challenge-response login, token validation, expiry, refresh
 //! rotation and replay, device add and revoke — each refusal as a client sees it.
 
-use qpq_client::ClientError;
-use qpq_client::DeviceStatus;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_schemas::auth::{
     TOKEN_LEN, add_device_message, device_possession_message, login_message, register_message,
 };
 use qpq_schemas::{ClientMsgId, DeviceId, WireError};
+use qpq_wire::ClientError;
+use qpq_wire::DeviceStatus;
 
 use crate::common::{TestNode, local, signer};
 

@@ -2,10 +2,10 @@
 //! inboxes and cursors. A refusal is `Forbidden`, and a channel a caller may not use looks
 //! exactly like one that does not exist.
 
-use qpq_client::{ClientError, DmState};
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::auth::{dm_channel, inbox_channel};
 use qpq_schemas::{ChannelId, ClientMsgId, ConsumerId, GroupId, WireError};
+use qpq_wire::{ClientError, DmState};
 
 use crate::common::{TestNode, local};
 
@@ -20,7 +20,7 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, ClientError>) -> bool {
 }
 
 /// Every channel operation as `c` sees it on `ch`: all must be `Forbidden`.
-async fn locked_out(c: &qpq_client::Connection, ch: &ChannelId) -> bool {
+async fn locked_out(c: &qpq_wire::Connection, ch: &ChannelId) -> bool {
     let m = message();
     forbidden(c.enqueue(ch, &ClientMsgId::random(), &m).await)
         && forbidden(c.fetch(ch, 0, 0).await)

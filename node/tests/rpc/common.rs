@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qpq_client::{Connection, ServerVerification, Tokens};
 use qpq_node::admin::access::Role;
 use qpq_node::admin::client::AdminClient;
 use qpq_node::config::{NodeConfig, RateLimit};
@@ -13,6 +12,7 @@ use qpq_node::mls::devkit::DevIdentity;
 use qpq_node::raft::certs::admin_credentials;
 use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
 use qpq_schemas::{AccountId, ChannelId, DeviceId};
+use qpq_wire::{Connection, ServerVerification, Tokens};
 
 pub struct TestNode {
     pub node: RunningNode,

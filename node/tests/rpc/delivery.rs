@@ -1,8 +1,8 @@
 use std::time::{Duration, Instant};
 
-use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId, WireError};
+use qpq_wire::ClientError;
 
 use crate::common::{TestNode, local, metric};
 

@@ -13,9 +13,9 @@ async fn a_long_poll_in_flight_gets_its_answer_then_a_shutting_down_close() {
         ..
     } = t;
     let addr = node.client_addr();
-    let pin = qpq_client::ServerVerification::PinnedSha256(node.fingerprint());
+    let pin = qpq_wire::ServerVerification::PinnedSha256(node.fingerprint());
     local(async move {
-        let mut c = qpq_client::Connection::connect(addr, "localhost", &pin)
+        let mut c = qpq_wire::Connection::connect(addr, "localhost", &pin)
             .await
             .unwrap();
         let id = qpq_node::mls::devkit::DevIdentity::generate().unwrap();

@@ -1,9 +1,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use qpq_client::ClientError;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_schemas::WireError;
+use qpq_wire::ClientError;
 
 use crate::common::{TestNode, eventually, key_packages, local, metric};
 

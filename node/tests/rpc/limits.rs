@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use qpq_client::{ClientError, Connection};
+use qpq_wire::{ClientError, Connection};
 
 use crate::common::{TestNode, local};
 

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
-use qpq_client::ClientError;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::limits::{MAX_PAYLOAD_BYTES, WIRE_VERSION};
 use qpq_schemas::{ClientMsgId, GroupId, WireError};
+use qpq_wire::ClientError;
 
 use crate::common::{TestNode, local};
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use qpq_client::ClientError;
 use qpq_node::config::RateLimit;
 use qpq_schemas::WireError;
+use qpq_wire::ClientError;
 
 use crate::common::{TestNode, local};
 
