@@ -26,7 +26,7 @@ use crate::rpc::{
     FetchPage, FetchedKeyPackage,
 };
 
-/// What the next enqueue (of any device) meets.
+/// What the next enqueue or KeyPackage upload (of any device) meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// Refused before it runs: `unavailable` (transient; nothing was applied).
@@ -78,6 +78,7 @@ pub(crate) struct World {
     key_packages: HashMap<IdentityKey, KeyPackages>,
     channels: HashMap<ChannelId, Channel>,
     faults: VecDeque<Fault>,
+    upload_faults: VecDeque<Fault>,
     /// Enqueues that reached the log (duplicates and refusals not counted).
     pub(crate) appended: u64,
     /// Enqueues refused with `staleEpoch`.
@@ -93,6 +94,18 @@ impl World {
     /// The next enqueues meet `faults`, in order.
     pub(crate) fn fail_next_enqueues(&mut self, faults: &[Fault]) {
         self.faults.extend(faults);
+    }
+
+    /// The next KeyPackage uploads meet `faults`, in order.
+    pub(crate) fn fail_next_uploads(&mut self, faults: &[Fault]) {
+        self.upload_faults.extend(faults);
+    }
+
+    /// Single-use KeyPackages the node holds for `identity`.
+    pub(crate) fn key_packages(&self, identity: &IdentityKey) -> usize {
+        self.key_packages
+            .get(identity)
+            .map_or(0, |p| p.single_use.len())
     }
 
     /// Retention: drops every message of `channel` up to and including `seq`.
@@ -313,13 +326,21 @@ impl NodeApi for FakeNode {
         self.me()?;
         let identity = self.identity()?;
         let mut world = self.world.borrow_mut();
+        let fault = world.upload_faults.pop_front();
+        if fault == Some(Fault::Unavailable) {
+            return Err(wire(WireError::Unavailable { retry_after_ms: 0 }));
+        }
         let pool = world.key_packages.entry(identity).or_default();
         pool.single_use.extend(packages.iter().cloned());
         if let Some(l) = last_resort {
             pool.last_resort = Some(l.to_vec());
         }
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        Ok((n(packages.len()), n(pool.single_use.len())))
+        let answer = (n(packages.len()), n(pool.single_use.len()));
+        match fault {
+            Some(Fault::AnswerLost) => Err(NodeError::Timeout),
+            _ => Ok(answer),
+        }
     }
 
     async fn fetch_key_packages(&self, account: &AccountId) -> NodeResult<Vec<DeviceKeyPackage>> {

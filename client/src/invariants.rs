@@ -13,6 +13,7 @@ use crate::core::{Client, EventKind, Intent};
 use crate::db::Provider;
 use crate::fake::{FakeNode, Fault, World};
 use crate::keypackages::SystemClock;
+use crate::node::NodeApi as _;
 
 type Dev = Client<FakeNode>;
 
@@ -227,4 +228,91 @@ async fn a_commit_staged_before_a_restart_is_redone_after_losing_its_epoch() {
     bob.send(&gid, b"updated").await.unwrap();
     assert_eq!(received(&alice).await, ["updated"]);
     assert_eq!(bob.pending_outbox().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_removed_member_learns_it_and_can_neither_read_nor_send_after() {
+    let world = World::new();
+    let (alice, bob, carol) = (
+        device(&world).await,
+        device(&world).await,
+        device(&world).await,
+    );
+    let gid = group_of(&alice, &[&bob, &carol]).await;
+    alice.remove(&gid, &bob.account().unwrap()).await.unwrap();
+    alice.send(&gid, b"without bob").await.unwrap();
+    bob.sync().await.unwrap();
+    let kinds: Vec<EventKind> = (bob.take_events().unwrap().into_iter())
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&EventKind::Removed), "{kinds:?}");
+    assert!(
+        !kinds.contains(&EventKind::Message),
+        "nothing after: {kinds:?}"
+    );
+    assert_eq!(bob.group(&gid).unwrap().state, crate::GroupState::Removed);
+    assert!(matches!(
+        bob.send(&gid, b"still here?").await,
+        Err(crate::Error::Inactive(crate::GroupState::Removed))
+    ));
+    assert_eq!(received(&carol).await, ["without bob"]);
+}
+
+#[tokio::test]
+async fn a_member_who_leaves_is_committed_out_by_one_who_stays() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let gid = group_of(&alice, &[&bob]).await;
+    let start = epoch(&alice, &gid);
+    bob.leave(&gid).await.unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!(
+        epoch(&alice, &gid),
+        start + 1,
+        "alice committed bob's proposal"
+    );
+    bob.sync().await.unwrap();
+    assert!(
+        (bob.take_events().unwrap().iter()).any(|e| e.kind == EventKind::Left),
+        "bob saw the Commit that took him out"
+    );
+    assert_eq!(bob.group(&gid).unwrap().state, crate::GroupState::Left);
+    assert_eq!(alice.group(&gid).unwrap().members.len(), 1);
+}
+
+#[tokio::test]
+async fn a_direct_message_is_readable_at_once_and_the_reply_accepts_it() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let dm = alice.dm_group(&bob.account().unwrap()).await.unwrap();
+    alice.send(&dm, b"hi bob").await.unwrap();
+    assert_eq!(received(&bob).await, ["hi bob"]);
+    let same = bob.dm_group(&alice.account().unwrap()).await.unwrap();
+    assert_eq!(same, dm, "one DM per pair of accounts");
+    bob.send(&dm, b"hi alice").await.unwrap();
+    assert_eq!(received(&alice).await, ["hi alice"]);
+}
+
+#[tokio::test]
+async fn a_key_package_upload_whose_answer_was_lost_is_not_stored_twice() {
+    let world = World::new();
+    let (alice, bob) = (device(&world).await, device(&world).await);
+    let pool = crate::keypackages::KeyPackagePolicy::default().pool_size as usize;
+    assert_eq!(world.borrow().key_packages(&bob.identity()), pool);
+    // Eight invitations drain bob's pool below its low-water mark.
+    for _ in 0..8 {
+        let claimed = alice
+            .node()
+            .fetch_key_packages(&bob.account().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+    assert_eq!(world.borrow().key_packages(&bob.identity()), pool - 8);
+    world.borrow_mut().fail_next_uploads(&[Fault::AnswerLost]);
+    // The refill reached the node but its answer did not: bob counts again instead of
+    // sending the same packages twice.
+    let _ = bob.maintain_key_packages().await;
+    bob.maintain_key_packages().await.unwrap();
+    assert_eq!(world.borrow().key_packages(&bob.identity()), pool);
 }
