@@ -2,6 +2,8 @@
 //! each runs in milliseconds, with the fault placed exactly where it hurts (a lost answer
 //! after the node applied a write, a Commit that loses its epoch, history that expired).
 //! The same behaviours are tested end to end against a real node in `tests/e2e`.
+//! Time is paused (`start_paused`): the client's own waits, such as the pause before it
+//! counts its KeyPackages again, pass at once and in a fixed order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::RefCell;
@@ -70,7 +72,7 @@ fn commit_epochs(world: &Rc<RefCell<World>>, gid: &GroupId) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn racing_commits_one_wins_the_loser_is_redone_and_both_converge() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -99,7 +101,7 @@ async fn racing_commits_one_wins_the_loser_is_redone_and_both_converge() {
     assert_eq!(received(&alice).await, ["yes"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_message_whose_answer_was_lost_is_sent_again_under_its_id_and_delivered_once() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -123,7 +125,7 @@ async fn a_message_whose_answer_was_lost_is_sent_again_under_its_id_and_delivere
     assert!(world.borrow().gap_free_and_unique(&channel));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_commit_whose_answer_was_lost_is_not_made_twice() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -144,7 +146,7 @@ async fn a_commit_whose_answer_was_lost_is_not_made_twice() {
     assert_eq!(received(&bob).await, ["after the update"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unavailable_node_leaves_the_message_queued_until_the_next_flush() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -159,7 +161,7 @@ async fn an_unavailable_node_leaves_the_message_queued_until_the_next_flush() {
     assert_eq!(received(&bob).await, ["later"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn messages_that_expired_unread_are_one_gap_event_and_the_rest_still_decrypts() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -193,7 +195,7 @@ async fn messages_that_expired_unread_are_one_gap_event_and_the_rest_still_decry
     assert_eq!(messages, ["after"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_commit_staged_before_a_restart_is_redone_after_losing_its_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bob.sqlite3");
@@ -230,7 +232,7 @@ async fn a_commit_staged_before_a_restart_is_redone_after_losing_its_epoch() {
     assert_eq!(bob.pending_outbox().unwrap(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_removed_member_learns_it_and_can_neither_read_nor_send_after() {
     let world = World::new();
     let (alice, bob, carol) = (
@@ -258,7 +260,7 @@ async fn a_removed_member_learns_it_and_can_neither_read_nor_send_after() {
     assert_eq!(received(&carol).await, ["without bob"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_member_who_leaves_is_committed_out_by_one_who_stays() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -280,7 +282,7 @@ async fn a_member_who_leaves_is_committed_out_by_one_who_stays() {
     assert_eq!(alice.group(&gid).unwrap().members.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_direct_message_is_readable_at_once_and_the_reply_accepts_it() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);
@@ -293,7 +295,7 @@ async fn a_direct_message_is_readable_at_once_and_the_reply_accepts_it() {
     assert_eq!(received(&alice).await, ["hi alice"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_key_package_upload_whose_answer_was_lost_is_not_stored_twice() {
     let world = World::new();
     let (alice, bob) = (device(&world).await, device(&world).await);

@@ -80,7 +80,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn callers_waiting_behind_a_call_share_the_next_one_and_none_uses_an_older_one() {
         let c = Arc::new(Coalescer::<u64>::default());
         let calls = Arc::new(AtomicU64::new(0));
@@ -138,7 +138,7 @@ mod tests {
         })
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_caller_that_gives_up_leaves_the_others_their_answer() {
         let c = Arc::new(Coalescer::<u64>::default());
         let gate = Arc::new(tokio::sync::Notify::new());
@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(got, Some(8), "its own call, after the abandoned one");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn callers_of_a_call_whose_owner_gave_up_before_it_started_are_not_left_waiting() {
         let c = Arc::new(Coalescer::<u64>::default());
         let gate = Arc::new(tokio::sync::Notify::new());
