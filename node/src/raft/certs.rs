@@ -15,14 +15,13 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::RootCertStore;
 use rustls::crypto::ring;
-use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::admin::role::Role;
-use crate::transport::{self, ReloadingKey, TransportLimits, tls};
+use crate::transport::{
+    self, ReloadingKey, ReloadingRoots, RootsClientVerifier, RootsServerVerifier, TransportLimits,
+    tls,
+};
 
 /// The DNS name every node certificate carries and every peer checks.
 pub const PEER_SERVER_NAME: &str = "qpq-raft";
@@ -40,7 +39,8 @@ pub struct ClusterTlsFiles {
 
 /// Loaded TLS material for the Raft listener and the Raft client.
 pub struct ClusterTls {
-    roots: Arc<RootCertStore>,
+    /// The cluster CA bundle, reloaded when its file changes (a CA rotation's overlap).
+    roots: Arc<ReloadingRoots>,
     /// This node's (or an admin client's) certificate, reloaded when its files change.
     key: Arc<ReloadingKey>,
 }
@@ -156,20 +156,8 @@ impl ClusterTls {
         every: std::time::Duration,
     ) -> Result<Self, transport::Error> {
         let key = ReloadingKey::open_checking_every(&files.cert, &files.key, every)?;
-        let ca_pem = std::fs::read(&files.ca).map_err(|e| io(&files.ca, e))?;
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(|source| transport::Error::Pem {
-                path: files.ca.clone(),
-                what: "certificate",
-                source,
-            })?;
-            roots.add(cert)?;
-        }
-        Ok(Self {
-            roots: Arc::new(roots),
-            key,
-        })
+        let roots = ReloadingRoots::open_checking_every(&files.ca, every)?;
+        Ok(Self { roots, key })
     }
 
     /// Dev mode: loads `<data_dir>/cluster/` or generates a one-node cluster CA there.
@@ -215,26 +203,28 @@ impl ClusterTls {
         Ok(Arc::new(crypto))
     }
 
-    /// Requires a client certificate signed by the cluster CA.
+    /// Requires a client certificate signed by a CA of the bundle (as it is at handshake time).
     fn client_verifier(
         &self,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, transport::Error> {
-        Ok(WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            Arc::new(ring::default_provider()),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?)
+        Ok(Arc::new(RootsClientVerifier(self.roots.clone())))
+    }
+
+    /// Verifies a server against the bundle as it is at handshake time.
+    fn server_verifier(&self) -> Arc<RootsServerVerifier> {
+        Arc::new(RootsServerVerifier(self.roots.clone()))
     }
 
     /// A TLS client config for the admin API: presents this certificate (an admin
-    /// certificate, [`admin_credentials`]), trusts the cluster CA only; the server must
-    /// carry [`PEER_SERVER_NAME`].
+    /// certificate, [`admin_credentials`]), trusts the cluster CA bundle only (WebPKI chain
+    /// and name checks, through [`RootsServerVerifier`]); the server must carry
+    /// [`PEER_SERVER_NAME`].
     pub fn admin_client_config(&self) -> Result<Arc<rustls::ClientConfig>, transport::Error> {
         let mut crypto =
             rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])?
-                .with_root_certificates(self.roots.clone())
+                .dangerous()
+                .with_custom_certificate_verifier(self.server_verifier())
                 .with_client_cert_resolver(self.key.clone());
         crypto.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(crypto))
@@ -245,7 +235,8 @@ impl ClusterTls {
         let mut crypto =
             rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])?
-                .with_root_certificates(self.roots.clone())
+                .dangerous()
+                .with_custom_certificate_verifier(self.server_verifier())
                 .with_client_cert_resolver(self.key.clone());
         crypto.alpn_protocols = vec![qpq_schemas::limits::RAFT_ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(crypto)?;
@@ -267,3 +258,6 @@ fn peer_limits() -> TransportLimits {
         ..TransportLimits::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod reload;
 pub mod reset;
 pub mod tls;
+pub mod trust;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,7 @@ pub use reset::{Listener, ResetSecret, bind_endpoint};
 pub use tls::{
     BAD_ALPN_REASON, enforce_alpn, load_pem, negotiated_alpn_ok, quinn_server_config, server_crypto,
 };
+pub use trust::{ReloadingRoots, RootsClientVerifier, RootsServerVerifier};
 
 /// Why a transport configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@
 //! load — a half-written file, a key of another certificate — is refused with a warning and
 //! the previous certificate goes on serving; it is tried again at the next check. Connections
 //! already established keep the certificate they were made with. The trust anchors (the
-//! cluster CA) are not reloaded: a new CA still needs a restart.
+//! cluster CA bundle) are reloaded the same way by [`super::trust::ReloadingRoots`].
 
 use std::fs;
 use std::path::{Path, PathBuf};

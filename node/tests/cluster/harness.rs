@@ -430,6 +430,11 @@ impl Cluster {
         .collect()
     }
 
+    /// The cluster identity files of every possible node (`node-<i>`), all beside one CA.
+    pub fn tls_files(&self) -> &[ClusterTlsFiles] {
+        &self.tls
+    }
+
     /// Creates `n` nodes (not started). `extra`: more flags for every node.
     pub fn new(n: u64, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ mod s3;
 mod tmpfs;
 
 mod backup;
+mod ca_rotation;
 mod chaos;
 mod damage;
 mod disk;
