@@ -108,6 +108,13 @@ impl World {
             .map_or(0, |p| p.single_use.len())
     }
 
+    /// A node that misbehaves: the next KeyPackage served for `identity` is `package`.
+    pub(crate) fn serve_next(&mut self, identity: &IdentityKey, package: Vec<u8>) {
+        (self.key_packages.entry(*identity).or_default())
+            .single_use
+            .push_front(package);
+    }
+
     /// Retention: drops every message of `channel` up to and including `seq`.
     pub(crate) fn expire(&mut self, channel: &ChannelId, seq: u64) {
         if let Some(c) = self.channels.get_mut(channel) {

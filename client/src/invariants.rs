@@ -318,3 +318,83 @@ async fn a_key_package_upload_whose_answer_was_lost_is_not_stored_twice() {
     bob.maintain_key_packages().await.unwrap();
     assert_eq!(world.borrow().key_packages(&bob.identity()), pool);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_package_bound_to_another_identity_is_refused_even_when_the_node_serves_it() {
+    let world = World::new();
+    let (alice, mallory, carol) = (
+        device(&world).await,
+        device(&world).await,
+        device(&world).await,
+    );
+    let gid = alice.create_group(Some("g")).await.unwrap();
+    let start = epoch(&alice, &gid);
+    // One of carol's packages, handed out as mallory's.
+    let carols = (alice.node())
+        .fetch_key_packages(&carol.account().unwrap())
+        .await
+        .unwrap();
+    let bytes = carols[0].package.bytes.clone();
+    world.borrow_mut().serve_next(&mallory.identity(), bytes);
+    let refused = alice.invite(&gid, &mallory.account().unwrap()).await;
+    assert!(
+        matches!(&refused, Err(crate::Error::Policy(_))),
+        "{refused:?}"
+    );
+    assert_eq!(epoch(&alice, &gid), start, "no Commit was made");
+    assert_eq!(commit_epochs(&world, &gid), Vec::<u64>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_welcome_of_another_ciphersuite_is_a_policy_violation_and_joins_nothing() {
+    use openmls::prelude::{
+        BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsGroup, MlsGroupCreateConfig,
+    };
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    let world = World::new();
+    let (bob, mallory) = (device(&world).await, device(&world).await);
+    // A P-256 group, and its Welcome dropped in bob's inbox (anyone may write there).
+    let suite = Ciphersuite::MLS_128_DHKEMP256_AES128GCM_SHA256_P256;
+    let provider = OpenMlsRustCrypto::default();
+    let member = || {
+        let signer = SignatureKeyPair::new(suite.signature_algorithm()).unwrap();
+        signer
+            .store(openmls::prelude::OpenMlsProvider::storage(&provider))
+            .unwrap();
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(signer.to_public_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        (signer, credential)
+    };
+    let ((signer, credential), (joiner, joiner_credential)) = (member(), member());
+    let kp = KeyPackage::builder()
+        .build(suite, &provider, &joiner, joiner_credential)
+        .unwrap();
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .use_ratchet_tree_extension(true)
+        .build();
+    let mut group = MlsGroup::new(&provider, &signer, &config, credential).unwrap();
+    let (_, welcome, _) = group
+        .add_members(&provider, &signer, &[kp.key_package().clone()])
+        .unwrap();
+    let inbox = crate::channels::inbox_channel(&bob.device().unwrap());
+    (mallory.node())
+        .enqueue(
+            &inbox,
+            &qpq_schemas::ClientMsgId::random(),
+            &welcome.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let kinds: Vec<EventKind> = (bob.take_events().unwrap().into_iter())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::PolicyViolation]);
+    assert!(bob.groups().unwrap().is_empty());
+    bob.sync().await.unwrap();
+    assert!(bob.take_events().unwrap().is_empty(), "reported once");
+}
