@@ -36,6 +36,10 @@ struct Args {
     /// Connections to open (the node's connection limits must allow them).
     #[arg(long, default_value_t = 500)]
     connections: usize,
+    /// Start every `fetchWait` at once (what a node meets when its clients reconnect
+    /// together) instead of 32 at a time.
+    #[arg(long)]
+    burst: bool,
     /// Write the figures as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -158,11 +162,10 @@ async fn run(args: Args) -> Result<(), String> {
 
     let channel = conns[0].create_channel().await.map_err(|e| e.to_string())?;
     let conns: Vec<std::rc::Rc<Connection>> = conns.into_iter().map(std::rc::Rc::new).collect();
-    // Started 32 at a time, so that the node's first read of each (before it waits) does
-    // not all run at once: a burst would grow its blocking-thread pool, which is not what a
-    // waiter costs.
+    // Started 32 at a time (or all at once with `--burst`): each first reads the channel
+    // before it waits, and what a burst of such reads costs the node is measured apart.
     let mut waiters = Vec::with_capacity(n);
-    for batch in conns.chunks(32) {
+    for batch in conns.chunks(if args.burst { n.max(1) } else { 32 }) {
         for c in batch {
             let c = c.clone();
             waiters.push(tokio::task::spawn_local(async move {
