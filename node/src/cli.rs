@@ -53,6 +53,37 @@ enum Command {
     Backup(BackupCommand),
     /// Make an empty data directory the first node of a new cluster holding a backup's state.
     Restore(RestoreArgs),
+    /// Write through a running cluster's members, read the channel back from every member
+    /// and check the history; prints a JSON report, exits 0 only when it holds
+    /// (`kubectl qpq chaos` runs it as a Job while it injects faults).
+    Workload(WorkloadArgs),
+}
+
+#[derive(Args)]
+struct WorkloadArgs {
+    /// A member's client address, `host:port` (its certificate is checked for `host`);
+    /// repeat for every member.
+    #[arg(long = "member", required = true)]
+    members: Vec<String>,
+    /// The CA certificate (PEM) the members' client certificates are issued by.
+    #[arg(long, env = "QPQ_WORKLOAD_CA")]
+    ca_file: PathBuf,
+    /// Check every member's certificate for this name instead of its host.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Seconds to write.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 3)]
+    writers: usize,
+    /// Milliseconds between one writer's messages (one account: stay under the nodes' rate
+    /// limits per account).
+    #[arg(long, default_value_t = 100)]
+    pause_ms: u64,
+    /// Seconds the members may take to agree after the writes end.
+    #[arg(long, default_value_t = 120)]
+    settle_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -525,6 +556,7 @@ pub fn main() -> ExitCode {
                 report(backup_list(&location).await)
             }
             Command::Restore(a) => report(restore(a).await),
+            Command::Workload(a) => workload(a).await,
         }
     })
 }
@@ -817,6 +849,38 @@ async fn backup_list(location: &str) -> Result<serde_json::Value, crate::backup:
 }
 
 /// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).
+async fn workload(a: WorkloadArgs) -> ExitCode {
+    let spec = crate::workload::WorkloadSpec {
+        members: a.members,
+        verification: qpq_wire::ServerVerification::CaFile(a.ca_file),
+        server_name: a.server_name,
+        duration: Duration::from_secs(a.duration_secs),
+        writers: a.writers,
+        pause: Duration::from_millis(a.pause_ms),
+        settle: Duration::from_secs(a.settle_secs),
+    };
+    let result = tokio::task::LocalSet::new()
+        .run_until(crate::workload::run(&spec))
+        .await;
+    match result {
+        Ok(r) => {
+            match serde_json::to_string(&r) {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("qpq-node: {e}"),
+            }
+            if r.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("qpq-node: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn report<T: serde::Serialize>(result: Result<T, crate::backup::BackupError>) -> ExitCode {
     match result {
         Ok(v) => match serde_json::to_string(&v) {

@@ -46,6 +46,7 @@ pub mod service;
 pub mod state;
 pub mod telemetry;
 pub mod transport;
+pub mod workload;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::NodeConfig;

@@ -45,3 +45,4 @@ mod single_use;
 mod stale_reads;
 mod transfer;
 mod versions;
+mod workload;
