@@ -37,6 +37,8 @@ use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin 
 use qpq_operator::crd::{BackupPhase, QpqBackup, QpqCluster, QpqScheduledBackup};
 use serde_json::{Value, json};
 
+#[path = "k8s/chaos.rs"]
+mod chaos;
 #[path = "k8s/monitoring.rs"]
 mod monitoring;
 #[path = "k8s/rollout.rs"]

@@ -30,6 +30,7 @@
 
 pub mod admin_client;
 pub mod backups;
+pub mod chaos;
 pub mod cli;
 pub mod crd;
 pub mod crdgen;

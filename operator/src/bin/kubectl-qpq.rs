@@ -20,6 +20,10 @@
 //! member is a pod, a node id or `leader`, the default)
 //! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
 //! (a support bundle: objects, status, Events and logs, nothing secret)
+//! `kubectl qpq chaos <cluster> [--duration 10m] [--faults pod-kill,leader-kill,drain]
+//! [--seed S] [--interval 30s] [--force]` (faults through the Kubernetes API while a workload
+//! Job writes and checks the history; exit 0 only when every fault healed and the history
+//! holds)
 //! `kubectl-qpq completion bash|zsh|fish|elvish|powershell` (a completion script)
 use std::process::ExitCode;
 
@@ -71,6 +75,45 @@ async fn client(cli: &Cli) -> Result<Client, Box<dyn std::error::Error>> {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Inject faults into a healthy cluster through the Kubernetes API (delete a member's or
+    /// the leader's pod, evict one as a drain does) while `qpq-node workload` runs in a Job
+    /// as its client, then check the workload's history: every acknowledged message on every
+    /// member once, in one gap-free order, no stale read. Prints a line per fault and the
+    /// verdict; exits 0 only when every fault healed and nothing was violated. The same seed
+    /// draws the same faults at the same times. Needs: get QpqClusters; list, get, delete
+    /// and evict pods; create, get and delete Jobs; pod logs.
+    Chaos {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// How long to inject faults and write (`90s`, `10m`).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        /// About how often to inject a fault.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: Duration,
+        /// The faults to draw from, comma-separated: pod-kill, leader-kill, drain.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "pod-kill,leader-kill,drain"
+        )]
+        faults: Vec<qpq_operator::chaos::Fault>,
+        /// Seed of the fault plan (default: from the clock; printed, to replay a run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Start even if the cluster is not healthy.
+        #[arg(long)]
+        force: bool,
+        /// How long the cluster may take to be healthy again after each fault.
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        heal_timeout: Duration,
+        /// How long the members may take to agree after the writes end.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        settle: Duration,
+    },
     /// Members, roles, lag, versions and conditions of a QpqCluster.
     Status {
         /// Name of the QpqCluster (none: list the namespace's QpqClusters).
@@ -436,7 +479,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Recover { namespace, .. }
         | Command::Fence { namespace, .. }
         | Command::Unfence { namespace, .. }
-        | Command::Logs { namespace, .. } => namespace.clone(),
+        | Command::Logs { namespace, .. }
+        | Command::Chaos { namespace, .. } => namespace.clone(),
         Command::Completion { shell } => {
             print!("{}", completion(*shell));
             return Ok(());
@@ -740,9 +784,54 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             println!("{}", path.display());
         }
+        Command::Chaos {
+            cluster,
+            duration,
+            interval,
+            faults,
+            seed,
+            force,
+            heal_timeout,
+            settle,
+            ..
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                u64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or_default()
+            });
+            let options = qpq_operator::chaos::Options {
+                cluster,
+                namespace: ns,
+                duration,
+                interval,
+                faults,
+                seed,
+                force,
+                settle,
+                heal: heal_timeout,
+            };
+            qpq_operator::chaos::run(client, &options).await?;
+        }
         Command::Completion { .. } => {}
     }
     Ok(())
+}
+
+/// `90s`, `10m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: a number with s, m or h (`90s`, `10m`)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 /// Prints one cluster's status. `streamed`: one of a series (`-w`): JSON on one line, YAML
@@ -1103,6 +1192,43 @@ async fn fence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chaos_takes_durations_and_a_fault_list_and_refuses_partition() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["kubectl-qpq", "chaos", "qpq"][..], args].concat())
+                .map(|c| c.command)
+        };
+        match parse(&[
+            "--duration",
+            "90s",
+            "--faults",
+            "drain,leader-kill",
+            "--seed",
+            "7",
+        ]) {
+            Ok(Command::Chaos {
+                duration,
+                interval,
+                faults,
+                seed,
+                ..
+            }) => {
+                assert_eq!(duration, Duration::from_secs(90));
+                assert_eq!(interval, Duration::from_secs(30));
+                use qpq_operator::chaos::Fault;
+                assert_eq!(faults, [Fault::Drain, Fault::LeaderKill]);
+                assert_eq!(seed, Some(7));
+            }
+            _ => panic!("chaos arguments"),
+        }
+        assert!(parse(&["--faults", "partition"]).is_err());
+        assert!(parse(&["--duration", "10x"]).is_err());
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("m").is_err());
+    }
 
     #[test]
     fn backup_takes_a_cluster_or_a_list_or_verify_verb() {

@@ -1,0 +1,105 @@
+//! `kubectl qpq chaos` on the local control plane: it refuses a cluster that is not healthy
+//! yet; on a healthy one it deletes member pods (the leader's too) and evicts them through the
+//! Eviction API while `qpq-node workload` runs as a Job, waits for the cluster to heal after
+//! each fault, and passes only when the workload's history holds on every member. Its Job is
+//! gone afterwards.
+
+use super::*;
+
+fn chaos(env: &Env, args: &[&str]) -> (bool, String, String) {
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let out = Command::new(&plugin)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .arg("chaos")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("kubectl qpq chaos {args:?}:\n{stdout}{stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run e2e/scripts/k8s-e2e.sh"]
+async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_history() {
+    let env = env().await;
+    let t0 = Instant::now();
+    install_operator(&env);
+    let ns = namespace(&env, "qpq-e2e-chaos").await;
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
+    let obj = example(&env, "qpqcluster-3.yaml", &ns);
+    let name = obj.metadata.name.clone().unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+
+    step("kubectl qpq chaos refuses a cluster that is not healthy yet");
+    let (passed, _, stderr) = chaos(&env, &[&name, "-n", &ns, "--duration", "30s"]);
+    assert!(!passed);
+    assert!(stderr.contains("is not healthy"), "{stderr}");
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
+    let selector = format!("{}={name}", qpq_operator::chaos::CHAOS_FOR_LABEL);
+    let listed = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    assert!(listed.items.is_empty(), "a refused run created a Job");
+
+    wait_ready(&env, &ns, &name, 3, 300).await;
+    step(&format!("Ready after {:?}; chaos for 80 s", t0.elapsed()));
+    let (passed, stdout, stderr) = chaos(
+        &env,
+        &[
+            &name,
+            "-n",
+            &ns,
+            "--duration",
+            "80s",
+            "--interval",
+            "20s",
+            "--seed",
+            "11",
+            "--heal-timeout",
+            "150s",
+            "--settle",
+            "90s",
+        ],
+    );
+    assert!(passed, "{stdout}{stderr}");
+    let struck: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("healthy again after"))
+        .collect();
+    assert!(struck.len() >= 2, "fewer than two faults healed: {stdout}");
+    assert!(stdout.contains(", 0 violations"), "{stdout}");
+    let acked: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("workload: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(acked > 100, "{stdout}");
+    // Every member's copy holds at least what was acknowledged.
+    let copies: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(" messages"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(copies.len(), 3, "{stdout}");
+    assert!(copies.iter().all(|n| *n >= acked), "{stdout}");
+
+    step("its workload Job is gone");
+    wait("the chaos Job deleted", 60, || async {
+        let left = jobs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        left.items
+            .iter()
+            .all(|j| j.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+    step(&format!("done in {:?}", t0.elapsed()));
+}
