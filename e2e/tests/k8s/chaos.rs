@@ -56,8 +56,9 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
             "80s",
             "--interval",
             "20s",
+            // Seed 32 draws a leader kill, a pod kill, a drain and a pod kill.
             "--seed",
-            "11",
+            "32",
             "--heal-timeout",
             "150s",
             "--settle",
@@ -69,7 +70,13 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
         .lines()
         .filter(|l| l.starts_with('[') && l.contains("healthy again after"))
         .collect();
-    assert!(struck.len() >= 2, "fewer than two faults healed: {stdout}");
+    assert!(
+        struck.len() >= 3,
+        "fewer than three faults healed: {stdout}"
+    );
+    for fault in ["] leader-kill ", "] pod-kill ", "] drain "] {
+        assert!(stdout.contains(fault), "no{fault}line: {stdout}");
+    }
     assert!(stdout.contains(", 0 violations"), "{stdout}");
     let acked: u64 = stdout
         .lines()
