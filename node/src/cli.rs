@@ -5,6 +5,8 @@
 //! - `qpq-node dev`: development mode on embedded defaults: loopback, a data directory under
 //!   the working directory, a self-signed certificate whose fingerprint is printed, and a
 //!   self-check that exercises every RPC over real QUIC. `--self-check` exits after it.
+//! - `qpq-node workload`: a client of a running cluster that writes through every member and
+//!   checks what each stored (`crate::workload`; what `kubectl qpq chaos` runs as a Job).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -848,7 +850,8 @@ async fn backup_list(location: &str) -> Result<serde_json::Value, crate::backup:
     Ok(serde_json::json!({ "backups": found }))
 }
 
-/// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).
+/// Runs `qpq-node workload`: its report as one JSON document on stdout; exit 0 when the
+/// history holds, 1 when it does not, 2 when the workload could not start.
 async fn workload(a: WorkloadArgs) -> ExitCode {
     let spec = crate::workload::WorkloadSpec {
         members: a.members,
@@ -881,6 +884,7 @@ async fn workload(a: WorkloadArgs) -> ExitCode {
     }
 }
 
+/// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).
 fn report<T: serde::Serialize>(result: Result<T, crate::backup::BackupError>) -> ExitCode {
     match result {
         Ok(v) => match serde_json::to_string(&v) {

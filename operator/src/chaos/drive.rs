@@ -72,8 +72,6 @@ impl From<crate::error::Error> for ChaosError {
     }
 }
 
-type Failure = ChaosError;
-
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -92,7 +90,7 @@ async fn member_pods(pods: &Api<Pod>, cluster: &str) -> Vec<Pod> {
 /// # Errors
 /// The reason the run did not pass (a refusal to start, a fault that did not heal, the
 /// workload's violations, an interruption).
-pub async fn run(client: Client, o: &Options) -> Result<(), Failure> {
+pub async fn run(client: Client, o: &Options) -> Result<(), ChaosError> {
     let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), &o.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &o.namespace);
@@ -153,7 +151,7 @@ async fn drive(
     job: &str,
     o: &Options,
     planned: &[Planned],
-) -> Result<(), Failure> {
+) -> Result<(), ChaosError> {
     // The clock starts when the workload runs.
     let selector = format!("batch.kubernetes.io/job-name={job}");
     let deadline = Instant::now() + Duration::from_secs(180);
