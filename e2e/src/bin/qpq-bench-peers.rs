@@ -1,5 +1,5 @@
 //! `qpq-bench-peers`: durable-write throughput and latency of etcd, NATS JetStream and qpq,
-//! 3 nodes each on loopback, side by side in one run (see `qpq_e2e::peers`). Output: a
+//! 3 or 5 members each (`--members`) on loopback, side by side in one run (see `qpq_e2e::peers`). Output: a
 //! Markdown table with ratios on stdout and, with `--out`, the figures as JSON.
 //! `scripts/bench-peers` installs the peers and runs it.
 
@@ -30,6 +30,9 @@ struct Args {
     /// QUIC connections shared by qpq's senders.
     #[arg(long, default_value_t = 8)]
     qpq_connections: usize,
+    /// Members of every cluster: 3 or 5.
+    #[arg(long, default_value_t = 3, value_parser = members)]
+    members: usize,
     /// Systems to measure, in order.
     #[arg(
         long,
@@ -58,12 +61,22 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// (internal) Serve a 3-node qpq cluster under DIR until stdin closes.
+    /// (internal) Serve an N-node qpq cluster under DIR until stdin closes.
     #[command(hide = true)]
     ServeQpqCluster {
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
     },
+}
+
+/// `--members`: 3 or 5 (the quorum sizes the benchmark compares).
+fn members(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ (3 | 5)) => Ok(n),
+        _ => Err(format!("{s:?}: 3 or 5")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -83,8 +96,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if let Some(Cmd::ServeQpqCluster { dir }) = args.command {
-        return peers::qpq::serve_cluster(&dir)
+    if let Some(Cmd::ServeQpqCluster { dir, nodes }) = args.command {
+        return peers::qpq::serve_cluster(&dir, nodes)
             .await
             .map_err(|e| e.to_string());
     }
@@ -94,6 +107,7 @@ async fn run(args: Args) -> Result<(), String> {
         payload_bytes: args.payload_bytes,
         qpq_connections: args.qpq_connections,
         systems: args.systems,
+        members: args.members,
         etcd: args.etcd,
         nats_server: args.nats_server,
         work_dir: args.work_dir,

@@ -1,4 +1,4 @@
-//! etcd as a peer: a 3-member cluster on loopback (one data directory each, plain HTTP),
+//! etcd as a peer: a 3- or 5-member cluster on loopback (one data directory each, plain HTTP),
 //! and senders that each hold one HTTP/1.1 keep-alive connection to the leader and put one
 //! key per message through etcd's v3 JSON gateway (`POST /v3/kv/put`), waiting for the
 //! answer — which etcd gives once the entry is committed (fsync'd by a majority) and applied.
@@ -19,7 +19,7 @@ use super::closed_loop::Sender;
 use super::procs::{self, Guard};
 use super::{PeerError, Result};
 
-/// A running 3-member cluster; dropping it kills the members.
+/// A running cluster; dropping it kills the members.
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Guard>,
@@ -31,17 +31,13 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts the members and waits until they agree on a leader and a put succeeds.
-    pub async fn start(program: &Path, dir: &Path) -> Result<Self> {
-        let client_ports = [
-            procs::free_port()?,
-            procs::free_port()?,
-            procs::free_port()?,
-        ];
-        let peer_ports = [
-            procs::free_port()?,
-            procs::free_port()?,
-            procs::free_port()?,
-        ];
+    pub async fn start(program: &Path, dir: &Path, n: usize) -> Result<Self> {
+        let client_ports = (0..n)
+            .map(|_| procs::free_port())
+            .collect::<Result<Vec<u16>>>()?;
+        let peer_ports = (0..n)
+            .map(|_| procs::free_port())
+            .collect::<Result<Vec<u16>>>()?;
         let initial: Vec<String> = peer_ports
             .iter()
             .enumerate()
@@ -49,7 +45,7 @@ impl EtcdCluster {
             .collect();
         let initial = initial.join(",");
         let mut members = Vec::new();
-        for i in 0..3 {
+        for i in 0..n {
             let client = format!("http://127.0.0.1:{}", client_ports[i]);
             let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
             let data = dir.join(format!("etcd-{}", i + 1));

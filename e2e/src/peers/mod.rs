@@ -1,6 +1,6 @@
 //! The peer benchmark behind `qpq-bench-peers`: in one run on one machine, the durable-write
-//! throughput and latency of etcd (3 members), NATS JetStream (3 nodes, R3 file stream) and
-//! qpq (3 nodes, writes to the leader and to a follower), all on loopback, all driven by the
+//! throughput and latency of etcd, NATS JetStream (a replica per node, file stream) and qpq
+//! (writes to the leader and to a follower), 3 or 5 members each (`--members`), all on loopback, all driven by the
 //! same closed-loop pattern with 1 KiB messages, next to the disk's raw sync rate measured in
 //! the same run. It reports figures and ratios; it never passes or fails on them.
 //!
@@ -48,11 +48,11 @@ pub type Result<T, E = PeerError> = std::result::Result<T, E>;
 /// A system to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
-    /// etcd, 3 members, puts sent to the leader.
+    /// etcd, puts sent to the leader.
     Etcd,
-    /// NATS JetStream, 3 nodes, R3 file stream, publishes sent to node 1.
+    /// NATS JetStream, a file stream with a replica per node, publishes sent to node 1.
     Nats,
-    /// qpq, 3 nodes, enqueues sent to the leader.
+    /// qpq, enqueues sent to the leader.
     QpqLeader,
     /// qpq, the same cluster, enqueues sent to a follower (forwarded).
     QpqFollower,
@@ -83,6 +83,8 @@ pub struct Options {
     pub qpq_connections: usize,
     /// Systems, in this order.
     pub systems: Vec<System>,
+    /// Members of every cluster (3 or 5).
+    pub members: usize,
     /// The `etcd` program.
     pub etcd: PathBuf,
     /// The `nats-server` program.
@@ -175,7 +177,7 @@ async fn run_etcd(
     payload: &[u8],
     report: &mut Report,
 ) -> Result<()> {
-    let mut cluster = etcd::EtcdCluster::start(&opts.etcd, dir).await?;
+    let mut cluster = etcd::EtcdCluster::start(&opts.etcd, dir, opts.members).await?;
     let leader = cluster.clients[cluster.leader];
     for &n in &opts.senders {
         let mut senders = Vec::with_capacity(n);
@@ -194,7 +196,7 @@ async fn run_nats(
     payload: &[u8],
     report: &mut Report,
 ) -> Result<()> {
-    let mut cluster = nats::NatsCluster::start(&opts.nats_server, dir).await?;
+    let mut cluster = nats::NatsCluster::start(&opts.nats_server, dir, opts.members).await?;
     let addr = cluster.clients[0];
     for &n in &opts.senders {
         let mut senders = Vec::with_capacity(n);
@@ -215,7 +217,7 @@ async fn run_qpq(
     report: &mut Report,
 ) -> Result<()> {
     if cluster.is_none() {
-        *cluster = Some(qpq::QpqCluster::start(&opts.exe, dir)?);
+        *cluster = Some(qpq::QpqCluster::start(&opts.exe, dir, opts.members)?);
     }
     let Some(c) = cluster.as_ref() else {
         return Err(PeerError::Failed("no qpq cluster".into()));

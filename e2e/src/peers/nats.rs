@@ -1,5 +1,5 @@
-//! NATS JetStream as a peer: a 3-node cluster on loopback (routes between the nodes,
-//! JetStream with a file store in each node's directory), one stream with three replicas on
+//! NATS JetStream as a peer: a 3- or 5-node cluster on loopback (routes between the nodes,
+//! JetStream with a file store in each node's directory), one stream with a replica per node on
 //! file storage, and senders that publish with a reply subject and wait for the stream's
 //! acknowledgement — what a JetStream client's `publish` does.
 
@@ -19,7 +19,7 @@ use super::{PeerError, Result};
 /// The stream every publisher writes to.
 pub const STREAM: &str = "QPQBENCH";
 
-/// A running 3-node JetStream cluster; dropping it kills the nodes.
+/// A running JetStream cluster; dropping it kills the nodes.
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Guard>,
@@ -28,25 +28,21 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Writes the three configurations, starts the nodes and waits until the stream exists
-    /// with its three replicas and takes a publish.
-    pub async fn start(program: &Path, dir: &Path) -> Result<Self> {
-        let client_ports = [
-            procs::free_port()?,
-            procs::free_port()?,
-            procs::free_port()?,
-        ];
-        let route_ports = [
-            procs::free_port()?,
-            procs::free_port()?,
-            procs::free_port()?,
-        ];
+    /// Writes the `n` configurations, starts the nodes and waits until the stream exists
+    /// with `n` replicas and takes a publish.
+    pub async fn start(program: &Path, dir: &Path, n: usize) -> Result<Self> {
+        let client_ports = (0..n)
+            .map(|_| procs::free_port())
+            .collect::<Result<Vec<u16>>>()?;
+        let route_ports = (0..n)
+            .map(|_| procs::free_port())
+            .collect::<Result<Vec<u16>>>()?;
         let routes: Vec<String> = route_ports
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
             .collect();
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..n {
             let store = dir.join(format!("nats-{}", i + 1));
             std::fs::create_dir_all(&store)
                 .map_err(|e| PeerError::io(format!("create {store:?}"), e))?;
@@ -76,18 +72,18 @@ impl NatsCluster {
             .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
             .collect();
         let mut cluster = Self { nodes, clients };
-        cluster.create_stream().await?;
+        cluster.create_stream(n).await?;
         Ok(cluster)
     }
 
-    async fn create_stream(&mut self) -> Result<()> {
+    async fn create_stream(&mut self, replicas: usize) -> Result<()> {
         let addr = self.clients[0];
         let config = serde_json::json!({
             "name": STREAM,
             "subjects": ["bench.>"],
             "retention": "limits",
             "storage": "file",
-            "num_replicas": 3,
+            "num_replicas": replicas,
             "discard": "old",
             "max_bytes": 4i64 * 1024 * 1024 * 1024,
         })

@@ -1,11 +1,11 @@
-//! qpq as the system under test: a real 3-node cluster (QUIC between clients and nodes,
+//! qpq as the system under test: a real 3- or 5-node cluster (QUIC between clients and nodes,
 //! mutual-TLS QUIC between the nodes, each node with its own fsync'd Raft log and state
 //! database), run in a child process so that it is measured as the peers are — its own
 //! process, its own threads — and killed by its guard like them.
 //!
 //! The child is this same executable with the hidden `serve-qpq-cluster` command
-//! ([`serve_cluster`]): it starts the nodes as `qpq-node dev --nodes 3` does (node 1
-//! bootstraps; nodes 2 and 3 join as learners and are promoted), rate limits off, prints one
+//! ([`serve_cluster`]): it starts the nodes as `qpq-node dev --nodes N` does (node 1
+//! bootstraps; the others join as learners and are promoted), rate limits off, prints one
 //! JSON line describing the nodes, and serves until its stdin closes.
 
 use std::io::{BufRead, BufReader, Read};
@@ -53,8 +53,9 @@ pub struct QpqCluster {
 }
 
 impl QpqCluster {
-    /// Starts `exe serve-qpq-cluster --dir <dir>` and waits (bounded) for its description.
-    pub fn start(exe: &Path, dir: &Path) -> Result<Self> {
+    /// Starts `exe serve-qpq-cluster --dir <dir> --nodes <n>` and waits (bounded) for its
+    /// description.
+    pub fn start(exe: &Path, dir: &Path, n: usize) -> Result<Self> {
         let log = dir.join("qpq-cluster.log");
         let err =
             std::fs::File::create(&log).map_err(|e| PeerError::io(format!("create {log:?}"), e))?;
@@ -62,6 +63,8 @@ impl QpqCluster {
             .arg("serve-qpq-cluster")
             .arg("--dir")
             .arg(dir.join("qpq"))
+            .arg("--nodes")
+            .arg(n.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
@@ -115,11 +118,11 @@ impl QpqCluster {
     }
 }
 
-/// The child side: starts three nodes under `dir`, prints their [`NodeInfo`]s as one JSON
+/// The child side: starts `n` nodes under `dir`, prints their [`NodeInfo`]s as one JSON
 /// line, serves until stdin closes (the parent exited or dropped its guard), then drains
 /// them. Must run inside a multi-threaded runtime.
-pub async fn serve_cluster(dir: &Path) -> Result<()> {
-    let nodes = start_nodes(dir, 3).await?;
+pub async fn serve_cluster(dir: &Path, n: u64) -> Result<()> {
+    let nodes = start_nodes(dir, n).await?;
     let leader = wait_for_leader(&nodes).await?;
     let infos: Vec<NodeInfo> = nodes
         .iter()

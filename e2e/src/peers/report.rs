@@ -105,6 +105,8 @@ pub struct Ratio {
 pub struct Report {
     /// Logical CPUs.
     pub cpus: usize,
+    /// Members of every cluster.
+    pub members: usize,
     /// Message size.
     pub payload_bytes: usize,
     /// Seconds per level.
@@ -132,6 +134,7 @@ impl Report {
     pub fn new(opts: &Options) -> Self {
         Self {
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            members: opts.members,
             payload_bytes: opts.payload_bytes,
             seconds_per_level: opts.duration.as_secs_f64(),
             etcd_version: procs::version_of(&opts.etcd),
@@ -175,8 +178,13 @@ impl Report {
         if let Some(d) = self.disk {
             let _ = writeln!(
                 s,
-                "disk: {:.0} syncs/s (4 KiB append + fdatasync, {:.0} µs each) · load average {:.2} → {:.2} · {} CPUs\n",
-                d.syncs_per_sec, d.mean_us, self.load_avg_start, self.load_avg_end, self.cpus
+                "disk: {:.0} syncs/s (4 KiB append + fdatasync, {:.0} µs each) · load average {:.2} → {:.2} · {} CPUs · {} members per cluster\n",
+                d.syncs_per_sec,
+                d.mean_us,
+                self.load_avg_start,
+                self.load_avg_end,
+                self.cpus,
+                self.members
             );
         }
         s.push_str("| system | senders | conns | msg/s | p50 ms | p99 ms | errors | load |\n");

@@ -45,7 +45,18 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
     assert!(listed.items.is_empty(), "a refused run created a Job");
 
     wait_ready(&env, &ns, &name, 3, 300).await;
-    step(&format!("Ready after {:?}; chaos for 80 s", t0.elapsed()));
+    // The long mode (docs/chaos.md): QPQ_K8S_CHAOS_SECS=600, and another QPQ_K8S_CHAOS_SEED.
+    let secs: u64 = std::env::var("QPQ_K8S_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(80);
+    // Seed 32 draws a leader kill, a pod kill, a drain and a pod kill in 80 s.
+    let seed = std::env::var("QPQ_K8S_CHAOS_SEED").unwrap_or_else(|_| "32".into());
+    step(&format!(
+        "Ready after {:?}; chaos for {secs} s",
+        t0.elapsed()
+    ));
+    let duration = format!("{secs}s");
     let (passed, stdout, stderr) = chaos(
         &env,
         &[
@@ -53,12 +64,11 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
             "-n",
             &ns,
             "--duration",
-            "80s",
+            &duration,
             "--interval",
             "20s",
-            // Seed 32 draws a leader kill, a pod kill, a drain and a pod kill.
             "--seed",
-            "32",
+            &seed,
             "--heal-timeout",
             "150s",
             "--settle",
