@@ -235,10 +235,11 @@ async fn drive(
         )
         .await;
         match healed {
-            Some(took) => println!(
-                "[{t}] {} {target}: healthy again after {}",
+            Some((took, leader)) => println!(
+                "[{t}] {} {target}: healthy again after {}, leader {}",
                 p.fault,
-                secs(took)
+                secs(took),
+                leader.as_deref().unwrap_or("unknown")
             ),
             None => {
                 println!(
@@ -329,7 +330,7 @@ async fn drive(
 }
 
 /// Waits until `target` is a new pod (not `before`), Ready, and the cluster is healthy;
-/// how long that took, or `None` after `limit`.
+/// how long that took and the leader then, or `None` after `limit`.
 async fn heal(
     clusters: &Api<QpqCluster>,
     pods: &Api<Pod>,
@@ -337,7 +338,7 @@ async fn heal(
     target: &str,
     before: Option<&str>,
     limit: Duration,
-) -> Option<Duration> {
+) -> Option<(Duration, Option<String>)> {
     let start = Instant::now();
     while start.elapsed() < limit {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -351,7 +352,7 @@ async fn heal(
             continue;
         };
         if unhealthy(&c, &member_pods(pods, cluster).await).is_none() {
-            return Some(start.elapsed());
+            return Some((start.elapsed(), c.status.and_then(|s| s.leader)));
         }
     }
     None
