@@ -77,8 +77,7 @@ impl Caller {
 
 /// A pool of read-only database connections. Reads run on tokio's blocking threads so a
 /// slow disk never stalls the RPC threads; under WAL they never block the writer. At most
-/// [`Readers::MAX`] run at once, each on a connection of its own ([`Readers::KEEP`] of them
-/// kept open): a burst of reads (a thousand clients reconnecting and long-polling at once)
+/// [`Readers::MAX`] run at once, each on a connection of its own (as many kept open): a burst of reads (a thousand clients reconnecting and long-polling at once)
 /// waits for a turn on the async side instead of opening a SQLite connection and a blocking
 /// thread per read.
 struct Readers {
@@ -88,13 +87,12 @@ struct Readers {
 }
 
 impl Readers {
-    /// Reads running at once, and connections kept open between reads (a read beyond the
-    /// kept ones would open one, schema check included). 64: a 64-sender load runs about as
-    /// fast as without a bound, and 1 000 long-polls arriving together cost the node 17-21
-    /// KiB each instead of about 100 (a blocking thread and a SQLite connection per read;
-    /// PERFORMANCE.md).
+    /// Reads running at once, and connections kept open between reads (one per read that
+    /// may run; a read finding none idle opens one, schema check included). 64: a 64-sender
+    /// load runs about as fast as without a bound, and 1 000 long-polls arriving together
+    /// cost the node 13-15 KiB each instead of about 100 (a blocking thread and a SQLite
+    /// connection per read; PERFORMANCE.md).
     const MAX: usize = 64;
-    const KEEP: usize = Self::MAX;
 
     fn new(path: PathBuf) -> Self {
         Self {
@@ -120,7 +118,7 @@ impl Readers {
             };
             let out = f(&reader);
             let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < Self::KEEP {
+            if idle.len() < Self::MAX {
                 idle.push(reader);
             }
             out
@@ -753,7 +751,7 @@ mod readers_tests {
         assert!(peak > 1, "reads do run side by side");
         let kept = readers.idle.lock().unwrap().len();
         assert!(
-            (1..=Readers::KEEP).contains(&kept),
+            (1..=Readers::MAX).contains(&kept),
             "{kept} connections kept open"
         );
     }
