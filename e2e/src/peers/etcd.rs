@@ -32,12 +32,8 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts the members and waits until they agree on a leader and a put succeeds.
     pub async fn start(program: &Path, dir: &Path, n: usize) -> Result<Self> {
-        let client_ports = (0..n)
-            .map(|_| procs::free_port())
-            .collect::<Result<Vec<u16>>>()?;
-        let peer_ports = (0..n)
-            .map(|_| procs::free_port())
-            .collect::<Result<Vec<u16>>>()?;
+        let client_ports = procs::free_ports(n)?;
+        let peer_ports = procs::free_ports(n)?;
         let initial: Vec<String> = peer_ports
             .iter()
             .enumerate()

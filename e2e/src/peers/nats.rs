@@ -31,12 +31,8 @@ impl NatsCluster {
     /// Writes the `n` configurations, starts the nodes and waits until the stream exists
     /// with `n` replicas and takes a publish.
     pub async fn start(program: &Path, dir: &Path, n: usize) -> Result<Self> {
-        let client_ports = (0..n)
-            .map(|_| procs::free_port())
-            .collect::<Result<Vec<u16>>>()?;
-        let route_ports = (0..n)
-            .map(|_| procs::free_port())
-            .collect::<Result<Vec<u16>>>()?;
+        let client_ports = procs::free_ports(n)?;
+        let route_ports = procs::free_ports(n)?;
         let routes: Vec<String> = route_ports
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))

@@ -84,6 +84,11 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// `n` ports as [`free_port`] finds them.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    (0..n).map(|_| free_port()).collect()
+}
+
 /// Retries `attempt` every 100 ms until it succeeds or `timeout` has passed (then the last
 /// error is returned, prefixed with `what`).
 pub async fn retry<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> Result<T>
