@@ -238,6 +238,18 @@ pub(crate) fn context_at(
     )
 }
 
+/// A client of a mocked API server (no operator context: the plugin's tests).
+pub(crate) fn api_server() -> (Client, ApiServer) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (
+        Client::new(svc, "ns"),
+        ApiServer {
+            handle,
+            seen: Vec::new(),
+        },
+    )
+}
+
 /// A context on a mocked API server, its clock fixed at [`NOW`].
 pub(crate) fn context(nodes: Arc<FakeNodes>) -> (Arc<Context>, ApiServer) {
     context_at(nodes, Arc::new(std::sync::atomic::AtomicI64::new(NOW)))
@@ -258,6 +270,16 @@ pub(crate) fn not_found() -> (u16, Value) {
 }
 
 impl ApiServer {
+    /// The next request as it comes (`None` once the client is gone), unchecked.
+    pub(crate) async fn next_request(
+        &mut self,
+    ) -> Option<(
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    )> {
+        self.handle.next_request().await
+    }
+
     /// Next request must be `method path` (query ignored); answers `status`/`body`; returns
     /// the request's query and JSON body (Null when empty).
     pub(crate) async fn expect(

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cel;
+mod chaos;
 mod fixtures;
 mod golden;
 mod leader;
