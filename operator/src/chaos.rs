@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::crd::QpqCluster;
 use crate::error::Result;
 use crate::resources::{
-    CLIENT_PORT, ClusterRef, container_security_context, pod_security_context, typed,
+    CLIENT_PORT, ClusterRef, container_security_context, pod_ready, pod_security_context, typed,
 };
 
 mod drive;
@@ -122,14 +122,6 @@ pub fn plan(seed: u64, duration: Duration, interval: Duration, faults: &[Fault])
         at += Duration::from_millis(step / 2 + rng.next() % step.max(1));
     }
     out
-}
-
-/// Whether `pod` is Ready.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Why the cluster is not in a state to inject faults into (`None`: it is): every voter of

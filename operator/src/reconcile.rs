@@ -1244,11 +1244,10 @@ async fn observe_pods(client: &Client, c: &ClusterRef) -> Result<BTreeMap<i32, P
             .and_then(|s| s.containers.iter().find(|c| c.name == "qpq-node"))
             .and_then(|c| c.image.clone())
             .unwrap_or_default();
-        let status = p.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let restarts = status
+        let ready = resources::pod_ready(&p);
+        let restarts = p
+            .status
+            .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.name == "qpq-node"))
             .map_or(0, |c| c.restart_count);

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, EvictParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt as _};
 
-use super::{Fault, Planned, plan, pod_ready, report_of, unhealthy, workload_job};
+use super::{Fault, Planned, plan, report_of, unhealthy, workload_job};
 use crate::crd::QpqCluster;
-use crate::resources::ClusterRef;
+use crate::resources::{ClusterRef, pod_ready};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -76,9 +76,12 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-async fn member_pods(pods: &Api<Pod>, cluster: &str) -> Vec<Pod> {
-    let selector = format!("app.kubernetes.io/name=qpq-node,app.kubernetes.io/instance={cluster}");
-    pods.list(&ListParams::default().labels(&selector))
+/// The cluster's pods (its StatefulSet's selector).
+async fn member_pods(pods: &Api<Pod>, c: &QpqCluster) -> Vec<Pod> {
+    let Ok(r) = ClusterRef::new(c) else {
+        return Vec::new();
+    };
+    pods.list(&ListParams::default().labels(&r.label_selector()))
         .await
         .map(|l| l.items)
         .unwrap_or_default()
@@ -95,7 +98,7 @@ pub async fn run(client: Client, o: &Options) -> Result<(), ChaosError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &o.namespace);
     let c = clusters.get(&o.cluster).await?;
-    if let Some(why) = unhealthy(&c, &member_pods(&pods, &o.cluster).await) {
+    if let Some(why) = unhealthy(&c, &member_pods(&pods, &c).await) {
         if !o.force {
             return Err(format!(
                 "{} is not healthy ({why}): not starting (--force starts anyway)",
@@ -351,7 +354,7 @@ async fn heal(
         let Ok(c) = clusters.get(cluster).await else {
             continue;
         };
-        if unhealthy(&c, &member_pods(pods, cluster).await).is_none() {
+        if unhealthy(&c, &member_pods(pods, &c).await).is_none() {
             return Some((start.elapsed(), c.status.and_then(|s| s.leader)));
         }
     }

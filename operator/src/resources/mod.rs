@@ -181,6 +181,14 @@ impl ClusterRef {
 /// Pod security context of every pod the operator makes (node pods and backup Jobs): a
 /// fixed non-root user and the runtime's default seccomp profile (Pod Security
 /// "restricted").
+/// Whether `pod` is Ready (its `Ready` condition is `True`).
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 pub(crate) fn pod_security_context() -> serde_json::Value {
     serde_json::json!({
         "runAsNonRoot": true,
