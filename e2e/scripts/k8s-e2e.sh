@@ -102,6 +102,7 @@ KUBECONFIG="$STATE/kubeconfig" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
   --state-dir "$STATE/runner" \
   --kubelet-listen 127.0.0.1:10250 --kubelet-cert "$STATE/pki/kubelet.crt" \
   --kubelet-key "$STATE/pki/kubelet.key" --kubelet-client-ca "$STATE/pki/ca.crt" \
+  --network-policy enforce \
   >"$STATE/logs/qpq-podrunner.log" 2>&1 </dev/null &
 echo $! > "$STATE/pids/qpq-podrunner.pid"
 for _ in $(seq 1 60); do

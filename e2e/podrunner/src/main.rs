@@ -8,6 +8,7 @@
 
 mod hosts;
 mod kubelet;
+mod netpol;
 mod node;
 mod pod;
 mod runtime;
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 
@@ -63,6 +65,17 @@ struct Args {
     /// The CA whose client certificates may call it (the API server's kubelet client).
     #[arg(long)]
     kubelet_client_ca: Option<PathBuf>,
+    /// `enforce`: NetworkPolicy applies to the runner's pods (cgroup v2, nftables and
+    /// conntrack; root only; see `netpol.rs`); `off`: pods reach each other freely.
+    #[arg(long, value_enum, default_value_t = NetworkPolicyMode::Off)]
+    network_policy: NetworkPolicyMode,
+}
+
+/// `--network-policy`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum NetworkPolicyMode {
+    Off,
+    Enforce,
 }
 
 /// Shared state of the runner.
@@ -78,6 +91,8 @@ pub(crate) struct Ctx {
     pub(crate) api_ca_pem: Option<String>,
     /// The kubelet endpoint's port, published in the node's status.
     pub(crate) kubelet_port: Option<u16>,
+    /// NetworkPolicy enforcement (`--network-policy enforce`).
+    pub(crate) netpol: Option<netpol::Enforcer>,
 }
 
 #[tokio::main]
@@ -106,6 +121,12 @@ async fn main() -> anyhow::Result<()> {
     });
     let client = kube::Client::try_from(config)?;
     std::fs::create_dir_all(&args.state_dir)?;
+    let netpol = match args.network_policy {
+        NetworkPolicyMode::Off => None,
+        NetworkPolicyMode::Enforce => {
+            Some(netpol::Enforcer::new().context("--network-policy enforce")?)
+        }
+    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         node: args.node_name.clone(),
@@ -120,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         api_url,
         api_ca_pem,
         kubelet_port: args.kubelet_listen.map(|a| a.port()),
+        netpol,
     });
     if let (Some(addr), Some(cert), Some(key), Some(client_ca)) = (
         args.kubelet_listen,
@@ -143,6 +165,12 @@ async fn main() -> anyhow::Result<()> {
     node::register(&ctx).await?;
     storage::ensure_storage_class(&ctx).await?;
     tokio::spawn(node::heartbeat(ctx.clone()));
+    if ctx.netpol.is_some() {
+        tokio::spawn(netpol_loop(
+            ctx.clone(),
+            Duration::from_millis(args.poll_ms),
+        ));
+    }
     tracing::info!(node = %ctx.node, "pod runner started");
 
     let pods: Api<Pod> = Api::all(client.clone());
@@ -209,7 +237,85 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(mut hosts) = ctx.hosts.lock() {
         hosts.clear();
     }
+    if let Some(n) = &ctx.netpol {
+        n.clear();
+    }
     Ok(())
+}
+
+/// Keeps the nftables rules in step with the pods and NetworkPolicies (every `period`).
+async fn netpol_loop(ctx: Arc<Ctx>, period: Duration) {
+    let Some(enforcer) = &ctx.netpol else { return };
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let policies: Api<NetworkPolicy> = Api::all(ctx.client.clone());
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut applied: Option<(String, Vec<std::net::Ipv4Addr>)> = None;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let lp = ListParams::default();
+        let (p, np, ns) =
+            match tokio::try_join!(pods.list(&lp), policies.list(&lp), namespaces.list(&lp)) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("network policy: listing: {e}");
+                    continue;
+                }
+            };
+        let nets: Vec<netpol::PodNet> = p
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&ctx.node))
+            .filter_map(|p| {
+                let uid = p.metadata.uid.clone()?;
+                let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+                enforcer.has_cgroup(&uid).then(|| netpol::PodNet {
+                    uid,
+                    ns: p.metadata.namespace.clone().unwrap_or_default(),
+                    labels: p.metadata.labels.clone().unwrap_or_default(),
+                    ip,
+                    ports: p
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.containers.iter())
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .filter_map(|cp| {
+                            Some((
+                                cp.name.clone()?,
+                                u16::try_from(cp.container_port).ok()?,
+                                cp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            ))
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let ns_labels = ns
+            .items
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.clone()?)))
+            .collect();
+        let ruleset = enforcer.render(&nets, &np.items, &ns_labels);
+        if applied.as_ref().is_some_and(|(r, _)| *r == ruleset) {
+            continue;
+        }
+        let mut ips: Vec<_> = nets.iter().map(|n| n.ip).collect();
+        ips.extend(applied.iter().flat_map(|(_, old)| old.iter().copied()));
+        ips.sort();
+        ips.dedup();
+        match enforcer.apply(&ruleset, &ips) {
+            Ok(()) => {
+                tracing::info!(
+                    pods = nets.len(),
+                    policies = np.items.len(),
+                    "network policy: rules applied"
+                );
+                applied = Some((ruleset, nets.iter().map(|n| n.ip).collect()));
+            }
+            // A pod's cgroup may have gone between listing and applying: next tick.
+            Err(e) => tracing::warn!("network policy: {e:#}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -340,6 +340,9 @@ async fn finish(
     if let Ok(mut ips) = ctx.ips.lock() {
         ips.free(env.ip);
     }
+    if let Some(n) = &ctx.netpol {
+        n.remove_cgroup(&uid);
+    }
     if deletion(rx).is_some() {
         reporter.report(shared, Phase::Terminated, None).await;
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &env.ns);
@@ -896,6 +899,10 @@ async fn launch_for(
         cwd,
         log: env.dir.join("logs").join(&c.name).join("0.log"),
         pid_file: env.dir.join("pids").join(&c.name),
+        cgroup_procs: match &ctx.netpol {
+            Some(n) => Some(n.pod_cgroup(env.pod.metadata.uid.as_deref().unwrap_or_default())?),
+            None => None,
+        },
     })
 }
 

@@ -57,6 +57,9 @@ pub(crate) struct Launch {
     /// Holds the process (group) id while the process runs, so that `control-plane.sh down`
     /// can kill processes left behind by a runner that was itself killed.
     pub(crate) pid_file: PathBuf,
+    /// The pod's cgroup (`cgroup.procs`), when NetworkPolicy is enforced: the process moves
+    /// itself there before it starts the program, so every socket it opens is the pod's.
+    pub(crate) cgroup_procs: Option<PathBuf>,
 }
 
 pub(crate) fn spawn(launch: &Launch) -> anyhow::Result<Child> {
@@ -69,7 +72,18 @@ pub(crate) fn spawn(launch: &Launch) -> anyhow::Result<Child> {
         .append(true)
         .open(&launch.log)?;
     let err = out.try_clone()?;
-    let mut cmd = Command::new(&launch.program);
+    let mut cmd = match &launch.cgroup_procs {
+        None => Command::new(&launch.program),
+        Some(procs) => {
+            // `sh -c SCRIPT $0 $@`: joins the cgroup, then becomes the program (same pid).
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(r#"echo $$ > "$0" && exec "$@""#)
+                .arg(procs)
+                .arg(&launch.program);
+            c
+        }
+    };
     cmd.args(&launch.args)
         .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))

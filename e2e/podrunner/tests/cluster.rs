@@ -614,3 +614,131 @@ async fn container_logs_come_through_the_api_server_and_nobody_else() {
     }
     teardown(&env).await;
 }
+
+/// NetworkPolicy is enforced between pods (on the pod runner with `--network-policy enforce`,
+/// as `k8s-e2e.sh` starts it; on kind by its CNI): a policy admits to `server` only pods
+/// labelled `role=friend` on the named port `http`; traffic from the node is always allowed;
+/// an isolating policy (Ingress and Egress, no rules: what `kubectl qpq chaos` applies for a
+/// partition) cuts a pod off both ways, and removing it restores the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policy_is_enforced_between_pods() {
+    let Some(env) = setup("netpol").await else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    for (name, role) in [
+        ("server", "server"),
+        ("friend", "friend"),
+        ("stranger", "none"),
+    ] {
+        let pod = json!({
+            "metadata": {"name": name, "labels": {"role": role}},
+            "spec": {"containers": [container(&env, json!([]))]},
+        });
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ips = std::collections::BTreeMap::new();
+    for name in ["server", "friend", "stranger"] {
+        let ip = wait(&format!("{name} ready"), 60, || async {
+            let p = pod_by_name(&env, name).await?;
+            if !is_ready(&p) {
+                return None;
+            }
+            p.status?.pod_ip
+        })
+        .await;
+        ips.insert(name, ip);
+    }
+    // `from` → `to` through the testserver's /fetch: Some(true) reached, Some(false) refused.
+    let reach = |from: &'static str, to: &'static str| {
+        let (env, ip) = (&env, ips[to].clone());
+        async move {
+            let (status, body) = pod_http(
+                env,
+                from,
+                "GET",
+                &format!("/fetch?http://{ip}:8080/readyz"),
+                "",
+            )
+            .await
+            .ok()?;
+            Some(status == 200 && body.starts_with("200"))
+        }
+    };
+    let expect = |from: &'static str, to: &'static str, want: bool| {
+        let reach = &reach;
+        async move {
+            wait(
+                &format!(
+                    "{from} → {to}: {}",
+                    if want { "reached" } else { "refused" }
+                ),
+                30,
+                || async { (reach(from, to).await? == want).then_some(()) },
+            )
+            .await;
+        }
+    };
+    step("no policy: every pod reaches every other");
+    expect("stranger", "server", true).await;
+    expect("friend", "server", true).await;
+
+    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    nps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "server-friends"},
+            "spec": {
+                "podSelector": {"matchLabels": {"role": "server"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
+                             "ports": [{"port": "http"}]}],
+            },
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    step("server admits friends only");
+    expect("stranger", "server", false).await;
+    expect("friend", "server", true).await;
+    // Egress of the server is not restricted, and the node (this test) still reaches it.
+    expect("server", "stranger", true).await;
+    let (status, _) = direct_http(&ips["server"], "GET", "/readyz", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the node reaches a pod whatever the policy");
+    // Stays refused (not a one-off drop).
+    for _ in 0..3 {
+        assert_eq!(reach("stranger", "server").await, Some(false));
+    }
+
+    step("friend isolated both ways");
+    nps.create(&PostParams::default(), &serde_json::from_value(json!({
+        "metadata": {"name": "isolate-friend"},
+        "spec": {"podSelector": {"matchLabels": {"role": "friend"}}, "policyTypes": ["Ingress", "Egress"]},
+    })).unwrap())
+    .await
+    .unwrap();
+    expect("friend", "server", false).await;
+    expect("stranger", "friend", false).await;
+    expect("server", "friend", false).await;
+    expect("server", "stranger", true).await;
+
+    step("policies removed: open again");
+    nps.delete("isolate-friend", &DeleteParams::default())
+        .await
+        .unwrap();
+    expect("friend", "server", true).await;
+    nps.delete("server-friends", &DeleteParams::default())
+        .await
+        .unwrap();
+    expect("stranger", "server", true).await;
+    expect("stranger", "friend", true).await;
+    teardown(&env).await;
+}
