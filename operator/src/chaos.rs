@@ -1,5 +1,6 @@
 //! `kubectl qpq chaos`: faults injected into a running `QpqCluster` through the Kubernetes
-//! API only (pod deletion, the leader's pod, evictions that honour the PodDisruptionBudget),
+//! API only (pod deletion, the leader's pod, evictions that honour the PodDisruptionBudget,
+//! a NetworkPolicy that cuts one member off for a while),
 //! while `qpq-node workload` runs in a Job beside the cluster as its client and checks the
 //! history at the end. Works wherever the API does: the project's local control plane, kind,
 //! a cloud cluster. This module holds the pure parts (the fault plan drawn from a seed, the
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt as _;
 use serde_json::json;
 
@@ -39,11 +41,23 @@ pub enum Fault {
     /// Evict a member's pod through the Eviction API, as `kubectl drain` does: the
     /// PodDisruptionBudget may refuse it (then nothing happens, and the report says so).
     Drain,
+    /// Cut a member off from every other pod for half an interval with a NetworkPolicy that
+    /// selects only it and allows nothing in or out, then remove the policy. Needs a network
+    /// that enforces NetworkPolicy (most CNIs, kind's default one, the project's pod runner);
+    /// elsewhere it changes nothing, so it is not among the defaults.
+    Partition,
 }
 
 impl Fault {
-    /// Every fault, in the order `--faults` lists them by default.
-    pub const ALL: [Fault; 3] = [Fault::PodKill, Fault::LeaderKill, Fault::Drain];
+    /// What `--faults` draws from when not given.
+    pub const DEFAULT: [Fault; 3] = [Fault::PodKill, Fault::LeaderKill, Fault::Drain];
+    /// Every fault.
+    pub const ALL: [Fault; 4] = [
+        Fault::PodKill,
+        Fault::LeaderKill,
+        Fault::Drain,
+        Fault::Partition,
+    ];
 }
 
 impl fmt::Display for Fault {
@@ -52,6 +66,7 @@ impl fmt::Display for Fault {
             Fault::PodKill => "pod-kill",
             Fault::LeaderKill => "leader-kill",
             Fault::Drain => "drain",
+            Fault::Partition => "partition",
         })
     }
 }
@@ -63,14 +78,9 @@ impl FromStr for Fault {
             "pod-kill" => Ok(Fault::PodKill),
             "leader-kill" => Ok(Fault::LeaderKill),
             "drain" => Ok(Fault::Drain),
-            "partition" => Err(
-                "partition is not available yet: it needs a NetworkPolicy that \
-                                isolates one pod and a network that enforces it; use pod-kill, \
-                                leader-kill or drain"
-                    .to_owned(),
-            ),
+            "partition" => Ok(Fault::Partition),
             other => Err(format!(
-                "unknown fault {other:?}: pod-kill, leader-kill or drain"
+                "unknown fault {other:?}: pod-kill, leader-kill, drain or partition"
             )),
         }
     }
@@ -244,6 +254,31 @@ pub fn workload_job(
     }))
 }
 
+/// The NetworkPolicy `name` that cuts the member pod `pod` of `c` off: it selects only that
+/// pod (by the StatefulSet's pod-name label) and allows no ingress and no egress, so neither
+/// its peers nor clients in pods reach it, and it reaches no pod. Labelled as the run's
+/// (`CHAOS_FOR_LABEL`), so a clean-up finds it.
+pub fn partition_policy(c: &QpqCluster, name: &str, pod: &str) -> Result<NetworkPolicy> {
+    let r = ClusterRef::new(c)?;
+    typed(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": r.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "qpq-chaos",
+                "app.kubernetes.io/managed-by": "kubectl-qpq",
+                CHAOS_FOR_LABEL: c.name_any(),
+            },
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {"statefulset.kubernetes.io/pod-name": pod}},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }))
+}
+
 /// The workload's report: the last line of its log that is a JSON object.
 pub fn report_of(log: &str) -> Option<serde_json::Value> {
     log.lines()
@@ -258,17 +293,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn faults_parse_and_partition_is_refused_with_a_reason() {
+    fn faults_parse() {
         assert_eq!("pod-kill".parse::<Fault>(), Ok(Fault::PodKill));
         assert_eq!("leader-kill".parse::<Fault>(), Ok(Fault::LeaderKill));
         assert_eq!("drain".parse::<Fault>(), Ok(Fault::Drain));
-        assert!(
-            "partition"
-                .parse::<Fault>()
-                .unwrap_err()
-                .contains("NetworkPolicy")
-        );
-        assert!("oops".parse::<Fault>().is_err());
+        assert_eq!("partition".parse::<Fault>(), Ok(Fault::Partition));
+        assert!("oops".parse::<Fault>().unwrap_err().contains("partition"));
+        // Only where NetworkPolicy is enforced does a partition do anything: opt-in.
+        assert!(!Fault::DEFAULT.contains(&Fault::Partition));
         for f in Fault::ALL {
             assert_eq!(f.to_string().parse::<Fault>(), Ok(f));
         }
@@ -403,6 +435,22 @@ mod tests {
             pod["containers"][0]["image"],
             format!("{}:0.1.0", c.spec.image)
         );
+    }
+
+    #[test]
+    fn a_partition_policy_selects_one_member_and_allows_nothing() {
+        let c = cluster(healthy_status());
+        let np = partition_policy(&c, "c-chaos-1-partition-1", "c-2").unwrap();
+        let v = serde_json::to_value(&np).unwrap();
+        assert_eq!(v["metadata"]["namespace"], "ns");
+        assert_eq!(v["metadata"]["labels"][CHAOS_FOR_LABEL], "c");
+        assert_eq!(
+            v["spec"]["podSelector"],
+            json!({"matchLabels": {"statefulset.kubernetes.io/pod-name": "c-2"}})
+        );
+        assert_eq!(v["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        // No rule at all: nothing in, nothing out.
+        assert!(v["spec"].get("ingress").is_none() && v["spec"].get("egress").is_none());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `kubectl qpq chaos` on the local control plane: it refuses a cluster that is not healthy
-//! yet; on a healthy one it deletes member pods (the leader's too) and evicts them through the
-//! Eviction API while `qpq-node workload` runs as a Job, waits for the cluster to heal after
-//! each fault, and passes only when the workload's history holds on every member. Its Job is
-//! gone afterwards.
+//! yet; on a healthy one it deletes member pods (the leader's too), evicts them through the
+//! Eviction API and cuts one off with a NetworkPolicy (enforced by the pod runner) while
+//! `qpq-node workload` runs as a Job, waits for the cluster to heal after each fault, and
+//! passes only when the workload's history holds on every member. The cluster runs with the
+//! operator's own NetworkPolicy (examples/qpqcluster-3.yaml), so the whole run also shows that
+//! it admits what a cluster needs. Its Job and policies are gone afterwards.
 
 use super::*;
 
@@ -50,8 +52,8 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(80);
-    // Seed 32 draws a leader kill, a pod kill, a drain and a pod kill in 80 s.
-    let seed = std::env::var("QPQ_K8S_CHAOS_SEED").unwrap_or_else(|_| "32".into());
+    // Seed 47 draws a leader kill, a drain, a partition and a pod kill in 80 s.
+    let seed = std::env::var("QPQ_K8S_CHAOS_SEED").unwrap_or_else(|_| "47".into());
     step(&format!(
         "Ready after {:?}; chaos for {secs} s",
         t0.elapsed()
@@ -69,6 +71,8 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
             "20s",
             "--seed",
             &seed,
+            "--faults",
+            "pod-kill,leader-kill,drain,partition",
             "--heal-timeout",
             "150s",
             "--settle",
@@ -84,9 +88,10 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
         struck.len() >= 3,
         "fewer than three faults healed: {stdout}"
     );
-    for fault in ["] leader-kill ", "] pod-kill ", "] drain "] {
+    for fault in ["] leader-kill ", "] pod-kill ", "] drain ", "] partition "] {
         assert!(stdout.contains(fault), "no{fault}line: {stdout}");
     }
+    assert!(stdout.contains(": cut off for 10.0s"), "{stdout}");
     assert!(stdout.contains(", 0 violations"), "{stdout}");
     let acked: u64 = stdout
         .lines()
@@ -104,7 +109,16 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
     assert_eq!(copies.len(), 3, "{stdout}");
     assert!(copies.iter().all(|n| *n >= acked), "{stdout}");
 
-    step("its workload Job is gone");
+    step("its workload Job and its NetworkPolicies are gone");
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(env.client.clone(), &ns);
+    let left = policies
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "partition policies left behind");
+    // The operator's own policy stays.
+    assert!(policies.get_opt(&name).await.unwrap().is_some());
     wait("the chaos Job deleted", 60, || async {
         let left = jobs
             .list(&ListParams::default().labels(&selector))

@@ -20,7 +20,7 @@
 //! member is a pod, a node id or `leader`, the default)
 //! `kubectl qpq report <cluster> [-n namespace] [-o file.zip] [--operator-namespace ns]`
 //! (a support bundle: objects, status, Events and logs, nothing secret)
-//! `kubectl qpq chaos <cluster> [--duration 10m] [--faults pod-kill,leader-kill,drain]
+//! `kubectl qpq chaos <cluster> [--duration 10m] [--faults pod-kill,leader-kill,drain,partition]
 //! [--seed S] [--interval 30s] [--force]` (faults through the Kubernetes API while a workload
 //! Job writes and checks the history; exit 0 only when every fault healed and the history
 //! holds)
@@ -76,12 +76,14 @@ async fn client(cli: &Cli) -> Result<Client, Box<dyn std::error::Error>> {
 #[derive(Subcommand)]
 enum Command {
     /// Inject faults into a healthy cluster through the Kubernetes API (delete a member's or
-    /// the leader's pod, evict one as a drain does) while `qpq-node workload` runs in a Job
+    /// the leader's pod, evict one as a drain does, cut one off with a NetworkPolicy) while
+    /// `qpq-node workload` runs in a Job
     /// as its client, then check the workload's history: every acknowledged message on every
     /// member once, in one gap-free order, no stale read. Prints a line per fault and the
     /// verdict; exits 0 only when every fault healed and nothing was violated. The same seed
     /// draws the same faults at the same times. Needs: get QpqClusters; list, get, delete
-    /// and evict pods; create, get and delete Jobs; pod logs.
+    /// and evict pods; create, get and delete Jobs; pod logs; with `partition`, create,
+    /// delete and deletecollection NetworkPolicies.
     Chaos {
         /// Name of the QpqCluster.
         cluster: String,
@@ -94,7 +96,8 @@ enum Command {
         /// About how often to inject a fault.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         interval: Duration,
-        /// The faults to draw from, comma-separated: pod-kill, leader-kill, drain.
+        /// The faults to draw from, comma-separated: pod-kill, leader-kill, drain, partition
+        /// (only where the network enforces NetworkPolicy; not by default).
         #[arg(
             long,
             value_delimiter = ',',
@@ -1194,7 +1197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chaos_takes_durations_and_a_fault_list_and_refuses_partition() {
+    fn chaos_takes_durations_and_a_fault_list() {
         let parse = |args: &[&str]| {
             Cli::try_parse_from([&["kubectl-qpq", "chaos", "qpq"][..], args].concat())
                 .map(|c| c.command)
@@ -1222,7 +1225,14 @@ mod tests {
             }
             _ => panic!("chaos arguments"),
         }
-        assert!(parse(&["--faults", "partition"]).is_err());
+        match parse(&["--faults", "partition,pod-kill"]) {
+            Ok(Command::Chaos { faults, .. }) => {
+                use qpq_operator::chaos::Fault;
+                assert_eq!(faults, [Fault::Partition, Fault::PodKill]);
+            }
+            _ => panic!("chaos --faults partition"),
+        }
+        assert!(parse(&["--faults", "partition,cut"]).is_err());
         assert!(parse(&["--duration", "10x"]).is_err());
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));

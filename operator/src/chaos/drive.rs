@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, EvictParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt as _};
 
-use super::{Fault, Planned, plan, report_of, unhealthy, workload_job};
+use super::{
+    CHAOS_FOR_LABEL, Fault, Planned, partition_policy, plan, report_of, unhealthy, workload_job,
+};
 use crate::crd::QpqCluster;
 use crate::resources::{ClusterRef, pod_ready};
 
@@ -97,6 +100,7 @@ pub async fn run(client: Client, o: &Options) -> Result<(), ChaosError> {
     let clusters: Api<QpqCluster> = Api::namespaced(client.clone(), &o.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &o.namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &o.namespace);
     let c = clusters.get(&o.cluster).await?;
     if let Some(why) = unhealthy(&c, &member_pods(&pods, &c).await) {
         if !o.force {
@@ -126,9 +130,19 @@ pub async fn run(client: Client, o: &Options) -> Result<(), ChaosError> {
     );
 
     let outcome = tokio::select! {
-        r = drive(&clusters, &pods, &jobs, &name, o, &planned) => r,
+        r = drive(&clusters, &pods, &jobs, &policies, &name, o, &planned) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
     };
+    if o.faults.contains(&Fault::Partition) {
+        // A partition cut short (an error, Ctrl-C) must not outlive the run.
+        let lp = ListParams::default().labels(&format!("{CHAOS_FOR_LABEL}={}", o.cluster));
+        if let Err(e) = policies
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await
+        {
+            eprintln!("kubectl-qpq: could not delete the partition NetworkPolicies ({lp:?}): {e}");
+        }
+    }
     // The Job goes unless its history is worth keeping (a run that found something).
     let keep = matches!(outcome, Err(ChaosError::Violations(_)));
     if keep {
@@ -151,6 +165,7 @@ async fn drive(
     clusters: &Api<QpqCluster>,
     pods: &Api<Pod>,
     jobs: &Api<Job>,
+    policies: &Api<NetworkPolicy>,
     job: &str,
     o: &Options,
     planned: &[Planned],
@@ -196,15 +211,37 @@ async fn drive(
         let n = u64::try_from(c.spec.replicas.max(1)).unwrap_or(1);
         let target = match p.fault {
             Fault::LeaderKill => c.status.as_ref().and_then(|s| s.leader.clone()),
-            Fault::PodKill | Fault::Drain => Some(r.pod(p.pick % n + 1)),
+            Fault::PodKill | Fault::Drain | Fault::Partition => Some(r.pod(p.pick % n + 1)),
         };
         let t = secs(start.elapsed());
         let Some(target) = target else {
             println!("[{t}] {}: no leader to aim at, skipped", p.fault);
             continue;
         };
-        let before = pods.get_opt(&target).await?.and_then(|p| p.uid());
+        // A partition leaves the pod as it is; the others make a new one.
+        let before = match p.fault {
+            Fault::Partition => None,
+            _ => pods.get_opt(&target).await?.and_then(|p| p.uid()),
+        };
         let struck = match p.fault {
+            Fault::Partition => {
+                let hold = (o.interval / 2).max(Duration::from_secs(1));
+                let np = partition_policy(&c, &format!("{job}-partition-{i}"), &target)?;
+                let np_name = np.name_any();
+                policies.create(&PostParams::default(), &np).await?;
+                tokio::time::sleep(hold).await;
+                let after = clusters.get(&o.cluster).await.ok();
+                let leader = after.and_then(|c| c.status.and_then(|s| s.leader));
+                println!(
+                    "[{t}] partition {target}: cut off for {}, leader then {}",
+                    secs(hold),
+                    leader.as_deref().unwrap_or("unknown")
+                );
+                policies
+                    .delete(&np_name, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+            }
             Fault::PodKill | Fault::LeaderKill => {
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),

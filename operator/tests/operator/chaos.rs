@@ -1,7 +1,9 @@
 //! `kubectl qpq chaos` against a mocked API server, request by request: a cluster that is
 //! not healthy is refused before anything is created; a run deletes the leader's pod with
 //! grace period 0, waits for a new Ready pod, reads the workload Job's verdict from its log
-//! and deletes the Job; a verdict with violations fails the run and keeps the Job.
+//! and deletes the Job; a verdict with violations fails the run and keeps the Job; a
+//! partition creates a NetworkPolicy isolating one member, holds it, removes it, and the
+//! run's policies are deleted by label at the end, also when the API refused one.
 
 use std::time::Duration;
 
@@ -231,5 +233,164 @@ async fn a_violated_history_fails_the_run_and_keeps_the_job() {
         other => panic!("{other:?}"),
     }
     // Kept for inspection: no DELETE of the Job.
+    assert!(api.next_request().await.is_none(), "{:?}", api.seen);
+}
+
+const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies";
+
+/// The requests of a partition run up to the fault: health gate, Job, its pod running, the
+/// cluster read for the target; then the NetworkPolicy's creation, answered with `created`.
+/// Returns the policy as sent.
+async fn up_to_the_partition(api: &mut ApiServer, created: (u16, Value)) -> Value {
+    api.expect("GET", CLUSTER, the_cluster(healthy())).await;
+    api.expect("GET", PODS, members("u-0")).await;
+    api.expect(
+        "POST",
+        JOBS,
+        ok(&json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "j", "namespace": "ns"}})),
+    )
+    .await;
+    api.expect(
+        "GET",
+        PODS,
+        pod_list(vec![pod("w", "u-w", true, "Running")]),
+    )
+    .await;
+    api.expect("GET", CLUSTER, the_cluster(healthy())).await;
+    let (_, policy) = api.expect("POST", POLICIES, created).await;
+    policy
+}
+
+fn partition_options() -> Options {
+    Options {
+        faults: vec![Fault::Partition],
+        ..options()
+    }
+}
+
+#[tokio::test]
+async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_policy() {
+    let (client, mut api) = api_server();
+    let run = tokio::spawn(async move { chaos::run(client, &partition_options()).await });
+    let created = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "p", "namespace": "ns"}});
+    let policy = up_to_the_partition(&mut api, ok(&created)).await;
+    let target = policy["spec"]["podSelector"]["matchLabels"]["statefulset.kubernetes.io/pod-name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(["x-0", "x-1", "x-2"].contains(&target.as_str()), "{policy}");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert!(policy["spec"].get("ingress").is_none(), "{policy}");
+    assert!(policy["spec"].get("egress").is_none(), "{policy}");
+    assert_eq!(policy["metadata"]["labels"]["qpq.dev/chaos-for"], "x");
+    let name = policy["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // Held for half the interval (1 s), then the leader is read and the policy removed.
+    let held = std::time::Instant::now();
+    api.expect("GET", CLUSTER, the_cluster(healthy())).await;
+    api.expect(
+        "DELETE",
+        &format!("{POLICIES}/{name}"),
+        ok(&json!({"kind": "Status"})),
+    )
+    .await;
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        held.elapsed()
+    );
+    // Healing: the same pod (a partition replaces nothing), Ready, and a healthy cluster.
+    api.expect(
+        "GET",
+        &format!("{PODS}/{target}"),
+        ok(&pod(&target, "same", true, "Running")),
+    )
+    .await;
+    api.expect("GET", CLUSTER, the_cluster(healthy())).await;
+    api.expect("GET", PODS, members("u-0")).await;
+
+    let job = name.trim_end_matches("-partition-0").to_owned();
+    api.expect(
+        "GET",
+        &format!("{JOBS}/{job}"),
+        ok(&json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job, "namespace": "ns"},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]}})),
+    )
+    .await;
+    api.expect(
+        "GET",
+        PODS,
+        pod_list(vec![pod("w", "u-w", false, "Succeeded")]),
+    )
+    .await;
+    let report = json!({"seconds": 3.0, "acknowledged": 40, "unknown": 1, "errors": 5,
+        "reads": 30, "members": {"a": 40, "b": 40, "c": 40}, "violations": []});
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.uri().path(), format!("{PODS}/w/log"));
+    send.send_response(
+        http::Response::builder()
+            .body(kube::client::Body::from(format!("{report}\n").into_bytes()))
+            .unwrap(),
+    );
+    // Whatever the outcome, the run's policies go (by label), then the Job.
+    let (query, _) = api
+        .expect("DELETE", POLICIES, ok(&json!({"kind": "Status"})))
+        .await;
+    assert!(
+        query.contains("labelSelector=qpq.dev%2Fchaos-for%3Dx"),
+        "{query}"
+    );
+    api.expect(
+        "DELETE",
+        &format!("{JOBS}/{job}"),
+        ok(&json!({"kind": "Status"})),
+    )
+    .await;
+    assert!(finished(run).await.is_ok());
+    assert!(api.next_request().await.is_none(), "{:?}", api.seen);
+}
+
+#[tokio::test]
+async fn a_partition_the_api_refuses_fails_the_run_and_cleans_up() {
+    let (client, mut api) = api_server();
+    let run = tokio::spawn(async move { chaos::run(client, &partition_options()).await });
+    let forbidden = (
+        403,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+            "reason": "Forbidden", "message": "networkpolicies is forbidden"}),
+    );
+    up_to_the_partition(&mut api, forbidden).await;
+    let (query, _) = api
+        .expect("DELETE", POLICIES, ok(&json!({"kind": "Status"})))
+        .await;
+    assert!(
+        query.contains("labelSelector=qpq.dev%2Fchaos-for%3Dx"),
+        "{query}"
+    );
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.method(), "DELETE");
+    assert!(
+        req.uri().path().starts_with(&format!("{JOBS}/x-chaos-")),
+        "{}",
+        req.uri()
+    );
+    send.send_response(
+        http::Response::builder()
+            .body(kube::client::Body::from(b"{\"kind\":\"Status\"}".to_vec()))
+            .unwrap(),
+    );
+    match finished(run).await {
+        Err(ChaosError::Failed(why)) => assert!(why.contains("forbidden"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     assert!(api.next_request().await.is_none(), "{:?}", api.seen);
 }
