@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::crd::QpqCluster;
 use crate::error::Result;
+pub use crate::resources::PARTITIONED_LABEL;
 use crate::resources::{
     CLIENT_PORT, ClusterRef, container_security_context, pod_ready, pod_security_context, typed,
 };
@@ -257,7 +258,9 @@ pub fn workload_job(
 /// The NetworkPolicy `name` that cuts the member pod `pod` of `c` off: it selects only that
 /// pod (by the StatefulSet's pod-name label) and allows no ingress and no egress, so neither
 /// its peers nor clients in pods reach it, and it reaches no pod. Labelled as the run's
-/// (`CHAOS_FOR_LABEL`), so a clean-up finds it.
+/// (`CHAOS_FOR_LABEL`), so a clean-up finds it. Policies only add what they allow, so the pod
+/// must also carry [`PARTITIONED_LABEL`] ([`partition_label`]) for the cluster's own policy
+/// to leave it to this one.
 pub fn partition_policy(c: &QpqCluster, name: &str, pod: &str) -> Result<NetworkPolicy> {
     let r = ClusterRef::new(c)?;
     typed(json!({
@@ -277,6 +280,12 @@ pub fn partition_policy(c: &QpqCluster, name: &str, pod: &str) -> Result<Network
             "policyTypes": ["Ingress", "Egress"],
         },
     }))
+}
+
+/// A merge patch of a pod's labels: [`PARTITIONED_LABEL`] set to the run's name (`Some`) or
+/// removed (`None`).
+pub fn partition_label(run: Option<&str>) -> serde_json::Value {
+    json!({"metadata": {"labels": {PARTITIONED_LABEL: run}}})
 }
 
 /// The workload's report: the last line of its log that is a JSON object.
@@ -451,6 +460,14 @@ mod tests {
         assert_eq!(v["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
         // No rule at all: nothing in, nothing out.
         assert!(v["spec"].get("ingress").is_none() && v["spec"].get("egress").is_none());
+        assert_eq!(
+            partition_label(Some("run")),
+            json!({"metadata": {"labels": {"qpq.dev/partitioned": "run"}}})
+        );
+        assert_eq!(
+            partition_label(None),
+            json!({"metadata": {"labels": {"qpq.dev/partitioned": null}}})
+        );
     }
 
     #[test]

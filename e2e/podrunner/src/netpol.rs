@@ -639,6 +639,47 @@ mod tests {
     }
 
     #[test]
+    fn a_partitioned_member_steps_out_of_the_clusters_policy() {
+        // The operator's policy leaves out members labelled qpq.dev/partitioned; with the
+        // chaos run's deny-all policy that cuts the member off, although the operator's
+        // policy alone would admit its peers (policies only add).
+        let members = json!({"matchLabels": {"app": "qpq"},
+            "matchExpressions": [{"key": "qpq.dev/partitioned", "operator": "DoesNotExist"}]});
+        let operator = np(
+            "a",
+            json!({"podSelector": members, "policyTypes": ["Ingress"], "ingress": [
+                {"ports": [{"port": 7443, "protocol": "UDP"}]},
+                {"from": [{"podSelector": members}], "ports": [{"port": 7444, "protocol": "UDP"}]},
+            ]}),
+        );
+        let deny = np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"statefulset.kubernetes.io/pod-name": "q-1"}},
+                   "policyTypes": ["Ingress", "Egress"]}),
+        );
+        let n0 = pod("n0", "a", &[("app", "qpq")], "127.88.0.1");
+        let mut n1 = pod(
+            "n1",
+            "a",
+            &[
+                ("app", "qpq"),
+                ("statefulset.kubernetes.io/pod-name", "q-1"),
+            ],
+            "127.88.0.2",
+        );
+        let ps = [operator, deny];
+        let raft_and_client = ports(&[("udp", 7443, 7443), ("udp", 7444, 7444)]);
+        // Deny-all alone: the operator's policy still admits n0 to n1 (the union).
+        assert_eq!(access(&n0, &n1, &ps, &nss()), raft_and_client);
+        n1.labels.insert("qpq.dev/partitioned".into(), "run".into());
+        assert_eq!(access(&n0, &n1, &ps, &nss()), Access::Some(vec![]));
+        assert_eq!(access(&n1, &n0, &ps, &nss()), Access::Some(vec![]));
+        n1.labels.remove("qpq.dev/partitioned");
+        let ps = [ps[0].clone()];
+        assert_eq!(access(&n1, &n0, &ps, &nss()), raft_and_client);
+    }
+
+    #[test]
     fn namespace_selectors_and_expressions() {
         let dest = pod("d", "a", &[("tier", "db")], "127.88.0.1");
         let mon = pod("m", "mon", &[("app", "prom")], "127.88.0.2");

@@ -63,6 +63,11 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
         Api::namespaced(env.client.clone(), &ns);
     let cut = qpq_operator::chaos::partition_policy(&c, "e2e-partition", &follower).unwrap();
     policies.create(&PostParams::default(), &cut).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let label = |run: Option<&str>| Patch::Merge(qpq_operator::chaos::partition_label(run));
+    pods.patch(&follower, &PatchParams::default(), &label(Some("e2e")))
+        .await
+        .unwrap();
     // Cut off, it hears no heartbeat and stands for election in vain: its term climbs and it
     // knows no leader. (This test process is the node, which the policy does not cover.)
     let lost = wait("the cut-off follower to lose its leader", 60, || async {
@@ -71,6 +76,9 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
     })
     .await;
     eprintln!("cut off: {lost:?}");
+    pods.patch(&follower, &PatchParams::default(), &label(None))
+        .await
+        .unwrap();
     policies
         .delete("e2e-partition", &DeleteParams::default())
         .await

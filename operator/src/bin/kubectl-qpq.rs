@@ -82,8 +82,8 @@ enum Command {
     /// member once, in one gap-free order, no stale read. Prints a line per fault and the
     /// verdict; exits 0 only when every fault healed and nothing was violated. The same seed
     /// draws the same faults at the same times. Needs: get QpqClusters; list, get, delete
-    /// and evict pods; create, get and delete Jobs; pod logs; with `partition`, create,
-    /// delete and deletecollection NetworkPolicies.
+    /// and evict pods; create, get and delete Jobs; pod logs; with `partition`, patch pods
+    /// and create, delete and deletecollection NetworkPolicies.
     Chaos {
         /// Name of the QpqCluster.
         cluster: String,

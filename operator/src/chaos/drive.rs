@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, EvictParams, ListParams, PostParams, PropagationPolicy};
+use kube::api::{
+    DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
+};
 use kube::{Api, Client, ResourceExt as _};
 
 use super::{
-    CHAOS_FOR_LABEL, Fault, Planned, partition_policy, plan, report_of, unhealthy, workload_job,
+    CHAOS_FOR_LABEL, Fault, PARTITIONED_LABEL, Planned, partition_label, partition_policy, plan,
+    report_of, unhealthy, workload_job,
 };
 use crate::crd::QpqCluster;
 use crate::resources::{ClusterRef, pod_ready};
@@ -140,7 +143,22 @@ pub async fn run(client: Client, o: &Options) -> Result<(), ChaosError> {
             .delete_collection(&DeleteParams::default(), &lp)
             .await
         {
-            eprintln!("kubectl-qpq: could not delete the partition NetworkPolicies ({lp:?}): {e}");
+            eprintln!("kubectl-qpq: could not delete the partition NetworkPolicies: {e}");
+        }
+        let lp = ListParams::default().labels(&format!("{PARTITIONED_LABEL}={name}"));
+        match pods.list(&lp).await {
+            Ok(list) => {
+                for p in list.items {
+                    let patch = Patch::Merge(partition_label(None));
+                    if let Err(e) = pods
+                        .patch(&p.name_any(), &PatchParams::default(), &patch)
+                        .await
+                    {
+                        eprintln!("kubectl-qpq: could not unlabel pod {}: {e}", p.name_any());
+                    }
+                }
+            }
+            Err(e) => eprintln!("kubectl-qpq: could not list partitioned pods: {e}"),
         }
     }
     // The Job goes unless its history is worth keeping (a run that found something).
@@ -229,7 +247,13 @@ async fn drive(
                 let np = partition_policy(&c, &format!("{job}-partition-{i}"), &target)?;
                 let np_name = np.name_any();
                 policies.create(&PostParams::default(), &np).await?;
+                // Out of the cluster's own policy, so the deny-all one is all that applies.
+                let label = Patch::Merge(partition_label(Some(job)));
+                pods.patch(&target, &PatchParams::default(), &label).await?;
                 tokio::time::sleep(hold).await;
+                let unlabel = Patch::Merge(partition_label(None));
+                pods.patch(&target, &PatchParams::default(), &unlabel)
+                    .await?;
                 let after = clusters.get(&o.cluster).await.ok();
                 let leader = after.and_then(|c| c.status.and_then(|s| s.leader));
                 println!(

@@ -43,7 +43,8 @@ pub use backup::{
 pub use config::{config_hash, configmap};
 pub(crate) use policy::BACKUP_FOR_LABEL;
 pub use policy::{
-    network_policy, pod_disruption_budget, pod_monitor, pod_monitor_resource, service_account,
+    PARTITIONED_LABEL, network_policy, pod_disruption_budget, pod_monitor, pod_monitor_resource,
+    service_account,
 };
 pub use services::{client_service, headless_service};
 pub use statefulset::{ENTRYPOINT, RESTORE_DIR, image_tag, statefulset, template_of};

@@ -42,16 +42,27 @@ pub fn pod_disruption_budget(c: &ClusterRef, replicas: i32) -> Result<PodDisrupt
 /// is never behind the cluster's Services.
 pub(crate) const BACKUP_FOR_LABEL: &str = "qpq.dev/backup-for";
 
+/// A member pod with this label is being cut off by `kubectl qpq chaos --faults partition`:
+/// the cluster's NetworkPolicy neither selects it nor admits it as a peer, so the chaos run's
+/// deny-all policy is the only one that applies to it. (NetworkPolicies only add what they
+/// allow: without stepping aside, this policy would keep admitting peers and clients to it.)
+pub const PARTITIONED_LABEL: &str = "qpq.dev/partitioned";
+
 /// NetworkPolicy `<cluster>`: the client and metrics ports are open (metrics are
 /// unauthenticated but read nothing secret; Prometheus may run anywhere); the Raft port only
 /// to the cluster's own pods; the admin port to its backup Jobs' pods ([`BACKUP_FOR_LABEL`],
 /// same namespace) and the operator's pods. This is defence in depth only: the admin port
-/// requires a client certificate with a role whatever the network allows.
+/// requires a client certificate with a role whatever the network allows. A member labelled
+/// [`PARTITIONED_LABEL`] is left out, as a pod and as a peer.
 pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option<NetworkPolicy>> {
     if !spec.enabled {
         return Ok(None);
     }
-    let peers = json!({"podSelector": {"matchLabels": c.selector()}});
+    let members = json!({
+        "matchLabels": c.selector(),
+        "matchExpressions": [{"key": PARTITIONED_LABEL, "operator": "DoesNotExist"}],
+    });
+    let peers = json!({"podSelector": members});
     // The operator's pods, in its namespace when its labels are given, else in any.
     let operator = json!({
         "namespaceSelector": {"matchLabels": spec.operator_namespace_labels},
@@ -64,7 +75,7 @@ pub fn network_policy(c: &ClusterRef, spec: &NetworkPolicySpec) -> Result<Option
         "kind": "NetworkPolicy",
         "metadata": c.meta(c.name.clone()),
         "spec": {
-            "podSelector": {"matchLabels": c.selector()},
+            "podSelector": members,
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"ports": [{"port": CLIENT_PORT, "protocol": "UDP"}]},

@@ -2,8 +2,9 @@
 //! not healthy is refused before anything is created; a run deletes the leader's pod with
 //! grace period 0, waits for a new Ready pod, reads the workload Job's verdict from its log
 //! and deletes the Job; a verdict with violations fails the run and keeps the Job; a
-//! partition creates a NetworkPolicy isolating one member, holds it, removes it, and the
-//! run's policies are deleted by label at the end, also when the API refused one.
+//! partition creates a NetworkPolicy isolating one member and labels the pod out of the
+//! cluster's own policy, holds it, undoes both, and the run's policies and labels are cleaned
+//! up at the end, also when the API refused one.
 
 use std::time::Duration;
 
@@ -287,8 +288,38 @@ async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_p
     assert_eq!(policy["metadata"]["labels"]["qpq.dev/chaos-for"], "x");
     let name = policy["metadata"]["name"].as_str().unwrap().to_owned();
 
-    // Held for half the interval (1 s), then the leader is read and the policy removed.
+    // The pod steps out of the cluster's own policy (which would still admit its peers).
+    let job = name.trim_end_matches("-partition-0").to_owned();
+    let (_, label) = api
+        .expect(
+            "PATCH",
+            &format!("{PODS}/{target}"),
+            ok(&pod(&target, "same", true, "Running")),
+        )
+        .await;
+    assert_eq!(
+        label,
+        json!({"metadata": {"labels": {"qpq.dev/partitioned": job}}})
+    );
+    // Held for half the interval (1 s); then the label goes, the leader is read and the
+    // policy removed.
     let held = std::time::Instant::now();
+    let (_, unlabel) = api
+        .expect(
+            "PATCH",
+            &format!("{PODS}/{target}"),
+            ok(&pod(&target, "same", true, "Running")),
+        )
+        .await;
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        held.elapsed()
+    );
+    assert_eq!(
+        unlabel,
+        json!({"metadata": {"labels": {"qpq.dev/partitioned": null}}})
+    );
     api.expect("GET", CLUSTER, the_cluster(healthy())).await;
     api.expect(
         "DELETE",
@@ -296,11 +327,6 @@ async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_p
         ok(&json!({"kind": "Status"})),
     )
     .await;
-    assert!(
-        held.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        held.elapsed()
-    );
     // Healing: the same pod (a partition replaces nothing), Ready, and a healthy cluster.
     api.expect(
         "GET",
@@ -311,7 +337,6 @@ async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_p
     api.expect("GET", CLUSTER, the_cluster(healthy())).await;
     api.expect("GET", PODS, members("u-0")).await;
 
-    let job = name.trim_end_matches("-partition-0").to_owned();
     api.expect(
         "GET",
         &format!("{JOBS}/{job}"),
@@ -338,12 +363,18 @@ async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_p
             .body(kube::client::Body::from(format!("{report}\n").into_bytes()))
             .unwrap(),
     );
-    // Whatever the outcome, the run's policies go (by label), then the Job.
+    // Whatever the outcome, the run's policies go (by label), and a pod still labelled
+    // partitioned is unlabelled; then the Job.
     let (query, _) = api
         .expect("DELETE", POLICIES, ok(&json!({"kind": "Status"})))
         .await;
     assert!(
         query.contains("labelSelector=qpq.dev%2Fchaos-for%3Dx"),
+        "{query}"
+    );
+    let (query, _) = api.expect("GET", PODS, pod_list(vec![])).await;
+    assert!(
+        query.contains(&format!("qpq.dev%2Fpartitioned%3D{job}")),
         "{query}"
     );
     api.expect(
@@ -372,6 +403,29 @@ async fn a_partition_the_api_refuses_fails_the_run_and_cleans_up() {
     assert!(
         query.contains("labelSelector=qpq.dev%2Fchaos-for%3Dx"),
         "{query}"
+    );
+    // A pod left labelled (as if a run had stopped mid-partition) is unlabelled.
+    let (query, _) = api
+        .expect(
+            "GET",
+            PODS,
+            pod_list(vec![pod("x-1", "u-1", true, "Running")]),
+        )
+        .await;
+    assert!(
+        query.contains("qpq.dev%2Fpartitioned%3Dx-chaos-"),
+        "{query}"
+    );
+    let (_, unlabel) = api
+        .expect(
+            "PATCH",
+            &format!("{PODS}/x-1"),
+            ok(&pod("x-1", "u-1", true, "Running")),
+        )
+        .await;
+    assert_eq!(
+        unlabel,
+        json!({"metadata": {"labels": {"qpq.dev/partitioned": null}}})
     );
     let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
         .await
