@@ -159,8 +159,16 @@ async fn kubectl_qpq_chaos_kills_and_evicts_pods_while_a_workload_checks_the_his
         .await
         .unwrap();
     assert!(left.items.is_empty(), "partition policies left behind");
-    // The operator's own policy stays.
+    // The operator's own policy stays, and no member is left out of it.
     assert!(policies.get_opt(&name).await.unwrap().is_some());
+    let labelled = pods
+        .list(&ListParams::default().labels(qpq_operator::chaos::PARTITIONED_LABEL))
+        .await
+        .unwrap();
+    assert!(
+        labelled.items.is_empty(),
+        "a member is still labelled partitioned"
+    );
     wait("the chaos Job deleted", 60, || async {
         let left = jobs
             .list(&ListParams::default().labels(&selector))
