@@ -274,6 +274,11 @@ down() {
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
   done
+  # NetworkPolicy rules and pod cgroups a killed runner left (--network-policy enforce).
+  PATH="$PATH:/usr/sbin:/sbin" nft delete table inet qpq_podrunner 2>/dev/null || true
+  for f in /sys/fs/cgroup/unified/qpq-podrunner/* /sys/fs/cgroup/qpq-podrunner/*; do
+    if [[ -d "$f" ]]; then rmdir "$f" 2>/dev/null || true; fi
+  done
   if [[ "${QPQ_K8S_KEEP:-0}" != 1 ]]; then
     rm -rf "$STATE"
   fi

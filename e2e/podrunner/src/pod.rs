@@ -223,9 +223,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
             env.clone(),
             volumes.clone(),
             c,
-            true,
-            idx,
-            policy.to_owned(),
+            Slot {
+                init: true,
+                idx,
+                policy: policy.to_owned(),
+            },
             shared.clone(),
             stop_rx.clone(),
         ));
@@ -258,9 +260,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
                 env.clone(),
                 volumes.clone(),
                 c.clone(),
-                false,
-                idx,
-                restart_policy.clone(),
+                Slot {
+                    init: false,
+                    idx,
+                    policy: restart_policy.clone(),
+                },
                 shared.clone(),
                 stop_rx.clone(),
             )));
@@ -912,20 +916,28 @@ enum Outcome {
     LivenessFailed(Option<std::process::ExitStatus>),
 }
 
+/// Where a container sits in its pod and when it is restarted.
+struct Slot {
+    /// An init container (no probes, run to completion before the others).
+    init: bool,
+    /// Its index among the pod's init or main containers.
+    idx: usize,
+    /// `Always`, `OnFailure` or `Never`.
+    policy: String,
+}
+
 /// Runs one container: start, probe, restart with back-off, stop on request. Returns the last
 /// exit code.
-#[allow(clippy::too_many_arguments)]
 async fn container_loop(
     ctx: Arc<Ctx>,
     env: Arc<PodEnv>,
     volumes: Volumes,
     c: Container,
-    init: bool,
-    idx: usize,
-    policy: String,
+    slot: Slot,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) -> Option<i32> {
+    let Slot { init, idx, policy } = slot;
     let key = format!("{}/{}/{}", env.ns, env.name, c.name);
     let mut backoff = Duration::from_secs(1);
     let mut restarts = 0i32;
