@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-    ServiceAccount,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume,
+    PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Value, json};
@@ -127,6 +127,10 @@ struct PodEnv {
     start_time: String,
     grace: Duration,
 }
+
+/// How often running pods' config map, secret, downward API and projected volumes are
+/// re-read (the kubelet's sync period is about a minute; tests want rotations sooner).
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 
 /// Runs a pod until it is deleted (or its worker is dropped).
 pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
@@ -271,6 +275,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
         }
     }
     let init_failed = !init_ok;
+    let mut refreshed = Instant::now();
     loop {
         let phase = if init_failed {
             Phase::Failed
@@ -278,6 +283,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
             Phase::Running
         };
         reporter.report(&shared, phase, None).await;
+        if refreshed.elapsed() >= VOLUME_REFRESH {
+            refresh_volumes(&ctx, &env, &volumes).await;
+            refreshed = Instant::now();
+        }
         tokio::select! {
             _ = shared.changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -339,7 +348,7 @@ async fn finish(
         hosts.remove(&uid);
     }
     for dir in ephemeral {
-        let _ = std::fs::remove_dir_all(dir);
+        remove_volume(&dir);
     }
     if let Ok(mut ips) = ctx.ips.lock() {
         ips.free(env.ip);
@@ -525,71 +534,11 @@ async fn prepare_volumes(ctx: &Ctx, env: &PodEnv) -> anyhow::Result<Volumes> {
             std::fs::create_dir_all(&host.path).ok();
             out.dirs.insert(v.name.clone(), PathBuf::from(&host.path));
             continue;
-        } else if let Some(cm) = &v.config_map {
-            let files =
-                config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
-            write_files(&dir, &files, cm.items.as_deref())?;
-            out.ephemeral.push(dir.clone());
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let files = secret_files(ctx, &env.ns, &name, s.optional.unwrap_or(false)).await?;
-            write_files(&dir, &files, s.items.as_deref())?;
-            out.ephemeral.push(dir.clone());
-        } else if let Some(d) = &v.downward_api {
-            let mut files = BTreeMap::new();
-            for item in d.items.iter().flatten() {
-                if let Some(f) = &item.field_ref {
-                    let value = field_value(&env.pod, env.ip, &f.field_path).unwrap_or_default();
-                    files.insert(item.path.clone(), value.into_bytes());
-                }
-            }
-            write_files(&dir, &files, None)?;
-            out.ephemeral.push(dir.clone());
-        } else if let Some(p) = &v.projected {
-            let mut files = BTreeMap::new();
-            for src in p.sources.iter().flatten() {
-                if let Some(cm) = &src.config_map {
-                    let all =
-                        config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false))
-                            .await?;
-                    files.extend(select(all, cm.items.as_deref()));
-                }
-                if let Some(s) = &src.secret {
-                    let all =
-                        secret_files(ctx, &env.ns, &s.name, s.optional.unwrap_or(false)).await?;
-                    files.extend(select(all, s.items.as_deref()));
-                }
-                if let Some(d) = &src.downward_api {
-                    for item in d.items.iter().flatten() {
-                        if let Some(f) = &item.field_ref {
-                            let value =
-                                field_value(&env.pod, env.ip, &f.field_path).unwrap_or_default();
-                            files.insert(item.path.clone(), value.into_bytes());
-                        }
-                    }
-                }
-                if let Some(t) = &src.service_account_token {
-                    let token =
-                        service_account_token(ctx, env, t.audience.clone(), t.expiration_seconds)
-                            .await?;
-                    files.insert(t.path.clone(), token.into_bytes());
-                }
-            }
-            write_files(&dir, &files, None)?;
-            if p.sources
-                .iter()
-                .flatten()
-                .any(|s| s.service_account_token.is_some())
-            {
-                let token_path = p
-                    .sources
-                    .iter()
-                    .flatten()
-                    .find_map(|s| s.service_account_token.as_ref())
-                    .map(|t| dir.join(&t.path));
-                if let Some(token_path) = token_path {
-                    out.kubeconfig = Some(write_kubeconfig(ctx, env, &token_path)?);
-                }
+        } else if is_file_volume(v) {
+            let (files, token_path) = volume_files(ctx, env, v, None).await?;
+            publish_files(&dir, &files)?;
+            if let Some(token_path) = token_path {
+                out.kubeconfig = Some(write_kubeconfig(ctx, env, &dir.join(token_path))?);
             }
             out.ephemeral.push(dir.clone());
         } else {
@@ -613,24 +562,158 @@ fn select(
     }
 }
 
-fn write_files(
-    dir: &Path,
-    files: &BTreeMap<String, Vec<u8>>,
-    items: Option<&[KeyToPath]>,
-) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    for (path, data) in select(files.clone(), items) {
-        if path.contains("..") {
-            continue;
+/// Volumes made of files the runner writes: config maps, secrets, the downward API and
+/// projected volumes.
+fn is_file_volume(v: &Volume) -> bool {
+    v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
+/// The files of a file volume ([`is_file_volume`]), with the path of its service-account
+/// token when it projects one. On a refresh (`current`: the volume as published) the token
+/// already there is kept rather than requested again.
+async fn volume_files(
+    ctx: &Ctx,
+    env: &PodEnv,
+    v: &Volume,
+    current: Option<&Path>,
+) -> anyhow::Result<(BTreeMap<String, Vec<u8>>, Option<String>)> {
+    let downward = |items: &[DownwardAPIVolumeFile], files: &mut BTreeMap<String, Vec<u8>>| {
+        for item in items {
+            if let Some(f) = &item.field_ref {
+                let value = field_value(&env.pod, env.ip, &f.field_path).unwrap_or_default();
+                files.insert(item.path.clone(), value.into_bytes());
+            }
         }
-        let target = dir.join(&path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+    };
+    let mut files = BTreeMap::new();
+    let mut token_path = None;
+    if let Some(cm) = &v.config_map {
+        let all = config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+        files = select(all, cm.items.as_deref());
+    } else if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let all = secret_files(ctx, &env.ns, &name, s.optional.unwrap_or(false)).await?;
+        files = select(all, s.items.as_deref());
+    } else if let Some(d) = &v.downward_api {
+        downward(d.items.as_deref().unwrap_or_default(), &mut files);
+    } else if let Some(p) = &v.projected {
+        for src in p.sources.iter().flatten() {
+            if let Some(cm) = &src.config_map {
+                let all =
+                    config_map_files(ctx, &env.ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+                files.extend(select(all, cm.items.as_deref()));
+            }
+            if let Some(s) = &src.secret {
+                let all = secret_files(ctx, &env.ns, &s.name, s.optional.unwrap_or(false)).await?;
+                files.extend(select(all, s.items.as_deref()));
+            }
+            if let Some(d) = &src.downward_api {
+                downward(d.items.as_deref().unwrap_or_default(), &mut files);
+            }
+            if let Some(t) = &src.service_account_token {
+                let kept = current.and_then(|dir| std::fs::read(dir.join(&t.path)).ok());
+                let token = match kept {
+                    Some(token) => token,
+                    None => {
+                        service_account_token(ctx, env, t.audience.clone(), t.expiration_seconds)
+                            .await?
+                            .into_bytes()
+                    }
+                };
+                files.insert(t.path.clone(), token);
+                token_path.get_or_insert_with(|| t.path.clone());
+            }
+        }
+    }
+    files.retain(|path, _| !path.contains("..") && !path.starts_with('/'));
+    Ok((files, token_path))
+}
+
+/// Publishes `files` as the volume `dir` in one step, as the kubelet does: they are written
+/// into a new directory beside it, then `dir`, a symlink, is renamed over to point there, so a
+/// process never sees half an update (a certificate without its new key). The version it
+/// pointed to before is removed.
+fn publish_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(anyhow!("volume path {} has no parent", dir.display()));
+    };
+    let name = name.to_string_lossy();
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let version = format!("..{name}_{}_{generation}", std::process::id());
+    let version_dir = parent.join(&version);
+    std::fs::create_dir_all(&version_dir)?;
+    for (path, data) in files {
+        let target = version_dir.join(path);
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p)?;
         }
         std::fs::write(&target, data)?;
     }
+    let before = std::fs::read_link(dir).ok();
+    if before.is_none() && dir.exists() {
+        std::fs::remove_dir_all(dir)?; // left by an earlier runner
+    }
+    let tmp = parent.join(format!("..{name}_tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp)?;
+    std::fs::rename(&tmp, dir)?;
+    if let Some(before) = before {
+        let _ = std::fs::remove_dir_all(parent.join(before));
+    }
     Ok(())
+}
+
+/// The files under `dir` (following a symlinked `dir`), by path relative to it.
+fn published_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(at).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else if let (Ok(rel), Ok(data)) = (path.strip_prefix(base), std::fs::read(&path)) {
+                out.insert(rel.to_string_lossy().into_owned(), data);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Removes a volume: a published one (a symlink) with the version it points to.
+fn remove_volume(dir: &Path) {
+    if let Ok(target) = std::fs::read_link(dir) {
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir_all(parent.join(target));
+        }
+        let _ = std::fs::remove_file(dir);
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Re-reads the pod's file volumes and republishes those whose files changed: the kubelet's
+/// periodic sync, so a rotated Secret (a certificate) reaches running containers.
+async fn refresh_volumes(ctx: &Ctx, env: &PodEnv, volumes: &Volumes) {
+    let spec = env.pod.spec.clone().unwrap_or_default();
+    for v in spec.volumes.iter().flatten().filter(|v| is_file_volume(v)) {
+        let Some(dir) = volumes.dirs.get(&v.name) else {
+            continue;
+        };
+        match volume_files(ctx, env, v, Some(dir)).await {
+            Ok((files, _)) if files != published_files(dir) => match publish_files(dir, &files) {
+                Ok(()) => tracing::info!("{}/{}: volume {} updated", env.ns, env.name, v.name),
+                Err(e) => tracing::warn!("{}/{}: volume {}: {e:#}", env.ns, env.name, v.name),
+            },
+            Ok(_) => {}
+            // As the kubelet: an object that went away leaves the files as they were.
+            Err(e) => tracing::debug!("{}/{}: volume {}: {e:#}", env.ns, env.name, v.name),
+        }
+    }
 }
 
 async fn config_map_files(

@@ -328,6 +328,51 @@ async fn statefulset_identity_storage_restarts_and_scale() {
     ips.dedup();
     assert_eq!(ips.len(), 3, "pod IPs are not distinct: {ips:?}");
 
+    step("an updated secret and config map reach the running containers' files");
+    let patch = |data: Value| Patch::Merge(data);
+    Api::<Secret>::namespaced(c.clone(), &ns)
+        .patch(
+            "sec",
+            &PatchParams::default(),
+            &patch(json!({"stringData": {"token": "r0tated"}})),
+        )
+        .await
+        .unwrap();
+    Api::<ConfigMap>::namespaced(c.clone(), &ns)
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &patch(json!({"data": {"greeting": "hello again"}})),
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let name = format!("web-{i}");
+        let env = &env;
+        wait(
+            &format!("{name} serving the new secret and config"),
+            60,
+            || {
+                let name = name.clone();
+                async move {
+                    let secret = pod_http(env, &name, "GET", "/secret/token", "")
+                        .await
+                        .ok()?;
+                    let config = pod_http(env, &name, "GET", "/config/greeting", "")
+                        .await
+                        .ok()?;
+                    (secret.1 == "r0tated" && config.1 == "hello again").then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // The same processes read them: nothing restarted.
+    for i in 0..3 {
+        let p = pod_by_name(&env, &format!("web-{i}")).await.unwrap();
+        assert_eq!(restarts(&p), 0);
+    }
+
     step("pods reach each other by stateful set DNS names");
     for (from, to) in [(0, 1), (1, 2), (2, 0)] {
         let url = format!("http://web-{to}.web.{ns}.svc.cluster.local:8080/env");
