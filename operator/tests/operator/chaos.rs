@@ -143,11 +143,17 @@ async fn up_to_the_verdict(api: &mut ApiServer, report: Value) -> String {
     api.expect("GET", PODS, members("u-0b")).await;
 
     // The verdict, from the Job's log.
+    the_verdict(api, &name, &report).await;
+    name
+}
+
+/// The end of a run: the Job `job` complete, its pod, and its log ending in `report`.
+async fn the_verdict(api: &mut ApiServer, job: &str, report: &Value) {
     api.expect(
         "GET",
-        &format!("{JOBS}/{name}"),
+        &format!("{JOBS}/{job}"),
         ok(&json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "namespace": "ns"},
+            "metadata": {"name": job, "namespace": "ns"},
             "status": {"conditions": [{"type": "Complete", "status": "True"}]}})),
     )
     .await;
@@ -168,7 +174,6 @@ async fn up_to_the_verdict(api: &mut ApiServer, report: Value) -> String {
             .body(kube::client::Body::from(log.into_bytes()))
             .unwrap(),
     );
-    name
 }
 
 /// The run's outcome; a run still waiting on a request nobody answers (one the test did not
@@ -337,32 +342,9 @@ async fn a_partition_isolates_one_member_for_half_an_interval_then_removes_its_p
     api.expect("GET", CLUSTER, the_cluster(healthy())).await;
     api.expect("GET", PODS, members("u-0")).await;
 
-    api.expect(
-        "GET",
-        &format!("{JOBS}/{job}"),
-        ok(&json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job, "namespace": "ns"},
-            "status": {"conditions": [{"type": "Complete", "status": "True"}]}})),
-    )
-    .await;
-    api.expect(
-        "GET",
-        PODS,
-        pod_list(vec![pod("w", "u-w", false, "Succeeded")]),
-    )
-    .await;
     let report = json!({"seconds": 3.0, "acknowledged": 40, "unknown": 1, "errors": 5,
         "reads": 30, "members": {"a": 40, "b": 40, "c": 40}, "violations": []});
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(req.uri().path(), format!("{PODS}/w/log"));
-    send.send_response(
-        http::Response::builder()
-            .body(kube::client::Body::from(format!("{report}\n").into_bytes()))
-            .unwrap(),
-    );
+    the_verdict(&mut api, &job, &report).await;
     // Whatever the outcome, the run's policies go (by label), and a pod still labelled
     // partitioned is unlabelled; then the Job.
     let (query, _) = api
