@@ -102,6 +102,19 @@ pub struct Status {
     /// no Raft and serves no client until unfenced.
     #[serde(default)]
     pub fenced: Option<FenceInfo>,
+    /// The certificate the node serves and the CAs it trusts, as its next handshake uses
+    /// them (absent from builds before CA rotation, and from holding or fenced nodes).
+    #[serde(default)]
+    pub tls: Option<TlsView>,
+}
+
+/// A node's TLS as it reports it: hex SHA-256 fingerprints of certificate DER.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsView {
+    /// Its own certificate.
+    pub serving: String,
+    /// The CA certificates of its bundle.
+    pub trusted: Vec<String>,
 }
 
 /// A fenced node's fence.
@@ -755,6 +768,15 @@ mod tests {
                 let f = s.fenced.expect("fenced");
                 assert_eq!(f.reason, "disk errors in the kernel log");
                 assert!(s.damaged.is_none());
+                assert!(s.tls.is_none());
+                read += 1;
+            }
+            if let Ok(body) = text("raft-status-tls") {
+                let s = decode(&addr(), 200, &body).unwrap();
+                assert_eq!((s.role.as_str(), s.node_id), ("follower", 2));
+                let tls = s.tls.expect("tls");
+                assert_eq!(tls.serving, "12".repeat(32));
+                assert_eq!(tls.trusted, vec!["34".repeat(32), "56".repeat(32)]);
                 read += 1;
             }
         }

@@ -503,10 +503,21 @@ pub struct TlsSpec {
     #[serde(default = "default_cert_days")]
     #[schemars(range(min = 1, max = 825))]
     pub cert_validity_days: u32,
+    /// During a rotation of the operator's CA (`kubectl qpq rotate-ca`, or by itself at two
+    /// thirds of the CA's ten years), the least time every node trusts both the old and the
+    /// new CA before certificates move to the new one, in seconds: clients that pin the
+    /// cluster CA fetch the bundle (`ca.crt`) in that time.
+    #[serde(default = "default_ca_overlap")]
+    #[schemars(range(min = 0, max = 2_592_000))]
+    pub ca_rotation_overlap_seconds: u32,
 }
 
 fn default_cert_days() -> u32 {
     90
+}
+
+fn default_ca_overlap() -> u32 {
+    3600
 }
 
 impl Default for TlsSpec {
@@ -514,6 +525,7 @@ impl Default for TlsSpec {
         Self {
             secret_name: None,
             cert_validity_days: default_cert_days(),
+            ca_rotation_overlap_seconds: default_ca_overlap(),
         }
     }
 }
@@ -731,9 +743,37 @@ pub struct QpqClusterStatus {
     /// report it, and why a requested fence waits. Absent when nothing is fenced or asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing: Option<FencingStatus>,
+    /// The last (or current) rotation of the operator's CA (`kubectl qpq rotate-ca`, the
+    /// annotation `qpq.dev/rotate-ca`): its step, and what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotationStatus>,
     /// Label selector of the cluster's pods (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+}
+
+/// A rotation of the operator's CA (`crate::ca_rotation`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotationStatus {
+    /// The request (the annotation's value, or `auto@<unix seconds>` when the CA's age
+    /// started it).
+    pub request: String,
+    /// `Trusting` (both CAs trusted), `Reissuing` (certificates of the new CA), `Retiring`
+    /// (the old CA leaves the bundle), `Complete`, or `Refused`.
+    pub phase: String,
+    /// When it started, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// When it completed, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<String>,
+    /// What the current step waits for, or why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Hex SHA-256 of the CA certificate that issues certificates now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// A leadership transfer request and its outcome.

@@ -8,7 +8,8 @@
 //! - [`crd`]: the custom resource types (`QpqCluster`, `QpqBackup`, `QpqScheduledBackup`) and
 //!   their schema (with CEL validation).
 //! - [`resources`]: pure builders of every desired object from the spec (no I/O).
-//! - [`tls`]: the operator-managed CA and node certificates.
+//! - [`tls`]: the operator-managed CA and node certificates; [`ca_rotation`]: rotating that
+//!   CA in confirmed steps without restarting a pod.
 //! - [`planner`]: the pure membership planner (next step from what was observed).
 //! - [`rollout`]: the pure rollout planner (template version, which pod to replace next,
 //!   analysis, automatic rollback).
@@ -30,6 +31,7 @@
 
 pub mod admin_client;
 pub mod backups;
+pub mod ca_rotation;
 pub mod chaos;
 pub mod cli;
 pub mod crd;

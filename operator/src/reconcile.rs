@@ -53,7 +53,6 @@ use crate::rollout::{
     self, BackupObservation, Commands, PodView, RolloutAction, RolloutInput, RolloutPlan,
 };
 use crate::status::{self, StatusInput};
-use crate::tls;
 
 /// Source of "now" (unix seconds); tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -578,6 +577,8 @@ async fn leader_transfer(
     Some(record)
 }
 
+mod tls_step;
+
 async fn publish(
     ctx: &Context,
     obj: &QpqCluster,
@@ -676,16 +677,26 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         plan.action,
         Action::Blocked(planner::BlockReason::InvalidSpec, _)
     );
-    let (secrets, rotation, certificates_expire) = if invalid {
-        (Vec::new(), 0, None)
+    let tls = if invalid {
+        tls_step::Prepared {
+            secrets: Vec::new(),
+            expire: None,
+            ca_rotation: prev.and_then(|p| p.ca_rotation.clone()),
+            rotating: false,
+        }
     } else {
-        prepare_tls(
+        tls_step::prepare_tls(
             obj,
             ctx,
             &c,
             plan.statefulset_replicas,
             now_unix,
             admin_secret.as_ref(),
+            &tls_step::Seen {
+                nodes: &nodes,
+                fenced: &fenced,
+                pods: sts_replicas.unwrap_or(0),
+            },
         )
         .await?
     };
@@ -735,7 +746,6 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         &spec.version,
         plan.statefulset_replicas,
         &config_hash,
-        rotation,
         false,
     )?;
     let template_hash = resources::template_of(&probe)
@@ -845,8 +855,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             pass,
             &plan,
             &raft,
-            &secrets,
-            rotation,
+            &tls.secrets,
             &rollout_plan.template_version,
         )
         .await?
@@ -1087,9 +1096,10 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         last_drill,
         drills,
         last_backup,
-        certificates_expire,
+        certificates_expire: tls.expire,
         selector: c.label_selector(),
     });
+    next.ca_rotation = tls.ca_rotation.clone();
     if let Some(record) = transfer_record {
         next.leader_transfer = Some(record);
     }
@@ -1209,6 +1219,8 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
             .statuses
             .values()
             .any(|s| s.damaged.is_some() || s.diverged.is_some() || s.in_doubt.is_some())
+        // A CA rotation waiting for its members to take a step up (`crate::ca_rotation`).
+        || tls.rotating
         // A fence or unfence still to be carried out (`crate::fence`).
         || next.fencing.as_ref().is_some_and(|f| {
             !f.waiting.is_empty()
@@ -1534,98 +1546,11 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
     Ok(serde_json::json!({ "status": status }))
 }
 
-/// The TLS Secrets to apply, the certificates' rotation counter (which is part of the pod
-/// template) and when the first of them expires (unix seconds; `None` with the user's own
-/// Secret). Reads the Secrets; issues certificates only when needed.
-async fn prepare_tls(
-    obj: &QpqCluster,
-    ctx: &Context,
-    c: &ClusterRef,
-    replicas: i32,
-    now_unix: i64,
-    admin_secret: Option<&Secret>,
-) -> Result<(Vec<Secret>, u64, Option<i64>)> {
-    let client = &ctx.client;
-    let ns = c.namespace.as_str();
-    let spec = &obj.spec;
-    let mut rotation = 0;
-    let mut expire = None;
-    let mut secrets = Vec::new();
-    if spec.tls.secret_name.is_none() {
-        let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let ca = secret_api.get_opt(&c.ca_secret()).await?;
-        let current = secret_api
-            .get_opt(&c.tls_secret())
-            .await?
-            .map(|s| tls::certs_from_secret(&s))
-            .unwrap_or_default();
-        let issuer = match ca.as_ref().and_then(tls::ca_from_secret) {
-            Some(material) => tls::Issuer::from_ca(&c.name, material)?,
-            None => {
-                publish(
-                    ctx,
-                    obj,
-                    EventType::Normal,
-                    "CaCreated",
-                    "Tls",
-                    format!("new cluster CA in Secret {}", c.ca_secret()),
-                )
-                .await;
-                tls::Issuer::new_ca(&c.name, now_unix)?
-            }
-        };
-        let pods: Vec<String> = (1..=u64::try_from(replicas.max(1)).unwrap_or(1))
-            .map(|id| c.pod(id))
-            .collect();
-        let certs = tls::reconcile_certificates(
-            c,
-            &issuer,
-            &current,
-            &pods,
-            now_unix,
-            spec.tls.cert_validity_days,
-        )?;
-        if certs.index.rotation != current.index.rotation {
-            publish(
-                ctx,
-                obj,
-                EventType::Normal,
-                "CertificatesRotated",
-                "Tls",
-                "node certificates renewed; pods will restart".into(),
-            )
-            .await;
-        }
-        rotation = certs.index.rotation;
-        let admin_current = admin_secret
-            .map(tls::admin_certs_from_secret)
-            .unwrap_or_default();
-        let admin = tls::reconcile_admin_certificates(
-            &issuer,
-            &admin_current,
-            now_unix,
-            spec.tls.cert_validity_days,
-        )?;
-        expire = certs
-            .index
-            .certs
-            .values()
-            .chain(admin.index.values())
-            .map(|e| e.not_after)
-            .min();
-        secrets.push(tls::ca_secret(c, issuer.ca()));
-        secrets.push(tls::certs_secret(c, issuer.ca(), &certs)?);
-        secrets.push(tls::admin_secret(c, &admin)?);
-    }
-    Ok((secrets, rotation, expire))
-}
-
 async fn apply_objects(
     pass: Pass<'_>,
     plan: &Plan,
     raft: &RaftObservation,
     secrets: &[Secret],
-    rotation: u64,
     template_version: &str,
 ) -> Result<Vec<String>> {
     let Pass { ctx, obj, c, .. } = pass;
@@ -1750,7 +1675,6 @@ async fn apply_objects(
         template_version,
         plan.statefulset_replicas,
         &resources::config_hash(&spec.node),
-        rotation,
         spec.restore.is_some() && !bootstrapped,
     )?;
     note(

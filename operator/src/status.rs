@@ -468,6 +468,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         leader_transfer: input.previous.and_then(|p| p.leader_transfer.clone()),
         // Set by the reconciler each round from what the members report.
         fencing: None,
+        // Set by the reconciler's TLS step each round (`crate::ca_rotation`); kept otherwise.
+        ca_rotation: input.previous.and_then(|p| p.ca_rotation.clone()),
         selector: Some(input.selector.clone()),
     }
 }

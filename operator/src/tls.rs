@@ -6,8 +6,9 @@
 //! Split in two: [`plan_certificates`] decides, from the existing Secrets' index and the
 //! clock passed in, which certificates to keep, issue or renew (pure); [`Issuer`] does the
 //! key generation (the only randomness). The Secret builders are pure. Renewal happens at
-//! two thirds of the validity and bumps a rotation counter that the StatefulSet template
-//! carries, so pods restart onto the new certificate.
+//! two thirds of the validity; the nodes reload renewed files, so nothing restarts. The CA
+//! itself rotates in steps ([`crate::ca_rotation`]); `ca.crt` of the Secrets is the bundle
+//! of the moment (one CA, or two during a rotation).
 
 use std::collections::BTreeMap;
 
@@ -19,14 +20,19 @@ use rcgen::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::ca_rotation::{CaState, Rotation, Step};
 use crate::error::{Error, Result};
 use crate::resources::ClusterRef;
 
 /// Index kept in the certificates Secret (`index.json`): what was issued, for whom, until when.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertIndex {
-    /// Incremented on every renewal; put on the pod template.
+    /// Incremented on every renewal (the nodes reload renewed files; nothing restarts).
     pub rotation: u64,
+    /// Hex SHA-256 of the CA certificate that issued them (empty in indexes written before
+    /// CA rotation: taken to be the current CA's). A different CA reissues them all.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca: String,
     /// Per pod.
     pub certs: BTreeMap<String, CertEntry>,
 }
@@ -339,16 +345,19 @@ pub fn reconcile_admin_certificates(
     Ok(next)
 }
 
-/// Secret `<cluster>-admin`: `ca.crt`, `index.json` and every role's `.crt`/`.key`. The
+/// Secret `<cluster>-admin`: `ca.crt` (the CA `bundle` to verify nodes with), `issuer.crt`
+/// (the CA the role certificates chain to), `index.json` and every role's `.crt`/`.key`. The
 /// operator reads its own credentials from it; backup Jobs mount the `backup` ones. With a
 /// user-provided `spec.tls.secretName`, the user provides this Secret (same keys, at least
 /// `ca.crt`, `operator.*` and `backup.*`).
-pub fn admin_secret(c: &ClusterRef, certs: &AdminCerts) -> Result<Secret> {
+pub fn admin_secret(c: &ClusterRef, certs: &AdminCerts, bundle: &str) -> Result<Secret> {
+    let mut files = certs.files.clone();
+    files.insert("issuer.crt".into(), certs.ca_pem.clone());
     pem_secret(
         c,
         c.admin_secret(),
-        &certs.files,
-        &certs.ca_pem,
+        &files,
+        bundle,
         serde_json::to_vec(&certs.index)?,
     )
 }
@@ -382,14 +391,22 @@ pub fn admin_certs_from_secret(s: &Secret) -> AdminCerts {
     };
     let text = |v: &ByteString| String::from_utf8(v.0.clone()).ok();
     AdminCerts {
-        ca_pem: data.get("ca.crt").and_then(text).unwrap_or_default(),
+        // Secrets written before CA rotation have no `issuer.crt`: their `ca.crt` is it.
+        ca_pem: data
+            .get("issuer.crt")
+            .or_else(|| data.get("ca.crt"))
+            .and_then(text)
+            .unwrap_or_default(),
         index: data
             .get("index.json")
             .and_then(|b| serde_json::from_slice(&b.0).ok())
             .unwrap_or_default(),
         files: data
             .iter()
-            .filter(|(k, _)| k.ends_with(".crt") && k.as_str() != "ca.crt" || k.ends_with(".key"))
+            .filter(|(k, _)| {
+                k.ends_with(".crt") && !matches!(k.as_str(), "ca.crt" | "issuer.crt")
+                    || k.ends_with(".key")
+            })
             .filter_map(|(k, v)| Some((k.clone(), text(v)?)))
             .collect(),
     }
@@ -408,7 +425,15 @@ pub fn reconcile_certificates(
 ) -> Result<NodeCerts> {
     let mut next = current.clone();
     let mut renewed = false;
+    let ca = crate::ca_rotation::fingerprints(&issuer.ca().cert_pem)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    // Issued by another CA (a rotation's Issue step, or a CA Secret that was lost): all anew.
+    let moved = !current.index.ca.is_empty() && current.index.ca != ca;
+    next.index.ca = ca;
     for (pod, decision) in plan_certificates(c, &current.index, pods, now_unix) {
+        let decision = if moved { CertDecision::Renew } else { decision };
         if decision == CertDecision::Keep
             && current.files.contains_key(&format!("{pod}.crt"))
             && current.files.contains_key(&format!("{pod}.key"))
@@ -427,43 +452,78 @@ pub fn reconcile_certificates(
     Ok(next)
 }
 
-/// Secret `<cluster>-ca`.
-pub fn ca_secret(c: &ClusterRef, ca: &CaMaterial) -> Secret {
-    Secret {
+/// Secret `<cluster>-ca`: the issuing CA (`ca.crt`, `ca.key`) and, during a rotation,
+/// `rotation.json` with the next CA (`next.crt`, `next.key`) or the previous CA's certificate
+/// (`previous.crt`).
+pub fn ca_secret(c: &ClusterRef, state: &CaState) -> Result<Secret> {
+    let mut data = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        data.insert(k.to_owned(), ByteString(v.as_bytes().to_vec()));
+    };
+    put("ca.crt", &state.current.cert_pem);
+    put("ca.key", &state.current.key_pem);
+    if let Some(next) = &state.next {
+        put("next.crt", &next.cert_pem);
+        put("next.key", &next.key_pem);
+    }
+    if let Some(previous) = &state.previous_cert {
+        put("previous.crt", previous);
+    }
+    if let Some(r) = &state.rotation {
+        put("rotation.json", &serde_json::to_string(r)?);
+    }
+    Ok(Secret {
         metadata: c.meta(c.ca_secret()),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                "ca.crt".to_owned(),
-                ByteString(ca.cert_pem.clone().into_bytes()),
-            ),
-            (
-                "ca.key".to_owned(),
-                ByteString(ca.key_pem.clone().into_bytes()),
-            ),
-        ])),
+        data: Some(data),
         ..Secret::default()
-    }
+    })
 }
 
-/// Secret `<cluster>-tls`: `ca.crt`, `index.json` and every pod's `.crt`/`.key`.
-pub fn certs_secret(c: &ClusterRef, ca: &CaMaterial, certs: &NodeCerts) -> Result<Secret> {
+/// Secret `<cluster>-tls`: `ca.crt` (the CA `bundle` the nodes trust), `index.json` and
+/// every pod's `.crt`/`.key`.
+pub fn certs_secret(c: &ClusterRef, bundle: &str, certs: &NodeCerts) -> Result<Secret> {
     pem_secret(
         c,
         c.tls_secret(),
         &certs.files,
-        &ca.cert_pem,
+        bundle,
         serde_json::to_vec(&certs.index)?,
     )
 }
 
-/// Reads `<cluster>-ca` (None when absent or incomplete).
-pub fn ca_from_secret(s: &Secret) -> Option<CaMaterial> {
+/// Reads `<cluster>-ca` (None when absent or incomplete; a rotation whose material is
+/// incomplete is dropped, leaving the issuing CA).
+pub fn ca_state_from_secret(s: &Secret) -> Option<CaState> {
     let data = s.data.as_ref()?;
     let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-    Some(CaMaterial {
+    let current = CaMaterial {
         cert_pem: get("ca.crt")?,
         key_pem: get("ca.key")?,
+    };
+    let next = get("next.crt")
+        .zip(get("next.key"))
+        .map(|(cert_pem, key_pem)| CaMaterial { cert_pem, key_pem });
+    let previous_cert = get("previous.crt");
+    let rotation: Option<Rotation> =
+        get("rotation.json").and_then(|j| serde_json::from_str(&j).ok());
+    let complete = match rotation.as_ref().map(|r| r.step) {
+        None | Some(Step::Retire) => true,
+        Some(Step::Trust) => next.is_some(),
+        Some(Step::Issue) => previous_cert.is_some(),
+    };
+    if !complete {
+        return Some(CaState::settled(current));
+    }
+    Some(CaState {
+        current,
+        next: if rotation.is_some() { next } else { None },
+        previous_cert: if rotation.is_some() {
+            previous_cert
+        } else {
+            None
+        },
+        rotation,
     })
 }
 
@@ -539,6 +599,28 @@ mod tests {
             reconcile_certificates(&c, &issuer, &certs, &pods, NOW + 61 * 86_400, 90).unwrap();
         assert_ne!(later.files["x-0.crt"], certs.files["x-0.crt"]);
         assert_eq!(later.index.rotation, 1);
+
+        // Another CA (a rotation's Issue step): every certificate anew, chained to it.
+        let other = Issuer::new_ca("x", NOW).unwrap();
+        let moved = reconcile_certificates(&c, &other, &certs, &pods, NOW + 86_400, 90).unwrap();
+        for pod in &pods {
+            assert_ne!(
+                moved.files[&format!("{pod}.crt")],
+                certs.files[&format!("{pod}.crt")]
+            );
+        }
+        let other_ca = crate::ca_rotation::fingerprints(&other.ca().cert_pem);
+        assert_eq!(moved.index.ca, other_ca[0]);
+        assert_ne!(moved.index.ca, certs.index.ca);
+        // And kept from then on.
+        let still = reconcile_certificates(&c, &other, &moved, &pods, NOW + 86_400, 90).unwrap();
+        assert_eq!(still, moved);
+        // An index from before CA rotation (no `ca`) is taken to be the current CA's.
+        let mut legacy = certs.clone();
+        legacy.index.ca.clear();
+        let kept = reconcile_certificates(&c, &issuer, &legacy, &pods, NOW + 86_400, 90).unwrap();
+        assert_eq!(kept.files, certs.files);
+        assert_eq!(kept.index.ca, certs.index.ca);
     }
 
     use rustls_pki_types::pem::PemObject as _;
@@ -583,7 +665,7 @@ mod tests {
         assert_eq!(moved.ca_pem, other.ca().cert_pem);
         assert_ne!(moved.files["backup.key"], certs.files["backup.key"]);
         // The Secret round-trips and never shows keys in Debug.
-        let s = admin_secret(&c, &certs).unwrap();
+        let s = admin_secret(&c, &certs, &certs.ca_pem).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("x-admin"));
         assert_eq!(admin_certs_from_secret(&s), certs);
         assert!(!format!("{certs:?}").contains("PRIVATE"));
@@ -596,12 +678,33 @@ mod tests {
         let pods = vec![c.pod(1)];
         let certs =
             reconcile_certificates(&c, &issuer, &NodeCerts::default(), &pods, NOW, 90).unwrap();
-        let s = certs_secret(&c, issuer.ca(), &certs).unwrap();
+        let s = certs_secret(&c, &issuer.ca().cert_pem, &certs).unwrap();
         assert_eq!(certs_from_secret(&s), certs);
+        let settled = CaState::settled(issuer.ca().clone());
         assert_eq!(
-            ca_from_secret(&ca_secret(&c, issuer.ca())).as_ref(),
-            Some(issuer.ca())
+            ca_state_from_secret(&ca_secret(&c, &settled).unwrap()),
+            Some(settled.clone())
         );
+        // Mid-rotation: the next CA and the step come back as they were written.
+        let next = Issuer::new_ca("x", NOW).unwrap();
+        let rotating = CaState {
+            next: Some(next.ca().clone()),
+            rotation: Some(Rotation {
+                request: "r1".into(),
+                step: Step::Trust,
+                since_unix: NOW,
+                started_unix: NOW,
+            }),
+            ..settled.clone()
+        };
+        assert_eq!(
+            ca_state_from_secret(&ca_secret(&c, &rotating).unwrap()),
+            Some(rotating.clone())
+        );
+        // A Trust step without its next CA is dropped, not half-carried out.
+        let mut broken = ca_secret(&c, &rotating).unwrap();
+        broken.data.as_mut().unwrap().remove("next.key");
+        assert_eq!(ca_state_from_secret(&broken), Some(settled));
         // The stored CA can issue again.
         let back = Issuer::from_ca("x", issuer.ca().clone()).unwrap();
         back.issue(dns_names(&c, "x-0"), NOW, 90).unwrap();

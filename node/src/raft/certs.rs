@@ -38,6 +38,7 @@ pub struct ClusterTlsFiles {
 }
 
 /// Loaded TLS material for the Raft listener and the Raft client.
+#[derive(Clone)]
 pub struct ClusterTls {
     /// The cluster CA bundle, reloaded when its file changes (a CA rotation's overlap).
     roots: Arc<ReloadingRoots>,
@@ -142,7 +143,28 @@ pub fn issue_admin_cert<S: rcgen::SigningKey>(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// What a node serves and trusts now (the admin status' `tls`): how an operator rotating the
+/// CA sees that every node took up a step. Fingerprints are hex SHA-256 of certificate DER.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsView {
+    /// This node's certificate (the end entity).
+    pub serving: String,
+    /// The CA certificates of the bundle, in its order.
+    pub trusted: Vec<String>,
+}
+
 impl ClusterTls {
+    /// Looks at the files now (as the next handshake would) and says what is served and
+    /// trusted.
+    pub fn view(&self) -> TlsView {
+        self.key.reload_if_changed();
+        self.roots.reload_if_changed();
+        TlsView {
+            serving: self.key.fingerprint(),
+            trusted: self.roots.fingerprints(),
+        }
+    }
+
     /// Loads the CA, the node certificate and its key; the certificate and key are reloaded
     /// when their files change ([`ReloadingKey`], looked at every
     /// [`ReloadingKey::CHECK_EVERY`] at most).

@@ -500,7 +500,8 @@ fn what_every_release_persisted_decodes_to_what_it_meant() {
 }
 
 /// `GET /raft/status` as this build answers it, a leader's (with everything optional set),
-/// a diverged follower's, a node's holding on damaged storage and a fenced node's: what the operator reads from every node, old and new, during a
+/// a diverged follower's, a node's holding on damaged storage, a fenced node's and a
+/// follower's in the middle of a CA rotation (`tls`): what the operator reads from every node, old and new, during a
 /// rollout. The operator's side decodes every release's files
 /// (`operator/src/admin_client.rs`, `every_release_s_status_decodes`).
 fn statuses() -> Vec<(&'static str, super::node::Status)> {
@@ -554,6 +555,7 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         in_doubt: Some(1_152),
         damaged: None,
         fenced: None,
+        tls: None,
     };
     let follower = Status {
         node_id: 3,
@@ -580,6 +582,39 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         in_doubt: None,
         damaged: None,
         fenced: None,
+        tls: None,
+    };
+    // A follower in the middle of a CA rotation: it trusts the old and the new CA and serves
+    // the certificate it was given (what the operator waits for between steps).
+    let rotating = Status {
+        node_id: 2,
+        role: "follower",
+        term: 7,
+        leader_id: Some(1),
+        last_log_index: 1_204,
+        committed_index: 1_204,
+        applied_index: 1_204,
+        membership: MembershipView {
+            voters: (1..=3)
+                .map(|n| (n, format!("qpq-{}.qpq.ns.svc:7444", n - 1)))
+                .collect(),
+            learners: BTreeMap::new(),
+        },
+        replication: None,
+        version: "0.1.0",
+        wire_version: 1,
+        command_version: 1,
+        finalized_command_version: 1,
+        applied_command_version: 1,
+        state_digests: BTreeMap::new(),
+        diverged: None,
+        in_doubt: None,
+        damaged: None,
+        fenced: None,
+        tls: Some(crate::raft::certs::TlsView {
+            serving: "12".repeat(32),
+            trusted: vec!["34".repeat(32), "56".repeat(32)],
+        }),
     };
     // A node holding on damaged storage (`crate::hold`): no Raft state of its own. The
     // versions are the release's, as in the fixtures above.
@@ -613,6 +648,7 @@ fn statuses() -> Vec<(&'static str, super::node::Status)> {
         ("raft-status-diverged-follower", follower),
         ("raft-status-damaged", damaged),
         ("raft-status-fenced", fenced),
+        ("raft-status-tls", rotating),
     ]
 }
 

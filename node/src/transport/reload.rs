@@ -90,6 +90,14 @@ impl ReloadingKey {
         self.current().cert.clone()
     }
 
+    /// Hex SHA-256 of the DER of the certificate served now (the end entity).
+    pub fn fingerprint(&self) -> String {
+        self.current()
+            .end_entity_cert()
+            .map(|c| hex::encode(sha2_digest(c)))
+            .unwrap_or_default()
+    }
+
     fn current(&self) -> Arc<CertifiedKey> {
         self.current
             .read()

@@ -36,6 +36,8 @@ use super::{Error, Result};
 struct Loaded {
     /// How many CA certificates the bundle holds.
     anchors: usize,
+    /// Hex SHA-256 of each CA certificate's DER, in the bundle's order.
+    fingerprints: Vec<String>,
     client: Arc<dyn ClientCertVerifier>,
     server: Arc<WebPkiServerVerifier>,
 }
@@ -47,12 +49,14 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 fn load(path: &Path, pem: &[u8]) -> Result<Loaded> {
     let mut roots = RootCertStore::empty();
+    let mut fingerprints = Vec::new();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|source| Error::Pem {
             path: path.to_path_buf(),
             what: "certificate",
             source,
         })?;
+        fingerprints.push(hex::encode(digest(&cert)));
         roots.add(cert)?;
     }
     let anchors = roots.len();
@@ -67,6 +71,7 @@ fn load(path: &Path, pem: &[u8]) -> Result<Loaded> {
         .map_err(|e| rustls::Error::General(format!("{}: {e}", path.display())))?;
     Ok(Loaded {
         anchors,
+        fingerprints,
         client,
         server,
     })
@@ -103,6 +108,11 @@ impl ReloadingRoots {
     /// How many CA certificates are trusted now.
     pub fn anchors(&self) -> usize {
         self.current().anchors
+    }
+
+    /// Hex SHA-256 of the DER of each CA certificate trusted now.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.current().fingerprints.clone()
     }
 
     fn current(&self) -> Arc<Loaded> {

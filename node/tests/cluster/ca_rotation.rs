@@ -26,6 +26,31 @@ fn copy(from: &std::path::Path, to: &std::path::Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
+/// Hex SHA-256 of each certificate's DER in a PEM file.
+fn fingerprints(pem: &std::path::Path) -> Vec<String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use sha2::Digest as _;
+    let pem = std::fs::read(pem).unwrap();
+    rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|der| hex::encode(sha2::Sha256::digest(der.unwrap())))
+        .collect()
+}
+
+/// What a node's admin status says it serves and trusts (`tls`), asked with `client`.
+async fn tls_of(client: &AdminClient, admin: &str) -> (String, Vec<String>) {
+    let (status, body) = client
+        .call(admin, "GET", "/raft/status", "", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let tls = &v["tls"];
+    (
+        tls["serving"].as_str().unwrap().to_owned(),
+        serde_json::from_value(tls["trusted"].clone()).unwrap(),
+    )
+}
+
 fn write(to: &std::path::Path, contents: &str) {
     let tmp = to.with_extension("new");
     std::fs::write(&tmp, contents).unwrap();
@@ -59,14 +84,35 @@ async fn the_cluster_ca_rotates_under_writes_without_a_restart() {
         let w = Writers::start(&c, 2, 0).await;
         wait_acked_more_than(&w, 20, Duration::from_secs(20)).await;
 
-        // 1. Both CAs trusted.
+        let old_client = AdminClient::load(&old_operator).unwrap();
+        let admins: Vec<String> = (1..=3)
+            .map(|id| c.node(id).admin.unwrap().to_string())
+            .collect();
+        let (old_ca_fp, new_ca_fp) = (
+            fingerprints(&files[0].ca).remove(0),
+            fingerprints(&new[0].ca).remove(0),
+        );
+        for (admin, f) in admins.iter().zip(&files) {
+            let (serving, trusted) = tls_of(&old_client, admin).await;
+            assert_eq!(serving, fingerprints(&f.cert)[0]);
+            assert_eq!(trusted, vec![old_ca_fp.clone()]);
+        }
+
+        // 1. Both CAs trusted; the status says so as soon as the file changed (it is what
+        //    the operator waits for between steps).
         write(&files[0].ca, &both);
+        for admin in &admins {
+            let (_, trusted) = tls_of(&old_client, admin).await;
+            assert_eq!(trusted, vec![old_ca_fp.clone(), new_ca_fp.clone()]);
+        }
         tokio::time::sleep(TAKE_UP).await;
         // 2. Every node's certificate reissued under the new CA, one node at a time; the
         //    admin certificates too.
-        for (old, new) in files.iter().zip(&new) {
+        for ((old, new), admin) in files.iter().zip(&new).zip(&admins) {
             copy(&new.cert, &old.cert);
             copy(&new.key, &old.key);
+            let (serving, _) = tls_of(&old_client, admin).await;
+            assert_eq!(serving, fingerprints(&new.cert)[0], "{admin}");
             tokio::time::sleep(TAKE_UP).await;
         }
         for role in Role::ALL {
@@ -104,7 +150,6 @@ async fn the_cluster_ca_rotates_under_writes_without_a_restart() {
 
         // The old CA's client certificate is refused by every node (the client trusts both
         // CAs, so the refusal is the node's); the new one is served.
-        let old_client = AdminClient::load(&old_operator).unwrap();
         let mut new_operator = admin_credentials(&pki, Role::Operator);
         new_operator.ca = old_operator.ca.clone();
         let new_client = AdminClient::load(&new_operator).unwrap();
@@ -124,6 +169,9 @@ async fn the_cluster_ca_rotates_under_writes_without_a_restart() {
                 "node {id} took a certificate of the old CA"
             );
             assert_eq!(call(&new_client).await.ok(), Some(200), "node {id}");
+            // And it reports the new CA alone.
+            let (_, trusted) = tls_of(&new_client, &admin).await;
+            assert_eq!(trusted, vec![new_ca_fp.clone()], "node {id}");
         }
     })
     .await;

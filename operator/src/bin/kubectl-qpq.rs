@@ -10,6 +10,8 @@
 //! leader last)
 //! `kubectl qpq transfer-leader <cluster> [--to <pod|id|any>] [--wait]` (move leadership,
 //! e.g. before maintenance on the leader's Kubernetes node)
+//! `kubectl qpq rotate-ca <cluster> [--wait]` (a new cluster CA, rolled out in confirmed
+//! steps with an overlap where both are trusted; no pod restarts)
 //! `kubectl qpq restore <cluster> --to <new> --file <backup> [--claim c] [--replicas n]
 //! [--accept-stale] [--wait]` (a new cluster from one of the cluster's backups)
 //! `kubectl qpq recover <cluster> --from-member <member> --to <new> --confirm [--wait]` (a
@@ -208,6 +210,24 @@ enum Command {
         wait: bool,
         /// How long `--wait` waits.
         #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Rotate the cluster CA the operator manages: a new CA trusted beside the old one by
+    /// every member (for at least `spec.tls.caRotationOverlapSeconds`), then every certificate
+    /// issued by it, then the old CA retired; each step confirmed on every member, none
+    /// restarting a pod. Sets the annotation `qpq.dev/rotate-ca` (the time); progress is in
+    /// `status.caRotation` and Events.
+    RotateCa {
+        /// Name of the QpqCluster.
+        cluster: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until the rotation completes; fail if it is refused.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits (the overlap included).
+        #[arg(long, default_value_t = 7200)]
         timeout_secs: u64,
     },
     /// Start a new cluster from one of this cluster's backups: a `QpqCluster` named `--to`
@@ -478,6 +498,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         | Command::Restart { namespace, .. }
         | Command::Report { namespace, .. }
         | Command::TransferLeader { namespace, .. }
+        | Command::RotateCa { namespace, .. }
         | Command::Restore { namespace, .. }
         | Command::Recover { namespace, .. }
         | Command::Fence { namespace, .. }
@@ -634,6 +655,57 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         "no outcome within {timeout_secs} s (a membership change or rollout under way?)"
                     )
                     .into());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Command::RotateCa {
+            cluster,
+            wait,
+            timeout_secs,
+            ..
+        } => {
+            use kube::api::{Patch, PatchParams};
+            let api: Api<QpqCluster> = Api::namespaced(client, &ns);
+            let value = jiff::Timestamp::now().to_string();
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                qpq_operator::ca_rotation::ANNOTATION: value,
+            }}});
+            api.patch(&cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            if !wait {
+                println!("{cluster}: CA rotation asked ({value}); see status.caRotation");
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let mut last = String::new();
+            loop {
+                let c = api.get(&cluster).await?;
+                if let Some(r) = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ca_rotation.as_ref())
+                    .filter(|r| r.request == value)
+                {
+                    let line = format!(
+                        "{}{}",
+                        r.phase,
+                        r.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                    if line != last {
+                        println!("{line}");
+                    }
+                    match r.phase.as_str() {
+                        "Complete" => return Ok(()),
+                        "Refused" => return Err(line.into()),
+                        _ => last = line,
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("not complete within {timeout_secs} s ({last})").into());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

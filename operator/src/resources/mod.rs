@@ -218,8 +218,6 @@ pub(crate) fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T> {
 pub mod annotations {
     /// Hash of the node configuration: changing it rolls the pods.
     pub const CONFIG_HASH: &str = "qpq.dev/config-hash";
-    /// Certificate rotation counter: a rotation rolls the pods.
-    pub const TLS_ROTATION: &str = "qpq.dev/tls-rotation";
     /// Hash of the pod template without its image tag: a pod whose hash and tag match the
     /// StatefulSet's template is up to date (see `crate::rollout`).
     pub const TEMPLATE_HASH: &str = "qpq.dev/template-hash";

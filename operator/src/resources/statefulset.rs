@@ -42,15 +42,15 @@ fn var(name: &str, value: impl Into<String>) -> Value {
 }
 
 /// The StatefulSet `<cluster>` with `replicas` pods (chosen by the membership planner)
-/// running `version` (chosen by the rollout planner). `tls_rotation` is the
-/// operator-managed certificates' rotation counter (0 for a user-provided Secret).
+/// running `version` (chosen by the rollout planner). Renewed certificates and a rotated
+/// CA reach the pods through the mounted Secret (the nodes reload them): nothing about them
+/// is on the template, so they restart no pod.
 pub fn statefulset(
     c: &ClusterRef,
     spec: &QpqClusterSpec,
     version: &str,
     replicas: i32,
     config_hash: &str,
-    tls_rotation: u64,
     restoring: bool,
 ) -> Result<StatefulSet> {
     let (tls_secret, cert, key) = match &spec.tls.secret_name {
@@ -244,7 +244,6 @@ pub fn statefulset(
             "labels": c.labels(),
             "annotations": {
                 annotations::CONFIG_HASH: config_hash,
-                annotations::TLS_ROTATION: tls_rotation.to_string(),
             },
         },
         "spec": pod_spec,
@@ -362,7 +361,7 @@ mod tests {
         let build = |restart: Option<&str>| {
             let mut c = ClusterRef::new(&obj).unwrap();
             c.restart = restart.map(str::to_owned);
-            let sts = statefulset(&c, &obj.spec, "0.1.0", 3, "h", 0, false).unwrap();
+            let sts = statefulset(&c, &obj.spec, "0.1.0", 3, "h", false).unwrap();
             let (_, hash) = template_of(&sts).unwrap();
             let v = serde_json::to_value(&sts).unwrap();
             let at = v["spec"]["template"]["metadata"]["annotations"][annotations::RESTARTED_AT]

@@ -182,6 +182,7 @@ pub(crate) fn node_status(
         state_digests: BTreeMap::new(),
         damaged: None,
         fenced: None,
+        tls: None,
     }
 }
 

@@ -56,17 +56,16 @@ fn builders_match_golden_output() {
     let hash = resources::config_hash(&s.node);
     check(
         "statefulset",
-        &resources::statefulset(&c, s, &s.version, 3, &hash, 0, true).unwrap(),
+        &resources::statefulset(&c, s, &s.version, 3, &hash, true).unwrap(),
     );
     check(
         "headless-service",
         &resources::headless_service(&c).unwrap(),
     );
     // Once the restored node formed the cluster, no pod mounts the backup claim.
-    let formed = serde_json::to_value(
-        resources::statefulset(&c, s, &s.version, 3, &hash, 0, false).unwrap(),
-    )
-    .unwrap();
+    let formed =
+        serde_json::to_value(resources::statefulset(&c, s, &s.version, 3, &hash, false).unwrap())
+            .unwrap();
     let pod = &formed["spec"]["template"]["spec"];
     assert!(pod.get("initContainers").is_none(), "{pod}");
     assert!(
@@ -122,7 +121,7 @@ fn builders_match_golden_output() {
             .unwrap(),
     );
     let sts_s3 = serde_json::to_value(
-        resources::statefulset(&c, &obj_s3.spec, &obj_s3.spec.version, 3, &hash, 0, true).unwrap(),
+        resources::statefulset(&c, &obj_s3.spec, &obj_s3.spec.version, 3, &hash, true).unwrap(),
     )
     .unwrap();
     check(
@@ -135,7 +134,7 @@ fn builders_match_golden_output() {
         spec["restore"] = restore;
         let obj = cluster(spec, None, true);
         let sts = serde_json::to_value(
-            resources::statefulset(&c, &obj.spec, &obj.spec.version, 3, &hash, 0, true).unwrap(),
+            resources::statefulset(&c, &obj.spec, &obj.spec.version, 3, &hash, true).unwrap(),
         )
         .unwrap();
         sts["spec"]["template"]["spec"]["initContainers"][0]["args"].clone()
@@ -181,7 +180,10 @@ fn builders_match_golden_output() {
             not_after: 86_400,
         },
     );
-    check("tls-secret", &tls::certs_secret(&c, &ca, &certs).unwrap());
+    check(
+        "tls-secret",
+        &tls::certs_secret(&c, &ca.cert_pem, &certs).unwrap(),
+    );
 }
 
 #[test]
@@ -192,7 +194,7 @@ fn minimal_spec_uses_defaults_and_a_user_secret_when_given() {
     let hash = resources::config_hash(&obj.spec.node);
     check(
         "statefulset-minimal",
-        &resources::statefulset(&c, &obj.spec, &obj.spec.version, 1, &hash, 0, false).unwrap(),
+        &resources::statefulset(&c, &obj.spec, &obj.spec.version, 1, &hash, false).unwrap(),
     );
     check(
         "client-service-minimal",

@@ -1108,7 +1108,7 @@ fn applied_statefulset(obj: &qpq_operator::crd::QpqCluster, version: &str) -> Va
     let c = qpq_operator::resources::ClusterRef::new(obj).unwrap();
     let hash = qpq_operator::resources::config_hash(&obj.spec.node);
     let sts =
-        qpq_operator::resources::statefulset(&c, &obj.spec, version, 3, &hash, 0, false).unwrap();
+        qpq_operator::resources::statefulset(&c, &obj.spec, version, 3, &hash, false).unwrap();
     let mut v = serde_json::to_value(sts).unwrap();
     v["metadata"]["generation"] = json!(4);
     v["status"] = json!({"replicas": 3, "observedGeneration": 4});

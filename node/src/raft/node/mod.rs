@@ -128,6 +128,8 @@ pub struct RaftNode {
     fence: CancellationToken,
     /// The read-index call to the leader that this follower's waiting barriers share.
     read_index: coalesce::Coalescer<Option<Result<u64, SubmitError>>>,
+    /// The Raft listener's and client's certificate and CA bundle (reported in the status).
+    tls: ClusterTls,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -261,6 +263,7 @@ impl RaftNode {
             rebuild: CancellationToken::new(),
             fence: CancellationToken::new(),
             read_index: coalesce::Coalescer::default(),
+            tls,
         });
         tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(count_leader_changes(

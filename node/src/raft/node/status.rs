@@ -70,6 +70,7 @@ impl RaftNode {
             in_doubt: self.in_doubt(),
             damaged: None,
             fenced: None,
+            tls: Some(self.tls.view()),
         }
     }
 
@@ -156,6 +157,10 @@ pub struct Status {
     /// node runs no Raft and serves no client; the other fields are then empty or zero.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fenced: Option<crate::fence::Fence>,
+    /// The certificate this node serves and the CAs it trusts, as its next handshake uses
+    /// them (absent from a holding or fenced node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::raft::certs::TlsView>,
 }
 
 impl Status {
@@ -194,6 +199,7 @@ impl Status {
     pub fn fenced(node_id: NodeId, fence: crate::fence::Fence) -> Self {
         Self {
             fenced: Some(fence),
+            tls: None,
             ..Self::held(node_id, "fenced")
         }
     }
@@ -223,6 +229,7 @@ impl Status {
             in_doubt: None,
             damaged: None,
             fenced: None,
+            tls: None,
         }
     }
 }
