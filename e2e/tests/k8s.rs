@@ -524,6 +524,17 @@ impl Profile {
         }
     }
 
+    /// Makes this profile trust `ca_pem` from its next command on (written beside and
+    /// renamed: a writer may be reading the file meanwhile).
+    fn trust(&self, ca_pem: &[u8]) {
+        let config = self.home.join(self.name).join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        v["ca_pem"] = json!(String::from_utf8(ca_pem.to_vec()).unwrap());
+        let tmp = config.with_extension("new");
+        std::fs::write(&tmp, serde_json::to_vec(&v).unwrap()).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    }
+
     fn messages(&self) -> Vec<String> {
         self.ok(&["recv"])
             .into_iter()
@@ -721,6 +732,11 @@ impl Drop for StopOnDrop {
 
 /// Sends `<prefix>0`, `<prefix>1`, ... until `stop`; the numbers acknowledged.
 fn write_until(p: &Profile, group: &str, prefix: &str, stop: &AtomicBool) -> Vec<u64> {
+    write_counting(p, group, prefix, stop).0
+}
+
+/// [`write_until`], also saying how many sends were made (acknowledged or not).
+fn write_counting(p: &Profile, group: &str, prefix: &str, stop: &AtomicBool) -> (Vec<u64>, u64) {
     let mut acked = Vec::new();
     let mut i = 0;
     let mut slowest = Duration::ZERO;
@@ -746,7 +762,7 @@ fn write_until(p: &Profile, group: &str, prefix: &str, stop: &AtomicBool) -> Vec
         i += 1;
     }
     step(&format!("writer: {i} sends, the slowest took {slowest:?}"));
-    acked
+    (acked, i)
 }
 
 /// Every acknowledged write of [`write_until`] with `prefix` arrives exactly once, and all
@@ -1584,6 +1600,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         (left.items.is_empty() && claim.is_none()).then_some(())
     })
     .await;
+
+    rotate_ca(&env, &ns, &name, (&alice, &bob), gid).await;
 
     step("delete the QpqCluster (pvcRetentionPolicy Retain)");
     api.delete(&name, &DeleteParams::default()).await.unwrap();
@@ -2711,6 +2729,178 @@ async fn transfer_leader(env: &Env, ns: &str, name: &str) {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a pod of another cluster");
+}
+
+/// Hex SHA-256 of each certificate's DER in `pem`.
+fn fingerprints(pem: &[u8]) -> Vec<String> {
+    qpq_operator::ca_rotation::fingerprints(std::str::from_utf8(pem).unwrap())
+}
+
+/// `kubectl qpq rotate-ca --wait` while alice writes: the operator moves through its three
+/// steps, each confirmed by every node's admin status; no pod restarts, no send fails, and
+/// at the end every node trusts and serves the new CA alone and refuses the old CA's admin
+/// certificate. The clients take the bundle up during the overlap, as users who pin the
+/// cluster CA would.
+async fn rotate_ca(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    (writer, reader): (&Profile, &Profile),
+    gid: &str,
+) {
+    step("kubectl qpq rotate-ca while alice writes: trust both, reissue, retire; no restart");
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"tls": {"caRotationOverlapSeconds": 15}}})),
+    )
+    .await
+    .unwrap();
+    let restarts = |p: &Pod| -> i32 {
+        p.status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .sum()
+    };
+    let mut before = BTreeMap::new();
+    for i in 0..3 {
+        let p = pods.get(&format!("{name}-{i}")).await.unwrap();
+        before.insert(i, (p.metadata.uid.clone().unwrap(), restarts(&p)));
+    }
+    let old_bundle = ca_pem(env, ns, name).await;
+    let old_ca = fingerprints(&old_bundle);
+    assert_eq!(old_ca.len(), 1, "one CA before the rotation");
+    let old_admin = secrets.get(&format!("{name}-admin")).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let writes = {
+        let (writer, gid, stop) = (writer.clone(), gid.to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || write_counting(&writer, &gid, "ca-", &stop))
+    };
+    let started = Instant::now();
+    let plugin = env.qpq.with_file_name("kubectl-qpq");
+    let rotation = {
+        let (plugin, kubeconfig) = (plugin.clone(), env.kubeconfig.clone());
+        let (name, ns) = (name.to_owned(), ns.to_owned());
+        tokio::task::spawn_blocking(move || {
+            Command::new(&plugin)
+                .env("KUBECONFIG", &kubeconfig)
+                .args([
+                    "rotate-ca",
+                    &name,
+                    "-n",
+                    &ns,
+                    "--wait",
+                    "--timeout-secs",
+                    "300",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // The overlap: both CAs in the published bundle; the clients fetch it.
+    let bundle = wait("both CAs in the published bundle", 60, || async {
+        let pem = ca_pem(env, ns, name).await;
+        (fingerprints(&pem).len() == 2).then_some(pem)
+    })
+    .await;
+    assert!(
+        fingerprints(&bundle).contains(&old_ca[0]),
+        "the old CA stays trusted meanwhile"
+    );
+    writer.trust(&bundle);
+    reader.trust(&bundle);
+    let out = rotation.await.unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl-qpq rotate-ca: {printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases: Vec<&str> = printed
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .fold(Vec::new(), |mut v, p| {
+            if v.last() != Some(&p) {
+                v.push(p);
+            }
+            v
+        });
+    assert_eq!(
+        phases,
+        ["Trusting", "Reissuing", "Retiring"],
+        "each step in order: {printed}"
+    );
+    let status = api.get(name).await.unwrap().status.unwrap();
+    let record = status.ca_rotation.unwrap();
+    assert_eq!(record.phase, "Complete", "{record:?}");
+    step(&format!("rotated in {:?}: {printed}", started.elapsed()));
+
+    // One CA left, the new one; every node says it trusts it alone and serves exactly the
+    // certificate published for it.
+    let new_bundle = ca_pem(env, ns, name).await;
+    let new_ca = fingerprints(&new_bundle);
+    assert_eq!(new_ca.len(), 1);
+    assert_ne!(new_ca, old_ca);
+    assert_eq!(record.ca.as_deref(), Some(new_ca[0].as_str()));
+    let tls = secrets
+        .get(&format!("{name}-tls"))
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let admin = admin_client(env, ns, name, "read-only").await;
+    for i in 0..3 {
+        let pod = format!("{name}-{i}");
+        let s = raft_status(&admin, &pod_ip(env, ns, &pod).await)
+            .await
+            .unwrap_or_else(|| panic!("{pod} answers the new CA's read-only certificate"));
+        let t = s.tls.unwrap_or_else(|| panic!("{pod} reports its TLS"));
+        assert_eq!(t.trusted, new_ca, "{pod}");
+        assert_eq!(
+            t.serving,
+            fingerprints(&tls[&format!("{pod}.crt")].0)[0],
+            "{pod}"
+        );
+    }
+    // No pod was replaced or restarted.
+    for (i, (uid, count)) in &before {
+        let p = pods.get(&format!("{name}-{i}")).await.unwrap();
+        assert_eq!(p.metadata.uid.as_ref(), Some(uid), "{name}-{i} replaced");
+        assert_eq!(restarts(&p), *count, "{name}-{i} restarted");
+    }
+    // The old CA's operator certificate is refused now (the caller trusts the new CA, so the
+    // refusal is the node's).
+    let old_data = old_admin.data.unwrap();
+    let text = |k: &str| String::from_utf8(old_data[k].0.clone()).unwrap();
+    let old_operator = AdminIdentity::from_pem(
+        String::from_utf8(new_bundle.clone()).unwrap(),
+        text("operator.crt"),
+        text("operator.key"),
+    );
+    let stale = HttpAdmin::new(Duration::from_secs(3)).with_identity(Some(&old_operator));
+    let ip = pod_ip(env, ns, &format!("{name}-0")).await;
+    assert!(
+        raft_status(&stale, &ip).await.is_none(),
+        "a node took the old CA's admin certificate"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let (acked, sent) = writes.await.unwrap();
+    assert_eq!(
+        acked.len() as u64,
+        sent,
+        "a send failed during the rotation"
+    );
+    assert!(sent > 0, "no send during the rotation");
+    check_writes("ca-", &acked, &reader.messages());
+    writer.trust(&new_bundle);
+    reader.trust(&new_bundle);
 }
 
 async fn node_pid(env: &Env, ns: &str, pod: &str) -> Option<String> {
