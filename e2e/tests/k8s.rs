@@ -2822,6 +2822,15 @@ async fn rotate_ca(
         "kubectl-qpq rotate-ca: {printed} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A step's line says what it waits for, and only that: nothing left from the step
+    // before (the status is replaced, not merged).
+    for line in printed.lines() {
+        assert!(
+            !(line.starts_with("Retiring: ") && line.contains("new certificate")),
+            "{line}"
+        );
+        assert!(!line.starts_with("Complete: "), "{line}");
+    }
     let phases: Vec<&str> = printed
         .lines()
         .map(|l| l.split(':').next().unwrap_or_default())
@@ -2833,7 +2842,7 @@ async fn rotate_ca(
         });
     assert_eq!(
         phases,
-        ["Trusting", "Reissuing", "Retiring"],
+        ["Trusting", "Reissuing", "Retiring", "Complete"],
         "each step in order: {printed}"
     );
     let status = api.get(name).await.unwrap().status.unwrap();

@@ -40,7 +40,53 @@ fn main() -> Result<(), Error> {
     write(&dir, "rpc_session", &rpc_session_seeds(&mls)?)?;
     write(&dir, "admin_access", &admin_access_seeds()?)?;
     write(&dir, "backup_manifest", &backup_manifest_seeds()?)?;
+    write(&dir, "admin_request", &admin_request_seeds())?;
     Ok(())
+}
+
+/// Each call the operator makes, as it sends it, prefixed with the byte that picks its path.
+fn admin_request_seeds() -> Vec<Vec<u8>> {
+    use qpq_node::admin::raft::{
+        BootstrapBody, Call, FenceBody, FinalizeBody, IdBody, LearnerBody, RebuildBody,
+        TransferBody,
+    };
+    let addr = |i: u64| format!("x-{i}.x.ns.svc:7444");
+    let calls = [
+        Call::Bootstrap(BootstrapBody {
+            members: (1..=3).map(|i| (i, addr(i - 1))).collect(),
+        }),
+        Call::Learner(LearnerBody {
+            id: 4,
+            addr: addr(3),
+        }),
+        Call::Promote(IdBody { id: 4 }),
+        Call::Remove(IdBody { id: 4 }),
+        Call::Transfer(TransferBody { to: 2 }),
+        Call::Finalize(FinalizeBody { command_version: 2 }),
+        Call::Rebuild(RebuildBody {
+            id: 3,
+            reason: "diverged".into(),
+            peers: vec![addr(0), addr(1)],
+        }),
+        Call::Fence(FenceBody {
+            id: 3,
+            reason: "disk errors in the kernel log".into(),
+        }),
+        Call::Unfence(FenceBody {
+            id: 3,
+            reason: String::new(),
+        }),
+    ];
+    calls
+        .iter()
+        .map(|c| {
+            let (path, body) = c.request();
+            let pick = Call::PATHS.iter().position(|p| *p == path).unwrap_or(0);
+            let mut seed = vec![u8::try_from(pick).unwrap_or(0)];
+            seed.extend_from_slice(body.to_string().as_bytes());
+            seed
+        })
+        .collect()
 }
 
 /// Certificates as a dev cluster's admin listener sees them: each role's, and a node's

@@ -33,7 +33,6 @@ use crate::clock::SharedClock;
 use crate::config::{NodeConfig, TlsSource};
 use crate::log::CommitLog;
 use crate::metrics::Metrics;
-use crate::raft::certs::ClusterTls;
 use crate::raft::node::RaftNode;
 use crate::rpc::{InFlight, NodeRpc};
 use crate::service::hooks::ServiceHooks;
@@ -105,11 +104,11 @@ impl RunningNode {
         }
 
         // Files given by the operator are reloaded when renewed; the dev certificate is fixed.
-        let (crypto, chain) = match &config.tls {
+        let (crypto, chain, client_key) = match &config.tls {
             TlsSource::Dev => {
                 let dev = DevCert::load_or_generate(&config.data_dir)?;
                 let chain = dev.cert_chain();
-                (tls::server_crypto(chain.clone(), dev.key())?, chain)
+                (tls::server_crypto(chain.clone(), dev.key())?, chain, None)
             }
             TlsSource::Files { cert, key } => {
                 let key = crate::transport::ReloadingKey::open_checking_every(
@@ -118,7 +117,7 @@ impl RunningNode {
                     config.tls_reload_check,
                 )?;
                 let chain = key.chain();
-                (tls::reloading_server_crypto(key)?, chain)
+                (tls::reloading_server_crypto(key.clone())?, chain, Some(key))
             }
         };
         let cert = chain.first().cloned().ok_or(Error::NoCertificate)?;
@@ -161,6 +160,9 @@ impl RunningNode {
         )
         .await?;
         let raft_addr = raft.raft_addr()?;
+        if let Some(key) = client_key {
+            raft.watch_client_key(key);
+        }
         let (log, writer) = CommitLog::start(
             raft.clone(),
             config.limits.max_batch_entries,
@@ -205,14 +207,9 @@ impl RunningNode {
                 .map_or_else(std::path::PathBuf::new, std::path::Path::to_path_buf),
             None => config.data_dir.join("cluster"),
         };
-        let admin_tls = match &config.cluster.tls {
-            Some(files) => ClusterTls::load_checking_every(files, config.tls_reload_check)?,
-            None => ClusterTls::load_or_generate_dev_checking_every(
-                &config.data_dir,
-                config.tls_reload_check,
-            )?,
-        }
-        .admin_server_config()?;
+        // The admin listener serves the Raft listener's certificate and trusts its bundle
+        // (the same files): one reload for both, reported in the status' `tls`.
+        let admin_tls = admin_state.raft.cluster_tls().admin_server_config()?;
         let admin_stop = CancellationToken::new();
         let (metrics_addr, metrics_task) = admin::serve_metrics(
             config.metrics_listen,

@@ -1542,6 +1542,16 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
         ] {
             map.entry(key).or_insert(serde_json::Value::Null);
         }
+        // A merge patch keeps what it omits: a CA rotation's step replaces the whole record
+        // (a cleared message or completion time must not survive from the step before).
+        if let Some(rotation) = map
+            .get_mut("caRotation")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for key in ["started", "completed", "message", "ca"] {
+                rotation.entry(key).or_insert(serde_json::Value::Null);
+            }
+        }
     }
     Ok(serde_json::json!({ "status": status }))
 }
@@ -1867,6 +1877,29 @@ mod tests {
         .unwrap();
         assert_eq!(backup_owner(backup.clone()).unwrap().name, "x");
         assert!(drill_owner(backup).is_none());
+    }
+
+    #[test]
+    fn a_ca_rotation_record_is_replaced_whole_by_the_status_patch() {
+        let next = crate::crd::QpqClusterStatus {
+            ca_rotation: Some(crate::crd::CaRotationStatus {
+                request: "r".into(),
+                phase: "Complete".into(),
+                completed: Some("2026-12-06T00:00:00Z".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let patch = status_patch(&next).unwrap();
+        let r = &patch["status"]["caRotation"];
+        assert_eq!(r["phase"], "Complete");
+        // What the step before said is removed, not kept by the merge.
+        assert!(
+            r.get("message").is_some_and(serde_json::Value::is_null),
+            "{r}"
+        );
+        assert!(r.get("ca").is_some_and(serde_json::Value::is_null), "{r}");
+        assert_eq!(r["completed"], "2026-12-06T00:00:00Z");
     }
 
     #[test]

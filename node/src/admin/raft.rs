@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AdminState;
@@ -113,13 +113,40 @@ async fn status(State(s): State<AdminState>) -> Answer {
     status_json(&s).await
 }
 
-#[derive(Deserialize)]
-struct BootstrapBody {
-    members: BTreeMap<NodeId, String>,
+/// The body of `POST /raft/bootstrap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapBody {
+    /// The first voters: node id → Raft address.
+    pub members: BTreeMap<NodeId, String>,
+}
+
+/// Most members a bootstrap may name (the operator runs 1–7 voters).
+pub const MAX_MEMBERS: usize = 16;
+
+/// Refuses a Raft address that is empty or longer than [`MAX_PEER_ADDR`]: addresses go into
+/// the replicated membership, on every node.
+fn check_addr(addr: &str) -> Result<(), Answer> {
+    if addr.is_empty() || addr.len() > MAX_PEER_ADDR {
+        return Err(bad_json(format!(
+            "a Raft address has 1 to {MAX_PEER_ADDR} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl BootstrapBody {
+    fn parse(body: &[u8]) -> Result<Self, Answer> {
+        let b: Self = parse(body)?;
+        if b.members.is_empty() || b.members.len() > MAX_MEMBERS {
+            return Err(bad_json(format!("1 to {MAX_MEMBERS} members")));
+        }
+        b.members.values().try_for_each(|a| check_addr(a))?;
+        Ok(b)
+    }
 }
 
 async fn bootstrap(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
-    let b: BootstrapBody = match parse(&body) {
+    let b = match BootstrapBody::parse(&body) {
         Ok(b) => b,
         Err(a) => return a,
     };
@@ -127,14 +154,25 @@ async fn bootstrap(State(s): State<AdminState>, body: axum::body::Bytes) -> Answ
     answer(&s, r).await
 }
 
-#[derive(Deserialize)]
-struct LearnerBody {
-    id: NodeId,
-    addr: String,
+/// The body of `POST /raft/learners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnerBody {
+    /// The new learner's node id.
+    pub id: NodeId,
+    /// Its Raft address.
+    pub addr: String,
+}
+
+impl LearnerBody {
+    fn parse(body: &[u8]) -> Result<Self, Answer> {
+        let b: Self = parse(body)?;
+        check_addr(&b.addr)?;
+        Ok(b)
+    }
 }
 
 async fn learners(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
-    let b: LearnerBody = match parse(&body) {
+    let b = match LearnerBody::parse(&body) {
         Ok(b) => b,
         Err(a) => return a,
     };
@@ -142,9 +180,11 @@ async fn learners(State(s): State<AdminState>, body: axum::body::Bytes) -> Answe
     answer(&s, r).await
 }
 
-#[derive(Deserialize)]
-struct IdBody {
-    id: NodeId,
+/// The body of `POST /raft/promote` and `POST /raft/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdBody {
+    /// The member.
+    pub id: NodeId,
 }
 
 async fn promote(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
@@ -165,9 +205,11 @@ async fn remove(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer 
     answer(&s, r).await
 }
 
-#[derive(Deserialize)]
-struct TransferBody {
-    to: NodeId,
+/// The body of `POST /raft/transfer-leader`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferBody {
+    /// The voter to lead.
+    pub to: NodeId,
 }
 
 async fn transfer_leader(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
@@ -187,9 +229,11 @@ async fn transfer_leader(State(s): State<AdminState>, body: axum::body::Bytes) -
     answer(&s, r).await
 }
 
-#[derive(Deserialize)]
-struct FinalizeBody {
-    command_version: u16,
+/// The body of `POST /raft/finalize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeBody {
+    /// The replicated-command version to finalize.
+    pub command_version: u16,
 }
 
 async fn finalize(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer {
@@ -218,8 +262,8 @@ async fn finalize(State(s): State<AdminState>, body: axum::body::Bytes) -> Answe
 }
 
 /// The body of `POST /raft/rebuild`.
-#[derive(Deserialize)]
-pub(crate) struct RebuildBody {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildBody {
     /// The node asked (it refuses another id).
     pub id: NodeId,
     /// Kept with the moved data.
@@ -232,7 +276,7 @@ pub(crate) struct RebuildBody {
 }
 
 /// Longest `reason` kept in the marker and the audit record.
-const MAX_REASON: usize = 512;
+pub const MAX_REASON: usize = 512;
 
 /// Refuses a `reason` longer than [`MAX_REASON`] (rebuild and fence bodies).
 fn check_reason(reason: &str) -> Result<(), Answer> {
@@ -250,9 +294,10 @@ fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
-/// Most `peers` one rebuild call may name, and the longest address.
-const MAX_PEERS: usize = 16;
-const MAX_PEER_ADDR: usize = 256;
+/// Most `peers` one rebuild call may name.
+pub const MAX_PEERS: usize = 16;
+/// The longest Raft address a call may carry.
+pub const MAX_PEER_ADDR: usize = 256;
 
 impl RebuildBody {
     /// Parses and bounds the body.
@@ -265,6 +310,84 @@ impl RebuildBody {
             )));
         }
         Ok(b)
+    }
+}
+
+/// A state-changing admin call as the node reads it: the path's call and its body, parsed
+/// and bounded exactly as the handlers do before anything runs. What an admin caller
+/// controls (a fuzz target feeds it arbitrary bytes, `fuzz/fuzz_targets/admin_request.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `POST /raft/bootstrap`.
+    Bootstrap(BootstrapBody),
+    /// `POST /raft/learners`.
+    Learner(LearnerBody),
+    /// `POST /raft/promote`.
+    Promote(IdBody),
+    /// `POST /raft/remove`.
+    Remove(IdBody),
+    /// `POST /raft/transfer-leader`.
+    Transfer(TransferBody),
+    /// `POST /raft/finalize`.
+    Finalize(FinalizeBody),
+    /// `POST /raft/rebuild`.
+    Rebuild(RebuildBody),
+    /// `POST /raft/fence`.
+    Fence(FenceBody),
+    /// `POST /raft/unfence`.
+    Unfence(FenceBody),
+}
+
+impl Call {
+    /// Every path a [`Call`] is made on.
+    pub const PATHS: [&'static str; 9] = [
+        "/raft/bootstrap",
+        "/raft/learners",
+        "/raft/promote",
+        "/raft/remove",
+        "/raft/transfer-leader",
+        "/raft/finalize",
+        "/raft/rebuild",
+        "/raft/fence",
+        "/raft/unfence",
+    ];
+
+    /// The call a `POST` of `body` to `path` makes, or the `400` message that refuses it
+    /// (`None` for a path that takes no body).
+    pub fn parse(path: &str, body: &[u8]) -> Option<Result<Self, String>> {
+        fn msg<T>(r: Result<T, Answer>) -> Result<T, String> {
+            r.map_err(|(_, Json(v))| v["message"].as_str().unwrap_or_default().to_owned())
+        }
+        Some(match path {
+            "/raft/bootstrap" => msg(BootstrapBody::parse(body)).map(Self::Bootstrap),
+            "/raft/learners" => msg(LearnerBody::parse(body)).map(Self::Learner),
+            "/raft/promote" => msg(parse(body)).map(Self::Promote),
+            "/raft/remove" => msg(parse(body)).map(Self::Remove),
+            "/raft/transfer-leader" => msg(parse(body)).map(Self::Transfer),
+            "/raft/finalize" => msg(parse(body)).map(Self::Finalize),
+            "/raft/rebuild" => msg(RebuildBody::parse(body)).map(Self::Rebuild),
+            "/raft/fence" => msg(FenceBody::parse(body)).map(Self::Fence),
+            "/raft/unfence" => msg(FenceBody::parse(body)).map(Self::Unfence),
+            _ => return None,
+        })
+    }
+
+    /// The call's path and body as JSON (what the operator sends).
+    pub fn request(&self) -> (&'static str, Value) {
+        fn v<T: Serialize>(b: &T) -> Value {
+            serde_json::to_value(b).unwrap_or_default()
+        }
+        match self {
+            Self::Bootstrap(b) => ("/raft/bootstrap", v(b)),
+            Self::Learner(b) => ("/raft/learners", v(b)),
+            Self::Promote(b) => ("/raft/promote", v(b)),
+            Self::Remove(b) => ("/raft/remove", v(b)),
+            Self::Transfer(b) => ("/raft/transfer-leader", v(b)),
+            Self::Finalize(b) => ("/raft/finalize", v(b)),
+            Self::Rebuild(b) => ("/raft/rebuild", v(b)),
+            Self::Fence(b) => ("/raft/fence", v(b)),
+            Self::Unfence(b) => ("/raft/unfence", v(b)),
+        }
     }
 }
 
@@ -317,9 +440,9 @@ async fn rebuild(State(s): State<AdminState>, body: axum::body::Bytes) -> Answer
 }
 
 /// The body of `POST /raft/fence` and `POST /raft/unfence`.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FenceBody {
+pub struct FenceBody {
     /// The node asked (it refuses another id).
     pub id: NodeId,
     /// Kept in the fence marker and the audit record (fence only).
@@ -402,5 +525,78 @@ async fn probe_command_version(State(s): State<AdminState>) -> Answer {
     match s.raft.probe_command_version().await {
         Ok(()) => (StatusCode::OK, Json(json!({"applied": true}))),
         Err(e) => answer(&s, Err(e)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(path: &str, body: &str) -> Result<Call, String> {
+        Call::parse(path, body.as_bytes()).expect("a call's path")
+    }
+
+    #[test]
+    fn calls_parse_with_their_bounds_and_render_back() {
+        let long = "a".repeat(MAX_PEER_ADDR + 1);
+        for (path, body) in [
+            (
+                "/raft/bootstrap",
+                json!({"members": {"1": "x-0.x.ns.svc:7444"}}),
+            ),
+            (
+                "/raft/learners",
+                json!({"id": 4, "addr": "x-3.x.ns.svc:7444"}),
+            ),
+            ("/raft/promote", json!({"id": 4})),
+            ("/raft/remove", json!({"id": 4})),
+            ("/raft/transfer-leader", json!({"to": 2})),
+            ("/raft/finalize", json!({"command_version": 2})),
+            (
+                "/raft/rebuild",
+                json!({"id": 3, "reason": "diverged", "peers": ["x-0.x.ns.svc:7444"]}),
+            ),
+            ("/raft/fence", json!({"id": 3, "reason": "disk errors"})),
+            ("/raft/unfence", json!({"id": 3, "reason": ""})),
+        ] {
+            let c = call(path, &body.to_string()).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(c.request(), (path, body), "{path}");
+        }
+        // Addresses go into the replicated membership: bounded, and never empty.
+        for body in [json!({"id": 4, "addr": long}), json!({"id": 4, "addr": ""})] {
+            let e = call("/raft/learners", &body.to_string()).unwrap_err();
+            assert!(e.contains("Raft address"), "{e}");
+        }
+        let many: BTreeMap<String, String> = (1..=MAX_MEMBERS + 1)
+            .map(|i| (i.to_string(), format!("x-{i}:7444")))
+            .collect();
+        for body in [
+            json!({"members": many}),
+            json!({"members": {}}),
+            json!({"members": {"1": long}}),
+        ] {
+            assert!(
+                call("/raft/bootstrap", &body.to_string()).is_err(),
+                "{body}"
+            );
+        }
+        let reason = "r".repeat(MAX_REASON + 1);
+        assert!(
+            call(
+                "/raft/fence",
+                &json!({"id": 3, "reason": reason}).to_string()
+            )
+            .is_err()
+        );
+        assert!(
+            call("/raft/fence", r#"{"id": 3, "extra": 1}"#).is_err(),
+            "unknown field"
+        );
+        assert!(call("/raft/promote", "not json").is_err());
+        assert!(Call::parse("/raft/status", b"").is_none());
+        assert_eq!(Call::PATHS.len(), 9);
+        for path in Call::PATHS {
+            assert!(Call::parse(path, b"{}").is_some(), "{path}");
+        }
     }
 }

@@ -128,8 +128,12 @@ pub struct RaftNode {
     fence: CancellationToken,
     /// The read-index call to the leader that this follower's waiting barriers share.
     read_index: coalesce::Coalescer<Option<Result<u64, SubmitError>>>,
-    /// The Raft listener's and client's certificate and CA bundle (reported in the status).
+    /// The Raft listener's and client's certificate and CA bundle (reported in the status;
+    /// the admin listener serves the same).
     tls: ClusterTls,
+    /// The client listener's certificate, looked at whenever the status is asked for, so
+    /// what the status reports is what every listener's next handshake uses.
+    client_key: Mutex<Option<Arc<crate::transport::ReloadingKey>>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -264,6 +268,7 @@ impl RaftNode {
             fence: CancellationToken::new(),
             read_index: coalesce::Coalescer::default(),
             tls,
+            client_key: Mutex::new(None),
         });
         tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(count_leader_changes(

@@ -70,8 +70,32 @@ impl RaftNode {
             in_doubt: self.in_doubt(),
             damaged: None,
             fenced: None,
-            tls: Some(self.tls.view()),
+            tls: Some(self.tls_view()),
         }
+    }
+
+    /// The TLS material this node's Raft, admin and client listeners use for their next
+    /// handshake (each looks at its files now).
+    pub fn tls_view(&self) -> crate::raft::certs::TlsView {
+        let client_key = self
+            .client_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(key) = client_key {
+            key.reload_if_changed();
+        }
+        self.tls.view()
+    }
+
+    /// The Raft (and admin) listener's TLS material.
+    pub fn cluster_tls(&self) -> &ClusterTls {
+        &self.tls
+    }
+
+    /// Has the status look at the client listener's certificate files too.
+    pub fn watch_client_key(&self, key: Arc<crate::transport::ReloadingKey>) {
+        *self.client_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 
     /// Whether this node is a member of an initialised cluster with a known leader, and has
