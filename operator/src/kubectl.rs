@@ -87,6 +87,18 @@ pub fn status_table(c: &QpqCluster) -> String {
             "Certs:     expire {t} (renewed at two thirds of their life)"
         );
     }
+    if let Some(r) = &st.ca_rotation {
+        let _ = writeln!(
+            out,
+            "CA:        rotation {} ({}){}",
+            r.phase,
+            r.request,
+            r.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out);
     let mut rows = vec![vec![
         "ID".to_owned(),
@@ -816,6 +828,21 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("Certs:     expire 2026-12-20T10:00:00Z"), "{t}");
+        assert!(!t.contains("CA:"), "no rotation, no line: {t}");
+        let mut rotating = cluster();
+        rotating.status.as_mut().unwrap().ca_rotation = Some(crate::crd::CaRotationStatus {
+            request: "2026-12-06T09:00:00Z".into(),
+            phase: "Trusting".into(),
+            message: Some("qpq-1 does not trust the new CA yet".into()),
+            ..Default::default()
+        });
+        assert!(
+            status_table(&rotating).contains(
+                "CA:        rotation Trusting (2026-12-06T09:00:00Z): qpq-1 does not trust the new CA yet"
+            ),
+            "{}",
+            status_table(&rotating)
+        );
         let header = lines.iter().position(|l| l.starts_with("ID")).unwrap();
         assert_eq!(
             lines[header],

@@ -144,6 +144,7 @@ pub(super) async fn prepare_tls(
         now_unix,
         i64::from(spec.tls.ca_rotation_overlap_seconds),
     );
+    let finished = state.rotation.clone();
     let state = ca_rotation::apply(
         &state,
         &decision,
@@ -157,7 +158,17 @@ pub(super) async fn prepare_tls(
     let ca_rotation = match (&decision, &state.rotation) {
         (Decision::Idle, _) => previous,
         (Decision::Finish, _) => {
-            let p = previous.unwrap_or_default();
+            // The record of the rotation as it ran (the status may have been lost meanwhile).
+            let p = previous
+                .filter(|p| finished.as_ref().is_some_and(|r| r.request == p.request))
+                .unwrap_or_else(|| CaRotationStatus {
+                    request: finished
+                        .as_ref()
+                        .map(|r| r.request.clone())
+                        .unwrap_or_default(),
+                    started: finished.as_ref().and_then(|r| time(r.started_unix)),
+                    ..CaRotationStatus::default()
+                });
             publish(
                 ctx,
                 obj,
