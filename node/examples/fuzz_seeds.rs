@@ -41,7 +41,65 @@ fn main() -> Result<(), Error> {
     write(&dir, "admin_access", &admin_access_seeds()?)?;
     write(&dir, "backup_manifest", &backup_manifest_seeds()?)?;
     write(&dir, "admin_request", &admin_request_seeds())?;
+    write(&dir, "restore_input", &restore_input_seeds(&mls)?)?;
     Ok(())
+}
+
+/// A backup file as `backup create` copies it: a state database with accounts, a group and
+/// messages, and an empty one.
+fn restore_input_seeds(mls: &Mls) -> Result<Vec<Vec<u8>>, Error> {
+    let dir = tempfile::tempdir()?;
+    let (alice, bob) = (AccountId::new([1; 16]), AccountId::new([2; 16]));
+    let channel = ChannelId::new([3; 16]);
+    let mut seeds = Vec::new();
+    for (i, commands) in [
+        Vec::new(),
+        vec![
+            Command::RegisterAccount {
+                account: alice,
+                device: DeviceId::new([11; 16]),
+                public_key: qpq_schemas::IdentityKey::new([5; 32]),
+            },
+            Command::RegisterAccount {
+                account: bob,
+                device: DeviceId::new([12; 16]),
+                public_key: qpq_schemas::IdentityKey::new([6; 32]),
+            },
+            Command::CreateGroup {
+                channel,
+                creator: alice,
+            },
+            Command::AddMember {
+                channel,
+                by: alice,
+                account: bob,
+                admin: false,
+            },
+            Command::Enqueue {
+                channel,
+                client_msg_id: ClientMsgId::new([7; 16]),
+                payload: mls.messages[2].clone(),
+                commit: None,
+                sender: Some(alice),
+            },
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let db = dir.path().join(format!("state-{i}.sqlite3"));
+        let mut store = qpq_node::state::Store::open(&db)?;
+        let stamp = Stamp {
+            now_ms: 1_700_000_000_000,
+        };
+        let batch: Vec<(Command, Stamp)> = commands.into_iter().map(|c| (c, stamp)).collect();
+        store.apply_batch(&batch)?;
+        drop(store);
+        let copy = dir.path().join(format!("backup-{i}.sqlite3"));
+        qpq_node::state::Store::copy_to(&db, &copy)?;
+        seeds.push(std::fs::read(&copy)?);
+    }
+    Ok(seeds)
 }
 
 /// Each call the operator makes, as it sends it, prefixed with the byte that picks its path.

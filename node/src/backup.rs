@@ -386,6 +386,13 @@ fn digest(path: &Path) -> Result<(u64, String)> {
     Ok((bytes, hex::encode(hasher.finalize())))
 }
 
+/// What a backup file holds, read from the file alone (integrity, foreign keys, schema
+/// version, row counts, state digest, Raft position), as [`verify`] reads it before
+/// comparing with a manifest; provenance fields are zero.
+pub fn inspect(path: &Path) -> Result<Manifest> {
+    describe(path, 0, 0)
+}
+
 /// Everything [`verify`] compares, read from the file itself.
 fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
     let (bytes, sha256) = digest(path)?;
@@ -414,6 +421,16 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
             found: schema_version,
             supported: SCHEMA_VERSION,
         });
+    }
+    // Tables, indexes and their constraints exactly as this build makes them at that
+    // version: a node must be able to open what a restore puts in its place.
+    let differences = crate::state::schema_differences(&conn)
+        .map_err(|e| BackupError::Integrity(format!("schema: {e}")))?;
+    if !differences.is_empty() {
+        return Err(BackupError::Integrity(format!(
+            "schema of version {schema_version} changed: {}",
+            differences.join("; ")
+        )));
     }
     let rows = row_counts(&conn)?;
     // A second full read of the file, as long as `integrity_check` (docs/PERFORMANCE.md,
@@ -1094,6 +1111,38 @@ mod tests {
             Err(BackupError::Integrity(_)) => {}
             other => panic!("a corrupted database passed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_changed_schema_fails_even_where_sqlite_reading_it_does_not() {
+        // A CHECK constraint naming a column that is not there: SQLite drops it when the
+        // file is opened read-only (as a backup is checked) but refuses the file when the
+        // node opens it to serve. Found by the fuzz target `restore_input`.
+        let (_dir, copy, manifest) = backed_up();
+        {
+            let conn = Connection::open(&copy).unwrap();
+            conn.execute_batch("PRAGMA writable_schema = ON;").unwrap();
+            let changed = conn
+                .execute(
+                    "UPDATE sqlite_schema SET sql = replace(sql, 'CHECK (status', 'CHECK (statuz') \
+                     WHERE type = 'table' AND name = 'devices'",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(changed, 1);
+        }
+        let manifest = with_digest_of(&copy, &manifest);
+        match verify(&copy, &manifest) {
+            Err(BackupError::Integrity(e)) => {
+                assert!(e.contains("table devices differs"), "{e}");
+            }
+            other => panic!("a changed schema passed: {other:?}"),
+        }
+        // The node indeed could not have served it.
+        assert!(crate::state::Store::open(&copy).is_err());
+        // An unchanged backup still passes (the schema check knows every version's schema).
+        let (_dir, copy, manifest) = backed_up();
+        verify(&copy, &manifest).unwrap();
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Members<'_> {
             };
             let Some(tls) = report else {
                 return Some(format!(
-                    "{pod} does not report its certificates (a build before CA rotation)"
+                    "{pod} does not report its certificates (a build before CA rotation, or a node holding on damaged storage)"
                 ));
             };
             let trusted: BTreeSet<String> = tls.trusted.iter().cloned().collect();

@@ -41,6 +41,7 @@ pub use command::{
 pub use digest::{StateDigest, TableDigest, digest};
 pub use error::{Result, StoreError};
 pub use migrations::SCHEMA_VERSION;
+pub(crate) use migrations::schema_differences;
 pub use read::{
     ChannelAccess, ChannelKind, CommandVersions, DeviceRow, FetchPage, Stats, StoreReader,
     StoredMessage, TokenKind, TokenRow, TokenStatus,
