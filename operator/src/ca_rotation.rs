@@ -28,7 +28,21 @@ use rustls_pki_types::pem::PemObject as _;
 use serde::{Deserialize, Serialize};
 
 use crate::admin_client::{NodeId, TlsView};
-use crate::tls::CaMaterial;
+
+/// A CA: certificate and key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaMaterial {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaMaterial { key: <redacted> }")
+    }
+}
 
 /// The annotation of a request (any new value starts one rotation).
 pub const ANNOTATION: &str = "qpq.dev/rotate-ca";

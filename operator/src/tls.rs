@@ -48,20 +48,8 @@ pub struct CertEntry {
     pub not_after: i64,
 }
 
-/// The CA: certificate and key, PEM.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CaMaterial {
-    /// Certificate PEM.
-    pub cert_pem: String,
-    /// Private key PEM.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for CaMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CaMaterial { key: <redacted> }")
-    }
-}
+/// The CA: certificate and key, PEM (defined beside the rotation that moves it).
+pub use crate::ca_rotation::CaMaterial;
 
 /// Everything in the certificates Secret.
 #[derive(Clone, Default, PartialEq, Eq)]
