@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 SECS="${1:-30}"
 shift || true
-ALL=(mls_framing key_package raft_wire raft_command rpc_session admin_access backup_manifest admin_request restore_input)
+ALL=(mls_framing key_package raft_wire raft_command rpc_session admin_access backup_manifest admin_request restore_input archive_segment)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 

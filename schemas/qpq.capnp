@@ -133,6 +133,10 @@ struct EnqueueRequest {
   # 16 bytes (a UUID chosen by the sender when it created the message); the dedupe key.
   payload @4 :Data;
   # A TLS-serialised MLSMessage, at most 5 MiB.
+  traceparent @5 :Text;
+  # Optional W3C Trace Context `traceparent` of the caller's span (55 characters); a node
+  # that exports traces makes its spans of the call children of it. Empty: none. A malformed
+  # value is ignored, never an error.
 }
 
 struct EnqueueResponse {
@@ -166,6 +170,8 @@ struct FetchWaitRequest {
   limit @4 :UInt32;
   timeoutMs @5 :UInt32;
   # Clamped to the server's cap; the effective value is echoed in the response.
+  traceparent @6 :Text;
+  # As in EnqueueRequest.
 }
 
 struct Envelope {

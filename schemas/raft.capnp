@@ -23,6 +23,10 @@ struct RaftRequest {
                                # (CBOR Result<[u64], SubmitError>); asked by a node that must
                                # know it is out before its data is moved aside (rebuild)
   }
+  traceparent @10 :Text;       # W3C traceparent of the caller's span (empty: none)
+  commandTraces @11 :List(Text);
+  # forward only: the traceparent of each command's span on the follower, in order (empty
+  # list, or an empty entry: none)
 }
 
 struct RaftResponse {

@@ -1362,12 +1362,15 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         &name,
         &PatchParams::default(),
         // maxAgeDays: the Job's qpq-node must accept --max-age-days (nothing is that old).
+        // logArchive: the nodes archive their log there too (every pod rolls once for it).
         &Patch::Merge(
-            json!({"spec": {"backup": {"claimName": null, "objectStore": store, "maxAgeDays": 30}}}),
+            json!({"spec": {"backup": {"claimName": null, "objectStore": store, "maxAgeDays": 30,
+                                       "logArchive": {"intervalSeconds": 1}}}}),
         ),
     )
     .await
     .unwrap();
+    let archive = wait_archiving(&env, &ns, &name).await;
     wait("the CronJob writes to object storage", 60, || async {
         let cron = serde_json::to_string(&crons.get_opt(&cron_name).await.ok()??).ok()?;
         (cron.contains("s3://qpq/backups") && cron.contains("--max-age-days")).then_some(())
@@ -1434,10 +1437,26 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     backup_list_and_verify(&env, &ns, &name, &s3, &object).await;
     qpq_backup_objects(&env, &ns, &name, &s3).await;
     scheduled_backups(&env, &ns, &name, &s3, &store).await;
-    let from_store = "from-store";
-    step(
-        "kubectl qpq restore --to from-store --replicas 1 --wait: from where the cluster keeps its backups",
+    // Point in time: one message after the backup and before the moment restored to, one
+    // after it; each in the archive before going on.
+    let archive_dir = s3.file(
+        "qpq",
+        archive
+            .strip_prefix("s3://qpq/")
+            .expect("the archive is in the bucket"),
     );
+    let sent_ms = jiff::Timestamp::now().as_millisecond();
+    alice.ok(&["send", gid, "after the backup, before the moment"]);
+    wait_archived(&archive_dir, sent_ms).await;
+    let moment = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent_ms = jiff::Timestamp::now().as_millisecond();
+    alice.ok(&["send", gid, "after the moment"]);
+    wait_archived(&archive_dir, sent_ms).await;
+    let from_store = "from-store";
+    step(&format!(
+        "kubectl qpq restore --to from-store --to-time {moment} --replicas 1 --wait: the backup, then the log archive up to that moment"
+    ));
     let plugin = env.qpq.with_file_name("kubectl-qpq");
     let out = Command::new(&plugin)
         .env("KUBECONFIG", &env.kubeconfig)
@@ -1450,6 +1469,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             from_store,
             "--file",
             &object,
+            "--to-time",
+            &moment.to_string(),
             "--replicas",
             "1",
             "--wait",
@@ -1496,6 +1517,18 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     let ca = ca_pem(&env, &ns, from_store).await;
     let alice_s = alice.relocated("alice-s3", &ns, from_store, "from-store-0", &ca);
     let bob_s = bob.relocated("bob-s3", &ns, from_store, "from-store-0", &ca);
+    let replayed = bob_s.messages();
+    assert!(
+        replayed
+            .iter()
+            .any(|m| m == "after the backup, before the moment")
+            && !replayed.iter().any(|m| m == "after the moment"),
+        "the restore replays the archive up to the moment and no further: {replayed:?}"
+    );
+    assert_eq!(
+        from.point_in_time.as_ref().map(|p| p.archive.as_str()),
+        Some(archive.as_str())
+    );
     alice_s.ok(&["send", gid, "after the restore from object storage"]);
     let got = bob_s.messages();
     assert!(
@@ -1536,6 +1569,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
             .unwrap()
             .to_owned(),
         accept_stale: false,
+        point_in_time: None,
     });
     api.create(&PostParams::default(), &restored).await.unwrap();
     wait_ready(&env, &ns, restored_name, 3, 300).await;
@@ -1659,6 +1693,64 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     .await;
     let nss: Api<Namespace> = Api::all(env.client.clone());
     let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// Waits until every pod of `name` runs with the log archive on (the roll that
+/// `spec.backup.logArchive` starts) and the cluster is Ready again; returns
+/// `status.logArchive`.
+async fn wait_archiving(env: &Env, ns: &str, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let started = Instant::now();
+    wait("every pod archives its log", 600, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+            .await
+            .ok()?;
+        let archiving = list.items.iter().filter(|p| {
+            pod_ready(p)
+                && p.spec.as_ref().is_some_and(|s| {
+                    s.containers[0]
+                        .env
+                        .iter()
+                        .flatten()
+                        .any(|e| e.name == "QPQ_ARCHIVE_TO")
+                })
+        });
+        (list.items.len() == 3 && archiving.count() == 3).then_some(())
+    })
+    .await;
+    let c = wait_ready(env, ns, name, 3, 240).await;
+    let archive = c
+        .status
+        .and_then(|s| s.log_archive)
+        .expect("status.logArchive");
+    let uid = c.metadata.uid.unwrap();
+    assert!(
+        archive.ends_with(&format!("/log-{name}-{uid}")),
+        "{archive}"
+    );
+    step(&format!(
+        "every pod rolled to archive its log to {archive} in {:?}",
+        started.elapsed()
+    ));
+    archive
+}
+
+/// Waits until a segment of the log archive in `dir` (the S3 server's directory) holds an
+/// entry stamped at or after `ms`.
+async fn wait_archived(dir: &Path, ms: i64) {
+    wait("the log archive holds the message", 60, || async {
+        let newest = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| {
+                let bytes = std::fs::read(e.ok()?.path()).ok()?;
+                let line = bytes.split(|b| *b == b'\n').next()?;
+                serde_json::from_slice::<Value>(line).ok()?["last_ms"].as_i64()
+            })
+            .max()?;
+        (newest >= ms).then_some(())
+    })
+    .await;
 }
 
 /// `QpqBackup` objects: one for the cluster (which keeps its backups in object storage by

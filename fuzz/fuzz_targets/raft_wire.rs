@@ -38,7 +38,15 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(old, chunk);
                 }
             }
-            Request::Forward(body) => {
+            Request::Forward {
+                commands: body,
+                traceparent,
+                traces,
+            } => {
+                // Only well-formed trace contexts survive decoding.
+                for tp in traceparent.iter().chain(traces.iter().flatten()) {
+                    assert!(qpq_wire::trace::parse(tp).is_some(), "kept {tp:?}");
+                }
                 if let Ok(commands) = decode::<Vec<Command>>(body) {
                     let bytes = encode(&commands).expect("encode commands");
                     let again: Vec<Command> = decode(&bytes).expect("re-decode commands");

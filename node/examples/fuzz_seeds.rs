@@ -42,7 +42,69 @@ fn main() -> Result<(), Error> {
     write(&dir, "backup_manifest", &backup_manifest_seeds()?)?;
     write(&dir, "admin_request", &admin_request_seeds())?;
     write(&dir, "restore_input", &restore_input_seeds(&mls)?)?;
+    write(&dir, "archive_segment", &archive_segment_seeds()?)?;
     Ok(())
+}
+
+/// Log archive segments as a leader uploads them: client writes, an election's blank entry
+/// and a membership change, plain and sealed with the target's key.
+fn archive_segment_seeds() -> Result<Vec<Vec<u8>>, Error> {
+    use openraft::{Entry, EntryPayload, Membership};
+    use qpq_node::backup::archive::{Archived, encode_segment};
+    use qpq_node::raft::{Member, TypeConfig};
+    let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+    let write = |term, index: u64| Entry::<TypeConfig> {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Proposal::new(
+            Stamp {
+                now_ms: 1_795_694_400_000 + index,
+            },
+            vec![Command::Enqueue {
+                channel: ChannelId::new([3; 16]),
+                client_msg_id: ClientMsgId::new([index as u8; 16]),
+                payload: vec![0x17; 64],
+                commit: None,
+                sender: None,
+            }],
+        )),
+    };
+    let members = Membership::new(
+        vec![[1u64, 2, 3].into_iter().collect()],
+        [1u64, 2, 3]
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    Member {
+                        addr: format!("qpq-{}:7444", id - 1),
+                    },
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    let entries = [
+        write(2, 40),
+        Entry::<TypeConfig> {
+            log_id: log_id(3, 41),
+            payload: EntryPayload::Blank,
+        },
+        Entry::<TypeConfig> {
+            log_id: log_id(3, 42),
+            payload: EntryPayload::Membership(members),
+        },
+        write(3, 43),
+        write(3, 44),
+    ];
+    let rows = entries
+        .iter()
+        .map(|e| Archived::from_row(e.log_id.index, encode(e)?).map_err(Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = qpq_node::backup::crypt::BackupKey::parse(&"5a".repeat(32))?;
+    Ok(vec![
+        encode_segment(&rows, None)?.1,
+        encode_segment(&rows[..1], None)?.1,
+        encode_segment(&rows, Some(&key))?.1,
+    ])
 }
 
 /// A backup file as `backup create` copies it: a state database with accounts, a group and
@@ -264,7 +326,13 @@ fn raft_wire_seeds() -> Result<Vec<Vec<u8>>, Error> {
     Ok(vec![
         wire::encode_request(&Request::Vote(encode(&vote)?)),
         wire::encode_request(&Request::StartElection(encode(&election)?)),
-        wire::encode_request(&Request::Forward(encode(&forward)?)),
+        wire::encode_request(&Request::Forward {
+            commands: encode(&forward)?,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            traces: vec![Some(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            )],
+        }),
         wire::encode_request(&Request::ReadIndex),
         wire::encode_request(&Request::CommandVersion),
         wire::encode_response(&Response::Ok(encode(&Ok::<u64, String>(7))?)),

@@ -40,6 +40,11 @@ struct Cli {
     /// `stderr`.
     #[arg(long, global = true, env = "QPQ_AUDIT_LOG")]
     audit_log: Option<AuditSink>,
+    /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
+    /// `http://127.0.0.1:4318`; off without it. Resource attributes (such as
+    /// `service.instance.id`) come from `OTEL_RESOURCE_ATTRIBUTES`.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -136,6 +141,11 @@ enum BackupCommand {
         /// says so (`stale`), and restore refuses such a backup without `--accept-stale`.
         #[arg(long)]
         allow_stale: bool,
+        /// With `--out-dir`: once the new backup is stored (and old ones pruned), delete the
+        /// segments of this log archive (`s3://...`) that no backup left in the directory
+        /// needs for a point-in-time restore (those before the oldest backup's position).
+        #[arg(long, requires = "out_dir")]
+        prune_archive: Option<String>,
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts, state digest.
     /// Prints the manifest with `backup`, the file or URL checked.
@@ -201,6 +211,27 @@ struct RestoreArgs {
     /// may miss writes the cluster acknowledged. Only to recover from a quorum lost for good.
     #[arg(long)]
     accept_stale: bool,
+    /// Point-in-time restore: after the backup, apply the entries of this log archive (the
+    /// `--archive-to` of the cluster backed up), up to `--to-index`, `--to-time`, or its end.
+    #[arg(long, env = "QPQ_RESTORE_ARCHIVE")]
+    archive: Option<String>,
+    /// With `--archive`: stop after this log index.
+    #[arg(long, requires = "archive", conflicts_with = "to_time")]
+    to_index: Option<u64>,
+    /// With `--archive`: stop at this leader time (RFC 3339 in UTC, e.g. `2026-12-06T12:00:00Z`):
+    /// every write stamped at or before it, none after.
+    #[arg(long, requires = "archive", value_parser = parse_time_ms)]
+    to_time: Option<u64>,
+}
+
+/// An RFC 3339 time as ms since the Unix epoch.
+fn parse_time_ms(s: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s}: {e} (use RFC 3339, e.g. 2026-12-06T12:00:00Z)"))?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s}: before 1970"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{s}: too far ahead"))
 }
 
 #[derive(Args)]
@@ -348,6 +379,15 @@ struct Common {
     /// looked at for a renewal; a renewed pair is served from the next handshake on.
     #[arg(long, env = "QPQ_TLS_RELOAD_CHECK_SECS", default_value_t = 10)]
     tls_reload_check_secs: u64,
+    /// Archive the committed Raft log to `s3://bucket/prefix` for point-in-time restore
+    /// (`qpq-node restore --archive`). Credentials as for backups (`AWS_*`,
+    /// `QPQ_BACKUP_KEY`). Every node of a cluster gets the same prefix; each cluster its own.
+    #[arg(long, env = "QPQ_ARCHIVE_TO")]
+    archive_to: Option<String>,
+    /// How often, in milliseconds, the leader uploads what it applied since: at most this
+    /// (plus the upload) of acknowledged writes is not yet in the archive.
+    #[arg(long, env = "QPQ_ARCHIVE_INTERVAL_MS", default_value_t = 5000)]
+    archive_interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -437,6 +477,12 @@ impl Common {
             ready_max_lag: self.ready_max_lag,
             digest_every: self.digest_every,
             digest_check: Duration::from_secs(self.digest_check_secs.max(1)),
+            archive: self
+                .archive_to
+                .map(|to| crate::backup::archive::ArchiveConfig {
+                    to,
+                    interval: Duration::from_millis(self.archive_interval_ms.max(100)),
+                }),
             ..ClusterConfig::default()
         };
         NodeConfig {
@@ -478,10 +524,17 @@ pub fn main() -> ExitCode {
     // The object-storage client (reqwest) takes the process's rustls provider; everything
     // else here names ring explicitly. Fails only if one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Err(e) = telemetry::init(cli.log_format, cli.audit_log.as_ref()) {
-        eprintln!("qpq-node: cannot open the audit log: {e}");
-        return ExitCode::FAILURE;
-    }
+    let traces = match telemetry::init(
+        cli.log_format,
+        cli.audit_log.as_ref(),
+        cli.otlp_endpoint.as_deref(),
+    ) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("qpq-node: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -492,7 +545,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Serve(a) => {
                 let tls = match (a.tls_cert, a.tls_key) {
@@ -532,6 +585,7 @@ pub fn main() -> ExitCode {
                 keep,
                 max_age_days,
                 allow_stale,
+                prune_archive,
             }) => {
                 let credentials = crate::raft::certs::ClusterTlsFiles {
                     ca: admin_ca,
@@ -545,6 +599,7 @@ pub fn main() -> ExitCode {
                     prefix,
                     retention: crate::backup::Retention { keep, max_age_days },
                     allow_stale,
+                    prune_archive,
                 };
                 report(backup_create(&admin, &credentials, target).await)
             }
@@ -560,7 +615,11 @@ pub fn main() -> ExitCode {
             Command::Restore(a) => report(restore(a).await),
             Command::Workload(a) => workload(a).await,
         }
-    })
+    });
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
 }
 
 /// `qpq-node restore`: what was restored, or why nothing was.
@@ -618,8 +677,29 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
     let from = download
         .as_ref()
         .map_or_else(|| PathBuf::from(&a.from), |(_, local)| local.clone());
-    let restored =
-        crate::backup::restore(&from, &manifest, &a.data_dir, node_id, &a.raft_advertise).await?;
+    let pitr = match &a.archive {
+        Some(url) => {
+            use crate::backup::archive::Target;
+            Some(crate::backup::PointInTime {
+                archive: Location::parse(url)?,
+                target: match (a.to_index, a.to_time) {
+                    (Some(i), _) => Target::Index(i),
+                    (None, Some(ms)) => Target::TimeMs(ms),
+                    (None, None) => Target::End,
+                },
+            })
+        }
+        None => None,
+    };
+    let restored = crate::backup::restore(
+        &from,
+        &manifest,
+        &a.data_dir,
+        node_id,
+        &a.raft_advertise,
+        pitr.as_ref(),
+    )
+    .await?;
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))
 }
 
@@ -637,6 +717,7 @@ struct BackupTarget {
     prefix: String,
     retention: crate::backup::Retention,
     allow_stale: bool,
+    prune_archive: Option<String>,
 }
 
 /// A private directory for a download or upload, removed when dropped.
@@ -699,10 +780,11 @@ async fn backup_create(
             ));
         }
     };
-    if !object::is_url(&location) {
+    let prune_archive = t.prune_archive.clone();
+    let answer = if !object::is_url(&location) {
         let file = PathBuf::from(&location);
         let manifest = crate::backup::fetch_any(&client, admins, &file, t.allow_stale).await?;
-        let deleted = match dir.filter(|_| t.retention != NO_RETENTION) {
+        let deleted = match dir.clone().filter(|_| t.retention != NO_RETENTION) {
             Some(dir) => crate::backup::prune(
                 std::path::Path::new(&dir),
                 &t.prefix,
@@ -714,28 +796,44 @@ async fn backup_create(
             .collect(),
             None => Vec::new(),
         };
-        return Ok(crate::backup::created_answer(
-            &crate::backup::Stored::File(file),
+        crate::backup::created_answer(&crate::backup::Stored::File(file), &manifest, &deleted)
+    } else {
+        let target = Location::parse(&location)?;
+        let work = WorkDir::new(t.work_dir)?;
+        let local = work.path().join("backup.sqlite3");
+        let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
+        let manifest = object::upload(&local, &manifest, &target).await?;
+        let deleted = match dir.clone().filter(|_| t.retention != NO_RETENTION) {
+            Some(dir) => {
+                object::prune(&Location::parse(&dir)?, &t.prefix, &t.retention, unix_now()).await?
+            }
+            None => Vec::new(),
+        };
+        crate::backup::created_answer(
+            &crate::backup::Stored::Url(target.url()),
             &manifest,
             &deleted,
-        ));
-    }
-    let target = Location::parse(&location)?;
-    let work = WorkDir::new(t.work_dir)?;
-    let local = work.path().join("backup.sqlite3");
-    let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
-    let manifest = object::upload(&local, &manifest, &target).await?;
-    let deleted = match dir.filter(|_| t.retention != NO_RETENTION) {
-        Some(dir) => {
-            object::prune(&Location::parse(&dir)?, &t.prefix, &t.retention, unix_now()).await?
-        }
+        )
+    };
+    let (Some(archive), Some(dir)) = (prune_archive, dir) else {
+        return Ok(answer);
+    };
+    // What the oldest backup left needs: the entries after its position (an empty
+    // cluster's backup needs them all).
+    let listed = backup_list(&dir).await?;
+    let oldest = listed["backups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["manifest"]["last_applied"]["index"].as_u64().unwrap_or(0))
+        .min();
+    let mut answer = answer;
+    let pruned = match oldest {
+        Some(index) => crate::backup::archive::prune(&Location::parse(&archive)?, index).await?,
         None => Vec::new(),
     };
-    Ok(crate::backup::created_answer(
-        &crate::backup::Stored::Url(target.url()),
-        &manifest,
-        &deleted,
-    ))
+    answer["archive_deleted"] = serde_json::json!(pruned);
+    Ok(answer)
 }
 
 /// What `qpq-node backup verify` prints: the backup it checked (the one named, or the

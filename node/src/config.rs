@@ -88,6 +88,9 @@ pub struct ClusterConfig {
     pub digest_every: u64,
     /// How often each node compares its newest digests with the other voters'.
     pub digest_check: Duration,
+    /// Continuous archiving of the committed log to object storage (point-in-time
+    /// restore); `None`: off.
+    pub archive: Option<crate::backup::archive::ArchiveConfig>,
 }
 
 impl Default for ClusterConfig {
@@ -109,6 +112,7 @@ impl Default for ClusterConfig {
             forward_timeout: Duration::from_secs(10),
             digest_every: 10_000,
             digest_check: Duration::from_secs(30),
+            archive: None,
         }
     }
 }

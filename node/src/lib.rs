@@ -74,6 +74,9 @@ pub enum Error {
     /// Raft could not start (configuration, bootstrap).
     #[error("raft: {0}")]
     Raft(String),
+    /// The log archive (`--archive-to`) is misconfigured.
+    #[error("log archive: {0}")]
+    Archive(String),
     /// A database failed the start-up integrity check (`integrity.rs`): the node does not
     /// serve from it.
     #[error(

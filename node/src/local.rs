@@ -84,7 +84,11 @@ impl Inner {
 }
 
 impl Replicator for Local {
-    fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>> {
+    fn submit(
+        &self,
+        commands: Vec<Command>,
+        _traces: Vec<Option<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || inner.apply(&commands))

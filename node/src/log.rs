@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::raft::node::{RaftNode, SubmitError};
 use crate::state::{Command, Outcome, StoreError};
@@ -28,7 +29,14 @@ use crate::state::{Command, Outcome, StoreError};
 pub trait Replicator: Send + Sync + 'static {
     /// Commits `commands` as one batch and returns one outcome per command once they are
     /// applied on this node (ack means durable: invariant 3).
-    fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>>;
+    ///
+    /// `traces` is empty, or holds the `traceparent` of each command's span (see
+    /// [`qpq_wire::trace`]), carried into the entry.
+    fn submit(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<Option<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>>;
     /// Returns once this node has applied everything committed before the call.
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>>;
     /// Returns once this node's state holds every write acknowledged before the call, so a
@@ -43,8 +51,12 @@ pub trait Replicator: Send + Sync + 'static {
 }
 
 impl Replicator for RaftNode {
-    fn submit(&self, commands: Vec<Command>) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>> {
-        Box::pin(RaftNode::submit(self, commands))
+    fn submit(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<Option<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Outcome>, SubmitError>> {
+        Box::pin(RaftNode::submit(self, commands, traces))
     }
 
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), SubmitError>> {
@@ -103,6 +115,8 @@ impl From<SubmitError> for LogError {
 
 struct Pending {
     command: Command,
+    /// The `traceparent` of the proposer's span, when traces are on.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<Outcome, LogError>>,
 }
 
@@ -154,8 +168,13 @@ impl CommitLog {
     /// Appends `command`, waits until it is committed and applied, and returns its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, LogError> {
         let (reply, rx) = oneshot::channel();
+        let trace = qpq_wire::trace::sampled_traceparent(&tracing::Span::current());
         self.tx
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                trace,
+                reply,
+            })
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
@@ -177,6 +196,21 @@ impl CommitLog {
     pub fn is_leader(&self) -> bool {
         self.node.is_leader()
     }
+}
+
+/// The span of one batch when traces are on: in the trace of its first traced command,
+/// linked to the others (a batch serves many traces at once).
+fn batch_span(traces: &[Option<String>]) -> tracing::Span {
+    let mut traced = traces.iter().flatten();
+    let Some(first) = traced.next() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!("raft.submit", commands = traces.len());
+    qpq_wire::trace::set_parent(&span, first);
+    for other in traced {
+        qpq_wire::trace::link(&span, other);
+    }
+    span
 }
 
 async fn run(
@@ -206,7 +240,14 @@ async fn run(
         let node = node.clone();
         tasks.spawn(async move {
             let commands: Vec<Command> = batch.iter().map(|p| p.command.clone()).collect();
-            let result = node.submit(commands).await;
+            let traces: Vec<Option<String>> = batch.iter().map(|p| p.trace.clone()).collect();
+            let span = batch_span(&traces);
+            let traces = if traces.iter().any(Option::is_some) {
+                traces
+            } else {
+                Vec::new()
+            };
+            let result = node.submit(commands, traces).instrument(span).await;
             match result {
                 Ok(outcomes) if outcomes.len() == batch.len() => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {

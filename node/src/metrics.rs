@@ -82,6 +82,16 @@ pub struct Metrics {
     /// `POST /backup` calls, by answer (`ok`, `busy`, `insufficient_storage`,
     /// `unavailable`, `internal`).
     pub backups: IntCounterVec,
+    /// Log segments this node uploaded to the log archive, by outcome (`ok`, `failed`).
+    pub archive_uploads: IntCounterVec,
+    /// The highest log index the archive holds without a gap, as this node last saw it.
+    pub archive_index: IntGauge,
+    /// When this node last found the archive up to date with its applied log (Unix
+    /// seconds; 0: never). Its age bounds what a point-in-time restore could lose.
+    pub archive_current: IntGauge,
+    /// Gaps found in the archive: entries no member held any more when they were to be
+    /// archived (a point-in-time restore cannot cross them).
+    pub archive_gaps: IntCounter,
     /// From a message's enqueue (the leader's clock) to its handing to a device whose
     /// `fetchWait` was parked waiting for it: what an online recipient waits. Messages read
     /// by a call that did not wait (a catch-up, a plain `fetch`) are not observed.
@@ -459,6 +469,29 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(backups.clone()))?;
+        let archive_uploads = IntCounterVec::new(
+            Opts::new(
+                "archive_uploads_total",
+                "Log segments uploaded to the log archive by this node, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(archive_uploads.clone()))?;
+        let archive_index = IntGauge::new(
+            "archive_index",
+            "Highest log index the log archive holds without a gap, as this node last saw it",
+        )?;
+        registry.register(Box::new(archive_index.clone()))?;
+        let archive_current = IntGauge::new(
+            "archive_current_timestamp_seconds",
+            "When this node last found the log archive up to date with its applied log",
+        )?;
+        registry.register(Box::new(archive_current.clone()))?;
+        let archive_gaps = IntCounter::new(
+            "archive_gaps_total",
+            "Gaps in the log archive: entries gone from this node's log before they were archived",
+        )?;
+        registry.register(Box::new(archive_gaps.clone()))?;
         registry.register(Box::new(rpc_requests.clone()))?;
         registry.register(Box::new(rpc_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -488,6 +521,10 @@ impl Metrics {
             storage,
             fetch_wait_waiting,
             backups,
+            archive_uploads,
+            archive_index,
+            archive_current,
+            archive_gaps,
             delivery_latency,
             rpc_requests,
             rpc_duration,
@@ -563,6 +600,7 @@ impl Metrics {
             &m.digest_checks,
             &m.raft_rpc_failures,
             &m.backups,
+            &m.archive_uploads,
         ] {
             let _ = (1..=3).find(|n| v.get_metric_with_label_values(&any(*n)).is_ok());
         }
@@ -590,6 +628,7 @@ mod tests {
         for name in [
             "qpq_raft_term",
             "qpq_backups_total",
+            "qpq_archive_uploads_total",
             "qpq_raft_follower_lag_entries",
             "qpq_storage_file_bytes",
             "qpq_rpc_duration_seconds",

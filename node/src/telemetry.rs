@@ -1,5 +1,7 @@
 //! Logging setup: `tracing` with an `EnvFilter` (`RUST_LOG`, default `info`), as text or JSON
-//! lines, and optionally a dedicated audit log.
+//! lines, optionally a dedicated audit log, and optionally traces exported over OTLP
+//! ([`qpq_wire::trace`]; the spans of a write and its delivery are listed in
+//! `docs/ARCHITECTURE.md`, "Cross-cutting concerns").
 //!
 //! Audit events use the target `qpq::audit`. With `--audit-log <path|stderr>` they are also
 //! written, as JSON lines and whatever `RUST_LOG` says, by a separate layer to that sink: auth
@@ -63,9 +65,29 @@ fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     opts.open(path)
 }
 
-/// Installs the global subscriber (main log on stderr, plus the audit sink if any). Calling
-/// it twice is harmless. Fails only if the audit file cannot be opened.
-pub fn init(format: LogFormat, audit: Option<&AuditSink>) -> std::io::Result<()> {
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The audit log file could not be opened.
+    #[error("cannot open the audit log: {0}")]
+    Audit(#[from] std::io::Error),
+    /// Traces were asked for and could not be turned on.
+    #[error("traces: {0}")]
+    Traces(#[from] qpq_wire::trace::TraceError),
+}
+
+/// The crates whose spans are exported as traces (not those of the libraries below them).
+pub const TRACED_CRATES: &[&str] = &["qpq_node", "qpq_wire"];
+
+/// Installs the global subscriber (main log on stderr, plus the audit sink if any, plus
+/// the OTLP trace exporter if `otlp_endpoint` is set, which is returned: shut it down at
+/// exit so that the last spans are sent). Calling it twice is harmless. Fails only if the
+/// audit file cannot be opened or the endpoint is not a URL. Call it outside any runtime.
+pub fn init(
+    format: LogFormat,
+    audit: Option<&AuditSink>,
+    otlp_endpoint: Option<&str>,
+) -> Result<Option<qpq_wire::trace::Exporter>, InitError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let main = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
@@ -103,9 +125,18 @@ pub fn init(format: LogFormat, audit: Option<&AuditSink>) -> std::io::Result<()>
             )
         }
     };
+    let (exporter, traces) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (exporter, layer) =
+                qpq_wire::trace::Exporter::start("qpq-node", endpoint, TRACED_CRATES)?;
+            (Some(exporter), Some(layer))
+        }
+        None => (None, None),
+    };
     let _ = tracing_subscriber::registry()
         .with(main)
         .with(audit_layer)
+        .with(traces)
         .try_init();
-    Ok(())
+    Ok(exporter)
 }

@@ -343,6 +343,7 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.claimName) != has(self.objectStore)").message("exactly one of claimName and objectStore"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.pointInTime) || has(self.objectStore)").message("pointInTime needs objectStore (its credentials read the log archive)"))]
 pub struct RestoreSpec {
     /// The PersistentVolumeClaim (same namespace) holding the backup and its manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,6 +362,44 @@ pub struct RestoreSpec {
     /// writes that cluster acknowledged. Without it such a backup is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_stale: bool,
+    /// Point-in-time restore: after the backup, apply the source cluster's log archive
+    /// (`spec.backup.logArchive`) up to a time, an index, or its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<PointInTimeSpec>,
+}
+
+/// How far a restore replays a log archive after its backup.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.toTime) && has(self.toIndex))").message("at most one of toTime and toIndex"))]
+pub struct PointInTimeSpec {
+    /// The log archive (`s3://bucket/prefix`, read with `objectStore`'s credentials and
+    /// key): the source's `status.logArchive`. `kubectl qpq restore --to-time` fills it in.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('s3://') && size(self) > 5").message("an s3://bucket/prefix URL").reason(kube::core::Reason::FieldValueInvalid))]
+    pub archive: String,
+    /// Stop at this leader time (RFC 3339, e.g. `2026-12-06T12:00:00Z`): every write stamped
+    /// at or before it, none after. The archive must hold a later entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub to_time: Option<String>,
+    /// Stop after this log index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_index: Option<u64>,
+}
+
+/// Continuous archiving of the committed Raft log to the backups' object storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogArchiveSpec {
+    /// How often the leader uploads what it applied since, in seconds: the recovery point
+    /// of a point-in-time restore is about this (plus the upload).
+    #[serde(default = "default_archive_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: u32,
+}
+
+fn default_archive_interval() -> u32 {
+    5
 }
 
 /// S3-compatible object storage for backups.
@@ -411,6 +450,7 @@ pub struct SecretKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.claimName) != has(self.objectStore)").message("exactly one of claimName and objectStore"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.logArchive) || has(self.objectStore)").message("logArchive needs objectStore"))]
 pub struct BackupSpec {
     /// Cron schedule (the CronJob's `schedule`, e.g. `"0 3 * * *"`).
     #[schemars(length(min = 1))]
@@ -444,6 +484,11 @@ pub struct BackupSpec {
     /// manager's, usually UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// Archive the committed Raft log next to the backups (under
+    /// `<objectStore.url>/log-<cluster>-<uid>`, reported in `status.logArchive`) for
+    /// point-in-time restore. The node pods get the object storage's credentials and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_archive: Option<LogArchiveSpec>,
 }
 
 fn default_keep() -> u32 {
@@ -684,6 +729,24 @@ pub struct MonitoringSpec {
     /// Scrape interval (e.g. `30s`); default: Prometheus's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Export the nodes' traces over OTLP (off without it). Changing it replaces the pods
+    /// (a change of the pod template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces: Option<TracesSpec>,
+}
+
+/// Traces of the node pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracesSpec {
+    /// The OpenTelemetry collector's OTLP/HTTP base URL, e.g.
+    /// `http://otel-collector.monitoring.svc:4318` (spans go to `<url>/v1/traces`). Each pod
+    /// names itself in `service.instance.id` (its pod name), `k8s.pod.name`,
+    /// `k8s.namespace.name` and `qpq.cluster`. The NetworkPolicy (ingress only) leaves the
+    /// way out to the collector open.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("an http:// or https:// URL").reason(kube::core::Reason::FieldValueInvalid))]
+    #[schemars(length(min = 8, max = 512))]
+    pub otlp_endpoint: String,
 }
 
 /// Observed state, written only by the operator.
@@ -747,6 +810,10 @@ pub struct QpqClusterStatus {
     /// annotation `qpq.dev/rotate-ca`): its step, and what it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rotation: Option<CaRotationStatus>,
+    /// Where the committed log is archived (`spec.backup.logArchive`): the `archive` a
+    /// point-in-time restore of this cluster reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_archive: Option<String>,
     /// Label selector of the cluster's pods (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -1181,6 +1248,14 @@ impl QpqClusterSpec {
         if let Some(r) = &self.rollout {
             r.validate()?;
         }
+        if let Some(t) = &self.monitoring.traces
+            && !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
+        {
+            return Err(format!(
+                "spec.monitoring.traces.otlpEndpoint {:?} is not an http:// or https:// URL",
+                t.otlp_endpoint
+            ));
+        }
         if !(1..=7).contains(&self.replicas) || self.replicas % 2 == 0 {
             return Err(format!(
                 "spec.replicas is {}; it must be odd, between 1 and 7",
@@ -1199,6 +1274,43 @@ impl QpqClusterSpec {
             && r.claim_name.is_some() == r.object_store.is_some()
         {
             return Err("spec.restore needs exactly one of claimName and objectStore".to_owned());
+        }
+        if let Some(b) = &self.backup
+            && b.log_archive.is_some()
+            && b.object_store.is_none()
+        {
+            return Err("spec.backup.logArchive needs objectStore".to_owned());
+        }
+        if let Some(p) = self.restore.as_ref().and_then(|r| {
+            r.point_in_time
+                .as_ref()
+                .map(|p| (p, r.object_store.is_some()))
+        }) {
+            match p {
+                (_, false) => {
+                    return Err("spec.restore.pointInTime needs objectStore".to_owned());
+                }
+                (p, _) if p.to_time.is_some() && p.to_index.is_some() => {
+                    return Err(
+                        "spec.restore.pointInTime takes at most one of toTime and toIndex"
+                            .to_owned(),
+                    );
+                }
+                (p, _) if !p.archive.starts_with("s3://") => {
+                    return Err("spec.restore.pointInTime.archive must be an s3:// URL".to_owned());
+                }
+                (p, _)
+                    if p.to_time
+                        .as_deref()
+                        .is_some_and(|t| t.parse::<jiff::Timestamp>().is_err()) =>
+                {
+                    return Err(
+                        "spec.restore.pointInTime.toTime must be an RFC 3339 time, e.g. 2026-12-06T12:00:00Z"
+                            .to_owned(),
+                    );
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -1374,7 +1486,9 @@ pub struct QpqScheduledBackupSpec {
     #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("name the QpqCluster").reason(kube::core::Reason::FieldValueInvalid))]
     pub cluster: String,
     /// The schedule, where the backups are kept, how many and how long, and the drills:
-    /// the same fields as the cluster's `spec.backup`.
+    /// the same fields as the cluster's `spec.backup` (but `logArchive`, which is the
+    /// cluster's own).
+    #[x_kube(validation = kube::core::Rule::new("!has(self.logArchive)").message("logArchive is the QpqCluster's (spec.backup.logArchive), not a schedule's").reason(kube::core::Reason::FieldValueForbidden))]
     pub backup: BackupSpec,
 }
 

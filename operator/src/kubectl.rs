@@ -64,6 +64,9 @@ pub fn status_table(c: &QpqCluster) -> String {
             op.kind, op.node_id, op.phase, op.started
         );
     }
+    if let Some(a) = &st.log_archive {
+        let _ = writeln!(out, "Log:       archived to {a}");
+    }
     if let Some(d) = &st.last_drill {
         let _ = writeln!(
             out,
@@ -433,6 +436,7 @@ pub fn recovery_backup(
 }
 
 /// What `kubectl qpq restore` starts from.
+#[derive(Clone, Debug)]
 pub struct RestoreRequest<'a> {
     /// The new cluster's name.
     pub to: &'a str,
@@ -444,6 +448,9 @@ pub struct RestoreRequest<'a> {
     pub replicas: Option<i32>,
     /// Accept a backup taken without a read barrier (`--allow-stale`).
     pub accept_stale: bool,
+    /// Point-in-time restore: replay the source's log archive after the backup, to this
+    /// time (RFC 3339), this index, or (both `None`) its end. `None`: the backup only.
+    pub point_in_time: Option<(Option<String>, Option<u64>)>,
 }
 
 /// The `QpqCluster` that `kubectl qpq restore` creates: the source's spec (version, storage,
@@ -490,11 +497,42 @@ pub fn restore_cluster(
         }
         spec.replicas = r;
     }
+    let point_in_time = match &req.point_in_time {
+        None => None,
+        Some((to_time, to_index)) => {
+            let archive = source
+                .status
+                .as_ref()
+                .and_then(|s| s.log_archive.clone())
+                .ok_or_else(|| {
+                    format!("{name} archives no log (spec.backup.logArchive): a point-in-time restore needs its archive")
+                })?;
+            if object_store.is_none() {
+                return Err(
+                    "a point-in-time restore reads the backup from the source's object storage, not from --claim"
+                        .to_owned(),
+                );
+            }
+            if let Some(t) = to_time
+                && t.parse::<jiff::Timestamp>().is_err()
+            {
+                return Err(format!(
+                    "--to-time {t}: not an RFC 3339 time (e.g. 2026-12-06T12:00:00Z)"
+                ));
+            }
+            Some(crate::crd::PointInTimeSpec {
+                archive,
+                to_time: to_time.clone(),
+                to_index: *to_index,
+            })
+        }
+    };
     spec.restore = Some(crate::crd::RestoreSpec {
         claim_name,
         object_store,
         file: req.file.to_owned(),
         accept_stale: req.accept_stale,
+        point_in_time,
     });
     let mut cluster = QpqCluster::new(req.to, spec);
     cluster.metadata.namespace = source.metadata.namespace.clone();
@@ -727,6 +765,7 @@ mod tests {
             claim: None,
             replicas: Some(1),
             accept_stale: false,
+            point_in_time: None,
         };
         let (c, notes) = restore_cluster(&source, &req).unwrap();
         assert_eq!(c.metadata.name.as_deref(), Some("qpq-restored"));
@@ -763,13 +802,59 @@ mod tests {
             &RestoreRequest {
                 claim: Some("old-backups"),
                 accept_stale: true,
-                ..req
+                ..req.clone()
             },
         )
         .unwrap();
         let r = c.spec.restore.unwrap();
         assert_eq!(r.claim_name.as_deref(), Some("old-backups"));
         assert!(r.object_store.is_none() && r.accept_stale);
+        assert!(r.point_in_time.is_none());
+
+        // Point in time: the source's archive, as its status reports it.
+        let to_time = || Some((Some("2026-12-06T12:00:00Z".to_owned()), None));
+        let e = restore_cluster(
+            &source,
+            &RestoreRequest {
+                point_in_time: to_time(),
+                ..req.clone()
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("archives no log"), "{e}");
+        source.status.get_or_insert_default().log_archive = Some("s3://b/qpq/log-qpq-u1".into());
+        let (c, _) = restore_cluster(
+            &source,
+            &RestoreRequest {
+                point_in_time: to_time(),
+                ..req.clone()
+            },
+        )
+        .unwrap();
+        let p = c.spec.restore.clone().unwrap().point_in_time.unwrap();
+        assert_eq!(p.archive, "s3://b/qpq/log-qpq-u1");
+        assert_eq!(p.to_time.as_deref(), Some("2026-12-06T12:00:00Z"));
+        c.spec.validate().unwrap();
+        for (bad, why) in [
+            (
+                RestoreRequest {
+                    point_in_time: Some((Some("noon".into()), None)),
+                    ..req.clone()
+                },
+                "RFC 3339",
+            ),
+            (
+                RestoreRequest {
+                    point_in_time: Some((None, Some(7))),
+                    claim: Some("old-backups"),
+                    ..req.clone()
+                },
+                "not from --claim",
+            ),
+        ] {
+            let e = restore_cluster(&source, &bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]
@@ -781,6 +866,7 @@ mod tests {
             claim,
             replicas: None,
             accept_stale: false,
+            point_in_time: None,
         };
         assert!(restore_cluster(&source, &req("qpq", "f.sqlite3", Some("c"))).is_err());
         assert!(restore_cluster(&source, &req("new", "f.sqlite3", None)).is_err());
@@ -814,6 +900,14 @@ mod tests {
     #[test]
     fn table_shows_members_and_conditions() {
         let t = status_table(&cluster());
+        assert!(!t.contains("Log:"), "{t}");
+        let mut archiving = cluster();
+        archiving.status.get_or_insert_default().log_archive = Some("s3://b/qpq/log-qpq-u1".into());
+        assert!(
+            status_table(&archiving).contains("Log:       archived to s3://b/qpq/log-qpq-u1"),
+            "{}",
+            status_table(&archiving)
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "Cluster:   messaging/qpq");
         assert!(t.contains("Leader:    qpq-0"));

@@ -1100,6 +1100,7 @@ async fn apply(cached: &QpqCluster, ctx: &Context) -> Result<Requeue> {
         selector: c.label_selector(),
     });
     next.ca_rotation = tls.ca_rotation.clone();
+    next.log_archive = crate::resources::log_archive(&c, spec).map(|(url, _)| url);
     if let Some(record) = transfer_record {
         next.leader_transfer = Some(record);
     }
@@ -1539,6 +1540,7 @@ pub fn status_patch(next: &crate::crd::QpqClusterStatus) -> Result<serde_json::V
             "leader",
             "currentVersion",
             "observedGeneration",
+            "logArchive",
         ] {
             map.entry(key).or_insert(serde_json::Value::Null);
         }

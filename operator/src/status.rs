@@ -470,6 +470,8 @@ pub fn next_status(input: &StatusInput<'_>) -> QpqClusterStatus {
         fencing: None,
         // Set by the reconciler's TLS step each round (`crate::ca_rotation`); kept otherwise.
         ca_rotation: input.previous.and_then(|p| p.ca_rotation.clone()),
+        // Set by the reconciler from the spec.
+        log_archive: None,
         selector: Some(input.selector.clone()),
     }
 }

@@ -23,6 +23,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use qpq_schemas::{AccountId, IdentityKey};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::core::{Client, Event, EventKind};
 use crate::db::Provider;
@@ -70,6 +74,11 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
+    /// `http://127.0.0.1:4318`: a command's sends and long-polls then carry their trace
+    /// context to the node. Off without it.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -352,14 +361,48 @@ fn target(config: &ProfileConfig) -> Result<NodeTarget> {
 
 /// Entry point of the `qpq` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let command = matches.subcommand_name().unwrap_or("qpq").to_owned();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+        );
+    let (traces, trace_layer) = match cli.otlp_endpoint.as_deref() {
+        Some(endpoint) => {
+            match qpq_wire::trace::Exporter::start("qpq", endpoint, &["qpq_client", "qpq_wire"]) {
+                Ok((exporter, layer)) => (Some(exporter), Some(layer)),
+                Err(e) => {
+                    eprintln!("qpq: traces: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(log)
+        .with(trace_layer)
         .init();
+    let code = run_command(cli, &command);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
+}
+
+/// Runs the parsed command (in a span named after it, the root of its trace).
+fn run_command(cli: Cli, command: &str) -> ExitCode {
+    let span = if qpq_wire::trace::enabled() {
+        tracing::info_span!("qpq", otel.name = command)
+    } else {
+        tracing::Span::none()
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -372,7 +415,7 @@ pub fn main() -> ExitCode {
     };
     let json = cli.json;
     let local = tokio::task::LocalSet::new();
-    match runtime.block_on(local.run_until(run(cli))) {
+    match runtime.block_on(local.run_until(run(cli).instrument(span))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let kind = e.kind();

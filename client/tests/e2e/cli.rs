@@ -230,3 +230,68 @@ async fn qpq_runs_free_their_connection_on_exit() {
         t0.elapsed()
     );
 }
+
+/// `qpq --otlp-endpoint`: a command's trace reaches a real collector, rooted in a span named
+/// after the command, with the send's call under it (the node here exports nothing: its
+/// part is checked by the node's cluster suite, `traces`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpq_cli_exports_a_trace_of_each_command() {
+    let collector = crate::otelcol::Collector::start().await;
+    let t = TestNode::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    qpq(
+        h,
+        "alice",
+        &["register", "--node", &node, "--fingerprint", &fp],
+    );
+    qpq(h, "alice", &["group", "create", "team"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", h)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .args(["--json", "--profile", "alice", "send", "team", "traced"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The exporter flushed before the process exited; the collector writes within 100 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let spans = loop {
+        let spans = collector.spans();
+        let complete = ["send", "enqueue"]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name));
+        if complete || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let root = spans
+        .iter()
+        .find(|s| s.name == "send" && s.parent.is_empty())
+        .unwrap_or_else(|| panic!("no root span of the command: {spans:#?}"));
+    assert_eq!(root.service, "qpq");
+    let call = spans
+        .iter()
+        .find(|s| s.name == "enqueue")
+        .unwrap_or_else(|| panic!("no span of the call: {spans:#?}"));
+    assert_eq!((&call.trace, &call.parent), (&root.trace, &root.id));
+
+    // An endpoint that is not a URL is refused before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_HOME", h)
+        .args([
+            "--otlp-endpoint",
+            "127.0.0.1:4318",
+            "--profile",
+            "alice",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected an http:// or https:// URL"), "{err}");
+}

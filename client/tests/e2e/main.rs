@@ -13,3 +13,6 @@ mod common;
 mod faults;
 mod keys;
 mod lifecycle;
+#[allow(dead_code)] // the node suite reads more of each span
+#[path = "../../../node/tests/common/otelcol.rs"]
+mod otelcol;

@@ -4,6 +4,8 @@
 //!
 //! - [`tls`]: TLS 1.3 client configuration; verifies a node by CA or pinned fingerprint.
 //! - [`rpc`]: [`Connection`], one connection with the node's RPCs.
+//! - [`trace`]: OpenTelemetry traces over OTLP (off by default) and their context on the
+//!   wire, for the client and the node alike.
 //!
 //! It holds no state, does not retry and knows nothing of MLS: the MLS client
 //! (`qpq-client`) builds its resilient node adapter on it, and the node's own self-check
@@ -13,6 +15,7 @@
 
 pub mod rpc;
 pub mod tls;
+pub mod trace;
 
 pub use rpc::{
     ClientError, Connection, DeviceInfo, DeviceKeyPackage, DeviceStatus, DmState, Envelope,

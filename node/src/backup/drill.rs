@@ -44,7 +44,7 @@ fn drill_failed(what: String) -> BackupError {
 /// left for the caller to remove).
 pub async fn drill(file: &Path, manifest: &Manifest, scratch: &Path) -> Result<DrillReport> {
     let data = scratch.join("data");
-    restore(file, manifest, &data, 1, "127.0.0.1:1").await?;
+    restore(file, manifest, &data, 1, "127.0.0.1:1", None).await?;
     let mut config = NodeConfig::dev(data);
     config.cluster.bootstrap = false;
     config.integrity_check = IntegrityCheck::Full;

@@ -52,7 +52,7 @@ impl std::fmt::Debug for Location {
     }
 }
 
-fn store_error(e: object_store::Error) -> BackupError {
+pub(super) fn store_error(e: object_store::Error) -> BackupError {
     BackupError::Transfer(format!("object storage: {e}"))
 }
 
@@ -99,6 +99,26 @@ impl Location {
             key: self.key.child(name),
             secret: self.secret.clone(),
         }
+    }
+
+    /// The object store.
+    pub(super) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The key (or key prefix).
+    pub(super) fn key(&self) -> &ObjectPath {
+        &self.key
+    }
+
+    /// `s3://bucket/<key>` of another key in the same bucket.
+    pub(super) fn url_of(&self, key: &ObjectPath) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// The backup key, if one is set.
+    pub(super) fn secret(&self) -> Option<&BackupKey> {
+        self.secret.as_deref()
     }
 
     /// `s3://bucket/key`.

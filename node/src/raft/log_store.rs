@@ -11,6 +11,11 @@
 //!
 //! Entries are stored CBOR-encoded (`ciborium`), next to their index and log id, so new
 //! fields can be added with serde defaults (mixed versions, invariant 9).
+//!
+//! With log archiving on (`crate::backup::archive`), a purge deletes only the entries the
+//! archive already holds: the others stay as rows below the purged position, invisible to
+//! openraft (which never reads below it), until the archive has them and
+//! [`LogStore::release_archived`] deletes them.
 
 // openraft's traits fix the error type (`StorageError`, `RPCError`), which is large; it is
 // returned only on failures, so its size costs nothing on the hot path.
@@ -19,6 +24,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -52,11 +58,47 @@ pub struct LogStore {
     committed: UnsavedCommitted,
     /// `qpq_raft_log_append_duration_seconds`, when the node's metrics are attached.
     append_duration: Option<prometheus::Histogram>,
+    /// The highest index the log archive holds without a gap before it: purges keep every
+    /// entry above it. `u64::MAX` when archiving is off.
+    archived: Arc<AtomicU64>,
 }
 
 /// A read-only view of the log for one replication stream.
 pub struct LogReader {
     conn: Arc<Mutex<Connection>>,
+}
+
+/// A connection of its own to the log database at `path` (the log archiver's reads).
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    open(path)
+}
+
+/// Up to `max_bytes` (at least one entry) of raw CBOR entries from index `from` to `upto`
+/// inclusive, in index order, as `(index, entry)`; rows kept for the archive below the
+/// purged position included.
+pub fn read_raw(
+    conn: &Connection,
+    from: u64,
+    upto: u64,
+    max_bytes: usize,
+) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")?;
+    let rows = stmt.query_map(params![clamp(from), clamp(upto)], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (idx, entry) = row?;
+        bytes += entry.len();
+        out.push((u64::try_from(idx).unwrap_or(0), entry));
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -100,7 +142,33 @@ impl LogStore {
             path: path.to_path_buf(),
             committed: Arc::default(),
             append_duration: None,
+            archived: Arc::new(AtomicU64::new(u64::MAX)),
         })
+    }
+
+    /// Keeps every entry the log archive does not hold yet through purges. Until the
+    /// archiver reports a position ([`Self::release_archived`]), nothing is deleted.
+    pub fn hold_for_archive(self) -> Self {
+        self.archived.store(0, Ordering::SeqCst);
+        self
+    }
+
+    /// Records that the archive holds every entry up to `index` and deletes the entries
+    /// purged since that it no longer needs kept.
+    pub async fn release_archived(&self, index: u64) -> StResult<()> {
+        self.archived.fetch_max(index, Ordering::SeqCst);
+        let archived = self.archived.load(Ordering::SeqCst);
+        blocking(&self.conn, move |c| {
+            let purged: Option<LogId<NodeId>> = Self::read_meta(c, "last_purged")?;
+            let Some(purged) = purged else {
+                return Ok(());
+            };
+            let upto = i64::try_from(purged.index.min(archived)).map_err(io_write)?;
+            c.execute("DELETE FROM log WHERE idx <= ?1", [upto])
+                .map_err(io_write)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Reports each append's duration (the fsync'd transaction) to the node's metrics.
@@ -238,9 +306,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 )
                 .optional()
                 .map_err(io_read)?;
-            let last_log_id = match last {
-                Some(b) => Some(decode(&b).map_err(io_read)?),
-                None => last_purged,
+            let last: Option<LogId<NodeId>> =
+                last.map(|b| decode(&b)).transpose().map_err(io_read)?;
+            // Rows kept for the archive lie below the purged position: they are not the
+            // log's end.
+            let last_log_id = match (last, last_purged) {
+                (Some(l), Some(p)) if l.index <= p.index => Some(p),
+                (Some(l), _) => Some(l),
+                (None, p) => p,
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -360,12 +433,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        let idx = i64::try_from(log_id.index).map_err(io_write)?;
+        let archived = self.archived.load(Ordering::SeqCst);
+        let full = i64::try_from(log_id.index).map_err(io_write)?;
         let committed = self.committed.clone();
         blocking(&self.conn, move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(io_write)?;
+            // Entries the archive does not hold yet stay (see the module's documentation),
+            // but only when this log holds the purge point itself: then, by Raft's log
+            // matching, every entry before it is the committed one. A purge after installing
+            // a snapshot past this log's end could otherwise keep entries of a term that
+            // never committed; those go (the archive may get a gap, which it reports).
+            let holds_point = archived < log_id.index && {
+                let at: Option<Vec<u8>> = tx
+                    .query_row("SELECT log_id FROM log WHERE idx = ?1", [full], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(io_read)?;
+                at.map(|b| decode::<LogId<NodeId>>(&b))
+                    .transpose()
+                    .map_err(io_read)?
+                    == Some(log_id)
+            };
+            let idx = if holds_point {
+                i64::try_from(archived).map_err(io_write)?
+            } else {
+                full
+            };
             Self::write_unsaved_committed(&committed, &tx)?;
             Self::write_meta(&tx, "last_purged", &log_id)?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", [idx])

@@ -71,6 +71,12 @@ pub struct Proposal {
     /// machine refuses an entry of a version newer than it knows ([`versions::applicable`]).
     #[serde(default = "versions::baseline")]
     pub version: u16,
+    /// Empty, or the W3C `traceparent` of each command's span on the node that took it
+    /// (traces on): every node that applies the entry adds its apply to that trace. Written
+    /// only when some command is traced, so entries are unchanged with traces off; older
+    /// builds ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<Option<String>>,
 }
 
 impl Proposal {
@@ -81,7 +87,22 @@ impl Proposal {
             stamp,
             commands,
             version,
+            traces: Vec::new(),
         }
+    }
+
+    /// The batch with one `traceparent` per command (kept only if one of them is traced
+    /// and there is one per command).
+    pub fn with_traces(mut self, traces: Vec<Option<String>>) -> Self {
+        if traces.len() == self.commands.len() && traces.iter().any(Option::is_some) {
+            self.traces = traces;
+        }
+        self
+    }
+
+    /// The `traceparent` of command `i`, if it is traced.
+    pub fn trace(&self, i: usize) -> Option<&str> {
+        self.traces.get(i).and_then(|t| t.as_deref())
     }
 }
 

@@ -8,6 +8,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use qpq_schemas::limits::RAFT_ALPN;
 use quinn::crypto::rustls::HandshakeData;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::node::{RaftNode, SubmitError};
 use super::transfer::ElectionRequest;
@@ -138,9 +139,22 @@ async fn handle(node: &RaftNode, req: Request) -> Response {
             Ok(rpc) => ok(&raft.install_snapshot(rpc).await),
             Err(e) => Response::Failed(e.to_string()),
         },
-        Request::Forward(body) => match decode::<Vec<Command>>(&body) {
+        Request::Forward {
+            commands,
+            traceparent,
+            traces,
+        } => match decode::<Vec<Command>>(&commands) {
             Ok(commands) => {
-                let result: Result<_, SubmitError> = node.submit_local(commands).await;
+                let span = match traceparent {
+                    Some(tp) if qpq_wire::trace::enabled() => {
+                        let span = tracing::info_span!("raft.forwarded", otel.kind = "server");
+                        qpq_wire::trace::set_parent(&span, &tp);
+                        span
+                    }
+                    _ => tracing::Span::none(),
+                };
+                let result: Result<_, SubmitError> =
+                    node.submit_local(commands, traces).instrument(span).await;
                 ok(&result)
             }
             Err(e) => Response::Failed(e.to_string()),

@@ -238,6 +238,9 @@ impl Drop for Release<'_> {
 pub trait ApplyObserver: Send + Sync {
     /// Message `seq` is now stored in `channel`.
     fn message_stored(&self, channel: &qpq_schemas::ChannelId, seq: u64);
+    /// Message `seq` of `channel`, about to be reported stored, was written in the trace
+    /// `traceparent` names (traces on).
+    fn message_traced(&self, _channel: &qpq_schemas::ChannelId, _seq: u64, _traceparent: &str) {}
     /// Accounts, devices, tokens, channels or memberships may have changed.
     fn access_changed(&self);
     /// The whole state was replaced (a snapshot was installed).
@@ -426,6 +429,11 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     let mut membership_changed = false;
     let mut results = Vec::with_capacity(entries.len());
     let mut wake: Vec<(qpq_schemas::ChannelId, u64)> = Vec::new();
+    // Traces on: a span per traced command, in the trace of the node that took it, from
+    // the start of the apply to its commit; and the new messages' contexts, for the
+    // `fetchWait` that delivers them.
+    let apply_spans = apply_spans(entries);
+    let mut traced: Vec<(qpq_schemas::ChannelId, u64, String)> = Vec::new();
     let mut evicted = (0u64, 0u64);
     let mut commands = 0usize;
     // Whether the batch may move the command versions (re-read before commit if so).
@@ -459,7 +467,7 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                     now_ms: applied.last_stamp_ms,
                 };
                 let outcomes = tx.apply(&proposal.commands, stamp).map_err(sm_write)?;
-                for (command, outcome) in proposal.commands.iter().zip(&outcomes) {
+                for (i, (command, outcome)) in proposal.commands.iter().zip(&outcomes).enumerate() {
                     match (command, outcome) {
                         (
                             Command::Enqueue { channel, .. },
@@ -467,7 +475,12 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
                                 seq,
                                 duplicate: false,
                             },
-                        ) => wake.push((*channel, *seq)),
+                        ) => {
+                            wake.push((*channel, *seq));
+                            if let Some(tp) = proposal.trace(i) {
+                                traced.push((*channel, *seq, tp.to_owned()));
+                            }
+                        }
                         (
                             Command::Evict { .. },
                             Outcome::Evicted {
@@ -547,9 +560,13 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
     if access_touched {
         shared.observer.access_changed();
     }
+    for (channel, seq, tp) in &traced {
+        shared.observer.message_traced(channel, *seq, tp);
+    }
     for (channel, seq) in wake {
         shared.observer.message_stored(&channel, seq);
     }
+    drop(apply_spans);
     let m = &shared.metrics;
     if commands > 0 {
         m.batch_entries.observe(commands as f64);
@@ -564,6 +581,24 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
             .inc_by(evicted.1);
     }
     Ok(results)
+}
+
+/// One `raft.apply` span per traced command of `entries` (none when traces are off).
+fn apply_spans(entries: &[Entry<TypeConfig>]) -> Vec<tracing::Span> {
+    if !qpq_wire::trace::enabled() {
+        return Vec::new();
+    }
+    let mut spans = Vec::new();
+    for entry in entries {
+        if let EntryPayload::Normal(proposal) = &entry.payload {
+            for tp in proposal.traces.iter().flatten() {
+                let span = tracing::info_span!("raft.apply", index = entry.log_id.index);
+                qpq_wire::trace::set_parent(&span, tp);
+                spans.push(span);
+            }
+        }
+    }
+    spans
 }
 
 fn record_snapshot(metrics: &Metrics, kind: &str, started: std::time::Instant, bytes: u64) {

@@ -193,6 +193,48 @@ fn entries_from_before_versioning_decode_as_the_baseline_version() {
     assert_eq!(p.commands.len(), 1);
 }
 
+#[test]
+fn trace_contexts_change_no_untraced_entry_and_older_builds_read_traced_ones() {
+    use crate::state::{Command, Stamp};
+    /// A Proposal as builds before traces declared it.
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Before {
+        stamp: Stamp,
+        commands: Vec<Command>,
+        version: u16,
+    }
+    let evict = Command::Evict {
+        messages_before_ms: 1,
+        key_packages_expired_at_ms: 2,
+    };
+    let plain = super::Proposal::new(Stamp { now_ms: 5 }, vec![evict.clone(), evict.clone()]);
+    let before = Before {
+        stamp: Stamp { now_ms: 5 },
+        commands: vec![evict.clone(), evict.clone()],
+        version: plain.version,
+    };
+    // Traces off: byte for byte what older builds wrote.
+    assert_eq!(
+        super::encode(&plain).unwrap(),
+        super::encode(&before).unwrap()
+    );
+    // Untraced, or not one context per command: nothing is kept.
+    let untraced = plain.clone().with_traces(vec![None, None]);
+    assert!(untraced.traces.is_empty());
+    let short = plain.clone().with_traces(vec![Some("tp".into())]);
+    assert!(short.traces.is_empty());
+    // Traced: kept, and an older build reads the entry as it was.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = plain.with_traces(vec![None, Some(tp.into())]);
+    assert_eq!(traced.trace(0), None);
+    assert_eq!(traced.trace(1), Some(tp));
+    let bytes = super::encode(&traced).unwrap();
+    let old: Before = super::decode(&bytes).unwrap();
+    assert_eq!(old, before);
+    let back: super::Proposal = super::decode(&bytes).unwrap();
+    assert_eq!(back, traced);
+}
+
 #[tokio::test]
 async fn finalize_moves_the_shared_versions_and_a_downgraded_state_is_refused() {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};

@@ -26,8 +26,15 @@ pub enum Request {
     Vote(Vec<u8>),
     /// CBOR `InstallSnapshotRequest` (one chunk).
     InstallSnapshot(Vec<u8>),
-    /// CBOR `Vec<Command>`: client writes a follower forwards to the leader.
-    Forward(Vec<u8>),
+    /// Client writes a follower forwards to the leader.
+    Forward {
+        /// CBOR `Vec<Command>`.
+        commands: Vec<u8>,
+        /// The `traceparent` of the follower's forward span (traces on).
+        traceparent: Option<String>,
+        /// Empty, or the `traceparent` of each command's span on the follower.
+        traces: Vec<Option<String>>,
+    },
     /// The leader's linearizable read point.
     ReadIndex,
     /// CBOR `ElectionRequest`: the leader asks the callee to campaign now (leadership
@@ -77,12 +84,28 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
     let mut message = Builder::new_default();
     let mut root = message.init_root::<raft_request::Builder<'_>>();
     root.set_version(RAFT_WIRE_VERSION);
-    let mut body = root.init_body();
+    let mut body = root.reborrow().init_body();
     match req {
         Request::AppendEntries(b) => body.set_append_entries(b),
         Request::Vote(b) => body.set_vote(b),
         Request::InstallSnapshot(b) => body.set_install_snapshot(b),
-        Request::Forward(b) => body.set_forward(b),
+        Request::Forward {
+            commands,
+            traceparent,
+            traces,
+        } => {
+            body.set_forward(commands);
+            if let Some(tp) = traceparent {
+                root.set_traceparent(tp.as_str());
+            }
+            if !traces.is_empty() {
+                let len = u32::try_from(traces.len()).unwrap_or(u32::MAX);
+                let mut list = root.init_command_traces(len);
+                for (i, t) in (0..len).zip(traces) {
+                    list.set(i, t.as_deref().unwrap_or(""));
+                }
+            }
+        }
         Request::ReadIndex => body.set_read_index(()),
         Request::StartElection(b) => body.set_start_election(b),
         Request::CommandVersion => body.set_command_version(()),
@@ -105,7 +128,24 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         Which::AppendEntries(d) => Request::AppendEntries(d?.to_vec()),
         Which::Vote(d) => Request::Vote(d?.to_vec()),
         Which::InstallSnapshot(d) => Request::InstallSnapshot(d?.to_vec()),
-        Which::Forward(d) => Request::Forward(d?.to_vec()),
+        Which::Forward(d) => {
+            // Trace context is advisory: anything but a well-formed value is none.
+            let trace = |t: capnp::Result<capnp::text::Reader<'_>>| {
+                t.ok()
+                    .and_then(|t| t.to_str().ok())
+                    .filter(|t| qpq_wire::trace::parse(t).is_some())
+                    .map(str::to_owned)
+            };
+            let traces = match root.get_command_traces() {
+                Ok(list) => list.iter().map(trace).collect(),
+                Err(_) => Vec::new(),
+            };
+            Request::Forward {
+                commands: d?.to_vec(),
+                traceparent: trace(root.get_traceparent()),
+                traces,
+            }
+        }
         Which::ReadIndex(()) => Request::ReadIndex,
         Which::StartElection(d) => Request::StartElection(d?.to_vec()),
         Which::CommandVersion(()) => Request::CommandVersion,
@@ -119,7 +159,7 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
     let mut message = Builder::new_default();
     let mut root = message.init_root::<raft_response::Builder<'_>>();
     root.set_version(RAFT_WIRE_VERSION);
-    let mut body = root.init_body();
+    let mut body = root.reborrow().init_body();
     match resp {
         Response::Ok(b) => body.set_ok(b),
         Response::Failed(t) => body.set_failed(t.as_str()),
@@ -252,7 +292,16 @@ mod tests {
             Request::AppendEntries(vec![1, 2, 3]),
             Request::Vote(vec![]),
             Request::InstallSnapshot(vec![9; 100]),
-            Request::Forward(vec![4]),
+            Request::Forward {
+                commands: vec![4],
+                traceparent: None,
+                traces: Vec::new(),
+            },
+            Request::Forward {
+                commands: vec![4, 5],
+                traceparent: Some(TP.into()),
+                traces: vec![None, Some(TP.into())],
+            },
             Request::ReadIndex,
             Request::StartElection(vec![7, 7]),
             Request::CommandVersion,
@@ -264,6 +313,25 @@ mod tests {
         for resp in [Response::Ok(vec![5]), Response::Failed("no".into())] {
             assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
         }
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_malformed_trace_context_is_dropped_not_refused() {
+        let req = Request::Forward {
+            commands: vec![4],
+            traceparent: Some("00-zz".into()),
+            traces: vec![Some("x".repeat(55)), Some(TP.into())],
+        };
+        assert_eq!(
+            decode_request(&encode_request(&req)).unwrap(),
+            Request::Forward {
+                commands: vec![4],
+                traceparent: None,
+                traces: vec![None, Some(TP.into())],
+            }
+        );
     }
 
     #[test]

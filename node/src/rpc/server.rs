@@ -13,6 +13,7 @@ use qpq_schemas::qpq_capnp::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::parse;
 use crate::metrics::Metrics;
@@ -182,6 +183,38 @@ macro_rules! write_empty {
     }};
 }
 
+/// The node's span of a client call when traces are on: a child of the caller's span
+/// (`traceparent`, ignored when malformed), or a new trace.
+fn server_span(
+    method: &'static str,
+    traceparent: capnp::Result<capnp::text::Reader<'_>>,
+) -> tracing::Span {
+    if !qpq_wire::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "capnp",
+        rpc.method = method,
+        otel.status_code = tracing::field::Empty,
+        qpq.error = tracing::field::Empty,
+    );
+    if let Some(tp) = traceparent.ok().and_then(|t| t.to_str().ok()) {
+        qpq_wire::trace::set_parent(&span, tp);
+    }
+    span
+}
+
+/// Marks a traced call that was refused (its error code, never its detail).
+fn record_outcome<T>(span: &tracing::Span, result: &Result<T, WireError>) {
+    if let Err(e) = result {
+        span.record("otel.status_code", "error");
+        span.record("qpq.error", e.code());
+    }
+}
+
 fn write_page(mut b: fetch_ok::Builder<'_>, page: &FetchPage, effective_timeout_ms: u32) {
     b.set_first_available_seq(page.first_available_seq);
     b.set_last_seq(page.last_seq);
@@ -344,26 +377,32 @@ impl node::Server for NodeRpc {
         mut results: node::EnqueueResults,
     ) -> Result<(), capnp::Error> {
         let req = params.get()?.get_req()?;
+        let span = server_span("enqueue", req.get_traceparent());
         let result = self
-            .call("enqueue", async {
-                parse::version(req.get_version())?;
-                let caller = self.auth(req.get_access_token()).await?;
-                let channel = parse::channel(req.get_channel_id())?;
-                let id = parse::client_msg_id(req.get_client_msg_id())?;
-                let payload = parse::data(req.get_payload(), "payload")?;
-                if payload.len() > self.max_payload() {
-                    return Err(WireError::PayloadTooLarge {
-                        limit: self.max_payload() as u64,
-                    });
+            .call(
+                "enqueue",
+                async {
+                    parse::version(req.get_version())?;
+                    let caller = self.auth(req.get_access_token()).await?;
+                    let channel = parse::channel(req.get_channel_id())?;
+                    let id = parse::client_msg_id(req.get_client_msg_id())?;
+                    let payload = parse::data(req.get_payload(), "payload")?;
+                    if payload.len() > self.max_payload() {
+                        return Err(WireError::PayloadTooLarge {
+                            limit: self.max_payload() as u64,
+                        });
+                    }
+                    if payload.is_empty() {
+                        return Err(WireError::invalid("payload", "empty"));
+                    }
+                    self.services
+                        .enqueue(&caller, channel, id, payload.to_vec())
+                        .await
                 }
-                if payload.is_empty() {
-                    return Err(WireError::invalid("payload", "empty"));
-                }
-                self.services
-                    .enqueue(&caller, channel, id, payload.to_vec())
-                    .await
-            })
+                .instrument(span.clone()),
+            )
             .await;
+        record_outcome(&span, &result);
         let mut r = results.get().init_resp();
         r.set_version(WIRE_VERSION);
         match result {
@@ -408,23 +447,29 @@ impl node::Server for NodeRpc {
         mut results: node::FetchWaitResults,
     ) -> Result<(), capnp::Error> {
         let req = params.get()?.get_req()?;
+        let span = server_span("fetch_wait", req.get_traceparent());
         let result = self
-            .call("fetch_wait", async {
-                parse::version(req.get_version())?;
-                let caller = self.auth(req.get_access_token()).await?;
-                let channel = parse::channel(req.get_channel_id())?;
-                let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
-                self.services
-                    .fetch_wait(
-                        &caller,
-                        channel,
-                        req.get_after_seq(),
-                        req.get_limit(),
-                        timeout,
-                    )
-                    .await
-            })
+            .call(
+                "fetch_wait",
+                async {
+                    parse::version(req.get_version())?;
+                    let caller = self.auth(req.get_access_token()).await?;
+                    let channel = parse::channel(req.get_channel_id())?;
+                    let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
+                    self.services
+                        .fetch_wait(
+                            &caller,
+                            channel,
+                            req.get_after_seq(),
+                            req.get_limit(),
+                            timeout,
+                        )
+                        .await
+                }
+                .instrument(span.clone()),
+            )
             .await;
+        record_outcome(&span, &result);
         let mut r = results.get().init_resp();
         r.set_version(WIRE_VERSION);
         match result {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use qpq_schemas::{AccountId, ChannelId};
 
+use super::traces::RecentTraces;
 use super::waiters::Waiters;
 use crate::raft::state_machine::ApplyObserver;
 use crate::state::{ChannelAccess, TokenId, TokenRow};
@@ -37,11 +38,17 @@ pub struct ServiceHooks {
     pub waiters: Waiters,
     /// Token and channel-access rows.
     pub access: AccessCache,
+    /// The traces recent messages were written in (traces on).
+    pub traces: RecentTraces,
 }
 
 impl ApplyObserver for ServiceHooks {
     fn message_stored(&self, channel: &ChannelId, seq: u64) {
         self.waiters.notify(channel, seq);
+    }
+
+    fn message_traced(&self, channel: &ChannelId, seq: u64, traceparent: &str) {
+        self.traces.record(channel, seq, traceparent);
     }
 
     fn access_changed(&self) {

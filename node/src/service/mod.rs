@@ -16,6 +16,7 @@
 pub mod accounts;
 mod channels;
 pub mod hooks;
+pub mod traces;
 pub mod waiters;
 
 pub use channels::Access;
@@ -524,6 +525,7 @@ impl Services {
             let page = self.read_page(channel, after_seq, limit, barrier).await?;
             barrier = true;
             if !page.messages.is_empty() {
+                self.hooks.traces.delivered(&channel, &page.messages);
                 tracing::debug!(target: "qpq::audit", event = "fetch", account = %me.account, device = %me.device, channel = %channel, after_seq, returned = page.messages.len(), bytes = page.messages.iter().map(|m| m.payload.len()).sum::<usize>());
                 return Ok(WaitedPage {
                     page,

@@ -19,6 +19,8 @@ mod eio;
 mod harness;
 mod history;
 mod lincheck;
+#[path = "../common/otelcol.rs"]
+mod otelcol;
 mod proxy;
 #[path = "../common/s3.rs"]
 mod s3;
@@ -38,11 +40,13 @@ mod fence;
 mod lagging;
 mod membership;
 mod partition;
+mod pitr;
 mod raft_access;
 mod recovery;
 mod revocation;
 mod single_use;
 mod stale_reads;
+mod traces;
 mod transfer;
 mod versions;
 mod workload;

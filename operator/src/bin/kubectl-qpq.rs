@@ -13,7 +13,8 @@
 //! `kubectl qpq rotate-ca <cluster> [--wait]` (a new cluster CA, rolled out in confirmed
 //! steps with an overlap where both are trusted; no pod restarts)
 //! `kubectl qpq restore <cluster> --to <new> --file <backup> [--claim c] [--replicas n]
-//! [--accept-stale] [--wait]` (a new cluster from one of the cluster's backups)
+//! [--accept-stale] [--to-time t | --to-index n | --to-end] [--wait]` (a new cluster from one
+//! of the cluster's backups; with a target, also from its log archive up to that point)
 //! `kubectl qpq recover <cluster> --from-member <member> --to <new> --confirm [--wait]` (a
 //! cluster that lost its quorum for good: a new cluster from one surviving member's state)
 //! `kubectl qpq fence|unfence <cluster> <member> [--wait]` (keep a member out of service:
@@ -253,6 +254,16 @@ enum Command {
         /// that lost its quorum for good): it may miss acknowledged writes.
         #[arg(long)]
         accept_stale: bool,
+        /// Point-in-time restore: after the backup, replay the source's log archive
+        /// (`spec.backup.logArchive`, `status.logArchive`) up to this leader time (RFC 3339).
+        #[arg(long, conflicts_with_all = ["to_index", "to_end"])]
+        to_time: Option<String>,
+        /// Point-in-time restore up to this log index.
+        #[arg(long, conflicts_with = "to_end")]
+        to_index: Option<u64>,
+        /// Point-in-time restore to the end of the source's log archive.
+        #[arg(long)]
+        to_end: bool,
         /// Namespace (default: the kubeconfig context's).
         #[arg(short, long)]
         namespace: Option<String>,
@@ -717,18 +728,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             claim,
             replicas,
             accept_stale,
+            to_time,
+            to_index,
+            to_end,
             wait,
             timeout_secs,
             ..
         } => {
             let api: Api<QpqCluster> = Api::namespaced(client, &ns);
             let source = api.get(&cluster).await?;
+            let point_in_time =
+                (to_time.is_some() || to_index.is_some() || to_end).then_some((to_time, to_index));
             let req = kubectl::RestoreRequest {
                 to: &to,
                 file: &file,
                 claim: claim.as_deref(),
                 replicas,
                 accept_stale,
+                point_in_time,
             };
             let (new, notes) = kubectl::restore_cluster(&source, &req)?;
             for note in notes {
@@ -764,6 +781,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 claim: claim.as_deref(),
                 replicas,
                 accept_stale: true,
+                point_in_time: None,
             };
             // Checked before anything is made, so a refusal leaves nothing behind.
             let (new, notes) = kubectl::restore_cluster(&source, &restore)?;

@@ -113,6 +113,21 @@ impl Destination {
     }
 }
 
+/// The log archive of cluster `c` (`spec.backup.logArchive`): its URL, next to the
+/// backups, and the object store it is in. Under the cluster's uid: a cluster of the same
+/// name made later (a restore) writes another history, so another archive.
+pub fn log_archive(c: &ClusterRef, spec: &QpqClusterSpec) -> Option<(String, ObjectStoreSpec)> {
+    let b = spec.backup.as_ref()?;
+    b.log_archive.as_ref()?;
+    let os = b.object_store.as_ref()?;
+    Some((log_archive_url(&os.url, &c.name, c.uid()), os.clone()))
+}
+
+/// `<store>/log-<cluster>-<uid>`.
+fn log_archive_url(store: &str, cluster: &str, uid: &str) -> String {
+    format!("{}/log-{cluster}-{uid}", store.trim_end_matches('/'))
+}
+
 /// What one backup Job does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackupRequest {
@@ -427,6 +442,13 @@ fn cronjob(
     ]);
     if let Some(days) = backup.max_age_days {
         args.extend(["--max-age-days".to_owned(), days.to_string()]);
+    }
+    // The cluster's own schedule prunes its log archive to what its oldest backup there
+    // needs (a QpqScheduledBackup's, elsewhere, leaves it alone).
+    if label.is_none()
+        && let Some((archive, _)) = log_archive(c, spec)
+    {
+        args.extend(["--prune-archive".to_owned(), archive]);
     }
     let BackupSpec {
         schedule,

@@ -37,8 +37,8 @@ mod statefulset;
 pub use backup::{
     BACKUP_MOUNT, BackupRequest, DRILL_FOR_LABEL, Destination, Inspect, SCHEDULED_BACKUP_LABEL,
     WORK_DIR, backup_cronjob, backup_cronjob_name, backup_drill_cronjob, backup_job,
-    drill_cronjob_name, inspect_job, job_answer, job_failure, scheduled_backup_cronjobs,
-    scheduled_cronjob_names, scheduled_prefix,
+    drill_cronjob_name, inspect_job, job_answer, job_failure, log_archive,
+    scheduled_backup_cronjobs, scheduled_cronjob_names, scheduled_prefix,
 };
 pub use config::{config_hash, configmap};
 pub(crate) use policy::BACKUP_FOR_LABEL;
@@ -80,6 +80,11 @@ pub struct ClusterRef {
 }
 
 impl ClusterRef {
+    /// `metadata.uid`.
+    pub fn uid(&self) -> &str {
+        &self.owner.uid
+    }
+
     /// From the custom resource (which must have name, namespace and uid).
     pub fn new(c: &QpqCluster) -> Result<Self> {
         let namespace = c

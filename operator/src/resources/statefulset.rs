@@ -65,7 +65,7 @@ pub fn statefulset(
             format!("{TLS_DIR}/$(QPQ_POD_NAME).key"),
         ),
     };
-    let env = vec![
+    let mut env = vec![
         json!({"name": "QPQ_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "QPQ_BIND_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
         var("QPQ_NODE_ID_FROM_POD_NAME", "$(QPQ_POD_NAME)"),
@@ -88,6 +88,39 @@ pub fn statefulset(
         var("QPQ_NODE_CERT", cert),
         var("QPQ_NODE_KEY", key),
     ];
+    let mut env_from = vec![json!({"configMapRef": {"name": c.configmap()}})];
+    // Archiving the log: the nodes upload to the backups' object storage themselves, with
+    // its endpoint, credentials and key (by reference: no secret is in the pod's spec).
+    if let Some((url, os)) = super::backup::log_archive(c, spec) {
+        let interval = spec
+            .backup
+            .as_ref()
+            .and_then(|b| b.log_archive.as_ref())
+            .map_or(5, |a| a.interval_seconds);
+        let (_, _, store_env, store_from) = Destination::ObjectStore(os).pod_parts("archive", true);
+        env.extend(
+            store_env
+                .into_iter()
+                .filter(|e| e["name"] != "QPQ_BACKUP_WORK_DIR"),
+        );
+        env.push(var("QPQ_ARCHIVE_TO", url));
+        env.push(var(
+            "QPQ_ARCHIVE_INTERVAL_MS",
+            (u64::from(interval) * 1000).to_string(),
+        ));
+        env_from.extend(store_from);
+    }
+    // Traces: each pod names itself (the node id follows from the pod name).
+    if let Some(t) = &spec.monitoring.traces {
+        env.push(var("OTEL_EXPORTER_OTLP_ENDPOINT", t.otlp_endpoint.clone()));
+        env.push(var(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!(
+                "service.instance.id=$(QPQ_POD_NAME),k8s.pod.name=$(QPQ_POD_NAME),k8s.namespace.name={},qpq.cluster={}",
+                c.namespace, c.name
+            ),
+        ));
+    }
     let probe = |path: &str, period: i32, failures: i32| {
         json!({
             "httpGet": {"path": path, "port": "metrics"},
@@ -100,7 +133,7 @@ pub fn statefulset(
         "name": "qpq-node",
         "image": format!("{}:{version}", spec.image),
         "command": ENTRYPOINT,
-        "envFrom": [{"configMapRef": {"name": c.configmap()}}],
+        "envFrom": env_from,
         "env": env,
         "ports": [
             {"name": "client", "containerPort": CLIENT_PORT, "protocol": "UDP"},
@@ -151,7 +184,15 @@ pub fn statefulset(
                 (dest.file(&r.file), v.remove(0), m.remove(0), e, ef)
             }
         };
+        // The node's variables less those of the log archive's object storage; then the
+        // backup's.
         let mut env = container["env"].as_array().cloned().unwrap_or_default();
+        env.retain(|e| {
+            let name = e["name"].as_str().unwrap_or_default();
+            !["AWS_", "QPQ_BACKUP_", "QPQ_ARCHIVE_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        });
         env.extend(store_env);
         let mut args = vec![
             json!("restore"),
@@ -162,6 +203,19 @@ pub fn statefulset(
         ];
         if r.accept_stale {
             args.push(json!("--accept-stale"));
+        }
+        if let Some(p) = &r.point_in_time {
+            args.extend([json!("--archive"), json!(p.archive)]);
+            if let Some(t) = &p.to_time {
+                // In UTC, as `qpq-node` reads it (any offset is valid in the spec).
+                let utc = t
+                    .parse::<jiff::Timestamp>()
+                    .map_or_else(|_| t.clone(), |t| t.to_string());
+                args.extend([json!("--to-time"), json!(utc)]);
+            }
+            if let Some(i) = p.to_index {
+                args.extend([json!("--to-index"), json!(i.to_string())]);
+            }
         }
         let mut init = json!({
             "name": "restore",

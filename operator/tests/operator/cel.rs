@@ -222,3 +222,89 @@ fn rollout_fields_are_checked() {
     let e = s.validate().unwrap_err();
     assert!(e.contains("progressDeadline"), "{e}");
 }
+
+#[test]
+fn a_trace_endpoint_must_be_an_http_url() {
+    let with = |endpoint: &str| {
+        let mut s = spec(3, "fast", "1Gi");
+        s["monitoring"] = json!({"traces": {"otlpEndpoint": endpoint}});
+        let cel = errors(&object(s.clone()), None);
+        let typed: qpq_operator::crd::QpqClusterSpec = serde_json::from_value(s).unwrap();
+        (cel, typed.validate().err())
+    };
+    let (cel, own) = with("http://otel-collector.monitoring.svc:4318");
+    assert!(cel.is_empty() && own.is_none(), "{cel:?} {own:?}");
+    let (cel, own) = with("otel-collector.monitoring.svc:4318");
+    assert!(
+        cel.iter().any(|m| m.contains("an http:// or https:// URL")),
+        "{cel:?}"
+    );
+    assert!(own.unwrap().contains("otlpEndpoint"));
+}
+
+#[test]
+fn a_log_archive_and_a_point_in_time_restore_need_object_storage() {
+    let store = json!({"url": "s3://b/x"});
+    let with = |backup: Value, restore: Value| {
+        let mut s = spec(3, "fast", "1Gi");
+        if !backup.is_null() {
+            s["backup"] = backup;
+        }
+        if !restore.is_null() {
+            s["restore"] = restore;
+        }
+        let cel = errors(&object(s.clone()), None);
+        let typed: qpq_operator::crd::QpqClusterSpec = serde_json::from_value(s).unwrap();
+        (cel, typed.validate().err())
+    };
+    let archive = json!({"intervalSeconds": 2});
+    let (cel, own) = with(
+        json!({"schedule": "@daily", "objectStore": store, "logArchive": archive}),
+        Value::Null,
+    );
+    assert!(cel.is_empty() && own.is_none(), "{cel:?} {own:?}");
+    let (cel, own) = with(
+        json!({"schedule": "@daily", "claimName": "c", "logArchive": archive}),
+        Value::Null,
+    );
+    assert!(
+        cel.iter()
+            .any(|m| m.contains("logArchive needs objectStore")),
+        "{cel:?}"
+    );
+    assert!(own.unwrap().contains("logArchive needs objectStore"));
+
+    let pit = |p: Value| json!({"objectStore": store, "file": "x-1.sqlite3", "pointInTime": p});
+    let (cel, own) = with(
+        Value::Null,
+        pit(json!({"archive": "s3://b/x/log-x-1", "toTime": "2026-12-06T12:00:00Z"})),
+    );
+    assert!(cel.is_empty() && own.is_none(), "{cel:?} {own:?}");
+    let (cel, own) = with(
+        Value::Null,
+        json!({"claimName": "c", "file": "x-1.sqlite3", "pointInTime": {"archive": "s3://b/x/log"}}),
+    );
+    assert!(
+        cel.iter()
+            .any(|m| m.contains("pointInTime needs objectStore")),
+        "{cel:?}"
+    );
+    assert!(own.unwrap().contains("pointInTime needs objectStore"));
+    let (cel, own) = with(
+        Value::Null,
+        pit(json!({"archive": "s3://b/x/log", "toTime": "2026-12-06T12:00:00Z", "toIndex": 5})),
+    );
+    assert!(
+        cel.iter()
+            .any(|m| m.contains("at most one of toTime and toIndex")),
+        "{cel:?}"
+    );
+    assert!(own.unwrap().contains("at most one"));
+    let (cel, _) = with(Value::Null, pit(json!({"archive": "/backups/log"})));
+    assert!(cel.iter().any(|m| m.contains("s3://")), "{cel:?}");
+    let (_, own) = with(
+        Value::Null,
+        pit(json!({"archive": "s3://b/x/log", "toTime": "yesterday at noon"})),
+    );
+    assert!(own.unwrap().contains("RFC 3339"));
+}

@@ -42,7 +42,8 @@ fn full_spec() -> serde_json::Value {
         "node": {"retentionHours": 72, "keyPackageTtlHours": 24, "maxConnections": 10000, "rateLimitPerSecond": 50, "maxPayloadBytes": 1048576,
                  "digestEveryEntries": 1000, "digestCheckSeconds": 60},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
-        "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s"},
+        "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s",
+                       "traces": {"otlpEndpoint": "http://otel-collector.monitoring.svc:4318"}},
         "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris", "drillSchedule": "0 5 * * 0"},
         "restore": {"claimName": "x-backups", "file": "x-1700000000.sqlite3"}
     })
@@ -128,6 +129,93 @@ fn builders_match_golden_output() {
         "restore-init-s3",
         &sts_s3["spec"]["template"]["spec"]["initContainers"],
     );
+    // Archiving the log: the nodes get the store's variables (the key and credentials by
+    // reference) and where to archive, under the cluster's uid; a point-in-time restore
+    // replays an archive after its backup, with the restore's store only.
+    let mut archiving = full_spec();
+    archiving["backup"] = json!({
+        "schedule": "0 3 * * *", "keep": 5, "logArchive": {"intervalSeconds": 2},
+        "objectStore": {"url": "s3://qpq-backups/x/", "secretName": "x-s3", "encryptionKey": {"name": "x-key", "key": "k"}},
+    });
+    archiving["restore"] = json!({
+        "objectStore": store, "file": "x-1700000000.sqlite3",
+        "pointInTime": {"archive": "s3://qpq-backups/x/log-old-uid-old", "toTime": "2026-12-06T13:00:00+01:00"},
+    });
+    let obj_a = cluster(archiving, None, true);
+    obj_a.spec.validate().unwrap();
+    let sts_a = serde_json::to_value(
+        resources::statefulset(&c, &obj_a.spec, &obj_a.spec.version, 3, &hash, true).unwrap(),
+    )
+    .unwrap();
+    let pod = &sts_a["spec"]["template"]["spec"];
+    check("statefulset-log-archive", pod);
+    let node = &pod["containers"][0];
+    let var = |c: &serde_json::Value, name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+    };
+    assert_eq!(
+        var(node, "QPQ_ARCHIVE_TO").unwrap()["value"],
+        "s3://qpq-backups/x/log-x-uid-x"
+    );
+    assert_eq!(
+        var(node, "QPQ_ARCHIVE_INTERVAL_MS").unwrap()["value"],
+        "2000"
+    );
+    assert_eq!(
+        var(node, "QPQ_BACKUP_KEY").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "x-key"
+    );
+    assert!(node["envFrom"].to_string().contains("x-s3"), "{node}");
+    let init = &pod["initContainers"][0];
+    assert!(
+        var(init, "QPQ_ARCHIVE_TO").is_none() && var(init, "QPQ_BACKUP_KEY").is_none(),
+        "the restore reads with its own store's variables: {init}"
+    );
+    assert_eq!(
+        var(init, "AWS_ENDPOINT").unwrap()["value"],
+        "https://minio.storage:9000"
+    );
+    let args: Vec<&str> = init["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.ends_with(&[
+            "--archive",
+            "s3://qpq-backups/x/log-old-uid-old",
+            "--to-time",
+            "2026-12-06T12:00:00Z"
+        ]),
+        "{args:?}"
+    );
+    // The cluster's backup schedule prunes its archive; a QpqScheduledBackup's does not.
+    let cron_a = serde_json::to_string(
+        &resources::backup_cronjob(&c, &obj_a.spec, 3)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cron_a.contains(r#""--prune-archive","s3://qpq-backups/x/log-x-uid-x""#),
+        "{cron_a}"
+    );
+    let mut own = obj_a.spec.backup.clone().unwrap();
+    own.log_archive = None;
+    let (sched, _) = resources::scheduled_backup_cronjobs(&c, &obj_a.spec, "weekly", &own, 3)
+        .unwrap()
+        .unwrap();
+    let sched = serde_json::to_string(&sched).unwrap();
+    assert!(!sched.contains("--prune-archive"), "{sched}");
+    // Without logArchive, nothing of it.
+    let plain_pod = serde_json::to_string(&sts_s3).unwrap();
+    assert!(!plain_pod.contains("QPQ_ARCHIVE"), "{plain_pod}");
     // A stale backup (quorum lost for good) is restored only when the spec says so.
     let init_args = |restore: serde_json::Value| {
         let mut spec = full_spec();

@@ -1,6 +1,22 @@
 //! The Delivery Service's calls: channels and members, DMs, enqueue, fetch, acknowledge.
 
+use tracing::Instrument as _;
+
 use super::*;
+
+/// The client side of a call, when traces are on (a span that is not recorded otherwise).
+fn call_span(method: &'static str) -> tracing::Span {
+    if crate::trace::enabled() {
+        tracing::info_span!(
+            "qpq.call",
+            otel.name = method,
+            otel.kind = "client",
+            rpc.method = method
+        )
+    } else {
+        tracing::Span::none()
+    }
+}
 
 impl Connection {
     /// `createChannel`: a group channel with the caller's account as admin.
@@ -123,6 +139,7 @@ impl Connection {
 
     /// Like [`Self::enqueue`] with unchecked id bytes (for negative tests).
     pub async fn enqueue_raw(&self, channel: &[u8], id: &[u8], payload: &[u8]) -> Result<Enqueued> {
+        let span = call_span("enqueue");
         let mut req = self.node.enqueue_request();
         {
             let mut b = req.get().init_req();
@@ -131,8 +148,11 @@ impl Connection {
             b.set_channel_id(channel);
             b.set_client_msg_id(id);
             b.set_payload(payload);
+            if let Some(tp) = crate::trace::traceparent(&span) {
+                b.set_traceparent(tp.as_str());
+            }
         }
-        let reply = req.send().promise.await?;
+        let reply = req.send().promise.instrument(span).await?;
         let r = reply.get()?.get_resp()?;
         check_version(r.get_version())?;
         use qpq_schemas::qpq_capnp::enqueue_response::Which;
@@ -177,6 +197,7 @@ impl Connection {
         limit: u32,
         timeout_ms: u32,
     ) -> Result<FetchPage> {
+        let span = call_span("fetch_wait");
         let mut req = self.node.fetch_wait_request();
         {
             let mut b = req.get().init_req();
@@ -186,8 +207,11 @@ impl Connection {
             b.set_after_seq(after_seq);
             b.set_limit(limit);
             b.set_timeout_ms(timeout_ms);
+            if let Some(tp) = crate::trace::traceparent(&span) {
+                b.set_traceparent(tp.as_str());
+            }
         }
-        let reply = req.send().promise.await?;
+        let reply = req.send().promise.instrument(span).await?;
         read_fetch_response(reply.get()?.get_resp()?)
     }
 

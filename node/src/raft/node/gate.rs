@@ -100,9 +100,12 @@ impl RaftNode {
         versions::may_finalize(target, &voters, &known)
             .map_err(|e| AdminError::NotEnabled(e.to_string()))?;
         let outcomes = self
-            .submit_local(vec![Command::Finalize {
-                command_version: target,
-            }])
+            .submit_local(
+                vec![Command::Finalize {
+                    command_version: target,
+                }],
+                Vec::new(),
+            )
             .await
             .map_err(Self::admin_write_error)?;
         match outcomes.as_slice() {
@@ -125,7 +128,7 @@ impl RaftNode {
         self.check_gate(marker.version())
             .await
             .map_err(|e| AdminError::NotEnabled(e.to_string()))?;
-        self.submit_local(vec![marker])
+        self.submit_local(vec![marker], Vec::new())
             .await
             .map(|_| ())
             .map_err(Self::admin_write_error)

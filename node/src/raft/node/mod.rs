@@ -223,9 +223,20 @@ impl RaftNode {
             .unwrap_or_else(|| bound.to_string());
         let client = Arc::new(PeerClient::new(endpoint.clone(), tls.client_config()?));
 
-        let log = LogStore::open(&config.raft_log_path())
+        let mut log = LogStore::open(&config.raft_log_path())
             .map_err(|e| crate::Error::Store(e.into()))?
             .with_metrics(&metrics);
+        // Checked before Raft starts: a node told to archive never purges unarchived
+        // entries, not even once.
+        let archive = match &cluster.archive {
+            Some(a) => {
+                log = log.hold_for_archive();
+                let at = crate::backup::object::Location::parse(&a.to)
+                    .map_err(|e| crate::Error::Archive(e.to_string()))?;
+                Some((at, a.interval, log.clone()))
+            }
+            None => None,
+        };
         let sm = StateMachine::open(
             &config.db_path(),
             &config.data_dir.join("snapshots"),
@@ -270,6 +281,19 @@ impl RaftNode {
             tls,
             client_key: Mutex::new(None),
         });
+        if let Some((at, interval, log)) = archive {
+            let archiver = crate::backup::archive::Archiver::new(
+                at,
+                log,
+                &config.raft_log_path(),
+                node.raft.clone(),
+                node.id,
+                interval,
+                node.metrics.clone(),
+            )
+            .map_err(|e| crate::Error::Archive(e.to_string()))?;
+            tokio::spawn(archiver.run(node.stop.clone()));
+        }
         tokio::spawn(node.clone().run_digest_checks());
         tokio::spawn(count_leader_changes(
             node.raft.metrics(),

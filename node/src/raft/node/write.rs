@@ -1,6 +1,8 @@
 //! The write path: [`RaftNode::submit`] stamps and appends a batch on the leader (one
 //! entry) or forwards it to the leader from a follower, waiting out leaderless periods.
 
+use tracing::Instrument as _;
+
 use super::*;
 
 impl RaftNode {
@@ -20,7 +22,12 @@ impl RaftNode {
     }
 
     /// Appends `commands` as one entry if this node leads; waits until it is applied here.
-    pub async fn submit_local(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+    /// `traces` (empty, or one `traceparent` per command) go into the entry.
+    pub async fn submit_local(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
         let Some(_permit) = self.handoff_permit().await else {
             return Err(SubmitError::Unavailable);
         };
@@ -29,11 +36,19 @@ impl RaftNode {
         if needed > versions::BASELINE && self.is_leader() {
             self.version_gate(needed).await?;
         }
-        let proposal = Proposal::new(self.stamp(), commands);
+        let proposal = Proposal::new(self.stamp(), commands).with_traces(traces);
         // A leader cut off from its majority does not learn it is deposed until it hears
         // from a newer leader; bound the wait. The entry may still commit later (then the
         // client's retry with the same message id is deduplicated) or be discarded.
-        let write = self.raft.client_write(proposal);
+        // A follower's attempt is answered with the leader at once: only a leader's commit
+        // is worth a span.
+        let span = if qpq_wire::trace::enabled() && !proposal.traces.is_empty() && self.is_leader()
+        {
+            tracing::info_span!("raft.commit", node = self.id)
+        } else {
+            tracing::Span::none()
+        };
+        let write = self.raft.client_write(proposal).instrument(span);
         let started = std::time::Instant::now();
         let Ok(result) = tokio::time::timeout(self.cluster.unavailable_wait * 2, write).await
         else {
@@ -86,8 +101,12 @@ impl RaftNode {
     /// Applies `commands` through the leader (this node or, transparently, another) and
     /// returns their outcomes once the entry is committed and applied on this node's leader.
     /// Counted in `raft_writes_total` by outcome.
-    pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
-        let result = self.submit_anywhere(commands).await;
+    pub async fn submit(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        let result = self.submit_anywhere(commands, traces).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(SubmitError::Unavailable | SubmitError::NotLeader { .. }) => "unavailable",
@@ -99,10 +118,14 @@ impl RaftNode {
         result
     }
 
-    async fn submit_anywhere(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+    async fn submit_anywhere(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
         let deadline = tokio::time::Instant::now() + self.cluster.unavailable_wait;
         loop {
-            let leader = match self.submit_local(commands.clone()).await {
+            let leader = match self.submit_local(commands.clone(), traces.clone()).await {
                 Ok(o) => return Ok(o),
                 Err(SubmitError::NotLeader { leader }) => leader,
                 Err(e) => return Err(e),
@@ -115,8 +138,17 @@ impl RaftNode {
             {
                 let body = encode(&commands).map_err(|e| SubmitError::Internal(e.to_string()))?;
                 let timeout = self.cluster.forward_timeout;
-                let request = Request::Forward(body);
-                let call = self.client.call(&addr, &request, timeout);
+                let span = if qpq_wire::trace::enabled() && !traces.is_empty() {
+                    tracing::info_span!("raft.forward", otel.kind = "client", leader)
+                } else {
+                    tracing::Span::none()
+                };
+                let request = Request::Forward {
+                    commands: body,
+                    traceparent: qpq_wire::trace::traceparent(&span),
+                    traces: traces.clone(),
+                };
+                let call = self.client.call(&addr, &request, timeout).instrument(span);
                 let answer = tokio::select! {
                     answer = call => answer,
                     // The leader changed while the write was on its way, and it did not

@@ -1,0 +1,231 @@
+//! Traces: OpenTelemetry spans exported over OTLP, and their context on the wire.
+//!
+//! Off by default. A process turns them on with [`Exporter::start`] (both binaries do so
+//! when given `--otlp-endpoint`, or `OTEL_EXPORTER_OTLP_ENDPOINT`), which installs nothing
+//! global itself: it returns the `tracing` layer to add to the process's subscriber.
+//!
+//! The context travels as a W3C `traceparent` (the header of the Trace Context
+//! recommendation, 55 characters): in the client's `enqueue` and `fetchWait` requests, in a
+//! follower's forward to the leader, and in the Raft entry, one per command, so that every
+//! node applying the entry adds its apply to the writer's trace. What a peer sends is only
+//! ever read as a parent: a malformed value is ignored (as the recommendation asks), and a
+//! node writes into its log its own spans' contexts, never a string it received.
+//!
+//! Span fields never carry payloads, keys or tokens (the same rule as the logs).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Set once an exporter runs: spans are only made (and contexts only sent) then, so a
+/// process without traces pays nothing for them.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The length of a `traceparent` value (version 00).
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// Whether this process exports traces.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Why traces could not be turned on.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The endpoint is not an `http://` or `https://` URL.
+    #[error("OTLP endpoint {0:?}: expected an http:// or https:// URL")]
+    Endpoint(String),
+    /// The exporter could not be built.
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// The OTLP exporter of a process. Call [`Exporter::shutdown`] at exit: it sends what is
+/// still buffered (the layer's tracer keeps the exporter running until then).
+pub struct Exporter {
+    provider: SdkTracerProvider,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Starts exporting spans of `service` (the OpenTelemetry `service.name`; other
+    /// resource attributes come from `OTEL_RESOURCE_ATTRIBUTES`) to the collector at
+    /// `endpoint` (its base URL: spans go to `<endpoint>/v1/traces`, OTLP over HTTP with
+    /// protobuf). Batching follows the SDK's `OTEL_BSP_*` variables. Returns the exporter
+    /// and the layer that turns this process's `tracing` spans of `targets` (crate names)
+    /// into OpenTelemetry spans.
+    ///
+    /// Call it outside any async runtime: the exporter runs its own thread.
+    pub fn start<S>(
+        service: &'static str,
+        endpoint: &str,
+        targets: &[&'static str],
+    ) -> Result<(Self, impl Layer<S> + Send + Sync + 'static), TraceError>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    {
+        let base = endpoint.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(TraceError::Endpoint(endpoint.to_owned()));
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{base}/v1/traces"))
+            .with_timeout(Duration::from_secs(5))
+            .with_headers(HashMap::new())
+            .build()
+            .map_err(|e| TraceError::Exporter(e.to_string()))?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(service)
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer(service);
+        let filter = targets
+            .iter()
+            .fold(tracing_subscriber::filter::Targets::new(), |f, target| {
+                f.with_target(*target, tracing::Level::INFO)
+            });
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter);
+        ENABLED.store(true, Ordering::Relaxed);
+        Ok((Self { provider }, layer))
+    }
+
+    /// Exports what is still buffered and stops.
+    pub fn shutdown(self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("traces: the OTLP exporter did not flush: {e}");
+        }
+    }
+}
+
+/// The `traceparent` of `span`, if traces are on and it is recorded.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The `traceparent` of `span` if it is also sampled: what a node carries through its own
+/// batch, forward and log, so that an unsampled call (`OTEL_TRACES_SAMPLER`, e.g.
+/// `parentbased_traceidratio`) costs no further spans and no bytes in the log. Across the
+/// wire a call sends its context sampled or not ([`traceparent`]), as the recommendation
+/// asks, so the node follows the caller's decision.
+pub fn sampled_traceparent(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_sampled() {
+        return None;
+    }
+    traceparent(span)
+}
+
+/// The span context a `traceparent` names, if it is well-formed (anything else, including
+/// an empty value, is no context: never an error).
+pub fn parse(traceparent: &str) -> Option<SpanContext> {
+    if traceparent.len() != TRACEPARENT_LEN {
+        return None;
+    }
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let span = cx.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// Makes the span whose context `traceparent` names the parent of `span` (nothing if
+/// traces are off or the value is malformed).
+pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+    if !enabled() {
+        return;
+    }
+    if let Some(parent) = parse(traceparent) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+}
+
+/// Links `span` to the span `traceparent` names (a batch to the writes it carries, a
+/// delivery to the read that returned it).
+pub fn link(span: &tracing::Span, traceparent: &str) {
+    if !enabled() {
+        return;
+    }
+    if let Some(other) = parse(traceparent) {
+        span.add_link(other);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_names_a_context() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = parse(good).expect("a valid traceparent");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(cx.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(cx.is_sampled());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+            // All-zero trace and span ids are invalid by the recommendation.
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?} accepted");
+        }
+        // Far too long: refused before any parsing.
+        assert!(parse(&"0".repeat(10_000)).is_none());
+    }
+
+    #[test]
+    fn without_an_exporter_nothing_is_sent() {
+        let span = tracing::info_span!("qpq.test");
+        assert_eq!(traceparent(&span), None);
+    }
+
+    #[test]
+    fn an_endpoint_must_be_an_http_url() {
+        type S = tracing_subscriber::Registry;
+        for bad in ["127.0.0.1:4318", "grpc://collector:4317", ""] {
+            match Exporter::start::<S>("qpq-test", bad, &["qpq_wire"]) {
+                Err(TraceError::Endpoint(e)) => assert_eq!(e, bad),
+                other => panic!("{bad:?}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+}
