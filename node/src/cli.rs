@@ -41,8 +41,9 @@ struct Cli {
     #[arg(long, global = true, env = "QPQ_AUDIT_LOG")]
     audit_log: Option<AuditSink>,
     /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
-    /// `http://127.0.0.1:4318`; off without it. Resource attributes (such as
-    /// `service.instance.id`) come from `OTEL_RESOURCE_ATTRIBUTES`.
+    /// `http://127.0.0.1:4318`; off without it. An `https://` collector is checked against
+    /// the system's roots and the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE` names. Resource
+    /// attributes (such as `service.instance.id`) come from `OTEL_RESOURCE_ATTRIBUTES`.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     #[command(subcommand)]

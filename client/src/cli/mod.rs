@@ -76,7 +76,8 @@ struct Cli {
     json: bool,
     /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
     /// `http://127.0.0.1:4318`: a command's sends and long-polls then carry their trace
-    /// context to the node. Off without it.
+    /// context to the node. Off without it. An `https://` collector is checked against the
+    /// system's roots and the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE` names.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     #[command(subcommand)]

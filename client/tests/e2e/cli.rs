@@ -295,3 +295,74 @@ async fn qpq_cli_exports_a_trace_of_each_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("expected an http:// or https:// URL"), "{err}");
 }
+
+/// `qpq` reaches an `https://` collector: over TLS checked against the CA that
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` names. Without it the collector's certificate is not
+/// trusted and nothing is delivered; a file with no certificate in it is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpq_cli_exports_traces_over_tls_to_a_collector_with_a_private_ca() {
+    let collector = crate::otelcol::Collector::start_tls().await;
+    assert!(collector.endpoint.starts_with("https://"));
+    let ca = collector.ca.clone().unwrap();
+    let t = TestNode::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    qpq(
+        h,
+        "alice",
+        &["register", "--node", &node, "--fingerprint", &fp],
+    );
+    let traced = |ca: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq"));
+        cmd.env("QPQ_HOME", h)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env_remove("OTEL_EXPORTER_OTLP_CERTIFICATE")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+            .args(["--json", "--profile", "alice", "devices"]);
+        if let Some(ca) = ca {
+            cmd.env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca);
+        }
+        cmd.output().unwrap()
+    };
+
+    // The system's roots alone do not trust the collector: the command still works, and
+    // the collector receives nothing (the exporter flushed, and failed, before the exit).
+    let out = traced(None);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        collector.spans().is_empty(),
+        "spans over an untrusted connection: {:#?}",
+        collector.spans()
+    );
+
+    let out = traced(Some(&ca));
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let spans = loop {
+        let spans = collector.spans();
+        if spans.iter().any(|s| s.name == "devices") || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let root = spans
+        .iter()
+        .find(|s| s.name == "devices" && s.parent.is_empty())
+        .unwrap_or_else(|| panic!("no root span of the command over TLS: {spans:#?}"));
+    assert_eq!(root.service, "qpq");
+
+    // A CA file without a certificate is refused before anything runs.
+    let empty = h.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let out = traced(Some(&empty));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OTLP certificate file") && err.contains("no CERTIFICATE block"),
+        "{err}"
+    );
+}

@@ -14,6 +14,8 @@
 //! Span fields never carry payloads, keys or tokens (the same rule as the logs).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -44,6 +46,15 @@ pub enum TraceError {
     /// The endpoint is not an `http://` or `https://` URL.
     #[error("OTLP endpoint {0:?}: expected an http:// or https:// URL")]
     Endpoint(String),
+    /// The CA bundle named by `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE` could not be read or holds no certificate.
+    #[error("OTLP certificate file {}: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
     /// The exporter could not be built.
     #[error("OTLP exporter: {0}")]
     Exporter(String),
@@ -65,7 +76,10 @@ impl Exporter {
     /// Starts exporting spans of `service` (the OpenTelemetry `service.name`; other
     /// resource attributes come from `OTEL_RESOURCE_ATTRIBUTES`) to the collector at
     /// `endpoint` (its base URL: spans go to `<endpoint>/v1/traces`, OTLP over HTTP with
-    /// protobuf). Batching follows the SDK's `OTEL_BSP_*` variables. Returns the exporter
+    /// protobuf). Batching follows the SDK's `OTEL_BSP_*` variables. An `https://` endpoint
+    /// is reached over TLS 1.3 or 1.2, checked against the system's roots and, if set, the
+    /// PEM bundle `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` (else `OTEL_EXPORTER_OTLP_CERTIFICATE`)
+    /// names, for a collector with a private CA. Returns the exporter
     /// and the layer that turns this process's `tracing` spans of `targets` (crate names)
     /// into OpenTelemetry spans.
     ///
@@ -82,10 +96,13 @@ impl Exporter {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(TraceError::Endpoint(endpoint.to_owned()));
         }
+        let timeout = Duration::from_secs(5);
+        let client = http_client(timeout, certificate_file().as_deref())?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_endpoint(format!("{base}/v1/traces"))
-            .with_timeout(Duration::from_secs(5))
+            .with_timeout(timeout)
             .with_headers(HashMap::new())
             .build()
             .map_err(|e| TraceError::Exporter(e.to_string()))?;
@@ -118,18 +135,81 @@ impl Exporter {
     }
 }
 
+/// The PEM bundle of extra roots for the collector, from the OpenTelemetry variables (the
+/// traces-specific one first).
+fn certificate_file() -> Option<PathBuf> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]
+    .into_iter()
+    .filter_map(std::env::var_os)
+    .find(|v| !v.is_empty())
+    .map(PathBuf::from)
+}
+
+/// The exporter's HTTP client: rustls with the ring provider (the one the rest of the
+/// project uses), the system's roots and those of `extra_roots`.
+fn http_client(
+    timeout: Duration,
+    extra_roots: Option<&Path>,
+) -> Result<reqwest::blocking::Client, TraceError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // A system without a readable store still reaches a collector with a private CA.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = extra_roots {
+        let bad = |reason: String| TraceError::Certificate {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TraceError::Exporter(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    // The blocking client runs a runtime of its own, which may not be made (or dropped)
+    // inside another: build it on a thread of its own, as the exporter's default does.
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .tls_backend_preconfigured(tls)
+            .build()
+    })
+    .join()
+    .map_err(|_| TraceError::Exporter("building the HTTP client panicked".to_owned()))?
+    .map_err(|e| TraceError::Exporter(e.to_string()))
+}
+
+/// The `traceparent` of the span context `cx` holds, if it is a valid one.
+fn inject(cx: &opentelemetry::Context) -> Option<String> {
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
 /// The `traceparent` of `span`, if traces are on and it is recorded.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     if !enabled() {
         return None;
     }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
+    inject(&span.context())
 }
 
 /// The `traceparent` of `span` if it is also sampled: what a node carries through its own
@@ -145,7 +225,7 @@ pub fn sampled_traceparent(span: &tracing::Span) -> Option<String> {
     if !cx.span().span_context().is_sampled() {
         return None;
     }
-    traceparent(span)
+    inject(&cx)
 }
 
 /// The span context a `traceparent` names, if it is well-formed (anything else, including
@@ -216,6 +296,28 @@ mod tests {
     fn without_an_exporter_nothing_is_sent() {
         let span = tracing::info_span!("qpq.test");
         assert_eq!(traceparent(&span), None);
+    }
+
+    #[test]
+    fn a_collector_ca_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("qpq-trace-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let empty = dir.join("empty.pem");
+        std::fs::write(
+            &empty,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        for path in [&missing, &empty] {
+            match http_client(Duration::from_secs(1), Some(path)) {
+                Err(TraceError::Certificate { path: p, .. }) => assert_eq!(&p, path),
+                other => panic!("{}: {:?}", path.display(), other.map(|_| ())),
+            }
+        }
+        // Without extra roots the client is built (the system's roots alone).
+        assert!(http_client(Duration::from_secs(1), None).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -61,13 +61,24 @@ impl RecentTraces {
         if !qpq_wire::trace::enabled() {
             return;
         }
+        // One lock for the page; the spans are made after it is released.
+        let remembered: Vec<(u64, String)> = {
+            let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            messages
+                .iter()
+                .filter_map(|m| {
+                    let tp = inner.by_message.get(&(*channel, m.seq))?;
+                    Some((m.seq, tp.clone()))
+                })
+                .collect()
+        };
+        if remembered.is_empty() {
+            return;
+        }
         let reader = tracing::Span::current();
         let reader_tp = qpq_wire::trace::traceparent(&reader);
-        for m in messages {
-            let Some(tp) = self.of(channel, m.seq) else {
-                continue;
-            };
-            let span = tracing::info_span!(parent: None, "qpq.deliver", seq = m.seq);
+        for (seq, tp) in remembered {
+            let span = tracing::info_span!(parent: None, "qpq.deliver", seq);
             qpq_wire::trace::set_parent(&span, &tp);
             if let Some(r) = &reader_tp {
                 qpq_wire::trace::link(&span, r);

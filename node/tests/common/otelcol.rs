@@ -37,11 +37,26 @@ pub struct Collector {
     child: Child,
     pub endpoint: String,
     pub out: PathBuf,
+    /// The CA (PEM file) of a collector started with [`Collector::start_tls`].
+    #[allow(dead_code)] // Not every test crate that includes this module uses TLS.
+    pub ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Collector {
+    /// A collector receiving OTLP over plain HTTP.
     pub async fn start() -> Self {
+        Self::launch(false).await
+    }
+
+    /// A collector receiving OTLP over HTTPS only, with a certificate for 127.0.0.1 issued
+    /// by a CA of its own ([`Collector::ca`]).
+    #[allow(dead_code)] // Not every test crate that includes this module uses TLS.
+    pub async fn start_tls() -> Self {
+        Self::launch(true).await
+    }
+
+    async fn launch(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -50,10 +65,21 @@ impl Collector {
             .port();
         let out = dir.path().join("spans.jsonl");
         let config = dir.path().join("config.yaml");
+        let (ca, tls_config) = if tls {
+            let (ca, cert, key) = write_certificates(dir.path());
+            let config = format!(
+                "        tls:\n          cert_file: {}\n          key_file: {}\n",
+                cert.display(),
+                key.display()
+            );
+            (Some(ca), config)
+        } else {
+            (None, String::new())
+        };
         std::fs::write(
             &config,
             format!(
-                "receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:{port}\n\
+                "receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:{port}\n{tls_config}\
                  exporters:\n  file:\n    path: {}\n    flush_interval: 100ms\n\
                  service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [file]\n\
                  \x20 telemetry:\n    metrics:\n      level: none\n",
@@ -80,10 +106,12 @@ impl Collector {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let scheme = if tls { "https" } else { "http" };
         Self {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
             out,
+            ca,
             _dir: dir,
         }
     }
@@ -136,6 +164,33 @@ impl Collector {
         }
         spans
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 that it issued, as PEM files in `dir`:
+/// (CA, certificate, key).
+fn write_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "qpq test collector CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("collector.pem"),
+        dir.join("collector-key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
 
 impl Drop for Collector {
