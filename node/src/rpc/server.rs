@@ -120,6 +120,20 @@ impl NodeRpc {
         result
     }
 
+    /// [`Self::call`] with `f` inside the node's span of the call (traces on): a child of
+    /// the caller's `traceparent`, marked with the error code when the call is refused.
+    async fn traced_call<T>(
+        &self,
+        method: &'static str,
+        traceparent: capnp::Result<capnp::text::Reader<'_>>,
+        f: impl std::future::Future<Output = Result<T, WireError>>,
+    ) -> Result<T, WireError> {
+        let span = server_span(method, traceparent);
+        let result = self.call(method, f.instrument(span.clone())).await;
+        record_outcome(&span, &result);
+        result
+    }
+
     fn max_payload(&self) -> usize {
         self.services.config().limits.max_payload_bytes
     }
@@ -377,32 +391,26 @@ impl node::Server for NodeRpc {
         mut results: node::EnqueueResults,
     ) -> Result<(), capnp::Error> {
         let req = params.get()?.get_req()?;
-        let span = server_span("enqueue", req.get_traceparent());
         let result = self
-            .call(
-                "enqueue",
-                async {
-                    parse::version(req.get_version())?;
-                    let caller = self.auth(req.get_access_token()).await?;
-                    let channel = parse::channel(req.get_channel_id())?;
-                    let id = parse::client_msg_id(req.get_client_msg_id())?;
-                    let payload = parse::data(req.get_payload(), "payload")?;
-                    if payload.len() > self.max_payload() {
-                        return Err(WireError::PayloadTooLarge {
-                            limit: self.max_payload() as u64,
-                        });
-                    }
-                    if payload.is_empty() {
-                        return Err(WireError::invalid("payload", "empty"));
-                    }
-                    self.services
-                        .enqueue(&caller, channel, id, payload.to_vec())
-                        .await
+            .traced_call("enqueue", req.get_traceparent(), async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let id = parse::client_msg_id(req.get_client_msg_id())?;
+                let payload = parse::data(req.get_payload(), "payload")?;
+                if payload.len() > self.max_payload() {
+                    return Err(WireError::PayloadTooLarge {
+                        limit: self.max_payload() as u64,
+                    });
                 }
-                .instrument(span.clone()),
-            )
+                if payload.is_empty() {
+                    return Err(WireError::invalid("payload", "empty"));
+                }
+                self.services
+                    .enqueue(&caller, channel, id, payload.to_vec())
+                    .await
+            })
             .await;
-        record_outcome(&span, &result);
         let mut r = results.get().init_resp();
         r.set_version(WIRE_VERSION);
         match result {
@@ -447,29 +455,23 @@ impl node::Server for NodeRpc {
         mut results: node::FetchWaitResults,
     ) -> Result<(), capnp::Error> {
         let req = params.get()?.get_req()?;
-        let span = server_span("fetch_wait", req.get_traceparent());
         let result = self
-            .call(
-                "fetch_wait",
-                async {
-                    parse::version(req.get_version())?;
-                    let caller = self.auth(req.get_access_token()).await?;
-                    let channel = parse::channel(req.get_channel_id())?;
-                    let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
-                    self.services
-                        .fetch_wait(
-                            &caller,
-                            channel,
-                            req.get_after_seq(),
-                            req.get_limit(),
-                            timeout,
-                        )
-                        .await
-                }
-                .instrument(span.clone()),
-            )
+            .traced_call("fetch_wait", req.get_traceparent(), async {
+                parse::version(req.get_version())?;
+                let caller = self.auth(req.get_access_token()).await?;
+                let channel = parse::channel(req.get_channel_id())?;
+                let timeout = Duration::from_millis(u64::from(req.get_timeout_ms()));
+                self.services
+                    .fetch_wait(
+                        &caller,
+                        channel,
+                        req.get_after_seq(),
+                        req.get_limit(),
+                        timeout,
+                    )
+                    .await
+            })
             .await;
-        record_outcome(&span, &result);
         let mut r = results.get().init_resp();
         r.set_version(WIRE_VERSION);
         match result {
