@@ -80,24 +80,7 @@ struct Phase {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("qpq-catchup: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(tokio::task::LocalSet::new().run_until(run(args))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qpq-catchup: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    qpq_e2e::tool::main_local("qpq-catchup", run(Args::parse()))
 }
 
 type BoxError = Box<dyn std::error::Error>;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use qpq_client::{Connection, ServerVerification};
 use qpq_e2e::load::{Latency, framed_payload};
+use qpq_e2e::tool::settled_rss_kib;
 use qpq_schemas::ClientMsgId;
 
 #[derive(Parser)]
@@ -80,49 +81,7 @@ struct Checkpoint {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("qpq-growth: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(tokio::task::LocalSet::new().run_until(run(args))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qpq-growth: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `VmRSS` of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// The RSS once it stopped moving (two readings 500 ms apart within 1 %), or the last of ten.
-async fn settled_rss(pid: u32) -> Result<u64, String> {
-    let mut last = rss_kib(pid)?;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid)?;
-        if now.abs_diff(last) * 100 <= last {
-            return Ok(now);
-        }
-        last = now;
-    }
-    Ok(last)
+    qpq_e2e::tool::main_local("qpq-growth", run(Args::parse()))
 }
 
 /// The bytes of the files under `dir`.
@@ -295,7 +254,7 @@ async fn run(args: Args) -> Result<(), String> {
             fill_errors: errors.get(),
             enqueue: Latency::of(enqueue),
             fetch: Latency::of(fetch),
-            rss_kib: settled_rss(args.pid).await?,
+            rss_kib: settled_rss_kib(args.pid).await?,
             data_dir_bytes: dir_bytes(&args.data_dir),
         };
         let ms = |us: u64| us as f64 / 1000.0;

@@ -41,24 +41,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("qpq-load: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(tokio::task::LocalSet::new().run_until(run(args))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qpq-load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    qpq_e2e::tool::main_local("qpq-load", run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<(), String> {

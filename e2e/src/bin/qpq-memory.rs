@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use qpq_client::{Connection, ServerVerification};
+use qpq_e2e::tool::{settled_rss_kib, status_field};
 use qpq_schemas::ClientMsgId;
 
 #[derive(Parser)]
@@ -61,65 +62,18 @@ struct Report {
     all_woken_ms: f64,
 }
 
-/// A field of `/proc/<pid>/status` as a number (`VmRSS` in KiB, `Threads`).
-fn status_field(pid: u32, field: &str) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("{e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no {field} in /proc/<pid>/status"))
-}
-
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    status_field(pid, "VmRSS")
-}
-
-/// The node's RSS once it stopped moving (two readings 500 ms apart within 1 %), or the last
-/// of ten readings.
-async fn settled(pid: u32) -> Result<u64, String> {
-    let mut last = rss_kib(pid)?;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid)?;
-        if now.abs_diff(last) * 100 <= last {
-            return Ok(now);
-        }
-        last = now;
-    }
-    Ok(last)
-}
-
 fn per(delta_from: u64, to: u64, n: usize) -> f64 {
     (to as f64 - delta_from as f64) / n.max(1) as f64
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("qpq-memory: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(tokio::task::LocalSet::new().run_until(run(args))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qpq-memory: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    qpq_e2e::tool::main_local("qpq-memory", run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<(), String> {
     let n = args.connections;
     let verification = ServerVerification::CaFile(args.ca_file.clone());
-    let start = settled(args.pid).await?;
+    let start = settled_rss_kib(args.pid).await?;
 
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
@@ -129,7 +83,7 @@ async fn run(args: Args) -> Result<(), String> {
         c.server_info().await.map_err(|e| e.to_string())?;
         conns.push(c);
     }
-    let connected = settled(args.pid).await?;
+    let connected = settled_rss_kib(args.pid).await?;
 
     let identity = qpq_node::mls::devkit::DevIdentity::generate().map_err(|e| e.to_string())?;
     let sign = |m: &[u8]| identity.sign(m).map_err(|e| e.to_string());
@@ -158,7 +112,7 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         c.set_access_token(tokens.access.as_bytes().to_vec());
     }
-    let logged_in = settled(args.pid).await?;
+    let logged_in = settled_rss_kib(args.pid).await?;
 
     let channel = conns[0].create_channel().await.map_err(|e| e.to_string())?;
     let conns: Vec<std::rc::Rc<Connection>> = conns.into_iter().map(std::rc::Rc::new).collect();
@@ -175,11 +129,11 @@ async fn run(args: Args) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let waiting = settled(args.pid).await?;
+    let waiting = settled_rss_kib(args.pid).await?;
     let threads_waiting = status_field(args.pid, "Threads")?;
     // Idle blocking threads leave after 10 s; what stays is what the waiters hold.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let waiting_later = settled(args.pid).await?;
+    let waiting_later = settled_rss_kib(args.pid).await?;
     let threads_waiting_later = status_field(args.pid, "Threads")?;
 
     let sent = Instant::now();
