@@ -29,6 +29,19 @@ fn qpq(home: &std::path::Path, profile: &str, args: &[&str]) -> serde_json::Valu
     }
 }
 
+/// A `QPQ_HOME` with the profile `alice` registered on `t` (its certificate pinned).
+fn alice_registered(t: &TestNode) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    qpq(
+        home.path(),
+        "alice",
+        &["register", "--node", &node, "--fingerprint", &fp],
+    );
+    home
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qpq_cli_runs_a_conversation_with_json_output() {
     let mut t = TestNode::start().await;
@@ -210,15 +223,8 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qpq_runs_free_their_connection_on_exit() {
     let t = TestNode::start_with(|c| c.limits.max_connections_per_ip = 3).await;
-    let home = tempfile::tempdir().unwrap();
+    let home = alice_registered(&t);
     let h = home.path();
-    let node = t.addr.to_string();
-    let fp = hex::encode(t.fingerprint);
-    qpq(
-        h,
-        "alice",
-        &["register", "--node", &node, "--fingerprint", &fp],
-    );
     let t0 = std::time::Instant::now();
     for _ in 0..8 {
         let devices = qpq(h, "alice", &["devices"]);
@@ -238,15 +244,8 @@ async fn qpq_runs_free_their_connection_on_exit() {
 async fn qpq_cli_exports_a_trace_of_each_command() {
     let collector = crate::otelcol::Collector::start().await;
     let t = TestNode::start().await;
-    let home = tempfile::tempdir().unwrap();
+    let home = alice_registered(&t);
     let h = home.path();
-    let node = t.addr.to_string();
-    let fp = hex::encode(t.fingerprint);
-    qpq(
-        h,
-        "alice",
-        &["register", "--node", &node, "--fingerprint", &fp],
-    );
     qpq(h, "alice", &["group", "create", "team"]);
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
         .env("QPQ_HOME", h)
@@ -305,15 +304,8 @@ async fn qpq_cli_exports_traces_over_tls_to_a_collector_with_a_private_ca() {
     assert!(collector.endpoint.starts_with("https://"));
     let ca = collector.ca.clone().unwrap();
     let t = TestNode::start().await;
-    let home = tempfile::tempdir().unwrap();
+    let home = alice_registered(&t);
     let h = home.path();
-    let node = t.addr.to_string();
-    let fp = hex::encode(t.fingerprint);
-    qpq(
-        h,
-        "alice",
-        &["register", "--node", &node, "--fingerprint", &fp],
-    );
     let traced = |ca: Option<&std::path::Path>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq"));
         cmd.env("QPQ_HOME", h)
