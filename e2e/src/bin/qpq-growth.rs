@@ -181,6 +181,9 @@ async fn run(args: Args) -> Result<(), String> {
             let channels = &channels;
             let size = args.payload_bytes;
             async move {
+                // A refusal that lasts (an expired token, a full disk) ends the run instead
+                // of retrying for ever.
+                let mut failing = 0u32;
                 while claimed.get() < target {
                     claimed.set(claimed.get() + 1);
                     let k = next.get();
@@ -195,18 +198,29 @@ async fn run(args: Args) -> Result<(), String> {
                             Ok(done) => {
                                 stored.set(stored.get() + 1);
                                 per_channel[c].set(per_channel[c].get().max(done.seq));
+                                failing = 0;
                                 break;
                             }
-                            Err(_) => {
+                            Err(e) => {
                                 errors.set(errors.get() + 1);
+                                failing += 1;
+                                if failing >= 100 {
+                                    return Err(format!(
+                                        "enqueue failed 100 times in a row at {} stored: {e}",
+                                        stored.get()
+                                    ));
+                                }
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                         }
                     }
                 }
+                Ok(())
             }
         });
-        futures::future::join_all(senders).await;
+        for result in futures::future::join_all(senders).await {
+            result?;
+        }
         let fill_per_sec = (stored.get() - before) as f64 / started.elapsed().as_secs_f64();
         // Let the node's background work (checkpoints, digests) settle before probing.
         tokio::time::sleep(Duration::from_secs(2)).await;
