@@ -362,9 +362,14 @@ struct Common {
     /// last heard from the leader, so failover takes up to about lower + upper bound.
     #[arg(long, env = "QPQ_RAFT_ELECTION_TIMEOUT_MAX_MS")]
     raft_election_timeout_max_ms: Option<u64>,
-    /// Build a snapshot and compact the log after this many entries.
+    /// Build a snapshot and compact the log after at least this many entries...
     #[arg(long, env = "QPQ_SNAPSHOT_LOGS", default_value_t = 10_000)]
     snapshot_logs: u64,
+    /// ...and once the log written since the last snapshot holds this many times the
+    /// snapshot's bytes (0 to 100; 0: the entry count alone). Bounds the copying a large
+    /// store does per byte written.
+    #[arg(long, env = "QPQ_SNAPSHOT_LOG_RATIO", default_value_t = 0.5, value_parser = parse_log_ratio)]
+    snapshot_log_ratio: f64,
     /// Readiness and promotion: how many entries a node may lag behind.
     #[arg(long, env = "QPQ_READY_MAX_LAG", default_value_t = 1000)]
     ready_max_lag: u64,
@@ -475,6 +480,7 @@ impl Common {
                 .map_or(election * 2, Duration::from_millis)
                 .max(election + Duration::from_millis(1)),
             snapshot_logs: self.snapshot_logs.max(1),
+            snapshot_log_ratio: self.snapshot_log_ratio,
             ready_max_lag: self.ready_max_lag,
             digest_every: self.digest_every,
             digest_check: Duration::from_secs(self.digest_check_secs.max(1)),
@@ -506,6 +512,15 @@ impl Common {
 }
 
 /// Raft id of a StatefulSet pod: the ordinal after the last `-`, plus one.
+/// A snapshot log ratio: a finite number from 0 to 100.
+fn parse_log_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=100.0).contains(&r) {
+        return Err(format!("{s} is outside 0 to 100"));
+    }
+    Ok(r)
+}
+
 fn node_id_from_pod_name(name: &str) -> Result<u64, String> {
     let ordinal = name
         .rsplit_once('-')
@@ -1349,6 +1364,20 @@ mod tests {
             7
         );
         assert!(serve_config(&["--node-id-from-pod-name", "qpq"]).is_err());
+    }
+
+    #[test]
+    fn the_snapshot_log_ratio_is_a_number_from_0_to_100() {
+        let ratio = |args: &[&str]| serve_config(args).map(|c| c.cluster.snapshot_log_ratio);
+        assert_eq!(ratio(&[]).unwrap(), 0.5);
+        assert_eq!(ratio(&["--snapshot-log-ratio", "0"]).unwrap(), 0.0);
+        assert_eq!(ratio(&["--snapshot-log-ratio", "2.5"]).unwrap(), 2.5);
+        for bad in ["-0.1", "100.5", "NaN", "inf", "half"] {
+            assert!(
+                ratio(&["--snapshot-log-ratio", bad]).is_err(),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

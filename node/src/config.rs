@@ -75,8 +75,11 @@ pub struct ClusterConfig {
     pub election_timeout_min: Duration,
     /// Election timeout, upper bound.
     pub election_timeout_max: Duration,
-    /// Build a snapshot (and compact the log) after this many entries.
+    /// Build a snapshot (and compact the log) after at least this many entries...
     pub snapshot_logs: u64,
+    /// ...once the log since the last snapshot holds this many times the snapshot's bytes
+    /// (0: the entry count alone; see `raft::node::compaction`).
+    pub snapshot_log_ratio: f64,
     /// Readiness and promotion: how far behind (entries) a node may be.
     pub ready_max_lag: u64,
     /// How long a write or read waits for a leader before answering `unavailable`.
@@ -107,6 +110,7 @@ impl Default for ClusterConfig {
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             snapshot_logs: 10_000,
+            snapshot_log_ratio: 0.5,
             ready_max_lag: 1000,
             unavailable_wait: Duration::from_secs(3),
             forward_timeout: Duration::from_secs(10),

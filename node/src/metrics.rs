@@ -50,6 +50,9 @@ pub struct Metrics {
     pub snapshot_duration: HistogramVec,
     /// Bytes of the snapshots built or installed, by `kind`.
     pub snapshot_bytes: IntCounterVec,
+    /// Bytes of entries appended to the Raft log since the last snapshot this node built or
+    /// installed (what the snapshot schedule weighs against the snapshot's size).
+    pub log_bytes_since_snapshot: IntGauge,
     /// Leaders this node saw take over (a new term with a known leader), not counting the
     /// first one it saw after starting.
     pub leader_changes: IntCounter,
@@ -382,6 +385,11 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(snapshot_bytes.clone()))?;
+        let log_bytes_since_snapshot = IntGauge::new(
+            "raft_log_bytes_since_snapshot",
+            "Bytes of entries appended to the Raft log since the last snapshot built or installed",
+        )?;
+        registry.register(Box::new(log_bytes_since_snapshot.clone()))?;
         let leader_changes = IntCounter::new(
             "raft_leader_changes_total",
             "Leaders this node saw take over since it started (the first one not counted)",
@@ -509,6 +517,7 @@ impl Metrics {
             snapshots,
             snapshot_duration,
             snapshot_bytes,
+            log_bytes_since_snapshot,
             leader_changes,
             forwarded_writes,
             digest_duration,

@@ -256,17 +256,14 @@ async fn qpq_cli_exports_a_trace_of_each_command() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     // The exporter flushed before the process exited; the collector writes within 100 ms.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let spans = loop {
-        let spans = collector.spans();
-        let complete = ["send", "enqueue"]
+    let complete = |spans: &[crate::otelcol::Span]| {
+        ["send", "enqueue"]
             .iter()
-            .all(|name| spans.iter().any(|s| s.name == *name));
-        if complete || std::time::Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            .all(|name| spans.iter().any(|s| s.name == *name))
     };
+    let spans = collector
+        .spans_when(complete, std::time::Duration::from_secs(20))
+        .await;
     let root = spans
         .iter()
         .find(|s| s.name == "send" && s.parent.is_empty())
@@ -333,14 +330,10 @@ async fn qpq_cli_exports_traces_over_tls_to_a_collector_with_a_private_ca() {
 
     let out = traced(Some(&ca));
     assert!(out.status.success(), "{out:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let spans = loop {
-        let spans = collector.spans();
-        if spans.iter().any(|s| s.name == "devices") || std::time::Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let has_root = |spans: &[crate::otelcol::Span]| spans.iter().any(|s| s.name == "devices");
+    let spans = collector
+        .spans_when(has_root, std::time::Duration::from_secs(20))
+        .await;
     let root = spans
         .iter()
         .find(|s| s.name == "devices" && s.parent.is_empty())

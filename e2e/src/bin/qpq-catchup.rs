@@ -98,9 +98,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
     };
     let snapshot_logs = args.snapshot_logs;
-    let (nodes, configs) = start_cluster(dir, 3, |c| c.cluster.snapshot_logs = snapshot_logs)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (nodes, configs) = start_cluster(dir, 3, |c| {
+        c.cluster.snapshot_logs = snapshot_logs;
+        c.cluster.snapshot_log_ratio = 0.0;
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let leader = wait_for_leader(&nodes).await.map_err(|e| e.to_string())?;
     let follower = (leader + 1) % nodes.len();
     let mut nodes: Vec<Option<RunningNode>> = nodes.into_iter().map(Some).collect();

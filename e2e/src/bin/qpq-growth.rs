@@ -15,7 +15,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -127,7 +126,7 @@ async fn run(args: Args) -> Result<(), String> {
         .register_and_login(&identity.identity_key(), sign)
         .await
         .map_err(|e| format!("register: {e}"))?;
-    let mut conns = vec![Rc::new(first)];
+    let mut conns = vec![first];
     while conns.len() < args.connections.min(args.senders) {
         let mut c = Connection::connect(args.target, "localhost", &verification)
             .await
@@ -135,7 +134,7 @@ async fn run(args: Args) -> Result<(), String> {
         c.login_with(&tokens.device, sign)
             .await
             .map_err(|e| format!("login: {e}"))?;
-        conns.push(Rc::new(c));
+        conns.push(c);
     }
     let mut channels = Vec::with_capacity(args.channels);
     for _ in 0..args.channels {
@@ -158,26 +157,22 @@ async fn run(args: Args) -> Result<(), String> {
     println!("|---:|---:|---:|---:|---:|---:|");
 
     // Messages stored so far, and in each channel (its highest sequence number).
-    let stored = Rc::new(Cell::new(0u64));
-    let per_channel: Rc<Vec<Cell<u64>>> = Rc::new(channels.iter().map(|_| Cell::new(0)).collect());
-    let next = Rc::new(Cell::new(0usize));
+    let stored = Cell::new(0u64);
+    let per_channel: Vec<Cell<u64>> = channels.iter().map(|_| Cell::new(0)).collect();
+    let next = Cell::new(0usize);
     let mut reached = Vec::new();
     for target in checkpoints {
         let started = Instant::now();
         let before = stored.get();
-        let errors = Rc::new(Cell::new(0u64));
+        let errors = Cell::new(0u64);
         // Messages of the fill claimed by a sender so far: the fill stops exactly at the
         // target, with no more than `senders` in flight.
-        let claimed = Rc::new(Cell::new(before));
+        let claimed = Cell::new(before);
+        // The senders run on this task (joined below), so they borrow the counters.
         let senders = (0..args.senders).map(|i| {
-            let conn = conns[i % conns.len()].clone();
-            let (stored, per_channel, next, errors, claimed) = (
-                stored.clone(),
-                per_channel.clone(),
-                next.clone(),
-                errors.clone(),
-                claimed.clone(),
-            );
+            let conn = &conns[i % conns.len()];
+            let (stored, per_channel, next, errors, claimed) =
+                (&stored, &per_channel, &next, &errors, &claimed);
             let channels = &channels;
             let size = args.payload_bytes;
             async move {

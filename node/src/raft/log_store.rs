@@ -61,6 +61,25 @@ pub struct LogStore {
     /// The highest index the log archive holds without a gap before it: purges keep every
     /// entry above it. `u64::MAX` when archiving is off.
     archived: Arc<AtomicU64>,
+    /// Entry bytes appended, for the snapshot schedule.
+    appended: AppendedBytes,
+}
+
+/// Running total of the entry bytes appended to the log since it was opened, starting at
+/// what the log held then (read by the snapshot schedule, `super::node::compaction`).
+#[derive(Clone, Debug, Default)]
+pub struct AppendedBytes(Arc<AtomicU64>);
+
+impl AppendedBytes {
+    /// The total so far.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: u64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// A read-only view of the log for one replication stream.
@@ -137,13 +156,26 @@ impl LogStore {
     pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)?;
+        let held: i64 =
+            conn.query_row("SELECT coalesce(sum(length(entry)), 0) FROM log", [], |r| {
+                r.get(0)
+            })?;
+        let appended = AppendedBytes::default();
+        appended.add(u64::try_from(held).unwrap_or(0));
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             committed: Arc::default(),
             append_duration: None,
             archived: Arc::new(AtomicU64::new(u64::MAX)),
+            appended,
         })
+    }
+
+    /// The running total of appended entry bytes (shared: it keeps counting).
+    #[must_use]
+    pub fn appended_bytes(&self) -> AppendedBytes {
+        self.appended.clone()
     }
 
     /// Keeps every entry the log archive does not hold yet through purges. Until the
@@ -381,6 +413,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut bytes = 0_u64;
         for entry in entries {
             let idx = i64::try_from(entry.log_id.index).map_err(io_write)?;
             rows.push((
@@ -388,6 +421,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry.log_id).map_err(io_write)?,
                 encode(&entry).map_err(io_write)?,
             ));
+            bytes += rows.last().map_or(0, |r| r.2.len() as u64);
         }
         let committed = self.committed.clone();
         let started = std::time::Instant::now();
@@ -412,8 +446,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await;
-        if let (Ok(()), Some(h)) = (&result, &self.append_duration) {
-            h.observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.appended.add(bytes);
+            if let Some(h) = &self.append_duration {
+                h.observe(started.elapsed().as_secs_f64());
+            }
         }
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),

@@ -404,6 +404,11 @@ impl StateMachine {
         self.shared.digests.clone()
     }
 
+    /// Where the current snapshot is kept (absent until the first one).
+    pub fn snapshot_file(&self) -> PathBuf {
+        self.shared.snapshot_dir.join(CURRENT)
+    }
+
     fn temp_path(&self, what: &str) -> PathBuf {
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         self.shared.snapshot_dir.join(format!("{what}-{n}.tmp"))

@@ -149,21 +149,26 @@ async fn run_schedule(seed: u64, duration: Duration, nodes: u64) -> Report {
     let disks = std::cell::RefCell::new(std::collections::BTreeMap::new());
     // And a switch that makes it answer EIO (a C compiler builds the shim).
     let failing = std::cell::RefCell::new(std::collections::BTreeMap::new());
-    let mut c = proxy::cluster_with(nodes, &["--snapshot-logs", "200"], &isolated, |n| {
-        if LoopDisk::available() {
-            let mount = n.data.with_file_name(format!("disk-{}", n.id));
-            disks
-                .borrow_mut()
-                .insert(n.id, LoopDisk::mount(&mount, DISK_MIB));
-            n.data = mount.join("data");
-            std::fs::create_dir_all(&n.data).unwrap();
-        }
-        if eio::available().is_ok() {
-            let disk = FailingDisk::new(&n.data);
-            n.env.extend(disk.env().iter().cloned());
-            failing.borrow_mut().insert(n.id, disk);
-        }
-    })
+    let mut c = proxy::cluster_with(
+        nodes,
+        &["--snapshot-logs", "200", "--snapshot-log-ratio", "0"],
+        &isolated,
+        |n| {
+            if LoopDisk::available() {
+                let mount = n.data.with_file_name(format!("disk-{}", n.id));
+                disks
+                    .borrow_mut()
+                    .insert(n.id, LoopDisk::mount(&mount, DISK_MIB));
+                n.data = mount.join("data");
+                std::fs::create_dir_all(&n.data).unwrap();
+            }
+            if eio::available().is_ok() {
+                let disk = FailingDisk::new(&n.data);
+                n.env.extend(disk.env().iter().cloned());
+                failing.borrow_mut().insert(n.id, disk);
+            }
+        },
+    )
     .await;
     let disks = disks.into_inner();
     let failing = failing.into_inner();

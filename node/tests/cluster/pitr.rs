@@ -118,6 +118,8 @@ async fn a_cluster_lost_whole_comes_back_to_a_time_an_index_or_the_archives_end(
             &interval,
             "--snapshot-logs",
             "40",
+            "--snapshot-log-ratio",
+            "0",
         ],
     );
     for id in 1..=3 {

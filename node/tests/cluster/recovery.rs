@@ -24,7 +24,8 @@ async fn leader_last_index(c: &Cluster) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
     let _serial = serial().await;
-    let mut c = Cluster::start(3, &["--snapshot-logs", "20"]).await;
+    // Snapshots by entry count alone, so that a few writes compact the log.
+    let mut c = Cluster::start(3, &["--snapshot-logs", "20", "--snapshot-log-ratio", "0"]).await;
     local(async {
         let history = Rc::new(History::default());
         let channel = c.endpoints()[0].create_channel().await;
@@ -85,6 +86,81 @@ async fn a_restarted_follower_catches_up_from_log_and_from_snapshot() {
                 bytes.is_some_and(|b| b >= 4096.0),
                 "{name} on node {node}: {bytes:?}"
             );
+        }
+        history::check_messages(&history, &c.endpoints()).await;
+    })
+    .await;
+}
+
+/// Writes `n` messages with 2 KB of padding each through one writer.
+async fn write_padded(history: &Rc<History>, c: &Cluster, channel: ChannelId, n: usize) {
+    let client = history::Client::new(c.endpoints(), 0);
+    let stop = Rc::new(std::cell::Cell::new(false));
+    history::write_padded_messages(history.clone(), client, channel, n, stop, 2000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_until_the_log_since_the_last_holds_half_its_size() {
+    let _serial = serial().await;
+    let c = Cluster::start(1, &["--snapshot-logs", "10"]).await;
+    let built = "qpq_raft_snapshots_total{kind=\"built\"}";
+    let built_bytes = "qpq_raft_snapshot_bytes_total{kind=\"built\"}";
+    let since = "qpq_raft_log_bytes_since_snapshot";
+    local(async {
+        let history = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        // The first snapshot: no earlier one to weigh against, the entry count decides.
+        write_padded(&history, &c, channel, 12).await;
+        let node = c.node(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while node.metric(built).await != Some(1.0) {
+            assert!(tokio::time::Instant::now() < deadline, "no first snapshot");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let size = node.metric(built_bytes).await.unwrap();
+        // Well past 10 entries, but while the log since holds less than half the snapshot's
+        // bytes, no second snapshot (the schedule looks every second).
+        let mut below = 0;
+        loop {
+            write_padded(&history, &c, channel, 4).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let log = node.metric(since).await.unwrap();
+            let snapshots = node.metric(built).await.unwrap();
+            if log < size / 2.0 {
+                assert_eq!(
+                    snapshots, 1.0,
+                    "snapshot at {log} bytes of log, {size} of state"
+                );
+                below += 1;
+            } else {
+                break;
+            }
+        }
+        assert!(
+            below >= 2,
+            "the log passed half the snapshot too soon to tell: {below}"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while node.metric(built).await != Some(2.0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no second snapshot with {:?} bytes of log and a {size}-byte snapshot",
+                node.metric(since).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The count starts again after the snapshot (at the schedule's next look).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = node.metric(since).await.unwrap();
+            if log < size / 2.0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{log} bytes of log since the new snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         history::check_messages(&history, &c.endpoints()).await;
     })

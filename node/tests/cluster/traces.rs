@@ -6,7 +6,7 @@
 //! of the forward and its commit, an apply on every node, and the delivery on the reader's
 //! node, linked to the reader's own `fetchWait` trace.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry::trace::TraceContextExt as _;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
@@ -173,13 +173,11 @@ async fn a_write_is_traced_from_the_client_through_forward_commit_and_apply_to_i
         reader: format!("node-{reader_node}"),
         leader: format!("node-{leader}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let spans = collector.spans();
-        match check(&spans, &send_trace, &read_trace, &roles) {
-            Ok(()) => break,
-            Err(e) if Instant::now() > deadline => panic!("{e}\nall spans: {spans:#?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+    let complete = |spans: &[Span]| check(spans, &send_trace, &read_trace, &roles).is_ok();
+    let spans = collector
+        .spans_when(complete, Duration::from_secs(30))
+        .await;
+    if let Err(e) = check(&spans, &send_trace, &read_trace, &roles) {
+        panic!("{e}\nall spans: {spans:#?}");
     }
 }

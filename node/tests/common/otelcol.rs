@@ -116,6 +116,18 @@ impl Collector {
         }
     }
 
+    /// The spans received once `done` holds for them, or at `timeout` whatever they are.
+    pub async fn spans_when(&self, done: impl Fn(&[Span]) -> bool, timeout: Duration) -> Vec<Span> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();

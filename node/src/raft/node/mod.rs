@@ -42,6 +42,7 @@ use crate::state::{COMMAND_VERSION, Command, Outcome, Stamp};
 use crate::transport;
 
 mod coalesce;
+mod compaction;
 mod digest;
 mod gate;
 mod handoff;
@@ -150,7 +151,8 @@ pub fn raft_config(c: &ClusterConfig) -> Result<openraft::Config, crate::Error> 
         heartbeat_interval: ms(c.heartbeat),
         election_timeout_min: ms(c.election_timeout_min),
         election_timeout_max: ms(c.election_timeout_max),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),
+        // `compaction::schedule_snapshots` triggers snapshots.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: c.snapshot_logs.clamp(1, 1000),
         snapshot_max_chunk_size: 1 << 20,
         // AppendEntries must complete within one heartbeat interval (openraft's timeout);
@@ -243,6 +245,9 @@ impl RaftNode {
             observer,
             metrics.clone(),
         )?;
+        let appended = log.appended_bytes();
+        let snapshot_file = sm.snapshot_file();
+        let snapshot_at_open = compaction::snapshot_at(&snapshot_file);
         let versions = sm.versions();
         let digests = sm.digests();
         digests.set_every(cluster.digest_every);
@@ -295,6 +300,18 @@ impl RaftNode {
             tokio::spawn(archiver.run(node.stop.clone()));
         }
         tokio::spawn(node.clone().run_digest_checks());
+        tokio::spawn(compaction::schedule_snapshots(
+            node.raft.clone(),
+            compaction::Schedule {
+                appended,
+                snapshot_file,
+                snapshot_at_open,
+                min_entries: node.cluster.snapshot_logs,
+                ratio: node.cluster.snapshot_log_ratio,
+                gauge: node.metrics.log_bytes_since_snapshot.clone(),
+            },
+            node.stop.clone(),
+        ));
         tokio::spawn(count_leader_changes(
             node.raft.metrics(),
             node.metrics.leader_changes.clone(),
