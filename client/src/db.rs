@@ -212,13 +212,18 @@ impl Provider {
 
     /// Sets a value in `meta`.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
+        set_meta(self.conn(), key, value)
     }
+}
+
+/// Sets a value in `meta` through `conn` (also a second connection to the same file).
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

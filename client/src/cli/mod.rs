@@ -28,13 +28,13 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::core::store::Store;
 use crate::core::{Client, Event, EventKind};
 use crate::db::Provider;
 use crate::error::{Error, Result};
 use crate::keypackages::SystemClock;
 use crate::node::{NodeAddr, NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
-use rusqlite::OptionalExtension as _;
 
 mod run;
 #[cfg(test)]

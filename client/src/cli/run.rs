@@ -9,16 +9,8 @@ struct Ctx {
 
 impl Ctx {
     fn resolve_account(&self, who: &str) -> Result<AccountId> {
-        let c = self.client_conn();
-        let stored: Option<Vec<u8>> = c
-            .query_row(
-                "SELECT identity FROM contacts WHERE name = ?1",
-                [who],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(bytes) = stored {
-            return AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()));
+        if let Some(account) = self.store().contact(who)? {
+            return Ok(account);
         }
         let hex_part = who.trim().split(':').next().unwrap_or_default();
         let bytes = hex::decode(hex_part)
@@ -26,54 +18,37 @@ impl Ctx {
         AccountId::from_slice(&bytes).map_err(|e| Error::Invalid(e.to_string()))
     }
 
-    fn client_conn(&self) -> &rusqlite::Connection {
-        self.client.provider().conn()
+    fn store(&self) -> Store<'_> {
+        Store(self.client.provider().conn())
     }
 
     fn name_of(&self, id: &IdentityKey) -> String {
         if *id == self.client.identity() {
             return "me".into();
         }
-        self.client_conn()
-            .query_row(
-                "SELECT name FROM contact_keys WHERE identity = ?1
-                 UNION ALL
-                 SELECT c.name FROM members m JOIN contacts c ON c.identity = m.account
-                 WHERE m.identity = ?1
-                 LIMIT 1",
-                [&id.as_bytes()[..]],
-                |r| r.get::<_, String>(0),
-            )
-            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+        self.store()
+            .name_of_key(id)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| id.to_hex()[..8].to_owned())
     }
 
     /// The contact whose DM channel with us carries `gid` (a DM request not yet answered).
     fn dm_request_from(&self, gid: &qpq_schemas::GroupId) -> Option<String> {
         let me = self.client.account().ok()?;
         let channel = self.client.channel_of(gid).ok()?;
-        let mut stmt = self
-            .client_conn()
-            .prepare("SELECT name, identity FROM contacts")
-            .ok()?;
-        let rows: Vec<(String, Vec<u8>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .ok()?
-            .filter_map(|r| r.ok())
-            .collect();
-        rows.into_iter().find_map(|(name, acct)| {
-            let acct = AccountId::from_slice(&acct).ok()?;
+        let contacts = self.store().contacts().ok()?;
+        contacts.into_iter().find_map(|(name, acct)| {
             (qpq_schemas::auth::dm_channel(&me, &acct) == channel).then_some(name)
         })
     }
 
     fn account_name(&self, id: &AccountId) -> String {
-        self.client_conn()
-            .query_row(
-                "SELECT name FROM contacts WHERE identity = ?1",
-                [&id.as_bytes()[..]],
-                |r| r.get::<_, String>(0),
-            )
-            .unwrap_or_else(|_| id.to_hex()[..8].to_owned())
+        self.store()
+            .name_of_account(id)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| id.to_hex()[..8].to_owned())
     }
 
     fn group_label(&self, gid: &qpq_schemas::GroupId) -> String {
@@ -240,16 +215,7 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
                     ),
                     None => None,
                 };
-                ctx.client_conn().execute(
-                    "INSERT OR REPLACE INTO contacts (name, identity) VALUES (?1, ?2)",
-                    rusqlite::params![name, &account.as_bytes()[..]],
-                )?;
-                if let Some(k) = key {
-                    ctx.client_conn().execute(
-                        "INSERT OR REPLACE INTO contact_keys (identity, name) VALUES (?1, ?2)",
-                        rusqlite::params![&k.as_bytes()[..], name],
-                    )?;
-                }
+                ctx.store().name_contact(&name, &account, key.as_ref())?;
                 ctx.out(
                     &format!("{name} = account {account}"),
                     serde_json::json!({ "name": name, "account": account.to_hex() }),
@@ -257,19 +223,14 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             ContactCommand::List => {
-                let mut stmt = ctx
-                    .client_conn()
-                    .prepare("SELECT name, identity FROM contacts ORDER BY name")?;
-                let rows: Vec<(String, Vec<u8>)> = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
+                let rows = ctx.store().contacts()?;
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|(n, i)| serde_json::json!({ "name": n, "account": hex::encode(i) }))
+                    .map(|(n, a)| serde_json::json!({ "name": n, "account": a.to_hex() }))
                     .collect();
                 let human = rows
                     .iter()
-                    .map(|(n, i)| format!("{n} {}", hex::encode(i)))
+                    .map(|(n, a)| format!("{n} {}", a.to_hex()))
                     .collect::<Vec<_>>()
                     .join("\n");
                 ctx.out(&human, serde_json::Value::Array(list));

@@ -100,16 +100,21 @@ impl<N: NodeApi> Client<N> {
             let commit = encode(&commit, "encoding a Commit")?;
             let intent_json =
                 serde_json::to_vec(intent).map_err(|e| Error::Invalid(e.to_string()))?;
-            self.insert_outbox(&NewOutbox {
-                channel: &self.channel_of(gid)?,
-                payload: &commit,
-                kind: OutboxKind::Commit,
-                group: Some(gid),
-                body: Some(&intent_json),
-                after: None,
-                status: OutboxStatus::Pending,
-            })?;
-            let row = self.conn().last_insert_rowid();
+            let row = self
+                .store()
+                .queue(
+                    &NewOutbox {
+                        channel: &self.channel_of(gid)?,
+                        payload: &commit,
+                        kind: OutboxKind::Commit,
+                        group: Some(gid),
+                        body: Some(&intent_json),
+                        after: None,
+                        status: OutboxStatus::Pending,
+                    },
+                    self.now(),
+                )?
+                .row;
             if let Some(w) = welcome {
                 let w = encode(&w, "encoding a Welcome")?;
                 for invitee in invitees {
@@ -134,12 +139,7 @@ impl<N: NodeApi> Client<N> {
 
     /// Sends the pending Commit in outbox row `row` and settles it.
     pub(super) async fn send_commit(&self, gid: &GroupId, row: i64) -> Result<CommitOutcome> {
-        let (id, payload): (Vec<u8>, Vec<u8>) = self.conn().query_row(
-            "SELECT client_msg_id, payload FROM outbox WHERE id = ?1",
-            [row],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (id, payload) = self.store().message(row)?;
         match self
             .node
             .enqueue(&self.channel_of(gid)?, &id, &payload)
@@ -170,24 +170,7 @@ impl<N: NodeApi> Client<N> {
             group
                 .clear_pending_commit(self.provider.storage())
                 .map_err(Error::Storage)?;
-            self.conn().execute(
-                "DELETE FROM outbox WHERE after_id IN (SELECT id FROM outbox WHERE group_id = ?1
-                     AND kind = ?2 AND status = ?3)",
-                params![
-                    &gid.as_bytes()[..],
-                    OutboxKind::Commit,
-                    OutboxStatus::Pending
-                ],
-            )?;
-            self.conn().execute(
-                "DELETE FROM outbox WHERE group_id = ?1 AND kind = ?2 AND status = ?3",
-                params![
-                    &gid.as_bytes()[..],
-                    OutboxKind::Commit,
-                    OutboxStatus::Pending
-                ],
-            )?;
-            Ok(())
+            self.store().drop_pending_commit(gid)
         })
     }
 
@@ -218,14 +201,7 @@ impl<N: NodeApi> Client<N> {
         group
             .merge_pending_commit(&self.provider)
             .map_err(mls("merging own Commit"))?;
-        self.conn().execute(
-            "UPDATE outbox SET status = ?3, seq = ?2 WHERE id = ?1",
-            params![row, to_i64(seq), OutboxStatus::Sent],
-        )?;
-        self.conn().execute(
-            "UPDATE outbox SET status = ?2 WHERE after_id = ?1 AND status = ?3",
-            params![row, OutboxStatus::Pending, OutboxStatus::Held],
-        )?;
+        self.store().commit_sent(row, seq)?;
         let channel = self.channel_of(gid)?;
         self.advance_cursor(&channel, seq)?;
         let me = Some(self.identity);

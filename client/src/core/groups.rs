@@ -36,18 +36,8 @@ impl<N: NodeApi> Client<N> {
                 self.credential.clone(),
             )
             .map_err(mls("creating a group"))?;
-            self.conn().execute(
-                "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
-                 VALUES (?1, ?2, ?3, ?5, 0, ?4)",
-                params![
-                    &gid.as_bytes()[..],
-                    &channel.as_bytes()[..],
-                    name,
-                    dm_peer.map(|p| p.as_bytes().to_vec()),
-                    GroupState::Active
-                ],
-            )?;
-            Ok(())
+            self.store()
+                .create_group(&gid, channel, name, dm_peer.as_ref())
         })?;
         Ok(gid)
     }
@@ -57,22 +47,11 @@ impl<N: NodeApi> Client<N> {
     }
 
     pub(super) fn group_state(&self, gid: &GroupId) -> Result<GroupState> {
-        self.conn()
-            .query_row(
-                "SELECT state FROM groups WHERE group_id = ?1",
-                [&gid.as_bytes()[..]],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or(Error::UnknownGroup)
+        self.store().group_state(gid)
     }
 
     pub(super) fn set_group_state(&self, gid: &GroupId, state: GroupState) -> Result<()> {
-        self.conn().execute(
-            "UPDATE groups SET state = ?2 WHERE group_id = ?1",
-            params![&gid.as_bytes()[..], state],
-        )?;
-        Ok(())
+        self.store().set_group_state(gid, state)
     }
 
     pub(super) fn require_active(&self, gid: &GroupId) -> Result<()> {
@@ -87,21 +66,19 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// [`Error::UnknownGroup`] if nothing (or more than one group) matches.
     pub fn find_group(&self, name_or_hex: &str) -> Result<GroupId> {
-        let mut stmt = self.conn().prepare("SELECT group_id, name FROM groups")?;
-        let rows: Vec<(Vec<u8>, Option<String>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
         let needle = name_or_hex.to_ascii_lowercase();
-        let hits: Vec<&Vec<u8>> = rows
-            .iter()
-            .filter(|(id, name)| {
-                name.as_deref() == Some(name_or_hex)
-                    || (!needle.is_empty() && hex::encode(id).starts_with(&needle))
+        let hits: Vec<GroupId> = self
+            .store()
+            .groups()?
+            .into_iter()
+            .filter(|g| {
+                g.name.as_deref() == Some(name_or_hex)
+                    || (!needle.is_empty() && g.id.to_hex().starts_with(&needle))
             })
-            .map(|(id, _)| id)
+            .map(|g| g.id)
             .collect();
         match hits.as_slice() {
-            [one] => GroupId::from_slice(one).map_err(|_| Error::UnknownGroup),
+            [one] => Ok(*one),
             _ => Err(Error::UnknownGroup),
         }
     }
@@ -111,11 +88,7 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Database failures.
     pub fn rename_group(&self, gid: &GroupId, name: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
-            params![&gid.as_bytes()[..], name],
-        )?;
-        Ok(())
+        self.store().rename_group(gid, name)
     }
 
     /// Every group of this device.
@@ -123,17 +96,14 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Database or storage failures.
     pub fn groups(&self) -> Result<Vec<GroupInfo>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT group_id, name, state, dm_peer FROM groups ORDER BY rowid")?;
-        let rows: Vec<GroupRow> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
-        for (id, name, state, dm) in rows {
-            let Ok(id) = GroupId::from_slice(&id) else {
-                continue;
-            };
+        for store::GroupRow {
+            id,
+            name,
+            state,
+            dm_peer,
+        } in self.store().groups()?
+        {
             let (epoch, members) = match MlsGroup::load(self.provider.storage(), &mls_gid(&id))? {
                 Some(g) if g.is_active() => (
                     g.epoch().as_u64(),
@@ -150,7 +120,7 @@ impl<N: NodeApi> Client<N> {
                 state,
                 epoch,
                 members,
-                dm_peer: dm.and_then(|d| AccountId::from_slice(&d).ok()),
+                dm_peer,
             });
         }
         Ok(out)
@@ -191,54 +161,24 @@ impl<N: NodeApi> Client<N> {
         let mut key_packages = Vec::new();
         for f in fetched {
             self.check_key_package(&f.package.bytes, &f.identity)?;
-            self.conn().execute(
-                "INSERT INTO members (identity, account, device) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (identity) DO UPDATE SET account = excluded.account,
-                     device = excluded.device",
-                params![
-                    &f.identity.as_bytes()[..],
-                    &account.as_bytes()[..],
-                    &f.device.as_bytes()[..]
-                ],
-            )?;
+            self.store()
+                .record_member(&f.identity, account, &f.device)?;
             key_packages.push(f.package.bytes);
         }
         self.run_intent(gid, Intent::Add { key_packages }).await
     }
 
     pub(super) fn dm_peer_of(&self, gid: &GroupId) -> Result<Option<AccountId>> {
-        let raw: Option<Vec<u8>> = self.conn().query_row(
-            "SELECT dm_peer FROM groups WHERE group_id = ?1",
-            [&gid.as_bytes()[..]],
-            |r| r.get(0),
-        )?;
-        Ok(raw.and_then(|r| AccountId::from_slice(&r).ok()))
+        self.store().dm_peer_of(gid)
     }
 
     /// The device keys this client knows for `account` (recorded when it invited them).
     pub(super) fn identities_of(&self, account: &AccountId) -> Result<Vec<IdentityKey>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT identity FROM members WHERE account = ?1")?;
-        let rows: Vec<Vec<u8>> = stmt
-            .query_map([&account.as_bytes()[..]], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| IdentityKey::from_slice(r).ok())
-            .collect())
+        self.store().identities_of(account)
     }
 
     pub(super) fn device_of(&self, identity: &IdentityKey) -> Result<Option<DeviceId>> {
-        let raw: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT device FROM members WHERE identity = ?1",
-                [&identity.as_bytes()[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(raw.and_then(|r| DeviceId::from_slice(&r).ok()))
+        self.store().device_of(identity)
     }
 
     pub(super) fn parse_key_package(&self, bytes: &[u8]) -> Result<KeyPackage> {

@@ -41,16 +41,8 @@ impl<N: NodeApi> Client<N> {
 
     pub(super) async fn maintain_key_packages_once(&self) -> Result<(u32, bool)> {
         let (available, has_last_resort) = self.node.key_package_count(&self.identity).await?;
-        let newest: Option<i64> = self.conn().query_row(
-            "SELECT max(uploaded_at_ms) FROM key_packages WHERE last_resort = 0",
-            [],
-            |r| r.get(0),
-        )?;
-        let last_resort_at: Option<i64> = self.conn().query_row(
-            "SELECT max(uploaded_at_ms) FROM key_packages WHERE last_resort = 1",
-            [],
-            |r| r.get(0),
-        )?;
+        let newest = self.store().newest_key_package(false)?;
+        let last_resort_at = self.store().newest_key_package(true)?;
         let now = self.now();
         let p = plan(
             &self.policy,
@@ -58,8 +50,8 @@ impl<N: NodeApi> Client<N> {
                 now_ms: now,
                 available,
                 has_last_resort,
-                newest_upload_ms: newest.map(to_u64),
-                last_resort_upload_ms: last_resort_at.map(to_u64),
+                newest_upload_ms: newest,
+                last_resort_upload_ms: last_resort_at,
             },
         );
         if p.single_use > 0 || p.last_resort {
@@ -127,34 +119,17 @@ impl<N: NodeApi> Client<N> {
         let hash_ref = kp
             .hash_ref(self.provider.crypto())
             .map_err(mls("hashing a KeyPackage"))?;
-        self.conn().execute(
-            "INSERT OR REPLACE INTO key_packages (hash_ref, uploaded_at_ms, last_resort)
-             VALUES (?1, ?2, ?3)",
-            params![
-                serde_json::to_vec(&hash_ref).map_err(|e| Error::Invalid(e.to_string()))?,
-                to_i64(now),
-                last_resort
-            ],
-        )?;
+        let hash_ref = serde_json::to_vec(&hash_ref).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.store()
+            .record_key_package(&hash_ref, now, last_resort)?;
         encode(&MlsMessageOut::from(kp.clone()), "encoding a KeyPackage")
     }
 
     pub(super) fn forget_old_key_packages(&self, now: u64) -> Result<()> {
-        let cutoff = to_i64(now.saturating_sub(self.policy.keep_private_ms));
         // The newest last-resort package is kept whatever its age: it is still served.
-        let newest_lr: Option<i64> = self.conn().query_row(
-            "SELECT max(uploaded_at_ms) FROM key_packages WHERE last_resort = 1",
-            [],
-            |r| r.get(0),
-        )?;
-        let old: Vec<Vec<u8>> = {
-            let mut stmt = self.conn().prepare(
-                "SELECT hash_ref FROM key_packages WHERE uploaded_at_ms < ?1
-                 AND NOT (last_resort = 1 AND uploaded_at_ms = ?2)",
-            )?;
-            stmt.query_map(params![cutoff, newest_lr.unwrap_or(-1)], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
+        let old = self
+            .store()
+            .key_packages_before(now.saturating_sub(self.policy.keep_private_ms))?;
         self.provider.transaction(|| -> Result<()> {
             use openmls_traits::storage::StorageProvider as _;
             for h in &old {
@@ -162,8 +137,7 @@ impl<N: NodeApi> Client<N> {
                     continue;
                 };
                 self.provider.storage().delete_key_package(&r)?;
-                self.conn()
-                    .execute("DELETE FROM key_packages WHERE hash_ref = ?1", [h])?;
+                self.store().forget_key_package(h)?;
             }
             Ok(())
         })

@@ -27,7 +27,7 @@ use openmls::prelude::{
 };
 use openmls_basic_credential::SignatureKeyPair;
 use qpq_schemas::{AccountId, ChannelId, ClientMsgId, DeviceId, GroupId, IdentityKey, WireError};
-use rusqlite::{OptionalExtension as _, params};
+
 use serde::{Deserialize, Serialize};
 
 use crate::channels::{channel_of_group, inbox_channel, new_group_id};
@@ -44,8 +44,10 @@ mod outbox;
 mod process;
 mod receive;
 mod session;
+pub(crate) mod store;
 
 use session::attach_auth;
+use store::{NewEvent, NewOutbox, Store};
 
 /// The only ciphersuite this client speaks; Welcomes, Commits and KeyPackages with another
 /// are refused (no downgrade).
@@ -244,55 +246,6 @@ fn encode(m: &MlsMessageOut, op: &'static str) -> Result<Vec<u8>> {
     m.to_bytes().map_err(mls(op))
 }
 
-/// A row to add to the outbox.
-#[derive(Clone, Copy)]
-struct NewOutbox<'a> {
-    /// The channel it goes to.
-    channel: &'a ChannelId,
-    /// The bytes the node gets.
-    payload: &'a [u8],
-    kind: OutboxKind,
-    /// The group it belongs to.
-    group: Option<&'a GroupId>,
-    /// An application message's plaintext, a Commit's intent (JSON).
-    body: Option<&'a [u8]>,
-    /// A Welcome waits for the Commit in this outbox row.
-    after: Option<i64>,
-    status: OutboxStatus,
-}
-
-/// An event to record for the application.
-#[derive(Clone, Copy)]
-struct NewEvent<'a> {
-    group: Option<&'a GroupId>,
-    channel: &'a ChannelId,
-    /// Its sequence number on the channel, if it came from one.
-    seq: Option<u64>,
-    kind: &'a EventKind,
-    /// Who caused it.
-    sender: Option<IdentityKey>,
-    /// Whom it is about (added, removed).
-    subject: Option<IdentityKey>,
-    body: &'a [u8],
-}
-
-/// `(id, client_msg_id, channel, payload, kind, group_id, body)` of an outbox row.
-type OutboxRow = (
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    Vec<u8>,
-    OutboxKind,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-);
-/// `(id, group_id, intent)` of an outbox Commit to redo.
-type RetryRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
-/// `(group_id, name, state, dm_peer)` of a group row.
-type GroupRow = (Vec<u8>, Option<String>, GroupState, Option<Vec<u8>>);
-/// `(id, group_id, seq, kind, sender+subject, body)` of an event row.
-type EventRow = (i64, Option<Vec<u8>>, Option<i64>, String, Vec<u8>, Vec<u8>);
-
 /// The outcome of sending an own Commit.
 enum CommitOutcome {
     Accepted(u64),
@@ -454,16 +407,7 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// [`Error::UnknownGroup`].
     pub fn channel_of(&self, gid: &GroupId) -> Result<ChannelId> {
-        let raw: Vec<u8> = self
-            .conn()
-            .query_row(
-                "SELECT channel FROM groups WHERE group_id = ?1",
-                [&gid.as_bytes()[..]],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or(Error::UnknownGroup)?;
-        ChannelId::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))
+        self.store().channel_of(gid)
     }
 
     /// The device's database and openmls provider.
@@ -490,8 +434,9 @@ impl<N: NodeApi> Client<N> {
         self.clock.now_ms()
     }
 
-    fn conn(&self) -> &rusqlite::Connection {
-        self.provider.conn()
+    /// The client's tables, inside whatever transaction is open.
+    fn store(&self) -> Store<'_> {
+        Store(self.provider.conn())
     }
 }
 

@@ -14,15 +14,7 @@ impl<N: NodeApi> Client<N> {
     pub async fn send(&self, gid: &GroupId, plaintext: &[u8]) -> Result<ClientMsgId> {
         let id = self.queue_message(gid, plaintext)?;
         self.flush_outbox().await?;
-        let status: Option<OutboxStatus> = self
-            .conn()
-            .query_row(
-                "SELECT status FROM outbox WHERE client_msg_id = ?1",
-                [&id.as_bytes()[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if status == Some(OutboxStatus::Failed) {
+        if self.store().status_of(&id)? == Some(OutboxStatus::Failed) {
             return Err(Error::Refused(
                 "forbidden or invalid (see the log); not delivered".into(),
             ));
@@ -66,24 +58,11 @@ impl<N: NodeApi> Client<N> {
     pub async fn dm_group(&self, peer: &AccountId) -> Result<GroupId> {
         let me = self.account()?;
         let channel = qpq_schemas::auth::dm_channel(&me, peer);
-        let existing: Option<(Vec<u8>, Option<Vec<u8>>)> = self
-            .conn()
-            .query_row(
-                "SELECT group_id, dm_peer FROM groups WHERE channel = ?1 AND state = ?2
-                 ORDER BY rowid DESC LIMIT 1",
-                params![&channel.as_bytes()[..], GroupState::Active],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((id, dm)) = existing {
-            let gid = GroupId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some((gid, dm)) = self.store().active_group_on(&channel)? {
             if dm.is_none() {
                 // Joined from the peer's request: answering accepts it.
                 self.node.accept_dm(peer).await?;
-                self.conn().execute(
-                    "UPDATE groups SET dm_peer = ?2 WHERE group_id = ?1",
-                    params![&gid.as_bytes()[..], &peer.as_bytes()[..]],
-                )?;
+                self.store().set_dm_peer(&gid, peer)?;
             }
             return Ok(gid);
         }
@@ -103,33 +82,7 @@ impl<N: NodeApi> Client<N> {
     }
 
     pub(super) fn insert_outbox(&self, m: &NewOutbox<'_>) -> Result<ClientMsgId> {
-        let NewOutbox {
-            channel,
-            payload,
-            kind,
-            group,
-            body,
-            after,
-            status,
-        } = *m;
-        let id = ClientMsgId::random();
-        self.conn().execute(
-            "INSERT INTO outbox (client_msg_id, channel, payload, kind, group_id, body, after_id,
-                                 status, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                &id.as_bytes()[..],
-                &channel.as_bytes()[..],
-                payload,
-                kind,
-                group.map(|g| g.as_bytes().to_vec()),
-                body,
-                after,
-                status,
-                to_i64(self.now())
-            ],
-        )?;
-        Ok(id)
+        Ok(self.store().queue(m, self.now())?.id)
     }
 
     /// Sends every pending outbox row, oldest first, each with its own `clientMsgId`.
@@ -141,19 +94,10 @@ impl<N: NodeApi> Client<N> {
         let mut sent = 0;
         loop {
             // Intents whose Commit lost its epoch while this device was not looking.
-            let retry: Option<RetryRow> = self
-                .conn()
-                .query_row(
-                    "SELECT id, group_id, body FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
-                    [OutboxStatus::Retry],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            if let Some((row, gid, body)) = retry {
-                self.conn()
-                    .execute("DELETE FROM outbox WHERE id = ?1", [row])?;
-                let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
-                let intent = body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
+            if let Some(store::Retry { row, group, intent }) = self.store().next_retry()? {
+                self.store().delete(row)?;
+                let gid = group;
+                let intent = intent.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
                 if let (Some(gid), Some(intent)) = (gid, intent)
                     && self.group_state(&gid)? == GroupState::Active
                 {
@@ -161,29 +105,18 @@ impl<N: NodeApi> Client<N> {
                 }
                 continue;
             }
-            let next: Option<OutboxRow> = self
-                .conn()
-                .query_row(
-                    "SELECT id, client_msg_id, channel, payload, kind, group_id, body
-                         FROM outbox WHERE status = ?1 ORDER BY id LIMIT 1",
-                    [OutboxStatus::Pending],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((row, id, channel, payload, kind, gid, body)) = next else {
+            let Some(store::Pending {
+                row,
+                id,
+                channel,
+                payload,
+                kind,
+                group: gid,
+                body,
+            }) = self.store().next_pending()?
+            else {
                 return Ok(sent);
             };
-            let gid = gid.and_then(|g| GroupId::from_slice(&g).ok());
             if kind == OutboxKind::Commit {
                 // Left over from a crash: resend it (same id), and settle it.
                 let Some(gid) = gid else {
@@ -203,9 +136,6 @@ impl<N: NodeApi> Client<N> {
                 sent += 1;
                 continue;
             }
-            let id = ClientMsgId::from_slice(&id).map_err(|e| Error::Invalid(e.to_string()))?;
-            let channel =
-                ChannelId::from_slice(&channel).map_err(|e| Error::Invalid(e.to_string()))?;
             match self.node.enqueue(&channel, &id, &payload).await {
                 Ok(done) => {
                     self.mark_sent(row, done.seq)?;
@@ -224,19 +154,11 @@ impl<N: NodeApi> Client<N> {
     /// later, when the channel is read back up to `seq`, so that a device's events follow the
     /// channel's order.
     pub(super) fn mark_sent(&self, row: i64, seq: u64) -> Result<()> {
-        self.conn().execute(
-            "UPDATE outbox SET status = ?3, seq = ?2 WHERE id = ?1 AND status = ?4",
-            params![row, to_i64(seq), OutboxStatus::Sent, OutboxStatus::Pending],
-        )?;
-        Ok(())
+        self.store().mark_sent(row, seq)
     }
 
     pub(super) fn set_outbox_status(&self, row: i64, status: OutboxStatus) -> Result<()> {
-        self.conn().execute(
-            "UPDATE outbox SET status = ?2 WHERE id = ?1",
-            params![row, status],
-        )?;
-        Ok(())
+        self.store().set_status(row, status)
     }
 
     /// Outgoing messages not yet accepted by the node.
@@ -244,11 +166,6 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Database failures.
     pub fn pending_outbox(&self) -> Result<u64> {
-        let n: i64 = self.conn().query_row(
-            "SELECT count(*) FROM outbox WHERE status IN (?1, ?2)",
-            [OutboxStatus::Pending, OutboxStatus::Held],
-            |r| r.get(0),
-        )?;
-        Ok(to_u64(n))
+        self.store().unsent()
     }
 }

@@ -12,15 +12,13 @@ impl<N: NodeApi> Client<N> {
     ) -> Result<FollowUp> {
         let seq = env.seq;
         // Our own message coming back?
-        let own: Option<(i64, OutboxKind, OutboxStatus, Option<Vec<u8>>)> = self
-            .conn()
-            .query_row(
-                "SELECT id, kind, status, body FROM outbox WHERE channel = ?1 AND client_msg_id = ?2",
-                params![&channel.as_bytes()[..], &env.client_msg_id.as_bytes()[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        if let Some((row, kind, status, body)) = own {
+        if let Some(store::Own {
+            row,
+            kind,
+            status,
+            body,
+        }) = self.store().own(channel, &env.client_msg_id)?
+        {
             if status == OutboxStatus::Pending {
                 // Accepted before a crash, but we never heard back: settle it now.
                 if kind == OutboxKind::Commit {
@@ -90,12 +88,7 @@ impl<N: NodeApi> Client<N> {
         }
         let mut group = self.load_group(gid)?;
         let epoch = message.epoch().as_u64();
-        let join_epoch: i64 = self.conn().query_row(
-            "SELECT join_epoch FROM groups WHERE group_id = ?1",
-            [&gid.as_bytes()[..]],
-            |r| r.get(0),
-        )?;
-        if epoch < to_u64(join_epoch) {
+        if epoch < self.store().join_epoch(gid)? {
             // From before this device joined: never meant for it.
             return Ok(FollowUp::default());
         }
@@ -109,25 +102,8 @@ impl<N: NodeApi> Client<N> {
             group
                 .clear_pending_commit(self.provider.storage())
                 .map_err(Error::Storage)?;
-            self.conn().execute(
-                "DELETE FROM outbox WHERE after_id IN (SELECT id FROM outbox WHERE group_id = ?1
-                     AND kind = ?2 AND status = ?3)",
-                params![
-                    &gid.as_bytes()[..],
-                    OutboxKind::Commit,
-                    OutboxStatus::Pending
-                ],
-            )?;
             // Its intent is rebuilt on the new epoch by the next outbox flush.
-            self.conn().execute(
-                "UPDATE outbox SET status = ?4 WHERE group_id = ?1 AND kind = ?2 AND status = ?3",
-                params![
-                    &gid.as_bytes()[..],
-                    OutboxKind::Commit,
-                    OutboxStatus::Pending,
-                    OutboxStatus::Retry
-                ],
-            )?;
+            self.store().retry_pending_commit(gid)?;
         }
         let processed = match group.process_message(&self.provider, message) {
             Ok(p) => p,
@@ -282,7 +258,8 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Whatever processing the message fails with.
     pub fn try_decrypt(&self, gid: &GroupId, payload: &[u8]) -> Result<Vec<u8>> {
-        self.conn().execute_batch("SAVEPOINT try_decrypt")?;
+        let conn = self.provider.conn();
+        conn.execute_batch("SAVEPOINT try_decrypt")?;
         let result = (|| -> Result<Vec<u8>> {
             let mut group = self.load_group(gid)?;
             let message: ProtocolMessage =
@@ -300,8 +277,7 @@ impl<N: NodeApi> Client<N> {
                 _ => Err(Error::Invalid("not an application message".into())),
             }
         })();
-        self.conn()
-            .execute_batch("ROLLBACK TO try_decrypt; RELEASE try_decrypt")?;
+        conn.execute_batch("ROLLBACK TO try_decrypt; RELEASE try_decrypt")?;
         result
     }
 }

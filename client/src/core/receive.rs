@@ -5,63 +5,15 @@ use super::*;
 
 impl<N: NodeApi> Client<N> {
     pub(super) fn cursor(&self, channel: &ChannelId) -> Result<u64> {
-        let seq: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT seq FROM cursors WHERE channel = ?1",
-                [&channel.as_bytes()[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(seq.map(to_u64).unwrap_or(0))
+        self.store().cursor(channel)
     }
 
     pub(super) fn advance_cursor(&self, channel: &ChannelId, seq: u64) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO cursors (channel, seq) VALUES (?1, ?2)
-             ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
-            params![&channel.as_bytes()[..], to_i64(seq)],
-        )?;
-        Ok(())
+        self.store().advance_cursor(channel, seq)
     }
 
     pub(super) fn push_event(&self, e: &NewEvent<'_>) -> Result<()> {
-        let NewEvent {
-            group,
-            channel,
-            seq,
-            kind,
-            sender,
-            subject,
-            body,
-        } = *e;
-        let body = match kind {
-            EventKind::Gap { from, to } => format!("{from}-{to}").into_bytes(),
-            _ => body.to_vec(),
-        };
-        let mut who = Vec::new();
-        if let Some(s) = sender {
-            who.extend_from_slice(s.as_bytes());
-        } else {
-            who.extend_from_slice(&[0; 32]);
-        }
-        if let Some(s) = subject {
-            who.extend_from_slice(s.as_bytes());
-        }
-        self.conn().execute(
-            "INSERT INTO events (group_id, channel, seq, kind, sender, body, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                group.map(|g| g.as_bytes().to_vec()),
-                &channel.as_bytes()[..],
-                seq.map(to_i64),
-                kind.tag(),
-                who,
-                body,
-                to_i64(self.now())
-            ],
-        )?;
-        Ok(())
+        self.store().push_event(e, self.now())
     }
 
     /// Fetches and processes everything new: the inbox (Welcomes), the outbox, then every
@@ -84,9 +36,7 @@ impl<N: NodeApi> Client<N> {
     }
 
     pub(super) fn last_event_id(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+        self.store().last_event_id()
     }
 
     /// Waits (long-poll, up to `timeout_ms`) until any of this device's channels has
@@ -121,9 +71,8 @@ impl<N: NodeApi> Client<N> {
     /// Database failures.
     pub fn take_events(&self) -> Result<Vec<Event>> {
         self.provider.transaction(|| -> Result<Vec<Event>> {
-            let events = self.read_events("WHERE delivered = 0")?;
-            self.conn()
-                .execute("UPDATE events SET delivered = 1 WHERE delivered = 0", [])?;
+            let events = self.store().events(true)?;
+            self.store().mark_events_delivered()?;
             Ok(events)
         })
     }
@@ -133,48 +82,7 @@ impl<N: NodeApi> Client<N> {
     /// # Errors
     /// Database failures.
     pub fn all_events(&self) -> Result<Vec<Event>> {
-        self.read_events("")
-    }
-
-    pub(super) fn read_events(&self, filter: &str) -> Result<Vec<Event>> {
-        let sql = format!(
-            "SELECT id, group_id, seq, kind, sender, body FROM events {filter} ORDER BY id"
-        );
-        let mut stmt = self.conn().prepare(&sql)?;
-        let rows: Vec<EventRow> = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, gid, seq, kind, who, body)| {
-                let sender = who
-                    .get(..32)
-                    .filter(|s| s.iter().any(|b| *b != 0))
-                    .and_then(|s| IdentityKey::from_slice(s).ok());
-                let subject = who
-                    .get(32..64)
-                    .and_then(|s| IdentityKey::from_slice(s).ok());
-                let kind = EventKind::from_stored(&kind, &body);
-                Event {
-                    id,
-                    group: gid.and_then(|g| GroupId::from_slice(&g).ok()),
-                    seq: seq.map(to_u64),
-                    kind,
-                    sender,
-                    subject,
-                    body,
-                }
-            })
-            .collect())
+        self.store().events(false)
     }
 
     /// Processes this device's inbox: joins groups from Welcomes, then acks the inbox.
@@ -263,19 +171,8 @@ impl<N: NodeApi> Client<N> {
         let epoch = group.epoch().as_u64();
         // Whether this is a 1:1 conversation is not carried by the Welcome (yet): the joiner
         // learns it in `dm_group`, from the membership at that time.
-        let dm_peer: Option<AccountId> = None;
-        self.conn().execute(
-            "INSERT INTO groups (group_id, channel, name, state, join_epoch, dm_peer)
-             VALUES (?1, ?2, NULL, ?5, ?3, ?4)
-             ON CONFLICT (group_id) DO UPDATE SET state = ?5, join_epoch = excluded.join_epoch",
-            params![
-                &gid.as_bytes()[..],
-                &channel_of_group(&gid).as_bytes()[..],
-                to_i64(epoch),
-                dm_peer.map(|p| p.as_bytes().to_vec()),
-                GroupState::Active
-            ],
-        )?;
+        self.store()
+            .join_group(&gid, &channel_of_group(&gid), epoch)?;
         self.push_event(&NewEvent {
             group: Some(&gid),
             channel: inbox,
@@ -310,13 +207,7 @@ impl<N: NodeApi> Client<N> {
         self.provider.transaction(|| -> Result<()> {
             // A device that joined late never had a right to the history before it.
             let joined_late = match gid {
-                Some(g) => {
-                    self.conn().query_row(
-                        "SELECT join_epoch > 0 FROM groups WHERE group_id = ?1",
-                        [&g.as_bytes()[..]],
-                        |r| r.get::<_, bool>(0),
-                    )? && cursor == 0
-                }
+                Some(g) => self.store().join_epoch(g)? > 0 && cursor == 0,
                 None => cursor == 0,
             };
             if !joined_late {

@@ -40,11 +40,7 @@ pub(super) fn store_session(conn: &rusqlite::Connection, s: &Session) -> rusqlit
             .unwrap_or_default(),
     ];
     for (k, v) in SESSION_KEYS.iter().zip(values) {
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![k, v],
-        )?;
+        crate::db::set_meta(conn, k, &v)?;
     }
     Ok(())
 }
