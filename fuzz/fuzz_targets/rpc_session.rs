@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use libfuzzer_sys::fuzz_target;
-use qpq_node::config::{NodeConfig, RateLimit};
+use qpq_node::config::NodeConfig;
 use qpq_node::rpc::{InFlight, NodeRpc};
 use qpq_node::service::Caller;
 use qpq_node::{RunningNode, SystemClock};
@@ -51,14 +51,7 @@ fn fixture() -> &'static Fixture {
             tempfile::tempdir()
         }
         .expect("temporary directory");
-        let mut config = NodeConfig::dev(dir.path().to_path_buf());
-        let off = RateLimit {
-            per_second: 0.0,
-            burst: 0.0,
-        };
-        config.auth.rate_per_ip = off;
-        config.auth.rate_per_account = off;
-        config.auth.rate_per_device = off;
+        let config = NodeConfig::dev(dir.path().to_path_buf()).without_rate_limits();
         let node = runtime
             .block_on(RunningNode::start(config, Arc::new(SystemClock)))
             .expect("start the node");

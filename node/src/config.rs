@@ -208,6 +208,12 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// No limit.
+    pub const OFF: Self = Self {
+        per_second: 0.0,
+        burst: 0.0,
+    };
+
     /// The default per-key limit: 50 requests/s with bursts of 100.
     pub const DEFAULT: Self = Self {
         per_second: 50.0,
@@ -240,6 +246,16 @@ impl Default for Retention {
 }
 
 impl NodeConfig {
+    /// This configuration with every client rate limit off: for load generators and test
+    /// suites, whose clients all come from one address and one account.
+    #[must_use]
+    pub fn without_rate_limits(mut self) -> Self {
+        self.auth.rate_per_ip = RateLimit::OFF;
+        self.auth.rate_per_account = RateLimit::OFF;
+        self.auth.rate_per_device = RateLimit::OFF;
+        self
+    }
+
     /// A development configuration on loopback with ephemeral ports and a dev certificate.
     pub fn dev(data_dir: PathBuf) -> Self {
         Self {

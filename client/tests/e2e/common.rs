@@ -9,7 +9,7 @@ use std::sync::Arc;
 use qpq_client::db::Provider;
 use qpq_client::keypackages::{Clock, SystemClock};
 use qpq_client::{Client, EventKind, NodeApi as _, NodeTarget, ResilientNode, ServerVerification};
-use qpq_node::config::{NodeConfig, RateLimit};
+use qpq_node::config::NodeConfig;
 use qpq_node::{Clock as _, ManualClock, RunningNode};
 use qpq_schemas::GroupId;
 
@@ -31,15 +31,8 @@ impl TestNode {
 
     pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::dev(dir.path().join("node"));
         // Every test client shares 127.0.0.1: rate limits are not what these tests are about.
-        let off = RateLimit {
-            per_second: 0.0,
-            burst: 0.0,
-        };
-        config.auth.rate_per_ip = off;
-        config.auth.rate_per_account = off;
-        config.auth.rate_per_device = off;
+        let mut config = NodeConfig::dev(dir.path().join("node")).without_rate_limits();
         configure(&mut config);
         let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
         let node = RunningNode::start(config.clone(), clock.clone())

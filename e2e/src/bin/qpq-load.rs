@@ -58,16 +58,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
         None => {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let mut config = qpq_node::NodeConfig::dev(dir.path().to_path_buf());
             // The load comes from one address and one account: measure the node, not its
             // abuse controls.
-            let off = qpq_node::config::RateLimit {
-                per_second: 0.0,
-                burst: 0.0,
-            };
-            config.auth.rate_per_ip = off;
-            config.auth.rate_per_account = off;
-            config.auth.rate_per_device = off;
+            let config = qpq_node::NodeConfig::dev(dir.path().to_path_buf()).without_rate_limits();
             let node = qpq_node::RunningNode::start(config, Arc::new(qpq_node::SystemClock))
                 .await
                 .map_err(|e| e.to_string())?;

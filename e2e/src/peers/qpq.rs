@@ -181,16 +181,9 @@ pub async fn start_cluster(
     let mut nodes: Vec<RunningNode> = Vec::new();
     let mut configs = Vec::new();
     for (i, files) in (1..=n).zip(tls) {
-        let mut c = qpq_node::NodeConfig::dev(dir.join(format!("node-{i}")));
         // The load comes from one address and one account: measure the cluster, not its
         // abuse controls.
-        let off = qpq_node::config::RateLimit {
-            per_second: 0.0,
-            burst: 0.0,
-        };
-        c.auth.rate_per_ip = off;
-        c.auth.rate_per_account = off;
-        c.auth.rate_per_device = off;
+        let mut c = qpq_node::NodeConfig::dev(dir.join(format!("node-{i}"))).without_rate_limits();
         c.cluster.node_id = i;
         c.cluster.tls = Some(files);
         c.cluster.bootstrap = i == 1;

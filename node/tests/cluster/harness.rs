@@ -1,10 +1,9 @@
 //! Starts and stops cluster nodes as processes, talks to their admin API, and writes
 //! through any node with retries (the way a client would).
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,8 @@ use qpq_schemas::auth::register_message;
 use qpq_schemas::{ChannelId, DeviceId, IdentityKey};
 use qpq_wire::{ClientError, Connection, ServerVerification};
 use serde_json::{Value, json};
+
+use crate::spawn::{NO_RATE_LIMITS, Serving, spawn_until};
 
 /// Heartbeat and election timeout the tests run with (ms).
 pub const HEARTBEAT_MS: u64 = 100;
@@ -133,11 +134,11 @@ impl Node {
     fn spawn_expecting(&mut self, held: bool) {
         assert!(self.child.is_none());
         self.held = held;
-        let ports = (
-            SocketAddr::new(self.ip.parse().unwrap(), self.client_port),
-            SocketAddr::new(self.ip.parse().unwrap(), self.admin_port),
-            SocketAddr::new(self.ip.parse().unwrap(), self.metrics_port),
-        );
+        let ports = Serving {
+            client: SocketAddr::new(self.ip.parse().unwrap(), self.client_port),
+            admin: SocketAddr::new(self.ip.parse().unwrap(), self.admin_port),
+            metrics: SocketAddr::new(self.ip.parse().unwrap(), self.metrics_port),
+        };
         let program =
             (self.program.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qpq-node")));
         let mut cmd = Command::new(program);
@@ -169,60 +170,34 @@ impl Node {
                 &ELECTION_MAX_MS.to_string(),
             ])
             .args(["--drain-timeout-secs", "2"])
-            // The suite's clients all come from one address and one account; rate limits
-            // have their own tests.
-            .args([
-                "--rate-per-ip",
-                "0",
-                "--rate-per-account",
-                "0",
-                "--rate-per-device",
-                "0",
-            ])
+            .args(NO_RATE_LIMITS)
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn qpq-node");
-        let stderr = child.stderr.take().unwrap();
-        let logs = self.logs.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let up = if held {
-                    // Holding on damaged storage, or fenced: listeners bound.
-                    line.contains(", serving nothing ·").then_some(ports)
-                } else {
-                    serving(&line)
-                };
-                if let Some(addrs) = up
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addrs);
-                }
-                logs.lock().unwrap().push(line);
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let ready = move |line: &str| {
+            if held {
+                // Holding on damaged storage, or fenced: listeners bound.
+                line.contains(", serving nothing ·").then_some(ports)
+            } else {
+                Serving::of(line)
             }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((client, admin, metrics)) => {
-                self.client = Some(client);
-                self.admin = Some(admin);
-                self.metrics = Some(metrics);
-                self.child = Some(child);
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "node {} did not report {}: {}",
-                    self.id,
-                    if held { "holding" } else { "serving" },
-                    self.logs.lock().unwrap().join("\n")
-                );
-            }
-        }
+        };
+        let report = format!(
+            "node {} did not report {}",
+            self.id,
+            if held { "holding" } else { "serving" }
+        );
+        let (child, up) = spawn_until(
+            &mut cmd,
+            &self.logs,
+            ready,
+            Duration::from_secs(30),
+            &report,
+        );
+        self.client = Some(up.client);
+        self.admin = Some(up.admin);
+        self.metrics = Some(up.metrics);
+        self.child = Some(child);
     }
 
     /// The exit status if the process has exited by itself (it is then no longer running).
@@ -362,20 +337,6 @@ impl Drop for Node {
 pub fn admin_client(tls: &ClusterTlsFiles, role: Role) -> AdminClient {
     let dir = tls.ca.parent().expect("the CA is in a directory");
     AdminClient::load(&admin_credentials(dir, role)).expect("admin credentials")
-}
-
-fn serving(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields").unwrap_or(&v);
-    let message = fields
-        .get("message")
-        .or_else(|| v.get("message"))?
-        .as_str()?;
-    if message != "node serving" {
-        return None;
-    }
-    let get = |k: &str| fields.get(k).or_else(|| v.get(k))?.as_str()?.parse().ok();
-    Some((get("listen")?, get("admin")?, get("metrics")?))
 }
 
 pub struct Cluster {

@@ -24,6 +24,8 @@ mod otelcol;
 mod proxy;
 #[path = "../common/s3.rs"]
 mod s3;
+#[path = "../common/spawn.rs"]
+mod spawn;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 

@@ -2,7 +2,6 @@
 //! JSON log lines.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_schemas::ClientMsgId;
 use qpq_wire::{Connection, ServerVerification, Tokens};
+
+use crate::spawn::{NO_RATE_LIMITS, Serving, spawn_until};
 
 pub struct NodeProcess {
     pub child: Child,
@@ -43,15 +44,7 @@ impl NodeProcess {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--drain-timeout-secs", "5"])
-        // One test client hammers from 127.0.0.1; rates are the RPC suite's business.
-        .args([
-            "--rate-per-ip",
-            "0",
-            "--rate-per-account",
-            "0",
-            "--rate-per-device",
-            "0",
-        ])
+        .args(NO_RATE_LIMITS)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -63,35 +56,15 @@ impl NodeProcess {
 
     /// Starts a node on `data_dir` with extra environment variables; waits until it serves.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Self::command(data_dir, env)
-            .spawn()
-            .expect("spawn qpq-node");
-        let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        // Drain stderr for the process's whole life, so logging never blocks the node.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = serving_addr(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "node did not report serving; logs: {:?}",
-                    logs.lock().unwrap()
-                );
-            });
+        let (child, up) = spawn_until(
+            &mut Self::command(data_dir, env),
+            &logs,
+            Serving::of,
+            Duration::from_secs(30),
+            "node did not report serving",
+        );
+        let (addr, admin) = (up.client, up.admin);
         Self {
             child,
             addr,
@@ -176,17 +149,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn serving_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v.get("message")?.as_str()? != "node serving" {
-        return None;
-    }
-    Some((
-        v.get("listen")?.as_str()?.parse().ok()?,
-        v.get("admin")?.as_str()?.parse().ok()?,
-    ))
 }
 
 /// Checks what `ch` holds now against what was acknowledged (`id → (seq, payload)`): every

@@ -12,6 +12,8 @@
 mod harness;
 
 mod cert_reload;
+#[path = "../common/spawn.rs"]
+mod spawn;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 

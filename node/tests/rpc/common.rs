@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qpq_node::admin::access::Role;
 use qpq_node::admin::client::AdminClient;
-use qpq_node::config::{NodeConfig, RateLimit};
+use qpq_node::config::NodeConfig;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_node::raft::certs::admin_credentials;
 use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
@@ -29,14 +29,7 @@ impl TestNode {
     /// and only the rate-limit tests are about rates.
     pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::dev(dir.path().to_path_buf());
-        let off = RateLimit {
-            per_second: 0.0,
-            burst: 0.0,
-        };
-        config.auth.rate_per_ip = off;
-        config.auth.rate_per_account = off;
-        config.auth.rate_per_device = off;
+        let mut config = NodeConfig::dev(dir.path().to_path_buf()).without_rate_limits();
         configure(&mut config);
         // The manual clock starts at the real time: KeyPackage lifetimes made by openmls are
         // relative to the system clock.
