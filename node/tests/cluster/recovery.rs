@@ -119,36 +119,47 @@ async fn a_snapshot_waits_until_the_log_since_the_last_holds_half_its_size() {
         }
         let size = node.metric(built_bytes).await.unwrap();
         // Well past 10 entries, but while the log since holds less than half the snapshot's
-        // bytes, no second snapshot (the schedule looks every second).
+        // bytes, no second snapshot; once it holds half, one (the schedule looks at most
+        // every 50 ms).
         let mut below = 0;
+        let mut last_log = 0.0;
         loop {
             write_padded(&history, &c, channel, 4).await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let log = node.metric(since).await.unwrap();
-            let snapshots = node.metric(built).await.unwrap();
-            if log < size / 2.0 {
-                assert_eq!(
-                    snapshots, 1.0,
-                    "snapshot at {log} bytes of log, {size} of state"
-                );
-                below += 1;
-            } else {
+            if node.metric(built).await == Some(2.0) {
                 break;
             }
+            let log = node.metric(since).await.unwrap();
+            assert!(
+                log < size / 2.0,
+                "one snapshot only, with {log} bytes of log against a {size}-byte snapshot"
+            );
+            assert!(log > last_log, "the log since the snapshot grew: {log}");
+            last_log = log;
+            below += 1;
         }
         assert!(
             below >= 2,
-            "the log passed half the snapshot too soon to tell: {below}"
+            "the second snapshot came too soon to tell: after {below} rounds"
         );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while node.metric(built).await != Some(2.0) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no second snapshot with {:?} bytes of log and a {size}-byte snapshot",
-                node.metric(since).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // It was taken when the log held half the first snapshot's bytes: the node says what
+        // it weighed.
+        let due = node
+            .log_text()
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "snapshot due")
+            .expect("the node logs why it snapshots");
+        let (log, weighed) = (
+            due["log_bytes"].as_f64().unwrap(),
+            due["snapshot_bytes"].as_f64().unwrap(),
+        );
+        assert_eq!(weighed, size, "{due}");
+        assert!(
+            log >= size / 2.0 && log > last_log,
+            "{due} after {last_log}"
+        );
         // The count starts again after the snapshot (at the schedule's next look).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         loop {

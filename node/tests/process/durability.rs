@@ -130,7 +130,8 @@ fn cut_wal(wal: &std::path::Path, keep: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_power_cuts_of_the_state_database() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("QPQ_SNAPSHOT_LOGS", "16")];
+    // Snapshots by entry count alone.
+    let env = [("QPQ_SNAPSHOT_LOGS", "16"), ("QPQ_SNAPSHOT_LOG_RATIO", "0")];
     let db = dir.path().join("node.sqlite3");
     let wal = dir.path().join("node.sqlite3-wal");
     let group_id = DevIdentity::generate().unwrap();

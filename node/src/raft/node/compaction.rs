@@ -3,8 +3,8 @@
 //! A snapshot copies the whole state database, so its cost grows with the state while the
 //! log it lets us drop grows with the writes. A fixed count of entries between snapshots
 //! (openraft's `LogsSinceLast`) makes a large store copy itself over and over: at 3 × 10⁶
-//! stored messages one snapshot every 10 000 entries was a 2.3 GB copy every 30 s, and the
-//! fill rate halved (docs/PERFORMANCE.md, "Growth"). So openraft's own policy is off
+//! stored messages one snapshot every 10 000 entries was a 2.3 GB copy every 30–50 s
+//! (docs/PERFORMANCE.md, "Growth"). So openraft's own policy is off
 //! (`SnapshotPolicy::Never`) and this task triggers snapshots itself when both hold:
 //!
 //! - at least `snapshot_logs` entries were applied since the last snapshot, and
@@ -12,8 +12,8 @@
 //!   last snapshot.
 //!
 //! The second rule bounds the copying per byte written by `1 / ratio` whatever the store's
-//! size, and the log kept on disk by `ratio` times the state (the rule CockroachDB uses to
-//! truncate a range's log). A ratio of 0 leaves only the entry count, as before.
+//! size, and the log kept on disk by about `ratio` times the state. A ratio of 0 leaves only
+//! the entry count, as before.
 //!
 //! The bytes "since the last snapshot" are the log store's running total of appended
 //! entry bytes (which starts at what the log holds when the node opens) minus its value
@@ -22,14 +22,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use openraft::LogId;
 use tokio_util::sync::CancellationToken;
 
 use super::super::log_store::AppendedBytes;
 use super::super::{NodeId, TypeConfig};
-use openraft::LogId;
 
-/// How often the task looks at the log.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often at most the task looks at the log.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+
+/// How long the task waits for a snapshot it triggered before it looks again.
+const BUILD_WAIT: Duration = Duration::from_secs(600);
 
 /// When a snapshot is due: `applied_since` entries and `log_bytes_since` bytes of log since
 /// the last snapshot, which was `snapshot_bytes` long (0: there is none).
@@ -81,7 +84,8 @@ pub(super) struct Schedule {
 }
 
 /// Triggers snapshots by [`snapshot_due`] until `stop`, and keeps
-/// `qpq_raft_log_bytes_since_snapshot` current.
+/// `qpq_raft_log_bytes_since_snapshot` current. Looks whenever openraft's metrics change
+/// (an apply, a new snapshot), at most every [`LOOK_EVERY`].
 pub(super) async fn schedule_snapshots(
     raft: openraft::Raft<TypeConfig>,
     schedule: Schedule,
@@ -95,24 +99,24 @@ pub(super) async fn schedule_snapshots(
         ratio,
         gauge,
     } = schedule;
-    let metrics = raft.metrics();
+    let mut metrics = raft.metrics();
     let mut seen = snapshot_at_open;
+    let mut size = snapshot_bytes(&snapshot_file);
     let mut baseline = 0_u64;
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            changed = metrics.changed() => if changed.is_err() { return },
         }
         let (applied, snapshot) = {
-            let m = metrics.borrow();
+            let m = metrics.borrow_and_update();
             (m.last_applied, m.snapshot)
         };
         // A new snapshot, built or installed: the count starts again. (Before openraft's
         // first report the metrics say `None`.)
         if snapshot.is_some() && snapshot != seen {
             baseline = appended.total();
+            size = snapshot_bytes(&snapshot_file);
             seen = snapshot;
         }
         let since_bytes = appended.total().saturating_sub(baseline);
@@ -120,41 +124,29 @@ pub(super) async fn schedule_snapshots(
         let applied_since = applied
             .map_or(0, |a| a.index)
             .saturating_sub(snapshot.map_or(0, |s| s.index));
-        let due = snapshot_due(
-            applied_since,
-            since_bytes,
-            snapshot_bytes(&snapshot_file),
-            min_entries,
-            ratio,
-        );
-        if due {
-            tracing::debug!(applied_since, since_bytes, "snapshot due");
-            // Ignored by openraft while a snapshot is being built; the baseline moves when
-            // the new snapshot shows in the metrics.
+        if snapshot_due(applied_since, since_bytes, size, min_entries, ratio) {
+            tracing::info!(
+                applied_since,
+                log_bytes = since_bytes,
+                snapshot_bytes = size,
+                "snapshot due"
+            );
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
+            // Until the new snapshot shows in the metrics, the old one would still say
+            // "due" and start a second build right after the first.
+            let wait = raft.wait(Some(BUILD_WAIT));
+            let built = wait.metrics(|m| m.snapshot != snapshot, "snapshot built");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = built => {}
+            }
+            continue;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::snapshot_due;
-
-    #[test]
-    fn a_snapshot_waits_for_its_entries_and_for_log_in_proportion_to_the_state() {
-        // Too few entries, whatever the bytes.
-        assert!(!snapshot_due(9_999, u64::MAX, 0, 10_000, 0.5));
-        // No snapshot yet: the entries alone decide.
-        assert!(snapshot_due(10_000, 0, 0, 10_000, 0.5));
-        // A 2 GB snapshot waits for 1 GB of log.
-        let state = 2_000_000_000;
-        assert!(!snapshot_due(1_000_000, 999_999_999, state, 10_000, 0.5));
-        assert!(snapshot_due(1_000_000, 1_000_000_000, state, 10_000, 0.5));
-        // Ratio 0: the entry count alone, as openraft's LogsSinceLast.
-        assert!(snapshot_due(10_000, 0, state, 10_000, 0.0));
-        // A minimum of 0 entries still needs one new entry.
-        assert!(!snapshot_due(0, 0, 0, 0, 0.0));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(LOOK_EVERY) => {}
+        }
     }
 }
