@@ -511,7 +511,6 @@ impl Common {
     }
 }
 
-/// Raft id of a StatefulSet pod: the ordinal after the last `-`, plus one.
 /// A snapshot log ratio: a finite number from 0 to 100.
 fn parse_log_ratio(s: &str) -> Result<f64, String> {
     let r: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
@@ -521,6 +520,7 @@ fn parse_log_ratio(s: &str) -> Result<f64, String> {
     Ok(r)
 }
 
+/// Raft id of a StatefulSet pod: the ordinal after the last `-`, plus one.
 fn node_id_from_pod_name(name: &str) -> Result<u64, String> {
     let ordinal = name
         .rsplit_once('-')

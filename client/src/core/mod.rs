@@ -27,7 +27,6 @@ use openmls::prelude::{
 };
 use openmls_basic_credential::SignatureKeyPair;
 use qpq_schemas::{AccountId, ChannelId, ClientMsgId, DeviceId, GroupId, IdentityKey, WireError};
-
 use serde::{Deserialize, Serialize};
 
 use crate::channels::{channel_of_group, inbox_channel, new_group_id};
@@ -97,31 +96,6 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The kind stored as [`Self::tag`] (a gap's range in its body, `from-to`); a tag this
-    /// build does not know reads as [`Self::Undecryptable`].
-    fn from_stored(tag: &str, body: &[u8]) -> Self {
-        match tag {
-            "message" => Self::Message,
-            "sent" => Self::Sent,
-            "joined" => Self::Joined,
-            "member_added" => Self::MemberAdded,
-            "member_removed" => Self::MemberRemoved,
-            "removed" => Self::Removed,
-            "left" => Self::Left,
-            "keys_updated" => Self::KeysUpdated,
-            "gap" => {
-                let text = String::from_utf8_lossy(body);
-                let (a, b) = text.split_once('-').unwrap_or(("0", "0"));
-                Self::Gap {
-                    from: a.parse().unwrap_or(0),
-                    to: b.parse().unwrap_or(0),
-                }
-            }
-            "policy_violation" => Self::PolicyViolation,
-            _ => Self::Undecryptable,
-        }
-    }
-
     /// A stable snake_case name (the `kind` of the CLI's JSON events).
     pub fn tag(&self) -> &'static str {
         match self {
@@ -437,44 +411,5 @@ impl<N: NodeApi> Client<N> {
     /// The client's tables, inside whatever transaction is open.
     fn store(&self) -> Store<'_> {
         Store(self.provider.conn())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::EventKind;
-
-    #[test]
-    fn every_event_kind_reads_back_from_what_is_stored() {
-        let kinds = [
-            EventKind::Message,
-            EventKind::Sent,
-            EventKind::Joined,
-            EventKind::MemberAdded,
-            EventKind::MemberRemoved,
-            EventKind::Removed,
-            EventKind::Left,
-            EventKind::KeysUpdated,
-            EventKind::Gap { from: 7, to: 42 },
-            EventKind::Undecryptable,
-            EventKind::PolicyViolation,
-        ];
-        for k in kinds {
-            // As push_event stores it: a gap's range in the body.
-            let body = match k {
-                EventKind::Gap { from, to } => format!("{from}-{to}"),
-                _ => String::new(),
-            };
-            assert_eq!(
-                EventKind::from_stored(k.tag(), body.as_bytes()),
-                k,
-                "{}",
-                k.tag()
-            );
-        }
-        assert_eq!(
-            EventKind::from_stored("renamed", b""),
-            EventKind::Undecryptable
-        );
     }
 }

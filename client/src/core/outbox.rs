@@ -94,9 +94,13 @@ impl<N: NodeApi> Client<N> {
         let mut sent = 0;
         loop {
             // Intents whose Commit lost its epoch while this device was not looking.
-            if let Some(store::Retry { row, group, intent }) = self.store().next_retry()? {
+            if let Some(store::Retry {
+                row,
+                group: gid,
+                intent,
+            }) = self.store().next_retry()?
+            {
                 self.store().delete(row)?;
-                let gid = group;
                 let intent = intent.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
                 if let (Some(gid), Some(intent)) = (gid, intent)
                     && self.group_state(&gid)? == GroupState::Active

@@ -115,7 +115,7 @@ impl Store<'_> {
                 id,
                 group: gid.and_then(|g| GroupId::from_slice(&g).ok()),
                 seq: seq.map(to_u64),
-                kind: EventKind::from_stored(&kind, &body),
+                kind: kind_from_stored(&kind, &body),
                 sender,
                 subject,
                 body,
@@ -129,5 +129,30 @@ impl Store<'_> {
         self.0
             .execute("UPDATE events SET delivered = 1 WHERE delivered = 0", [])?;
         Ok(())
+    }
+}
+
+/// The kind stored as [`EventKind::tag`] (a gap's range in its body, `from-to`); a tag this
+/// build does not know reads as [`EventKind::Undecryptable`].
+pub(super) fn kind_from_stored(tag: &str, body: &[u8]) -> EventKind {
+    match tag {
+        "message" => EventKind::Message,
+        "sent" => EventKind::Sent,
+        "joined" => EventKind::Joined,
+        "member_added" => EventKind::MemberAdded,
+        "member_removed" => EventKind::MemberRemoved,
+        "removed" => EventKind::Removed,
+        "left" => EventKind::Left,
+        "keys_updated" => EventKind::KeysUpdated,
+        "gap" => {
+            let text = String::from_utf8_lossy(body);
+            let (a, b) = text.split_once('-').unwrap_or(("0", "0"));
+            EventKind::Gap {
+                from: a.parse().unwrap_or(0),
+                to: b.parse().unwrap_or(0),
+            }
+        }
+        "policy_violation" => EventKind::PolicyViolation,
+        _ => EventKind::Undecryptable,
     }
 }

@@ -5,6 +5,7 @@
 
 use qpq_schemas::{AccountId, ChannelId, ClientMsgId, GroupId, IdentityKey};
 
+use super::events::kind_from_stored;
 use super::{NewEvent, NewOutbox, Store};
 use crate::core::EventKind;
 use crate::db::Provider;
@@ -206,4 +207,30 @@ fn groups_keep_their_state_and_a_welcome_makes_a_left_group_active_again() {
         Some("team"),
         "a rejoin keeps the local name"
     );
+}
+
+#[test]
+fn every_event_kind_reads_back_from_what_is_stored() {
+    let kinds = [
+        EventKind::Message,
+        EventKind::Sent,
+        EventKind::Joined,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
+        EventKind::Removed,
+        EventKind::Left,
+        EventKind::KeysUpdated,
+        EventKind::Gap { from: 7, to: 42 },
+        EventKind::Undecryptable,
+        EventKind::PolicyViolation,
+    ];
+    for k in kinds {
+        // As push_event stores it: a gap's range in the body.
+        let body = match k {
+            EventKind::Gap { from, to } => format!("{from}-{to}"),
+            _ => String::new(),
+        };
+        assert_eq!(kind_from_stored(k.tag(), body.as_bytes()), k, "{}", k.tag());
+    }
+    assert_eq!(kind_from_stored("renamed", b""), EventKind::Undecryptable);
 }
