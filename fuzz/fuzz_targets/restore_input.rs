@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use qpq_node::at_rest::AtRest;
 use qpq_node::backup::{inspect, verify};
 use qpq_node::state::Store;
 
@@ -42,10 +43,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     std::fs::write(&backup, data).expect("write the input");
-    let Ok(found) = inspect(&backup) else {
+    let Ok(found) = inspect(&backup, &AtRest::plaintext()) else {
         return;
     };
-    let again = verify(&backup, &found).expect("an accepted file verifies against itself");
+    let again = verify(&backup, &found, &AtRest::plaintext())
+        .expect("an accepted file verifies against itself");
     assert_eq!(again.sha256, found.sha256);
     assert_eq!(again.rows, found.rows);
     std::fs::copy(&backup, &copy).expect("copy");

@@ -158,7 +158,7 @@ fn restore_input_seeds(mls: &Mls) -> Result<Vec<Vec<u8>>, Error> {
         store.apply_batch(&batch)?;
         drop(store);
         let copy = dir.path().join(format!("backup-{i}.sqlite3"));
-        qpq_node::state::Store::copy_to(&db, &copy)?;
+        qpq_node::state::Store::copy_to(&db, &copy, &qpq_node::at_rest::AtRest::plaintext())?;
         seeds.push(std::fs::read(&copy)?);
     }
     Ok(seeds)
@@ -248,6 +248,7 @@ fn backup_manifest_seeds() -> Result<Vec<Vec<u8>>, Error> {
         state_digest: Some("cd".repeat(32)),
         stale: None,
         encryption: None,
+        db_key: None,
     };
     let stale = qpq_node::backup::Manifest {
         stale: Some("no read barrier (no leader); node 2 had applied index 1042".into()),

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::admin::client::AdminClient;
+use crate::at_rest::AtRest;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::meta_of_file;
 use crate::raft::{Member, NodeId, encode};
@@ -124,6 +125,11 @@ pub struct Manifest {
     /// database inside it. Only in object storage: a local copy is kept decrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crypt::Encryption>,
+    /// Set when the database file itself is encrypted at rest (SQLCipher, as the node's
+    /// own files are; `crate::at_rest`): the fingerprint of its key. Reading the file takes
+    /// that key (`--db-key-file`). Absent for a plaintext file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_key: Option<String>,
 }
 
 /// Header of a `POST /backup` answer that carries the manifest (JSON).
@@ -284,6 +290,20 @@ pub enum BackupError {
     /// The backup's encryption: no key, a wrong key, or an object that does not open.
     #[error("backup encryption: {0}")]
     Encryption(String),
+    /// The backup file's database encryption and the key given do not match.
+    #[error(transparent)]
+    AtRest(#[from] crate::at_rest::AtRestError),
+    /// The manifest names another database key than the one given.
+    #[error(
+        "the backup is encrypted under database key {expected}, the key given is {}",
+        found.as_deref().unwrap_or("none")
+    )]
+    DbKey {
+        /// The manifest's key fingerprint.
+        expected: String,
+        /// The given key's (none: no key given).
+        found: Option<String>,
+    },
     /// Restore of a backup taken without a read barrier, not accepted.
     #[error(
         "this backup was taken without a leader ({0}): it may miss acknowledged writes; restore it only to recover a cluster that lost its quorum for good, with --accept-stale"
@@ -374,8 +394,13 @@ fn row_counts(conn: &Connection) -> Result<std::collections::BTreeMap<String, u6
 }
 
 /// Row counts of the state database at `path`, as a manifest records them.
-pub fn row_counts_of(path: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+pub fn row_counts_of(
+    path: &Path,
+    at_rest: &AtRest,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    at_rest.check(path)?;
+    let conn = at_rest
+        .open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(BackupError::Sqlite)?;
     row_counts(&conn)
 }
@@ -425,8 +450,8 @@ fn digest(path: &Path) -> Result<(u64, String)> {
 /// What a backup file holds, read from the file alone (integrity, foreign keys, schema
 /// version, row counts, state digest, Raft position), as [`verify`] reads it before
 /// comparing with a manifest; provenance fields are zero.
-pub fn inspect(path: &Path) -> Result<Manifest> {
-    describe(path, 0, 0)
+pub fn inspect(path: &Path, at_rest: &AtRest) -> Result<Manifest> {
+    describe(path, 0, 0, at_rest)
 }
 
 /// The file format versions of SQLite's header (bytes 18 and 19: 1 for a rollback journal,
@@ -450,10 +475,15 @@ fn check_file_format(path: &Path) -> Result<()> {
 }
 
 /// Everything [`verify`] compares, read from the file itself.
-fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
+fn describe(path: &Path, node_id: u64, created_at_ms: u64, at_rest: &AtRest) -> Result<Manifest> {
     let (bytes, sha256) = digest(path)?;
-    check_file_format(path)?;
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    if at_rest.is_encrypted() {
+        // The header is encrypted too; SQLCipher authenticates every page as it reads.
+        at_rest.check(path)?;
+    } else {
+        check_file_format(path)?;
+    }
+    let conn = at_rest.open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let problems: Vec<String> = conn
         .prepare("PRAGMA integrity_check")?
         .query_map([], |r| r.get::<_, String>(0))?
@@ -496,7 +526,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         .map_err(|e| BackupError::Integrity(format!("state digest: {e}")))?
         .hex();
     drop(conn);
-    let meta = meta_of_file(path).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    let meta = meta_of_file(path, at_rest).map_err(|e| BackupError::NotABackup(e.to_string()))?;
     Ok(Manifest {
         format: FORMAT,
         created_at_ms,
@@ -510,6 +540,7 @@ fn describe(path: &Path, node_id: u64, created_at_ms: u64) -> Result<Manifest> {
         state_digest: Some(state_digest),
         stale: None,
         encryption: None,
+        db_key: at_rest.fingerprint(),
     })
 }
 
@@ -569,9 +600,15 @@ pub fn check_space_for_copy(db_path: &Path, staging: &Path) -> Result<Result<(),
 }
 
 /// Copies the state database at `db_path` to `dest` (which must not exist), makes the copy
-/// durable, checks it, and returns its manifest.
-pub fn copy_database(db_path: &Path, dest: &Path, node_id: u64) -> Result<Manifest> {
-    Store::copy_to(db_path, dest).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+/// durable, checks it, and returns its manifest. The copy is kept as the database is
+/// (`at_rest`): a node's encrypted state makes an encrypted backup.
+pub fn copy_database(
+    db_path: &Path,
+    dest: &Path,
+    node_id: u64,
+    at_rest: &AtRest,
+) -> Result<Manifest> {
+    Store::copy_to(db_path, dest, at_rest).map_err(|e| BackupError::NotABackup(e.to_string()))?;
     fs::File::open(dest)
         .and_then(|f| f.sync_all())
         .map_err(io(dest))?;
@@ -579,13 +616,29 @@ pub fn copy_database(db_path: &Path, dest: &Path, node_id: u64) -> Result<Manife
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    describe(dest, node_id, now)
+    describe(dest, node_id, now, at_rest)
 }
 
 /// Checks the backup file `path` against `manifest`; returns what was found (equal to the
 /// manifest but for provenance fields).
-pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
+///
+/// `at_rest` is how the file is kept: it must match the manifest's `db_key` (an encrypted
+/// backup needs its key; a plaintext one, none).
+pub fn verify(path: &Path, manifest: &Manifest, at_rest: &AtRest) -> Result<Manifest> {
     manifest.check_format()?;
+    if manifest.db_key != at_rest.fingerprint() {
+        return match &manifest.db_key {
+            Some(expected) => Err(BackupError::DbKey {
+                expected: expected.clone(),
+                found: at_rest.fingerprint(),
+            }),
+            None => Err(BackupError::AtRest(
+                crate::at_rest::AtRestError::Plaintext {
+                    path: path.to_path_buf(),
+                },
+            )),
+        };
+    }
     // Cheap checks first: a truncated or swapped file fails before SQLite reads it.
     let (bytes, sha256) = digest(path)?;
     if bytes != manifest.bytes {
@@ -600,7 +653,7 @@ pub fn verify(path: &Path, manifest: &Manifest) -> Result<Manifest> {
             found: sha256,
         });
     }
-    let found = describe(path, manifest.node_id, manifest.created_at_ms)?;
+    let found = describe(path, manifest.node_id, manifest.created_at_ms, at_rest)?;
     let mismatch = |what: &str, expected: String, found: String| BackupError::Mismatch {
         what: what.to_owned(),
         expected,
@@ -697,6 +750,10 @@ pub struct PointInTime {
 ///
 /// With `pitr`, the entries of the log archive after the backup's position are applied to
 /// it first, up to the target ([`archive::replay`]), and the new cluster starts from there.
+///
+/// `at_rest` is how the backup file is kept (its manifest's `db_key`); the data directory
+/// is written the same way, so the node must start with the same key.
+#[allow(clippy::too_many_arguments)] // each is a separate fact about the new cluster
 pub async fn restore(
     backup: &Path,
     manifest: &Manifest,
@@ -704,8 +761,9 @@ pub async fn restore(
     node_id: u64,
     raft_addr: &str,
     pitr: Option<&PointInTime>,
+    at_rest: &AtRest,
 ) -> Result<Restored> {
-    verify(backup, manifest)?;
+    verify(backup, manifest, at_rest)?;
     let db_path = data_dir.join("node.sqlite3");
     let log_path = data_dir.join("raft-log.sqlite3");
     if holds_node_state(data_dir)? {
@@ -740,15 +798,16 @@ pub async fn restore(
         Some(p) => {
             let work = data_dir.join("replay.tmp");
             let _ = fs::remove_dir_all(&work);
-            let replayed = archive::replay(&staging, &p.archive, p.target, &work).await;
+            let replayed = archive::replay(&staging, &p.archive, p.target, &work, at_rest).await;
             let _ = fs::remove_dir_all(&work);
             Some(replayed?)
         }
         None => None,
     };
-    let meta = meta_of_file(&staging).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    let meta =
+        meta_of_file(&staging, at_rest).map_err(|e| BackupError::NotABackup(e.to_string()))?;
     let (channels, messages) = {
-        let mut conn = Connection::open(&staging)?;
+        let mut conn = at_rest.open(&staging)?;
         // A rollback journal, so the file is complete on its own once the connection closes.
         conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -786,7 +845,8 @@ pub async fn restore(
     // A vote in a term above the backup's: the node's first election then starts a term
     // after every entry it holds, as for any node restarting after compaction.
     let term = meta.last_log_id.map_or(0, |l| l.leader_id.term);
-    let mut log = LogStore::open(&log_path)?;
+    let mut log =
+        LogStore::open_at(&log_path, at_rest).map_err(|e| BackupError::Raft(e.to_string()))?;
     log.save_vote(&Vote::new(term + 1, node_id))
         .await
         .map_err(|e| BackupError::Raft(e.to_string()))?;
@@ -850,6 +910,7 @@ pub async fn fetch(
     admin: &str,
     out: &Path,
     allow_stale: bool,
+    at_rest: &AtRest,
 ) -> Result<Manifest> {
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
@@ -927,7 +988,7 @@ pub async fn fetch(
     }
     .await;
     drop(file);
-    keep_if_verified(written, &partial, out, &manifest).await?;
+    keep_if_verified(written, &partial, out, &manifest, at_rest).await?;
     Ok(manifest)
 }
 
@@ -939,11 +1000,12 @@ pub(crate) async fn keep_if_verified(
     partial: &Path,
     out: &Path,
     manifest: &Manifest,
+    at_rest: &AtRest,
 ) -> Result<()> {
     let checked = match written {
         Ok(()) => {
-            let (path, m) = (partial.to_path_buf(), manifest.clone());
-            tokio::task::spawn_blocking(move || verify(&path, &m))
+            let (path, m, at_rest) = (partial.to_path_buf(), manifest.clone(), at_rest.clone());
+            tokio::task::spawn_blocking(move || verify(&path, &m, &at_rest))
                 .await
                 .map_err(|e| BackupError::Transfer(e.to_string()))
                 .and_then(|r| r)
@@ -971,10 +1033,11 @@ pub async fn fetch_any(
     admins: &[String],
     out: &Path,
     allow_stale: bool,
+    at_rest: &AtRest,
 ) -> Result<Manifest> {
     let mut last = BackupError::Transfer("no admin address given".into());
     for admin in admins {
-        match fetch(client, admin, out, allow_stale).await {
+        match fetch(client, admin, out, allow_stale, at_rest).await {
             Ok(m) => return Ok(m),
             // Worth asking another member: it could not be reached or could not serve.
             Err(e @ (BackupError::Transfer(_) | BackupError::Refused { .. })) => {
@@ -1136,7 +1199,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = database(dir.path());
         let copy = dir.path().join("backup.sqlite3");
-        let manifest = copy_database(&db, &copy, 2).unwrap();
+        let manifest = copy_database(&db, &copy, 2, &AtRest::plaintext()).unwrap();
         (dir, copy, manifest)
     }
 
@@ -1158,7 +1221,10 @@ mod tests {
         assert_eq!(manifest.node_id, 2);
         assert_eq!(manifest.schema_version, SCHEMA_VERSION);
         assert_eq!(manifest.bytes, fs::metadata(&copy).unwrap().len());
-        assert_eq!(verify(&copy, &manifest).unwrap(), manifest);
+        assert_eq!(
+            verify(&copy, &manifest, &AtRest::plaintext()).unwrap(),
+            manifest
+        );
         // The manifest survives its file round trip.
         write_manifest(&copy, &manifest).unwrap();
         assert_eq!(read_manifest(&copy).unwrap(), manifest);
@@ -1172,13 +1238,13 @@ mod tests {
         bytes[middle] ^= 0x80;
         fs::write(&copy, &bytes).unwrap();
         assert!(matches!(
-            verify(&copy, &manifest),
+            verify(&copy, &manifest, &AtRest::plaintext()),
             Err(BackupError::Digest { .. })
         ));
         bytes.truncate(bytes.len() - 1);
         fs::write(&copy, &bytes).unwrap();
         assert!(matches!(
-            verify(&copy, &manifest),
+            verify(&copy, &manifest, &AtRest::plaintext()),
             Err(BackupError::Size { .. })
         ));
     }
@@ -1194,7 +1260,7 @@ mod tests {
         }
         fs::write(&copy, &bytes).unwrap();
         let manifest = with_digest_of(&copy, &manifest);
-        match verify(&copy, &manifest) {
+        match verify(&copy, &manifest, &AtRest::plaintext()) {
             Err(BackupError::Integrity(_)) => {}
             other => panic!("a corrupted database passed: {other:?}"),
         }
@@ -1219,7 +1285,7 @@ mod tests {
             assert_eq!(changed, 1);
         }
         let manifest = with_digest_of(&copy, &manifest);
-        match verify(&copy, &manifest) {
+        match verify(&copy, &manifest, &AtRest::plaintext()) {
             Err(BackupError::Integrity(e)) => {
                 assert!(e.contains("table devices differs"), "{e}");
             }
@@ -1229,7 +1295,7 @@ mod tests {
         assert!(crate::state::Store::open(&copy).is_err());
         // An unchanged backup still passes (the schema check knows every version's schema).
         let (_dir, copy, manifest) = backed_up();
-        verify(&copy, &manifest).unwrap();
+        verify(&copy, &manifest, &AtRest::plaintext()).unwrap();
     }
 
     #[test]
@@ -1242,7 +1308,7 @@ mod tests {
             bytes[offset] = value;
             fs::write(&copy, &bytes).unwrap();
             let manifest = with_digest_of(&copy, &manifest);
-            match verify(&copy, &manifest) {
+            match verify(&copy, &manifest, &AtRest::plaintext()) {
                 Err(BackupError::Integrity(e)) => assert!(e.contains("file format"), "{e}"),
                 other => panic!("byte {offset} = {value} passed: {other:?}"),
             }
@@ -1250,7 +1316,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let short = dir.path().join("short");
         fs::write(&short, b"SQLite format 3\0").unwrap();
-        assert!(matches!(inspect(&short), Err(BackupError::NotABackup(_))));
+        assert!(matches!(
+            inspect(&short, &AtRest::plaintext()),
+            Err(BackupError::NotABackup(_))
+        ));
     }
 
     #[test]
@@ -1259,13 +1328,13 @@ mod tests {
         let mut wrong = manifest.clone();
         wrong.rows.insert("messages".into(), 5);
         assert!(matches!(
-            verify(&copy, &wrong),
+            verify(&copy, &wrong, &AtRest::plaintext()),
             Err(BackupError::Mismatch { .. })
         ));
         let mut future = manifest.clone();
         future.format = FORMAT_ENCRYPTED + 1;
         assert!(matches!(
-            verify(&copy, &future),
+            verify(&copy, &future, &AtRest::plaintext()),
             Err(BackupError::Manifest(_))
         ));
         assert!(parse_manifest("{\"format\": 1}").is_err());
@@ -1317,7 +1386,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = database(dir.path());
         let copy = dir.path().join("backup.sqlite3");
-        let manifest = copy_database(&db, &copy, 2).unwrap();
+        let manifest = copy_database(&db, &copy, 2, &AtRest::plaintext()).unwrap();
         let source = crate::state::digest(&Connection::open(&db).unwrap()).unwrap();
         // The copy holds the same replicated state as the database it was taken from.
         assert_eq!(manifest.state_digest, Some(source.hex()));
@@ -1335,7 +1404,7 @@ mod tests {
         assert_eq!(changed, 1);
         // Size and SHA-256 re-sealed, row counts untouched: only the state digest differs.
         let resealed = with_digest_of(&copy, &manifest);
-        match verify(&copy, &resealed) {
+        match verify(&copy, &resealed, &AtRest::plaintext()) {
             Err(BackupError::Mismatch { what, .. }) => assert_eq!(what, "state digest"),
             other => panic!("a changed row passed: {other:?}"),
         }
@@ -1352,7 +1421,10 @@ mod tests {
         assert!(!json.contains("state_digest"), "{json}");
         let parsed = parse_manifest(&json).unwrap();
         assert_eq!(parsed.state_digest, None);
-        assert_eq!(verify(&copy, &parsed).unwrap(), manifest);
+        assert_eq!(
+            verify(&copy, &parsed, &AtRest::plaintext()).unwrap(),
+            manifest
+        );
         // A present digest must be a digest.
         let mut bad = manifest.clone();
         bad.state_digest = Some("not hex".into());
@@ -1371,7 +1443,7 @@ mod tests {
             .unwrap();
         let manifest = with_digest_of(&copy, &manifest);
         assert!(matches!(
-            verify(&copy, &manifest),
+            verify(&copy, &manifest, &AtRest::plaintext()),
             Err(BackupError::SchemaTooNew { .. })
         ));
     }
@@ -1383,9 +1455,17 @@ mod tests {
         // What an interrupted restore leaves (a Raft log, no state database) is replaced.
         fs::create_dir_all(&data).unwrap();
         fs::write(data.join("raft-log.sqlite3"), b"not a database").unwrap();
-        let restored = restore(&copy, &manifest, &data, 3, "n3:7444", None)
-            .await
-            .unwrap();
+        let restored = restore(
+            &copy,
+            &manifest,
+            &data,
+            3,
+            "n3:7444",
+            None,
+            &AtRest::plaintext(),
+        )
+        .await
+        .unwrap();
         assert_eq!(restored_from(&data).unwrap(), Some(manifest.sha256.clone()));
         assert_eq!(restored.channels, 1);
         assert_eq!(
@@ -1394,7 +1474,7 @@ mod tests {
         );
 
         let db = data.join("node.sqlite3");
-        let meta = meta_of_file(&db).unwrap();
+        let meta = meta_of_file(&db, &AtRest::plaintext()).unwrap();
         let voters: Vec<_> = meta.last_membership.membership().voter_ids().collect();
         assert_eq!(voters, [3]);
         let conn = Connection::open(&db).unwrap();
@@ -1411,7 +1491,16 @@ mod tests {
         assert!(!data.join("node.sqlite3.restoring").exists());
 
         assert!(matches!(
-            restore(&copy, &manifest, &data, 3, "n3:7444", None).await,
+            restore(
+                &copy,
+                &manifest,
+                &data,
+                3,
+                "n3:7444",
+                None,
+                &AtRest::plaintext()
+            )
+            .await,
             Err(BackupError::DataDirNotEmpty(_))
         ));
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::at_rest::AtRest;
 use crate::clock::SystemClock;
 use crate::config::{
     AuthConfig, ClusterConfig, Limits, NodeConfig, RateLimit, Retention, TlsSource,
@@ -61,6 +62,10 @@ enum Command {
     Backup(BackupCommand),
     /// Make an empty data directory the first node of a new cluster holding a backup's state.
     Restore(RestoreArgs),
+    /// Encrypt a stopped node's databases, move them to a new key, or decrypt them: every
+    /// database of the data directory is rewritten under the new key, one file at a time,
+    /// each atomically. Safe to run again after an interruption. Prints what it did.
+    Rekey(RekeyArgs),
     /// Write through a running cluster's members, read the channel back from every member
     /// and check the history; prints a JSON report, exits 0 only when it holds
     /// (`kubectl qpq chaos` runs it as a Job while it injects faults).
@@ -147,6 +152,10 @@ enum BackupCommand {
         /// needs for a point-in-time restore (those before the oldest backup's position).
         #[arg(long, requires = "out_dir")]
         prune_archive: Option<String>,
+        /// The cluster's database key, when it encrypts its databases: its backups are
+        /// encrypted under it, and checking one takes it.
+        #[command(flatten)]
+        db_key: DbKeyArg,
     },
     /// Check a backup against its manifest: digest, SQLite integrity, row counts, state digest.
     /// Prints the manifest with `backup`, the file or URL checked.
@@ -157,6 +166,9 @@ enum BackupCommand {
         /// With an `s3://` backup: where it is downloaded to be checked.
         #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
         work_dir: Option<PathBuf>,
+        /// The database key of an encrypted backup (its manifest's `db_key`).
+        #[command(flatten)]
+        db_key: DbKeyArg,
     },
     /// Restore drill: verify a backup, restore it into a scratch directory, start it as a
     /// node on loopback with the full integrity check, and check that it elects itself and
@@ -169,6 +181,9 @@ enum BackupCommand {
         /// Where the scratch directory goes (default: the system's temporary directory).
         #[arg(long, env = "QPQ_BACKUP_WORK_DIR")]
         work_dir: Option<PathBuf>,
+        /// The database key of an encrypted backup (its manifest's `db_key`).
+        #[command(flatten)]
+        db_key: DbKeyArg,
     },
     /// List the backups in a directory or under an `s3://bucket/prefix` (those with a
     /// manifest; uploads that did not finish are not backups).
@@ -178,8 +193,41 @@ enum BackupCommand {
     },
 }
 
+/// `--db-key-file`: the key the node's databases (and its backups) are encrypted under.
+#[derive(Args, Clone, Debug, Default)]
+struct DbKeyArg {
+    /// The database key: a file of 64 hex digits (`openssl rand -hex 32`). With it, the
+    /// node's state database, Raft log and snapshots are encrypted at rest (SQLCipher), and
+    /// so are the backups it makes. Every member of a cluster uses the same key. Without
+    /// it, the files are plain SQLite. `qpq-node rekey` encrypts an existing data directory.
+    #[arg(long, env = "QPQ_DB_KEY_FILE")]
+    db_key_file: Option<PathBuf>,
+}
+
+impl DbKeyArg {
+    fn at_rest(&self) -> Result<AtRest, crate::at_rest::AtRestError> {
+        AtRest::from_key_file(self.db_key_file.as_deref())
+    }
+}
+
+/// `qpq-node rekey`.
+#[derive(Args)]
+struct RekeyArgs {
+    /// The stopped node's data directory.
+    #[arg(long, env = "QPQ_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The key the files are encrypted under now; none: they are plaintext.
+    #[arg(long)]
+    db_key_file: Option<PathBuf>,
+    /// The key to encrypt them under; none: decrypt them to plaintext.
+    #[arg(long)]
+    new_db_key_file: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct RestoreArgs {
+    #[command(flatten)]
+    db_key: DbKeyArg,
     /// The backup file (its manifest is FILE.manifest.json), or `s3://bucket/key`;
     /// verified first.
     #[arg(long)]
@@ -250,6 +298,8 @@ struct Common {
     /// Data directory (database, dev certificate).
     #[arg(long, env = "QPQ_DATA_DIR", default_value = "qpq-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    db_key: DbKeyArg,
     /// Maximum concurrent client connections.
     #[arg(long, env = "QPQ_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -424,7 +474,13 @@ struct DevArgs {
 }
 
 impl Common {
-    fn into_config(self, tls: TlsSource, dev: bool) -> NodeConfig {
+    /// The node's configuration; fails only on the database key file.
+    fn into_config(
+        self,
+        tls: TlsSource,
+        dev: bool,
+    ) -> Result<NodeConfig, crate::at_rest::AtRestError> {
+        let at_rest = self.db_key.at_rest()?;
         let limits = Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -492,8 +548,9 @@ impl Common {
                 }),
             ..ClusterConfig::default()
         };
-        NodeConfig {
+        Ok(NodeConfig {
             cluster,
+            at_rest,
             listen: bind(self.listen),
             admin_listen: bind(self.admin_listen),
             metrics_listen: bind(self.metrics_listen),
@@ -507,7 +564,7 @@ impl Common {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             integrity_check: self.integrity_check,
             on_damage: self.on_damage,
-        }
+        })
     }
 }
 
@@ -574,21 +631,24 @@ pub fn main() -> ExitCode {
                         TlsSource::Dev
                     }
                 };
-                run(a.common.into_config(tls, false), Mode::Serve).await
+                match a.common.into_config(tls, false) {
+                    Ok(config) => run(config, Mode::Serve).await,
+                    Err(e) => refuse_config(&e),
+                }
             }
-            Command::Dev(a) if a.nodes > 1 => {
-                let config = a.common.into_config(TlsSource::Dev, true);
-                run_dev_cluster(config, a.nodes, a.self_check).await
-            }
-            Command::Dev(a) => {
-                run(
-                    a.common.into_config(TlsSource::Dev, true),
-                    Mode::Dev {
-                        exit_after_check: a.self_check,
-                    },
-                )
-                .await
-            }
+            Command::Dev(a) => match a.common.into_config(TlsSource::Dev, true) {
+                Ok(config) if a.nodes > 1 => run_dev_cluster(config, a.nodes, a.self_check).await,
+                Ok(config) => {
+                    run(
+                        config,
+                        Mode::Dev {
+                            exit_after_check: a.self_check,
+                        },
+                    )
+                    .await
+                }
+                Err(e) => refuse_config(&e),
+            },
             Command::Backup(BackupCommand::Create {
                 admin,
                 admin_ca,
@@ -602,6 +662,7 @@ pub fn main() -> ExitCode {
                 max_age_days,
                 allow_stale,
                 prune_archive,
+                db_key,
             }) => {
                 let credentials = crate::raft::certs::ClusterTlsFiles {
                     ca: admin_ca,
@@ -617,18 +678,23 @@ pub fn main() -> ExitCode {
                     allow_stale,
                     prune_archive,
                 };
-                report(backup_create(&admin, &credentials, target).await)
+                report(async { backup_create(&admin, &credentials, target, &db_key.at_rest()?).await }.await)
             }
-            Command::Backup(BackupCommand::Verify { file, work_dir }) => {
-                report(backup_verify(&file, work_dir).await)
-            }
-            Command::Backup(BackupCommand::Drill { file, work_dir }) => {
-                report(backup_drill(&file, work_dir).await)
-            }
+            Command::Backup(BackupCommand::Verify {
+                file,
+                work_dir,
+                db_key,
+            }) => report(async { backup_verify(&file, work_dir, &db_key.at_rest()?).await }.await),
+            Command::Backup(BackupCommand::Drill {
+                file,
+                work_dir,
+                db_key,
+            }) => report(async { backup_drill(&file, work_dir, &db_key.at_rest()?).await }.await),
             Command::Backup(BackupCommand::List { location }) => {
                 report(backup_list(&location).await)
             }
             Command::Restore(a) => report(restore(a).await),
+            Command::Rekey(a) => report(rekey(&a)),
             Command::Workload(a) => workload(a).await,
         }
     });
@@ -640,6 +706,7 @@ pub fn main() -> ExitCode {
 
 /// `qpq-node restore`: what was restored, or why nothing was.
 async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::BackupError> {
+    let at_rest = a.db_key.at_rest()?;
     let node_id = a.node_id_from_pod_name.unwrap_or(a.node_id);
     if a.first_node_only && node_id != 1 {
         return Ok(serde_json::json!({
@@ -679,7 +746,7 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
         Some(at) => {
             let work = WorkDir::new(a.work_dir.clone())?;
             let local = work.path().join("restore.sqlite3");
-            let downloaded = object::download(at, &local).await?;
+            let downloaded = object::download(at, &local, &at_rest).await?;
             if downloaded != manifest {
                 return Err(crate::backup::BackupError::Manifest(format!(
                     "{}: the manifest changed during the download",
@@ -714,6 +781,7 @@ async fn restore(a: RestoreArgs) -> Result<serde_json::Value, crate::backup::Bac
         node_id,
         &a.raft_advertise,
         pitr.as_ref(),
+        &at_rest,
     )
     .await?;
     serde_json::to_value(restored).map_err(|e| crate::backup::BackupError::Raft(e.to_string()))
@@ -775,6 +843,7 @@ async fn backup_create(
     admins: &[String],
     credentials: &crate::raft::certs::ClusterTlsFiles,
     t: BackupTarget,
+    at_rest: &AtRest,
 ) -> Result<serde_json::Value, crate::backup::BackupError> {
     use crate::backup::object::{self, Location};
     let client = crate::admin::client::AdminClient::load(credentials)
@@ -799,7 +868,8 @@ async fn backup_create(
     let prune_archive = t.prune_archive.clone();
     let answer = if !object::is_url(&location) {
         let file = PathBuf::from(&location);
-        let manifest = crate::backup::fetch_any(&client, admins, &file, t.allow_stale).await?;
+        let manifest =
+            crate::backup::fetch_any(&client, admins, &file, t.allow_stale, at_rest).await?;
         let deleted = match dir.clone().filter(|_| t.retention != NO_RETENTION) {
             Some(dir) => crate::backup::prune(
                 std::path::Path::new(&dir),
@@ -817,7 +887,8 @@ async fn backup_create(
         let target = Location::parse(&location)?;
         let work = WorkDir::new(t.work_dir)?;
         let local = work.path().join("backup.sqlite3");
-        let manifest = crate::backup::fetch_any(&client, admins, &local, t.allow_stale).await?;
+        let manifest =
+            crate::backup::fetch_any(&client, admins, &local, t.allow_stale, at_rest).await?;
         let manifest = object::upload(&local, &manifest, &target).await?;
         let deleted = match dir.clone().filter(|_| t.retention != NO_RETENTION) {
             Some(dir) => {
@@ -865,6 +936,7 @@ struct Verified {
 async fn backup_verify(
     location: &str,
     work_dir: Option<PathBuf>,
+    at_rest: &AtRest,
 ) -> Result<Verified, crate::backup::BackupError> {
     use crate::backup::object::{self, Location};
     let location = newest_backup(location).await?;
@@ -874,11 +946,13 @@ async fn backup_verify(
         object::download(
             &Location::parse(&location)?,
             &work.path().join("check.sqlite3"),
+            at_rest,
         )
         .await?
     } else {
         let file = PathBuf::from(&location);
-        crate::backup::read_manifest(&file).and_then(|m| crate::backup::verify(&file, &m))?
+        crate::backup::read_manifest(&file)
+            .and_then(|m| crate::backup::verify(&file, &m, at_rest))?
     };
     Ok(Verified {
         backup: location,
@@ -907,6 +981,7 @@ async fn newest_backup(location: &str) -> Result<String, crate::backup::BackupEr
 async fn backup_drill(
     location: &str,
     work_dir: Option<PathBuf>,
+    at_rest: &AtRest,
 ) -> Result<crate::backup::drill::DrillReport, crate::backup::BackupError> {
     use crate::backup::object::{self, Location};
     let work = WorkDir::new(work_dir)?;
@@ -915,18 +990,18 @@ async fn backup_drill(
     let location = newest.as_str();
     let (file, manifest) = if object::is_url(location) {
         let local = work.path().join("backup.sqlite3");
-        let m = object::download(&Location::parse(location)?, &local).await?;
+        let m = object::download(&Location::parse(location)?, &local, at_rest).await?;
         (local, m)
     } else {
         let file = PathBuf::from(location);
         let m = crate::backup::read_manifest(&file)?;
-        let (f, m2) = (file.clone(), m.clone());
-        tokio::task::spawn_blocking(move || crate::backup::verify(&f, &m2))
+        let (f, m2, keyed) = (file.clone(), m.clone(), at_rest.clone());
+        tokio::task::spawn_blocking(move || crate::backup::verify(&f, &m2, &keyed))
             .await
             .map_err(|e| crate::backup::BackupError::Transfer(e.to_string()))??;
         (file, m)
     };
-    crate::backup::drill::drill(&file, &manifest, &work.path().join("drill")).await
+    crate::backup::drill::drill(&file, &manifest, &work.path().join("drill"), at_rest).await
 }
 
 /// `qpq-node backup list`: the backups of a directory or an object-store prefix, oldest
@@ -999,6 +1074,48 @@ async fn workload(a: WorkloadArgs) -> ExitCode {
 }
 
 /// Prints a result as one JSON document on stdout, or the error on stderr (exit 1).
+/// `qpq-node rekey`: every database of the data directory and what was done with it.
+fn rekey(a: &RekeyArgs) -> Result<serde_json::Value, crate::backup::BackupError> {
+    let from = AtRest::from_key_file(a.db_key_file.as_deref())?;
+    let to = AtRest::from_key_file(a.new_db_key_file.as_deref())?;
+    if !a.data_dir.is_dir() {
+        return Err(crate::backup::BackupError::Io {
+            path: a.data_dir.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such data directory"),
+        });
+    }
+    let files = crate::at_rest::rekey_data_dir(&a.data_dir, &from, &to)?;
+    tracing::info!(
+        target: "qpq::audit",
+        event = "db_rekeyed",
+        data_dir = %a.data_dir.display(),
+        from = from.fingerprint().as_deref().unwrap_or("plaintext"),
+        to = to.fingerprint().as_deref().unwrap_or("plaintext"),
+        "data directory rekeyed"
+    );
+    Ok(serde_json::json!({
+        "data_dir": a.data_dir.display().to_string(),
+        "db_key": to.fingerprint(),
+        "files": files
+            .iter()
+            .map(|(path, done)| serde_json::json!({
+                "file": path.display().to_string(),
+                "done": match done {
+                    crate::at_rest::Rekeyed::Converted => "rekeyed",
+                    crate::at_rest::Rekeyed::AlreadyDone => "already under the new key",
+                    crate::at_rest::Rekeyed::Missing => "absent",
+                },
+            }))
+            .collect::<Vec<_>>(),
+    }))
+}
+
+/// A node that cannot start because of its configuration: says why, exits non-zero.
+fn refuse_config(e: &dyn std::fmt::Display) -> ExitCode {
+    tracing::error!(error = %e, "cannot start");
+    ExitCode::FAILURE
+}
+
 fn report<T: serde::Serialize>(result: Result<T, crate::backup::BackupError>) -> ExitCode {
     match result {
         Ok(v) => match serde_json::to_string(&v) {
@@ -1344,7 +1461,10 @@ mod tests {
     fn serve_config(args: &[&str]) -> Result<NodeConfig, clap::Error> {
         let cli = Cli::try_parse_from(["qpq-node", "serve"].iter().chain(args))?;
         match cli.command {
-            Command::Serve(a) => Ok(a.common.into_config(TlsSource::Dev, false)),
+            Command::Serve(a) => Ok(a
+                .common
+                .into_config(TlsSource::Dev, false)
+                .expect("no key file in these tests")),
             _ => unreachable!("parsed a serve command"),
         }
     }

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub metrics_listen: SocketAddr,
     /// Where the database (and the dev certificate) live.
     pub data_dir: PathBuf,
+    /// Whether the databases in `data_dir` are encrypted, and under which key
+    /// (`--db-key-file`; `crate::at_rest`).
+    pub at_rest: crate::at_rest::AtRest,
     /// Certificate source.
     pub tls: TlsSource,
     /// How often, at most, certificate files (the client listener's and the cluster ones)
@@ -263,6 +266,7 @@ impl NodeConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
+            at_rest: crate::at_rest::AtRest::plaintext(),
             tls: TlsSource::Dev,
             tls_reload_check: crate::transport::ReloadingKey::CHECK_EVERY,
             limits: Limits::default(),

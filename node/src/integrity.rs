@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use crate::at_rest::AtRest;
+use rusqlite::OpenFlags;
 
 /// How thoroughly the files are checked at start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -53,7 +54,14 @@ const MAX_FINDINGS: usize = 5;
 
 /// Checks one SQLite file; `Ok(None)` when it does not exist (a new node), `Ok(Some(took))`
 /// when it is sound.
-pub fn check_file(path: &Path, mode: IntegrityCheck) -> Result<Option<Duration>, Damage> {
+///
+/// The file must be readable as `at_rest` says (checked first with [`AtRest::check`]): a
+/// wrong key would read as damage here.
+pub fn check_file(
+    path: &Path,
+    mode: IntegrityCheck,
+    at_rest: &AtRest,
+) -> Result<Option<Duration>, Damage> {
     if mode == IntegrityCheck::Off || !path.exists() {
         return Ok(None);
     }
@@ -64,11 +72,12 @@ pub fn check_file(path: &Path, mode: IntegrityCheck) -> Result<Option<Duration>,
     let started = Instant::now();
     // Read and write, not read-only: a database in WAL mode may need its log recovered (as
     // the node's own open would do) before it can be read; the check itself writes nothing.
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| damage(e.to_string()))?;
+    let conn = at_rest
+        .open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| damage(e.to_string()))?;
     let pragma = match mode {
         IntegrityCheck::Full => "PRAGMA integrity_check",
         _ => "PRAGMA quick_check",
@@ -95,9 +104,13 @@ pub fn check_file(path: &Path, mode: IntegrityCheck) -> Result<Option<Duration>,
 }
 
 /// Checks every file the node is about to open, in order; stops at the first damaged one.
-pub fn check_files(paths: &[PathBuf], mode: IntegrityCheck) -> Result<(), Damage> {
+pub fn check_files(
+    paths: &[PathBuf],
+    mode: IntegrityCheck,
+    at_rest: &AtRest,
+) -> Result<(), Damage> {
     for path in paths {
-        if let Some(took) = check_file(path, mode)? {
+        if let Some(took) = check_file(path, mode, at_rest)? {
             tracing::info!(file = %path.display(), ?mode, took_ms = took.as_millis(), "integrity check passed");
         }
     }
@@ -107,6 +120,7 @@ pub fn check_files(paths: &[PathBuf], mode: IntegrityCheck) -> Result<(), Damage
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     /// A database with one table of `rows` rows, checkpointed (everything in the main file).
     fn database(path: &Path, rows: u32) {
@@ -143,14 +157,17 @@ mod tests {
     fn a_sound_database_passes_and_a_missing_one_is_a_new_node() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.sqlite3");
-        assert_eq!(check_file(&path, IntegrityCheck::Quick), Ok(None));
+        assert_eq!(
+            check_file(&path, IntegrityCheck::Quick, &AtRest::plaintext()),
+            Ok(None)
+        );
         database(&path, 2_000);
         assert!(matches!(
-            check_file(&path, IntegrityCheck::Quick),
+            check_file(&path, IntegrityCheck::Quick, &AtRest::plaintext()),
             Ok(Some(_))
         ));
         assert!(matches!(
-            check_file(&path, IntegrityCheck::Full),
+            check_file(&path, IntegrityCheck::Full, &AtRest::plaintext()),
             Ok(Some(_))
         ));
     }
@@ -164,11 +181,14 @@ mod tests {
         let pages = std::fs::metadata(&path).unwrap().len() / 4096;
         damage_page(&path, pages / 2);
         for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
-            let err = check_file(&path, mode).unwrap_err();
+            let err = check_file(&path, mode, &AtRest::plaintext()).unwrap_err();
             assert_eq!(err.file, path);
             assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
         }
-        assert_eq!(check_file(&path, IntegrityCheck::Off), Ok(None));
+        assert_eq!(
+            check_file(&path, IntegrityCheck::Off, &AtRest::plaintext()),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -184,7 +204,7 @@ mod tests {
             .set_len(len / 2)
             .unwrap();
         for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
-            let err = check_file(&path, mode).unwrap_err();
+            let err = check_file(&path, mode, &AtRest::plaintext()).unwrap_err();
             assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
         }
     }
@@ -194,7 +214,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log.sqlite3");
         std::fs::write(&path, vec![0x5A; 8192]).unwrap();
-        let err = check_files(std::slice::from_ref(&path), IntegrityCheck::Quick).unwrap_err();
+        let err = check_files(
+            std::slice::from_ref(&path),
+            IntegrityCheck::Quick,
+            &AtRest::plaintext(),
+        )
+        .unwrap_err();
         assert_eq!(err.file, path);
         assert!(err.detail.contains("not a database"), "{err:?}");
     }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod at_rest;
 pub mod auth;
 pub mod backup;
 pub mod cli;

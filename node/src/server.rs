@@ -141,10 +141,20 @@ impl RunningNode {
                 "data moved aside for a rebuild; starting empty"
             );
         }
+        // Every database must be readable as configured (encrypted under this key, or
+        // plaintext) before anything else looks at it: a wrong key is the operator's mistake
+        // to fix, never damage to rebuild from.
+        for file in crate::at_rest::DATA_DIR_FILES {
+            config
+                .at_rest
+                .check(&config.data_dir.join(file))
+                .map_err(|e| Error::Store(e.into()))?;
+        }
         // Never serve from a damaged database: check both before anything opens them.
         crate::integrity::check_files(
             &[config.db_path(), config.raft_log_path()],
             config.integrity_check,
+            &config.at_rest,
         )
         .map_err(|d| Error::Corrupt {
             file: d.file,
@@ -196,6 +206,7 @@ impl RunningNode {
                 db_path: config.db_path(),
                 staging: backup_staging,
                 node_id: config.cluster.node_id,
+                at_rest: config.at_rest.clone(),
                 busy: Arc::default(),
             },
             data_dir: config.data_dir.clone(),

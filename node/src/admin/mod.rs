@@ -72,6 +72,8 @@ pub struct BackupSource {
     pub staging: PathBuf,
     /// This node's id, recorded in manifests.
     pub node_id: u64,
+    /// How the state database is kept: the copy is kept the same way.
+    pub at_rest: crate::at_rest::AtRest,
     /// One backup at a time: each costs a copy of the database on disk until it is sent.
     pub busy: Arc<tokio::sync::Mutex<()>>,
 }
@@ -426,12 +428,13 @@ async fn send_backup(s: AdminState, allow_stale: bool) -> Response {
         let path = source
             .staging
             .join(format!("backup-{}.sqlite3", uuid::Uuid::new_v4()));
-        let result = crate::backup::copy_database(&source.db_path, &path, source.node_id)
-            .map_err(|e| e.to_string())
-            .and_then(|manifest| {
-                let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                Ok((manifest, file))
-            });
+        let result =
+            crate::backup::copy_database(&source.db_path, &path, source.node_id, &source.at_rest)
+                .map_err(|e| e.to_string())
+                .and_then(|manifest| {
+                    let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    Ok((manifest, file))
+                });
         // Unlinked at once: the open file stays readable until it is sent, and nothing is
         // left behind if the caller goes away.
         let _ = std::fs::remove_file(&path);

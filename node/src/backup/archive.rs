@@ -34,6 +34,7 @@
 //! header or each other, and an archive whose entry at the backup's position is not the
 //! backup's.
 
+use crate::at_rest::AtRest;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -421,12 +422,13 @@ pub async fn replay(
     archive: &Location,
     target: Target,
     work: &Path,
+    at_rest: &AtRest,
 ) -> Result<Replayed> {
-    let base = meta_of_file(db)
+    let base = meta_of_file(db, at_rest)
         .map_err(|e| BackupError::NotABackup(e.to_string()))?
         .last_log_id;
     let metrics = Metrics::new().map_err(|e| BackupError::Raft(e.to_string()))?;
-    let mut sm = StateMachine::open(db, work, Arc::new(Quiet), metrics)
+    let mut sm = StateMachine::open(db, work, at_rest, Arc::new(Quiet), metrics)
         .map_err(|e| BackupError::Raft(e.to_string()))?;
     let mut pos = base.map_or(0, |l| l.index);
     let mut prev: Option<LogPosition> = base.map(LogPosition::from);
@@ -589,7 +591,7 @@ impl Archiver {
         interval: Duration,
         metrics: Metrics,
     ) -> Result<Self> {
-        let reader = log_store::open_reader(log_path)?;
+        let reader = log_store::open_reader(log_path, log.at_rest())?;
         Ok(Self {
             archive,
             log,

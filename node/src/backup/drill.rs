@@ -7,6 +7,7 @@
 //! `verify` proves the file is the one that was written; a drill proves it still restores
 //! with this build.
 
+use crate::at_rest::AtRest;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,10 +43,18 @@ fn drill_failed(what: String) -> BackupError {
 
 /// Drills the verified local backup `file` (with `manifest`) in `scratch` (empty or absent;
 /// left for the caller to remove).
-pub async fn drill(file: &Path, manifest: &Manifest, scratch: &Path) -> Result<DrillReport> {
+///
+/// `at_rest`: the database key of an encrypted backup (the drill's node runs under it).
+pub async fn drill(
+    file: &Path,
+    manifest: &Manifest,
+    scratch: &Path,
+    at_rest: &AtRest,
+) -> Result<DrillReport> {
     let data = scratch.join("data");
-    restore(file, manifest, &data, 1, "127.0.0.1:1", None).await?;
+    restore(file, manifest, &data, 1, "127.0.0.1:1", None, at_rest).await?;
     let mut config = NodeConfig::dev(data);
+    config.at_rest = at_rest.clone();
     config.cluster.bootstrap = false;
     config.integrity_check = IntegrityCheck::Full;
     // No eviction during the drill: the counts must be the backup's.
@@ -96,7 +105,8 @@ pub async fn drill(file: &Path, manifest: &Manifest, scratch: &Path) -> Result<D
     let report = outcome?;
     // Every table the manifest counts, in the database the node ran on.
     let db = scratch.join("data").join("node.sqlite3");
-    let rows = tokio::task::spawn_blocking(move || super::row_counts_of(&db))
+    let at_rest = at_rest.clone();
+    let rows = tokio::task::spawn_blocking(move || super::row_counts_of(&db, &at_rest))
         .await
         .map_err(|e| drill_failed(e.to_string()))??;
     if rows != manifest.rows {

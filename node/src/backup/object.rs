@@ -16,6 +16,7 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for S3-compatible servers,
 //! `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint; or the pod's web identity).
 
+use crate::at_rest::AtRest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -267,7 +268,10 @@ pub async fn read_manifest(from: &Location) -> Result<Manifest> {
 
 /// Downloads the backup at `from` to the local file `dest` (which must not exist) with its
 /// manifest beside it, and verifies it; `dest` exists only if it verified.
-pub async fn download(from: &Location, dest: &Path) -> Result<Manifest> {
+///
+/// `at_rest` is the database key the file inside is encrypted under, if its manifest names
+/// one (`db_key`); the object's own encryption, under the backup key, is separate.
+pub async fn download(from: &Location, dest: &Path, at_rest: &AtRest) -> Result<Manifest> {
     let manifest = read_manifest(from).await?;
     if dest.try_exists().map_err(|e| BackupError::Io {
         path: dest.to_path_buf(),
@@ -309,7 +313,7 @@ pub async fn download(from: &Location, dest: &Path) -> Result<Manifest> {
     }
     .await;
     drop(file);
-    super::keep_if_verified(written, &partial, dest, &manifest).await?;
+    super::keep_if_verified(written, &partial, dest, &manifest, at_rest).await?;
     Ok(manifest)
 }
 
@@ -441,7 +445,7 @@ mod tests {
         }
         drop(conn);
         let copy = dir.path().join("backup.sqlite3");
-        let manifest = crate::backup::copy_database(&db, &copy, 1).unwrap();
+        let manifest = crate::backup::copy_database(&db, &copy, 1, &AtRest::plaintext()).unwrap();
         assert!(manifest.bytes > 3 << 20, "{} bytes", manifest.bytes);
         (dir, copy, manifest)
     }
@@ -502,15 +506,19 @@ mod tests {
         assert_eq!(returned, stored);
 
         let dest = dir.path().join("restored.sqlite3");
-        let got = download(&at(&store, "k/x.sqlite3", key(7)), &dest)
-            .await
-            .unwrap();
+        let got = download(
+            &at(&store, "k/x.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await
+        .unwrap();
         assert_eq!(got, stored);
         assert_eq!(std::fs::read(&dest).unwrap(), plain);
         // The local copy is kept decrypted, with a plain manifest that verifies.
         let local = crate::backup::read_manifest(&dest).unwrap();
         assert_eq!(local, manifest);
-        crate::backup::verify(&dest, &local).unwrap();
+        crate::backup::verify(&dest, &local, &AtRest::plaintext()).unwrap();
     }
 
     #[tokio::test]
@@ -526,24 +534,43 @@ mod tests {
         let dest = dir.path().join("out.sqlite3");
         let id = key(7).unwrap().id().to_owned();
 
-        let r = download(&at(&store, "sealed.sqlite3", None), &dest).await;
+        let r = download(
+            &at(&store, "sealed.sqlite3", None),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(
             r,
             &dest,
             &format!("encrypted with key {id}: set QPQ_BACKUP_KEY"),
         );
-        let r = download(&at(&store, "sealed.sqlite3", key(8)), &dest).await;
+        let r = download(
+            &at(&store, "sealed.sqlite3", key(8)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(
             r,
             &dest,
             &format!("encrypted with key {id}, QPQ_BACKUP_KEY holds key"),
         );
-        let r = download(&at(&store, "plain.sqlite3", key(7)), &dest).await;
+        let r = download(
+            &at(&store, "plain.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(r, &dest, "is not encrypted");
         // Without a key, a plain backup reads as before.
-        download(&at(&store, "plain.sqlite3", None), &dest)
-            .await
-            .unwrap();
+        download(
+            &at(&store, "plain.sqlite3", None),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -642,22 +669,41 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[sealed.len() / 2] ^= 0x01;
         replace(flipped).await;
-        let r = download(&at(&store, "a.sqlite3", key(7)), &dest).await;
+        let r = download(
+            &at(&store, "a.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(r, &dest, "does not open");
 
         // Cut after the second piece: what is left ends on a piece not flagged last.
         replace(sealed[..HEADER + 2 * (crypt::PIECE + 16)].to_vec()).await;
-        let r = download(&at(&store, "a.sqlite3", key(7)), &dest).await;
+        let r = download(
+            &at(&store, "a.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(r, &dest, "does not open");
 
         // Another backup's object, sealed with the same key, under this manifest.
         replace(object(&store, "b.sqlite3").await).await;
-        let r = download(&at(&store, "a.sqlite3", key(7)), &dest).await;
+        let r = download(
+            &at(&store, "a.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await;
         refused(r, &dest, "does not open");
 
         replace(sealed).await;
-        download(&at(&store, "a.sqlite3", key(7)), &dest)
-            .await
-            .unwrap();
+        download(
+            &at(&store, "a.sqlite3", key(7)),
+            &dest,
+            &AtRest::plaintext(),
+        )
+        .await
+        .unwrap();
     }
 }

@@ -680,6 +680,7 @@ fn answers() -> Vec<(&'static str, serde_json::Value)> {
         state_digest: Some("d1".repeat(32)),
         stale: None,
         encryption: None,
+        db_key: None,
     };
     let sealed = Manifest {
         format: FORMAT_ENCRYPTED,

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::at_rest::AtRest;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -55,6 +56,8 @@ type UnsavedCommitted = Arc<Mutex<Option<Option<LogId<NodeId>>>>>;
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// How the file is kept on disk (every connection to it is keyed the same).
+    at_rest: AtRest,
     committed: UnsavedCommitted,
     /// `qpq_raft_log_append_duration_seconds`, when the node's metrics are attached.
     append_duration: Option<prometheus::Histogram>,
@@ -88,8 +91,8 @@ pub struct LogReader {
 }
 
 /// A connection of its own to the log database at `path` (the log archiver's reads).
-pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    open(path)
+pub fn open_reader(path: &Path, at_rest: &AtRest) -> rusqlite::Result<Connection> {
+    open(path, at_rest)
 }
 
 /// Up to `max_bytes` (at least one entry) of raw CBOR entries from index `from` to `upto`
@@ -120,8 +123,8 @@ pub fn read_raw(
     Ok(out)
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+fn open(path: &Path, at_rest: &AtRest) -> rusqlite::Result<Connection> {
+    let conn = at_rest.open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: every commit fsyncs the WAL. This is what makes "append returned" mean durable.
@@ -152,9 +155,16 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl LogStore {
-    /// Opens (creating if missing) the log database at `path`.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = open(path)?;
+    /// Opens (creating if missing) the plaintext log database at `path`.
+    pub fn open(path: &Path) -> Result<Self, crate::state::StoreError> {
+        Self::open_at(path, &AtRest::plaintext())
+    }
+
+    /// Opens (creating if missing) the log database at `path`, kept as `at_rest` says; an
+    /// existing file that does not match is refused before anything is written.
+    pub fn open_at(path: &Path, at_rest: &AtRest) -> Result<Self, crate::state::StoreError> {
+        at_rest.check(path)?;
+        let conn = open(path, at_rest)?;
         conn.execute_batch(SCHEMA)?;
         let held: i64 =
             conn.query_row("SELECT coalesce(sum(length(entry)), 0) FROM log", [], |r| {
@@ -165,11 +175,17 @@ impl LogStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            at_rest: at_rest.clone(),
             committed: Arc::default(),
             append_duration: None,
             archived: Arc::new(AtomicU64::new(u64::MAX)),
             appended,
         })
+    }
+
+    /// How the log's file is kept on disk.
+    pub fn at_rest(&self) -> &AtRest {
+        &self.at_rest
     }
 
     /// The running total of appended entry bytes (shared: it keeps counting).
@@ -358,7 +374,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> Self::LogReader {
         // A connection of its own, so replication reads never wait behind an fsync. If it
         // cannot be opened, share the writer's (slower, still correct).
-        match open(&self.path) {
+        match open(&self.path, &self.at_rest) {
             Ok(conn) => LogReader {
                 conn: Arc::new(Mutex::new(conn)),
             },

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::at_rest::AtRest;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -171,8 +172,8 @@ impl Digests {
 /// Opens a read transaction on the state database and reads from it, which fixes its view
 /// (WAL snapshot) at the last commit; called with the store's lock held, so that commit is
 /// the checkpoint's.
-fn pin_snapshot(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+fn pin_snapshot(path: &Path, at_rest: &AtRest) -> rusqlite::Result<Connection> {
+    let conn = at_rest.open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
@@ -252,6 +253,8 @@ pub struct Shared {
     store: Mutex<Store>,
     db_path: PathBuf,
     snapshot_dir: PathBuf,
+    /// How the state, the snapshot and the files on their way are kept on disk.
+    at_rest: AtRest,
     /// Serialises building and installing snapshots (both replace `current.sqlite3`).
     snapshot_lock: Mutex<()>,
     observer: Arc<dyn ApplyObserver>,
@@ -318,9 +321,14 @@ fn snapshot_id(last: &Option<LogId<NodeId>>) -> String {
     }
 }
 
-pub(crate) fn meta_of_file(path: &Path) -> StResult<SnapshotMeta<NodeId, Member>> {
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(snap_err)?;
+pub(crate) fn meta_of_file(
+    path: &Path,
+    at_rest: &AtRest,
+) -> StResult<SnapshotMeta<NodeId, Member>> {
+    at_rest.check(path).map_err(snap_err)?;
+    let conn = at_rest
+        .open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(snap_err)?;
     let applied = read_applied(&conn)?;
     Ok(SnapshotMeta {
         snapshot_id: snapshot_id(&applied.last_applied),
@@ -342,7 +350,8 @@ fn restore_newer_snapshot(store: &mut Store, current: &Path) -> Result<(), crate
     if !current.exists() {
         return Ok(());
     }
-    let snapshot = meta_of_file(current).map_err(|e| crate::Error::Raft(e.to_string()))?;
+    let snapshot =
+        meta_of_file(current, store.at_rest()).map_err(|e| crate::Error::Raft(e.to_string()))?;
     let state = read_applied(store.connection())
         .map_err(|e| crate::Error::Raft(e.to_string()))?
         .last_applied;
@@ -363,6 +372,7 @@ impl StateMachine {
     pub fn open(
         db_path: &Path,
         snapshot_dir: &Path,
+        at_rest: &AtRest,
         observer: Arc<dyn ApplyObserver>,
         metrics: Metrics,
     ) -> Result<Self, crate::Error> {
@@ -374,7 +384,7 @@ impl StateMachine {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let mut store = Store::open_replicated(db_path)?;
+        let mut store = Store::open_replicated(db_path, at_rest)?;
         restore_newer_snapshot(&mut store, &snapshot_dir.join(CURRENT))?;
         // Checked before Raft starts: a downgraded build must not apply a single entry.
         let versions = store.command_versions()?;
@@ -384,6 +394,7 @@ impl StateMachine {
                 store: Mutex::new(store),
                 db_path: db_path.to_path_buf(),
                 snapshot_dir: snapshot_dir.to_path_buf(),
+                at_rest: at_rest.clone(),
                 snapshot_lock: Mutex::new(()),
                 observer,
                 metrics,
@@ -549,7 +560,7 @@ fn apply_entries(shared: &Shared, entries: &[Entry<TypeConfig>]) -> StResult<Vec
             }
             free
         })
-        .map(|i| (i, pin_snapshot(&shared.db_path)));
+        .map(|i| (i, pin_snapshot(&shared.db_path, &shared.at_rest)));
     drop(store);
     match pinned {
         Some((index, Ok(conn))) => digest_in_background(shared, conn, index),
@@ -627,11 +638,11 @@ fn build(
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let _ = std::fs::remove_file(&temp);
-    Store::copy_to(&shared.db_path, &temp).map_err(snap_err)?;
+    Store::copy_to(&shared.db_path, &temp, &shared.at_rest).map_err(snap_err)?;
     std::fs::File::open(&temp)
         .and_then(|f| f.sync_all())
         .map_err(snap_err)?;
-    let meta = meta_of_file(&temp)?;
+    let meta = meta_of_file(&temp, &shared.at_rest)?;
     let current = shared.snapshot_dir.join(CURRENT);
     std::fs::rename(&temp, &current).map_err(snap_err)?;
     fsync_dir(&shared.snapshot_dir).map_err(snap_err)?;
@@ -741,11 +752,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = self
             .blocking(move |s| {
                 let _guard = s.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let found = meta_of_file(&installing)?;
+                let found = meta_of_file(&installing, &s.at_rest)?;
                 let bytes = std::fs::metadata(&installing).map_or(0, |m| m.len());
                 // The same rule as at start: a state finalized beyond this build is refused
                 // before it replaces anything (this node stops; upgrading it lets it continue).
-                let incoming = Store::command_versions_of_file(&installing).map_err(snap_err)?;
+                let incoming =
+                    Store::command_versions_of_file(&installing, &s.at_rest).map_err(snap_err)?;
                 check_not_downgraded(incoming).map_err(snap_err)?;
                 if found.last_log_id != meta.last_log_id {
                     return Err(snap_err(format!(
@@ -781,7 +793,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if !path.exists() {
                     return Ok(None);
                 }
-                let meta = meta_of_file(&path)?;
+                let meta = meta_of_file(&path, &s.at_rest)?;
                 let file = std::fs::File::open(&path).map_err(snap_err)?;
                 Ok(Some((meta, file)))
             })

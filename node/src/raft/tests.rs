@@ -10,6 +10,7 @@ use openraft::{StorageError, StorageIOError};
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::{NodeId, TypeConfig};
+use crate::at_rest::AtRest;
 use crate::metrics::Metrics;
 use crate::service::hooks::ServiceHooks;
 
@@ -24,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let sm = StateMachine::open(
             &dir.path().join("node.sqlite3"),
             &dir.path().join("snapshots"),
+            &AtRest::plaintext(),
             Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
@@ -47,6 +49,7 @@ async fn a_reopened_state_machine_resumes_after_the_last_applied_entry() {
         StateMachine::open(
             &dir.path().join("node.sqlite3"),
             &dir.path().join("snapshots"),
+            &AtRest::plaintext(),
             Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
@@ -132,6 +135,7 @@ async fn an_entry_of_an_unknown_command_version_stops_the_state_machine() {
     let mut sm = StateMachine::open(
         &dir.path().join("node.sqlite3"),
         &dir.path().join("snapshots"),
+        &AtRest::plaintext(),
         Arc::new(ServiceHooks::default()),
         Metrics::new().unwrap(),
     )
@@ -246,6 +250,7 @@ async fn finalize_moves_the_shared_versions_and_a_downgraded_state_is_refused() 
         StateMachine::open(
             &db,
             &dir.path().join("snapshots"),
+            &AtRest::plaintext(),
             Arc::new(ServiceHooks::default()),
             Metrics::new().unwrap(),
         )
@@ -309,6 +314,7 @@ async fn a_snapshot_finalized_beyond_this_build_is_not_installed() {
     let mut sm = StateMachine::open(
         &dir.path().join("node.sqlite3"),
         &dir.path().join("snapshots"),
+        &AtRest::plaintext(),
         Arc::new(ServiceHooks::default()),
         Metrics::new().unwrap(),
     )

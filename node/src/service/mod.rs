@@ -83,6 +83,7 @@ impl Caller {
 /// thread per read.
 struct Readers {
     path: PathBuf,
+    at_rest: crate::at_rest::AtRest,
     idle: Mutex<Vec<StoreReader>>,
     turns: Arc<tokio::sync::Semaphore>,
 }
@@ -95,9 +96,10 @@ impl Readers {
     /// connection per read; PERFORMANCE.md).
     const MAX: usize = 64;
 
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, at_rest: crate::at_rest::AtRest) -> Self {
         Self {
             path,
+            at_rest,
             idle: Mutex::new(Vec::new()),
             turns: Arc::new(tokio::sync::Semaphore::new(Self::MAX)),
         }
@@ -115,7 +117,7 @@ impl Readers {
             let _turn = turn;
             let reader = match this.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(r) => r,
-                None => StoreReader::open(&this.path)?,
+                None => StoreReader::open_at(&this.path, &this.at_rest)?,
             };
             let out = f(&reader);
             let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -215,7 +217,7 @@ impl Services {
             ttl_ms: duration_ms(config.retention.key_package_ttl),
             ..KeyPackagePolicy::default()
         };
-        let readers = Arc::new(Readers::new(config.db_path()));
+        let readers = Arc::new(Readers::new(config.db_path(), config.at_rest.clone()));
         let challenges = Challenges::new(
             duration_ms(config.auth.challenge_ttl),
             config.auth.max_outstanding_challenges,
@@ -727,7 +729,7 @@ mod readers_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.sqlite3");
         drop(crate::state::Store::open(&path).unwrap());
-        let readers = Arc::new(Readers::new(path));
+        let readers = Arc::new(Readers::new(path, crate::at_rest::AtRest::plaintext()));
         let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let reads: Vec<_> = (0..1000)
             .map(|_| {

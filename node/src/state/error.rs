@@ -12,6 +12,10 @@ pub enum StoreError {
     /// SQLite (or the I/O beneath it) failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file is not kept the way the node was told (encrypted without a key, plaintext
+    /// with one, or under another key).
+    #[error(transparent)]
+    AtRest(#[from] crate::at_rest::AtRestError),
     /// The database was written by a newer build; opening it could misread or damage it.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {

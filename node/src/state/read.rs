@@ -220,9 +220,14 @@ impl StoreReader {
     /// Never creates or migrates: a missing file is an error, and so is a schema version other
     /// than [`SCHEMA_VERSION`].
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_at(path, &crate::at_rest::AtRest::plaintext())
+    }
+
+    /// Like [`StoreReader::open`], for a file kept as `at_rest` says.
+    pub fn open_at(path: &Path, at_rest: &crate::at_rest::AtRest) -> Result<Self> {
         // Read-write without CREATE, then `query_only`: a WAL reader must be able to update
         // the shared-memory index, which a SQLITE_OPEN_READ_ONLY connection may not.
-        let conn = Connection::open_with_flags(
+        let conn = at_rest.open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
@@ -598,8 +603,12 @@ pub(super) fn command_versions(conn: &Connection) -> Result<CommandVersions> {
 
 /// The command versions of the database file at `path` (a snapshot being installed), read
 /// without migrating it: a file from a build before schema 5 has none above the baseline.
-pub(super) fn command_versions_of_file(path: &Path) -> Result<CommandVersions> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+pub(super) fn command_versions_of_file(
+    path: &Path,
+    at_rest: &crate::at_rest::AtRest,
+) -> Result<CommandVersions> {
+    at_rest.check(path)?;
+    let conn = at_rest.open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let has_table: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'command_versions')",
         [],

@@ -18,6 +18,7 @@ use super::command::{Command, Outcome, Stamp};
 use super::error::{Result, StoreError};
 use super::migrations;
 use super::read::{self, BUSY_TIMEOUT, FetchPage, Stats};
+use crate::at_rest::AtRest;
 
 /// Enough for every statement `apply` and the reads use, so none is re-prepared per entry.
 const STATEMENT_CACHE: usize = 64;
@@ -25,6 +26,8 @@ const STATEMENT_CACHE: usize = 64;
 /// The state database, open for writing.
 pub struct Store {
     conn: Connection,
+    /// How the file is kept on disk; a snapshot replacing it is read the same way.
+    at_rest: AtRest,
 }
 
 impl fmt::Debug for Store {
@@ -42,8 +45,16 @@ impl Store {
     /// Fails with [`StoreError::SchemaTooNew`] on a database written by a newer build,
     /// without changing the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        Self::init(conn, true)
+        Self::open_at(path, &AtRest::plaintext())
+    }
+
+    /// Like [`Store::open`], for a file kept as `at_rest` says (encrypted or not). An
+    /// existing file that does not match fails with [`StoreError::AtRest`] before anything
+    /// is read or written.
+    pub fn open_at(path: &Path, at_rest: &AtRest) -> Result<Self> {
+        at_rest.check(path)?;
+        let conn = at_rest.open(path)?;
+        Self::init(conn, true, at_rest.clone())
     }
 
     /// Opens the database as the state of a replicated log: like [`Store::open`], but
@@ -53,18 +64,18 @@ impl Store {
     /// machine can: each transaction records the log id it applied, the Raft log itself is
     /// fsync'd, and a restart re-applies every committed entry after that log id (see
     /// `docs/ARCHITECTURE.md`, "Durability: one fsync per batch").
-    pub fn open_replicated(path: &Path) -> Result<Self> {
-        let store = Self::open(path)?;
+    pub fn open_replicated(path: &Path, at_rest: &AtRest) -> Result<Self> {
+        let store = Self::open_at(path, at_rest)?;
         store.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         Ok(store)
     }
 
     /// A private in-memory database (tests, tools). Nothing is durable.
     pub fn open_in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?, false)
+        Self::init(Connection::open_in_memory()?, false, AtRest::plaintext())
     }
 
-    fn init(mut conn: Connection, on_disk: bool) -> Result<Self> {
+    fn init(mut conn: Connection, on_disk: bool, at_rest: AtRest) -> Result<Self> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Checked before anything else: even switching the journal mode writes the file, and a
         // newer build's database must be left exactly as it was.
@@ -84,7 +95,7 @@ impl Store {
         conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, at_rest })
     }
 
     /// Applies `entries` in order, in one transaction, and returns one [`Outcome`] per entry.
@@ -129,7 +140,10 @@ impl Store {
     /// [`StoreError::SchemaTooNew`] if the source is from a newer build, before anything is
     /// copied.
     pub fn replace_from(&mut self, source: &Path) -> Result<()> {
-        let src = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        self.at_rest.check(source)?;
+        let src = self
+            .at_rest
+            .open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         migrations::ensure_not_newer(migrations::schema_version(&src)?)?;
         {
             let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
@@ -141,9 +155,10 @@ impl Store {
     }
 
     /// Writes a consistent copy of the database to `dest` (which must not exist): one read
-    /// transaction, so the copy holds exactly the rows of some committed batch.
-    pub fn copy_to(source: &Path, dest: &Path) -> Result<()> {
-        let conn = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    /// transaction, so the copy holds exactly the rows of some committed batch. The copy is
+    /// kept like the source (`VACUUM INTO` of an encrypted database encrypts under its key).
+    pub fn copy_to(source: &Path, dest: &Path, at_rest: &AtRest) -> Result<()> {
+        let conn = at_rest.open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let dest = dest
             .to_str()
@@ -192,6 +207,11 @@ impl Store {
         read::channel_access(&self.conn, channel, account)
     }
 
+    /// How the file is kept on disk.
+    pub fn at_rest(&self) -> &AtRest {
+        &self.at_rest
+    }
+
     /// The replicated-command versions this state holds (finalized, applied).
     pub fn command_versions(&self) -> Result<super::CommandVersions> {
         read::command_versions(&self.conn)
@@ -200,8 +220,11 @@ impl Store {
     /// The replicated-command versions of the state database file at `path` (e.g. a
     /// snapshot about to be installed), without migrating or otherwise writing it. A file
     /// from before they were recorded (schema 4 and older) has the baseline values.
-    pub fn command_versions_of_file(path: &Path) -> Result<super::CommandVersions> {
-        read::command_versions_of_file(path)
+    pub fn command_versions_of_file(
+        path: &Path,
+        at_rest: &AtRest,
+    ) -> Result<super::CommandVersions> {
+        read::command_versions_of_file(path, at_rest)
     }
 
     /// The database's schema version.

@@ -1247,9 +1247,9 @@ mod command_versions {
         let mut s = Store::open(&live).unwrap();
         s.apply_batch(&[(finalize(4), at(1))]).unwrap();
         let snapshot = dir.path().join("snapshot.db");
-        Store::copy_to(&live, &snapshot).unwrap();
+        Store::copy_to(&live, &snapshot, &crate::at_rest::AtRest::plaintext()).unwrap();
         assert_eq!(
-            Store::command_versions_of_file(&snapshot)
+            Store::command_versions_of_file(&snapshot, &crate::at_rest::AtRest::plaintext())
                 .unwrap()
                 .finalized,
             4
@@ -1271,7 +1271,7 @@ mod command_versions {
             migrations::run_steps(&mut conn, migrations::MIGRATIONS, 4).unwrap();
         }
         assert_eq!(
-            Store::command_versions_of_file(&path).unwrap(),
+            Store::command_versions_of_file(&path, &crate::at_rest::AtRest::plaintext()).unwrap(),
             CommandVersions::default()
         );
     }

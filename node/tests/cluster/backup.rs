@@ -26,7 +26,7 @@ fn qpq_node(args: &[&str]) -> Output {
         .expect("run qpq-node")
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -36,7 +36,7 @@ async fn write(history: &Rc<History>, c: &Cluster, channel: ChannelId, n: usize)
     assert_eq!(*history.unacked.borrow(), 0, "every write acknowledged");
 }
 
-fn seqs_of(history: &History, channel: ChannelId) -> BTreeMap<u64, ClientMsgId> {
+pub(crate) fn seqs_of(history: &History, channel: ChannelId) -> BTreeMap<u64, ClientMsgId> {
     history
         .acked
         .borrow()
@@ -60,7 +60,7 @@ async fn one_node_with_messages() -> (Cluster, Rc<History>, ChannelId) {
 }
 
 /// `qpq-node restore --from from` into the data directory of `r`'s node 1 (not started).
-fn restore_into(r: &Cluster, from: &str, env: &[(&str, String)]) -> Output {
+pub(crate) fn restore_into(r: &Cluster, from: &str, env: &[(&str, String)]) -> Output {
     let n = r.node(1);
     qpq_node_env(
         &[
@@ -80,7 +80,11 @@ fn restore_into(r: &Cluster, from: &str, env: &[(&str, String)]) -> Output {
 
 /// Starts `r` (restored) and checks that every node serves `channel` exactly as `before`
 /// acknowledged it.
-async fn serves_the_backed_up_log(r: &mut Cluster, before: &History, channel: ChannelId) {
+pub(crate) async fn serves_the_backed_up_log(
+    r: &mut Cluster,
+    before: &History,
+    channel: ChannelId,
+) {
     r.node_mut(1).spawn();
     r.wait_leader(Duration::from_secs(20)).await;
     local(async {
@@ -390,7 +394,7 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
 }
 
 /// `qpq-node` with extra environment variables.
-fn qpq_node_env(args: &[&str], env: &[(&str, String)]) -> Output {
+pub(crate) fn qpq_node_env(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
     cmd.args(args);
     for (k, v) in env {
@@ -399,7 +403,7 @@ fn qpq_node_env(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("run qpq-node")
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

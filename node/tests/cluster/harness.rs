@@ -131,14 +131,40 @@ impl Node {
         self.spawn_expecting(true);
     }
 
-    fn spawn_expecting(&mut self, held: bool) {
+    /// Starts the process on a configuration it must refuse: waits up to 20 s for it to
+    /// exit, and returns its exit status and everything it wrote to stderr. Panics if it
+    /// is still running then (it is killed first).
+    pub async fn start_refused(&mut self) -> (std::process::ExitStatus, String) {
         assert!(self.child.is_none());
-        self.held = held;
-        let ports = Serving {
-            client: SocketAddr::new(self.ip.parse().unwrap(), self.client_port),
-            admin: SocketAddr::new(self.ip.parse().unwrap(), self.admin_port),
-            metrics: SocketAddr::new(self.ip.parse().unwrap(), self.metrics_port),
+        let mut child = self
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn qpq-node");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let read = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} started where it should have refused", self.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        (status, read.join().unwrap())
+    }
+
+    /// The command line that starts this node.
+    fn command(&self) -> Command {
         let program =
             (self.program.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qpq-node")));
         let mut cmd = Command::new(program);
@@ -174,6 +200,18 @@ impl Node {
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn spawn_expecting(&mut self, held: bool) {
+        assert!(self.child.is_none());
+        self.held = held;
+        let ports = Serving {
+            client: SocketAddr::new(self.ip.parse().unwrap(), self.client_port),
+            admin: SocketAddr::new(self.ip.parse().unwrap(), self.admin_port),
+            metrics: SocketAddr::new(self.ip.parse().unwrap(), self.metrics_port),
+        };
+        let mut cmd = self.command();
         let ready = move |line: &str| {
             if held {
                 // Holding on damaged storage, or fenced: listeners bound.

@@ -29,6 +29,7 @@ mod spawn;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 
+mod at_rest;
 mod backup;
 mod ca_rotation;
 mod chaos;

@@ -7,6 +7,7 @@ use openraft::storage::{RaftLogReader as _, RaftLogStorage as _};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 use super::*;
+use crate::at_rest::AtRest;
 use crate::raft::{Proposal, encode};
 use crate::state::{Command, Stamp};
 
@@ -63,6 +64,7 @@ async fn backup_at(dir: &Path, upto: u64) -> PathBuf {
     let mut sm = StateMachine::open(
         &db,
         &dir.join("snapshots"),
+        &AtRest::plaintext(),
         Arc::new(Quiet),
         Metrics::new().unwrap(),
     )
@@ -184,21 +186,36 @@ async fn replay_applies_what_follows_the_backup_up_to_the_target() {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let db = backup_at(dir.path(), 10).await;
-            let r = replay(&db, &at, target, &dir.path().join("work"))
-                .await
-                .unwrap();
+            let r = replay(
+                &db,
+                &at,
+                target,
+                &dir.path().join("work"),
+                &AtRest::plaintext(),
+            )
+            .await
+            .unwrap();
             assert_eq!(messages(&db), want, "{target}");
             assert_eq!(r.to.map(|p| p.index), Some(to), "{target}");
             assert_eq!(r.entries, to - 10, "{target}");
-            let applied = meta_of_file(&db).unwrap().last_log_id.map(|l| l.index);
+            let applied = meta_of_file(&db, &AtRest::plaintext())
+                .unwrap()
+                .last_log_id
+                .map(|l| l.index);
             assert_eq!(applied, Some(to), "{target}");
         }
         for target in [Target::Index(26), Target::TimeMs(60_000)] {
             let dir = tempfile::tempdir().unwrap();
             let db = backup_at(dir.path(), 10).await;
-            let e = replay(&db, &at, target, &dir.path().join("work"))
-                .await
-                .unwrap_err();
+            let e = replay(
+                &db,
+                &at,
+                target,
+                &dir.path().join("work"),
+                &AtRest::plaintext(),
+            )
+            .await
+            .unwrap_err();
             assert!(
                 matches!(e, BackupError::TargetNotReached { .. }),
                 "{target}: {e}"
@@ -229,9 +246,15 @@ async fn pruning_keeps_every_segment_a_restore_from_the_oldest_backup_reads() {
     assert_eq!(left, [(9, 16), (17, 24), (25, 30)]);
     let dir = tempfile::tempdir().unwrap();
     let db = backup_at(dir.path(), 16).await;
-    let r = replay(&db, &at, Target::End, &dir.path().join("work"))
-        .await
-        .unwrap();
+    let r = replay(
+        &db,
+        &at,
+        Target::End,
+        &dir.path().join("work"),
+        &AtRest::plaintext(),
+    )
+    .await
+    .unwrap();
     assert_eq!((r.entries, messages(&db)), (14, 30));
     assert!(prune(&at, 0).await.unwrap().is_empty());
 }
@@ -245,9 +268,15 @@ async fn replay_refuses_a_gap_another_history_and_a_damaged_segment() {
     put(&gap, &all[0..10]).await;
     put(&gap, &all[13..20]).await;
     let db = backup_at(&dir.path().join("gap"), 5).await;
-    let e = replay(&db, &gap, Target::End, &dir.path().join("w1"))
-        .await
-        .unwrap_err();
+    let e = replay(
+        &db,
+        &gap,
+        Target::End,
+        &dir.path().join("w1"),
+        &AtRest::plaintext(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(e, BackupError::ArchiveGap { from: 11, to: 13 }),
         "{e}"
@@ -258,9 +287,15 @@ async fn replay_refuses_a_gap_another_history_and_a_damaged_segment() {
     let theirs: Vec<Entry<TypeConfig>> = (1..=20).map(|i| entry(i, 2)).collect();
     put(&foreign, &theirs).await;
     let db = backup_at(&dir.path().join("foreign"), 5).await;
-    let e = replay(&db, &foreign, Target::End, &dir.path().join("w2"))
-        .await
-        .unwrap_err();
+    let e = replay(
+        &db,
+        &foreign,
+        Target::End,
+        &dir.path().join("w2"),
+        &AtRest::plaintext(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(e, BackupError::ArchiveMismatch { index: 5, .. }),
         "{e}"
@@ -282,9 +317,15 @@ async fn replay_refuses_a_gap_another_history_and_a_damaged_segment() {
         .await
         .unwrap();
     let db = backup_at(&dir.path().join("damaged"), 5).await;
-    let e = replay(&db, &damaged, Target::End, &dir.path().join("w3"))
-        .await
-        .unwrap_err();
+    let e = replay(
+        &db,
+        &damaged,
+        Target::End,
+        &dir.path().join("w3"),
+        &AtRest::plaintext(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, BackupError::Archive(_)), "{e}");
 }
 
@@ -307,7 +348,7 @@ async fn a_log_that_archives_keeps_unarchived_entries_through_purges() {
     let path = dir.path().join("raft-log.sqlite3");
     let mut log = LogStore::open(&path).unwrap().hold_for_archive();
     fill_log(&path, 1..=10);
-    let reader = log_store::open_reader(&path).unwrap();
+    let reader = log_store::open_reader(&path, &AtRest::plaintext()).unwrap();
     let rows = |from, upto| {
         log_store::read_raw(&reader, from, upto, usize::MAX)
             .unwrap()
@@ -348,7 +389,7 @@ async fn a_log_that_archives_keeps_unarchived_entries_through_purges() {
             .purge(LogId::new(CommittedLeaderId::new(term, 1), point))
             .await
             .unwrap();
-        let reader = log_store::open_reader(&path).unwrap();
+        let reader = log_store::open_reader(&path, &AtRest::plaintext()).unwrap();
         let left: Vec<u64> = log_store::read_raw(&reader, 1, 20, usize::MAX)
             .unwrap()
             .into_iter()
@@ -369,7 +410,7 @@ async fn a_log_that_archives_keeps_unarchived_entries_through_purges() {
         .purge(LogId::new(CommittedLeaderId::new(1, 1), 1))
         .await
         .unwrap();
-    let reader = log_store::open_reader(&plain_path).unwrap();
+    let reader = log_store::open_reader(&plain_path, &AtRest::plaintext()).unwrap();
     assert!(
         log_store::read_raw(&reader, 1, 1, usize::MAX)
             .unwrap()

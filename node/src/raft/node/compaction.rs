@@ -19,6 +19,7 @@
 //! entry bytes (which starts at what the log holds when the node opens) minus its value
 //! when the node last saw a new snapshot, built here or installed from the leader.
 
+use crate::at_rest::AtRest;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,11 +62,11 @@ fn snapshot_bytes(file: &Path) -> u64 {
 }
 
 /// The last log id of the snapshot kept in `file`, if there is one.
-pub(super) fn snapshot_at(file: &Path) -> Option<LogId<NodeId>> {
+pub(super) fn snapshot_at(file: &Path, at_rest: &AtRest) -> Option<LogId<NodeId>> {
     if !file.exists() {
         return None;
     }
-    super::super::state_machine::meta_of_file(file)
+    super::super::state_machine::meta_of_file(file, at_rest)
         .ok()
         .and_then(|m| m.last_log_id)
 }

@@ -225,8 +225,8 @@ impl RaftNode {
             .unwrap_or_else(|| bound.to_string());
         let client = Arc::new(PeerClient::new(endpoint.clone(), tls.client_config()?));
 
-        let mut log = LogStore::open(&config.raft_log_path())
-            .map_err(|e| crate::Error::Store(e.into()))?
+        let mut log = LogStore::open_at(&config.raft_log_path(), &config.at_rest)
+            .map_err(crate::Error::Store)?
             .with_metrics(&metrics);
         // Checked before Raft starts: a node told to archive never purges unarchived
         // entries, not even once.
@@ -242,12 +242,13 @@ impl RaftNode {
         let sm = StateMachine::open(
             &config.db_path(),
             &config.data_dir.join("snapshots"),
+            &config.at_rest,
             observer,
             metrics.clone(),
         )?;
         let appended = log.appended_bytes();
         let snapshot_file = sm.snapshot_file();
-        let snapshot_at_open = compaction::snapshot_at(&snapshot_file);
+        let snapshot_at_open = compaction::snapshot_at(&snapshot_file, &config.at_rest);
         let versions = sm.versions();
         let digests = sm.digests();
         digests.set_every(cluster.digest_every);
