@@ -300,25 +300,23 @@ pub fn rekey_file(path: &Path, from: &AtRest, to: &AtRest) -> Result<Rekeyed, At
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    {
-        let conn = from.open(path).map_err(sqlite)?;
-        // Everything into the main file first, so that the old WAL holds nothing the export
-        // could miss and nothing a later open of the new file could replay.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(sqlite)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sqlite)?;
-        to.attach(&conn, &temp, "rekeyed").map_err(sqlite)?;
-        conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
-            .map_err(sqlite)?;
-        conn.pragma_update(Some("rekeyed"), "user_version", version)
-            .map_err(sqlite)?;
+    let exported = (|| {
+        let conn = from.open(path)?;
+        // Everything into the main file, and out of WAL mode, before the export: the old WAL
+        // then holds nothing the export could miss and nothing a later open of the new file
+        // could replay. Leaving WAL mode takes the only connection: a node still running on
+        // the file makes this fail ("database is locked") before anything is written.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        to.attach(&conn, &temp, "rekeyed")?;
+        conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+        conn.pragma_update(Some("rekeyed"), "user_version", version)?;
         conn.execute_batch("DETACH DATABASE rekeyed;")
-            .map_err(sqlite)?;
-        // Back out of WAL mode so that closing leaves no -wal or -shm file behind.
-        conn.pragma_update(None, "journal_mode", "DELETE")
-            .map_err(sqlite)?;
+    })();
+    if let Err(e) = exported {
+        let _ = std::fs::remove_file(&temp);
+        return Err(sqlite(e));
     }
     for suffix in ["-wal", "-shm"] {
         let mut side = path.as_os_str().to_owned();

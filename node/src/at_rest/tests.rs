@@ -181,3 +181,18 @@ fn rekey_encrypts_a_plaintext_file_then_moves_it_to_a_new_key_keeping_every_row(
         Rekeyed::Missing
     );
 }
+
+#[test]
+fn rekey_refuses_a_file_a_running_node_holds_and_leaves_it_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sqlite3");
+    let held = write_db(&AtRest::plaintext(), &path, true);
+    let err = rekey_file(&path, &AtRest::plaintext(), &key(1)).unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(held);
+    assert_eq!(
+        read_back(&AtRest::plaintext(), &path),
+        (MARKER.to_owned(), 7)
+    );
+    assert!(!dir.path().join("node.sqlite3.rekey").exists());
+}

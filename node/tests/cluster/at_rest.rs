@@ -240,3 +240,97 @@ async fn a_cluster_under_a_database_key_keeps_nothing_readable_and_refuses_other
     r.node_mut(1).env = keyed(&key);
     serves_the_backed_up_log(&mut r, &history, channel).await;
 }
+
+/// `qpq-node rekey` on a stopped node: a plaintext data directory is encrypted in place
+/// (every database, the snapshot included), the node then serves every message under the
+/// key and refuses to start without it; a second run finds nothing to do; a move to a new
+/// key leaves the old one useless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_encrypts_a_stopped_nodes_data_directory_and_moves_it_to_a_new_key() {
+    let _serial = serial().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, next) = (
+        write_key(keys.path(), "a.key"),
+        write_key(keys.path(), "b.key"),
+    );
+    let keyed = |file: &Path| vec![(KEY_ENV.to_owned(), path(file).to_owned())];
+    let mut c = Cluster::start(1, &["--snapshot-logs", "10", "--snapshot-log-ratio", "0"]).await;
+    let (history, channel) = local(async {
+        let history = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        crate::history::write_through(&history, &c, channel, 30, 2).await;
+        (history, channel)
+    })
+    .await;
+    c.node(1).signal("TERM");
+    c.node_mut(1)
+        .exited_within(Duration::from_secs(20), "stop")
+        .await;
+    let data = c.node(1).data.clone();
+    assert!(data.join("snapshots/current.sqlite3").exists());
+
+    let rekey = |args: &[&str]| {
+        let out = qpq_node_env(
+            &[&["rekey", "--data-dir", path(&data)][..], args].concat(),
+            &[],
+        );
+        assert!(out.status.success(), "rekey {args:?}: {}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let done: Vec<String> = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["done"].as_str().unwrap().to_owned())
+            .collect();
+        (v, done)
+    };
+    let (v, done) = rekey(&["--new-db-key-file", path(&key)]);
+    assert_eq!(done, ["rekeyed"; 3], "{v}");
+    assert_eq!(
+        v["db_key"],
+        DbKey::from_file(&key).unwrap().fingerprint().as_str()
+    );
+    for f in database_files(&data) {
+        nothing_readable_in(&f, &[]);
+    }
+    let (v, done) = rekey(&["--new-db-key-file", path(&key)]);
+    assert_eq!(done, ["already under the new key"; 3], "{v}");
+
+    let (status, err) = c.node_mut(1).start_refused().await;
+    assert!(!status.success());
+    assert!(err.contains("no database key was given"), "{err}");
+    c.node_mut(1).env = keyed(&key);
+    c.node_mut(1).spawn();
+    let expected = seqs_of(&history, channel);
+    let read = |c: &Cluster| {
+        let ep = c.endpoints().remove(0);
+        async move {
+            let log: BTreeMap<u64, ClientMsgId> =
+                Client::read_all(&ep, &channel).await.into_iter().collect();
+            log
+        }
+    };
+    assert_eq!(local(read(&c)).await, expected);
+    c.node(1).signal("TERM");
+    c.node_mut(1)
+        .exited_within(Duration::from_secs(20), "stop")
+        .await;
+
+    // To a new key: the old one no longer opens anything.
+    let (v, done) = rekey(&[
+        "--db-key-file",
+        path(&key),
+        "--new-db-key-file",
+        path(&next),
+    ]);
+    assert_eq!(done, ["rekeyed"; 3], "{v}");
+    let (status, err) = c.node_mut(1).start_refused().await;
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot be decrypted with the given key"),
+        "{err}"
+    );
+    c.node_mut(1).env = keyed(&next);
+    c.node_mut(1).spawn();
+    assert_eq!(local(read(&c)).await, expected);
+}
