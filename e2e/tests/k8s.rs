@@ -1667,8 +1667,17 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     install_operator(&env);
     let ns = namespace(&env, "qpq-e2e-dev").await;
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
-    step("apply examples/qpqcluster-dev.yaml");
-    let obj = example(&env, "qpqcluster-dev.yaml", &ns);
+    step("apply examples/qpqcluster-dev.yaml, encrypted at rest under a database key");
+    let key = qpq_node::at_rest::DbKey::generate()
+        .to_file_contents()
+        .trim_end()
+        .to_owned();
+    create_secret(&env, &ns, "qpq-db-key", [("key".to_owned(), key)].into()).await;
+    let mut obj = example(&env, "qpqcluster-dev.yaml", &ns);
+    obj.spec.storage.encryption_key = Some(qpq_operator::crd::SecretKeyRef {
+        name: "qpq-db-key".into(),
+        key: "key".into(),
+    });
     let name = obj.metadata.name.clone().unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
     wait_ready(&env, &ns, &name, 1, 240).await;
@@ -1677,6 +1686,44 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     let dana = register(&env, home.path(), &ns, &name, "dana", &format!("{name}-0"));
     let devices = dana.ok(&["devices"]);
     assert_eq!(devices[0]["status"], "active");
+    // The node runs with the key as a file, and its state database on the volume is not
+    // plain SQLite.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let pod = pods.get(&format!("{name}-0")).await.unwrap();
+    let env_of_node = pod.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env_of_node
+            .iter()
+            .any(|e| e.name == "QPQ_DB_KEY_FILE"
+                && e.value.as_deref() == Some("/etc/qpq/db-key/db.key")),
+        "{env_of_node:?}"
+    );
+    if let Some(runner) = env.runner_state.clone() {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+        let uid = claims
+            .get(&format!("data-{name}-0"))
+            .await
+            .unwrap()
+            .metadata
+            .uid
+            .unwrap();
+        let db = runner.join("pv").join(uid).join("node.sqlite3");
+        let head = std::fs::read(&db).unwrap();
+        assert!(
+            head.len() >= 4096,
+            "{} holds {} bytes",
+            db.display(),
+            head.len()
+        );
+        assert!(
+            !head.starts_with(b"SQLite format 3\0"),
+            "{} is a plaintext database",
+            db.display()
+        );
+    }
 
     step("delete it (pvcRetentionPolicy Delete)");
     api.delete(&name, &DeleteParams::default()).await.unwrap();

@@ -150,6 +150,10 @@ impl RunningNode {
                 .check(&config.data_dir.join(file))
                 .map_err(|e| Error::Store(e.into()))?;
         }
+        match config.at_rest.fingerprint() {
+            Some(key) => tracing::info!(db_key = %key, "databases encrypted at rest"),
+            None => tracing::info!("databases in plaintext (no --db-key-file)"),
+        }
         // Never serve from a damaged database: check both before anything opens them.
         crate::integrity::check_files(
             &[config.db_path(), config.raft_log_path()],

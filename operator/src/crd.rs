@@ -504,12 +504,19 @@ fn default_image() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.storageClassName == oldSelf.storageClassName").message("storage.storageClassName is immutable (volumes cannot move between classes)"))]
 #[x_kube(validation = kube::core::Rule::new("self.size == oldSelf.size").message("storage.size is immutable (StatefulSet volume claims cannot be resized in place)"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.encryptionKey) == has(oldSelf.encryptionKey) && (!has(self.encryptionKey) || self.encryptionKey == oldSelf.encryptionKey)").message("storage.encryptionKey is immutable (a new key takes `qpq-node rekey` on every stopped member; docs/operator.md, \"Encryption at rest\")"))]
 pub struct StorageSpec {
     /// StorageClass of the volumes; empty means the cluster default. Immutable.
     #[serde(default)]
     pub storage_class_name: String,
     /// Size of each volume, e.g. `10Gi`. Immutable.
     pub size: String,
+    /// The database key: a Secret key holding 64 hex digits (`openssl rand -hex 32`). With
+    /// it, every node's databases (state, Raft log, snapshots) are encrypted at rest, and so
+    /// are the cluster's backups; restores and drills read them with it. Mounted as a file;
+    /// never in a pod's spec. Set at creation; immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<SecretKeyRef>,
 }
 
 /// Scheduling constraints copied onto the pods.

@@ -68,6 +68,9 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Encrypt the nodes' databases at rest.
+        #[arg(long)]
+        encrypted: bool,
     },
 }
 
@@ -96,8 +99,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if let Some(Cmd::ServeQpqCluster { dir, nodes }) = args.command {
-        return peers::qpq::serve_cluster(&dir, nodes)
+    if let Some(Cmd::ServeQpqCluster {
+        dir,
+        nodes,
+        encrypted,
+    }) = args.command
+    {
+        return peers::qpq::serve_cluster(&dir, nodes, encrypted)
             .await
             .map_err(|e| e.to_string());
     }

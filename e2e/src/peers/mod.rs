@@ -56,6 +56,9 @@ pub enum System {
     QpqLeader,
     /// qpq, the same cluster, enqueues sent to a follower (forwarded).
     QpqFollower,
+    /// qpq with its databases encrypted at rest (a cluster of its own under one database
+    /// key), enqueues sent to the leader: the cost of SQLCipher against `QpqLeader`.
+    QpqEncrypted,
 }
 
 impl System {
@@ -66,6 +69,7 @@ impl System {
             Self::Nats => "NATS JetStream",
             Self::QpqLeader => "qpq → leader",
             Self::QpqFollower => "qpq → follower",
+            Self::QpqEncrypted => "qpq encrypted at rest → leader",
         }
     }
 }
@@ -117,6 +121,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let payload = crate::load::framed_payload(opts.payload_bytes, 0);
 
     let mut qpq_cluster: Option<qpq::QpqCluster> = None;
+    let mut encrypted_cluster: Option<qpq::QpqCluster> = None;
     for (i, system) in opts.systems.iter().enumerate() {
         // A peer listed twice (to see drift across the run) starts a new cluster each time,
         // in a directory of its own: the first one's members would not join the second.
@@ -130,6 +135,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
             System::QpqLeader | System::QpqFollower => {
                 run_qpq(opts, *system, &dir, &mut qpq_cluster, &mut report).await
             }
+            System::QpqEncrypted => {
+                run_qpq(opts, *system, &dir, &mut encrypted_cluster, &mut report).await
+            }
         };
         if let Err(e) = res {
             eprintln!("{}: {e}", system.label());
@@ -139,12 +147,18 @@ pub async fn run(opts: &Options) -> Result<Report> {
         // one's fsyncs (a qpq run right after NATS measured at half its rate): flush them,
         // drop the peer's data (unless kept), and let the machine settle before the next
         // system starts.
-        if !opts.keep && !matches!(system, System::QpqLeader | System::QpqFollower) {
+        if !opts.keep
+            && !matches!(
+                system,
+                System::QpqLeader | System::QpqFollower | System::QpqEncrypted
+            )
+        {
             let _ = std::fs::remove_dir_all(&run_dir);
         }
         settle().await;
     }
     drop(qpq_cluster);
+    drop(encrypted_cluster);
     report.finish();
     if opts.keep {
         let kept = tmp.keep();
@@ -217,7 +231,13 @@ async fn run_qpq(
     report: &mut Report,
 ) -> Result<()> {
     if cluster.is_none() {
-        *cluster = Some(qpq::QpqCluster::start(&opts.exe, dir, opts.members)?);
+        let encrypted = system == System::QpqEncrypted;
+        *cluster = Some(qpq::QpqCluster::start(
+            &opts.exe,
+            dir,
+            opts.members,
+            encrypted,
+        )?);
     }
     let Some(c) = cluster.as_ref() else {
         return Err(PeerError::Failed("no qpq cluster".into()));

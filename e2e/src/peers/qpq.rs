@@ -55,16 +55,21 @@ pub struct QpqCluster {
 impl QpqCluster {
     /// Starts `exe serve-qpq-cluster --dir <dir> --nodes <n>` and waits (bounded) for its
     /// description.
-    pub fn start(exe: &Path, dir: &Path, n: usize) -> Result<Self> {
-        let log = dir.join("qpq-cluster.log");
+    ///
+    /// `encrypted`: its databases encrypted at rest under a key it generates
+    /// (`serve-qpq-cluster --encrypted`), in a directory of its own.
+    pub fn start(exe: &Path, dir: &Path, n: usize, encrypted: bool) -> Result<Self> {
+        let name = if encrypted { "qpq-encrypted" } else { "qpq" };
+        let log = dir.join(format!("{name}-cluster.log"));
         let err =
             std::fs::File::create(&log).map_err(|e| PeerError::io(format!("create {log:?}"), e))?;
         let child = Command::new(exe)
             .arg("serve-qpq-cluster")
             .arg("--dir")
-            .arg(dir.join("qpq"))
+            .arg(dir.join(name))
             .arg("--nodes")
             .arg(n.to_string())
+            .args(encrypted.then_some("--encrypted"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
@@ -121,8 +126,17 @@ impl QpqCluster {
 /// The child side: starts `n` nodes under `dir`, prints their [`NodeInfo`]s as one JSON
 /// line, serves until stdin closes (the parent exited or dropped its guard), then drains
 /// them. Must run inside a multi-threaded runtime.
-pub async fn serve_cluster(dir: &Path, n: u64) -> Result<()> {
-    let nodes = start_nodes(dir, n).await?;
+///
+/// `encrypted`: every node's databases encrypted at rest under one key generated here.
+pub async fn serve_cluster(dir: &Path, n: u64, encrypted: bool) -> Result<()> {
+    let at_rest = if encrypted {
+        qpq_node::at_rest::AtRest::encrypted(qpq_node::at_rest::DbKey::generate())
+    } else {
+        qpq_node::at_rest::AtRest::plaintext()
+    };
+    let nodes = start_cluster(dir, n, |c| c.at_rest = at_rest.clone())
+        .await?
+        .0;
     let leader = wait_for_leader(&nodes).await?;
     let infos: Vec<NodeInfo> = nodes
         .iter()
@@ -161,10 +175,6 @@ pub async fn serve_cluster(dir: &Path, n: u64) -> Result<()> {
         node.shutdown().await;
     }
     Ok(())
-}
-
-async fn start_nodes(dir: &Path, n: u64) -> Result<Vec<RunningNode>> {
-    Ok(start_cluster(dir, n, |_| {}).await?.0)
 }
 
 /// Starts `n` nodes in this process as `serve-qpq-cluster` does, each configuration adjusted

@@ -231,12 +231,22 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 /// Every qpq row against every peer row of the same level.
 fn ratios(rows: &[Row]) -> Vec<Ratio> {
-    let is_qpq = |r: &&Row| matches!(r.kind, Some(System::QpqLeader | System::QpqFollower));
+    let is_qpq = |r: &&Row| {
+        matches!(
+            r.kind,
+            Some(System::QpqLeader | System::QpqFollower | System::QpqEncrypted)
+        )
+    };
+    // Encrypted at rest is also compared with the same path in plaintext: its cost.
+    let compared = |q: &Row, p: &Row| {
+        (!is_qpq(&p) && p.kind.is_some())
+            || (q.kind == Some(System::QpqEncrypted) && p.kind == Some(System::QpqLeader))
+    };
     let mut out = Vec::new();
     for q in rows.iter().filter(is_qpq) {
         for p in rows
             .iter()
-            .filter(|p| !is_qpq(p) && p.kind.is_some() && p.senders == q.senders)
+            .filter(|p| compared(q, p) && p.senders == q.senders)
         {
             out.push(Ratio {
                 senders: q.senders,
@@ -293,5 +303,22 @@ mod tests {
                 (64, "etcd", 2.0, 0.5),
             ]
         );
+    }
+
+    #[test]
+    fn encrypted_at_rest_is_also_compared_with_the_plaintext_leader() {
+        let rows = vec![
+            row(System::Etcd, 1, 500.0, 2000),
+            row(System::QpqLeader, 1, 400.0, 2500),
+            row(System::QpqFollower, 1, 300.0, 3000),
+            row(System::QpqEncrypted, 1, 360.0, 2750),
+        ];
+        let got: Vec<(String, f64)> = ratios(&rows)
+            .into_iter()
+            .filter(|r| r.qpq == System::QpqEncrypted.label())
+            .map(|r| (r.peer, (r.throughput * 100.0).round() / 100.0))
+            .collect();
+        let leader = System::QpqLeader.label().to_owned();
+        assert_eq!(got, vec![("etcd".to_owned(), 0.72), (leader, 0.9)]);
     }
 }

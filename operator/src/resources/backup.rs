@@ -549,6 +549,13 @@ fn task_spec(
         volumes.push(json!({"name": "work", "emptyDir": {}}));
     }
     env.extend(store_env);
+    // An encrypted cluster's backups are encrypted under its database key: taking one
+    // (it is verified before it is kept), checking, listing or drilling one takes the key.
+    if let Some((volume, mount, var)) = super::db_key_parts(spec) {
+        volumes.push(volume);
+        mounts.push(mount);
+        env.push(var);
+    }
     let mut container = json!({
         "name": if task == Task::Backup { "backup" } else { "drill" },
         "image": format!("{}:{}", spec.image, spec.version),
@@ -616,6 +623,75 @@ mod tests {
         assert!(env.iter().all(|e| e["name"] != "QPQ_BACKUP_KEY"), "{env:?}");
         let (_, _, env, _) = Destination::Claim("pvc".into()).pod_parts("w", true);
         assert!(env.is_empty(), "{env:?}");
+    }
+
+    #[test]
+    fn backup_and_drill_jobs_of_an_encrypted_cluster_get_its_database_key_as_a_file() {
+        let cluster = |storage: serde_json::Value| -> crate::crd::QpqCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "qpq.dev/v1alpha1",
+                "kind": "QpqCluster",
+                "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"},
+                "spec": {"replicas": 3, "version": "0.1.0", "storage": storage},
+            }))
+            .unwrap()
+        };
+        let pods = |obj: &crate::crd::QpqCluster| {
+            let c = ClusterRef::new(obj).unwrap();
+            let dest = Destination::Claim("pvc".into());
+            let backup = backup_job(
+                &c,
+                &obj.spec,
+                &BackupRequest {
+                    job: "b".into(),
+                    admin: AdminAddr("x-0.x.ns.svc:9443".into()),
+                    dest: dest.clone(),
+                    file: "f.sqlite3".into(),
+                    allow_stale: false,
+                },
+            )
+            .unwrap();
+            let drill = inspect_job(
+                &c,
+                &obj.spec,
+                &dest,
+                "d".into(),
+                &Inspect::Drill { file: None },
+            )
+            .unwrap();
+            [backup, drill]
+                .map(|j| serde_json::to_value(j).unwrap()["spec"]["template"]["spec"].clone())
+        };
+        let keyed =
+            cluster(json!({"size": "1Gi", "encryptionKey": {"name": "db-key", "key": "k"}}));
+        for pod in pods(&keyed) {
+            let c = &pod["containers"][0];
+            assert!(
+                c["env"].as_array().unwrap().contains(
+                    &json!({"name": "QPQ_DB_KEY_FILE", "value": "/etc/qpq/db-key/db.key"})
+                ),
+                "{c}"
+            );
+            assert!(
+                c["volumeMounts"].as_array().unwrap().contains(
+                    &json!({"name": "db-key", "mountPath": "/etc/qpq/db-key", "readOnly": true})
+                ),
+                "{c}"
+            );
+            assert!(
+                pod["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["name"] == "db-key"
+                        && v["secret"]["secretName"] == "db-key"
+                        && v["secret"]["items"] == json!([{"key": "k", "path": "db.key"}])),
+                "{pod}"
+            );
+        }
+        for pod in pods(&cluster(json!({"size": "1Gi"}))) {
+            assert!(!pod.to_string().contains("db-key"), "{pod}");
+        }
     }
 
     #[test]

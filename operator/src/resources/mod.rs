@@ -63,6 +63,27 @@ pub const ADMIN_CREDENTIALS_DIR: &str = "/etc/qpq/admin";
 pub const DATA_DIR: &str = "/var/lib/qpq";
 /// TLS mount point.
 pub const TLS_DIR: &str = "/etc/qpq/tls";
+/// Where pods mount the database key (`spec.storage.encryptionKey`).
+pub const DB_KEY_DIR: &str = "/etc/qpq/db-key";
+
+/// What gives a pod the cluster's database key, when it has one: a volume of the Secret's
+/// one key as the file `db.key` (group-readable, like the certificates: the pods run as a
+/// non-root user in the volume's group), its read-only mount, and `QPQ_DB_KEY_FILE` naming
+/// it. The key itself is never in a spec.
+pub fn db_key_parts(
+    spec: &crate::crd::QpqClusterSpec,
+) -> Option<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+    let k = spec.storage.encryption_key.as_ref()?;
+    Some((
+        serde_json::json!({"name": "db-key", "secret": {
+            "secretName": k.name,
+            "items": [{"key": k.key, "path": "db.key"}],
+            "defaultMode": 0o440,
+        }}),
+        serde_json::json!({"name": "db-key", "mountPath": DB_KEY_DIR, "readOnly": true}),
+        serde_json::json!({"name": "QPQ_DB_KEY_FILE", "value": format!("{DB_KEY_DIR}/db.key")}),
+    ))
+}
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "qpq-operator";
 

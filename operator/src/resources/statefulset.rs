@@ -41,6 +41,13 @@ fn var(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
 
+/// Appends `item` to the array `list` (nothing if it is not an array).
+fn push(list: &mut Value, item: Value) {
+    if let Some(items) = list.as_array_mut() {
+        items.push(item);
+    }
+}
+
 /// The StatefulSet `<cluster>` with `replicas` pods (chosen by the membership planner)
 /// running `version` (chosen by the rollout planner). Renewed certificates and a rotated
 /// CA reach the pods through the mounted Secret (the nodes reload them): nothing about them
@@ -240,6 +247,20 @@ pub fn statefulset(
     if let Some(r) = &spec.resources {
         container["resources"] = serde_json::to_value(r)?;
     }
+    // The database key: for the node, and for the restore before it (which writes the
+    // restored state under it).
+    let db_key = super::db_key_parts(spec);
+    let restore = restore.map(|(mut init, volume)| {
+        if let Some((_, mount, var)) = &db_key {
+            push(&mut init["volumeMounts"], mount.clone());
+            push(&mut init["env"], var.clone());
+        }
+        (init, volume)
+    });
+    if let Some((_, mount, var)) = &db_key {
+        push(&mut container["volumeMounts"], mount.clone());
+        push(&mut container["env"], var.clone());
+    }
 
     let s = &spec.scheduling;
     let affinity = match &s.affinity {
@@ -275,11 +296,12 @@ pub fn statefulset(
     if let Some(p) = &s.priority_class_name {
         pod_spec["priorityClassName"] = json!(p);
     }
+    if let Some((volume, _, _)) = db_key {
+        push(&mut pod_spec["volumes"], volume);
+    }
     if let Some((init, volume)) = restore {
         pod_spec["initContainers"] = json!([init]);
-        if let Some(volumes) = pod_spec["volumes"].as_array_mut() {
-            volumes.push(volume);
-        }
+        push(&mut pod_spec["volumes"], volume);
     }
 
     let mut claim = json!({
@@ -384,6 +406,7 @@ pub fn template_of(sts: &StatefulSet) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::DB_KEY_DIR;
     use super::*;
     use crate::crd::QpqCluster;
 
@@ -400,6 +423,58 @@ mod tests {
         assert_eq!(
             image_repository("localhost:5000/qpq-node"),
             "localhost:5000/qpq-node"
+        );
+    }
+
+    #[test]
+    fn the_database_key_reaches_the_node_and_the_restore_as_a_mounted_file_only() {
+        let build = |storage: Value| {
+            let obj: QpqCluster = serde_json::from_value(json!({
+                "apiVersion": "qpq.dev/v1alpha1",
+                "kind": "QpqCluster",
+                "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"},
+                "spec": {"replicas": 3, "version": "0.1.0", "storage": storage,
+                         "restore": {"claimName": "old", "file": "b.sqlite3"}},
+            }))
+            .unwrap();
+            let c = ClusterRef::new(&obj).unwrap();
+            let sts = statefulset(&c, &obj.spec, "0.1.0", 3, "h", true).unwrap();
+            serde_json::to_value(&sts).unwrap()["spec"]["template"]["spec"].clone()
+        };
+        let pod = build(json!({"size": "1Gi", "encryptionKey": {"name": "db-key", "key": "k"}}));
+        let volumes = pod["volumes"].as_array().unwrap();
+        let key_volume: Vec<_> = volumes.iter().filter(|v| v["name"] == "db-key").collect();
+        assert_eq!(
+            key_volume,
+            [&json!({"name": "db-key", "secret": {
+                "secretName": "db-key",
+                "items": [{"key": "k", "path": "db.key"}],
+                "defaultMode": 0o440,
+            }})]
+        );
+        let file = json!({"name": "QPQ_DB_KEY_FILE", "value": "/etc/qpq/db-key/db.key"});
+        let mount = json!({"name": "db-key", "mountPath": DB_KEY_DIR, "readOnly": true});
+        for c in [&pod["containers"][0], &pod["initContainers"][0]] {
+            let env = c["env"].as_array().unwrap();
+            assert_eq!(
+                env.iter()
+                    .filter(|e| e["name"] == "QPQ_DB_KEY_FILE")
+                    .count(),
+                1,
+                "{env:?}"
+            );
+            assert!(env.contains(&file), "{env:?}");
+            assert!(
+                c["volumeMounts"].as_array().unwrap().contains(&mount),
+                "{c}"
+            );
+        }
+        // Nothing of it without a key.
+        let pod = build(json!({"size": "1Gi"}));
+        let text = pod.to_string();
+        assert!(
+            !text.contains("db-key") && !text.contains("QPQ_DB_KEY_FILE"),
+            "{text}"
         );
     }
 

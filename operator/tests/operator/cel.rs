@@ -77,6 +77,35 @@ fn storage_is_immutable() {
 }
 
 #[test]
+fn the_database_key_is_set_at_creation_and_never_changed() {
+    let keyed = |name: &str| {
+        let mut s = spec(3, "fast", "1Gi");
+        s["storage"]["encryptionKey"] = json!({"name": name, "key": "key"});
+        object(s)
+    };
+    let plain = object(spec(3, "fast", "1Gi"));
+    assert!(
+        errors(&keyed("a"), None).is_empty(),
+        "a new cluster may have one"
+    );
+    assert!(
+        errors(&keyed("a"), Some(&keyed("a"))).is_empty(),
+        "kept as it is"
+    );
+    for (new, old) in [
+        (&keyed("b"), &keyed("a")),
+        (&keyed("a"), &plain),
+        (&plain, &keyed("a")),
+    ] {
+        let e = errors(new, Some(old));
+        assert!(
+            e.iter().any(|m| m.contains("encryptionKey is immutable")),
+            "{new} after {old}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn replica_bounds_are_in_the_schema() {
     let s = schema();
     let r = &s["properties"]["spec"]["properties"]["replicas"];
