@@ -21,6 +21,7 @@ use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::mls_store::{SCHEMA, SqliteStorage};
+use crate::profile_key::ProfileKey;
 
 const OWN_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -97,6 +98,8 @@ CREATE TABLE IF NOT EXISTS key_packages (
 pub struct Provider {
     crypto: RustCrypto,
     storage: SqliteStorage,
+    /// How the file is kept (every other connection to it is keyed the same).
+    key: ProfileKey,
 }
 
 impl std::fmt::Debug for Provider {
@@ -160,15 +163,26 @@ fn migrate(conn: &Connection) -> Result<(), crate::Error> {
 impl Provider {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, crate::Error> {
-        Self::with_connection(Connection::open(path)?)
+        Self::open_with(path, &ProfileKey::none())
+    }
+
+    /// Like [`Provider::open`], for a profile kept as `key` says (encrypted under a
+    /// passphrase, or plaintext); [`crate::Error::Locked`] when the file is not.
+    pub fn open_with(path: &Path, key: &ProfileKey) -> Result<Self, crate::Error> {
+        Self::with_connection(key.open(path)?, key.clone())
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Self, crate::Error> {
-        Self::with_connection(Connection::open_in_memory()?)
+        Self::with_connection(Connection::open_in_memory()?, ProfileKey::none())
     }
 
-    fn with_connection(conn: Connection) -> Result<Self, crate::Error> {
+    /// How the profile's file is kept.
+    pub fn key(&self) -> &ProfileKey {
+        &self.key
+    }
+
+    fn with_connection(conn: Connection, key: ProfileKey) -> Result<Self, crate::Error> {
         // WAL + FULL: a returned commit is on disk; a crash loses no acknowledged step.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -177,6 +191,7 @@ impl Provider {
         Ok(Self {
             crypto: RustCrypto::default(),
             storage: SqliteStorage::new(conn),
+            key,
         })
     }
 

@@ -52,6 +52,10 @@ pub enum Error {
     /// The caller passed something unusable.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The profile's database cannot be opened with the passphrase given (none for an
+    /// encrypted profile, one for a plaintext profile, or the wrong one).
+    #[error("profile locked: {0}")]
+    Locked(String),
     /// The profile's database was written by a newer build of the client.
     #[error(
         "the profile's database has schema version {found}, newer than this build's {supported}: use a newer qpq"
@@ -77,7 +81,9 @@ impl Error {
         use crate::rpc::ClientError;
         use qpq_schemas::WireError;
         match self {
-            Self::Invalid(_) | Self::UnknownGroup | Self::NoIdentity => ErrorKind::Usage,
+            Self::Invalid(_) | Self::UnknownGroup | Self::NoIdentity | Self::Locked(_) => {
+                ErrorKind::Usage
+            }
             Self::Refused(_) => ErrorKind::Refused,
             Self::Contention(_) => ErrorKind::Unavailable,
             Self::Node(n) => match n {

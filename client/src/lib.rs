@@ -33,6 +33,7 @@ mod invariants;
 pub mod keypackages;
 pub mod mls_store;
 pub mod node;
+pub mod profile_key;
 pub mod retry;
 pub mod states;
 

@@ -74,6 +74,12 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Keep the profile's database encrypted under the passphrase in this file (the first
+    /// line). Without it, the passphrase is read from `QPQ_PASSPHRASE` when that is set; with
+    /// neither, the profile is plaintext. A profile registered with a passphrase opens only
+    /// with it.
+    #[arg(long, global = true, env = "QPQ_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
     /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
     /// `http://127.0.0.1:4318`: a command's sends and long-polls then carry their trace
     /// context to the node. Off without it. An `https://` collector is checked against the

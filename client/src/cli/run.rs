@@ -112,6 +112,7 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let dir = profile_dir(cli.profile_dir.as_deref(), &cli.profile)?;
+    let key = crate::profile_key::ProfileKey::from_file_or_env(cli.passphrase_file.as_deref())?;
     if let Command::Register {
         node,
         fingerprint,
@@ -138,11 +139,11 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
             fingerprint,
             ca_pem,
         };
-        return register(&dir, config, cli.json, cli.retries).await;
+        return register(&dir, config, &key, cli.json, cli.retries).await;
     }
     let config = load_config(&dir)?;
     let node = resilient_node(target(&config)?, cli.retries);
-    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let provider = Provider::open_with(&dir.join("state.sqlite3"), &key)?;
     let client = Client::open(provider, node, Box::new(SystemClock))?;
     let ctx = Ctx {
         client,
@@ -421,10 +422,16 @@ async fn group_command(ctx: &Ctx, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-async fn register(dir: &Path, config: ProfileConfig, json: bool, retries: u32) -> Result<()> {
+async fn register(
+    dir: &Path,
+    config: ProfileConfig,
+    key: &crate::profile_key::ProfileKey,
+    json: bool,
+    retries: u32,
+) -> Result<()> {
     let target = target(&config)?;
     create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
-    let provider = Provider::open(&dir.join("state.sqlite3"))?;
+    let provider = Provider::open_with(&dir.join("state.sqlite3"), key)?;
     let node = resilient_node(target, retries);
     let client = Client::create(provider, node, Box::new(SystemClock))?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -66,11 +66,12 @@ pub(super) fn attach_auth<N: NodeApi>(
         .path()
         .filter(|p| !p.is_empty())
         .map(std::path::PathBuf::from);
+    let key = provider.key().clone();
     let save: SaveFn = std::rc::Rc::new(move |s: &Session| {
         let Some(path) = &path else { return };
-        let stored = rusqlite::Connection::open(path).and_then(|c| {
+        let stored = key.open(std::path::Path::new(path)).and_then(|c| {
             c.busy_timeout(std::time::Duration::from_secs(5))?;
-            store_session(&c, s)
+            store_session(&c, s).map_err(crate::Error::from)
         });
         if let Err(e) = stored {
             tracing::warn!(error = %e, "could not store the session");

@@ -351,3 +351,88 @@ async fn qpq_cli_exports_traces_over_tls_to_a_collector_with_a_private_ca() {
         "{err}"
     );
 }
+
+/// A profile registered with a passphrase keeps its database encrypted: no SQLite header,
+/// no readable group name in it; without the passphrase, or with another, every command is
+/// refused with the reason (exit status 2, usage) and the profile is left as it was; with it
+/// (from `QPQ_PASSPHRASE` or a file), commands that need the stored session and the node run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_registered_with_a_passphrase_is_encrypted_and_opens_only_with_it() {
+    let t = TestNode::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq"));
+        cmd.env("QPQ_HOME", h).env_remove("QPQ_PASSPHRASE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(["--json", "--profile", "erin"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let secret = [("QPQ_PASSPHRASE", "a long passphrase")];
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    let out = run(
+        &secret,
+        &["register", "--node", &node, "--fingerprint", &fp],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&secret, &["group", "create", "an-unmistakable-group-name"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let db = h.join("erin").join("state.sqlite3");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes.extend(std::fs::read(h.join("erin").join("state.sqlite3-wal")).unwrap_or_default());
+    assert!(
+        !bytes.starts_with(b"SQLite format 3\0"),
+        "a plaintext profile"
+    );
+    let name = b"an-unmistakable-group-name";
+    assert!(
+        !bytes.windows(name.len()).any(|w| w == name),
+        "the group name is readable"
+    );
+
+    for (env, why) in [
+        (&[][..], "is encrypted"),
+        (
+            &[("QPQ_PASSPHRASE", "another passphrase")][..],
+            "wrong passphrase",
+        ),
+    ] {
+        let out = run(env, &["whoami"]);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(doc.to_string().contains(why), "{env:?}: {doc}");
+    }
+
+    let file = h.join("passphrase");
+    std::fs::write(&file, "a long passphrase\n").unwrap();
+    let file = file.to_str().unwrap();
+    let out = run(&[("QPQ_PASSPHRASE_FILE", file)], &["devices"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc[0]["status"], "active", "{doc}");
+    let out = run(&secret, &["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("an-unmistakable-group-name"));
+}
