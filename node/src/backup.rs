@@ -293,14 +293,16 @@ pub enum BackupError {
     /// The backup file's database encryption and the key given do not match.
     #[error(transparent)]
     AtRest(#[from] crate::at_rest::AtRestError),
-    /// The manifest names another database key than the one given.
+    /// The manifest names another database key than the one given (or none where one was
+    /// given).
     #[error(
-        "the backup is encrypted under database key {expected}, the key given is {}",
+        "the backup is {}, the key given is {}",
+        expected.as_deref().map_or_else(|| "not encrypted (plaintext)".to_owned(), |k| format!("encrypted under database key {k}")),
         found.as_deref().unwrap_or("none")
     )]
     DbKey {
-        /// The manifest's key fingerprint.
-        expected: String,
+        /// The manifest's key fingerprint (none: a plaintext backup).
+        expected: Option<String>,
         /// The given key's (none: no key given).
         found: Option<String>,
     },
@@ -627,17 +629,10 @@ pub fn copy_database(
 pub fn verify(path: &Path, manifest: &Manifest, at_rest: &AtRest) -> Result<Manifest> {
     manifest.check_format()?;
     if manifest.db_key != at_rest.fingerprint() {
-        return match &manifest.db_key {
-            Some(expected) => Err(BackupError::DbKey {
-                expected: expected.clone(),
-                found: at_rest.fingerprint(),
-            }),
-            None => Err(BackupError::AtRest(
-                crate::at_rest::AtRestError::Plaintext {
-                    path: path.to_path_buf(),
-                },
-            )),
-        };
+        return Err(BackupError::DbKey {
+            expected: manifest.db_key.clone(),
+            found: at_rest.fingerprint(),
+        });
     }
     // Cheap checks first: a truncated or swapped file fails before SQLite reads it.
     let (bytes, sha256) = digest(path)?;
@@ -753,7 +748,6 @@ pub struct PointInTime {
 ///
 /// `at_rest` is how the backup file is kept (its manifest's `db_key`); the data directory
 /// is written the same way, so the node must start with the same key.
-#[allow(clippy::too_many_arguments)] // each is a separate fact about the new cluster
 pub async fn restore(
     backup: &Path,
     manifest: &Manifest,
@@ -1211,6 +1205,45 @@ mod tests {
             sha256,
             ..manifest.clone()
         }
+    }
+
+    #[test]
+    fn a_backup_verifies_only_with_the_database_key_its_manifest_names() {
+        let key = |b: u8| {
+            AtRest::encrypted(
+                crate::at_rest::DbKey::from_hex(hex::encode([b; 32]).as_bytes()).unwrap(),
+            )
+        };
+        let (dir, plain, plain_manifest) = backed_up();
+        let node_dir = dir.path().join("encrypted-node");
+        std::fs::create_dir(&node_dir).unwrap();
+        let sealed_db = database(&node_dir);
+        crate::at_rest::rekey_file(&sealed_db, &AtRest::plaintext(), &key(1)).unwrap();
+        let sealed = dir.path().join("sealed.sqlite3");
+        let manifest = copy_database(&sealed_db, &sealed, 2, &key(1)).unwrap();
+        assert_eq!(manifest.db_key, key(1).fingerprint());
+        assert_eq!(manifest.rows, plain_manifest.rows);
+        assert!(
+            !std::fs::read(&sealed)
+                .unwrap()
+                .starts_with(b"SQLite format 3\0")
+        );
+        assert_eq!(verify(&sealed, &manifest, &key(1)).unwrap(), manifest);
+        for other in [AtRest::plaintext(), key(2)] {
+            let e = verify(&sealed, &manifest, &other).unwrap_err();
+            assert!(
+                e.to_string().contains("encrypted under database key"),
+                "{e}"
+            );
+        }
+        let e = verify(&plain, &plain_manifest, &key(1)).unwrap_err();
+        assert!(e.to_string().contains("not encrypted"), "{e}");
+        // A manifest whose key was changed to match another key: SQLCipher refuses the file.
+        let forged = Manifest {
+            db_key: key(2).fingerprint(),
+            ..manifest.clone()
+        };
+        assert!(verify(&sealed, &forged, &key(2)).is_err());
     }
 
     #[test]
