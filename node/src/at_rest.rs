@@ -15,6 +15,7 @@
 //! zeroized memory and never logged; [`DbKey`]'s `Debug` shows only its fingerprint.
 
 use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -72,8 +73,13 @@ impl DbKey {
 
     /// `PRAGMA <name> = "x'...'"`: SQLCipher's raw-key form.
     fn pragma(&self, name: &str) -> Zeroizing<String> {
+        Zeroizing::new(format!("PRAGMA {name} = {};", self.sql_literal().as_str()))
+    }
+
+    /// The key as SQLCipher reads a raw key in SQL: `"x'<64 hex digits>'"` (no derivation).
+    fn sql_literal(&self) -> Zeroizing<String> {
         let hex_key = Zeroizing::new(hex::encode(self.0.as_slice()));
-        Zeroizing::new(format!("PRAGMA {name} = \"x'{}'\";", hex_key.as_str()))
+        Zeroizing::new(format!("\"x'{}'\"", hex_key.as_str()))
     }
 }
 
@@ -166,7 +172,7 @@ impl AtRest {
             .to_str()
             .ok_or_else(|| rusqlite::Error::InvalidPath(path.to_path_buf()))?;
         let key = match &self.key {
-            Some(k) => Zeroizing::new(format!("\"x'{}'\"", hex::encode(k.0.as_slice()))),
+            Some(k) => k.sql_literal(),
             None => Zeroizing::new("''".to_owned()),
         };
         conn.execute_batch(&Zeroizing::new(format!(
@@ -181,9 +187,11 @@ impl AtRest {
     /// key given, or encrypted under another key. A missing file passes (it will be
     /// created).
     pub fn check(&self, path: &Path) -> Result<(), AtRestError> {
-        let mut header = [0u8; 16];
+        let mut header = Vec::with_capacity(PLAINTEXT_HEADER.len());
         let read = match std::fs::File::open(path) {
-            Ok(mut f) => read_up_to(&mut f, &mut header),
+            Ok(f) => f
+                .take(PLAINTEXT_HEADER.len() as u64)
+                .read_to_end(&mut header),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => {
                 return Err(AtRestError::Read {
@@ -199,7 +207,7 @@ impl AtRest {
         if read == 0 {
             return Ok(()); // empty: SQLite treats it as a new database
         }
-        let plaintext = read == header.len() && &header == PLAINTEXT_HEADER;
+        let plaintext = header == PLAINTEXT_HEADER[..];
         match (&self.key, plaintext) {
             (None, true) => Ok(()),
             (None, false) => Err(AtRestError::NeedsKey {
@@ -338,18 +346,6 @@ pub fn rekey_file(path: &Path, from: &AtRest, to: &AtRest) -> Result<Rekeyed, At
     }
     to.check(path)?;
     Ok(Rekeyed::Converted)
-}
-
-fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Why a key or a database file cannot be used.

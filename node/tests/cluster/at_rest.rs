@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use qpq_node::admin::access::Role;
 use qpq_node::at_rest::DbKey;
 use qpq_node::mls::devkit::{DevGroup, DevIdentity};
 use qpq_schemas::{ClientMsgId, GroupId};
 use serde_json::Value;
 
-use crate::backup::{path, qpq_node_env, restore_into, seqs_of, serves_the_backed_up_log, stderr};
+use crate::backup::{
+    backup_create, path, qpq_node_env, restore_into, seqs_of, serves_the_backed_up_log, stderr,
+};
 use crate::harness::{Cluster, local, serial};
 use crate::history::{Client, History};
 
@@ -180,26 +181,9 @@ async fn a_cluster_under_a_database_key_keeps_nothing_readable_and_refuses_other
     .await;
 
     // A backup: encrypted under the cluster's key, kept only by a caller holding it.
-    let admin = c.node(leader).admin.unwrap().to_string();
-    let creds = c.admin_args(Role::Backup);
-    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
     let create = |env: Vec<(String, String)>| {
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        qpq_node_env(
-            &[
-                &[
-                    "backup",
-                    "create",
-                    "--admin",
-                    &admin,
-                    "--out",
-                    path(&backup),
-                ][..],
-                &creds,
-            ]
-            .concat(),
-            &env,
-        )
+        backup_create(&c, leader, &["--out", path(&backup)], &env)
     };
     let out = create(Vec::new());
     assert!(!out.status.success(), "kept without the key");

@@ -394,6 +394,17 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_the_writes_acknowledg
 }
 
 /// `qpq-node` with extra environment variables.
+/// `qpq-node backup create --admin <node id's admin API> ARGS`, with `c`'s backup-role
+/// credentials and `env`.
+pub(crate) fn backup_create(c: &Cluster, id: u64, args: &[&str], env: &[(&str, String)]) -> Output {
+    let admin = c.node(id).admin.expect("node started").to_string();
+    let creds = c.admin_args(Role::Backup);
+    let mut all = vec!["backup", "create", "--admin", admin.as_str()];
+    all.extend_from_slice(args);
+    all.extend(creds.iter().map(String::as_str));
+    qpq_node_env(&all, env)
+}
+
 pub(crate) fn qpq_node_env(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq-node"));
     cmd.args(args);
@@ -418,26 +429,13 @@ async fn backups_in_object_storage_are_listed_pruned_verified_and_restored() {
     let env = s3.env();
     let (c, before, channel) = one_node_with_messages().await;
 
-    let admin = c.node(1).admin.unwrap().to_string();
-    let creds = c.admin_args(Role::Backup);
-    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
     let run_create = |retention: &[&str]| {
         let args = [
-            &[
-                "backup",
-                "create",
-                "--admin",
-                &admin,
-                "--out-dir",
-                "s3://qpq/backups",
-                "--prefix",
-                "x",
-            ][..],
+            &["--out-dir", "s3://qpq/backups", "--prefix", "x"][..],
             retention,
-            &creds,
         ]
         .concat();
-        qpq_node_env(&args, &env)
+        backup_create(&c, 1, &args, &env)
     };
     let create_with = |retention: &[&str]| {
         let out = run_create(retention);
@@ -591,21 +589,13 @@ async fn an_encrypted_backup_in_object_storage_opens_only_with_its_key() {
         e
     };
     let (c, before, channel) = one_node_with_messages().await;
-    let admin = c.node(1).admin.unwrap().to_string();
-    let creds = c.admin_args(Role::Backup);
-    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
     let url = "s3://qpq/sealed/b-1.sqlite3";
-    let args = [
-        &["backup", "create", "--admin", &admin, "--out", url][..],
-        &creds,
-    ]
-    .concat();
     let printed = |out: &Output| {
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out));
         assert!(!all.contains(&secret), "the key was printed: {all}");
         all
     };
-    let out = qpq_node_env(&args, &keyed(&secret));
+    let out = backup_create(&c, 1, &["--out", url], &keyed(&secret));
     printed(&out);
     assert!(out.status.success(), "backup create: {}", stderr(&out));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -692,24 +682,12 @@ async fn a_member_without_a_quorum_gives_only_a_stale_backup_and_restore_asks_to
     for id in (1..=3).filter(|id| *id != leader) {
         c.node_mut(id).kill9();
     }
-    let admin = c.node(leader).admin.unwrap().to_string();
-    let creds = c.admin_args(Role::Backup);
-    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
     let create = |extra: &[&str]| {
-        qpq_node(
-            &[
-                &[
-                    "backup",
-                    "create",
-                    "--admin",
-                    &admin,
-                    "--out",
-                    path(&backup),
-                ][..],
-                extra,
-                &creds,
-            ]
-            .concat(),
+        backup_create(
+            &c,
+            leader,
+            &[&["--out", path(&backup)][..], extra].concat(),
+            &[],
         )
     };
     let out = create(&[]);

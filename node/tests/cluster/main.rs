@@ -33,6 +33,7 @@ mod at_rest;
 mod backup;
 mod ca_rotation;
 mod chaos;
+mod compat;
 mod damage;
 mod disk;
 mod disk_error;
