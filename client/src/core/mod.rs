@@ -37,6 +37,7 @@ use crate::node::{DeviceAuth, NodeApi, SaveFn, Session, SignFn};
 use crate::states::{GroupState, OutboxKind, OutboxStatus};
 
 mod commit;
+mod decide;
 mod groups;
 mod keypackages;
 mod outbox;
@@ -227,7 +228,7 @@ enum CommitOutcome {
 }
 
 /// What processing one message asks the caller to do afterwards (outside its transaction).
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct FollowUp {
     commit_pending: bool,
     re_leave: bool,

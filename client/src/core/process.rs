@@ -1,6 +1,7 @@
 //! Processing one message of a group's channel: what it does to the group and which
 //! events and follow-ups it makes.
 
+use super::decide::{self, Decision, Settle};
 use super::*;
 
 impl<N: NodeApi> Client<N> {
@@ -19,27 +20,13 @@ impl<N: NodeApi> Client<N> {
             body,
         }) = self.store().own(channel, &env.client_msg_id)?
         {
-            if status == OutboxStatus::Pending {
-                // Accepted before a crash, but we never heard back: settle it now.
-                if kind == OutboxKind::Commit {
-                    self.merge_own_commit(gid, row, seq)?;
-                } else {
-                    self.mark_sent(row, seq)?;
-                }
+            let (settle, decision) = decide::own_message(self.identity, kind, status, body);
+            match settle {
+                Settle::MergeOwnCommit => self.merge_own_commit(gid, row, seq)?,
+                Settle::MarkSent => self.mark_sent(row, seq)?,
+                Settle::Nothing => {}
             }
-            if kind == OutboxKind::Application {
-                let body = body.unwrap_or_default();
-                self.push_event(&NewEvent {
-                    group: Some(gid),
-                    channel,
-                    seq: Some(seq),
-                    kind: &EventKind::Sent,
-                    sender: Some(self.identity),
-                    subject: None,
-                    body: &body,
-                })?;
-            }
-            return Ok(FollowUp::default());
+            return self.apply(gid, channel, seq, decision);
         }
         if !self.group_state(gid)?.is_member() {
             return Ok(FollowUp::default());
@@ -49,42 +36,18 @@ impl<N: NodeApi> Client<N> {
                 MlsMessageBodyIn::PrivateMessage(m) => m.into(),
                 MlsMessageBodyIn::PublicMessage(m) => m.into(),
                 _ => {
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &EventKind::Undecryptable,
-                        sender: None,
-                        subject: None,
-                        body: b"not a group message",
-                    })?;
-                    return Ok(FollowUp::default());
+                    let d = decide::undecryptable(b"not a group message");
+                    return self.apply(gid, channel, seq, d);
                 }
             },
             Err(e) => {
-                self.push_event(&NewEvent {
-                    group: Some(gid),
-                    channel,
-                    seq: Some(seq),
-                    kind: &EventKind::Undecryptable,
-                    sender: None,
-                    subject: None,
-                    body: e.to_string().as_bytes(),
-                })?;
-                return Ok(FollowUp::default());
+                let d = decide::undecryptable(e.to_string().as_bytes());
+                return self.apply(gid, channel, seq, d);
             }
         };
         if message.group_id().as_slice() != gid.as_bytes() {
-            self.push_event(&NewEvent {
-                group: Some(gid),
-                channel,
-                seq: Some(seq),
-                kind: &EventKind::Undecryptable,
-                sender: None,
-                subject: None,
-                body: b"message for another group",
-            })?;
-            return Ok(FollowUp::default());
+            let d = decide::undecryptable(b"message for another group");
+            return self.apply(gid, channel, seq, d);
         }
         let mut group = self.load_group(gid)?;
         let epoch = message.epoch().as_u64();
@@ -109,147 +72,88 @@ impl<N: NodeApi> Client<N> {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(error = %e, seq, "message did not process");
-                self.push_event(&NewEvent {
-                    group: Some(gid),
-                    channel,
-                    seq: Some(seq),
-                    kind: &EventKind::Undecryptable,
-                    sender: None,
-                    subject: None,
-                    body: e.to_string().as_bytes(),
-                })?;
-                return Ok(FollowUp::default());
+                let d = decide::undecryptable(e.to_string().as_bytes());
+                return self.apply(gid, channel, seq, d);
             }
         };
         let sender = identity_of(processed.credential());
-        let mut follow = FollowUp::default();
-        match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(app) => {
-                self.push_event(&NewEvent {
-                    group: Some(gid),
-                    channel,
-                    seq: Some(seq),
-                    kind: &EventKind::Message,
+        let decision = match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => Decision {
+                events: vec![decide::Planned {
+                    kind: EventKind::Message,
                     sender,
                     subject: None,
-                    body: &app.into_bytes(),
-                })?;
-            }
+                    body: app.into_bytes(),
+                }],
+                ..Decision::default()
+            },
             ProcessedMessageContent::ProposalMessage(p) => {
-                let self_remove = match (p.proposal(), p.sender()) {
-                    (Proposal::Remove(r), Sender::Member(s)) => r.removed() == *s,
-                    _ => false,
-                };
-                let leaver = match p.sender() {
-                    Sender::Member(s) => Some(*s),
+                let self_remove_by = match (p.proposal(), p.sender()) {
+                    (Proposal::Remove(r), Sender::Member(s)) if r.removed() == *s => Some(s.u32()),
                     _ => None,
                 };
                 group
                     .store_pending_proposal(self.provider.storage(), *p)
                     .map_err(Error::Storage)?;
-                if self_remove {
-                    // The remaining member with the lowest leaf index commits the leave.
-                    let lowest = group
-                        .members()
-                        .map(|m| m.index)
-                        .find(|i| Some(*i) != leaver);
-                    follow.commit_pending = lowest == Some(group.own_leaf_index());
-                }
+                let members = group.members().map(|m| m.index.u32());
+                decide::proposal(self_remove_by, members, group.own_leaf_index().u32())
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                // This client implements no ReInit, so a ReInit (the only way to change the
-                // suite) is refused outright, whatever suite it names.
-                let downgrade = staged.group_context().ciphersuite() != CIPHERSUITE
-                    || staged
-                        .queued_proposals()
-                        .any(|q| matches!(q.proposal(), Proposal::ReInit(_)));
-                if downgrade {
-                    self.set_group_state(gid, GroupState::Failed)?;
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &EventKind::PolicyViolation,
-                        sender,
-                        subject: None,
-                        body: b"commit changes the ciphersuite",
-                    })?;
-                    return Ok(follow);
+                let facts = decide::CommitFacts {
+                    changes_suite: staged.group_context().ciphersuite() != CIPHERSUITE
+                        || staged
+                            .queued_proposals()
+                            .any(|q| matches!(q.proposal(), Proposal::ReInit(_))),
+                    added: staged
+                        .add_proposals()
+                        .filter_map(|a| {
+                            identity_of(a.add_proposal().key_package().leaf_node().credential())
+                        })
+                        .collect(),
+                    removed: staged
+                        .remove_proposals()
+                        .filter_map(|r| group.member_at(r.remove_proposal().removed()))
+                        .filter_map(|m| identity_of(&m.credential))
+                        .collect(),
+                    removes_me: staged.self_removed(),
+                };
+                let d = decide::commit(self.identity, self.group_state(gid)?, sender, &facts);
+                if d.merge {
+                    group
+                        .merge_staged_commit(&self.provider, *staged)
+                        .map_err(mls("merging a Commit"))?;
                 }
-                let added: Vec<IdentityKey> = staged
-                    .add_proposals()
-                    .filter_map(|a| {
-                        identity_of(a.add_proposal().key_package().leaf_node().credential())
-                    })
-                    .collect();
-                let removed: Vec<IdentityKey> = staged
-                    .remove_proposals()
-                    .filter_map(|r| group.member_at(r.remove_proposal().removed()))
-                    .filter_map(|m| identity_of(&m.credential))
-                    .collect();
-                let self_removed = staged.self_removed();
-                group
-                    .merge_staged_commit(&self.provider, *staged)
-                    .map_err(mls("merging a Commit"))?;
-                for a in &added {
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &EventKind::MemberAdded,
-                        sender,
-                        subject: Some(*a),
-                        body: b"",
-                    })?;
-                }
-                for r in removed.iter().filter(|r| **r != self.identity) {
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &EventKind::MemberRemoved,
-                        sender,
-                        subject: Some(*r),
-                        body: b"",
-                    })?;
-                }
-                if added.is_empty() && removed.is_empty() {
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &EventKind::KeysUpdated,
-                        sender,
-                        subject: None,
-                        body: b"",
-                    })?;
-                }
-                let state = self.group_state(gid)?;
-                if self_removed || !group.is_active() {
-                    let (st, kind) = if state == GroupState::Leaving {
-                        (GroupState::Left, EventKind::Left)
-                    } else {
-                        (GroupState::Removed, EventKind::Removed)
-                    };
-                    self.set_group_state(gid, st)?;
-                    follow.left = st == GroupState::Left;
-                    self.push_event(&NewEvent {
-                        group: Some(gid),
-                        channel,
-                        seq: Some(seq),
-                        kind: &kind,
-                        sender,
-                        subject: Some(self.identity),
-                        body: b"",
-                    })?;
-                } else if state == GroupState::Leaving {
-                    // Our leave proposal died with the old epoch: ask again.
-                    follow.re_leave = true;
-                }
+                d
             }
-            _ => {}
+            _ => Decision::default(),
+        };
+        self.apply(gid, channel, seq, decision)
+    }
+
+    /// Applies what message `seq` decided (inside its transaction): its events in order,
+    /// then the group's new state.
+    fn apply(
+        &self,
+        gid: &GroupId,
+        channel: &ChannelId,
+        seq: u64,
+        decision: Decision,
+    ) -> Result<FollowUp> {
+        for e in &decision.events {
+            self.push_event(&NewEvent {
+                group: Some(gid),
+                channel,
+                seq: Some(seq),
+                kind: &e.kind,
+                sender: e.sender,
+                subject: e.subject,
+                body: &e.body,
+            })?;
         }
-        Ok(follow)
+        if let Some(state) = decision.state {
+            self.set_group_state(gid, state)?;
+        }
+        Ok(decision.follow)
     }
 
     /// Tries to decrypt `payload` with this device's current state of `gid`, without keeping
