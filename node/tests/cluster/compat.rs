@@ -1,7 +1,8 @@
 //! Release to release, with real binaries of both (issue 16, docs/wire-protocol.md,
 //! "The compatibility job"): a 3-node cluster of the previous release upgraded node by node
-//! to this build while clients write, and the previous release's `qpq` in one MLS group with
-//! this build's, each through a node of the other release.
+//! to this build while clients write; the previous release's `qpq` in one MLS group with
+//! this build's, each through a node of the other release; and a backup taken by the
+//! previous release verified and restored by this one.
 //!
 //! These tests need a build of the previous release, so they are `#[ignore]`d in `cargo
 //! test`; `scripts/compat [--previous REV]` builds it and runs them with:
@@ -11,12 +12,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use qpq_node::admin::access::Role;
 use serde_json::{Value, json};
 
+use crate::backup::{path, qpq_node_env, restore_into, serves_the_backed_up_log, stderr};
 use crate::harness::{Cluster, local, serial};
-use crate::history::{self, Writers, wait_acked_more_than};
+use crate::history::{self, History, Writers, wait_acked_more_than};
 
 /// Every node digests the state every 16 entries and compares with the others every second:
 /// an old and a new node that applied the same log differently are found.
@@ -376,4 +380,56 @@ async fn the_previous_release_s_client_and_this_one_share_a_group_across_node_re
     // The old and the new nodes applied all of it alike.
     let at = applied(&c, 2).await;
     replicas_agree(&c, at.saturating_sub(16), "old and new nodes, MLS traffic").await;
+}
+
+/// A backup Job of the previous release (its `qpq-node backup create`) made a file that this
+/// build verifies and restores, and the restored node serves exactly the acknowledged log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the previous release's binaries: run scripts/compat"]
+async fn a_backup_of_the_previous_release_verifies_and_restores_with_this_one() {
+    let _serial = serial().await;
+    let old = previous("qpq-node");
+    let mut c = Cluster::new(3, &[]);
+    for id in 1..=3 {
+        c.node_mut(id).program = Some(old.clone());
+        c.node_mut(id).spawn();
+    }
+    c.bootstrap().await;
+    let work = tempfile::tempdir().unwrap();
+    let backup = work.path().join("previous.sqlite3");
+    let (before, channel) = local(async {
+        let before = Rc::new(History::default());
+        let channel = c.endpoints()[0].create_channel().await;
+        history::write_through(&before, &c, channel, 40, 2).await;
+        assert_eq!(*before.unacked.borrow(), 0, "every write acknowledged");
+        (before, channel)
+    })
+    .await;
+
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let admin = c.node(leader).admin.unwrap().to_string();
+    let creds = c.admin_args(Role::Backup);
+    let out = Command::new(&old)
+        .args([
+            "backup",
+            "create",
+            "--admin",
+            &admin,
+            "--out",
+            path(&backup),
+        ])
+        .args(&creds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "old backup create: {}", stderr(&out));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["manifest"]["rows"]["messages"], 40, "{made}");
+
+    let out = qpq_node_env(&["backup", "verify", path(&backup)], &[]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    let mut r = Cluster::new(1, &[]);
+    r.adopt_account_of(&c);
+    let out = restore_into(&r, path(&backup), &[]);
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    serves_the_backed_up_log(&mut r, &before, channel).await;
 }
