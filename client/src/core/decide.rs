@@ -1,11 +1,13 @@
-//! What one message of a group's channel means, decided from plain values: no database, no
-//! network, no openmls state. `process.rs` gathers the facts (from the store and from
-//! openmls's processing), asks here, and applies the [`Decision`] in the message's
-//! transaction: it records the events, sets the group's state, merges or not.
+//! The client's decisions, from plain values: no database, no network, no openmls state.
+//! - What one message of a group's channel means: `process.rs` gathers the facts (from the
+//!   store and from openmls's processing), asks here, and applies the [`Decision`] in the
+//!   message's transaction: it records the events, sets the group's state, merges or not.
+//! - The outbox's next step for its oldest row (`outbox.rs` reads the row, asks here, and
+//!   does it).
 
 use qpq_schemas::IdentityKey;
 
-use super::{EventKind, FollowUp};
+use super::{EventKind, FollowUp, Intent};
 use crate::states::{GroupState, OutboxKind, OutboxStatus};
 
 /// An event to record, in order, for the message being processed.
@@ -164,6 +166,45 @@ pub(super) fn commit(
     d
 }
 
+/// The outbox's next step for its oldest row.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum OutboxStep {
+    /// A Commit that lost its epoch: drop its row, then build `Some(intent)` again on the
+    /// group's current epoch (`None`: the group is no longer active, or the intent does not
+    /// read; nothing to rebuild).
+    Rebuild(Option<Intent>),
+    /// A Commit still pending (a crash came between storing and the node's answer): send it
+    /// again under its id, then settle it.
+    ResendCommit,
+    /// A row that can never be sent (a Commit without its group): mark it failed.
+    Fail,
+    /// Send it under its id.
+    Enqueue,
+}
+
+/// A Commit row whose epoch was lost, for a group now in `state` (`None`: unknown group).
+pub(super) fn retry_step(state: Option<GroupState>, intent: Option<&[u8]>) -> OutboxStep {
+    OutboxStep::Rebuild(
+        intent
+            .and_then(read_intent)
+            .filter(|_| state == Some(GroupState::Active)),
+    )
+}
+
+/// A pending row of `kind`, with or without a group.
+pub(super) fn pending_step(kind: OutboxKind, has_group: bool) -> OutboxStep {
+    match (kind, has_group) {
+        (OutboxKind::Commit, true) => OutboxStep::ResendCommit,
+        (OutboxKind::Commit, false) => OutboxStep::Fail,
+        _ => OutboxStep::Enqueue,
+    }
+}
+
+/// A stored intent (JSON); `None` if it does not read.
+pub(super) fn read_intent(body: &[u8]) -> Option<Intent> {
+    serde_json::from_slice(body).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -292,5 +333,52 @@ mod tests {
         assert!(d.follow.re_leave && !d.follow.left);
         let d = commit(id(1), GroupState::Active, Some(id(2)), &facts);
         assert!(!d.follow.re_leave);
+    }
+
+    #[test]
+    fn a_lost_commit_is_rebuilt_only_for_an_active_group_and_a_readable_intent() {
+        let intent = serde_json::to_vec(&Intent::Update).unwrap();
+        assert_eq!(
+            retry_step(Some(GroupState::Active), Some(&intent)),
+            OutboxStep::Rebuild(Some(Intent::Update))
+        );
+        for gone in [
+            None,
+            Some(GroupState::Leaving),
+            Some(GroupState::Left),
+            Some(GroupState::Removed),
+            Some(GroupState::Failed),
+        ] {
+            assert_eq!(
+                retry_step(gone, Some(&intent)),
+                OutboxStep::Rebuild(None),
+                "{gone:?}"
+            );
+        }
+        assert_eq!(
+            retry_step(Some(GroupState::Active), Some(b"{not json")),
+            OutboxStep::Rebuild(None)
+        );
+        assert_eq!(
+            retry_step(Some(GroupState::Active), None),
+            OutboxStep::Rebuild(None)
+        );
+    }
+
+    #[test]
+    fn pending_commits_are_resent_and_everything_else_enqueued() {
+        assert_eq!(
+            pending_step(OutboxKind::Commit, true),
+            OutboxStep::ResendCommit
+        );
+        assert_eq!(pending_step(OutboxKind::Commit, false), OutboxStep::Fail);
+        for kind in [
+            OutboxKind::Application,
+            OutboxKind::Welcome,
+            OutboxKind::Proposal,
+        ] {
+            assert_eq!(pending_step(kind, true), OutboxStep::Enqueue);
+            assert_eq!(pending_step(kind, false), OutboxStep::Enqueue);
+        }
     }
 }

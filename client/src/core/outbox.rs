@@ -1,6 +1,7 @@
 //! Sending: application messages and DMs are encrypted and stored in the outbox before
 //! any network call, then sent oldest first, each under its own `clientMsgId`.
 
+use super::decide::{self, OutboxStep};
 use super::*;
 
 impl<N: NodeApi> Client<N> {
@@ -100,11 +101,16 @@ impl<N: NodeApi> Client<N> {
                 intent,
             }) = self.store().next_retry()?
             {
+                // A group this device no longer knows has nothing to rebuild: the row goes
+                // (it must not stop every later flush).
+                let state = match gid.as_ref().map(|g| self.group_state(g)) {
+                    Some(Ok(state)) => Some(state),
+                    None | Some(Err(Error::UnknownGroup)) => None,
+                    Some(Err(e)) => return Err(e),
+                };
+                let step = decide::retry_step(state, intent.as_deref());
                 self.store().delete(row)?;
-                let intent = intent.and_then(|b| serde_json::from_slice::<Intent>(&b).ok());
-                if let (Some(gid), Some(intent)) = (gid, intent)
-                    && self.group_state(&gid)? == GroupState::Active
-                {
+                if let (Some(gid), OutboxStep::Rebuild(Some(intent))) = (gid, step) {
                     Box::pin(self.run_intent(&gid, intent)).await?;
                 }
                 continue;
@@ -121,35 +127,29 @@ impl<N: NodeApi> Client<N> {
             else {
                 return Ok(sent);
             };
-            if kind == OutboxKind::Commit {
-                // Left over from a crash: resend it (same id), and settle it.
-                let Some(gid) = gid else {
-                    self.set_outbox_status(row, OutboxStatus::Failed)?;
-                    continue;
-                };
-                match Box::pin(self.send_commit(&gid, row)).await? {
-                    CommitOutcome::Accepted(_) => {}
-                    CommitOutcome::Stale => {
-                        if let Some(intent) =
-                            body.and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
-                        {
-                            Box::pin(self.run_intent(&gid, intent)).await?;
-                        }
+            match (decide::pending_step(kind, gid.is_some()), gid) {
+                (OutboxStep::Fail, _) => self.set_outbox_status(row, OutboxStatus::Failed)?,
+                (OutboxStep::ResendCommit, Some(gid)) => {
+                    // Left over from a crash: resend it (same id), and settle it.
+                    if let CommitOutcome::Stale = Box::pin(self.send_commit(&gid, row)).await?
+                        && let Some(intent) = body.as_deref().and_then(decide::read_intent)
+                    {
+                        Box::pin(self.run_intent(&gid, intent)).await?;
                     }
-                }
-                sent += 1;
-                continue;
-            }
-            match self.node.enqueue(&channel, &id, &payload).await {
-                Ok(done) => {
-                    self.mark_sent(row, done.seq)?;
                     sent += 1;
                 }
-                Err(e) if e.is_transient() => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %e, %kind, "outbox message refused; dropping it");
-                    self.set_outbox_status(row, OutboxStatus::Failed)?;
-                }
+                _ => match self.node.enqueue(&channel, &id, &payload).await {
+                    Ok(done) => {
+                        self.mark_sent(row, done.seq)?;
+                        sent += 1;
+                    }
+                    // Not answered for now: stays pending, sent later under the same id.
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %kind, "outbox message refused; dropping it");
+                        self.set_outbox_status(row, OutboxStatus::Failed)?;
+                    }
+                },
             }
         }
     }
