@@ -1,81 +1,28 @@
-//! A real node on 127.0.0.1 (restartable on the same port and data directory), and devices
-//! with their own database files.
+//! The in-process test node (`node/tests/common/test_node.rs`: restartable on the same
+//! port and data directory), and devices with their own database files.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use qpq_client::db::Provider;
 use qpq_client::keypackages::{Clock, SystemClock};
-use qpq_client::{Client, EventKind, NodeApi as _, NodeTarget, ResilientNode, ServerVerification};
-use qpq_node::config::NodeConfig;
-use qpq_node::{Clock as _, ManualClock, RunningNode};
+use qpq_client::{Client, EventKind, NodeApi as _, NodeTarget, ResilientNode};
 use qpq_schemas::GroupId;
 
 pub type Dev = Client<ResilientNode>;
 
-pub struct TestNode {
-    pub node: Option<RunningNode>,
-    pub clock: Arc<ManualClock>,
-    pub config: NodeConfig,
-    pub dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-    pub fingerprint: [u8; 32],
-}
+#[path = "../../../node/tests/common/test_node.rs"]
+mod test_node;
+pub use test_node::TestNode;
 
+/// What the client's tests add: devices with their own database files beside the node's.
 impl TestNode {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Every test client shares 127.0.0.1: rate limits are not what these tests are about.
-        let mut config = NodeConfig::dev(dir.path().join("node")).without_rate_limits();
-        configure(&mut config);
-        let clock = ManualClock::new(qpq_node::SystemClock.now_ms());
-        let node = RunningNode::start(config.clone(), clock.clone())
-            .await
-            .unwrap();
-        let addr = node.client_addr();
-        let fingerprint = node.fingerprint();
-        // Restarts reuse the port, so clients find the node where it was.
-        config.listen = addr;
-        Self {
-            node: Some(node),
-            clock,
-            config,
-            dir,
-            addr,
-            fingerprint,
-        }
-    }
-
     pub fn target(&self) -> NodeTarget {
         NodeTarget {
             addr: self.addr.into(),
             server_name: "localhost".into(),
-            verification: ServerVerification::PinnedSha256(self.fingerprint),
+            verification: self.verification(),
         }
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(n) = self.node.take() {
-            n.shutdown().await;
-        }
-    }
-
-    pub async fn start_again(&mut self) {
-        let node = RunningNode::start(self.config.clone(), self.clock.clone())
-            .await
-            .unwrap();
-        assert_eq!(
-            node.fingerprint(),
-            self.fingerprint,
-            "same data dir, same certificate"
-        );
-        self.node = Some(node);
     }
 
     fn db_path(&self, name: &str) -> PathBuf {

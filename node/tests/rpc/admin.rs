@@ -278,7 +278,7 @@ const ADMIN_ROUTES: [(&str, &str); 9] = [
 /// A TLS client that trusts the node's cluster CA and presents `identity` (or nothing).
 fn client_presenting(t: &TestNode, identity: Option<&ClusterTlsFiles>) -> AdminClient {
     use rustls_pki_types::pem::PemObject as _;
-    let ca = admin_credentials(t.node.admin_credentials_dir(), Role::Operator).ca;
+    let ca = admin_credentials(t.node().admin_credentials_dir(), Role::Operator).ca;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -307,9 +307,9 @@ fn client_presenting(t: &TestNode, identity: Option<&ClusterTlsFiles>) -> AdminC
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() {
     let t = TestNode::start().await;
-    let addr = t.node.admin_addr().to_string();
+    let addr = t.node().admin_addr().to_string();
     let timeout = Duration::from_secs(30);
-    let dir = t.node.admin_credentials_dir().to_path_buf();
+    let dir = t.node().admin_credentials_dir().to_path_buf();
 
     // No client certificate, or one from another CA: the handshake is refused, so no route
     // answers at all.
@@ -443,7 +443,7 @@ async fn the_admin_api_answers_only_callers_whose_certificate_grants_the_call() 
 async fn one_address_cannot_take_every_admin_connection() {
     use tokio::io::AsyncReadExt as _;
     let t = TestNode::start().await;
-    let addr = t.node.admin_addr();
+    let addr = t.node().admin_addr();
     // A flood from 127.0.0.2 that never completes a handshake: 8 are held open (each until
     // the handshake timeout), the 9th is closed at once.
     let mut held = Vec::new();

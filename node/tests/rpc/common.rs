@@ -1,53 +1,24 @@
-//! Shared helpers: a real node on 127.0.0.1:0 with a manual clock, and clients pinned to its
-//! certificate.
+//! Shared helpers: the in-process test node (`tests/common/test_node.rs`), and clients
+//! pinned to its certificate.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use qpq_node::admin::access::Role;
 use qpq_node::admin::client::AdminClient;
-use qpq_node::config::NodeConfig;
 use qpq_node::mls::devkit::DevIdentity;
 use qpq_node::raft::certs::admin_credentials;
-use qpq_node::{Clock as _, ManualClock, RunningNode, SystemClock};
 use qpq_schemas::{AccountId, ChannelId, DeviceId};
-use qpq_wire::{Connection, ServerVerification, Tokens};
+use qpq_wire::{Connection, Tokens};
 
-pub struct TestNode {
-    pub node: RunningNode,
-    pub clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
-}
+#[path = "../common/test_node.rs"]
+mod test_node;
+pub use test_node::TestNode;
 
+/// What the RPC tests add: raw connections, users, and the admin and metrics listeners.
 impl TestNode {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    /// Rate limits are off unless `configure` sets them: every test client shares 127.0.0.1,
-    /// and only the rate-limit tests are about rates.
-    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::dev(dir.path().to_path_buf()).without_rate_limits();
-        configure(&mut config);
-        // The manual clock starts at the real time: KeyPackage lifetimes made by openmls are
-        // relative to the system clock.
-        let clock = ManualClock::new(SystemClock.now_ms());
-        let node = RunningNode::start(config, clock.clone()).await.unwrap();
-        Self {
-            node,
-            clock,
-            _dir: dir,
-        }
-    }
-
-    pub fn verification(&self) -> ServerVerification {
-        ServerVerification::PinnedSha256(self.node.fingerprint())
-    }
-
     pub async fn connect(&self) -> Connection {
-        Connection::connect(self.node.client_addr(), "localhost", &self.verification())
+        Connection::connect(self.addr, "localhost", &self.verification())
             .await
             .unwrap()
     }
@@ -102,7 +73,7 @@ impl TestNode {
     /// GET on the metrics listener (probes, metrics; plain HTTP); returns (status, body).
     pub async fn metrics_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(self.node.metrics_addr())
+        let mut s = tokio::net::TcpStream::connect(self.node().metrics_addr())
             .await
             .unwrap();
         s.write_all(
@@ -122,7 +93,11 @@ impl TestNode {
 
     /// An admin API client with the dev credentials of `role`.
     pub fn admin_client(&self, role: Role) -> AdminClient {
-        AdminClient::load(&admin_credentials(self.node.admin_credentials_dir(), role)).unwrap()
+        AdminClient::load(&admin_credentials(
+            self.node().admin_credentials_dir(),
+            role,
+        ))
+        .unwrap()
     }
 
     /// GET on the admin API as the operator; returns (status, body).
@@ -146,7 +121,7 @@ impl TestNode {
         let (status, body) = self
             .admin_client(role)
             .call(
-                &self.node.admin_addr().to_string(),
+                &self.node().admin_addr().to_string(),
                 method,
                 path,
                 body,

@@ -6,14 +6,9 @@ use crate::common::{TestNode, local};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_in_flight_gets_its_answer_then_a_shutting_down_close() {
-    let t = TestNode::start().await;
-    let crate::common::TestNode {
-        node,
-        clock: _clock,
-        ..
-    } = t;
-    let addr = node.client_addr();
-    let pin = qpq_wire::ServerVerification::PinnedSha256(node.fingerprint());
+    let mut t = TestNode::start().await;
+    let addr = t.addr;
+    let pin = t.verification();
     local(async move {
         let mut c = qpq_wire::Connection::connect(addr, "localhost", &pin)
             .await
@@ -26,7 +21,7 @@ async fn a_long_poll_in_flight_gets_its_answer_then_a_shutting_down_close() {
         let wait = c.fetch_wait(&ch, 0, 0, 30_000);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            tokio::time::timeout(Duration::from_secs(15), node.shutdown()).await
+            tokio::time::timeout(Duration::from_secs(15), t.stop()).await
         };
         let (page, stopped) = tokio::join!(wait, stop);
         assert!(

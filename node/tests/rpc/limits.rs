@@ -12,7 +12,8 @@ async fn connections_over_the_per_ip_limit_are_refused_until_one_closes() {
         let b = t.connect().await;
         a.server_info().await.unwrap();
         b.server_info().await.unwrap();
-        let third = Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await;
+        let third =
+            Connection::connect(t.node().client_addr(), "localhost", &t.verification()).await;
         match third {
             Err(ClientError::Connection(quinn::ConnectionError::ConnectionClosed(close))) => {
                 assert_eq!(
@@ -34,7 +35,7 @@ async fn connections_over_the_per_ip_limit_are_refused_until_one_closes() {
         let mut ok = false;
         for _ in 0..50 {
             if let Ok(c) =
-                Connection::connect(t.node.client_addr(), "localhost", &t.verification()).await
+                Connection::connect(t.node().client_addr(), "localhost", &t.verification()).await
             {
                 c.server_info().await.unwrap();
                 ok = true;
@@ -54,7 +55,7 @@ async fn the_total_connection_limit_applies_across_addresses() {
         let a = t.connect().await;
         a.server_info().await.unwrap();
         assert!(
-            Connection::connect(t.node.client_addr(), "localhost", &t.verification())
+            Connection::connect(t.node().client_addr(), "localhost", &t.verification())
                 .await
                 .is_err()
         );
@@ -77,7 +78,7 @@ async fn a_dropped_connection_frees_its_slot() {
             // (30 s): only a connection closed on drop frees it in time.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             loop {
-                match Connection::connect(t.node.client_addr(), "localhost", &t.verification())
+                match Connection::connect(t.node().client_addr(), "localhost", &t.verification())
                     .await
                 {
                     Ok(c) => {
