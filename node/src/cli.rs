@@ -595,8 +595,10 @@ fn node_id_from_pod_name(name: &str) -> Result<u64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The object-storage client (reqwest) takes the process's rustls provider; everything
-    // else here names ring explicitly. Fails only if one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // else here names ring explicitly. This one has TLS 1.3 cipher suites only, so that
+    // object storage too is reached over TLS 1.3 or not at all. Fails only if one is
+    // installed already.
+    let _ = std::sync::Arc::unwrap_or_clone(crate::transport::tls::provider()).install_default();
     let traces = match telemetry::init(
         cli.log_format,
         cli.audit_log.as_ref(),

@@ -77,7 +77,8 @@ impl Exporter {
     /// resource attributes come from `OTEL_RESOURCE_ATTRIBUTES`) to the collector at
     /// `endpoint` (its base URL: spans go to `<endpoint>/v1/traces`, OTLP over HTTP with
     /// protobuf). Batching follows the SDK's `OTEL_BSP_*` variables. An `https://` endpoint
-    /// is reached over TLS 1.3 or 1.2, checked against the system's roots and, if set, the
+    /// is reached over TLS 1.3 only (the project's rule for every connection it makes; a
+    /// collector that offers only TLS 1.2 is refused), checked against the system's roots and, if set, the
     /// PEM bundle `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` (else `OTEL_EXPORTER_OTLP_CERTIFICATE`)
     /// names, for a collector with a private CA. Returns the exporter
     /// and the layer that turns this process's `tracing` spans of `targets` (crate names)
@@ -149,7 +150,7 @@ fn certificate_file() -> Option<PathBuf> {
 }
 
 /// The exporter's HTTP client: rustls with the ring provider (the one the rest of the
-/// project uses), the system's roots and those of `extra_roots`.
+/// project uses), TLS 1.3 only, the system's roots and those of `extra_roots`.
 fn http_client(
     timeout: Duration,
     extra_roots: Option<&Path>,
@@ -177,7 +178,7 @@ fn http_client(
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(&[&rustls::version::TLS13])
     .map_err(|e| TraceError::Exporter(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -317,6 +318,66 @@ mod tests {
         }
         // Without extra roots the client is built (the system's roots alone).
         assert!(http_client(Duration::from_secs(1), None).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A TLS server on 127.0.0.1 that speaks only `version` and answers one HTTP request
+    /// with `204`; returns its address and its certificate as a PEM file in `dir`.
+    fn tls_server(
+        version: &'static rustls::SupportedProtocolVersion,
+        dir: &Path,
+    ) -> (std::net::SocketAddr, PathBuf) {
+        use std::io::{Read as _, Write as _};
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pem = dir.join(format!("{:?}.pem", version.version));
+        std::fs::write(&pem, ck.cert.pem()).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((tcp, _)) = listener.accept() else {
+                return;
+            };
+            let conn = rustls::ServerConnection::new(config).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if tls.read(&mut buf).is_ok() {
+                let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                let _ = tls.flush();
+            }
+        });
+        (addr, pem)
+    }
+
+    #[test]
+    fn the_collector_is_reached_over_tls_1_3_and_a_tls_1_2_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("qpq-trace-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let get = |version| {
+            let (addr, pem) = tls_server(version, &dir);
+            let client = http_client(Duration::from_secs(5), Some(&pem)).unwrap();
+            client
+                .get(format!("https://localhost:{}/v1/traces", addr.port()))
+                .send()
+                .map(|r| r.status().as_u16())
+        };
+        assert_eq!(get(&rustls::version::TLS13).unwrap(), 204);
+        let refused = get(&rustls::version::TLS12);
+        assert!(
+            refused.is_err(),
+            "a TLS 1.2 collector answered: {refused:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
