@@ -307,6 +307,28 @@ async fn job_from_cron(env: &Env, ns: &str, cron: &str, job: &str) -> String {
     job_ended(env, ns, job).await
 }
 
+/// Sets `spec.backup` of cluster `name` to a daily schedule on the claim `qpq-backups`,
+/// keeping `keep`; waits for its CronJob and returns the CronJob's name.
+async fn schedule_backups(env: &Env, ns: &str, name: &str, keep: u32) -> String {
+    let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {
+            "schedule": "0 3 * * *", "claimName": "qpq-backups", "keep": keep
+        }}})),
+    )
+    .await
+    .unwrap();
+    let crons: Api<CronJob> = Api::namespaced(env.client.clone(), ns);
+    let cron_name = format!("{name}-backup");
+    wait("the backup CronJob", 60, || async {
+        crons.get_opt(&cron_name).await.ok()?.map(|_| ())
+    })
+    .await;
+    cron_name
+}
+
 /// Waits until Job `name` ends; returns "Complete" or "Failed".
 async fn job_ended(env: &Env, ns: &str, name: &str) -> String {
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), ns);
@@ -1278,21 +1300,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     // Scheduled: spec.backup becomes a CronJob; a Job made from it (as the schedule would)
     // stores a verified backup, twice with keep 1. (Before the plugin's backup below, which
     // has the same name form and would count toward keep.)
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"backup": {
-            "schedule": "0 3 * * *", "claimName": "qpq-backups", "keep": 1
-        }}})),
-    )
-    .await
-    .unwrap();
+    let cron_name = schedule_backups(&env, &ns, &name, 1).await;
     let crons: Api<CronJob> = Api::namespaced(env.client.clone(), &ns);
-    let cron_name = format!("{name}-backup");
-    wait("the backup CronJob", 60, || async {
-        crons.get_opt(&cron_name).await.ok()?.map(|_| ())
-    })
-    .await;
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), &ns);
     for run_name in ["scheduled-1", "scheduled-2"] {
         let ended = job_from_cron(&env, &ns, &cron_name, run_name).await;
@@ -1731,21 +1740,7 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     let (claim, _) = backup_job(&env, &ns);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
     claims.create(&PostParams::default(), &claim).await.unwrap();
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"backup": {
-            "schedule": "0 3 * * *", "claimName": "qpq-backups", "keep": 2
-        }}})),
-    )
-    .await
-    .unwrap();
-    let crons: Api<CronJob> = Api::namespaced(env.client.clone(), &ns);
-    let cron_name = format!("{name}-backup");
-    wait("the backup CronJob", 60, || async {
-        crons.get_opt(&cron_name).await.ok()?.map(|_| ())
-    })
-    .await;
+    let cron_name = schedule_backups(&env, &ns, &name, 2).await;
     let ended = job_from_cron(&env, &ns, &cron_name, "encrypted-backup").await;
     assert_eq!(
         ended, "Complete",
