@@ -754,6 +754,12 @@ pub struct TracesSpec {
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("an http:// or https:// URL").reason(kube::core::Reason::FieldValueInvalid))]
     #[schemars(length(min = 8, max = 512))]
     pub otlp_endpoint: String,
+    /// For an `https://` collector whose certificate a private CA signed: a Secret key holding
+    /// that CA's PEM. It is mounted into the node pods as a file, which the exporter trusts
+    /// beside the system's roots (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`). The collector is
+    /// reached over TLS 1.3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
 }
 
 /// Observed state, written only by the operator.

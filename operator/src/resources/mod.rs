@@ -84,6 +84,26 @@ pub fn db_key_parts(
         serde_json::json!({"name": "QPQ_DB_KEY_FILE", "value": format!("{DB_KEY_DIR}/db.key")}),
     ))
 }
+/// Where the node pods find the trace collector's CA (`spec.monitoring.traces.ca`).
+pub const OTLP_CA_DIR: &str = "/etc/qpq/otlp-ca";
+
+/// The trace collector's CA as a file for the node container: the pod volume, the
+/// container's mount and its environment variable. `None` without `spec.monitoring.traces.ca`.
+pub fn otlp_ca_parts(
+    spec: &crate::crd::QpqClusterSpec,
+) -> Option<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+    let ca = spec.monitoring.traces.as_ref()?.ca.as_ref()?;
+    Some((
+        serde_json::json!({"name": "otlp-ca", "secret": {
+            "secretName": ca.name,
+            "items": [{"key": ca.key, "path": "ca.crt"}],
+            "defaultMode": 0o444,
+        }}),
+        serde_json::json!({"name": "otlp-ca", "mountPath": OTLP_CA_DIR, "readOnly": true}),
+        serde_json::json!({"name": "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "value": format!("{OTLP_CA_DIR}/ca.crt")}),
+    ))
+}
+
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "qpq-operator";
 

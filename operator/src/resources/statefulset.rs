@@ -249,15 +249,18 @@ pub fn statefulset(
     }
     // The database key: for the node, and for the restore before it (which writes the
     // restored state under it).
+    // The trace collector's CA likewise (the restore exports its spans too).
     let db_key = super::db_key_parts(spec);
+    let otlp_ca = super::otlp_ca_parts(spec);
+    let files = [&db_key, &otlp_ca];
     let restore = restore.map(|(mut init, volume)| {
-        if let Some((_, mount, var)) = &db_key {
+        for (_, mount, var) in files.into_iter().flatten() {
             push(&mut init["volumeMounts"], mount.clone());
             push(&mut init["env"], var.clone());
         }
         (init, volume)
     });
-    if let Some((_, mount, var)) = &db_key {
+    for (_, mount, var) in files.into_iter().flatten() {
         push(&mut container["volumeMounts"], mount.clone());
         push(&mut container["env"], var.clone());
     }
@@ -295,6 +298,9 @@ pub fn statefulset(
     }
     if let Some(p) = &s.priority_class_name {
         pod_spec["priorityClassName"] = json!(p);
+    }
+    if let Some((volume, _, _)) = otlp_ca {
+        push(&mut pod_spec["volumes"], volume);
     }
     if let Some((volume, _, _)) = db_key {
         push(&mut pod_spec["volumes"], volume);
@@ -406,7 +412,7 @@ pub fn template_of(sts: &StatefulSet) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::DB_KEY_DIR;
+    use super::super::{DB_KEY_DIR, OTLP_CA_DIR};
     use super::*;
     use crate::crd::QpqCluster;
 
@@ -474,6 +480,66 @@ mod tests {
         let text = pod.to_string();
         assert!(
             !text.contains("db-key") && !text.contains("QPQ_DB_KEY_FILE"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_private_collector_ca_reaches_the_node_as_a_file_it_trusts() {
+        let build = |traces: Value| {
+            let obj: QpqCluster = serde_json::from_value(json!({
+                "apiVersion": "qpq.dev/v1alpha1",
+                "kind": "QpqCluster",
+                "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"},
+                "spec": {"replicas": 3, "version": "0.1.0", "storage": {"size": "1Gi"},
+                         "monitoring": {"traces": traces},
+                         "restore": {"claimName": "old", "file": "b.sqlite3"}},
+            }))
+            .unwrap();
+            let c = ClusterRef::new(&obj).unwrap();
+            let sts = statefulset(&c, &obj.spec, "0.1.0", 3, "h", true).unwrap();
+            serde_json::to_value(&sts).unwrap()["spec"]["template"]["spec"].clone()
+        };
+        let pod = build(
+            json!({"otlpEndpoint": "https://collector.monitoring.svc:4318",
+                               "ca": {"name": "collector-ca", "key": "ca.pem"}}),
+        );
+        let volumes: Vec<_> = (pod["volumes"].as_array().unwrap().iter())
+            .filter(|v| v["name"] == "otlp-ca")
+            .collect();
+        assert_eq!(
+            volumes,
+            [&json!({"name": "otlp-ca", "secret": {
+                "secretName": "collector-ca",
+                "items": [{"key": "ca.pem", "path": "ca.crt"}],
+                "defaultMode": 0o444,
+            }})]
+        );
+        // The node, and the restore before it (which exports its spans too).
+        for c in [&pod["containers"][0], &pod["initContainers"][0]] {
+            let env = c["env"].as_array().unwrap();
+            assert!(
+                env.contains(&json!({"name": "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                                      "value": "/etc/qpq/otlp-ca/ca.crt"})),
+                "{env:?}"
+            );
+            assert!(
+                env.contains(&json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT",
+                                      "value": "https://collector.monitoring.svc:4318"})),
+                "{env:?}"
+            );
+            assert!(
+                (c["volumeMounts"].as_array().unwrap()).contains(&json!({
+                    "name": "otlp-ca", "mountPath": OTLP_CA_DIR, "readOnly": true
+                })),
+                "{c}"
+            );
+        }
+        // Without a CA: no volume, no variable.
+        let text =
+            build(json!({"otlpEndpoint": "https://collector.monitoring.svc:4318"})).to_string();
+        assert!(
+            !text.contains("otlp-ca") && !text.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"),
             "{text}"
         );
     }

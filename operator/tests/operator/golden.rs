@@ -43,7 +43,7 @@ fn full_spec() -> serde_json::Value {
                  "digestEveryEntries": 1000, "digestCheckSeconds": 60},
         "networkPolicy": {"enabled": true, "operatorNamespaceLabels": {"kubernetes.io/metadata.name": "qpq-system"}},
         "monitoring": {"podMonitor": true, "labels": {"release": "prom"}, "interval": "30s",
-                       "traces": {"otlpEndpoint": "http://otel-collector.monitoring.svc:4318"}},
+                       "traces": {"otlpEndpoint": "https://otel-collector.monitoring.svc:4318", "ca": {"name": "otel-ca", "key": "ca.crt"}}},
         "backup": {"schedule": "0 3 * * *", "claimName": "x-backups", "keep": 5, "timeZone": "Europe/Paris", "drillSchedule": "0 5 * * 0"},
         "restore": {"claimName": "x-backups", "file": "x-1700000000.sqlite3"}
     })
