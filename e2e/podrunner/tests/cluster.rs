@@ -455,8 +455,12 @@ async fn statefulset_identity_storage_restarts_and_scale() {
         (names == ["web-0"]).then_some(())
     })
     .await;
-    let s = sts.get("web").await.unwrap();
-    assert_eq!(s.status.and_then(|s| s.ready_replicas), Some(1));
+    // The stateful set's status follows the pods a moment later.
+    wait("the stateful set counts 1 ready replica", 60, || async {
+        let s = sts.get("web").await.ok()?;
+        (s.status.and_then(|s| s.ready_replicas) == Some(1)).then_some(())
+    })
+    .await;
     step(&format!("done in {:?}", t0.elapsed()));
     teardown(&env).await;
 }
