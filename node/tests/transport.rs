@@ -466,55 +466,6 @@ async fn third_bidi_stream_waits_for_one_to_finish() {
     assert_eq!(within(recv3.read_to_end(64)).await.unwrap(), b"three");
 }
 
-/// A TLS server on 127.0.0.1 speaking only `version`; reports, per connection, the version
-/// of a completed handshake (`None`: the handshake failed), then answers 500 and closes.
-fn tls_only_server(
-    version: &'static rustls::SupportedProtocolVersion,
-) -> (
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<Option<rustls::ProtocolVersion>>,
-) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap(),
-    );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(mut tcp) = tcp else { return };
-            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut outcome = None;
-            while conn.is_handshaking() {
-                if conn.complete_io(&mut tcp).is_err() {
-                    break;
-                }
-            }
-            if !conn.is_handshaking() {
-                outcome = conn.protocol_version();
-                let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-                let _ = std::io::Write::write_all(
-                    &mut tls,
-                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-            if tx.send(outcome).is_err() {
-                return;
-            }
-        }
-    });
-    (addr, rx)
-}
-
 /// Object storage is reached over TLS 1.3 only, like everything else the node connects to:
 /// `qpq-node backup list` against an S3 endpoint that speaks TLS 1.3 completes its
 /// handshake; against one that speaks only TLS 1.2 it never does (the server sees the
@@ -528,10 +479,14 @@ fn object_storage_is_reached_over_tls_1_3_only() {
         ),
         (&rustls::version::TLS12, None),
     ] {
-        let (addr, handshakes) = tls_only_server(version);
+        let server =
+            qpq_wire::testing::TlsOnlyServer::start(version, "HTTP/1.1 500 Internal Server Error");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qpq-node"))
             .args(["backup", "list", "s3://qpq/backups/"])
-            .env("AWS_ENDPOINT", format!("https://127.0.0.1:{}", addr.port()))
+            .env(
+                "AWS_ENDPOINT",
+                format!("https://127.0.0.1:{}", server.addr.port()),
+            )
             .env("AWS_ALLOW_INVALID_CERTIFICATES", "true")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -540,7 +495,7 @@ fn object_storage_is_reached_over_tls_1_3_only() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let first = handshakes.recv_timeout(Duration::from_secs(30));
+        let first = server.handshakes.recv_timeout(Duration::from_secs(30));
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(

@@ -79,6 +79,7 @@ fn init_tracing(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    crate::tls::install_tls13_only();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

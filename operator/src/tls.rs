@@ -73,6 +73,18 @@ impl std::fmt::Debug for NodeCerts {
 /// this server name (the node's `PEER_SERVER_NAME`).
 pub const PEER_SERVER_NAME: &str = crate::admin_client::NODE_SERVER_NAME;
 
+/// Makes TLS 1.3 the only version this process negotiates on connections that take
+/// rustls' process-wide default: the Kubernetes API client (kube builds its config from that
+/// default). The default becomes *ring* with its TLS 1.3 cipher suites only, so a TLS 1.2
+/// server finds no common suite. The operator's own connections to nodes ask for TLS 1.3
+/// explicitly. Call it first in `main`; a second call changes nothing.
+pub fn install_tls13_only() {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|s| s.tls13().is_some());
+    // Err only if a default is installed already: this one, by an earlier call.
+    let _ = provider.install_default();
+}
+
 /// DNS names a pod's certificate must carry.
 pub fn dns_names(c: &ClusterRef, pod: &str) -> Vec<String> {
     let ns = &c.namespace;

@@ -6,6 +6,7 @@
 //! - [`rpc`]: [`Connection`], one connection with the node's RPCs.
 //! - [`trace`]: OpenTelemetry traces over OTLP (off by default) and their context on the
 //!   wire, for the client and the node alike.
+//! - `testing` (feature `testing`, for tests): a TLS server of one protocol version.
 //!
 //! It holds no state, does not retry and knows nothing of MLS: the MLS client
 //! (`qpq-client`) builds its resilient node adapter on it, and the node's own self-check
@@ -14,6 +15,8 @@
 #![forbid(unsafe_code)]
 
 pub mod rpc;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod trace;
 

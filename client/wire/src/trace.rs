@@ -321,54 +321,20 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A TLS server on 127.0.0.1 that speaks only `version` and answers one HTTP request
-    /// with `204`; returns its address and its certificate as a PEM file in `dir`.
-    fn tls_server(
-        version: &'static rustls::SupportedProtocolVersion,
-        dir: &Path,
-    ) -> (std::net::SocketAddr, PathBuf) {
-        use std::io::{Read as _, Write as _};
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let pem = dir.join(format!("{:?}.pem", version.version));
-        std::fs::write(&pem, ck.cert.pem()).unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .unwrap(),
-        );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let Ok((tcp, _)) = listener.accept() else {
-                return;
-            };
-            let conn = rustls::ServerConnection::new(config).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut buf = [0u8; 4096];
-            if tls.read(&mut buf).is_ok() {
-                let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-                let _ = tls.flush();
-            }
-        });
-        (addr, pem)
-    }
-
     #[test]
     fn the_collector_is_reached_over_tls_1_3_and_a_tls_1_2_one_is_refused() {
         let dir = std::env::temp_dir().join(format!("qpq-trace-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let get = |version| {
-            let (addr, pem) = tls_server(version, &dir);
+        let get = |version: &'static rustls::SupportedProtocolVersion| {
+            let server = crate::testing::TlsOnlyServer::start(version, "HTTP/1.1 204 No Content");
+            let pem = dir.join(format!("{:?}.pem", version.version));
+            std::fs::write(&pem, &server.cert_pem).unwrap();
             let client = http_client(Duration::from_secs(5), Some(&pem)).unwrap();
             client
-                .get(format!("https://localhost:{}/v1/traces", addr.port()))
+                .get(format!(
+                    "https://localhost:{}/v1/traces",
+                    server.addr.port()
+                ))
                 .send()
                 .map(|r| r.status().as_u16())
         };

@@ -488,6 +488,7 @@ enum Output {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    qpq_operator::tls::install_tls13_only();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

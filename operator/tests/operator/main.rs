@@ -10,3 +10,4 @@ mod fixtures;
 mod golden;
 mod leader;
 mod reconcile;
+mod tls;
