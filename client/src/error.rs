@@ -56,6 +56,9 @@ pub enum Error {
     /// encrypted profile, one for a plaintext profile, or the wrong one).
     #[error("profile locked: {0}")]
     Locked(String),
+    /// The OS keyring could not keep a new profile's key (`--keyring require`).
+    #[error("OS keyring: {0}")]
+    Keyring(String),
     /// The profile's database was written by a newer build of the client.
     #[error(
         "the profile's database has schema version {found}, newer than this build's {supported}: use a newer qpq"
@@ -81,9 +84,11 @@ impl Error {
         use crate::rpc::ClientError;
         use qpq_schemas::WireError;
         match self {
-            Self::Invalid(_) | Self::UnknownGroup | Self::NoIdentity | Self::Locked(_) => {
-                ErrorKind::Usage
-            }
+            Self::Invalid(_)
+            | Self::UnknownGroup
+            | Self::NoIdentity
+            | Self::Locked(_)
+            | Self::Keyring(_) => ErrorKind::Usage,
             Self::Refused(_) => ErrorKind::Refused,
             Self::Contention(_) => ErrorKind::Unavailable,
             Self::Node(n) => match n {

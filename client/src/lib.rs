@@ -15,6 +15,8 @@
 //! - [`core`]: the MLS core: create, invite, join, send, receive, remove, update, leave;
 //!   Commit discipline; gap detection.
 //! - [`keypackages`]: KeyPackage pool policy and the injectable clock.
+//! - [`profile_key`], [`os_keyring`]: the profile database's encryption at rest, under a
+//!   passphrase or a key kept in the OS keyring.
 //! - [`cli`]: the `qpq` command line.
 //!
 //! Not here: the node's rules (membership, DM states): the client follows them and reports
@@ -33,6 +35,7 @@ mod invariants;
 pub mod keypackages;
 pub mod mls_store;
 pub mod node;
+pub mod os_keyring;
 pub mod profile_key;
 pub mod retry;
 pub mod states;

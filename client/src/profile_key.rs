@@ -1,11 +1,14 @@
-//! Encryption of the profile database at rest: SQLCipher under a passphrase.
+//! Encryption of the profile database at rest: SQLCipher under a key from the OS keyring, or
+//! under a passphrase.
 //!
 //! A profile created with a passphrase (`QPQ_PASSPHRASE`, or `--passphrase-file`) keeps its
 //! `state.sqlite3` (identity key, MLS group secrets, session tokens, messages) encrypted and
 //! authenticated page by page; SQLCipher derives the key from the passphrase with
-//! PBKDF2-HMAC-SHA512 (256 000 rounds) over a salt kept in the file. Without one, the file is
-//! plain SQLite, as before. Every connection to the file ([`crate::db::Provider`], the session
-//! store) is opened through [`ProfileKey::open`].
+//! PBKDF2-HMAC-SHA512 (256 000 rounds) over a salt kept in the file. One created without a
+//! passphrase where an OS keyring answers is encrypted under a random 256-bit key kept in the
+//! keyring ([`crate::os_keyring`]), which SQLCipher takes as is. With neither, the file is
+//! plain SQLite. Every connection to the file ([`crate::db::Provider`], the session store) is
+//! opened through [`ProfileKey::open`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,20 +17,30 @@ use rusqlite::Connection;
 use zeroize::Zeroizing;
 
 use crate::Error;
+use crate::os_keyring::KEY_LEN;
 
 /// What every plaintext SQLite file starts with.
 const PLAINTEXT_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
-/// The passphrase of an encrypted profile, or none. Its `Debug` never shows it.
+/// How an encrypted profile's key is given.
+enum Secret {
+    /// Derived by SQLCipher from this passphrase.
+    Passphrase(Zeroizing<String>),
+    /// This raw key (from the OS keyring).
+    Raw(Zeroizing<[u8; KEY_LEN]>),
+}
+
+/// The key of an encrypted profile (a passphrase or a raw key), or none. Its `Debug` never
+/// shows it.
 #[derive(Clone, Default)]
-pub struct ProfileKey(Option<Arc<Zeroizing<String>>>);
+pub struct ProfileKey(Option<Arc<Secret>>);
 
 impl std::fmt::Debug for ProfileKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "ProfileKey(<passphrase>)"
-        } else {
-            "ProfileKey(none)"
+        f.write_str(match self.0.as_deref() {
+            Some(Secret::Passphrase(_)) => "ProfileKey(<passphrase>)",
+            Some(Secret::Raw(_)) => "ProfileKey(<raw key>)",
+            None => "ProfileKey(none)",
         })
     }
 }
@@ -38,6 +51,11 @@ impl ProfileKey {
         Self(None)
     }
 
+    /// A profile encrypted under this raw 256-bit key (SQLCipher uses it as is).
+    pub fn raw(key: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self(Some(Arc::new(Secret::Raw(key))))
+    }
+
     /// A profile encrypted under `passphrase` (a trailing newline is not part of it). An
     /// empty passphrase is refused.
     pub fn passphrase(passphrase: Zeroizing<String>) -> Result<Self, Error> {
@@ -45,7 +63,7 @@ impl ProfileKey {
         if trimmed.is_empty() {
             return Err(Error::Invalid("the profile passphrase is empty".into()));
         }
-        Ok(Self(Some(Arc::new(trimmed))))
+        Ok(Self(Some(Arc::new(Secret::Passphrase(trimmed)))))
     }
 
     /// The passphrase from the file `file` if given, else from `QPQ_PASSPHRASE` if set,
@@ -65,6 +83,14 @@ impl ProfileKey {
     /// Whether the profile is encrypted.
     pub fn is_set(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// What the key is, for messages.
+    fn what(&self) -> &'static str {
+        match self.0.as_deref() {
+            Some(Secret::Raw(_)) => "key",
+            _ => "passphrase",
+        }
     }
 
     /// Opens (creating if missing) the database at `path` under this key, and checks that
@@ -89,17 +115,26 @@ impl ProfileKey {
             }
             (Some(true), Some(_)) if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) => {
                 return Err(Error::Locked(format!(
-                    "{} is not encrypted, but a passphrase was given",
-                    path.display()
+                    "{} is not encrypted, but a {} was given",
+                    path.display(),
+                    self.what()
                 )));
             }
             _ => {}
         }
         let conn = Connection::open(path)?;
-        if let Some(p) = &self.0 {
+        if let Some(secret) = self.0.as_deref() {
             // SQLCipher's own lines on stderr (a failed HMAC) would only repeat the error.
             conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-            conn.pragma_update(None, "key", p.as_str())?;
+            match secret {
+                Secret::Passphrase(p) => conn.pragma_update(None, "key", p.as_str())?,
+                Secret::Raw(k) => {
+                    // SQLCipher's raw-key form: "x'<64 hex digits>'", no derivation.
+                    let hex_key = Zeroizing::new(hex::encode(k.as_slice()));
+                    let sql = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex_key.as_str()));
+                    conn.execute_batch(&sql)?;
+                }
+            }
         }
         match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
             r.get::<_, i64>(0)
@@ -109,8 +144,9 @@ impl ProfileKey {
                 if e.code == rusqlite::ErrorCode::NotADatabase && self.is_set() =>
             {
                 Err(Error::Locked(format!(
-                    "{}: wrong passphrase (or not a profile database)",
-                    path.display()
+                    "{}: wrong {} (or not a profile database)",
+                    path.display(),
+                    self.what()
                 )))
             }
             Err(e) => Err(e.into()),
@@ -164,5 +200,44 @@ mod tests {
             format!("{:?}", key("correct horse")),
             "ProfileKey(<passphrase>)"
         );
+    }
+
+    /// A raw key (the OS keyring's) opens the profile it created and no other; a passphrase
+    /// does not stand in for it, and neither does nothing.
+    #[test]
+    fn a_raw_key_opens_only_its_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite3");
+        let raw = |b: u8| ProfileKey::raw(Zeroizing::new([b; KEY_LEN]));
+        raw(7)
+            .open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES ('group secret');")
+            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.starts_with(PLAINTEXT_HEADER));
+        assert!(!bytes.windows(12).any(|w| w == b"group secret"));
+        let locked = |r: Result<Connection, Error>| match r {
+            Err(Error::Locked(m)) => m,
+            other => panic!("expected Locked, got {other:?}"),
+        };
+        assert!(locked(raw(8).open(&path)).contains("wrong key"));
+        assert!(locked(key("correct horse").open(&path)).contains("wrong passphrase"));
+        assert!(locked(ProfileKey::none().open(&path)).contains("is encrypted"));
+        let v: String = raw(7)
+            .open(&path)
+            .unwrap()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, "group secret");
+
+        let plain = dir.path().join("plain.sqlite3");
+        ProfileKey::none()
+            .open(&plain)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x);")
+            .unwrap();
+        assert!(locked(raw(7).open(&plain)).contains("not encrypted, but a key"));
+        assert_eq!(format!("{:?}", raw(7)), "ProfileKey(<raw key>)");
     }
 }

@@ -36,6 +36,7 @@ use crate::keypackages::SystemClock;
 use crate::node::{NodeAddr, NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
 
+mod key;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -76,10 +77,21 @@ struct Cli {
     json: bool,
     /// Keep the profile's database encrypted under the passphrase in this file (the first
     /// line). Without it, the passphrase is read from `QPQ_PASSPHRASE` when that is set; with
-    /// neither, the profile is plaintext. A profile registered with a passphrase opens only
-    /// with it.
+    /// neither, see `--keyring`. A profile registered with a passphrase opens only with it.
     #[arg(long, global = true, env = "QPQ_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Where the key of a profile registered without a passphrase is kept: `auto` makes a
+    /// random key and keeps it in the OS keyring (the Secret Service on Linux) when one
+    /// answers, else leaves the profile plaintext; `require` refuses to register without it;
+    /// `off` never asks the keyring. A profile whose key is in the keyring opens with it.
+    #[arg(
+        long,
+        global = true,
+        env = "QPQ_KEYRING",
+        value_enum,
+        default_value = "auto"
+    )]
+    keyring: key::KeyringMode,
     /// Export traces over OTLP (HTTP, protobuf) to the collector at this base URL, e.g.
     /// `http://127.0.0.1:4318`: a command's sends and long-polls then carry their trace
     /// context to the node. Off without it. An `https://` collector is checked against the
@@ -231,6 +243,10 @@ struct ProfileConfig {
     /// CA certificates (PEM) that the node's certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ca_pem: Option<String>,
+    /// The OS keyring item (service `quicproquo`) holding the key of the profile's
+    /// database, when the keyring keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyring: Option<String>,
 }
 
 /// An event as JSON: ids in hex, the body as (lossy) UTF-8 text.

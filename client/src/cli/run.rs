@@ -112,7 +112,8 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let dir = profile_dir(cli.profile_dir.as_deref(), &cli.profile)?;
-    let key = crate::profile_key::ProfileKey::from_file_or_env(cli.passphrase_file.as_deref())?;
+    let passphrase =
+        crate::profile_key::ProfileKey::from_file_or_env(cli.passphrase_file.as_deref())?;
     if let Command::Register {
         node,
         fingerprint,
@@ -133,15 +134,25 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("give --fingerprint or --ca-file".to_owned()));
             }
         };
+        // A profile registered before (perhaps half-way) keeps the key it was given.
+        let (key, keyring) = match load_config(&dir) {
+            Ok(old) => (
+                super::key::for_profile(&dir, &old, passphrase, cli.keyring)?,
+                old.keyring,
+            ),
+            Err(_) => super::key::for_new_profile(&dir, passphrase, cli.keyring)?,
+        };
         let config = ProfileConfig {
             node: node.clone(),
             server_name: server_name.clone(),
             fingerprint,
             ca_pem,
+            keyring,
         };
         return register(&dir, config, &key, cli.json, cli.retries).await;
     }
     let config = load_config(&dir)?;
+    let key = super::key::for_profile(&dir, &config, passphrase, cli.keyring)?;
     let node = resilient_node(target(&config)?, cli.retries);
     let provider = Provider::open_with(&dir.join("state.sqlite3"), &key)?;
     let client = Client::open(provider, node, Box::new(SystemClock))?;
@@ -431,11 +442,12 @@ async fn register(
 ) -> Result<()> {
     let target = target(&config)?;
     create_private_dir(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    // The config first: it names the keyring item of the key the database is created under.
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
     let provider = Provider::open_with(&dir.join("state.sqlite3"), key)?;
     let node = resilient_node(target, retries);
     let client = Client::create(provider, node, Box::new(SystemClock))?;
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::Invalid(e.to_string()))?;
     let session = client.register().await?;
     let (n, _) = client.node().key_package_count(&client.identity()).await?;
     if json {

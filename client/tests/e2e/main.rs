@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod common;
 mod faults;
+mod keyring;
 mod keys;
 mod lifecycle;
 #[allow(dead_code)] // the node suite reads more of each span
