@@ -6,6 +6,7 @@ use crate::common::TestNode;
 
 fn qpq(home: &std::path::Path, profile: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", home)
         .args(["--json", "--profile", profile])
         .args(args)
@@ -128,6 +129,7 @@ fn qpq_fails(
     args: &[&str],
 ) -> (Option<i32>, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", home)
         .args(["--json", "--profile", profile])
         .args(args)
@@ -183,6 +185,7 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
 
     let t0 = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", h)
         .args([
             "--json",
@@ -210,6 +213,7 @@ async fn qpq_cli_verifies_a_ca_signed_node() {
     );
     // Exactly one way of trusting the node.
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", h)
         .args(["--profile", "eve", "register", "--node", &node])
         .output()
@@ -248,6 +252,7 @@ async fn qpq_cli_exports_a_trace_of_each_command() {
     let h = home.path();
     qpq(h, "alice", &["group", "create", "team"]);
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", h)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
@@ -277,6 +282,7 @@ async fn qpq_cli_exports_a_trace_of_each_command() {
 
     // An endpoint that is not a URL is refused before anything runs.
     let out = Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .env("QPQ_KEYRING", "off") // no items in a desktop's keyring
         .env("QPQ_HOME", h)
         .args([
             "--otlp-endpoint",
@@ -305,6 +311,7 @@ async fn qpq_cli_exports_traces_over_tls_to_a_collector_with_a_private_ca() {
     let h = home.path();
     let traced = |ca: Option<&std::path::Path>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq"));
+        cmd.env("QPQ_KEYRING", "off"); // no items in a desktop's keyring
         cmd.env("QPQ_HOME", h)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
             .env("OTEL_BSP_SCHEDULE_DELAY", "50")
@@ -363,6 +370,7 @@ async fn a_profile_registered_with_a_passphrase_is_encrypted_and_opens_only_with
     let h = home.path();
     let run = |env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qpq"));
+        cmd.env("QPQ_KEYRING", "off"); // no items in a desktop's keyring
         cmd.env("QPQ_HOME", h).env_remove("QPQ_PASSPHRASE");
         for (k, v) in env {
             cmd.env(k, v);
