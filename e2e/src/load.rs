@@ -150,7 +150,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     // channel; the receiver is the same device on its own connection. The node's rate limits
     // must allow the load (the embedded node of `qpq-load` disables them).
     let identity = qpq_node::mls::devkit::DevIdentity::generate()?;
-    let sign = |m: &[u8]| identity.sign(m).unwrap_or_default();
+    let sign = |m: &[u8]| identity.sign(m);
     let mut receiver =
         Connection::connect(spec.addr, &spec.server_name, &spec.verification).await?;
     let tokens = receiver

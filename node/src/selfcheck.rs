@@ -136,7 +136,7 @@ fn now_ms() -> u64 {
 }
 
 async fn login(conn: &mut Connection, who: &DevIdentity) -> Result<qpq_wire::Tokens, String> {
-    let sign = |m: &[u8]| who.sign(m).unwrap_or_default();
+    let sign = |m: &[u8]| who.sign(m);
     conn.register_and_login(&who.identity_key(), sign)
         .await
         .map_err(|e| e.to_string())

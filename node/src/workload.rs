@@ -220,11 +220,9 @@ async fn session(
     account: &Account,
 ) -> Result<Connection, String> {
     let mut conn = connect(spec, member).await?;
-    conn.login_with(&account.device, |m| {
-        account.identity.sign(m).unwrap_or_default()
-    })
-    .await
-    .map_err(|e| format!("{member}: login: {e}"))?;
+    conn.login_with(&account.device, |m| account.identity.sign(m))
+        .await
+        .map_err(|e| format!("{member}: login: {e}"))?;
     Ok(conn)
 }
 
@@ -263,9 +261,7 @@ async fn set_up(spec: &WorkloadSpec) -> Result<Account, WorkloadError> {
         let attempt = async {
             let mut conn = connect(spec, member).await?;
             let tokens = conn
-                .register_and_login(&identity.identity_key(), |m| {
-                    identity.sign(m).unwrap_or_default()
-                })
+                .register_and_login(&identity.identity_key(), |m| identity.sign(m))
                 .await
                 .map_err(|e| format!("{member}: register: {e}"))?;
             let channel = conn

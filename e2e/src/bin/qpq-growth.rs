@@ -118,7 +118,7 @@ async fn run(args: Args) -> Result<(), String> {
     checkpoints.sort_unstable();
     let verification = ServerVerification::CaFile(args.ca_file.clone());
     let identity = qpq_node::mls::devkit::DevIdentity::generate().map_err(|e| e.to_string())?;
-    let sign = |m: &[u8]| identity.sign(m).unwrap_or_default();
+    let sign = |m: &[u8]| identity.sign(m);
     let mut first = Connection::connect(args.target, "localhost", &verification)
         .await
         .map_err(|e| format!("connect: {e}"))?;

@@ -432,7 +432,7 @@ pub async fn upload_key_packages(ep: &Endpoint, n: usize) -> IdentityKey {
     loop {
         let attempt = async {
             let mut c = ep.connect_anonymous().await?;
-            c.register_and_login(&owner.identity_key(), |m| owner.sign(m).unwrap())
+            c.register_and_login(&owner.identity_key(), |m| owner.sign(m))
                 .await?;
             c.upload_key_packages(&packages, None).await
         };

@@ -50,9 +50,7 @@ async fn new_account(ep: &Endpoint) -> (Connection, DevIdentity, DeviceId) {
         .register(&key, &who.sign(&register_message(&key)).unwrap())
         .await
         .unwrap();
-    c.login_with(&device, |m| who.sign(m).unwrap())
-        .await
-        .unwrap();
+    c.login_with(&device, |m| who.sign(m)).await.unwrap();
     (c, who, device)
 }
 
@@ -97,7 +95,7 @@ async fn what_the_leader_took_away_is_refused_at_once_by_a_lagging_follower() {
         // The same device logged in on the follower too; both channels readable there.
         let mut at_follower = endpoint(&c, follower).connect_anonymous().await.unwrap();
         at_follower
-            .login_with(&device, |m| who.sign(m).unwrap())
+            .login_with(&device, |m| who.sign(m))
             .await
             .unwrap();
         at_follower.fetch(&kept, 0, 0).await.unwrap();

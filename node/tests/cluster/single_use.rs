@@ -52,7 +52,7 @@ async fn key_packages_are_single_use_and_one_commit_wins_per_epoch() {
             .collect();
         // The owner uploads as itself (a KeyPackage's identity must be the uploader's).
         let mut up = endpoints[0].connect_anonymous().await.unwrap();
-        up.register_and_login(&owner.identity_key(), |m| owner.sign(m).unwrap())
+        up.register_and_login(&owner.identity_key(), |m| owner.sign(m))
             .await
             .unwrap();
         up.upload_key_packages(&packages, None).await.unwrap();

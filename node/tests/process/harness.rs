@@ -89,7 +89,7 @@ impl NodeProcess {
         let id = DevIdentity::generate().unwrap();
         let mut c = self.connect().await;
         let tokens = c
-            .register_and_login(&id.identity_key(), |m| id.sign(m).unwrap())
+            .register_and_login(&id.identity_key(), |m| id.sign(m))
             .await
             .unwrap();
         (c, id, tokens)

@@ -106,7 +106,7 @@ async fn no_payload_key_package_key_token_nonce_or_signature_in_trace_logs() {
         // Bob gets an account on his own connection; alice adds a laptop.
         let mut bc = node.connect().await;
         let bob_tokens = bc
-            .register_and_login(&bob.identity_key(), |m| bob.sign(m).unwrap())
+            .register_and_login(&bob.identity_key(), |m| bob.sign(m))
             .await
             .unwrap();
         let lkey = laptop.identity_key();

@@ -316,3 +316,33 @@ async fn registration_and_device_addition_need_proof_of_the_keys() {
     })
     .await;
 }
+
+/// A signer that fails fails the call as `ClientError::Sign`: no request with an empty or
+/// made-up signature goes out in its place (the node would answer a wire refusal), and the
+/// key is still free to register properly afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_signature_fails_the_call_before_a_signed_request_is_sent() {
+    let t = TestNode::start().await;
+    local(async {
+        let broken = |_: &[u8]| Err::<Vec<u8>, _>("the key store is locked");
+        let id = DevIdentity::generate().unwrap();
+        let mut c = t.connect().await;
+        match c.register_and_login(&id.identity_key(), broken).await {
+            Err(ClientError::Sign(why)) => assert_eq!(why, "the key store is locked"),
+            other => panic!("expected Sign, got {other:?}"),
+        }
+        let user = t.user().await;
+        let mut again = t.connect().await;
+        match again.login_with(&user.tokens.device, broken).await {
+            Err(ClientError::Sign(_)) => {}
+            other => panic!("expected Sign, got {other:?}"),
+        }
+        assert!(is_unauthenticated(again.create_channel().await));
+        let mut fresh = t.connect().await;
+        fresh
+            .register_and_login(&id.identity_key(), signer(&id))
+            .await
+            .unwrap();
+    })
+    .await;
+}

@@ -166,8 +166,10 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 /// Signs with a dev identity's key (its device key).
-pub fn signer(id: &DevIdentity) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
-    move |m| id.sign(m).unwrap()
+pub fn signer(
+    id: &DevIdentity,
+) -> impl Fn(&[u8]) -> Result<Vec<u8>, qpq_node::mls::devkit::DevError> + Copy + '_ {
+    move |m| id.sign(m)
 }
 
 /// A logged-in device: its connection (with its access token set), key and tokens.

@@ -5,30 +5,32 @@ use super::*;
 impl Connection {
     /// Registers a new account with this device's key, then logs in and keeps the access
     /// token for every later request. `sign` signs with the device's Ed25519 key (its MLS
-    /// signature key).
-    pub async fn register_and_login(
+    /// signature key); if it fails, nothing is sent and the call fails with
+    /// [`ClientError::Sign`].
+    pub async fn register_and_login<E: std::fmt::Display>(
         &mut self,
         key: &IdentityKey,
-        sign: impl Fn(&[u8]) -> Vec<u8>,
+        sign: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, E>,
     ) -> Result<Tokens> {
-        let (_, device) = self.register(key, &sign(&register_message(key))).await?;
+        let signature = signed(&sign, &register_message(key))?;
+        let (_, device) = self.register(key, &signature).await?;
         self.login_with(&device, sign).await
     }
 
-    /// Logs `device` in (challenge, signature) and keeps the access token.
-    pub async fn login_with(
+    /// Logs `device` in (challenge, signature) and keeps the access token. A failed
+    /// signature fails the call ([`ClientError::Sign`]) before the signed request is sent.
+    pub async fn login_with<E: std::fmt::Display>(
         &mut self,
         device: &DeviceId,
-        sign: impl Fn(&[u8]) -> Vec<u8>,
+        sign: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, E>,
     ) -> Result<Tokens> {
         let nonce = self.login_challenge(device).await?;
         let nonce_arr: [u8; NONCE_LEN] = nonce
             .as_slice()
             .try_into()
             .map_err(|_| WireError::invalid("nonce", "node sent a nonce of the wrong length"))?;
-        let tokens = self
-            .login(device, &nonce, &sign(&login_message(device, &nonce_arr)))
-            .await?;
+        let signature = signed(&sign, &login_message(device, &nonce_arr))?;
+        let tokens = self.login(device, &nonce, &signature).await?;
         self.token = tokens.access.clone();
         Ok(tokens)
     }
@@ -276,4 +278,12 @@ impl Connection {
             Which::Err(e) => Err(WireError::read_from(e?).into()),
         }
     }
+}
+
+/// `sign(message)`, its failure as [`ClientError::Sign`].
+fn signed<E: std::fmt::Display>(
+    sign: &impl Fn(&[u8]) -> std::result::Result<Vec<u8>, E>,
+    message: &[u8],
+) -> Result<Vec<u8>> {
+    sign(message).map_err(|e| ClientError::Sign(e.to_string()))
 }

@@ -49,6 +49,9 @@ pub enum ClientError {
     /// The node answered with a wire version this client does not speak.
     #[error("node answered with wire version {0}")]
     Version(u16),
+    /// Signing with the device key failed; the signed request was not sent.
+    #[error("signing with the device key: {0}")]
+    Sign(String),
 }
 
 impl From<capnp::NotInSchema> for ClientError {
@@ -71,7 +74,7 @@ impl ClientError {
                 e.kind,
                 capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
             ),
-            Self::Tls(_) | Self::Version(_) => false,
+            Self::Tls(_) | Self::Version(_) | Self::Sign(_) => false,
         }
     }
 
