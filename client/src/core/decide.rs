@@ -5,7 +5,7 @@
 //! - The outbox's next step for its oldest row (`outbox.rs` reads the row, asks here, and
 //!   does it).
 
-use qpq_schemas::IdentityKey;
+use qpq_schemas::{GroupId, IdentityKey};
 
 use super::{EventKind, FollowUp, Intent};
 use crate::states::{GroupState, OutboxKind, OutboxStatus};
@@ -166,36 +166,32 @@ pub(super) fn commit(
     d
 }
 
-/// The outbox's next step for its oldest row.
+/// The outbox's next step for its oldest pending row.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum OutboxStep {
-    /// A Commit that lost its epoch: drop its row, then build `Some(intent)` again on the
-    /// group's current epoch (`None`: the group is no longer active, or the intent does not
-    /// read; nothing to rebuild).
-    Rebuild(Option<Intent>),
-    /// A Commit still pending (a crash came between storing and the node's answer): send it
-    /// again under its id, then settle it.
-    ResendCommit,
+    /// A Commit of this group still pending (a crash came between storing and the node's
+    /// answer): send it again under its id, then settle it.
+    ResendCommit(GroupId),
     /// A row that can never be sent (a Commit without its group): mark it failed.
     Fail,
     /// Send it under its id.
     Enqueue,
 }
 
-/// A Commit row whose epoch was lost, for a group now in `state` (`None`: unknown group).
-pub(super) fn retry_step(state: Option<GroupState>, intent: Option<&[u8]>) -> OutboxStep {
-    OutboxStep::Rebuild(
-        intent
-            .and_then(read_intent)
-            .filter(|_| state == Some(GroupState::Active)),
-    )
+/// A Commit row whose epoch was lost, for a group now in `state` (`None`: unknown group):
+/// its row goes, and the intent to build again on the group's current epoch comes back
+/// (`None`: the group is no longer active, or the intent does not read; nothing to rebuild).
+pub(super) fn retry_step(state: Option<GroupState>, intent: Option<&[u8]>) -> Option<Intent> {
+    intent
+        .and_then(read_intent)
+        .filter(|_| state == Some(GroupState::Active))
 }
 
-/// A pending row of `kind`, with or without a group.
-pub(super) fn pending_step(kind: OutboxKind, has_group: bool) -> OutboxStep {
-    match (kind, has_group) {
-        (OutboxKind::Commit, true) => OutboxStep::ResendCommit,
-        (OutboxKind::Commit, false) => OutboxStep::Fail,
+/// A pending row of `kind`, of `group` if it names one.
+pub(super) fn pending_step(kind: OutboxKind, group: Option<GroupId>) -> OutboxStep {
+    match (kind, group) {
+        (OutboxKind::Commit, Some(g)) => OutboxStep::ResendCommit(g),
+        (OutboxKind::Commit, None) => OutboxStep::Fail,
         _ => OutboxStep::Enqueue,
     }
 }
@@ -340,7 +336,7 @@ mod tests {
         let intent = serde_json::to_vec(&Intent::Update).unwrap();
         assert_eq!(
             retry_step(Some(GroupState::Active), Some(&intent)),
-            OutboxStep::Rebuild(Some(Intent::Update))
+            Some(Intent::Update)
         );
         for gone in [
             None,
@@ -349,36 +345,30 @@ mod tests {
             Some(GroupState::Removed),
             Some(GroupState::Failed),
         ] {
-            assert_eq!(
-                retry_step(gone, Some(&intent)),
-                OutboxStep::Rebuild(None),
-                "{gone:?}"
-            );
+            assert_eq!(retry_step(gone, Some(&intent)), None, "{gone:?}");
         }
         assert_eq!(
             retry_step(Some(GroupState::Active), Some(b"{not json")),
-            OutboxStep::Rebuild(None)
+            None
         );
-        assert_eq!(
-            retry_step(Some(GroupState::Active), None),
-            OutboxStep::Rebuild(None)
-        );
+        assert_eq!(retry_step(Some(GroupState::Active), None), None);
     }
 
     #[test]
     fn pending_commits_are_resent_and_everything_else_enqueued() {
+        let g = GroupId::new([7; 32]);
         assert_eq!(
-            pending_step(OutboxKind::Commit, true),
-            OutboxStep::ResendCommit
+            pending_step(OutboxKind::Commit, Some(g)),
+            OutboxStep::ResendCommit(g)
         );
-        assert_eq!(pending_step(OutboxKind::Commit, false), OutboxStep::Fail);
+        assert_eq!(pending_step(OutboxKind::Commit, None), OutboxStep::Fail);
         for kind in [
             OutboxKind::Application,
             OutboxKind::Welcome,
             OutboxKind::Proposal,
         ] {
-            assert_eq!(pending_step(kind, true), OutboxStep::Enqueue);
-            assert_eq!(pending_step(kind, false), OutboxStep::Enqueue);
+            assert_eq!(pending_step(kind, Some(g)), OutboxStep::Enqueue);
+            assert_eq!(pending_step(kind, None), OutboxStep::Enqueue);
         }
     }
 }

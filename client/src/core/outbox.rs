@@ -108,9 +108,9 @@ impl<N: NodeApi> Client<N> {
                     None | Some(Err(Error::UnknownGroup)) => None,
                     Some(Err(e)) => return Err(e),
                 };
-                let step = decide::retry_step(state, intent.as_deref());
+                let rebuild = decide::retry_step(state, intent.as_deref());
                 self.store().delete(row)?;
-                if let (Some(gid), OutboxStep::Rebuild(Some(intent))) = (gid, step) {
+                if let (Some(gid), Some(intent)) = (gid, rebuild) {
                     Box::pin(self.run_intent(&gid, intent)).await?;
                 }
                 continue;
@@ -127,9 +127,9 @@ impl<N: NodeApi> Client<N> {
             else {
                 return Ok(sent);
             };
-            match (decide::pending_step(kind, gid.is_some()), gid) {
-                (OutboxStep::Fail, _) => self.set_outbox_status(row, OutboxStatus::Failed)?,
-                (OutboxStep::ResendCommit, Some(gid)) => {
+            match decide::pending_step(kind, gid) {
+                OutboxStep::Fail => self.set_outbox_status(row, OutboxStatus::Failed)?,
+                OutboxStep::ResendCommit(gid) => {
                     // Left over from a crash: resend it (same id), and settle it.
                     if let CommitOutcome::Stale = Box::pin(self.send_commit(&gid, row)).await?
                         && let Some(intent) = body.as_deref().and_then(decide::read_intent)
@@ -138,7 +138,7 @@ impl<N: NodeApi> Client<N> {
                     }
                     sent += 1;
                 }
-                _ => match self.node.enqueue(&channel, &id, &payload).await {
+                OutboxStep::Enqueue => match self.node.enqueue(&channel, &id, &payload).await {
                     Ok(done) => {
                         self.mark_sent(row, done.seq)?;
                         sent += 1;
