@@ -342,6 +342,7 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let raft = RaftGauges::new(&registry)?;
+        registry.register(Box::new(TraceSpans::new()?))?;
         let admin_requests = IntCounterVec::new(
             Opts::new(
                 "admin_requests_total",
@@ -572,6 +573,45 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `qpq_trace_spans_total{outcome}`: spans exported to the trace collector (`exported`) and
+/// spans lost because an export failed (`failed`), read from the exporter's counts at each
+/// scrape (both 0 without `--otlp-endpoint`).
+struct TraceSpans {
+    /// Holds the family's description; a fresh one is filled at each scrape.
+    template: IntCounterVec,
+}
+
+impl TraceSpans {
+    fn opts() -> Opts {
+        Opts::new(
+            "trace_spans_total",
+            "Spans exported to the OTLP collector, and spans lost to failed exports, by outcome",
+        )
+    }
+
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            template: IntCounterVec::new(Self::opts(), &["outcome"])?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for TraceSpans {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Ok(now) = IntCounterVec::new(Self::opts(), &["outcome"]) else {
+            return Vec::new();
+        };
+        let (exported, failed) = qpq_wire::trace::export_counts();
+        now.with_label_values(&["exported"]).inc_by(exported);
+        now.with_label_values(&["failed"]).inc_by(failed);
+        now.collect()
     }
 }
 

@@ -16,8 +16,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
@@ -31,6 +33,20 @@ use tracing_subscriber::registry::LookupSpan;
 /// Set once an exporter runs: spans are only made (and contexts only sent) then, so a
 /// process without traces pays nothing for them.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// What the exporter did with this process's spans, since it started.
+static EXPORTED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Spans this process exported to the collector, and spans it could not (the collector
+/// unreachable, refusing or too slow: those spans are lost), since its exporter started.
+/// For the process's metrics: a failed export is otherwise invisible.
+pub fn export_counts() -> (u64, u64) {
+    (
+        EXPORTED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    )
+}
 
 /// The length of a `traceparent` value (version 00).
 pub const TRACEPARENT_LEN: usize = 55;
@@ -111,7 +127,7 @@ impl Exporter {
             .with_service_name(service)
             .build();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_batch_exporter(Counted::new(exporter))
             .with_resource(resource)
             .build();
         let tracer = provider.tracer(service);
@@ -133,6 +149,75 @@ impl Exporter {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("traces: the OTLP exporter did not flush: {e}");
         }
+    }
+}
+
+/// An exporter that counts what it exports and what it fails to ([`export_counts`]), and
+/// says so in the log when a batch is lost: at the first failure, then at most once a
+/// minute with the number lost since.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    /// When the last failure was logged, and the spans lost since.
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+/// How often a failing exporter says so.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl<E> Counted<E> {
+    fn new(inner: E) -> Self {
+        Self {
+            inner,
+            warned: Mutex::new((None, 0)),
+        }
+    }
+
+    fn failed(&self, spans: u64, error: &opentelemetry_sdk::error::OTelSdkError) {
+        FAILED.fetch_add(spans, Ordering::Relaxed);
+        let Ok(mut w) = self.warned.lock() else {
+            return;
+        };
+        w.1 += spans;
+        if w.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                error = %error,
+                lost_spans = w.1,
+                "traces: spans could not be exported to the collector and are lost"
+            );
+            *w = (Some(Instant::now()), 0);
+        }
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Counted<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                EXPORTED.fetch_add(spans, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(spans, e),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -180,4 +180,79 @@ async fn a_write_is_traced_from_the_client_through_forward_commit_and_apply_to_i
     if let Err(e) = check(&spans, &send_trace, &read_trace, &roles) {
         panic!("{e}\nall spans: {spans:#?}");
     }
+    // Each node counts what it exported, and nothing lost.
+    for id in 1..=3 {
+        let n = c.node(id);
+        let exported = n
+            .metric(r#"qpq_trace_spans_total{outcome="exported"}"#)
+            .await;
+        assert!(exported.is_some_and(|v| v > 0.0), "node {id}: {exported:?}");
+        let failed = n.metric(r#"qpq_trace_spans_total{outcome="failed"}"#).await;
+        assert_eq!(failed, Some(0.0), "node {id}");
+    }
+}
+
+/// Spans lost to a collector that cannot be reached do not go unnoticed: the node counts
+/// them in `qpq_trace_spans_total{outcome="failed"}` (none counted exported) and logs one
+/// warning naming the failure, not one per batch.
+#[tokio::test]
+async fn spans_lost_to_an_unreachable_collector_are_counted_and_logged_once() {
+    let _serial = serial().await;
+    // A port nothing listens on any more.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.node_mut(1).env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://{dead}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ]);
+    c.node_mut(1).spawn();
+    c.bootstrap().await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let ep = c.endpoints()[0].clone();
+    let channel = local(async { ep.create_channel().await }).await;
+    let who = DevIdentity::generate().unwrap();
+    let mut group = DevGroup::create(&who, GroupId::new(rand::random())).unwrap();
+    let failed = r#"qpq_trace_spans_total{outcome="failed"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Until two batches are seen lost, one after the other.
+    let (mut lost, mut rises) = (0.0, 0);
+    while rises < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lost spans counted: {lost}, rising {rises} times\n{}",
+            c.node(1).log_text()
+        );
+        // Writes make spans (the call, its commit and apply; batches 100 ms apart).
+        let payload = group.application_message(b"traced").unwrap();
+        local(async {
+            let conn = ep.connect().await.unwrap();
+            conn.enqueue(&channel, &ClientMsgId::random(), &payload)
+                .await
+                .unwrap();
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let now = c.node(1).metric(failed).await.unwrap_or(0.0);
+        if now > lost {
+            (lost, rises) = (now, rises + 1);
+        }
+    }
+    assert_eq!(
+        c.node(1)
+            .metric(r#"qpq_trace_spans_total{outcome="exported"}"#)
+            .await,
+        Some(0.0)
+    );
+    let logs = c.node(1).log_text();
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains("spans could not be exported"))
+        .count();
+    assert_eq!(warnings, 1, "{logs}");
 }
