@@ -120,17 +120,6 @@ impl OsKeyring {
         key.copy_from_slice(&secret);
         Ok(key)
     }
-
-    /// Removes the item `id` (there being none is not an error).
-    pub fn delete(&self, id: &str) -> Result<(), KeyringError> {
-        let (store, id) = (self.store.clone(), id.to_owned());
-        match within(move || {
-            keyring_core::Entry::new_in_store(&store, SERVICE, &id)?.delete_credential()
-        }) {
-            Ok(()) | Err(KeyringError::NoEntry(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// Runs `f` on a thread of its own for at most [`TIMEOUT`].

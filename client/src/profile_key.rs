@@ -162,6 +162,25 @@ mod tests {
         ProfileKey::passphrase(Zeroizing::new(p.to_owned())).unwrap()
     }
 
+    /// The reason of an [`Error::Locked`].
+    fn locked(r: Result<Connection, Error>) -> String {
+        match r {
+            Err(Error::Locked(m)) => m,
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    /// A plaintext profile database with one table, in `dir`.
+    fn plaintext_profile(dir: &Path) -> std::path::PathBuf {
+        let plain = dir.join("plain.sqlite3");
+        ProfileKey::none()
+            .open(&plain)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x);")
+            .unwrap();
+        plain
+    }
+
     #[test]
     fn an_encrypted_profile_opens_only_with_its_passphrase() {
         let dir = tempfile::tempdir().unwrap();
@@ -174,22 +193,13 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.starts_with(PLAINTEXT_HEADER));
         assert!(!bytes.windows(12).any(|w| w == b"group secret"));
-        let locked = |r: Result<Connection, Error>| match r {
-            Err(Error::Locked(m)) => m,
-            other => panic!("expected Locked, got {other:?}"),
-        };
         assert!(locked(ProfileKey::none().open(&path)).contains("is encrypted"));
         assert!(locked(key("wrong horse").open(&path)).contains("wrong passphrase"));
         let c = key("correct horse\n").open(&path).unwrap();
         let v: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(v, "group secret");
 
-        let plain = dir.path().join("plain.sqlite3");
-        ProfileKey::none()
-            .open(&plain)
-            .unwrap()
-            .execute_batch("CREATE TABLE t(x);")
-            .unwrap();
+        let plain = plaintext_profile(dir.path());
         assert!(locked(key("x").open(&plain)).contains("not encrypted"));
         assert!(ProfileKey::none().open(&plain).is_ok());
         assert!(matches!(
@@ -217,10 +227,6 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.starts_with(PLAINTEXT_HEADER));
         assert!(!bytes.windows(12).any(|w| w == b"group secret"));
-        let locked = |r: Result<Connection, Error>| match r {
-            Err(Error::Locked(m)) => m,
-            other => panic!("expected Locked, got {other:?}"),
-        };
         assert!(locked(raw(8).open(&path)).contains("wrong key"));
         assert!(locked(key("correct horse").open(&path)).contains("wrong passphrase"));
         assert!(locked(ProfileKey::none().open(&path)).contains("is encrypted"));
@@ -231,12 +237,7 @@ mod tests {
             .unwrap();
         assert_eq!(v, "group secret");
 
-        let plain = dir.path().join("plain.sqlite3");
-        ProfileKey::none()
-            .open(&plain)
-            .unwrap()
-            .execute_batch("CREATE TABLE t(x);")
-            .unwrap();
+        let plain = plaintext_profile(dir.path());
         assert!(locked(raw(7).open(&plain)).contains("not encrypted, but a key"));
         assert_eq!(format!("{:?}", raw(7)), "ProfileKey(<raw key>)");
     }

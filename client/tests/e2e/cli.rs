@@ -399,17 +399,9 @@ async fn a_profile_registered_with_a_passphrase_is_encrypted_and_opens_only_with
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let db = h.join("erin").join("state.sqlite3");
-    let mut bytes = std::fs::read(&db).unwrap();
-    bytes.extend(std::fs::read(h.join("erin").join("state.sqlite3-wal")).unwrap_or_default());
-    assert!(
-        !bytes.starts_with(b"SQLite format 3\0"),
-        "a plaintext profile"
-    );
-    let name = b"an-unmistakable-group-name";
-    assert!(
-        !bytes.windows(name.len()).any(|w| w == name),
-        "the group name is readable"
+    crate::common::assert_encrypted(
+        &crate::common::profile_db_bytes(h, "erin"),
+        b"an-unmistakable-group-name",
     );
 
     for (env, why) in [

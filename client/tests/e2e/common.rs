@@ -161,3 +161,25 @@ pub async fn group_of(creator: &Dev, others: &[&Dev]) -> GroupId {
 pub fn epoch(d: &Dev, gid: &GroupId) -> u64 {
     d.group(gid).unwrap().epoch
 }
+
+/// The database of profile `profile` under `QPQ_HOME=home`, its WAL included, as bytes.
+pub fn profile_db_bytes(home: &std::path::Path, profile: &str) -> Vec<u8> {
+    let dir = home.join(profile);
+    let mut bytes = std::fs::read(dir.join("state.sqlite3")).unwrap();
+    bytes.extend(std::fs::read(dir.join("state.sqlite3-wal")).unwrap_or_default());
+    bytes
+}
+
+/// Panics unless `bytes` (a profile's database) are encrypted: no SQLite header, and no
+/// `plaintext` readable in them.
+pub fn assert_encrypted(bytes: &[u8], plaintext: &[u8]) {
+    assert!(
+        !bytes.starts_with(b"SQLite format 3\0"),
+        "a plaintext profile"
+    );
+    assert!(
+        !bytes.windows(plaintext.len()).any(|w| w == plaintext),
+        "{} is readable",
+        String::from_utf8_lossy(plaintext)
+    );
+}

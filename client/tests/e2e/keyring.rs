@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::TestNode;
+use crate::common::{TestNode, assert_encrypted, profile_db_bytes};
 
 /// A D-Bus session bus of its own with gnome-keyring's Secret Service on it, its login
 /// keyring unlocked with a fixed password and kept under `dir`. Stopped on drop.
@@ -193,13 +193,6 @@ fn refused(out: Output, why: &str) {
     assert!(doc.contains(why), "{why:?} not in {doc}");
 }
 
-/// The profile's database and its WAL, as bytes.
-fn db_bytes(home: &Path) -> Vec<u8> {
-    let mut bytes = std::fs::read(home.join("p").join("state.sqlite3")).unwrap();
-    bytes.extend(std::fs::read(home.join("p").join("state.sqlite3-wal")).unwrap_or_default());
-    bytes
-}
-
 /// Registered without a passphrase where a keyring answers, a profile is encrypted under a
 /// key the keyring keeps: its config names the item; commands open it through the keyring
 /// (even with a passphrase in the environment); without the keyring (stopped, or
@@ -235,16 +228,8 @@ async fn a_profile_without_a_passphrase_keeps_its_key_in_the_os_keyring() {
         &[],
         &["group", "create", "an-unmistakable-group-name"],
     ));
-    let bytes = db_bytes(&home);
-    assert!(
-        !bytes.starts_with(b"SQLite format 3\0"),
-        "a plaintext profile"
-    );
-    let name = b"an-unmistakable-group-name";
-    assert!(
-        !bytes.windows(name.len()).any(|w| w == name),
-        "the group name is readable"
-    );
+    let bytes = profile_db_bytes(&home, "p");
+    assert_encrypted(&bytes, b"an-unmistakable-group-name");
     let me = ok_json(qpq(&home, &bus, &[], &["whoami"]));
     // A passphrase in the environment (another profile's) does not stand in for the key.
     let again = ok_json(qpq(
@@ -265,7 +250,7 @@ async fn a_profile_without_a_passphrase_keeps_its_key_in_the_os_keyring() {
         "its key is in the OS keyring: no OS keyring here",
     );
     assert_eq!(
-        db_bytes(&home),
+        profile_db_bytes(&home, "p"),
         bytes,
         "a refused command changed the profile"
     );
@@ -303,7 +288,7 @@ async fn without_a_keyring_auto_stays_plaintext_and_require_refuses() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ok(out);
     assert!(stderr.contains("the profile is not encrypted"), "{stderr}");
-    assert!(db_bytes(&home).starts_with(b"SQLite format 3\0"));
+    assert!(profile_db_bytes(&home, "p").starts_with(b"SQLite format 3\0"));
     let config = std::fs::read_to_string(home.join("p").join("config.json")).unwrap();
     assert!(!config.contains("keyring"), "{config}");
     ok(qpq(&home, &nowhere, &[], &["whoami"]));
