@@ -56,7 +56,8 @@ pub enum Error {
     /// encrypted profile, one for a plaintext profile, or the wrong one).
     #[error("profile locked: {0}")]
     Locked(String),
-    /// The OS keyring could not keep a new profile's key (`--keyring require`).
+    /// The OS keyring could not keep a new profile's key: none answers and `--keyring
+    /// require` was given, or the keyring refused the item (locked, prompt dismissed).
     #[error("OS keyring: {0}")]
     Keyring(String),
     /// The profile's database was written by a newer build of the client.
