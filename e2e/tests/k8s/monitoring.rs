@@ -195,15 +195,19 @@ scrape_configs:
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// Names of the alerts firing for `job`.
+    /// Names of the alerts firing for `job`, but `QpqDataVolumeAlmostFull` while this
+    /// machine's own disk has less than its 10 % free: the pods' volumes are directories on
+    /// that disk, so the alert is then right, whatever the test does.
     fn firing(&self, job: &str) -> Option<BTreeSet<String>> {
         let v = self.get("/api/v1/alerts")?;
+        let disk_full = host_disk_nearly_full(self.dir.path());
         Some(
             v["data"]["alerts"]
                 .as_array()?
                 .iter()
                 .filter(|a| a["state"] == "firing" && a["labels"]["job"] == job)
                 .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+                .filter(|a| !(disk_full && a == "QpqDataVolumeAlmostFull"))
                 .collect(),
         )
     }
@@ -226,6 +230,33 @@ scrape_configs:
             .iter()
             .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
             .count()
+    }
+}
+
+/// Whether the disk holding `path` has less than 11 % of its space available (the alert's
+/// threshold is 10 %; the margin covers what the test itself writes meanwhile).
+fn host_disk_nearly_full(path: &std::path::Path) -> bool {
+    let Ok(out) = std::process::Command::new("df")
+        .args(["-P", "-B1"])
+        .arg(path)
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(fields) = text
+        .lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    else {
+        return false;
+    };
+    match (
+        fields.get(1).and_then(|f| f.parse::<f64>().ok()),
+        fields.get(3).and_then(|f| f.parse::<f64>().ok()),
+    ) {
+        (Some(size), Some(available)) if size > 0.0 => available / size < 0.11,
+        _ => false,
     }
 }
 
