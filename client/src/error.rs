@@ -56,6 +56,10 @@ pub enum Error {
     /// encrypted profile, one for a plaintext profile, or the wrong one).
     #[error("profile locked: {0}")]
     Locked(String),
+    /// Another `qpq` command has the profile open (e.g. `recv --follow`) where this one needs
+    /// it alone (`rekey`).
+    #[error("profile in use: {0}")]
+    Busy(String),
     /// The OS keyring could not keep a new profile's key: none answers and `--keyring
     /// require` was given, or the keyring refused the item (locked, prompt dismissed).
     #[error("OS keyring: {0}")]
@@ -89,6 +93,7 @@ impl Error {
             | Self::UnknownGroup
             | Self::NoIdentity
             | Self::Locked(_)
+            | Self::Busy(_)
             | Self::Keyring(_) => ErrorKind::Usage,
             Self::Refused(_) => ErrorKind::Refused,
             Self::Contention(_) => ErrorKind::Unavailable,
@@ -194,6 +199,7 @@ mod tests {
             (Error::Invalid("x".into()), ErrorKind::Usage),
             (Error::UnknownGroup, ErrorKind::Usage),
             (Error::NoIdentity, ErrorKind::Usage),
+            (Error::Busy("x".into()), ErrorKind::Usage),
             (Error::Node(NodeError::Timeout), ErrorKind::Unavailable),
             (
                 wire(WireError::Unavailable { retry_after_ms: 5 }),

@@ -98,6 +98,18 @@ impl OsKeyring {
         Ok(key)
     }
 
+    /// Deletes the item `id` (a profile's former key, once nothing is encrypted under it).
+    /// An item that is not there is not an error.
+    pub fn delete(&self, id: &str) -> Result<(), KeyringError> {
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        match within(move || {
+            keyring_core::Entry::new_in_store(&store, SERVICE, &owned)?.delete_credential()
+        }) {
+            Ok(()) | Err(KeyringError::NoEntry(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The key stored under `id`.
     pub fn key(&self, id: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyringError> {
         let (store, owned) = (self.store.clone(), id.to_owned());

@@ -85,6 +85,104 @@ impl ProfileKey {
         self.0.is_some()
     }
 
+    /// What the key is, for reports: `plaintext` (none), `passphrase`, or `key` (a raw key,
+    /// the OS keyring's).
+    pub fn kind(&self) -> &'static str {
+        match self.0.as_deref() {
+            None => "plaintext",
+            Some(Secret::Passphrase(_)) => "passphrase",
+            Some(Secret::Raw(_)) => "key",
+        }
+    }
+
+    /// The key as SQLCipher's `ATTACH ... KEY` takes it: the passphrase, a raw key as
+    /// `x'<64 hex digits>'`, or empty for a plaintext database.
+    fn attach_key(&self) -> Zeroizing<String> {
+        match self.0.as_deref() {
+            None => Zeroizing::new(String::new()),
+            Some(Secret::Passphrase(p)) => p.clone(),
+            Some(Secret::Raw(k)) => {
+                let hex_key = Zeroizing::new(hex::encode(k.as_slice()));
+                Zeroizing::new(format!("x'{}'", hex_key.as_str()))
+            }
+        }
+    }
+
+    /// Rewrites the profile database at `path`, which this key opens, under `to` (another
+    /// passphrase, a raw key, or none to decrypt it): the whole database is exported
+    /// (`sqlcipher_export`, with its `user_version`) into `<path>.rekey`, which is fsync'd
+    /// and renamed over `path`, and the directory fsync'd. A crash leaves the old file whole
+    /// or the new one, never a mix (and perhaps a stale `<path>.rekey`, removed by the next
+    /// rekey or [`remove_stale_rekey`]). [`Error::Busy`] when another connection has the
+    /// database open; the file is then left as it was.
+    pub fn rekey(&self, path: &Path, to: &ProfileKey) -> Result<(), Error> {
+        let temp = rekey_temp(path);
+        remove_stale_rekey(path)?;
+        let busy = || {
+            Error::Busy(format!(
+                "another qpq command has {} open (stop it, e.g. `recv --follow`, and try again)",
+                path.display()
+            ))
+        };
+        let exported = (|| -> Result<(), Error> {
+            let conn = self.open(path)?;
+            // Everything into the main file and out of WAL mode before the export: the old
+            // WAL then holds nothing the export could miss, and nothing a later open of the
+            // new file could replay. Leaving WAL mode needs the only connection.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("delete") {
+                return Err(busy());
+            }
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let target = temp
+                .to_str()
+                .ok_or_else(|| Error::Invalid(format!("{}: not UTF-8", temp.display())))?;
+            conn.execute(
+                "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+                rusqlite::params![target, to.attach_key().as_str()],
+            )?;
+            conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+            conn.pragma_update(Some("rekeyed"), "user_version", version)?;
+            conn.execute_batch("DETACH DATABASE rekeyed;")?;
+            Ok(())
+        })();
+        if let Err(e) = exported {
+            let _ = std::fs::remove_file(&temp);
+            return Err(match e {
+                Error::Db(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) =>
+                {
+                    busy()
+                }
+                e => e,
+            });
+        }
+        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            match std::fs::remove_file(std::path::PathBuf::from(side)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        to.open(path).map(drop)
+    }
+
     /// What the key is, for messages.
     fn what(&self) -> &'static str {
         match self.0.as_deref() {
@@ -151,6 +249,23 @@ impl ProfileKey {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Where [`ProfileKey::rekey`] writes the new file before renaming it over `path`.
+pub fn rekey_temp(path: &Path) -> std::path::PathBuf {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".rekey");
+    std::path::PathBuf::from(temp)
+}
+
+/// Removes what an interrupted [`ProfileKey::rekey`] of `path` left before its rename (the
+/// file at `path` is then still the old one, whole). Returns whether there was something.
+pub fn remove_stale_rekey(path: &Path) -> Result<bool, Error> {
+    match std::fs::remove_file(rekey_temp(path)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Invalid(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -240,5 +355,87 @@ mod tests {
         let plain = plaintext_profile(dir.path());
         assert!(locked(raw(7).open(&plain)).contains("not encrypted, but a key"));
         assert_eq!(format!("{:?}", raw(7)), "ProfileKey(<raw key>)");
+    }
+
+    /// A profile in WAL mode with `rows` rows and `user_version` 7, under `k`.
+    fn profile_with_rows(path: &Path, k: &ProfileKey, rows: usize) {
+        let c = k.open(path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE t(x); PRAGMA user_version = 7;")
+            .unwrap();
+        for i in 0..rows {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("group secret {i}")])
+                .unwrap();
+        }
+    }
+
+    /// Rows and `user_version` of the profile at `path`, opened under `k`.
+    fn contents(path: &Path, k: &ProfileKey) -> (i64, i64) {
+        let c = k.open(path).unwrap();
+        let rows = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let version = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        (rows, version)
+    }
+
+    /// `rekey` takes a profile from plaintext to a passphrase, to a raw key, to another
+    /// passphrase and back to plaintext: every row and the schema version go along, and
+    /// after each step the new key opens it and the old one no longer does.
+    #[test]
+    fn rekey_moves_a_profile_between_keys_keeping_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite3");
+        profile_with_rows(&path, &ProfileKey::none(), 500);
+        let steps = [
+            ProfileKey::none(),
+            key("first"),
+            ProfileKey::raw(Zeroizing::new([3; KEY_LEN])),
+            key("second"),
+            ProfileKey::none(),
+        ];
+        for pair in steps.windows(2) {
+            let (from, to) = (&pair[0], &pair[1]);
+            from.rekey(&path, to).unwrap();
+            assert!(!rekey_temp(&path).exists());
+            assert_eq!(contents(&path, to), (500, 7), "{from:?} -> {to:?}");
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.starts_with(PLAINTEXT_HEADER), !to.is_set());
+            if to.is_set() {
+                assert!(!bytes.windows(12).any(|w| w == b"group secret"));
+            }
+            if from.is_set() || to.is_set() {
+                assert!(
+                    matches!(from.open(&path), Err(Error::Locked(_))),
+                    "{from:?}"
+                );
+            }
+        }
+    }
+
+    /// While another connection has the profile open (another `qpq` command), `rekey` is
+    /// refused as busy and the profile stays readable under its old key only.
+    #[test]
+    fn rekey_refuses_a_profile_another_connection_holds_and_leaves_it_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite3");
+        let old = key("old");
+        profile_with_rows(&path, &old, 20);
+        let other = old.open(&path).unwrap();
+        let _: i64 = other
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        match old.rekey(&path, &key("new")) {
+            Err(Error::Busy(m)) => assert!(m.contains("another qpq command"), "{m}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(!rekey_temp(&path).exists());
+        drop(other);
+        assert_eq!(contents(&path, &old), (20, 7));
+        assert!(matches!(key("new").open(&path), Err(Error::Locked(_))));
+        old.rekey(&path, &key("new")).unwrap();
+        assert_eq!(contents(&path, &key("new")), (20, 7));
     }
 }

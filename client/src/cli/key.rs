@@ -48,11 +48,22 @@ pub(super) fn for_new_profile(
         }
         Err(e) => return Err(Error::Keyring(e.to_string())),
     };
-    let id = format!("profile-{}", uuid::Uuid::new_v4().simple());
+    let id = new_item_id();
     let key = keyring
-        .create_key(&id, &format!("quicproquo profile {}", dir.display()))
+        .create_key(&id, &item_label(dir))
         .map_err(|e| Error::Keyring(e.to_string()))?;
     Ok((ProfileKey::raw(key), Some(id)))
+}
+
+/// A new keyring item id for a profile's key: never one in use, so that the old key stays
+/// until nothing is encrypted under it.
+pub(super) fn new_item_id() -> String {
+    format!("profile-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The label of the keyring item of the profile at `dir`, for the keyring's own interface.
+pub(super) fn item_label(dir: &Path) -> String {
+    format!("quicproquo profile {}", dir.display())
 }
 
 /// The key that opens the existing profile at `dir` with `config`.

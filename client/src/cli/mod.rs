@@ -37,6 +37,7 @@ use crate::node::{NodeAddr, NodeApi as _, NodeTarget, ResilientNode};
 use crate::tls::{ServerVerification, parse_fingerprint};
 
 mod key;
+mod rekey;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -164,6 +165,22 @@ enum Command {
     },
     /// Identity, node, groups, outbox.
     Status,
+    /// Re-encrypt this profile's database under a new key, or decrypt it: from the key it
+    /// has now (its passphrase as for any command, or its OS keyring item) to the one given.
+    /// Needs the profile alone: no other `qpq` command may be running on it.
+    #[command(group(clap::ArgGroup::new("new_key").required(true)))]
+    Rekey {
+        /// Encrypt under the passphrase in this file (the first line).
+        #[arg(long, group = "new_key")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Encrypt under a new random key kept in the OS keyring (the old item, if any, is
+        /// deleted).
+        #[arg(long, group = "new_key")]
+        to_keyring: bool,
+        /// Decrypt: keep the database as plain SQLite.
+        #[arg(long, group = "new_key")]
+        plaintext: bool,
+    },
     /// Print a shell completion script (e.g. `source <(qpq completion bash)`).
     Completion {
         /// The shell.

@@ -293,3 +293,82 @@ async fn without_a_keyring_auto_stays_plaintext_and_require_refuses() {
     assert!(!config.contains("keyring"), "{config}");
     ok(qpq(&home, &nowhere, &[], &["whoami"]));
 }
+
+/// `qpq rekey --to-keyring` moves a passphrase profile's key into the keyring (a new item;
+/// no passphrase needed afterwards), and `--new-passphrase-file` moves it out again and
+/// deletes the item: a config still naming it no longer opens anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_moves_a_profile_key_into_the_keyring_and_out_again() {
+    let t = TestNode::start().await;
+    let base = tempfile::tempdir().unwrap();
+    let _ss = SecretService::start(&base.path().join("keyring"));
+    let bus = _ss.address.clone();
+    let home = base.path().join("home");
+    let node = t.addr.to_string();
+    let fp = hex::encode(t.fingerprint);
+    let old = [("QPQ_PASSPHRASE", "the old passphrase")];
+    ok(qpq(
+        &home,
+        &bus,
+        &old,
+        &["register", "--node", &node, "--fingerprint", &fp],
+    ));
+    let config_path = home.join("p").join("config.json");
+    let config = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap()
+    };
+    assert!(config().get("keyring").is_none(), "{}", config());
+    ok(qpq(
+        &home,
+        &bus,
+        &old,
+        &["group", "create", "a-keyring-group"],
+    ));
+    let me = ok_json(qpq(&home, &bus, &old, &["whoami"]));
+
+    let done = ok_json(qpq(&home, &bus, &old, &["rekey", "--to-keyring"]));
+    assert_eq!(
+        (&done["from"], &done["to"]),
+        (&"passphrase".into(), &"key".into()),
+        "{done}"
+    );
+    let item = config()["keyring"].as_str().unwrap().to_owned();
+    assert_eq!(done["keyring"], item.as_str());
+    assert_encrypted(&profile_db_bytes(&home, "p"), b"a-keyring-group");
+    assert_eq!(
+        ok_json(qpq(&home, &bus, &[], &["whoami"]))["identity"],
+        me["identity"]
+    );
+
+    let new = base.path().join("new-passphrase");
+    std::fs::write(&new, "the new passphrase\n").unwrap();
+    let done = ok_json(qpq(
+        &home,
+        &bus,
+        &[],
+        &["rekey", "--new-passphrase-file", new.to_str().unwrap()],
+    ));
+    assert_eq!(
+        done["stale_keyring_item"],
+        serde_json::Value::Null,
+        "{done}"
+    );
+    assert!(config().get("keyring").is_none(), "{}", config());
+    refused(qpq(&home, &bus, &[], &["whoami"]), "is encrypted");
+    let status = ok(qpq(
+        &home,
+        &bus,
+        &[("QPQ_PASSPHRASE", "the new passphrase")],
+        &["status"],
+    ));
+    assert!(status.contains("a-keyring-group"), "{status}");
+
+    // The item is gone from the keyring: a config naming it again opens nothing.
+    let mut stale = config();
+    stale["keyring"] = item.as_str().into();
+    std::fs::write(&config_path, stale.to_string()).unwrap();
+    refused(
+        qpq(&home, &bus, &[], &["whoami"]),
+        "holds no key for this profile",
+    );
+}

@@ -17,3 +17,4 @@ mod lifecycle;
 #[allow(dead_code)] // the node suite reads more of each span
 #[path = "../../../node/tests/common/otelcol.rs"]
 mod otelcol;
+mod rekey;
