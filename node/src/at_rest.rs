@@ -185,7 +185,8 @@ impl AtRest {
     /// Checks that an existing database file can be read as this `AtRest` says, with an
     /// error naming the case when it cannot: encrypted but no key given, plaintext but a
     /// key given, or encrypted under another key. A missing file passes (it will be
-    /// created).
+    /// created). Damage past the first page is not this check's: the key is right, and
+    /// [`crate::integrity`] names the damage.
     pub fn check(&self, path: &Path) -> Result<(), AtRestError> {
         let mut header = Vec::with_capacity(PLAINTEXT_HEADER.len());
         let read = match std::fs::File::open(path) {
@@ -227,6 +228,15 @@ impl AtRest {
                     r.get::<_, i64>(0)
                 }) {
                     Ok(_) => Ok(()),
+                    // Page 1 decrypted and authenticated under this key (a wrong key fails
+                    // there, as "not a database"), and damage further in: a file cut short,
+                    // a bad page. That is for the integrity check to name, and for the node
+                    // to hold on and be rebuilt from, not a key problem that stops it.
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseCorrupt =>
+                    {
+                        Ok(())
+                    }
                     Err(rusqlite::Error::SqliteFailure(e, _))
                         if e.code == rusqlite::ErrorCode::NotADatabase =>
                     {

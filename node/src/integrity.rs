@@ -124,7 +124,12 @@ mod tests {
 
     /// A database with one table of `rows` rows, checkpointed (everything in the main file).
     fn database(path: &Path, rows: u32) {
-        let conn = Connection::open(path).unwrap();
+        database_at_rest(path, rows, &AtRest::plaintext());
+    }
+
+    /// [`database`], kept as `at_rest` says.
+    fn database_at_rest(path: &Path, rows: u32, at_rest: &AtRest) {
+        let conn: Connection = at_rest.open(path).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA page_size = 4096;
              CREATE TABLE messages (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
@@ -205,6 +210,29 @@ mod tests {
             .unwrap();
         for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
             let err = check_file(&path, mode, &AtRest::plaintext()).unwrap_err();
+            assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
+        }
+    }
+
+    /// Encrypted, a file cut short is damage too, and reads as what it is: the key still
+    /// opens it (a node holds on it, to be rebuilt, instead of refusing to start as it does
+    /// for a wrong key).
+    #[test]
+    fn an_encrypted_file_cut_short_is_damage_not_a_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log.sqlite3");
+        let at_rest = AtRest::encrypted(crate::at_rest::DbKey::generate());
+        database_at_rest(&path, 2_000, &at_rest);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        at_rest.check(&path).unwrap();
+        for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
+            let err = check_file(&path, mode, &at_rest).unwrap_err();
             assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
         }
     }

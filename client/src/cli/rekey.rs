@@ -127,7 +127,7 @@ pub(super) trait Items {
 }
 
 /// The machine's keyring, used as `--keyring` says.
-pub(super) struct Os(pub(super) KeyringMode);
+struct Os(KeyringMode);
 
 impl Items for Os {
     fn key(&self, id: &str) -> Result<ProfileKey> {
@@ -211,6 +211,46 @@ fn opens(db: &Path, key: &ProfileKey) -> Result<bool> {
     }
 }
 
+/// `qpq rekey`: the profile at `dir`, opened with `passphrase` or its keyring item as any
+/// command does, rekeyed to `to`; prints what was done (`json`: one document).
+pub(super) fn command(
+    dir: &Path,
+    passphrase: ProfileKey,
+    to: NewKey,
+    mode: KeyringMode,
+    json: bool,
+) -> Result<()> {
+    let _alone = ProfileLock::exclusive(dir)?;
+    finish_interrupted(dir, &Os(mode))?;
+    let config = super::load_config(dir)?;
+    let from = super::key::for_profile(dir, &config, passphrase, mode)?;
+    let done = rekey(dir, &config, &from, to, mode)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "from": done.from,
+                "to": done.to,
+                "keyring": done.keyring,
+                "stale_keyring_item": done.stale_item,
+            })
+        );
+    } else {
+        let describe = |kind: &str, item: Option<&String>| match (kind, item) {
+            ("plaintext", _) => "not encrypted".to_owned(),
+            (_, Some(item)) => format!("encrypted under a key in the OS keyring (item {item})"),
+            (kind, None) => format!("encrypted under a {kind}"),
+        };
+        println!(
+            "profile {}: now {}; before, {}",
+            dir.display(),
+            describe(done.to, done.keyring.as_ref()),
+            describe(done.from, config.keyring.as_ref()),
+        );
+    }
+    Ok(())
+}
+
 /// Rekeys the profile at `dir` (held alone: [`ProfileLock::exclusive`]), with `config`, whose
 /// database `from` opens, to `to`.
 pub(super) fn rekey(
@@ -221,6 +261,9 @@ pub(super) fn rekey(
     mode: KeyringMode,
 ) -> Result<Rekeyed> {
     let db = database(dir);
+    if !db.exists() {
+        return Err(Error::NoIdentity); // registered half-way: nothing to rekey
+    }
     // Before anything changes: the old key must open the database.
     drop(from.open(&db)?);
     let mut new_config = config.clone();

@@ -157,10 +157,6 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
         plaintext: _,
     } = &cli.command
     {
-        let _alone = super::rekey::ProfileLock::exclusive(&dir)?;
-        super::rekey::finish_interrupted(&dir, &super::rekey::Os(cli.keyring))?;
-        let config = load_config(&dir)?;
-        let from = super::key::for_profile(&dir, &config, passphrase, cli.keyring)?;
         let to = match (new_passphrase_file, to_keyring) {
             (Some(file), _) => super::rekey::NewKey::Passphrase(
                 crate::profile_key::ProfileKey::from_file_or_env(Some(file))?,
@@ -168,30 +164,7 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
             (None, true) => super::rekey::NewKey::Keyring,
             (None, false) => super::rekey::NewKey::Plaintext,
         };
-        let done = super::rekey::rekey(&dir, &config, &from, to, cli.keyring)?;
-        let describe = |kind: &str, item: Option<&String>| match (kind, item) {
-            ("plaintext", _) => "not encrypted".to_owned(),
-            (_, Some(item)) => format!("encrypted under a key in the OS keyring (item {item})"),
-            (kind, None) => format!("encrypted under a {kind}"),
-        };
-        let human = format!(
-            "profile {}: now {}; before, {}",
-            dir.display(),
-            describe(done.to, done.keyring.as_ref()),
-            describe(done.from, config.keyring.as_ref()),
-        );
-        let json = serde_json::json!({
-            "from": done.from,
-            "to": done.to,
-            "keyring": done.keyring,
-            "stale_keyring_item": done.stale_item,
-        });
-        if cli.json {
-            println!("{json}");
-        } else {
-            println!("{human}");
-        }
-        return Ok(());
+        return super::rekey::command(&dir, passphrase, to, cli.keyring, cli.json);
     }
     let _profile = super::rekey::ProfileLock::shared(&dir, cli.keyring)?;
     let config = load_config(&dir)?;
