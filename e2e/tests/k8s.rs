@@ -33,6 +33,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use qpq_node::at_rest::{AtRest, DbKey};
 use qpq_operator::admin_client::{AdminAddr, AdminIdentity, HttpAdmin, NodeAdmin as _, Status};
 use qpq_operator::crd::{BackupPhase, QpqBackup, QpqCluster, QpqScheduledBackup};
 use serde_json::{Value, json};
@@ -899,8 +900,11 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         e => panic!("expected a validation error, got {e}"),
     }
 
-    step("apply examples/qpqcluster-3.yaml; wait for Ready");
+    step(
+        "apply examples/qpqcluster-3.yaml, encrypted at rest under a database key; wait for Ready",
+    );
     let mut obj = example(&env, "qpqcluster-3.yaml", &ns);
+    let at_rest = encrypt_at_rest(&env, &ns, &mut obj).await;
     // Replicas compare their state often enough for the rebuild step to find a change soon.
     obj.spec.node.digest_every_entries = Some(CHECKPOINT_EVERY);
     obj.spec.node.digest_check_seconds = Some(1);
@@ -1252,8 +1256,9 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     rolling_restart(&env, &ns, &name, (&alice, &bob), gid).await;
 
     if let Some(runner) = env.runner_state.clone() {
-        rebuild_a_diverged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid, &runner).await;
-        rebuild_a_damaged_follower(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
+        let profiles = [&alice, &bob, &carol];
+        rebuild_a_diverged_follower(&env, &ns, &name, profiles, gid, &runner, &at_rest).await;
+        rebuild_a_damaged_follower(&env, &ns, &name, profiles, gid, &at_rest).await;
         support_bundle(&env, &ns, &name).await;
         transfer_leader(&env, &ns, &name).await;
         fence_the_leader(&env, &ns, &name, [&alice, &bob, &carol], gid).await;
@@ -1263,6 +1268,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
 
     step("backups: examples/backup-job.yaml, kubectl qpq backup, spec.backup's CronJob");
     let (claim, job) = backup_job(&env, &ns);
+    let job = with_db_key(job);
     let job_name = job.metadata.name.clone().unwrap();
     let file = job_args(&job)
         .last()
@@ -1280,7 +1286,7 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         spec.backoff_limit = Some(0);
         let container = &mut spec.template.spec.as_mut().unwrap().containers[0];
         container.args = Some(vec!["backup".into(), "verify".into(), target.to_owned()]);
-        job
+        with_db_key(job)
     };
     assert_eq!(
         run_job(&env, &ns, verify("verify-backup", &file)).await,
@@ -1567,6 +1573,9 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
     let mut restored = example(&env, "qpqcluster-3.yaml", &ns);
     restored.metadata.name = Some(restored_name.into());
     restored.spec.pvc_retention_policy = qpq_operator::crd::PvcRetentionPolicy::Delete;
+    // The backup is encrypted under the source's database key, which the restored cluster
+    // keeps.
+    restored.spec.storage.encryption_key = Some(db_key_ref());
     restored.spec.restore = Some(qpq_operator::crd::RestoreSpec {
         claim_name: Some("qpq-backups".into()),
         object_store: None,
@@ -1592,7 +1601,8 @@ async fn operator_runs_a_cluster_through_scaling_faults_and_deletion() {
         "bob on the restored cluster: {got:?}"
     );
     if env.runner_state.is_some() {
-        recover_after_losing_a_majority(&env, &ns, restored_name, (&alice_r, &bob_r), gid).await;
+        let pair = (&alice_r, &bob_r);
+        recover_after_losing_a_majority(&env, &ns, restored_name, pair, gid, &at_rest).await;
     } else {
         step("skipped: damaging volumes needs the local pod runner's volumes");
     }
@@ -1677,16 +1687,8 @@ async fn a_dev_cluster_serves_and_its_volumes_go_with_it() {
     let ns = namespace(&env, "qpq-e2e-dev").await;
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), &ns);
     step("apply examples/qpqcluster-dev.yaml, encrypted at rest under a database key");
-    let key = qpq_node::at_rest::DbKey::generate()
-        .to_file_contents()
-        .trim_end()
-        .to_owned();
-    create_secret(&env, &ns, "qpq-db-key", [("key".to_owned(), key)].into()).await;
     let mut obj = example(&env, "qpqcluster-dev.yaml", &ns);
-    obj.spec.storage.encryption_key = Some(qpq_operator::crd::SecretKeyRef {
-        name: "qpq-db-key".into(),
-        key: "key".into(),
-    });
+    encrypt_at_rest(&env, &ns, &mut obj).await;
     let name = obj.metadata.name.clone().unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
     wait_ready(&env, &ns, &name, 1, 240).await;
@@ -2257,6 +2259,52 @@ async fn create_secret(env: &Env, ns: &str, name: &str, data: BTreeMap<String, S
         .unwrap();
 }
 
+/// The Secret a test cluster's database key is in (`spec.storage.encryptionKey`).
+const DB_KEY_SECRET: &str = "qpq-db-key";
+
+/// A new random database key in the Secret [`DB_KEY_SECRET`] of `ns`, set as the key of
+/// `cluster` (encrypted at rest); returns how the test opens that cluster's files itself.
+async fn encrypt_at_rest(env: &Env, ns: &str, cluster: &mut QpqCluster) -> AtRest {
+    let key = DbKey::generate();
+    let hex_key = key.to_file_contents().trim_end().to_owned();
+    create_secret(env, ns, DB_KEY_SECRET, [("key".to_owned(), hex_key)].into()).await;
+    cluster.spec.storage.encryption_key = Some(db_key_ref());
+    AtRest::encrypted(key)
+}
+
+fn db_key_ref() -> qpq_operator::crd::SecretKeyRef {
+    qpq_operator::crd::SecretKeyRef {
+        name: DB_KEY_SECRET.into(),
+        key: "key".into(),
+    }
+}
+
+/// What `examples/backup-job.yaml` says to add for a cluster encrypted at rest: the
+/// database key Secret mounted, and `QPQ_DB_KEY_FILE` naming it.
+fn with_db_key(mut job: Job) -> Job {
+    let pod = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    pod.volumes.get_or_insert_default().push(
+        serde_json::from_value(json!({"name": "db-key", "secret": {
+            "secretName": DB_KEY_SECRET, "defaultMode": 0o440,
+            "items": [{"key": "key", "path": "db.key"}]}}))
+        .unwrap(),
+    );
+    let c = &mut pod.containers[0];
+    c.volume_mounts.get_or_insert_default().push(
+        serde_json::from_value(
+            json!({"name": "db-key", "mountPath": "/etc/qpq/db-key", "readOnly": true}),
+        )
+        .unwrap(),
+    );
+    c.env.get_or_insert_default().push(
+        serde_json::from_value(
+            json!({"name": "QPQ_DB_KEY_FILE", "value": "/etc/qpq/db-key/db.key"}),
+        )
+        .unwrap(),
+    );
+    job
+}
+
 /// The pid of `pod`'s node process, from the pod runner's state (None on other clusters).
 /// Checkpoint (state digest) interval of the e2e clusters that check replicas.
 const CHECKPOINT_EVERY: u64 = 16;
@@ -2295,6 +2343,7 @@ async fn rebuild_a_diverged_follower(
     profiles: [&Profile; 3],
     gid: &str,
     runner: &Path,
+    at_rest: &AtRest,
 ) {
     step("a row changes on a follower's volume: it diverges, the operator rebuilds it");
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
@@ -2346,7 +2395,7 @@ async fn rebuild_a_diverged_follower(
     };
     // A failed assertion below must not leave the writer sending forever.
     let _stop_on_drop = StopOnDrop(stop.clone());
-    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let db = at_rest.open(&db_path).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     // A row the writer just added: nobody else reads during this step, so no cursor passes
     // it and it is not deleted as delivered (an older row may be, on every replica at once,
@@ -2415,7 +2464,7 @@ async fn rebuild_a_diverged_follower(
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(quarantine.len(), 1, "{quarantine:?}");
-    let kept = rusqlite::Connection::open(quarantine[0].join("node.sqlite3")).unwrap();
+    let kept = at_rest.open(&quarantine[0].join("node.sqlite3")).unwrap();
     let first: Vec<u8> = kept
         .query_row(
             "SELECT payload FROM messages WHERE channel = ?1 AND seq = ?2",
@@ -2459,6 +2508,7 @@ async fn rebuild_a_damaged_follower(
     name: &str,
     profiles: [&Profile; 3],
     gid: &str,
+    at_rest: &AtRest,
 ) {
     step("a follower's Raft log is cut short at rest: it holds, the operator rebuilds it");
     let api: Api<QpqCluster> = Api::namespaced(env.client.clone(), ns);
@@ -2479,7 +2529,7 @@ async fn rebuild_a_damaged_follower(
     };
     let _stop_on_drop = StopOnDrop(stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let len = kill_and_cut_raft_log(env, ns, &victim, &log_path).await;
+    let len = kill_and_cut_raft_log(env, ns, &victim, &log_path, at_rest).await;
     step(&format!(
         "{victim}: {} cut from {len} to {} bytes",
         log_path.display(),
@@ -2551,7 +2601,13 @@ async fn raft_log_of(env: &Env, ns: &str, pod: &str) -> PathBuf {
 /// Kills `pod`'s node and, in the pod runner's restart back-off (1 s after a long run),
 /// damages its Raft log at `log_path`: everything into the main file, then the file cut to
 /// half. Returns the length before the cut.
-async fn kill_and_cut_raft_log(env: &Env, ns: &str, pod: &str, log_path: &Path) -> u64 {
+async fn kill_and_cut_raft_log(
+    env: &Env,
+    ns: &str,
+    pod: &str,
+    log_path: &Path,
+    at_rest: &AtRest,
+) -> u64 {
     let pid = node_pid(env, ns, pod).await.expect("pod runner pid");
     signal(&pid, "-9");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -2559,7 +2615,7 @@ async fn kill_and_cut_raft_log(env: &Env, ns: &str, pod: &str, log_path: &Path) 
         assert!(Instant::now() < deadline, "pid {pid} did not die");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let conn = rusqlite::Connection::open(log_path).unwrap();
+    let conn = at_rest.open(log_path).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .unwrap();
     drop(conn);
@@ -2584,6 +2640,7 @@ async fn recover_after_losing_a_majority(
     name: &str,
     (alice, bob): (&Profile, &Profile),
     gid: &str,
+    at_rest: &AtRest,
 ) {
     step(&format!(
         "{name} loses two of three members' Raft logs: quorum lost for good; kubectl qpq recover"
@@ -2599,7 +2656,7 @@ async fn recover_after_losing_a_majority(
         .filter(|p| *p != survivor)
     {
         let log = raft_log_of(env, ns, &victim).await;
-        let len = kill_and_cut_raft_log(env, ns, &victim, &log).await;
+        let len = kill_and_cut_raft_log(env, ns, &victim, &log, at_rest).await;
         step(&format!(
             "{victim}: Raft log cut from {len} to {} bytes",
             len / 2
