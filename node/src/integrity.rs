@@ -149,6 +149,17 @@ mod tests {
             .unwrap();
     }
 
+    /// Cuts the file at `path` to half its length (a torn copy).
+    fn cut_to_half(path: &Path) {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+
     /// Overwrites the b-tree header of page `page` (1-based) with garbage.
     fn damage_page(path: &Path, page: u64) {
         use std::io::{Seek, SeekFrom, Write};
@@ -201,13 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log.sqlite3");
         database(&path, 2_000);
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len / 2)
-            .unwrap();
+        cut_to_half(&path);
         for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
             let err = check_file(&path, mode, &AtRest::plaintext()).unwrap_err();
             assert!(!err.detail.is_empty() && err.detail != "ok", "{err:?}");
@@ -223,13 +228,7 @@ mod tests {
         let path = dir.path().join("raft-log.sqlite3");
         let at_rest = AtRest::encrypted(crate::at_rest::DbKey::generate());
         database_at_rest(&path, 2_000, &at_rest);
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len / 2)
-            .unwrap();
+        cut_to_half(&path);
         at_rest.check(&path).unwrap();
         for mode in [IntegrityCheck::Quick, IntegrityCheck::Full] {
             let err = check_file(&path, mode, &at_rest).unwrap_err();

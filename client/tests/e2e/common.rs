@@ -183,3 +183,21 @@ pub fn assert_encrypted(bytes: &[u8], plaintext: &[u8]) {
         String::from_utf8_lossy(plaintext)
     );
 }
+
+/// Stdout of a `qpq` run that succeeded (else a panic showing its output).
+pub fn stdout_ok(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Exit status 2 (usage) with `why` in the JSON error of a `qpq --json` run.
+pub fn refused(out: std::process::Output, why: &str) {
+    let doc = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{doc}");
+    assert!(doc.contains(why), "{why:?} not in {doc}");
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestNode, assert_encrypted, profile_db_bytes};
+use crate::common::{TestNode, assert_encrypted, profile_db_bytes, refused, stdout_ok as ok};
 
 /// A D-Bus session bus of its own with gnome-keyring's Secret Service on it, its login
 /// keyring unlocked with a fixed password and kept under `dir`. Stopped on drop.
@@ -169,28 +169,10 @@ fn qpq(home: &Path, bus: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Stdout of a command that succeeded.
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// The one JSON document a command that succeeded printed.
 fn ok_json(out: Output) -> serde_json::Value {
     let stdout = ok(out);
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-/// Exit status 2 (usage) with `why` in the JSON error.
-fn refused(out: Output, why: &str) {
-    let doc = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{doc}");
-    assert!(doc.contains(why), "{why:?} not in {doc}");
 }
 
 /// Registered without a passphrase where a keyring answers, a profile is encrypted under a

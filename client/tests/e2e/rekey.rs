@@ -6,7 +6,7 @@ use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{TestNode, assert_encrypted, profile_db_bytes};
+use crate::common::{TestNode, assert_encrypted, profile_db_bytes, refused, stdout_ok};
 
 /// `qpq --json --profile <profile>` with `QPQ_HOME=home`, no keyring, and `QPQ_PASSPHRASE`
 /// only when `passphrase` gives it.
@@ -29,24 +29,11 @@ fn run(home: &Path, profile: &str, passphrase: Option<&str>, args: &[&str]) -> O
 
 /// The JSON documents (one per line) a command that succeeded printed.
 fn ok(out: Output) -> Vec<serde_json::Value> {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    stdout_ok(out)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
-}
-
-/// Exit status 2 with `why` in the JSON error.
-fn refused(out: Output, why: &str) {
-    let doc = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{doc}");
-    assert!(doc.contains(why), "{why:?} not in {doc}");
 }
 
 /// Message bodies among `events`.
