@@ -56,6 +56,10 @@ pub enum Error {
     /// encrypted profile, one for a plaintext profile, or the wrong one).
     #[error("profile locked: {0}")]
     Locked(String),
+    /// A local file of the profile could not be read or written (a lock, a rename, an
+    /// fsync).
+    #[error("{0}")]
+    Io(String),
     /// Another `qpq` command has the profile open (e.g. `recv --follow`) where this one needs
     /// it alone (`rekey`).
     #[error("profile in use: {0}")]
@@ -111,6 +115,7 @@ impl Error {
                 _ => ErrorKind::Failure,
             },
             Self::Db(_)
+            | Self::Io(_)
             | Self::SchemaTooNew { .. }
             | Self::Storage(_)
             | Self::Mls { .. }
@@ -223,6 +228,7 @@ mod tests {
             (wire(WireError::NotFound), ErrorKind::Refused),
             (Error::Refused("forbidden".into()), ErrorKind::Refused),
             (Error::Policy("x".into()), ErrorKind::Failure),
+            (Error::Io("x".into()), ErrorKind::Failure),
             (Error::Inactive(GroupState::Left), ErrorKind::Failure),
             (
                 Error::Node(NodeError::Rpc(ClientError::Version(9))),

@@ -161,7 +161,7 @@ impl ProfileKey {
                 e => e,
             });
         }
-        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
         for suffix in ["-wal", "-shm"] {
             let mut side = path.as_os_str().to_owned();
             side.push(suffix);
@@ -265,7 +265,7 @@ pub fn remove_stale_rekey(path: &Path) -> Result<bool, Error> {
     match std::fs::remove_file(rekey_temp(path)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::Invalid(format!("{}: {e}", path.display()))),
+        Err(e) => Err(Error::Io(format!("{}: {e}", path.display()))),
     }
 }
 

@@ -76,8 +76,8 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Keep the profile's database encrypted under the passphrase in this file (the first
-    /// line). Without it, the passphrase is read from `QPQ_PASSPHRASE` when that is set; with
+    /// Keep the profile's database encrypted under the passphrase in this file (all of it
+    /// but a trailing newline). Without it, the passphrase is read from `QPQ_PASSPHRASE` when that is set; with
     /// neither, see `--keyring`. A profile registered with a passphrase opens only with it.
     #[arg(long, global = true, env = "QPQ_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
@@ -170,7 +170,7 @@ enum Command {
     /// Needs the profile alone: no other `qpq` command may be running on it.
     #[command(group(clap::ArgGroup::new("new_key").required(true)))]
     Rekey {
-        /// Encrypt under the passphrase in this file (the first line).
+        /// Encrypt under the passphrase in this file (all of it but a trailing newline).
         #[arg(long, group = "new_key")]
         new_passphrase_file: Option<PathBuf>,
         /// Encrypt under a new random key kept in the OS keyring (the old item, if any, is

@@ -14,11 +14,13 @@
 //! Every later command first finishes what a crash interrupted ([`finish_interrupted`]): a
 //! leftover export is removed (the old database is whole), and a pending config is kept
 //! exactly when the database opens under its key, which one of the two configs keeps in the
-//! keyring and so can be tried without asking for a passphrase.
+//! keyring and so can be tried without asking for a passphrase. The keyring item of the
+//! side not kept is deleted only when the kept side's key was seen to open the database
+//! (a failed open may be damage, not another key); otherwise it stays, said on stderr.
 //!
-//! Commands hold the profile's `lock` file shared for as long as they run; `rekey` takes it
-//! exclusively, so it never rewrites a database another `qpq` process has open (a
-//! `recv --follow`), and the commands that start meanwhile wait for it.
+//! Commands hold the profile's `lock` file shared for as long as they run; `register` and
+//! `rekey` take it exclusively, so a rekey never rewrites a database another `qpq` process
+//! has open (a `recv --follow`), and the commands that start meanwhile wait for it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -68,20 +70,35 @@ impl ProfileLock {
         match options.open(dir.join("lock")) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoIdentity),
-            Err(e) => Err(Error::Invalid(format!("{}: {e}", dir.display()))),
+            Err(e) => Err(Error::Io(format!("{}: {e}", dir.display()))),
         }
     }
 
     /// Holds the profile at `dir` shared (waiting while a rekey runs), after finishing a
     /// rekey a crash interrupted.
-    pub(super) fn shared(dir: &Path, mode: KeyringMode) -> Result<Self> {
+    pub(super) fn shared(dir: &Path, items: &Os) -> Result<Self> {
         let file = Self::open(dir)?;
-        let lock_err = |e: std::io::Error| Error::Invalid(format!("{}: lock: {e}", dir.display()));
-        if interrupted(dir) {
-            file.lock().map_err(lock_err)?;
-            let finished = finish_interrupted(dir, &Os(mode));
-            file.unlock().map_err(lock_err)?;
-            finished?;
+        let lock_err = |e: std::io::Error| Error::Io(format!("{}: lock: {e}", dir.display()));
+        // Finishing takes the profile alone. Tried, not waited for: another command may
+        // finish it first and then hold the profile shared for as long as it runs (a
+        // `recv --follow`), which this one can share once nothing is left to finish.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while interrupted(dir) {
+            match file.try_lock() {
+                Ok(()) => {
+                    let finished = finish_interrupted(dir, items);
+                    file.unlock().map_err(lock_err)?;
+                    finished?;
+                    break;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(busy(dir));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+            }
         }
         file.lock_shared().map_err(lock_err)?;
         Ok(Self { _held: file })
@@ -93,15 +110,23 @@ impl ProfileLock {
         let file = Self::open(dir)?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _held: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(format!(
-                "another qpq command is using {} (stop it, e.g. `recv --follow`, and try again)",
-                dir.display()
-            ))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(busy(dir)),
             Err(std::fs::TryLockError::Error(e)) => {
-                Err(Error::Invalid(format!("{}: lock: {e}", dir.display())))
+                Err(Error::Io(format!("{}: lock: {e}", dir.display())))
             }
         }
     }
+}
+
+/// How long a command waits for another to finish an interrupted rekey (which may wait on
+/// a keyring unlock prompt, [`crate::os_keyring::TIMEOUT`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+
+fn busy(dir: &Path) -> Error {
+    Error::Busy(format!(
+        "another qpq command is using {} (stop it, e.g. `recv --follow`, and try again)",
+        dir.display()
+    ))
 }
 
 fn pending_config(dir: &Path) -> PathBuf {
@@ -117,21 +142,32 @@ fn interrupted(dir: &Path) -> bool {
     pending_config(dir).exists() || crate::profile_key::rekey_temp(&database(dir)).exists()
 }
 
-/// The OS keyring as finishing an interrupted rekey uses it.
+/// The keys finishing an interrupted rekey tries: the OS keyring's, and the one a
+/// profile without a keyring item is opened with.
 pub(super) trait Items {
     /// The key kept under `id`.
     fn key(&self, id: &str) -> Result<ProfileKey>;
+    /// The key of the side without a keyring item: a passphrase, or none (plaintext).
+    fn unkeyed(&self) -> ProfileKey;
     /// Deletes the item `id`, which holds no profile's key (best effort: said on stderr when
     /// it fails).
     fn forget(&self, id: &str);
 }
 
-/// The machine's keyring, used as `--keyring` says.
-struct Os(KeyringMode);
+/// The machine's keyring, used as `--keyring` says, and the passphrase the command was
+/// given.
+pub(super) struct Os {
+    pub(super) mode: KeyringMode,
+    pub(super) passphrase: ProfileKey,
+}
 
 impl Items for Os {
+    fn unkeyed(&self) -> ProfileKey {
+        self.passphrase.clone()
+    }
+
     fn key(&self, id: &str) -> Result<ProfileKey> {
-        if self.0 == KeyringMode::Off {
+        if self.mode == KeyringMode::Off {
             return Err(Error::Locked(format!(
                 "a rekey was interrupted and the key of item {id} is in the OS keyring, which --keyring off leaves alone"
             )));
@@ -147,7 +183,10 @@ impl Items for Os {
     }
 
     fn forget(&self, id: &str) {
-        if self.0 == KeyringMode::Off {
+        if self.mode == KeyringMode::Off {
+            eprintln!(
+                "qpq: the keyring item {id} holds no profile's key; --keyring off leaves it there"
+            );
             return;
         }
         if let Err(e) = OsKeyring::connect().and_then(|k| k.delete(id)) {
@@ -164,19 +203,42 @@ pub(super) fn finish_interrupted(dir: &Path, items: &dyn Items) -> Result<()> {
     let db = database(dir);
     remove_stale_rekey(&db)?;
     let pending_path = pending_config(dir);
-    let Ok(text) = std::fs::read_to_string(&pending_path) else {
-        return Ok(());
+    let text = match std::fs::read(&pending_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
     };
     let current = super::load_config(dir)?;
-    let pending = serde_json::from_str::<ProfileConfig>(&text).ok();
-    let keep_new = match &pending {
+    let pending = serde_json::from_slice::<ProfileConfig>(&text).ok();
+    // Whether the pending config is kept, and whether the kept side's key was seen to open
+    // the database: only then is the other side's keyring item deleted (a failed open may
+    // be damage rather than another key; no item is deleted on a guess).
+    let opens_under = |item: &Option<String>| -> Result<bool> {
+        match item {
+            Some(id) => opens(&db, &items.key(id)?),
+            None => opens(&db, &items.unkeyed()),
+        }
+    };
+    let (keep_new, verified) = match &pending {
         // Cut short while written: the database was not touched yet.
-        None => false,
-        Some(pending) => match (&pending.keyring, &current.keyring) {
-            (new, old) if new == old => true,
-            (Some(new), _) => opens(&db, &items.key(new)?)?,
-            (None, Some(old)) => !opens(&db, &items.key(old)?)?,
-            (None, None) => true,
+        None => (false, false),
+        Some(p) => match (&p.keyring, &current.keyring) {
+            (new, old) if new == old => (true, false),
+            (Some(new), old) => {
+                if opens(&db, &items.key(new)?)? {
+                    (true, true)
+                } else {
+                    (false, opens_under(old)?)
+                }
+            }
+            (None, Some(old)) => {
+                if opens(&db, &items.key(old)?)? {
+                    (false, true)
+                } else {
+                    (true, opens_under(&None)?)
+                }
+            }
+            (None, None) => (true, false),
         },
     };
     if keep_new {
@@ -185,16 +247,20 @@ pub(super) fn finish_interrupted(dir: &Path, items: &dyn Items) -> Result<()> {
         std::fs::remove_file(&pending_path).map_err(io(dir))?;
     }
     sync_dir(dir)?;
-    // The item that no longer holds the profile's key: the old one, or the one made for
-    // the rekey that did not happen.
-    let (kept, dropped) = match (keep_new, pending) {
-        (true, Some(p)) => (p.keyring, current.keyring),
-        (_, p) => (current.keyring, p.and_then(|p| p.keyring)),
+    let pending_item = pending.and_then(|p| p.keyring);
+    let (kept, other) = if keep_new {
+        (pending_item, current.keyring)
+    } else {
+        (current.keyring, pending_item)
     };
-    if let Some(id) = dropped
-        && kept.as_ref() != Some(&id)
-    {
-        items.forget(&id);
+    if let Some(id) = other.filter(|id| kept.as_ref() != Some(id)) {
+        if verified {
+            items.forget(&id);
+        } else {
+            eprintln!(
+                "qpq: the keyring item {id} is kept: it may hold this profile's key (delete it once the profile opens)"
+            );
+        }
     }
     Ok(())
 }
@@ -221,7 +287,13 @@ pub(super) fn command(
     json: bool,
 ) -> Result<()> {
     let _alone = ProfileLock::exclusive(dir)?;
-    finish_interrupted(dir, &Os(mode))?;
+    finish_interrupted(
+        dir,
+        &Os {
+            mode,
+            passphrase: passphrase.clone(),
+        },
+    )?;
     let config = super::load_config(dir)?;
     let from = super::key::for_profile(dir, &config, passphrase, mode)?;
     let done = rekey(dir, &config, &from, to, mode)?;
@@ -266,6 +338,14 @@ pub(super) fn rekey(
     }
     // Before anything changes: the old key must open the database.
     drop(from.open(&db)?);
+    if !from.is_set() && matches!(to, NewKey::Plaintext) {
+        return Ok(Rekeyed {
+            from: from.kind(),
+            to: from.kind(),
+            keyring: None,
+            stale_item: None,
+        });
+    }
     let mut new_config = config.clone();
     let to = match to {
         NewKey::Passphrase(k) => {
@@ -287,6 +367,13 @@ pub(super) fn rekey(
             let key = keyring
                 .create_key(&id, &super::key::item_label(dir))
                 .map_err(|e| Error::Keyring(e.to_string()))?;
+            // The keyring must give the key back before anything is encrypted under it.
+            if !keyring.key(&id).is_ok_and(|stored| stored == key) {
+                let _ = keyring.delete(&id);
+                return Err(Error::Keyring(format!(
+                    "item {id} did not read back as written"
+                )));
+            }
             new_config.keyring = Some(id);
             ProfileKey::raw(key)
         }
@@ -301,12 +388,20 @@ pub(super) fn rekey(
             new: new_config.keyring.clone(),
             to: to.clone(),
             from: from.clone(),
-            os: Os(mode),
+            os: Os {
+                mode,
+                passphrase: ProfileKey::none(),
+            },
         };
         if config_changes {
-            finish_interrupted(dir, &items)?;
+            if let Err(f) = finish_interrupted(dir, &items) {
+                eprintln!("qpq: {f}");
+            }
         } else if let Some(id) = &items.new {
             items.forget(id);
+        }
+        if opens(&db, &to).unwrap_or(false) {
+            eprintln!("qpq: the profile is under its new key nevertheless");
         }
         return Err(e);
     }
@@ -341,6 +436,14 @@ struct Known {
 }
 
 impl Items for Known {
+    fn unkeyed(&self) -> ProfileKey {
+        if self.new.is_none() {
+            self.to.clone()
+        } else {
+            self.from.clone()
+        }
+    }
+
     fn key(&self, id: &str) -> Result<ProfileKey> {
         Ok(if self.new.as_deref() == Some(id) {
             self.to.clone()
@@ -355,7 +458,7 @@ impl Items for Known {
 }
 
 fn io(dir: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("{}: {e}", dir.display()))
+    move |e| Error::Io(format!("{}: {e}", dir.display()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -134,6 +134,16 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("give --fingerprint or --ca-file".to_owned()));
             }
         };
+        // Held alone: a rekey, or another register, must not rewrite it meanwhile.
+        create_private_dir(&dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+        let _alone = super::rekey::ProfileLock::exclusive(&dir)?;
+        super::rekey::finish_interrupted(
+            &dir,
+            &super::rekey::Os {
+                mode: cli.keyring,
+                passphrase: passphrase.clone(),
+            },
+        )?;
         // A profile registered before (perhaps half-way) keeps the key it was given.
         let (key, keyring) = match load_config(&dir) {
             Ok(old) => (
@@ -166,7 +176,13 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
         };
         return super::rekey::command(&dir, passphrase, to, cli.keyring, cli.json);
     }
-    let _profile = super::rekey::ProfileLock::shared(&dir, cli.keyring)?;
+    let _profile = super::rekey::ProfileLock::shared(
+        &dir,
+        &super::rekey::Os {
+            mode: cli.keyring,
+            passphrase: passphrase.clone(),
+        },
+    )?;
     let config = load_config(&dir)?;
     let key = super::key::for_profile(&dir, &config, passphrase, cli.keyring)?;
     let node = resilient_node(target(&config)?, cli.retries);

@@ -9,15 +9,20 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::os_keyring::KEY_LEN;
 
-/// Keyring items by id; what was forgotten.
+/// Keyring items by id, the command's passphrase; what was forgotten.
 #[derive(Default)]
 struct FakeItems {
     keys: HashMap<&'static str, ProfileKey>,
+    passphrase: ProfileKey,
     forgotten: RefCell<Vec<String>>,
     unreachable: bool,
 }
 
 impl Items for FakeItems {
+    fn unkeyed(&self) -> ProfileKey {
+        self.passphrase.clone()
+    }
+
     fn key(&self, id: &str) -> Result<ProfileKey> {
         if self.unreachable {
             return Err(Error::Locked("no OS keyring here".into()));
@@ -84,27 +89,62 @@ fn leftovers(dir: &Path) -> (bool, bool) {
 
 /// Cut short before the commit point (the new config written, the export half done): the
 /// old key stays, the half export and the pending config go, and the item made for the new
-/// key is deleted.
+/// key is deleted once the old passphrase was seen to open the database (kept without it).
 #[test]
 fn cut_short_before_the_rename_the_old_key_stays() {
-    let dir = profile(None, &passphrase("old"));
+    for given in [Some("old"), None] {
+        let dir = profile(None, &passphrase("old"));
+        let d = dir.path();
+        write_synced(&pending_config(d), &config(Some("profile-new"))).unwrap();
+        std::fs::write(
+            crate::profile_key::rekey_temp(&database(d)),
+            b"half an export",
+        )
+        .unwrap();
+        let items = FakeItems {
+            keys: HashMap::from([("profile-new", raw(9))]),
+            passphrase: given.map_or_else(ProfileKey::none, passphrase),
+            ..FakeItems::default()
+        };
+        assert!(interrupted(d));
+        finish_interrupted(d, &items).unwrap();
+        assert_eq!(state(d, &passphrase("old")), (None, 30));
+        assert_eq!(leftovers(d), (false, false));
+        assert!(!interrupted(d));
+        let forgotten = items.forgotten.borrow().clone();
+        match given {
+            Some(_) => assert_eq!(forgotten, ["profile-new"]),
+            None => assert!(forgotten.is_empty(), "{forgotten:?}"),
+        }
+    }
+}
+
+/// A database no key opens (its first page damaged) while a rekey between two keyring items
+/// was pending: the config stays as it was and neither item is deleted.
+#[test]
+fn with_a_damaged_database_no_item_is_deleted() {
+    let dir = profile(Some("profile-old"), &raw(5));
     let d = dir.path();
     write_synced(&pending_config(d), &config(Some("profile-new"))).unwrap();
-    std::fs::write(
-        crate::profile_key::rekey_temp(&database(d)),
-        b"half an export",
-    )
-    .unwrap();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(database(d))
+            .unwrap();
+        f.write_all(&[0x5A; 64]).unwrap();
+    }
     let items = FakeItems {
-        keys: HashMap::from([("profile-new", raw(9))]),
+        keys: HashMap::from([("profile-old", raw(5)), ("profile-new", raw(9))]),
         ..FakeItems::default()
     };
-    assert!(interrupted(d));
     finish_interrupted(d, &items).unwrap();
-    assert_eq!(state(d, &passphrase("old")), (None, 30));
+    assert_eq!(
+        super::super::load_config(d).unwrap().keyring.as_deref(),
+        Some("profile-old")
+    );
+    assert!(items.forgotten.borrow().is_empty());
     assert_eq!(leftovers(d), (false, false));
-    assert!(!interrupted(d));
-    assert_eq!(*items.forgotten.borrow(), ["profile-new"]);
 }
 
 /// Cut short after the commit point (the database renamed, `config.json` not yet): the new
@@ -143,15 +183,28 @@ fn leaving_the_keyring_the_old_item_decides() {
     );
     assert!(items.forgotten.borrow().is_empty());
 
-    let after = profile(Some("profile-old"), &raw(5));
-    write_synced(&pending_config(after.path()), &config(None)).unwrap();
-    raw(5)
-        .rekey(&database(after.path()), &passphrase("new"))
-        .unwrap();
-    finish_interrupted(after.path(), &items).unwrap();
-    assert_eq!(state(after.path(), &passphrase("new")), (None, 30));
-    assert_eq!(leftovers(after.path()), (false, false));
-    assert_eq!(*items.forgotten.borrow(), ["profile-old"]);
+    // After the rename: the old item no longer opens it. It is deleted once the new
+    // passphrase was seen to open it, and kept when the command was not given it.
+    for given in [None, Some("new")] {
+        let after = profile(Some("profile-old"), &raw(5));
+        write_synced(&pending_config(after.path()), &config(None)).unwrap();
+        raw(5)
+            .rekey(&database(after.path()), &passphrase("new"))
+            .unwrap();
+        let items = FakeItems {
+            keys: HashMap::from([("profile-old", raw(5))]),
+            passphrase: given.map_or_else(ProfileKey::none, passphrase),
+            ..FakeItems::default()
+        };
+        finish_interrupted(after.path(), &items).unwrap();
+        assert_eq!(state(after.path(), &passphrase("new")), (None, 30));
+        assert_eq!(leftovers(after.path()), (false, false));
+        let forgotten = items.forgotten.borrow().clone();
+        match given {
+            Some(_) => assert_eq!(forgotten, ["profile-old"]),
+            None => assert!(forgotten.is_empty(), "{forgotten:?}"),
+        }
+    }
 }
 
 /// Without the keyring, nothing can be decided: the command is refused as locked and every
@@ -186,7 +239,11 @@ fn without_the_keyring_nothing_is_decided_and_a_torn_pending_config_is_dropped()
 fn rekey_needs_the_profile_alone_and_keeps_its_config() {
     let dir = profile(None, &passphrase("old"));
     let d = dir.path();
-    let running = ProfileLock::shared(d, KeyringMode::Off).unwrap();
+    let os = Os {
+        mode: KeyringMode::Off,
+        passphrase: passphrase("old"),
+    };
+    let running = ProfileLock::shared(d, &os).unwrap();
     assert!(matches!(ProfileLock::exclusive(d), Err(Error::Busy(_))));
     drop(running);
     let alone = ProfileLock::exclusive(d).unwrap();
@@ -225,6 +282,19 @@ fn rekey_needs_the_profile_alone_and_keeps_its_config() {
     .unwrap();
     assert_eq!(done.to, "plaintext");
     assert_eq!(state(d, &ProfileKey::none()), (None, 30));
+    // Plaintext to plaintext: nothing to do, nothing rewritten.
+    let before = std::fs::read(database(d)).unwrap();
+    let done = rekey(
+        d,
+        &cfg,
+        &ProfileKey::none(),
+        NewKey::Plaintext,
+        KeyringMode::Off,
+    )
+    .unwrap();
+    assert_eq!((done.from, done.to), ("plaintext", "plaintext"));
+    assert_eq!(std::fs::read(database(d)).unwrap(), before);
+    assert!(!crate::profile_key::rekey_temp(&database(d)).exists());
     assert!(matches!(
         rekey(
             d,
@@ -237,4 +307,30 @@ fn rekey_needs_the_profile_alone_and_keeps_its_config() {
     ));
     assert_eq!(leftovers(d), (false, false));
     drop(alone);
+}
+
+/// A command that finished an interrupted rekey holds the profile shared as it runs; the
+/// next command then has nothing left to finish and shares it at once (it does not wait
+/// for the first to end, as a `recv --follow` may never).
+#[test]
+fn a_command_after_a_finished_rekey_shares_the_profile_at_once() {
+    let dir = profile(None, &passphrase("old"));
+    let d = dir.path();
+    std::fs::write(
+        crate::profile_key::rekey_temp(&database(d)),
+        b"half an export",
+    )
+    .unwrap();
+    let os = Os {
+        mode: KeyringMode::Off,
+        passphrase: passphrase("old"),
+    };
+    let first = ProfileLock::shared(d, &os).unwrap();
+    assert!(!interrupted(d));
+    let started = std::time::Instant::now();
+    let second = ProfileLock::shared(d, &os).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(matches!(ProfileLock::exclusive(d), Err(Error::Busy(_))));
+    drop((first, second));
+    assert_eq!(state(d, &passphrase("old")), (None, 30));
 }
