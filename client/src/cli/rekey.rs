@@ -145,8 +145,9 @@ fn interrupted(dir: &Path) -> bool {
 /// The keys finishing an interrupted rekey tries: the OS keyring's, and the one a
 /// profile without a keyring item is opened with.
 pub(super) trait Items {
-    /// The key kept under `id`.
-    fn key(&self, id: &str) -> Result<ProfileKey>;
+    /// The key kept under `id`; `None` when the keyring has no such item (it never opens
+    /// anything then).
+    fn key(&self, id: &str) -> Result<Option<ProfileKey>>;
     /// The key of the side without a keyring item: a passphrase, or none (plaintext).
     fn unkeyed(&self) -> ProfileKey;
     /// Deletes the item `id`, which holds no profile's key (best effort: said on stderr when
@@ -166,20 +167,19 @@ impl Items for Os {
         self.passphrase.clone()
     }
 
-    fn key(&self, id: &str) -> Result<ProfileKey> {
+    fn key(&self, id: &str) -> Result<Option<ProfileKey>> {
         if self.mode == KeyringMode::Off {
             return Err(Error::Locked(format!(
                 "a rekey was interrupted and the key of item {id} is in the OS keyring, which --keyring off leaves alone"
             )));
         }
-        OsKeyring::connect()
-            .and_then(|k| k.key(id))
-            .map(ProfileKey::raw)
-            .map_err(|e| {
-                Error::Locked(format!(
-                    "a rekey was interrupted and finishing it needs the OS keyring: {e}"
-                ))
-            })
+        match OsKeyring::connect().and_then(|k| k.key(id)) {
+            Ok(key) => Ok(Some(ProfileKey::raw(key))),
+            Err(crate::os_keyring::KeyringError::NoEntry(_)) => Ok(None),
+            Err(e) => Err(Error::Locked(format!(
+                "a rekey was interrupted and finishing it needs the OS keyring: {e}"
+            ))),
+        }
     }
 
     fn forget(&self, id: &str) {
@@ -215,7 +215,7 @@ pub(super) fn finish_interrupted(dir: &Path, items: &dyn Items) -> Result<()> {
     // be damage rather than another key; no item is deleted on a guess).
     let opens_under = |item: &Option<String>| -> Result<bool> {
         match item {
-            Some(id) => opens(&db, &items.key(id)?),
+            Some(id) => opens_with(&db, items.key(id)?),
             None => opens(&db, &items.unkeyed()),
         }
     };
@@ -225,14 +225,14 @@ pub(super) fn finish_interrupted(dir: &Path, items: &dyn Items) -> Result<()> {
         Some(p) => match (&p.keyring, &current.keyring) {
             (new, old) if new == old => (true, false),
             (Some(new), old) => {
-                if opens(&db, &items.key(new)?)? {
+                if opens_with(&db, items.key(new)?)? {
                     (true, true)
                 } else {
                     (false, opens_under(old)?)
                 }
             }
             (None, Some(old)) => {
-                if opens(&db, &items.key(old)?)? {
+                if opens_with(&db, items.key(old)?)? {
                     (false, true)
                 } else {
                     (true, opens_under(&None)?)
@@ -263,6 +263,14 @@ pub(super) fn finish_interrupted(dir: &Path, items: &dyn Items) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `key`, if there is one, opens the database at `db`.
+fn opens_with(db: &Path, key: Option<ProfileKey>) -> Result<bool> {
+    match key {
+        Some(k) => opens(db, &k),
+        None => Ok(false),
+    }
 }
 
 /// Whether `key` opens the database at `db` (another key, or none, does not).
@@ -444,12 +452,12 @@ impl Items for Known {
         }
     }
 
-    fn key(&self, id: &str) -> Result<ProfileKey> {
-        Ok(if self.new.as_deref() == Some(id) {
+    fn key(&self, id: &str) -> Result<Option<ProfileKey>> {
+        Ok(Some(if self.new.as_deref() == Some(id) {
             self.to.clone()
         } else {
             self.from.clone()
-        })
+        }))
     }
 
     fn forget(&self, id: &str) {

@@ -23,14 +23,11 @@ impl Items for FakeItems {
         self.passphrase.clone()
     }
 
-    fn key(&self, id: &str) -> Result<ProfileKey> {
+    fn key(&self, id: &str) -> Result<Option<ProfileKey>> {
         if self.unreachable {
             return Err(Error::Locked("no OS keyring here".into()));
         }
-        self.keys
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::Locked(format!("no item {id}")))
+        Ok(self.keys.get(id).cloned())
     }
 
     fn forget(&self, id: &str) {
@@ -117,6 +114,22 @@ fn cut_short_before_the_rename_the_old_key_stays() {
             None => assert!(forgotten.is_empty(), "{forgotten:?}"),
         }
     }
+}
+
+/// The keyring lost the item made for the new key (a keyring that had not saved it): the
+/// database is still under the old key, so the rekey is rolled back.
+#[test]
+fn a_new_item_the_keyring_lost_rolls_the_rekey_back() {
+    let dir = profile(Some("profile-old"), &raw(5));
+    let d = dir.path();
+    write_synced(&pending_config(d), &config(Some("profile-new"))).unwrap();
+    let items = FakeItems {
+        keys: HashMap::from([("profile-old", raw(5))]),
+        ..FakeItems::default()
+    };
+    finish_interrupted(d, &items).unwrap();
+    assert_eq!(state(d, &raw(5)), (Some("profile-old".into()), 30));
+    assert_eq!(*items.forgotten.borrow(), ["profile-new"]);
 }
 
 /// A database no key opens (its first page damaged) while a rekey between two keyring items
