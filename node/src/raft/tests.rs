@@ -346,3 +346,17 @@ async fn a_snapshot_finalized_beyond_this_build_is_not_installed() {
     let live = Store::open(&dir.path().join("node.sqlite3")).unwrap();
     assert_eq!(live.command_versions().unwrap().finalized, 1);
 }
+
+/// The Raft log's connections cut their WAL back to [`crate::state::WAL_SIZE_LIMIT`] after
+/// a burst, like the state database's.
+#[test]
+fn the_raft_log_bounds_its_wal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft-log.sqlite3");
+    drop(LogStore::open(&path).unwrap());
+    let conn = super::log_store::open_reader(&path, &AtRest::plaintext()).unwrap();
+    let limit: i64 = conn
+        .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+        .unwrap();
+    assert_eq!(limit, crate::state::WAL_SIZE_LIMIT);
+}

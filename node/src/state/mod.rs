@@ -46,4 +46,4 @@ pub use read::{
     ChannelAccess, ChannelKind, CommandVersions, DeviceRow, FetchPage, Stats, StoreReader,
     StoredMessage, TokenKind, TokenRow, TokenStatus,
 };
-pub use store::{Store, StoreTx};
+pub use store::{Store, StoreTx, WAL_SIZE_LIMIT};

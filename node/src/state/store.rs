@@ -23,6 +23,12 @@ use crate::at_rest::AtRest;
 /// Enough for every statement `apply` and the reads use, so none is re-prepared per entry.
 const STATEMENT_CACHE: usize = 64;
 
+/// What a database's WAL file is cut back to when SQLite restarts it after a checkpoint
+/// (`journal_size_limit`), in bytes. A WAL grows past it while a long read (a state digest,
+/// a backup) keeps checkpoints from restarting it; without a limit the file keeps that size
+/// for good, and a volume stays as full as its busiest minute left it.
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// The state database, open for writing.
 pub struct Store {
     conn: Connection,
@@ -90,6 +96,7 @@ impl Store {
         // FULL: the WAL is fsync'd at every commit, so a batch whose outcomes were returned
         // survives power loss (invariant 3). NORMAL would only protect against crashes.
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // Savepoint sub-journals (see `apply::apply_all`) and other temporaries in memory:
         // they never need to survive the transaction, and a file costs a write per page.
         conn.execute_batch("PRAGMA temp_store = MEMORY;")?;

@@ -905,10 +905,17 @@ mod durability {
         let busy: i64 = conn
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .unwrap();
+        let wal_limit: i64 = conn
+            .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous must be FULL");
         assert_eq!(fk, 1);
         assert!(busy > 0);
+        assert_eq!(
+            wal_limit, WAL_SIZE_LIMIT,
+            "the WAL is cut back after a burst"
+        );
     }
 
     #[test]
