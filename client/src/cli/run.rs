@@ -134,6 +134,8 @@ pub(super) async fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("give --fingerprint or --ca-file".to_owned()));
             }
         };
+        // A bad address is refused before the profile directory is made.
+        super::node_addr(node)?;
         // Held alone: a rekey, or another register, must not rewrite it meanwhile.
         create_private_dir(&dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
         let _alone = super::rekey::ProfileLock::exclusive(&dir)?;

@@ -98,6 +98,14 @@ async fn qpq_cli_runs_a_conversation_with_json_output() {
         "{err}"
     );
     assert_eq!(err["error"], "unknown group");
+    // A malformed node address is refused before the profile directory is made.
+    let (code, err) = qpq_fails(
+        h,
+        "nobody",
+        &["register", "--node", "no-port", "--fingerprint", &fp],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!h.join("nobody").exists(), "a profile directory was left");
     // Refused by the node for good: bob blocks alice, her DM is not accepted.
     qpq(h, "bob", &["block", "alice"]);
     let (code, err) = qpq_fails(h, "alice", &["dm", "bob", "let me in"]);
